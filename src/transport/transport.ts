@@ -1,0 +1,143 @@
+/**
+ * The one interface every transport implements. The target and initiator state machines talk
+ * only to these types; they never see sockets or verbs. A connection carries exactly one
+ * Virtio-oF queue (DECISIONS.md item 2).
+ *
+ * Buffers handed to a transport belong to the caller until the call's promise settles (or, for
+ * the fire-and-forget sends, until the matching completion arrives).
+ */
+
+/** How VQ data moves: inline after the PDU header (TCP) or by RDMA against keyed descriptors. */
+export type DataTransferKind = 'stream' | 'keyed';
+
+export interface Endpoint {
+  readonly host: string;
+  readonly port: number;
+}
+
+/**
+ * Raised by a transport when VQ buffers cannot be read or written: a keyed descriptor the
+ * remote NIC refused, a stream payload over the limit. The target maps it to EOUTVQBUF or
+ * EINVQBUF for that one command.
+ */
+export class VqTransferError extends Error {
+  constructor(
+    readonly direction: 'out' | 'in',
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = 'VqTransferError';
+  }
+}
+
+/** The virtqueue buffers of one VQ command, as seen by the target. */
+export interface VqRequestData {
+  /** Device-readable byte count announced by the command. */
+  readonly outLength: number;
+  /** Device-writable byte count announced by the command. */
+  readonly inLength: number;
+  /**
+   * The device-readable bytes. Stream: the payload already received. Keyed: fetched by RDMA
+   * READ into a pool buffer. Rejects with VqTransferError when they cannot be had. The buffer
+   * is valid until the request is completed.
+   */
+  readOut(): Promise<Buffer>;
+}
+
+/** Target side: what the transport reports about one connection. */
+export interface TargetConnectionHandler {
+  /**
+   * One request PDU. `payload` is the Connect Body (possibly empty) for Connect, a
+   * VqRequestData for a VQ command, and an empty buffer for everything else.
+   */
+  onCommand(command: Buffer, payload: Buffer | VqRequestData): void;
+  /** The connection is gone (peer closed, error, or close() was called). Called exactly once. */
+  onClose(reason?: Error): void;
+}
+
+export interface TargetConnection {
+  readonly kind: DataTransferKind;
+  /** Peer address for log lines, e.g. "tcp://127.0.0.1:50312". */
+  readonly peer: string;
+  /** Keyed descriptors accepted per VQ command; 0 on stream transports. */
+  readonly maxKeyedDescriptors: number;
+  /** Begin delivering commands; nothing is read before this is called. */
+  start(handler: TargetConnectionHandler): void;
+  /** Send a completion that carries no data: every non-VQ completion, events, failed VQ commands. */
+  sendCompletion(completion: Buffer): void;
+  /**
+   * Complete a VQ command: deliver `written` (total ≤ request.inLength) to the device-writable
+   * buffers, then the 16-byte completion whose length field already says how much was written.
+   * Rejects with VqTransferError, without having sent the completion, when the writable
+   * buffers could not be written; the caller then answers with EINVQBUF.
+   */
+  completeVq(request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void>;
+  /** Close now; in-flight sends are flushed when possible. */
+  close(): void;
+}
+
+/** Initiator side: what the transport reports about one connection. */
+export interface InitiatorConnectionHandler {
+  /**
+   * One response PDU. `data` is the device-written payload of a stream VQ completion (valid
+   * only during the call: copy it out), and null otherwise. On keyed transports the written
+   * bytes are already in the buffers given to sendVq.
+   */
+  onCompletion(completion: Buffer, data: Buffer | null): void;
+  /** The connection is gone. Called exactly once. */
+  onClose(reason?: Error): void;
+}
+
+export interface InitiatorConnection {
+  readonly kind: DataTransferKind;
+  readonly peer: string;
+  /**
+   * Most keyed descriptors one VQ command may carry, from Get Keyed Number Descriptors. The
+   * initiator sets it before the first VQ command; keyed transports never exceed it (they
+   * bounce through a pool buffer instead). Ignored by stream transports.
+   */
+  maxKeyedDescriptors: number;
+  start(handler: InitiatorConnectionHandler): void;
+  /** A non-VQ command; `body` only for Connect. */
+  sendCommand(command: Buffer, body?: Buffer): void;
+  /**
+   * A VQ command with its device-readable (`out`) and device-writable (`inBuffers`) buffers,
+   * whose lengths match the command's out_length and in_length.
+   */
+  sendVq(command: Buffer, out: readonly Buffer[], inBuffers: readonly Buffer[]): void;
+  /** Close the connection; resolves when its resources are released. */
+  close(): Promise<void>;
+}
+
+export interface Listener {
+  /** The bound address (port resolved when 0 was asked for). */
+  readonly endpoint: Endpoint;
+  /** A URL such as tcp://127.0.0.1:15771. */
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+export interface ListenOptions {
+  /** Largest device-readable payload accepted in one VQ command (bytes). */
+  readonly maxVqPayload: number;
+}
+
+export interface ConnectOptions {
+  /** Give up on connection establishment after this many milliseconds. */
+  readonly timeoutMs: number;
+  /** Largest device-writable payload expected in one VQ completion (bytes). */
+  readonly maxVqPayload: number;
+}
+
+/** One transport: TCP (stream data transfers) or RDMA (keyed data transfers). */
+export interface Transport {
+  readonly scheme: 'tcp' | 'rdma';
+  readonly kind: DataTransferKind;
+  listen(
+    endpoint: Endpoint,
+    options: ListenOptions,
+    onConnection: (connection: TargetConnection) => void,
+  ): Promise<Listener>;
+  connect(endpoint: Endpoint, options: ConnectOptions): Promise<InitiatorConnection>;
+}
