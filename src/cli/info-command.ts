@@ -1,0 +1,109 @@
+import { parseArgs } from 'node:util';
+import { BlkConfig, BlkFeature } from '../devices/blk/blk-constants.js';
+import { RemoteDevice } from '../initiator/remote-device.js';
+import { DeviceId, Opcode, VIRTIO_F_VERSION_1 } from '../protocol/constants.js';
+import { createLogger } from '../util/log.js';
+
+const blkFeatureNames = new Map<bigint, string>([
+  ...Object.entries(BlkFeature).map(([k, v]) => [v, `VIRTIO_BLK_F_${k}`] as [bigint, string]),
+  [VIRTIO_F_VERSION_1, 'VIRTIO_F_VERSION_1'],
+]);
+
+function featureList(bits: bigint, deviceId: number): string[] {
+  const out: string[] = [];
+  for (let b = 0n; b < 128n; b++) {
+    if (!(bits & (1n << b))) continue;
+    const name = deviceId === DeviceId.Block || b === VIRTIO_F_VERSION_1 ? blkFeatureNames.get(b) : undefined;
+    out.push(name ?? `bit ${b}`);
+  }
+  return out;
+}
+
+function hex(n: bigint | number, width = 0): string {
+  return `0x${n.toString(16).padStart(width, '0')}`;
+}
+
+export async function runInfo(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: { ivqn: { type: 'string' }, json: { type: 'boolean' } },
+    allowPositionals: true,
+  });
+  const url = positionals[0];
+  if (!url || positionals.length > 1) throw new Error('usage: vof info tcp://HOST[:PORT]/TVQN [--ivqn IVQN] [--json]');
+  // No virtqueues: info needs only the control queue.
+  const dev = await RemoteDevice.connect(url, {
+    ...(values.ivqn && { ivqn: values.ivqn }),
+    queueCount: () => 0,
+    keepaliveIntervalMs: 0,
+    log: createLogger('warn'),
+  });
+  try {
+    const isBlk = dev.deviceId === DeviceId.Block;
+    let numQueues = 1;
+    if (isBlk && dev.hasFeature(BlkFeature.MQ)) numQueues = Number((await dev.getConfig(BlkConfig.num_queues, 2)).value);
+    const queueSizes: number[] = [];
+    for (let q = 0; q < numQueues; q++) {
+      const c = await dev.command({ opcode: Opcode.GetVqSize, vqIndex: q });
+      queueSizes.push(c.kind === 'vqSize' ? c.size : 0);
+    }
+    const configBytes = isBlk ? await dev.readConfig(0, BlkConfig.SIZE) : null;
+    const generation = (await dev.getConfig(0, 1)).generation;
+    const blk = configBytes
+      ? {
+          capacitySectors: configBytes.readBigUInt64LE(BlkConfig.capacity).toString(),
+          capacityBytes: (configBytes.readBigUInt64LE(BlkConfig.capacity) * 512n).toString(),
+          sizeMax: configBytes.readUInt32LE(BlkConfig.size_max),
+          segMax: configBytes.readUInt32LE(BlkConfig.seg_max),
+          blkSize: configBytes.readUInt32LE(BlkConfig.blk_size),
+          writeback: configBytes.readUInt8(BlkConfig.writeback),
+          numQueues: configBytes.readUInt16LE(BlkConfig.num_queues),
+          maxDiscardSectors: configBytes.readUInt32LE(BlkConfig.max_discard_sectors),
+          maxWriteZeroesSectors: configBytes.readUInt32LE(BlkConfig.max_write_zeroes_sectors),
+          readOnly: dev.hasFeature(BlkFeature.RO),
+        }
+      : null;
+    const info = {
+      url,
+      tvqn: dev.tvqn,
+      ivqn: dev.ivqn,
+      deviceInstanceId: dev.instanceId,
+      vendorId: dev.vendorId,
+      deviceId: dev.deviceId,
+      virtioOfFeatures: { offered: hex(dev.offeredOfFeatures), negotiated: hex(dev.ofFeatures) },
+      maxKeyedDescriptors: dev.maxKeyedDescriptors,
+      deviceFeatures: { bits: hex(dev.deviceFeatures), names: featureList(dev.deviceFeatures, dev.deviceId) },
+      queueSizes,
+      configGeneration: generation,
+      config: configBytes?.toString('hex') ?? null,
+      blk,
+    };
+    if (values.json) {
+      process.stdout.write(`${JSON.stringify(info, null, 2)}\n`);
+    } else {
+      const lines = [
+        `device          ${url}`,
+        `instance id     ${info.deviceInstanceId}`,
+        `vendor id       ${hex(info.vendorId, 4)}`,
+        `device id       ${info.deviceId}${isBlk ? ' (virtio-blk)' : ''}`,
+        `virtio-oF feat. offered ${info.virtioOfFeatures.offered}, negotiated ${info.virtioOfFeatures.negotiated}${info.maxKeyedDescriptors ? `, ${info.maxKeyedDescriptors} keyed descriptors` : ''}`,
+        `device features ${info.deviceFeatures.bits}: ${info.deviceFeatures.names.join(' ')}`,
+        `virtqueues      ${queueSizes.length}, sizes ${queueSizes.join(' ')}`,
+        `config gen.     ${generation}`,
+      ];
+      if (blk) {
+        lines.push(
+          `capacity        ${blk.capacityBytes} bytes (${blk.capacitySectors} sectors)${blk.readOnly ? ', read-only' : ''}`,
+          `blk_size        ${blk.blkSize}`,
+          `size_max        ${blk.sizeMax}, seg_max ${blk.segMax}`,
+          `writeback       ${blk.writeback}`,
+          `discard         up to ${blk.maxDiscardSectors} sectors; write zeroes up to ${blk.maxWriteZeroesSectors}`,
+        );
+      }
+      process.stdout.write(`${lines.join('\n')}\n`);
+    }
+  } finally {
+    await dev.close();
+  }
+  return 0;
+}

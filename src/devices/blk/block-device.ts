@@ -1,0 +1,194 @@
+import { VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
+import { RemoteDevice, type ConnectOptions } from '../../initiator/remote-device.js';
+import {
+  BlkConfig,
+  BlkFeature,
+  BlkRequestType,
+  BlkStatus,
+  ID_BYTES,
+  SECTOR_SIZE,
+  WRITE_ZEROES_FLAG_UNMAP,
+  encodeRequestHeader,
+  encodeSegment,
+} from './blk-constants.js';
+
+/** virtio-blk features this client understands and asks for. */
+const SUPPORTED =
+  (1n << VIRTIO_F_VERSION_1) |
+  (1n << BlkFeature.SIZE_MAX) |
+  (1n << BlkFeature.SEG_MAX) |
+  (1n << BlkFeature.RO) |
+  (1n << BlkFeature.BLK_SIZE) |
+  (1n << BlkFeature.FLUSH) |
+  (1n << BlkFeature.TOPOLOGY) |
+  (1n << BlkFeature.CONFIG_WCE) |
+  (1n << BlkFeature.MQ) |
+  (1n << BlkFeature.DISCARD) |
+  (1n << BlkFeature.WRITE_ZEROES);
+
+const statusNames: Record<number, string> = { [BlkStatus.IOERR]: 'IOERR', [BlkStatus.UNSUPP]: 'UNSUPP' };
+
+/** The device answered a block request with VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP. */
+export class BlockIoError extends Error {
+  override name = 'BlockIoError';
+  readonly statusName: string;
+  constructor(
+    readonly status: number,
+    what: string,
+  ) {
+    super(`${what}: ${statusNames[status] ?? `status ${status}`}`);
+    this.statusName = statusNames[status] ?? 'UNKNOWN';
+  }
+}
+
+export interface BlockDeviceOptions extends ConnectOptions {
+  /** Most virtqueues to use (default: all the device offers). */
+  readonly maxQueues?: number;
+  /** Largest data bytes per request; bigger reads and writes are split (default 1 MiB). */
+  readonly maxTransferBytes?: number;
+}
+
+/**
+ * A remote virtio-blk disk. Promise-based; concurrent calls are spread over the connected
+ * virtqueues (each of which pipelines up to its queue size).
+ */
+export class BlockDevice {
+  /** Capacity in bytes. */
+  readonly capacity: number;
+  readonly blockSize: number;
+  readonly readOnly: boolean;
+  private readonly maxTransfer: number;
+  private nextQueue = 0;
+
+  private constructor(
+    readonly device: RemoteDevice,
+    capacitySectors: bigint,
+    blockSize: number,
+    sizeMax: number,
+    maxTransfer: number,
+  ) {
+    this.capacity = Number(capacitySectors) * SECTOR_SIZE;
+    this.blockSize = blockSize;
+    this.readOnly = device.hasFeature(BlkFeature.RO);
+    const limit = device.hasFeature(BlkFeature.SIZE_MAX) && sizeMax > 0 ? sizeMax : maxTransfer;
+    this.maxTransfer = Math.max(SECTOR_SIZE, Math.min(maxTransfer, limit) - (Math.min(maxTransfer, limit) % SECTOR_SIZE));
+  }
+
+  static async open(url: string, options: BlockDeviceOptions = {}): Promise<BlockDevice> {
+    const device = await RemoteDevice.connect(url, {
+      ...options,
+      negotiateFeatures: (offered) => (options.negotiateFeatures ?? ((f) => f))(offered & SUPPORTED),
+      queueCount: async (dev) => {
+        let n = 1;
+        if (dev.hasFeature(BlkFeature.MQ)) n = Number((await dev.getConfig(BlkConfig.num_queues, 2)).value);
+        return Math.max(1, Math.min(n, options.maxQueues ?? n));
+      },
+    });
+    try {
+      const cfg = await device.readConfig(0, BlkConfig.SIZE);
+      const capacity = cfg.readBigUInt64LE(BlkConfig.capacity);
+      const blk = device.hasFeature(BlkFeature.BLK_SIZE) ? cfg.readUInt32LE(BlkConfig.blk_size) : SECTOR_SIZE;
+      return new BlockDevice(device, capacity, blk || SECTOR_SIZE, cfg.readUInt32LE(BlkConfig.size_max), options.maxTransferBytes ?? 1024 * 1024);
+    } catch (err) {
+      await device.close();
+      throw err;
+    }
+  }
+
+  get numQueues(): number {
+    return this.device.queues.length;
+  }
+
+  private queue(): number {
+    const q = this.nextQueue;
+    this.nextQueue = (q + 1) % this.device.queues.length;
+    return q;
+  }
+
+  private check(offset: number, length: number, what: string): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new RangeError(`${what}: offset and length must be non-negative integers`);
+    }
+    if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0) {
+      throw new RangeError(`${what}: offset ${offset} and length ${length} must be multiples of ${SECTOR_SIZE}`);
+    }
+    if (offset + length > this.capacity) {
+      throw new RangeError(`${what}: [${offset}, ${offset + length}) is beyond the capacity ${this.capacity}`);
+    }
+  }
+
+  private async submit(what: string, out: Buffer[], data: Buffer | null): Promise<void> {
+    const status = Buffer.alloc(1, 0xff);
+    await this.device.request(this.queue(), out, data ? [data, status] : [status]);
+    if (status[0] !== BlkStatus.OK) throw new BlockIoError(status[0]!, what);
+  }
+
+  /** Read `length` bytes (or fill `into`) starting at byte `offset`. */
+  async read(offset: number, lengthOrBuffer: number | Buffer): Promise<Buffer> {
+    const into = typeof lengthOrBuffer === 'number' ? Buffer.alloc(lengthOrBuffer) : lengthOrBuffer;
+    this.check(offset, into.length, 'read');
+    const parts: Promise<void>[] = [];
+    for (let pos = 0; pos < into.length; pos += this.maxTransfer) {
+      const chunk = into.subarray(pos, Math.min(into.length, pos + this.maxTransfer));
+      const header = encodeRequestHeader(BlkRequestType.IN, BigInt((offset + pos) / SECTOR_SIZE));
+      parts.push(this.submit(`read at ${offset + pos}`, [header], chunk));
+    }
+    await Promise.all(parts);
+    return into;
+  }
+
+  async write(offset: number, data: Buffer): Promise<void> {
+    this.check(offset, data.length, 'write');
+    const parts: Promise<void>[] = [];
+    for (let pos = 0; pos < data.length; pos += this.maxTransfer) {
+      const chunk = data.subarray(pos, Math.min(data.length, pos + this.maxTransfer));
+      const header = encodeRequestHeader(BlkRequestType.OUT, BigInt((offset + pos) / SECTOR_SIZE));
+      parts.push(this.submit(`write at ${offset + pos}`, [header, chunk], null));
+    }
+    await Promise.all(parts);
+  }
+
+  /** Make completed writes durable (VIRTIO_BLK_T_FLUSH; the target fdatasyncs). */
+  async flush(): Promise<void> {
+    if (!this.device.hasFeature(BlkFeature.FLUSH)) return;
+    // The target syncs the whole backing file, so one request covers writes on every queue.
+    await this.submit('flush', [encodeRequestHeader(BlkRequestType.FLUSH, 0n)], null);
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    this.check(offset, length, 'discard');
+    if (!this.device.hasFeature(BlkFeature.DISCARD)) throw new BlockIoError(BlkStatus.UNSUPP, 'discard');
+    await this.segmentRequests(BlkRequestType.DISCARD, offset, length, 0, 'discard');
+  }
+
+  async writeZeroes(offset: number, length: number, unmap = false): Promise<void> {
+    this.check(offset, length, 'writeZeroes');
+    if (!this.device.hasFeature(BlkFeature.WRITE_ZEROES)) throw new BlockIoError(BlkStatus.UNSUPP, 'writeZeroes');
+    await this.segmentRequests(BlkRequestType.WRITE_ZEROES, offset, length, unmap ? WRITE_ZEROES_FLAG_UNMAP : 0, 'writeZeroes');
+  }
+
+  private async segmentRequests(type: number, offset: number, length: number, flags: number, what: string): Promise<void> {
+    const maxKey = type === BlkRequestType.DISCARD ? BlkConfig.max_discard_sectors : BlkConfig.max_write_zeroes_sectors;
+    const maxSectors = Number((await this.device.getConfig(maxKey, 4)).value) || 1;
+    const parts: Promise<void>[] = [];
+    for (let pos = 0; pos < length; ) {
+      const sectors = Math.min(maxSectors, (length - pos) / SECTOR_SIZE);
+      const seg = encodeSegment(BigInt((offset + pos) / SECTOR_SIZE), sectors, flags);
+      parts.push(this.submit(`${what} at ${offset + pos}`, [encodeRequestHeader(type, 0n), seg], null));
+      pos += sectors * SECTOR_SIZE;
+    }
+    await Promise.all(parts);
+  }
+
+  /** The device's serial (VIRTIO_BLK_T_GET_ID), without NUL padding. */
+  async getId(): Promise<string> {
+    const id = Buffer.alloc(ID_BYTES);
+    await this.submit('get id', [encodeRequestHeader(BlkRequestType.GET_ID, 0n)], id);
+    const end = id.indexOf(0);
+    return id.subarray(0, end < 0 ? ID_BYTES : end).toString('utf8');
+  }
+
+  close(): Promise<void> {
+    return this.device.close();
+  }
+}

@@ -1,0 +1,317 @@
+import { EventEmitter } from 'node:events';
+import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'node:fs';
+import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
+import type { DeviceExport, VirtioDeviceInstance } from '../../target/device.js';
+import {
+  BlkConfig,
+  BlkFeature,
+  BlkRequestType,
+  BlkStatus,
+  ID_BYTES,
+  REQUEST_HEADER_SIZE,
+  SECTOR_SIZE,
+  SEGMENT_SIZE,
+} from './blk-constants.js';
+
+export interface FileBlockOptions {
+  /** Refuse writes and offer VIRTIO_BLK_F_RO. */
+  readonly readOnly?: boolean;
+  /** Number of request virtqueues (VIRTIO_BLK_F_MQ when > 1). Default 2. */
+  readonly numQueues?: number;
+  /** Largest virtqueue size. Default 128. */
+  readonly queueSize?: number;
+  /** Logical block size reported in blk_size. Default 512. */
+  readonly blockSize?: number;
+  /** Serial returned by GET_ID (at most 20 bytes). Default derived from the path. */
+  readonly serial?: string;
+}
+
+/** Most data bytes one request may move; the initiator splits larger transfers. */
+export const MAX_TRANSFER_BYTES = 4 * 1024 * 1024;
+const MAX_WRITE_ZEROES_SECTORS = 0xffffffff >>> 0;
+const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
+
+function bit(b: bigint): bigint {
+  return 1n << b;
+}
+
+/** Byte size of a regular file or a block device (from sysfs: Node has no BLKGETSIZE64). */
+function sizeOf(path: string, st: Stats): number {
+  if (st.isFile()) return st.size;
+  if (st.isBlockDevice()) {
+    const major = Number((BigInt(st.rdev) >> 8n) & 0xfffn);
+    const minor = Number((BigInt(st.rdev) & 0xffn) | ((BigInt(st.rdev) >> 12n) & 0xfff00n));
+    const sectors = Number(readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
+    return sectors * SECTOR_SIZE;
+  }
+  throw new Error(`${path} is neither a regular file nor a block device`);
+}
+
+/**
+ * virtio-blk backed by a regular file or a block device. One open file descriptor serves every
+ * instance; each request is bounds-checked against the capacity before any I/O, so the file
+ * is never touched outside [0, capacity).
+ */
+export class FileBlockExport implements DeviceExport {
+  readonly description: string;
+  readonly capacityBytes: number;
+  readonly readOnly: boolean;
+  readonly numQueues: number;
+  readonly queueSize: number;
+  readonly blockSize: number;
+  /** What GET_ID returns: at most 20 bytes, NUL-padded by the request when shorter. */
+  readonly serial: Buffer;
+  /** Shared config state: writeback is device-wide, as a real disk's cache mode would be. */
+  writeback = 1;
+  private generation = 0;
+  private readonly events = new EventEmitter();
+
+  private constructor(
+    readonly path: string,
+    private readonly file: fsp.FileHandle,
+    size: number,
+    options: FileBlockOptions,
+  ) {
+    this.readOnly = options.readOnly ?? false;
+    this.numQueues = Math.max(1, options.numQueues ?? 2);
+    this.queueSize = Math.min(1024, Math.max(1, options.queueSize ?? 128));
+    this.blockSize = options.blockSize ?? SECTOR_SIZE;
+    this.capacityBytes = size - (size % SECTOR_SIZE);
+    const serial = Buffer.from(options.serial ?? path.split('/').pop() ?? 'vof', 'utf8');
+    this.serial = serial.subarray(0, ID_BYTES);
+    this.description = `virtio-blk ${path} (${this.capacityBytes} bytes${this.readOnly ? ', read-only' : ''})`;
+    this.events.setMaxListeners(0);
+  }
+
+  static async open(path: string, options: FileBlockOptions = {}): Promise<FileBlockExport> {
+    const flags = options.readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
+    const file = await fsp.open(path, flags);
+    try {
+      const st = await file.stat();
+      return new FileBlockExport(path, file, sizeOf(path, st), options);
+    } catch (err) {
+      await file.close();
+      throw err;
+    }
+  }
+
+  get features(): bigint {
+    let f =
+      bit(VIRTIO_F_VERSION_1) |
+      bit(BlkFeature.SEG_MAX) |
+      bit(BlkFeature.SIZE_MAX) |
+      bit(BlkFeature.BLK_SIZE) |
+      bit(BlkFeature.FLUSH) |
+      bit(BlkFeature.TOPOLOGY) |
+      bit(BlkFeature.CONFIG_WCE) |
+      bit(BlkFeature.DISCARD) |
+      bit(BlkFeature.WRITE_ZEROES);
+    if (this.numQueues > 1) f |= bit(BlkFeature.MQ);
+    if (this.readOnly) f |= bit(BlkFeature.RO);
+    return f;
+  }
+
+  get configGeneration(): number {
+    return this.generation;
+  }
+
+  /** The config changed (a writeback write, a resize): bump the generation, tell instances. */
+  configChanged(): void {
+    this.generation = (this.generation + 1) >>> 0;
+    this.events.emit('change');
+  }
+
+  onConfigChange(listener: () => void): () => void {
+    this.events.on('change', listener);
+    return () => this.events.off('change', listener);
+  }
+
+  config(): Buffer {
+    const c = Buffer.alloc(BlkConfig.SIZE);
+    c.writeBigUInt64LE(BigInt(this.capacityBytes / SECTOR_SIZE), BlkConfig.capacity);
+    c.writeUInt32LE(MAX_TRANSFER_BYTES, BlkConfig.size_max);
+    c.writeUInt32LE(128, BlkConfig.seg_max);
+    c.writeUInt32LE(this.blockSize, BlkConfig.blk_size);
+    c.writeUInt8(0, BlkConfig.physical_block_exp);
+    c.writeUInt16LE(1, BlkConfig.min_io_size);
+    c.writeUInt32LE(MAX_TRANSFER_BYTES / this.blockSize, BlkConfig.opt_io_size);
+    c.writeUInt8(this.writeback, BlkConfig.writeback);
+    c.writeUInt16LE(this.numQueues, BlkConfig.num_queues);
+    c.writeUInt32LE(MAX_TRANSFER_BYTES / SECTOR_SIZE, BlkConfig.max_discard_sectors);
+    c.writeUInt32LE(1, BlkConfig.max_discard_seg);
+    c.writeUInt32LE(this.blockSize / SECTOR_SIZE, BlkConfig.discard_sector_alignment);
+    c.writeUInt32LE(MAX_WRITE_ZEROES_SECTORS, BlkConfig.max_write_zeroes_sectors);
+    c.writeUInt32LE(1, BlkConfig.max_write_zeroes_seg);
+    c.writeUInt8(0, BlkConfig.write_zeroes_may_unmap);
+    return c;
+  }
+
+  createInstance(): VirtioDeviceInstance {
+    return new FileBlockInstance(this);
+  }
+
+  /** Bounds check in bytes; false when [offset, offset+length) is outside the disk. */
+  inRange(sector: bigint, length: number): boolean {
+    const start = sector * BigInt(SECTOR_SIZE);
+    return start + BigInt(length) <= BigInt(this.capacityBytes);
+  }
+
+  async read(into: Buffer, offset: number): Promise<void> {
+    let done = 0;
+    while (done < into.length) {
+      const { bytesRead } = await this.file.read(into, done, into.length - done, offset + done);
+      if (bytesRead === 0) throw new Error(`short read at ${offset + done}`);
+      done += bytesRead;
+    }
+  }
+
+  async write(from: Buffer, offset: number): Promise<void> {
+    let done = 0;
+    while (done < from.length) {
+      const { bytesWritten } = await this.file.write(from, done, from.length - done, offset + done);
+      done += bytesWritten;
+    }
+  }
+
+  sync(): Promise<void> {
+    return this.file.datasync();
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    for (let pos = 0; pos < length; pos += ZERO_CHUNK.length) {
+      await this.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, length - pos)), offset + pos);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.file.close();
+  }
+}
+
+/** Per-instance state: the features this driver accepted. */
+class FileBlockInstance implements VirtioDeviceInstance {
+  readonly deviceId = DeviceId.Block;
+  readonly vendorId = DEFAULT_VENDOR_ID;
+  readonly configSize = BlkConfig.SIZE;
+  readonly maxRequestBytes = MAX_TRANSFER_BYTES + REQUEST_HEADER_SIZE + SEGMENT_SIZE;
+  private negotiated = 0n;
+
+  constructor(private readonly disk: FileBlockExport) {}
+
+  get features(): bigint {
+    return this.disk.features;
+  }
+  get numQueues(): number {
+    return this.disk.numQueues;
+  }
+  maxQueueSize(): number {
+    return this.disk.queueSize;
+  }
+  readConfig(offset: number, bytes: number): bigint {
+    const c = this.disk.config();
+    const tmp = Buffer.alloc(8);
+    c.copy(tmp, 0, offset, offset + bytes);
+    return tmp.readBigUInt64LE(0);
+  }
+  writeConfig(offset: number, bytes: number, value: bigint): boolean {
+    // Only writeback is driver-writable, and only with VIRTIO_BLK_F_CONFIG_WCE.
+    if (offset !== BlkConfig.writeback || bytes !== 1) return false;
+    if (!(this.negotiated & bit(BlkFeature.CONFIG_WCE))) return false;
+    const wb = Number(value & 0xffn) ? 1 : 0;
+    if (wb !== this.disk.writeback) {
+      this.disk.writeback = wb;
+      this.disk.configChanged();
+    }
+    return true;
+  }
+  configGeneration(): number {
+    return this.disk.configGeneration;
+  }
+  onConfigChange(listener: () => void): () => void {
+    return this.disk.onConfigChange(listener);
+  }
+  setDriverFeatures(features: bigint): void {
+    this.negotiated = features;
+  }
+  reset(): void {
+    this.negotiated = 0n;
+  }
+  destroy(): void {}
+
+  /** Writes reach stable storage before completion unless the driver runs a writeback cache. */
+  private get writeThrough(): boolean {
+    if (!(this.negotiated & bit(BlkFeature.FLUSH))) return true;
+    if (this.negotiated & bit(BlkFeature.CONFIG_WCE)) return this.disk.writeback === 0;
+    return false;
+  }
+
+  async handleRequest(_vq: number, readable: Buffer, inLength: number): Promise<readonly Buffer[]> {
+    // The status byte is the last device-writable byte; without one there is nothing to say.
+    if (inLength < 1) return [];
+    const status = (s: number, data?: Buffer): Buffer[] => {
+      const pad = inLength - 1 - (data?.length ?? 0);
+      const tail = Buffer.alloc(1 + Math.max(0, pad));
+      tail[tail.length - 1] = s;
+      return data ? [data, tail] : [tail];
+    };
+    if (readable.length < REQUEST_HEADER_SIZE) return status(BlkStatus.IOERR);
+    const type = readable.readUInt32LE(0);
+    const sector = readable.readBigUInt64LE(8);
+    const dataIn = inLength - 1;
+    try {
+      switch (type) {
+        case BlkRequestType.IN: {
+          if (dataIn % SECTOR_SIZE !== 0 || !this.disk.inRange(sector, dataIn)) return status(BlkStatus.IOERR);
+          const buf = Buffer.allocUnsafe(dataIn);
+          await this.disk.read(buf, Number(sector) * SECTOR_SIZE);
+          return status(BlkStatus.OK, buf);
+        }
+        case BlkRequestType.OUT: {
+          const data = readable.subarray(REQUEST_HEADER_SIZE);
+          if (this.disk.readOnly) return status(BlkStatus.IOERR);
+          if (data.length % SECTOR_SIZE !== 0 || !this.disk.inRange(sector, data.length)) return status(BlkStatus.IOERR);
+          await this.disk.write(data, Number(sector) * SECTOR_SIZE);
+          if (this.writeThrough) await this.disk.sync();
+          return status(BlkStatus.OK);
+        }
+        case BlkRequestType.FLUSH:
+          if (!this.disk.readOnly) await this.disk.sync();
+          return status(BlkStatus.OK);
+        case BlkRequestType.GET_ID: {
+          const id = Buffer.alloc(Math.min(ID_BYTES, dataIn));
+          this.disk.serial.copy(id, 0, 0, id.length);
+          return status(BlkStatus.OK, id);
+        }
+        case BlkRequestType.DISCARD:
+        case BlkRequestType.WRITE_ZEROES:
+          return status(await this.discardOrZero(type, readable.subarray(REQUEST_HEADER_SIZE)));
+        default:
+          return status(BlkStatus.UNSUPP);
+      }
+    } catch {
+      return status(BlkStatus.IOERR);
+    }
+  }
+
+  private async discardOrZero(type: number, segments: Buffer): Promise<number> {
+    const feature = type === BlkRequestType.DISCARD ? BlkFeature.DISCARD : BlkFeature.WRITE_ZEROES;
+    if (!(this.negotiated & bit(feature))) return BlkStatus.UNSUPP;
+    if (this.disk.readOnly) return BlkStatus.IOERR;
+    // One segment per request (max_discard_seg = max_write_zeroes_seg = 1).
+    if (segments.length !== SEGMENT_SIZE) return BlkStatus.UNSUPP;
+    const sector = segments.readBigUInt64LE(0);
+    const sectors = segments.readUInt32LE(8);
+    const flags = segments.readUInt32LE(12);
+    if (flags & ~1) return BlkStatus.UNSUPP;
+    const length = sectors * SECTOR_SIZE;
+    if (!this.disk.inRange(sector, length)) return BlkStatus.IOERR;
+    if (type === BlkRequestType.DISCARD) {
+      if (sectors > MAX_TRANSFER_BYTES / SECTOR_SIZE) return BlkStatus.IOERR;
+      // Node cannot punch holes; discarding is only a hint, so doing nothing is a valid answer.
+      return BlkStatus.OK;
+    }
+    await this.disk.writeZeroes(Number(sector) * SECTOR_SIZE, length);
+    if (this.writeThrough) await this.disk.sync();
+    return BlkStatus.OK;
+  }
+}

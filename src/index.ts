@@ -1,0 +1,15 @@
+export * from './protocol/index.js';
+export type * from './transport/transport.js';
+export { VqTransferError } from './transport/transport.js';
+export { TcpTransport } from './transport/tcp/tcp-transport.js';
+export { transportFor } from './transport/registry.js';
+export { parseDeviceUrl, parseListenUrl, UrlError } from './url.js';
+export { VofTarget, type TargetOptions } from './target/target.js';
+export type { DeviceExport, VirtioDeviceInstance } from './target/device.js';
+export { RemoteDevice, connect, type ConnectOptions } from './initiator/remote-device.js';
+export { QueueClient } from './initiator/queue-client.js';
+export { VofError, VofConnectionError } from './initiator/vof-error.js';
+export { FileBlockExport, type FileBlockOptions } from './devices/blk/file-block-export.js';
+export { BlockDevice, BlockIoError, type BlockDeviceOptions } from './devices/blk/block-device.js';
+export * from './devices/blk/blk-constants.js';
+export { createLogger, silentLogger, type Logger } from './util/log.js';

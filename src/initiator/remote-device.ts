@@ -1,0 +1,327 @@
+import { EventEmitter } from 'node:events';
+import {
+  COMMAND_ID_CONFIG_CHANGE,
+  CONNECT_BODY_SIZE,
+  CONTROL_QUEUE_INSTANCE_ID,
+  DeviceStatus,
+  Opcode,
+  Status,
+  VIRTIO_OF_CONTROL_QUEUE_SIZE,
+  VIRTIO_OF_F_KEYED_NUM_DESCS,
+} from '../protocol/constants.js';
+import { decodeConfigChangeGeneration, type DecodedCompletion } from '../protocol/completion.js';
+import { encodeConnectBody } from '../protocol/connect-body.js';
+import { parseDeviceUrl } from '../url.js';
+import { transportFor } from '../transport/registry.js';
+import type { InitiatorConnection, Transport } from '../transport/transport.js';
+import { defaultLogger, type Logger } from '../util/log.js';
+import { QueueClient, type CommandWithoutId } from './queue-client.js';
+import { VofConnectionError, VofError } from './vof-error.js';
+
+export interface ConnectOptions {
+  /** This initiator's VQN (default "vof-initiator"). */
+  readonly ivqn?: string;
+  /** Which of the offered device features to accept (default: all of them). */
+  readonly negotiateFeatures?: (offered: bigint) => bigint;
+  /**
+   * How many virtqueues to connect, decided after feature negotiation (e.g. from the device's
+   * config space). Default 1.
+   */
+  readonly queueCount?: (device: RemoteDevice) => Promise<number> | number;
+  /** Requested virtqueue size; 0 (default) asks for the largest the target supports. */
+  readonly queueSize?: number;
+  /** Keepalive: send one every intervalMs; declare the device lost after timeoutMs of silence. 0 disables. */
+  readonly keepaliveIntervalMs?: number;
+  readonly keepaliveTimeoutMs?: number;
+  readonly connectTimeoutMs?: number;
+  /** Largest device-writable payload expected in a completion. */
+  readonly maxVqPayload?: number;
+  readonly log?: Logger;
+}
+
+export interface ConfigValue {
+  readonly value: bigint;
+  readonly generation: number;
+}
+
+interface DeviceEvents {
+  configChange: [generation: number];
+  lost: [error: Error];
+  close: [];
+}
+
+const WANTED_OF_FEATURES = 1n << VIRTIO_OF_F_KEYED_NUM_DESCS;
+
+/**
+ * A connected Virtio-oF device instance, initiator side. Created by connect(), which runs the
+ * whole initialization sequence; DRIVER_OK is set when it resolves.
+ */
+export class RemoteDevice extends EventEmitter<DeviceEvents> {
+  instanceId = -1;
+  vendorId = 0;
+  deviceId = 0;
+  /** Virtio-oF features offered by the target and the ones negotiated. */
+  offeredOfFeatures = 0n;
+  ofFeatures = 0n;
+  deviceFeatures = 0n;
+  driverFeatures = 0n;
+  /** Keyed descriptors per VQ command (keyed transports only; 0 otherwise). */
+  maxKeyedDescriptors = 0;
+  readonly queues: QueueClient[] = [];
+  private keepaliveTimer: NodeJS.Timeout | null = null;
+  private lastHeard = Date.now();
+  private closing: Promise<void> | null = null;
+  private lostError: Error | null = null;
+  private aborted = false;
+
+  private constructor(
+    readonly url: string,
+    readonly tvqn: string,
+    readonly ivqn: string,
+    readonly control: QueueClient,
+    private readonly transport: Transport,
+    private readonly options: ConnectOptions,
+    private readonly log: Logger,
+  ) {
+    super();
+    control.onActivity = () => {
+      this.lastHeard = Date.now();
+    };
+    control.onEvent = (c) => {
+      if (c.readUInt16LE(2) === COMMAND_ID_CONFIG_CHANGE) this.emit('configChange', decodeConfigChangeGeneration(c));
+    };
+    control.onClosed = (err) => this.lose(err);
+  }
+
+  /** Connect to tcp://HOST[:PORT]/TVQN (or rdma://…) and bring the device to DRIVER_OK. */
+  static async connect(url: string, options: ConnectOptions = {}): Promise<RemoteDevice> {
+    const addr = parseDeviceUrl(url);
+    const log = options.log ?? defaultLogger();
+    const transport = await transportFor(addr.scheme, log);
+    const ivqn = options.ivqn ?? 'vof-initiator';
+    const body = encodeConnectBody({ ivqn, tvqn: addr.tvqn });
+    const conn = await transport.connect(addr.endpoint, connectOpts(options));
+    const control = new QueueClient(conn, VIRTIO_OF_CONTROL_QUEUE_SIZE);
+    const dev = new RemoteDevice(url, addr.tvqn, ivqn, control, transport, options, log);
+    try {
+      await dev.initialize(body);
+    } catch (err) {
+      await dev.abort();
+      throw err;
+    }
+    return dev;
+  }
+
+  /** Send one control-queue command; a non-SUCCESS status rejects with VofError. */
+  async command(cmd: CommandWithoutId, body?: Buffer, detail?: string): Promise<DecodedCompletion> {
+    const c = await this.control.call(cmd, body);
+    if (c.status !== Status.SUCCESS) throw new VofError(c.status, cmd.opcode, detail);
+    return c;
+  }
+
+  private async initialize(body: Buffer): Promise<void> {
+    const c = await this.command(
+      { opcode: Opcode.Connect, deviceInstanceId: CONTROL_QUEUE_INSTANCE_ID, vqIndex: 0, length: CONNECT_BODY_SIZE, queueSize: VIRTIO_OF_CONTROL_QUEUE_SIZE },
+      body,
+      `"${this.ivqn}" → "${this.tvqn}" at ${this.control.connection.peer}`,
+    );
+    if (c.kind === 'connect') this.instanceId = c.deviceInstanceId;
+
+    this.offeredOfFeatures = featureOf(await this.command({ opcode: Opcode.GetFeature, featureSelect: 0 }));
+    this.ofFeatures = this.offeredOfFeatures & WANTED_OF_FEATURES;
+    await this.command({ opcode: Opcode.SetFeature, featureSelect: 0, feature: this.ofFeatures });
+    if (this.ofFeatures & (1n << VIRTIO_OF_F_KEYED_NUM_DESCS)) {
+      const k = await this.command({ opcode: Opcode.GetKeyedNumDescs });
+      this.maxKeyedDescriptors = k.kind === 'keyedNumDescs' ? k.descs : 0;
+      if (this.maxKeyedDescriptors < 1) throw new VofConnectionError('target allows no keyed descriptors');
+    }
+    this.vendorId = u32Of(await this.command({ opcode: Opcode.GetVendorId }));
+    this.deviceId = u32Of(await this.command({ opcode: Opcode.GetDeviceId }));
+
+    await this.command({ opcode: Opcode.ResetDevice });
+    let status: number = DeviceStatus.ACKNOWLEDGE;
+    await this.setStatus(status);
+    status |= DeviceStatus.DRIVER;
+    await this.setStatus(status);
+
+    const lo = featureOf(await this.command({ opcode: Opcode.GetDeviceFeature, featureSelect: 0 }));
+    const hi = featureOf(await this.command({ opcode: Opcode.GetDeviceFeature, featureSelect: 1 }));
+    this.deviceFeatures = lo | (hi << 64n);
+    const negotiate = this.options.negotiateFeatures ?? ((f: bigint) => f);
+    this.driverFeatures = negotiate(this.deviceFeatures) & this.deviceFeatures;
+    const mask = (1n << 64n) - 1n;
+    await this.command({ opcode: Opcode.SetDriverFeature, featureSelect: 0, feature: this.driverFeatures & mask });
+    await this.command({ opcode: Opcode.SetDriverFeature, featureSelect: 1, feature: this.driverFeatures >> 64n });
+    status |= DeviceStatus.FEATURES_OK;
+    await this.setStatus(status);
+    if (((await this.getStatus()) & DeviceStatus.FEATURES_OK) === 0) {
+      throw new VofConnectionError('device did not accept the negotiated features (FEATURES_OK not set)');
+    }
+
+    const count = (await this.options.queueCount?.(this)) ?? 1;
+    for (let vq = 0; vq < count; vq++) await this.connectQueue(vq);
+
+    status |= DeviceStatus.DRIVER_OK;
+    await this.setStatus(status);
+    this.startKeepalive();
+  }
+
+  private async connectQueue(vqIndex: number): Promise<void> {
+    const sizeC = await this.command({ opcode: Opcode.GetVqSize, vqIndex });
+    const max = sizeC.kind === 'vqSize' ? sizeC.size : 0;
+    const want = this.options.queueSize ?? 0;
+    const size = want > 0 ? Math.min(want, max) : max;
+    if (size < 1) throw new VofConnectionError(`virtqueue ${vqIndex} has size 0`);
+    const conn: InitiatorConnection = await this.transport.connect(
+      parseDeviceUrl(this.url).endpoint,
+      connectOpts(this.options),
+    );
+    conn.maxKeyedDescriptors = this.maxKeyedDescriptors;
+    const q = new QueueClient(conn, 1);
+    q.onClosed = (err) => {
+      if (!this.closing) this.lose(err);
+    };
+    this.queues.push(q);
+    const c = await q.call({
+      opcode: Opcode.Connect,
+      deviceInstanceId: this.instanceId,
+      vqIndex,
+      length: 0,
+      queueSize: size,
+    });
+    if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Connect, `virtqueue ${vqIndex}`);
+    q.queueSize = size;
+  }
+
+  async setStatus(status: number): Promise<void> {
+    await this.command({ opcode: Opcode.SetStatus, status });
+  }
+
+  async getStatus(): Promise<number> {
+    return u32Of(await this.command({ opcode: Opcode.GetStatus }));
+  }
+
+  /** Read 1, 2, 4 or 8 config bytes at offset. Re-arms config change notifications. */
+  async getConfig(offset: number, bytes: 1 | 2 | 4 | 8): Promise<ConfigValue> {
+    const c = await this.command({ opcode: Opcode.GetConfig, offset, bytes });
+    if (c.kind !== 'config') throw new Error('unexpected completion');
+    return { value: c.config, generation: c.generation };
+  }
+
+  async setConfig(offset: number, bytes: 1 | 2 | 4 | 8, value: bigint | number): Promise<void> {
+    await this.command({ opcode: Opcode.SetConfig, offset, bytes, config: BigInt(value) });
+  }
+
+  /**
+   * Read a consistent run of config bytes: retried while the generation changes underneath,
+   * as the virtio spec asks of drivers.
+   */
+  async readConfig(offset: number, length: number): Promise<Buffer> {
+    for (;;) {
+      const out = Buffer.alloc(length);
+      let generation = -1;
+      let consistent = true;
+      for (let pos = 0; pos < length; ) {
+        const left = length - pos;
+        const bytes = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        const { value, generation: g } = await this.getConfig(offset + pos, bytes);
+        if (generation >= 0 && g !== generation) consistent = false;
+        generation = g;
+        const tmp = Buffer.alloc(8);
+        tmp.writeBigUInt64LE(value);
+        tmp.copy(out, pos, 0, bytes);
+        pos += bytes;
+      }
+      if (consistent) return out;
+    }
+  }
+
+  get negotiatedFeatures(): bigint {
+    return this.driverFeatures;
+  }
+
+  hasFeature(bit: bigint): boolean {
+    return (this.driverFeatures & (1n << bit)) !== 0n;
+  }
+
+  /**
+   * Submit one request on virtqueue `vqIndex`: `out` is device-readable, `inBuffers` device-
+   * writable. Resolves with the number of bytes the device wrote.
+   */
+  async request(vqIndex: number, out: readonly Buffer[], inBuffers: readonly Buffer[]): Promise<number> {
+    const q = this.queues[vqIndex];
+    if (!q) throw new RangeError(`no virtqueue ${vqIndex} (connected: ${this.queues.length})`);
+    const c = await q.vq(out, inBuffers);
+    if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Vq, `virtqueue ${vqIndex}`);
+    return c.kind === 'vq' ? c.length : 0;
+  }
+
+  private startKeepalive(): void {
+    const interval = this.options.keepaliveIntervalMs ?? 5000;
+    const timeout = this.options.keepaliveTimeoutMs ?? 15000;
+    if (interval <= 0) return;
+    this.lastHeard = Date.now();
+    this.keepaliveTimer = setInterval(() => {
+      const silent = Date.now() - this.lastHeard;
+      if (silent > timeout) {
+        this.lose(new VofConnectionError(`target silent for ${silent} ms: device lost`));
+        return;
+      }
+      this.control.call({ opcode: Opcode.Keepalive }).catch(() => {});
+    }, interval);
+    this.keepaliveTimer.unref();
+  }
+
+  /** The device is unusable: fail everything, release the connections, tell listeners once. */
+  private lose(err: Error): void {
+    if (this.lostError || this.closing || this.aborted) return;
+    this.lostError = err;
+    this.log.warn(`${this.url}: ${err.message}`);
+    void this.abort();
+    this.emit('lost', err);
+  }
+
+  get lost(): Error | null {
+    return this.lostError;
+  }
+
+  private abort(): Promise<void> {
+    this.aborted = true;
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    const err = this.lostError ?? new VofConnectionError('device closed');
+    const all = [...this.queues, this.control];
+    for (const q of all) q.failAll(err);
+    return Promise.all(all.map((q) => q.close())).then(() => {});
+  }
+
+  /** Orderly shutdown: disconnect the virtqueues, then the control queue (which ends the instance). */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    if (!this.lostError) {
+      const disconnect = (q: QueueClient) =>
+        q.closed ? Promise.resolve() : q.call({ opcode: Opcode.Disconnect }).then(() => {}, () => {});
+      await Promise.all(this.queues.map(disconnect));
+      await disconnect(this.control);
+    }
+    await this.abort();
+    this.emit('close');
+  }
+}
+
+function connectOpts(o: ConnectOptions) {
+  return { timeoutMs: o.connectTimeoutMs ?? 10000, maxVqPayload: o.maxVqPayload ?? 64 * 1024 * 1024 };
+}
+
+function featureOf(c: DecodedCompletion): bigint {
+  return c.kind === 'feature' ? c.feature : 0n;
+}
+function u32Of(c: DecodedCompletion): number {
+  return c.kind === 'u32' ? c.value : 0;
+}
+
+export const connect = RemoteDevice.connect;

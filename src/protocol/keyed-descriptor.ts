@@ -1,0 +1,59 @@
+import { KEYED_DESCRIPTOR_SIZE } from './constants.js';
+
+/** struct virtio_of_keyed_desc { le64 addr; le32 length; le32 key; } (DECISIONS.md item 4). */
+export interface KeyedDescriptor {
+  readonly addr: bigint;
+  readonly length: number;
+  readonly key: number;
+}
+
+export function encodeKeyedDescriptor(d: KeyedDescriptor, out: Buffer, offset = 0): void {
+  out.writeBigUInt64LE(d.addr, offset);
+  out.writeUInt32LE(d.length, offset + 8);
+  out.writeUInt32LE(d.key >>> 0, offset + 12);
+}
+
+export function decodeKeyedDescriptor(buf: Buffer, offset = 0): KeyedDescriptor {
+  return {
+    addr: buf.readBigUInt64LE(offset),
+    length: buf.readUInt32LE(offset + 8),
+    key: buf.readUInt32LE(offset + 12),
+  };
+}
+
+/** The descriptors after a 16-byte VQ command in one keyed request PDU. */
+export function decodeKeyedDescriptors(buf: Buffer, offset: number): KeyedDescriptor[] {
+  const n = Math.floor((buf.length - offset) / KEYED_DESCRIPTOR_SIZE);
+  const out: KeyedDescriptor[] = new Array(n);
+  for (let i = 0; i < n; i++) out[i] = decodeKeyedDescriptor(buf, offset + i * KEYED_DESCRIPTOR_SIZE);
+  return out;
+}
+
+export type DescriptorProblem =
+  | 'none'
+  | 'too many descriptors'
+  | 'trailing bytes'
+  | 'lengths do not add up to out_length + in_length'
+  | 'descriptor straddles the readable/writable boundary'
+  | 'zero-length descriptor';
+
+/**
+ * Check a keyed request against DECISIONS.md item 4: 1 ≤ N ≤ max, lengths sum to out+in, no
+ * descriptor straddles the boundary at out_length.
+ */
+export function validateKeyedDescriptors(
+  descs: readonly KeyedDescriptor[],
+  outLength: number,
+  inLength: number,
+  maxDescriptors: number,
+): DescriptorProblem {
+  if (descs.length === 0 || descs.length > maxDescriptors) return 'too many descriptors';
+  let pos = 0;
+  for (const d of descs) {
+    if (d.length === 0) return 'zero-length descriptor';
+    if (pos < outLength && pos + d.length > outLength) return 'descriptor straddles the readable/writable boundary';
+    pos += d.length;
+  }
+  if (pos !== outLength + inLength) return 'lengths do not add up to out_length + in_length';
+  return 'none';
+}

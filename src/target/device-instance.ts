@@ -1,0 +1,192 @@
+import {
+  DeviceStatus,
+  Status,
+  VIRTIO_OF_F_KEYED_NUM_DESCS,
+} from '../protocol/constants.js';
+import { encodeConfigChangeCompletion, encodeKeepaliveCompletion } from '../protocol/completion.js';
+import type { Logger } from '../util/log.js';
+import type { VirtioDeviceInstance } from './device.js';
+import {
+  FEATURE_WINDOWS,
+  featureWindow,
+  statusTransitionProblem,
+  withFeatureWindow,
+} from './device-status.js';
+import type { QueueSession } from './queue-session.js';
+
+export interface KeepalivePolicy {
+  /** How often the target sends a Keepalive Completion (0xffff) on the control queue. */
+  readonly intervalMs: number;
+  /** Destroy the instance when the initiator has sent nothing on the control queue this long. */
+  readonly timeoutMs: number;
+}
+
+/** Result of a control-queue operation: a status code, and a value for the Get commands. */
+export type OpResult = { status: number; value?: bigint | number; generation?: number };
+const ok = (value?: bigint | number): OpResult => (value === undefined ? { status: Status.SUCCESS } : { status: Status.SUCCESS, value });
+const fail = (status: number): OpResult => ({ status });
+
+/**
+ * The target's side of one Virtio-oF device instance: device status and feature negotiation,
+ * config space, keepalive, and the queues bound to it. Transport-independent.
+ */
+export class DeviceInstance {
+  private status = 0;
+  private driverFeatures = 0n;
+  private ofFeatures = 0n;
+  private configChangeOutstanding = false;
+  private lastHeard = Date.now();
+  private readonly keepaliveTimer: NodeJS.Timeout | null;
+  private readonly unsubscribeConfig: () => void;
+  readonly virtqueues = new Map<number, QueueSession>();
+  destroyed = false;
+
+  constructor(
+    readonly id: number,
+    readonly tvqn: string,
+    readonly ivqn: string,
+    readonly device: VirtioDeviceInstance,
+    readonly control: QueueSession,
+    private readonly keepalive: KeepalivePolicy,
+    private readonly log: Logger,
+    private readonly onDestroyed: (inst: DeviceInstance) => void,
+  ) {
+    this.unsubscribeConfig = device.onConfigChange(() => this.configChanged());
+    this.keepaliveTimer =
+      keepalive.intervalMs > 0 ? setInterval(() => this.keepaliveTick(), keepalive.intervalMs) : null;
+    this.keepaliveTimer?.unref();
+  }
+
+  /** Virtio-oF features this instance offers: keyed descriptors only on keyed transports. */
+  get offeredOfFeatures(): bigint {
+    return this.control.connection.kind === 'keyed' ? 1n << VIRTIO_OF_F_KEYED_NUM_DESCS : 0n;
+  }
+
+  get deviceStatus(): number {
+    return this.status;
+  }
+
+  /** A VQ command may run only on a live device the driver has set up. */
+  get acceptsRequests(): boolean {
+    return (
+      (this.status & DeviceStatus.DRIVER_OK) !== 0 &&
+      (this.status & (DeviceStatus.DEVICE_NEEDS_RESET | DeviceStatus.FAILED)) === 0
+    );
+  }
+
+  heard(): void {
+    this.lastHeard = Date.now();
+  }
+
+  private keepaliveTick(): void {
+    if (this.destroyed) return;
+    const silent = Date.now() - this.lastHeard;
+    if (silent > this.keepalive.timeoutMs) {
+      this.log.warn(`instance ${this.id} (${this.ivqn} → ${this.tvqn}): initiator silent for ${silent} ms, destroying`);
+      this.destroy();
+      return;
+    }
+    this.control.sendEvent(encodeKeepaliveCompletion());
+  }
+
+  private configChanged(): void {
+    if (this.destroyed || this.configChangeOutstanding) return;
+    this.configChangeOutstanding = true;
+    this.control.sendEvent(encodeConfigChangeCompletion(this.device.configGeneration()));
+  }
+
+  getFeature(select: number): OpResult {
+    if (select !== 0) return fail(Status.EFEATURE);
+    return ok(this.offeredOfFeatures);
+  }
+
+  setFeature(select: number, bits: bigint): OpResult {
+    if (select !== 0) return bits === 0n ? ok() : fail(Status.EFEATURE);
+    if ((bits & ~this.offeredOfFeatures) !== 0n) return fail(Status.EFEATURE);
+    this.ofFeatures = bits;
+    return ok();
+  }
+
+  get keyedNumDescsNegotiated(): boolean {
+    return (this.ofFeatures & (1n << VIRTIO_OF_F_KEYED_NUM_DESCS)) !== 0n;
+  }
+
+  getDeviceFeature(select: number): OpResult {
+    if (select >= FEATURE_WINDOWS) return fail(Status.EDEVFEATURE);
+    return ok(featureWindow(this.device.features, select));
+  }
+
+  setDriverFeature(select: number, bits: bigint): OpResult {
+    if (select >= FEATURE_WINDOWS) return fail(Status.EDEVFEATURE);
+    if (this.status & DeviceStatus.FEATURES_OK) return fail(Status.ESTATUS);
+    this.driverFeatures = withFeatureWindow(this.driverFeatures, select, bits);
+    return ok();
+  }
+
+  setStatus(next: number): OpResult {
+    if (next === 0) {
+      this.reset();
+      return ok();
+    }
+    const problem = statusTransitionProblem(this.status, next);
+    if (problem) {
+      this.log.info(`instance ${this.id}: set status 0x${next.toString(16)} refused: ${problem}`);
+      return fail(Status.ESTATUS);
+    }
+    const becomingFeaturesOk = (next & DeviceStatus.FEATURES_OK) !== 0 && (this.status & DeviceStatus.FEATURES_OK) === 0;
+    if (becomingFeaturesOk) {
+      if ((this.driverFeatures & ~this.device.features) !== 0n) {
+        this.log.info(`instance ${this.id}: FEATURES_OK refused: driver features not a subset of the device's`);
+        return fail(Status.ESTATUS);
+      }
+      this.device.setDriverFeatures(this.driverFeatures);
+    }
+    this.status = next;
+    return ok();
+  }
+
+  reset(): void {
+    this.status = 0;
+    this.driverFeatures = 0n;
+    this.configChangeOutstanding = false;
+    this.device.reset();
+  }
+
+  getConfig(offset: number, bytes: number): OpResult {
+    const problem = this.configAccessProblem(offset, bytes);
+    if (problem !== Status.SUCCESS) return fail(problem);
+    // Reading the config re-arms config change notifications (seed: Config Change Completion).
+    this.configChangeOutstanding = false;
+    return { status: Status.SUCCESS, value: this.device.readConfig(offset, bytes), generation: this.device.configGeneration() };
+  }
+
+  setConfig(offset: number, bytes: number, value: bigint): OpResult {
+    const problem = this.configAccessProblem(offset, bytes);
+    if (problem !== Status.SUCCESS) return fail(problem);
+    return this.device.writeConfig(offset, bytes, value) ? ok() : fail(Status.ECONFOFF);
+  }
+
+  private configAccessProblem(offset: number, bytes: number): number {
+    if (bytes !== 1 && bytes !== 2 && bytes !== 4 && bytes !== 8) return Status.ECONFBYTES;
+    if (offset + bytes > this.device.configSize) return Status.ECONFOFF;
+    return Status.SUCCESS;
+  }
+
+  getVqSize(vqIndex: number): OpResult {
+    if (vqIndex >= this.device.numQueues) return fail(Status.EQUEUEQUOT);
+    return ok(this.device.maxQueueSize(vqIndex));
+  }
+
+  /** Tear down: virtqueue connections close, the device model is released. Idempotent. */
+  destroy(): void {
+    if (this.destroyed) return;
+    this.destroyed = true;
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    this.unsubscribeConfig();
+    for (const vq of this.virtqueues.values()) vq.closeWhenIdle();
+    this.virtqueues.clear();
+    this.control.closeWhenIdle();
+    this.device.destroy();
+    this.onDestroyed(this);
+  }
+}

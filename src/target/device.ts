@@ -1,0 +1,42 @@
+/**
+ * What the target needs from a virtio device model. A DeviceExport is registered under a TVQN;
+ * every control-queue Connect to it creates one VirtioDeviceInstance.
+ */
+
+export interface VirtioDeviceInstance {
+  readonly deviceId: number;
+  readonly vendorId: number;
+  /** Device feature bits offered (bits 0..127). */
+  readonly features: bigint;
+  readonly numQueues: number;
+  /** Largest queue size the device supports for a virtqueue. */
+  maxQueueSize(vqIndex: number): number;
+  /** Largest device-readable plus device-writable bytes one request may carry. */
+  readonly maxRequestBytes: number;
+  readonly configSize: number;
+  /** Little-endian value of `bytes` config bytes at `offset` (range checked by the caller). */
+  readConfig(offset: number, bytes: number): bigint;
+  /** false when the field is not writable by the driver. */
+  writeConfig(offset: number, bytes: number, value: bigint): boolean;
+  configGeneration(): number;
+  /** Called when the device's config space changes on its own (resize, another driver's write). */
+  onConfigChange(listener: () => void): () => void;
+  /** The driver accepted these features (FEATURES_OK). */
+  setDriverFeatures(features: bigint): void;
+  /** Return to the just-created state (Reset Device or status 0). */
+  reset(): void;
+  /**
+   * Run one request. `readable` holds the device-readable bytes; the result is the
+   * device-written bytes, starting at the first device-writable byte, at most `inLength` long.
+   */
+  handleRequest(vqIndex: number, readable: Buffer, inLength: number): Promise<readonly Buffer[]>;
+  /** The instance is gone; no more calls follow. */
+  destroy(): void;
+}
+
+export interface DeviceExport {
+  /** A short human-readable description for logs and `vof info`. */
+  readonly description: string;
+  createInstance(): VirtioDeviceInstance;
+  close(): Promise<void>;
+}

@@ -1,0 +1,113 @@
+import type { Socket } from 'node:net';
+import { COMPLETION_SIZE } from '../../protocol/constants.js';
+import type { InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
+import { ByteQueue } from './byte-queue.js';
+
+/**
+ * Initiator end of one TCP connection: request PDUs out, response PDUs in. A completion is
+ * followed by data only when it answers a VQ command, so the connection remembers which
+ * in-flight command ids are VQ commands.
+ */
+export class TcpInitiatorConnection implements InitiatorConnection {
+  readonly kind = 'stream' as const;
+  readonly peer: string;
+  maxKeyedDescriptors = 0;
+  private readonly queue = new ByteQueue();
+  private readonly vqInFlight = new Set<number>();
+  private pendingCompletion: Buffer | null = null;
+  private pendingLength = 0;
+  private handler: InitiatorConnectionHandler | null = null;
+  private closed = false;
+  private failure: Error | undefined;
+  private readonly closedPromise: Promise<void>;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly maxVqPayload: number,
+  ) {
+    this.peer = `tcp://${socket.remoteAddress}:${socket.remotePort}`;
+    socket.setNoDelay(true);
+    socket.pause();
+    socket.on('error', (err) => {
+      this.failure ??= err;
+    });
+    this.closedPromise = new Promise((resolve) => socket.once('close', () => resolve()));
+  }
+
+  start(handler: InitiatorConnectionHandler): void {
+    this.handler = handler;
+    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    this.socket.on('end', () => this.socket.end());
+    this.socket.on('close', () => this.finish());
+    this.socket.resume();
+  }
+
+  private onData(chunk: Buffer): void {
+    this.queue.push(chunk);
+    for (;;) {
+      if (this.closed) return;
+      if (this.pendingCompletion === null) {
+        if (this.queue.length < COMPLETION_SIZE) return;
+        const completion = Buffer.from(this.queue.take(COMPLETION_SIZE));
+        const commandId = completion.readUInt16LE(2);
+        if (!this.vqInFlight.delete(commandId)) {
+          this.handler?.onCompletion(completion, null);
+          continue;
+        }
+        const length = completion.readUInt32LE(4);
+        if (length > this.maxVqPayload) {
+          this.fail(new Error(`target announced a ${length}-byte VQ completion payload, limit ${this.maxVqPayload}`));
+          return;
+        }
+        this.pendingCompletion = completion;
+        this.pendingLength = length;
+      }
+      if (this.queue.length < this.pendingLength) return;
+      const completion = this.pendingCompletion;
+      const data = this.queue.take(this.pendingLength);
+      this.pendingCompletion = null;
+      this.handler?.onCompletion(completion, data);
+    }
+  }
+
+  sendCommand(command: Buffer, body?: Buffer): void {
+    if (this.closed) throw new Error(`connection to ${this.peer} is closed`);
+    if (body && body.length > 0) {
+      this.socket.cork();
+      this.socket.write(command);
+      this.socket.write(body);
+      this.socket.uncork();
+    } else {
+      this.socket.write(command);
+    }
+  }
+
+  sendVq(command: Buffer, out: readonly Buffer[], _inBuffers: readonly Buffer[]): void {
+    if (this.closed) throw new Error(`connection to ${this.peer} is closed`);
+    this.vqInFlight.add(command.readUInt16LE(2));
+    this.socket.cork();
+    this.socket.write(command);
+    for (const b of out) if (b.length > 0) this.socket.write(b);
+    this.socket.uncork();
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    this.socket.destroy();
+  }
+
+  close(): Promise<void> {
+    if (!this.closed) {
+      this.socket.end();
+      setTimeout(() => this.socket.destroy(), 2000).unref();
+    }
+    return this.closedPromise;
+  }
+
+  private finish(): void {
+    this.closed = true;
+    const h = this.handler;
+    this.handler = null;
+    h?.onClose(this.failure);
+  }
+}
