@@ -85,6 +85,15 @@ export async function runTarget(argv: string[]): Promise<number> {
       ...(values['keepalive-timeout'] && { timeoutMs: parseIntOption(values['keepalive-timeout'], 'keepalive-timeout', 1, 3600000)! }),
     },
   });
+  // Installed before anything is announced, so a signal at any point after shuts down cleanly.
+  const stopped = new Promise<void>((resolve) => {
+    const stop = (sig: string) => {
+      log.info(`${sig}: shutting down`);
+      resolve();
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
   try {
     for (const b of blks) {
       let disk: FileBlockExport;
@@ -97,7 +106,12 @@ export async function runTarget(argv: string[]): Promise<number> {
       } catch (err) {
         throw new CliError(`cannot open ${b.path} for "${b.tvqn}": ${(err as Error).message}`, 1);
       }
-      target.addDevice(b.tvqn, disk, [...(b.allow ?? []), ...allow]);
+      try {
+        target.addDevice(b.tvqn, disk, [...(b.allow ?? []), ...allow]);
+      } catch (err) {
+        await disk.close();
+        throw new CliError(`cannot export ${b.path} as "${b.tvqn}": ${(err as Error).message}`);
+      }
       log.info(`exporting ${disk.description} as "${b.tvqn}"`);
     }
     for (const url of listen) {
@@ -113,14 +127,7 @@ export async function runTarget(argv: string[]): Promise<number> {
     await target.close();
     throw err;
   }
-  await new Promise<void>((resolve) => {
-    const stop = (sig: string) => {
-      log.info(`${sig}: shutting down`);
-      resolve();
-    };
-    process.once('SIGINT', () => stop('SIGINT'));
-    process.once('SIGTERM', () => stop('SIGTERM'));
-  });
+  await stopped;
   await target.close();
   return 0;
 }

@@ -1,0 +1,108 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TargetFixture } from './helpers/target-fixture.js';
+
+const VOF = ['dist/cli/main.js'];
+
+function vof(args: string[]) {
+  return spawnSync(process.execPath, [...VOF, ...args], { encoding: 'utf8', timeout: 20000 });
+}
+
+/** Start `vof target` and resolve with its "listening on" URLs once it prints them. */
+function startTarget(args: string[], expectLines: number): Promise<{ child: ChildProcess; urls: string[]; stderr: () => string }> {
+  const child = spawn(process.execPath, [...VOF, 'target', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stderr!.on('data', (d) => (err += d));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`target did not start: ${err}`)), 10000);
+    child.on('exit', (code) => reject(new Error(`target exited ${code}: ${err}`)));
+    child.stdout!.on('data', (d) => {
+      out += d;
+      const urls = [...out.matchAll(/^listening on (\S+)$/gm)].map((m) => m[1]!);
+      if (urls.length === expectLines) {
+        clearTimeout(timer);
+        resolve({ child, urls, stderr: () => err });
+      }
+    });
+  });
+}
+
+describe('vof CLI', () => {
+  const scratch = new TargetFixture(); // only for its temp dir
+  let disk: string;
+  let target: { child: ChildProcess; urls: string[]; stderr: () => string };
+
+  beforeAll(async () => {
+    disk = `${scratch.dir}/disk.img`;
+    writeFileSync(disk, Buffer.alloc(4 * 1024 * 1024));
+    target = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--listen', 'tcp://127.0.0.1:0', '--blk', `cli-disk=${disk}`, '--allow', 'cli-user', '--keepalive-interval', '1000'], 2);
+  });
+  afterAll(async () => {
+    target?.child.kill('SIGKILL');
+    await scratch.close();
+  });
+
+  it('prints one "listening on" line per address', () => {
+    expect(target.urls).toHaveLength(2);
+    for (const u of target.urls) expect(u).toMatch(/^tcp:\/\/127\.0\.0\.1:\d+$/);
+  });
+
+  it('vof info --json reports ids, features, queues and config', () => {
+    const r = vof(['info', `${target.urls[1]}/cli-disk`, '--ivqn', 'cli-user', '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    const info = JSON.parse(r.stdout);
+    expect(info.deviceId).toBe(2);
+    expect(info.vendorId).toBe(0x1af4);
+    expect(info.queueSizes).toEqual([128, 128]);
+    expect(info.blk.capacityBytes).toBe(String(4 * 1024 * 1024));
+    expect(info.deviceFeatures.names).toContain('VIRTIO_F_VERSION_1');
+  });
+
+  it('vof info for a refused initiator fails with the status name', () => {
+    const r = vof(['info', `${target.urls[0]}/cli-disk`, '--ivqn', 'nobody']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/EACLREJECTED \(0x1003\)/);
+  });
+
+  it('vof cp copies a file up and the disk back down', () => {
+    const src = `${scratch.dir}/src.bin`;
+    const data = Buffer.alloc(3 * 1024 * 1024 + 100);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 31 + 7) & 0xff;
+    writeFileSync(src, data);
+    const up = vof(['cp', src, `${target.urls[0]}/cli-disk`, '--ivqn', 'cli-user']);
+    expect(up.status, up.stderr).toBe(0);
+    expect(up.stdout).toMatch(/copied 3145828 bytes/);
+    expect(up.stderr).toMatch(/100\.0%/);
+    const down = `${scratch.dir}/down.bin`;
+    const dl = vof(['cp', `${target.urls[0]}/cli-disk`, down, '--ivqn', 'cli-user', '--json']);
+    expect(dl.status, dl.stderr).toBe(0);
+    expect(JSON.parse(dl.stdout).bytes).toBe(4 * 1024 * 1024);
+    const got = readFileSync(down);
+    expect(got.subarray(0, data.length).equals(data)).toBe(true);
+    expect(got.subarray(data.length).every((x) => x === 0)).toBe(true);
+  });
+
+  it('explains bad usage', () => {
+    const r = vof(['target', '--blk', 'x=/nonexistent']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/needs at least one --listen/);
+    const r2 = vof(['target', '--listen', 'tcp://127.0.0.1:0', '--blk', 'x=/nonexistent/disk']);
+    expect(r2.status).toBe(1);
+    expect(r2.stderr).toMatch(/cannot open \/nonexistent\/disk/);
+    const r3 = vof(['info', 'http://x/y']);
+    expect(r3.stderr).toMatch(/not a Virtio-oF address/);
+  });
+
+  it('shuts down cleanly on SIGTERM', async () => {
+    const t = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk},ro`], 1);
+    const code = await new Promise<number | null>((r) => {
+      t.child.removeAllListeners('exit');
+      t.child.on('exit', (c) => r(c));
+      t.child.kill('SIGTERM');
+    });
+    expect(code).toBe(0);
+    expect(t.stderr()).toMatch(/SIGTERM: shutting down/);
+  });
+});

@@ -1,0 +1,71 @@
+import { describe, expect, it } from 'vitest';
+import { QueueClient } from '../src/initiator/queue-client.js';
+import { Opcode, encodeBareCompletion, type InitiatorConnection, type InitiatorConnectionHandler } from '../src/index.js';
+
+/** A connection that records commands and lets the test answer them. */
+function fakeConnection() {
+  const sent: number[] = [];
+  let handler: InitiatorConnectionHandler | null = null;
+  const conn: InitiatorConnection = {
+    kind: 'stream',
+    peer: 'fake',
+    maxKeyedDescriptors: 0,
+    start: (h) => (handler = h),
+    sendCommand: (c) => sent.push(c.readUInt16LE(2)),
+    sendVq: (c) => sent.push(c.readUInt16LE(2)),
+    close: async () => handler?.onClose(),
+  };
+  return { conn, sent, answer: (id: number) => handler!.onCompletion(encodeBareCompletion(0, id), null) };
+}
+
+describe('QueueClient', () => {
+  it('command ids are unique in flight and never in 0xff00-0xffff', async () => {
+    const f = fakeConnection();
+    const q = new QueueClient(f.conn, 8);
+    const seen = new Set<number>();
+    for (let i = 0; i < 0x10100; i++) {
+      const p = q.call({ opcode: Opcode.GetStatus });
+      const id = f.sent[f.sent.length - 1]!;
+      expect(id).toBeLessThan(0xff00);
+      f.answer(id);
+      await p;
+      if (i < 0xff00) seen.add(id);
+    }
+    expect(seen.size).toBe(0xff00);
+  });
+  it('skips ids still in flight when it wraps', async () => {
+    const f = fakeConnection();
+    const q = new QueueClient(f.conn, 4);
+    const stuck = q.call({ opcode: Opcode.GetStatus }); // id 0 stays in flight
+    for (let i = 1; i < 0xff00; i++) {
+      const p = q.call({ opcode: Opcode.GetStatus });
+      f.answer(f.sent[f.sent.length - 1]!);
+      await p;
+    }
+    void q.call({ opcode: Opcode.GetStatus });
+    expect(f.sent[f.sent.length - 1]).toBe(1);
+    f.answer(0);
+    await stuck;
+  });
+  it('holds commands beyond the queue size until a completion frees a slot', async () => {
+    const f = fakeConnection();
+    const q = new QueueClient(f.conn, 2);
+    const ps = [0, 1, 2].map(() => q.call({ opcode: Opcode.GetStatus }));
+    expect(f.sent).toEqual([0, 1]);
+    f.answer(0);
+    await ps[0];
+    expect(f.sent).toEqual([0, 1, 2]);
+    f.answer(1);
+    f.answer(2);
+    await Promise.all(ps);
+  });
+  it('rejects everything in flight and waiting when the connection closes', async () => {
+    const f = fakeConnection();
+    const q = new QueueClient(f.conn, 1);
+    const a = q.call({ opcode: Opcode.GetStatus });
+    const b = q.call({ opcode: Opcode.GetStatus });
+    await q.close();
+    await expect(a).rejects.toThrow(/closed/);
+    await expect(b).rejects.toThrow(/closed/);
+  });
+});

@@ -1,0 +1,176 @@
+import { readFileSync, statSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import {
+  BlkConfig,
+  BlkFeature,
+  BlkRequestType,
+  BlockDevice,
+  BlockIoError,
+  VofError,
+  encodeRequestHeader,
+} from '../../src/index.js';
+import { TargetFixture } from '../helpers/target-fixture.js';
+
+const MiB = 1024 * 1024;
+
+function pattern(length: number, seed: number): Buffer {
+  const b = Buffer.allocUnsafe(length);
+  let x = seed | 1;
+  for (let i = 0; i < length; i++) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    b[i] = x >>> 24;
+  }
+  return b;
+}
+
+/**
+ * End-to-end virtio-blk behaviour over one transport. The same suite runs over TCP and RDMA so
+ * the two can never drift apart: `listenUrl` picks the transport (tcp://127.0.0.1:0, rdma://…).
+ */
+export function blkEndToEndSuite(name: string, listenUrl: string, opts: { diskMiB?: number } = {}): void {
+  describe(`virtio-blk end to end over ${name}`, () => {
+    const diskSize = (opts.diskMiB ?? 8) * MiB;
+    let fx: TargetFixture;
+    let rwPath: string;
+    let url: string;
+
+    beforeAll(async () => {
+      fx = new TargetFixture();
+      rwPath = await fx.addDisk('disk', diskSize, { numQueues: 2, queueSize: 16, serial: 'vof-serial-01' });
+      await fx.addDisk('ro', MiB, { readOnly: true, fill: (b) => b.fill(0x5a) });
+      await fx.addDisk('acl', MiB, { allow: ['allowed'] });
+      url = await fx.listen(listenUrl);
+    });
+    afterAll(async () => {
+      await fx?.close();
+    });
+
+    it('write a pattern, flush, disconnect, reconnect, read it back', async () => {
+      const data = pattern(3 * MiB + 4096, 1);
+      const a = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0 });
+      expect(a.capacity).toBe(diskSize);
+      expect(a.numQueues).toBe(2);
+      await a.write(MiB, data);
+      await a.flush();
+      await a.close();
+      // On the backing file, byte for byte, and nothing outside the written range.
+      const file = readFileSync(rwPath);
+      expect(file.subarray(MiB, MiB + data.length).equals(data)).toBe(true);
+      expect(file.subarray(0, MiB).every((x) => x === 0)).toBe(true);
+      const b = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0 });
+      expect((await b.read(MiB, data.length)).equals(data)).toBe(true);
+      await b.close();
+    });
+
+    it('sizes from 512 B to 1 MiB, concurrently, spread over both queues', async () => {
+      const d = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0 });
+      try {
+        const sizes = [512, 1024, 4096, 8192, 65536, 131072, 512 * 1024, MiB];
+        const writes = sizes.map((s, i) => d.write(i * MiB, pattern(s, 100 + i)));
+        expect(d.device.queues.map((q) => q.inFlight > 0)).toEqual([true, true]);
+        await Promise.all(writes);
+        const reads = await Promise.all(sizes.map((s, i) => d.read(i * MiB, s)));
+        reads.forEach((r, i) => expect(r.equals(pattern(sizes[i]!, 100 + i))).toBe(true));
+      } finally {
+        await d.close();
+      }
+    });
+
+    it('pipelines up to the queue size and queues the rest', async () => {
+      const d = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0, queueSize: 4, maxQueues: 1 });
+      try {
+        expect(d.device.queues[0]!.queueSize).toBe(4);
+        const all = Array.from({ length: 40 }, (_, i) => d.read(i * 4096, 4096));
+        expect(d.device.queues[0]!.inFlight).toBe(4);
+        await Promise.all(all);
+      } finally {
+        await d.close();
+      }
+    });
+
+    it('write zeroes, discard, get id', async () => {
+      const d = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0 });
+      try {
+        await d.write(0, pattern(65536, 9));
+        await d.writeZeroes(4096, 8192);
+        const back = await d.read(0, 65536);
+        expect(back.subarray(4096, 12288).every((x) => x === 0)).toBe(true);
+        expect(back.subarray(0, 4096).equals(pattern(65536, 9).subarray(0, 4096))).toBe(true);
+        expect(back.subarray(12288).equals(pattern(65536, 9).subarray(12288))).toBe(true);
+        await d.discard(0, 4096);
+        expect(await d.getId()).toBe('vof-serial-01');
+      } finally {
+        await d.close();
+      }
+    });
+
+    it('a request outside the capacity gets IOERR and leaves the file alone', async () => {
+      const d = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0 });
+      try {
+        await expect(d.read(diskSize, 512)).rejects.toThrow(RangeError);
+        const tailBefore = readFileSync(rwPath).subarray(diskSize - 512);
+        // Bypass the client's own check: a raw request straddling the end.
+        const status = Buffer.alloc(1, 0xff);
+        const header = encodeRequestHeader(BlkRequestType.OUT, BigInt(diskSize / 512 - 1));
+        await d.device.request(0, [header, Buffer.alloc(1024, 0xee)], [status]);
+        expect(status[0]).toBe(1);
+        const far = encodeRequestHeader(BlkRequestType.IN, 1n << 60n);
+        const st2 = Buffer.alloc(1, 0xff);
+        await d.device.request(0, [far], [Buffer.alloc(512), st2]);
+        expect(st2[0]).toBe(1);
+        expect(statSync(rwPath).size).toBe(diskSize);
+        expect(readFileSync(rwPath).subarray(diskSize - 512).equals(tailBefore)).toBe(true);
+      } finally {
+        await d.close();
+      }
+    });
+
+    it('a read-only export refuses writes with IOERR and serves reads', async () => {
+      const d = await BlockDevice.open(`${url}/ro`, { keepaliveIntervalMs: 0 });
+      try {
+        expect(d.readOnly).toBe(true);
+        expect(d.device.hasFeature(BlkFeature.RO)).toBe(true);
+        expect((await d.read(0, 512)).every((x) => x === 0x5a)).toBe(true);
+        const err = await d.write(0, Buffer.alloc(512)).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(BlockIoError);
+        expect((err as BlockIoError).statusName).toBe('IOERR');
+        await expect(d.writeZeroes(0, 512)).rejects.toThrow(/IOERR/);
+      } finally {
+        await d.close();
+      }
+    });
+
+    it('config change: event on a writeback change, re-armed by reading the config', async () => {
+      const d = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0 });
+      try {
+        const g0 = (await d.device.getConfig(BlkConfig.writeback, 1)).generation;
+        const event = new Promise<number>((r) => d.device.once('configChange', r));
+        await d.device.setConfig(BlkConfig.writeback, 1, 0);
+        expect(await event).toBe(g0 + 1);
+        const now = await d.device.getConfig(BlkConfig.writeback, 1);
+        expect([now.value, now.generation]).toEqual([0n, g0 + 1]);
+        await d.device.setConfig(BlkConfig.writeback, 1, 1);
+      } finally {
+        await d.close();
+      }
+    });
+
+    it('errors are typed and carry the status name', async () => {
+      const err = await BlockDevice.open(`${url}/acl`, { keepaliveIntervalMs: 0, ivqn: 'stranger' }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(VofError);
+      expect(String(err)).toMatch(/^VofError: EACLREJECTED \(0x1003\) on Connect/);
+      const ok = await BlockDevice.open(`${url}/acl`, { keepaliveIntervalMs: 0, ivqn: 'allowed' });
+      await ok.close();
+      await expect(BlockDevice.open(`${url}/missing`, { keepaliveIntervalMs: 0 })).rejects.toThrow(/ENOTGT \(0x1001\)/);
+    });
+
+    it('closing the device releases its instance on the target', async () => {
+      const before = fx.target.instanceCount;
+      const d = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0 });
+      expect(fx.target.instanceCount).toBe(before + 1);
+      await d.close();
+      for (let i = 0; i < 100 && fx.target.instanceCount !== before; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(fx.target.instanceCount).toBe(before);
+    });
+  });
+}

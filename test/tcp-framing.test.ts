@@ -1,0 +1,192 @@
+import { EventEmitter } from 'node:events';
+import type { Socket } from 'node:net';
+import { describe, expect, it } from 'vitest';
+import {
+  Opcode,
+  encodeCommand,
+  encodeConnectBody,
+  encodeVqCompletion,
+  encodeBareCompletion,
+  silentLogger,
+  type VqRequestData,
+} from '../src/index.js';
+import { VqTransferError } from '../src/transport/transport.js';
+import { TcpTargetConnection } from '../src/transport/tcp/tcp-target-connection.js';
+import { TcpInitiatorConnection } from '../src/transport/tcp/tcp-initiator-connection.js';
+
+/** A socket stand-in that lets a test decide exactly how bytes are split into reads. */
+class FakeSocket extends EventEmitter {
+  remoteAddress = '127.0.0.1';
+  remotePort = 1;
+  written: Buffer[] = [];
+  writeReturns = true;
+  paused = false;
+  ended = false;
+  destroyed = false;
+  setNoDelay() {}
+  pause() {
+    this.paused = true;
+  }
+  resume() {
+    this.paused = false;
+  }
+  cork() {}
+  uncork() {}
+  write(b: Buffer) {
+    this.written.push(Buffer.from(b));
+    return this.writeReturns;
+  }
+  end() {
+    this.ended = true;
+    this.emit('close');
+  }
+  destroy() {
+    this.destroyed = true;
+    this.emit('close');
+  }
+  feed(...chunks: Buffer[]) {
+    for (const c of chunks) this.emit('data', c);
+  }
+}
+
+const asSocket = (s: FakeSocket) => s as unknown as Socket;
+
+type Seen = { opcode: number; commandId: number; payload: string };
+
+function targetOn(limit = 1 << 20) {
+  const sock = new FakeSocket();
+  const conn = new TcpTargetConnection(asSocket(sock), limit, silentLogger);
+  const seen: Array<{ cmd: Buffer; payload: Buffer | VqRequestData }> = [];
+  let closed = false;
+  conn.start({ onCommand: (cmd, payload) => seen.push({ cmd, payload }), onClose: () => (closed = true) });
+  return { sock, conn, seen, isClosed: () => closed };
+}
+
+async function summarize(seen: Array<{ cmd: Buffer; payload: Buffer | VqRequestData }>): Promise<Seen[]> {
+  const out: Seen[] = [];
+  for (const s of seen) {
+    const p = s.payload instanceof Buffer ? s.payload : await s.payload.readOut();
+    out.push({ opcode: s.cmd.readUInt16LE(0), commandId: s.cmd.readUInt16LE(2), payload: p.toString('hex') });
+  }
+  return out;
+}
+
+const vqData = Buffer.from(Array.from({ length: 1000 }, (_, i) => (i * 13) & 0xff));
+const stream = Buffer.concat([
+  encodeCommand({ opcode: Opcode.Connect, commandId: 1, deviceInstanceId: 0xffff, vqIndex: 0, length: 1024, queueSize: 0 }),
+  encodeConnectBody({ ivqn: 'i', tvqn: 't' }),
+  encodeCommand({ opcode: Opcode.Keepalive, commandId: 2 }),
+  encodeCommand({ opcode: Opcode.Vq, commandId: 3, outLength: 1000, inLength: 5 }),
+  vqData,
+  encodeCommand({ opcode: Opcode.Vq, commandId: 4, outLength: 0, inLength: 5 }),
+  encodeCommand({ opcode: Opcode.Connect, commandId: 5, deviceInstanceId: 3, vqIndex: 1, length: 0, queueSize: 0 }),
+  encodeCommand({ opcode: Opcode.GetConfig, commandId: 6, offset: 0, bytes: 8 }),
+]);
+const expected: Seen[] = [
+  { opcode: Opcode.Connect, commandId: 1, payload: encodeConnectBody({ ivqn: 'i', tvqn: 't' }).toString('hex') },
+  { opcode: Opcode.Keepalive, commandId: 2, payload: '' },
+  { opcode: Opcode.Vq, commandId: 3, payload: vqData.toString('hex') },
+  { opcode: Opcode.Vq, commandId: 4, payload: '' },
+  { opcode: Opcode.Connect, commandId: 5, payload: '' },
+  { opcode: Opcode.GetConfig, commandId: 6, payload: '' },
+];
+
+describe('TCP target framing (DECISIONS.md item 3)', () => {
+  it('many PDUs in one read', async () => {
+    const t = targetOn();
+    t.sock.feed(stream);
+    expect(await summarize(t.seen)).toEqual(expected);
+  });
+  it('every PDU split byte by byte', async () => {
+    const t = targetOn();
+    for (let i = 0; i < stream.length; i++) t.sock.feed(stream.subarray(i, i + 1));
+    expect(await summarize(t.seen)).toEqual(expected);
+  });
+  it('random splits', async () => {
+    let seed = 7;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % 97) + 1;
+    for (let round = 0; round < 20; round++) {
+      const t = targetOn();
+      for (let i = 0; i < stream.length; ) {
+        const n = rnd();
+        t.sock.feed(stream.subarray(i, i + n));
+        i += n;
+      }
+      expect(await summarize(t.seen)).toEqual(expected);
+    }
+  });
+  it('a VQ payload over the limit is skipped as it arrives, never buffered, then reported', async () => {
+    const t = targetOn(4096);
+    t.sock.feed(encodeCommand({ opcode: Opcode.Vq, commandId: 9, outLength: 3 * 1024 * 1024, inLength: 1 }));
+    const chunk = Buffer.alloc(64 * 1024);
+    for (let i = 0; i < 48; i++) {
+      t.sock.feed(chunk);
+      expect((t.conn as unknown as { queue: { length: number } }).queue.length).toBe(0);
+    }
+    expect(t.seen).toHaveLength(1);
+    const req = t.seen[0]!.payload as VqRequestData;
+    await expect(req.readOut()).rejects.toBeInstanceOf(VqTransferError);
+    // The stream is still in sync afterwards.
+    t.sock.feed(encodeCommand({ opcode: Opcode.GetStatus, commandId: 10 }));
+    expect(t.seen[1]!.cmd.readUInt16LE(2)).toBe(10);
+  });
+  it('a Connect announcing a body that is neither 0 nor 1024 bytes closes the connection', () => {
+    const t = targetOn();
+    t.sock.feed(encodeCommand({ opcode: Opcode.Connect, commandId: 1, deviceInstanceId: 0xffff, vqIndex: 0, length: 0xffffffff, queueSize: 0 }));
+    expect(t.sock.ended).toBe(true);
+    expect(t.isClosed()).toBe(true);
+    expect(t.seen).toHaveLength(0);
+  });
+  it('stops reading while completions cannot be written, resumes on drain', () => {
+    const t = targetOn();
+    t.sock.writeReturns = false;
+    t.conn.sendCompletion(encodeBareCompletion(0, 1));
+    expect(t.sock.paused).toBe(true);
+    t.sock.writeReturns = true;
+    t.sock.emit('drain');
+    expect(t.sock.paused).toBe(false);
+  });
+  it('a VQ completion is the 16-byte completion followed by exactly the written bytes', async () => {
+    const t = targetOn();
+    const done = encodeVqCompletion(0, 3, 5);
+    await t.conn.completeVq({ outLength: 0, inLength: 5, readOut: async () => Buffer.alloc(0) }, done, [Buffer.from('abcd'), Buffer.from('e')]);
+    expect(Buffer.concat(t.sock.written).equals(Buffer.concat([done, Buffer.from('abcde')]))).toBe(true);
+  });
+});
+
+describe('TCP initiator framing', () => {
+  function initiatorOn(limit = 1 << 20) {
+    const sock = new FakeSocket();
+    const conn = new TcpInitiatorConnection(asSocket(sock), limit);
+    const got: Array<{ id: number; data: string | null }> = [];
+    let closeReason: Error | undefined | null = null;
+    conn.start({
+      onCompletion: (c, d) => got.push({ id: c.readUInt16LE(2), data: d ? d.toString() : null }),
+      onClose: (r) => (closeReason = r),
+    });
+    return { sock, conn, got, closeReason: () => closeReason };
+  }
+  it('reads VQ payloads only after VQ completions, across arbitrary splits', () => {
+    const i = initiatorOn();
+    i.conn.sendVq(encodeCommand({ opcode: Opcode.Vq, commandId: 7, outLength: 0, inLength: 8 }), [], [Buffer.alloc(8)]);
+    const bytes = Buffer.concat([
+      encodeBareCompletion(0, 1),
+      encodeVqCompletion(0, 7, 6),
+      Buffer.from('hello!'),
+      Buffer.from([0, 0, 0xff, 0xff, ...Array(12).fill(0)]), // a keepalive event
+    ]);
+    for (let k = 0; k < bytes.length; k += 5) i.sock.feed(bytes.subarray(k, k + 5));
+    expect(i.got).toEqual([
+      { id: 1, data: null },
+      { id: 7, data: 'hello!' },
+      { id: 0xffff, data: null },
+    ]);
+  });
+  it('a completion announcing more than the limit breaks the connection instead of allocating', () => {
+    const i = initiatorOn(1024);
+    i.conn.sendVq(encodeCommand({ opcode: Opcode.Vq, commandId: 2, outLength: 0, inLength: 8 }), [], [Buffer.alloc(8)]);
+    i.sock.feed(encodeVqCompletion(0, 2, 0x7fffffff));
+    expect(i.sock.destroyed).toBe(true);
+    expect(String(i.closeReason())).toMatch(/limit 1024/);
+  });
+});
