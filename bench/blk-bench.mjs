@@ -1,0 +1,80 @@
+#!/usr/bin/env node
+// virtio-blk throughput and IOPS through vof, target in its own process.
+//   node bench/blk-bench.mjs [--listen tcp://127.0.0.1:0] [--seconds 3] [--json]
+// --listen picks the transport (tcp://… or rdma://ADDR:PORT). Needs `npm run build` first.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { BlockDevice } from '../dist/index.js';
+
+const { values } = parseArgs({
+  options: {
+    listen: { type: 'string', default: 'tcp://127.0.0.1:0' },
+    seconds: { type: 'string', default: '3' },
+    'disk-mib': { type: 'string', default: '256' },
+    json: { type: 'boolean', default: false },
+    cases: { type: 'string', default: '4k:1,4k:32,64k:16,1m:4' },
+  },
+});
+const seconds = Number(values.seconds);
+const diskBytes = Number(values['disk-mib']) * 1024 * 1024;
+const root = fileURLToPath(new URL('..', import.meta.url));
+const dir = mkdtempSync(join(tmpdir(), 'vof-bench-'));
+const disk = join(dir, 'disk.img');
+writeFileSync(disk, Buffer.alloc(diskBytes, 0x11));
+
+const target = spawn(process.execPath, [join(root, 'dist/cli/main.js'), 'target', '--listen', values.listen, '--blk', `bench=${disk}`, '--log', 'warn', '--queues', '2'], {
+  stdio: ['ignore', 'pipe', 'inherit'],
+});
+const url = await new Promise((resolve, reject) => {
+  let out = '';
+  target.stdout.on('data', (d) => {
+    out += d;
+    const m = /listening on (\S+)/.exec(out);
+    if (m) resolve(m[1]);
+  });
+  target.on('exit', (c) => reject(new Error(`target exited with ${c}`)));
+});
+
+const parseSize = (s) => Number.parseInt(s) * ({ k: 1024, m: 1024 * 1024 }[s.at(-1).toLowerCase()] ?? 1);
+const results = [];
+const dev = await BlockDevice.open(`${url}/bench`, { maxTransferBytes: 4 * 1024 * 1024 });
+try {
+  for (const c of values.cases.split(',')) {
+    const [bs, qd] = c.split(':');
+    const size = parseSize(bs);
+    const depth = Number(qd);
+    for (const op of ['read', 'write']) {
+      const buffers = Array.from({ length: depth }, () => Buffer.alloc(size, 0x5a));
+      const slots = Math.floor(diskBytes / size);
+      let ios = 0;
+      let x = 12345;
+      const end = Date.now() + seconds * 1000;
+      const t0 = process.hrtime.bigint();
+      await Promise.all(
+        buffers.map(async (buf) => {
+          while (Date.now() < end) {
+            x = (x * 1103515245 + 12345) >>> 0;
+            const off = (x % slots) * size;
+            if (op === 'read') await dev.read(off, buf);
+            else await dev.write(off, buf);
+            ios++;
+          }
+        }),
+      );
+      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+      const r = { transport: url.split(':')[0], op, blockSize: bs, queueDepth: depth, iops: Math.round(ios / secs), mibPerSec: +((ios * size) / secs / 1048576).toFixed(1) };
+      results.push(r);
+      if (!values.json) console.log(`${r.transport} ${op.padEnd(5)} bs=${bs.padEnd(3)} qd=${String(depth).padEnd(2)}  ${String(r.iops).padStart(7)} IOPS  ${String(r.mibPerSec).padStart(7)} MiB/s`);
+    }
+  }
+} finally {
+  await dev.close();
+  target.kill('SIGTERM');
+  await new Promise((r) => target.on('exit', r));
+  rmSync(dir, { recursive: true, force: true });
+}
+if (values.json) console.log(JSON.stringify(results));
