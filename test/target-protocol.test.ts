@@ -388,6 +388,26 @@ describe('malformed input closes cleanly and harms nobody else', () => {
   });
 });
 
+describe('instance limits', () => {
+  it('ENODEV when the target cannot create another instance', async () => {
+    const k = new TargetFixture({ maxInstances: 1 });
+    await k.addDisk('d', 65536);
+    await k.listen();
+    try {
+      const a = await RawQueue.open(k.port);
+      expect(st(await a.connectControl('d'))).toBe('SUCCESS');
+      const b = await RawQueue.open(k.port);
+      expect(st(await b.connectControl('d'))).toBe('ENODEV');
+      await a.close();
+      await waitFor(() => k.target.instanceCount === 0);
+      expect(st(await b.connectControl('d'))).toBe('SUCCESS');
+      await b.close();
+    } finally {
+      await k.close();
+    }
+  });
+});
+
 describe('keepalive', () => {
   it('the target sends keepalives and drops an instance whose initiator went silent', async () => {
     const k = new TargetFixture({ keepalive: { intervalMs: 50, timeoutMs: 300 } });
