@@ -2,13 +2,12 @@
 // virtio-blk throughput and IOPS through vof, target in its own process.
 //   node bench/blk-bench.mjs [--listen tcp://127.0.0.1:0] [--seconds 3] [--json]
 // --listen picks the transport (tcp://… or rdma://ADDR:PORT). Needs `npm run build` first.
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { fileURLToPath } from 'node:url';
 import { BlockDevice } from '../dist/index.js';
+import { startTarget } from '../scripts/start-target.mjs';
 
 const { values } = parseArgs({
   options: {
@@ -21,23 +20,12 @@ const { values } = parseArgs({
 });
 const seconds = Number(values.seconds);
 const diskBytes = Number(values['disk-mib']) * 1024 * 1024;
-const root = fileURLToPath(new URL('..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'vof-bench-'));
 const disk = join(dir, 'disk.img');
 writeFileSync(disk, Buffer.alloc(diskBytes, 0x11));
 
-const target = spawn(process.execPath, [join(root, 'dist/cli/main.js'), 'target', '--listen', values.listen, '--blk', `bench=${disk}`, '--log', 'warn', '--queues', '2'], {
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
-const url = await new Promise((resolve, reject) => {
-  let out = '';
-  target.stdout.on('data', (d) => {
-    out += d;
-    const m = /listening on (\S+)/.exec(out);
-    if (m) resolve(m[1]);
-  });
-  target.on('exit', (c) => reject(new Error(`target exited with ${c}`)));
-});
+const target = await startTarget(['--listen', values.listen, '--blk', `bench=${disk}`, '--log', 'warn', '--queues', '2'], { stderr: 'inherit' });
+const url = target.urls[0];
 
 const parseSize = (s) => Number.parseInt(s) * ({ k: 1024, m: 1024 * 1024 }[s.at(-1).toLowerCase()] ?? 1);
 const results = [];
@@ -73,8 +61,7 @@ try {
   }
 } finally {
   await dev.close();
-  target.kill('SIGTERM');
-  await new Promise((r) => target.on('exit', r));
+  await target.stop();
   rmSync(dir, { recursive: true, force: true });
 }
 if (values.json) console.log(JSON.stringify(results));

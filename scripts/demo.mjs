@@ -1,36 +1,22 @@
 #!/usr/bin/env node
 // A self-contained tour: export a scratch disk over Virtio-oF/TCP, use it from a second
 // process through the CLI and from this one through the library, then shut everything down.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { BlockDevice } from '../dist/index.js';
+import { VOF_CLI as vof, startTarget } from './start-target.mjs';
 
-const root = fileURLToPath(new URL('..', import.meta.url));
-const vof = join(root, 'dist/cli/main.js');
 const dir = mkdtempSync(join(tmpdir(), 'vof-demo-'));
 const disk = join(dir, 'disk.img');
 writeFileSync(disk, Buffer.alloc(64 * 1024 * 1024));
 const step = (s) => console.log(`\n== ${s}`);
 
 step(`vof target --listen tcp://127.0.0.1:0 --blk demo=${disk}`);
-const target = spawn(process.execPath, [vof, 'target', '--listen', 'tcp://127.0.0.1:0', '--blk', `demo=${disk}`, '--log', 'warn'], {
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
-const url = await new Promise((resolve, reject) => {
-  let out = '';
-  target.stdout.on('data', (d) => {
-    out += d;
-    const m = /listening on (\S+)/.exec(out);
-    if (m) {
-      process.stdout.write(out);
-      resolve(m[1]);
-    }
-  });
-  target.on('exit', (c) => reject(new Error(`target exited with ${c}`)));
-});
+const target = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `demo=${disk}`, '--log', 'warn'], { stderr: 'inherit' });
+const url = target.urls[0];
+console.log(`listening on ${url}`);
 
 try {
   step(`vof info ${url}/demo`);
@@ -58,8 +44,7 @@ try {
   spawnSync(process.execPath, [vof, 'cp', `${url}/demo`, join(dir, 'copy.img')], { stdio: 'inherit' });
 } finally {
   step('SIGTERM to the target');
-  target.kill('SIGTERM');
-  await new Promise((r) => target.on('exit', r));
+  await target.stop();
   rmSync(dir, { recursive: true, force: true });
   console.log('done');
 }

@@ -1,38 +1,21 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { VOF_CLI, startTarget as start, type StartedTarget } from '../scripts/start-target.mjs';
 
-const VOF = ['dist/cli/main.js'];
+const startTarget = (args: string[], lines: number) => start(args, { lines });
+
+const VOF = [VOF_CLI];
 
 function vof(args: string[]) {
   return spawnSync(process.execPath, [...VOF, ...args], { encoding: 'utf8', timeout: 20000 });
 }
 
-/** Start `vof target` and resolve with its "listening on" URLs once it prints them. */
-function startTarget(args: string[], expectLines: number): Promise<{ child: ChildProcess; urls: string[]; stderr: () => string }> {
-  const child = spawn(process.execPath, [...VOF, 'target', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  let err = '';
-  child.stderr!.on('data', (d) => (err += d));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`target did not start: ${err}`)), 10000);
-    child.on('exit', (code) => reject(new Error(`target exited ${code}: ${err}`)));
-    child.stdout!.on('data', (d) => {
-      out += d;
-      const urls = [...out.matchAll(/^listening on (\S+)$/gm)].map((m) => m[1]!);
-      if (urls.length === expectLines) {
-        clearTimeout(timer);
-        resolve({ child, urls, stderr: () => err });
-      }
-    });
-  });
-}
-
 describe('vof CLI', () => {
   const scratch = new TargetFixture(); // only for its temp dir
   let disk: string;
-  let target: { child: ChildProcess; urls: string[]; stderr: () => string };
+  let target: StartedTarget;
 
   beforeAll(async () => {
     disk = `${scratch.dir}/disk.img`;
@@ -97,11 +80,7 @@ describe('vof CLI', () => {
 
   it('shuts down cleanly on SIGTERM', async () => {
     const t = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk},ro`], 1);
-    const code = await new Promise<number | null>((r) => {
-      t.child.removeAllListeners('exit');
-      t.child.on('exit', (c) => r(c));
-      t.child.kill('SIGTERM');
-    });
+    const code = await t.stop();
     expect(code).toBe(0);
     expect(t.stderr()).toMatch(/SIGTERM: shutting down/);
   });
