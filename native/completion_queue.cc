@@ -1,0 +1,121 @@
+#include "addon.h"
+
+namespace vof {
+
+Napi::Function CompletionQueue::Init(Napi::Env env) {
+  return DefineClass(env, "CompletionQueue",
+                     {
+                         InstanceMethod<&CompletionQueue::Destroy>("destroy"),
+                         InstanceMethod<&CompletionQueue::Poll>("poll"),
+                     });
+}
+
+// new CompletionQueue(cmId, cqe, onCompletions(count)); results in this.completions.
+CompletionQueue::CompletionQueue(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CompletionQueue>(info) {
+  Napi::Env env = info.Env();
+  ibv_context* verbs = CmId::Unwrap(info[0].As<Napi::Object>())->Verbs(env);
+  int cqe = info[1].As<Napi::Number>().Int32Value();
+  if (!info[2].IsFunction()) throw Napi::TypeError::New(env, "CompletionQueue(cmId, cqe, onCompletions)");
+  channel_ = ibv_create_comp_channel(verbs);
+  if (channel_ == nullptr) ThrowErrno(env, "ibv_create_comp_channel", errno);
+  cq = ibv_create_cq(verbs, cqe, this, channel_, 0);
+  if (cq == nullptr) {
+    int err = errno;
+    ibv_destroy_comp_channel(channel_);
+    channel_ = nullptr;
+    ThrowErrno(env, "ibv_create_cq", err);
+  }
+  Counts().completionQueues++;
+  SetNonBlocking(env, channel_->fd, "fcntl(completion channel)");
+  int err = ibv_req_notify_cq(cq, 0);
+  if (err != 0) ThrowErrno(env, "ibv_req_notify_cq", err);
+  Napi::Uint32Array words = Napi::Uint32Array::New(env, 4 * kBatch);
+  resultWords_ = words.Data();
+  results_ = Napi::Persistent(words.As<Napi::Object>());
+  info.This().As<Napi::Object>().Set("completions", words);
+  onCompletions_ = Napi::Persistent(info[2].As<Napi::Function>());
+  poll_ = new uv_poll_t;
+  uv_poll_init(LoopOf(env), poll_, channel_->fd);
+  poll_->data = this;
+  uv_poll_start(poll_, UV_READABLE, &CompletionQueue::OnReadable);
+  Ref();
+}
+
+CompletionQueue::~CompletionQueue() { Release(); }
+
+void CompletionQueue::Release() {
+  if (poll_ != nullptr) {
+    uv_poll_stop(poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    poll_ = nullptr;
+  }
+  if (cq != nullptr) {
+    if (unacked_ > 0) ibv_ack_cq_events(cq, unacked_);
+    unacked_ = 0;
+    ibv_destroy_cq(cq);
+    cq = nullptr;
+    Counts().completionQueues--;
+  }
+  if (channel_ != nullptr) {
+    ibv_destroy_comp_channel(channel_);
+    channel_ = nullptr;
+  }
+}
+
+Napi::Value CompletionQueue::Destroy(const Napi::CallbackInfo& info) {
+  if (liveQps > 0) throw Napi::Error::New(info.Env(), "CompletionQueue.destroy: a queue pair still uses it");
+  if (cq != nullptr) {
+    Release();
+    Unref();
+  }
+  return info.Env().Undefined();
+}
+
+int CompletionQueue::PollInto(uint32_t* out) {
+  ibv_wc wc[kBatch];
+  int n = ibv_poll_cq(cq, kBatch, wc);
+  for (int i = 0; i < n; i++) {
+    out[4 * i] = static_cast<uint32_t>(wc[i].wr_id);
+    out[4 * i + 1] = wc[i].status;
+    out[4 * i + 2] = wc[i].opcode;
+    out[4 * i + 3] = wc[i].byte_len;
+  }
+  return n;
+}
+
+// Synchronous drain for busy-polling callers and for teardown: returns the count written.
+Napi::Value CompletionQueue::Poll(const Napi::CallbackInfo& info) {
+  if (cq == nullptr) return Napi::Number::New(info.Env(), 0);
+  int n = PollInto(resultWords_);
+  if (n < 0) ThrowErrno(info.Env(), "ibv_poll_cq", EIO);
+  return Napi::Number::New(info.Env(), n);
+}
+
+void CompletionQueue::OnReadable(uv_poll_t* handle, int status, int) {
+  if (status < 0) return;
+  static_cast<CompletionQueue*>(handle->data)->OnEvent();
+}
+
+void CompletionQueue::OnEvent() {
+  ibv_cq* evCq = nullptr;
+  void* ctx = nullptr;
+  while (channel_ != nullptr && ibv_get_cq_event(channel_, &evCq, &ctx) == 0) unacked_++;
+  if (cq == nullptr) return;
+  // Acks are batched: each one takes a mutex in the provider.
+  if (unacked_ >= 64) {
+    ibv_ack_cq_events(cq, unacked_);
+    unacked_ = 0;
+  }
+  ibv_req_notify_cq(cq, 0);
+  Napi::Env env = Env();
+  Napi::HandleScope scope(env);
+  // Re-arm first, then drain: a completion that lands in between raises a new event.
+  while (cq != nullptr) {
+    int n = PollInto(resultWords_);
+    if (n <= 0) break;
+    CallFromLoop(env, onCompletions_, Value(), {Napi::Number::New(env, n)});
+    if (n < kBatch) break;
+  }
+}
+
+}  // namespace vof

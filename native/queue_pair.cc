@@ -1,0 +1,138 @@
+#include "addon.h"
+
+namespace vof {
+
+// Opcodes of postSend work requests, as the JS side numbers them.
+enum WrOpcode : uint32_t { kSend = 0, kWrite = 1, kRead = 2 };
+static constexpr uint32_t kMaxChain = 64;
+static constexpr uint32_t kMaxSge = 32;
+
+Napi::Function QueuePair::Init(Napi::Env env) {
+  return DefineClass(env, "QueuePair",
+                     {
+                         InstanceMethod<&QueuePair::PostSend>("postSend"),
+                         InstanceMethod<&QueuePair::PostRecv>("postRecv"),
+                         InstanceMethod<&QueuePair::QpNum>("qpNum"),
+                     });
+}
+
+// Created only by CmId.createQp.
+QueuePair::QueuePair(const Napi::CallbackInfo& info) : Napi::ObjectWrap<QueuePair>(info) {}
+
+QueuePair::~QueuePair() { Release(); }
+
+void QueuePair::Attach(CmId* cmId, Napi::Object cmIdObj, ProtectionDomain* pd, Napi::Object pdObj,
+                       CompletionQueue* cq, Napi::Object cqObj, ibv_qp* qp, uint32_t maxSendSge,
+                       uint32_t maxInline) {
+  cmId_ = cmId;
+  pd_ = pd;
+  cq_ = cq;
+  qp_ = qp;
+  maxSendSge_ = maxSendSge;
+  maxInline_ = maxInline;
+  cmIdRef_ = Napi::Persistent(cmIdObj);
+  pdRef_ = Napi::Persistent(pdObj);
+  cqRef_ = Napi::Persistent(cqObj);
+  cq_->liveQps++;
+  Counts().queuePairs++;
+}
+
+// The QP dies with its CM id (CmId.destroy); one release path.
+void QueuePair::Release() {
+  if (qp_ == nullptr) return;
+  rdma_destroy_qp(cmId_->id);
+  qp_ = nullptr;
+  cmId_->qp = nullptr;
+  cq_->liveQps--;
+  Counts().queuePairs--;
+  cmIdRef_.Reset();
+  pdRef_.Reset();
+  cqRef_.Reset();
+}
+
+// Every local buffer must be a registered region of this QP's PD, and the slice must lie inside
+// it: JS can never point the NIC at memory it was not given.
+ibv_sge QueuePair::ToSge(Napi::Env env, Napi::Value mrValue, Napi::Value offsetValue, Napi::Value lengthValue) {
+  if (!mrValue.IsObject()) throw Napi::TypeError::New(env, "scatter-gather entry needs a MemoryRegion");
+  auto* mr = MemoryRegion::Unwrap(mrValue.As<Napi::Object>());
+  if (mr->mr == nullptr) throw Napi::Error::New(env, "memory region is deregistered");
+  if (mr->owner != pd_) throw Napi::Error::New(env, "memory region belongs to another protection domain");
+  double offset = offsetValue.As<Napi::Number>().DoubleValue();
+  double length = lengthValue.As<Napi::Number>().DoubleValue();
+  if (offset < 0 || length < 0 || offset + length > static_cast<double>(mr->length)) {
+    throw Napi::RangeError::New(env, "scatter-gather entry outside its memory region");
+  }
+  ibv_sge sge{};
+  sge.addr = reinterpret_cast<uintptr_t>(mr->base) + static_cast<uint64_t>(offset);
+  sge.length = static_cast<uint32_t>(length);
+  sge.lkey = mr->mr->lkey;
+  return sge;
+}
+
+// postSend([{ wrId, opcode, signaled, inline?, sg: [mr, offset, length, ...], remoteAddr?, rkey? }])
+// posts the list as one chain (e.g. RDMA WRITEs followed by the completion SEND).
+Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (qp_ == nullptr) throw Napi::Error::New(env, "queue pair is destroyed");
+  Napi::Array list = info[0].As<Napi::Array>();
+  uint32_t count = list.Length();
+  if (count == 0 || count > kMaxChain) throw Napi::RangeError::New(env, "postSend takes 1 to 64 work requests");
+  ibv_send_wr wrs[kMaxChain];
+  ibv_sge sges[kMaxChain][kMaxSge];
+  for (uint32_t i = 0; i < count; i++) {
+    Napi::Object o = list.Get(i).As<Napi::Object>();
+    ibv_send_wr& wr = wrs[i];
+    wr = ibv_send_wr{};
+    wr.wr_id = o.Get("wrId").As<Napi::Number>().Uint32Value();
+    uint32_t op = o.Get("opcode").As<Napi::Number>().Uint32Value();
+    Napi::Array sg = o.Get("sg").As<Napi::Array>();
+    uint32_t nsge = sg.Length() / 3;
+    if (nsge > maxSendSge_ || nsge > kMaxSge) throw Napi::RangeError::New(env, "too many scatter-gather entries for this QP");
+    for (uint32_t j = 0; j < nsge; j++) sges[i][j] = ToSge(env, sg.Get(3 * j), sg.Get(3 * j + 1), sg.Get(3 * j + 2));
+    wr.sg_list = sges[i];
+    wr.num_sge = static_cast<int>(nsge);
+    if (o.Get("signaled").ToBoolean()) wr.send_flags |= IBV_SEND_SIGNALED;
+    if (op == kSend) {
+      wr.opcode = IBV_WR_SEND;
+      if (o.Get("inline").ToBoolean()) {
+        uint64_t total = 0;
+        for (uint32_t j = 0; j < nsge; j++) total += sges[i][j].length;
+        if (total <= maxInline_) wr.send_flags |= IBV_SEND_INLINE;
+      }
+    } else if (op == kWrite || op == kRead) {
+      wr.opcode = op == kWrite ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
+      bool lossless = false;
+      wr.wr.rdma.remote_addr = o.Get("remoteAddr").As<Napi::BigInt>().Uint64Value(&lossless);
+      wr.wr.rdma.rkey = o.Get("rkey").As<Napi::Number>().Uint32Value();
+      if (!lossless) throw Napi::RangeError::New(env, "remoteAddr must fit in 64 bits");
+    } else {
+      throw Napi::RangeError::New(env, "unknown work request opcode");
+    }
+    wr.next = i + 1 < count ? &wrs[i + 1] : nullptr;
+  }
+  ibv_send_wr* bad = nullptr;
+  int err = ibv_post_send(qp_, wrs, &bad);
+  if (err != 0) ThrowErrno(env, "ibv_post_send", err);
+  return env.Undefined();
+}
+
+// postRecv(wrId, mr, offset, length)
+Napi::Value QueuePair::PostRecv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (qp_ == nullptr) throw Napi::Error::New(env, "queue pair is destroyed");
+  ibv_sge sge = ToSge(env, info[1], info[2], info[3]);
+  ibv_recv_wr wr{};
+  wr.wr_id = info[0].As<Napi::Number>().Uint32Value();
+  wr.sg_list = &sge;
+  wr.num_sge = 1;
+  ibv_recv_wr* bad = nullptr;
+  int err = ibv_post_recv(qp_, &wr, &bad);
+  if (err != 0) ThrowErrno(env, "ibv_post_recv", err);
+  return env.Undefined();
+}
+
+Napi::Value QueuePair::QpNum(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), qp_ == nullptr ? 0 : qp_->qp_num);
+}
+
+}  // namespace vof

@@ -1,0 +1,177 @@
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * Types of the native addon (native/*.cc) and its loader. The binding is verb-shaped: every
+ * class maps to one rdma-core object, and every object is released by exactly one call
+ * (CmId.destroy also destroys its QP; MemoryRegion.deregister, or garbage collection).
+ */
+
+export interface CmEvent {
+  /** rdma_cm_event_type without the RDMA_CM_EVENT_ prefix, e.g. "ESTABLISHED". */
+  readonly type: string;
+  readonly status: number;
+  readonly id?: CmId;
+  /** CONNECT_REQUEST only: the listening id the request came to. */
+  readonly listenId?: CmId;
+  readonly privateData?: Buffer;
+  readonly responderResources?: number;
+  readonly initiatorDepth?: number;
+}
+
+export interface EventChannel {
+  close(): void;
+}
+
+export interface ConnParam {
+  readonly responderResources: number;
+  readonly initiatorDepth: number;
+  readonly retryCount?: number;
+  readonly rnrRetryCount?: number;
+  readonly privateData?: Buffer;
+}
+
+export interface QpCaps {
+  readonly maxSendWr: number;
+  readonly maxRecvWr: number;
+  readonly maxSendSge: number;
+  readonly maxRecvSge: number;
+  readonly maxInlineData: number;
+}
+
+export interface SocketAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface DeviceLimits {
+  readonly initiator: number;
+  readonly responder: number;
+  readonly maxSge: number;
+  readonly maxQpWr: number;
+  readonly maxCqe: number;
+}
+
+export interface CmId {
+  bind(host: string, port: number): void;
+  listen(backlog?: number): void;
+  resolveAddr(host: string, port: number, timeoutMs: number): void;
+  resolveRoute(timeoutMs: number): void;
+  connect(param: ConnParam): void;
+  accept(param: ConnParam): void;
+  reject(): void;
+  disconnect(): void;
+  createQp(pd: ProtectionDomain, cq: CompletionQueue, caps: QpCaps): QueuePair;
+  destroy(): void;
+  localAddress(): SocketAddress | null;
+  peerAddress(): SocketAddress | null;
+  deviceName(): string | null;
+  maxReadDepth(): DeviceLimits;
+}
+
+export interface MemoryRegion {
+  readonly lkey: number;
+  readonly rkey: number;
+  readonly address: bigint;
+  readonly length: number;
+  readonly buffer: Buffer;
+  deregister(): void;
+}
+
+export interface ProtectionDomain {
+  registerMemory(buffer: Uint8Array, access: number): MemoryRegion;
+  dealloc(): void;
+}
+
+/** Completions land here, 4 words each: wr_id, status, opcode, byte_len. */
+export interface CompletionQueue {
+  readonly completions: Uint32Array;
+  poll(): number;
+  destroy(): void;
+}
+
+export const WrOpcode = { Send: 0, Write: 1, Read: 2 } as const;
+export type WrOpcode = (typeof WrOpcode)[keyof typeof WrOpcode];
+
+/** One work request; `sg` is flat triples of (region, offset, length). */
+export interface SendWr {
+  wrId: number;
+  opcode: WrOpcode;
+  signaled: boolean;
+  inline?: boolean;
+  sg: Array<MemoryRegion | number>;
+  remoteAddr?: bigint;
+  rkey?: number;
+}
+
+export interface QueuePair {
+  postSend(wrs: SendWr[]): void;
+  postRecv(wrId: number, mr: MemoryRegion, offset: number, length: number): void;
+  qpNum(): number;
+}
+
+export interface PortInfo {
+  readonly port: number;
+  readonly state: string;
+  readonly activeMtu: number;
+  readonly linkLayer: string;
+  readonly gids: ReadonlyArray<{ readonly index: number; readonly gid: string }>;
+}
+
+export interface DeviceInfo {
+  readonly name: string;
+  readonly nodeGuid: string;
+  readonly ports: readonly PortInfo[];
+  readonly error?: string;
+}
+
+export interface ResourceCounts {
+  readonly eventChannels: number;
+  readonly cmIds: number;
+  readonly protectionDomains: number;
+  readonly completionQueues: number;
+  readonly queuePairs: number;
+  readonly memoryRegions: number;
+}
+
+export interface NativeBinding {
+  EventChannel: new (onEvent: (event: CmEvent) => void) => EventChannel;
+  CmId: new (channel: EventChannel) => CmId;
+  ProtectionDomain: new (cmId: CmId) => ProtectionDomain;
+  CompletionQueue: new (cmId: CmId, cqe: number, onCompletions: (count: number) => void) => CompletionQueue;
+  listDevices(): DeviceInfo[];
+  resourceCounts(): ResourceCounts;
+  wcStatusName(status: number): string;
+  readonly access: { readonly LOCAL_WRITE: number; readonly REMOTE_WRITE: number; readonly REMOTE_READ: number };
+}
+
+/** Raised when the RDMA transport is asked for but the addon or rdma-core is missing. */
+export class RdmaUnavailableError extends Error {
+  override name = 'RdmaUnavailableError';
+}
+
+let cached: NativeBinding | null = null;
+
+/**
+ * The addon, loaded on first use only: a TCP-only user never needs rdma-core. node-gyp-build
+ * prefers prebuilds/<platform>-<arch>/ and falls back to build/Release.
+ */
+export function nativeBinding(): NativeBinding {
+  if (cached) return cached;
+  // src/transport/rdma and dist/transport/rdma are both three levels below the package root.
+  const root = fileURLToPath(new URL('../../../', import.meta.url));
+  const require = createRequire(import.meta.url);
+  try {
+    const load = require('node-gyp-build') as (dir: string) => NativeBinding;
+    cached = load(root);
+    return cached;
+  } catch (err) {
+    const why = (err as Error).message.split('\n')[0];
+    throw new RdmaUnavailableError(
+      `the RDMA transport needs vof's native addon and rdma-core (${why}). ` +
+        'Install the Debian/Ubuntu packages libibverbs1 librdmacm1 ibverbs-providers to use a prebuilt addon, ' +
+        'or libibverbs-dev librdmacm-dev g++ make python3 and run `npm rebuild vof` to build it.',
+      { cause: err },
+    );
+  }
+}

@@ -1,0 +1,301 @@
+import { COMMAND_SIZE, CONNECT_BODY_SIZE, KEYED_DESCRIPTOR_SIZE, Opcode } from '../../protocol/constants.js';
+import { decodeKeyedDescriptors, validateKeyedDescriptors, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
+import type { Logger } from '../../util/log.js';
+import { VqTransferError, type TargetConnection, type TargetConnectionHandler, type VqRequestData } from '../transport.js';
+import type { CmEvent, CmId, NativeBinding, SendWr } from './native-binding.js';
+import { WrOpcode } from './native-binding.js';
+import { RcConnection } from './rc-connection.js';
+import { RdmaWorkError, WC_WR_FLUSH_ERR } from './send-queue.js';
+import type { RegisteredBuffer, RegisteredPool } from './registered-pool.js';
+import { readDepths } from './rdma-limits.js';
+
+export interface RdmaTargetOptions {
+  readonly maxVqPayload: number;
+  /** Keyed descriptors accepted per VQ command (answer to Get Keyed Number Descriptors). */
+  readonly maxKeyedDescriptors: number;
+  readonly recvDepth: number;
+  readonly sendDepth: number;
+  /** Registered data chunks per virtqueue connection, and their size. */
+  readonly dataChunks: number;
+  readonly dataChunkSize: number;
+}
+
+/** The largest request message: a Connect with its body (also room for 64 descriptors). */
+export const MAX_REQUEST_MESSAGE = COMMAND_SIZE + CONNECT_BODY_SIZE;
+const EMPTY = Buffer.alloc(0);
+
+/** One VQ command's keyed descriptors, validated once on arrival. */
+class KeyedVqRequest implements VqRequestData {
+  data: RegisteredBuffer | null = null;
+
+  constructor(
+    readonly commandId: number,
+    readonly outLength: number,
+    readonly inLength: number,
+    readonly descriptors: readonly KeyedDescriptor[],
+    readonly problem: string | null,
+    private readonly connection: RdmaTargetConnection,
+  ) {}
+
+  readOut(): Promise<Buffer> {
+    return this.connection.readOut(this);
+  }
+
+  release(): void {
+    this.data?.release();
+    this.data = null;
+  }
+}
+
+type State = 'accepting' | 'open' | 'closing' | 'closed';
+
+/**
+ * Target end of one RDMA CM connection (DECISIONS.md item 4): each received message is one
+ * request PDU; device-readable bytes are fetched with RDMA READ into registered chunks, the
+ * device-writable bytes go back with RDMA WRITE chained to the completion SEND. Target memory
+ * is registered for local access only: the initiator never gets a key to it.
+ */
+export class RdmaTargetConnection implements TargetConnection {
+  readonly kind = 'keyed' as const;
+  readonly peer: string;
+  readonly maxKeyedDescriptors: number;
+  private readonly rc: RcConnection;
+  private handler: TargetConnectionHandler | null = null;
+  private state: State = 'accepting';
+  private readonly pending = new Map<number, KeyedVqRequest>();
+  private dataPool: RegisteredPool | null = null;
+  private closeTimer: NodeJS.Timeout | null = null;
+  private closeReason: Error | undefined;
+
+  constructor(
+    binding: NativeBinding,
+    private readonly cmId: CmId,
+    request: CmEvent,
+    private readonly options: RdmaTargetOptions,
+    private readonly log: Logger,
+    private readonly onEstablished: (c: RdmaTargetConnection) => void,
+    private readonly onGone: (c: RdmaTargetConnection) => void,
+  ) {
+    const peer = cmId.peerAddress();
+    this.peer = peer ? `rdma://${peer.host.includes(':') ? `[${peer.host}]` : peer.host}:${peer.port}` : 'rdma://?';
+    this.maxKeyedDescriptors = options.maxKeyedDescriptors;
+    this.rc = new RcConnection(
+      binding,
+      cmId,
+      { recvDepth: options.recvDepth, recvSize: MAX_REQUEST_MESSAGE, sendDepth: options.sendDepth, sendSize: COMMAND_SIZE },
+      { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.onBroken(err) },
+    );
+    this.binding = binding;
+    try {
+      cmId.accept(readDepths(cmId, request));
+    } catch (err) {
+      this.rc.destroy();
+      throw err;
+    }
+  }
+
+  private readonly binding: NativeBinding;
+
+  onCmEvent(ev: CmEvent): void {
+    switch (ev.type) {
+      case 'ESTABLISHED':
+        this.establish();
+        break;
+      case 'DISCONNECTED':
+      case 'DEVICE_REMOVAL':
+      case 'CONNECT_ERROR':
+      case 'UNREACHABLE':
+      case 'REJECTED':
+        this.teardown(ev.type === 'DISCONNECTED' ? undefined : new Error(`RDMA CM ${ev.type} (status ${ev.status})`));
+        break;
+      default:
+        break;
+    }
+  }
+
+  /**
+   * The initiator learns of the connection first and may send before our ESTABLISHED event
+   * arrives; a received message proves the connection as well.
+   */
+  private establish(): void {
+    if (this.state !== 'accepting') return;
+    this.state = 'open';
+    this.onEstablished(this);
+  }
+
+  start(handler: TargetConnectionHandler): void {
+    this.handler = handler;
+  }
+
+  private onMessage(msg: Buffer): void {
+    this.establish();
+    if (this.state !== 'open' || !this.handler) return;
+    if (msg.length < COMMAND_SIZE) return this.violation(`${msg.length}-byte message is shorter than a command`);
+    const command = Buffer.from(msg.subarray(0, COMMAND_SIZE));
+    const opcode = command.readUInt16LE(0);
+    const rest = msg.length - COMMAND_SIZE;
+    if (opcode === Opcode.Connect) {
+      const announced = command.readUInt32LE(8);
+      if (rest !== announced || (rest !== 0 && rest !== CONNECT_BODY_SIZE)) {
+        return this.violation(`Connect announces a ${announced}-byte body and carries ${rest} bytes (0 or ${CONNECT_BODY_SIZE} are valid)`);
+      }
+      this.handler.onCommand(command, rest === 0 ? EMPTY : Buffer.from(msg.subarray(COMMAND_SIZE)));
+      return;
+    }
+    if (opcode === Opcode.Vq) {
+      const commandId = command.readUInt16LE(2);
+      const outLength = command.readUInt32LE(8);
+      const inLength = command.readUInt32LE(12);
+      let problem: string | null = null;
+      let descriptors: KeyedDescriptor[] = [];
+      if (rest % KEYED_DESCRIPTOR_SIZE !== 0) {
+        problem = `${rest} bytes after the command are not whole keyed descriptors`;
+      } else {
+        descriptors = decodeKeyedDescriptors(msg, COMMAND_SIZE);
+        const p = validateKeyedDescriptors(descriptors, outLength, inLength, this.maxKeyedDescriptors);
+        if (p !== 'none') problem = `${p} (${descriptors.length} descriptors, limit ${this.maxKeyedDescriptors})`;
+      }
+      const req = new KeyedVqRequest(commandId, outLength, inLength, descriptors, problem, this);
+      this.pending.get(commandId)?.release();
+      this.pending.set(commandId, req);
+      this.handler.onCommand(command, req);
+      return;
+    }
+    if (rest !== 0) return this.violation(`${opcodeLabel(opcode)} carries ${rest} unexpected bytes`);
+    this.handler.onCommand(command, EMPTY);
+  }
+
+  private violation(why: string): void {
+    this.log.warn(`${this.peer}: closing: ${why}`);
+    this.close();
+  }
+
+  private pool(): RegisteredPool {
+    this.dataPool ??= this.rc.createPool(this.options.dataChunkSize, this.options.dataChunks, this.binding.access.LOCAL_WRITE);
+    return this.dataPool;
+  }
+
+  async readOut(req: KeyedVqRequest): Promise<Buffer> {
+    if (req.problem) throw new VqTransferError('out', req.problem);
+    if (req.outLength > this.options.maxVqPayload) {
+      throw new VqTransferError('out', `device-readable length ${req.outLength} exceeds the ${this.options.maxVqPayload}-byte limit`);
+    }
+    if (req.outLength === 0) return EMPTY;
+    req.data ??= this.pool().acquire(req.outLength);
+    const data = req.data;
+    const wrs: SendWr[] = [];
+    let at = 0;
+    for (const d of req.descriptors) {
+      if (at >= req.outLength) break;
+      wrs.push({ wrId: 0, opcode: WrOpcode.Read, signaled: false, sg: [data.mr, data.offset + at, d.length], remoteAddr: d.addr, rkey: d.key });
+      at += d.length;
+    }
+    try {
+      await this.rc.sendQueue.post(wrs, `RDMA READ of command ${req.commandId}`);
+    } catch (err) {
+      throw new VqTransferError('out', (err as Error).message, { cause: err });
+    }
+    return data.view;
+  }
+
+  sendCompletion(completion: Buffer): void {
+    if (this.state !== 'open' && this.state !== 'closing') return;
+    this.releaseRequest(completion.readUInt16LE(2));
+    this.rc.send([completion], 'completion').catch((err: Error) => this.log.debug(`${this.peer}: completion not sent: ${err.message}`));
+  }
+
+  async completeVq(request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void> {
+    const req = request as KeyedVqRequest;
+    if (this.state === 'closed') return;
+    let total = 0;
+    for (const b of written) total += b.length;
+    let staging: RegisteredBuffer | null = null;
+    const wrs: SendWr[] = [];
+    try {
+      if (total > 0) {
+        staging = this.pool().acquire(total);
+        let at = 0;
+        for (const b of written) at += b.copy(staging.view, at);
+        // Walk the device-writable descriptors (those after out_length), filling them in order.
+        let pos = 0;
+        let left = total;
+        for (const d of req.descriptors) {
+          if (left === 0) break;
+          pos += d.length;
+          if (pos <= req.outLength) continue;
+          const n = Math.min(d.length, left);
+          wrs.push({ wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [staging.mr, staging.offset + (total - left), n], remoteAddr: d.addr, rkey: d.key });
+          left -= n;
+        }
+      }
+      await this.rc.send([completion], `RDMA WRITE and completion of command ${req.commandId}`, wrs);
+    } catch (err) {
+      throw new VqTransferError('in', (err as Error).message, { cause: err });
+    } finally {
+      staging?.release();
+      this.releaseRequest(req.commandId);
+    }
+  }
+
+  private releaseRequest(commandId: number): void {
+    const req = this.pending.get(commandId);
+    if (!req) return;
+    this.pending.delete(commandId);
+    req.release();
+  }
+
+  private onBroken(err: Error): void {
+    if (this.state === 'closed') return;
+    // A flush is what a peer's disconnect looks like from the completion queue.
+    const flushed = err instanceof RdmaWorkError && err.status === WC_WR_FLUSH_ERR;
+    (flushed ? this.log.debug : this.log.warn)(`${this.peer}: queue pair failed (${err.message}): closing the queue`);
+    this.closeReason = err;
+    this.close();
+  }
+
+  close(): void {
+    if (this.state === 'closing' || this.state === 'closed') return;
+    const wasOpen = this.state === 'open';
+    this.state = 'closing';
+    // Let the completions already posted leave (they are the Disconnect answer, say), then
+    // disconnect; the DISCONNECTED event, or the timer for a peer that never answers, tears down.
+    const disconnect = () => {
+      if (this.state !== 'closing') return;
+      try {
+        this.cmId.disconnect();
+      } catch (err) {
+        this.log.debug(`${this.peer}: disconnect: ${(err as Error).message}`);
+      }
+    };
+    if (wasOpen && !this.rc.broken && !this.rc.sendQueue.idle) {
+      const started = Date.now();
+      const wait = () => {
+        if (this.rc.sendQueue.idle || this.rc.broken || Date.now() - started > 1000) disconnect();
+        else setTimeout(wait, 5);
+      };
+      wait();
+    } else {
+      disconnect();
+    }
+    this.closeTimer = setTimeout(() => this.teardown(this.closeReason), 3000);
+    this.closeTimer.unref();
+  }
+
+  /** Release everything; called once, on DISCONNECTED or when closing times out. */
+  teardown(reason?: Error): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    if (this.closeTimer) clearTimeout(this.closeTimer);
+    for (const req of this.pending.values()) req.release();
+    this.pending.clear();
+    this.rc.destroy();
+    this.onGone(this);
+    const h = this.handler;
+    this.handler = null;
+    h?.onClose(reason ?? this.closeReason);
+  }
+}
+
+function opcodeLabel(opcode: number): string {
+  return `opcode 0x${opcode.toString(16).padStart(4, '0')}`;
+}

@@ -1,0 +1,139 @@
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import type { Logger } from '../../util/log.js';
+import type {
+  ConnectOptions,
+  Endpoint,
+  InitiatorConnection,
+  ListenOptions,
+  Listener,
+  TargetConnection,
+  Transport,
+} from '../transport.js';
+import { nativeBinding, type CmEvent, type CmId, type NativeBinding } from './native-binding.js';
+import { formatRdmaPeer, RdmaInitiatorConnection } from './rdma-initiator-connection.js';
+import { RdmaTargetConnection, type RdmaTargetOptions } from './rdma-target-connection.js';
+
+/** Keyed descriptors the target accepts per VQ command (Get Keyed Number Descriptors). */
+export const DEFAULT_MAX_KEYED_DESCRIPTORS = 32;
+
+const TARGET_DEFAULTS: Omit<RdmaTargetOptions, 'maxVqPayload'> = {
+  maxKeyedDescriptors: DEFAULT_MAX_KEYED_DESCRIPTORS,
+  recvDepth: 288,
+  sendDepth: 512,
+  dataChunks: 8,
+  dataChunkSize: 1024 * 1024 + 4096,
+};
+
+/**
+ * Keyed data transfers over RDMA CM reliable connections (DECISIONS.md items 2 and 4). The
+ * native addon is loaded when this transport is first constructed.
+ */
+export class RdmaTransport implements Transport {
+  readonly scheme = 'rdma' as const;
+  readonly kind = 'keyed' as const;
+  private readonly binding: NativeBinding;
+
+  constructor(private readonly log: Logger) {
+    this.binding = nativeBinding();
+  }
+
+  async listen(endpoint: Endpoint, options: ListenOptions, onConnection: (connection: TargetConnection) => void): Promise<Listener> {
+    const host = isIP(endpoint.host) ? endpoint.host : (await lookup(endpoint.host)).address;
+    return new RdmaListener(this.binding, host, endpoint.port, { ...TARGET_DEFAULTS, maxVqPayload: options.maxVqPayload }, this.log, onConnection);
+  }
+
+  connect(endpoint: Endpoint, options: ConnectOptions): Promise<InitiatorConnection> {
+    return RdmaInitiatorConnection.connect(this.binding, endpoint, options, this.log);
+  }
+}
+
+/** A listening CM id; accepted connections share its event channel. */
+class RdmaListener implements Listener {
+  readonly endpoint: Endpoint;
+  readonly url: string;
+  private readonly channel;
+  private readonly listenId: CmId;
+  private readonly connections = new Map<CmId, RdmaTargetConnection>();
+  private closing: Promise<void> | null = null;
+  private whenEmpty: (() => void) | null = null;
+
+  constructor(
+    private readonly binding: NativeBinding,
+    host: string,
+    port: number,
+    private readonly options: RdmaTargetOptions,
+    private readonly log: Logger,
+    private readonly onConnection: (connection: TargetConnection) => void,
+  ) {
+    this.channel = new binding.EventChannel((ev) => this.onEvent(ev));
+    this.listenId = new binding.CmId(this.channel);
+    try {
+      this.listenId.bind(host, port);
+      this.listenId.listen(128);
+    } catch (err) {
+      this.listenId.destroy();
+      this.channel.close();
+      const e = err as Error & { code?: string };
+      const hint = e.code === 'EADDRNOTAVAIL' || e.code === 'ENODEV' ? ' (is there an RDMA device on that address?)' : '';
+      throw new Error(`cannot listen on ${formatRdmaPeer(host, port)}: ${e.message}${hint}`, { cause: err });
+    }
+    const bound = this.listenId.localAddress();
+    this.endpoint = { host, port: bound?.port ?? port };
+    this.url = formatRdmaPeer(host, this.endpoint.port);
+  }
+
+  private onEvent(ev: CmEvent): void {
+    if (ev.type === 'CONNECT_REQUEST' && ev.id) return this.onConnectRequest(ev, ev.id);
+    const conn = ev.id ? this.connections.get(ev.id) : undefined;
+    conn?.onCmEvent(ev);
+  }
+
+  private onConnectRequest(ev: CmEvent, id: CmId): void {
+    if (this.closing) {
+      rejectAndDestroy(id);
+      return;
+    }
+    try {
+      const conn = new RdmaTargetConnection(
+        this.binding,
+        id,
+        ev,
+        this.options,
+        this.log,
+        (c) => this.onConnection(c),
+        () => {
+          this.connections.delete(id);
+          if (this.connections.size === 0) this.whenEmpty?.();
+        },
+      );
+      this.connections.set(id, conn);
+    } catch (err) {
+      this.log.warn(`${this.url}: cannot accept a connection: ${(err as Error).message}`);
+      rejectAndDestroy(id);
+    }
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      this.listenId.destroy();
+      if (this.connections.size > 0) {
+        const empty = new Promise<void>((resolve) => (this.whenEmpty = resolve));
+        for (const c of [...this.connections.values()]) c.close();
+        await empty;
+      }
+      this.channel.close();
+    })();
+    return this.closing;
+  }
+}
+
+/** Refuse a connection request; the id may already be gone with a half-built connection. */
+function rejectAndDestroy(id: CmId): void {
+  try {
+    id.reject();
+  } catch {
+    // already destroyed
+  }
+  id.destroy();
+}
