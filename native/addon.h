@@ -82,8 +82,12 @@ class ProtectionDomain : public Napi::ObjectWrap<ProtectionDomain> {
 
   ibv_pd* pd = nullptr;
   int liveRegions = 0;
+  // dealloc() while regions are registered defers to the last region's release.
+  bool deallocPending = false;
+  void RegionReleased();
 
  private:
+  void Free();
   Napi::Value RegisterMemory(const Napi::CallbackInfo& info);
   Napi::Value Dealloc(const Napi::CallbackInfo& info);
 };

@@ -19,12 +19,19 @@ ProtectionDomain::ProtectionDomain(const Napi::CallbackInfo& info) : Napi::Objec
   Counts().protectionDomains++;
 }
 
-ProtectionDomain::~ProtectionDomain() {
-  // Reached only when no MR or QP holds this object any more.
-  if (pd != nullptr) {
-    ibv_dealloc_pd(pd);
-    Counts().protectionDomains--;
-  }
+// Reached only when no MR or QP holds this object any more.
+ProtectionDomain::~ProtectionDomain() { Free(); }
+
+void ProtectionDomain::Free() {
+  if (pd == nullptr) return;
+  ibv_dealloc_pd(pd);
+  pd = nullptr;
+  Counts().protectionDomains--;
+}
+
+void ProtectionDomain::RegionReleased() {
+  liveRegions--;
+  if (liveRegions == 0 && deallocPending) Free();
 }
 
 // registerMemory(buffer: Uint8Array, access: number) → MemoryRegion
@@ -34,13 +41,17 @@ Napi::Value ProtectionDomain::RegisterMemory(const Napi::CallbackInfo& info) {
 
 Napi::Value ProtectionDomain::Dealloc(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (pd == nullptr) return env.Undefined();
-  if (liveRegions > 0) throw Napi::Error::New(env, "ProtectionDomain.dealloc: " + std::to_string(liveRegions) + " memory regions still registered");
+  if (pd == nullptr) return Napi::Boolean::New(env, true);
+  // Regions registered by someone else (a caller's own buffers) keep the PD until they go.
+  if (liveRegions > 0) {
+    deallocPending = true;
+    return Napi::Boolean::New(env, false);
+  }
   int err = ibv_dealloc_pd(pd);
   if (err != 0) ThrowErrno(env, "ibv_dealloc_pd", err);
   pd = nullptr;
   Counts().protectionDomains--;
-  return env.Undefined();
+  return Napi::Boolean::New(env, true);
 }
 
 Napi::Function MemoryRegion::Init(Napi::Env env) {
@@ -50,7 +61,7 @@ Napi::Function MemoryRegion::Init(Napi::Env env) {
 MemoryRegion::MemoryRegion(const Napi::CallbackInfo& info) : Napi::ObjectWrap<MemoryRegion>(info) {
   Napi::Env env = info.Env();
   owner = ProtectionDomain::Unwrap(info[0].As<Napi::Object>());
-  if (owner->pd == nullptr) throw Napi::Error::New(env, "registerMemory: the protection domain is deallocated");
+  if (owner->pd == nullptr || owner->deallocPending) throw Napi::Error::New(env, "registerMemory: the protection domain is deallocated");
   if (!info[1].IsTypedArray()) throw Napi::TypeError::New(env, "registerMemory(buffer: Uint8Array, access)");
   auto view = info[1].As<Napi::Uint8Array>();
   int access = info[2].As<Napi::Number>().Int32Value();
@@ -80,7 +91,7 @@ void MemoryRegion::Release() {
   ibv_dereg_mr(mr);
   mr = nullptr;
   Counts().memoryRegions--;
-  owner->liveRegions--;
+  owner->RegionReleased();
   bufferRef_.Reset();
   pdRef_.Reset();
 }

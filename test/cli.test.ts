@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { VOF_CLI, startTarget as start, type StartedTarget } from '../scripts/start-target.mjs';
@@ -41,6 +41,18 @@ describe('vof CLI', () => {
     expect(info.queueSizes).toEqual([128, 128]);
     expect(info.blk.capacityBytes).toBe(String(4 * 1024 * 1024));
     expect(info.deviceFeatures.names).toContain('VIRTIO_F_VERSION_1');
+  });
+
+  it('vof devices lists what the kernel has, and says so when that is nothing', () => {
+    const sysfs = '/sys/class/infiniband';
+    const kernelDevices = existsSync(sysfs) ? readdirSync(sysfs).sort() : [];
+    const r = vof(['devices']);
+    expect(r.status, r.stderr).toBe(0);
+    const listed = (JSON.parse(vof(['devices', '--json']).stdout) as Array<{ name: string }>).map((d) => d.name).sort();
+    expect(listed).toEqual(kernelDevices);
+    if (kernelDevices.length === 0) {
+      expect(r.stdout).toMatch(/^no RDMA devices \(soft-RoCE: `rdma link add rxe0 type rxe netdev IFACE`; see the README\)$/m);
+    }
   });
 
   it('vof info for a refused initiator fails with the status name', () => {

@@ -35,7 +35,7 @@ export async function runCp(argv: string[]): Promise<number> {
     options: { ivqn: { type: 'string' }, json: { type: 'boolean' } },
     allowPositionals: true,
   });
-  if (positionals.length !== 2) throw new CliError('usage: vof cp SRC DST (one of them tcp://HOST[:PORT]/TVQN)');
+  if (positionals.length !== 2) throw new CliError('usage: vof cp SRC DST (one of them tcp:// or rdma://HOST[:PORT]/TVQN)');
   const [src, dst] = positionals as [string, string];
   if (isRemote(src) === isRemote(dst)) throw new CliError('vof cp copies between a remote disk and a local file: exactly one of SRC and DST must be a URL');
   const opts = { ...(values.ivqn && { ivqn: values.ivqn }), log: createLogger('warn') };

@@ -3,6 +3,7 @@ import { BlkConfig, BlkFeature } from '../devices/blk/blk-constants.js';
 import { RemoteDevice } from '../initiator/remote-device.js';
 import { DeviceId, Opcode, VIRTIO_F_VERSION_1 } from '../protocol/constants.js';
 import { createLogger } from '../util/log.js';
+import { CliError } from './cli-error.js';
 
 const blkFeatureNames = new Map<bigint, string>([
   ...Object.entries(BlkFeature).map(([k, v]) => [v, `VIRTIO_BLK_F_${k}`] as [bigint, string]),
@@ -30,7 +31,7 @@ export async function runInfo(argv: string[]): Promise<number> {
     allowPositionals: true,
   });
   const url = positionals[0];
-  if (!url || positionals.length > 1) throw new Error('usage: vof info tcp://HOST[:PORT]/TVQN [--ivqn IVQN] [--json]');
+  if (!url || positionals.length > 1) throw new CliError('usage: vof info tcp://HOST[:PORT]/TVQN or rdma://ADDR[:PORT]/TVQN [--ivqn IVQN] [--json]');
   // No virtqueues: info needs only the control queue.
   const dev = await RemoteDevice.connect(url, {
     ...(values.ivqn && { ivqn: values.ivqn }),

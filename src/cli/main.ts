@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { runCp } from './cp-command.js';
+import { runDevices } from './devices-command.js';
 import { runInfo } from './info-command.js';
 import { runTarget } from './target-command.js';
 import { CliError } from './cli-error.js';
@@ -15,7 +16,9 @@ Usage:
   vof info URL/TVQN [--ivqn IVQN] [--json]
       Connect and print instance id, features, queue sizes and config space.
   vof cp SRC DST [--ivqn IVQN] [--json]
-      Copy a remote disk (tcp://HOST[:PORT]/TVQN) to a local file or back.
+      Copy a remote disk (tcp:// or rdma://HOST[:PORT]/TVQN) to a local file or back.
+  vof devices [--json]
+      List RDMA devices with port state, MTU and GIDs.
   vof help
 `;
 
@@ -28,6 +31,8 @@ async function main(argv: string[]): Promise<number> {
       return runInfo(rest);
     case 'cp':
       return runCp(rest);
+    case 'devices':
+      return runDevices(rest);
     case undefined:
     case 'help':
     case '--help':

@@ -76,6 +76,36 @@ export function blkEndToEndSuite(name: string, listenUrl: string, opts: { diskMi
       }
     });
 
+    it('requests of many buffers: within the keyed-descriptor limit, and past it', async () => {
+      const d = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0, maxQueues: 1 });
+      try {
+        // 20 and 40 data buffers of 16 KiB (large enough to be described one by one on RDMA)
+        // plus header and status: 22 descriptors fit the target's 32, 42 do not.
+        for (const [count, sector] of [[20, 4096n], [40, 8192n]] as const) {
+          const pieces = Array.from({ length: count }, (_, i) => pattern(16384, 1000 * count + i));
+          const status = Buffer.alloc(1, 0xff);
+          await d.device.request(0, [encodeRequestHeader(BlkRequestType.OUT, sector), ...pieces], [status]);
+          expect(status[0]).toBe(0);
+          const back = Array.from({ length: count }, () => Buffer.alloc(16384));
+          const st2 = Buffer.alloc(1, 0xff);
+          await d.device.request(0, [encodeRequestHeader(BlkRequestType.IN, sector)], [...back, st2]);
+          expect(st2[0]).toBe(0);
+          expect(Buffer.concat(back).equals(Buffer.concat(pieces))).toBe(true);
+        }
+        // Many small buffers in both directions at once.
+        const smalls = Array.from({ length: 64 }, (_, i) => pattern(512, 7000 + i));
+        const st3 = Buffer.alloc(1, 0xff);
+        await d.device.request(0, [encodeRequestHeader(BlkRequestType.OUT, 100n), ...smalls], [st3]);
+        const into = Array.from({ length: 64 }, () => Buffer.alloc(512));
+        const st4 = Buffer.alloc(1, 0xff);
+        await d.device.request(0, [encodeRequestHeader(BlkRequestType.IN, 100n)], [...into, st4]);
+        expect([st3[0], st4[0]]).toEqual([0, 0]);
+        expect(Buffer.concat(into).equals(Buffer.concat(smalls))).toBe(true);
+      } finally {
+        await d.close();
+      }
+    });
+
     it('pipelines up to the queue size and queues the rest', async () => {
       const d = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0, queueSize: 4, maxQueues: 1 });
       try {

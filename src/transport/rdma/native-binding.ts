@@ -80,7 +80,8 @@ export interface MemoryRegion {
 
 export interface ProtectionDomain {
   registerMemory(buffer: Uint8Array, access: number): MemoryRegion;
-  dealloc(): void;
+  /** False when regions are still registered: the PD then goes with the last of them. */
+  dealloc(): boolean;
 }
 
 /** Completions land here, 4 words each: wr_id, status, opcode, byte_len. */

@@ -204,37 +204,46 @@ export class RdmaTargetConnection implements TargetConnection {
     this.rc.send([completion], 'completion').catch((err: Error) => this.log.debug(`${this.peer}: completion not sent: ${err.message}`));
   }
 
-  async completeVq(request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void> {
+  /**
+   * Posts the RDMA WRITEs and the completion SEND as one chain and returns at once: the
+   * initiator may send its next command as soon as the completion lands, before our own send
+   * completion is polled, so the command must stop counting as in flight now. If the chain
+   * fails the queue pair is in the error state and no status could reach the initiator anyway;
+   * the connection closes through onBroken.
+   */
+  completeVq(request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void> {
     const req = request as KeyedVqRequest;
-    if (this.state === 'closed') return;
+    if (this.state === 'closed') return Promise.resolve();
     let total = 0;
     for (const b of written) total += b.length;
     let staging: RegisteredBuffer | null = null;
     const wrs: SendWr[] = [];
-    try {
-      if (total > 0) {
-        staging = this.pool().acquire(total);
-        let at = 0;
-        for (const b of written) at += b.copy(staging.view, at);
-        // Walk the device-writable descriptors (those after out_length), filling them in order.
-        let pos = 0;
-        let left = total;
-        for (const d of req.descriptors) {
-          if (left === 0) break;
-          pos += d.length;
-          if (pos <= req.outLength) continue;
-          const n = Math.min(d.length, left);
-          wrs.push({ wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [staging.mr, staging.offset + (total - left), n], remoteAddr: d.addr, rkey: d.key });
-          left -= n;
-        }
+    if (total > 0) {
+      staging = this.pool().acquire(total);
+      let at = 0;
+      for (const b of written) at += b.copy(staging.view, at);
+      // Fill the device-writable descriptors (those past out_length) in order.
+      let pos = 0;
+      let left = total;
+      for (const d of req.descriptors) {
+        if (left === 0) break;
+        pos += d.length;
+        if (pos <= req.outLength) continue;
+        const n = Math.min(d.length, left);
+        wrs.push({ wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [staging.mr, staging.offset + (total - left), n], remoteAddr: d.addr, rkey: d.key });
+        left -= n;
       }
-      await this.rc.send([completion], `RDMA WRITE and completion of command ${req.commandId}`, wrs);
-    } catch (err) {
-      throw new VqTransferError('in', (err as Error).message, { cause: err });
-    } finally {
-      staging?.release();
-      this.releaseRequest(req.commandId);
     }
+    const commandId = req.commandId;
+    this.pending.delete(commandId);
+    this.rc
+      .send([completion], `RDMA WRITE and completion of command ${commandId}`, wrs)
+      .catch((err: Error) => this.log.debug(`${this.peer}: ${err.message}`))
+      .finally(() => {
+        staging?.release();
+        req.release();
+      });
+    return Promise.resolve();
   }
 
   private releaseRequest(commandId: number): void {

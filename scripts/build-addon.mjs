@@ -1,0 +1,43 @@
+#!/usr/bin/env node
+// Runs at `npm install`. Makes the native RDMA addon available when it can: a prebuilt binary
+// from prebuilds/ if one loads here, else a node-gyp build against rdma-core. It never fails the
+// install: without rdma-core the TCP transport works, and the RDMA transport says at use what to
+// install (src/transport/rdma/native-binding.ts).
+import { spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const require = createRequire(import.meta.url);
+
+if (process.env.VOF_SKIP_ADDON === '1') {
+  console.log('vof: VOF_SKIP_ADDON=1: the RDMA addon was not built (TCP only)');
+  process.exit(0);
+}
+
+try {
+  require('node-gyp-build')(root);
+  console.log('vof: RDMA addon ready');
+  process.exit(0);
+} catch {
+  // nothing usable yet: build it
+}
+
+const r = spawnSync('node-gyp', ['rebuild'], { cwd: root, encoding: 'utf8' });
+if (r.status === 0) {
+  console.log('vof: RDMA addon built');
+  process.exit(0);
+}
+const output = `${r.stdout ?? ''}${r.stderr ?? ''}`;
+const noHeaders = /infiniband\/verbs\.h|rdma\/rdma_cma\.h|-libverbs|-lrdmacm/.test(output);
+const tail = output.trim().split('\n').slice(-6).join('\n');
+console.warn(
+  [
+    '',
+    'vof: the native RDMA addon was NOT built; the TCP transport works, rdma:// URLs will not.',
+    noHeaders
+      ? 'vof: rdma-core development files are missing: install libibverbs-dev librdmacm-dev (Debian/Ubuntu) or rdma-core-devel (Fedora/RHEL), then `npm rebuild vof`.'
+      : `vof: node-gyp failed${r.error ? ` (${r.error.message})` : ''}; it needs python3, make and a C++ compiler:\n${tail}`,
+    '',
+  ].join('\n'),
+);

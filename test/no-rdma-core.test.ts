@@ -1,0 +1,61 @@
+import { spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+
+/**
+ * A machine without rdma-core's headers: the install must still succeed, TCP must work, and
+ * RDMA must fail at use saying what to install. The headers are hidden in a private mount
+ * namespace (unshare -m, which needs root), around a copy of the package.
+ */
+const root = fileURLToPath(new URL('..', import.meta.url));
+const unshareWorks = spawnSync('unshare', ['-m', 'true']).status === 0;
+if (!unshareWorks) {
+  process.stderr.write('\n!!! test/no-rdma-core.test.ts CANNOT RUN HERE: `unshare -m` is not permitted (needs root) !!!\n\n');
+}
+
+describe('install and use without rdma-core headers', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vof-no-rdma-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  const inDir = (command: string, env: Record<string, string> = {}) =>
+    spawnSync('unshare', ['-m', 'sh', '-c', `mount -t tmpfs none /usr/include/infiniband && mount -t tmpfs none /usr/include/rdma && ${command}`], {
+      cwd: dir,
+      encoding: 'utf8',
+      timeout: 120000,
+      env: { ...process.env, ...env },
+    });
+
+  it.runIf(unshareWorks)('npm run install succeeds, explains what is missing, and builds nothing', () => {
+    for (const f of ['package.json', 'binding.gyp', 'native', 'scripts', 'dist']) cpSync(join(root, f), join(dir, f), { recursive: true });
+    symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'));
+    const r = inDir('npm run install');
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/the native RDMA addon was NOT built; the TCP transport works/);
+    expect(r.stderr).toMatch(/install libibverbs-dev librdmacm-dev/);
+    expect(existsSync(join(dir, 'build/Release/vof_rdma.node'))).toBe(false);
+  });
+
+  it.runIf(unshareWorks)('TCP works there; rdma:// and `vof devices` fail with what to install', () => {
+    const script = `
+      import { writeFileSync } from 'node:fs';
+      import { VofTarget, FileBlockExport, BlockDevice } from './dist/index.js';
+      writeFileSync('disk.img', Buffer.alloc(1 << 20));
+      const t = new VofTarget({});
+      t.addDevice('d', await FileBlockExport.open('disk.img'));
+      const url = await t.listen('tcp://127.0.0.1:0');
+      const d = await BlockDevice.open(url + '/d', { keepaliveIntervalMs: 0 });
+      await d.write(4096, Buffer.alloc(4096, 9));
+      console.log('tcp', (await d.read(4096, 4096)).every((x) => x === 9));
+      await d.close();
+      await t.listen('rdma://127.0.0.1:0').catch((e) => console.log('rdma', e.name, e.message));
+      await t.close();`;
+    const r = inDir('node --input-type=module -e "$VOF_SCRIPT" && node dist/cli/main.js devices', { VOF_SCRIPT: script });
+    expect(r.stdout).toMatch(/^tcp true$/m);
+    expect(r.stdout).toMatch(/^rdma RdmaUnavailableError the RDMA transport needs vof's native addon and rdma-core .*libibverbs-dev librdmacm-dev/m);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/^vof: RdmaUnavailableError: .*npm rebuild vof/m);
+  });
+});
