@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// A self-contained tour: export a scratch disk over Virtio-oF/TCP, use it from a second
+// A self-contained tour: export a scratch disk over Virtio-oF (TCP by default; pass a listen
+// URL such as rdma://10.177.0.1:0 for RDMA, as `npm run demo:rdma` does), use it from a second
 // process through the CLI and from this one through the library, then shut everything down.
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -13,8 +14,9 @@ const disk = join(dir, 'disk.img');
 writeFileSync(disk, Buffer.alloc(64 * 1024 * 1024));
 const step = (s) => console.log(`\n== ${s}`);
 
-step(`vof target --listen tcp://127.0.0.1:0 --blk demo=${disk}`);
-const target = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `demo=${disk}`, '--log', 'warn'], { stderr: 'inherit' });
+const listen = process.argv[2] ?? 'tcp://127.0.0.1:0';
+step(`vof target --listen ${listen} --blk demo=${disk}`);
+const target = await startTarget(['--listen', listen, '--blk', `demo=${disk}`, '--log', 'warn'], { stderr: 'inherit', timeoutMs: 120000 });
 const url = target.urls[0];
 console.log(`listening on ${url}`);
 

@@ -13,3 +13,5 @@ export { FileBlockExport, type FileBlockOptions } from './devices/blk/file-block
 export { BlockDevice, BlockIoError, type BlockDeviceOptions } from './devices/blk/block-device.js';
 export * from './devices/blk/blk-constants.js';
 export { createLogger, silentLogger, type Logger } from './util/log.js';
+export { listRdmaDevices } from './transport/rdma/rdma-devices.js';
+export { RdmaUnavailableError, type DeviceInfo as RdmaDeviceInfo, type PortInfo as RdmaPortInfo } from './transport/rdma/native-binding.js';
