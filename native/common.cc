@@ -35,6 +35,21 @@ void CallFromLoop(Napi::Env env, Napi::FunctionReference& fn, Napi::Object recv,
   }
 }
 
+uv_poll_t* WatchReadable(Napi::Env env, int fd, void* data, uv_poll_cb cb) {
+  auto* poll = new uv_poll_t;
+  uv_poll_init(LoopOf(env), poll, fd);
+  poll->data = data;
+  uv_poll_start(poll, UV_READABLE, cb);
+  return poll;
+}
+
+void StopWatching(uv_poll_t*& poll) {
+  if (poll == nullptr) return;
+  uv_poll_stop(poll);
+  uv_close(reinterpret_cast<uv_handle_t*>(poll), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+  poll = nullptr;
+}
+
 void SetNonBlocking(Napi::Env env, int fd, const char* what) {
   int flags = fcntl(fd, F_GETFL);
   if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) ThrowErrno(env, what, errno);

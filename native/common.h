@@ -34,6 +34,11 @@ uv_loop_t* LoopOf(Napi::Env env);
 void CallFromLoop(Napi::Env env, Napi::FunctionReference& fn, Napi::Object recv,
                   const std::initializer_list<napi_value>& args);
 
+// Watches `fd` for readability on the Node loop (calling `cb` with handle->data == data);
+// StopWatching closes the handle, which libuv frees once closed.
+uv_poll_t* WatchReadable(Napi::Env env, int fd, void* data, uv_poll_cb cb);
+void StopWatching(uv_poll_t*& poll);
+
 // Makes an fd non-blocking so the uv_poll callbacks can drain it without ever blocking.
 void SetNonBlocking(Napi::Env env, int fd, const char* what);
 

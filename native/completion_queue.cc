@@ -34,21 +34,14 @@ CompletionQueue::CompletionQueue(const Napi::CallbackInfo& info) : Napi::ObjectW
   results_ = Napi::Persistent(words.As<Napi::Object>());
   info.This().As<Napi::Object>().Set("completions", words);
   onCompletions_ = Napi::Persistent(info[2].As<Napi::Function>());
-  poll_ = new uv_poll_t;
-  uv_poll_init(LoopOf(env), poll_, channel_->fd);
-  poll_->data = this;
-  uv_poll_start(poll_, UV_READABLE, &CompletionQueue::OnReadable);
+  poll_ = WatchReadable(env, channel_->fd, this, &CompletionQueue::OnReadable);
   Ref();
 }
 
 CompletionQueue::~CompletionQueue() { Release(); }
 
 void CompletionQueue::Release() {
-  if (poll_ != nullptr) {
-    uv_poll_stop(poll_);
-    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-    poll_ = nullptr;
-  }
+  StopWatching(poll_);
   if (cq != nullptr) {
     if (unacked_ > 0) ibv_ack_cq_events(cq, unacked_);
     unacked_ = 0;

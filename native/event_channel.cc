@@ -13,10 +13,7 @@ EventChannel::EventChannel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ev
   if (channel == nullptr) ThrowErrno(env, "rdma_create_event_channel", errno);
   Counts().eventChannels++;
   SetNonBlocking(env, channel->fd, "fcntl(cm event channel)");
-  poll_ = new uv_poll_t;
-  uv_poll_init(LoopOf(env), poll_, channel->fd);
-  poll_->data = this;
-  uv_poll_start(poll_, UV_READABLE, &EventChannel::OnReadable);
+  poll_ = WatchReadable(env, channel->fd, this, &EventChannel::OnReadable);
   onEvent_ = Napi::Persistent(info[0].As<Napi::Function>());
   // The open channel keeps its JS object (and so its callback) alive until close().
   Ref();
@@ -25,11 +22,7 @@ EventChannel::EventChannel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ev
 EventChannel::~EventChannel() { Release(); }
 
 void EventChannel::Release() {
-  if (poll_ != nullptr) {
-    uv_poll_stop(poll_);
-    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-    poll_ = nullptr;
-  }
+  StopWatching(poll_);
   if (channel != nullptr) {
     rdma_destroy_event_channel(channel);
     channel = nullptr;

@@ -89,22 +89,22 @@ cd "$VOF_GUEST_CWD" || fail "cd $VOF_GUEST_CWD"
 # stdout/stderr of the command are a terminal only if the runner's were (like running it
 # directly); otherwise they are pipes, relayed to the serial ports by cat.
 relays=
-if [ "${VOF_GUEST_STDOUT_TTY:-0}" = 1 ]; then
-  out=/dev/ttyS0
-else
-  out=/run/vof-out
-  mkfifo "$out" || fail "mkfifo $out"
-  cat "$out" >/dev/ttyS0 &
+# relay FLAG FIFO PORT: sets $path to what the command writes to: PORT itself when the runner's
+# stream is a terminal (FLAG 1), else FIFO, relayed to PORT.
+relay() {
+  if [ "$1" = 1 ]; then
+    path=$3
+    return
+  fi
+  mkfifo "$2" || fail "mkfifo $2"
+  cat "$2" >"$3" &
   relays="$relays $!"
-fi
-if [ "${VOF_GUEST_STDERR_TTY:-0}" = 1 ]; then
-  err=/dev/ttyS1
-else
-  err=/run/vof-err
-  mkfifo "$err" || fail "mkfifo $err"
-  cat "$err" >/dev/ttyS1 &
-  relays="$relays $!"
-fi
+  path=$2
+}
+relay "${VOF_GUEST_STDOUT_TTY:-0}" /run/vof-out /dev/ttyS0
+out=$path
+relay "${VOF_GUEST_STDERR_TTY:-0}" /run/vof-err /dev/ttyS1
+err=$path
 
 # setsid: the command runs in its own session, without a controlling terminal, as under CI.
 setsid -w sh "$run/cmd.sh" </dev/null >"$out" 2>"$err"
