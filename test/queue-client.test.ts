@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { QueueClient } from '../src/initiator/queue-client.js';
-import { Opcode, encodeBareCompletion, type InitiatorConnection, type InitiatorConnectionHandler } from '../src/index.js';
+import { Opcode, encodeBareCompletion, encodeVqCompletion, type InitiatorConnection, type InitiatorConnectionHandler } from '../src/index.js';
 
 /** A connection that records commands and lets the test answer them. */
 function fakeConnection() {
@@ -67,5 +67,34 @@ describe('QueueClient', () => {
     await q.close();
     await expect(a).rejects.toThrow(/closed/);
     await expect(b).rejects.toThrow(/closed/);
+  });
+  it('never pipelines more than 0xff00 commands, whatever the negotiated queue size', () => {
+    const q = new QueueClient(fakeConnection().conn, 0xffff);
+    expect(q.queueSize).toBe(0xff00);
+    q.queueSize = 65535;
+    expect(q.queueSize).toBe(0xff00);
+  });
+
+  it('a VQ completion claiming more bytes than in_length fails the queue and closes it', async () => {
+    let handler: InitiatorConnectionHandler | null = null;
+    let closed = false;
+    const sent: number[] = [];
+    const conn: InitiatorConnection = {
+      kind: 'keyed',
+      peer: 'fake',
+      maxKeyedDescriptors: 4,
+      start: (h) => (handler = h),
+      sendCommand: () => {},
+      sendVq: (c) => sent.push(c.readUInt16LE(2)),
+      close: async () => {
+        closed = true;
+      },
+    };
+    const q = new QueueClient(conn, 4);
+    const p = q.vq([Buffer.alloc(16)], [Buffer.alloc(8)]);
+    handler!.onCompletion(encodeVqCompletion(0, sent[0]!, 9), null);
+    await expect(p).rejects.toThrow(/claims 9 bytes written into 8 device-writable bytes/);
+    expect(closed).toBe(true);
+    await expect(q.call({ opcode: Opcode.GetStatus })).rejects.toThrow(/claims 9 bytes/);
   });
 });

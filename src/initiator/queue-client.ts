@@ -35,14 +35,26 @@ export class QueueClient {
   onActivity: () => void = () => {};
   onClosed: (err: Error) => void = () => {};
 
+  private size = 0;
+
   constructor(
     readonly connection: InitiatorConnection,
-    public queueSize: number,
+    queueSize: number,
   ) {
+    this.queueSize = queueSize;
     connection.start({
       onCompletion: (c, data) => this.onCompletion(c, data),
       onClose: (reason) => this.onClose(reason),
     });
+  }
+
+  get queueSize(): number {
+    return this.size;
+  }
+
+  /** Command ids 0xff00-0xffff are reserved: more in flight than 0xff00 could never get an id. */
+  set queueSize(n: number) {
+    this.size = Math.min(n, RESERVED_COMMAND_ID_FIRST);
   }
 
   get inFlight(): number {
@@ -119,6 +131,19 @@ export class QueueClient {
     const p = this.pending.get(id);
     if (!p) return; // a completion for nothing we sent: ignore rather than guess
     this.pending.delete(id);
+    if (p.inBuffers && completion.readUInt16LE(0) === 0) {
+      // DECISIONS.md item 3: length ≤ in_length. A target that claims more cannot be trusted.
+      let inLength = 0;
+      for (const b of p.inBuffers) inLength += b.length;
+      const length = completion.readUInt32LE(4);
+      if (length > inLength) {
+        const err = new VofConnectionError(`${this.connection.peer}: VQ completion claims ${length} bytes written into ${inLength} device-writable bytes`);
+        p.reject(err);
+        this.failAll(err);
+        void this.connection.close();
+        return;
+      }
+    }
     if (data && p.inBuffers) scatter(data, p.inBuffers);
     p.resolve(decodeCompletion(completion, p.opcode));
     this.startWaiting();

@@ -17,7 +17,7 @@ import type { QueueSession } from './queue-session.js';
 export interface KeepalivePolicy {
   /** How often the target sends a Keepalive Completion (0xffff) on the control queue. */
   readonly intervalMs: number;
-  /** Destroy the instance when the initiator has sent nothing on the control queue this long. */
+  /** Destroy the instance when the initiator has sent nothing on any of its queues this long. */
   readonly timeoutMs: number;
 }
 

@@ -223,6 +223,11 @@ export class QueueSession {
     if (parsed && (parsed.tvqn !== inst.tvqn || parsed.ivqn !== inst.ivqn)) {
       return refuse(Status.EBADVQN, `VQNs differ from instance ${inst.id}'s`);
     }
+    // Without a body the queue borrows the control queue's VQNs, so it must come from the same
+    // host over the same transport: instance ids are guessable, the allow-list must not be.
+    if (!parsed && hostOf(this.connection.peer) !== hostOf(inst.control.connection.peer)) {
+      return refuse(Status.EBADVQN, `a virtqueue Connect without a Connect Body from ${this.connection.peer}, not the control queue's host`);
+    }
     if (cmd.vqIndex >= inst.device.numQueues) {
       return refuse(Status.EQUEUEQUOT, `vq_index ${cmd.vqIndex} ≥ ${inst.device.numQueues} queues`);
     }
@@ -237,6 +242,8 @@ export class QueueSession {
 
   private async runVq(inst: DeviceInstance, vqIndex: number, cmd: VqCommand, data: VqRequestData): Promise<void> {
     const id = cmd.commandId;
+    // Virtqueue traffic proves the initiator alive as much as a keepalive does.
+    inst.heard();
     if (!inst.acceptsRequests) {
       this.reply(encodeVqCompletion(Status.ESTATUS, id, 0));
       return;
@@ -323,4 +330,9 @@ export class QueueSession {
     }
     this.unbind();
   }
+}
+
+/** "tcp://10.0.0.1:5000" → "tcp://10.0.0.1": transport and host of a peer, without the port. */
+function hostOf(peer: string): string {
+  return peer.replace(/:\d+$/, '');
 }
