@@ -1,6 +1,8 @@
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockDevice, Opcode, encodeCommand, statusName } from '../src/index.js';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { BlockDevice, DeviceStatus, FileBlockExport, Opcode, VofError, encodeCommand, statusName, type DeviceExport, type VirtioDeviceInstance } from '../src/index.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 
 /** A body-less virtqueue Connect from `localAddress`; resolves with the completion's status name. */
@@ -54,6 +56,55 @@ describe('target hardening', () => {
       expect(rounds).toBeGreaterThan(10);
       expect(fx.target.instanceCount).toBe(1);
       expect(fx.logged(/initiator silent/)).toBe(false);
+    } finally {
+      await d.close();
+    }
+  });
+
+  it('a device fault sets DEVICE_NEEDS_RESET, announces it as a config change, and only a reset clears it', async () => {
+    const path = join(fx.dir, 'flaky.img');
+    writeFileSync(path, Buffer.alloc(1024 * 1024));
+    const real = await FileBlockExport.open(path);
+    let failNext = false;
+    const flaky: DeviceExport = {
+      description: 'flaky',
+      close: () => real.close(),
+      createInstance(): VirtioDeviceInstance {
+        const inner = real.createInstance();
+        return new Proxy(inner, {
+          get(t, k) {
+            if (k === 'handleRequest') {
+              return async (vq: number, readable: Buffer, inLength: number) => {
+                if (failNext) {
+                  failNext = false;
+                  throw new Error('backing store vanished');
+                }
+                return t.handleRequest(vq, readable, inLength);
+              };
+            }
+            const v: unknown = Reflect.get(t, k, t);
+            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+          },
+        });
+      },
+    };
+    fx.target.addDevice('flaky', flaky, ['owner']);
+    const d = await BlockDevice.open(`${fx.url}/flaky`, { ivqn: 'owner', keepaliveIntervalMs: 20 });
+    try {
+      await d.read(0, 512);
+      const event = new Promise<number>((r) => d.device.once('configChange', r));
+      failNext = true;
+      const err = await d.read(0, 512).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(VofError);
+      expect((err as VofError).statusName).toBe('EINVQBUF');
+      await event;
+      expect((await d.device.getStatus()) & DeviceStatus.DEVICE_NEEDS_RESET).toBe(DeviceStatus.DEVICE_NEEDS_RESET);
+      expect(fx.logged(/DEVICE_NEEDS_RESET: vq \d: backing store vanished/)).toBe(true);
+      // No more requests until the driver resets the device.
+      const refused = await d.read(0, 512).catch((e: unknown) => e);
+      expect((refused as VofError).statusName).toBe('ESTATUS');
+      await d.device.setStatus(0);
+      expect(await d.device.getStatus()).toBe(0);
     } finally {
       await d.close();
     }

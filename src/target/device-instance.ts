@@ -89,6 +89,17 @@ export class DeviceInstance {
     this.control.sendEvent(encodeKeepaliveCompletion());
   }
 
+  /**
+   * The device failed in a way only a reset can clear: DEVICE_NEEDS_RESET, announced like a
+   * config change (virtio 1.x: the device notifies the driver), and no more VQ commands run.
+   */
+  needsReset(why: string): void {
+    if (this.destroyed || (this.status & DeviceStatus.DEVICE_NEEDS_RESET) !== 0) return;
+    this.log.error(`instance ${this.id} (${this.ivqn} → ${this.tvqn}): DEVICE_NEEDS_RESET: ${why}`);
+    this.status |= DeviceStatus.DEVICE_NEEDS_RESET;
+    this.configChanged();
+  }
+
   private configChanged(): void {
     if (this.destroyed || this.configChangeOutstanding) return;
     this.configChangeOutstanding = true;

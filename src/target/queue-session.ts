@@ -267,7 +267,9 @@ export class QueueSession {
     try {
       written = await inst.device.handleRequest(vqIndex, readable, cmd.inLength);
     } catch (err) {
-      this.log.error(`instance ${inst.id} vq ${vqIndex}: device failed: ${(err as Error).message}`);
+      // Errors the device can express (IOERR, UNSUPP) come back as its own status; a throw is
+      // a device fault that only a reset can clear.
+      inst.needsReset(`vq ${vqIndex}: ${(err as Error).message}`);
       this.reply(encodeVqCompletion(Status.EINVQBUF, id, 0));
       return;
     }
