@@ -109,4 +109,41 @@ describe('target hardening', () => {
       await d.close();
     }
   });
+
+  it('closing the target lets a request in flight finish first', async () => {
+    const own = new TargetFixture();
+    const path = join(own.dir, 'slow.img');
+    writeFileSync(path, Buffer.alloc(1024 * 1024, 0x42));
+    const real = await FileBlockExport.open(path);
+    let started: () => void = () => {};
+    const running = new Promise<void>((r) => (started = r));
+    const slow: DeviceExport = {
+      description: 'slow',
+      close: () => real.close(),
+      createInstance(): VirtioDeviceInstance {
+        const inner = real.createInstance();
+        return new Proxy(inner, {
+          get(t, k) {
+            if (k === 'handleRequest') {
+              return async (vq: number, readable: Buffer, inLength: number) => {
+                started();
+                await new Promise((r) => setTimeout(r, 300));
+                return t.handleRequest(vq, readable, inLength);
+              };
+            }
+            const v: unknown = Reflect.get(t, k, t);
+            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+          },
+        });
+      },
+    };
+    own.target.addDevice('slow', slow);
+    await own.listen();
+    const d = await BlockDevice.open(`${own.url}/slow`, { keepaliveIntervalMs: 0 });
+    const read = d.read(0, 4096);
+    await running;
+    await own.close();
+    expect((await read).every((x) => x === 0x42)).toBe(true);
+    await d.close().catch(() => {});
+  });
 });

@@ -100,7 +100,8 @@ export class QueueSession {
     }
   }
 
-  private whenIdle(): Promise<void> {
+  /** Resolves when no command of this queue is in flight. */
+  whenIdle(): Promise<void> {
     return this.inFlight === 0 ? Promise.resolve() : new Promise((r) => this.idleWaiters.push(r));
   }
 

@@ -117,8 +117,17 @@ export class VofTarget {
     return -1;
   }
 
-  /** Stop listening, drop every instance, release the devices. */
-  async close(): Promise<void> {
+  /** Let in-flight requests finish (up to drainMs), stop listening, drop every instance, release the devices. */
+  async close(drainMs = 5000): Promise<void> {
+    // Let requests already running finish (a SIGTERM should not cut a write in half), but do
+    // not wait forever on a device that hangs.
+    const sessions = [...this.instances.values()].flatMap((i) => [i.control, ...i.virtqueues.values()]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(sessions.map((s) => s.whenIdle())),
+      new Promise<void>((r) => (timer = setTimeout(r, drainMs))),
+    ]);
+    clearTimeout(timer);
     for (const inst of [...this.instances.values()]) inst.destroy();
     await Promise.all(this.listeners.splice(0).map((l) => l.close()));
     await Promise.all([...this.exports.values()].map((e) => e.device.close()));
