@@ -90,6 +90,73 @@ describe('vof CLI', () => {
     expect(r3.stderr).toMatch(/not a Virtio-oF address/);
   });
 
+  it('vof target --config FILE alone: listen, blk and its allow-list come from the file', async () => {
+    const cfgDisk = `${scratch.dir}/cfg.img`;
+    const content = Buffer.alloc(2 * 1024 * 1024);
+    content.fill(0x3c, 0, 512);
+    writeFileSync(cfgDisk, content);
+    const cfgFile = `${scratch.dir}/target.json`;
+    writeFileSync(cfgFile, JSON.stringify({ listen: ['tcp://127.0.0.1:0'], blk: [{ tvqn: 'cfg-disk', path: cfgDisk, allow: ['cfg-user'] }] }));
+    const t = await startTarget(['--config', cfgFile], 1);
+    try {
+      expect(t.urls).toHaveLength(1);
+      expect(t.urls[0]).toMatch(/^tcp:\/\/127\.0\.0\.1:\d+$/);
+      const r = vof(['info', `${t.urls[0]}/cfg-disk`, '--ivqn', 'cfg-user', '--json']);
+      expect(r.status, r.stderr).toBe(0);
+      const info = JSON.parse(r.stdout);
+      expect(info.blk.capacityBytes).toBe(String(2 * 1024 * 1024));
+      expect(info.blk.readOnly).toBe(false);
+      expect(info.config.slice(0, 16)).toBe('0010000000000000'); // capacity 4096 sectors, le64
+      const down = `${scratch.dir}/cfg-down.bin`;
+      const dl = vof(['cp', `${t.urls[0]}/cfg-disk`, down, '--ivqn', 'cfg-user']);
+      expect(dl.status, dl.stderr).toBe(0);
+      expect(readFileSync(down).equals(content)).toBe(true);
+      const refused = vof(['info', `${t.urls[0]}/cfg-disk`, '--ivqn', 'other', '--json']);
+      expect(refused.status).toBe(1);
+      expect(refused.stdout).toBe('');
+      expect(refused.stderr).toMatch(/EACLREJECTED \(0x1003\)/);
+    } finally {
+      expect(await t.stop()).toBe(0);
+    }
+  });
+
+  it('a ,ro export: info shows readOnly, and vof cp onto it fails with IOERR and writes nothing', async () => {
+    const roDisk = `${scratch.dir}/ro.img`;
+    writeFileSync(roDisk, Buffer.alloc(1024 * 1024, 0x5a));
+    const t = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `ro-disk=${roDisk},ro`], 1);
+    try {
+      const r = vof(['info', `${t.urls[0]}/ro-disk`, '--json']);
+      expect(r.status, r.stderr).toBe(0);
+      const info = JSON.parse(r.stdout);
+      expect(info.blk.readOnly).toBe(true);
+      expect(info.deviceFeatures.names).toContain('VIRTIO_BLK_F_RO');
+      const text = vof(['info', `${t.urls[0]}/ro-disk`]);
+      expect(text.stdout).toMatch(/read-only/);
+      const src = `${scratch.dir}/local.img`;
+      writeFileSync(src, Buffer.alloc(64 * 1024, 0x11));
+      const up = vof(['cp', src, `${t.urls[0]}/ro-disk`]);
+      expect(up.status, up.stderr).toBe(1);
+      expect(up.stderr).toMatch(/^vof: .*write at \d+: IOERR$/m);
+      expect(up.stderr).not.toMatch(/^\s+at /m); // a message, not a stack trace
+      expect(up.stdout).not.toMatch(/copied/);
+      expect(readFileSync(roDisk).every((x) => x === 0x5a)).toBe(true);
+    } finally {
+      expect(await t.stop()).toBe(0);
+    }
+  });
+
+  it('shuts down cleanly on SIGINT', async () => {
+    const t = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk},ro`], 1);
+    const exited = new Promise<number | null>((r) => t.child.once('exit', (code) => r(code)));
+    // A connected initiator must not keep it from exiting.
+    const r = vof(['info', `${t.urls[0]}/d`, '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    t.child.kill('SIGINT');
+    expect(await exited).toBe(0);
+    expect(t.stderr()).toMatch(/SIGINT: shutting down/);
+    expect(t.stderr()).not.toMatch(/SIGTERM/);
+  });
+
   it('shuts down cleanly on SIGTERM', async () => {
     const t = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk},ro`], 1);
     const code = await t.stop();

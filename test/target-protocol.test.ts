@@ -197,6 +197,45 @@ describe('control queue commands', () => {
     expect(await get()).toBe(0);
     await q.close();
   });
+  it('FAILED (0x80): the driver may set it at any point; it stops VQ commands until a reset', async () => {
+    const { q, id: inst } = await control();
+    const set = async (status: number) => st(await q.call({ opcode: Opcode.SetStatus, commandId: id(), status }));
+    const get = async () => (await q.call({ opcode: Opcode.GetStatus, commandId: id() })).readUInt32LE(4);
+    // Even before anything else (a driver that does not recognise the device gives up at once).
+    expect(await set(DeviceStatus.FAILED)).toBe('SUCCESS');
+    expect(await get()).toBe(0x80);
+    expect(await set(DeviceStatus.FAILED | DeviceStatus.ACKNOWLEDGE)).toBe('ESTATUS'); // FAILED: reset first
+    expect(st(await q.call({ opcode: Opcode.ResetDevice, commandId: id() }))).toBe('SUCCESS');
+    expect(await get()).toBe(0);
+
+    // A live device: I/O works, then the driver sets FAILED on top of DRIVER_OK.
+    await driverOk(q);
+    const v = await virtqueue(inst);
+    const header = encodeRequestHeader(BlkRequestType.IN, 0n);
+    v.command({ opcode: Opcode.Vq, commandId: 1, outLength: 16, inLength: 513 }, header);
+    const ok = await v.completion();
+    expect([st(ok), cid(ok), ok.readUInt32LE(4)]).toEqual(['SUCCESS', 1, 513]);
+    expect((await v.read(513))[512]).toBe(0);
+    expect(await set(0x0f | DeviceStatus.FAILED)).toBe('SUCCESS');
+    expect(await get()).toBe(0x8f);
+    const refused = await v.call({ opcode: Opcode.Vq, commandId: 2, outLength: 16, inLength: 513 }, header);
+    expect([st(refused), cid(refused), refused.readUInt32LE(4)]).toEqual(['ESTATUS', 2, 0]);
+    // FAILED cannot be cleared, nor anything else changed, other than by a reset.
+    expect(await set(0x0f)).toBe('ESTATUS');
+    expect(await set(DeviceStatus.FAILED)).toBe('ESTATUS');
+    expect(await get()).toBe(0x8f);
+    expect(st(await v.call({ opcode: Opcode.Vq, commandId: 3, outLength: 16, inLength: 513 }, header))).toBe('ESTATUS');
+    expect(st(await q.call({ opcode: Opcode.ResetDevice, commandId: id() }))).toBe('SUCCESS');
+    expect(await get()).toBe(0);
+    // Reset is not DRIVER_OK: still no I/O until the driver sets the device up again.
+    expect(st(await v.call({ opcode: Opcode.Vq, commandId: 4, outLength: 16, inLength: 513 }, header))).toBe('ESTATUS');
+    // Status 0 resets a FAILED device as well.
+    expect(await set(DeviceStatus.ACKNOWLEDGE | DeviceStatus.FAILED)).toBe('SUCCESS');
+    expect(await set(0)).toBe('SUCCESS');
+    expect(await get()).toBe(0);
+    expect(await set(DeviceStatus.ACKNOWLEDGE)).toBe('SUCCESS');
+    await Promise.all([v.close(), q.close()]);
+  });
   it('Get VQ Size: per queue, EQUEUEQUOT past the last', async () => {
     const { q } = await control();
     const s = await q.call({ opcode: Opcode.GetVqSize, commandId: 1, vqIndex: 1 });
@@ -365,6 +404,8 @@ describe('virtqueues', () => {
 
 describe('malformed input closes cleanly and harms nobody else', () => {
   it('a truncated PDU followed by close', async () => {
+    const before = fx.target.instanceCount;
+    const logsBefore = fx.logs.length;
     const q = await RawQueue.open(port);
     q.send(encodeCommand({ opcode: Opcode.Connect, commandId: 1, deviceInstanceId: 0xffff, vqIndex: 0, length: 1024, queueSize: 0 }), Buffer.alloc(100));
     await q.close();
@@ -372,8 +413,14 @@ describe('malformed input closes cleanly and harms nobody else', () => {
     r.send(Buffer.alloc(7));
     await r.close();
     const { q: fine } = await control();
+    expect(fx.target.instanceCount).toBe(before + 1);
     expect(st(await fine.call({ opcode: Opcode.GetVendorId, commandId: 1 }))).toBe('SUCCESS');
     await fine.close();
+    // Neither half-sent PDU created (or leaked) an instance, and nothing was an error.
+    await waitFor(() => fx.target.instanceCount === before);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(fx.target.instanceCount).toBe(before);
+    expect(fx.logs.slice(logsBefore).filter((l) => l.level === 'error')).toEqual([]);
   });
   it('a Connect announcing an impossible body length is closed with a log line', async () => {
     const q = await RawQueue.open(port);

@@ -8,6 +8,7 @@ import {
   BlockIoError,
   VofError,
   encodeRequestHeader,
+  encodeSegment,
 } from '../../src/index.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 
@@ -155,6 +156,80 @@ export function blkEndToEndSuite(name: string, listenUrl: string, opts: { diskMi
       }
     });
 
+    it('WRITE_ZEROES and DISCARD straddling the end get IOERR and leave the file alone', async () => {
+      const d = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0, maxQueues: 1 });
+      try {
+        const lastSectors = BigInt(diskSize / 512);
+        const tail = pattern(2048, 77);
+        await d.write(diskSize - tail.length, tail);
+        const before = readFileSync(rwPath);
+        const send = async (type: number, sector: bigint, sectors: number): Promise<number> => {
+          const status = Buffer.alloc(1, 0xff);
+          await d.device.request(0, [encodeRequestHeader(type, 0n), encodeSegment(sector, sectors, 0)], [status]);
+          return status[0]!;
+        };
+        const cases: Array<[bigint, number]> = [
+          [lastSectors - 1n, 2], // one sector in, one past the end
+          [lastSectors - 4n, 5],
+          [lastSectors, 1], // starts right at the end
+          [0n, diskSize / 512 + 1], // covers the whole disk and one more
+          [1n << 60n, 1], // far away
+        ];
+        for (const [sector, sectors] of cases) {
+          expect([BlkRequestType.WRITE_ZEROES, sector, await send(BlkRequestType.WRITE_ZEROES, sector, sectors)]).toEqual([BlkRequestType.WRITE_ZEROES, sector, 1]);
+          expect([BlkRequestType.DISCARD, sector, await send(BlkRequestType.DISCARD, sector, sectors)]).toEqual([BlkRequestType.DISCARD, sector, 1]);
+        }
+        // The same requests one sector shorter fit exactly and succeed: the boundary is exact.
+        expect(await send(BlkRequestType.DISCARD, lastSectors - 1n, 1)).toBe(0);
+        expect(statSync(rwPath).size).toBe(diskSize);
+        expect(readFileSync(rwPath).equals(before)).toBe(true);
+        expect(await send(BlkRequestType.WRITE_ZEROES, lastSectors - 1n, 1)).toBe(0);
+        const after = readFileSync(rwPath);
+        expect(after.subarray(diskSize - 512).every((x) => x === 0)).toBe(true);
+        expect(after.subarray(diskSize - tail.length, diskSize - 512).equals(tail.subarray(0, tail.length - 512))).toBe(true);
+      } finally {
+        await d.close();
+      }
+    });
+
+    it('DISCARD on the read-only export gets IOERR (virtio 5.2.6.2: a write request on an F_RO device)', async () => {
+      const d = await BlockDevice.open(`${url}/ro`, { keepaliveIntervalMs: 0, maxQueues: 1 });
+      try {
+        expect(d.device.hasFeature(BlkFeature.DISCARD)).toBe(true);
+        const err = await d.discard(0, 4096).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(BlockIoError);
+        expect((err as BlockIoError).status).toBe(1);
+        const status = Buffer.alloc(1, 0xff);
+        await d.device.request(0, [encodeRequestHeader(BlkRequestType.DISCARD, 0n), encodeSegment(0n, 8, 0)], [status]);
+        expect(status[0]).toBe(1);
+        expect((await d.read(0, 4096)).every((x) => x === 0x5a)).toBe(true);
+      } finally {
+        await d.close();
+      }
+    });
+
+    it('read(offset, buffer) fills the caller\'s buffer and returns that same object', async () => {
+      const d = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0 });
+      try {
+        const data = pattern(MiB + 64 * 1024, 31); // more than one request's worth (1 MiB)
+        await d.write(2 * MiB, data);
+        // A view into a larger allocation, with guard bytes on both sides.
+        const backing = Buffer.alloc(data.length + 1024, 0xcc);
+        const into = backing.subarray(512, 512 + data.length);
+        const got = await d.read(2 * MiB, into);
+        expect(got).toBe(into);
+        expect(into.equals(data)).toBe(true);
+        expect(backing.subarray(0, 512).every((x) => x === 0xcc)).toBe(true);
+        expect(backing.subarray(512 + data.length).every((x) => x === 0xcc)).toBe(true);
+        // A plain buffer, one sector.
+        const one = Buffer.alloc(512, 0xff);
+        expect(await d.read(2 * MiB + 512, one)).toBe(one);
+        expect(one.equals(data.subarray(512, 1024))).toBe(true);
+      } finally {
+        await d.close();
+      }
+    });
+
     it('a read-only export refuses writes with IOERR and serves reads', async () => {
       const d = await BlockDevice.open(`${url}/ro`, { keepaliveIntervalMs: 0 });
       try {
@@ -197,10 +272,19 @@ export function blkEndToEndSuite(name: string, listenUrl: string, opts: { diskMi
     it('closing the device releases its instance on the target', async () => {
       const before = fx.target.instanceCount;
       const d = await BlockDevice.open(`${url}/disk`, { keepaliveIntervalMs: 0 });
+      expect(d.numQueues).toBe(2);
+      const instance = d.device.instanceId;
       expect(fx.target.instanceCount).toBe(before + 1);
+      expect(fx.logged(new RegExp(`instance ${instance} created`))).toBe(true);
+      await d.read(0, 512);
       await d.close();
       for (let i = 0; i < 100 && fx.target.instanceCount !== before; i++) await new Promise((r) => setTimeout(r, 10));
       expect(fx.target.instanceCount).toBe(before);
+      // Every queue said Disconnect before its connection went away: the target logs
+      // "<queue> of instance N closed" only for a connection that closed while still bound.
+      await new Promise((r) => setTimeout(r, 50));
+      const unclean = new RegExp(`(control queue|virtqueue \\d+) of instance ${instance} closed`);
+      expect(fx.logs.filter((l) => unclean.test(l.msg))).toEqual([]);
     });
   });
 }

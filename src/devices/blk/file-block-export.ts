@@ -11,6 +11,7 @@ import {
   REQUEST_HEADER_SIZE,
   SECTOR_SIZE,
   SEGMENT_SIZE,
+  WRITE_ZEROES_FLAG_UNMAP,
 } from './blk-constants.js';
 
 export interface FileBlockOptions {
@@ -302,7 +303,9 @@ class FileBlockInstance implements VirtioDeviceInstance {
     const sector = segments.readBigUInt64LE(0);
     const sectors = segments.readUInt32LE(8);
     const flags = segments.readUInt32LE(12);
-    if (flags & ~1) return BlkStatus.UNSUPP;
+    // The unmap flag (bit 0) belongs to WRITE_ZEROES; on DISCARD it is UNSUPP (virtio 5.2.6.2).
+    const allowedFlags = type === BlkRequestType.WRITE_ZEROES ? WRITE_ZEROES_FLAG_UNMAP : 0;
+    if (flags & ~allowedFlags) return BlkStatus.UNSUPP;
     const length = sectors * SECTOR_SIZE;
     if (!this.disk.inRange(sector, length)) return BlkStatus.IOERR;
     if (type === BlkRequestType.DISCARD) {
