@@ -19,6 +19,27 @@ function bodylessVqConnect(port: number, localAddress: string, instanceId: numbe
   });
 }
 
+type HandleRequest = VirtioDeviceInstance['handleRequest'];
+
+/** `real`, with every instance's handleRequest replaced by `wrap(original)`. */
+function withHandleRequest(real: FileBlockExport, description: string, wrap: (original: HandleRequest) => HandleRequest): DeviceExport {
+  return {
+    description,
+    close: () => real.close(),
+    createInstance(): VirtioDeviceInstance {
+      const inner = real.createInstance();
+      const handleRequest = wrap(inner.handleRequest.bind(inner));
+      return new Proxy(inner, {
+        get(t, k) {
+          if (k === 'handleRequest') return handleRequest;
+          const v: unknown = Reflect.get(t, k, t);
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+        },
+      });
+    },
+  };
+}
+
 describe('target hardening', () => {
   let fx: TargetFixture;
   beforeAll(async () => {
@@ -66,28 +87,13 @@ describe('target hardening', () => {
     writeFileSync(path, Buffer.alloc(1024 * 1024));
     const real = await FileBlockExport.open(path);
     let failNext = false;
-    const flaky: DeviceExport = {
-      description: 'flaky',
-      close: () => real.close(),
-      createInstance(): VirtioDeviceInstance {
-        const inner = real.createInstance();
-        return new Proxy(inner, {
-          get(t, k) {
-            if (k === 'handleRequest') {
-              return async (vq: number, readable: Buffer, inLength: number) => {
-                if (failNext) {
-                  failNext = false;
-                  throw new Error('backing store vanished');
-                }
-                return t.handleRequest(vq, readable, inLength);
-              };
-            }
-            const v: unknown = Reflect.get(t, k, t);
-            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
-          },
-        });
-      },
-    };
+    const flaky = withHandleRequest(real, 'flaky', (original) => async (vq, readable, inLength) => {
+      if (failNext) {
+        failNext = false;
+        throw new Error('backing store vanished');
+      }
+      return original(vq, readable, inLength);
+    });
     fx.target.addDevice('flaky', flaky, ['owner']);
     const d = await BlockDevice.open(`${fx.url}/flaky`, { ivqn: 'owner', keepaliveIntervalMs: 20 });
     try {
@@ -117,26 +123,11 @@ describe('target hardening', () => {
     const real = await FileBlockExport.open(path);
     let started: () => void = () => {};
     const running = new Promise<void>((r) => (started = r));
-    const slow: DeviceExport = {
-      description: 'slow',
-      close: () => real.close(),
-      createInstance(): VirtioDeviceInstance {
-        const inner = real.createInstance();
-        return new Proxy(inner, {
-          get(t, k) {
-            if (k === 'handleRequest') {
-              return async (vq: number, readable: Buffer, inLength: number) => {
-                started();
-                await new Promise((r) => setTimeout(r, 300));
-                return t.handleRequest(vq, readable, inLength);
-              };
-            }
-            const v: unknown = Reflect.get(t, k, t);
-            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
-          },
-        });
-      },
-    };
+    const slow = withHandleRequest(real, 'slow', (original) => async (vq, readable, inLength) => {
+      started();
+      await new Promise((r) => setTimeout(r, 300));
+      return original(vq, readable, inLength);
+    });
     own.target.addDevice('slow', slow);
     await own.listen();
     const d = await BlockDevice.open(`${own.url}/slow`, { keepaliveIntervalMs: 0 });
