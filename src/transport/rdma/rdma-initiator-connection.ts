@@ -1,8 +1,7 @@
-import { lookup } from 'node:dns/promises';
-import { isIP } from 'node:net';
 import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE } from '../../protocol/constants.js';
 import { encodeKeyedDescriptor, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
 import type { Logger } from '../../util/log.js';
+import { formatRdmaPeer, numericHost } from '../address.js';
 import type { ConnectOptions, Endpoint, InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
 import { MemoryRegistrationCache } from './memory-registration-cache.js';
 import type { CmEvent, CmId, EventChannel, NativeBinding } from './native-binding.js';
@@ -24,10 +23,6 @@ interface PendingVq {
 interface Placement {
   readonly descs: KeyedDescriptor[];
   readonly copyBack: PendingVq['copyBack'];
-}
-
-export function formatRdmaPeer(host: string, port: number): string {
-  return `rdma://${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
 /**
@@ -68,7 +63,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   }
 
   static async connect(binding: NativeBinding, endpoint: Endpoint, options: ConnectOptions, log: Logger): Promise<RdmaInitiatorConnection> {
-    const host = isIP(endpoint.host) ? endpoint.host : (await lookup(endpoint.host)).address;
+    const host = await numericHost(endpoint.host);
     const peer = formatRdmaPeer(endpoint.host, endpoint.port);
     const events: CmEvent[] = [];
     let wake: (() => void) | null = null;

@@ -5,6 +5,7 @@ import { VqTransferError, type TargetConnection, type TargetConnectionHandler, t
 import type { CmEvent, CmId, NativeBinding, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
 import { RcConnection } from './rc-connection.js';
+import { formatRdmaPeer } from '../address.js';
 import { RdmaWorkError, WC_WR_FLUSH_ERR } from './send-queue.js';
 import type { RegisteredBuffer, RegisteredPool } from './registered-pool.js';
 import { readDepths } from './rdma-limits.js';
@@ -68,7 +69,7 @@ export class RdmaTargetConnection implements TargetConnection {
   private closeReason: Error | undefined;
 
   constructor(
-    binding: NativeBinding,
+    private readonly binding: NativeBinding,
     private readonly cmId: CmId,
     request: CmEvent,
     private readonly options: RdmaTargetOptions,
@@ -77,7 +78,7 @@ export class RdmaTargetConnection implements TargetConnection {
     private readonly onGone: (c: RdmaTargetConnection) => void,
   ) {
     const peer = cmId.peerAddress();
-    this.peer = peer ? `rdma://${peer.host.includes(':') ? `[${peer.host}]` : peer.host}:${peer.port}` : 'rdma://?';
+    this.peer = peer ? formatRdmaPeer(peer.host, peer.port) : 'rdma://?';
     this.maxKeyedDescriptors = options.maxKeyedDescriptors;
     this.rc = new RcConnection(
       binding,
@@ -85,7 +86,6 @@ export class RdmaTargetConnection implements TargetConnection {
       { recvDepth: options.recvDepth, recvSize: MAX_REQUEST_MESSAGE, sendDepth: options.sendDepth, sendSize: COMMAND_SIZE },
       { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.onBroken(err) },
     );
-    this.binding = binding;
     try {
       cmId.accept(readDepths(cmId, request));
     } catch (err) {
@@ -93,8 +93,6 @@ export class RdmaTargetConnection implements TargetConnection {
       throw err;
     }
   }
-
-  private readonly binding: NativeBinding;
 
   onCmEvent(ev: CmEvent): void {
     switch (ev.type) {

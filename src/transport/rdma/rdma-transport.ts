@@ -1,6 +1,5 @@
-import { lookup } from 'node:dns/promises';
-import { isIP } from 'node:net';
 import type { Logger } from '../../util/log.js';
+import { formatRdmaPeer, numericHost } from '../address.js';
 import type {
   ConnectOptions,
   Endpoint,
@@ -11,7 +10,7 @@ import type {
   Transport,
 } from '../transport.js';
 import { nativeBinding, type CmEvent, type CmId, type NativeBinding } from './native-binding.js';
-import { formatRdmaPeer, RdmaInitiatorConnection } from './rdma-initiator-connection.js';
+import { RdmaInitiatorConnection } from './rdma-initiator-connection.js';
 import { RdmaTargetConnection, type RdmaTargetOptions } from './rdma-target-connection.js';
 
 /** Keyed descriptors the target accepts per VQ command (Get Keyed Number Descriptors). */
@@ -39,7 +38,7 @@ export class RdmaTransport implements Transport {
   }
 
   async listen(endpoint: Endpoint, options: ListenOptions, onConnection: (connection: TargetConnection) => void): Promise<Listener> {
-    const host = isIP(endpoint.host) ? endpoint.host : (await lookup(endpoint.host)).address;
+    const host = await numericHost(endpoint.host);
     return new RdmaListener(this.binding, host, endpoint.port, { ...TARGET_DEFAULTS, maxVqPayload: options.maxVqPayload }, this.log, onConnection);
   }
 

@@ -1,5 +1,6 @@
 import net from 'node:net';
 import type { Logger } from '../../util/log.js';
+import { formatHostPort } from '../address.js';
 import type {
   ConnectOptions,
   Endpoint,
@@ -11,10 +12,6 @@ import type {
 } from '../transport.js';
 import { TcpInitiatorConnection } from './tcp-initiator-connection.js';
 import { TcpTargetConnection } from './tcp-target-connection.js';
-
-function formatHostPort(host: string, port: number): string {
-  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
-}
 
 /** Stream data transfers over TCP: one connection per Virtio-oF queue. */
 export class TcpTransport implements Transport {
