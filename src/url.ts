@@ -1,7 +1,7 @@
 import { DEFAULT_PORT } from './protocol/constants.js';
 import type { Endpoint } from './transport/transport.js';
 
-export type Scheme = 'tcp' | 'rdma';
+export type Scheme = 'tcp' | 'tls' | 'rdma';
 
 export interface ListenAddress {
   readonly scheme: Scheme;
@@ -17,8 +17,8 @@ export class UrlError extends Error {
 }
 
 function parse(url: string): { scheme: Scheme; endpoint: Endpoint; path: string } {
-  const m = /^(tcp|rdma):\/\/(\[[^\]]+\]|[^/:]+)(?::(\d+))?(\/.*)?$/.exec(url);
-  if (!m) throw new UrlError(`"${url}" is not a Virtio-oF address: expected tcp://HOST[:PORT] or rdma://HOST[:PORT]`);
+  const m = /^(tcp|tls|rdma):\/\/(\[[^\]]+\]|[^/:]+)(?::(\d+))?(\/.*)?$/.exec(url);
+  if (!m) throw new UrlError(`"${url}" is not a Virtio-oF address: expected tcp://HOST[:PORT], tls://HOST[:PORT] or rdma://HOST[:PORT]`);
   const host = m[2]!.startsWith('[') ? m[2]!.slice(1, -1) : m[2]!;
   const port = m[3] === undefined ? DEFAULT_PORT : Number(m[3]);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UrlError(`bad port in "${url}"`);

@@ -94,9 +94,9 @@ describe('control queue Connect', () => {
     await q.close();
     await waitFor(() => fx.target.instanceCount === before - 1);
   });
-  it('ENOTGT for an unknown TVQN and for a missing body', async () => {
+  it('EACLREJECTED for an unknown TVQN (indistinguishable from a refusal), ENOTGT for a missing body', async () => {
     const q = await RawQueue.open(port);
-    expect(st(await q.connectControl('nope'))).toBe('ENOTGT');
+    expect(st(await q.connectControl('nope'))).toBe('EACLREJECTED');
     expect(st(await q.call({ opcode: Opcode.Connect, commandId: 2, deviceInstanceId: 0xffff, vqIndex: 0, length: 0, queueSize: 0 }))).toBe('ENOTGT');
     await q.close();
   });
@@ -303,7 +303,9 @@ describe('virtqueues', () => {
     const v = await RawQueue.open(port);
     const connect = (fields: { deviceInstanceId: number; vqIndex: number; queueSize: number; length?: number }, body?: Buffer) =>
       v.call({ opcode: Opcode.Connect, commandId: 7, length: 0, ...fields }, body);
-    expect(st(await connect({ deviceInstanceId: inst + 1000, vqIndex: 0, queueSize: 0 }))).toBe('EBADDEV');
+    const unused = inst ^ 0x8000;
+    expect(fx.target.hasInstance(unused)).toBe(false);
+    expect(st(await connect({ deviceInstanceId: unused, vqIndex: 0, queueSize: 0 }))).toBe('EBADDEV');
     expect(st(await connect({ deviceInstanceId: inst, vqIndex: 2, queueSize: 0 }))).toBe('EQUEUEQUOT');
     expect(st(await connect({ deviceInstanceId: inst, vqIndex: 0, queueSize: 9 }))).toBe('EQSIZEQUOT');
     const otherBody = encodeConnectBody({ ivqn: 'someone-else', tvqn: 'disk0' });

@@ -4,12 +4,13 @@ import { BlockDevice } from '../devices/blk/block-device.js';
 import { SECTOR_SIZE } from '../devices/blk/blk-constants.js';
 import { createLogger } from '../util/log.js';
 import { CliError } from './cli-error.js';
+import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
 import { Progress } from './progress.js';
 
 const CHUNK = 1024 * 1024;
 const IN_FLIGHT = 8;
 
-const isRemote = (s: string) => /^(tcp|rdma):\/\//.test(s);
+const isRemote = (s: string) => /^(tcp|tls|rdma):\/\//.test(s);
 
 /** Run `step(offset, length)` over [0, total) in CHUNK pieces, IN_FLIGHT at a time, in order of completion. */
 async function pipeline(total: number, step: (offset: number, length: number) => Promise<void>, progress: Progress): Promise<void> {
@@ -32,13 +33,14 @@ async function pipeline(total: number, step: (offset: number, length: number) =>
 export async function runCp(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ivqn: { type: 'string' }, json: { type: 'boolean' } },
+    options: { ivqn: { type: 'string' }, json: { type: 'boolean' }, ...TLS_CLIENT_OPTIONS },
     allowPositionals: true,
   });
-  if (positionals.length !== 2) throw new CliError('usage: vof cp SRC DST (one of them tcp:// or rdma://HOST[:PORT]/TVQN)');
+  if (positionals.length !== 2) throw new CliError('usage: vof cp SRC DST (one of them tcp://, tls:// or rdma://HOST[:PORT]/TVQN)');
   const [src, dst] = positionals as [string, string];
   if (isRemote(src) === isRemote(dst)) throw new CliError('vof cp copies between a remote disk and a local file: exactly one of SRC and DST must be a URL');
-  const opts = { ...(values.ivqn && { ivqn: values.ivqn }), log: createLogger('warn') };
+  const tls = clientTlsSettings(values);
+  const opts = { ...(values.ivqn && { ivqn: values.ivqn }), ...(tls && { tls }), log: createLogger('warn') };
   const started = Date.now();
   let bytes: number;
   if (isRemote(src)) {

@@ -4,6 +4,7 @@ import { RemoteDevice } from '../initiator/remote-device.js';
 import { DeviceId, Opcode, VIRTIO_F_VERSION_1 } from '../protocol/constants.js';
 import { createLogger } from '../util/log.js';
 import { CliError } from './cli-error.js';
+import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
 
 const blkFeatureNames = new Map<bigint, string>([
   ...Object.entries(BlkFeature).map(([k, v]) => [v, `VIRTIO_BLK_F_${k}`] as [bigint, string]),
@@ -27,14 +28,16 @@ function hex(n: bigint | number, width = 0): string {
 export async function runInfo(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ivqn: { type: 'string' }, json: { type: 'boolean' } },
+    options: { ivqn: { type: 'string' }, json: { type: 'boolean' }, ...TLS_CLIENT_OPTIONS },
     allowPositionals: true,
   });
   const url = positionals[0];
-  if (!url || positionals.length > 1) throw new CliError('usage: vof info tcp://HOST[:PORT]/TVQN or rdma://ADDR[:PORT]/TVQN [--ivqn IVQN] [--json]');
+  if (!url || positionals.length > 1) throw new CliError('usage: vof info tcp://HOST[:PORT]/TVQN, tls://HOST[:PORT]/TVQN or rdma://ADDR[:PORT]/TVQN [--ivqn IVQN] [--json] [--tls-* ...]');
   // No virtqueues: info needs only the control queue.
+  const tls = clientTlsSettings(values);
   const dev = await RemoteDevice.connect(url, {
     ...(values.ivqn && { ivqn: values.ivqn }),
+    ...(tls && { tls }),
     queueCount: () => 0,
     keepaliveIntervalMs: 0,
     log: createLogger('warn'),

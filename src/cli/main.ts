@@ -8,15 +8,21 @@ import { CliError } from './cli-error.js';
 const USAGE = `vof — Virtio over Fabrics
 
 Usage:
-  vof target --listen URL [--listen URL]... --blk TVQN=PATH[,ro] [--blk ...]
-             [--allow IVQN]... [--config FILE] [--queues N] [--queue-size N]
+  vof target --listen URL [--listen URL]... --blk TVQN=PATH[,ro][,serial=S] [--blk ...]
+             [--allow IVQN[@IDENTITY]]... [--config FILE] [--queues N] [--queue-size N]
              [--keepalive-interval MS] [--keepalive-timeout MS] [--log LEVEL]
-      Export block devices. URL is tcp://HOST[:PORT] or rdma://ADDR[:PORT] (port 15771).
-      Prints "listening on URL" per address when ready; SIGINT/SIGTERM shut it down.
-  vof info URL/TVQN [--ivqn IVQN] [--json]
+             [--max-instances-per-export N] [--max-instances-per-ivqn N]
+             [--max-unbound N] [--max-unbound-per-host N]
+             [--tls-cert FILE --tls-key FILE] [--tls-ca FILE] [--tls-psk FILE]
+      Export block devices. URL is tcp://HOST[:PORT], tls://HOST[:PORT] or
+      rdma://ADDR[:PORT] (port 15771). Prints "listening on URL" per address when ready;
+      SIGINT/SIGTERM shut it down.
+  vof info URL/TVQN [--ivqn IVQN] [--json] [TLS]
       Connect and print instance id, features, queue sizes and config space.
-  vof cp SRC DST [--ivqn IVQN] [--json]
-      Copy a remote disk (tcp:// or rdma://HOST[:PORT]/TVQN) to a local file or back.
+  vof cp SRC DST [--ivqn IVQN] [--json] [TLS]
+      Copy a remote disk (tcp://, tls:// or rdma://HOST[:PORT]/TVQN) to a local file or back.
+      TLS: [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
+           [--tls-psk FILE [--tls-psk-identity ID]] [--tls-servername NAME]
   vof devices [--json]
       List RDMA devices with port state, MTU and GIDs.
   vof help

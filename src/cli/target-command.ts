@@ -3,27 +3,37 @@ import { parseArgs } from 'node:util';
 import { FileBlockExport } from '../devices/blk/file-block-export.js';
 import { VofTarget } from '../target/target.js';
 import { createLogger, type LogLevel } from '../util/log.js';
+import { parseAllowEntry, type AllowSpec } from '../target/access-policy.js';
+import { resolveQuotas, type QuotaLimits } from '../target/quotas.js';
+import { quotePeerString } from '../util/escape.js';
 import { CliError, parseIntOption } from './cli-error.js';
+import { TLS_SERVER_OPTIONS, serverTlsSettings, type TlsServerFiles } from './tls-options.js';
 
 interface BlkSpec {
   tvqn: string;
   path: string;
   readOnly?: boolean;
-  allow?: string[];
+  allow?: AllowSpec[];
   queues?: number;
   queueSize?: number;
+  /** GET_ID serial (default: derived from the file's identity, not its name). */
+  serial?: string;
+  /** Live instances of this export at most. */
+  maxInstances?: number;
 }
 
 /** --config FILE: the same settings as the flags, as JSON; flags add to it. */
 interface TargetConfigFile {
   listen?: string[];
   blk?: BlkSpec[];
-  allow?: string[];
+  allow?: AllowSpec[];
   queues?: number;
   queueSize?: number;
   keepaliveIntervalMs?: number;
   keepaliveTimeoutMs?: number;
   log?: LogLevel;
+  quotas?: Partial<QuotaLimits>;
+  tls?: TlsServerFiles;
 }
 
 function parseBlk(spec: string): BlkSpec {
@@ -32,22 +42,38 @@ function parseBlk(spec: string): BlkSpec {
   const tvqn = spec.slice(0, eq);
   let path = spec.slice(eq + 1);
   let readOnly = false;
-  if (path.endsWith(',ro')) {
-    readOnly = true;
-    path = path.slice(0, -3);
-  } else if (path.endsWith(',rw')) {
-    path = path.slice(0, -3);
+  let serial: string | undefined;
+  // Options trail the path: ,ro ,rw ,serial=S (in any order).
+  for (;;) {
+    const m = /,(ro|rw|serial=[^,]*)$/.exec(path);
+    if (!m) break;
+    if (m[1] === 'ro') readOnly = true;
+    else if (m[1]!.startsWith('serial=')) serial = m[1]!.slice('serial='.length);
+    path = path.slice(0, m.index);
   }
   if (!path) throw new CliError(`--blk "${spec}" has no path`);
-  return { tvqn, path, readOnly };
+  return { tvqn, path, readOnly, ...(serial !== undefined && { serial }) };
+}
+
+/** `allow: []` would silently mean "everyone" (or "nobody"): refuse it. */
+function checkConfigAllow(allow: unknown, where: string): void {
+  if (allow === undefined) return;
+  if (!Array.isArray(allow)) throw new CliError(`--config: ${where} "allow" must be a list of IVQNs`);
+  if (allow.length === 0) {
+    throw new CliError(`--config: ${where} "allow" is empty; remove it to export to every initiator, or list the IVQNs allowed`);
+  }
 }
 
 function readConfig(file: string): TargetConfigFile {
+  let cfg: TargetConfigFile;
   try {
-    return JSON.parse(readFileSync(file, 'utf8')) as TargetConfigFile;
+    cfg = JSON.parse(readFileSync(file, 'utf8')) as TargetConfigFile;
   } catch (err) {
     throw new CliError(`cannot read --config ${file}: ${(err as Error).message}`);
   }
+  checkConfigAllow(cfg.allow, 'top-level');
+  for (const b of cfg.blk ?? []) checkConfigAllow(b.allow, `blk "${b.tvqn}"`);
+  return cfg;
 }
 
 export async function runTarget(argv: string[]): Promise<number> {
@@ -63,21 +89,56 @@ export async function runTarget(argv: string[]): Promise<number> {
       'keepalive-interval': { type: 'string' },
       'keepalive-timeout': { type: 'string' },
       log: { type: 'string' },
+      'max-instances-per-export': { type: 'string' },
+      'max-instances-per-ivqn': { type: 'string' },
+      'max-unbound': { type: 'string' },
+      'max-unbound-per-host': { type: 'string' },
+      ...TLS_SERVER_OPTIONS,
     },
     strict: true,
   });
   const cfg: TargetConfigFile = values.config ? readConfig(values.config) : {};
   const listen = [...(cfg.listen ?? []), ...(values.listen ?? [])];
   const blks = [...(cfg.blk ?? []), ...(values.blk ?? []).map(parseBlk)];
-  const allow = [...(cfg.allow ?? []), ...(values.allow ?? [])];
+  let allow: AllowSpec[];
+  try {
+    allow = [...(cfg.allow ?? []), ...(values.allow ?? []).map(parseAllowEntry)];
+  } catch (err) {
+    throw new CliError(`--allow: ${(err as Error).message}`);
+  }
   if (listen.length === 0) throw new CliError('vof target needs at least one --listen URL (e.g. tcp://0.0.0.0:15771)');
   if (blks.length === 0) throw new CliError('vof target needs at least one --blk TVQN=PATH');
   const level = (values.log ?? cfg.log ?? 'info') as LogLevel;
   const log = createLogger(level);
   const queues = parseIntOption(values.queues, 'queues', 1, 64) ?? cfg.queues;
   const queueSize = parseIntOption(values['queue-size'], 'queue-size', 1, 1024) ?? cfg.queueSize;
+  const limit = (flag: string) => parseIntOption(values[flag as 'max-unbound'], flag, 1, 1_000_000);
+  const quotas: Partial<QuotaLimits> = {
+    ...cfg.quotas,
+    ...(values['max-instances-per-export'] && { instancesPerExport: limit('max-instances-per-export')! }),
+    ...(values['max-instances-per-ivqn'] && { instancesPerIvqn: limit('max-instances-per-ivqn')! }),
+    ...(values['max-unbound'] && { unboundConnections: limit('max-unbound')! }),
+    ...(values['max-unbound-per-host'] && { unboundPerHost: limit('max-unbound-per-host')! }),
+  };
+  const tls = serverTlsSettings({
+    ...cfg.tls,
+    ...(values['tls-cert'] && { cert: values['tls-cert'] }),
+    ...(values['tls-key'] && { key: values['tls-key'] }),
+    ...(values['tls-ca'] && { ca: values['tls-ca'] }),
+    ...(values['tls-psk'] && { pskFile: values['tls-psk'] }),
+  });
+  if (listen.some((u) => u.startsWith('tls://')) && !tls) {
+    throw new CliError('a tls:// listener needs --tls-cert/--tls-key and/or --tls-psk (or "tls" in --config)');
+  }
+  try {
+    resolveQuotas(quotas);
+  } catch (err) {
+    throw new CliError(`--config: ${(err as Error).message}`);
+  }
   const target = new VofTarget({
     log,
+    quotas,
+    ...(tls && { tls }),
     keepalive: {
       ...(cfg.keepaliveIntervalMs !== undefined && { intervalMs: cfg.keepaliveIntervalMs }),
       ...(cfg.keepaliveTimeoutMs !== undefined && { timeoutMs: cfg.keepaliveTimeoutMs }),
@@ -102,17 +163,21 @@ export async function runTarget(argv: string[]): Promise<number> {
           readOnly: b.readOnly ?? false,
           ...((b.queues ?? queues) !== undefined && { numQueues: b.queues ?? queues }),
           ...((b.queueSize ?? queueSize) !== undefined && { queueSize: b.queueSize ?? queueSize }),
+          ...(b.serial !== undefined && { serial: b.serial }),
         });
       } catch (err) {
         throw new CliError(`cannot open ${b.path} for "${b.tvqn}": ${(err as Error).message}`, 1);
       }
       try {
-        target.addDevice(b.tvqn, disk, [...(b.allow ?? []), ...allow]);
+        const entries = [...(b.allow ?? []), ...allow];
+        target.addDevice(b.tvqn, disk, entries.length > 0 ? entries : undefined, {
+          ...(b.maxInstances !== undefined && { maxInstances: b.maxInstances }),
+        });
       } catch (err) {
         await disk.close();
         throw new CliError(`cannot export ${b.path} as "${b.tvqn}": ${(err as Error).message}`);
       }
-      log.info(`exporting ${disk.description} as "${b.tvqn}"`);
+      log.info(`exporting ${disk.description} as ${quotePeerString(b.tvqn)}, ${target.devices.get(b.tvqn)!.access.describe()}`);
     }
     for (const url of listen) {
       let bound: string;

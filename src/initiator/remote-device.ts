@@ -13,6 +13,7 @@ import { decodeConfigChangeGeneration, type DecodedCompletion } from '../protoco
 import { encodeConnectBody } from '../protocol/connect-body.js';
 import { parseDeviceUrl } from '../url.js';
 import { transportFor } from '../transport/registry.js';
+import type { TlsClientSettings } from '../transport/tcp/tls-settings.js';
 import type { InitiatorConnection, Transport } from '../transport/transport.js';
 import { defaultLogger, type Logger } from '../util/log.js';
 import { QueueClient, type CommandWithoutId } from './queue-client.js';
@@ -37,6 +38,8 @@ export interface ConnectOptions {
   /** Largest device-writable payload expected in a completion. */
   readonly maxVqPayload?: number;
   readonly log?: Logger;
+  /** tls:// URLs: trust, client certificate or PSK (see TlsClientSettings). */
+  readonly tls?: TlsClientSettings;
 }
 
 export interface ConfigValue {
@@ -82,6 +85,8 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     private readonly transport: Transport,
     private readonly options: ConnectOptions,
     private readonly log: Logger,
+    /** The Connect Body, sent on the control queue and on every virtqueue (binding rule). */
+    private readonly connectBody: Buffer,
   ) {
     super();
     control.onActivity = () => {
@@ -102,9 +107,9 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     const body = encodeConnectBody({ ivqn, tvqn: addr.tvqn });
     const conn = await transport.connect(addr.endpoint, connectOpts(options));
     const control = new QueueClient(conn, VIRTIO_OF_CONTROL_QUEUE_SIZE);
-    const dev = new RemoteDevice(url, addr.tvqn, ivqn, control, transport, options, log);
+    const dev = new RemoteDevice(url, addr.tvqn, ivqn, control, transport, options, log, body);
     try {
-      await dev.initialize(body);
+      await dev.initialize();
     } catch (err) {
       await dev.abort();
       throw err;
@@ -119,10 +124,10 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     return c;
   }
 
-  private async initialize(body: Buffer): Promise<void> {
+  private async initialize(): Promise<void> {
     const c = await this.command(
       { opcode: Opcode.Connect, deviceInstanceId: CONTROL_QUEUE_INSTANCE_ID, vqIndex: 0, length: CONNECT_BODY_SIZE, queueSize: VIRTIO_OF_CONTROL_QUEUE_SIZE },
-      body,
+      this.connectBody,
       `"${this.ivqn}" → "${this.tvqn}" at ${this.control.connection.peer}`,
     );
     if (c.kind === 'connect') this.instanceId = c.deviceInstanceId;
@@ -182,13 +187,11 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
       if (!this.closing) this.lose(err);
     };
     this.queues.push(q);
-    const c = await q.call({
-      opcode: Opcode.Connect,
-      deviceInstanceId: this.instanceId,
-      vqIndex,
-      length: 0,
-      queueSize: size,
-    });
+    // Always with the Connect Body: a target with an allow-list requires it on virtqueues.
+    const c = await q.call(
+      { opcode: Opcode.Connect, deviceInstanceId: this.instanceId, vqIndex, length: CONNECT_BODY_SIZE, queueSize: size },
+      this.connectBody,
+    );
     if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Connect, `virtqueue ${vqIndex}`);
     q.queueSize = size;
   }
@@ -314,7 +317,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 }
 
 function connectOpts(o: ConnectOptions) {
-  return { timeoutMs: o.connectTimeoutMs ?? 10000, maxVqPayload: o.maxVqPayload ?? 64 * 1024 * 1024 };
+  return { timeoutMs: o.connectTimeoutMs ?? 10000, maxVqPayload: o.maxVqPayload ?? 64 * 1024 * 1024, ...(o.tls && { tls: o.tls }) };
 }
 
 function featureOf(c: DecodedCompletion): bigint {

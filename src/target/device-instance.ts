@@ -4,6 +4,7 @@ import {
   VIRTIO_OF_F_KEYED_NUM_DESCS,
 } from '../protocol/constants.js';
 import { encodeConfigChangeCompletion, encodeKeepaliveCompletion } from '../protocol/completion.js';
+import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
 import type { VirtioDeviceInstance } from './device.js';
 import {
@@ -74,6 +75,11 @@ export class DeviceInstance {
     );
   }
 
+  /** "instance 7 ("ivqn" → "tvqn")" with the peer-chosen names escaped, for log lines. */
+  get label(): string {
+    return `instance ${this.id} (${quotePeerString(this.ivqn)} → ${quotePeerString(this.tvqn)})`;
+  }
+
   heard(): void {
     this.lastHeard = Date.now();
   }
@@ -82,7 +88,7 @@ export class DeviceInstance {
     if (this.destroyed) return;
     const silent = Date.now() - this.lastHeard;
     if (silent > this.keepalive.timeoutMs) {
-      this.log.warn(`instance ${this.id} (${this.ivqn} → ${this.tvqn}): initiator silent for ${silent} ms, destroying`);
+      this.log.warn(`${this.label}: initiator silent for ${silent} ms, destroying`);
       this.destroy();
       return;
     }
@@ -95,7 +101,7 @@ export class DeviceInstance {
    */
   needsReset(why: string): void {
     if (this.destroyed || (this.status & DeviceStatus.DEVICE_NEEDS_RESET) !== 0) return;
-    this.log.error(`instance ${this.id} (${this.ivqn} → ${this.tvqn}): DEVICE_NEEDS_RESET: ${why}`);
+    this.log.error(`${this.label}: DEVICE_NEEDS_RESET: ${why}`);
     this.status |= DeviceStatus.DEVICE_NEEDS_RESET;
     this.configChanged();
   }

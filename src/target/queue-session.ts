@@ -19,16 +19,24 @@ import {
   encodeVqSizeCompletion,
 } from '../protocol/completion.js';
 import { decodeConnectBody, type ConnectBody } from '../protocol/connect-body.js';
+import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
+import type { Refusal } from './access-policy.js';
 import { VqTransferError, type TargetConnection, type VqRequestData } from '../transport/transport.js';
 import type { DeviceInstance, OpResult } from './device-instance.js';
 
 /** What a queue session needs from the target it belongs to. */
 export interface TargetContext {
   readonly log: Logger;
-  /** Create an instance for a control-queue Connect, or say which status refuses it. */
-  createInstance(body: ConnectBody, control: QueueSession): DeviceInstance | number;
+  /** Create an instance for a control-queue Connect, or say which status refuses it and why. */
+  createInstance(body: ConnectBody, control: QueueSession): DeviceInstance | Refusal;
   findInstance(id: number): DeviceInstance | undefined;
+  /** Why this connection may not become a virtqueue of `inst` (the binding rule), or null. */
+  bindingRefusal(inst: DeviceInstance, session: QueueSession, body: ConnectBody | null): Refusal | null;
+  /** The session completed Connect (it stops counting as unbound). */
+  sessionBound(session: QueueSession): void;
+  /** The session's connection is gone. */
+  sessionClosed(session: QueueSession): void;
 }
 
 type SessionRole =
@@ -211,24 +219,22 @@ export class QueueSession {
         return refuse(Status.EQSIZEQUOT, `control queue size ${cmd.queueSize} > ${VIRTIO_OF_CONTROL_QUEUE_SIZE}`);
       }
       const created = this.ctx.createInstance(parsed, this);
-      if (typeof created === 'number') return refuse(created, `cannot create an instance of "${parsed.tvqn}" for "${parsed.ivqn}"`);
+      const pair = `${quotePeerString(parsed.ivqn)} → ${quotePeerString(parsed.tvqn)}${this.identityNote()}`;
+      if (!('id' in created)) return refuse(created.status, `no instance of ${pair}: ${created.why}`);
       this.queueSize = cmd.queueSize || VIRTIO_OF_CONTROL_QUEUE_SIZE;
       this.role = { kind: 'control', instance: created };
-      this.log.info(`${this.connection.peer}: instance ${created.id} created: "${parsed.ivqn}" → "${parsed.tvqn}"`);
+      this.ctx.sessionBound(this);
+      this.log.info(`${this.connection.peer}: instance ${created.id} created: ${pair}`);
       this.reply(encodeConnectCompletion(Status.SUCCESS, id, created.id));
       return;
     }
 
     const inst = this.ctx.findInstance(cmd.deviceInstanceId);
     if (!inst || inst.destroyed) return refuse(Status.EBADDEV, `no instance ${cmd.deviceInstanceId}`);
-    if (parsed && (parsed.tvqn !== inst.tvqn || parsed.ivqn !== inst.ivqn)) {
-      return refuse(Status.EBADVQN, `VQNs differ from instance ${inst.id}'s`);
-    }
-    // Without a body the queue borrows the control queue's VQNs, so it must come from the same
-    // host over the same transport: instance ids are guessable, the allow-list must not be.
-    if (!parsed && hostOf(this.connection.peer) !== hostOf(inst.control.connection.peer)) {
-      return refuse(Status.EBADVQN, `a virtqueue Connect without a Connect Body from ${this.connection.peer}, not the control queue's host`);
-    }
+    // The binding rule (docs/PROTOCOL.md): a virtqueue joins an instance only when its
+    // connection proves what the control queue proved.
+    const refusal = this.ctx.bindingRefusal(inst, this, parsed);
+    if (refusal) return refuse(refusal.status, `virtqueue ${cmd.vqIndex} of instance ${inst.id} refused: ${refusal.why}`);
     if (cmd.vqIndex >= inst.device.numQueues) {
       return refuse(Status.EQUEUEQUOT, `vq_index ${cmd.vqIndex} ≥ ${inst.device.numQueues} queues`);
     }
@@ -238,7 +244,18 @@ export class QueueSession {
     this.queueSize = cmd.queueSize || max;
     this.role = { kind: 'virtqueue', instance: inst, vqIndex: cmd.vqIndex };
     inst.virtqueues.set(cmd.vqIndex, this);
+    this.ctx.sessionBound(this);
+    this.log.info(
+      `${this.connection.peer}: virtqueue ${cmd.vqIndex} of instance ${inst.id} attached: ` +
+        `${quotePeerString(inst.ivqn)} → ${quotePeerString(inst.tvqn)}${parsed ? '' : ' (no Connect Body)'}${this.identityNote()}`,
+    );
     this.reply(encodeConnectCompletion(Status.SUCCESS, id, inst.id));
+  }
+
+  /** ", identity "X"" when the connection authenticated (TLS), for log lines. */
+  private identityNote(): string {
+    const identity = this.connection.identity;
+    return identity === undefined ? '' : `, identity ${quotePeerString(identity)}`;
   }
 
   private async runVq(inst: DeviceInstance, vqIndex: number, cmd: VqCommand, data: VqRequestData): Promise<void> {
@@ -326,6 +343,7 @@ export class QueueSession {
 
   private onTransportClosed(reason?: Error): void {
     this.closed = true;
+    this.ctx.sessionClosed(this);
     const role = this.role;
     if (role.kind !== 'unbound') {
       const what = role.kind === 'control' ? 'control queue' : `virtqueue ${role.vqIndex}`;
@@ -333,9 +351,4 @@ export class QueueSession {
     }
     this.unbind();
   }
-}
-
-/** "tcp://10.0.0.1:5000" → "tcp://10.0.0.1": transport and host of a peer, without the port. */
-function hostOf(peer: string): string {
-  return peer.replace(/:\d+$/, '');
 }

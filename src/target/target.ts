@@ -1,12 +1,17 @@
+import { randomInt } from 'node:crypto';
 import { CONTROL_QUEUE_INSTANCE_ID, Status } from '../protocol/constants.js';
 import type { ConnectBody } from '../protocol/connect-body.js';
 import { checkVqn } from '../protocol/connect-body.js';
 import { parseListenUrl } from '../url.js';
 import { transportFor } from '../transport/registry.js';
+import type { TlsServerSettings } from '../transport/tcp/tls-settings.js';
 import type { Listener } from '../transport/transport.js';
+import { quotePeerString } from '../util/escape.js';
 import { defaultLogger, type Logger } from '../util/log.js';
+import { AccessPolicy, bindingRefusal, hostOf, type AllowSpec, type Refusal } from './access-policy.js';
 import type { DeviceExport } from './device.js';
 import { DeviceInstance, type KeepalivePolicy } from './device-instance.js';
+import { InstanceQuota, UnboundConnections, resolveQuotas, type QuotaLimits } from './quotas.js';
 import { QueueSession, type TargetContext } from './queue-session.js';
 
 export interface TargetOptions {
@@ -14,14 +19,27 @@ export interface TargetOptions {
   readonly keepalive?: Partial<KeepalivePolicy>;
   /** Largest device-readable payload of one VQ command; bigger ones get EOUTVQBUF. */
   readonly maxVqPayload?: number;
-  /** At most this many live instances per target (further Connects get ENODEV). */
+  /**
+   * A ceiling on live instances of the whole target (ENODEV beyond). Off by default: a shared
+   * ceiling lets one export's users lock every other export out; use `quotas` instead.
+   */
+  readonly maxInstances?: number;
+  /** Per-export, per-IVQN and unbound-connection limits (docs/PROTOCOL.md, "Quotas"). */
+  readonly quotas?: Partial<QuotaLimits>;
+  /** Certificates and/or PSKs for tls:// listeners (docs/PROTOCOL.md, "TLS"). */
+  readonly tls?: TlsServerSettings;
+}
+
+export interface ExportOptions {
+  /** Live instances of this export at most (default: quotas.instancesPerExport). */
   readonly maxInstances?: number;
 }
 
 interface ExportEntry {
   readonly device: DeviceExport;
-  /** IVQNs allowed to connect; null allows everyone. */
-  readonly allow: ReadonlySet<string> | null;
+  /** Who may connect: open, or an allow-list of IVQNs (optionally bound to TLS identities). */
+  readonly access: AccessPolicy;
+  readonly maxInstances: number | undefined;
 }
 
 export const DEFAULT_KEEPALIVE: KeepalivePolicy = { intervalMs: 5000, timeoutMs: 15000 };
@@ -35,36 +53,55 @@ export class VofTarget {
   private readonly exports = new Map<string, ExportEntry>();
   private readonly instances = new Map<number, DeviceInstance>();
   private readonly listeners: Listener[] = [];
-  private nextInstanceId = 0;
   readonly log: Logger;
   private readonly keepalive: KeepalivePolicy;
   private readonly maxVqPayload: number;
   private readonly maxInstances: number;
+  private readonly quota: InstanceQuota;
+  private readonly unbound: UnboundConnections<QueueSession>;
+  private readonly tls: TlsServerSettings | undefined;
   private readonly context: TargetContext;
 
   constructor(options: TargetOptions = {}) {
     this.log = options.log ?? defaultLogger();
     this.keepalive = { ...DEFAULT_KEEPALIVE, ...options.keepalive };
     this.maxVqPayload = options.maxVqPayload ?? DEFAULT_MAX_VQ_PAYLOAD;
-    this.maxInstances = options.maxInstances ?? 1024;
+    this.maxInstances = options.maxInstances ?? CONTROL_QUEUE_INSTANCE_ID;
+    const limits = resolveQuotas(options.quotas);
+    this.quota = new InstanceQuota(limits);
+    this.unbound = new UnboundConnections(limits);
+    this.tls = options.tls;
     this.context = {
       log: this.log,
       createInstance: (body, control) => this.createInstance(body, control),
       findInstance: (id) => this.instances.get(id),
+      bindingRefusal: (inst, session, body) => this.bindingRefusal(inst, session, body),
+      sessionBound: (session) => this.unbound.settle(session),
+      sessionClosed: (session) => this.unbound.settle(session),
     };
   }
 
-  /** Export a device under a TVQN; `allow` lists the IVQNs that may connect (all when absent). */
-  addDevice(tvqn: string, device: DeviceExport, allow?: Iterable<string>): void {
+  /**
+   * Export a device under a TVQN. `allow` lists the IVQNs that may connect, as "IVQN" or
+   * { ivqn, identity } (identity: the TLS identity the peer must have proved); absent, the
+   * export is open to everyone. An empty list is an error, not "everyone".
+   */
+  addDevice(tvqn: string, device: DeviceExport, allow?: Iterable<AllowSpec>, options: ExportOptions = {}): void {
     if (checkVqn(tvqn, 'TVQN').length === 0) throw new Error('TVQN is empty');
-    if (this.exports.has(tvqn)) throw new Error(`TVQN "${tvqn}" is already exported`);
-    const allowSet = allow ? new Set(allow) : null;
-    for (const ivqn of allowSet ?? []) checkVqn(ivqn, 'IVQN');
-    this.exports.set(tvqn, { device, allow: allowSet && allowSet.size > 0 ? allowSet : null });
+    if (this.exports.has(tvqn)) throw new Error(`TVQN ${quotePeerString(tvqn)} is already exported`);
+    if (options.maxInstances !== undefined && (!Number.isInteger(options.maxInstances) || options.maxInstances < 1)) {
+      throw new Error(`maxInstances of ${quotePeerString(tvqn)} must be a positive integer`);
+    }
+    this.exports.set(tvqn, { device, access: new AccessPolicy(allow), maxInstances: options.maxInstances });
   }
 
   get devices(): ReadonlyMap<string, ExportEntry> {
     return this.exports;
+  }
+
+  /** Whether an instance with this id is live (tests, tools). */
+  hasInstance(id: number): boolean {
+    return this.instances.has(id);
   }
 
   get instanceCount(): number {
@@ -75,8 +112,19 @@ export class VofTarget {
   async listen(url: string): Promise<string> {
     const { scheme, endpoint } = parseListenUrl(url);
     const transport = await transportFor(scheme, this.log);
-    const listener = await transport.listen(endpoint, { maxVqPayload: this.maxVqPayload }, (connection) => {
-      new QueueSession(connection, this.context);
+    const listener = await transport.listen(endpoint, { maxVqPayload: this.maxVqPayload, ...(this.tls && { tls: this.tls }) }, (connection) => {
+      const session = new QueueSession(connection, this.context);
+      const admitted = this.unbound.admit(session, hostOf(connection.peer));
+      if ('refused' in admitted) {
+        this.log.warn(`${connection.peer}: connection closed before Connect: ${admitted.refused}`);
+        this.unbound.settle(session);
+        connection.close();
+        return;
+      }
+      for (const old of admitted.evict) {
+        this.log.warn(`${old.connection.peer}: unbound connection closed to make room (limit of unbound connections reached)`);
+        old.connection.close();
+      }
     });
     this.listeners.push(listener);
     return listener.url;
@@ -87,34 +135,68 @@ export class VofTarget {
   }
 
 
-  private createInstance(body: ConnectBody, control: QueueSession): DeviceInstance | number {
+  /**
+   * A control-queue Connect: the export, its access policy (with the connection's TLS
+   * identity), then the quotas. An unknown TVQN is answered like a refused one (EACLREJECTED),
+   * so that a peer cannot list the exports (docs/PROTOCOL.md, "What a refusal reveals").
+   */
+  private createInstance(body: ConnectBody, control: QueueSession): DeviceInstance | Refusal {
     const entry = this.exports.get(body.tvqn);
-    if (!entry) return Status.ENOTGT;
-    if (entry.allow && !entry.allow.has(body.ivqn)) return Status.EACLREJECTED;
+    if (!entry) return { status: Status.EACLREJECTED, why: 'no such export (answered as an access refusal)' };
+    const identity = control.connection.identity;
+    if (!entry.access.admits(body.ivqn, identity)) {
+      const who = identity === undefined ? 'an unauthenticated peer' : `identity ${quotePeerString(identity)}`;
+      return { status: Status.EACLREJECTED, why: `IVQN not allowed for ${who}` };
+    }
+    const over = this.quota.refusal(body.tvqn, body.ivqn, entry.maxInstances);
+    if (over) return { status: Status.ENODEV, why: over };
     const id = this.allocateInstanceId();
-    if (id < 0 || this.instances.size >= this.maxInstances) return Status.ENODEV;
+    if (id < 0 || this.instances.size >= this.maxInstances) return { status: Status.ENODEV, why: `the target has ${this.instances.size} instances, its limit` };
     let device;
     try {
       device = entry.device.createInstance();
     } catch (err) {
-      this.log.error(`cannot create an instance of "${body.tvqn}": ${(err as Error).message}`);
-      return Status.ENODEV;
+      this.log.error(`cannot create an instance of ${quotePeerString(body.tvqn)}: ${(err as Error).message}`);
+      return { status: Status.ENODEV, why: 'the device refused' };
     }
+    this.quota.add(body.tvqn, body.ivqn);
     const inst = new DeviceInstance(id, body.tvqn, body.ivqn, device, control, this.keepalive, this.log, (gone) => {
       this.instances.delete(gone.id);
+      this.quota.remove(gone.tvqn, gone.ivqn);
       this.log.info(`instance ${gone.id} destroyed`);
     });
     this.instances.set(id, inst);
     return inst;
   }
 
+  /**
+   * A random id not in use: a peer cannot predict which id the next initiator gets, so guessing
+   * one is no shortcut (the binding rule refuses a borrower anyway).
+   */
   private allocateInstanceId(): number {
-    for (let tries = 0; tries < CONTROL_QUEUE_INSTANCE_ID; tries++) {
-      const id = this.nextInstanceId;
-      this.nextInstanceId = (this.nextInstanceId + 1) % CONTROL_QUEUE_INSTANCE_ID;
+    if (this.instances.size >= CONTROL_QUEUE_INSTANCE_ID) return -1;
+    for (let tries = 0; tries < 64; tries++) {
+      const id = randomInt(CONTROL_QUEUE_INSTANCE_ID);
+      if (!this.instances.has(id)) return id;
+    }
+    // Nearly full: scan from a random start.
+    const start = randomInt(CONTROL_QUEUE_INSTANCE_ID);
+    for (let i = 0; i < CONTROL_QUEUE_INSTANCE_ID; i++) {
+      const id = (start + i) % CONTROL_QUEUE_INSTANCE_ID;
       if (!this.instances.has(id)) return id;
     }
     return -1;
+  }
+
+  private bindingRefusal(inst: DeviceInstance, session: QueueSession, body: ConnectBody | null): Refusal | null {
+    const entry = this.exports.get(inst.tvqn);
+    if (!entry) return { status: Status.EBADDEV, why: 'the export is gone' };
+    const control = inst.control.connection;
+    return bindingRefusal(
+      { tvqn: inst.tvqn, ivqn: inst.ivqn, controlHost: hostOf(control.peer), controlIdentity: control.identity },
+      { host: hostOf(session.connection.peer), identity: session.connection.identity, body },
+      entry.access,
+    );
   }
 
   /** Let in-flight requests finish (up to drainMs), stop listening, drop every instance, release the devices. */

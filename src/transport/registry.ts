@@ -1,6 +1,7 @@
 import type { Logger } from '../util/log.js';
 import type { Scheme } from '../url.js';
 import { TcpTransport } from './tcp/tcp-transport.js';
+import { TlsTransport } from './tcp/tls-transport.js';
 import type { Transport } from './transport.js';
 
 /**
@@ -9,6 +10,7 @@ import type { Transport } from './transport.js';
  */
 export async function transportFor(scheme: Scheme, log: Logger): Promise<Transport> {
   if (scheme === 'tcp') return new TcpTransport(log);
+  if (scheme === 'tls') return new TlsTransport(log);
   // A variable specifier keeps the RDMA module (and its addon) out of TCP-only builds' graph.
   const specifier = './rdma/rdma-transport.js';
   const mod = (await import(specifier)) as { RdmaTransport: new (log: Logger) => Transport };

@@ -7,6 +7,8 @@
  * the fire-and-forget sends, until the matching completion arrives).
  */
 
+import type { TlsClientSettings, TlsServerSettings } from './tcp/tls-settings.js';
+
 /** How VQ data moves: inline after the PDU header (TCP) or by RDMA against keyed descriptors. */
 export type DataTransferKind = 'stream' | 'keyed';
 
@@ -60,6 +62,11 @@ export interface TargetConnection {
   readonly kind: DataTransferKind;
   /** Peer address for log lines, e.g. "tcp://127.0.0.1:50312". */
   readonly peer: string;
+  /**
+   * The identity the peer proved when the connection was set up (TLS: its PSK identity or
+   * its certificate's subject CN); undefined when it proved none.
+   */
+  readonly identity?: string | undefined;
   /** Keyed descriptors accepted per VQ command; 0 on stream transports. */
   readonly maxKeyedDescriptors: number;
   /** Begin delivering commands; nothing is read before this is called. */
@@ -121,6 +128,8 @@ export interface Listener {
 export interface ListenOptions {
   /** Largest device-readable payload accepted in one VQ command (bytes). */
   readonly maxVqPayload: number;
+  /** Server credentials; required by the tls transport, ignored by the others. */
+  readonly tls?: TlsServerSettings;
 }
 
 export interface ConnectOptions {
@@ -128,11 +137,13 @@ export interface ConnectOptions {
   readonly timeoutMs: number;
   /** Largest device-writable payload expected in one VQ completion (bytes). */
   readonly maxVqPayload: number;
+  /** Client credentials and trust; used by the tls transport, ignored by the others. */
+  readonly tls?: TlsClientSettings;
 }
 
 /** One transport: TCP (stream data transfers) or RDMA (keyed data transfers). */
 export interface Transport {
-  readonly scheme: 'tcp' | 'rdma';
+  readonly scheme: 'tcp' | 'tls' | 'rdma';
   readonly kind: DataTransferKind;
   listen(
     endpoint: Endpoint,

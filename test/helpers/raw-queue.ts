@@ -1,4 +1,5 @@
 import net from 'node:net';
+import tls from 'node:tls';
 import {
   CONNECT_BODY_SIZE,
   CONTROL_QUEUE_INSTANCE_ID,
@@ -37,6 +38,14 @@ export class RawQueue {
   static open(port: number, host = '127.0.0.1'): Promise<RawQueue> {
     return new Promise((resolve, reject) => {
       const s = net.connect({ port, host }, () => resolve(new RawQueue(s)));
+      s.once('error', reject);
+    });
+  }
+
+  /** Over TLS (tls:// listeners): resolves once the handshake is done. */
+  static openTls(port: number, options: tls.ConnectionOptions, host = '127.0.0.1'): Promise<RawQueue> {
+    return new Promise((resolve, reject) => {
+      const s = tls.connect({ port, host, ...options }, () => resolve(new RawQueue(s)));
       s.once('error', reject);
     });
   }

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
@@ -23,7 +24,11 @@ export interface FileBlockOptions {
   readonly queueSize?: number;
   /** Logical block size reported in blk_size. Default 512. */
   readonly blockSize?: number;
-  /** Serial returned by GET_ID (at most 20 bytes). Default derived from the path. */
+  /**
+   * Serial returned by GET_ID (at most 20 bytes). Default: "vof-" and 16 hex digits derived
+   * from the backing file's identity (device, inode, birth time): stable while the file lives,
+   * and saying nothing about its name or path.
+   */
   readonly serial?: string;
 }
 
@@ -72,24 +77,29 @@ export class FileBlockExport implements DeviceExport {
     private readonly file: fsp.FileHandle,
     size: number,
     options: FileBlockOptions,
+    defaultSerial: string,
   ) {
     this.readOnly = options.readOnly ?? false;
     this.numQueues = Math.max(1, options.numQueues ?? 2);
     this.queueSize = Math.min(1024, Math.max(1, options.queueSize ?? 128));
     this.blockSize = options.blockSize ?? SECTOR_SIZE;
     this.capacityBytes = size - (size % SECTOR_SIZE);
-    const serial = Buffer.from(options.serial ?? path.split('/').pop() ?? 'vof', 'utf8');
-    this.serial = serial.subarray(0, ID_BYTES);
+    this.serial = Buffer.from(options.serial ?? defaultSerial, 'utf8');
     this.description = `virtio-blk ${path} (${this.capacityBytes} bytes${this.readOnly ? ', read-only' : ''})`;
     this.events.setMaxListeners(0);
   }
 
   static async open(path: string, options: FileBlockOptions = {}): Promise<FileBlockExport> {
     const flags = options.readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
+    if (options.serial !== undefined && Buffer.byteLength(options.serial, 'utf8') > ID_BYTES) {
+      throw new Error(`serial "${options.serial}" is over ${ID_BYTES} bytes`);
+    }
     const file = await fsp.open(path, flags);
     try {
       const st = await file.stat();
-      return new FileBlockExport(path, file, sizeOf(path, st), options);
+      const id = await file.stat({ bigint: true });
+      const digest = createHash('sha256').update(`vof-serial\0${id.dev}\0${id.ino}\0${id.birthtimeNs}`).digest('hex');
+      return new FileBlockExport(path, file, sizeOf(path, st), options, `vof-${digest.slice(0, ID_BYTES - 4)}`);
     } catch (err) {
       await file.close();
       throw err;

@@ -24,8 +24,9 @@ export class TcpInitiatorConnection implements InitiatorConnection {
   constructor(
     private readonly socket: Socket,
     private readonly maxVqPayload: number,
+    scheme: 'tcp' | 'tls' = 'tcp',
   ) {
-    this.peer = `tcp://${socket.remoteAddress}:${socket.remotePort}`;
+    this.peer = `${scheme}://${socket.remoteAddress}:${socket.remotePort}`;
     socket.setNoDelay(true);
     socket.pause();
     socket.on('error', (err) => {

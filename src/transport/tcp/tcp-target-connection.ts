@@ -36,6 +36,7 @@ export class TcpTargetConnection implements TargetConnection {
   readonly kind = 'stream' as const;
   readonly maxKeyedDescriptors = 0;
   readonly peer: string;
+  readonly identity: string | undefined;
   private readonly queue = new ByteQueue();
   private state: ReadState = { kind: 'header' };
   private handler: TargetConnectionHandler | null = null;
@@ -45,8 +46,11 @@ export class TcpTargetConnection implements TargetConnection {
     private readonly socket: Socket,
     private readonly maxVqPayload: number,
     private readonly log: Logger,
+    /** tls:// connections: the scheme for log lines and the identity the handshake proved. */
+    origin: { scheme: 'tcp' | 'tls'; identity?: string | undefined } = { scheme: 'tcp' },
   ) {
-    this.peer = `tcp://${socket.remoteAddress}:${socket.remotePort}`;
+    this.peer = `${origin.scheme}://${socket.remoteAddress}:${socket.remotePort}`;
+    this.identity = origin.identity;
     socket.setNoDelay(true);
     socket.pause();
     socket.on('error', (err) => this.log.debug(`${this.peer}: socket error: ${err.message}`));

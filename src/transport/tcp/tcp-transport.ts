@@ -25,48 +25,71 @@ export class TcpTransport implements Transport {
     options: ListenOptions,
     onConnection: (connection: TargetConnection) => void,
   ): Promise<Listener> {
-    const sockets = new Set<net.Socket>();
     const server = net.createServer({ pauseOnConnect: true }, (socket) => {
-      sockets.add(socket);
-      socket.once('close', () => sockets.delete(socket));
       onConnection(new TcpTargetConnection(socket, options.maxVqPayload, this.log));
     });
-    return new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(endpoint.port, endpoint.host, () => {
-        server.off('error', reject);
-        server.on('error', (err) => this.log.error(`listener ${endpoint.host}: ${err.message}`));
-        const addr = server.address() as net.AddressInfo;
-        const bound = { host: endpoint.host, port: addr.port };
-        resolve({
-          endpoint: bound,
-          url: `tcp://${formatHostPort(bound.host, bound.port)}`,
-          close: () =>
-            new Promise<void>((res) => {
-              for (const s of sockets) s.destroy();
-              server.close(() => res());
-            }),
-        });
-      });
-    });
+    return serveOn(server, endpoint, 'tcp', this.log);
   }
 
-  connect(endpoint: Endpoint, options: ConnectOptions): Promise<InitiatorConnection> {
-    return new Promise((resolve, reject) => {
-      const socket = net.connect({ host: endpoint.host, port: endpoint.port });
-      const timer = setTimeout(() => {
-        socket.destroy();
-        reject(new Error(`connect to tcp://${formatHostPort(endpoint.host, endpoint.port)} timed out after ${options.timeoutMs} ms`));
-      }, options.timeoutMs);
-      socket.once('error', (err) => {
-        clearTimeout(timer);
-        reject(new Error(`connect to tcp://${formatHostPort(endpoint.host, endpoint.port)} failed: ${err.message}`));
-      });
-      socket.once('connect', () => {
-        clearTimeout(timer);
-        socket.removeAllListeners('error');
-        resolve(new TcpInitiatorConnection(socket, options.maxVqPayload));
+  async connect(endpoint: Endpoint, options: ConnectOptions): Promise<InitiatorConnection> {
+    const socket = await dial(() => net.connect({ host: endpoint.host, port: endpoint.port }), 'connect', endpoint, 'tcp', options.timeoutMs);
+    return new TcpInitiatorConnection(socket, options.maxVqPayload);
+  }
+}
+
+/**
+ * Listen with `server` (plain or TLS) on `endpoint`. Every accepted socket is tracked from its
+ * first byte (before a TLS handshake completes) so that close() drops them all.
+ */
+export function serveOn(server: net.Server, endpoint: Endpoint, scheme: 'tcp' | 'tls', log: Logger): Promise<Listener> {
+  const sockets = new Set<net.Socket>();
+  server.on('connection', (socket: net.Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+  });
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(endpoint.port, endpoint.host, () => {
+      server.off('error', reject);
+      server.on('error', (err) => log.error(`listener ${endpoint.host}: ${err.message}`));
+      const addr = server.address() as net.AddressInfo;
+      const bound = { host: endpoint.host, port: addr.port };
+      resolve({
+        endpoint: bound,
+        url: `${scheme}://${formatHostPort(bound.host, bound.port)}`,
+        close: () =>
+          new Promise<void>((res) => {
+            for (const s of sockets) s.destroy();
+            server.close(() => res());
+          }),
       });
     });
-  }
+  });
+}
+
+/** Open a socket with `open` and resolve when `ready` fires (TCP connect, or TLS handshake done). */
+export function dial<S extends net.Socket>(
+  open: () => S,
+  ready: 'connect' | 'secureConnect',
+  endpoint: Endpoint,
+  scheme: 'tcp' | 'tls',
+  timeoutMs: number,
+): Promise<S> {
+  const where = `${scheme}://${formatHostPort(endpoint.host, endpoint.port)}`;
+  return new Promise((resolve, reject) => {
+    const socket = open();
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`connect to ${where} timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    socket.once('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`connect to ${where} failed: ${err.message}`));
+    });
+    socket.once(ready, () => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      resolve(socket);
+    });
+  });
 }

@@ -1,0 +1,88 @@
+import { readFileSync } from 'node:fs';
+import { parsePskFile, type TlsClientSettings, type TlsServerSettings } from '../transport/tcp/tls-settings.js';
+import { CliError } from './cli-error.js';
+
+function readPem(file: string, what: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new CliError(`cannot read ${what} ${file}: ${(err as Error).message}`, 1);
+  }
+}
+
+function readPsk(file: string, what: string): Map<string, Buffer> {
+  try {
+    return parsePskFile(readFileSync(file, 'utf8'), `${what} ${file}`);
+  } catch (err) {
+    throw new CliError((err as Error).message, 1);
+  }
+}
+
+/** The target's TLS files, from --config ("tls": {...}) and flags (flags win). */
+export interface TlsServerFiles {
+  cert?: string;
+  key?: string;
+  ca?: string;
+  pskFile?: string;
+}
+
+export const TLS_SERVER_OPTIONS = {
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
+  'tls-psk': { type: 'string' },
+} as const;
+
+export function serverTlsSettings(files: TlsServerFiles): TlsServerSettings | undefined {
+  if (!files.cert && !files.key && !files.ca && !files.pskFile) return undefined;
+  if (!files.cert !== !files.key) throw new CliError('--tls-cert and --tls-key go together');
+  if (files.ca && !files.cert) throw new CliError('--tls-ca (client certificates) needs the target\'s own --tls-cert and --tls-key');
+  return {
+    ...(files.cert && { cert: readPem(files.cert, '--tls-cert'), key: readPem(files.key!, '--tls-key') }),
+    ...(files.ca && { ca: readPem(files.ca, '--tls-ca') }),
+    ...(files.pskFile && { psk: readPsk(files.pskFile, '--tls-psk') }),
+  };
+}
+
+/** Initiator flags shared by vof info and vof cp. */
+export const TLS_CLIENT_OPTIONS = {
+  'tls-ca': { type: 'string' },
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-psk': { type: 'string' },
+  'tls-psk-identity': { type: 'string' },
+  'tls-servername': { type: 'string' },
+} as const;
+
+export interface TlsClientFlags {
+  'tls-ca'?: string | undefined;
+  'tls-cert'?: string | undefined;
+  'tls-key'?: string | undefined;
+  'tls-psk'?: string | undefined;
+  'tls-psk-identity'?: string | undefined;
+  'tls-servername'?: string | undefined;
+}
+
+/** TLS settings from the initiator flags; undefined when none was given. */
+export function clientTlsSettings(v: TlsClientFlags): TlsClientSettings | undefined {
+  if (!v['tls-ca'] && !v['tls-cert'] && !v['tls-key'] && !v['tls-psk'] && !v['tls-psk-identity'] && !v['tls-servername']) return undefined;
+  if (!v['tls-cert'] !== !v['tls-key']) throw new CliError('--tls-cert and --tls-key go together');
+  let psk: TlsClientSettings['psk'];
+  if (v['tls-psk']) {
+    const keys = readPsk(v['tls-psk'], '--tls-psk');
+    const wanted = v['tls-psk-identity'];
+    if (wanted === undefined && keys.size > 1) throw new CliError(`--tls-psk ${v['tls-psk']} holds ${keys.size} identities: pick one with --tls-psk-identity`);
+    const identity = wanted ?? [...keys.keys()][0]!;
+    const key = keys.get(identity);
+    if (!key) throw new CliError(`--tls-psk ${v['tls-psk']} has no identity "${identity}"`);
+    psk = { identity, key };
+  } else if (v['tls-psk-identity']) {
+    throw new CliError('--tls-psk-identity needs --tls-psk FILE');
+  }
+  return {
+    ...(v['tls-ca'] && { ca: readPem(v['tls-ca'], '--tls-ca') }),
+    ...(v['tls-cert'] && { cert: readPem(v['tls-cert'], '--tls-cert'), key: readPem(v['tls-key']!, '--tls-key') }),
+    ...(psk && { psk }),
+    ...(v['tls-servername'] && { servername: v['tls-servername'] }),
+  };
+}

@@ -1,0 +1,117 @@
+/**
+ * Resource limits that keep one export's users from locking out another's (docs/PROTOCOL.md,
+ * "Quotas"). Instances are counted per export and per (export, IVQN), never globally, so
+ * instances of export Y never make a Connect to export X fail. Connections that have not yet
+ * completed Connect ("unbound") are counted per peer host and in total.
+ */
+export interface QuotaLimits {
+  /** Live instances of one export (ENODEV beyond). */
+  readonly instancesPerExport: number;
+  /** Live instances of one export created under one IVQN (ENODEV beyond). */
+  readonly instancesPerIvqn: number;
+  /** Unbound connections in total; beyond it the oldest unbound connection is closed. */
+  readonly unboundConnections: number;
+  /** Unbound connections from one peer host; beyond it the new connection is closed. */
+  readonly unboundPerHost: number;
+}
+
+export const DEFAULT_QUOTAS: QuotaLimits = {
+  instancesPerExport: 256,
+  instancesPerIvqn: 64,
+  unboundConnections: 1024,
+  unboundPerHost: 128,
+};
+
+/** Validate a partial set of limits (positive integers) and fill in the defaults. */
+export function resolveQuotas(partial: Partial<QuotaLimits> = {}): QuotaLimits {
+  const out = { ...DEFAULT_QUOTAS, ...partial };
+  for (const [k, v] of Object.entries(out)) {
+    if (!Number.isInteger(v) || v < 1) throw new Error(`quota ${k} must be a positive integer, got ${String(v)}`);
+  }
+  return out;
+}
+
+/** Live instances per export and per (export, IVQN). */
+export class InstanceQuota {
+  private readonly perExport = new Map<string, number>();
+  private readonly perIvqn = new Map<string, number>();
+
+  constructor(private readonly limits: QuotaLimits) {}
+
+  private static key(tvqn: string, ivqn: string): string {
+    // NUL cannot occur in a VQN (DECISIONS.md item 6), so the pair key is unambiguous.
+    return `${tvqn}\0${ivqn}`;
+  }
+
+  /** Why one more instance of `tvqn` for `ivqn` is refused, or null when it fits. */
+  refusal(tvqn: string, ivqn: string, exportLimit = this.limits.instancesPerExport): string | null {
+    const e = this.perExport.get(tvqn) ?? 0;
+    if (e >= exportLimit) return `export has ${e} instances, its limit`;
+    const i = this.perIvqn.get(InstanceQuota.key(tvqn, ivqn)) ?? 0;
+    if (i >= this.limits.instancesPerIvqn) return `this IVQN has ${i} instances of the export, its limit`;
+    return null;
+  }
+
+  add(tvqn: string, ivqn: string): void {
+    this.perExport.set(tvqn, (this.perExport.get(tvqn) ?? 0) + 1);
+    const k = InstanceQuota.key(tvqn, ivqn);
+    this.perIvqn.set(k, (this.perIvqn.get(k) ?? 0) + 1);
+  }
+
+  remove(tvqn: string, ivqn: string): void {
+    const dec = (m: Map<string, number>, k: string) => {
+      const n = (m.get(k) ?? 0) - 1;
+      if (n > 0) m.set(k, n);
+      else m.delete(k);
+    };
+    dec(this.perExport, tvqn);
+    dec(this.perIvqn, InstanceQuota.key(tvqn, ivqn));
+  }
+}
+
+/**
+ * Connections that have not completed Connect. A well-behaved initiator sends Connect at once,
+ * so when the total is full the oldest unbound connection is the likeliest to be idle (or an
+ * attacker's): it is closed to make room, so an allowed initiator always gets in. A single host
+ * is capped lower so that it cannot by itself keep pushing everybody else's connections out.
+ */
+export class UnboundConnections<C> {
+  // Map iteration order is insertion order: the first entry is the oldest.
+  private readonly pending = new Map<C, string>();
+  private readonly perHost = new Map<string, number>();
+
+  constructor(private readonly limits: QuotaLimits) {}
+
+  get size(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Admit a new unbound connection from `host`. Returns the refusal reason when the host is at
+   * its limit (the caller closes the new connection), else the connections to close to make
+   * room (the oldest, when the total is full).
+   */
+  admit(conn: C, host: string): { refused: string } | { evict: C[] } {
+    const n = this.perHost.get(host) ?? 0;
+    if (n >= this.limits.unboundPerHost) return { refused: `${n} unbound connections from this host, its limit` };
+    const evict: C[] = [];
+    for (const old of this.pending.keys()) {
+      if (this.pending.size - evict.length < this.limits.unboundConnections) break;
+      evict.push(old);
+    }
+    for (const old of evict) this.settle(old);
+    this.pending.set(conn, host);
+    this.perHost.set(host, n + 1);
+    return { evict };
+  }
+
+  /** The connection completed Connect or closed: it no longer counts. Idempotent. */
+  settle(conn: C): void {
+    const host = this.pending.get(conn);
+    if (host === undefined) return;
+    this.pending.delete(conn);
+    const n = (this.perHost.get(host) ?? 1) - 1;
+    if (n > 0) this.perHost.set(host, n);
+    else this.perHost.delete(host);
+  }
+}
