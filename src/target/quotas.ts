@@ -11,7 +11,7 @@ export interface QuotaLimits {
   readonly instancesPerIvqn: number;
   /** Unbound connections in total; beyond it the oldest unbound connection is closed. */
   readonly unboundConnections: number;
-  /** Unbound connections from one peer host; beyond it the new connection is closed. */
+  /** Unbound connections from one peer host; beyond it that host's oldest one is closed. */
   readonly unboundPerHost: number;
 }
 
@@ -71,12 +71,14 @@ export class InstanceQuota {
 
 /**
  * Connections that have not completed Connect. A well-behaved initiator sends Connect at once,
- * so when the total is full the oldest unbound connection is the likeliest to be idle (or an
- * attacker's): it is closed to make room, so an allowed initiator always gets in. A single host
- * is capped lower so that it cannot by itself keep pushing everybody else's connections out.
+ * so the oldest unbound connection is the likeliest to be idle (or an attacker's): when a
+ * limit is reached, the oldest connection it counts is closed to make room, and the new one is
+ * always admitted. An allowed initiator therefore always gets in, even next to a process on
+ * its own host that keeps opening connections. The per-host limit keeps one host from filling
+ * the total by itself and pushing other hosts' connections out.
  */
 export class UnboundConnections<C> {
-  // Map iteration order is insertion order: the first entry is the oldest.
+  // Map iteration order is insertion order: the first entries are the oldest.
   private readonly pending = new Map<C, string>();
   private readonly perHost = new Map<string, number>();
 
@@ -86,23 +88,25 @@ export class UnboundConnections<C> {
     return this.pending.size;
   }
 
-  /**
-   * Admit a new unbound connection from `host`. Returns the refusal reason when the host is at
-   * its limit (the caller closes the new connection), else the connections to close to make
-   * room (the oldest, when the total is full).
-   */
-  admit(conn: C, host: string): { refused: string } | { evict: C[] } {
-    const n = this.perHost.get(host) ?? 0;
-    if (n >= this.limits.unboundPerHost) return { refused: `${n} unbound connections from this host, its limit` };
+  /** Admit a new unbound connection from `host`; returns the connections to close to make room. */
+  admit(conn: C, host: string): C[] {
     const evict: C[] = [];
-    for (const old of this.pending.keys()) {
-      if (this.pending.size - evict.length < this.limits.unboundConnections) break;
-      evict.push(old);
+    if ((this.perHost.get(host) ?? 0) >= this.limits.unboundPerHost) {
+      for (const [old, h] of this.pending) {
+        if (h !== host) continue;
+        evict.push(old);
+        this.settle(old);
+        if ((this.perHost.get(host) ?? 0) < this.limits.unboundPerHost) break;
+      }
     }
-    for (const old of evict) this.settle(old);
+    for (const old of this.pending.keys()) {
+      if (this.pending.size < this.limits.unboundConnections) break;
+      evict.push(old);
+      this.settle(old);
+    }
     this.pending.set(conn, host);
-    this.perHost.set(host, n + 1);
-    return { evict };
+    this.perHost.set(host, (this.perHost.get(host) ?? 0) + 1);
+    return evict;
   }
 
   /** The connection completed Connect or closed: it no longer counts. Idempotent. */

@@ -114,15 +114,8 @@ export class VofTarget {
     const transport = await transportFor(scheme, this.log);
     const listener = await transport.listen(endpoint, { maxVqPayload: this.maxVqPayload, ...(this.tls && { tls: this.tls }) }, (connection) => {
       const session = new QueueSession(connection, this.context);
-      const admitted = this.unbound.admit(session, hostOf(connection.peer));
-      if ('refused' in admitted) {
-        this.log.warn(`${connection.peer}: connection closed before Connect: ${admitted.refused}`);
-        this.unbound.settle(session);
-        connection.close();
-        return;
-      }
-      for (const old of admitted.evict) {
-        this.log.warn(`${old.connection.peer}: unbound connection closed to make room (limit of unbound connections reached)`);
+      for (const old of this.unbound.admit(session, hostOf(connection.peer))) {
+        this.log.warn(`${old.connection.peer}: closed before Connect to make room for ${connection.peer} (limit of unbound connections reached)`);
         old.connection.close();
       }
     });
