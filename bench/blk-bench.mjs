@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // virtio-blk throughput and IOPS through vof, target in its own process.
 //   node bench/blk-bench.mjs [--listen tcp://127.0.0.1:0] [--seconds 3] [--json]
-// --listen picks the transport (tcp://… or rdma://ADDR:PORT). Needs `npm run build` first.
+// --listen picks the transport (tcp://…, tls://… or rdma://ADDR:PORT). Needs `npm run build` first.
+// tls:// runs TLS 1.3 with a fresh random PSK (identity "bench"), the target requiring it.
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,12 +26,20 @@ const dir = mkdtempSync(join(tmpdir(), 'vof-bench-'));
 const disk = join(dir, 'disk.img');
 writeFileSync(disk, Buffer.alloc(diskBytes, 0x11));
 
-const target = await startTarget(['--listen', values.listen, '--blk', `bench=${disk}`, '--log', 'warn', '--queues', '2'], { stderr: 'inherit' });
+const tlsArgs = [];
+let tls;
+if (values.listen.startsWith('tls://')) {
+  const key = randomBytes(32);
+  writeFileSync(join(dir, 'psk.txt'), `bench:${key.toString('hex')}\n`);
+  tlsArgs.push('--tls-psk', join(dir, 'psk.txt'), '--allow', 'bench@bench');
+  tls = { psk: { identity: 'bench', key } };
+}
+const target = await startTarget(['--listen', values.listen, '--blk', `bench=${disk}`, '--log', 'warn', '--queues', '2', ...tlsArgs], { stderr: 'inherit' });
 const url = target.urls[0];
 
 const parseSize = (s) => Number.parseInt(s) * ({ k: 1024, m: 1024 * 1024 }[s.at(-1).toLowerCase()] ?? 1);
 const results = [];
-const dev = await BlockDevice.open(`${url}/bench`, { maxTransferBytes: 4 * 1024 * 1024 });
+const dev = await BlockDevice.open(`${url}/bench`, { maxTransferBytes: 4 * 1024 * 1024, ...(tls && { ivqn: 'bench', tls }) });
 try {
   for (const c of values.cases.split(',')) {
     const [bs, qd] = c.split(':');

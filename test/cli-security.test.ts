@@ -1,26 +1,12 @@
-import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice, VofError } from '../src/index.js';
-import { VOF_CLI, startTarget } from '../scripts/start-target.mjs';
+import { startTarget } from '../scripts/start-target.mjs';
+import { vofAsync } from './helpers/vof-cli.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 
-/** Run the vof CLI without blocking this process's event loop. */
-function vof(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [VOF_CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30000);
-    child.on('exit', (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
-}
+const vof = vofAsync;
 
 describe('vof target: access settings on the command line and in --config', () => {
   const scratch = new TargetFixture(); // only for its temp dir

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -14,7 +13,8 @@ import {
   statusName,
   type TlsClientSettings,
 } from '../src/index.js';
-import { VOF_CLI, startTarget } from '../scripts/start-target.mjs';
+import { startTarget } from '../scripts/start-target.mjs';
+import { vofAsync } from './helpers/vof-cli.js';
 import { RawQueue } from './helpers/raw-queue.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 
@@ -34,21 +34,7 @@ function pattern(length: number, seed: number): Buffer {
   return b;
 }
 
-/** Run the vof CLI without blocking this process's event loop. */
-function vof(args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [VOF_CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30000);
-    child.on('exit', (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
-}
+const vof = vofAsync;
 
 describe('tls:// with PSKs and client certificates, identities in the allow-list', () => {
   let fx: TargetFixture;
