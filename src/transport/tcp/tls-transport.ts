@@ -47,9 +47,10 @@ export class TlsTransport implements Transport {
       minVersion: TLS_MIN_VERSION,
       handshakeTimeout: settings.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
       ...(hasCert && { cert: settings.cert, key: settings.key }),
-      ...(settings.ca !== undefined && { ca: settings.ca, requestCert: true }),
-      // Verified below, so that a PSK peer (which presents no certificate) is not refused.
-      rejectUnauthorized: false,
+      // With a client CA, OpenSSL refuses a missing or unverifiable certificate in the handshake
+      // with an alert the initiator can report. A PSK handshake has no certificate and is not
+      // affected (it counts as authorized).
+      ...(settings.ca !== undefined && { ca: settings.ca, requestCert: true, rejectUnauthorized: true }),
       ...(settings.psk && {
         ...(!hasCert && { ciphers: PSK_CIPHERS }),
         pskCallback: (socket: tls.TLSSocket, identity: string) => {
@@ -78,8 +79,11 @@ export class TlsTransport implements Transport {
       }
       onConnection(new TcpTargetConnection(socket, options.maxVqPayload, this.log, { scheme: 'tls', identity }));
     });
-    server.on('tlsClientError', (err: Error, socket: tls.TLSSocket) => {
-      this.log.info(`tls://${socket.remoteAddress}:${socket.remotePort}: TLS handshake failed: ${err.message}`);
+    server.on('tlsClientError', (err: Error & { reason?: string; code?: string }, socket: tls.TLSSocket) => {
+      // OpenSSL's message spans lines; its reason is the one-line summary.
+      const why = err.reason ?? err.code ?? err.message.split('\n')[0];
+      const peer = socket.remoteAddress ? `tls://${socket.remoteAddress}:${socket.remotePort}` : 'tls://(peer gone)';
+      this.log.info(`${peer}: TLS handshake failed: ${why}`);
     });
     return serveOn(server as net.Server, endpoint, 'tls', this.log);
   }
@@ -89,7 +93,7 @@ export class TlsTransport implements Transport {
     const psk = s.psk;
     const socket = await dial(
       () =>
-        tls.connect({
+        withTlsSummaries(tls.connect({
           host: endpoint.host,
           port: endpoint.port,
           minVersion: TLS_MIN_VERSION,
@@ -104,12 +108,27 @@ export class TlsTransport implements Transport {
             // With a PSK the key proves the target; there is no certificate to check.
             checkServerIdentity: () => undefined,
           }),
-        }),
+        })),
       'secureConnect',
       endpoint,
       'tls',
       options.timeoutMs,
     );
+    // TLS 1.3: the target checks a client certificate after the initiator's handshake is done,
+    // so its refusal arrives as an alert on the open connection.
+    withTlsSummaries(socket);
     return new TcpInitiatorConnection(socket, options.maxVqPayload, 'tls');
   }
+}
+
+/**
+ * OpenSSL's error messages span several lines of library internals; its `reason` ("tlsv13
+ * alert certificate required", "self-signed certificate in certificate chain") is what a user
+ * needs. Rewrites the message of every error the socket emits, before other listeners see it.
+ */
+function withTlsSummaries(socket: tls.TLSSocket): tls.TLSSocket {
+  socket.prependListener('error', (err: Error & { reason?: string }) => {
+    if (typeof err.reason === 'string' && err.reason !== '') err.message = `TLS: ${err.reason}`;
+  });
+  return socket;
 }
