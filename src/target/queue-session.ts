@@ -21,6 +21,7 @@ import {
 import { decodeConnectBody, type ConnectBody } from '../protocol/connect-body.js';
 import type { Logger } from '../util/log.js';
 import { VqTransferError, type TargetConnection, type VqRequestData } from '../transport/transport.js';
+import { QueueStats } from '../admin/queue-stats.js';
 import type { DeviceInstance, OpResult } from './device-instance.js';
 
 /** What a queue session needs from the target it belongs to. */
@@ -50,6 +51,8 @@ export class QueueSession {
   private idleWaiters: Array<() => void> = [];
   private disconnecting = false;
   private closed = false;
+  /** Counters for the admin transport class (LIST_QUEUES). */
+  readonly stats = new QueueStats();
 
   constructor(
     readonly connection: TargetConnection,
@@ -68,6 +71,7 @@ export class QueueSession {
   private onCommand(raw: Buffer, payload: Buffer | VqRequestData): void {
     if (this.closed) return;
     const cmd = decodeCommand(raw);
+    this.stats.commands++;
     if (this.disconnecting) {
       this.reply(encodeBareCompletion(Status.ENOCMD, cmd.commandId));
       return;
@@ -106,7 +110,25 @@ export class QueueSession {
   }
 
   private reply(completion: Buffer): void {
-    if (!this.closed) this.connection.sendCompletion(completion);
+    if (this.closed) return;
+    const status = completion.readUInt16LE(0);
+    if (status !== Status.SUCCESS) this.countFailure(status, completion.readUInt16LE(2));
+    this.connection.sendCompletion(completion);
+  }
+
+  /** A refused command: counted, and logged in the device's error log once the queue is bound. */
+  private countFailure(status: number, commandId: number): void {
+    this.stats.errors++;
+    const role = this.role;
+    if (role.kind !== 'unbound') role.instance.admin?.recordRefused(role.kind === 'virtqueue' ? role.vqIndex : 0xffff, status, commandId);
+  }
+
+  get size(): number {
+    return this.queueSize;
+  }
+
+  get inFlightCount(): number {
+    return this.inFlight;
   }
 
   /** Target-initiated control-queue completions (keepalive, config change). */
@@ -229,11 +251,11 @@ export class QueueSession {
     if (!parsed && hostOf(this.connection.peer) !== hostOf(inst.control.connection.peer)) {
       return refuse(Status.EBADVQN, `a virtqueue Connect without a Connect Body from ${this.connection.peer}, not the control queue's host`);
     }
-    if (cmd.vqIndex >= inst.device.numQueues) {
-      return refuse(Status.EQUEUEQUOT, `vq_index ${cmd.vqIndex} ≥ ${inst.device.numQueues} queues`);
+    if (cmd.vqIndex >= inst.queueCount) {
+      return refuse(Status.EQUEUEQUOT, `vq_index ${cmd.vqIndex} ≥ ${inst.queueCount} queues`);
     }
     if (inst.virtqueues.has(cmd.vqIndex)) return refuse(Status.EQUEUEQUOT, `virtqueue ${cmd.vqIndex} is already connected`);
-    const max = inst.device.maxQueueSize(cmd.vqIndex);
+    const max = inst.maxQueueSize(cmd.vqIndex);
     if (cmd.queueSize > max) return refuse(Status.EQSIZEQUOT, `queue size ${cmd.queueSize} > ${max}`);
     this.queueSize = cmd.queueSize || max;
     this.role = { kind: 'virtqueue', instance: inst, vqIndex: cmd.vqIndex };
@@ -266,7 +288,7 @@ export class QueueSession {
     }
     let written: readonly Buffer[];
     try {
-      written = await inst.device.handleRequest(vqIndex, readable, cmd.inLength);
+      written = await inst.handleRequest(vqIndex, readable, cmd.inLength);
     } catch (err) {
       // Errors the device can express (IOERR, UNSUPP) come back as its own status; a throw is
       // a device fault that only a reset can clear.
@@ -280,6 +302,8 @@ export class QueueSession {
     if (this.closed) return;
     try {
       await this.connection.completeVq(data, encodeVqCompletion(Status.SUCCESS, id, length), written);
+      this.stats.bytesOut += readable.length;
+      this.stats.bytesIn += length;
     } catch (err) {
       if (!(err instanceof VqTransferError)) throw err;
       this.log.info(`${this.connection.peer}: VQ command ${id}: ${err.message}: EINVQBUF`);

@@ -8,6 +8,8 @@ import { defaultLogger, type Logger } from '../util/log.js';
 import type { DeviceExport } from './device.js';
 import { DeviceInstance, type KeepalivePolicy } from './device-instance.js';
 import { QueueSession, type TargetContext } from './queue-session.js';
+import { DeviceErrorLog } from '../admin/error-log.js';
+import { InstanceAdmin } from '../admin/instance-admin.js';
 
 export interface TargetOptions {
   readonly log?: Logger;
@@ -22,6 +24,8 @@ interface ExportEntry {
   readonly device: DeviceExport;
   /** IVQNs allowed to connect; null allows everyone. */
   readonly allow: ReadonlySet<string> | null;
+  /** The export's error log (admin common class), shared by its instances. */
+  readonly errorLog: DeviceErrorLog;
 }
 
 export const DEFAULT_KEEPALIVE: KeepalivePolicy = { intervalMs: 5000, timeoutMs: 15000 };
@@ -60,7 +64,7 @@ export class VofTarget {
     if (this.exports.has(tvqn)) throw new Error(`TVQN "${tvqn}" is already exported`);
     const allowSet = allow ? new Set(allow) : null;
     for (const ivqn of allowSet ?? []) checkVqn(ivqn, 'IVQN');
-    this.exports.set(tvqn, { device, allow: allowSet && allowSet.size > 0 ? allowSet : null });
+    this.exports.set(tvqn, { device, allow: allowSet && allowSet.size > 0 ? allowSet : null, errorLog: new DeviceErrorLog() });
   }
 
   get devices(): ReadonlyMap<string, ExportEntry> {
@@ -104,6 +108,7 @@ export class VofTarget {
       this.instances.delete(gone.id);
       this.log.info(`instance ${gone.id} destroyed`);
     });
+    if (device.admin) inst.admin = new InstanceAdmin(inst, entry.errorLog, this.log);
     this.instances.set(id, inst);
     return inst;
   }
