@@ -16,6 +16,7 @@ import {
   encodeErrorLogPage,
   encodeHealthTestResult,
   encodeQueueList,
+  formatAdminStatus,
   type QueueInfo,
 } from '../protocol/admin-records.js';
 import { formatStatus } from '../protocol/constants.js';
@@ -70,8 +71,9 @@ export class InstanceAdmin {
         })
       : { result: Buffer.alloc(0), statusType: 0, status: AdminGenericStatus.DATA_TRANSFER_ERR };
     if (response.status !== AdminGenericStatus.OK || response.statusType !== 0) {
-      const what = req ? `${adminClassName(req.cls)} ${adminCommandName(req.cls, req.command)}` : 'short admin command';
-      this.entry(ErrorLogEntryType.REFUSED_COMMAND, `admin ${what}: type ${response.statusType} status ${response.status}`, vqIndex, response.status);
+      const what = req ? `admin ${req.cls}/${req.command}` : 'admin (short)';
+      const detail = `${what}: ${formatAdminStatus(req?.cls ?? 0, response.statusType, response.status)}`;
+      this.entry(ErrorLogEntryType.REFUSED_COMMAND, detail, vqIndex, response.status);
       const q = this.inst.virtqueues.get(vqIndex);
       if (q) q.stats.errors++;
     }

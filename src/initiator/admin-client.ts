@@ -1,7 +1,7 @@
 import { AdminGenericStatus, AdminStatusType } from '../protocol/admin-command.js';
+export { formatAdminStatus } from '../protocol/admin-records.js';
 import {
   AdminBlkCommand,
-  AdminBlkStatus,
   AdminClass,
   AdminCommonCommand,
   AdminVirtioOfCommand,
@@ -13,6 +13,7 @@ import {
   QUEUE_LIST_HEADER_SIZE,
   adminClassName,
   adminCommandName,
+  formatAdminStatus,
   decodeCommandList,
   decodeErrorLogPage,
   decodeFormatList,
@@ -27,19 +28,6 @@ import {
   type QueueInfo,
 } from '../protocol/admin-records.js';
 import { seedAdminHeader, type AdminHeaderFormat, type AdminResponse } from '../admin/header-format.js';
-
-const genericNames = new Map<number, string>(Object.entries(AdminGenericStatus).map(([k, v]) => [v, k]));
-const statusTypeNames = new Map<number, string>(Object.entries(AdminStatusType).map(([k, v]) => [v, k]));
-const blkNames = new Map<number, string>(Object.entries(AdminBlkStatus).map(([k, v]) => [v, k]));
-
-/** "GENERIC INVALID_CLASS", "CLASS_SPECIFIC EXPORT_IN_USE", … */
-export function formatAdminStatus(cls: number, statusType: number, status: number): string {
-  const type = statusTypeNames.get(statusType) ?? `type ${statusType}`;
-  let name: string | undefined;
-  if (statusType === AdminStatusType.GENERIC) name = genericNames.get(status);
-  else if (statusType === AdminStatusType.CLASS_SPECIFIC && cls === AdminClass.BLK) name = blkNames.get(status);
-  return `${type} ${name ?? status}`;
-}
 
 /** An admin command answered with anything but GENERIC OK. */
 export class AdminError extends Error {

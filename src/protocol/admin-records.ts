@@ -1,3 +1,5 @@
+import { AdminGenericStatus, AdminStatusType } from './admin-command.js';
+
 /**
  * vof's admin commands (docs/PROTOCOL.md, "Admin virtqueue"): class and command numbers, class-
  * specific statuses, and the command-specific data and result records. Pure codec, little-endian,
@@ -39,13 +41,26 @@ const commandNames: Record<number, Record<number, string>> = {
   [AdminClass.BLK]: { 0: 'LIST_FORMATS', 1: 'FORMAT' },
   [AdminClass.VOF]: { 0: 'RESET_COUNTERS', 1: 'CLEAR_ERROR_LOG' },
 };
-const classNames: Record<number, string> = { 0: 'common', 64: 'virtio-of', 128: 'virtio-blk', 192: 'vof-vendor' };
+const classNames: Record<number, string> = { 0: 'common', 64: 'virtio-of', 128: 'device', 192: 'vof-vendor' };
 
 export function adminClassName(cls: number): string {
   return classNames[cls] ?? `class ${cls}`;
 }
 export function adminCommandName(cls: number, command: number): string {
   return commandNames[cls]?.[command] ?? `command ${command}`;
+}
+
+const genericNames = new Map<number, string>(Object.entries(AdminGenericStatus).map(([k, v]) => [v, k]));
+const statusTypeNames = new Map<number, string>(Object.entries(AdminStatusType).map(([k, v]) => [v, k]));
+const blkNames = new Map<number, string>(Object.entries(AdminBlkStatus).map(([k, v]) => [v, k]));
+
+/** "GENERIC INVALID_CLASS", "CLASS_SPECIFIC EXPORT_IN_USE", … */
+export function formatAdminStatus(cls: number, statusType: number, status: number): string {
+  const type = statusTypeNames.get(statusType) ?? `type ${statusType}`;
+  let name: string | undefined;
+  if (statusType === AdminStatusType.GENERIC) name = genericNames.get(status);
+  else if (statusType === AdminStatusType.CLASS_SPECIFIC && cls === AdminClass.BLK) name = blkNames.get(status);
+  return `${type} ${name ?? status}`;
 }
 
 /** Reading a record past its end: the peer sent or answered malformed data. */

@@ -109,10 +109,11 @@ export class QueueSession {
     return this.inFlight === 0 ? Promise.resolve() : new Promise((r) => this.idleWaiters.push(r));
   }
 
-  private reply(completion: Buffer): void {
+  /** `refusal`: whether a non-SUCCESS status counts as a refused command (errors, error log). */
+  private reply(completion: Buffer, refusal = true): void {
     if (this.closed) return;
     const status = completion.readUInt16LE(0);
-    if (status !== Status.SUCCESS) this.countFailure(status, completion.readUInt16LE(2));
+    if (status !== Status.SUCCESS && refusal) this.countFailure(status, completion.readUInt16LE(2));
     this.connection.sendCompletion(completion);
   }
 
@@ -197,7 +198,8 @@ export class QueueSession {
         break;
       case Opcode.GetVqSize: {
         const r = inst.getVqSize(cmd.vqIndex);
-        this.reply(encodeVqSizeCompletion(r.status, id, Number(r.value ?? 0)));
+        // EQUEUEQUOT is how an initiator finds the last (admin) virtqueue: an answer, not a refusal.
+        this.reply(encodeVqSizeCompletion(r.status, id, Number(r.value ?? 0)), r.status !== Status.EQUEUEQUOT);
         break;
       }
       case Opcode.GetConfig: {

@@ -194,7 +194,7 @@ export function adminSuite(name: string, listenUrl: string): void {
         const log = await d.admin.errorLog();
         expect(log.lost).toBe(0);
         expect(log.entries.map((e) => e.type)).toEqual([ErrorLogEntryType.REFUSED_COMMAND, ErrorLogEntryType.REFUSED_COMMAND, ErrorLogEntryType.IO_ERROR]);
-        expect(log.entries[0]!.detail).toMatch(/admin common command 77/);
+        expect(log.entries[0]!.detail).toMatch(/admin 0\/77: GENERIC INVALID_COMMAND/);
         expect(log.entries[1]!.detail).toMatch(/ECONFOFF/);
         expect(log.entries[1]!.status).toBe(0x2030);
         expect(log.entries[2]!).toMatchObject({ vqIndex: 0, status: 1, instanceId: d.device.instanceId });
