@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { runAdmin } from './admin-command.js';
 import { runCp } from './cp-command.js';
 import { runDevices } from './devices-command.js';
 import { runInfo } from './info-command.js';
@@ -9,14 +10,17 @@ const USAGE = `vof — Virtio over Fabrics
 
 Usage:
   vof target --listen URL [--listen URL]... --blk TVQN=PATH[,ro] [--blk ...]
-             [--allow IVQN]... [--config FILE] [--queues N] [--queue-size N]
+             [--rng TVQN[,rate=BYTES_PER_S][,burst=BYTES]]... [--allow IVQN]... [--config FILE] [--queues N] [--queue-size N]
              [--keepalive-interval MS] [--keepalive-timeout MS] [--log LEVEL]
-      Export block devices. URL is tcp://HOST[:PORT] or rdma://ADDR[:PORT] (port 15771).
+      Export block devices and entropy (virtio-rng) devices. URL is tcp://HOST[:PORT] or rdma://ADDR[:PORT] (port 15771).
       Prints "listening on URL" per address when ready; SIGINT/SIGTERM shut it down.
   vof info URL/TVQN [--ivqn IVQN] [--json]
       Connect and print instance id, features, queue sizes and config space.
   vof cp SRC DST [--ivqn IVQN] [--json]
       Copy a remote disk (tcp:// or rdma://HOST[:PORT]/TVQN) to a local file or back.
+  vof admin URL/TVQN COMMAND [ARGS] [--ivqn IVQN] [--json]
+      Admin virtqueue commands: commands, log, health, queues, formats, format SIZE,
+      reset-counters, clear-log, raw CLASS COMMAND [HEX] ("vof admin" for details).
   vof devices [--json]
       List RDMA devices with port state, MTU and GIDs.
   vof help
@@ -31,6 +35,8 @@ async function main(argv: string[]): Promise<number> {
       return runInfo(rest);
     case 'cp':
       return runCp(rest);
+    case 'admin':
+      return runAdmin(rest);
     case 'devices':
       return runDevices(rest);
     case undefined:
