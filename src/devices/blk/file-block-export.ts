@@ -115,9 +115,9 @@ export class FileBlockExport implements DeviceExport {
     return f;
   }
 
-  /** Whole logical blocks of the backing store. */
+  /** Whole 512-byte sectors of the backing store, whatever the logical block size. */
   get capacityBytes(): number {
-    return this.sizeBytes - (this.sizeBytes % this.blockSize);
+    return this.sizeBytes - (this.sizeBytes % SECTOR_SIZE);
   }
 
   /** Admin FORMAT: a new logical block size (the bytes stay); drivers hear a config change. */
