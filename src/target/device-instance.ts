@@ -5,7 +5,7 @@ import {
 } from '../protocol/constants.js';
 import { encodeConfigChangeCompletion, encodeKeepaliveCompletion } from '../protocol/completion.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
-import { ADMIN_QUEUE_SIZE, type InstanceAdmin } from '../admin/instance-admin.js';
+import { ADMIN_MAX_REQUEST_BYTES, ADMIN_QUEUE_SIZE, type InstanceAdmin } from '../admin/instance-admin.js';
 import type { Logger } from '../util/log.js';
 import type { VirtioDeviceInstance } from './device.js';
 import {
@@ -218,6 +218,11 @@ export class DeviceInstance {
 
   maxQueueSize(vqIndex: number): number {
     return vqIndex === this.adminQueueIndex ? ADMIN_QUEUE_SIZE : this.device.maxQueueSize(vqIndex);
+  }
+
+  /** Largest device-readable or device-writable part of one request on this queue. */
+  maxRequestBytes(vqIndex: number): number {
+    return vqIndex === this.adminQueueIndex ? ADMIN_MAX_REQUEST_BYTES : this.device.maxRequestBytes;
   }
 
   /** Run a VQ request on the device, or on the admin side for the admin queue. */

@@ -273,7 +273,7 @@ export class QueueSession {
       this.reply(encodeVqCompletion(Status.ESTATUS, id, 0));
       return;
     }
-    const max = inst.device.maxRequestBytes;
+    const max = inst.maxRequestBytes(vqIndex);
     if (cmd.outLength > max || cmd.inLength > max) {
       this.log.info(`${this.connection.peer}: VQ command of ${cmd.outLength}+${cmd.inLength} bytes over the ${max}-byte limit`);
       this.reply(encodeVqCompletion(cmd.outLength > max ? Status.EOUTVQBUF : Status.EINVQBUF, id, 0));
