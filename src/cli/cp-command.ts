@@ -1,7 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { BlockDevice } from '../devices/blk/block-device.js';
-import { SECTOR_SIZE } from '../devices/blk/blk-constants.js';
 import { createLogger } from '../util/log.js';
 import { CliError } from './cli-error.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
@@ -48,7 +47,8 @@ export async function runCp(argv: string[]): Promise<number> {
     try {
       const out = await fsp.open(dst, 'w');
       try {
-        bytes = disk.capacity;
+        // Whole logical blocks: after a format to 4096, a partial last block cannot be read.
+        bytes = disk.capacity - (disk.capacity % disk.blockSize);
         await pipeline(bytes, async (offset, length) => {
           const data = await disk.read(offset, length);
           await out.write(data, 0, length, offset);
@@ -69,8 +69,8 @@ export async function runCp(argv: string[]): Promise<number> {
         if (size > disk.capacity) throw new CliError(`${src} is ${size} bytes; the remote disk holds only ${disk.capacity}`, 1);
         bytes = size;
         await pipeline(size, async (offset, length) => {
-          // The device works in sectors: a short tail is padded with zeros.
-          const buf = Buffer.alloc(Math.ceil(length / SECTOR_SIZE) * SECTOR_SIZE);
+          // The device works in logical blocks (blk_size): a short tail is padded with zeros.
+          const buf = Buffer.alloc(Math.ceil(length / disk.blockSize) * disk.blockSize);
           await input.read(buf, 0, length, offset);
           await disk.write(offset, buf);
         }, new Progress(`${src} → ${dst}`, size));

@@ -1,7 +1,9 @@
 import { parseArgs } from 'node:util';
 import { BlkConfig, BlkFeature } from '../devices/blk/blk-constants.js';
 import { RemoteDevice } from '../initiator/remote-device.js';
+import { VofError } from '../initiator/vof-error.js';
 import { DeviceId, Opcode, VIRTIO_F_VERSION_1 } from '../protocol/constants.js';
+import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { createLogger } from '../util/log.js';
 import { CliError } from './cli-error.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
@@ -10,12 +12,16 @@ const blkFeatureNames = new Map<bigint, string>([
   ...Object.entries(BlkFeature).map(([k, v]) => [v, `VIRTIO_BLK_F_${k}`] as [bigint, string]),
   [VIRTIO_F_VERSION_1, 'VIRTIO_F_VERSION_1'],
 ]);
+const commonFeatureNames = new Map<bigint, string>([
+  [VIRTIO_F_VERSION_1, 'VIRTIO_F_VERSION_1'],
+  [VIRTIO_F_ADMIN_VQ, 'VIRTIO_F_ADMIN_VQ'],
+]);
 
 function featureList(bits: bigint, deviceId: number): string[] {
   const out: string[] = [];
   for (let b = 0n; b < 128n; b++) {
     if (!(bits & (1n << b))) continue;
-    const name = deviceId === DeviceId.Block || b === VIRTIO_F_VERSION_1 ? blkFeatureNames.get(b) : undefined;
+    const name = commonFeatureNames.get(b) ?? (deviceId === DeviceId.Block ? blkFeatureNames.get(b) : undefined);
     out.push(name ?? `bit ${b}`);
   }
   return out;
@@ -51,8 +57,21 @@ export async function runInfo(argv: string[]): Promise<number> {
       const c = await dev.command({ opcode: Opcode.GetVqSize, vqIndex: q });
       queueSizes.push(c.kind === 'vqSize' ? c.size : 0);
     }
+    // The admin queue is the one after the device's own (docs/PROTOCOL.md).
+    let adminQueue: { index: number; size: number } | null = null;
+    if (dev.hasFeature(VIRTIO_F_ADMIN_VQ)) {
+      const c = await dev.command({ opcode: Opcode.GetVqSize, vqIndex: numQueues });
+      adminQueue = { index: numQueues, size: c.kind === 'vqSize' ? c.size : 0 };
+    }
     const configBytes = isBlk ? await dev.readConfig(0, BlkConfig.SIZE) : null;
-    const generation = (await dev.getConfig(0, 1)).generation;
+    // A device without config space (virtio-rng) answers ECONFOFF: no generation to show.
+    const generation = await dev.getConfig(0, 1).then(
+      (c) => c.generation,
+      (err: unknown) => {
+        if (err instanceof VofError && err.statusName === 'ECONFOFF') return null;
+        throw err;
+      },
+    );
     const blk = configBytes
       ? {
           capacitySectors: configBytes.readBigUInt64LE(BlkConfig.capacity).toString(),
@@ -78,6 +97,7 @@ export async function runInfo(argv: string[]): Promise<number> {
       maxKeyedDescriptors: dev.maxKeyedDescriptors,
       deviceFeatures: { bits: hex(dev.deviceFeatures), names: featureList(dev.deviceFeatures, dev.deviceId) },
       queueSizes,
+      adminQueue,
       configGeneration: generation,
       config: configBytes?.toString('hex') ?? null,
       blk,
@@ -89,11 +109,12 @@ export async function runInfo(argv: string[]): Promise<number> {
         `device          ${url}`,
         `instance id     ${info.deviceInstanceId}`,
         `vendor id       ${hex(info.vendorId, 4)}`,
-        `device id       ${info.deviceId}${isBlk ? ' (virtio-blk)' : ''}`,
+        `device id       ${info.deviceId}${isBlk ? ' (virtio-blk)' : info.deviceId === DeviceId.Entropy ? ' (entropy, virtio-rng)' : ''}`,
         `virtio-oF feat. offered ${info.virtioOfFeatures.offered}, negotiated ${info.virtioOfFeatures.negotiated}${info.maxKeyedDescriptors ? `, ${info.maxKeyedDescriptors} keyed descriptors` : ''}`,
         `device features ${info.deviceFeatures.bits}: ${info.deviceFeatures.names.join(' ')}`,
         `virtqueues      ${queueSizes.length}, sizes ${queueSizes.join(' ')}`,
-        `config gen.     ${generation}`,
+        `admin queue     ${adminQueue ? `index ${adminQueue.index}, size ${adminQueue.size}` : 'none'}`,
+        `config gen.     ${generation ?? 'none (no config space)'}`,
       ];
       if (blk) {
         lines.push(

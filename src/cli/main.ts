@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { runAdmin } from './admin-command.js';
 import { runCp } from './cp-command.js';
 import { runDevices } from './devices-command.js';
 import { runInfo } from './info-command.js';
@@ -9,18 +10,22 @@ const USAGE = `vof — Virtio over Fabrics
 
 Usage:
   vof target --listen URL [--listen URL]... --blk TVQN=PATH[,ro][,serial=S] [--blk ...]
+             [--rng TVQN[,rate=BYTES_PER_S][,burst=BYTES]]...
              [--allow IVQN[@IDENTITY]]... [--config FILE] [--queues N] [--queue-size N]
              [--keepalive-interval MS] [--keepalive-timeout MS] [--log LEVEL]
              [--max-instances-per-export N] [--max-instances-per-ivqn N]
              [--max-unbound N] [--max-unbound-per-host N]
              [--tls-cert FILE --tls-key FILE] [--tls-ca FILE] [--tls-psk FILE]
-      Export block devices. URL is tcp://HOST[:PORT], tls://HOST[:PORT] or
-      rdma://ADDR[:PORT] (port 15771). Prints "listening on URL" per address when ready;
-      SIGINT/SIGTERM shut it down.
+      Export block devices and entropy (virtio-rng) devices. URL is tcp://HOST[:PORT],
+      tls://HOST[:PORT] or rdma://ADDR[:PORT] (port 15771). Prints "listening on URL" per
+      address when ready; SIGINT/SIGTERM shut it down.
   vof info URL/TVQN [--ivqn IVQN] [--json] [TLS]
       Connect and print instance id, features, queue sizes and config space.
   vof cp SRC DST [--ivqn IVQN] [--json] [TLS]
       Copy a remote disk (tcp://, tls:// or rdma://HOST[:PORT]/TVQN) to a local file or back.
+  vof admin URL/TVQN COMMAND [ARGS] [--ivqn IVQN] [--json] [TLS]
+      Admin virtqueue commands: commands, log, health, queues, formats, format SIZE,
+      reset-counters, clear-log, raw CLASS COMMAND [HEX] ("vof admin" for details).
       TLS: [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
            [--tls-psk FILE [--tls-psk-identity ID]] [--tls-servername NAME]
   vof devices [--json]
@@ -37,6 +42,8 @@ async function main(argv: string[]): Promise<number> {
       return runInfo(rest);
     case 'cp':
       return runCp(rest);
+    case 'admin':
+      return runAdmin(rest);
     case 'devices':
       return runDevices(rest);
     case undefined:

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { FileBlockExport } from '../devices/blk/file-block-export.js';
+import { EntropyExport } from '../devices/rng/entropy-export.js';
 import { VofTarget } from '../target/target.js';
 import { createLogger, type LogLevel } from '../util/log.js';
 import { parseAllowEntry, type AllowSpec } from '../target/access-policy.js';
@@ -22,10 +23,32 @@ interface BlkSpec {
   maxInstances?: number;
 }
 
+interface RngSpec {
+  tvqn: string;
+  /** Bytes per second per instance. */
+  rate?: number;
+  burst?: number;
+  allow?: string[];
+}
+
+/** --rng TVQN[,rate=BYTES_PER_S][,burst=BYTES] */
+function parseRng(spec: string): RngSpec {
+  const [tvqn, ...opts] = spec.split(',');
+  if (!tvqn) throw new CliError(`--rng expects TVQN[,rate=BYTES_PER_S][,burst=BYTES], got "${spec}"`);
+  const out: RngSpec = { tvqn };
+  for (const o of opts) {
+    const [k, v] = o.split('=');
+    if (k !== 'rate' && k !== 'burst') throw new CliError(`--rng "${spec}": unknown option "${o}" (rate=, burst=)`);
+    out[k] = parseIntOption(v ?? '', `rng ${k}`, 1, 1 << 30);
+  }
+  return out;
+}
+
 /** --config FILE: the same settings as the flags, as JSON; flags add to it. */
 interface TargetConfigFile {
   listen?: string[];
   blk?: BlkSpec[];
+  rng?: RngSpec[];
   allow?: AllowSpec[];
   queues?: number;
   queueSize?: number;
@@ -82,6 +105,7 @@ export async function runTarget(argv: string[]): Promise<number> {
     options: {
       listen: { type: 'string', multiple: true },
       blk: { type: 'string', multiple: true },
+      rng: { type: 'string', multiple: true },
       allow: { type: 'string', multiple: true },
       config: { type: 'string' },
       queues: { type: 'string' },
@@ -100,6 +124,7 @@ export async function runTarget(argv: string[]): Promise<number> {
   const cfg: TargetConfigFile = values.config ? readConfig(values.config) : {};
   const listen = [...(cfg.listen ?? []), ...(values.listen ?? [])];
   const blks = [...(cfg.blk ?? []), ...(values.blk ?? []).map(parseBlk)];
+  const rngs = [...(cfg.rng ?? []), ...(values.rng ?? []).map(parseRng)];
   let allow: AllowSpec[];
   try {
     allow = [...(cfg.allow ?? []), ...(values.allow ?? []).map(parseAllowEntry)];
@@ -107,7 +132,7 @@ export async function runTarget(argv: string[]): Promise<number> {
     throw new CliError(`--allow: ${(err as Error).message}`);
   }
   if (listen.length === 0) throw new CliError('vof target needs at least one --listen URL (e.g. tcp://0.0.0.0:15771)');
-  if (blks.length === 0) throw new CliError('vof target needs at least one --blk TVQN=PATH');
+  if (blks.length === 0 && rngs.length === 0) throw new CliError('vof target needs at least one --blk TVQN=PATH or --rng TVQN');
   const level = (values.log ?? cfg.log ?? 'info') as LogLevel;
   const log = createLogger(level);
   const queues = parseIntOption(values.queues, 'queues', 1, 64) ?? cfg.queues;
@@ -178,6 +203,16 @@ export async function runTarget(argv: string[]): Promise<number> {
         throw new CliError(`cannot export ${b.path} as "${b.tvqn}": ${(err as Error).message}`);
       }
       log.info(`exporting ${disk.description} as ${quotePeerString(b.tvqn)}, ${target.devices.get(b.tvqn)!.access.describe()}`);
+    }
+    for (const r of rngs) {
+      let rng: EntropyExport;
+      try {
+        rng = new EntropyExport({ ...(r.rate !== undefined && { rate: r.rate }), ...(r.burst !== undefined && { burst: r.burst }) });
+        target.addDevice(r.tvqn, rng, [...(r.allow ?? []), ...allow]);
+      } catch (err) {
+        throw new CliError(`cannot export rng "${r.tvqn}": ${(err as Error).message}`);
+      }
+      log.info(`exporting ${rng.description} as "${r.tvqn}"`);
     }
     for (const url of listen) {
       let bound: string;

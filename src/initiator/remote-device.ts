@@ -16,6 +16,8 @@ import { transportFor } from '../transport/registry.js';
 import type { TlsClientSettings } from '../transport/tcp/tls-settings.js';
 import type { InitiatorConnection, Transport } from '../transport/transport.js';
 import { defaultLogger, type Logger } from '../util/log.js';
+import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
+import { AdminClient } from './admin-client.js';
 import { QueueClient, type CommandWithoutId } from './queue-client.js';
 import { VofConnectionError, VofError } from './vof-error.js';
 
@@ -71,6 +73,9 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   /** Keyed descriptors per VQ command (keyed transports only; 0 otherwise). */
   maxKeyedDescriptors = 0;
   readonly queues: QueueClient[] = [];
+  /** The admin virtqueue, connected on the first admin command. */
+  private adminQueue: Promise<QueueClient> | null = null;
+  private adminClient: AdminClient | null = null;
   private keepaliveTimer: NodeJS.Timeout | null = null;
   private lastHeard = Date.now();
   private closing: Promise<void> | null = null;
@@ -172,6 +177,10 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   private async connectQueue(vqIndex: number): Promise<void> {
+    this.queues.push(await this.openQueue(vqIndex));
+  }
+
+  private async openQueue(vqIndex: number): Promise<QueueClient> {
     const sizeC = await this.command({ opcode: Opcode.GetVqSize, vqIndex });
     const max = sizeC.kind === 'vqSize' ? sizeC.size : 0;
     const want = this.options.queueSize ?? 0;
@@ -186,14 +195,75 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     q.onClosed = (err) => {
       if (!this.closing) this.lose(err);
     };
-    this.queues.push(q);
-    // Always with the Connect Body: a target with an allow-list requires it on virtqueues.
-    const c = await q.call(
-      { opcode: Opcode.Connect, deviceInstanceId: this.instanceId, vqIndex, length: CONNECT_BODY_SIZE, queueSize: size },
-      this.connectBody,
-    );
-    if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Connect, `virtqueue ${vqIndex}`);
+    let c: DecodedCompletion;
+    try {
+      // Always with the Connect Body: a target with an allow-list requires it on virtqueues.
+      c = await q.call(
+        { opcode: Opcode.Connect, deviceInstanceId: this.instanceId, vqIndex, length: CONNECT_BODY_SIZE, queueSize: size },
+        this.connectBody,
+      );
+      if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Connect, `virtqueue ${vqIndex}`);
+    } catch (err) {
+      q.onClosed = () => {};
+      await q.close();
+      throw err;
+    }
     q.queueSize = size;
+    return q;
+  }
+
+  /**
+   * Admin commands (the Admin Virtqueue, VIRTIO_F_ADMIN_VQ). The admin queue is connected on
+   * first use; without the feature every call rejects.
+   */
+  get admin(): AdminClient {
+    this.adminClient ??= new AdminClient(async (readable, writable) => {
+      const q = await this.connectAdminQueue();
+      const result = Buffer.alloc(writable);
+      const c = await q.vq([readable], [result]);
+      if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Vq, 'admin virtqueue');
+      return result.subarray(0, c.kind === 'vq' ? c.length : 0);
+    });
+    return this.adminClient;
+  }
+
+  /** Index of the admin virtqueue, or null when VIRTIO_F_ADMIN_VQ was not negotiated. */
+  adminQueueIndex: number | null = null;
+
+  private connectAdminQueue(): Promise<QueueClient> {
+    if (!this.hasFeature(VIRTIO_F_ADMIN_VQ)) {
+      return Promise.reject(new VofConnectionError(`${this.url}: the device has no admin virtqueue (VIRTIO_F_ADMIN_VQ not negotiated)`));
+    }
+    if (this.lostError || this.closing) return Promise.reject(this.lostError ?? new VofConnectionError('device closed'));
+    this.adminQueue ??= (async () => {
+      this.adminQueueIndex = await this.findAdminQueueIndex();
+      return this.openQueue(this.adminQueueIndex);
+    })();
+    // A failed attempt may be retried by the next call.
+    this.adminQueue.catch(() => (this.adminQueue = null));
+    return this.adminQueue;
+  }
+
+  /**
+   * The admin queue is the last virtqueue (docs/PROTOCOL.md): the largest index Get VQ Size
+   * answers. Found by doubling then bisecting, from the virtqueues known to exist.
+   */
+  private async findAdminQueueIndex(): Promise<number> {
+    const exists = async (vqIndex: number) => (await this.control.call({ opcode: Opcode.GetVqSize, vqIndex })).status === Status.SUCCESS;
+    let lo = this.queues.length - 1; // known to exist (or -1)
+    let hi = Math.max(1, this.queues.length);
+    while (hi <= 0xffff && (await exists(hi))) {
+      lo = hi;
+      hi *= 2;
+    }
+    hi = Math.min(hi, 0x10000);
+    while (hi - lo > 1) {
+      const mid = (lo + hi) >> 1;
+      if (await exists(mid)) lo = mid;
+      else hi = mid;
+    }
+    if (lo < 0) throw new VofConnectionError('Get VQ Size answers for no virtqueue: no admin queue');
+    return lo;
   }
 
   async setStatus(status: number): Promise<void> {
@@ -292,9 +362,13 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     this.aborted = true;
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
     const err = this.lostError ?? new VofConnectionError('device closed');
+    const admin = this.adminQueue;
     const all = [...this.queues, this.control];
     for (const q of all) q.failAll(err);
-    return Promise.all(all.map((q) => q.close())).then(() => {});
+    return Promise.all([
+      ...all.map((q) => q.close()),
+      admin?.then((q) => (q.failAll(err), q.close()), () => {}),
+    ]).then(() => {});
   }
 
   /** Orderly shutdown: disconnect the virtqueues, then the control queue (which ends the instance). */
@@ -308,7 +382,8 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     if (!this.lostError) {
       const disconnect = (q: QueueClient) =>
         q.closed ? Promise.resolve() : q.call({ opcode: Opcode.Disconnect }).then(() => {}, () => {});
-      await Promise.all(this.queues.map(disconnect));
+      const admin = this.adminQueue ? await this.adminQueue.catch(() => null) : null;
+      await Promise.all([...this.queues, ...(admin ? [admin] : [])].map(disconnect));
       await disconnect(this.control);
     }
     await this.abort();

@@ -4,3 +4,4 @@ export * from './completion.js';
 export * from './connect-body.js';
 export * from './keyed-descriptor.js';
 export * from './admin-command.js';
+export * from './admin-records.js';

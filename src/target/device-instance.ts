@@ -5,6 +5,8 @@ import {
 } from '../protocol/constants.js';
 import { encodeConfigChangeCompletion, encodeKeepaliveCompletion } from '../protocol/completion.js';
 import { quotePeerString } from '../util/escape.js';
+import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
+import { ADMIN_MAX_REQUEST_BYTES, ADMIN_QUEUE_SIZE, type InstanceAdmin } from '../admin/instance-admin.js';
 import type { Logger } from '../util/log.js';
 import type { VirtioDeviceInstance } from './device.js';
 import {
@@ -41,6 +43,8 @@ export class DeviceInstance {
   private readonly unsubscribeConfig: () => void;
   readonly virtqueues = new Map<number, QueueSession>();
   destroyed = false;
+  /** The Admin Virtqueue's side of this instance; null when the device has none. */
+  admin: InstanceAdmin | null = null;
 
   constructor(
     readonly id: number,
@@ -101,13 +105,16 @@ export class DeviceInstance {
    */
   needsReset(why: string): void {
     if (this.destroyed || (this.status & DeviceStatus.DEVICE_NEEDS_RESET) !== 0) return;
+    this.admin?.recordNeedsReset(why);
     this.log.error(`${this.label}: DEVICE_NEEDS_RESET: ${why}`);
     this.status |= DeviceStatus.DEVICE_NEEDS_RESET;
     this.configChanged();
   }
 
   private configChanged(): void {
-    if (this.destroyed || this.configChangeOutstanding) return;
+    if (this.destroyed) return;
+    this.admin?.recordConfigChange(this.device.configGeneration());
+    if (this.configChangeOutstanding) return;
     this.configChangeOutstanding = true;
     this.control.sendEvent(encodeConfigChangeCompletion(this.device.configGeneration()));
   }
@@ -130,7 +137,7 @@ export class DeviceInstance {
 
   getDeviceFeature(select: number): OpResult {
     if (select >= FEATURE_WINDOWS) return fail(Status.EDEVFEATURE);
-    return ok(featureWindow(this.device.features, select));
+    return ok(featureWindow(this.offeredDeviceFeatures, select));
   }
 
   setDriverFeature(select: number, bits: bigint): OpResult {
@@ -152,7 +159,7 @@ export class DeviceInstance {
     }
     const becomingFeaturesOk = (next & DeviceStatus.FEATURES_OK) !== 0 && (this.status & DeviceStatus.FEATURES_OK) === 0;
     if (becomingFeaturesOk) {
-      if ((this.driverFeatures & ~this.device.features) !== 0n) {
+      if ((this.driverFeatures & ~this.offeredDeviceFeatures) !== 0n) {
         this.log.info(`instance ${this.id}: FEATURES_OK refused: driver features not a subset of the device's`);
         return fail(Status.ESTATUS);
       }
@@ -163,6 +170,8 @@ export class DeviceInstance {
   }
 
   reset(): void {
+    // The reset at the start of every initialization is routine; one of a live device is logged.
+    if (this.status !== 0) this.admin?.recordReset();
     this.status = 0;
     this.driverFeatures = 0n;
     this.configChangeOutstanding = false;
@@ -190,8 +199,46 @@ export class DeviceInstance {
   }
 
   getVqSize(vqIndex: number): OpResult {
-    if (vqIndex >= this.device.numQueues) return fail(Status.EQUEUEQUOT);
-    return ok(this.device.maxQueueSize(vqIndex));
+    if (vqIndex >= this.queueCount) return fail(Status.EQUEUEQUOT);
+    return ok(this.maxQueueSize(vqIndex));
+  }
+
+  /** The device's features plus VIRTIO_F_ADMIN_VQ when it has an admin side. */
+  get offeredDeviceFeatures(): bigint {
+    return this.admin ? this.device.features | (1n << VIRTIO_F_ADMIN_VQ) : this.device.features;
+  }
+
+  /**
+   * Index of the admin virtqueue: one past the device's own virtqueues, present once
+   * VIRTIO_F_ADMIN_VQ has been accepted with FEATURES_OK (docs/PROTOCOL.md).
+   */
+  get adminQueueIndex(): number | null {
+    const accepted = (this.status & DeviceStatus.FEATURES_OK) !== 0 && (this.driverFeatures & (1n << VIRTIO_F_ADMIN_VQ)) !== 0n;
+    return accepted && this.admin ? this.device.numQueues : null;
+  }
+
+  /** Virtqueues an initiator may connect: the device's, plus the admin queue when negotiated. */
+  get queueCount(): number {
+    return this.device.numQueues + (this.adminQueueIndex === null ? 0 : 1);
+  }
+
+  maxQueueSize(vqIndex: number): number {
+    return vqIndex === this.adminQueueIndex ? ADMIN_QUEUE_SIZE : this.device.maxQueueSize(vqIndex);
+  }
+
+  /** Largest device-readable or device-writable part of one request on this queue. */
+  maxRequestBytes(vqIndex: number): number {
+    return vqIndex === this.adminQueueIndex ? ADMIN_MAX_REQUEST_BYTES : this.device.maxRequestBytes;
+  }
+
+  /** Run a VQ request on the device, or on the admin side for the admin queue. */
+  handleRequest(vqIndex: number, readable: Buffer, inLength: number): Promise<readonly Buffer[]> {
+    if (vqIndex >= this.device.numQueues) {
+      // Only the admin queue lies beyond the device's queues (a queue bound before a reset that
+      // dropped VIRTIO_F_ADMIN_VQ gets nothing written).
+      return vqIndex === this.adminQueueIndex && this.admin ? this.admin.handleRequest(vqIndex, readable, inLength) : Promise.resolve([]);
+    }
+    return this.device.handleRequest(vqIndex, readable, inLength);
   }
 
   /** Tear down: virtqueue connections close, the device model is released. Idempotent. */

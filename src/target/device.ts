@@ -1,3 +1,23 @@
+import type { AdminCommandSet } from '../admin/admin-command-set.js';
+import type { HealthTestResult } from '../protocol/admin-records.js';
+
+/** Where a device reports what belongs in its export's error log. */
+export interface DeviceEventSink {
+  /** A request failed in the device (e.g. VIRTIO_BLK_S_IOERR); `status` is the device's status. */
+  ioError(vqIndex: number, status: number, detail: string): void;
+}
+
+/**
+ * A device's part of the Admin Virtqueue. Devices that have one offer VIRTIO_F_ADMIN_VQ (the
+ * target adds the bit) and get the common, transport and vendor classes from the target core.
+ */
+export interface DeviceAdminSupport {
+  /** Register the device's own classes (device range) and hear about errors for the log. */
+  register(commands: AdminCommandSet, events: DeviceEventSink): void;
+  /** The common class's HEALTH_TEST; without it the command is not offered. */
+  healthTest?(samples: number): Promise<HealthTestResult>;
+}
+
 /**
  * What the target needs from a virtio device model. A DeviceExport is registered under a TVQN;
  * every control-queue Connect to it creates one VirtioDeviceInstance.
@@ -32,6 +52,8 @@ export interface VirtioDeviceInstance {
   handleRequest(vqIndex: number, readable: Buffer, inLength: number): Promise<readonly Buffer[]>;
   /** The instance is gone; no more calls follow. */
   destroy(): void;
+  /** Admin Virtqueue support; absent: the device offers no VIRTIO_F_ADMIN_VQ. */
+  readonly admin?: DeviceAdminSupport;
 }
 
 export interface DeviceExport {

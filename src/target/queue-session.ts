@@ -23,6 +23,7 @@ import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
 import type { Refusal } from './access-policy.js';
 import { VqTransferError, type TargetConnection, type VqRequestData } from '../transport/transport.js';
+import { QueueStats } from '../admin/queue-stats.js';
 import type { DeviceInstance, OpResult } from './device-instance.js';
 
 /** What a queue session needs from the target it belongs to. */
@@ -58,6 +59,8 @@ export class QueueSession {
   private idleWaiters: Array<() => void> = [];
   private disconnecting = false;
   private closed = false;
+  /** Counters for the admin transport class (LIST_QUEUES). */
+  readonly stats = new QueueStats();
 
   constructor(
     readonly connection: TargetConnection,
@@ -76,6 +79,7 @@ export class QueueSession {
   private onCommand(raw: Buffer, payload: Buffer | VqRequestData): void {
     if (this.closed) return;
     const cmd = decodeCommand(raw);
+    this.stats.commands++;
     if (this.disconnecting) {
       this.reply(encodeBareCompletion(Status.ENOCMD, cmd.commandId));
       return;
@@ -113,8 +117,27 @@ export class QueueSession {
     return this.inFlight === 0 ? Promise.resolve() : new Promise((r) => this.idleWaiters.push(r));
   }
 
-  private reply(completion: Buffer): void {
-    if (!this.closed) this.connection.sendCompletion(completion);
+  /** `refusal`: whether a non-SUCCESS status counts as a refused command (errors, error log). */
+  private reply(completion: Buffer, refusal = true): void {
+    if (this.closed) return;
+    const status = completion.readUInt16LE(0);
+    if (status !== Status.SUCCESS && refusal) this.countFailure(status, completion.readUInt16LE(2));
+    this.connection.sendCompletion(completion);
+  }
+
+  /** A refused command: counted, and logged in the device's error log once the queue is bound. */
+  private countFailure(status: number, commandId: number): void {
+    this.stats.errors++;
+    const role = this.role;
+    if (role.kind !== 'unbound') role.instance.admin?.recordRefused(role.kind === 'virtqueue' ? role.vqIndex : 0xffff, status, commandId);
+  }
+
+  get size(): number {
+    return this.queueSize;
+  }
+
+  get inFlightCount(): number {
+    return this.inFlight;
   }
 
   /** Target-initiated control-queue completions (keepalive, config change). */
@@ -183,7 +206,8 @@ export class QueueSession {
         break;
       case Opcode.GetVqSize: {
         const r = inst.getVqSize(cmd.vqIndex);
-        this.reply(encodeVqSizeCompletion(r.status, id, Number(r.value ?? 0)));
+        // EQUEUEQUOT is how an initiator finds the last (admin) virtqueue: an answer, not a refusal.
+        this.reply(encodeVqSizeCompletion(r.status, id, Number(r.value ?? 0)), r.status !== Status.EQUEUEQUOT);
         break;
       }
       case Opcode.GetConfig: {
@@ -235,11 +259,11 @@ export class QueueSession {
     // connection proves what the control queue proved.
     const refusal = this.ctx.bindingRefusal(inst, this, parsed);
     if (refusal) return refuse(refusal.status, `virtqueue ${cmd.vqIndex} of instance ${inst.id} refused: ${refusal.why}`);
-    if (cmd.vqIndex >= inst.device.numQueues) {
-      return refuse(Status.EQUEUEQUOT, `vq_index ${cmd.vqIndex} ≥ ${inst.device.numQueues} queues`);
+    if (cmd.vqIndex >= inst.queueCount) {
+      return refuse(Status.EQUEUEQUOT, `vq_index ${cmd.vqIndex} ≥ ${inst.queueCount} queues`);
     }
     if (inst.virtqueues.has(cmd.vqIndex)) return refuse(Status.EQUEUEQUOT, `virtqueue ${cmd.vqIndex} is already connected`);
-    const max = inst.device.maxQueueSize(cmd.vqIndex);
+    const max = inst.maxQueueSize(cmd.vqIndex);
     if (cmd.queueSize > max) return refuse(Status.EQSIZEQUOT, `queue size ${cmd.queueSize} > ${max}`);
     this.queueSize = cmd.queueSize || max;
     this.role = { kind: 'virtqueue', instance: inst, vqIndex: cmd.vqIndex };
@@ -266,7 +290,7 @@ export class QueueSession {
       this.reply(encodeVqCompletion(Status.ESTATUS, id, 0));
       return;
     }
-    const max = inst.device.maxRequestBytes;
+    const max = inst.maxRequestBytes(vqIndex);
     if (cmd.outLength > max || cmd.inLength > max) {
       this.log.info(`${this.connection.peer}: VQ command of ${cmd.outLength}+${cmd.inLength} bytes over the ${max}-byte limit`);
       this.reply(encodeVqCompletion(cmd.outLength > max ? Status.EOUTVQBUF : Status.EINVQBUF, id, 0));
@@ -283,7 +307,7 @@ export class QueueSession {
     }
     let written: readonly Buffer[];
     try {
-      written = await inst.device.handleRequest(vqIndex, readable, cmd.inLength);
+      written = await inst.handleRequest(vqIndex, readable, cmd.inLength);
     } catch (err) {
       // Errors the device can express (IOERR, UNSUPP) come back as its own status; a throw is
       // a device fault that only a reset can clear.
@@ -297,6 +321,8 @@ export class QueueSession {
     if (this.closed) return;
     try {
       await this.connection.completeVq(data, encodeVqCompletion(Status.SUCCESS, id, length), written);
+      this.stats.bytesOut += readable.length;
+      this.stats.bytesIn += length;
     } catch (err) {
       if (!(err instanceof VqTransferError)) throw err;
       this.log.info(`${this.connection.peer}: VQ command ${id}: ${err.message}: EINVQBUF`);

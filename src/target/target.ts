@@ -13,6 +13,8 @@ import type { DeviceExport } from './device.js';
 import { DeviceInstance, type KeepalivePolicy } from './device-instance.js';
 import { InstanceQuota, UnboundConnections, resolveQuotas, type QuotaLimits } from './quotas.js';
 import { QueueSession, type TargetContext } from './queue-session.js';
+import { DeviceErrorLog } from '../admin/error-log.js';
+import { InstanceAdmin } from '../admin/instance-admin.js';
 
 export interface TargetOptions {
   readonly log?: Logger;
@@ -40,6 +42,8 @@ interface ExportEntry {
   /** Who may connect: open, or an allow-list of IVQNs (optionally bound to TLS identities). */
   readonly access: AccessPolicy;
   readonly maxInstances: number | undefined;
+  /** The export's error log (admin common class), shared by its instances. */
+  readonly errorLog: DeviceErrorLog;
 }
 
 export const DEFAULT_KEEPALIVE: KeepalivePolicy = { intervalMs: 5000, timeoutMs: 15000 };
@@ -92,7 +96,12 @@ export class VofTarget {
     if (options.maxInstances !== undefined && (!Number.isInteger(options.maxInstances) || options.maxInstances < 1)) {
       throw new Error(`maxInstances of ${quotePeerString(tvqn)} must be a positive integer`);
     }
-    this.exports.set(tvqn, { device, access: new AccessPolicy(allow), maxInstances: options.maxInstances });
+    this.exports.set(tvqn, {
+      device,
+      access: new AccessPolicy(allow),
+      maxInstances: options.maxInstances,
+      errorLog: new DeviceErrorLog(),
+    });
   }
 
   get devices(): ReadonlyMap<string, ExportEntry> {
@@ -158,6 +167,7 @@ export class VofTarget {
       this.quota.remove(gone.tvqn, gone.ivqn);
       this.log.info(`instance ${gone.id} destroyed`);
     });
+    if (device.admin) inst.admin = new InstanceAdmin(inst, entry.errorLog, this.log);
     this.instances.set(id, inst);
     return inst;
   }

@@ -1,5 +1,7 @@
 import { VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
 import { RemoteDevice, type ConnectOptions } from '../../initiator/remote-device.js';
+import type { AdminClient } from '../../initiator/admin-client.js';
+import { VIRTIO_F_ADMIN_VQ } from '../../protocol/admin-records.js';
 import {
   BlkConfig,
   BlkFeature,
@@ -15,6 +17,7 @@ import {
 /** virtio-blk features this client understands and asks for. */
 const SUPPORTED =
   (1n << VIRTIO_F_VERSION_1) |
+  (1n << VIRTIO_F_ADMIN_VQ) |
   (1n << BlkFeature.SIZE_MAX) |
   (1n << BlkFeature.SEG_MAX) |
   (1n << BlkFeature.RO) |
@@ -54,8 +57,9 @@ export interface BlockDeviceOptions extends ConnectOptions {
  */
 export class BlockDevice {
   /** Capacity in bytes. */
-  readonly capacity: number;
-  readonly blockSize: number;
+  capacity: number;
+  /** Logical block size (blk_size): offsets and lengths are multiples of it. Follows config changes. */
+  blockSize: number;
   readonly readOnly: boolean;
   private readonly maxTransfer: number;
   private nextQueue = 0;
@@ -71,7 +75,23 @@ export class BlockDevice {
     this.blockSize = blockSize;
     this.readOnly = device.hasFeature(BlkFeature.RO);
     const limit = device.hasFeature(BlkFeature.SIZE_MAX) && sizeMax > 0 ? sizeMax : maxTransfer;
-    this.maxTransfer = Math.max(SECTOR_SIZE, Math.min(maxTransfer, limit) - (Math.min(maxTransfer, limit) % SECTOR_SIZE));
+    this.maxTransfer = Math.max(4096, Math.min(maxTransfer, limit) - (Math.min(maxTransfer, limit) % 4096));
+    // A format (admin FORMAT) or resize changes blk_size and capacity: follow it.
+    device.on('configChange', () => {
+      this.refreshConfig().catch(() => {});
+    });
+  }
+
+  /** Re-read capacity and blk_size from the config space (done on every Config Change). */
+  async refreshConfig(): Promise<void> {
+    const cfg = await this.device.readConfig(0, BlkConfig.SIZE);
+    this.capacity = Number(cfg.readBigUInt64LE(BlkConfig.capacity)) * SECTOR_SIZE;
+    if (this.device.hasFeature(BlkFeature.BLK_SIZE)) this.blockSize = cfg.readUInt32LE(BlkConfig.blk_size) || SECTOR_SIZE;
+  }
+
+  /** Admin commands (format, error log, health test, queues, …): see AdminClient. */
+  get admin(): AdminClient {
+    return this.device.admin;
   }
 
   static async open(url: string, options: BlockDeviceOptions = {}): Promise<BlockDevice> {
@@ -109,8 +129,8 @@ export class BlockDevice {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new RangeError(`${what}: offset and length must be non-negative integers`);
     }
-    if (offset % SECTOR_SIZE !== 0 || length % SECTOR_SIZE !== 0) {
-      throw new RangeError(`${what}: offset ${offset} and length ${length} must be multiples of ${SECTOR_SIZE}`);
+    if (offset % this.blockSize !== 0 || length % this.blockSize !== 0) {
+      throw new RangeError(`${what}: offset ${offset} and length ${length} must be multiples of the block size ${this.blockSize}`);
     }
     if (offset + length > this.capacity) {
       throw new RangeError(`${what}: [${offset}, ${offset + length}) is beyond the capacity ${this.capacity}`);

@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
-import type { DeviceExport, VirtioDeviceInstance } from '../../target/device.js';
+import type { DeviceEventSink, DeviceExport, VirtioDeviceInstance } from '../../target/device.js';
+import { BlkAdmin, alignedToBlock } from './blk-admin.js';
 import {
   BlkConfig,
   BlkFeature,
@@ -60,11 +61,13 @@ function sizeOf(path: string, st: Stats): number {
  */
 export class FileBlockExport implements DeviceExport {
   readonly description: string;
-  readonly capacityBytes: number;
   readonly readOnly: boolean;
   readonly numQueues: number;
   readonly queueSize: number;
-  readonly blockSize: number;
+  /** Logical block size (blk_size): requests must be aligned to it. Changed by the admin FORMAT. */
+  blockSize: number;
+  /** Instances alive now (FORMAT is refused while others use the export). */
+  instanceCount = 0;
   /** What GET_ID returns: at most 20 bytes, NUL-padded by the request when shorter. */
   readonly serial: Buffer;
   /** Shared config state: writeback is device-wide, as a real disk's cache mode would be. */
@@ -75,7 +78,7 @@ export class FileBlockExport implements DeviceExport {
   private constructor(
     readonly path: string,
     private readonly file: fsp.FileHandle,
-    size: number,
+    private readonly sizeBytes: number,
     options: FileBlockOptions,
     defaultSerial: string,
   ) {
@@ -83,9 +86,9 @@ export class FileBlockExport implements DeviceExport {
     this.numQueues = Math.max(1, options.numQueues ?? 2);
     this.queueSize = Math.min(1024, Math.max(1, options.queueSize ?? 128));
     this.blockSize = options.blockSize ?? SECTOR_SIZE;
-    this.capacityBytes = size - (size % SECTOR_SIZE);
     this.serial = Buffer.from(options.serial ?? defaultSerial, 'utf8');
     this.description = `virtio-blk ${path} (${this.capacityBytes} bytes${this.readOnly ? ', read-only' : ''})`;
+    if (this.blockSize !== SECTOR_SIZE && this.blockSize !== 4096) throw new Error(`block size ${this.blockSize}: 512 or 4096`);
     this.events.setMaxListeners(0);
   }
 
@@ -120,6 +123,17 @@ export class FileBlockExport implements DeviceExport {
     if (this.numQueues > 1) f |= bit(BlkFeature.MQ);
     if (this.readOnly) f |= bit(BlkFeature.RO);
     return f;
+  }
+
+  /** Whole 512-byte sectors of the backing store, whatever the logical block size. */
+  get capacityBytes(): number {
+    return this.sizeBytes - (this.sizeBytes % SECTOR_SIZE);
+  }
+
+  /** Admin FORMAT: a new logical block size (the bytes stay); drivers hear a config change. */
+  format(blockSize: number): void {
+    this.blockSize = blockSize;
+    this.configChanged();
   }
 
   get configGeneration(): number {
@@ -158,7 +172,8 @@ export class FileBlockExport implements DeviceExport {
   }
 
   createInstance(): VirtioDeviceInstance {
-    return new FileBlockInstance(this);
+    this.instanceCount++;
+    return new FileBlockInstance(this, () => this.instanceCount--);
   }
 
   /** Bounds check in bytes; false when [offset, offset+length) is outside the disk. */
@@ -206,8 +221,17 @@ class FileBlockInstance implements VirtioDeviceInstance {
   readonly configSize = BlkConfig.SIZE;
   readonly maxRequestBytes = MAX_TRANSFER_BYTES + REQUEST_HEADER_SIZE + SEGMENT_SIZE;
   private negotiated = 0n;
+  private events: DeviceEventSink | null = null;
+  private released = false;
+  readonly admin: BlkAdmin;
 
-  constructor(private readonly disk: FileBlockExport) {}
+  constructor(
+    private readonly disk: FileBlockExport,
+    private readonly onDestroy: () => void,
+  ) {
+    // The admin side hands over the error-log sink: failed requests are reported there.
+    this.admin = new BlkAdmin(disk, (events) => (this.events = events));
+  }
 
   get features(): bigint {
     return this.disk.features;
@@ -247,7 +271,11 @@ class FileBlockInstance implements VirtioDeviceInstance {
   reset(): void {
     this.negotiated = 0n;
   }
-  destroy(): void {}
+  destroy(): void {
+    if (this.released) return;
+    this.released = true;
+    this.onDestroy();
+  }
 
   /** Writes reach stable storage before completion unless the driver runs a writeback cache. */
   private get writeThrough(): boolean {
@@ -256,7 +284,19 @@ class FileBlockInstance implements VirtioDeviceInstance {
     return false;
   }
 
-  async handleRequest(_vq: number, readable: Buffer, inLength: number): Promise<readonly Buffer[]> {
+  async handleRequest(vq: number, readable: Buffer, inLength: number): Promise<readonly Buffer[]> {
+    const written = await this.runRequest(readable, inLength);
+    const last = written[written.length - 1];
+    const status = last?.[last.length - 1];
+    if (status !== undefined && status !== BlkStatus.OK && this.events) {
+      const type = readable.length >= REQUEST_HEADER_SIZE ? readable.readUInt32LE(0) : -1;
+      const sector = readable.length >= REQUEST_HEADER_SIZE ? readable.readBigUInt64LE(8) : 0n;
+      this.events.ioError(vq, status, `${requestTypeName(type)} sector ${sector}: ${status === BlkStatus.UNSUPP ? 'UNSUPP' : 'IOERR'}`);
+    }
+    return written;
+  }
+
+  private async runRequest(readable: Buffer, inLength: number): Promise<readonly Buffer[]> {
     // The status byte is the last device-writable byte; without one there is nothing to say.
     if (inLength < 1) return [];
     const status = (s: number, data?: Buffer): Buffer[] => {
@@ -272,7 +312,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
     try {
       switch (type) {
         case BlkRequestType.IN: {
-          if (dataIn % SECTOR_SIZE !== 0 || !this.disk.inRange(sector, dataIn)) return status(BlkStatus.IOERR);
+          if (!alignedToBlock(sector, dataIn, this.disk.blockSize) || !this.disk.inRange(sector, dataIn)) return status(BlkStatus.IOERR);
           const buf = Buffer.allocUnsafe(dataIn);
           await this.disk.read(buf, Number(sector) * SECTOR_SIZE);
           return status(BlkStatus.OK, buf);
@@ -280,7 +320,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
         case BlkRequestType.OUT: {
           const data = readable.subarray(REQUEST_HEADER_SIZE);
           if (this.disk.readOnly) return status(BlkStatus.IOERR);
-          if (data.length % SECTOR_SIZE !== 0 || !this.disk.inRange(sector, data.length)) return status(BlkStatus.IOERR);
+          if (!alignedToBlock(sector, data.length, this.disk.blockSize) || !this.disk.inRange(sector, data.length)) return status(BlkStatus.IOERR);
           await this.disk.write(data, Number(sector) * SECTOR_SIZE);
           if (this.writeThrough) await this.disk.sync();
           return status(BlkStatus.OK);
@@ -317,7 +357,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
     const allowedFlags = type === BlkRequestType.WRITE_ZEROES ? WRITE_ZEROES_FLAG_UNMAP : 0;
     if (flags & ~allowedFlags) return BlkStatus.UNSUPP;
     const length = sectors * SECTOR_SIZE;
-    if (!this.disk.inRange(sector, length)) return BlkStatus.IOERR;
+    if (!alignedToBlock(sector, length, this.disk.blockSize) || !this.disk.inRange(sector, length)) return BlkStatus.IOERR;
     if (type === BlkRequestType.DISCARD) {
       if (sectors > MAX_TRANSFER_BYTES / SECTOR_SIZE) return BlkStatus.IOERR;
       // Node cannot punch holes; discarding is only a hint, so doing nothing is a valid answer.
@@ -327,4 +367,9 @@ class FileBlockInstance implements VirtioDeviceInstance {
     if (this.writeThrough) await this.disk.sync();
     return BlkStatus.OK;
   }
+}
+
+const requestTypeNames = new Map<number, string>(Object.entries(BlkRequestType).map(([k, v]) => [v, k]));
+function requestTypeName(type: number): string {
+  return requestTypeNames.get(type) ?? `type ${type}`;
 }

@@ -1,0 +1,174 @@
+import { AdminGenericStatus } from '../protocol/admin-command.js';
+import {
+  AdminClass,
+  AdminCommonCommand,
+  AdminVirtioOfCommand,
+  AdminVofCommand,
+  ERROR_LOG_REQUEST_SIZE,
+  ErrorLogEntryType,
+  HEALTH_TEST_REQUEST_SIZE,
+  NO_VQ,
+  QueueRole,
+  QueueTransport,
+  adminClassName,
+  adminCommandName,
+  encodeCommandList,
+  encodeErrorLogPage,
+  encodeHealthTestResult,
+  encodeQueueList,
+  formatAdminStatus,
+  type QueueInfo,
+} from '../protocol/admin-records.js';
+import { formatStatus } from '../protocol/constants.js';
+import type { DeviceInstance } from '../target/device-instance.js';
+import type { QueueSession } from '../target/queue-session.js';
+import type { Logger } from '../util/log.js';
+import { AdminCommandSet, expectData, generic } from './admin-command-set.js';
+import type { DeviceErrorLog } from './error-log.js';
+import { seedAdminHeader, type AdminHeaderFormat } from './header-format.js';
+
+/** Queue size of the admin virtqueue (Get VQ Size answers it). */
+export const ADMIN_QUEUE_SIZE = 16;
+/** Largest device-readable or device-writable part of one admin command. */
+export const ADMIN_MAX_REQUEST_BYTES = 64 * 1024;
+
+/**
+ * The admin side of one device instance: the command set (common, transport and vendor classes
+ * from here, the device class from the device), the admin virtqueue's request handling, and
+ * what the instance reports to its export's error log. Transport-independent.
+ */
+export class InstanceAdmin {
+  readonly commands = new AdminCommandSet();
+  private healthTestRunning = false;
+
+  constructor(
+    private readonly inst: DeviceInstance,
+    readonly errorLog: DeviceErrorLog,
+    private readonly log: Logger,
+    private readonly header: AdminHeaderFormat = seedAdminHeader,
+  ) {
+    this.registerCommonClass();
+    this.registerTransportClass();
+    this.registerVendorClass();
+    inst.device.admin?.register(this.commands, {
+      ioError: (vqIndex, status, detail) => {
+        const q = inst.virtqueues.get(vqIndex);
+        if (q) q.stats.errors++;
+        this.entry(ErrorLogEntryType.IO_ERROR, detail, vqIndex, status);
+      },
+    });
+  }
+
+  /** Run one request from the admin virtqueue; returns the device-written bytes. */
+  async handleRequest(vqIndex: number, readable: Buffer, inLength: number): Promise<Buffer[]> {
+    const capacity = this.header.resultCapacity(inLength);
+    // Not even room for the status: nothing can be said (the completion reports 0 bytes written).
+    if (capacity < 0) return [];
+    const req = this.header.decodeRequest(readable);
+    const response = req
+      ? await this.commands.run(req, capacity, (err) => {
+          this.log.error(`instance ${this.inst.id}: admin ${adminClassName(req.cls)} ${adminCommandName(req.cls, req.command)} failed: ${err.stack ?? err.message}`);
+        })
+      : { result: Buffer.alloc(0), statusType: 0, status: AdminGenericStatus.DATA_TRANSFER_ERR };
+    if (response.status !== AdminGenericStatus.OK || response.statusType !== 0) {
+      const what = req ? `admin ${req.cls}/${req.command}` : 'admin (short)';
+      const detail = `${what}: ${formatAdminStatus(req?.cls ?? 0, response.statusType, response.status)}`;
+      this.entry(ErrorLogEntryType.REFUSED_COMMAND, detail, vqIndex, response.status);
+      const q = this.inst.virtqueues.get(vqIndex);
+      if (q) q.stats.errors++;
+    }
+    return this.header.encodeResponse(response, inLength);
+  }
+
+  private entry(type: number, detail: string, vqIndex = NO_VQ, status = 0): void {
+    this.errorLog.record({ type, detail, vqIndex, instanceId: this.inst.id, status });
+  }
+
+  recordReset(): void {
+    this.entry(ErrorLogEntryType.RESET, `device reset by "${this.inst.ivqn}"`);
+  }
+  recordNeedsReset(why: string): void {
+    this.entry(ErrorLogEntryType.DEVICE_NEEDS_RESET, why);
+  }
+  recordConfigChange(generation: number): void {
+    this.errorLog.recordConfigChange(generation, {
+      type: ErrorLogEntryType.CONFIG_CHANGE,
+      detail: `config generation ${generation}`,
+      vqIndex: NO_VQ,
+      instanceId: this.inst.id,
+      status: 0,
+    });
+  }
+  /** A Virtio-oF command got a non-SUCCESS status. */
+  recordRefused(vqIndex: number, status: number, commandId: number): void {
+    this.entry(ErrorLogEntryType.REFUSED_COMMAND, `${formatStatus(status)}, command id ${commandId}`, vqIndex, status);
+  }
+
+  private registerCommonClass(): void {
+    const c = this.commands;
+    c.add(AdminClass.COMMON, AdminCommonCommand.LIST_COMMANDS, (data) => {
+      expectData(data, 0, 'LIST_COMMANDS');
+      return { result: encodeCommandList(this.commands.list()) };
+    });
+    c.add(AdminClass.COMMON, AdminCommonCommand.READ_ERROR_LOG, (data) => {
+      expectData(data, ERROR_LOG_REQUEST_SIZE, 'READ_ERROR_LOG');
+      return { result: encodeErrorLogPage(this.errorLog.page(data.readUInt16LE(0), data.readUInt16LE(2))) };
+    });
+    const device = this.inst.device.admin;
+    if (device?.healthTest) {
+      const healthTest = device.healthTest.bind(device);
+      c.add(AdminClass.COMMON, AdminCommonCommand.HEALTH_TEST, async (data) => {
+        expectData(data, HEALTH_TEST_REQUEST_SIZE, 'HEALTH_TEST');
+        // One at a time per instance: a second one is a valid command that cannot run now.
+        if (this.healthTestRunning) return generic(AdminGenericStatus.ERR);
+        this.healthTestRunning = true;
+        try {
+          const r = await healthTest(data.readUInt32LE(0));
+          if (!r.passed) {
+            this.entry(ErrorLogEntryType.HEALTH_TEST_FAILED, `health test: ${r.errors} of ${r.samples} samples failed`);
+          }
+          return { result: encodeHealthTestResult(r) };
+        } finally {
+          this.healthTestRunning = false;
+        }
+      });
+    }
+  }
+
+  private registerTransportClass(): void {
+    this.commands.add(AdminClass.VIRTIO_OF, AdminVirtioOfCommand.LIST_QUEUES, (data) => {
+      expectData(data, 0, 'LIST_QUEUES');
+      const adminIndex = this.inst.adminQueueIndex;
+      const describe = (q: QueueSession, vqIndex: number, role: number): QueueInfo => ({
+        vqIndex,
+        role,
+        transport: q.connection.kind === 'keyed' ? QueueTransport.RDMA : QueueTransport.TCP,
+        queueSize: q.size,
+        inFlight: q.inFlightCount,
+        commands: q.stats.commands,
+        bytesOut: q.stats.bytesOut,
+        bytesIn: q.stats.bytesIn,
+        errors: q.stats.errors,
+        peer: q.connection.peer,
+      });
+      const list = [describe(this.inst.control, NO_VQ, QueueRole.CONTROL)];
+      for (const [vq, q] of [...this.inst.virtqueues].sort((a, b) => a[0] - b[0])) {
+        list.push(describe(q, vq, vq === adminIndex ? QueueRole.ADMIN : QueueRole.VIRTQUEUE));
+      }
+      return { result: encodeQueueList(list) };
+    });
+  }
+
+  private registerVendorClass(): void {
+    this.commands.add(AdminClass.VOF, AdminVofCommand.RESET_COUNTERS, (data) => {
+      expectData(data, 0, 'RESET_COUNTERS');
+      for (const q of [this.inst.control, ...this.inst.virtqueues.values()]) q.stats.reset();
+      return {};
+    });
+    this.commands.add(AdminClass.VOF, AdminVofCommand.CLEAR_ERROR_LOG, (data) => {
+      expectData(data, 0, 'CLEAR_ERROR_LOG');
+      this.errorLog.clear();
+      return {};
+    });
+  }
+}

@@ -1,0 +1,161 @@
+import { parseArgs } from 'node:util';
+import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
+import { RemoteDevice } from '../initiator/remote-device.js';
+import {
+  QueueRole,
+  QueueTransport,
+  adminClassName,
+  adminCommandName,
+  errorLogEntryTypeName,
+  formatAdminStatus,
+} from '../protocol/admin-records.js';
+import { createLogger } from '../util/log.js';
+import { CliError, parseIntOption } from './cli-error.js';
+import { formatTable } from './table.js';
+
+const USAGE = `usage: vof admin URL/TVQN COMMAND [ARGS] [--ivqn IVQN] [--json] [--tls-* ...]
+commands:
+  commands                      the classes and commands the device serves
+  log [--skip N] [--max N]      the device error log, newest first
+  health [--samples N]          run the health test (virtio-blk: read-verify of N blocks)
+  queues                        this instance's queues with their counters
+  formats                       virtio-blk: the supported formats
+  format SIZE [--pi BYTES]      virtio-blk: format to logical block size SIZE (512, 4096)
+  reset-counters                zero the queue counters
+  clear-log                     empty the error log
+  raw CLASS COMMAND [HEX]       send any command, print the status and result bytes`;
+
+const roleNames = { [QueueRole.CONTROL]: 'control', [QueueRole.VIRTQUEUE]: 'virtqueue', [QueueRole.ADMIN]: 'admin' } as Record<number, string>;
+const transportNames = { [QueueTransport.TCP]: 'tcp', [QueueTransport.RDMA]: 'rdma' } as Record<number, string>;
+
+function replacer(_k: string, v: unknown): unknown {
+  return typeof v === 'bigint' ? v.toString() : v;
+}
+
+/** vof admin URL COMMAND …: one admin command over the device's admin virtqueue. */
+export async function runAdmin(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    options: {
+      ivqn: { type: 'string' },
+      json: { type: 'boolean' },
+      skip: { type: 'string' },
+      max: { type: 'string' },
+      samples: { type: 'string' },
+      pi: { type: 'string' },
+      ...TLS_CLIENT_OPTIONS,
+    },
+    allowPositionals: true,
+  });
+  const [url, command, ...args] = positionals;
+  if (!url || !command) throw new CliError(USAGE);
+  const tls = clientTlsSettings(values);
+  const dev = await RemoteDevice.connect(url, {
+    ...(values.ivqn && { ivqn: values.ivqn }),
+    ...(tls && { tls }),
+    queueCount: () => 0,
+    keepaliveIntervalMs: 0,
+    log: createLogger('warn'),
+  });
+  const print = (json: unknown, text: string) => process.stdout.write(values.json ? `${JSON.stringify(json, replacer, 2)}\n` : text);
+  try {
+    const admin = dev.admin;
+    switch (command) {
+      case 'commands': {
+        const list = await admin.listCommands();
+        const named = list.map((c) => ({ class: c.cls, className: adminClassName(c.cls), command: c.command, name: adminCommandName(c.cls, c.command) }));
+        print(named, formatTable(['CLASS', '', 'CMD', 'NAME'], named.map((c) => [c.class, c.className, c.command, c.name])));
+        break;
+      }
+      case 'log': {
+        const page = await admin.errorLog({
+          skip: parseIntOption(values.skip, 'skip', 0, 0xffff) ?? 0,
+          max: parseIntOption(values.max, 'max', 0, 0xffff) ?? 0,
+        });
+        const rows = page.entries.map((e) => [
+          new Date(e.timestampMs).toISOString(),
+          errorLogEntryTypeName(e.type),
+          e.vqIndex === 0xffff ? '-' : String(e.vqIndex),
+          e.instanceId,
+          e.status,
+          e.detail,
+        ]);
+        const head = `${page.total} entries held, ${page.lost} lost (log full)\n`;
+        print(
+          { ...page, entries: page.entries.map((e) => ({ ...e, typeName: errorLogEntryTypeName(e.type), time: new Date(e.timestampMs).toISOString() })) },
+          head + (rows.length ? formatTable(['TIME', 'TYPE', 'VQ', 'INSTANCE', 'STATUS', 'DETAIL'], rows) : ''),
+        );
+        break;
+      }
+      case 'health': {
+        const r = await admin.healthTest(parseIntOption(values.samples, 'samples', 0, 0xffffffff) ?? 0);
+        print(
+          r,
+          `${r.passed ? 'PASSED' : 'FAILED'}: ${r.samples} samples, ${r.errors} errors, ${r.bytesChecked} bytes checked in ${r.durationMs} ms` +
+            `${r.firstError !== null ? `; first error at ${r.firstError}` : ''}\n`,
+        );
+        if (!r.passed) return 1;
+        break;
+      }
+      case 'queues': {
+        const qs = await admin.queues();
+        const rows = qs.map((q) => [
+          q.vqIndex === 0xffff ? 'ctrl' : String(q.vqIndex),
+          roleNames[q.role] ?? String(q.role),
+          transportNames[q.transport] ?? String(q.transport),
+          q.queueSize,
+          q.inFlight,
+          q.commands,
+          q.bytesOut,
+          q.bytesIn,
+          q.errors,
+          q.peer,
+        ]);
+        print(qs, formatTable(['QUEUE', 'ROLE', 'TRANSPORT', 'SIZE', 'IN-FLIGHT', 'COMMANDS', 'BYTES-OUT', 'BYTES-IN', 'ERRORS', 'PEER'], rows));
+        break;
+      }
+      case 'formats': {
+        const { formats, current } = await admin.formats();
+        const rows = formats.map((f, i) => [i === current ? '*' : '', f.blockSize, f.metadataBytes, f.supported ? 'yes' : 'no']);
+        print({ current, formats }, formatTable(['', 'BLOCK-SIZE', 'PI-BYTES', 'SUPPORTED'], rows));
+        break;
+      }
+      case 'format': {
+        const size = parseIntOption(args[0], 'format SIZE', 1, 0xffffffff);
+        if (size === undefined) throw new CliError('usage: vof admin URL format SIZE [--pi BYTES]');
+        const pi = parseIntOption(values.pi, 'pi', 0, 255) ?? 0;
+        await admin.format(size, pi);
+        print({ blockSize: size, metadataBytes: pi }, `formatted to ${size}-byte blocks${pi ? ` + ${pi}` : ''}\n`);
+        break;
+      }
+      case 'reset-counters':
+        await admin.resetCounters();
+        print({ ok: true }, 'counters reset\n');
+        break;
+      case 'clear-log':
+        await admin.clearErrorLog();
+        print({ ok: true }, 'error log cleared\n');
+        break;
+      case 'raw': {
+        const cls = parseIntOption(args[0], 'raw CLASS', 0, 255);
+        const cmd = parseIntOption(args[1], 'raw COMMAND', 0, 255);
+        if (cls === undefined || cmd === undefined) throw new CliError('usage: vof admin URL raw CLASS COMMAND [HEX]');
+        const hex = args[2] ?? '';
+        if (!/^([0-9a-fA-F]{2})*$/.test(hex)) throw new CliError(`raw: "${hex}" is not hex bytes`);
+        const r = await admin.raw(cls, cmd, Buffer.from(hex, 'hex'));
+        const status = formatAdminStatus(cls, r.statusType, r.status);
+        // The seed's result has no length of its own: it is zero-padded to the buffer, so trim.
+        let end = r.result.length;
+        while (end > 0 && r.result[end - 1] === 0) end--;
+        const result = r.result.subarray(0, end).toString('hex');
+        print({ statusType: r.statusType, status: r.status, statusName: status, result }, `${status}\n${result ? `${result}\n` : ''}`);
+        break;
+      }
+      default:
+        throw new CliError(`unknown admin command "${command}"\n${USAGE}`);
+    }
+  } finally {
+    await dev.close();
+  }
+  return 0;
+}

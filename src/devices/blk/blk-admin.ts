@@ -1,0 +1,108 @@
+import { randomInt } from 'node:crypto';
+import { AdminStatusType } from '../../protocol/admin-command.js';
+import {
+  AdminBlkCommand,
+  AdminBlkStatus,
+  AdminClass,
+  decodeFormatRequest,
+  encodeFormatList,
+  type BlkFormat,
+  type HealthTestResult,
+} from '../../protocol/admin-records.js';
+import { AdminDataError, expectData, type AdminCommandSet, type AdminReply } from '../../admin/admin-command-set.js';
+import type { DeviceAdminSupport, DeviceEventSink } from '../../target/device.js';
+import { SECTOR_SIZE } from './blk-constants.js';
+
+/** The formats LIST_FORMATS reports; the ones with protection information are not served. */
+export const BLK_FORMATS: readonly BlkFormat[] = [
+  { blockSize: 512, metadataBytes: 0, supported: true },
+  { blockSize: 512, metadataBytes: 8, supported: false },
+  { blockSize: 4096, metadataBytes: 0, supported: true },
+  { blockSize: 4096, metadataBytes: 8, supported: false },
+];
+
+export const DEFAULT_HEALTH_SAMPLES = 64;
+const MAX_HEALTH_SAMPLES = 65536;
+
+/** What the virtio-blk admin class needs from the disk behind it. */
+export interface FormattableDisk {
+  readonly blockSize: number;
+  readonly readOnly: boolean;
+  readonly capacityBytes: number;
+  /** Instances of this export alive now (this one included). */
+  readonly instanceCount: number;
+  /** Change the logical block size; raises a config change. */
+  format(blockSize: number): void;
+  read(into: Buffer, offset: number): Promise<void>;
+}
+
+const classSpecific = (status: number): AdminReply => ({ statusType: AdminStatusType.CLASS_SPECIFIC, status });
+
+/**
+ * virtio-blk's part of the Admin Virtqueue: the device class (LIST_FORMATS, FORMAT) and the
+ * common class's HEALTH_TEST as a read-verify of sampled blocks.
+ */
+export class BlkAdmin implements DeviceAdminSupport {
+  constructor(
+    private readonly disk: FormattableDisk,
+    private readonly onEvents: (events: DeviceEventSink) => void = () => {},
+  ) {}
+
+  register(commands: AdminCommandSet, events: DeviceEventSink): void {
+    this.onEvents(events);
+    commands.add(AdminClass.BLK, AdminBlkCommand.LIST_FORMATS, (data) => {
+      expectData(data, 0, 'LIST_FORMATS');
+      const current = BLK_FORMATS.findIndex((f) => f.blockSize === this.disk.blockSize && f.metadataBytes === 0);
+      return { result: encodeFormatList(BLK_FORMATS, Math.max(0, current)) };
+    });
+    commands.add(AdminClass.BLK, AdminBlkCommand.FORMAT, (data) => {
+      const req = decodeFormatRequest(data);
+      if (!req) throw new AdminDataError(`FORMAT takes 8 bytes of data, got ${data.length}`);
+      const format = BLK_FORMATS.find((f) => f.blockSize === req.blockSize && f.metadataBytes === req.metadataBytes);
+      if (!format?.supported) return classSpecific(AdminBlkStatus.FORMAT_UNSUPPORTED);
+      if (this.disk.readOnly) return classSpecific(AdminBlkStatus.READ_ONLY);
+      if (this.disk.instanceCount > 1) return classSpecific(AdminBlkStatus.EXPORT_IN_USE);
+      if (req.blockSize !== this.disk.blockSize) this.disk.format(req.blockSize);
+      return {};
+    });
+  }
+
+  /**
+   * Read `samples` logical blocks (the first, the last, the rest at random) and count those that
+   * cannot be read in full: a truncated or failing backing store shows up here.
+   */
+  async healthTest(samples: number): Promise<HealthTestResult> {
+    const n = Math.min(MAX_HEALTH_SAMPLES, samples || DEFAULT_HEALTH_SAMPLES);
+    const block = this.disk.blockSize;
+    const blocks = Math.floor(this.disk.capacityBytes / block);
+    const started = performance.now();
+    let errors = 0;
+    let bytesChecked = 0;
+    let firstError: bigint | null = null;
+    const buf = Buffer.alloc(block);
+    for (let i = 0; i < n && blocks > 0; i++) {
+      const lba = i === 0 ? 0 : i === 1 ? blocks - 1 : randomInt(blocks);
+      const offset = lba * block;
+      try {
+        await this.disk.read(buf, offset);
+        bytesChecked += block;
+      } catch {
+        errors++;
+        if (firstError === null || BigInt(offset) < firstError) firstError = BigInt(offset);
+      }
+    }
+    return {
+      passed: errors === 0 && blocks > 0,
+      samples: blocks > 0 ? n : 0,
+      errors,
+      durationMs: performance.now() - started,
+      bytesChecked,
+      firstError,
+    };
+  }
+}
+
+/** A request must cover whole logical blocks: offsets and lengths in bytes. */
+export function alignedToBlock(sector: bigint, length: number, blockSize: number): boolean {
+  return (sector * BigInt(SECTOR_SIZE)) % BigInt(blockSize) === 0n && length % blockSize === 0;
+}
