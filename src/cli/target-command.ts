@@ -28,7 +28,7 @@ interface RngSpec {
   /** Bytes per second per instance. */
   rate?: number;
   burst?: number;
-  allow?: string[];
+  allow?: AllowSpec[];
 }
 
 /** --rng TVQN[,rate=BYTES_PER_S][,burst=BYTES] */
@@ -96,6 +96,7 @@ function readConfig(file: string): TargetConfigFile {
   }
   checkConfigAllow(cfg.allow, 'top-level');
   for (const b of cfg.blk ?? []) checkConfigAllow(b.allow, `blk "${b.tvqn}"`);
+  for (const r of cfg.rng ?? []) checkConfigAllow(r.allow, `rng "${r.tvqn}"`);
   return cfg;
 }
 
@@ -208,11 +209,12 @@ export async function runTarget(argv: string[]): Promise<number> {
       let rng: EntropyExport;
       try {
         rng = new EntropyExport({ ...(r.rate !== undefined && { rate: r.rate }), ...(r.burst !== undefined && { burst: r.burst }) });
-        target.addDevice(r.tvqn, rng, [...(r.allow ?? []), ...allow]);
+        const entries = [...(r.allow ?? []), ...allow];
+        target.addDevice(r.tvqn, rng, entries.length > 0 ? entries : undefined);
       } catch (err) {
         throw new CliError(`cannot export rng "${r.tvqn}": ${(err as Error).message}`);
       }
-      log.info(`exporting ${rng.description} as "${r.tvqn}"`);
+      log.info(`exporting ${rng.description} as ${quotePeerString(r.tvqn)}, ${target.devices.get(r.tvqn)!.access.describe()}`);
     }
     for (const url of listen) {
       let bound: string;
