@@ -5,7 +5,7 @@ export { TcpTransport } from './transport/tcp/tcp-transport.js';
 export { transportFor } from './transport/registry.js';
 export { parseDeviceUrl, parseListenUrl, UrlError } from './url.js';
 export { VofTarget, type TargetOptions } from './target/target.js';
-export type { DeviceExport, VirtioDeviceInstance } from './target/device.js';
+export type { DeviceExport, InstanceLimits, VirtioDeviceInstance } from './target/device.js';
 export { RemoteDevice, connect, type ConnectOptions } from './initiator/remote-device.js';
 export { QueueClient } from './initiator/queue-client.js';
 export { VofError, VofConnectionError } from './initiator/vof-error.js';

@@ -6,7 +6,7 @@ import { transportFor } from '../transport/registry.js';
 import type { Listener } from '../transport/transport.js';
 import { defaultLogger, type Logger } from '../util/log.js';
 import type { DeviceExport } from './device.js';
-import { DeviceInstance, type KeepalivePolicy } from './device-instance.js';
+import { DeviceInstance, keepalivePolicyProblem, keepalivePolicyWarnings, type KeepalivePolicy } from './device-instance.js';
 import { QueueSession, type TargetContext } from './queue-session.js';
 
 export interface TargetOptions {
@@ -45,6 +45,9 @@ export class VofTarget {
   constructor(options: TargetOptions = {}) {
     this.log = options.log ?? defaultLogger();
     this.keepalive = { ...DEFAULT_KEEPALIVE, ...options.keepalive };
+    const problem = keepalivePolicyProblem(this.keepalive);
+    if (problem) throw new RangeError(problem);
+    for (const w of keepalivePolicyWarnings(this.keepalive)) this.log.warn(w);
     this.maxVqPayload = options.maxVqPayload ?? DEFAULT_MAX_VQ_PAYLOAD;
     this.maxInstances = options.maxInstances ?? 1024;
     this.context = {
@@ -95,7 +98,7 @@ export class VofTarget {
     if (id < 0 || this.instances.size >= this.maxInstances) return Status.ENODEV;
     let device;
     try {
-      device = entry.device.createInstance();
+      device = entry.device.createInstance({ maxDescriptors: control.connection.maxKeyedDescriptors });
     } catch (err) {
       this.log.error(`cannot create an instance of "${body.tvqn}": ${(err as Error).message}`);
       return Status.ENODEV;
