@@ -31,6 +31,7 @@ export class RawRdmaQueue {
         this.received.push(Buffer.from(c));
         this.wake();
       },
+      expectedPayload: () => 0, // keyed: completions never carry payload
       onClose: (reason) => {
         this.closed = true;
         this.closeReason = reason;
