@@ -14,9 +14,9 @@ import {
   encodeSegment,
   statusName,
   type DeviceExport,
-  type VirtioDeviceInstance,
 } from '../src/index.js';
 import { validateKeyedDescriptors } from '../src/protocol/keyed-descriptor.js';
+import { withInstanceOverrides } from './helpers/device-proxy.js';
 import { RawQueue } from './helpers/raw-queue.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 
@@ -376,18 +376,5 @@ describe('finding 9: conformance details', () => {
 
 /** `real`, with every instance's handleRequest replaced by `handle`. */
 function faulty(real: FileBlockExport, handle: (inLength: number) => Promise<readonly Buffer[]>): DeviceExport {
-  return {
-    description: 'faulty',
-    close: () => real.close(),
-    createInstance(limits): VirtioDeviceInstance {
-      const inner = real.createInstance(limits);
-      return new Proxy(inner, {
-        get(t, k) {
-          if (k === 'handleRequest') return (_vq: number, _readable: Buffer, inLength: number) => handle(inLength);
-          const val: unknown = Reflect.get(t, k, t);
-          return typeof val === 'function' ? (val as (...a: unknown[]) => unknown).bind(t) : val;
-        },
-      });
-    },
-  };
+  return withInstanceOverrides(real, 'faulty', () => ({ handleRequest: (_vq, _readable, inLength) => handle(inLength) }));
 }

@@ -12,9 +12,8 @@ import {
   encodeRequestHeader,
   encodeVqCompletion,
   silentLogger,
-  type DeviceExport,
-  type VirtioDeviceInstance,
 } from '../src/index.js';
+import { withInstanceOverrides } from './helpers/device-proxy.js';
 import { QueueClient } from '../src/initiator/queue-client.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 
@@ -120,28 +119,15 @@ describe('initiator against a bad target', () => {
     const fx = new TargetFixture();
     const path = await fx.addDisk('plain', MiB);
     const real = await FileBlockExport.open(path);
-    const huge: DeviceExport = {
-      description: 'huge',
-      close: () => real.close(),
-      createInstance(limits): VirtioDeviceInstance {
-        const inner = real.createInstance(limits);
-        return new Proxy(inner, {
-          get(target, k) {
-            if (k === 'readConfig') {
-              return (offset: number, bytes: number) => {
-                // 2^55 sectors: 2^64 bytes; only the capacity field lies.
-                const c = Buffer.alloc(BlkConfig.SIZE + 8);
-                for (let i = 0; i < BlkConfig.SIZE; i++) c[i] = Number(target.readConfig(i, 1));
-                c.writeBigUInt64LE(1n << 55n, BlkConfig.capacity);
-                return c.readBigUInt64LE(offset) & ((1n << BigInt(8 * bytes)) - 1n);
-              };
-            }
-            const v: unknown = Reflect.get(target, k, target);
-            return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-          },
-        });
+    // 2^55 sectors (2^64 bytes): only the capacity field lies.
+    const huge = withInstanceOverrides(real, 'huge', (inner) => ({
+      readConfig: (offset: number, bytes: number) => {
+        const c = Buffer.alloc(BlkConfig.SIZE + 8);
+        for (let i = 0; i < BlkConfig.SIZE; i++) c[i] = Number(inner.readConfig(i, 1));
+        c.writeBigUInt64LE(1n << 55n, BlkConfig.capacity);
+        return c.readBigUInt64LE(offset) & ((1n << BigInt(8 * bytes)) - 1n);
       },
-    };
+    }));
     fx.target.addDevice('huge', huge);
     await fx.listen();
     try {

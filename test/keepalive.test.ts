@@ -21,12 +21,21 @@ afterEach(() => {
   vi.restoreAllMocks();
 });
 
+/** A target with these keepalive settings exporting a small disk "d", for the length of `body`. */
+async function withTarget(keepalive: { intervalMs: number; timeoutMs: number }, body: (fx: TargetFixture) => Promise<void>): Promise<void> {
+  const fx = new TargetFixture({ keepalive });
+  await fx.addDisk('d', 65536);
+  await fx.listen();
+  try {
+    await body(fx);
+  } finally {
+    await fx.close();
+  }
+}
+
 describe('target keepalive', () => {
   it('a wall-clock step does not destroy live instances', async () => {
-    const fx = new TargetFixture({ keepalive: { intervalMs: 50, timeoutMs: 400 } });
-    await fx.addDisk('d', 65536);
-    await fx.listen();
-    try {
+    await withTarget({ intervalMs: 50, timeoutMs: 400 }, async (fx) => {
       const d = await BlockDevice.open(`${fx.url}/d`, { keepaliveIntervalMs: 50, keepaliveTimeoutMs: 2000 });
       stepWallClock(3600_000);
       // Several timeouts' worth of time, with the initiator keeping alive all along.
@@ -35,39 +44,23 @@ describe('target keepalive', () => {
       expect(fx.target.instanceCount).toBe(1);
       expect(d.device.lost).toBe(null);
       await d.close();
-    } finally {
-      await fx.close();
-    }
+    });
   });
 
-  it('--keepalive-interval 0 sends no keepalives but still reclaims the instance of a vanished initiator', async () => {
-    const fx = new TargetFixture({ keepalive: { intervalMs: 0, timeoutMs: 300 } });
-    await fx.addDisk('d', 65536);
-    await fx.listen();
-    try {
-      const q = await RawQueue.open(fx.port);
-      expect(st(await q.connectControl('d'))).toBe('SUCCESS');
-      await q.whenClosed(5000);
-      expect(fx.logged(/initiator silent for \d+ ms, destroying/)).toBe(true);
-      expect(fx.target.instanceCount).toBe(0);
-    } finally {
-      await fx.close();
-    }
-  });
-
-  it('the timeout runs on its own timer, not on interval ticks (interval 60 s, timeout 300 ms)', async () => {
-    const fx = new TargetFixture({ keepalive: { intervalMs: 60_000, timeoutMs: 300 } });
-    await fx.addDisk('d', 65536);
-    await fx.listen();
-    try {
-      const q = await RawQueue.open(fx.port);
-      expect(st(await q.connectControl('d'))).toBe('SUCCESS');
-      await q.whenClosed(5000);
-      expect(fx.target.instanceCount).toBe(0);
-    } finally {
-      await fx.close();
-    }
-  });
+  for (const [what, keepalive] of [
+    ['--keepalive-interval 0 sends no keepalives but still reclaims the instance of a vanished initiator', { intervalMs: 0, timeoutMs: 300 }],
+    ['the timeout runs on its own timer, not on interval ticks (interval 60 s, timeout 300 ms)', { intervalMs: 60_000, timeoutMs: 300 }],
+  ] as const) {
+    it(what, async () => {
+      await withTarget(keepalive, async (fx) => {
+        const q = await RawQueue.open(fx.port);
+        expect(st(await q.connectControl('d'))).toBe('SUCCESS');
+        await q.whenClosed(5000);
+        expect(fx.logged(/initiator silent for \d+ ms, destroying/)).toBe(true);
+        expect(fx.target.instanceCount).toBe(0);
+      });
+    });
+  }
 
   it('warns about a timeout below the interval and about a timeout of 0; refuses negative values', () => {
     const lines: string[] = [];
@@ -82,35 +75,25 @@ describe('target keepalive', () => {
 
 describe('initiator keepalive', () => {
   it('a wall-clock step does not make the initiator declare the target lost', async () => {
-    const fx = new TargetFixture({ keepalive: { intervalMs: 50, timeoutMs: 5000 } });
-    await fx.addDisk('d', 65536);
-    await fx.listen();
-    try {
+    await withTarget({ intervalMs: 50, timeoutMs: 5000 }, async (fx) => {
       const d = await BlockDevice.open(`${fx.url}/d`, { keepaliveIntervalMs: 50, keepaliveTimeoutMs: 400 });
       stepWallClock(3600_000);
       await new Promise((r) => setTimeout(r, 1200));
       expect(d.device.lost).toBe(null);
       await d.close();
-    } finally {
-      await fx.close();
-    }
+    });
   });
 
   it('an initiator with keepalive off, destroyed by the target for silence, is told why', async () => {
-    const fx = new TargetFixture({ keepalive: { intervalMs: 0, timeoutMs: 300 } });
-    await fx.addDisk('d', 65536);
-    await fx.listen();
     const lines: string[] = [];
-    try {
+    await withTarget({ intervalMs: 0, timeoutMs: 300 }, async (fx) => {
       const d = await BlockDevice.open(`${fx.url}/d`, { keepaliveIntervalMs: 0, log: createLogger('info', (level, msg) => lines.push(`${level}: ${msg}`)) });
       expect(lines.some((l) => /^warn: .*keepalive disabled/.test(l))).toBe(true);
       const lost = await new Promise<Error>((r) => d.device.once('lost', r));
       expect(lost.message).toMatch(/closed by the target.*keepalive timeout/);
       await expect(d.read(0, 512)).rejects.toThrow(/closed by the target/);
       await d.close();
-    } finally {
-      await fx.close();
-    }
+    });
   });
 
   it('the initiator detects a silent target on its own timer and warns about a timeout below its interval', async () => {

@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { BlkConfig, BlkRequestType, FileBlockExport, Opcode, encodeKeyedDescriptor, encodeRequestHeader, statusName, type KeyedDescriptor } from '../../src/index.js';
-import { nativeBinding, type MemoryRegion, type ProtectionDomain } from '../../src/transport/rdma/native-binding.js';
-import { RawRdmaQueue } from '../helpers/raw-rdma-queue.js';
+import { BlkConfig, BlkRequestType, FileBlockExport, Opcode, encodeRequestHeader, statusName, type KeyedDescriptor } from '../../src/index.js';
+import { nativeBinding } from '../../src/transport/rdma/native-binding.js';
+import { RawRdmaQueue, descriptors } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { rdmaAddress } from './rdma-env.js';
 
@@ -11,23 +11,9 @@ import { rdmaAddress } from './rdma-env.js';
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const MiB = 1024 * 1024;
 
-function descriptors(list: KeyedDescriptor[]): Buffer {
-  const b = Buffer.alloc(list.length * 16);
-  list.forEach((d, i) => encodeKeyedDescriptor(d, b, i * 16));
-  return b;
-}
-
-function registerOn(q: RawRdmaQueue, buf: Buffer, access: number): MemoryRegion {
-  const rc = (q.connection as unknown as { rc: { pd: ProtectionDomain } }).rc;
-  return rc.pd.registerMemory(buf, access);
-}
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 60000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+async function until(cond: () => boolean): Promise<void> {
+  for (let i = 0; i < 1200 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
+  if (!cond()) throw new Error('timed out');
 }
 
 let fx: TargetFixture;
@@ -50,8 +36,8 @@ function writeRequest(vq: RawRdmaQueue, sector: bigint, fill: number) {
   const { REMOTE_READ, REMOTE_WRITE } = nativeBinding().access;
   const out = Buffer.concat([encodeRequestHeader(BlkRequestType.OUT, sector), Buffer.alloc(4096, fill)]);
   const status = Buffer.alloc(1, 0xff);
-  const outMr = registerOn(vq, out, REMOTE_READ);
-  const inMr = registerOn(vq, status, REMOTE_WRITE);
+  const outMr = vq.register(out, REMOTE_READ);
+  const inMr = vq.register(status, REMOTE_WRITE);
   return {
     status,
     descs: [
@@ -83,7 +69,7 @@ describe('RDMA: command ids and keyed descriptors', () => {
     const first = writeRequest(vq, 8n, 0x3c);
     const second = writeRequest(vq, 16n, 0xc3);
     vq.command({ opcode: Opcode.Vq, commandId: 1, outLength: 4112, inLength: 1 }, descriptors(first.descs));
-    await waitFor('the first write to reach the device', () => started === 1);
+    await until(() => started === 1);
     vq.command({ opcode: Opcode.Vq, commandId: 1, outLength: 4112, inLength: 1 }, descriptors(second.descs));
     await vq.whenClosed();
     expect(fx.logged(/VQ command id 1 is already in flight/)).toBe(true);
