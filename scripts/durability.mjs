@@ -63,6 +63,11 @@ async function trial(n) {
   const dev = await BlockDevice.open(url, { log: silentLogger, keepaliveIntervalMs: 0 });
   /** Per block: the seqs issued to it, in order. */
   const issued = new Map();
+  /**
+   * Blocks with a write in flight: never two at once on one block, since concurrent writes to
+   * the same block may land in either order and no order could be checked.
+   */
+  const busy = new Set();
   /** seq → acknowledged. */
   const acked = new Set();
   /** Per block: the seq that must be on disk at least (acked before a flush that succeeded). */
@@ -74,7 +79,9 @@ async function trial(n) {
 
   const writer = async () => {
     while (!stopped) {
-      const block = Math.floor(Math.random() * BLOCKS);
+      let block = Math.floor(Math.random() * BLOCKS);
+      while (busy.has(block)) block = (block + 1) % BLOCKS;
+      busy.add(block);
       const s = ++seq;
       if (!issued.has(block)) issued.set(block, []);
       issued.get(block).push(s);
@@ -82,8 +89,9 @@ async function trial(n) {
         await dev.write(block * BLOCK, blockFor(n, s));
         acked.add(s);
       } catch {
-        return;
+        return; // the target is gone: this block's write stays in flight for good
       }
+      busy.delete(block);
     }
   };
   const flusher = async () => {

@@ -127,7 +127,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
       if (this.lostError || this.closing || this.aborted) return;
       const silent = performance.now() - this.lastHeard;
       if (silent >= this.keepaliveTimeoutMs) {
-        this.lose(new VofConnectionError(`target silent for ${Math.round(silent)} ms (keepalive timeout ${this.keepaliveTimeoutMs} ms): device lost`));
+        this.lose(new VofConnectionError(`target silent for ${Math.round(silent)} ms: device lost (keepalive timeout ${this.keepaliveTimeoutMs} ms)`));
         return;
       }
       this.watchForSilence(this.keepaliveTimeoutMs - silent);
