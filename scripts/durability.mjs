@@ -4,8 +4,9 @@
 // whose write was acknowledged before the start of the last successful FLUSH must hold that
 // write or a later one issued to the same block (never older data, never a torn block).
 //
-//   npm run build && node scripts/durability.mjs [--trials N] [--max-ms MS] [--blocks N]
-//                                                [--depth N] [--json] [--keep] [--sabotage]
+//   npm run durability -- [--trials N] [--max-ms MS] [--blocks N] [--depth N]
+//                          [--json] [--keep] [--sabotage]
+//   (npm run durability builds first; node scripts/durability.mjs takes the same options)
 //
 // --sabotage checks the checker: after each kill it zeroes one flushed block in the image, so
 // every trial that flushed anything must report a loss.
