@@ -51,7 +51,6 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
   });
   afterEach(() => {
     vi.restoreAllMocks();
-    rw.writeback = 1;
   });
   afterAll(async () => {
     await rw?.close();
@@ -133,7 +132,7 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
     const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
     const inst = instance(rw, BASE | FLUSH | WCE);
     expect(inst.writeConfig(BlkConfig.writeback, 1, 0n)).toBe(true);
-    expect(rw.writeback).toBe(0);
+    expect(inst.readConfig(BlkConfig.writeback, 1)).toBe(0n);
     expect(statusOf(await inst.handleRequest(0, out(12n, Buffer.alloc(512, 0xc3)), 1))).toBe(0);
     expect(sync).toHaveBeenCalledTimes(1);
     expect(inst.writeConfig(BlkConfig.writeback, 1, 1n)).toBe(true);
@@ -239,7 +238,7 @@ describe('virtio-blk config space, byte for byte', () => {
     /* 36 max_discard_sectors le32 = 8192 */ 0x00, 0x20, 0x00, 0x00,
     /* 40 max_discard_seg le32 = 1       */ 0x01, 0x00, 0x00, 0x00,
     /* 44 discard_sector_alignment = 1   */ 0x01, 0x00, 0x00, 0x00,
-    /* 48 max_write_zeroes_sectors = max */ 0xff, 0xff, 0xff, 0xff,
+    /* 48 max_write_zeroes_sectors = 64 MiB */ 0x00, 0x00, 0x02, 0x00,
     /* 52 max_write_zeroes_seg le32 = 1  */ 0x01, 0x00, 0x00, 0x00,
     /* 56 write_zeroes_may_unmap = 0     */ 0x00,
     /* 57 unused1[3]                     */ 0x00, 0x00, 0x00,

@@ -102,7 +102,7 @@ describe('target hardening', () => {
       failNext = true;
       const err = await d.read(0, 512).catch((e: unknown) => e);
       expect(err).toBeInstanceOf(VofError);
-      expect((err as VofError).statusName).toBe('EINVQBUF');
+      expect((err as VofError).statusName).toBe('ESTATUS');
       await event;
       expect((await d.device.getStatus()) & DeviceStatus.DEVICE_NEEDS_RESET).toBe(DeviceStatus.DEVICE_NEEDS_RESET);
       expect(fx.logged(/DEVICE_NEEDS_RESET: vq \d: backing store vanished/)).toBe(true);

@@ -155,13 +155,15 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
 });
 
 describe('TCP initiator framing', () => {
-  function initiatorOn(limit = 1 << 20) {
+  function initiatorOn(limit = 1 << 20, vqIds = [7, 2]) {
     const sock = new FakeSocket();
     const conn = new TcpInitiatorConnection(asSocket(sock), limit);
     const got: Array<{ id: number; data: string | null }> = [];
     let closeReason: Error | undefined | null = null;
     conn.start({
       onCompletion: (c, d) => got.push({ id: c.readUInt16LE(2), data: d ? d.toString() : null }),
+      // The queue client's answer: VQ completions carry their length in payload bytes.
+      expectedPayload: (c) => (vqIds.includes(c.readUInt16LE(2)) ? c.readUInt32LE(4) : 0),
       onClose: (r) => (closeReason = r),
     });
     return { sock, conn, got, closeReason: () => closeReason };

@@ -44,6 +44,7 @@ export class QueueClient {
     this.queueSize = queueSize;
     connection.start({
       onCompletion: (c, data) => this.onCompletion(c, data),
+      expectedPayload: (c) => this.expectedPayload(c),
       onClose: (reason) => this.onClose(reason),
     });
   }
@@ -121,6 +122,31 @@ export class QueueClient {
     while (this.waiting.length > 0 && this.pending.size < this.queueSize) this.waiting.shift()!.start();
   }
 
+  /**
+   * Why a completion cannot be taken (null when it can): an id no command in flight has, or a
+   * VQ completion claiming more bytes than its command's in_length (DECISIONS.md item 3).
+   */
+  private completionProblem(completion: Buffer): string | null {
+    const id = completion.readUInt16LE(2);
+    if (id >= RESERVED_COMMAND_ID_FIRST) return null;
+    const p = this.pending.get(id);
+    if (!p) return `completion for command id ${id}, which is not in flight`;
+    if (p.inBuffers) {
+      let inLength = 0;
+      for (const b of p.inBuffers) inLength += b.length;
+      const length = completion.readUInt32LE(4);
+      if (length > inLength) return `VQ completion claims ${length} bytes written into ${inLength} device-writable bytes`;
+    }
+    return null;
+  }
+
+  private expectedPayload(completion: Buffer): number | string {
+    const problem = this.completionProblem(completion);
+    if (problem) return problem;
+    const p = this.pending.get(completion.readUInt16LE(2));
+    return p?.inBuffers ? completion.readUInt32LE(4) : 0;
+  }
+
   private onCompletion(completion: Buffer, data: Buffer | null): void {
     this.onActivity();
     const id = completion.readUInt16LE(2);
@@ -128,22 +154,16 @@ export class QueueClient {
       this.onEvent(completion);
       return;
     }
-    const p = this.pending.get(id);
-    if (!p) return; // a completion for nothing we sent: ignore rather than guess
-    this.pending.delete(id);
-    if (p.inBuffers && completion.readUInt16LE(0) === 0) {
-      // DECISIONS.md item 3: length ≤ in_length. A target that claims more cannot be trusted.
-      let inLength = 0;
-      for (const b of p.inBuffers) inLength += b.length;
-      const length = completion.readUInt32LE(4);
-      if (length > inLength) {
-        const err = new VofConnectionError(`${this.connection.peer}: VQ completion claims ${length} bytes written into ${inLength} device-writable bytes`);
-        p.reject(err);
-        this.failAll(err);
-        void this.connection.close();
-        return;
-      }
+    const problem = this.completionProblem(completion);
+    if (problem) {
+      // A target that answers what was not asked, or overflows a buffer, cannot be trusted
+      // with the rest of this queue: close it cleanly rather than guess.
+      this.failAll(new VofConnectionError(`${this.connection.peer}: ${problem}`));
+      void this.connection.close();
+      return;
     }
+    const p = this.pending.get(id)!;
+    this.pending.delete(id);
     if (data && p.inBuffers) scatter(data, p.inBuffers);
     p.resolve(decodeCompletion(completion, p.opcode));
     this.startWaiting();

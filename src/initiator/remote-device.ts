@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
 import {
   COMMAND_ID_CONFIG_CHANGE,
   CONNECT_BODY_SIZE,
@@ -33,7 +34,12 @@ export interface ConnectOptions {
   readonly queueCount?: (device: RemoteDevice) => Promise<number> | number;
   /** Requested virtqueue size; 0 (default) asks for the largest the target supports. */
   readonly queueSize?: number;
-  /** Keepalive: send one every intervalMs; declare the device lost after timeoutMs of silence. 0 disables. */
+  /**
+   * Keepalive: send a Keepalive Command every intervalMs (default 5000) and declare the device
+   * lost when the target has sent nothing for timeoutMs (default 15000; checked on its own
+   * timer, from the first command on). intervalMs 0 turns both off: the target then destroys
+   * this instance once it has heard nothing on any queue for its own keepalive timeout.
+   */
   readonly keepaliveIntervalMs?: number;
   readonly keepaliveTimeoutMs?: number;
   readonly connectTimeoutMs?: number;
@@ -77,7 +83,9 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private adminQueue: Promise<QueueClient> | null = null;
   private adminClient: AdminClient | null = null;
   private keepaliveTimer: NodeJS.Timeout | null = null;
-  private lastHeard = Date.now();
+  private silenceTimer: NodeJS.Timeout | null = null;
+  /** Monotonic (performance.now()): a wall-clock step must not look like silence. */
+  private lastHeard = performance.now();
   private closing: Promise<void> | null = null;
   private lostError: Error | null = null;
   private aborted = false;
@@ -95,12 +103,56 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   ) {
     super();
     control.onActivity = () => {
-      this.lastHeard = Date.now();
+      this.lastHeard = performance.now();
     };
     control.onEvent = (c) => {
       if (c.readUInt16LE(2) === COMMAND_ID_CONFIG_CHANGE) this.emit('configChange', decodeConfigChangeGeneration(c));
     };
-    control.onClosed = (err) => this.lose(err);
+    control.onClosed = (err) => this.closedByTarget('control queue', err);
+    this.checkKeepaliveSettings();
+    this.watchForSilence();
+  }
+
+  private get keepaliveIntervalMs(): number {
+    return this.options.keepaliveIntervalMs ?? 5000;
+  }
+  private get keepaliveTimeoutMs(): number {
+    return this.options.keepaliveTimeoutMs ?? 15000;
+  }
+
+  private checkKeepaliveSettings(): void {
+    const interval = this.keepaliveIntervalMs;
+    const timeout = this.keepaliveTimeoutMs;
+    if (interval <= 0) {
+      this.log.warn(`${this.url}: keepalive disabled: a target destroys this instance once it hears nothing on any queue for its keepalive timeout (vof: 15 s by default), and a vanished target goes unnoticed until a request fails`);
+    } else if (timeout > 0 && timeout < interval) {
+      this.log.warn(`${this.url}: keepalive timeout ${timeout} ms is below the interval ${interval} ms: an idle but healthy target may be declared lost; use a timeout of about 3 intervals`);
+    }
+  }
+
+  /** Dead-target detection on its own timer, re-armed for the remaining time when something was heard. */
+  private watchForSilence(delayMs = this.keepaliveTimeoutMs): void {
+    if (this.keepaliveIntervalMs <= 0 || this.keepaliveTimeoutMs <= 0) return;
+    this.silenceTimer = setTimeout(() => {
+      if (this.lostError || this.closing || this.aborted) return;
+      const silent = performance.now() - this.lastHeard;
+      if (silent >= this.keepaliveTimeoutMs) {
+        this.lose(new VofConnectionError(`target silent for ${Math.round(silent)} ms: device lost (keepalive timeout ${this.keepaliveTimeoutMs} ms)`));
+        return;
+      }
+      this.watchForSilence(this.keepaliveTimeoutMs - silent);
+    }, Math.max(1, Math.ceil(delayMs)));
+    this.silenceTimer.unref();
+  }
+
+  /** A queue closed without our asking: the target dropped the instance (or the link broke). */
+  private closedByTarget(what: string, err: Error): void {
+    if (this.closing || this.aborted) return;
+    this.lose(
+      new VofConnectionError(
+        `${what} closed by the target (a target destroys an instance it has not heard from within its keepalive timeout${this.keepaliveIntervalMs <= 0 ? '; this initiator sends no keepalives' : ''}): ${err.message}`,
+      ),
+    );
   }
 
   /** Connect to tcp://HOST[:PORT]/TVQN (or rdma://…) and bring the device to DRIVER_OK. */
@@ -192,9 +244,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     );
     conn.maxKeyedDescriptors = this.maxKeyedDescriptors;
     const q = new QueueClient(conn, 1);
-    q.onClosed = (err) => {
-      if (!this.closing) this.lose(err);
-    };
+    q.onClosed = (err) => this.closedByTarget(`virtqueue ${vqIndex}`, err);
     let c: DecodedCompletion;
     try {
       // Always with the Connect Body: a target with an allow-list requires it on virtqueues.
@@ -322,6 +372,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
    * writable. Resolves with the number of bytes the device wrote.
    */
   async request(vqIndex: number, out: readonly Buffer[], inBuffers: readonly Buffer[]): Promise<number> {
+    if (this.lostError) throw this.lostError;
     const q = this.queues[vqIndex];
     if (!q) throw new RangeError(`no virtqueue ${vqIndex} (connected: ${this.queues.length})`);
     const c = await q.vq(out, inBuffers);
@@ -330,16 +381,9 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   private startKeepalive(): void {
-    const interval = this.options.keepaliveIntervalMs ?? 5000;
-    const timeout = this.options.keepaliveTimeoutMs ?? 15000;
+    const interval = this.keepaliveIntervalMs;
     if (interval <= 0) return;
-    this.lastHeard = Date.now();
     this.keepaliveTimer = setInterval(() => {
-      const silent = Date.now() - this.lastHeard;
-      if (silent > timeout) {
-        this.lose(new VofConnectionError(`target silent for ${silent} ms: device lost`));
-        return;
-      }
       this.control.call({ opcode: Opcode.Keepalive }).catch(() => {});
     }, interval);
     this.keepaliveTimer.unref();
@@ -361,6 +405,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private abort(): Promise<void> {
     this.aborted = true;
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    if (this.silenceTimer) clearTimeout(this.silenceTimer);
     const err = this.lostError ?? new VofConnectionError('device closed');
     const admin = this.adminQueue;
     const all = [...this.queues, this.control];
@@ -379,6 +424,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   private async shutdown(): Promise<void> {
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    if (this.silenceTimer) clearTimeout(this.silenceTimer);
     if (!this.lostError) {
       const disconnect = (q: QueueClient) =>
         q.closed ? Promise.resolve() : q.call({ opcode: Opcode.Disconnect }).then(() => {}, () => {});

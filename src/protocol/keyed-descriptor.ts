@@ -34,12 +34,12 @@ export type DescriptorProblem =
   | 'too many descriptors'
   | 'trailing bytes'
   | 'lengths do not add up to out_length + in_length'
-  | 'descriptor straddles the readable/writable boundary'
-  | 'zero-length descriptor';
+  | 'descriptor straddles the readable/writable boundary';
 
 /**
  * Check a keyed request against DECISIONS.md item 4: 1 ≤ N ≤ max, lengths sum to out+in, no
- * descriptor straddles the boundary at out_length.
+ * descriptor straddles the boundary at out_length. A zero-length descriptor is legal anywhere
+ * and moves no bytes.
  */
 export function validateKeyedDescriptors(
   descs: readonly KeyedDescriptor[],
@@ -50,7 +50,6 @@ export function validateKeyedDescriptors(
   if (descs.length === 0 || descs.length > maxDescriptors) return 'too many descriptors';
   let pos = 0;
   for (const d of descs) {
-    if (d.length === 0) return 'zero-length descriptor';
     if (pos < outLength && pos + d.length > outLength) return 'descriptor straddles the readable/writable boundary';
     pos += d.length;
   }

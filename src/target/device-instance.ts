@@ -1,6 +1,8 @@
+import { performance } from 'node:perf_hooks';
 import {
   DeviceStatus,
   Status,
+  VIRTIO_F_VERSION_1,
   VIRTIO_OF_F_KEYED_NUM_DESCS,
 } from '../protocol/constants.js';
 import { encodeConfigChangeCompletion, encodeKeepaliveCompletion } from '../protocol/completion.js';
@@ -18,10 +20,32 @@ import {
 import type { QueueSession } from './queue-session.js';
 
 export interface KeepalivePolicy {
-  /** How often the target sends a Keepalive Completion (0xffff) on the control queue. */
+  /** How often the target sends a Keepalive Completion (0xffff) on the control queue; 0 sends none. */
   readonly intervalMs: number;
-  /** Destroy the instance when the initiator has sent nothing on any of its queues this long. */
+  /**
+   * Destroy the instance when the initiator has sent nothing on any of its queues this long;
+   * 0 never does (vanished initiators then hold their instances until the target stops).
+   * Independent of intervalMs: it runs on its own timer.
+   */
   readonly timeoutMs: number;
+}
+
+/** Why a keepalive policy cannot work as meant; null when it is fine. */
+export function keepalivePolicyProblem(p: KeepalivePolicy): string | null {
+  if (!Number.isFinite(p.intervalMs) || p.intervalMs < 0 || !Number.isFinite(p.timeoutMs) || p.timeoutMs < 0) {
+    return 'keepalive interval and timeout must be non-negative numbers of milliseconds';
+  }
+  return null;
+}
+
+/** Settings that work but are probably not what was meant (logged as warnings). */
+export function keepalivePolicyWarnings(p: KeepalivePolicy): string[] {
+  const out: string[] = [];
+  if (p.timeoutMs === 0) out.push('keepalive timeout 0: instances of initiators that vanish are never reclaimed');
+  else if (p.intervalMs > 0 && p.timeoutMs < p.intervalMs) {
+    out.push(`keepalive timeout ${p.timeoutMs} ms is below the interval ${p.intervalMs} ms: an initiator keeping alive at the same pace would be dropped; use a timeout of about 3 intervals`);
+  }
+  return out;
 }
 
 /** Result of a control-queue operation: a status code, and a value for the Get commands. */
@@ -38,8 +62,12 @@ export class DeviceInstance {
   private driverFeatures = 0n;
   private ofFeatures = 0n;
   private configChangeOutstanding = false;
-  private lastHeard = Date.now();
+  /** A DEVICE_NEEDS_RESET notice waiting for the outstanding Config Change to be read. */
+  private needsResetNoticeQueued = false;
+  /** Monotonic (performance.now()): a wall-clock step must not look like silence. */
+  private lastHeard = performance.now();
   private readonly keepaliveTimer: NodeJS.Timeout | null;
+  private timeoutTimer: NodeJS.Timeout | null = null;
   private readonly unsubscribeConfig: () => void;
   readonly virtqueues = new Map<number, QueueSession>();
   destroyed = false;
@@ -58,8 +86,9 @@ export class DeviceInstance {
   ) {
     this.unsubscribeConfig = device.onConfigChange(() => this.configChanged());
     this.keepaliveTimer =
-      keepalive.intervalMs > 0 ? setInterval(() => this.keepaliveTick(), keepalive.intervalMs) : null;
+      keepalive.intervalMs > 0 ? setInterval(() => this.control.sendEvent(encodeKeepaliveCompletion()), keepalive.intervalMs) : null;
     this.keepaliveTimer?.unref();
+    if (keepalive.timeoutMs > 0) this.armTimeout(keepalive.timeoutMs);
   }
 
   /** Virtio-oF features this instance offers: keyed descriptors only on keyed transports. */
@@ -85,18 +114,25 @@ export class DeviceInstance {
   }
 
   heard(): void {
-    this.lastHeard = Date.now();
+    this.lastHeard = performance.now();
   }
 
-  private keepaliveTick(): void {
-    if (this.destroyed) return;
-    const silent = Date.now() - this.lastHeard;
-    if (silent > this.keepalive.timeoutMs) {
-      this.log.warn(`${this.label}: initiator silent for ${silent} ms, destroying`);
-      this.destroy();
-      return;
-    }
-    this.control.sendEvent(encodeKeepaliveCompletion());
+  /**
+   * The dead-peer timer: fires when the timeout would run out if nothing were heard since the
+   * last check, and re-arms for the rest when something was (heard() stays a cheap store).
+   */
+  private armTimeout(delayMs: number): void {
+    this.timeoutTimer = setTimeout(() => {
+      if (this.destroyed) return;
+      const silent = performance.now() - this.lastHeard;
+      if (silent >= this.keepalive.timeoutMs) {
+        this.log.warn(`${this.label}: initiator silent for ${Math.round(silent)} ms, destroying (keepalive timeout ${this.keepalive.timeoutMs} ms)`);
+        this.destroy();
+        return;
+      }
+      this.armTimeout(this.keepalive.timeoutMs - silent);
+    }, Math.max(1, Math.ceil(delayMs)));
+    this.timeoutTimer.unref();
   }
 
   /**
@@ -108,20 +144,35 @@ export class DeviceInstance {
     this.admin?.recordNeedsReset(why);
     this.log.error(`${this.label}: DEVICE_NEEDS_RESET: ${why}`);
     this.status |= DeviceStatus.DEVICE_NEEDS_RESET;
-    this.configChanged();
+    // Only one Config Change Completion may be outstanding; this notice must not be lost to
+    // that rule, so it waits for the initiator's next Get Config (see configRead).
+    if (this.configChangeOutstanding) this.needsResetNoticeQueued = true;
+    else this.configChanged();
   }
 
+  /**
+   * Config changes are announced to a driver that has finished initializing (DRIVER_OK); one
+   * still setting up reads the config anyway.
+   */
   private configChanged(): void {
     if (this.destroyed) return;
     this.admin?.recordConfigChange(this.device.configGeneration());
     if (this.configChangeOutstanding) return;
+    if ((this.status & DeviceStatus.DRIVER_OK) === 0) return;
     this.configChangeOutstanding = true;
     this.control.sendEvent(encodeConfigChangeCompletion(this.device.configGeneration()));
   }
 
+  /** A Get Config Completion has just been sent: send a queued DEVICE_NEEDS_RESET notice now. */
+  configRead(): void {
+    if (!this.needsResetNoticeQueued || this.configChangeOutstanding) return;
+    this.needsResetNoticeQueued = false;
+    this.configChanged();
+  }
+
+  /** Only the window of select 0 holds Virtio-oF features; every other window is empty. */
   getFeature(select: number): OpResult {
-    if (select !== 0) return fail(Status.EFEATURE);
-    return ok(this.offeredOfFeatures);
+    return ok(select === 0 ? this.offeredOfFeatures : 0n);
   }
 
   setFeature(select: number, bits: bigint): OpResult {
@@ -147,11 +198,8 @@ export class DeviceInstance {
     return ok();
   }
 
+  /** Any status but 0: a reset (status 0) goes through reset(), which waits for the virtqueues. */
   setStatus(next: number): OpResult {
-    if (next === 0) {
-      this.reset();
-      return ok();
-    }
     const problem = statusTransitionProblem(this.status, next);
     if (problem) {
       this.log.info(`instance ${this.id}: set status 0x${next.toString(16)} refused: ${problem}`);
@@ -159,6 +207,10 @@ export class DeviceInstance {
     }
     const becomingFeaturesOk = (next & DeviceStatus.FEATURES_OK) !== 0 && (this.status & DeviceStatus.FEATURES_OK) === 0;
     if (becomingFeaturesOk) {
+      if ((this.driverFeatures & (1n << VIRTIO_F_VERSION_1)) === 0n) {
+        this.log.info(`${this.label}: FEATURES_OK refused: VIRTIO_F_VERSION_1 not accepted (legacy drivers are not supported)`);
+        return fail(Status.ESTATUS);
+      }
       if ((this.driverFeatures & ~this.offeredDeviceFeatures) !== 0n) {
         this.log.info(`instance ${this.id}: FEATURES_OK refused: driver features not a subset of the device's`);
         return fail(Status.ESTATUS);
@@ -169,12 +221,18 @@ export class DeviceInstance {
     return ok();
   }
 
-  reset(): void {
+  /**
+   * Reset Device or Set Status 0. New VQ commands are refused at once (ESTATUS); the ones in
+   * flight are cancelled and have all completed, none with SUCCESS, when this resolves.
+   */
+  async reset(): Promise<void> {
     // The reset at the start of every initialization is routine; one of a live device is logged.
     if (this.status !== 0) this.admin?.recordReset();
     this.status = 0;
     this.driverFeatures = 0n;
     this.configChangeOutstanding = false;
+    this.needsResetNoticeQueued = false;
+    await Promise.all([...this.virtqueues.values()].map((vq) => vq.cancelAll('device reset')));
     this.device.reset();
   }
 
@@ -232,13 +290,13 @@ export class DeviceInstance {
   }
 
   /** Run a VQ request on the device, or on the admin side for the admin queue. */
-  handleRequest(vqIndex: number, readable: Buffer, inLength: number): Promise<readonly Buffer[]> {
+  handleRequest(vqIndex: number, readable: Buffer, inLength: number, signal?: AbortSignal): Promise<readonly Buffer[]> {
     if (vqIndex >= this.device.numQueues) {
       // Only the admin queue lies beyond the device's queues (a queue bound before a reset that
       // dropped VIRTIO_F_ADMIN_VQ gets nothing written).
       return vqIndex === this.adminQueueIndex && this.admin ? this.admin.handleRequest(vqIndex, readable, inLength) : Promise.resolve([]);
     }
-    return this.device.handleRequest(vqIndex, readable, inLength);
+    return this.device.handleRequest(vqIndex, readable, inLength, signal);
   }
 
   /** Tear down: virtqueue connections close, the device model is released. Idempotent. */
@@ -246,6 +304,7 @@ export class DeviceInstance {
     if (this.destroyed) return;
     this.destroyed = true;
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    if (this.timeoutTimer) clearTimeout(this.timeoutTimer);
     this.unsubscribeConfig();
     for (const vq of this.virtqueues.values()) vq.closeWhenIdle();
     this.virtqueues.clear();

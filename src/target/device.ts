@@ -48,17 +48,25 @@ export interface VirtioDeviceInstance {
   /**
    * Run one request. `readable` holds the device-readable bytes; the result is the
    * device-written bytes, starting at the first device-writable byte, at most `inLength` long.
+   * `signal` aborts when the request is cancelled (reset, disconnect, shutdown): long work
+   * checks it between steps and stops early (its result is then discarded).
    */
-  handleRequest(vqIndex: number, readable: Buffer, inLength: number): Promise<readonly Buffer[]>;
+  handleRequest(vqIndex: number, readable: Buffer, inLength: number, signal?: AbortSignal): Promise<readonly Buffer[]>;
   /** The instance is gone; no more calls follow. */
   destroy(): void;
   /** Admin Virtqueue support; absent: the device offers no VIRTIO_F_ADMIN_VQ. */
   readonly admin?: DeviceAdminSupport;
 }
 
+/** What the transport of an instance's control queue allows one request to carry. */
+export interface InstanceLimits {
+  /** Keyed descriptors per VQ command (header and status included); 0 when unlimited (stream). */
+  readonly maxDescriptors: number;
+}
+
 export interface DeviceExport {
   /** A short human-readable description for logs and `vof info`. */
   readonly description: string;
-  createInstance(): VirtioDeviceInstance;
+  createInstance(limits?: InstanceLimits): VirtioDeviceInstance;
   close(): Promise<void>;
 }

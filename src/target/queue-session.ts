@@ -2,6 +2,7 @@ import {
   CONTROL_QUEUE_INSTANCE_ID,
   CONNECT_BODY_SIZE,
   Opcode,
+  RESERVED_COMMAND_ID_FIRST,
   Status,
   VIRTIO_OF_CONTROL_QUEUE_SIZE,
   formatStatus,
@@ -25,6 +26,7 @@ import type { Refusal } from './access-policy.js';
 import { VqTransferError, type TargetConnection, type VqRequestData } from '../transport/transport.js';
 import { QueueStats } from '../admin/queue-stats.js';
 import type { DeviceInstance, OpResult } from './device-instance.js';
+import { TargetRequest, type CompletionSink } from './target-request.js';
 
 /** What a queue session needs from the target it belongs to. */
 export interface TargetContext {
@@ -50,13 +52,17 @@ const EMPTY = Buffer.alloc(0);
 /**
  * One Virtio-oF queue on one transport connection, target side. The first command must be
  * Connect, which makes the session a control queue or binds it to a virtqueue of an existing
- * instance. Counts commands in flight against the queue size (ECMDQUOT beyond it).
+ * instance. Holds one TargetRequest per command in flight, keyed by command id: at most the
+ * queue size of them (ECMDQUOT beyond), and never two with the same id (the queue closes).
  */
 export class QueueSession {
   private role: SessionRole = { kind: 'unbound' };
   private queueSize = VIRTIO_OF_CONTROL_QUEUE_SIZE;
-  private inFlight = 0;
-  private idleWaiters: Array<() => void> = [];
+  private readonly requests = new Map<number, TargetRequest>();
+  private readonly sink: CompletionSink = {
+    send: (completion, refusal) => this.reply(completion, refusal),
+    sendVq: (data, completion, written) => (this.closed ? Promise.resolve() : this.connection.completeVq(data, completion, written)),
+  };
   private disconnecting = false;
   private closed = false;
   /** Counters for the admin transport class (LIST_QUEUES). */
@@ -80,19 +86,31 @@ export class QueueSession {
     if (this.closed) return;
     const cmd = decodeCommand(raw);
     this.stats.commands++;
+    const id = cmd.commandId;
+    // Ids 0xff00-0xffff name target events on a control queue: a completion with one would be
+    // indistinguishable from an event, so no status can answer it.
+    const controlQueue =
+      this.role.kind === 'control' || (this.role.kind === 'unbound' && !isUnknownCommand(cmd) && cmd.opcode === Opcode.Connect && cmd.deviceInstanceId === CONTROL_QUEUE_INSTANCE_ID);
+    if (controlQueue && id >= RESERVED_COMMAND_ID_FIRST) {
+      return this.violation(`${opcodeName(cmd.opcode)}: command id 0x${id.toString(16)} is reserved for target events`);
+    }
+    // A second command under an id still in flight makes every later completion with that id
+    // ambiguous (and on keyed transports would alias the first one's buffers).
+    if (this.requests.has(id)) return this.violation(`${opcodeName(cmd.opcode)}: command id ${id} is already in flight`);
     if (this.disconnecting) {
-      this.reply(encodeBareCompletion(Status.ENOCMD, cmd.commandId));
+      this.reply(encodeBareCompletion(Status.ENOCMD, id));
       return;
     }
-    if (this.inFlight >= this.queueSize) {
+    if (this.requests.size >= this.queueSize) {
       this.log.warn(`${this.connection.peer}: ${opcodeName(cmd.opcode)} beyond queue size ${this.queueSize}: ECMDQUOT`);
-      this.reply(encodeBareCompletion(Status.ECMDQUOT, cmd.commandId));
+      this.reply(encodeBareCompletion(Status.ECMDQUOT, id));
       return;
     }
-    this.inFlight++;
+    const req = new TargetRequest(id, cmd.opcode, this.sink);
+    this.requests.set(id, req);
     let done: Promise<void>;
     try {
-      done = this.dispatch(cmd, payload);
+      done = this.dispatch(req, cmd, payload);
     } catch (err) {
       done = Promise.reject(err);
     }
@@ -100,21 +118,30 @@ export class QueueSession {
       .catch((err: unknown) => {
         this.log.error(`${this.connection.peer}: ${opcodeName(cmd.opcode)} failed: ${(err as Error).stack ?? String(err)}`);
       })
-      .finally(() => this.settle());
+      .finally(() => {
+        if (this.requests.get(id) === req) this.requests.delete(id);
+        req.finish();
+      });
   }
 
-  private settle(): void {
-    this.inFlight--;
-    if (this.inFlight === 0) {
-      const waiters = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const w of waiters) w();
+  /** The peer broke the protocol in a way no status can answer: close the queue. */
+  private violation(why: string): void {
+    this.log.warn(`${this.connection.peer}: closing the queue: ${why}`);
+    this.close();
+  }
+
+  /** Resolves when no command of this queue is in flight (besides `except`). */
+  async whenIdle(except?: TargetRequest): Promise<void> {
+    for (;;) {
+      const others = [...this.requests.values()].filter((r) => r !== except);
+      if (others.length === 0) return;
+      await Promise.all(others.map((r) => r.whenFinished()));
     }
   }
 
-  /** Resolves when no command of this queue is in flight. */
-  whenIdle(): Promise<void> {
-    return this.inFlight === 0 ? Promise.resolve() : new Promise((r) => this.idleWaiters.push(r));
+  /** Cancel every command in flight; resolves when all of them have left the queue. */
+  async cancelAll(reason: string): Promise<void> {
+    await Promise.all([...this.requests.values()].map((r) => r.cancel(reason)));
   }
 
   /** `refusal`: whether a non-SUCCESS status counts as a refused command (errors, error log). */
@@ -137,7 +164,7 @@ export class QueueSession {
   }
 
   get inFlightCount(): number {
-    return this.inFlight;
+    return this.requests.size;
   }
 
   /** Target-initiated control-queue completions (keepalive, config change). */
@@ -145,94 +172,95 @@ export class QueueSession {
     this.reply(completion);
   }
 
-  private refuse(cmd: DecodedCommand, status: number, why: string): Promise<void> {
-    this.log.info(`${this.connection.peer}: ${opcodeName(cmd.opcode)} → ${formatStatus(status)}: ${why}`);
-    this.reply(encodeBareCompletion(status, cmd.commandId));
-    return Promise.resolve();
+  private refuse(req: TargetRequest, status: number, why: string): void {
+    this.log.info(`${this.connection.peer}: ${opcodeName(req.opcode)} → ${formatStatus(status)}: ${why}`);
+    req.complete(encodeBareCompletion(status, req.commandId));
   }
 
-  private dispatch(cmd: DecodedCommand, payload: Buffer | VqRequestData): Promise<void> {
+  private async dispatch(req: TargetRequest, cmd: DecodedCommand, payload: Buffer | VqRequestData): Promise<void> {
     const role = this.role;
-    if (isUnknownCommand(cmd)) return this.refuse(cmd, Status.ENOCMD, 'unknown opcode');
+    if (isUnknownCommand(cmd)) return this.refuse(req, Status.ENOCMD, 'unknown opcode');
     if (cmd.opcode === Opcode.Connect) {
-      if (role.kind !== 'unbound') return this.refuse(cmd, Status.ENOCMD, 'queue is already connected');
-      this.connect(cmd, payload instanceof Buffer ? payload : EMPTY);
-      return Promise.resolve();
+      if (role.kind !== 'unbound') return this.refuse(req, Status.ENOCMD, 'queue is already connected');
+      return this.connect(req, cmd, payload instanceof Buffer ? payload : EMPTY);
     }
-    if (role.kind === 'unbound') return this.refuse(cmd, Status.ENOCMD, 'the first command on a queue must be Connect');
-    if (cmd.opcode === Opcode.Disconnect) return this.disconnect(cmd.commandId);
+    if (role.kind === 'unbound') return this.refuse(req, Status.ENOCMD, 'the first command on a queue must be Connect');
+    if (cmd.opcode === Opcode.Disconnect) return this.disconnect(req);
     if (role.kind === 'virtqueue') {
-      if (cmd.opcode !== Opcode.Vq) return this.refuse(cmd, Status.ENOCMD, 'only VQ and Disconnect are valid on a virtqueue');
-      return this.runVq(role.instance, role.vqIndex, cmd, payload as VqRequestData);
+      if (cmd.opcode !== Opcode.Vq) return this.refuse(req, Status.ENOCMD, 'only VQ and Disconnect are valid on a virtqueue');
+      return this.runVq(req, role.instance, role.vqIndex, cmd, payload as VqRequestData);
     }
     const inst = role.instance;
     inst.heard();
     const id = cmd.commandId;
     switch (cmd.opcode) {
       case Opcode.Keepalive:
-        this.reply(encodeBareCompletion(Status.SUCCESS, id));
+        req.complete(encodeBareCompletion(Status.SUCCESS, id));
         break;
       case Opcode.GetFeature:
-        this.replyFeature(id, inst.getFeature(cmd.featureSelect));
+        this.replyFeature(req, inst.getFeature(cmd.featureSelect));
         break;
       case Opcode.SetFeature:
-        this.reply(encodeBareCompletion(inst.setFeature(cmd.featureSelect, cmd.feature).status, id));
+        req.complete(encodeBareCompletion(inst.setFeature(cmd.featureSelect, cmd.feature).status, id));
         break;
       case Opcode.GetKeyedNumDescs:
-        if (!inst.keyedNumDescsNegotiated) return this.refuse(cmd, Status.ENOCMD, 'VIRTIO_OF_F_KEYED_NUM_DESCS not negotiated');
-        this.reply(encodeKeyedNumDescsCompletion(Status.SUCCESS, id, Math.min(255, this.connection.maxKeyedDescriptors)));
+        if (!inst.keyedNumDescsNegotiated) return this.refuse(req, Status.ENOCMD, 'VIRTIO_OF_F_KEYED_NUM_DESCS not negotiated');
+        req.complete(encodeKeyedNumDescsCompletion(Status.SUCCESS, id, Math.min(255, this.connection.maxKeyedDescriptors)));
         break;
       case Opcode.GetVendorId:
-        this.reply(encodeU32Completion(Status.SUCCESS, id, inst.device.vendorId));
+        req.complete(encodeU32Completion(Status.SUCCESS, id, inst.device.vendorId));
         break;
       case Opcode.GetDeviceId:
-        this.reply(encodeU32Completion(Status.SUCCESS, id, inst.device.deviceId));
+        req.complete(encodeU32Completion(Status.SUCCESS, id, inst.device.deviceId));
         break;
       case Opcode.ResetDevice:
-        inst.reset();
-        this.reply(encodeBareCompletion(Status.SUCCESS, id));
+        // Answered only once every VQ command in flight has ended (virtio 1.x 2.4.1).
+        await inst.reset();
+        req.complete(encodeBareCompletion(Status.SUCCESS, id));
         break;
       case Opcode.GetStatus:
-        this.reply(encodeU32Completion(Status.SUCCESS, id, inst.deviceStatus));
+        req.complete(encodeU32Completion(Status.SUCCESS, id, inst.deviceStatus));
         break;
-      case Opcode.SetStatus:
-        this.reply(encodeBareCompletion(inst.setStatus(cmd.status).status, id));
+      case Opcode.SetStatus: {
+        const r = cmd.status === 0 ? (await inst.reset(), { status: Status.SUCCESS }) : inst.setStatus(cmd.status);
+        req.complete(encodeBareCompletion(r.status, id));
         break;
+      }
       case Opcode.GetDeviceFeature:
-        this.replyFeature(id, inst.getDeviceFeature(cmd.featureSelect));
+        this.replyFeature(req, inst.getDeviceFeature(cmd.featureSelect));
         break;
       case Opcode.SetDriverFeature:
-        this.reply(encodeBareCompletion(inst.setDriverFeature(cmd.featureSelect, cmd.feature).status, id));
+        req.complete(encodeBareCompletion(inst.setDriverFeature(cmd.featureSelect, cmd.feature).status, id));
         break;
       case Opcode.GetVqSize: {
         const r = inst.getVqSize(cmd.vqIndex);
         // EQUEUEQUOT is how an initiator finds the last (admin) virtqueue: an answer, not a refusal.
-        this.reply(encodeVqSizeCompletion(r.status, id, Number(r.value ?? 0)), r.status !== Status.EQUEUEQUOT);
+        req.complete(encodeVqSizeCompletion(r.status, id, Number(r.value ?? 0)), r.status !== Status.EQUEUEQUOT);
         break;
       }
       case Opcode.GetConfig: {
         const r = inst.getConfig(cmd.offset, cmd.bytes);
-        this.reply(encodeGetConfigCompletion(r.status, id, r.generation ?? 0, BigInt(r.value ?? 0)));
+        req.complete(encodeGetConfigCompletion(r.status, id, r.generation ?? 0, BigInt(r.value ?? 0)));
+        inst.configRead();
         break;
       }
       case Opcode.SetConfig:
-        this.reply(encodeBareCompletion(inst.setConfig(cmd.offset, cmd.bytes, cmd.config).status, id));
+        req.complete(encodeBareCompletion(inst.setConfig(cmd.offset, cmd.bytes, cmd.config).status, id));
         break;
       case Opcode.Vq:
-        return this.refuse(cmd, Status.ENOCMD, 'VQ command on the control queue');
+        return this.refuse(req, Status.ENOCMD, 'VQ command on the control queue');
     }
-    return Promise.resolve();
   }
 
-  private replyFeature(id: number, r: OpResult): void {
-    this.reply(encodeFeatureCompletion(r.status, id, BigInt(r.value ?? 0)));
+  private replyFeature(req: TargetRequest, r: OpResult): void {
+    req.complete(encodeFeatureCompletion(r.status, req.commandId, BigInt(r.value ?? 0)));
   }
 
-  private connect(cmd: ConnectCommand, body: Buffer): void {
+  private connect(req: TargetRequest, cmd: ConnectCommand, body: Buffer): void {
     const id = cmd.commandId;
     const refuse = (status: number, why: string) => {
       this.log.info(`${this.connection.peer}: Connect → ${formatStatus(status)}: ${why}`);
-      this.reply(encodeConnectCompletion(status, id, cmd.deviceInstanceId));
+      req.complete(encodeConnectCompletion(status, id, cmd.deviceInstanceId));
     };
     const parsed = body.length === CONNECT_BODY_SIZE ? decodeConnectBody(body) : null;
     if (body.length === CONNECT_BODY_SIZE && parsed === null) return refuse(Status.EBADVQN, 'malformed VQN in Connect Body');
@@ -249,7 +277,7 @@ export class QueueSession {
       this.role = { kind: 'control', instance: created };
       this.ctx.sessionBound(this);
       this.log.info(`${this.connection.peer}: instance ${created.id} created: ${pair}`);
-      this.reply(encodeConnectCompletion(Status.SUCCESS, id, created.id));
+      req.complete(encodeConnectCompletion(Status.SUCCESS, id, created.id));
       return;
     }
 
@@ -273,7 +301,7 @@ export class QueueSession {
       `${this.connection.peer}: virtqueue ${cmd.vqIndex} of instance ${inst.id} attached: ` +
         `${quotePeerString(inst.ivqn)} → ${quotePeerString(inst.tvqn)}${parsed ? '' : ' (no Connect Body)'}${this.identityNote()}`,
     );
-    this.reply(encodeConnectCompletion(Status.SUCCESS, id, inst.id));
+    req.complete(encodeConnectCompletion(Status.SUCCESS, id, inst.id));
   }
 
   /** ", identity "X"" when the connection authenticated (TLS), for log lines. */
@@ -282,19 +310,15 @@ export class QueueSession {
     return identity === undefined ? '' : `, identity ${quotePeerString(identity)}`;
   }
 
-  private async runVq(inst: DeviceInstance, vqIndex: number, cmd: VqCommand, data: VqRequestData): Promise<void> {
+  private async runVq(req: TargetRequest, inst: DeviceInstance, vqIndex: number, cmd: VqCommand, data: VqRequestData): Promise<void> {
     const id = cmd.commandId;
     // Virtqueue traffic proves the initiator alive as much as a keepalive does.
     inst.heard();
-    if (!inst.acceptsRequests) {
-      this.reply(encodeVqCompletion(Status.ESTATUS, id, 0));
-      return;
-    }
+    if (!inst.acceptsRequests) return req.complete(encodeVqCompletion(Status.ESTATUS, id, 0));
     const max = inst.maxRequestBytes(vqIndex);
     if (cmd.outLength > max || cmd.inLength > max) {
       this.log.info(`${this.connection.peer}: VQ command of ${cmd.outLength}+${cmd.inLength} bytes over the ${max}-byte limit`);
-      this.reply(encodeVqCompletion(cmd.outLength > max ? Status.EOUTVQBUF : Status.EINVQBUF, id, 0));
-      return;
+      return req.complete(encodeVqCompletion(cmd.outLength > max ? Status.EOUTVQBUF : Status.EINVQBUF, id, 0));
     }
     let readable: Buffer;
     try {
@@ -302,46 +326,49 @@ export class QueueSession {
     } catch (err) {
       if (!(err instanceof VqTransferError)) throw err;
       this.log.info(`${this.connection.peer}: VQ command ${id}: ${err.message}: EOUTVQBUF`);
-      this.reply(encodeVqCompletion(Status.EOUTVQBUF, id, 0));
-      return;
+      return req.complete(encodeVqCompletion(Status.EOUTVQBUF, id, 0));
     }
+    // Reset or teardown while the readable bytes were on their way: the device never sees them.
+    if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, id, 0));
     let written: readonly Buffer[];
     try {
-      written = await inst.handleRequest(vqIndex, readable, cmd.inLength);
+      written = await inst.handleRequest(vqIndex, readable, cmd.inLength, req.signal);
     } catch (err) {
-      // Errors the device can express (IOERR, UNSUPP) come back as its own status; a throw is
-      // a device fault that only a reset can clear.
-      inst.needsReset(`vq ${vqIndex}: ${(err as Error).message}`);
-      this.reply(encodeVqCompletion(Status.EINVQBUF, id, 0));
-      return;
+      // Errors the device can express (IOERR, UNSUPP) come back in its own status; a throw is a
+      // device fault that only a reset clears. ESTATUS: the instance is now DEVICE_NEEDS_RESET.
+      return this.deviceFault(req, inst, `vq ${vqIndex}: ${(err as Error).message}`);
     }
     let length = 0;
     for (const b of written) length += b.length;
-    if (length > cmd.inLength) throw new Error(`device wrote ${length} bytes into ${cmd.inLength} writable bytes`);
-    if (this.closed) return;
+    if (length > cmd.inLength) {
+      return this.deviceFault(req, inst, `vq ${vqIndex}: device wrote ${length} bytes into ${cmd.inLength} device-writable bytes`);
+    }
     try {
-      await this.connection.completeVq(data, encodeVqCompletion(Status.SUCCESS, id, length), written);
+      await req.completeVq(data, encodeVqCompletion(Status.SUCCESS, id, length), written);
       this.stats.bytesOut += readable.length;
       this.stats.bytesIn += length;
     } catch (err) {
       if (!(err instanceof VqTransferError)) throw err;
       this.log.info(`${this.connection.peer}: VQ command ${id}: ${err.message}: EINVQBUF`);
-      this.reply(encodeVqCompletion(Status.EINVQBUF, id, 0));
+      req.failVq(Status.EINVQBUF);
     }
   }
 
-  private async disconnect(commandId: number): Promise<void> {
+  private deviceFault(req: TargetRequest, inst: DeviceInstance, why: string): void {
+    inst.needsReset(why);
+    req.complete(encodeVqCompletion(Status.ESTATUS, req.commandId, 0));
+  }
+
+  private async disconnect(req: TargetRequest): Promise<void> {
     this.disconnecting = true;
-    // This Disconnect counts as in flight itself; wait for everything else.
-    this.inFlight--;
-    await this.whenIdle();
-    this.inFlight++;
+    // Every other command of this queue completes before the Disconnect Completion (seed).
+    await this.whenIdle(req);
     const role = this.role;
     if (role.kind === 'control') {
       // The initiator should have disconnected its virtqueues first; if not, let theirs drain.
       await Promise.all([...role.instance.virtqueues.values()].map((vq) => vq.whenIdle()));
     }
-    this.reply(encodeBareCompletion(Status.SUCCESS, commandId));
+    req.complete(encodeBareCompletion(Status.SUCCESS, req.commandId));
     this.unbind();
     this.close();
   }
@@ -355,21 +382,24 @@ export class QueueSession {
     }
   }
 
-  /** Close once the commands in flight have completed (instance teardown). */
+  /** Instance teardown: cancel what is in flight, close once it has ended. */
   closeWhenIdle(): void {
     this.disconnecting = true;
-    void this.whenIdle().then(() => this.close());
+    void this.cancelAll('instance destroyed').then(() => this.close());
   }
 
   private close(): void {
     if (this.closed) return;
     this.closed = true;
     this.connection.close();
+    // Nothing more can be answered on this queue: stop the work still running for it.
+    void this.cancelAll('queue closed');
   }
 
   private onTransportClosed(reason?: Error): void {
     this.closed = true;
     this.ctx.sessionClosed(this);
+    void this.cancelAll('connection closed');
     const role = this.role;
     if (role.kind !== 'unbound') {
       const what = role.kind === 'control' ? 'control queue' : `virtqueue ${role.vqIndex}`;

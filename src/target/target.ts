@@ -10,7 +10,7 @@ import { quotePeerString } from '../util/escape.js';
 import { defaultLogger, type Logger } from '../util/log.js';
 import { AccessPolicy, bindingRefusal, hostOf, type AllowSpec, type Refusal } from './access-policy.js';
 import type { DeviceExport } from './device.js';
-import { DeviceInstance, type KeepalivePolicy } from './device-instance.js';
+import { DeviceInstance, keepalivePolicyProblem, keepalivePolicyWarnings, type KeepalivePolicy } from './device-instance.js';
 import { InstanceQuota, UnboundConnections, resolveQuotas, type QuotaLimits } from './quotas.js';
 import { QueueSession, type TargetContext } from './queue-session.js';
 import { DeviceErrorLog } from '../admin/error-log.js';
@@ -69,6 +69,9 @@ export class VofTarget {
   constructor(options: TargetOptions = {}) {
     this.log = options.log ?? defaultLogger();
     this.keepalive = { ...DEFAULT_KEEPALIVE, ...options.keepalive };
+    const problem = keepalivePolicyProblem(this.keepalive);
+    if (problem) throw new RangeError(problem);
+    for (const w of keepalivePolicyWarnings(this.keepalive)) this.log.warn(w);
     this.maxVqPayload = options.maxVqPayload ?? DEFAULT_MAX_VQ_PAYLOAD;
     this.maxInstances = options.maxInstances ?? CONTROL_QUEUE_INSTANCE_ID;
     const limits = resolveQuotas(options.quotas);
@@ -156,7 +159,7 @@ export class VofTarget {
     if (id < 0 || this.instances.size >= this.maxInstances) return { status: Status.ENODEV, why: `the target has ${this.instances.size} instances, its limit` };
     let device;
     try {
-      device = entry.device.createInstance();
+      device = entry.device.createInstance({ maxDescriptors: control.connection.maxKeyedDescriptors });
     } catch (err) {
       this.log.error(`cannot create an instance of ${quotePeerString(body.tvqn)}: ${(err as Error).message}`);
       return { status: Status.ENODEV, why: 'the device refused' };

@@ -92,6 +92,14 @@ export interface InitiatorConnectionHandler {
    * bytes are already in the buffers given to sendVq.
    */
   onCompletion(completion: Buffer, data: Buffer | null): void;
+  /**
+   * Stream transports ask this when a completion header arrives, before reading anything
+   * after it: how many payload bytes follow (0 for all but a VQ completion), or why the
+   * completion cannot belong to this queue (no command in flight has its id, or it claims more
+   * bytes than its command's in_length). The connection then closes without reading further:
+   * past such a completion the stream cannot be trusted.
+   */
+  expectedPayload(completion: Buffer): number | string;
   /** The connection is gone. Called exactly once. */
   onClose(reason?: Error): void;
 }

@@ -8,9 +8,12 @@ import {
   VIRTIO_OF_CONTROL_QUEUE_SIZE,
   encodeCommand,
   encodeConnectBody,
+  encodeKeyedDescriptor,
   silentLogger,
   type Command,
+  type KeyedDescriptor,
 } from '../../src/index.js';
+import type { MemoryRegion, ProtectionDomain } from '../../src/transport/rdma/native-binding.js';
 import type { InitiatorConnection } from '../../src/transport/transport.js';
 import { RdmaTransport } from '../../src/transport/rdma/rdma-transport.js';
 import { parseListenUrl } from '../../src/url.js';
@@ -31,6 +34,7 @@ export class RawRdmaQueue {
         this.received.push(Buffer.from(c));
         this.wake();
       },
+      expectedPayload: () => 0, // keyed: completions never carry payload
       onClose: (reason) => {
         this.closed = true;
         this.closeReason = reason;
@@ -124,7 +128,20 @@ export class RawRdmaQueue {
     return this.call({ opcode: Opcode.Connect, commandId: 1, deviceInstanceId: instanceId, vqIndex, length: 0, queueSize });
   }
 
+  /** Register `buf` in this queue's protection domain, for memory the target may use. */
+  register(buf: Buffer, access: number): MemoryRegion {
+    const rc = (this.connection as unknown as { rc: { pd: ProtectionDomain } }).rc;
+    return rc.pd.registerMemory(buf, access);
+  }
+
   close(): Promise<void> {
     return this.connection.close();
   }
+}
+
+/** Keyed descriptors as they follow a VQ command in one SEND. */
+export function descriptors(list: readonly KeyedDescriptor[]): Buffer {
+  const b = Buffer.alloc(list.length * 16);
+  list.forEach((d, i) => encodeKeyedDescriptor(d, b, i * 16));
+  return b;
 }

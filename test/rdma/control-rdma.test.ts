@@ -63,7 +63,9 @@ describe('every control-queue command over RDMA (one SEND per PDU)', () => {
     expect(st(await q.call({ opcode: Opcode.GetConfig, commandId: 21, offset: 0, bytes: 3 }))).toBe('ECONFBYTES');
     expect(st(await q.call({ opcode: Opcode.GetConfig, commandId: 22, offset: 0xfff0, bytes: 4 }))).toBe('ECONFOFF');
     expect(st(await q.call({ opcode: Opcode.SetStatus, commandId: 27, status: DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK }))).toBe('SUCCESS');
-    expect(st(await q.call({ opcode: Opcode.SetConfig, commandId: 23, offset: BlkConfig.writeback, bytes: 1, config: 1n }))).toBe('SUCCESS');
+    // CONFIG_WCE without FLUSH: writethrough only (docs/PROTOCOL.md), so 0 is accepted and 1 is not.
+    expect(st(await q.call({ opcode: Opcode.SetConfig, commandId: 23, offset: BlkConfig.writeback, bytes: 1, config: 0n }))).toBe('SUCCESS');
+    expect(st(await q.call({ opcode: Opcode.SetConfig, commandId: 28, offset: BlkConfig.writeback, bytes: 1, config: 1n }))).toBe('ECONFOFF');
 
     // Wrong queue type and unknown opcode: ENOCMD, the queue keeps working.
     expect(st(await q.call({ opcode: Opcode.Vq, commandId: 24, outLength: 0, inLength: 0 }))).toBe('ENOCMD');

@@ -1,26 +1,17 @@
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlkRequestType, BlockDevice, Opcode, encodeKeyedDescriptor, encodeRequestHeader, statusName, type KeyedDescriptor } from '../../src/index.js';
-import { nativeBinding, type MemoryRegion, type ProtectionDomain } from '../../src/transport/rdma/native-binding.js';
-import { RawRdmaQueue } from '../helpers/raw-rdma-queue.js';
+import { BlkRequestType, BlockDevice, Opcode, encodeRequestHeader, statusName } from '../../src/index.js';
+import { nativeBinding, type MemoryRegion } from '../../src/transport/rdma/native-binding.js';
+import { RawRdmaQueue, descriptors } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { rdmaAddress } from './rdma-env.js';
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const MiB = 1024 * 1024;
 
-function descriptors(list: KeyedDescriptor[]): Buffer {
-  const b = Buffer.alloc(list.length * 16);
-  list.forEach((d, i) => encodeKeyedDescriptor(d, b, i * 16));
-  return b;
-}
-
 /** The raw queue's own protection domain, to register memory the target may legitimately use. */
-function registerOn(q: RawRdmaQueue, buf: Buffer, access: number): MemoryRegion {
-  const rc = (q.connection as unknown as { rc: { pd: ProtectionDomain } }).rc;
-  return rc.pd.registerMemory(buf, access);
-}
+const registerOn = (q: RawRdmaQueue, buf: Buffer, access: number): MemoryRegion => q.register(buf, access);
 
 let fx: TargetFixture;
 let diskPath: string;

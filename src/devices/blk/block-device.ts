@@ -107,6 +107,10 @@ export class BlockDevice {
     try {
       const cfg = await device.readConfig(0, BlkConfig.SIZE);
       const capacity = cfg.readBigUInt64LE(BlkConfig.capacity);
+      // Offsets are JS numbers: refuse a disk whose bytes they could not all address exactly.
+      if (capacity * BigInt(SECTOR_SIZE) > BigInt(Number.MAX_SAFE_INTEGER)) {
+        throw new RangeError(`${url}: capacity of ${capacity} sectors (${capacity * BigInt(SECTOR_SIZE)} bytes) exceeds 2^53-1 bytes, the largest offset this library can address`);
+      }
       const blk = device.hasFeature(BlkFeature.BLK_SIZE) ? cfg.readUInt32LE(BlkConfig.blk_size) : SECTOR_SIZE;
       return new BlockDevice(device, capacity, blk || SECTOR_SIZE, cfg.readUInt32LE(BlkConfig.size_max), options.maxTransferBytes ?? 1024 * 1024);
     } catch (err) {

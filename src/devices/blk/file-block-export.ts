@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
-import type { DeviceEventSink, DeviceExport, VirtioDeviceInstance } from '../../target/device.js';
+import type { DeviceEventSink, DeviceExport, InstanceLimits, VirtioDeviceInstance } from '../../target/device.js';
 import { BlkAdmin, alignedToBlock } from './blk-admin.js';
 import {
   BlkConfig,
@@ -35,8 +35,16 @@ export interface FileBlockOptions {
 
 /** Most data bytes one request may move; the initiator splits larger transfers. */
 export const MAX_TRANSFER_BYTES = 4 * 1024 * 1024;
-const MAX_WRITE_ZEROES_SECTORS = 0xffffffff >>> 0;
+/**
+ * Most sectors one WRITE_ZEROES may zero (64 MiB): bounds the work of one request; more is IOERR.
+ * The zeroing runs in ZERO_CHUNK steps and stops between two when the request is cancelled.
+ */
+export const MAX_WRITE_ZEROES_SECTORS = (64 * 1024 * 1024) / SECTOR_SIZE;
 const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
+/** seg_max on stream transports, where the wire sets no limit on segments. */
+const STREAM_SEG_MAX = 128;
+/** Keyed descriptors a request needs besides its data segments: the header and the status byte. */
+const NON_DATA_DESCRIPTORS = 2;
 
 function bit(b: bigint): bigint {
   return 1n << b;
@@ -70,8 +78,6 @@ export class FileBlockExport implements DeviceExport {
   instanceCount = 0;
   /** What GET_ID returns: at most 20 bytes, NUL-padded by the request when shorter. */
   readonly serial: Buffer;
-  /** Shared config state: writeback is device-wide, as a real disk's cache mode would be. */
-  writeback = 1;
   private generation = 0;
   private readonly events = new EventEmitter();
 
@@ -140,7 +146,7 @@ export class FileBlockExport implements DeviceExport {
     return this.generation;
   }
 
-  /** The config changed (a writeback write, a resize): bump the generation, tell instances. */
+  /** The config changed for every instance (a resize): bump the generation, tell instances. */
   configChanged(): void {
     this.generation = (this.generation + 1) >>> 0;
     this.events.emit('change');
@@ -151,16 +157,17 @@ export class FileBlockExport implements DeviceExport {
     return () => this.events.off('change', listener);
   }
 
-  config(): Buffer {
+  /** struct virtio_blk_config as one instance sees it (writeback and seg_max are per instance). */
+  config(instance: { writeback: number; segMax: number } = { writeback: 1, segMax: STREAM_SEG_MAX }): Buffer {
     const c = Buffer.alloc(BlkConfig.SIZE);
     c.writeBigUInt64LE(BigInt(this.capacityBytes / SECTOR_SIZE), BlkConfig.capacity);
     c.writeUInt32LE(MAX_TRANSFER_BYTES, BlkConfig.size_max);
-    c.writeUInt32LE(128, BlkConfig.seg_max);
+    c.writeUInt32LE(instance.segMax, BlkConfig.seg_max);
     c.writeUInt32LE(this.blockSize, BlkConfig.blk_size);
     c.writeUInt8(0, BlkConfig.physical_block_exp);
     c.writeUInt16LE(1, BlkConfig.min_io_size);
     c.writeUInt32LE(MAX_TRANSFER_BYTES / this.blockSize, BlkConfig.opt_io_size);
-    c.writeUInt8(this.writeback, BlkConfig.writeback);
+    c.writeUInt8(instance.writeback, BlkConfig.writeback);
     c.writeUInt16LE(this.numQueues, BlkConfig.num_queues);
     c.writeUInt32LE(MAX_TRANSFER_BYTES / SECTOR_SIZE, BlkConfig.max_discard_sectors);
     c.writeUInt32LE(1, BlkConfig.max_discard_seg);
@@ -171,9 +178,13 @@ export class FileBlockExport implements DeviceExport {
     return c;
   }
 
-  createInstance(): VirtioDeviceInstance {
+  createInstance(limits?: InstanceLimits): VirtioDeviceInstance {
+    const descriptors = limits?.maxDescriptors ?? 0;
+    // seg_max counts data segments; on a keyed queue each takes a descriptor, and so do the
+    // request header and the status byte.
+    const segMax = descriptors > 0 ? Math.max(1, descriptors - NON_DATA_DESCRIPTORS) : STREAM_SEG_MAX;
     this.instanceCount++;
-    return new FileBlockInstance(this, () => this.instanceCount--);
+    return new FileBlockInstance(this, segMax, () => this.instanceCount--);
   }
 
   /** Bounds check in bytes; false when [offset, offset+length) is outside the disk. */
@@ -203,8 +214,10 @@ export class FileBlockExport implements DeviceExport {
     return this.file.datasync();
   }
 
-  async writeZeroes(offset: number, length: number): Promise<void> {
+  /** Zero a range in 1 MiB steps; stops between two steps once `signal` aborts (and throws). */
+  async writeZeroes(offset: number, length: number, signal?: AbortSignal): Promise<void> {
     for (let pos = 0; pos < length; pos += ZERO_CHUNK.length) {
+      signal?.throwIfAborted();
       await this.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, length - pos)), offset + pos);
     }
   }
@@ -214,19 +227,29 @@ export class FileBlockExport implements DeviceExport {
   }
 }
 
-/** Per-instance state: the features this driver accepted. */
+/**
+ * Per-instance state: the features this driver accepted and its cache mode. Each instance has
+ * its own writeback field (virtio-blk: a write is stable only if writeback was 0 from its
+ * submission to its completion, so one initiator must not switch another's cache mode).
+ */
 class FileBlockInstance implements VirtioDeviceInstance {
   readonly deviceId = DeviceId.Block;
   readonly vendorId = DEFAULT_VENDOR_ID;
   readonly configSize = BlkConfig.SIZE;
   readonly maxRequestBytes = MAX_TRANSFER_BYTES + REQUEST_HEADER_SIZE + SEGMENT_SIZE;
   private negotiated = 0n;
+  /** 1 = writeback, 0 = writethrough; always 0 once features without FLUSH are accepted. */
+  writeback = 1;
+  /** Changes of this instance's own config (its writeback), added to the disk's generation. */
+  private ownGeneration = 0;
+  private readonly ownChanges = new EventEmitter();
   private events: DeviceEventSink | null = null;
   private released = false;
   readonly admin: BlkAdmin;
 
   constructor(
     private readonly disk: FileBlockExport,
+    readonly segMax: number,
     private readonly onDestroy: () => void,
   ) {
     // The admin side hands over the error-log sink: failed requests are reported there.
@@ -243,7 +266,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
     return this.disk.queueSize;
   }
   readConfig(offset: number, bytes: number): bigint {
-    const c = this.disk.config();
+    const c = this.disk.config(this);
     const tmp = Buffer.alloc(8);
     c.copy(tmp, 0, offset, offset + bytes);
     return tmp.readBigUInt64LE(0);
@@ -253,23 +276,34 @@ class FileBlockInstance implements VirtioDeviceInstance {
     if (offset !== BlkConfig.writeback || bytes !== 1) return false;
     if (!(this.negotiated & bit(BlkFeature.CONFIG_WCE))) return false;
     const wb = Number(value & 0xffn) ? 1 : 0;
-    if (wb !== this.disk.writeback) {
-      this.disk.writeback = wb;
-      this.disk.configChanged();
+    // Without FLUSH a driver could never make a writeback cache durable: writethrough only.
+    if (wb === 1 && !(this.negotiated & bit(BlkFeature.FLUSH))) return false;
+    if (wb !== this.writeback) {
+      this.writeback = wb;
+      this.ownGeneration = (this.ownGeneration + 1) >>> 0;
+      this.ownChanges.emit('change');
     }
     return true;
   }
   configGeneration(): number {
-    return this.disk.configGeneration;
+    return (this.disk.configGeneration + this.ownGeneration) >>> 0;
   }
   onConfigChange(listener: () => void): () => void {
-    return this.disk.onConfigChange(listener);
+    const offDisk = this.disk.onConfigChange(listener);
+    this.ownChanges.on('change', listener);
+    return () => {
+      offDisk();
+      this.ownChanges.off('change', listener);
+    };
   }
   setDriverFeatures(features: bigint): void {
     this.negotiated = features;
+    // virtio-blk: with CONFIG_WCE but not FLUSH negotiated, writeback starts (and stays) 0.
+    this.writeback = features & bit(BlkFeature.FLUSH) ? 1 : 0;
   }
   reset(): void {
     this.negotiated = 0n;
+    this.writeback = 1;
   }
   destroy(): void {
     if (this.released) return;
@@ -280,12 +314,12 @@ class FileBlockInstance implements VirtioDeviceInstance {
   /** Writes reach stable storage before completion unless the driver runs a writeback cache. */
   private get writeThrough(): boolean {
     if (!(this.negotiated & bit(BlkFeature.FLUSH))) return true;
-    if (this.negotiated & bit(BlkFeature.CONFIG_WCE)) return this.disk.writeback === 0;
+    if (this.negotiated & bit(BlkFeature.CONFIG_WCE)) return this.writeback === 0;
     return false;
   }
 
-  async handleRequest(vq: number, readable: Buffer, inLength: number): Promise<readonly Buffer[]> {
-    const written = await this.runRequest(readable, inLength);
+  async handleRequest(vq: number, readable: Buffer, inLength: number, signal?: AbortSignal): Promise<readonly Buffer[]> {
+    const written = await this.runRequest(readable, inLength, signal);
     const last = written[written.length - 1];
     const status = last?.[last.length - 1];
     if (status !== undefined && status !== BlkStatus.OK && this.events) {
@@ -296,7 +330,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
     return written;
   }
 
-  private async runRequest(readable: Buffer, inLength: number): Promise<readonly Buffer[]> {
+  private async runRequest(readable: Buffer, inLength: number, signal?: AbortSignal): Promise<readonly Buffer[]> {
     // The status byte is the last device-writable byte; without one there is nothing to say.
     if (inLength < 1) return [];
     const status = (s: number, data?: Buffer): Buffer[] => {
@@ -335,7 +369,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
         }
         case BlkRequestType.DISCARD:
         case BlkRequestType.WRITE_ZEROES:
-          return status(await this.discardOrZero(type, readable.subarray(REQUEST_HEADER_SIZE)));
+          return status(await this.discardOrZero(type, readable.subarray(REQUEST_HEADER_SIZE), signal));
         default:
           return status(BlkStatus.UNSUPP);
       }
@@ -344,26 +378,30 @@ class FileBlockInstance implements VirtioDeviceInstance {
     }
   }
 
-  private async discardOrZero(type: number, segments: Buffer): Promise<number> {
+  /**
+   * DISCARD and WRITE_ZEROES, checked in this order: feature negotiated (UNSUPP), payload is
+   * exactly one segment (IOERR: a malformed request), flags known (UNSUPP, virtio 5.2.6.2),
+   * disk writable, size within the advertised maximum, range inside the disk (IOERR).
+   */
+  private async discardOrZero(type: number, segments: Buffer, signal?: AbortSignal): Promise<number> {
     const feature = type === BlkRequestType.DISCARD ? BlkFeature.DISCARD : BlkFeature.WRITE_ZEROES;
     if (!(this.negotiated & bit(feature))) return BlkStatus.UNSUPP;
-    if (this.disk.readOnly) return BlkStatus.IOERR;
     // One segment per request (max_discard_seg = max_write_zeroes_seg = 1).
-    if (segments.length !== SEGMENT_SIZE) return BlkStatus.UNSUPP;
+    if (segments.length !== SEGMENT_SIZE) return BlkStatus.IOERR;
     const sector = segments.readBigUInt64LE(0);
     const sectors = segments.readUInt32LE(8);
     const flags = segments.readUInt32LE(12);
     // The unmap flag (bit 0) belongs to WRITE_ZEROES; on DISCARD it is UNSUPP (virtio 5.2.6.2).
     const allowedFlags = type === BlkRequestType.WRITE_ZEROES ? WRITE_ZEROES_FLAG_UNMAP : 0;
     if (flags & ~allowedFlags) return BlkStatus.UNSUPP;
+    if (this.disk.readOnly) return BlkStatus.IOERR;
+    const maxSectors = type === BlkRequestType.DISCARD ? MAX_TRANSFER_BYTES / SECTOR_SIZE : MAX_WRITE_ZEROES_SECTORS;
+    if (sectors > maxSectors) return BlkStatus.IOERR;
     const length = sectors * SECTOR_SIZE;
     if (!alignedToBlock(sector, length, this.disk.blockSize) || !this.disk.inRange(sector, length)) return BlkStatus.IOERR;
-    if (type === BlkRequestType.DISCARD) {
-      if (sectors > MAX_TRANSFER_BYTES / SECTOR_SIZE) return BlkStatus.IOERR;
-      // Node cannot punch holes; discarding is only a hint, so doing nothing is a valid answer.
-      return BlkStatus.OK;
-    }
-    await this.disk.writeZeroes(Number(sector) * SECTOR_SIZE, length);
+    // Node cannot punch holes; discarding is only a hint, so doing nothing is a valid answer.
+    if (type === BlkRequestType.DISCARD) return BlkStatus.OK;
+    await this.disk.writeZeroes(Number(sector) * SECTOR_SIZE, length, signal);
     if (this.writeThrough) await this.disk.sync();
     return BlkStatus.OK;
   }

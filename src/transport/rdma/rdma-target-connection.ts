@@ -153,8 +153,10 @@ export class RdmaTargetConnection implements TargetConnection {
         const p = validateKeyedDescriptors(descriptors, outLength, inLength, this.maxKeyedDescriptors);
         if (p !== 'none') problem = `${p} (${descriptors.length} descriptors, limit ${this.maxKeyedDescriptors})`;
       }
+      // The first request under this id may still be filling its pool buffer: never release
+      // or replace it. A reused id is a protocol violation the queue does not survive.
+      if (this.pending.has(commandId)) return this.violation(`VQ command id ${commandId} is already in flight`);
       const req = new KeyedVqRequest(commandId, outLength, inLength, descriptors, problem, this);
-      this.pending.get(commandId)?.release();
       this.pending.set(commandId, req);
       this.handler.onCommand(command, req);
       return;
@@ -185,6 +187,7 @@ export class RdmaTargetConnection implements TargetConnection {
     let at = 0;
     for (const d of req.descriptors) {
       if (at >= req.outLength) break;
+      if (d.length === 0) continue; // legal, moves nothing (DECISIONS.md item 4)
       wrs.push({ wrId: 0, opcode: WrOpcode.Read, signaled: false, sg: [data.mr, data.offset + at, d.length], remoteAddr: d.addr, rkey: d.key });
       at += d.length;
     }
@@ -228,6 +231,7 @@ export class RdmaTargetConnection implements TargetConnection {
         pos += d.length;
         if (pos <= req.outLength) continue;
         const n = Math.min(d.length, left);
+        if (n === 0) continue;
         wrs.push({ wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [staging.mr, staging.offset + (total - left), n], remoteAddr: d.addr, rkey: d.key });
         left -= n;
       }

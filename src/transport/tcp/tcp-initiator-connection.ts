@@ -5,15 +5,14 @@ import { ByteQueue } from './byte-queue.js';
 
 /**
  * Initiator end of one TCP connection: request PDUs out, response PDUs in. A completion is
- * followed by data only when it answers a VQ command, so the connection remembers which
- * in-flight command ids are VQ commands.
+ * followed by data only when it answers a VQ command; the queue client, which owns the
+ * commands in flight, says how many bytes follow each completion before any is read.
  */
 export class TcpInitiatorConnection implements InitiatorConnection {
   readonly kind = 'stream' as const;
   readonly peer: string;
   maxKeyedDescriptors = 0;
   private readonly queue = new ByteQueue();
-  private readonly vqInFlight = new Set<number>();
   private pendingCompletion: Buffer | null = null;
   private pendingLength = 0;
   private handler: InitiatorConnectionHandler | null = null;
@@ -50,12 +49,15 @@ export class TcpInitiatorConnection implements InitiatorConnection {
       if (this.pendingCompletion === null) {
         if (this.queue.length < COMPLETION_SIZE) return;
         const completion = Buffer.from(this.queue.take(COMPLETION_SIZE));
-        const commandId = completion.readUInt16LE(2);
-        if (!this.vqInFlight.delete(commandId)) {
+        const length = this.handler?.expectedPayload(completion) ?? 0;
+        if (typeof length === 'string') {
+          this.fail(new Error(`${this.peer}: ${length}`));
+          return;
+        }
+        if (length === 0) {
           this.handler?.onCompletion(completion, null);
           continue;
         }
-        const length = completion.readUInt32LE(4);
         if (length > this.maxVqPayload) {
           this.fail(new Error(`target announced a ${length}-byte VQ completion payload, limit ${this.maxVqPayload}`));
           return;
@@ -85,7 +87,6 @@ export class TcpInitiatorConnection implements InitiatorConnection {
 
   sendVq(command: Buffer, out: readonly Buffer[], _inBuffers: readonly Buffer[]): void {
     if (this.closed) throw new Error(`connection to ${this.peer} is closed`);
-    this.vqInFlight.add(command.readUInt16LE(2));
     this.socket.cork();
     this.socket.write(command);
     for (const b of out) if (b.length > 0) this.socket.write(b);

@@ -1,0 +1,28 @@
+import type { DeviceExport, FileBlockExport, VirtioDeviceInstance } from '../../src/index.js';
+
+/**
+ * `real` exported under a new description, with some members of every instance replaced: a
+ * device that faults, lies about its config, or answers with too many bytes, on top of a
+ * working virtio-blk model.
+ */
+export function withInstanceOverrides(
+  real: FileBlockExport,
+  description: string,
+  overrides: (inner: VirtioDeviceInstance) => Partial<VirtioDeviceInstance>,
+): DeviceExport {
+  return {
+    description,
+    close: () => real.close(),
+    createInstance(limits): VirtioDeviceInstance {
+      const inner = real.createInstance(limits);
+      const replaced = overrides(inner) as Record<string | symbol, unknown>;
+      return new Proxy(inner, {
+        get(t, k) {
+          if (k in replaced) return replaced[k];
+          const v: unknown = Reflect.get(t, k, t);
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
+        },
+      });
+    },
+  };
+}
