@@ -15,3 +15,6 @@ export * from './devices/blk/blk-constants.js';
 export { createLogger, silentLogger, type Logger } from './util/log.js';
 export { listRdmaDevices } from './transport/rdma/rdma-devices.js';
 export { RdmaUnavailableError, type DeviceInfo as RdmaDeviceInfo, type PortInfo as RdmaPortInfo } from './transport/rdma/native-binding.js';
+export { NbdServer, formatNbdUri, type NbdServerOptions, type NbdListenAddress } from './nbd/nbd-server.js';
+export { NbdExport, NbdCommandError, type NbdBlockDevice, type NbdExportOptions } from './nbd/nbd-export.js';
+export * as nbdProtocol from './nbd/nbd-protocol.js';

@@ -2,6 +2,7 @@
 import { runCp } from './cp-command.js';
 import { runDevices } from './devices-command.js';
 import { runInfo } from './info-command.js';
+import { runNbd } from './nbd-command.js';
 import { runTarget } from './target-command.js';
 import { CliError } from './cli-error.js';
 
@@ -19,6 +20,10 @@ Usage:
       Copy a remote disk (tcp:// or rdma://HOST[:PORT]/TVQN) to a local file or back.
   vof devices [--json]
       List RDMA devices with port state, MTU and GIDs.
+  vof nbd URL/TVQN [--socket PATH | --listen HOST:PORT] [--name EXPORT] [--ivqn IVQN]
+          [--read-only] [--max-requests N] [--log LEVEL]
+      Serve a remote disk over NBD (qemu, qemu-img, nbdcopy, fio, nbd-client). Prints the
+      NBD URI (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT) when ready.
   vof help
 `;
 
@@ -33,6 +38,8 @@ async function main(argv: string[]): Promise<number> {
       return runCp(rest);
     case 'devices':
       return runDevices(rest);
+    case 'nbd':
+      return runNbd(rest);
     case undefined:
     case 'help':
     case '--help':
