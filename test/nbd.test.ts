@@ -19,8 +19,9 @@ const missing = Object.entries(TOOLS).filter(([tool]) => spawnSync('sh', ['-c', 
 const MiB = 1024 * 1024;
 const DISK = 32 * MiB;
 
-function run(cmd: string, args: string[], timeout = 120000) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout });
+function run(cmd: string, args: string[], timeout = 120000, cwd?: string) {
+  // cwd: fio leaves verify state files in its working directory.
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout, ...(cwd && { cwd }) });
   return { status: r.status, out: `${r.stdout ?? ''}${r.stderr ?? ''}`, stdout: r.stdout ?? '' };
 }
 
@@ -119,15 +120,15 @@ describe('vof nbd with real NBD clients', () => {
   });
 
   it('fio nbd engine: random writes with verify=crc32c, then a verify pass, no errors', () => {
-    const common = ['--ioengine=nbd', `--uri=${rw.uri}`, '--bs=4k', '--size=16M', '--offset=8M', '--verify=crc32c', '--verify_fatal=1', '--output-format=json'];
-    const w = run('fio', ['--name=write', '--rw=randwrite', '--iodepth=16', '--do_verify=0', '--verify_state_save=0', ...common]);
+    const common = ['--ioengine=nbd', `--uri=${rw.uri}`, '--bs=4k', '--size=16M', '--offset=8M', '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0', '--output-format=json'];
+    const w = run('fio', ['--name=write', '--rw=randwrite', '--iodepth=16', '--do_verify=0', ...common], 120000, dir);
     expect(w.status, w.out).toBe(0);
-    const v = run('fio', ['--name=write', '--rw=randwrite', '--iodepth=16', '--verify_only', '--verify_state_load=0', ...common]);
+    const v = run('fio', ['--name=write', '--rw=randwrite', '--iodepth=16', '--verify_only', ...common], 120000, dir);
     expect(v.status, v.out).toBe(0);
     const job = (JSON.parse(v.stdout.slice(v.stdout.indexOf('{'))) as { jobs: Array<{ error: number; read: { io_bytes: number } }> }).jobs[0]!;
     expect(job.error).toBe(0);
     expect(job.read.io_bytes).toBe(16 * MiB); // every written block was read back and checked
-    const inline = run('fio', ['--name=inline', '--rw=randwrite', '--iodepth=32', '--do_verify=1', ...common]);
+    const inline = run('fio', ['--name=inline', '--rw=randwrite', '--iodepth=32', '--do_verify=1', ...common], 120000, dir);
     expect(inline.status, inline.out).toBe(0);
     expect(inline.out).not.toMatch(/verify: bad|crc32c: verify failed/);
   });
