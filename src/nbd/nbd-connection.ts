@@ -111,6 +111,7 @@ export class NbdConnection {
     this.closedPromise = new Promise((resolve) => socket.once('close', () => resolve()));
     socket.setNoDelay?.(true);
     socket.on('data', (d: Buffer) => {
+      if (this.phase === 'done') return; // after DISC or ABORT nothing more is read
       this.chunks.push(d);
       this.buffered += d.length;
       this.pump();
