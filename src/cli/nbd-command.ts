@@ -49,10 +49,12 @@ export async function runNbd(argv: string[]): Promise<number> {
 
   // Installed before anything is announced, so a signal at any point after shuts down cleanly.
   let exitCode = 0;
+  let stopRequested = false;
   let stop: (why: string) => void = () => {};
   const stopped = new Promise<void>((resolve) => {
     stop = (why) => {
       log.info(`${why}: shutting down`);
+      stopRequested = true;
       resolve();
     };
   });
@@ -73,6 +75,7 @@ export async function runNbd(argv: string[]): Promise<number> {
     log,
   });
   try {
+    if (stopRequested) return exitCode; // a signal came while connecting: never announce
     let uri: string;
     try {
       uri = await server.listen(address);
