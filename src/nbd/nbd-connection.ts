@@ -201,7 +201,7 @@ export class NbdConnection {
         return;
       }
     }
-    if (!this.closed && this.phase !== 'done') {
+    if (!this.closed && this.phase !== 'done' && this.socket.isPaused() !== (this.waiting !== null)) {
       if (this.waiting) this.socket.pause();
       else this.socket.resume();
     }
@@ -431,8 +431,11 @@ export class NbdConnection {
     }
     const header = encodeSimpleReply(error, req.header.cookie);
     if (data && data.length > 0) {
+      // One writev for header and data rather than a syscall (and a packet) each.
+      this.socket.cork();
       this.socket.write(header);
       this.socket.write(data, () => finished());
+      this.socket.uncork();
     } else {
       this.socket.write(header, () => finished());
     }
