@@ -17,6 +17,8 @@ const TOOLS = { nbdinfo: 'libnbd-bin', nbdcopy: 'libnbd-bin', 'qemu-img': 'qemu-
 const missing = Object.entries(TOOLS).filter(([tool]) => spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0);
 
 const MiB = 1024 * 1024;
+/** Per-test budget: real client processes on a shared, loaded 2-core machine. */
+const SLOW = 240000;
 const DISK = 32 * MiB;
 
 function run(cmd: string, args: string[], timeout = 120000, cwd?: string) {
@@ -37,7 +39,7 @@ function pattern(size: number, seed: number): Buffer {
   return b;
 }
 
-describe('vof nbd with real NBD clients', () => {
+describe('vof nbd with real NBD clients', { timeout: SLOW }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'vof-nbd-'));
   let target: StartedTarget;
   let rw: Bridge;
@@ -58,7 +60,7 @@ describe('vof nbd with real NBD clients', () => {
       startBridge([`${url}/nbd-ro`, '--socket', join(dir, 'ro.sock'), '--name', 'ro disk']),
       startBridge([`${url}/nbd-rw`, '--socket', join(dir, 'ro-flag.sock'), '--read-only']),
     ]);
-  });
+  }, SLOW);
 
   afterAll(async () => {
     await Promise.all([rw, ro, roFlag].filter(Boolean).map((b) => b.stop()));
@@ -101,7 +103,7 @@ describe('vof nbd with real NBD clients', () => {
     const list = run('nbdinfo', ['--list', '--json', rw.uri]);
     expect(list.status, list.out).toBe(0);
     expect((JSON.parse(list.stdout) as { exports: Array<{ 'export-name': string }> }).exports.map((x) => x['export-name'])).toEqual(['nbd-rw']);
-  });
+  }, SLOW);
 
   it('qemu-img convert copies a random 32 MiB image in; qemu-img compare and nbdcopy + cmp prove it identical', () => {
     const src = join(dir, 'random.img');
@@ -117,7 +119,7 @@ describe('vof nbd with real NBD clients', () => {
     expect(readFileSync(back).equals(readFileSync(src))).toBe(true);
     // And the bytes really reached the target's backing file.
     expect(readFileSync(rwDisk).equals(readFileSync(src))).toBe(true);
-  });
+  }, SLOW);
 
   it('fio nbd engine: random writes with verify=crc32c, then a verify pass, no errors', () => {
     const common = ['--ioengine=nbd', `--uri=${rw.uri}`, '--bs=4k', '--size=16M', '--offset=8M', '--verify=crc32c', '--verify_fatal=1', '--verify_state_save=0', '--output-format=json'];
@@ -131,7 +133,7 @@ describe('vof nbd with real NBD clients', () => {
     const inline = run('fio', ['--name=inline', '--rw=randwrite', '--iodepth=32', '--do_verify=1', ...common], 120000, dir);
     expect(inline.status, inline.out).toBe(0);
     expect(inline.out).not.toMatch(/verify: bad|crc32c: verify failed/);
-  });
+  }, SLOW);
 
   describe('raw NBD clients', () => {
     const clients: RawNbdClient[] = [];
@@ -329,7 +331,7 @@ describe('vof nbd with real NBD clients', () => {
     expect(await c.closedByServer()).toBe(true);
     expect(existsSync(sock)).toBe(false);
     expect(u.stderr()).toMatch(/SIGTERM: shutting down/);
-  });
+  }, SLOW);
 
   it('refuses a socket path that is not a socket, and both --socket and --listen', () => {
     const notSock = join(dir, 'stale');
@@ -341,5 +343,5 @@ describe('vof nbd with real NBD clients', () => {
       encoding: 'utf8',
     });
     expect(both.status).toBe(2);
-  });
+  }, SLOW);
 });
