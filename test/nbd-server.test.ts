@@ -146,6 +146,9 @@ describe('NbdServer over any NbdBlockDevice', () => {
     expect((await c.call(NbdCommand.WRITE, 0, 512, 1 /* FUA */, Buffer.alloc(512, 1))).error).toBe(0);
     expect(disk.flushes).toBe(1);
     expect((await c.call(NbdCommand.WRITE_ZEROES, 0, 512, 2 /* NO_HOLE */)).error).toBe(0);
+    // Zero-length requests: unspecified by the protocol, answered without error or disconnect.
+    expect((await c.call(NbdCommand.WRITE, 512, 0)).error).toBe(0);
+    expect((await c.call(NbdCommand.READ, 512, 0)).error).toBe(0);
     expect(disk.data.subarray(0, 512).every((b) => b === 0)).toBe(true);
   });
 

@@ -97,6 +97,8 @@ export class NbdExport {
     if (disk.canFlush) flags |= TransmissionFlag.SEND_FLUSH | TransmissionFlag.SEND_FUA;
     if (!this.readOnly && disk.canDiscard) flags |= TransmissionFlag.SEND_TRIM;
     if (!this.readOnly && disk.canWriteZeroes) flags |= TransmissionFlag.SEND_WRITE_ZEROES;
+    // CAN_MULTI_CONN holds: no cache here, every connection uses this one disk, replies follow
+    // completion, and the disk's flush covers every completed write (see NbdBlockDevice).
     if (options.multiConn ?? true) flags |= TransmissionFlag.CAN_MULTI_CONN;
     this.transmissionFlags = flags;
   }
@@ -147,7 +149,7 @@ export class NbdExport {
           data = await this.read(offset, length);
           break;
         case NbdCommand.WRITE:
-          await this.write(offset, payload!);
+          await this.write(offset, payload ?? Buffer.alloc(0)); // a zero-length write has none
           break;
         case NbdCommand.WRITE_ZEROES:
           await this.writeZeroes(offset, length);
