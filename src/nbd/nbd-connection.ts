@@ -97,6 +97,7 @@ export class NbdConnection {
   private readonly inFlight = new Set<NbdRequest>();
   private inFlightBytes = 0;
   private shuttingDown = false;
+  private corked = false;
   private closed = false;
   private idleWaiters: Array<() => void> = [];
   readonly closedPromise: Promise<void>;
@@ -429,13 +430,19 @@ export class NbdConnection {
       finished();
       return;
     }
+    // Replies completed in the same tick leave in one writev rather than a syscall each.
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
     const header = encodeSimpleReply(error, req.header.cookie);
     if (data && data.length > 0) {
-      // One writev for header and data rather than a syscall (and a packet) each.
-      this.socket.cork();
       this.socket.write(header);
       this.socket.write(data, () => finished());
-      this.socket.uncork();
     } else {
       this.socket.write(header, () => finished());
     }
