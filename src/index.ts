@@ -26,3 +26,6 @@ export { AdminClient, AdminError, formatAdminStatus } from './initiator/admin-cl
 export { seedAdminHeader, type AdminHeaderFormat, type AdminRequest, type AdminResponse } from './admin/header-format.js';
 export { AdminCommandSet, AdminDataError, type AdminHandler, type AdminReply } from './admin/admin-command-set.js';
 export type { DeviceAdminSupport, DeviceEventSink } from './target/device.js';
+export { NbdServer, formatNbdUri, type NbdServerOptions, type NbdListenAddress } from './nbd/nbd-server.js';
+export { NbdExport, NbdCommandError, type NbdBlockDevice, type NbdExportOptions } from './nbd/nbd-export.js';
+export * as nbdProtocol from './nbd/nbd-protocol.js';

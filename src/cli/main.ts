@@ -3,6 +3,7 @@ import { runAdmin } from './admin-command.js';
 import { runCp } from './cp-command.js';
 import { runDevices } from './devices-command.js';
 import { runInfo } from './info-command.js';
+import { runNbd } from './nbd-command.js';
 import { runTarget } from './target-command.js';
 import { CliError } from './cli-error.js';
 
@@ -30,6 +31,10 @@ Usage:
            [--tls-psk FILE [--tls-psk-identity ID]] [--tls-servername NAME]
   vof devices [--json]
       List RDMA devices with port state, MTU and GIDs.
+  vof nbd URL/TVQN [--socket PATH | --listen HOST:PORT] [--name EXPORT] [--ivqn IVQN]
+          [--read-only] [--max-requests N] [--log LEVEL] [TLS]
+      Serve a remote disk over NBD (qemu, qemu-img, nbdcopy, fio, nbd-client). Prints the
+      NBD URI (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT) when ready.
   vof help
 `;
 
@@ -46,6 +51,8 @@ async function main(argv: string[]): Promise<number> {
       return runAdmin(rest);
     case 'devices':
       return runDevices(rest);
+    case 'nbd':
+      return runNbd(rest);
     case undefined:
     case 'help':
     case '--help':

@@ -123,6 +123,21 @@ export class BlockDevice {
     return this.device.queues.length;
   }
 
+  /** The device has a volatile cache that flush() empties (VIRTIO_BLK_F_FLUSH). */
+  get canFlush(): boolean {
+    return this.device.hasFeature(BlkFeature.FLUSH);
+  }
+
+  /** discard() is supported (VIRTIO_BLK_F_DISCARD). */
+  get canDiscard(): boolean {
+    return this.device.hasFeature(BlkFeature.DISCARD);
+  }
+
+  /** writeZeroes() is supported (VIRTIO_BLK_F_WRITE_ZEROES). */
+  get canWriteZeroes(): boolean {
+    return this.device.hasFeature(BlkFeature.WRITE_ZEROES);
+  }
+
   private queue(): number {
     const q = this.nextQueue;
     this.nextQueue = (q + 1) % this.device.queues.length;

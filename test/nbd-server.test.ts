@@ -1,0 +1,208 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { NbdServer, silentLogger, type NbdBlockDevice, type NbdServerOptions } from '../src/index.js';
+import { NbdCommand, NbdError, NbdInfo, TransmissionFlag } from '../src/nbd/nbd-protocol.js';
+import { RawNbdClient } from './helpers/raw-nbd.js';
+
+/**
+ * NbdServer as a library over a disk that is not a vof BlockDevice: an in-memory disk whose
+ * calls the test can hold, fail and count.
+ */
+class MemoryDisk implements NbdBlockDevice {
+  readonly data: Buffer;
+  readOnly = false;
+  canFlush = true;
+  canDiscard = false;
+  canWriteZeroes = true;
+  /** Calls currently inside the disk, and the most seen at once. */
+  active = 0;
+  maxActive = 0;
+  flushes = 0;
+  failWrites = false;
+  private gate: Promise<void> | null = null;
+  private openGate: (() => void) | null = null;
+
+  constructor(
+    readonly capacity: number,
+    readonly blockSize: number,
+  ) {
+    this.data = Buffer.alloc(capacity);
+  }
+
+  hold(): void {
+    this.gate = new Promise((r) => (this.openGate = r));
+  }
+
+  release(): void {
+    this.openGate?.();
+    this.gate = null;
+  }
+
+  private async enter<T>(f: () => T): Promise<T> {
+    this.active++;
+    this.maxActive = Math.max(this.maxActive, this.active);
+    try {
+      if (this.gate) await this.gate;
+      await new Promise((r) => setImmediate(r));
+      return f();
+    } finally {
+      this.active--;
+    }
+  }
+
+  private check(offset: number, length: number): void {
+    if (offset % this.blockSize || length % this.blockSize || offset + length > this.capacity) throw new RangeError(`bad range ${offset}+${length}`);
+  }
+
+  read(offset: number, into: Buffer): Promise<Buffer> {
+    this.check(offset, into.length);
+    return this.enter(() => (this.data.copy(into, 0, offset, offset + into.length), into));
+  }
+
+  write(offset: number, data: Buffer): Promise<void> {
+    this.check(offset, data.length);
+    return this.enter(() => {
+      if (this.failWrites) throw new Error('medium error');
+      data.copy(this.data, offset);
+    });
+  }
+
+  flush(): Promise<void> {
+    return this.enter(() => void this.flushes++);
+  }
+
+  discard(): Promise<void> {
+    throw new Error('not offered');
+  }
+
+  writeZeroes(offset: number, length: number): Promise<void> {
+    this.check(offset, length);
+    return this.enter(() => void this.data.fill(0, offset, offset + length));
+  }
+}
+
+describe('NbdServer over any NbdBlockDevice', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vof-nbd-lib-'));
+  let server: NbdServer | null = null;
+  const clients: RawNbdClient[] = [];
+
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  afterEach(async () => {
+    clients.splice(0).forEach((c) => c.close());
+    await server?.close();
+    server = null;
+  });
+
+  async function serve(disk: MemoryDisk, options: Partial<NbdServerOptions> = {}): Promise<{ uri: string; sock: string }> {
+    const sock = join(dir, `s${Math.random().toString(36).slice(2)}.sock`);
+    server = new NbdServer(disk, { name: 'mem', log: silentLogger, ...options });
+    return { uri: await server.listen({ socket: sock }), sock };
+  }
+
+  async function client(sock: string, infos: number[] = [NbdInfo.BLOCK_SIZE]) {
+    const c = await RawNbdClient.connect(sock);
+    clients.push(c);
+    c.sendClientFlags(3);
+    return { c, go: await c.go('mem', infos) };
+  }
+
+  it('flags and block sizes follow the disk: 4 KiB blocks, no discard', async () => {
+    const { uri, sock } = await serve(new MemoryDisk(1 << 20, 4096));
+    const { go } = await client(sock);
+    expect(go.size).toBe(1n << 20n);
+    const F = TransmissionFlag;
+    expect(go.flags).toBe(F.HAS_FLAGS | F.SEND_FLUSH | F.SEND_FUA | F.SEND_WRITE_ZEROES | F.CAN_MULTI_CONN);
+    const bs = go.infos.get(NbdInfo.BLOCK_SIZE)!;
+    expect([bs.readUInt32BE(2), bs.readUInt32BE(6), bs.readUInt32BE(10)]).toEqual([4096, 4096, 32 << 20]);
+    // Asynchronously: the server runs in this process.
+    const info = await promisify(execFile)('nbdinfo', ['--json', uri], { encoding: 'utf8', timeout: 60000 });
+    const e = JSON.parse(info.stdout).exports[0];
+    expect([e.can_trim, e.can_flush, e.block_size_minimum]).toEqual([false, true, 4096]);
+  });
+
+  it('read-modify-write happens at the disk block size; TRIM not offered is EINVAL', async () => {
+    const disk = new MemoryDisk(1 << 20, 4096);
+    disk.data.fill(0x11);
+    const { sock } = await serve(disk);
+    const { c } = await client(sock, []); // no block sizes agreed: unaligned is served
+    expect((await c.call(NbdCommand.WRITE, 4000, 200, 0, Buffer.alloc(200, 0x22))).error).toBe(0);
+    const expected = Buffer.alloc(1 << 20, 0x11).fill(0x22, 4000, 4200);
+    expect(disk.data.equals(expected)).toBe(true);
+    expect((await c.call(NbdCommand.READ, 3999, 202)).data!.equals(expected.subarray(3999, 4201))).toBe(true);
+    expect((await c.call(NbdCommand.TRIM, 0, 4096)).error).toBe(NbdError.EINVAL);
+  });
+
+  it('a failing disk gives EIO, FUA flushes, and the connection keeps working', async () => {
+    const disk = new MemoryDisk(1 << 20, 512);
+    const { sock } = await serve(disk);
+    const { c } = await client(sock);
+    disk.failWrites = true;
+    expect((await c.call(NbdCommand.WRITE, 0, 512, 0, Buffer.alloc(512, 1))).error).toBe(NbdError.EIO);
+    disk.failWrites = false;
+    expect((await c.call(NbdCommand.WRITE, 0, 512, 1 /* FUA */, Buffer.alloc(512, 1))).error).toBe(0);
+    expect(disk.flushes).toBe(1);
+    expect((await c.call(NbdCommand.WRITE_ZEROES, 0, 512, 2 /* NO_HOLE */)).error).toBe(0);
+    // Zero-length requests: unspecified by the protocol, answered without error or disconnect.
+    expect((await c.call(NbdCommand.WRITE, 512, 0)).error).toBe(0);
+    expect((await c.call(NbdCommand.READ, 512, 0)).error).toBe(0);
+    expect(disk.data.subarray(0, 512).every((b) => b === 0)).toBe(true);
+  });
+
+  it('in-flight requests and payload bytes per connection are capped', async () => {
+    const disk = new MemoryDisk(1 << 20, 512);
+    const { sock } = await serve(disk, { maxRequestsPerConnection: 4, maxBlockBytes: 64 * 1024, maxBytesPerConnection: 128 * 1024 });
+    const { c } = await client(sock);
+    disk.hold();
+    for (let i = 0; i < 20; i++) c.request(NbdCommand.READ, i * 512, 512);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(disk.active).toBe(4);
+    disk.release();
+    for (let i = 0; i < 20; i++) expect((await c.readReply()).error).toBe(0);
+    expect(disk.maxActive).toBe(4);
+
+    // Bytes: 64 KiB reads, at most two (128 KiB) admitted at once.
+    disk.maxActive = 0;
+    disk.hold();
+    for (let i = 0; i < 6; i++) c.request(NbdCommand.READ, i * 65536, 65536);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(disk.active).toBe(2);
+    disk.release();
+    for (let i = 0; i < 6; i++) expect((await c.readReply()).data!.length).toBe(65536);
+    expect(disk.maxActive).toBe(2);
+  });
+
+  it('close(): requests in flight finish, new ones get ESHUTDOWN, the disk is flushed, clients are disconnected', async () => {
+    const disk = new MemoryDisk(1 << 20, 512);
+    const { sock } = await serve(disk);
+    const { c } = await client(sock);
+    disk.hold();
+    c.request(NbdCommand.WRITE, 0, 512, 0, Buffer.alloc(512, 7));
+    await new Promise((r) => setTimeout(r, 100));
+    const closing = server!.close();
+    c.request(NbdCommand.READ, 0, 512);
+    const refused = await c.readReply();
+    expect(refused.error).toBe(NbdError.ESHUTDOWN);
+    disk.release();
+    expect((await c.readReply()).error).toBe(0);
+    await closing;
+    expect(disk.flushes).toBe(1);
+    expect(disk.data[0]).toBe(7);
+    expect(await c.closedByServer()).toBe(true);
+    server = null;
+  });
+
+  it('several connections at once share the disk (CAN_MULTI_CONN): a write on one is read on another', async () => {
+    const disk = new MemoryDisk(1 << 20, 512);
+    const { sock } = await serve(disk);
+    const a = (await client(sock)).c;
+    const b = (await client(sock)).c;
+    expect((await a.call(NbdCommand.WRITE, 8192, 512, 0, Buffer.alloc(512, 0x3c))).error).toBe(0);
+    expect((await a.call(NbdCommand.FLUSH, 0, 0)).error).toBe(0);
+    expect((await b.call(NbdCommand.READ, 8192, 512)).data!.equals(Buffer.alloc(512, 0x3c))).toBe(true);
+    expect(server!.connectionCount).toBe(2);
+  });
+});
