@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { BENCH_USAGE, runBench } from './bench-command.js';
 import { runCp } from './cp-command.js';
 import { runDevices } from './devices-command.js';
 import { runInfo } from './info-command.js';
@@ -19,7 +20,7 @@ Usage:
       Copy a remote disk (tcp:// or rdma://HOST[:PORT]/TVQN) to a local file or back.
   vof devices [--json]
       List RDMA devices with port state, MTU and GIDs.
-  vof help
+${BENCH_USAGE}  vof help
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -33,6 +34,8 @@ async function main(argv: string[]): Promise<number> {
       return runCp(rest);
     case 'devices':
       return runDevices(rest);
+    case 'bench':
+      return runBench(rest);
     case undefined:
     case 'help':
     case '--help':
