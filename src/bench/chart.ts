@@ -23,21 +23,26 @@ export async function renderChart(report: BenchReport): Promise<string> {
     }));
   const systems = [...ORDER.filter((s) => values.some((v) => v.system === s)), ...new Set(values.map((v) => v.system).filter((s) => !ORDER.includes(s)))];
   const workloads = [...new Set(values.map((v) => v.workload))];
-  const panel = (field: 'mbps' | 'p99', title: string) => ({
-    facet: { row: { field: 'environment', type: 'nominal' as const, title: null, header: { labelFontWeight: 'bold', labelFontSize: 12 } } },
-    resolve: { scale: { y: 'independent' as const } },
-    spec: {
-      title,
-      width: 120 * Math.max(1, workloads.length),
-      height: 180,
-      mark: { type: 'bar' as const, tooltip: true },
-      transform: [{ filter: `isValid(datum.${field}) && datum.${field} > 0` }],
-      encoding: {
-        x: { field: 'workload', type: 'nominal' as const, sort: workloads, title: null, axis: { labelAngle: 0 } },
-        xOffset: { field: 'system', type: 'nominal' as const, sort: systems },
-        y: { field, type: 'quantitative' as const, scale: { type: 'log' as const }, title: field === 'mbps' ? 'MB/s (log)' : 'p99 µs (log, lower is better)' },
-        color: { field: 'system', type: 'nominal' as const, sort: systems, scale: { scheme: 'tableau10' }, legend: { title: 'system', orient: 'top' as const } },
-      },
+  const environments = [...new Set(values.map((v) => v.environment))];
+  // One panel per metric and environment (not a facet: each needs its own log scale).
+  // Log scales need explicit bounds here: Vega-Lite otherwise bases log bars on a degenerate domain.
+  const bounds = (field: 'mbps' | 'p99', environment: string): [number, number] => {
+    const xs = values.filter((v) => v.environment === environment).map((v) => v[field]).filter((x): x is number => x !== null && x > 0);
+    if (xs.length === 0) return [1, 10];
+    return [10 ** Math.floor(Math.log10(Math.min(...xs))), 10 ** Math.ceil(Math.log10(Math.max(...xs) * 1.01))];
+  };
+  const panel = (field: 'mbps' | 'p99', environment: string) => ({
+    title: `${field === 'mbps' ? 'Throughput' : 'p99 latency'}: ${environment}`,
+    width: 120 * Math.max(1, workloads.length),
+    height: 180,
+    mark: { type: 'bar' as const, tooltip: true },
+    transform: [{ filter: { field: 'environment', equal: environment } }, { filter: `isValid(datum.${field}) && datum.${field} > 0` }],
+    encoding: {
+      x: { field: 'workload', type: 'nominal' as const, sort: workloads, title: null, axis: { labelAngle: 0 } },
+      xOffset: { field: 'system', type: 'nominal' as const, sort: systems },
+      y: { field, type: 'quantitative' as const, scale: { type: 'log' as const, domain: bounds(field, environment) }, title: field === 'mbps' ? 'MB/s (log)' : 'p99 µs (log, lower is better)' },
+      y2: { datum: bounds(field, environment)[0] },
+      color: { field: 'system', type: 'nominal' as const, sort: systems, scale: { scheme: 'tableau10' }, legend: { title: 'system', orient: 'top' as const } },
     },
   });
   const spec = {
@@ -45,7 +50,8 @@ export async function renderChart(report: BenchReport): Promise<string> {
     title: { text: 'vof bench: keyed (RDMA) beside stream (TCP) beside each anchor', subtitle: `${report.machine.cpus} CPUs, ${report.machine.cpuModel}; ${report.startedAt}` },
     data: { values },
     config: { font: 'DejaVu Sans, Helvetica, Arial, sans-serif' },
-    vconcat: [panel('mbps', 'Throughput'), panel('p99', 'p99 latency')],
+    vconcat: environments.flatMap((env) => [panel('mbps', env), panel('p99', env)]),
+    resolve: { scale: { y: 'independent' } },
   } as unknown as TopLevelSpec;
   const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
   try {

@@ -5,7 +5,7 @@ import { BlockDevice } from '../devices/blk/block-device.js';
 import { runNvmeof, runPerftest } from './keyed-anchors.js';
 import { profileSelf } from './profiler.js';
 import type { ProgressLine } from './progress-line.js';
-import { NbdBridgeUnavailable, runIperf3, runNbdkit, runVofNbd, type AnchorContext } from './stream-anchors.js';
+import { SystemUnavailable, runIperf3, runNbdkit, runVofNbd, type AnchorContext } from './stream-anchors.js';
 import type { BenchRun, Environment, SkippedSystem, Workload } from './types.js';
 import { runVofWorkload } from './vof-workload.js';
 import { workloadLabel } from './workloads.js';
@@ -60,7 +60,7 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
       const r = await body();
       runs.push(...r);
     } catch (err) {
-      if (err instanceof NbdBridgeUnavailable) return skip(system, err.message);
+      if (err instanceof SystemUnavailable) return skip(system, err.message);
       failures++;
       skip(system, `FAILED: ${(err as Error).message}`);
     }
@@ -115,7 +115,7 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
       await attempt('iperf3', async () => [await runIperf3(ctx)]);
     }
     if (o.anchors && o.rdma) {
-      await attempt('perftest', () => runPerftest(ctx, o.rdma!.device, o.rdma!.addr));
+      await attempt('perftest', () => runPerftest(ctx, o.rdma!.device, o.rdma!.addr, (reason) => skip('perftest ib_send_lat', reason)));
       await attempt('nvmeof-rdma', () => runNvmeof(ctx, 'rdma', o.rdma!.addr, o.image));
       await attempt('nvmeof-tcp', () => runNvmeof(ctx, 'tcp', '127.0.0.1', o.image));
     }

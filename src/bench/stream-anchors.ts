@@ -40,8 +40,8 @@ export async function runNbdkit(ctx: AnchorContext, image: string): Promise<Benc
   }
 }
 
-/** How `vof nbd` could not be started: reported as a skipped system with this reason. */
-export class NbdBridgeUnavailable extends Error {}
+/** A system that cannot run here (not a failure): reported as skipped with this reason. */
+export class SystemUnavailable extends Error {}
 
 /**
  * fio through `vof nbd URL --socket PATH`, the NBD bridge: it prints exactly one line on stdout,
@@ -54,7 +54,7 @@ export async function runVofNbd(ctx: AnchorContext, cli: string, deviceUrl: stri
   const exited = new Promise<number | null>((r) => bridge.once('exit', (code) => r(code)));
   try {
     const uri = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new NbdBridgeUnavailable(`vof nbd printed no URI within 20 s: ${stderr.trim()}`)), 20000);
+      const timer = setTimeout(() => reject(new SystemUnavailable(`vof nbd printed no URI within 20 s: ${stderr.trim()}`)), 20000);
       createInterface({ input: bridge.stdout }).once('line', (line) => {
         clearTimeout(timer);
         resolve(line.trim());
@@ -62,10 +62,10 @@ export async function runVofNbd(ctx: AnchorContext, cli: string, deviceUrl: stri
       void exited.then((code) => {
         clearTimeout(timer);
         const why = /unknown command/.test(stderr) ? 'this vof has no `nbd` command (the NBD bridge is not built into it)' : `vof nbd exited with ${code}: ${stderr.trim()}`;
-        reject(new NbdBridgeUnavailable(why));
+        reject(new SystemUnavailable(why));
       });
     });
-    if (!/^nbd\+unix:\/\//.test(uri)) throw new NbdBridgeUnavailable(`vof nbd printed "${uri}", not an nbd+unix:// URI`);
+    if (!/^nbd\+unix:\/\//.test(uri)) throw new SystemUnavailable(`vof nbd printed "${uri}", not an nbd+unix:// URI`);
     const runs: BenchRun[] = [];
     for (const workload of ctx.workloads) {
       runs.push(
