@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import type { CpuCost } from './types.js';
+import type { BenchRun, CpuCost, Environment, Workload } from './types.js';
 
 let ticksPerSecond: number | undefined;
 
@@ -59,4 +59,31 @@ export function cpuCost(initiatorSec: number | null, targetSec: number | null, b
 /** Four significant digits: enough for a benchmark, short in JSON. */
 export function round(x: number): number {
   return x === 0 || !Number.isFinite(x) ? x : Number(x.toPrecision(4));
+}
+
+/** A run of a block workload from its raw counts: rates, latency in µs and CPU cost. */
+export function blockRun(r: {
+  system: string;
+  environment: Environment;
+  workload: Workload;
+  seconds: number;
+  ios: number;
+  bytes: number;
+  latencyUs: BenchRun['latencyUs'];
+  initiatorSec: number | null;
+  targetSec: number | null;
+  note?: string | undefined;
+}): BenchRun {
+  return {
+    system: r.system,
+    environment: r.environment,
+    workload: r.workload,
+    seconds: round(r.seconds),
+    ios: r.ios,
+    iops: round(r.ios / r.seconds),
+    mbps: round(r.bytes / r.seconds / 1e6),
+    latencyUs: r.latencyUs,
+    cpu: cpuCost(r.initiatorSec, r.targetSec, r.bytes, r.ios),
+    ...(r.note ? { note: r.note } : {}),
+  };
 }

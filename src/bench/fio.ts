@@ -1,4 +1,4 @@
-import { cpuCost, machineBusySeconds, processCpuSeconds, round } from './cpu.js';
+import { blockRun, machineBusySeconds, processCpuSeconds, round } from './cpu.js';
 import type { ProgressLine } from './progress-line.js';
 import { run } from './tools.js';
 import type { BenchRun, Environment, Workload } from './types.js';
@@ -102,18 +102,18 @@ export async function runFio(o: FioOptions): Promise<BenchRun> {
     // 'machine': everything the machine did during the run, less what fio itself used.
     if (o.target === 'machine') targetSec = Math.max(0, targetSec - fioCpu);
   }
-  return {
+  return blockRun({
     system: o.system,
     environment: o.environment,
     workload: w,
-    seconds: round(seconds),
+    seconds,
     ios,
-    iops: round(ios / seconds),
-    mbps: round(bytes / seconds / 1e6),
+    bytes,
     latencyUs: { p50: pick('50'), p99: pick('99'), p999: pick('99.9') },
-    cpu: cpuCost(initiatorSec, targetSec, bytes, ios),
-    ...(o.note ? { note: o.note } : {}),
-  };
+    initiatorSec,
+    targetSec,
+    note: o.note,
+  });
 }
 
 function sumCpu(pids: readonly number[]): number | null {
@@ -124,4 +124,11 @@ function sumCpu(pids: readonly number[]): number | null {
     sum += s;
   }
   return sum;
+}
+
+/** runFio for each workload in turn. */
+export async function runFioWorkloads(o: Omit<FioOptions, 'workload'> & { readonly workloads: readonly Workload[] }): Promise<BenchRun[]> {
+  const runs: BenchRun[] = [];
+  for (const workload of o.workloads) runs.push(await runFio({ ...o, workload }));
+  return runs;
 }

@@ -1,6 +1,6 @@
 import { fileURLToPath } from 'node:url';
 import { cpuCost, round } from './cpu.js';
-import { runFio } from './fio.js';
+import { runFioWorkloads } from './fio.js';
 import type { AnchorContext } from './stream-anchors.js';
 import { run, startDaemon } from './tools.js';
 import type { BenchRun } from './types.js';
@@ -16,20 +16,13 @@ const NVMEOF_SCRIPT = fileURLToPath(new URL('../../bench/nvmeof.sh', import.meta
 export async function runNvmeof(ctx: AnchorContext, transport: 'rdma' | 'tcp', addr: string, image: string): Promise<BenchRun[]> {
   const dev = (await run('bash', [NVMEOF_SCRIPT, 'up', transport, addr, image])).trim().split('\n').at(-1)!;
   try {
-    const runs: BenchRun[] = [];
-    for (const workload of ctx.workloads) {
-      runs.push(
-        await runFio({
-          ...ctx,
-          system: `nvmeof-${transport}`,
-          workload,
-          engine: ['--ioengine=libaio', '--direct=1', `--filename=${dev}`],
-          target: 'machine',
-          note: 'kernel target: targetSec = machine busy CPU during the run minus fio\'s (includes the kernel host side)',
-        }),
-      );
-    }
-    return runs;
+    return await runFioWorkloads({
+      ...ctx,
+      system: `nvmeof-${transport}`,
+      engine: ['--ioengine=libaio', '--direct=1', `--filename=${dev}`],
+      target: 'machine',
+      note: 'kernel target: targetSec = machine busy CPU during the run minus fio\'s (includes the kernel host side)',
+    });
   } finally {
     await run('bash', [NVMEOF_SCRIPT, 'down']).catch(() => undefined);
   }

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { cpuCost, round } from './cpu.js';
-import { runFio } from './fio.js';
+import { runFioWorkloads } from './fio.js';
 import { accepting, freePort } from './free-port.js';
 import type { ProgressLine } from './progress-line.js';
 import { run, startDaemon, waitFor } from './tools.js';
@@ -22,19 +22,12 @@ export async function runNbdkit(ctx: AnchorContext, image: string): Promise<Benc
   const nbdkit = startDaemon('nbdkit', ['--foreground', '--ipaddr', '127.0.0.1', '--port', String(port), 'file', `file=${image}`]);
   try {
     await waitFor(`nbdkit on port ${port} (${nbdkit.stderr().trim()})`, () => accepting(port));
-    const runs: BenchRun[] = [];
-    for (const workload of ctx.workloads) {
-      runs.push(
-        await runFio({
-          ...ctx,
-          system: 'nbdkit',
-          workload,
-          engine: ['--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/`],
-          target: { pid: nbdkit.pid },
-        }),
-      );
-    }
-    return runs;
+    return await runFioWorkloads({
+      ...ctx,
+      system: 'nbdkit',
+      engine: ['--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/`],
+      target: { pid: nbdkit.pid },
+    });
   } finally {
     await nbdkit.stop();
   }
@@ -66,21 +59,14 @@ export async function runVofNbd(ctx: AnchorContext, cli: string, deviceUrl: stri
       });
     });
     if (!/^nbd\+unix:\/\//.test(uri)) throw new SystemUnavailable(`vof nbd printed "${uri}", not an nbd+unix:// URI`);
-    const runs: BenchRun[] = [];
-    for (const workload of ctx.workloads) {
-      runs.push(
-        await runFio({
-          ...ctx,
-          system: 'vof-nbd',
-          workload,
-          engine: ['--ioengine=nbd', `--uri=${uri}`],
-          target: targetPid === null ? null : { pid: targetPid },
-          initiatorPids: [bridge.pid!],
-          note: 'initiator CPU = fio + the vof nbd bridge process',
-        }),
-      );
-    }
-    return runs;
+    return await runFioWorkloads({
+      ...ctx,
+      system: 'vof-nbd',
+      engine: ['--ioengine=nbd', `--uri=${uri}`],
+      target: targetPid === null ? null : { pid: targetPid },
+      initiatorPids: [bridge.pid!],
+      note: 'initiator CPU = fio + the vof nbd bridge process',
+    });
   } finally {
     if (bridge.exitCode === null) bridge.kill('SIGTERM');
     await exited;

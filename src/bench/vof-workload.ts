@@ -1,6 +1,6 @@
 import { createHistogram } from 'node:perf_hooks';
 import type { BlockDevice } from '../devices/blk/block-device.js';
-import { cpuCost, processCpuSeconds, round, selfCpuSeconds } from './cpu.js';
+import { blockRun, processCpuSeconds, round, selfCpuSeconds } from './cpu.js';
 import type { ProgressLine } from './progress-line.js';
 import type { BenchRun, Environment, Workload } from './types.js';
 import { workloadLabel } from './workloads.js';
@@ -102,17 +102,16 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
   const cpuSelf = selfCpuSeconds() - cpuSelf0;
   const cpuTargetNow = o.targetPid === null ? null : processCpuSeconds(o.targetPid);
   const cpuTarget = cpuTarget0 === null || cpuTargetNow === null ? null : cpuTargetNow - cpuTarget0;
-  const bytes = ios * w.bs;
   const us = (p: number) => round(histogram.percentile(p) / 1000);
-  return {
+  return blockRun({
     system: o.system,
     environment: o.environment,
     workload: w,
-    seconds: round(seconds),
+    seconds,
     ios,
-    iops: round(ios / seconds),
-    mbps: round(bytes / seconds / 1e6),
+    bytes: ios * w.bs,
     latencyUs: { p50: us(50), p99: us(99), p999: us(99.9) },
-    cpu: cpuCost(cpuSelf, cpuTarget, bytes, ios),
-  };
+    initiatorSec: cpuSelf,
+    targetSec: cpuTarget,
+  });
 }
