@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startTarget, VOF_CLI, type StartedTarget } from '../../scripts/start-target.mjs';
 import { BlockDevice } from '../devices/blk/block-device.js';
-import { runNvmeof, runPerftest } from './keyed-anchors.js';
+import { runNvmeof, runPerftestBandwidth, runPerftestLatency } from './keyed-anchors.js';
 import { profileSelf } from './profiler.js';
 import type { ProgressLine } from './progress-line.js';
 import { SystemUnavailable, runIperf3, runNbdkit, runVofNbd, type AnchorContext } from './stream-anchors.js';
@@ -115,7 +115,8 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
       await attempt('iperf3', async () => [await runIperf3(ctx)]);
     }
     if (o.anchors && o.rdma) {
-      await attempt('perftest', () => runPerftest(ctx, o.rdma!.device, o.rdma!.addr, (reason) => skip('perftest ib_send_lat', reason)));
+      for (const tool of ['ib_write_bw', 'ib_read_bw'] as const) await attempt(`perftest ${tool}`, async () => [await runPerftestBandwidth(ctx, tool, o.rdma!.device, o.rdma!.addr)]);
+      await attempt('perftest ib_send_lat', async () => [await runPerftestLatency(ctx, o.rdma!.device, o.rdma!.addr)]);
       await attempt('nvmeof-rdma', () => runNvmeof(ctx, 'rdma', o.rdma!.addr, o.image));
       await attempt('nvmeof-tcp', () => runNvmeof(ctx, 'tcp', '127.0.0.1', o.image));
     }
