@@ -39,7 +39,7 @@ export async function renderChart(report: BenchReport): Promise<string> {
     transform: [{ filter: { field: 'environment', equal: environment } }, { filter: `isValid(datum.${field}) && datum.${field} > 0` }],
     encoding: {
       x: { field: 'workload', type: 'nominal' as const, sort: workloads, title: null, axis: { labelAngle: 0 } },
-      xOffset: { field: 'system', type: 'nominal' as const, sort: systems },
+      xOffset: { field: 'system', type: 'nominal' as const, scale: { domain: systems.filter((sy) => values.some((v) => v.environment === environment && v.system === sy)) } },
       y: { field, type: 'quantitative' as const, scale: { type: 'log' as const, domain: bounds(field, environment) }, title: field === 'mbps' ? 'MB/s (log)' : 'p99 µs (log, lower is better)' },
       y2: { datum: bounds(field, environment)[0] },
       color: { field: 'system', type: 'nominal' as const, sort: systems, scale: { scheme: 'tableau10' }, legend: { title: 'system', orient: 'top' as const } },
@@ -51,7 +51,7 @@ export async function renderChart(report: BenchReport): Promise<string> {
     data: { values },
     config: { font: 'DejaVu Sans, Helvetica, Arial, sans-serif' },
     vconcat: environments.flatMap((env) => [panel('mbps', env), panel('p99', env)]),
-    resolve: { scale: { y: 'independent' } },
+    resolve: { scale: { y: 'independent', xOffset: 'independent' } },
   } as unknown as TopLevelSpec;
   const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
   try {
