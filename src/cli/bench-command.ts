@@ -13,14 +13,6 @@ import { formatSize, parseSize, workloadMatrix } from '../bench/workloads.js';
 import { listRdmaDevices } from '../transport/rdma/rdma-devices.js';
 import { CliError, parseIntOption } from './cli-error.js';
 
-export const BENCH_USAGE = `  vof bench [--target URL] [--rw LIST] [--bs LIST] [--qd LIST] [--queues N] [--time SEC]
-            [--ramp SEC] [--size SIZE] [--rdma auto|vm|off] [--vm-time SEC] [--anchors] [--quick]
-            [--json FILE] [--chart FILE.svg] [--cpu-prof DIR]
-      Benchmark vof over TCP and RDMA (or in the soft-RoCE VM: --rdma vm) against nbdkit,
-      the kernel's NVMe-oF, iperf3 and perftest (--anchors). Defaults: 4k randread qd1/qd32,
-      4k randwrite qd32, 128k read/write qd8; 5 s each after a 1 s ramp; 2 queues; 256m image.
-`;
-
 function machineInfo(): MachineInfo {
   const c = cpus();
   return { hostname: hostname(), cpus: c.length, cpuModel: c[0]?.model.trim() ?? 'unknown', memoryBytes: totalmem(), kernel: release(), node: process.version, loadAverage: loadavg().map((x) => Number(x.toFixed(2))) };

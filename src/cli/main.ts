@@ -1,5 +1,4 @@
 #!/usr/bin/env node
-import { BENCH_USAGE, runBench } from './bench-command.js';
 import { runCp } from './cp-command.js';
 import { runDevices } from './devices-command.js';
 import { runInfo } from './info-command.js';
@@ -20,7 +19,13 @@ Usage:
       Copy a remote disk (tcp:// or rdma://HOST[:PORT]/TVQN) to a local file or back.
   vof devices [--json]
       List RDMA devices with port state, MTU and GIDs.
-${BENCH_USAGE}  vof help
+  vof bench [--target URL] [--rw LIST] [--bs LIST] [--qd LIST] [--queues N] [--time SEC]
+            [--ramp SEC] [--size SIZE] [--rdma auto|vm|off] [--vm-time SEC] [--anchors] [--quick]
+            [--json FILE] [--chart FILE.svg] [--cpu-prof DIR]
+      Benchmark vof over TCP and RDMA (or in the soft-RoCE VM: --rdma vm) against nbdkit,
+      the kernel's NVMe-oF, iperf3 and perftest (--anchors). Defaults: 4k randread qd1/qd32,
+      4k randwrite qd32, 128k read/write qd8; 5 s each after a 1 s ramp; 2 queues; 256m image.
+  vof help
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -35,7 +40,8 @@ async function main(argv: string[]): Promise<number> {
     case 'devices':
       return runDevices(rest);
     case 'bench':
-      return runBench(rest);
+      // Loaded on demand: the benchmark brings the charting library, which no other command needs.
+      return (await import('./bench-command.js')).runBench(rest);
     case undefined:
     case 'help':
     case '--help':
