@@ -32,6 +32,31 @@ function makeImage(dir: string, bytes: number): string {
   return path;
 }
 
+function parseBenchArgs(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    options: {
+      target: { type: 'string' },
+      rw: { type: 'string' },
+      bs: { type: 'string' },
+      qd: { type: 'string' },
+      queues: { type: 'string' },
+      time: { type: 'string' },
+      ramp: { type: 'string' },
+      size: { type: 'string' },
+      rdma: { type: 'string' },
+      'vm-time': { type: 'string' },
+      anchors: { type: 'boolean', default: false },
+      quick: { type: 'boolean', default: false },
+      json: { type: 'string' },
+      chart: { type: 'string' },
+      'cpu-prof': { type: 'string' },
+      'vm-part': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+}
+
 function positive(value: string | undefined, name: string, fallback: number): number {
   if (value === undefined) return fallback;
   const n = Number(value);
@@ -55,27 +80,17 @@ function localRdma(): { addr: string; device: string } | string {
 }
 
 export async function runBench(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      target: { type: 'string' },
-      rw: { type: 'string' },
-      bs: { type: 'string' },
-      qd: { type: 'string' },
-      queues: { type: 'string' },
-      time: { type: 'string' },
-      ramp: { type: 'string' },
-      size: { type: 'string' },
-      rdma: { type: 'string' },
-      'vm-time': { type: 'string' },
-      anchors: { type: 'boolean', default: false },
-      quick: { type: 'boolean', default: false },
-      json: { type: 'string' },
-      chart: { type: 'string' },
-      'cpu-prof': { type: 'string' },
-      'vm-part': { type: 'boolean', default: false },
-    },
-  });
+  let parsed;
+  try {
+    parsed = parseBenchArgs(argv);
+  } catch (err) {
+    throw new CliError(`${(err as Error).message} (options: vof help)`);
+  }
+  const { values } = parsed;
+  if (values.help) {
+    process.stdout.write('vof bench: see `vof help` for the options and the README\'s Benchmark section for the report.\n');
+    return 0;
+  }
   const startedAt = new Date().toISOString();
   const vmPart = values['vm-part'];
   const quick = values.quick;
