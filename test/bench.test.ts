@@ -1,23 +1,11 @@
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { VOF_CLI } from '../scripts/start-target.mjs';
+import { vofBench } from './helpers/vof-bench.js';
 import { computeRatios } from '../src/bench/report.js';
 import type { BenchReport, BenchRun } from '../src/bench/types.js';
 import { DEFAULT_WORKLOADS, parseSize, workloadMatrix } from '../src/bench/workloads.js';
-
-function vofBench(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [VOF_CLI, 'bench', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.once('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 describe('vof bench --quick --anchors (host: vof over TCP, vof nbd, nbdkit, iperf3)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'vof-bench-test-'));

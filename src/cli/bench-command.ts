@@ -108,7 +108,7 @@ export async function runBench(argv: string[]): Promise<number> {
   const rampSec = positive(values.ramp, 'ramp', quick ? 0.5 : 1);
   const vmTimeSec = positive(values['vm-time'], 'vm-time', quick ? 1 : 3);
   if (timeSec <= 0) throw new CliError('--time must be positive');
-  const rdmaMode = values.rdma ?? (vmPart ? 'auto' : 'auto');
+  const rdmaMode = values.rdma ?? 'auto';
   if (!['auto', 'vm', 'off'].includes(rdmaMode)) throw new CliError(`--rdma must be auto, vm or off, not "${rdmaMode}"`);
   const progress = new ProgressLine();
   const log = (line: string) => progress.log(line);
