@@ -8,5 +8,5 @@ export interface StartedTarget {
 }
 export declare function startTarget(
   args: string[],
-  opts?: { lines?: number; stderr?: 'inherit' | 'pipe'; timeoutMs?: number },
+  opts?: { lines?: number; stderr?: 'inherit' | 'pipe'; timeoutMs?: number; nodeArgs?: string[] },
 ): Promise<StartedTarget>;

@@ -6,12 +6,13 @@ export const VOF_CLI = fileURLToPath(new URL('../dist/cli/main.js', import.meta.
 
 /**
  * @param {string[]} args arguments after `vof target`
- * @param {{ lines?: number, stderr?: 'inherit' | 'pipe', timeoutMs?: number }} [opts]
+ * @param {{ lines?: number, stderr?: 'inherit' | 'pipe', timeoutMs?: number, nodeArgs?: string[] }} [opts]
+ *   nodeArgs: options for node itself, before the script (e.g. --cpu-prof)
  * @returns {Promise<{ child: import('node:child_process').ChildProcess, urls: string[], stderr: () => string, stop: () => Promise<number | null> }>}
  */
 export function startTarget(args, opts = {}) {
   const lines = opts.lines ?? 1;
-  const child = spawn(process.execPath, [VOF_CLI, 'target', ...args], { stdio: ['ignore', 'pipe', opts.stderr ?? 'pipe'] });
+  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), VOF_CLI, 'target', ...args], { stdio: ['ignore', 'pipe', opts.stderr ?? 'pipe'] });
   let out = '';
   let err = '';
   child.stderr?.on('data', (d) => (err += d));

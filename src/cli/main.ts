@@ -35,6 +35,12 @@ Usage:
           [--read-only] [--max-requests N] [--log LEVEL] [TLS]
       Serve a remote disk over NBD (qemu, qemu-img, nbdcopy, fio, nbd-client). Prints the
       NBD URI (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT) when ready.
+  vof bench [--target URL] [--rw LIST] [--bs LIST] [--qd LIST] [--queues N] [--time SEC]
+            [--ramp SEC] [--size SIZE] [--rdma auto|vm|off] [--vm-time SEC] [--anchors] [--quick]
+            [--json FILE] [--chart FILE.svg] [--cpu-prof DIR]
+      Benchmark vof over TCP and RDMA (or in the soft-RoCE VM: --rdma vm) against nbdkit,
+      the kernel's NVMe-oF, iperf3 and perftest (--anchors). Defaults: 4k randread qd1/qd32,
+      4k randwrite qd32, 128k read/write qd8; 5 s each after a 1 s ramp; 2 queues; 256m image.
   vof help
 `;
 
@@ -53,6 +59,9 @@ async function main(argv: string[]): Promise<number> {
       return runDevices(rest);
     case 'nbd':
       return runNbd(rest);
+    case 'bench':
+      // Loaded on demand: the benchmark brings the charting library, which no other command needs.
+      return (await import('./bench-command.js')).runBench(rest);
     case undefined:
     case 'help':
     case '--help':

@@ -1,0 +1,90 @@
+/** The benchmark's report: what `vof bench --json FILE` writes (documented in the README). */
+
+/** fio's names: randread, randwrite, read (sequential), write (sequential). */
+export type BlockRw = 'randread' | 'randwrite' | 'read' | 'write';
+
+export interface Workload {
+  /** A BlockRw for block systems; ceilings use their own words (e.g. `rdma-write`, `tcp-stream`). */
+  readonly rw: string;
+  /** Bytes per I/O (or per message for the ceilings). */
+  readonly bs: number;
+  /** Queue depth: I/Os in flight at once. */
+  readonly qd: number;
+}
+
+/** Where a run happened: on this host, or inside the soft-RoCE QEMU VM (TCG, ~19x slower). */
+export type Environment = 'host' | 'vm';
+
+export interface CpuCost {
+  /** CPU seconds (user + system) spent by the initiator side during the measurement; null if unknown. */
+  readonly initiatorSec: number | null;
+  /** CPU seconds spent by the target during the measurement; null if not measurable (remote target). */
+  readonly targetSec: number | null;
+  readonly initiatorSecPerGB: number | null;
+  readonly targetSecPerGB: number | null;
+  readonly initiatorSecPerMillionIos: number | null;
+  readonly targetSecPerMillionIos: number | null;
+}
+
+export interface BenchRun {
+  readonly system: string;
+  readonly environment: Environment;
+  readonly workload: Workload;
+  /** Length of the measurement (after the ramp), seconds. */
+  readonly seconds: number;
+  readonly ios: number;
+  readonly iops: number;
+  /** Megabytes (10^6 bytes) per second. */
+  readonly mbps: number;
+  /** Per-I/O latency percentiles in microseconds; null where the tool gives none. */
+  readonly latencyUs: { readonly p50: number; readonly p99: number; readonly p999: number } | null;
+  readonly cpu: CpuCost;
+  /** How the figures were obtained, where that is not obvious. */
+  readonly note?: string;
+}
+
+export interface SkippedSystem {
+  readonly system: string;
+  readonly environment: Environment;
+  readonly reason: string;
+}
+
+export interface Ratio {
+  /** `same-workload`: vof against an anchor running the same workload; `ceiling`: vof's MB/s
+   *  against a raw transport's (iperf3, perftest). */
+  readonly kind: 'same-workload' | 'ceiling';
+  readonly system: string;
+  readonly anchor: string;
+  readonly environment: Environment;
+  readonly workload: Workload;
+  readonly anchorWorkload: Workload;
+  /** vof ÷ anchor: above 1 means vof did more I/Os or bytes per second. */
+  readonly iops: number | null;
+  readonly mbps: number;
+  /** vof ÷ anchor: above 1 means vof's p99 latency is higher (worse). */
+  readonly p99: number | null;
+}
+
+export interface MachineInfo {
+  readonly hostname: string;
+  readonly cpus: number;
+  readonly cpuModel: string;
+  readonly memoryBytes: number;
+  readonly kernel: string;
+  readonly node: string;
+  readonly loadAverage: readonly number[];
+  /** What the VM part ran on, when there was one. */
+  readonly vm?: { readonly kernel: string; readonly cpus: number; readonly rdmaDevice: string | null };
+}
+
+export interface BenchReport {
+  readonly version: 1;
+  readonly startedAt: string;
+  readonly finishedAt: string;
+  readonly command: string;
+  readonly machine: MachineInfo;
+  readonly settings: { readonly timeSec: number; readonly rampSec: number; readonly sizeBytes: number; readonly queues: number; readonly vmTimeSec: number | null };
+  readonly runs: BenchRun[];
+  readonly skipped: SkippedSystem[];
+  readonly ratios: Ratio[];
+}

@@ -1,0 +1,117 @@
+import { createHistogram } from 'node:perf_hooks';
+import type { BlockDevice } from '../devices/blk/block-device.js';
+import { blockRun, processCpuSeconds, round, selfCpuSeconds } from './cpu.js';
+import type { ProgressLine } from './progress-line.js';
+import type { BenchRun, Environment, Workload } from './types.js';
+import { workloadLabel } from './workloads.js';
+
+export interface VofWorkloadOptions {
+  readonly system: string;
+  readonly environment: Environment;
+  readonly workload: Workload;
+  readonly rampSec: number;
+  readonly timeSec: number;
+  /** Bytes of the disk the offsets spread over (at most its capacity). */
+  readonly spanBytes: number;
+  /** The target's process id when the bench started it (its CPU is measured), else null. */
+  readonly targetPid: number | null;
+  readonly progress: ProgressLine;
+}
+
+/** xorshift32: cheap, deterministic offsets that do not cost the initiator measurable CPU. */
+function randomSource(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x;
+  };
+}
+
+/**
+ * Runs one workload through the library: `qd` workers each keep one I/O in flight, for the ramp
+ * and then the measurement. Only I/Os issued during the measurement count; their latencies go
+ * into an HDR histogram (perf_hooks), and the initiator's (this process) and the target's CPU
+ * time are read at the start and end of the measurement.
+ */
+export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): Promise<BenchRun> {
+  const { workload: w } = o;
+  const write = w.rw === 'randwrite' || w.rw === 'write';
+  const random = w.rw.startsWith('rand');
+  const slots = Math.floor(Math.min(o.spanBytes, dev.capacity) / w.bs);
+  if (slots < 1) throw new Error(`the disk (${dev.capacity} bytes) is smaller than one ${w.bs}-byte I/O`);
+  const next = randomSource(0x9e3779b9 ^ (w.bs * 31 + w.qd));
+  let cursor = 0;
+  const offset = () => (random ? next() % slots : cursor++ % slots) * w.bs;
+
+  const histogram = createHistogram();
+  let measuring = false;
+  let stopping = false;
+  let ios = 0;
+  let measureStart = 0n;
+  let cpuSelf0 = 0;
+  let cpuTarget0: number | null = null;
+
+  const worker = async (buf: Buffer) => {
+    while (!stopping) {
+      const counted = measuring;
+      const t0 = process.hrtime.bigint();
+      if (write) await dev.write(offset(), buf);
+      else await dev.read(offset(), buf);
+      if (counted) {
+        histogram.record(Math.max(1, Number(process.hrtime.bigint() - t0)));
+        ios++;
+      }
+    }
+  };
+
+  const label = `${o.system} ${workloadLabel(w)}`;
+  const started = Date.now();
+  const ticker = setInterval(() => {
+    const elapsed = (Date.now() - started) / 1000;
+    if (!measuring) return o.progress.show(`${label}: ramp ${elapsed.toFixed(0)}/${o.rampSec} s`);
+    const secs = Number(process.hrtime.bigint() - measureStart) / 1e9;
+    o.progress.show(`${label}: ${(elapsed - o.rampSec).toFixed(0)}/${o.timeSec} s  ${Math.round(ios / secs)} IOPS  ${((ios * w.bs) / secs / 1e6).toFixed(1)} MB/s`);
+  }, 250);
+
+  const phases = new Promise<void>((resolve) => {
+    setTimeout(() => {
+      cpuSelf0 = selfCpuSeconds();
+      cpuTarget0 = o.targetPid === null ? null : processCpuSeconds(o.targetPid);
+      measureStart = process.hrtime.bigint();
+      measuring = true;
+      setTimeout(() => {
+        stopping = true;
+        resolve();
+      }, o.timeSec * 1000);
+    }, o.rampSec * 1000);
+  });
+  const workers = Array.from({ length: w.qd }, () => worker(Buffer.alloc(w.bs, 0xa5)));
+  try {
+    await phases;
+    await Promise.all(workers);
+  } finally {
+    stopping = true;
+    clearInterval(ticker);
+    o.progress.clear();
+  }
+  const seconds = Number(process.hrtime.bigint() - measureStart) / 1e9;
+  const cpuSelf = selfCpuSeconds() - cpuSelf0;
+  const cpuTargetNow = o.targetPid === null ? null : processCpuSeconds(o.targetPid);
+  const cpuTarget = cpuTarget0 === null || cpuTargetNow === null ? null : cpuTargetNow - cpuTarget0;
+  const us = (p: number) => round(histogram.percentile(p) / 1000);
+  return blockRun({
+    system: o.system,
+    environment: o.environment,
+    workload: w,
+    seconds,
+    ios,
+    bytes: ios * w.bs,
+    latencyUs: { p50: us(50), p99: us(99), p999: us(99.9) },
+    initiatorSec: cpuSelf,
+    targetSec: cpuTarget,
+  });
+}

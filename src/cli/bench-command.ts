@@ -1,0 +1,210 @@
+import { mkdtempSync, rmSync, writeFileSync, openSync, closeSync, ftruncateSync, writeSync } from 'node:fs';
+import { cpus, hostname, loadavg, release, tmpdir, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { renderChart } from '../bench/chart.js';
+import { measureEnvironment } from '../bench/measure.js';
+import { ProgressLine } from '../bench/progress-line.js';
+import { computeRatios, formatRatios, formatRuns, formatSkipped } from '../bench/report.js';
+import { ANCHOR_TOOLS, ensureTools } from '../bench/setup.js';
+import type { BenchReport, BenchRun, MachineInfo, SkippedSystem } from '../bench/types.js';
+import { runInVm } from '../bench/vm-part.js';
+import { formatSize, parseSize, workloadMatrix } from '../bench/workloads.js';
+import { listRdmaDevices } from '../transport/rdma/rdma-devices.js';
+import { CliError, parseIntOption } from './cli-error.js';
+
+function machineInfo(): MachineInfo {
+  const c = cpus();
+  return { hostname: hostname(), cpus: c.length, cpuModel: c[0]?.model.trim() ?? 'unknown', memoryBytes: totalmem(), kernel: release(), node: process.version, loadAverage: loadavg().map((x) => Number(x.toFixed(2))) };
+}
+
+/** A scratch image of `bytes`, filled with a pattern so that reads move real data (not holes). */
+function makeImage(dir: string, bytes: number): string {
+  const path = join(dir, 'disk.img');
+  const fd = openSync(path, 'w');
+  try {
+    ftruncateSync(fd, bytes);
+    const chunk = Buffer.alloc(1 << 20, 0x5a);
+    for (let off = 0; off < bytes; off += chunk.length) writeSync(fd, chunk, 0, Math.min(chunk.length, bytes - off), off);
+  } finally {
+    closeSync(fd);
+  }
+  return path;
+}
+
+function parseBenchArgs(argv: string[]) {
+  return parseArgs({
+    args: argv,
+    options: {
+      target: { type: 'string' },
+      rw: { type: 'string' },
+      bs: { type: 'string' },
+      qd: { type: 'string' },
+      queues: { type: 'string' },
+      time: { type: 'string' },
+      ramp: { type: 'string' },
+      size: { type: 'string' },
+      rdma: { type: 'string' },
+      'vm-time': { type: 'string' },
+      anchors: { type: 'boolean', default: false },
+      quick: { type: 'boolean', default: false },
+      json: { type: 'string' },
+      chart: { type: 'string' },
+      'cpu-prof': { type: 'string' },
+      'vm-part': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+}
+
+function positive(value: string | undefined, name: string, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0) throw new CliError(`--${name} must be a non-negative number of seconds, got "${value}"`);
+  return n;
+}
+
+/** Which local RDMA device and address the keyed part can use here, or why not. */
+function localRdma(): { addr: string; device: string } | string {
+  let devices;
+  try {
+    devices = listRdmaDevices();
+  } catch (err) {
+    return `RDMA unavailable here (${(err as Error).message.split('\n')[0]})`;
+  }
+  const active = devices.find((d) => d.ports.some((p) => p.state === 'ACTIVE'));
+  if (!active) return 'this host has no RDMA device with an ACTIVE port; --rdma vm runs the keyed part in the soft-RoCE VM';
+  const addr = process.env.VOF_RDMA_ADDR;
+  if (!addr) return `RDMA device ${active.name} found, but no address: set VOF_RDMA_ADDR to an IPv4 address on its netdev`;
+  return { addr, device: process.env.VOF_RDMA_DEV ?? active.name };
+}
+
+export async function runBench(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseBenchArgs(argv);
+  } catch (err) {
+    throw new CliError(`${(err as Error).message} (options: vof help)`);
+  }
+  const { values } = parsed;
+  if (values.help) {
+    process.stdout.write('vof bench: see `vof help` for the options and the README\'s Benchmark section for the report.\n');
+    return 0;
+  }
+  const startedAt = new Date().toISOString();
+  const vmPart = values['vm-part'];
+  const quick = values.quick;
+  let workloads;
+  let sizeBytes;
+  try {
+    workloads = workloadMatrix(values.rw, values.bs, values.qd);
+    sizeBytes = parseSize(values.size ?? (quick ? '64m' : vmPart ? '64m' : '256m'));
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
+  if (sizeBytes < 1 << 20) throw new CliError('--size must be at least 1m');
+  const queues = parseIntOption(values.queues, 'queues', 1, 64) ?? 2;
+  const timeSec = positive(values.time, 'time', quick ? 1 : 5);
+  const rampSec = positive(values.ramp, 'ramp', quick ? 0.5 : 1);
+  const vmTimeSec = positive(values['vm-time'], 'vm-time', quick ? 1 : 3);
+  if (timeSec <= 0) throw new CliError('--time must be positive');
+  const rdmaMode = values.rdma ?? 'auto';
+  if (!['auto', 'vm', 'off'].includes(rdmaMode)) throw new CliError(`--rdma must be auto, vm or off, not "${rdmaMode}"`);
+  const progress = new ProgressLine();
+  const log = (line: string) => progress.log(line);
+  const cpuProfDir = values['cpu-prof'] ? resolve(values['cpu-prof']) : null;
+
+  const skipped: SkippedSystem[] = [];
+  let rdma: { addr: string; device: string } | null = null;
+  if (rdmaMode === 'auto' || vmPart) {
+    const found = localRdma();
+    if (typeof found === 'string') {
+      if (vmPart) throw new Error(`inside the VM: ${found}`);
+      skipped.push({ system: 'vof-rdma', environment: 'host', reason: found });
+      log(`bench: SKIPPED vof-rdma (host): ${found}`);
+    } else rdma = found;
+  }
+  if (values.anchors && !vmPart) ensureTools([...ANCHOR_TOOLS.stream, ...(rdma || rdmaMode === 'vm' ? ANCHOR_TOOLS.keyed : [])], log);
+
+  // In the VM, /tmp is the host's (9p, slow): the image lives in the guest's own /dev/shm.
+  const dir = mkdtempSync(join(vmPart ? '/dev/shm' : tmpdir(), 'vof-bench-'));
+  const runs: BenchRun[] = [];
+  let failures = 0;
+  let vmMachine: MachineInfo['vm'];
+  try {
+    const image = makeImage(dir, sizeBytes);
+    const measured = await measureEnvironment({
+      environment: vmPart ? 'vm' : 'host',
+      workloads,
+      timeSec,
+      rampSec,
+      sizeBytes,
+      queues,
+      image,
+      targetUrl: values.target ?? null,
+      rdma,
+      anchors: values.anchors,
+      nbd: values.anchors && !vmPart,
+      cpuProfDir,
+      progress,
+    });
+    runs.push(...measured.runs);
+    skipped.push(...measured.skipped);
+    failures += measured.failures;
+
+    if (rdmaMode === 'vm' && !vmPart) {
+      log(`bench: the keyed part in the soft-RoCE VM (TCG, ~19x slower: ${vmTimeSec} s per workload) …`);
+      const pass = [
+        ...(values.rw ? ['--rw', values.rw] : []),
+        ...(values.bs ? ['--bs', values.bs] : []),
+        ...(values.qd ? ['--qd', values.qd] : []),
+        '--queues', String(queues), '--time', String(vmTimeSec), '--ramp', String(Math.min(rampSec, 1)), '--size', '64m',
+        ...(values.anchors ? ['--anchors'] : []),
+        ...(cpuProfDir ? ['--cpu-prof', cpuProfDir] : []),
+      ];
+      const systems = values.anchors ? 5 : 2;
+      const timeout = 300 + systems * workloads.length * (vmTimeSec + 1 + 30);
+      try {
+        const vm = await runInVm(pass, timeout);
+        runs.push(...vm.runs);
+        skipped.push(...vm.skipped);
+        failures += vm.skipped.filter((s) => s.reason.startsWith('FAILED')).length;
+        vmMachine = { kernel: vm.machine.kernel, cpus: vm.machine.cpus, rdmaDevice: process.env.VOF_RDMA_DEV ?? 'rxe0' };
+      } catch (err) {
+        failures++;
+        for (const system of ['vof-rdma', ...(values.anchors ? ['perftest', 'nvmeof-rdma', 'nvmeof-tcp'] : [])]) skipped.push({ system, environment: 'vm', reason: `FAILED: ${(err as Error).message}` });
+        log(`bench: SKIPPED the VM part: ${(err as Error).message}`);
+      }
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  const report: BenchReport = {
+    version: 1,
+    startedAt,
+    finishedAt: new Date().toISOString(),
+    command: `vof bench ${argv.join(' ')}`.trim(),
+    machine: { ...machineInfo(), ...(vmMachine ? { vm: vmMachine } : {}) },
+    settings: { timeSec, rampSec, sizeBytes, queues, vmTimeSec: rdmaMode === 'vm' ? vmTimeSec : null },
+    runs,
+    skipped,
+    ratios: computeRatios(runs),
+  };
+  if (values.json) writeFileSync(values.json, `${JSON.stringify(report, null, 2)}\n`);
+  if (vmPart) return failures ? 1 : 0;
+  if (values.chart) writeFileSync(values.chart, await renderChart(report));
+
+  const out = [
+    `vof bench: ${runs.length} runs, ${formatSize(sizeBytes)} image, ${queues} queues, ${rampSec} s ramp + ${timeSec} s per workload${report.settings.vmTimeSec !== null ? ` (VM: ${vmTimeSec} s)` : ''}`,
+    '',
+    formatRuns(runs),
+    '',
+    report.ratios.length ? formatRatios(report.ratios) : 'no ratios (no anchor ran: --anchors adds them)',
+  ];
+  if (skipped.length) out.push('', formatSkipped(skipped));
+  if (values.json) out.push('', `report: ${values.json}`);
+  if (values.chart) out.push(`chart: ${values.chart}`);
+  process.stdout.write(`${out.join('\n')}\n`);
+  return failures ? 1 : 0;
+}
