@@ -4,7 +4,7 @@ export { VqTransferError } from './transport/transport.js';
 export { TcpTransport } from './transport/tcp/tcp-transport.js';
 export { transportFor } from './transport/registry.js';
 export { parseDeviceUrl, parseListenUrl, UrlError } from './url.js';
-export { VofTarget, type TargetOptions } from './target/target.js';
+export { VofTarget, DEFAULT_LIMITS, DEFAULT_CONNECT_TIMEOUT_MS, type TargetOptions, type PeerLimits } from './target/target.js';
 export type { DeviceExport, VirtioDeviceInstance } from './target/device.js';
 export { RemoteDevice, connect, type ConnectOptions } from './initiator/remote-device.js';
 export { QueueClient } from './initiator/queue-client.js';

@@ -20,7 +20,8 @@ import {
 } from '../protocol/completion.js';
 import { decodeConnectBody, type ConnectBody } from '../protocol/connect-body.js';
 import type { Logger } from '../util/log.js';
-import { VqTransferError, type TargetConnection, type VqRequestData } from '../transport/transport.js';
+import { VqTransferError, type PayloadAdmission, type TargetConnection, type VqRequestData } from '../transport/transport.js';
+import { ByteBudget } from './byte-budget.js';
 import type { DeviceInstance, OpResult } from './device-instance.js';
 
 /** What a queue session needs from the target it belongs to. */
@@ -29,6 +30,12 @@ export interface TargetContext {
   /** Create an instance for a control-queue Connect, or say which status refuses it. */
   createInstance(body: ConnectBody, control: QueueSession): DeviceInstance | number;
   findInstance(id: number): DeviceInstance | undefined;
+  /** Bytes of VQ buffers (payload in, data out) all queues of the target may hold at once. */
+  readonly targetBudget: ByteBudget;
+  /** Bytes of VQ buffers one queue may hold at once. */
+  readonly queueBudgetBytes: number;
+  /** Close a connection that has not completed Connect within this time (0: never). */
+  readonly connectTimeoutMs: number;
 }
 
 type SessionRole =
@@ -50,15 +57,73 @@ export class QueueSession {
   private idleWaiters: Array<() => void> = [];
   private disconnecting = false;
   private closed = false;
+  /** VQ buffers of this queue's commands in flight, until their completions have left. */
+  private readonly budget: ByteBudget;
+  /** Bytes reserved by the last admitVq, taken over by the command delivered next. */
+  private admitted = 0;
+  private connectTimer: NodeJS.Timeout | null = null;
 
   constructor(
     readonly connection: TargetConnection,
     private readonly ctx: TargetContext,
   ) {
+    this.budget = new ByteBudget(ctx.queueBudgetBytes);
+    if (ctx.connectTimeoutMs > 0) {
+      this.connectTimer = setTimeout(() => this.onConnectTimeout(), ctx.connectTimeoutMs);
+      this.connectTimer.unref();
+    }
     connection.start({
+      admitVq: (cmd) => this.admitVq(cmd),
       onCommand: (cmd, payload) => this.onCommand(cmd, payload),
+      onEnd: () => this.onPeerEnded(),
       onClose: (reason) => this.onTransportClosed(reason),
     });
+  }
+
+  private onConnectTimeout(): void {
+    this.connectTimer = null;
+    if (this.closed || this.role.kind !== 'unbound') return;
+    this.log.warn(`${this.connection.peer}: no Connect within ${this.ctx.connectTimeoutMs} ms; closing`);
+    this.close();
+  }
+
+  private clearConnectTimer(): void {
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.connectTimer = null;
+  }
+
+  /**
+   * May the transport buffer this VQ command's payload now? Only on a bound virtqueue that will
+   * run it, and only within this queue's and the target's budgets: a command that will be
+   * refused anyway is skipped unbuffered, one that does not fit waits (reading stops).
+   */
+  private admitVq(raw: Buffer): PayloadAdmission {
+    const role = this.role;
+    if (this.closed || this.disconnecting || role.kind !== 'virtqueue') return 'discard';
+    if (this.inFlight >= this.queueSize || !role.instance.acceptsRequests) return 'discard';
+    const cmd = decodeCommand(raw);
+    if (cmd.opcode !== Opcode.Vq || isUnknownCommand(cmd)) return 'discard';
+    const max = role.instance.device.maxRequestBytes;
+    if (cmd.outLength > max || cmd.inLength > max) return 'discard';
+    const need = cmd.outLength + cmd.inLength;
+    if (!this.budget.fits(need)) return this.budget.whenGiven();
+    if (!this.ctx.targetBudget.fits(need)) return this.ctx.targetBudget.whenGiven();
+    this.budget.take(need);
+    this.ctx.targetBudget.take(need);
+    this.admitted = need;
+    return 'accept';
+  }
+
+  private giveBack(bytes: number): void {
+    this.budget.give(bytes);
+    this.ctx.targetBudget.give(bytes);
+  }
+
+  /** The peer sends nothing more: answer what it sent, then close. */
+  private onPeerEnded(): void {
+    if (this.closed) return;
+    this.log.debug(`${this.connection.peer}: peer ended its side; closing once ${this.inFlight} command(s) are answered`);
+    this.closeWhenIdle();
   }
 
   private get log(): Logger {
@@ -66,13 +131,17 @@ export class QueueSession {
   }
 
   private onCommand(raw: Buffer, payload: Buffer | VqRequestData): void {
-    if (this.closed) return;
+    const reserved = this.admitted;
+    this.admitted = 0;
+    if (this.closed) return this.giveBack(reserved);
     const cmd = decodeCommand(raw);
     if (this.disconnecting) {
+      this.giveBack(reserved);
       this.reply(encodeBareCompletion(Status.ENOCMD, cmd.commandId));
       return;
     }
     if (this.inFlight >= this.queueSize) {
+      this.giveBack(reserved);
       this.log.warn(`${this.connection.peer}: ${opcodeName(cmd.opcode)} beyond queue size ${this.queueSize}: ECMDQUOT`);
       this.reply(encodeBareCompletion(Status.ECMDQUOT, cmd.commandId));
       return;
@@ -88,7 +157,11 @@ export class QueueSession {
       .catch((err: unknown) => {
         this.log.error(`${this.connection.peer}: ${opcodeName(cmd.opcode)} failed: ${(err as Error).stack ?? String(err)}`);
       })
-      .finally(() => this.settle());
+      .finally(() => {
+        this.giveBack(reserved);
+        this.settle();
+      });
+    if (this.role.kind !== 'unbound') this.clearConnectTimer();
   }
 
   private settle(): void {
@@ -326,6 +399,7 @@ export class QueueSession {
 
   private onTransportClosed(reason?: Error): void {
     this.closed = true;
+    this.clearConnectTimer();
     const role = this.role;
     if (role.kind !== 'unbound') {
       const what = role.kind === 'control' ? 'control queue' : `virtqueue ${role.vqIndex}`;

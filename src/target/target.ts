@@ -8,6 +8,7 @@ import { defaultLogger, type Logger } from '../util/log.js';
 import type { DeviceExport } from './device.js';
 import { DeviceInstance, type KeepalivePolicy } from './device-instance.js';
 import { QueueSession, type TargetContext } from './queue-session.js';
+import { ByteBudget } from './byte-budget.js';
 
 export interface TargetOptions {
   readonly log?: Logger;
@@ -16,7 +17,32 @@ export interface TargetOptions {
   readonly maxVqPayload?: number;
   /** At most this many live instances per target (further Connects get ENODEV). */
   readonly maxInstances?: number;
+  /** Close connections that have not completed Connect within this time (ms; 0: never). */
+  readonly connectTimeoutMs?: number;
+  /** Resource bounds against careless or hostile peers (see DEFAULT_LIMITS). */
+  readonly limits?: Partial<PeerLimits>;
 }
+
+/**
+ * What peers can make the target hold. VQ buffers (a command's device-readable payload and the
+ * data of its completion) count from admission until the completion has left the process; a
+ * queue or the target at its budget stops reading from the connections that want more.
+ */
+export interface PeerLimits {
+  /** Bytes of VQ buffers all queues together may hold. */
+  readonly targetBufferBytes: number;
+  /** Bytes of VQ buffers one queue may hold. */
+  readonly queueBufferBytes: number;
+  /** Stream transports: close a connection whose completions have not moved for this long (ms; 0: never). */
+  readonly sendStallTimeoutMs: number;
+}
+
+export const DEFAULT_LIMITS: PeerLimits = {
+  targetBufferBytes: 128 * 1024 * 1024,
+  queueBufferBytes: 16 * 1024 * 1024,
+  sendStallTimeoutMs: 10000,
+};
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10000;
 
 interface ExportEntry {
   readonly device: DeviceExport;
@@ -41,14 +67,19 @@ export class VofTarget {
   private readonly maxVqPayload: number;
   private readonly maxInstances: number;
   private readonly context: TargetContext;
+  private readonly limits: PeerLimits;
 
   constructor(options: TargetOptions = {}) {
     this.log = options.log ?? defaultLogger();
     this.keepalive = { ...DEFAULT_KEEPALIVE, ...options.keepalive };
     this.maxVqPayload = options.maxVqPayload ?? DEFAULT_MAX_VQ_PAYLOAD;
     this.maxInstances = options.maxInstances ?? 1024;
+    this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.context = {
       log: this.log,
+      targetBudget: new ByteBudget(this.limits.targetBufferBytes),
+      queueBudgetBytes: this.limits.queueBufferBytes,
+      connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
       createInstance: (body, control) => this.createInstance(body, control),
       findInstance: (id) => this.instances.get(id),
     };
@@ -75,7 +106,8 @@ export class VofTarget {
   async listen(url: string): Promise<string> {
     const { scheme, endpoint } = parseListenUrl(url);
     const transport = await transportFor(scheme, this.log);
-    const listener = await transport.listen(endpoint, { maxVqPayload: this.maxVqPayload }, (connection) => {
+    const listenOptions = { maxVqPayload: this.maxVqPayload, sendStallTimeoutMs: this.limits.sendStallTimeoutMs };
+    const listener = await transport.listen(endpoint, listenOptions, (connection) => {
       new QueueSession(connection, this.context);
     });
     this.listeners.push(listener);

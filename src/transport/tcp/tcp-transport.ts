@@ -26,10 +26,11 @@ export class TcpTransport implements Transport {
     onConnection: (connection: TargetConnection) => void,
   ): Promise<Listener> {
     const sockets = new Set<net.Socket>();
-    const server = net.createServer({ pauseOnConnect: true }, (socket) => {
+    // allowHalfOpen: a peer that ends its side still gets the completions of what it sent.
+    const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (socket) => {
       sockets.add(socket);
       socket.once('close', () => sockets.delete(socket));
-      onConnection(new TcpTargetConnection(socket, options.maxVqPayload, this.log));
+      onConnection(new TcpTargetConnection(socket, options.maxVqPayload, this.log, options.sendStallTimeoutMs ?? 0));
     });
     return new Promise((resolve, reject) => {
       server.once('error', reject);
