@@ -18,6 +18,7 @@ import {
   encodeRequestHeader,
   silentLogger,
 } from '../../dist/index.js';
+import { Waitable } from './waitable.mjs';
 import { RdmaTransport } from '../../dist/transport/rdma/rdma-transport.js';
 import { nativeBinding } from '../../dist/transport/rdma/native-binding.js';
 import { parseListenUrl } from '../../dist/url.js';
@@ -25,7 +26,7 @@ import { parseListenUrl } from '../../dist/url.js';
 /** Under TCG everything is ~19x slower: generous. */
 const HANG_MS = 60000;
 
-class RawKeyedQueue {
+class RawKeyedQueue extends Waitable {
   static async open(url, label, tally) {
     const { endpoint } = parseListenUrl(url);
     const conn = await new RdmaTransport(silentLogger).connect(endpoint, { timeoutMs: 30000, maxVqPayload: 1 << 20 });
@@ -33,13 +34,13 @@ class RawKeyedQueue {
   }
 
   constructor(conn, label, tally) {
+    super();
     this.conn = conn;
     this.label = label;
     this.tally = tally;
     this.outstanding = new Map(); // id → [{ vq, inLength }]
     this.completions = [];
     this.closed = false;
-    this.waiters = [];
     this.mrs = [];
     conn.start({
       onCompletion: (c) => this.onCompletion(Buffer.from(c)),
@@ -50,11 +51,6 @@ class RawKeyedQueue {
     });
   }
 
-  wake() {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
 
   onCompletion(c) {
     const id = c.readUInt16LE(2);
@@ -90,21 +86,6 @@ class RawKeyedQueue {
     return this.completions[before] ?? null;
   }
 
-  async waitFor(cond, ms) {
-    const deadline = Date.now() + ms;
-    while (!cond()) {
-      const left = deadline - Date.now();
-      if (left <= 0) return false;
-      await new Promise((r) => {
-        const t = setTimeout(r, Math.min(left, 200));
-        this.waiters.push(() => {
-          clearTimeout(t);
-          r();
-        });
-      });
-    }
-    return true;
-  }
 
   register(buf, access) {
     const mr = this.conn.rc.pd.registerMemory(buf, access);

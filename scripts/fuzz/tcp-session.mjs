@@ -16,6 +16,7 @@ import {
   encodeRequestHeader,
   encodeSegment,
 } from '../../dist/index.js';
+import { Waitable } from './waitable.mjs';
 
 const MiB = 1024 * 1024;
 /** The target's default limit on one VQ command's device-readable bytes (DEFAULT_MAX_VQ_PAYLOAD). */
@@ -200,8 +201,9 @@ function expectedCommands(bytes) {
  * One connection of a session: sends a byte stream in random pieces and checks every response
  * PDU against the commands that stream contains.
  */
-class CheckedConnection {
+class CheckedConnection extends Waitable {
   constructor(port, label, isControl, tally) {
+    super();
     this.label = label;
     this.isControl = isControl;
     this.tally = tally;
@@ -211,7 +213,6 @@ class CheckedConnection {
     this.completions = [];
     this.unverifiable = false;
     this.closed = false;
-    this.waiters = [];
     this.socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
     this.socket.on('error', () => {});
     this.socket.on('data', (d) => this.onData(d));
@@ -225,11 +226,6 @@ class CheckedConnection {
     });
   }
 
-  wake() {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
-  }
 
   expect(bytes) {
     for (const c of expectedCommands(bytes).sent) {
@@ -294,21 +290,6 @@ class CheckedConnection {
     }
   }
 
-  async waitFor(cond, ms) {
-    const deadline = Date.now() + ms;
-    while (!cond()) {
-      const left = deadline - Date.now();
-      if (left <= 0) return false;
-      await new Promise((r) => {
-        const t = setTimeout(r, Math.min(left, 200));
-        this.waiters.push(() => {
-          clearTimeout(t);
-          r();
-        });
-      });
-    }
-    return true;
-  }
 
   /** The first completion of `id` (the Connect), or null. */
   async answerTo(index, ms) {
