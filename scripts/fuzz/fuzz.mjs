@@ -84,9 +84,10 @@ function internalErrors() {
   return target.stderr().split('\n').filter((l) => l.trim() !== '');
 }
 
-const tally = { iterations: 0, violations: [], hangs: [], notes: new Map(), crashes: [] };
+const tally = { iterations: 0, violations: [], hangs: [], notes: new Map(), crashes: [], fuzzerErrors: [] };
+class Hang extends Error {}
 const withTimeout = (p, ms, what) =>
-  Promise.race([p, new Promise((_, rej) => setTimeout(() => rej(new Error(`${what}: no answer within ${ms} ms`)), ms).unref())]);
+  Promise.race([p, new Promise((_, rej) => setTimeout(() => rej(new Hang(`${what}: no answer within ${ms} ms`)), ms).unref())]);
 
 /** A well-behaved initiator on another disk: write, flush, read back. */
 async function goodInitiatorWorks(round) {
@@ -136,7 +137,8 @@ while (Date.now() < deadline) {
     await Promise.all(
       indices.slice(k, k + concurrency).map((i) =>
         withTimeout(runSession(new Prng(iterationSeed(seed, i)), { ...sessionOpts, label: `#${i}` }), 120000, `iteration ${i}`).catch((e) => {
-          tally.hangs.push(`iteration ${i}: ${e.message}`);
+          // A timeout is the target's hang; anything else is the fuzzer's own failure.
+          (e instanceof Hang ? tally.hangs : tally.fuzzerErrors).push(`iteration ${i}: ${e instanceof Hang ? e.message : e.stack}`);
         }),
       ),
     );
@@ -177,12 +179,13 @@ rmSync(dir, { recursive: true, force: true });
 
 const mib = (n) => `${(n / MiB).toFixed(1)} MiB`;
 console.log(`fuzz: ${tally.iterations} iterations in ${batches} batches (${seconds} s, seed ${seed})`);
-console.log(`fuzz: crashes ${tally.crashes.length}, hangs ${tally.hangs.length}, protocol violations ${tally.violations.length}`);
+console.log(`fuzz: crashes ${tally.crashes.length}, hangs ${tally.hangs.length}, protocol violations ${tally.violations.length}` +
+  (tally.fuzzerErrors.length ? `, errors of the fuzzer itself ${tally.fuzzerErrors.length}` : ''));
 console.log(`fuzz: target RSS before ${mib(rssBefore)}, peak ${mib(rssPeak)}, after ${mib(rssAfter)}`);
 const notes = [...tally.notes.entries()].sort().map(([k, v]) => `${k} ${v}`).join(', ');
 if (notes) console.log(`fuzz: ${notes}`);
-for (const [what, list] of [['CRASH', tally.crashes], ['HANG', tally.hangs], ['VIOLATION', tally.violations]]) {
+for (const [what, list] of [['CRASH', tally.crashes], ['HANG', tally.hangs], ['VIOLATION', tally.violations], ['FUZZER ERROR', tally.fuzzerErrors]]) {
   for (const l of list.slice(0, 20)) console.log(`fuzz: ${what}: ${l}`);
   if (list.length > 20) console.log(`fuzz: ... and ${list.length - 20} more ${what}s`);
 }
-process.exitCode = tally.crashes.length + tally.hangs.length + tally.violations.length > 0 ? 1 : 0;
+process.exitCode = tally.crashes.length + tally.hangs.length + tally.violations.length + tally.fuzzerErrors.length > 0 ? 1 : 0;

@@ -101,7 +101,8 @@ function mutate(rng, script, { keepFirst }) {
   for (let m = 0; m < count && script.length > from; m++) {
     const i = from + rng.below(script.length - from);
     const p = script[i];
-    const kind = rng.below(10);
+    // Garbage entries have no 16-byte header to mutate: only drop/dup/swap/garbage apply.
+    const kind = p.head.length < 16 ? 5 + rng.below(4) : rng.below(10);
     names.push(['bitflip', 'opcode', 'length', 'length+payload', 'id', 'drop', 'dup', 'swap', 'garbage', 'payload-flip'][kind]);
     switch (kind) {
       case 0: {
@@ -260,16 +261,26 @@ class CheckedConnection extends Waitable {
         this.unverifiable = true;
         return;
       }
-      const c = list[0];
+      // With one id in flight several times (a duplicate id), completions may come in any
+      // order: attribute this one to the smallest in_length it fits.
+      let k = 0;
+      if (list[0].vq) {
+        const length = this.in.readUInt32LE(4);
+        k = -1;
+        list.forEach((c, j) => {
+          if (length <= c.inLength && (k < 0 || c.inLength < list[k].inLength)) k = j;
+        });
+        if (k < 0) return this.violation(`VQ completion for id ${id} with length ${length} > in_length ${Math.max(...list.map((c) => c.inLength))}`);
+      }
+      const c = list[k];
       let size = 16;
       if (c.vq) {
         const length = this.in.readUInt32LE(4);
-        if (length > c.inLength) return this.violation(`VQ completion for id ${id} with length ${length} > in_length ${c.inLength}`);
         if (status !== 0 && length !== 0) this.tally.notes.set('failed VQ completion with data', (this.tally.notes.get('failed VQ completion with data') ?? 0) + 1);
         size += length;
       }
       if (this.in.length < size) return;
-      list.shift();
+      list.splice(k, 1);
       if (list.length === 0) this.outstanding.delete(id);
       this.completions.push(this.in.subarray(0, 16));
       this.in = this.in.subarray(size);
