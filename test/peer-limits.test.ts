@@ -178,3 +178,28 @@ describe('a live target against careless peers', () => {
     await s.control.close();
   }, 60000);
 });
+
+describe('buffer budgets', () => {
+  it('a peer that leaves in the middle of an admitted payload gives its budget back', async () => {
+    // Found by `npm run fuzz` (truncated streams): each such peer used to keep its admitted
+    // bytes of the target budget for good, until large commands waited forever.
+    const fx = new TargetFixture({ limits: { targetBufferBytes: 1024 * 1024, queueBufferBytes: 1024 * 1024, sendStallTimeoutMs: 0 } });
+    try {
+      await fx.addDisk('d', 4 * MiB);
+      await fx.listen();
+      for (let i = 0; i < 3; i++) {
+        const s = await openRawBlkSession(fx.port, 'd', 1, `leaver-${i}`);
+        const pdu = blkWritePdu(5, 0, Buffer.alloc(512 * 1024, 1));
+        s.vqs[0]!.send(pdu.subarray(0, pdu.length - 1000)); // admitted, never completed
+        await sleep(100);
+        s.vqs[0]!.socket.destroy();
+        await s.vqs[0]!.whenClosed();
+        await s.control.close();
+      }
+      // 3 × 512 KiB would be more than the whole 1 MiB budget: this write only runs if it came back.
+      await verifiedIo(`${fx.url}/d`, MiB, 512 * 1024, 3);
+    } finally {
+      await fx.close();
+    }
+  }, 60000);
+});

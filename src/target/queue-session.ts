@@ -400,6 +400,9 @@ export class QueueSession {
   private onTransportClosed(reason?: Error): void {
     this.closed = true;
     this.clearConnectTimer();
+    // A command admitted but never delivered (the peer left in the middle of its payload).
+    this.giveBack(this.admitted);
+    this.admitted = 0;
     const role = this.role;
     if (role.kind !== 'unbound') {
       const what = role.kind === 'control' ? 'control queue' : `virtqueue ${role.vqIndex}`;
