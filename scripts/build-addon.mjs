@@ -4,6 +4,7 @@
 // install: without rdma-core the TCP transport works, and the RDMA transport says at use what to
 // install (src/transport/rdma/native-binding.ts).
 import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 
@@ -23,6 +24,18 @@ try {
   // nothing usable yet: build it
 }
 
+const HEADERS_MISSING =
+  'vof: rdma-core development files are missing: install libibverbs-dev librdmacm-dev (Debian/Ubuntu) or rdma-core-devel (Fedora/RHEL), then `npm rebuild vof`.';
+
+// Without rdma-core's headers a build cannot succeed, and on a fresh machine without a compiler
+// node-gyp would only complain about the compiler: name the real missing piece first.
+const headerDirs = ['/usr/include', '/usr/local/include'];
+const hasHeader = (h) => headerDirs.some((d) => existsSync(`${d}/${h}`));
+if (!hasHeader('infiniband/verbs.h') || !hasHeader('rdma/rdma_cma.h')) {
+  console.warn(['', 'vof: the native RDMA addon was NOT built; the TCP transport works, rdma:// URLs will not.', HEADERS_MISSING, ''].join('\n'));
+  process.exit(0);
+}
+
 const r = spawnSync('node-gyp', ['rebuild'], { cwd: root, encoding: 'utf8' });
 if (r.status === 0) {
   console.log('vof: RDMA addon built');
@@ -36,7 +49,7 @@ console.warn(
     '',
     'vof: the native RDMA addon was NOT built; the TCP transport works, rdma:// URLs will not.',
     noHeaders
-      ? 'vof: rdma-core development files are missing: install libibverbs-dev librdmacm-dev (Debian/Ubuntu) or rdma-core-devel (Fedora/RHEL), then `npm rebuild vof`.'
+      ? HEADERS_MISSING
       : `vof: node-gyp failed${r.error ? ` (${r.error.message})` : ''}; it needs python3, make and a C++ compiler:\n${tail}`,
     '',
   ].join('\n'),

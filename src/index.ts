@@ -6,7 +6,7 @@ export { TlsTransport } from './transport/tcp/tls-transport.js';
 export { parsePskFile, type TlsClientSettings, type TlsServerSettings } from './transport/tcp/tls-settings.js';
 export { transportFor } from './transport/registry.js';
 export { parseDeviceUrl, parseListenUrl, UrlError } from './url.js';
-export { VofTarget, type TargetOptions, type ExportOptions } from './target/target.js';
+export { VofTarget, DEFAULT_LIMITS, DEFAULT_CONNECT_TIMEOUT_MS, type TargetOptions, type ExportOptions, type PeerLimits } from './target/target.js';
 export { AccessPolicy, parseAllowEntry, type AllowEntry, type AllowSpec } from './target/access-policy.js';
 export { DEFAULT_QUOTAS, type QuotaLimits } from './target/quotas.js';
 export { quotePeerString } from './util/escape.js';

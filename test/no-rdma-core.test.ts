@@ -7,11 +7,14 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 /**
  * A machine without rdma-core's headers: the install must still succeed, TCP must work, and
- * RDMA must fail at use saying what to install. The headers are hidden in a private mount
- * namespace (unshare -m, which needs root), around a copy of the package.
+ * RDMA must fail at use saying what to install. Where the headers exist they are hidden in a
+ * private mount namespace (unshare -m, which needs root), around a copy of the package; where
+ * they do not (a machine without libibverbs-dev/librdmacm-dev), the condition under test
+ * already holds and the commands run as they are.
  */
 const root = fileURLToPath(new URL('..', import.meta.url));
-const unshareWorks = spawnSync('unshare', ['-m', 'true']).status === 0;
+const headerDirs = ['/usr/include/infiniband', '/usr/include/rdma'].filter((d) => existsSync(d));
+const unshareWorks = headerDirs.length === 0 || spawnSync('unshare', ['-m', 'true']).status === 0;
 if (!unshareWorks) {
   process.stderr.write('\n!!! test/no-rdma-core.test.ts CANNOT RUN HERE: `unshare -m` is not permitted (needs root) !!!\n\n');
 }
@@ -20,8 +23,9 @@ describe('install and use without rdma-core headers', () => {
   const dir = mkdtempSync(join(tmpdir(), 'vof-no-rdma-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
+  const hide = headerDirs.map((d) => `mount -t tmpfs none ${d} && `).join('');
   const inDir = (command: string, env: Record<string, string> = {}) =>
-    spawnSync('unshare', ['-m', 'sh', '-c', `mount -t tmpfs none /usr/include/infiniband && mount -t tmpfs none /usr/include/rdma && ${command}`], {
+    spawnSync(...(hide ? (['unshare', ['-m', 'sh', '-c', `${hide}${command}`]] as const) : (['sh', ['-c', command]] as const)), {
       cwd: dir,
       encoding: 'utf8',
       timeout: 120000,

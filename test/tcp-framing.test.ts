@@ -32,8 +32,10 @@ class FakeSocket extends EventEmitter {
   }
   cork() {}
   uncork() {}
-  write(b: Buffer) {
+  writableLength = 0;
+  write(b: Buffer, cb?: (err?: Error | null) => void) {
     this.written.push(Buffer.from(b));
+    if (cb) queueMicrotask(() => cb(null));
     return this.writeReturns;
   }
   end() {
@@ -58,7 +60,12 @@ function targetOn(limit = 1 << 20) {
   const conn = new TcpTargetConnection(asSocket(sock), limit, silentLogger);
   const seen: Array<{ cmd: Buffer; payload: Buffer | VqRequestData }> = [];
   let closed = false;
-  conn.start({ onCommand: (cmd, payload) => seen.push({ cmd, payload }), onClose: () => (closed = true) });
+  conn.start({
+    admitVq: () => 'accept',
+    onCommand: (cmd, payload) => seen.push({ cmd, payload }),
+    onEnd: () => {},
+    onClose: () => (closed = true),
+  });
   return { sock, conn, seen, isClosed: () => closed };
 }
 

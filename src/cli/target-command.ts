@@ -54,6 +54,13 @@ interface TargetConfigFile {
   queueSize?: number;
   keepaliveIntervalMs?: number;
   keepaliveTimeoutMs?: number;
+  /** Close connections that have not completed Connect within this time (ms; 0: never). */
+  connectTimeoutMs?: number;
+  /** Close connections whose completions have not moved for this long (ms; 0: never). */
+  sendTimeoutMs?: number;
+  /** Bytes of VQ buffers all queues together, and one queue, may hold. */
+  targetBufferBytes?: number;
+  queueBufferBytes?: number;
   log?: LogLevel;
   quotas?: Partial<QuotaLimits>;
   tls?: TlsServerFiles;
@@ -113,6 +120,8 @@ export async function runTarget(argv: string[]): Promise<number> {
       'queue-size': { type: 'string' },
       'keepalive-interval': { type: 'string' },
       'keepalive-timeout': { type: 'string' },
+      'connect-timeout': { type: 'string' },
+      'send-timeout': { type: 'string' },
       log: { type: 'string' },
       'max-instances-per-export': { type: 'string' },
       'max-instances-per-ivqn': { type: 'string' },
@@ -161,10 +170,18 @@ export async function runTarget(argv: string[]): Promise<number> {
   } catch (err) {
     throw new CliError(`--config: ${(err as Error).message}`);
   }
+  const connectTimeoutMs = parseIntOption(values['connect-timeout'], 'connect-timeout', 0, 3600000) ?? cfg.connectTimeoutMs;
+  const sendStallTimeoutMs = parseIntOption(values['send-timeout'], 'send-timeout', 0, 3600000) ?? cfg.sendTimeoutMs;
   const target = new VofTarget({
     log,
     quotas,
     ...(tls && { tls }),
+    ...(connectTimeoutMs !== undefined && { connectTimeoutMs }),
+    limits: {
+      ...(sendStallTimeoutMs !== undefined && { sendStallTimeoutMs }),
+      ...(cfg.targetBufferBytes !== undefined && { targetBufferBytes: cfg.targetBufferBytes }),
+      ...(cfg.queueBufferBytes !== undefined && { queueBufferBytes: cfg.queueBufferBytes }),
+    },
     keepalive: {
       ...(cfg.keepaliveIntervalMs !== undefined && { intervalMs: cfg.keepaliveIntervalMs }),
       ...(cfg.keepaliveTimeoutMs !== undefined && { timeoutMs: cfg.keepaliveTimeoutMs }),

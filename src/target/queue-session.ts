@@ -23,8 +23,9 @@ import { decodeConnectBody, type ConnectBody } from '../protocol/connect-body.js
 import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
 import type { Refusal } from './access-policy.js';
-import { VqTransferError, type TargetConnection, type VqRequestData } from '../transport/transport.js';
+import { VqTransferError, type PayloadAdmission, type TargetConnection, type VqRequestData } from '../transport/transport.js';
 import { QueueStats } from '../admin/queue-stats.js';
+import { ByteBudget } from './byte-budget.js';
 import type { DeviceInstance, OpResult } from './device-instance.js';
 import { TargetRequest, type CompletionSink } from './target-request.js';
 
@@ -40,6 +41,12 @@ export interface TargetContext {
   sessionBound(session: QueueSession): void;
   /** The session's connection is gone. */
   sessionClosed(session: QueueSession): void;
+  /** Bytes of VQ buffers (payload in, data out) all queues of the target may hold at once. */
+  readonly targetBudget: ByteBudget;
+  /** Bytes of VQ buffers one queue may hold at once. */
+  readonly queueBudgetBytes: number;
+  /** Close a connection that has not completed Connect within this time (0: never). */
+  readonly connectTimeoutMs: number;
 }
 
 type SessionRole =
@@ -67,15 +74,75 @@ export class QueueSession {
   private closed = false;
   /** Counters for the admin transport class (LIST_QUEUES). */
   readonly stats = new QueueStats();
+  /** VQ buffers of this queue's commands in flight, until their completions have left. */
+  private readonly budget: ByteBudget;
+  /** Bytes reserved by the last admitVq, taken over by the command delivered next. */
+  private admitted = 0;
+  private connectTimer: NodeJS.Timeout | null = null;
 
   constructor(
     readonly connection: TargetConnection,
     private readonly ctx: TargetContext,
   ) {
+    this.budget = new ByteBudget(ctx.queueBudgetBytes);
+    if (ctx.connectTimeoutMs > 0) {
+      this.connectTimer = setTimeout(() => this.onConnectTimeout(), ctx.connectTimeoutMs);
+      this.connectTimer.unref();
+    }
     connection.start({
+      admitVq: (cmd) => this.admitVq(cmd),
       onCommand: (cmd, payload) => this.onCommand(cmd, payload),
+      onEnd: () => this.onPeerEnded(),
       onClose: (reason) => this.onTransportClosed(reason),
     });
+  }
+
+  private onConnectTimeout(): void {
+    this.connectTimer = null;
+    if (this.closed || this.role.kind !== 'unbound') return;
+    this.log.warn(`${this.connection.peer}: no Connect within ${this.ctx.connectTimeoutMs} ms; closing`);
+    this.close();
+  }
+
+  private clearConnectTimer(): void {
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.connectTimer = null;
+  }
+
+  /**
+   * May the transport buffer this VQ command's payload now? Only on a bound virtqueue that will
+   * run it, and only within this queue's and the target's budgets: a command that will be
+   * refused anyway is skipped unbuffered, one that does not fit waits (reading stops).
+   */
+  private admitVq(raw: Buffer): PayloadAdmission {
+    const role = this.role;
+    if (this.closed || this.disconnecting || role.kind !== 'virtqueue') return 'discard';
+    if (this.requests.size >= this.queueSize || !role.instance.acceptsRequests) return 'discard';
+    const cmd = decodeCommand(raw);
+    if (cmd.opcode !== Opcode.Vq || isUnknownCommand(cmd)) return 'discard';
+    const max = role.instance.maxRequestBytes(role.vqIndex);
+    if (cmd.outLength > max || cmd.inLength > max) return 'discard';
+    const need = cmd.outLength + cmd.inLength;
+    if (!this.budget.fits(need)) return this.budget.whenGiven();
+    if (!this.ctx.targetBudget.fits(need)) return this.ctx.targetBudget.whenGiven();
+    this.budget.take(need);
+    this.ctx.targetBudget.take(need);
+    this.admitted = need;
+    return 'accept';
+  }
+
+  private giveBack(bytes: number): void {
+    this.budget.give(bytes);
+    this.ctx.targetBudget.give(bytes);
+  }
+
+  /** The peer sends nothing more: answer what it sent, then close. */
+  private onPeerEnded(): void {
+    if (this.closed) return;
+    this.log.debug(`${this.connection.peer}: peer ended its side; closing once ${this.requests.size} command(s) are answered`);
+    // Unlike an instance teardown, nothing is cancelled: the peer still reads what it asked for.
+    this.disconnecting = true;
+    void this.whenIdle().then(() => this.close());
   }
 
   private get log(): Logger {
@@ -83,7 +150,9 @@ export class QueueSession {
   }
 
   private onCommand(raw: Buffer, payload: Buffer | VqRequestData): void {
-    if (this.closed) return;
+    const reserved = this.admitted;
+    this.admitted = 0;
+    if (this.closed) return this.giveBack(reserved);
     const cmd = decodeCommand(raw);
     this.stats.commands++;
     const id = cmd.commandId;
@@ -92,16 +161,22 @@ export class QueueSession {
     const controlQueue =
       this.role.kind === 'control' || (this.role.kind === 'unbound' && !isUnknownCommand(cmd) && cmd.opcode === Opcode.Connect && cmd.deviceInstanceId === CONTROL_QUEUE_INSTANCE_ID);
     if (controlQueue && id >= RESERVED_COMMAND_ID_FIRST) {
+      this.giveBack(reserved);
       return this.violation(`${opcodeName(cmd.opcode)}: command id 0x${id.toString(16)} is reserved for target events`);
     }
     // A second command under an id still in flight makes every later completion with that id
     // ambiguous (and on keyed transports would alias the first one's buffers).
-    if (this.requests.has(id)) return this.violation(`${opcodeName(cmd.opcode)}: command id ${id} is already in flight`);
+    if (this.requests.has(id)) {
+      this.giveBack(reserved);
+      return this.violation(`${opcodeName(cmd.opcode)}: command id ${id} is already in flight`);
+    }
     if (this.disconnecting) {
+      this.giveBack(reserved);
       this.reply(encodeBareCompletion(Status.ENOCMD, id));
       return;
     }
     if (this.requests.size >= this.queueSize) {
+      this.giveBack(reserved);
       this.log.warn(`${this.connection.peer}: ${opcodeName(cmd.opcode)} beyond queue size ${this.queueSize}: ECMDQUOT`);
       this.reply(encodeBareCompletion(Status.ECMDQUOT, id));
       return;
@@ -119,9 +194,11 @@ export class QueueSession {
         this.log.error(`${this.connection.peer}: ${opcodeName(cmd.opcode)} failed: ${(err as Error).stack ?? String(err)}`);
       })
       .finally(() => {
+        this.giveBack(reserved);
         if (this.requests.get(id) === req) this.requests.delete(id);
         req.finish();
       });
+    if (this.role.kind !== 'unbound') this.clearConnectTimer();
   }
 
   /** The peer broke the protocol in a way no status can answer: close the queue. */
@@ -400,6 +477,10 @@ export class QueueSession {
     this.closed = true;
     this.ctx.sessionClosed(this);
     void this.cancelAll('connection closed');
+    this.clearConnectTimer();
+    // A command admitted but never delivered (the peer left in the middle of its payload).
+    this.giveBack(this.admitted);
+    this.admitted = 0;
     const role = this.role;
     if (role.kind !== 'unbound') {
       const what = role.kind === 'control' ? 'control queue' : `virtqueue ${role.vqIndex}`;

@@ -15,6 +15,7 @@ import { InstanceQuota, UnboundConnections, resolveQuotas, type QuotaLimits } fr
 import { QueueSession, type TargetContext } from './queue-session.js';
 import { DeviceErrorLog } from '../admin/error-log.js';
 import { InstanceAdmin } from '../admin/instance-admin.js';
+import { ByteBudget } from './byte-budget.js';
 
 export interface TargetOptions {
   readonly log?: Logger;
@@ -30,12 +31,37 @@ export interface TargetOptions {
   readonly quotas?: Partial<QuotaLimits>;
   /** Certificates and/or PSKs for tls:// listeners (docs/PROTOCOL.md, "TLS"). */
   readonly tls?: TlsServerSettings;
+  /** Close connections that have not completed Connect within this time (ms; 0: never). */
+  readonly connectTimeoutMs?: number;
+  /** Resource bounds against careless or hostile peers (see DEFAULT_LIMITS). */
+  readonly limits?: Partial<PeerLimits>;
 }
 
 export interface ExportOptions {
   /** Live instances of this export at most (default: quotas.instancesPerExport). */
   readonly maxInstances?: number;
 }
+
+/**
+ * What peers can make the target hold. VQ buffers (a command's device-readable payload and the
+ * data of its completion) count from admission until the completion has left the process; a
+ * queue or the target at its budget stops reading from the connections that want more.
+ */
+export interface PeerLimits {
+  /** Bytes of VQ buffers all queues together may hold. */
+  readonly targetBufferBytes: number;
+  /** Bytes of VQ buffers one queue may hold. */
+  readonly queueBufferBytes: number;
+  /** Stream transports: close a connection whose completions have not moved for this long (ms; 0: never). */
+  readonly sendStallTimeoutMs: number;
+}
+
+export const DEFAULT_LIMITS: PeerLimits = {
+  targetBufferBytes: 128 * 1024 * 1024,
+  queueBufferBytes: 16 * 1024 * 1024,
+  sendStallTimeoutMs: 10000,
+};
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10000;
 
 interface ExportEntry {
   readonly device: DeviceExport;
@@ -65,6 +91,7 @@ export class VofTarget {
   private readonly unbound: UnboundConnections<QueueSession>;
   private readonly tls: TlsServerSettings | undefined;
   private readonly context: TargetContext;
+  private readonly limits: PeerLimits;
 
   constructor(options: TargetOptions = {}) {
     this.log = options.log ?? defaultLogger();
@@ -78,8 +105,12 @@ export class VofTarget {
     this.quota = new InstanceQuota(limits);
     this.unbound = new UnboundConnections(limits);
     this.tls = options.tls;
+    this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     this.context = {
       log: this.log,
+      targetBudget: new ByteBudget(this.limits.targetBufferBytes),
+      queueBudgetBytes: this.limits.queueBufferBytes,
+      connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
       createInstance: (body, control) => this.createInstance(body, control),
       findInstance: (id) => this.instances.get(id),
       bindingRefusal: (inst, session, body) => this.bindingRefusal(inst, session, body),
@@ -124,7 +155,12 @@ export class VofTarget {
   async listen(url: string): Promise<string> {
     const { scheme, endpoint } = parseListenUrl(url);
     const transport = await transportFor(scheme, this.log);
-    const listener = await transport.listen(endpoint, { maxVqPayload: this.maxVqPayload, ...(this.tls && { tls: this.tls }) }, (connection) => {
+    const listenOptions = {
+      maxVqPayload: this.maxVqPayload,
+      sendStallTimeoutMs: this.limits.sendStallTimeoutMs,
+      ...(this.tls && { tls: this.tls }),
+    };
+    const listener = await transport.listen(endpoint, listenOptions, (connection) => {
       const session = new QueueSession(connection, this.context);
       for (const old of this.unbound.admit(session, hostOf(connection.peer))) {
         this.log.warn(`${old.connection.peer}: closed before Connect to make room for ${connection.peer} (limit of unbound connections reached)`);

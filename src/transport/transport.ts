@@ -47,13 +47,34 @@ export interface VqRequestData {
   readOut(): Promise<Buffer>;
 }
 
+/**
+ * The session's answer when a stream transport asks whether it may buffer a VQ command's
+ * device-readable payload: 'accept' (buffer out_length bytes, then deliver the command),
+ * 'discard' (skip the payload without keeping it and deliver the command with a readOut() that
+ * rejects; the session answers it with a status), or a promise: read nothing more from this
+ * connection until it settles, then ask again for the same command.
+ */
+export type PayloadAdmission = 'accept' | 'discard' | Promise<void>;
+
 /** Target side: what the transport reports about one connection. */
 export interface TargetConnectionHandler {
+  /**
+   * Stream transports only: a VQ command's header has arrived and none of its payload has been
+   * buffered yet. The next onCommand is this command (unless the connection closes first).
+   * Memory for a peer's payload is spent only where the session allows it: on a bound
+   * virtqueue, within its limits and the target's send budget.
+   */
+  admitVq(command: Buffer): PayloadAdmission;
   /**
    * One request PDU. `payload` is the Connect Body (possibly empty) for Connect, a
    * VqRequestData for a VQ command, and an empty buffer for everything else.
    */
   onCommand(command: Buffer, payload: Buffer | VqRequestData): void;
+  /**
+   * The peer has ended its sending side (TCP half-close) and every command it sent has been
+   * delivered: finish the commands in flight, send their completions, then close.
+   */
+  onEnd(): void;
   /** The connection is gone (peer closed, error, or close() was called). Called exactly once. */
   onClose(reason?: Error): void;
 }
@@ -76,8 +97,11 @@ export interface TargetConnection {
   /**
    * Complete a VQ command: deliver `written` (total ≤ request.inLength) to the device-writable
    * buffers, then the 16-byte completion whose length field already says how much was written.
-   * Rejects with VqTransferError, without having sent the completion, when the writable
-   * buffers could not be written; the caller then answers with EINVQBUF.
+   * Resolves once the completion and its data have left this process (stream: handed to the
+   * kernel; a connection that closes first resolves too), so the command counts as in flight,
+   * and its buffers as spent, until then. Rejects with VqTransferError, without having sent the
+   * completion, when the writable buffers could not be written; the caller then answers with
+   * EINVQBUF.
    */
   completeVq(request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void>;
   /** Close now; in-flight sends are flushed when possible. */
@@ -138,6 +162,11 @@ export interface ListenOptions {
   readonly maxVqPayload: number;
   /** Server credentials; required by the tls transport, ignored by the others. */
   readonly tls?: TlsServerSettings;
+  /**
+   * Stream transports: close a connection whose queued completions have not moved for this
+   * long (a peer that stopped reading); 0 never does.
+   */
+  readonly sendStallTimeoutMs?: number;
 }
 
 export interface ConnectOptions {

@@ -24,13 +24,22 @@ class StreamVqRequest implements VqRequestData {
 
 type ReadState =
   | { kind: 'header' }
+  /** A VQ header waiting for the session's leave to buffer its payload. */
+  | { kind: 'admit'; header: Buffer; waiting: boolean }
   | { kind: 'payload'; header: Buffer; length: number }
-  | { kind: 'discard'; header: Buffer; left: number; announced: number };
+  | { kind: 'discard'; header: Buffer; left: number; announced: number; why: string };
 
 /**
  * Target end of one TCP connection: request PDUs in (DECISIONS.md item 3), completions out.
- * Reading pauses while the socket cannot take more completions, so a peer that does not read
- * its completions stops being read from instead of growing our buffers.
+ *
+ * Memory a peer can make this end hold is bounded:
+ * - a VQ command's payload is buffered only after the session admits it (handler.admitVq),
+ *   which it does only on a bound virtqueue, within the queue's limits and the target's send
+ *   budget; anything else is skipped as it arrives, never kept;
+ * - reading pauses while the socket has more than its high-water mark queued for sending, or
+ *   while the session defers admission, so the unparsed input is at most one read;
+ * - a peer that stops reading its completions altogether is closed after sendStallTimeoutMs
+ *   without progress, which releases what its queued completions hold.
  */
 export class TcpTargetConnection implements TargetConnection {
   readonly kind = 'stream' as const;
@@ -41,6 +50,12 @@ export class TcpTargetConnection implements TargetConnection {
   private state: ReadState = { kind: 'header' };
   private handler: TargetConnectionHandler | null = null;
   private closed = false;
+  /** The socket has more queued than its high-water mark: wait for 'drain'. */
+  private sendBackpressure = false;
+  /** The peer ended its sending side. */
+  private peerEnded = false;
+  private endReported = false;
+  private stallTimer: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly socket: Socket,
@@ -48,6 +63,7 @@ export class TcpTargetConnection implements TargetConnection {
     private readonly log: Logger,
     /** tls:// connections: the scheme for log lines and the identity the handshake proved. */
     origin: { scheme: 'tcp' | 'tls'; identity?: string | undefined } = { scheme: 'tcp' },
+    private readonly sendStallTimeoutMs = 0,
   ) {
     this.peer = `${origin.scheme}://${socket.remoteAddress}:${socket.remotePort}`;
     this.identity = origin.identity;
@@ -60,20 +76,45 @@ export class TcpTargetConnection implements TargetConnection {
     this.handler = handler;
     this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
     this.socket.on('drain', () => {
-      if (!this.closed) this.socket.resume();
+      this.sendBackpressure = false;
+      this.updateReading();
     });
     this.socket.on('close', () => this.finish());
-    this.socket.on('end', () => this.socket.end());
+    // Half-close: the peer sends nothing more, but still reads what is in flight for it.
+    this.socket.on('end', () => {
+      this.peerEnded = true;
+      this.runParser();
+    });
     this.socket.resume();
+  }
+
+  /** Read while nothing holds reading back. */
+  private updateReading(): void {
+    const hold = this.closed || this.peerEnded || this.sendBackpressure || this.state.kind === 'admit';
+    if (hold) this.socket.pause();
+    else this.socket.resume();
   }
 
   private onData(chunk: Buffer): void {
     this.queue.push(chunk);
+    this.runParser();
+  }
+
+  private runParser(): void {
     try {
       this.parse();
     } catch (err) {
       this.log.warn(`${this.peer}: closing: ${(err as Error).message}`);
       this.close();
+      return;
+    }
+    this.updateReading();
+    if (this.peerEnded && !this.endReported && !this.closed && this.state.kind !== 'admit') {
+      this.endReported = true;
+      if (this.queue.length > 0 || this.state.kind !== 'header') {
+        this.log.info(`${this.peer}: peer ended its side in the middle of a PDU; ignoring the partial PDU`);
+      }
+      this.handler?.onEnd();
     }
   }
 
@@ -87,6 +128,23 @@ export class TcpTargetConnection implements TargetConnection {
         const header = Buffer.from(this.queue.take(COMMAND_SIZE));
         this.state = this.afterHeader(header);
         if (this.state.kind === 'header') this.deliver(header, EMPTY);
+      } else if (st.kind === 'admit') {
+        if (st.waiting) return;
+        const answer = this.handler ? this.handler.admitVq(st.header) : 'discard';
+        if (answer === 'accept') {
+          this.state = { kind: 'payload', header: st.header, length: st.header.readUInt32LE(8) };
+        } else if (answer === 'discard') {
+          const out = st.header.readUInt32LE(8);
+          this.state = { kind: 'discard', header: st.header, left: out, announced: out, why: 'not admitted by the queue' };
+        } else {
+          st.waiting = true;
+          const retry = () => {
+            st.waiting = false;
+            if (!this.closed) this.runParser();
+          };
+          answer.then(retry, retry);
+          return;
+        }
       } else if (st.kind === 'payload') {
         if (this.queue.length < st.length) return;
         // Node hands each read a fresh chunk, so a view of it stays valid: no copy.
@@ -97,14 +155,8 @@ export class TcpTargetConnection implements TargetConnection {
         st.left -= this.queue.skip(st.left);
         if (st.left > 0) return;
         this.state = { kind: 'header' };
-        const opcode = st.header.readUInt16LE(0);
-        if (opcode === Opcode.Vq) {
-          const err = new VqTransferError(
-            'out',
-            `device-readable payload of ${st.announced} bytes exceeds the ${this.maxVqPayload}-byte limit`,
-          );
-          this.deliver(st.header, new StreamVqRequest(st.announced, st.header.readUInt32LE(12), err));
-        }
+        const err = new VqTransferError('out', `device-readable payload of ${st.announced} bytes ${st.why}`);
+        this.deliver(st.header, new StreamVqRequest(st.announced, st.header.readUInt32LE(12), err));
       }
     }
   }
@@ -124,9 +176,9 @@ export class TcpTargetConnection implements TargetConnection {
       const out = header.readUInt32LE(8);
       if (out > this.maxVqPayload) {
         this.log.warn(`${this.peer}: VQ command announces ${out} device-readable bytes; discarding them`);
-        return { kind: 'discard', header, left: out, announced: out };
+        return { kind: 'discard', header, left: out, announced: out, why: `exceeds the ${this.maxVqPayload}-byte limit` };
       }
-      return { kind: 'payload', header, length: out };
+      return { kind: 'admit', header, waiting: false };
     }
     return { kind: 'header' };
   }
@@ -145,22 +197,60 @@ export class TcpTargetConnection implements TargetConnection {
 
   sendCompletion(completion: Buffer): void {
     if (this.closed) return;
-    if (!this.socket.write(completion)) this.socket.pause();
+    this.write([completion]);
   }
 
   completeVq(_request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void> {
     if (this.closed) return Promise.resolve();
-    this.socket.cork();
-    let ok = this.socket.write(completion);
-    for (const b of written) if (b.length > 0) ok = this.socket.write(b) && ok;
-    this.socket.uncork();
-    if (!ok) this.socket.pause();
-    return Promise.resolve();
+    // Settles when the last piece has left Node's buffers (or the socket is gone: the callback
+    // then gets an error), so the caller counts the command, and its buffers, until then.
+    return new Promise((resolve) => this.write([completion, ...written.filter((b) => b.length > 0)], () => resolve()));
+  }
+
+  private write(parts: readonly Buffer[], done?: () => void): void {
+    const s = this.socket;
+    s.cork();
+    let ok = true;
+    parts.forEach((b, i) => {
+      ok = s.write(b, i === parts.length - 1 ? (err) => this.onWritten(err, done) : undefined) && ok;
+    });
+    s.uncork();
+    if (!ok) {
+      this.sendBackpressure = true;
+      this.updateReading();
+    }
+    if (this.sendStallTimeoutMs > 0 && s.writableLength > 0 && this.stallTimer === null) {
+      this.stallTimer = setTimeout(() => this.onStalled(), this.sendStallTimeoutMs);
+      this.stallTimer.unref();
+    }
+  }
+
+  private onWritten(_err: Error | null | undefined, done?: () => void): void {
+    // Progress: the peer is reading. Restart the stall clock, or stop it when all is sent.
+    if (this.stallTimer) {
+      if (this.socket.writableLength > 0) this.stallTimer.refresh();
+      else {
+        clearTimeout(this.stallTimer);
+        this.stallTimer = null;
+      }
+    }
+    done?.();
+  }
+
+  private onStalled(): void {
+    this.stallTimer = null;
+    if (this.socket.destroyed || this.socket.writableLength === 0) return;
+    this.log.warn(
+      `${this.peer}: ${this.socket.writableLength} bytes of completions unread for ${this.sendStallTimeoutMs} ms; closing the connection`,
+    );
+    this.closed = true;
+    this.socket.destroy();
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.updateReading();
     this.socket.end();
     // A peer that never reads would keep end() pending forever.
     setTimeout(() => this.socket.destroy(), 2000).unref();
@@ -168,6 +258,8 @@ export class TcpTargetConnection implements TargetConnection {
 
   private finish(): void {
     this.closed = true;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
     const h = this.handler;
     this.handler = null;
     h?.onClose();

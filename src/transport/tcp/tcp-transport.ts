@@ -25,8 +25,9 @@ export class TcpTransport implements Transport {
     options: ListenOptions,
     onConnection: (connection: TargetConnection) => void,
   ): Promise<Listener> {
-    const server = net.createServer({ pauseOnConnect: true }, (socket) => {
-      onConnection(new TcpTargetConnection(socket, options.maxVqPayload, this.log));
+    // allowHalfOpen: a peer that ends its side still gets the completions of what it sent.
+    const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (socket) => {
+      onConnection(new TcpTargetConnection(socket, options.maxVqPayload, this.log, { scheme: 'tcp' }, options.sendStallTimeoutMs ?? 0));
     });
     return serveOn(server, endpoint, 'tcp', this.log);
   }

@@ -44,6 +44,8 @@ export class TlsTransport implements Transport {
     // Which PSK identity each handshake proved (the callback runs before secureConnection).
     const pskIdentities = new WeakMap<tls.TLSSocket, string>();
     const server = tls.createServer({
+      // A peer that ends its side still gets the completions of what it sent (as on tcp://).
+      allowHalfOpen: true,
       minVersion: TLS_MIN_VERSION,
       handshakeTimeout: settings.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
       ...(hasCert && { cert: settings.cert, key: settings.key }),
@@ -77,7 +79,9 @@ export class TlsTransport implements Transport {
         }
         identity = cn;
       }
-      onConnection(new TcpTargetConnection(socket, options.maxVqPayload, this.log, { scheme: 'tls', identity }));
+      onConnection(
+        new TcpTargetConnection(socket, options.maxVqPayload, this.log, { scheme: 'tls', identity }, options.sendStallTimeoutMs ?? 0),
+      );
     });
     server.on('tlsClientError', (err: Error & { reason?: string; code?: string }, socket: tls.TLSSocket) => {
       // OpenSSL's message spans lines; its reason is the one-line summary.
