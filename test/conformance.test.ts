@@ -150,7 +150,9 @@ describe('finding 6: reset while I/O is in flight', () => {
     const v = await virtqueue(instance);
     blkRequest(v, 8, BlkRequestType.WRITE_ZEROES, wholeBigDisk());
     await until('the zeroing to start', () => writes.calls() >= 2);
-    v.socket.destroy();
+    // A reset (RST), not a FIN: a FIN is a half-close, after which the target still finishes and
+    // answers what is in flight (docs/PROTOCOL.md, "Peer limits").
+    v.socket.resetAndDestroy();
     await new Promise((r) => setTimeout(r, 300));
     const after = writes.calls();
     await new Promise((r) => setTimeout(r, 300));

@@ -140,7 +140,8 @@ describe('a live target against careless peers', () => {
     const partial = await RawQueue.open(port);
     partial.send(Buffer.alloc(10)); // part of a header
     const refused = await RawQueue.open(port);
-    expect(st(await refused.connectControl('no-such-disk'))).toBe('ENOTGT'); // a failed Connect does not bind
+    // An unknown TVQN is answered like a refused one (docs/PROTOCOL.md, "What a refusal reveals").
+    expect(st(await refused.connectControl('no-such-disk'))).toBe('EACLREJECTED'); // a failed Connect does not bind
     const connected = await openRawBlkSession(port, 'd', 1, 'patient');
     await Promise.all([...silent, partial, refused].map((q) => q.whenClosed(15000)));
     // The bound queues outlive the timeout and still answer.
