@@ -88,6 +88,7 @@ export async function runInfo(argv: string[]): Promise<number> {
       : null;
     const info = {
       url,
+      state: dev.state,
       tvqn: dev.tvqn,
       ivqn: dev.ivqn,
       deviceInstanceId: dev.instanceId,
@@ -107,6 +108,7 @@ export async function runInfo(argv: string[]): Promise<number> {
     } else {
       const lines = [
         `device          ${url}`,
+        `state           ${info.state}`,
         `instance id     ${info.deviceInstanceId}`,
         `vendor id       ${hex(info.vendorId, 4)}`,
         `device id       ${info.deviceId}${isBlk ? ' (virtio-blk)' : info.deviceId === DeviceId.Entropy ? ' (entropy, virtio-rng)' : ''}`,

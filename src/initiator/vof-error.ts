@@ -18,3 +18,11 @@ export class VofError extends Error {
 export class VofConnectionError extends Error {
   override name = 'VofConnectionError';
 }
+
+/**
+ * Reconnecting found a device the initiator cannot resume: it now offers fewer features than
+ * were negotiated, is another device type, or its capacity shrank. The device is lost.
+ */
+export class VofResumeError extends VofConnectionError {
+  override name = 'VofResumeError';
+}
