@@ -88,6 +88,7 @@ export async function runInfo(argv: string[]): Promise<number> {
       : null;
     const info = {
       url,
+      foundAt: dev.url,
       state: dev.state,
       tvqn: dev.tvqn,
       ivqn: dev.ivqn,
@@ -108,6 +109,7 @@ export async function runInfo(argv: string[]): Promise<number> {
     } else {
       const lines = [
         `device          ${url}`,
+        ...(dev.url !== url ? [`found at        ${dev.url} (redirected)`] : []),
         `state           ${info.state}`,
         `instance id     ${info.deviceInstanceId}`,
         `vendor id       ${hex(info.vendorId, 4)}`,

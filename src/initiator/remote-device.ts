@@ -3,17 +3,13 @@ import { performance } from 'node:perf_hooks';
 import {
   COMMAND_ID_CONFIG_CHANGE,
   CONNECT_BODY_SIZE,
-  CONTROL_QUEUE_INSTANCE_ID,
   DeviceStatus,
   Opcode,
   Status,
-  VIRTIO_OF_CONTROL_QUEUE_SIZE,
   VIRTIO_OF_F_KEYED_NUM_DESCS,
 } from '../protocol/constants.js';
 import { decodeConfigChangeGeneration, type DecodedCompletion } from '../protocol/completion.js';
-import { encodeConnectBody } from '../protocol/connect-body.js';
 import { parseDeviceUrl } from '../url.js';
-import { transportFor } from '../transport/registry.js';
 import type { TlsClientSettings } from '../transport/tcp/tls-settings.js';
 import type { InitiatorConnection, Transport } from '../transport/transport.js';
 import { defaultLogger, type Logger } from '../util/log.js';
@@ -21,6 +17,8 @@ import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { AdminClient } from './admin-client.js';
 import { QueueClient, type CommandWithoutId } from './queue-client.js';
 import { DeviceRequest } from './device-request.js';
+import { connectControlPath, type ControlPath } from './control-path.js';
+import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
 import { plannedAttempts, reconnectPolicy, reconnects, type DeviceState, type ReconnectOptions, type ReconnectPolicy } from './reconnect-policy.js';
 import { VofConnectionError, VofError, VofResumeError } from './vof-error.js';
 
@@ -58,6 +56,8 @@ export interface ConnectOptions extends ReconnectOptions {
    * throw VofResumeError to refuse the device (e.g. its capacity shrank).
    */
   readonly verifyResume?: (readConfig: ConfigReader) => Promise<void>;
+  /** Most redirects followed on one connect or reconnect (default 8); then VofRedirectError. */
+  readonly maxRedirects?: number;
 }
 
 export interface ConfigValue {
@@ -123,6 +123,10 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private readonly resubmitting = new Set<DeviceRequest>();
   /** Requests sent again after a reconnect, in total (for tests and monitoring). */
   resubmittedRequests = 0;
+  /** VQ requests sent on the current connection and not completed (a drain waits for them). */
+  private readonly active = new Set<DeviceRequest>();
+  /** The target asked this initiator to move: new I/O is held until the move. */
+  private draining = false;
   /** Virtqueues whose Connect is in flight (failed with the rest on a path failure). */
   private readonly opening = new Set<QueueClient>();
   /** The admin virtqueue, connected on the first admin command. */
@@ -136,20 +140,31 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private lostError: Error | null = null;
   private aborted = false;
 
+  /** Where the device is now: the URL asked for, or where redirects and drains led. */
+  url: string;
+  tvqn: string;
+  control: QueueClient;
+  private transport: Transport;
+  /** The Connect Body, sent on the control queue and on every virtqueue (binding rule). */
+  private connectBody: Buffer;
+
   private constructor(
-    readonly url: string,
-    readonly tvqn: string,
+    /** The URL given to connect(). */
+    readonly requestedUrl: string,
     readonly ivqn: string,
-    public control: QueueClient,
-    private readonly transport: Transport,
+    path: ControlPath,
     private readonly options: ConnectOptions,
     private readonly log: Logger,
-    /** The Connect Body, sent on the control queue and on every virtqueue (binding rule). */
-    private readonly connectBody: Buffer,
   ) {
     super();
+    this.url = path.url;
+    this.tvqn = path.tvqn;
+    this.control = path.control;
+    this.transport = path.transport;
+    this.connectBody = path.connectBody;
+    this.instanceId = path.instanceId;
     this.policy = reconnectPolicy(options);
-    this.attachControl(control);
+    this.attachControl(path.control);
     this.checkKeepaliveSettings();
     this.watchForSilence();
   }
@@ -166,7 +181,9 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     };
     control.onEvent = (c) => {
       if (generation !== this.generation) return;
-      if (c.readUInt16LE(2) === COMMAND_ID_CONFIG_CHANGE) this.emit('configChange', decodeConfigChangeGeneration(c));
+      const id = c.readUInt16LE(2);
+      if (id === COMMAND_ID_CONFIG_CHANGE) this.emit('configChange', decodeConfigChangeGeneration(c));
+      else if (id === COMMAND_ID_DRAIN) void this.drainRequested(generation);
     };
     control.onClosed = (err) => {
       if (generation === this.generation) this.closedByTarget('control queue', err);
@@ -218,14 +235,11 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   /** Connect to tcp://HOST[:PORT]/TVQN (or rdma://…) and bring the device to DRIVER_OK. */
   static async connect(url: string, options: ConnectOptions = {}): Promise<RemoteDevice> {
-    const addr = parseDeviceUrl(url);
+    parseDeviceUrl(url);
     const log = options.log ?? defaultLogger();
-    const transport = await transportFor(addr.scheme, log);
     const ivqn = options.ivqn ?? 'vof-initiator';
-    const body = encodeConnectBody({ ivqn, tvqn: addr.tvqn });
-    const conn = await transport.connect(addr.endpoint, connectOpts(options));
-    const control = new QueueClient(conn, VIRTIO_OF_CONTROL_QUEUE_SIZE);
-    const dev = new RemoteDevice(url, addr.tvqn, ivqn, control, transport, options, log, body);
+    const path = await connectControlPath(url, { ivqn, log, connect: connectOpts(options), ...(options.maxRedirects !== undefined && { maxRedirects: options.maxRedirects }) });
+    const dev = new RemoteDevice(url, ivqn, path, options, log);
     try {
       await dev.initialize();
     } catch (err) {
@@ -257,12 +271,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
    * and the same number of virtqueues is connected.
    */
   private async initialize(resume?: ResumePoint): Promise<void> {
-    const c = await this.controlCommand(
-      { opcode: Opcode.Connect, deviceInstanceId: CONTROL_QUEUE_INSTANCE_ID, vqIndex: 0, length: CONNECT_BODY_SIZE, queueSize: VIRTIO_OF_CONTROL_QUEUE_SIZE },
-      this.connectBody,
-      `"${this.ivqn}" → "${this.tvqn}" at ${this.control.connection.peer}`,
-    );
-    if (c.kind === 'connect') this.instanceId = c.deviceInstanceId;
+    // The control-queue Connect was made by connectControlPath (which follows redirects).
 
     this.offeredOfFeatures = featureOf(await this.controlCommand({ opcode: Opcode.GetFeature, featureSelect: 0 }));
     if (resume && (this.offeredOfFeatures & resume.ofFeatures) !== resume.ofFeatures) {
@@ -486,7 +495,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private async run(req: DeviceRequest): Promise<number> {
     for (;;) {
       // Connected and nothing to order after: sent synchronously, as callers may rely on.
-      if (this.stateValue !== 'connected' || this.lostError || this.closing || this.aborted) await this.whenUsable();
+      if (this.stateValue !== 'connected' || this.draining || this.lostError || this.closing || this.aborted) await this.whenUsable();
       if (req.isFlush && this.resubmitting.size > 0) await this.resubmittedRequestsDone(req);
       const q = this.queues[req.vqIndex];
       if (!q) {
@@ -495,9 +504,11 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
       }
       const generation = this.generation;
       let c: DecodedCompletion;
+      this.active.add(req);
       try {
         c = await q.vq(req.out, req.inBuffers);
       } catch (err) {
+        this.active.delete(req);
         if (!(err instanceof VofConnectionError) || !reconnects(this.policy) || this.lostError || this.closing || this.stateValue === 'connecting') throw err;
         if (generation === this.generation) this.pathFailed(err);
         // No completion: the request goes out again once reconnected.
@@ -506,8 +517,35 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
         if (!req.isFlush) this.resubmitting.add(req);
         continue;
       }
+      this.active.delete(req);
       if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Vq, `virtqueue ${req.vqIndex}`);
       return c.kind === 'vq' ? c.length : 0;
+    }
+  }
+
+  /**
+   * The target sent the drain event (docs/PROTOCOL.md "Live drain"): hold new I/O, let what is
+   * in flight complete there (for at most the keepalive timeout), then drop the connection and
+   * reconnect to the same URL, whose Connect the target now answers with a redirect. Requests
+   * the target did not complete are re-submitted at the new place.
+   */
+  private async drainRequested(generation: number): Promise<void> {
+    if (this.stateValue !== 'connected' || this.draining || generation !== this.generation) return;
+    this.draining = true;
+    this.log.info(`${this.url}: the target asks to move this device: finishing ${this.active.size} request(s) in flight, holding new I/O`);
+    const graceMs = Math.max(1000, this.keepaliveTimeoutMs);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([...this.active].map((r) => r.done)),
+      new Promise<void>((r) => (timer = setTimeout(r, graceMs))),
+    ]);
+    clearTimeout(timer);
+    if (generation !== this.generation || this.stateValue !== 'connected') return;
+    // Fail the path on purpose: the reconnect finds the device where the target sends it.
+    this.pathFailed(new VofConnectionError(`target asked to move the device (drain)`));
+    if (this.state !== 'reconnecting') {
+      this.draining = false;
+      this.releaseHeld(this.lostError ?? undefined);
     }
   }
 
@@ -523,7 +561,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private whenUsable(): Promise<void> {
     if (this.lostError) return Promise.reject(this.lostError);
     if (this.closing || this.aborted) return Promise.reject(new VofConnectionError(`${this.url}: device closed`));
-    if (this.stateValue !== 'reconnecting') return Promise.resolve();
+    if (this.stateValue !== 'reconnecting' && !this.draining) return Promise.resolve();
     if (this.ioFailError) return Promise.reject(this.ioFailError);
     return new Promise((resolve, reject) => this.held.push({ resolve, reject }));
   }
@@ -549,6 +587,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
       return;
     }
     this.stateValue = 'reconnecting';
+    this.draining = false;
     this.generation++;
     this.stopTimers();
     const resume: ResumePoint = {
@@ -634,14 +673,24 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   /** One attempt: a new control queue, the initialization sequence (checked against `resume`), the virtqueues. */
   private async resumeOnce(resume: ResumePoint): Promise<void> {
-    const conn = await this.transport.connect(parseDeviceUrl(this.url).endpoint, connectOpts(this.options));
+    const path = await connectControlPath(this.url, {
+      ivqn: this.ivqn,
+      log: this.log,
+      connect: connectOpts(this.options),
+      ...(this.options.maxRedirects !== undefined && { maxRedirects: this.options.maxRedirects }),
+    });
     if (this.stateValue !== 'reconnecting') {
-      await conn.close();
+      await path.control.close();
       return;
     }
-    const control = new QueueClient(conn, VIRTIO_OF_CONTROL_QUEUE_SIZE);
-    this.control = control;
-    this.attachControl(control);
+    if (path.url !== this.url) this.log.info(`${this.url}: the device moved to ${path.url}`);
+    this.url = path.url;
+    this.tvqn = path.tvqn;
+    this.transport = path.transport;
+    this.connectBody = path.connectBody;
+    this.instanceId = path.instanceId;
+    this.control = path.control;
+    this.attachControl(path.control);
     this.lastHeard = performance.now();
     const timeoutMs = this.options.connectTimeoutMs ?? 10000;
     // A target that accepts but never answers: failing the attempt's queues ends initialize().

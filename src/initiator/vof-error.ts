@@ -26,3 +26,16 @@ export class VofConnectionError extends Error {
 export class VofResumeError extends VofConnectionError {
   override name = 'VofResumeError';
 }
+
+/** Following redirects failed: a loop, too many hops, or a record that cannot be followed. */
+export class VofRedirectError extends VofConnectionError {
+  override name = 'VofRedirectError';
+  constructor(
+    readonly reason: 'loop' | 'hop-limit' | 'bad-record',
+    /** Every URL tried, in order, ending with the one that was not followed. */
+    readonly hops: readonly string[],
+    message: string,
+  ) {
+    super(message);
+  }
+}

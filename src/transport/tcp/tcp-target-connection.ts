@@ -143,9 +143,9 @@ export class TcpTargetConnection implements TargetConnection {
     this.handler?.onCommand(header, payload);
   }
 
-  sendCompletion(completion: Buffer): void {
+  sendCompletion(completion: Buffer, payload?: Buffer): void {
     if (this.closed) return;
-    if (!this.socket.write(completion)) this.socket.pause();
+    if (!this.socket.write(payload ? Buffer.concat([completion, payload]) : completion)) this.socket.pause();
   }
 
   completeVq(_request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void> {
