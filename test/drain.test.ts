@@ -5,6 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
 import { BlockDevice, silentLogger } from '../src/index.js';
 import { vofAsync } from './helpers/vof-cli.js';
+import { RawQueue } from './helpers/raw-queue.js';
+import { TargetFixture } from './helpers/target-fixture.js';
+import { statusName } from '../src/index.js';
 
 /**
  * Issue 13, live drain: an initiator writing continuously (with flushes) to target A is moved to
@@ -94,5 +97,24 @@ describe('live drain', () => {
     const bad = await vofAsync(['drain', '--control', control, 'd', 'ftp://x']);
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/drain refused: .*not a Virtio-oF address/);
+  }, SLOW);
+
+  it('a seed-only initiator gets no event: its instance is closed after the grace time, and it is then refused', async () => {
+    const fx = new TargetFixture();
+    try {
+      await fx.addDisk('d', 65536);
+      await fx.listen();
+      const q = await RawQueue.open(fx.port);
+      expect(statusName((await q.connectControl('d')).readUInt16LE(0))).toBe('SUCCESS');
+      const result = await fx.target.drain('d', 'tcp://127.0.0.1:1', 200);
+      expect(result).toEqual({ told: 0, closed: 1 });
+      await q.whenClosed(5000);
+      const again = await RawQueue.open(fx.port);
+      expect(statusName((await again.connectControl('d')).readUInt16LE(0))).toBe('EACLREJECTED');
+      await again.close();
+      expect(fx.logged(/"d" moved to tcp:\/\/127\.0\.0\.1:1\/d; this initiator does not follow redirects/)).toBe(true);
+    } finally {
+      await fx.close();
+    }
   }, SLOW);
 });

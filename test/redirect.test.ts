@@ -141,6 +141,9 @@ describe('redirect', () => {
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(new RegExp(`device +${a.url}/d`));
     expect(r.stdout).toMatch(new RegExp(`found at +${c.url}/d2`));
+    const limited = await vofAsync(['info', `${a.url}/d`, '--max-redirects', '1']);
+    expect(limited.status).toBe(1);
+    expect(limited.stderr).toMatch(/vof: VofRedirectError: more than 1 redirects: /);
   }, SLOW);
 
   it('vof target refuses a --redirect it cannot carry', async () => {

@@ -41,7 +41,7 @@ Usage:
       Ask a running target (its --control socket) to move TVQN: connected initiators get the
       drain event and reconnect to URL; new Connects are redirected there.
   Reconnect options of cp and nbd: [--reconnect-delay S] [--ctrl-loss-tmo S|-1]
-           [--fast-io-fail-tmo S|-1]
+           [--fast-io-fail-tmo S|-1] [--max-redirects N]
   vof help
 `;
 

@@ -1,3 +1,4 @@
+import { performance } from 'node:perf_hooks';
 import { CONNECT_BODY_SIZE, CONTROL_QUEUE_INSTANCE_ID, Opcode, Status, VIRTIO_OF_CONTROL_QUEUE_SIZE } from '../protocol/constants.js';
 import { encodeConnectBody } from '../protocol/connect-body.js';
 import {
@@ -13,7 +14,7 @@ import type { ConnectOptions as TransportConnectOptions, Transport } from '../tr
 import { parseDeviceUrl } from '../url.js';
 import type { Logger } from '../util/log.js';
 import { QueueClient } from './queue-client.js';
-import { VofError, VofRedirectError } from './vof-error.js';
+import { VofConnectionError, VofError, VofRedirectError } from './vof-error.js';
 
 /** Default most redirects followed for one connect. */
 export const DEFAULT_REDIRECT_HOPS = 8;
@@ -36,6 +37,13 @@ export interface ControlPathOptions {
   readonly connect: TransportConnectOptions;
   /** Most redirects followed (default 8); 0 refuses any. */
   readonly maxRedirects?: number;
+  /**
+   * A target that accepts the connection but never answers the Connect: give up after this
+   * long (the keepalive timeout when keepalive is on, else the connect timeout).
+   */
+  readonly answerTimeoutMs: number;
+  /** The answer timeout is the keepalive timeout (for the error message). */
+  readonly keepalive: boolean;
 }
 
 const canonical = (url: string) => {
@@ -59,6 +67,17 @@ export async function connectControlPath(url: string, o: ControlPathOptions): Pr
     const conn = await transport.connect(addr.endpoint, { ...o.connect, controlQueue: true });
     const control = new QueueClient(conn, VIRTIO_OF_CONTROL_QUEUE_SIZE);
     let next: string;
+    const started = performance.now();
+    const silence = setTimeout(() => {
+      const waited = Math.round(performance.now() - started);
+      control.failAll(
+        new VofConnectionError(
+          o.keepalive
+            ? `target silent for ${waited} ms: no answer to Connect (keepalive timeout ${o.answerTimeoutMs} ms)`
+            : `${url}: no answer to Connect within ${o.answerTimeoutMs} ms`,
+        ),
+      );
+    }, o.answerTimeoutMs);
     try {
       const { completion: c, payload } = await control.callWithPayload(
         { opcode: Opcode.Connect, deviceInstanceId: CONTROL_QUEUE_INSTANCE_ID, vqIndex: 0, length: CONNECT_BODY_SIZE, queueSize: VIRTIO_OF_CONTROL_QUEUE_SIZE },
@@ -80,6 +99,8 @@ export async function connectControlPath(url: string, o: ControlPathOptions): Pr
       control.onClosed = () => {};
       await control.close();
       throw err;
+    } finally {
+      clearTimeout(silence);
     }
     await control.close();
     const seen = hops.map(canonical);

@@ -165,7 +165,6 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     this.instanceId = path.instanceId;
     this.policy = reconnectPolicy(options);
     this.attachControl(path.control);
-    this.checkKeepaliveSettings();
     this.watchForSilence();
   }
 
@@ -197,13 +196,14 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     return this.options.keepaliveTimeoutMs ?? 15000;
   }
 
-  private checkKeepaliveSettings(): void {
-    const interval = this.keepaliveIntervalMs;
-    const timeout = this.keepaliveTimeoutMs;
+  /** Said once per connect(), before the first Connect (a target may never answer it). */
+  private static checkKeepaliveSettings(url: string, options: ConnectOptions, log: Logger): void {
+    const interval = options.keepaliveIntervalMs ?? 5000;
+    const timeout = options.keepaliveTimeoutMs ?? 15000;
     if (interval <= 0) {
-      this.log.warn(`${this.url}: keepalive disabled: a target destroys this instance once it hears nothing on any queue for its keepalive timeout (vof: 15 s by default), and a vanished target goes unnoticed until a request fails`);
+      log.warn(`${url}: keepalive disabled: a target destroys this instance once it hears nothing on any queue for its keepalive timeout (vof: 15 s by default), and a vanished target goes unnoticed until a request fails`);
     } else if (timeout > 0 && timeout < interval) {
-      this.log.warn(`${this.url}: keepalive timeout ${timeout} ms is below the interval ${interval} ms: an idle but healthy target may be declared lost; use a timeout of about 3 intervals`);
+      log.warn(`${url}: keepalive timeout ${timeout} ms is below the interval ${interval} ms: an idle but healthy target may be declared lost; use a timeout of about 3 intervals`);
     }
   }
 
@@ -238,7 +238,8 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     parseDeviceUrl(url);
     const log = options.log ?? defaultLogger();
     const ivqn = options.ivqn ?? 'vof-initiator';
-    const path = await connectControlPath(url, { ivqn, log, connect: connectOpts(options), ...(options.maxRedirects !== undefined && { maxRedirects: options.maxRedirects }) });
+    RemoteDevice.checkKeepaliveSettings(url, options, log);
+    const path = await connectControlPath(url, { ivqn, log, ...pathOpts(options) });
     const dev = new RemoteDevice(url, ivqn, path, options, log);
     try {
       await dev.initialize();
@@ -673,12 +674,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   /** One attempt: a new control queue, the initialization sequence (checked against `resume`), the virtqueues. */
   private async resumeOnce(resume: ResumePoint): Promise<void> {
-    const path = await connectControlPath(this.url, {
-      ivqn: this.ivqn,
-      log: this.log,
-      connect: connectOpts(this.options),
-      ...(this.options.maxRedirects !== undefined && { maxRedirects: this.options.maxRedirects }),
-    });
+    const path = await connectControlPath(this.url, { ivqn: this.ivqn, log: this.log, ...pathOpts(this.options) });
     if (this.stateValue !== 'reconnecting') {
       await path.control.close();
       return;
@@ -769,6 +765,17 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     await this.abort();
     this.emit('close');
   }
+}
+
+/** What connectControlPath needs from the connect options. */
+function pathOpts(o: ConnectOptions) {
+  const keepalive = (o.keepaliveIntervalMs ?? 5000) > 0 && (o.keepaliveTimeoutMs ?? 15000) > 0;
+  return {
+    connect: connectOpts(o),
+    answerTimeoutMs: keepalive ? (o.keepaliveTimeoutMs ?? 15000) : (o.connectTimeoutMs ?? 10000),
+    keepalive,
+    ...(o.maxRedirects !== undefined && { maxRedirects: o.maxRedirects }),
+  };
 }
 
 function connectOpts(o: ConnectOptions) {
