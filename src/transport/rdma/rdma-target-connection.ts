@@ -84,7 +84,7 @@ export class RdmaTargetConnection implements TargetConnection {
     this.rc = new RcConnection(
       binding,
       cmId,
-      { recvDepth: options.recvDepth, recvSize: MAX_REQUEST_MESSAGE, sendDepth: options.sendDepth, sendSize: COMPLETION_SIZE + REDIRECT_RECORD_SIZE },
+      { recvDepth: options.recvDepth, recvSize: MAX_REQUEST_MESSAGE, sendDepth: options.sendDepth, sendSize: COMMAND_SIZE, largestSend: COMPLETION_SIZE + REDIRECT_RECORD_SIZE },
       { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.onBroken(err) },
     );
     try {
