@@ -333,13 +333,13 @@ describe('vof nbd with real NBD clients', { timeout: SLOW }, () => {
     expect(u.stderr()).toMatch(/SIGTERM: shutting down/);
   }, SLOW);
 
-  it('exits with code 1 when the vof disk is lost (target killed), saying so', async () => {
+  it('exits with code 1 when the vof disk is lost (target killed, not back within --ctrl-loss-tmo), saying so', async () => {
     const own = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `lost=${roDisk},ro`], { lines: 1 });
-    const b = await startBridge([`${own.urls[0]}/lost`, '--socket', join(dir, 'lost.sock')]);
+    const b = await startBridge([`${own.urls[0]}/lost`, '--socket', join(dir, 'lost.sock'), '--reconnect-delay', '0.2', '--ctrl-loss-tmo', '1']);
     const exited = new Promise<number | null>((resolve) => b.child.once('exit', (code) => resolve(code)));
     own.child.kill('SIGKILL');
     expect(await exited).toBe(1);
-    expect(b.stderr()).toMatch(/vof disk tcp:\/\/.* lost: /);
+    expect(b.stderr()).toMatch(/vof disk tcp:\/\/.* lost: .*not reconnected within the loss timeout of 1000 ms/);
   }, SLOW);
 
   it('refuses a socket path that is not a socket, and both --socket and --listen', () => {

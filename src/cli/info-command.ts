@@ -5,7 +5,7 @@ import { VofError } from '../initiator/vof-error.js';
 import { DeviceId, Opcode, VIRTIO_F_VERSION_1 } from '../protocol/constants.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { createLogger } from '../util/log.js';
-import { CliError } from './cli-error.js';
+import { CliError, parseIntOption } from './cli-error.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
 
 const blkFeatureNames = new Map<bigint, string>([
@@ -34,7 +34,7 @@ function hex(n: bigint | number, width = 0): string {
 export async function runInfo(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ivqn: { type: 'string' }, json: { type: 'boolean' }, ...TLS_CLIENT_OPTIONS },
+    options: { ivqn: { type: 'string' }, json: { type: 'boolean' }, 'max-redirects': { type: 'string' }, ...TLS_CLIENT_OPTIONS },
     allowPositionals: true,
   });
   const url = positionals[0];
@@ -45,6 +45,7 @@ export async function runInfo(argv: string[]): Promise<number> {
     ...(values.ivqn && { ivqn: values.ivqn }),
     ...(tls && { tls }),
     queueCount: () => 0,
+    ...(values['max-redirects'] !== undefined && { maxRedirects: parseIntOption(values['max-redirects'], 'max-redirects', 0, 64)! }),
     keepaliveIntervalMs: 0,
     log: createLogger('warn'),
   });
@@ -88,6 +89,8 @@ export async function runInfo(argv: string[]): Promise<number> {
       : null;
     const info = {
       url,
+      foundAt: dev.url,
+      state: dev.state,
       tvqn: dev.tvqn,
       ivqn: dev.ivqn,
       deviceInstanceId: dev.instanceId,
@@ -107,6 +110,8 @@ export async function runInfo(argv: string[]): Promise<number> {
     } else {
       const lines = [
         `device          ${url}`,
+        ...(dev.url !== url ? [`found at        ${dev.url} (redirected)`] : []),
+        `state           ${info.state}`,
         `instance id     ${info.deviceInstanceId}`,
         `vendor id       ${hex(info.vendorId, 4)}`,
         `device id       ${info.deviceId}${isBlk ? ' (virtio-blk)' : info.deviceId === DeviceId.Entropy ? ' (entropy, virtio-rng)' : ''}`,

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { runAdmin } from './admin-command.js';
 import { runCp } from './cp-command.js';
+import { runDrain } from './drain-command.js';
 import { runDevices } from './devices-command.js';
 import { runInfo } from './info-command.js';
 import { runNbd } from './nbd-command.js';
@@ -17,6 +18,7 @@ Usage:
              [--max-instances-per-export N] [--max-instances-per-ivqn N]
              [--max-unbound N] [--max-unbound-per-host N]
              [--tls-cert FILE --tls-key FILE] [--tls-ca FILE] [--tls-psk FILE]
+             [--redirect TVQN=URL[/TVQN2]]... [--control PATH]
       Export block devices and entropy (virtio-rng) devices. URL is tcp://HOST[:PORT],
       tls://HOST[:PORT] or rdma://ADDR[:PORT] (port 15771). Prints "listening on URL" per
       address when ready; SIGINT/SIGTERM shut it down.
@@ -41,6 +43,11 @@ Usage:
       Benchmark vof over TCP and RDMA (or in the soft-RoCE VM: --rdma vm) against nbdkit,
       the kernel's NVMe-oF, iperf3 and perftest (--anchors). Defaults: 4k randread qd1/qd32,
       4k randwrite qd32, 128k read/write qd8; 5 s each after a 1 s ramp; 2 queues; 256m image.
+  vof drain --control PATH TVQN URL[/TVQN2] [--grace S] [--json]
+      Ask a running target (its --control socket) to move TVQN: connected initiators get the
+      drain event and reconnect to URL; new Connects are redirected there.
+  Reconnect options of cp and nbd: [--reconnect-delay S] [--ctrl-loss-tmo S|-1]
+           [--fast-io-fail-tmo S|-1] [--max-redirects N]
   vof help
 `;
 
@@ -62,6 +69,8 @@ async function main(argv: string[]): Promise<number> {
     case 'bench':
       // Loaded on demand: the benchmark brings the charting library, which no other command needs.
       return (await import('./bench-command.js')).runBench(rest);
+    case 'drain':
+      return runDrain(rest);
     case undefined:
     case 'help':
     case '--help':

@@ -8,6 +8,7 @@ import { parseDeviceUrl, UrlError } from '../url.js';
 import { createLogger, type LogLevel } from '../util/log.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
+import { RECONNECT_OPTIONS, RECONNECT_USAGE, reconnectSettings } from './reconnect-options.js';
 
 /** HOST[:PORT] or [IPv6][:PORT]; the port defaults to NBD's 10809, 0 picks a free one. */
 function parseHostPort(spec: string): { host: string; port: number } {
@@ -30,11 +31,12 @@ export async function runNbd(argv: string[]): Promise<number> {
       'max-requests': { type: 'string' },
       log: { type: 'string' },
       ...TLS_CLIENT_OPTIONS,
+      ...RECONNECT_OPTIONS,
     },
     allowPositionals: true,
     strict: true,
   });
-  if (positionals.length !== 1) throw new CliError('usage: vof nbd URL [--socket PATH | --listen HOST:PORT] [--name EXPORT] [--ivqn IVQN] [--read-only] [--max-requests N] [--tls-* ...]');
+  if (positionals.length !== 1) throw new CliError(`usage: vof nbd URL [--socket PATH | --listen HOST:PORT] [--name EXPORT] [--ivqn IVQN] [--read-only] [--max-requests N] [--tls-* ...] ${RECONNECT_USAGE}`);
   const url = positionals[0]!;
   let tvqn: string;
   try {
@@ -64,7 +66,11 @@ export async function runNbd(argv: string[]): Promise<number> {
   process.once('SIGTERM', () => stop('SIGTERM'));
 
   const tls = clientTlsSettings(values);
-  const disk = await BlockDevice.open(url, { ...(values.ivqn && { ivqn: values.ivqn }), ...(tls && { tls }), log });
+  const reconnect = reconnectSettings(values);
+  const disk = await BlockDevice.open(url, { ...(values.ivqn && { ivqn: values.ivqn }), ...(tls && { tls }), ...reconnect, log });
+  // NBD clients stay connected while the disk reconnects: their requests wait, then complete.
+  disk.device.on('disconnected', (err) => log.warn(`vof disk ${url} disconnected (${err.message}); NBD requests wait while it reconnects`));
+  disk.device.on('reconnected', (n) => log.info(`vof disk ${url} reconnected after ${n} attempt(s); state ${disk.device.state}`));
   disk.device.on('lost', (err) => {
     log.error(`vof disk ${url} lost: ${err.message}`);
     exitCode = 1;

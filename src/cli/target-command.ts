@@ -7,6 +7,8 @@ import { createLogger, type LogLevel } from '../util/log.js';
 import { parseAllowEntry, type AllowSpec } from '../target/access-policy.js';
 import { resolveQuotas, type QuotaLimits } from '../target/quotas.js';
 import { quotePeerString } from '../util/escape.js';
+import { ControlSocket } from '../target/control-socket.js';
+import { makeRedirect, parseRedirectSpec } from '../target/redirect.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { TLS_SERVER_OPTIONS, serverTlsSettings, type TlsServerFiles } from './tls-options.js';
 
@@ -64,6 +66,10 @@ interface TargetConfigFile {
   log?: LogLevel;
   quotas?: Partial<QuotaLimits>;
   tls?: TlsServerFiles;
+  /** [{ "tvqn": "disk0", "url": "tcp://10.0.0.2:15771" }, …] (url may end in /TVQN2). */
+  redirect?: Array<{ tvqn: string; url: string }>;
+  /** Unix socket for operator commands (vof drain). */
+  control?: string;
 }
 
 function parseBlk(spec: string): BlkSpec {
@@ -128,6 +134,8 @@ export async function runTarget(argv: string[]): Promise<number> {
       'max-unbound': { type: 'string' },
       'max-unbound-per-host': { type: 'string' },
       ...TLS_SERVER_OPTIONS,
+      redirect: { type: 'string', multiple: true },
+      control: { type: 'string' },
     },
     strict: true,
   });
@@ -142,7 +150,14 @@ export async function runTarget(argv: string[]): Promise<number> {
     throw new CliError(`--allow: ${(err as Error).message}`);
   }
   if (listen.length === 0) throw new CliError('vof target needs at least one --listen URL (e.g. tcp://0.0.0.0:15771)');
-  if (blks.length === 0 && rngs.length === 0) throw new CliError('vof target needs at least one --blk TVQN=PATH or --rng TVQN');
+  let redirects: Array<{ tvqn: string; url: string }>;
+  try {
+    redirects = [...(cfg.redirect ?? []), ...(values.redirect ?? []).map(parseRedirectSpec)];
+    for (const r of redirects) makeRedirect(r.tvqn, r.url);
+  } catch (err) {
+    throw new CliError(`--redirect: ${(err as Error).message}`);
+  }
+  if (blks.length === 0 && rngs.length === 0 && redirects.length === 0) throw new CliError('vof target needs at least one --blk TVQN=PATH, --rng TVQN or --redirect TVQN=URL');
   const level = (values.log ?? cfg.log ?? 'info') as LogLevel;
   const log = createLogger(level);
   const queues = parseIntOption(values.queues, 'queues', 1, 64) ?? cfg.queues;
@@ -189,6 +204,7 @@ export async function runTarget(argv: string[]): Promise<number> {
       ...(values['keepalive-timeout'] && { timeoutMs: parseIntOption(values['keepalive-timeout'], 'keepalive-timeout', 1, 3600000)! }),
     },
   });
+  for (const r of redirects) target.redirect(r.tvqn, r.url);
   // Installed before anything is announced, so a signal at any point after shuts down cleanly.
   const stopped = new Promise<void>((resolve) => {
     const stop = (sig: string) => {
@@ -198,6 +214,7 @@ export async function runTarget(argv: string[]): Promise<number> {
     process.once('SIGINT', () => stop('SIGINT'));
     process.once('SIGTERM', () => stop('SIGTERM'));
   });
+  let control: ControlSocket | undefined;
   try {
     for (const b of blks) {
       let disk: FileBlockExport;
@@ -242,11 +259,21 @@ export async function runTarget(argv: string[]): Promise<number> {
       }
       process.stdout.write(`listening on ${bound}\n`);
     }
+    const controlPath = values.control ?? cfg.control;
+    if (controlPath) {
+      try {
+        control = await ControlSocket.listen(controlPath, { drain: (t, u, g) => target.drain(t, u, g), redirect: (t, u) => target.redirect(t, u) }, log);
+      } catch (err) {
+        throw new CliError(`cannot open the control socket ${controlPath}: ${(err as Error).message}`, 1);
+      }
+      log.info(`control socket ${controlPath} (vof drain --control ${controlPath} TVQN URL)`);
+    }
   } catch (err) {
     await target.close();
     throw err;
   }
   await stopped;
+  await control?.close();
   await target.close();
   return 0;
 }

@@ -3,6 +3,7 @@ import { encodeCommand, type Command } from '../protocol/command.js';
 import { decodeCompletion, type DecodedCompletion } from '../protocol/completion.js';
 import type { InitiatorConnection } from '../transport/transport.js';
 import { VofConnectionError } from './vof-error.js';
+import { REDIRECT_RECORD_SIZE, VOF_CONNECT_F_REDIRECT, VOF_STATUS_EREDIRECT, connectFlags } from '../protocol/redirect-record.js';
 
 /** A command as the caller gives it: the queue client picks the command id. */
 export type CommandWithoutId = Command extends infer C ? (C extends Command ? Omit<C, 'commandId'> : never) : never;
@@ -10,6 +11,10 @@ export type CommandWithoutId = Command extends infer C ? (C extends Command ? Om
 interface Pending {
   readonly opcode: number;
   readonly inBuffers: readonly Buffer[] | null;
+  /** A Connect whose body announced VOF_CONNECT_F_REDIRECT: EREDIRECT brings a record. */
+  readonly redirectable: boolean;
+  /** The redirect record that followed an EREDIRECT completion. */
+  payload?: Buffer;
   readonly resolve: (c: DecodedCompletion) => void;
   readonly reject: (e: Error) => void;
 }
@@ -68,7 +73,13 @@ export class QueueClient {
 
   /** Send a non-VQ command (body only for Connect) and resolve with its decoded completion. */
   call(cmd: CommandWithoutId, body?: Buffer): Promise<DecodedCompletion> {
-    return this.submit(cmd.opcode, null, (id, header) => {
+    return this.callWithPayload(cmd, body).then((r) => r.completion);
+  }
+
+  /** As call(); also gives the redirect record that followed an EREDIRECT Connect completion. */
+  callWithPayload(cmd: CommandWithoutId, body?: Buffer): Promise<{ completion: DecodedCompletion; payload: Buffer | null }> {
+    const redirectable = cmd.opcode === Opcode.Connect && body !== undefined && (connectFlags(body) & VOF_CONNECT_F_REDIRECT) !== 0;
+    return this.submit(cmd.opcode, null, redirectable, (id, header) => {
       encodeCommand({ ...cmd, commandId: id } as Command, header);
       this.connection.sendCommand(header, body);
     });
@@ -80,22 +91,24 @@ export class QueueClient {
     for (const b of out) outLength += b.length;
     let inLength = 0;
     for (const b of inBuffers) inLength += b.length;
-    return this.submit(Opcode.Vq, inBuffers, (id, header) => {
+    return this.submit(Opcode.Vq, inBuffers, false, (id, header) => {
       encodeCommand({ opcode: Opcode.Vq, commandId: id, outLength, inLength }, header);
       this.connection.sendVq(header, out, inBuffers);
-    });
+    }).then((r) => r.completion);
   }
 
   private submit(
     opcode: number,
     inBuffers: readonly Buffer[] | null,
+    redirectable: boolean,
     send: (id: number, header: Buffer) => void,
-  ): Promise<DecodedCompletion> {
+  ): Promise<{ completion: DecodedCompletion; payload: Buffer | null }> {
     return new Promise((resolve, reject) => {
       const start = () => {
         if (this.closedError) return reject(this.closedError);
         const id = this.allocateId();
-        this.pending.set(id, { opcode, inBuffers, resolve, reject });
+        const p: Pending = { opcode, inBuffers, redirectable, resolve: (c) => resolve({ completion: c, payload: p.payload ?? null }), reject };
+        this.pending.set(id, p);
         try {
           send(id, Buffer.alloc(COMMAND_SIZE));
         } catch (err) {
@@ -131,6 +144,9 @@ export class QueueClient {
     if (id >= RESERVED_COMMAND_ID_FIRST) return null;
     const p = this.pending.get(id);
     if (!p) return `completion for command id ${id}, which is not in flight`;
+    if (p.redirectable && completion.readUInt16LE(0) === VOF_STATUS_EREDIRECT && completion.readUInt16LE(6) !== REDIRECT_RECORD_SIZE) {
+      return `EREDIRECT completion announces a ${completion.readUInt16LE(6)}-byte redirect record (expected ${REDIRECT_RECORD_SIZE})`;
+    }
     if (p.inBuffers) {
       let inLength = 0;
       for (const b of p.inBuffers) inLength += b.length;
@@ -144,6 +160,7 @@ export class QueueClient {
     const problem = this.completionProblem(completion);
     if (problem) return problem;
     const p = this.pending.get(completion.readUInt16LE(2));
+    if (p?.redirectable && completion.readUInt16LE(0) === VOF_STATUS_EREDIRECT) return REDIRECT_RECORD_SIZE;
     return p?.inBuffers ? completion.readUInt32LE(4) : 0;
   }
 
@@ -165,6 +182,7 @@ export class QueueClient {
     const p = this.pending.get(id)!;
     this.pending.delete(id);
     if (data && p.inBuffers) scatter(data, p.inBuffers);
+    if (data && p.redirectable && completion.readUInt16LE(0) === VOF_STATUS_EREDIRECT) p.payload = Buffer.from(data);
     p.resolve(decodeCompletion(completion, p.opcode));
     this.startWaiting();
   }

@@ -3,26 +3,29 @@ import { performance } from 'node:perf_hooks';
 import {
   COMMAND_ID_CONFIG_CHANGE,
   CONNECT_BODY_SIZE,
-  CONTROL_QUEUE_INSTANCE_ID,
   DeviceStatus,
   Opcode,
   Status,
-  VIRTIO_OF_CONTROL_QUEUE_SIZE,
   VIRTIO_OF_F_KEYED_NUM_DESCS,
 } from '../protocol/constants.js';
 import { decodeConfigChangeGeneration, type DecodedCompletion } from '../protocol/completion.js';
-import { encodeConnectBody } from '../protocol/connect-body.js';
 import { parseDeviceUrl } from '../url.js';
-import { transportFor } from '../transport/registry.js';
 import type { TlsClientSettings } from '../transport/tcp/tls-settings.js';
 import type { InitiatorConnection, Transport } from '../transport/transport.js';
 import { defaultLogger, type Logger } from '../util/log.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { AdminClient } from './admin-client.js';
 import { QueueClient, type CommandWithoutId } from './queue-client.js';
-import { VofConnectionError, VofError } from './vof-error.js';
+import { DeviceRequest } from './device-request.js';
+import { connectControlPath, type ControlPath } from './control-path.js';
+import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
+import { plannedAttempts, reconnectPolicy, reconnects, type DeviceState, type ReconnectOptions, type ReconnectPolicy } from './reconnect-policy.js';
+import { VofConnectionError, VofError, VofResumeError } from './vof-error.js';
 
-export interface ConnectOptions {
+/** Reads `length` config bytes at `offset` (a consistent snapshot; see RemoteDevice.readConfig). */
+export type ConfigReader = (offset: number, length: number) => Promise<Buffer>;
+
+export interface ConnectOptions extends ReconnectOptions {
   /** This initiator's VQN (default "vof-initiator"). */
   readonly ivqn?: string;
   /** Which of the offered device features to accept (default: all of them). */
@@ -48,6 +51,13 @@ export interface ConnectOptions {
   readonly log?: Logger;
   /** tls:// URLs: trust, client certificate or PSK (see TlsClientSettings). */
   readonly tls?: TlsClientSettings;
+  /**
+   * Called on every reconnect once the features are agreed again, before the virtqueues:
+   * throw VofResumeError to refuse the device (e.g. its capacity shrank).
+   */
+  readonly verifyResume?: (readConfig: ConfigReader) => Promise<void>;
+  /** Most redirects followed on one connect or reconnect (default 8); then VofRedirectError. */
+  readonly maxRedirects?: number;
 }
 
 export interface ConfigValue {
@@ -57,8 +67,28 @@ export interface ConfigValue {
 
 interface DeviceEvents {
   configChange: [generation: number];
+  /** A queue or the keepalive failed; I/O is held while the device reconnects. */
+  disconnected: [error: Error];
+  /** Reconnect attempt `attempt` of `of` ("unlimited" with a loss timeout of -1) starts. */
+  reconnecting: [attempt: number, of: string];
+  /** Back to DRIVER_OK after `attempts` attempts; held and unfinished requests go out again. */
+  reconnected: [attempts: number];
   lost: [error: Error];
   close: [];
+}
+
+interface Held {
+  readonly resolve: () => void;
+  readonly reject: (e: Error) => void;
+}
+
+/** What a reconnect must find again (DRIVER_OK state of the first connection). */
+interface ResumePoint {
+  readonly ofFeatures: bigint;
+  readonly driverFeatures: bigint;
+  readonly vendorId: number;
+  readonly deviceId: number;
+  readonly queueCount: number;
 }
 
 const WANTED_OF_FEATURES = 1n << VIRTIO_OF_F_KEYED_NUM_DESCS;
@@ -79,6 +109,26 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   /** Keyed descriptors per VQ command (keyed transports only; 0 otherwise). */
   maxKeyedDescriptors = 0;
   readonly queues: QueueClient[] = [];
+  /** Virtqueues in use (stays the same while reconnecting, when `queues` is empty). */
+  virtqueueCount = 0;
+  private stateValue: DeviceState = 'connecting';
+  private readonly policy: ReconnectPolicy;
+  /** Bumped on every path failure: callbacks of an older connection are ignored. */
+  private generation = 0;
+  /** I/O waiting for the reconnect. */
+  private held: Held[] = [];
+  /** Set once the fast-io-fail timeout passed while disconnected: I/O fails at once. */
+  private ioFailError: Error | null = null;
+  /** Requests sent again after a reconnect and not completed yet (flushes wait for them). */
+  private readonly resubmitting = new Set<DeviceRequest>();
+  /** Requests sent again after a reconnect, in total (for tests and monitoring). */
+  resubmittedRequests = 0;
+  /** VQ requests sent on the current connection and not completed (a drain waits for them). */
+  private readonly active = new Set<DeviceRequest>();
+  /** The target asked this initiator to move: new I/O is held until the move. */
+  private draining = false;
+  /** Virtqueues whose Connect is in flight (failed with the rest on a path failure). */
+  private readonly opening = new Set<QueueClient>();
   /** The admin virtqueue, connected on the first admin command. */
   private adminQueue: Promise<QueueClient> | null = null;
   private adminClient: AdminClient | null = null;
@@ -90,27 +140,53 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private lostError: Error | null = null;
   private aborted = false;
 
+  /** Where the device is now: the URL asked for, or where redirects and drains led. */
+  url: string;
+  tvqn: string;
+  control: QueueClient;
+  private transport: Transport;
+  /** The Connect Body, sent on the control queue and on every virtqueue (binding rule). */
+  private connectBody: Buffer;
+
   private constructor(
-    readonly url: string,
-    readonly tvqn: string,
+    /** The URL given to connect(). */
+    readonly requestedUrl: string,
     readonly ivqn: string,
-    readonly control: QueueClient,
-    private readonly transport: Transport,
+    path: ControlPath,
     private readonly options: ConnectOptions,
     private readonly log: Logger,
-    /** The Connect Body, sent on the control queue and on every virtqueue (binding rule). */
-    private readonly connectBody: Buffer,
   ) {
     super();
+    this.url = path.url;
+    this.tvqn = path.tvqn;
+    this.control = path.control;
+    this.transport = path.transport;
+    this.connectBody = path.connectBody;
+    this.instanceId = path.instanceId;
+    this.policy = reconnectPolicy(options);
+    this.attachControl(path.control);
+    this.watchForSilence();
+  }
+
+  /** connecting, connected, reconnecting (I/O held), lost or closed. */
+  get state(): DeviceState {
+    return this.stateValue;
+  }
+
+  private attachControl(control: QueueClient): void {
+    const generation = this.generation;
     control.onActivity = () => {
       this.lastHeard = performance.now();
     };
     control.onEvent = (c) => {
-      if (c.readUInt16LE(2) === COMMAND_ID_CONFIG_CHANGE) this.emit('configChange', decodeConfigChangeGeneration(c));
+      if (generation !== this.generation) return;
+      const id = c.readUInt16LE(2);
+      if (id === COMMAND_ID_CONFIG_CHANGE) this.emit('configChange', decodeConfigChangeGeneration(c));
+      else if (id === COMMAND_ID_DRAIN) void this.drainRequested(generation);
     };
-    control.onClosed = (err) => this.closedByTarget('control queue', err);
-    this.checkKeepaliveSettings();
-    this.watchForSilence();
+    control.onClosed = (err) => {
+      if (generation === this.generation) this.closedByTarget('control queue', err);
+    };
   }
 
   private get keepaliveIntervalMs(): number {
@@ -120,13 +196,14 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     return this.options.keepaliveTimeoutMs ?? 15000;
   }
 
-  private checkKeepaliveSettings(): void {
-    const interval = this.keepaliveIntervalMs;
-    const timeout = this.keepaliveTimeoutMs;
+  /** Said once per connect(), before the first Connect (a target may never answer it). */
+  private static checkKeepaliveSettings(url: string, options: ConnectOptions, log: Logger): void {
+    const interval = options.keepaliveIntervalMs ?? 5000;
+    const timeout = options.keepaliveTimeoutMs ?? 15000;
     if (interval <= 0) {
-      this.log.warn(`${this.url}: keepalive disabled: a target destroys this instance once it hears nothing on any queue for its keepalive timeout (vof: 15 s by default), and a vanished target goes unnoticed until a request fails`);
+      log.warn(`${url}: keepalive disabled: a target destroys this instance once it hears nothing on any queue for its keepalive timeout (vof: 15 s by default), and a vanished target goes unnoticed until a request fails`);
     } else if (timeout > 0 && timeout < interval) {
-      this.log.warn(`${this.url}: keepalive timeout ${timeout} ms is below the interval ${interval} ms: an idle but healthy target may be declared lost; use a timeout of about 3 intervals`);
+      log.warn(`${url}: keepalive timeout ${timeout} ms is below the interval ${interval} ms: an idle but healthy target may be declared lost; use a timeout of about 3 intervals`);
     }
   }
 
@@ -134,10 +211,11 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private watchForSilence(delayMs = this.keepaliveTimeoutMs): void {
     if (this.keepaliveIntervalMs <= 0 || this.keepaliveTimeoutMs <= 0) return;
     this.silenceTimer = setTimeout(() => {
-      if (this.lostError || this.closing || this.aborted) return;
+      if (this.lostError || this.closing || this.aborted || this.stateValue === 'reconnecting') return;
       const silent = performance.now() - this.lastHeard;
       if (silent >= this.keepaliveTimeoutMs) {
-        this.lose(new VofConnectionError(`target silent for ${Math.round(silent)} ms: device lost (keepalive timeout ${this.keepaliveTimeoutMs} ms)`));
+        const what = reconnects(this.policy) ? 'path failed' : 'device lost';
+        this.pathFailed(new VofConnectionError(`target silent for ${Math.round(silent)} ms: ${what} (keepalive timeout ${this.keepaliveTimeoutMs} ms)`));
         return;
       }
       this.watchForSilence(this.keepaliveTimeoutMs - silent);
@@ -148,7 +226,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   /** A queue closed without our asking: the target dropped the instance (or the link broke). */
   private closedByTarget(what: string, err: Error): void {
     if (this.closing || this.aborted) return;
-    this.lose(
+    this.pathFailed(
       new VofConnectionError(
         `${what} closed by the target (a target destroys an instance it has not heard from within its keepalive timeout${this.keepaliveIntervalMs <= 0 ? '; this initiator sends no keepalives' : ''}): ${err.message}`,
       ),
@@ -157,14 +235,12 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   /** Connect to tcp://HOST[:PORT]/TVQN (or rdma://…) and bring the device to DRIVER_OK. */
   static async connect(url: string, options: ConnectOptions = {}): Promise<RemoteDevice> {
-    const addr = parseDeviceUrl(url);
+    parseDeviceUrl(url);
     const log = options.log ?? defaultLogger();
-    const transport = await transportFor(addr.scheme, log);
     const ivqn = options.ivqn ?? 'vof-initiator';
-    const body = encodeConnectBody({ ivqn, tvqn: addr.tvqn });
-    const conn = await transport.connect(addr.endpoint, connectOpts(options));
-    const control = new QueueClient(conn, VIRTIO_OF_CONTROL_QUEUE_SIZE);
-    const dev = new RemoteDevice(url, addr.tvqn, ivqn, control, transport, options, log, body);
+    RemoteDevice.checkKeepaliveSettings(url, options, log);
+    const path = await connectControlPath(url, { ivqn, log, ...pathOpts(options) });
+    const dev = new RemoteDevice(url, ivqn, path, options, log);
     try {
       await dev.initialize();
     } catch (err) {
@@ -174,57 +250,78 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     return dev;
   }
 
-  /** Send one control-queue command; a non-SUCCESS status rejects with VofError. */
+  /**
+   * Send one control-queue command; a non-SUCCESS status rejects with VofError. While the
+   * device reconnects the command waits (it is not re-sent if its connection fails).
+   */
   async command(cmd: CommandWithoutId, body?: Buffer, detail?: string): Promise<DecodedCompletion> {
+    await this.whenUsable();
+    return this.controlCommand(cmd, body, detail);
+  }
+
+  /** A control command on the current control queue, whatever the state (initialization). */
+  private async controlCommand(cmd: CommandWithoutId, body?: Buffer, detail?: string): Promise<DecodedCompletion> {
     const c = await this.control.call(cmd, body);
     if (c.status !== Status.SUCCESS) throw new VofError(c.status, cmd.opcode, detail);
     return c;
   }
 
-  private async initialize(): Promise<void> {
-    const c = await this.command(
-      { opcode: Opcode.Connect, deviceInstanceId: CONTROL_QUEUE_INSTANCE_ID, vqIndex: 0, length: CONNECT_BODY_SIZE, queueSize: VIRTIO_OF_CONTROL_QUEUE_SIZE },
-      this.connectBody,
-      `"${this.ivqn}" → "${this.tvqn}" at ${this.control.connection.peer}`,
-    );
-    if (c.kind === 'connect') this.instanceId = c.deviceInstanceId;
+  /**
+   * The initialization sequence on the current control queue. With `resume` (a reconnect) the
+   * device must offer at least what was negotiated before, which is negotiated again unchanged,
+   * and the same number of virtqueues is connected.
+   */
+  private async initialize(resume?: ResumePoint): Promise<void> {
+    // The control-queue Connect was made by connectControlPath (which follows redirects).
 
-    this.offeredOfFeatures = featureOf(await this.command({ opcode: Opcode.GetFeature, featureSelect: 0 }));
-    this.ofFeatures = this.offeredOfFeatures & WANTED_OF_FEATURES;
-    await this.command({ opcode: Opcode.SetFeature, featureSelect: 0, feature: this.ofFeatures });
+    this.offeredOfFeatures = featureOf(await this.controlCommand({ opcode: Opcode.GetFeature, featureSelect: 0 }));
+    if (resume && (this.offeredOfFeatures & resume.ofFeatures) !== resume.ofFeatures) {
+      throw new VofResumeError(`${this.url}: cannot resume: the target now offers Virtio-oF features ${hex(this.offeredOfFeatures)}, without ${hex(resume.ofFeatures & ~this.offeredOfFeatures)} negotiated before`);
+    }
+    this.ofFeatures = resume ? resume.ofFeatures : this.offeredOfFeatures & WANTED_OF_FEATURES;
+    await this.controlCommand({ opcode: Opcode.SetFeature, featureSelect: 0, feature: this.ofFeatures });
     if (this.ofFeatures & (1n << VIRTIO_OF_F_KEYED_NUM_DESCS)) {
-      const k = await this.command({ opcode: Opcode.GetKeyedNumDescs });
+      const k = await this.controlCommand({ opcode: Opcode.GetKeyedNumDescs });
       this.maxKeyedDescriptors = k.kind === 'keyedNumDescs' ? k.descs : 0;
       if (this.maxKeyedDescriptors < 1) throw new VofConnectionError('target allows no keyed descriptors');
     }
-    this.vendorId = u32Of(await this.command({ opcode: Opcode.GetVendorId }));
-    this.deviceId = u32Of(await this.command({ opcode: Opcode.GetDeviceId }));
+    this.vendorId = u32Of(await this.controlCommand({ opcode: Opcode.GetVendorId }));
+    this.deviceId = u32Of(await this.controlCommand({ opcode: Opcode.GetDeviceId }));
+    if (resume && (this.vendorId !== resume.vendorId || this.deviceId !== resume.deviceId)) {
+      throw new VofResumeError(`${this.url}: cannot resume: the target now serves vendor ${hex(this.vendorId)} device ${this.deviceId}, not vendor ${hex(resume.vendorId)} device ${resume.deviceId}`);
+    }
 
-    await this.command({ opcode: Opcode.ResetDevice });
+    await this.controlCommand({ opcode: Opcode.ResetDevice });
     let status: number = DeviceStatus.ACKNOWLEDGE;
-    await this.setStatus(status);
+    await this.controlCommand({ opcode: Opcode.SetStatus, status });
     status |= DeviceStatus.DRIVER;
-    await this.setStatus(status);
+    await this.controlCommand({ opcode: Opcode.SetStatus, status });
 
-    const lo = featureOf(await this.command({ opcode: Opcode.GetDeviceFeature, featureSelect: 0 }));
-    const hi = featureOf(await this.command({ opcode: Opcode.GetDeviceFeature, featureSelect: 1 }));
+    const lo = featureOf(await this.controlCommand({ opcode: Opcode.GetDeviceFeature, featureSelect: 0 }));
+    const hi = featureOf(await this.controlCommand({ opcode: Opcode.GetDeviceFeature, featureSelect: 1 }));
     this.deviceFeatures = lo | (hi << 64n);
+    if (resume && (this.deviceFeatures & resume.driverFeatures) !== resume.driverFeatures) {
+      throw new VofResumeError(`${this.url}: cannot resume: the device no longer offers feature bits ${hex(resume.driverFeatures & ~this.deviceFeatures)} negotiated before`);
+    }
     const negotiate = this.options.negotiateFeatures ?? ((f: bigint) => f);
-    this.driverFeatures = negotiate(this.deviceFeatures) & this.deviceFeatures;
+    this.driverFeatures = resume ? resume.driverFeatures : negotiate(this.deviceFeatures) & this.deviceFeatures;
     const mask = (1n << 64n) - 1n;
-    await this.command({ opcode: Opcode.SetDriverFeature, featureSelect: 0, feature: this.driverFeatures & mask });
-    await this.command({ opcode: Opcode.SetDriverFeature, featureSelect: 1, feature: this.driverFeatures >> 64n });
+    await this.controlCommand({ opcode: Opcode.SetDriverFeature, featureSelect: 0, feature: this.driverFeatures & mask });
+    await this.controlCommand({ opcode: Opcode.SetDriverFeature, featureSelect: 1, feature: this.driverFeatures >> 64n });
     status |= DeviceStatus.FEATURES_OK;
-    await this.setStatus(status);
-    if (((await this.getStatus()) & DeviceStatus.FEATURES_OK) === 0) {
+    await this.controlCommand({ opcode: Opcode.SetStatus, status });
+    if ((u32Of(await this.controlCommand({ opcode: Opcode.GetStatus })) & DeviceStatus.FEATURES_OK) === 0) {
       throw new VofConnectionError('device did not accept the negotiated features (FEATURES_OK not set)');
     }
 
-    const count = (await this.options.queueCount?.(this)) ?? 1;
+    if (resume) await this.options.verifyResume?.((offset, length) => this.readConfig(offset, length, (o, b) => this.configAt(o, b)));
+    const count = resume ? resume.queueCount : ((await this.options.queueCount?.(this)) ?? 1);
     for (let vq = 0; vq < count; vq++) await this.connectQueue(vq);
+    this.virtqueueCount = count;
 
     status |= DeviceStatus.DRIVER_OK;
-    await this.setStatus(status);
+    await this.controlCommand({ opcode: Opcode.SetStatus, status });
+    this.stateValue = 'connected';
     this.startKeepalive();
   }
 
@@ -233,7 +330,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   private async openQueue(vqIndex: number): Promise<QueueClient> {
-    const sizeC = await this.command({ opcode: Opcode.GetVqSize, vqIndex });
+    const sizeC = await this.controlCommand({ opcode: Opcode.GetVqSize, vqIndex });
     const max = sizeC.kind === 'vqSize' ? sizeC.size : 0;
     const want = this.options.queueSize ?? 0;
     const size = want > 0 ? Math.min(want, max) : max;
@@ -244,8 +341,12 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     );
     conn.maxKeyedDescriptors = this.maxKeyedDescriptors;
     const q = new QueueClient(conn, 1);
-    q.onClosed = (err) => this.closedByTarget(`virtqueue ${vqIndex}`, err);
+    const generation = this.generation;
+    q.onClosed = (err) => {
+      if (generation === this.generation) this.closedByTarget(`virtqueue ${vqIndex}`, err);
+    };
     let c: DecodedCompletion;
+    this.opening.add(q);
     try {
       // Always with the Connect Body: a target with an allow-list requires it on virtqueues.
       c = await q.call(
@@ -253,10 +354,13 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
         this.connectBody,
       );
       if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Connect, `virtqueue ${vqIndex}`);
+      if (generation !== this.generation) throw new VofConnectionError(`virtqueue ${vqIndex}: connection dropped while connecting`);
     } catch (err) {
       q.onClosed = () => {};
       await q.close();
       throw err;
+    } finally {
+      this.opening.delete(q);
     }
     q.queueSize = size;
     return q;
@@ -286,6 +390,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     }
     if (this.lostError || this.closing) return Promise.reject(this.lostError ?? new VofConnectionError('device closed'));
     this.adminQueue ??= (async () => {
+      await this.whenUsable();
       this.adminQueueIndex = await this.findAdminQueueIndex();
       return this.openQueue(this.adminQueueIndex);
     })();
@@ -326,7 +431,12 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   /** Read 1, 2, 4 or 8 config bytes at offset. Re-arms config change notifications. */
   async getConfig(offset: number, bytes: 1 | 2 | 4 | 8): Promise<ConfigValue> {
-    const c = await this.command({ opcode: Opcode.GetConfig, offset, bytes });
+    await this.whenUsable();
+    return this.configAt(offset, bytes);
+  }
+
+  private async configAt(offset: number, bytes: 1 | 2 | 4 | 8): Promise<ConfigValue> {
+    const c = await this.controlCommand({ opcode: Opcode.GetConfig, offset, bytes });
     if (c.kind !== 'config') throw new Error('unexpected completion');
     return { value: c.config, generation: c.generation };
   }
@@ -339,7 +449,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
    * Read a consistent run of config bytes: retried while the generation changes underneath,
    * as the virtio spec asks of drivers.
    */
-  async readConfig(offset: number, length: number): Promise<Buffer> {
+  async readConfig(offset: number, length: number, get: (offset: number, bytes: 1 | 2 | 4 | 8) => Promise<ConfigValue> = (o, b) => this.getConfig(o, b)): Promise<Buffer> {
     for (;;) {
       const out = Buffer.alloc(length);
       let generation = -1;
@@ -347,7 +457,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
       for (let pos = 0; pos < length; ) {
         const left = length - pos;
         const bytes = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-        const { value, generation: g } = await this.getConfig(offset + pos, bytes);
+        const { value, generation: g } = await get(offset + pos, bytes);
         if (generation >= 0 && g !== generation) consistent = false;
         generation = g;
         const tmp = Buffer.alloc(8);
@@ -369,15 +479,231 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   /**
    * Submit one request on virtqueue `vqIndex`: `out` is device-readable, `inBuffers` device-
-   * writable. Resolves with the number of bytes the device wrote.
+   * writable. Resolves with the number of bytes the device wrote. With reconnect on, a request
+   * whose connection fails before its completion is held and sent again after the reconnect;
+   * `flush` marks a request that must go after every re-submitted one (see DeviceRequest).
    */
-  async request(vqIndex: number, out: readonly Buffer[], inBuffers: readonly Buffer[]): Promise<number> {
-    if (this.lostError) throw this.lostError;
-    const q = this.queues[vqIndex];
-    if (!q) throw new RangeError(`no virtqueue ${vqIndex} (connected: ${this.queues.length})`);
-    const c = await q.vq(out, inBuffers);
-    if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Vq, `virtqueue ${vqIndex}`);
-    return c.kind === 'vq' ? c.length : 0;
+  async request(vqIndex: number, out: readonly Buffer[], inBuffers: readonly Buffer[], options: { flush?: boolean } = {}): Promise<number> {
+    const req = new DeviceRequest(vqIndex, out, inBuffers, options.flush ?? false);
+    try {
+      return await this.run(req);
+    } finally {
+      this.resubmitting.delete(req);
+      req.finish();
+    }
+  }
+
+  private async run(req: DeviceRequest): Promise<number> {
+    for (;;) {
+      // Connected and nothing to order after: sent synchronously, as callers may rely on.
+      if (this.stateValue !== 'connected' || this.draining || this.lostError || this.closing || this.aborted) await this.whenUsable();
+      if (req.isFlush && this.resubmitting.size > 0) await this.resubmittedRequestsDone(req);
+      const q = this.queues[req.vqIndex];
+      if (!q) {
+        if (this.stateValue !== 'connected') continue; // the path failed while the flush waited
+        throw new RangeError(`no virtqueue ${req.vqIndex} (connected: ${this.queues.length})`);
+      }
+      const generation = this.generation;
+      let c: DecodedCompletion;
+      this.active.add(req);
+      try {
+        c = await q.vq(req.out, req.inBuffers);
+      } catch (err) {
+        this.active.delete(req);
+        if (!(err instanceof VofConnectionError) || !reconnects(this.policy) || this.lostError || this.closing || this.stateValue === 'connecting') throw err;
+        if (generation === this.generation) this.pathFailed(err);
+        // No completion: the request goes out again once reconnected.
+        req.resubmissions++;
+        this.resubmittedRequests++;
+        if (!req.isFlush) this.resubmitting.add(req);
+        continue;
+      }
+      this.active.delete(req);
+      if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Vq, `virtqueue ${req.vqIndex}`);
+      return c.kind === 'vq' ? c.length : 0;
+    }
+  }
+
+  /**
+   * The target sent the drain event (docs/PROTOCOL.md "Live drain"): hold new I/O, let what is
+   * in flight complete there (for at most the keepalive timeout), then drop the connection and
+   * reconnect to the same URL, whose Connect the target now answers with a redirect. Requests
+   * the target did not complete are re-submitted at the new place.
+   */
+  private async drainRequested(generation: number): Promise<void> {
+    if (this.stateValue !== 'connected' || this.draining || generation !== this.generation) return;
+    this.draining = true;
+    this.log.info(`${this.url}: the target asks to move this device: finishing ${this.active.size} request(s) in flight, holding new I/O`);
+    const graceMs = Math.max(1000, this.keepaliveTimeoutMs);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([...this.active].map((r) => r.done)),
+      new Promise<void>((r) => (timer = setTimeout(r, graceMs))),
+    ]);
+    clearTimeout(timer);
+    if (generation !== this.generation || this.stateValue !== 'connected') return;
+    // Fail the path on purpose: the reconnect finds the device where the target sends it.
+    this.pathFailed(new VofConnectionError(`target asked to move the device (drain)`));
+    if (this.state !== 'reconnecting') {
+      this.draining = false;
+      this.releaseHeld(this.lostError ?? undefined);
+    }
+  }
+
+  /** A flush goes only once every re-submitted request has completed (or failed for good). */
+  private async resubmittedRequestsDone(flush: DeviceRequest): Promise<void> {
+    while (this.resubmitting.size > 0) {
+      await Promise.all([...this.resubmitting].filter((r) => r !== flush).map((r) => r.done));
+      await this.whenUsable();
+    }
+  }
+
+  /** Resolves at once when connected; holds the caller while reconnecting; rejects when I/O must fail. */
+  private whenUsable(): Promise<void> {
+    if (this.lostError) return Promise.reject(this.lostError);
+    if (this.closing || this.aborted) return Promise.reject(new VofConnectionError(`${this.url}: device closed`));
+    if (this.stateValue !== 'reconnecting' && !this.draining) return Promise.resolve();
+    if (this.ioFailError) return Promise.reject(this.ioFailError);
+    return new Promise((resolve, reject) => this.held.push({ resolve, reject }));
+  }
+
+  private releaseHeld(err?: Error): void {
+    const held = this.held;
+    this.held = [];
+    for (const h of held) {
+      if (err) h.reject(err);
+      else h.resolve();
+    }
+  }
+
+  /**
+   * A queue's connection or the keepalive failed. Without reconnect (or before the device was
+   * ever up) the device is lost; otherwise every queue of this connection is failed and closed,
+   * I/O is held, and the reconnect loop starts.
+   */
+  private pathFailed(err: Error): void {
+    if (this.lostError || this.closing || this.aborted || this.stateValue === 'reconnecting') return;
+    if (!reconnects(this.policy) || this.stateValue !== 'connected') {
+      this.lose(err);
+      return;
+    }
+    this.stateValue = 'reconnecting';
+    this.draining = false;
+    this.generation++;
+    this.stopTimers();
+    const resume: ResumePoint = {
+      ofFeatures: this.ofFeatures,
+      driverFeatures: this.driverFeatures,
+      vendorId: this.vendorId,
+      deviceId: this.deviceId,
+      queueCount: this.virtqueueCount,
+    };
+    this.dropConnections(err);
+    this.log.warn(`${this.url}: ${err.message}; reconnecting (delay ${this.policy.delayMs} ms, loss timeout ${this.policy.lossTimeoutMs < 0 ? 'none' : `${this.policy.lossTimeoutMs} ms`})`);
+    this.emit('disconnected', err);
+    void this.reconnectLoop(resume, err);
+  }
+
+  /** Fail and close every queue of the current connection (their requests see VofConnectionError). */
+  private dropConnections(err: Error): void {
+    const admin = this.adminQueue;
+    this.adminQueue = null;
+    const all = [...this.queues.splice(0), ...this.opening, this.control];
+    for (const q of all) q.failAll(err);
+    for (const q of all) void q.close().catch(() => {});
+    void admin?.then((q) => (q.failAll(err), q.close()), () => {});
+  }
+
+  private stopTimers(): void {
+    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
+    if (this.silenceTimer) clearTimeout(this.silenceTimer);
+    this.keepaliveTimer = null;
+    this.silenceTimer = null;
+  }
+
+  private async reconnectLoop(resume: ResumePoint, cause: Error): Promise<void> {
+    const { delayMs, lossTimeoutMs, fastIoFailMs } = this.policy;
+    const started = performance.now();
+    const timers: NodeJS.Timeout[] = [];
+    if (fastIoFailMs >= 0) {
+      timers.push(setTimeout(() => {
+        this.ioFailError = new VofConnectionError(`${this.url}: disconnected for ${fastIoFailMs} ms (fast-io-fail timeout): I/O fails while reconnecting goes on (${cause.message})`);
+        this.log.warn(this.ioFailError.message);
+        this.releaseHeld(this.ioFailError);
+      }, fastIoFailMs));
+    }
+    if (lossTimeoutMs >= 0) {
+      // The deadline holds even if an attempt hangs (a target that accepts but never answers).
+      timers.push(setTimeout(() => this.lose(new VofConnectionError(`${this.url}: not reconnected within the loss timeout of ${lossTimeoutMs} ms: device lost (${cause.message})`)), lossTimeoutMs));
+    }
+    const of = plannedAttempts(this.policy);
+    try {
+      for (let attempt = 1; ; attempt++) {
+        if (this.stateValue !== 'reconnecting') return;
+        this.log.info(`${this.url}: reconnect attempt ${attempt} of ${of}`);
+        this.emit('reconnecting', attempt, of);
+        try {
+          await this.resumeOnce(resume);
+        } catch (err) {
+          if (this.stateValue !== 'reconnecting') return;
+          this.generation++; // callbacks of the failed attempt's queues are stale
+          this.dropConnections(err as Error);
+          if (err instanceof VofResumeError) {
+            this.lose(err);
+            return;
+          }
+          this.log.warn(`${this.url}: reconnect attempt ${attempt} failed: ${(err as Error).message}`);
+          const left = lossTimeoutMs < 0 ? delayMs : lossTimeoutMs - (performance.now() - started);
+          await new Promise<void>((r) => {
+            // Not unref'd: held I/O must keep a process alive until it completes or fails.
+            setTimeout(r, Math.max(0, Math.min(delayMs, left)));
+          });
+          continue;
+        }
+        if (this.state !== 'connected') return; // lost or closed meanwhile
+        this.ioFailError = null;
+        this.log.info(`${this.url}: reconnected (attempt ${attempt}); instance ${this.instanceId}`);
+        this.emit('reconnected', attempt);
+        this.releaseHeld();
+        return;
+      }
+    } finally {
+      for (const t of timers) clearTimeout(t);
+    }
+  }
+
+  /** One attempt: a new control queue, the initialization sequence (checked against `resume`), the virtqueues. */
+  private async resumeOnce(resume: ResumePoint): Promise<void> {
+    const path = await connectControlPath(this.url, { ivqn: this.ivqn, log: this.log, ...pathOpts(this.options) });
+    if (this.stateValue !== 'reconnecting') {
+      await path.control.close();
+      return;
+    }
+    if (path.url !== this.url) this.log.info(`${this.url}: the device moved to ${path.url}`);
+    this.url = path.url;
+    this.tvqn = path.tvqn;
+    this.transport = path.transport;
+    this.connectBody = path.connectBody;
+    this.instanceId = path.instanceId;
+    this.control = path.control;
+    this.attachControl(path.control);
+    this.lastHeard = performance.now();
+    const timeoutMs = this.options.connectTimeoutMs ?? 10000;
+    // A target that accepts but never answers: failing the attempt's queues ends initialize().
+    const timer = setTimeout(() => this.dropConnections(new VofConnectionError(`initialization did not finish within ${timeoutMs} ms`)), timeoutMs);
+    try {
+      // initialize() sets the state to connected just before it starts the keepalive.
+      await this.initialize(resume);
+    } catch (err) {
+      if (this.state === 'connected') {
+        this.stateValue = 'reconnecting';
+        this.stopTimers();
+      }
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+    this.watchForSilence();
   }
 
   private startKeepalive(): void {
@@ -393,8 +719,10 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private lose(err: Error): void {
     if (this.lostError || this.closing || this.aborted) return;
     this.lostError = err;
+    this.stateValue = 'lost';
     this.log.warn(`${this.url}: ${err.message}`);
     void this.abort();
+    this.releaseHeld(err);
     this.emit('lost', err);
   }
 
@@ -404,9 +732,9 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   private abort(): Promise<void> {
     this.aborted = true;
-    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
-    if (this.silenceTimer) clearTimeout(this.silenceTimer);
+    this.stopTimers();
     const err = this.lostError ?? new VofConnectionError('device closed');
+    this.releaseHeld(err);
     const admin = this.adminQueue;
     const all = [...this.queues, this.control];
     for (const q of all) q.failAll(err);
@@ -423,9 +751,11 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   private async shutdown(): Promise<void> {
-    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
-    if (this.silenceTimer) clearTimeout(this.silenceTimer);
-    if (!this.lostError) {
+    this.stopTimers();
+    const wasConnected = this.stateValue === 'connected';
+    if (this.stateValue !== 'lost') this.stateValue = 'closed';
+    this.releaseHeld(new VofConnectionError(`${this.url}: device closed`));
+    if (!this.lostError && wasConnected) {
       const disconnect = (q: QueueClient) =>
         q.closed ? Promise.resolve() : q.call({ opcode: Opcode.Disconnect }).then(() => {}, () => {});
       const admin = this.adminQueue ? await this.adminQueue.catch(() => null) : null;
@@ -437,8 +767,23 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 }
 
+/** What connectControlPath needs from the connect options. */
+function pathOpts(o: ConnectOptions) {
+  const keepalive = (o.keepaliveIntervalMs ?? 5000) > 0 && (o.keepaliveTimeoutMs ?? 15000) > 0;
+  return {
+    connect: connectOpts(o),
+    answerTimeoutMs: keepalive ? (o.keepaliveTimeoutMs ?? 15000) : (o.connectTimeoutMs ?? 10000),
+    keepalive,
+    ...(o.maxRedirects !== undefined && { maxRedirects: o.maxRedirects }),
+  };
+}
+
 function connectOpts(o: ConnectOptions) {
   return { timeoutMs: o.connectTimeoutMs ?? 10000, maxVqPayload: o.maxVqPayload ?? 64 * 1024 * 1024, ...(o.tls && { tls: o.tls }) };
+}
+
+function hex(n: bigint | number): string {
+  return `0x${n.toString(16)}`;
 }
 
 function featureOf(c: DecodedCompletion): bigint {

@@ -18,3 +18,24 @@ export class VofError extends Error {
 export class VofConnectionError extends Error {
   override name = 'VofConnectionError';
 }
+
+/**
+ * Reconnecting found a device the initiator cannot resume: it now offers fewer features than
+ * were negotiated, is another device type, or its capacity shrank. The device is lost.
+ */
+export class VofResumeError extends VofConnectionError {
+  override name = 'VofResumeError';
+}
+
+/** Following redirects failed: a loop, too many hops, or a record that cannot be followed. */
+export class VofRedirectError extends VofConnectionError {
+  override name = 'VofRedirectError';
+  constructor(
+    readonly reason: 'loop' | 'hop-limit' | 'bad-record',
+    /** Every URL tried, in order, ending with the one that was not followed. */
+    readonly hops: readonly string[],
+    message: string,
+  ) {
+    super(message);
+  }
+}

@@ -28,6 +28,8 @@ import { QueueStats } from '../admin/queue-stats.js';
 import { ByteBudget } from './byte-budget.js';
 import type { DeviceInstance, OpResult } from './device-instance.js';
 import { TargetRequest, type CompletionSink } from './target-request.js';
+import type { Redirect } from './redirect.js';
+import { VOF_CONNECT_F_REDIRECT, connectFlags, encodeRedirectCompletion } from '../protocol/redirect-record.js';
 
 /** What a queue session needs from the target it belongs to. */
 export interface TargetContext {
@@ -47,6 +49,8 @@ export interface TargetContext {
   readonly queueBudgetBytes: number;
   /** Close a connection that has not completed Connect within this time (0: never). */
   readonly connectTimeoutMs: number;
+  /** Where a TVQN has moved (vof redirect extension), or undefined. */
+  redirectFor?(tvqn: string): Redirect | undefined;
 }
 
 type SessionRole =
@@ -67,11 +71,13 @@ export class QueueSession {
   private queueSize = VIRTIO_OF_CONTROL_QUEUE_SIZE;
   private readonly requests = new Map<number, TargetRequest>();
   private readonly sink: CompletionSink = {
-    send: (completion, refusal) => this.reply(completion, refusal),
+    send: (completion, refusal, payload) => this.reply(completion, refusal, payload),
     sendVq: (data, completion, written) => (this.closed ? Promise.resolve() : this.connection.completeVq(data, completion, written)),
   };
   private disconnecting = false;
   private closed = false;
+  /** The Connect Body announced VOF_CONNECT_F_REDIRECT: redirects and the drain event may be sent. */
+  followsRedirects = false;
   /** Counters for the admin transport class (LIST_QUEUES). */
   readonly stats = new QueueStats();
   /** VQ buffers of this queue's commands in flight, until their completions have left. */
@@ -222,11 +228,11 @@ export class QueueSession {
   }
 
   /** `refusal`: whether a non-SUCCESS status counts as a refused command (errors, error log). */
-  private reply(completion: Buffer, refusal = true): void {
+  private reply(completion: Buffer, refusal = true, payload?: Buffer): void {
     if (this.closed) return;
     const status = completion.readUInt16LE(0);
     if (status !== Status.SUCCESS && refusal) this.countFailure(status, completion.readUInt16LE(2));
-    this.connection.sendCompletion(completion);
+    this.connection.sendCompletion(completion, payload);
   }
 
   /** A refused command: counted, and logged in the device's error log once the queue is bound. */
@@ -346,6 +352,15 @@ export class QueueSession {
       if (!parsed) return refuse(Status.ENOTGT, 'control queue Connect without a Connect Body');
       if (cmd.queueSize > VIRTIO_OF_CONTROL_QUEUE_SIZE) {
         return refuse(Status.EQSIZEQUOT, `control queue size ${cmd.queueSize} > ${VIRTIO_OF_CONTROL_QUEUE_SIZE}`);
+      }
+      this.followsRedirects = (connectFlags(body) & VOF_CONNECT_F_REDIRECT) !== 0;
+      const moved = this.ctx.redirectFor?.(parsed.tvqn);
+      if (moved) {
+        // Before the access check: the export is not here; the destination decides access.
+        if (!this.followsRedirects) return refuse(Status.EACLREJECTED, `${quotePeerString(parsed.tvqn)} moved to ${moved.url}; this initiator does not follow redirects`);
+        this.log.info(`${this.connection.peer}: Connect for ${quotePeerString(parsed.tvqn)} → EREDIRECT to ${moved.url}`);
+        req.complete(encodeRedirectCompletion(id), false, moved.record);
+        return;
       }
       const created = this.ctx.createInstance(parsed, this);
       const pair = `${quotePeerString(parsed.ivqn)} → ${quotePeerString(parsed.tvqn)}${this.identityNote()}`;

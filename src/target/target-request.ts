@@ -5,7 +5,7 @@ import type { VqRequestData } from '../transport/transport.js';
 /** Where a request's completion goes: its queue's connection, while the queue is open. */
 export interface CompletionSink {
   /** `refusal`: whether a non-SUCCESS status counts as a refused command (admin counters). */
-  send(completion: Buffer, refusal?: boolean): void;
+  send(completion: Buffer, refusal?: boolean, payload?: Buffer): void;
   sendVq(data: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void>;
 }
 
@@ -48,10 +48,10 @@ export class TargetRequest {
    * Send this request's completion (once). A cancelled request gets ESTATUS instead of SUCCESS.
    * `refusal` false: a non-SUCCESS status that is an answer, not a refused command.
    */
-  complete(completion: Buffer, refusal = true): void {
+  complete(completion: Buffer, refusal = true, payload?: Buffer): void {
     if (this.completed) return;
     this.completed = true;
-    this.sink.send(this.cancelled && completion.readUInt16LE(0) === Status.SUCCESS ? encodeBareCompletion(Status.ESTATUS, this.commandId) : completion, refusal);
+    this.sink.send(this.cancelled && completion.readUInt16LE(0) === Status.SUCCESS ? encodeBareCompletion(Status.ESTATUS, this.commandId) : completion, refusal, payload);
   }
 
   /**

@@ -16,6 +16,8 @@ import { QueueSession, type TargetContext } from './queue-session.js';
 import { DeviceErrorLog } from '../admin/error-log.js';
 import { InstanceAdmin } from '../admin/instance-admin.js';
 import { ByteBudget } from './byte-budget.js';
+import { makeRedirect, type Redirect } from './redirect.js';
+import { encodeDrainEvent } from '../protocol/redirect-record.js';
 
 export interface TargetOptions {
   readonly log?: Logger;
@@ -35,6 +37,15 @@ export interface TargetOptions {
   readonly connectTimeoutMs?: number;
   /** Resource bounds against careless or hostile peers (see DEFAULT_LIMITS). */
   readonly limits?: Partial<PeerLimits>;
+  /** TVQN → URL[/TVQN2]: Connects for these TVQNs are redirected (docs/PROTOCOL.md, "Redirect"). */
+  readonly redirects?: Readonly<Record<string, string>>;
+}
+
+export interface DrainResult {
+  /** Instances of the TVQN told to move (drain event sent). */
+  readonly told: number;
+  /** Instances closed by the target at the end of the grace time (did not move by themselves). */
+  readonly closed: number;
 }
 
 export interface ExportOptions {
@@ -82,6 +93,7 @@ export const DEFAULT_MAX_VQ_PAYLOAD = 4 * 1024 * 1024 + 4096;
 export class VofTarget {
   private readonly exports = new Map<string, ExportEntry>();
   private readonly instances = new Map<number, DeviceInstance>();
+  private readonly redirects = new Map<string, Redirect>();
   private readonly listeners: Listener[] = [];
   readonly log: Logger;
   private readonly keepalive: KeepalivePolicy;
@@ -116,7 +128,54 @@ export class VofTarget {
       bindingRefusal: (inst, session, body) => this.bindingRefusal(inst, session, body),
       sessionBound: (session) => this.unbound.settle(session),
       sessionClosed: (session) => this.unbound.settle(session),
+      redirectFor: (tvqn) => this.redirects.get(tvqn),
     };
+    for (const [tvqn, url] of Object.entries(options.redirects ?? {})) this.redirect(tvqn, url);
+  }
+
+  /**
+   * Answer control-queue Connects for `tvqn` with EREDIRECT to `url` (tcp|tls|rdma://HOST[:PORT],
+   * optionally /TVQN2; default the same TVQN), whether or not it is exported here. Returns the
+   * URL the record names.
+   */
+  redirect(tvqn: string, url: string): string {
+    if (checkVqn(tvqn, 'TVQN').length === 0) throw new Error('TVQN is empty');
+    const r = makeRedirect(tvqn, url);
+    this.redirects.set(tvqn, r);
+    this.log.info(`${quotePeerString(tvqn)} redirected to ${r.url}`);
+    return r.url;
+  }
+
+  removeRedirect(tvqn: string): boolean {
+    return this.redirects.delete(tvqn);
+  }
+
+  /**
+   * Live drain (docs/PROTOCOL.md "Live drain"): new Connects for `tvqn` are redirected to
+   * `url`; every live instance of it whose initiator follows redirects gets the drain event and
+   * moves by itself (finishing its requests here first). After `graceMs` the instances still
+   * here are closed once their requests in flight have completed; their initiators reconnect
+   * and are redirected like new ones.
+   */
+  async drain(tvqn: string, url: string, graceMs = 10_000): Promise<DrainResult> {
+    const dest = this.redirect(tvqn, url);
+    const live = () => [...this.instances.values()].filter((i) => i.tvqn === tvqn && !i.destroyed);
+    let told = 0;
+    for (const inst of live()) {
+      if (!inst.control.followsRedirects) continue;
+      inst.control.sendEvent(encodeDrainEvent());
+      told++;
+    }
+    this.log.info(`drain of ${quotePeerString(tvqn)} to ${dest}: ${told} instance(s) told to move, ${live().length - told} will be closed after ${graceMs} ms`);
+    const deadline = Date.now() + graceMs;
+    while (live().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const left = live();
+    for (const inst of left) {
+      const sessions = [inst.control, ...inst.virtqueues.values()];
+      await Promise.all(sessions.map((s) => s.whenIdle()));
+      for (const s of sessions) s.connection.close();
+    }
+    return { told, closed: left.length };
   }
 
   /**

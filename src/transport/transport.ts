@@ -92,8 +92,13 @@ export interface TargetConnection {
   readonly maxKeyedDescriptors: number;
   /** Begin delivering commands; nothing is read before this is called. */
   start(handler: TargetConnectionHandler): void;
-  /** Send a completion that carries no data: every non-VQ completion, events, failed VQ commands. */
-  sendCompletion(completion: Buffer): void;
+  /**
+   * Send a completion that carries no data: every non-VQ completion, events, failed VQ
+   * commands. `payload` only for vof's EREDIRECT Connect completion (its redirect record, to
+   * an initiator that announced VOF_CONNECT_F_REDIRECT): it follows the completion in the same
+   * stream write, or in the same SEND on keyed transports.
+   */
+  sendCompletion(completion: Buffer, payload?: Buffer): void;
   /**
    * Complete a VQ command: deliver `written` (total ≤ request.inLength) to the device-writable
    * buffers, then the 16-byte completion whose length field already says how much was written.
@@ -176,6 +181,11 @@ export interface ConnectOptions {
   readonly maxVqPayload: number;
   /** Client credentials and trust; used by the tls transport, ignored by the others. */
   readonly tls?: TlsClientSettings;
+  /**
+   * This connection becomes a control queue: keyed transports size its receive buffers for a
+   * completion plus a redirect record (docs/PROTOCOL.md "Redirect").
+   */
+  readonly controlQueue?: boolean;
 }
 
 /** One transport: TCP (stream data transfers) or RDMA (keyed data transfers). */

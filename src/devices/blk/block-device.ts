@@ -1,5 +1,6 @@
 import { VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
 import { RemoteDevice, type ConnectOptions } from '../../initiator/remote-device.js';
+import { VofResumeError } from '../../initiator/vof-error.js';
 import type { AdminClient } from '../../initiator/admin-client.js';
 import { VIRTIO_F_ADMIN_VQ } from '../../protocol/admin-records.js';
 import {
@@ -95,8 +96,19 @@ export class BlockDevice {
   }
 
   static async open(url: string, options: BlockDeviceOptions = {}): Promise<BlockDevice> {
+    let opened: BlockDevice | null = null;
     const device = await RemoteDevice.connect(url, {
       ...options,
+      // A reconnect must find the disk it left: not smaller, same logical block size.
+      verifyResume: async (readConfig) => {
+        const cfg = await readConfig(0, BlkConfig.SIZE);
+        const capacity = Number(cfg.readBigUInt64LE(BlkConfig.capacity)) * SECTOR_SIZE;
+        const blk = opened?.device.hasFeature(BlkFeature.BLK_SIZE) ? cfg.readUInt32LE(BlkConfig.blk_size) || SECTOR_SIZE : SECTOR_SIZE;
+        if (!opened) return;
+        if (capacity < opened.capacity) throw new VofResumeError(`${url}: cannot resume: capacity shrank from ${opened.capacity} to ${capacity} bytes`);
+        if (blk !== opened.blockSize) throw new VofResumeError(`${url}: cannot resume: logical block size changed from ${opened.blockSize} to ${blk}`);
+        opened.capacity = capacity;
+      },
       negotiateFeatures: (offered) => (options.negotiateFeatures ?? ((f) => f))(offered & SUPPORTED),
       queueCount: async (dev) => {
         let n = 1;
@@ -112,7 +124,8 @@ export class BlockDevice {
         throw new RangeError(`${url}: capacity of ${capacity} sectors (${capacity * BigInt(SECTOR_SIZE)} bytes) exceeds 2^53-1 bytes, the largest offset this library can address`);
       }
       const blk = device.hasFeature(BlkFeature.BLK_SIZE) ? cfg.readUInt32LE(BlkConfig.blk_size) : SECTOR_SIZE;
-      return new BlockDevice(device, capacity, blk || SECTOR_SIZE, cfg.readUInt32LE(BlkConfig.size_max), options.maxTransferBytes ?? 1024 * 1024);
+      opened = new BlockDevice(device, capacity, blk || SECTOR_SIZE, cfg.readUInt32LE(BlkConfig.size_max), options.maxTransferBytes ?? 1024 * 1024);
+      return opened;
     } catch (err) {
       await device.close();
       throw err;
@@ -120,7 +133,7 @@ export class BlockDevice {
   }
 
   get numQueues(): number {
-    return this.device.queues.length;
+    return this.device.virtqueueCount;
   }
 
   /** The device has a volatile cache that flush() empties (VIRTIO_BLK_F_FLUSH). */
@@ -140,7 +153,7 @@ export class BlockDevice {
 
   private queue(): number {
     const q = this.nextQueue;
-    this.nextQueue = (q + 1) % this.device.queues.length;
+    this.nextQueue = (q + 1) % Math.max(1, this.device.virtqueueCount);
     return q;
   }
 
@@ -156,9 +169,9 @@ export class BlockDevice {
     }
   }
 
-  private async submit(what: string, out: Buffer[], data: Buffer | null): Promise<void> {
+  private async submit(what: string, out: Buffer[], data: Buffer | null, flush = false): Promise<void> {
     const status = Buffer.alloc(1, 0xff);
-    await this.device.request(this.queue(), out, data ? [data, status] : [status]);
+    await this.device.request(this.queue(), out, data ? [data, status] : [status], { flush });
     if (status[0] !== BlkStatus.OK) throw new BlockIoError(status[0]!, what);
   }
 
@@ -191,7 +204,7 @@ export class BlockDevice {
   async flush(): Promise<void> {
     if (!this.device.hasFeature(BlkFeature.FLUSH)) return;
     // The target syncs the whole backing file, so one request covers writes on every queue.
-    await this.submit('flush', [encodeRequestHeader(BlkRequestType.FLUSH, 0n)], null);
+    await this.submit('flush', [encodeRequestHeader(BlkRequestType.FLUSH, 0n)], null, true);
   }
 
   async discard(offset: number, length: number): Promise<void> {

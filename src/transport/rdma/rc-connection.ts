@@ -9,8 +9,13 @@ export interface RcConnectionOptions {
   /** Largest message accepted; a longer one is a local length error that ends the connection. */
   readonly recvSize: number;
   readonly sendDepth: number;
-  /** Largest message sent. */
+  /** Size of the pooled send slots: the usual largest message. */
   readonly sendSize: number;
+  /**
+   * Largest message sent at all (default sendSize). A rare message between sendSize and this
+   * (a Connect answered with a redirect record) gets its own registration, released after it.
+   */
+  readonly largestSend?: number;
 }
 
 export interface RcConnectionHandler {
@@ -118,7 +123,8 @@ export class RcConnection {
   send(parts: readonly Buffer[], what: string, before: SendWr[] = []): Promise<void> {
     let total = 0;
     for (const p of parts) total += p.length;
-    if (total > this.options.sendSize) return Promise.reject(new Error(`${what}: ${total}-byte message exceeds ${this.options.sendSize}`));
+    const largest = Math.max(this.options.sendSize, this.options.largestSend ?? 0);
+    if (total > largest) return Promise.reject(new Error(`${what}: ${total}-byte message exceeds ${largest}`));
     const slot = this.sendSlots.acquire(total);
     let at = 0;
     for (const p of parts) at += p.copy(slot.view, at);

@@ -1,4 +1,5 @@
 import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE } from '../../protocol/constants.js';
+import { REDIRECT_RECORD_SIZE, VOF_STATUS_EREDIRECT } from '../../protocol/redirect-record.js';
 import { encodeKeyedDescriptor, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
 import type { Logger } from '../../util/log.js';
 import { formatRdmaPeer, numericHost } from '../address.js';
@@ -13,6 +14,8 @@ import type { RegisteredBuffer, RegisteredPool } from './registered-pool.js';
 const DIRECT_MIN = 16 * 1024;
 const BOUNCE_CHUNK = 64 * 1024;
 const RECV_SIZE = 64;
+/** A control queue may receive an EREDIRECT completion with its redirect record in one SEND. */
+const CONTROL_RECV_SIZE = COMPLETION_SIZE + REDIRECT_RECORD_SIZE;
 
 interface PendingVq {
   /** Device-writable bounce copies: [destination, source] pairs in in-stream order. */
@@ -50,11 +53,12 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     readonly peer: string,
     queueDepth: number,
     private readonly log: Logger,
+    controlQueue = false,
   ) {
     this.rc = new RcConnection(
       binding,
       cmId,
-      { recvDepth: queueDepth + 64, recvSize: RECV_SIZE, sendDepth: queueDepth + 16, sendSize: COMMAND_SIZE + CONNECT_BODY_SIZE },
+      { recvDepth: queueDepth + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth: queueDepth + 16, sendSize: COMMAND_SIZE + CONNECT_BODY_SIZE },
       { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.teardown(err) },
     );
     this.outBounce = this.rc.createPool(BOUNCE_CHUNK, 32, binding.access.REMOTE_READ);
@@ -101,7 +105,8 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       await expect('ADDR_RESOLVED', 'resolving the RDMA address of');
       cmId.resolveRoute(timeout);
       await expect('ROUTE_RESOLVED', 'resolving the route to');
-      conn = new RdmaInitiatorConnection(binding, channel, cmId, peer, 256, log);
+      // A control queue holds at most 32 commands (VIRTIO_OF_CONTROL_QUEUE_SIZE) plus events.
+      conn = options.controlQueue ? new RdmaInitiatorConnection(binding, channel, cmId, peer, 64, log, true) : new RdmaInitiatorConnection(binding, channel, cmId, peer, 256, log);
       cmId.connect(initiatorConnParam(cmId));
       await expect('ESTABLISHED', 'connecting to');
       conn.established = true;
@@ -131,6 +136,13 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
 
   private onMessage(msg: Buffer): void {
     if (this.closed) return;
+    if (msg.length === CONTROL_RECV_SIZE && msg.readUInt16LE(0) === VOF_STATUS_EREDIRECT) {
+      // vof redirect: the record rides in the completion's SEND (docs/PROTOCOL.md "Redirect").
+      // QueueClient checks that it answers a Connect that announced redirect support.
+      const completion = Buffer.from(msg.subarray(0, COMPLETION_SIZE));
+      this.handler?.onCompletion(completion, Buffer.from(msg.subarray(COMPLETION_SIZE)));
+      return;
+    }
     if (msg.length !== COMPLETION_SIZE) {
       this.log.warn(`${this.peer}: ${msg.length}-byte completion message (expected ${COMPLETION_SIZE}): closing`);
       this.teardown(new Error(`malformed completion from ${this.peer}`));

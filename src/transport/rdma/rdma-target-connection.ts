@@ -1,4 +1,5 @@
-import { COMMAND_SIZE, CONNECT_BODY_SIZE, KEYED_DESCRIPTOR_SIZE, Opcode } from '../../protocol/constants.js';
+import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, KEYED_DESCRIPTOR_SIZE, Opcode } from '../../protocol/constants.js';
+import { REDIRECT_RECORD_SIZE } from '../../protocol/redirect-record.js';
 import { decodeKeyedDescriptors, validateKeyedDescriptors, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
 import type { Logger } from '../../util/log.js';
 import { VqTransferError, type TargetConnection, type TargetConnectionHandler, type VqRequestData } from '../transport.js';
@@ -83,7 +84,7 @@ export class RdmaTargetConnection implements TargetConnection {
     this.rc = new RcConnection(
       binding,
       cmId,
-      { recvDepth: options.recvDepth, recvSize: MAX_REQUEST_MESSAGE, sendDepth: options.sendDepth, sendSize: COMMAND_SIZE },
+      { recvDepth: options.recvDepth, recvSize: MAX_REQUEST_MESSAGE, sendDepth: options.sendDepth, sendSize: COMMAND_SIZE, largestSend: COMPLETION_SIZE + REDIRECT_RECORD_SIZE },
       { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.onBroken(err) },
     );
     try {
@@ -199,10 +200,10 @@ export class RdmaTargetConnection implements TargetConnection {
     return data.view;
   }
 
-  sendCompletion(completion: Buffer): void {
+  sendCompletion(completion: Buffer, payload?: Buffer): void {
     if (this.state !== 'open' && this.state !== 'closing') return;
     this.releaseRequest(completion.readUInt16LE(2));
-    this.rc.send([completion], 'completion').catch((err: Error) => this.log.debug(`${this.peer}: completion not sent: ${err.message}`));
+    this.rc.send(payload ? [completion, payload] : [completion], 'completion').catch((err: Error) => this.log.debug(`${this.peer}: completion not sent: ${err.message}`));
   }
 
   /**

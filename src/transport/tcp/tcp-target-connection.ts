@@ -195,9 +195,9 @@ export class TcpTargetConnection implements TargetConnection {
     this.handler?.onCommand(header, payload);
   }
 
-  sendCompletion(completion: Buffer): void {
+  sendCompletion(completion: Buffer, payload?: Buffer): void {
     if (this.closed) return;
-    this.write([completion]);
+    this.write(payload ? [completion, payload] : [completion]);
   }
 
   completeVq(_request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void> {

@@ -1,0 +1,84 @@
+import { createServer, type Server, type Socket } from 'node:net';
+import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import type { Logger } from '../util/log.js';
+import type { DrainResult } from './target.js';
+
+/**
+ * The operator's control socket of `vof target --control PATH` (a Unix socket: who may drain
+ * is whoever the file permissions admit, mode 0600 by default). One JSON object per line in,
+ * one JSON object per line out:
+ *   {"op":"drain","tvqn":"disk0","url":"tcp://10.0.0.2:15771","graceMs":10000}
+ *     → {"ok":true,"told":1,"closed":0}
+ *   {"op":"redirect","tvqn":"disk0","url":"tcp://10.0.0.2:15771"} → {"ok":true,"url":"…"}
+ * Errors: {"ok":false,"error":"…"}.
+ */
+export interface ControlHandler {
+  drain(tvqn: string, url: string, graceMs?: number): Promise<DrainResult>;
+  redirect(tvqn: string, url: string): string;
+}
+
+const MAX_LINE = 4096;
+
+export class ControlSocket {
+  private constructor(
+    private readonly server: Server,
+    readonly path: string,
+  ) {}
+
+  static async listen(path: string, handler: ControlHandler, log: Logger): Promise<ControlSocket> {
+    if (existsSync(path)) {
+      if (!lstatSync(path).isSocket()) throw new Error(`${path} exists and is not a socket`);
+      unlinkSync(path);
+    }
+    const server = createServer((sock) => serve(sock, handler, log));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      const old = process.umask(0o177);
+      server.listen(path, () => {
+        process.umask(old);
+        resolve();
+      });
+    });
+    return new ControlSocket(server, path);
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+function serve(sock: Socket, handler: ControlHandler, log: Logger): void {
+  let buf = '';
+  sock.setEncoding('utf8');
+  sock.on('error', () => {});
+  sock.on('data', (chunk: string) => {
+    buf += chunk;
+    if (buf.length > MAX_LINE && !buf.includes('\n')) {
+      sock.end(`${JSON.stringify({ ok: false, error: 'request line too long' })}\n`);
+      return;
+    }
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      void answer(line, handler, log).then((reply) => sock.write(`${JSON.stringify(reply)}\n`));
+    }
+  });
+}
+
+async function answer(line: string, handler: ControlHandler, log: Logger): Promise<Record<string, unknown>> {
+  try {
+    const req = JSON.parse(line) as { op?: unknown; tvqn?: unknown; url?: unknown; graceMs?: unknown };
+    if (typeof req.tvqn !== 'string' || typeof req.url !== 'string') throw new Error('"tvqn" and "url" must be strings');
+    if (req.op === 'drain') {
+      const grace = req.graceMs === undefined ? undefined : Number(req.graceMs);
+      if (grace !== undefined && (!Number.isFinite(grace) || grace < 0 || grace > 3_600_000)) throw new Error('"graceMs" must be 0-3600000');
+      log.info(`control socket: drain ${JSON.stringify(req.tvqn)} to ${req.url}`);
+      return { ok: true, ...(await handler.drain(req.tvqn, req.url, grace)) };
+    }
+    if (req.op === 'redirect') return { ok: true, url: handler.redirect(req.tvqn, req.url) };
+    throw new Error('"op" must be "drain" or "redirect"');
+  } catch (err) {
+    return { ok: false, error: (err as Error).message };
+  }
+}

@@ -1,0 +1,120 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
+import { BlockDevice, silentLogger } from '../src/index.js';
+import { vofAsync } from './helpers/vof-cli.js';
+import { RawQueue } from './helpers/raw-queue.js';
+import { TargetFixture } from './helpers/target-fixture.js';
+import { statusName } from '../src/index.js';
+
+/**
+ * Issue 13, live drain: an initiator writing continuously (with flushes) to target A is moved to
+ * target B by `vof drain` on A's control socket, mid-stream. A and B are two processes serving
+ * the same backing file (docs/PROTOCOL.md "Live drain"). Afterwards every acknowledged write is
+ * in the file, and nothing failed.
+ */
+
+const SLOW = 120_000;
+const BLOCK = 4096;
+const BLOCKS = 128;
+let dir: string;
+const started: StartedTarget[] = [];
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'vof-drain-'));
+});
+afterAll(() => {
+  for (const t of started) if (t.child.exitCode === null) t.child.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function block(n: number, round: number): Buffer {
+  const b = Buffer.alloc(BLOCK);
+  b.fill(`${n}:${round};`);
+  return b;
+}
+
+describe('live drain', () => {
+  it('moves a writing initiator from A to B mid-stream; every acknowledged write is on B\'s disk', async () => {
+    const file = join(dir, 'shared.img');
+    writeFileSync(file, Buffer.alloc(BLOCKS * BLOCK));
+    const control = join(dir, 'a.ctl');
+    const b = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `d=${file}`]);
+    started.push(b);
+    const a = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `d=${file}`, '--control', control]);
+    started.push(a);
+    const logs: string[] = [];
+    const log = { ...silentLogger, info: (m: string) => logs.push(m), warn: (m: string) => logs.push(m) };
+    const d = await BlockDevice.open(`${a.urls[0]}/d`, { log, ctrlLossTimeoutMs: 30_000, reconnectDelayMs: 200 });
+    const events: string[] = [];
+    for (const e of ['disconnected', 'reconnected', 'lost'] as const) d.device.on(e, () => events.push(e));
+
+    const acked = new Map<number, number>();
+    let stop = false;
+    let failures = 0;
+    let flushes = 0;
+    const writer = async (w: number) => {
+      for (let round = 1; !stop && round < 100_000; round++) {
+        for (let n = w; n < BLOCKS; n += 4) {
+          await d.write(n * BLOCK, block(n, round)).then(
+            () => acked.set(n, round),
+            () => failures++,
+          );
+        }
+        await d.flush().then(() => flushes++, () => failures++);
+      }
+    };
+    const writers = Array.from({ length: 4 }, (_, w) => writer(w));
+    while (acked.size < BLOCKS) await new Promise((r) => setTimeout(r, 20));
+
+    const r = await vofAsync(['drain', '--control', control, 'd', b.urls[0]!, '--grace', '20']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/drained "d" to tcp:\/\/127\.0\.0\.1:\d+: 1 instance\(s\) moved by the drain event, 0 closed by the target/);
+    while (!events.includes('reconnected')) await new Promise((r2) => setTimeout(r2, 20));
+    expect(d.device.url).toBe(`${b.urls[0]}/d`);
+    // Writing goes on at B.
+    const at = flushes;
+    while (flushes < at + 3) await new Promise((r2) => setTimeout(r2, 20));
+    stop = true;
+    await Promise.all(writers);
+    await d.close();
+
+    expect(failures).toBe(0);
+    expect(events).toEqual(['disconnected', 'reconnected']);
+    expect(logs.some((l) => /the target asks to move this device/.test(l))).toBe(true);
+    expect(logs.some((l) => l.includes(`redirected to ${b.urls[0]}/d`))).toBe(true);
+    expect(a.stderr()).toMatch(/drain of "d" to tcp:\/\/127\.0\.0\.1:\d+\/d: 1 instance\(s\) told to move/);
+    const bytes = readFileSync(file);
+    for (const [n, round] of acked) expect(bytes.subarray(n * BLOCK, (n + 1) * BLOCK).equals(block(n, round)), `block ${n}`).toBe(true);
+    // A no longer serves d: a new Connect there is redirected to B.
+    const again = await BlockDevice.open(`${a.urls[0]}/d`, { log: silentLogger });
+    expect(again.device.url).toBe(`${b.urls[0]}/d`);
+    await again.close();
+    // A refuses a drain it cannot carry out, and says why.
+    const bad = await vofAsync(['drain', '--control', control, 'd', 'ftp://x']);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/drain refused: .*not a Virtio-oF address/);
+  }, SLOW);
+
+  it('a seed-only initiator gets no event: its instance is closed after the grace time, and it is then refused', async () => {
+    const fx = new TargetFixture();
+    try {
+      await fx.addDisk('d', 65536);
+      await fx.listen();
+      const q = await RawQueue.open(fx.port);
+      expect(statusName((await q.connectControl('d')).readUInt16LE(0))).toBe('SUCCESS');
+      const result = await fx.target.drain('d', 'tcp://127.0.0.1:1', 200);
+      expect(result).toEqual({ told: 0, closed: 1 });
+      await q.whenClosed(5000);
+      const again = await RawQueue.open(fx.port);
+      expect(statusName((await again.connectControl('d')).readUInt16LE(0))).toBe('EACLREJECTED');
+      await again.close();
+      expect(fx.logged(/"d" moved to tcp:\/\/127\.0\.0\.1:1\/d; this initiator does not follow redirects/)).toBe(true);
+    } finally {
+      await fx.close();
+    }
+  }, SLOW);
+});
