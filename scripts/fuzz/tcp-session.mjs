@@ -138,7 +138,8 @@ function mutate(rng, script, { keepFirst }) {
       }
       case 4: {
         const head = Buffer.from(p.head);
-        head.writeUInt16LE(rng.chance(0.5) ? rng.pick(U16) : script[rng.below(script.length)].head.readUInt16LE(2), 2);
+        const other = script[rng.below(script.length)].head; // another PDU's id (garbage entries may be shorter)
+        head.writeUInt16LE(rng.chance(0.5) || other.length < 4 ? rng.pick(U16) : other.readUInt16LE(2), 2);
         script[i] = { head, payload: p.payload };
         break;
       }
