@@ -138,7 +138,8 @@ function mutate(rng, script, { keepFirst }) {
       }
       case 4: {
         const head = Buffer.from(p.head);
-        head.writeUInt16LE(rng.chance(0.5) ? rng.pick(U16) : script[rng.below(script.length)].head.readUInt16LE(2), 2);
+        const other = script[rng.below(script.length)].head; // another PDU's id (garbage entries may be shorter)
+        head.writeUInt16LE(rng.chance(0.5) || other.length < 4 ? rng.pick(U16) : other.readUInt16LE(2), 2);
         script[i] = { head, payload: p.payload };
         break;
       }
@@ -209,7 +210,7 @@ class CheckedConnection extends Waitable {
     this.isControl = isControl;
     this.tally = tally;
     this.in = Buffer.alloc(0);
-    /** id → list of { vq, inLength } not answered yet */
+    /** id → { other: count of non-VQ commands, vq: in_lengths of VQ commands } not answered yet */
     this.outstanding = new Map();
     this.completions = [];
     this.unverifiable = false;
@@ -229,10 +230,13 @@ class CheckedConnection extends Waitable {
 
 
   expect(bytes) {
+    // Counts, not lists: a flood of one id (a payload of equal bytes read as commands) must
+    // cost O(1) per completion.
     for (const c of expectedCommands(bytes).sent) {
-      const list = this.outstanding.get(c.id) ?? [];
-      list.push(c);
-      this.outstanding.set(c.id, list);
+      const e = this.outstanding.get(c.id) ?? { other: 0, vq: [] };
+      if (c.vq) e.vq.push(c.inLength);
+      else e.other++;
+      this.outstanding.set(c.id, e);
     }
   }
 
@@ -247,15 +251,15 @@ class CheckedConnection extends Waitable {
     while (this.in.length >= 16) {
       const status = this.in.readUInt16LE(0);
       const id = this.in.readUInt16LE(2);
-      const list = this.outstanding.get(id);
-      if (!list || list.length === 0) {
+      const e = this.outstanding.get(id);
+      if (!e) {
         if (this.isControl && (id === 0xffff || id === 0xfffe)) {
           this.in = this.in.subarray(16); // keepalive / config change event
           continue;
         }
         return this.violation(`completion (status 0x${status.toString(16)}) for command id ${id}, never sent or already answered`);
       }
-      if (list.some((c) => c.vq !== list[0].vq)) {
+      if (e.other > 0 && e.vq.length > 0) {
         // Duplicate ids of different kinds in flight: which framing applies is ambiguous.
         this.tally.notes.set('ambiguous duplicate ids', (this.tally.notes.get('ambiguous duplicate ids') ?? 0) + 1);
         this.unverifiable = true;
@@ -263,25 +267,21 @@ class CheckedConnection extends Waitable {
       }
       // With one id in flight several times (a duplicate id), completions may come in any
       // order: attribute this one to the smallest in_length it fits.
-      let k = 0;
-      if (list[0].vq) {
-        const length = this.in.readUInt32LE(4);
-        k = -1;
-        list.forEach((c, j) => {
-          if (length <= c.inLength && (k < 0 || c.inLength < list[k].inLength)) k = j;
-        });
-        if (k < 0) return this.violation(`VQ completion for id ${id} with length ${length} > in_length ${Math.max(...list.map((c) => c.inLength))}`);
-      }
-      const c = list[k];
+      let k = -1;
       let size = 16;
-      if (c.vq) {
+      if (e.vq.length > 0) {
         const length = this.in.readUInt32LE(4);
+        e.vq.forEach((inLength, j) => {
+          if (length <= inLength && (k < 0 || inLength < e.vq[k])) k = j;
+        });
+        if (k < 0) return this.violation(`VQ completion for id ${id} with length ${length} > in_length ${Math.max(...e.vq)}`);
         if (status !== 0 && length !== 0) this.tally.notes.set('failed VQ completion with data', (this.tally.notes.get('failed VQ completion with data') ?? 0) + 1);
         size += length;
       }
       if (this.in.length < size) return;
-      list.splice(k, 1);
-      if (list.length === 0) this.outstanding.delete(id);
+      if (k >= 0) e.vq.splice(k, 1);
+      else e.other--;
+      if (e.other === 0 && e.vq.length === 0) this.outstanding.delete(id);
       this.completions.push(this.in.subarray(0, 16));
       this.in = this.in.subarray(size);
       this.wake();
@@ -313,7 +313,7 @@ class CheckedConnection extends Waitable {
     this.socket.end();
     const closed = await this.waitFor(() => this.closed, HANG_MS);
     if (!closed) {
-      const left = [...this.outstanding.entries()].map(([id, l]) => `${id}×${l.length}`).join(' ');
+      const left = [...this.outstanding.entries()].map(([id, e]) => `${id}×${e.other + e.vq.length}`).join(' ');
       this.tally.hangs.push(`${this.label}: still open ${HANG_MS} ms after our half-close (unanswered ids: ${left || 'none'})`);
       this.socket.destroy();
     }
