@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import { COMPLETION_SIZE } from '../../protocol/constants.js';
 import type { InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
 import { ByteQueue } from './byte-queue.js';
+import { TickBatch } from './tick-batch.js';
 
 /**
  * Initiator end of one TCP connection: request PDUs out, response PDUs in. A completion is
@@ -19,6 +20,8 @@ export class TcpInitiatorConnection implements InitiatorConnection {
   private closed = false;
   private failure: Error | undefined;
   private readonly closedPromise: Promise<void>;
+  /** Commands issued in one event-loop turn leave in one write. */
+  private readonly batch: TickBatch;
 
   constructor(
     private readonly socket: Socket,
@@ -26,6 +29,7 @@ export class TcpInitiatorConnection implements InitiatorConnection {
     scheme: 'tcp' | 'tls' = 'tcp',
   ) {
     this.peer = `${scheme}://${socket.remoteAddress}:${socket.remotePort}`;
+    this.batch = new TickBatch(socket);
     socket.setNoDelay(true);
     socket.pause();
     socket.on('error', (err) => {
@@ -75,22 +79,16 @@ export class TcpInitiatorConnection implements InitiatorConnection {
 
   sendCommand(command: Buffer, body?: Buffer): void {
     if (this.closed) throw new Error(`connection to ${this.peer} is closed`);
-    if (body && body.length > 0) {
-      this.socket.cork();
-      this.socket.write(command);
-      this.socket.write(body);
-      this.socket.uncork();
-    } else {
-      this.socket.write(command);
-    }
+    this.batch.hold();
+    this.socket.write(command);
+    if (body && body.length > 0) this.socket.write(body);
   }
 
   sendVq(command: Buffer, out: readonly Buffer[], _inBuffers: readonly Buffer[]): void {
     if (this.closed) throw new Error(`connection to ${this.peer} is closed`);
-    this.socket.cork();
+    this.batch.hold();
     this.socket.write(command);
     for (const b of out) if (b.length > 0) this.socket.write(b);
-    this.socket.uncork();
   }
 
   private fail(err: Error): void {
