@@ -43,8 +43,9 @@ export class QueueClient {
   ) {
     this.queueSize = queueSize;
     connection.start({
-      onCompletion: (c, data) => this.onCompletion(c, data),
+      onCompletion: (c) => this.onCompletion(c),
       expectedPayload: (c) => this.expectedPayload(c),
+      payloadBuffers: (c) => this.pending.get(c.readUInt16LE(2))?.inBuffers ?? [],
       onClose: (reason) => this.onClose(reason),
     });
   }
@@ -147,7 +148,7 @@ export class QueueClient {
     return p?.inBuffers ? completion.readUInt32LE(4) : 0;
   }
 
-  private onCompletion(completion: Buffer, data: Buffer | null): void {
+  private onCompletion(completion: Buffer): void {
     this.onActivity();
     const id = completion.readUInt16LE(2);
     if (id >= RESERVED_COMMAND_ID_FIRST) {
@@ -164,7 +165,6 @@ export class QueueClient {
     }
     const p = this.pending.get(id)!;
     this.pending.delete(id);
-    if (data && p.inBuffers) scatter(data, p.inBuffers);
     p.resolve(decodeCompletion(completion, p.opcode));
     this.startWaiting();
   }
@@ -192,11 +192,3 @@ export class QueueClient {
   }
 }
 
-/** Copy a stream VQ payload into the caller's device-writable buffers, in order. */
-function scatter(data: Buffer, targets: readonly Buffer[]): void {
-  let pos = 0;
-  for (const t of targets) {
-    if (pos >= data.length) break;
-    pos += data.copy(t, 0, pos);
-  }
-}

@@ -149,7 +149,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       }
       for (const r of pending.release) r();
     }
-    this.handler?.onCompletion(completion, null);
+    this.handler?.onCompletion(completion);
   }
 
   sendCommand(command: Buffer, body?: Buffer): void {
