@@ -122,6 +122,15 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
       expect(await summarize(t.seen)).toEqual(expected);
     }
   });
+  it('a device-readable payload that arrives in one read reaches the device as a view of that read, not a copy', async () => {
+    const t = targetOn();
+    const chunk = Buffer.concat([encodeCommand({ opcode: Opcode.Vq, commandId: 3, outLength: 1000, inLength: 5 }), vqData]);
+    t.sock.feed(chunk);
+    const out = await (t.seen[0]!.payload as VqRequestData).readOut();
+    expect(out.buffer).toBe(chunk.buffer);
+    expect(out.byteOffset).toBe(chunk.byteOffset + 16);
+    expect(out.equals(vqData)).toBe(true);
+  });
   it('a VQ payload over the limit is skipped as it arrives, never buffered, then reported', async () => {
     const t = targetOn(4096);
     t.sock.feed(encodeCommand({ opcode: Opcode.Vq, commandId: 9, outLength: 3 * 1024 * 1024, inLength: 1 }));

@@ -29,14 +29,7 @@ export class ByteQueue {
       return out;
     }
     const out = Buffer.allocUnsafe(n);
-    let filled = 0;
-    while (filled < n) {
-      const c = this.chunks[0]!;
-      const len = Math.min(c.length - this.head, n - filled);
-      c.copy(out, filled, this.head, this.head + len);
-      filled += len;
-      this.advance(len);
-    }
+    this.takeInto(n, out, 0);
     return out;
   }
 
