@@ -90,7 +90,7 @@ describe('TCP write batching', () => {
   it('initiator: commands issued in one turn leave in one write', async () => {
     const { ours, peer } = await socketPair();
     const conn = new TcpInitiatorConnection(ours, 1 << 20);
-    conn.start({ onCompletion: () => {}, expectedPayload: () => 0, onClose: () => {} });
+    conn.start({ onCompletion: () => {}, expectedPayload: () => 0, payloadBuffers: () => [], onClose: () => {} });
     const writes = countWrites(ours);
     const expected: Buffer[] = [];
     for (let id = 0; id < 8; id++) {
