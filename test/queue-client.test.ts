@@ -15,7 +15,7 @@ function fakeConnection() {
     sendVq: (c) => sent.push(c.readUInt16LE(2)),
     close: async () => handler?.onClose(),
   };
-  return { conn, sent, answer: (id: number) => handler!.onCompletion(encodeBareCompletion(0, id), null) };
+  return { conn, sent, answer: (id: number) => handler!.onCompletion(encodeBareCompletion(0, id)) };
 }
 
 describe('QueueClient', () => {
@@ -92,7 +92,7 @@ describe('QueueClient', () => {
     };
     const q = new QueueClient(conn, 4);
     const p = q.vq([Buffer.alloc(16)], [Buffer.alloc(8)]);
-    handler!.onCompletion(encodeVqCompletion(0, sent[0]!, 9), null);
+    handler!.onCompletion(encodeVqCompletion(0, sent[0]!, 9));
     await expect(p).rejects.toThrow(/claims 9 bytes written into 8 device-writable bytes/);
     expect(closed).toBe(true);
     await expect(q.call({ opcode: Opcode.GetStatus })).rejects.toThrow(/claims 9 bytes/);

@@ -122,6 +122,15 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
       expect(await summarize(t.seen)).toEqual(expected);
     }
   });
+  it('a device-readable payload that arrives in one read reaches the device as a view of that read, not a copy', async () => {
+    const t = targetOn();
+    const chunk = Buffer.concat([encodeCommand({ opcode: Opcode.Vq, commandId: 3, outLength: 1000, inLength: 5 }), vqData]);
+    t.sock.feed(chunk);
+    const out = await (t.seen[0]!.payload as VqRequestData).readOut();
+    expect(out.buffer).toBe(chunk.buffer);
+    expect(out.byteOffset).toBe(chunk.byteOffset + 16);
+    expect(out.equals(vqData)).toBe(true);
+  });
   it('a VQ payload over the limit is skipped as it arrives, never buffered, then reported', async () => {
     const t = targetOn(4096);
     t.sock.feed(encodeCommand({ opcode: Opcode.Vq, commandId: 9, outLength: 3 * 1024 * 1024, inLength: 1 }));
@@ -165,19 +174,34 @@ describe('TCP initiator framing', () => {
   function initiatorOn(limit = 1 << 20, vqIds = [7, 2]) {
     const sock = new FakeSocket();
     const conn = new TcpInitiatorConnection(asSocket(sock), limit);
-    const got: Array<{ id: number; data: string | null }> = [];
+    // Completions as they arrive (recorded without allocating, see the byte-by-byte test)...
+    const arrived: Array<{ id: number; length: number }> = [];
+    /** The device-writable buffers of the VQ commands in flight, as the queue client keeps them. */
+    const inBuffers = new Map<number, Buffer[]>();
+    // ...and what they brought: a VQ completion's bytes are in its command's buffers.
+    const got = () =>
+      arrived.map(({ id, length }) => {
+        const into = vqIds.includes(id) ? inBuffers.get(id) : undefined;
+        return { id, data: into ? Buffer.concat(into).subarray(0, length).toString() : null };
+      });
     let closeReason: Error | undefined | null = null;
     conn.start({
-      onCompletion: (c, d) => got.push({ id: c.readUInt16LE(2), data: d ? d.toString() : null }),
+      onCompletion: (c) => void arrived.push({ id: c.readUInt16LE(2), length: c.readUInt32LE(4) }),
       // The queue client's answer: VQ completions carry their length in payload bytes.
       expectedPayload: (c) => (vqIds.includes(c.readUInt16LE(2)) ? c.readUInt32LE(4) : 0),
+      payloadBuffers: (c) => inBuffers.get(c.readUInt16LE(2)) ?? [],
       onClose: (r) => (closeReason = r),
     });
-    return { sock, conn, got, closeReason: () => closeReason };
+    const sendVq = (id: number, into: Buffer[]) => {
+      inBuffers.set(id, into);
+      const inLength = into.reduce((n, b) => n + b.length, 0);
+      conn.sendVq(encodeCommand({ opcode: Opcode.Vq, commandId: id, outLength: 0, inLength }), [], into);
+    };
+    return { sock, conn, got, sendVq, closeReason: () => closeReason };
   }
   it('reads VQ payloads only after VQ completions, across arbitrary splits', () => {
     const i = initiatorOn();
-    i.conn.sendVq(encodeCommand({ opcode: Opcode.Vq, commandId: 7, outLength: 0, inLength: 8 }), [], [Buffer.alloc(8)]);
+    i.sendVq(7, [Buffer.alloc(8)]);
     const bytes = Buffer.concat([
       encodeBareCompletion(0, 1),
       encodeVqCompletion(0, 7, 6),
@@ -185,15 +209,53 @@ describe('TCP initiator framing', () => {
       Buffer.from([0, 0, 0xff, 0xff, ...Array(12).fill(0)]), // a keepalive event
     ]);
     for (let k = 0; k < bytes.length; k += 5) i.sock.feed(bytes.subarray(k, k + 5));
-    expect(i.got).toEqual([
+    expect(i.got()).toEqual([
       { id: 1, data: null },
       { id: 7, data: 'hello!' },
       { id: 0xffff, data: null },
     ]);
   });
+  it('a payload fed byte by byte lands in the device-writable buffers, across their boundaries, with no buffer of its own', () => {
+    const i = initiatorOn();
+    const into = [Buffer.alloc(3), Buffer.alloc(1), Buffer.alloc(6, 0xee)];
+    i.sendVq(2, into);
+    const payload = Buffer.from('abcdefgh');
+    const bytes = Buffer.concat([encodeVqCompletion(0, 2, payload.length), payload, encodeBareCompletion(0, 5)]);
+    // Any Buffer the connection allocates for the payload would show up here.
+    const allocs = { n: 0 };
+    const spies = (['alloc', 'allocUnsafe', 'allocUnsafeSlow', 'concat'] as const).map((name) => {
+      const original = Buffer[name] as (...a: unknown[]) => Buffer;
+      (Buffer as unknown as Record<string, unknown>)[name] = (...a: unknown[]) => (allocs.n++, original.apply(Buffer, a));
+      return () => ((Buffer as unknown as Record<string, unknown>)[name] = original);
+    });
+    const chunks = [...bytes].map((b) => Buffer.from([b]));
+    try {
+      // Past the completion header (copied: the handler keeps it), the payload costs nothing.
+      for (const c of chunks.slice(0, 16)) i.sock.feed(c);
+      allocs.n = 0;
+      for (const c of chunks.slice(16, 16 + payload.length)) i.sock.feed(c);
+    } finally {
+      for (const restore of spies) restore();
+    }
+    expect(allocs.n).toBe(0);
+    expect(i.got()).toEqual([{ id: 2, data: 'abcdefgh' }]);
+    for (const c of chunks.slice(16 + payload.length)) i.sock.feed(c);
+    expect(Buffer.concat(into).toString('latin1')).toBe('abcdefgh\xee\xee');
+    expect(i.got()).toEqual([
+      { id: 2, data: 'abcdefgh' },
+      { id: 5, data: null },
+    ]);
+  });
+  it('a completion announcing more payload than its device-writable buffers hold breaks the connection', () => {
+    const i = initiatorOn();
+    i.sendVq(2, [Buffer.alloc(4)]);
+    i.sock.feed(encodeVqCompletion(0, 2, 8));
+    expect(i.sock.destroyed).toBe(true);
+    expect(String(i.closeReason())).toMatch(/8-byte VQ completion payload for 4 device-writable bytes/);
+  });
   it('a completion announcing more than the limit breaks the connection instead of allocating', () => {
     const i = initiatorOn(1024);
-    i.conn.sendVq(encodeCommand({ opcode: Opcode.Vq, commandId: 2, outLength: 0, inLength: 8 }), [], [Buffer.alloc(8)]);
+    i.sendVq(2, [Buffer.alloc(8)]);
     i.sock.feed(encodeVqCompletion(0, 2, 0x7fffffff));
     expect(i.sock.destroyed).toBe(true);
     expect(String(i.closeReason())).toMatch(/limit 1024/);

@@ -48,8 +48,9 @@ export class QueueClient {
   ) {
     this.queueSize = queueSize;
     connection.start({
-      onCompletion: (c, data) => this.onCompletion(c, data),
+      onCompletion: (c) => this.onCompletion(c),
       expectedPayload: (c) => this.expectedPayload(c),
+      payloadBuffers: (c) => this.payloadBuffers(c),
       onClose: (reason) => this.onClose(reason),
     });
   }
@@ -164,7 +165,21 @@ export class QueueClient {
     return p?.inBuffers ? completion.readUInt32LE(4) : 0;
   }
 
-  private onCompletion(completion: Buffer, data: Buffer | null): void {
+  /**
+   * Where the bytes after a completion go: a VQ command's device-writable buffers, or (vof
+   * redirect) a buffer of its own for the redirect record after an EREDIRECT Connect completion.
+   */
+  private payloadBuffers(completion: Buffer): readonly Buffer[] {
+    const p = this.pending.get(completion.readUInt16LE(2));
+    if (!p) return [];
+    if (p.redirectable && completion.readUInt16LE(0) === VOF_STATUS_EREDIRECT) {
+      p.payload = Buffer.alloc(REDIRECT_RECORD_SIZE);
+      return [p.payload];
+    }
+    return p.inBuffers ?? [];
+  }
+
+  private onCompletion(completion: Buffer): void {
     this.onActivity();
     const id = completion.readUInt16LE(2);
     if (id >= RESERVED_COMMAND_ID_FIRST) {
@@ -181,8 +196,6 @@ export class QueueClient {
     }
     const p = this.pending.get(id)!;
     this.pending.delete(id);
-    if (data && p.inBuffers) scatter(data, p.inBuffers);
-    if (data && p.redirectable && completion.readUInt16LE(0) === VOF_STATUS_EREDIRECT) p.payload = Buffer.from(data);
     p.resolve(decodeCompletion(completion, p.opcode));
     this.startWaiting();
   }
@@ -210,11 +223,3 @@ export class QueueClient {
   }
 }
 
-/** Copy a stream VQ payload into the caller's device-writable buffers, in order. */
-function scatter(data: Buffer, targets: readonly Buffer[]): void {
-  let pos = 0;
-  for (const t of targets) {
-    if (pos >= data.length) break;
-    pos += data.copy(t, 0, pos);
-  }
-}

@@ -116,11 +116,11 @@ export interface TargetConnection {
 /** Initiator side: what the transport reports about one connection. */
 export interface InitiatorConnectionHandler {
   /**
-   * One response PDU. `data` is the device-written payload of a stream VQ completion (valid
-   * only during the call: copy it out), and null otherwise. On keyed transports the written
-   * bytes are already in the buffers given to sendVq.
+   * One response PDU. A VQ completion's device-written bytes are already in the buffers given
+   * to sendVq: keyed transports had them written by the target, stream transports copied them
+   * there as they arrived (see payloadBuffers).
    */
-  onCompletion(completion: Buffer, data: Buffer | null): void;
+  onCompletion(completion: Buffer): void;
   /**
    * Stream transports ask this when a completion header arrives, before reading anything
    * after it: how many payload bytes follow (0 for all but a VQ completion), or why the
@@ -129,6 +129,12 @@ export interface InitiatorConnectionHandler {
    * past such a completion the stream cannot be trusted.
    */
   expectedPayload(completion: Buffer): number | string;
+  /**
+   * Stream transports, after expectedPayload answered a non-zero length: the device-writable
+   * buffers of the completion's command (those given to sendVq), filled in order as the
+   * payload arrives. Their total length is at least what expectedPayload answered.
+   */
+  payloadBuffers(completion: Buffer): readonly Buffer[];
   /** The connection is gone. Called exactly once. */
   onClose(reason?: Error): void;
 }

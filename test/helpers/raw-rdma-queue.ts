@@ -35,6 +35,7 @@ export class RawRdmaQueue {
         this.wake();
       },
       expectedPayload: () => 0, // keyed: completions never carry payload
+      payloadBuffers: () => [],
       onClose: (reason) => {
         this.closed = true;
         this.closeReason = reason;

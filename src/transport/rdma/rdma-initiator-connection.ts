@@ -140,7 +140,15 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       // vof redirect: the record rides in the completion's SEND (docs/PROTOCOL.md "Redirect").
       // QueueClient checks that it answers a Connect that announced redirect support.
       const completion = Buffer.from(msg.subarray(0, COMPLETION_SIZE));
-      this.handler?.onCompletion(completion, Buffer.from(msg.subarray(COMPLETION_SIZE)));
+      const problem = this.handler?.expectedPayload(completion);
+      if (typeof problem === 'string') {
+        this.teardown(new Error(`${this.peer}: ${problem}`));
+        return;
+      }
+      // Delivered like a stream payload: into the buffers the queue client hands out for it.
+      let at = COMPLETION_SIZE;
+      for (const into of this.handler?.payloadBuffers(completion) ?? []) at += msg.copy(into, 0, at);
+      this.handler?.onCompletion(completion);
       return;
     }
     if (msg.length !== COMPLETION_SIZE) {
@@ -161,7 +169,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       }
       for (const r of pending.release) r();
     }
-    this.handler?.onCompletion(completion, null);
+    this.handler?.onCompletion(completion);
   }
 
   sendCommand(command: Buffer, body?: Buffer): void {

@@ -29,15 +29,24 @@ export class ByteQueue {
       return out;
     }
     const out = Buffer.allocUnsafe(n);
+    this.takeInto(n, out, 0);
+    return out;
+  }
+
+  /**
+   * Remove the next n bytes (n ≤ length) by copying them into target at offset: for bytes that
+   * already have a home, no intermediate buffer whatever the chunks' boundaries.
+   */
+  takeInto(n: number, target: Buffer, offset: number): void {
+    if (n > this.total) throw new RangeError('take past end of queue');
     let filled = 0;
     while (filled < n) {
       const c = this.chunks[0]!;
       const len = Math.min(c.length - this.head, n - filled);
-      c.copy(out, filled, this.head, this.head + len);
+      c.copy(target, offset + filled, this.head, this.head + len);
       filled += len;
       this.advance(len);
     }
-    return out;
   }
 
   /** Drop up to n bytes without copying them; returns how many were dropped. */

@@ -8,6 +8,7 @@ import {
   type VqRequestData,
 } from '../transport.js';
 import { ByteQueue } from './byte-queue.js';
+import { TickBatch } from './tick-batch.js';
 
 const EMPTY = Buffer.alloc(0);
 
@@ -56,6 +57,8 @@ export class TcpTargetConnection implements TargetConnection {
   private peerEnded = false;
   private endReported = false;
   private stallTimer: NodeJS.Timeout | null = null;
+  /** Completions produced in one event-loop turn leave in one write. */
+  private readonly batch: TickBatch;
 
   constructor(
     private readonly socket: Socket,
@@ -67,6 +70,7 @@ export class TcpTargetConnection implements TargetConnection {
   ) {
     this.peer = `${origin.scheme}://${socket.remoteAddress}:${socket.remotePort}`;
     this.identity = origin.identity;
+    this.batch = new TickBatch(socket);
     socket.setNoDelay(true);
     socket.pause();
     socket.on('error', (err) => this.log.debug(`${this.peer}: socket error: ${err.message}`));
@@ -209,12 +213,11 @@ export class TcpTargetConnection implements TargetConnection {
 
   private write(parts: readonly Buffer[], done?: () => void): void {
     const s = this.socket;
-    s.cork();
+    this.batch.hold();
     let ok = true;
     parts.forEach((b, i) => {
       ok = s.write(b, i === parts.length - 1 ? (err) => this.onWritten(err, done) : undefined) && ok;
     });
-    s.uncork();
     if (!ok) {
       this.sendBackpressure = true;
       this.updateReading();
