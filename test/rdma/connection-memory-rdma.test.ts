@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice } from '../../src/index.js';
 import { nativeBinding } from '../../src/transport/rdma/native-binding.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
-import { rdmaAddress } from './rdma-env.js';
+import { rdmaAddress, waitFor } from './rdma-env.js';
 
 // Memory given back after RDMA connections close. Each virtqueue connection registers a data
 // pool of 8 × (1 MiB + 4 KiB) on the target plus receive and send slots on both ends; the
@@ -19,14 +19,6 @@ setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
 
 let fx: TargetFixture;
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 120000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** arrayBuffers after full collections (finalizers of native wrappers run between them). */
 async function settledArrayBuffers(): Promise<number> {
@@ -59,10 +51,14 @@ describe('memory of closed RDMA connections', () => {
     const idle = binding.resourceCounts();
     // The target releases its end on the DISCONNECTED event, a little after close() resolves.
     const released = (): Promise<void> =>
-      waitFor('every registration to be released', () => {
-        const now = binding.resourceCounts();
-        return now.queuePairs === idle.queuePairs && now.memoryRegions === idle.memoryRegions;
-      });
+      waitFor(
+        'every registration to be released',
+        () => {
+          const now = binding.resourceCounts();
+          return now.queuePairs === idle.queuePairs && now.memoryRegions === idle.memoryRegions;
+        },
+        120000,
+      );
     // One warm-up round: lazily created per-process state (code, caches) is not a leak.
     await cycle(0);
     await released();
