@@ -28,6 +28,7 @@ uv_loop_t* LoopOf(Napi::Env env) {
 
 void CallFromLoop(Napi::Env env, Napi::FunctionReference& fn, Napi::Object recv,
                   const std::initializer_list<napi_value>& args) {
+  if (fn.IsEmpty()) return;  // released by destroy()/close() during an earlier callback
   try {
     fn.MakeCallback(recv, args);
   } catch (const Napi::Error& e) {

@@ -53,6 +53,10 @@ void CompletionQueue::Release() {
     ibv_destroy_comp_channel(channel_);
     channel_ = nullptr;
   }
+  // The callback is a strong root; it usually closes over the connection that owns this CQ.
+  // Kept after destroy(), it would keep that connection, its pools and their Buffers alive
+  // forever (the cycle runs through a persistent handle, which the GC cannot collect).
+  onCompletions_.Reset();
 }
 
 Napi::Value CompletionQueue::Destroy(const Napi::CallbackInfo& info) {

@@ -28,6 +28,8 @@ void EventChannel::Release() {
     channel = nullptr;
     Counts().eventChannels--;
   }
+  // A strong root closing over the transport: released with the channel (see CompletionQueue).
+  onEvent_.Reset();
 }
 
 Napi::Value EventChannel::Close(const Napi::CallbackInfo& info) {

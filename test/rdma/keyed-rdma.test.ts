@@ -5,7 +5,7 @@ import { BlkRequestType, BlockDevice, Opcode, encodeRequestHeader, statusName } 
 import { nativeBinding, type MemoryRegion } from '../../src/transport/rdma/native-binding.js';
 import { RawRdmaQueue, descriptors } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
-import { rdmaAddress } from './rdma-env.js';
+import { rdmaAddress, waitFor } from './rdma-env.js';
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const MiB = 1024 * 1024;
@@ -16,14 +16,6 @@ const registerOn = (q: RawRdmaQueue, buf: Buffer, access: number): MemoryRegion 
 let fx: TargetFixture;
 let diskPath: string;
 let bystander: BlockDevice;
-
-async function waitFor(what: string, cond: () => boolean, timeoutMs = 60000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 const READ_FAILED = /VQ command 1: RDMA READ of command 1: remote access error \(wc status 10\): EOUTVQBUF/;
 
