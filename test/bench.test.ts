@@ -53,6 +53,18 @@ describe('vof bench --quick --anchors (host: vof over TCP, vof nbd, nbdkit, iper
     expect(iperf?.mbps).toBeGreaterThan(0);
   });
 
+  it('reports the target RSS of every vof run (TCP only: no registration counter in either process)', () => {
+    for (const r of report.runs.filter((x) => x.system === 'vof-tcp')) {
+      const rss = r.resources?.targetRssMiB;
+      expect(rss, JSON.stringify(r)).toBeTruthy();
+      expect(rss!.start).toBeGreaterThan(10);
+      expect(rss!.peak).toBeGreaterThanOrEqual(Math.max(rss!.start, rss!.end));
+      expect(r.resources!.targetRegistrations).toBeNull();
+      expect(r.resources!.initiatorRegistrations).toBeNull();
+    }
+    expect(result.stdout).toMatch(/registered memory and target RSS/);
+  });
+
   it('gives vof ÷ nbdkit on every workload and vof ÷ the iperf3 ceiling', () => {
     const same = report.ratios.filter((r) => r.kind === 'same-workload' && r.system === 'vof-tcp' && r.anchor === 'nbdkit');
     expect(same).toHaveLength(DEFAULT_WORKLOADS.length);

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
 import { BlockDevice, silentLogger } from '../src/index.js';
 import { vofAsync } from './helpers/vof-cli.js';
+import { controlRequest } from '../src/target/control-client.js';
 import { RawQueue } from './helpers/raw-queue.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { statusName } from '../src/index.js';
@@ -97,6 +98,12 @@ describe('live drain', () => {
     const bad = await vofAsync(['drain', '--control', control, 'd', 'ftp://x']);
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/drain refused: .*not a Virtio-oF address/);
+    // The same socket answers process counters (what `vof bench` reads); unknown ops are refused.
+    const stats = await controlRequest(control, { op: 'stats' });
+    expect(stats.ok).toBe(true);
+    expect(stats.rssBytes).toBeGreaterThan(10 * 1024 * 1024);
+    expect(stats.registrationsTotal).toBeUndefined(); // a TCP-only target never loads the RDMA addon
+    expect(await controlRequest(control, { op: 'explode', tvqn: 'd', url: 'x' })).toEqual({ ok: false, error: '"op" must be "drain", "redirect" or "stats"' });
   }, SLOW);
 
   it('a seed-only initiator gets no event: its instance is closed after the grace time, and it is then refused', async () => {

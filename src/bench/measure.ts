@@ -67,11 +67,13 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
   };
 
   let target: StartedTarget | null = null;
+  let controlPath: string | null = null;
   const urls: { tcp: string | null; rdma: string | null } = { tcp: null, rdma: null };
   if (o.targetUrl) {
     urls[o.targetUrl.startsWith('rdma:') ? 'rdma' : 'tcp'] = o.targetUrl;
   } else {
-    const listen = ['--listen', 'tcp://127.0.0.1:0', ...(o.rdma ? ['--listen', `rdma://${o.rdma.addr}:0`] : [])];
+    controlPath = join(o.image, '..', `control-${env}-${process.pid}.sock`);
+    const listen = ['--control', controlPath, '--listen', 'tcp://127.0.0.1:0', ...(o.rdma ? ['--listen', `rdma://${o.rdma.addr}:0`] : [])];
     const nodeArgs = o.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', o.cpuProfDir, '--cpu-prof-name', `target-${env}-${process.pid}.cpuprofile`] : [];
     if (o.cpuProfDir) mkdirSync(o.cpuProfDir, { recursive: true });
     target = await startTarget([...listen, '--blk', `${TVQN}=${o.image}`, '--queues', String(o.queues), '--log', 'warn'], {
@@ -90,7 +92,7 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     const out: BenchRun[] = [];
     try {
       for (const workload of o.workloads) {
-        const once = () => runVofWorkload(dev, { system, environment: env, workload, rampSec: o.rampSec, timeSec: o.timeSec, spanBytes: o.sizeBytes, targetPid, progress: o.progress });
+        const once = () => runVofWorkload(dev, { system, environment: env, workload, rampSec: o.rampSec, timeSec: o.timeSec, spanBytes: o.sizeBytes, targetPid, targetControl: controlPath, progress: o.progress });
         out.push(o.cpuProfDir ? await profileSelf(o.cpuProfDir, `initiator-${system}-${env}-${workloadLabel(workload).replace(/\s+/g, '-')}`, once) : await once());
       }
     } finally {

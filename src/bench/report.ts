@@ -71,6 +71,19 @@ export function formatRuns(runs: readonly BenchRun[]): string {
   );
 }
 
+/** vof runs' registered-memory and target-RSS figures (what issue 8's "zero registrations" goal reads). */
+export function formatResources(runs: readonly BenchRun[]): string {
+  const rows = runs.filter((r) => r.resources);
+  if (rows.length === 0) return '';
+  return table(
+    ['system', 'env', 'workload', 'tgt reg_mr', 'ini reg_mr', 'tgt RSS MiB start', 'peak', 'end'],
+    rows.map((r) => {
+      const x = r.resources!;
+      return [r.system, r.environment, workloadLabel(r.workload), num(x.targetRegistrations), num(x.initiatorRegistrations), num(x.targetRssMiB?.start), num(x.targetRssMiB?.peak), num(x.targetRssMiB?.end)];
+    }),
+  );
+}
+
 export function formatRatios(ratios: readonly Ratio[]): string {
   return table(
     ['vof ÷ anchor', 'env', 'workload', 'IOPS', 'MB/s', 'p99'],

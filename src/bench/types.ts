@@ -41,6 +41,21 @@ export interface BenchRun {
   readonly cpu: CpuCost;
   /** How the figures were obtained, where that is not obvious. */
   readonly note?: string;
+  /** vof runs: memory registrations and target memory during the measurement. */
+  readonly resources?: ResourceUse;
+}
+
+/** What a vof run cost in registered memory and target RSS, over its measurement window. */
+export interface ResourceUse {
+  /**
+   * ibv_reg_mr calls during the measurement (the addon's cumulative counter): by the target
+   * (read through its control socket) and by this process; null where not known (no RDMA in
+   * that process, or a target the bench did not start).
+   */
+  readonly targetRegistrations: number | null;
+  readonly initiatorRegistrations: number | null;
+  /** The target's resident set size in MiB at the start, the highest sampled (4 Hz) and at the end. */
+  readonly targetRssMiB: { readonly start: number; readonly peak: number; readonly end: number } | null;
 }
 
 export interface SkippedSystem {

@@ -4,6 +4,7 @@ import { blockRun, processCpuSeconds, round, selfCpuSeconds } from './cpu.js';
 import type { ProgressLine } from './progress-line.js';
 import type { BenchRun, Environment, Workload } from './types.js';
 import { workloadLabel } from './workloads.js';
+import { ResourceProbe } from './resource-probe.js';
 
 export interface VofWorkloadOptions {
   readonly system: string;
@@ -15,6 +16,8 @@ export interface VofWorkloadOptions {
   readonly spanBytes: number;
   /** The target's process id when the bench started it (its CPU is measured), else null. */
   readonly targetPid: number | null;
+  /** The target's control socket when the bench started it (its registration counter), else null. */
+  readonly targetControl: string | null;
   readonly progress: ProgressLine;
 }
 
@@ -54,6 +57,7 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
   let measureStart = 0n;
   let cpuSelf0 = 0;
   let cpuTarget0: number | null = null;
+  const probe = new ResourceProbe(o.targetPid, o.targetControl);
 
   const worker = async (buf: Buffer) => {
     while (!stopping) {
@@ -73,12 +77,14 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
   const ticker = setInterval(() => {
     const elapsed = (Date.now() - started) / 1000;
     if (!measuring) return o.progress.show(`${label}: ramp ${elapsed.toFixed(0)}/${o.rampSec} s`);
+    probe.sample();
     const secs = Number(process.hrtime.bigint() - measureStart) / 1e9;
     o.progress.show(`${label}: ${(elapsed - o.rampSec).toFixed(0)}/${o.timeSec} s  ${Math.round(ios / secs)} IOPS  ${((ios * w.bs) / secs / 1e6).toFixed(1)} MB/s`);
   }, 250);
 
   const phases = new Promise<void>((resolve) => {
-    setTimeout(() => {
+    setTimeout(async () => {
+      await probe.start();
       cpuSelf0 = selfCpuSeconds();
       cpuTarget0 = o.targetPid === null ? null : processCpuSeconds(o.targetPid);
       measureStart = process.hrtime.bigint();
@@ -103,7 +109,8 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
   const cpuTargetNow = o.targetPid === null ? null : processCpuSeconds(o.targetPid);
   const cpuTarget = cpuTarget0 === null || cpuTargetNow === null ? null : cpuTargetNow - cpuTarget0;
   const us = (p: number) => round(histogram.percentile(p) / 1000);
-  return blockRun({
+  const resources = await probe.stop();
+  const run = blockRun({
     system: o.system,
     environment: o.environment,
     workload: w,
@@ -114,4 +121,5 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
     initiatorSec: cpuSelf,
     targetSec: cpuTarget,
   });
+  return { ...run, resources };
 }

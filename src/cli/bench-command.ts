@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util';
 import { renderChart } from '../bench/chart.js';
 import { measureEnvironment } from '../bench/measure.js';
 import { ProgressLine } from '../bench/progress-line.js';
-import { computeRatios, formatRatios, formatRuns, formatSkipped } from '../bench/report.js';
+import { computeRatios, formatRatios, formatResources, formatRuns, formatSkipped } from '../bench/report.js';
 import { ANCHOR_TOOLS, ensureTools } from '../bench/setup.js';
 import type { BenchReport, BenchRun, MachineInfo, SkippedSystem } from '../bench/types.js';
 import { runInVm } from '../bench/vm-part.js';
@@ -216,6 +216,8 @@ export async function runBench(argv: string[]): Promise<number> {
     '',
     report.ratios.length ? formatRatios(report.ratios) : 'no ratios (no anchor ran: --anchors adds them)',
   ];
+  const resources = formatResources(runs);
+  if (resources) out.push('', 'registered memory and target RSS during each measurement:', resources);
   if (skipped.length) out.push('', formatSkipped(skipped));
   if (values.json) out.push('', `report: ${values.json}`);
   if (values.chart) out.push(`chart: ${values.chart}`);

@@ -1,5 +1,5 @@
-import { createConnection } from 'node:net';
 import { parseArgs } from 'node:util';
+import { controlRequest } from '../target/control-client.js';
 import { CliError } from './cli-error.js';
 
 /** `vof drain --control PATH TVQN URL [--grace S]`: ask a running target to move a TVQN. */
@@ -18,24 +18,12 @@ export async function runDrain(argv: string[]): Promise<number> {
     if (!Number.isFinite(s) || s < 0 || s > 3600) throw new CliError(`--grace must be 0-3600 seconds, got "${values.grace}"`);
     graceMs = Math.round(s * 1000);
   }
-  const reply = await new Promise<{ ok: boolean; error?: string; told?: number; closed?: number }>((resolve, reject) => {
-    const sock = createConnection(values.control!);
-    let buf = '';
-    sock.setEncoding('utf8');
-    sock.on('error', (err) => reject(new CliError(`cannot reach the target's control socket ${values.control}: ${err.message}`, 1)));
-    sock.on('connect', () => sock.write(`${JSON.stringify({ op: 'drain', tvqn, url, ...(graceMs !== undefined && { graceMs }) })}\n`));
-    sock.on('data', (d: string) => {
-      buf += d;
-      const nl = buf.indexOf('\n');
-      if (nl < 0) return;
-      sock.end();
-      try {
-        resolve(JSON.parse(buf.slice(0, nl)) as { ok: boolean });
-      } catch {
-        reject(new CliError('the control socket answered something that is not JSON', 1));
-      }
-    });
-  });
+  let reply: Record<string, unknown> & { ok: boolean; error?: string; told?: number; closed?: number };
+  try {
+    reply = await controlRequest(values.control, { op: 'drain', tvqn, url, ...(graceMs !== undefined && { graceMs }) }, 3_700_000);
+  } catch (err) {
+    throw new CliError((err as Error).message, 1);
+  }
   if (!reply.ok) throw new CliError(`drain refused: ${reply.error ?? 'unknown error'}`, 1);
   if (values.json) process.stdout.write(`${JSON.stringify(reply)}\n`);
   else process.stdout.write(`drained "${tvqn}" to ${url}: ${reply.told} instance(s) moved by the drain event, ${reply.closed} closed by the target\n`);

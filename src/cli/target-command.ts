@@ -8,6 +8,7 @@ import { parseAllowEntry, type AllowSpec } from '../target/access-policy.js';
 import { resolveQuotas, type QuotaLimits } from '../target/quotas.js';
 import { quotePeerString } from '../util/escape.js';
 import { ControlSocket } from '../target/control-socket.js';
+import { targetProcessStats } from '../target/process-stats.js';
 import { makeRedirect, parseRedirectSpec } from '../target/redirect.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { TLS_SERVER_OPTIONS, serverTlsSettings, type TlsServerFiles } from './tls-options.js';
@@ -262,7 +263,7 @@ export async function runTarget(argv: string[]): Promise<number> {
     const controlPath = values.control ?? cfg.control;
     if (controlPath) {
       try {
-        control = await ControlSocket.listen(controlPath, { drain: (t, u, g) => target.drain(t, u, g), redirect: (t, u) => target.redirect(t, u) }, log);
+        control = await ControlSocket.listen(controlPath, { drain: (t, u, g) => target.drain(t, u, g), redirect: (t, u) => target.redirect(t, u), stats: targetProcessStats }, log);
       } catch (err) {
         throw new CliError(`cannot open the control socket ${controlPath}: ${(err as Error).message}`, 1);
       }

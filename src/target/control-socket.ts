@@ -10,11 +10,15 @@ import type { DrainResult } from './target.js';
  *   {"op":"drain","tvqn":"disk0","url":"tcp://10.0.0.2:15771","graceMs":10000}
  *     → {"ok":true,"told":1,"closed":0}
  *   {"op":"redirect","tvqn":"disk0","url":"tcp://10.0.0.2:15771"} → {"ok":true,"url":"…"}
+ *   {"op":"stats"} → {"ok":true,"rssBytes":…,"registrationsTotal":…,…} (process-wide counters:
+ *     memory, and the RDMA addon's resource counts once RDMA is in use; `vof bench` reads them)
  * Errors: {"ok":false,"error":"…"}.
  */
 export interface ControlHandler {
   drain(tvqn: string, url: string, graceMs?: number): Promise<DrainResult>;
   redirect(tvqn: string, url: string): string;
+  /** Process-wide counters (numbers only); see TargetProcessStats. */
+  stats(): Record<string, number>;
 }
 
 const MAX_LINE = 4096;
@@ -69,6 +73,7 @@ function serve(sock: Socket, handler: ControlHandler, log: Logger): void {
 async function answer(line: string, handler: ControlHandler, log: Logger): Promise<Record<string, unknown>> {
   try {
     const req = JSON.parse(line) as { op?: unknown; tvqn?: unknown; url?: unknown; graceMs?: unknown };
+    if (req.op === 'stats') return { ok: true, ...handler.stats() };
     if (typeof req.tvqn !== 'string' || typeof req.url !== 'string') throw new Error('"tvqn" and "url" must be strings');
     if (req.op === 'drain') {
       const grace = req.graceMs === undefined ? undefined : Number(req.graceMs);
@@ -77,7 +82,7 @@ async function answer(line: string, handler: ControlHandler, log: Logger): Promi
       return { ok: true, ...(await handler.drain(req.tvqn, req.url, grace)) };
     }
     if (req.op === 'redirect') return { ok: true, url: handler.redirect(req.tvqn, req.url) };
-    throw new Error('"op" must be "drain" or "redirect"');
+    throw new Error('"op" must be "drain", "redirect" or "stats"');
   } catch (err) {
     return { ok: false, error: (err as Error).message };
   }

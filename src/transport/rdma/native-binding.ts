@@ -146,6 +146,11 @@ export interface NativeBinding {
   readonly access: { readonly LOCAL_WRITE: number; readonly REMOTE_WRITE: number; readonly REMOTE_READ: number };
 }
 
+/** The addon if something in this process already loaded it (never loads it): for counters. */
+export function loadedNativeBinding(): NativeBinding | null {
+  return cached;
+}
+
 /** Raised when the RDMA transport is asked for but the addon or rdma-core is missing. */
 export class RdmaUnavailableError extends Error {
   override name = 'RdmaUnavailableError';
