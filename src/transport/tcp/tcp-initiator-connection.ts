@@ -1,38 +1,38 @@
 import type { Socket } from 'node:net';
-import { COMPLETION_SIZE } from '../../protocol/constants.js';
 import type { InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
-import { ByteQueue } from './byte-queue.js';
-import { PayloadScatter } from './payload-scatter.js';
+import { CompletionReader } from './completion-reader.js';
 import { TickBatch } from './tick-batch.js';
 
 /**
  * Initiator end of one TCP connection: request PDUs out, response PDUs in. A completion is
  * followed by data only when it answers a VQ command; the queue client, which owns the
  * commands in flight, says how many bytes follow each completion before any is read, and
- * where they go: they are copied from each received chunk straight into the command's
- * device-writable buffers.
+ * where they go. Plain TCP sockets are opened with `onread` (tcpReadOptions) so the payload is
+ * read by the kernel straight into the command's device-writable buffers; TLS sockets copy each
+ * decrypted chunk there.
  */
 export class TcpInitiatorConnection implements InitiatorConnection {
   readonly kind = 'stream' as const;
   readonly peer: string;
   maxKeyedDescriptors = 0;
-  private readonly queue = new ByteQueue();
-  /** A VQ completion whose payload is still arriving, and where that payload goes. */
-  private pendingCompletion: Buffer | null = null;
-  private pendingPayload: PayloadScatter | null = null;
   private handler: InitiatorConnectionHandler | null = null;
   private closed = false;
   private failure: Error | undefined;
   private readonly closedPromise: Promise<void>;
   /** Commands issued in one event-loop turn leave in one write. */
   private readonly batch: TickBatch;
+  /** Whether `reader` is fed by onread (plain TCP) or by 'data' events (TLS). */
+  private readonly fedByOnread: boolean;
 
   constructor(
     private readonly socket: Socket,
     private readonly maxVqPayload: number,
     scheme: 'tcp' | 'tls' = 'tcp',
+    private readonly reader: CompletionReader = new CompletionReader(),
+    fedByOnread = false,
   ) {
     this.peer = `${scheme}://${socket.remoteAddress}:${socket.remotePort}`;
+    this.fedByOnread = fedByOnread;
     this.batch = new TickBatch(socket);
     socket.setNoDelay(true);
     socket.pause();
@@ -44,48 +44,25 @@ export class TcpInitiatorConnection implements InitiatorConnection {
 
   start(handler: InitiatorConnectionHandler): void {
     this.handler = handler;
-    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    this.socket.on('end', () => this.socket.end());
-    this.socket.on('close', () => this.finish());
-    this.socket.resume();
-  }
-
-  private onData(chunk: Buffer): void {
-    this.queue.push(chunk);
-    for (;;) {
-      if (this.closed) return;
-      if (this.pendingCompletion === null) {
-        if (this.queue.length < COMPLETION_SIZE) return;
-        const completion = Buffer.from(this.queue.take(COMPLETION_SIZE));
-        const length = this.handler?.expectedPayload(completion) ?? 0;
-        if (typeof length === 'string') {
-          this.fail(new Error(`${this.peer}: ${length}`));
-          return;
-        }
-        if (length === 0) {
-          this.handler?.onCompletion(completion);
-          continue;
-        }
-        if (length > this.maxVqPayload) {
-          this.fail(new Error(`target announced a ${length}-byte VQ completion payload, limit ${this.maxVqPayload}`));
-          return;
-        }
+    this.reader.attach({
+      expectedPayload: (completion) => {
+        const length = this.handler ? this.handler.expectedPayload(completion) : 0;
+        if (typeof length === 'number' && length > this.maxVqPayload) return `target announced a ${length}-byte VQ completion payload, limit ${this.maxVqPayload}`;
+        return length;
+      },
+      payloadBuffers: (completion, length) => {
         const into = this.handler?.payloadBuffers(completion) ?? [];
         let room = 0;
         for (const b of into) room += b.length;
-        if (room < length) {
-          this.fail(new Error(`target announced a ${length}-byte VQ completion payload for ${room} device-writable bytes`));
-          return;
-        }
-        this.pendingCompletion = completion;
-        this.pendingPayload = new PayloadScatter(into, length);
-      }
-      if (!this.pendingPayload!.fill(this.queue)) return;
-      const completion = this.pendingCompletion;
-      this.pendingCompletion = null;
-      this.pendingPayload = null;
-      this.handler?.onCompletion(completion);
-    }
+        return room < length ? `target announced a ${length}-byte VQ completion payload for ${room} device-writable bytes` : into;
+      },
+      completion: (completion) => this.handler?.onCompletion(completion),
+      fail: (why) => this.fail(new Error(`${this.peer}: ${why}`)),
+    });
+    if (!this.fedByOnread) this.socket.on('data', (chunk: Buffer) => this.reader.feed(chunk));
+    this.socket.on('end', () => this.socket.end());
+    this.socket.on('close', () => this.finish());
+    this.socket.resume();
   }
 
   sendCommand(command: Buffer, body?: Buffer): void {
@@ -104,6 +81,7 @@ export class TcpInitiatorConnection implements InitiatorConnection {
 
   private fail(err: Error): void {
     this.failure ??= err;
+    this.reader.discard();
     this.socket.destroy();
   }
 
@@ -112,6 +90,7 @@ export class TcpInitiatorConnection implements InitiatorConnection {
       // Nothing more is delivered, and no caller's buffer is written: the commands in flight
       // have been (or are being) failed, and their buffers may already be in other hands.
       this.closed = true;
+      this.reader.discard();
       this.socket.end();
       setTimeout(() => this.socket.destroy(), 2000).unref();
     }
@@ -120,8 +99,17 @@ export class TcpInitiatorConnection implements InitiatorConnection {
 
   private finish(): void {
     this.closed = true;
+    this.reader.discard();
     const h = this.handler;
     this.handler = null;
     h?.onClose(this.failure);
   }
+}
+
+/**
+ * net.connect options that make a plain TCP socket read through `reader` (net's onread: libuv
+ * reads into the buffer the reader picks, no per-read allocation).
+ */
+export function tcpReadOptions(reader: CompletionReader): { onread: { buffer: () => Buffer; callback: (n: number) => boolean } } {
+  return { onread: { buffer: () => reader.nextBuffer(), callback: (n) => reader.received(n) } };
 }

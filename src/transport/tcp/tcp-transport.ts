@@ -10,7 +10,8 @@ import type {
   TargetConnection,
   Transport,
 } from '../transport.js';
-import { TcpInitiatorConnection } from './tcp-initiator-connection.js';
+import { CompletionReader } from './completion-reader.js';
+import { TcpInitiatorConnection, tcpReadOptions } from './tcp-initiator-connection.js';
 import { TcpTargetConnection } from './tcp-target-connection.js';
 
 /** Stream data transfers over TCP: one connection per Virtio-oF queue. */
@@ -33,8 +34,9 @@ export class TcpTransport implements Transport {
   }
 
   async connect(endpoint: Endpoint, options: ConnectOptions): Promise<InitiatorConnection> {
-    const socket = await dial(() => net.connect({ host: endpoint.host, port: endpoint.port }), 'connect', endpoint, 'tcp', options.timeoutMs);
-    return new TcpInitiatorConnection(socket, options.maxVqPayload);
+    const reader = new CompletionReader();
+    const socket = await dial(() => net.connect({ host: endpoint.host, port: endpoint.port, ...tcpReadOptions(reader) }), 'connect', endpoint, 'tcp', options.timeoutMs);
+    return new TcpInitiatorConnection(socket, options.maxVqPayload, 'tcp', reader, true);
   }
 }
 
