@@ -8,12 +8,14 @@ import {
   type VqRequestData,
 } from '../transport.js';
 import { ByteQueue } from './byte-queue.js';
-import { FramePool } from './frame-pool.js';
+import { FramePool, FrameRetention } from './frame-pool.js';
 import { TickBatch } from './tick-batch.js';
 
 const EMPTY = Buffer.alloc(0);
-/** Completion frames a connection keeps for reuse (see FramePool). */
+/** Completion frames one connection keeps for reuse (see FramePool)... */
 const FRAME_POOL_KEPT_BYTES = 4 * 1024 * 1024;
+/** ...and all stream connections of this process together. */
+const framesKept = new FrameRetention(32 * 1024 * 1024);
 
 /**
  * One VQ command's buffers on a stream connection: the payload received with it, and a frame
@@ -91,7 +93,7 @@ export class TcpTargetConnection implements TargetConnection {
   private stallTimer: NodeJS.Timeout | null = null;
   /** Completions produced in one event-loop turn leave in one write. */
   private readonly batch: TickBatch;
-  private readonly frames = new FramePool(FRAME_POOL_KEPT_BYTES);
+  private readonly frames = new FramePool(FRAME_POOL_KEPT_BYTES, framesKept);
 
   constructor(
     private readonly socket: Socket,
