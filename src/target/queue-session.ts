@@ -7,6 +7,7 @@ import {
   VIRTIO_OF_CONTROL_QUEUE_SIZE,
   formatStatus,
   opcodeName,
+  statusName,
 } from '../protocol/constants.js';
 import { decodeCommand, isUnknownCommand, type ConnectCommand, type DecodedCommand, type VqCommand } from '../protocol/command.js';
 import {
@@ -424,24 +425,10 @@ export class QueueSession {
       this.log.info(`${this.connection.peer}: VQ command of ${cmd.outLength}+${cmd.inLength} bytes over the ${max}-byte limit`);
       return req.complete(encodeVqCompletion(cmd.outLength > max ? Status.EOUTVQBUF : Status.EINVQBUF, id, 0));
     }
-    let readable: Buffer;
-    try {
-      readable = await data.readOut();
-    } catch (err) {
-      if (!(err instanceof VqTransferError)) throw err;
-      this.log.info(`${this.connection.peer}: VQ command ${id}: ${err.message}: EOUTVQBUF`);
-      return req.complete(encodeVqCompletion(Status.EOUTVQBUF, id, 0));
-    }
-    let writable: Buffer = EMPTY;
-    if (cmd.inLength > 0) {
-      try {
-        writable = await data.writable();
-      } catch (err) {
-        if (!(err instanceof VqTransferError)) throw err;
-        this.log.info(`${this.connection.peer}: VQ command ${id}: ${err.message}: EINVQBUF`);
-        return req.complete(encodeVqCompletion(Status.EINVQBUF, id, 0));
-      }
-    }
+    const readable = await this.transferred(req, () => data.readOut(), Status.EOUTVQBUF);
+    if (readable === null) return;
+    const writable = cmd.inLength === 0 ? EMPTY : await this.transferred(req, () => data.writable(), Status.EINVQBUF);
+    if (writable === null) return;
     // Reset or teardown while the buffers were on their way: the device never sees them.
     if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, id, 0));
     let written: number;
@@ -463,6 +450,21 @@ export class QueueSession {
       if (!(err instanceof VqTransferError)) throw err;
       this.log.info(`${this.connection.peer}: VQ command ${id}: ${err.message}: EINVQBUF`);
       req.failVq(Status.EINVQBUF);
+    }
+  }
+
+  /**
+   * A VQ buffer from the transport, or null when it could not be had (VqTransferError): the
+   * command has then been answered with `status`.
+   */
+  private async transferred(req: TargetRequest, get: () => Promise<Buffer>, status: number): Promise<Buffer | null> {
+    try {
+      return await get();
+    } catch (err) {
+      if (!(err instanceof VqTransferError)) throw err;
+      this.log.info(`${this.connection.peer}: VQ command ${req.commandId}: ${err.message}: ${statusName(status)}`);
+      req.complete(encodeVqCompletion(status, req.commandId, 0));
+      return null;
     }
   }
 
