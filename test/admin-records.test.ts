@@ -26,10 +26,11 @@ describe('admin virtqueue wire format (seed 000 header, vof records)', () => {
     expect(seedAdminHeader.encodeRequest({ cls: 128, command: 1, data: hex('00100000 00000000') }).toString('hex')).toBe('800100100000' + '00000000');
     expect(seedAdminHeader.decodeRequest(hex('c0 01 aa'))).toEqual({ cls: 192, command: 1, data: hex('aa') });
     expect(seedAdminHeader.decodeRequest(hex('00'))).toBeNull();
-    // 8 writable bytes: 2 of result, zero padding, then status_type 1 and status 2.
-    const w = Buffer.concat(seedAdminHeader.encodeResponse({ result: hex('abcd'), statusType: 1, status: 2 }, 8));
+    // 8 writable bytes (holding stale bytes): 2 of result, zero padding, then status_type 1 and status 2.
+    const w = Buffer.alloc(8, 0xee);
+    expect(seedAdminHeader.encodeResponse({ result: hex('abcd'), statusType: 1, status: 2 }, w)).toBe(8);
     expect(w.toString('hex')).toBe('abcd000000000102');
-    expect(seedAdminHeader.encodeResponse({ result: hex(''), statusType: 0, status: 0 }, 1)).toEqual([]);
+    expect(seedAdminHeader.encodeResponse({ result: hex(''), statusType: 0, status: 0 }, Buffer.alloc(1))).toBe(0);
     // The reserved high nibble is ignored when received.
     expect(seedAdminHeader.decodeResponse(hex('ee f3 04'))).toEqual({ result: hex('ee'), statusType: 3, status: 4 });
     expect(seedAdminHeader.decodeResponse(hex('04'))).toBeNull();

@@ -22,10 +22,19 @@ const FLUSH = bit(BlkFeature.FLUSH);
 const WCE = bit(BlkFeature.CONFIG_WCE);
 const WZ = bit(BlkFeature.WRITE_ZEROES);
 
-/** Status byte of a handleRequest result: the last device-written byte. */
-function statusOf(written: readonly Buffer[]): number {
-  const last = written[written.length - 1]!;
-  return last[last.length - 1]!;
+/**
+ * Run one request the way the target does: into a transport-supplied writable buffer of
+ * `inLength` bytes (filled with stale 0xee bytes first); returns the bytes the device wrote.
+ */
+async function run(inst: VirtioDeviceInstance, readable: Buffer, inLength: number): Promise<Buffer> {
+  const writable = Buffer.alloc(inLength, 0xee);
+  const n = await inst.handleRequest(0, readable, writable);
+  return writable.subarray(0, n);
+}
+
+/** Status byte of a request: the last device-written byte. */
+function statusOf(written: Buffer): number {
+  return written[written.length - 1]!;
 }
 
 type FileHandle = fsp.FileHandle;
@@ -70,8 +79,8 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
     const datasync = vi.spyOn(fileHandleProto, 'datasync');
     const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
     const inst = instance(rw, BASE | FLUSH);
-    const written = await inst.handleRequest(0, flush(), 1);
-    expect(written.map((b) => [...b])).toEqual([[0]]);
+    const written = await run(inst, flush(), 1);
+    expect([...written]).toEqual([0]);
     expect(sync).toHaveBeenCalledTimes(1);
     expect(sync.mock.contexts[0]).toBe(rw);
     // And it is the export's own file descriptor that got fdatasync'd.
@@ -84,7 +93,7 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
     const sync = vi.spyOn(FileBlockExport.prototype, 'sync').mockImplementation(() => new Promise<void>((r) => (release = r)));
     const inst = instance(rw, BASE | FLUSH);
     let done = false;
-    const p = inst.handleRequest(0, flush(), 1).then((w) => {
+    const p = run(inst, flush(), 1).then((w) => {
       done = true;
       return w;
     });
@@ -99,20 +108,20 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
   it('a failing sync turns FLUSH into IOERR', async () => {
     vi.spyOn(FileBlockExport.prototype, 'sync').mockRejectedValue(new Error('EIO'));
     const inst = instance(rw, BASE | FLUSH);
-    expect(statusOf(await inst.handleRequest(0, flush(), 1))).toBe(1);
+    expect(statusOf(await run(inst, flush(), 1))).toBe(1);
   });
 
   it('OUT without VIRTIO_BLK_F_FLUSH negotiated is writethrough: synced before completion', async () => {
     const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
     const inst = instance(rw, BASE);
     const data = Buffer.alloc(1024, 0xa1);
-    expect(statusOf(await inst.handleRequest(0, out(4n, data), 1))).toBe(0);
+    expect(statusOf(await run(inst, out(4n, data), 1))).toBe(0);
     expect(sync).toHaveBeenCalledTimes(1);
     expect(readFileSync(rwPath).subarray(4 * 512, 4 * 512 + 1024).equals(data)).toBe(true);
     // WRITE_ZEROES follows the same rule.
     const wz = instance(rw, BASE | WZ);
     const seg = Buffer.concat([encodeRequestHeader(BlkRequestType.WRITE_ZEROES, 0n), encodeSegment(4n, 1, 0)]);
-    expect(statusOf(await wz.handleRequest(0, seg, 1))).toBe(0);
+    expect(statusOf(await run(wz, seg, 1))).toBe(0);
     expect(sync).toHaveBeenCalledTimes(2);
     expect(readFileSync(rwPath).subarray(4 * 512, 5 * 512).every((x) => x === 0)).toBe(true);
   });
@@ -120,11 +129,11 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
   it('OUT with FLUSH negotiated runs a writeback cache: no sync until FLUSH', async () => {
     const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
     const inst = instance(rw, BASE | FLUSH | WZ);
-    expect(statusOf(await inst.handleRequest(0, out(8n, Buffer.alloc(512, 0xb2)), 1))).toBe(0);
+    expect(statusOf(await run(inst, out(8n, Buffer.alloc(512, 0xb2)), 1))).toBe(0);
     const seg = Buffer.concat([encodeRequestHeader(BlkRequestType.WRITE_ZEROES, 0n), encodeSegment(8n, 1, 0)]);
-    expect(statusOf(await inst.handleRequest(0, seg, 1))).toBe(0);
+    expect(statusOf(await run(inst, seg, 1))).toBe(0);
     expect(sync).not.toHaveBeenCalled();
-    expect(statusOf(await inst.handleRequest(0, flush(), 1))).toBe(0);
+    expect(statusOf(await run(inst, flush(), 1))).toBe(0);
     expect(sync).toHaveBeenCalledTimes(1);
   });
 
@@ -133,25 +142,25 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
     const inst = instance(rw, BASE | FLUSH | WCE);
     expect(inst.writeConfig(BlkConfig.writeback, 1, 0n)).toBe(true);
     expect(inst.readConfig(BlkConfig.writeback, 1)).toBe(0n);
-    expect(statusOf(await inst.handleRequest(0, out(12n, Buffer.alloc(512, 0xc3)), 1))).toBe(0);
+    expect(statusOf(await run(inst, out(12n, Buffer.alloc(512, 0xc3)), 1))).toBe(0);
     expect(sync).toHaveBeenCalledTimes(1);
     expect(inst.writeConfig(BlkConfig.writeback, 1, 1n)).toBe(true);
-    expect(statusOf(await inst.handleRequest(0, out(12n, Buffer.alloc(512, 0xc4)), 1))).toBe(0);
+    expect(statusOf(await run(inst, out(12n, Buffer.alloc(512, 0xc4)), 1))).toBe(0);
     expect(sync).toHaveBeenCalledTimes(1);
   });
 
   it('a failing writethrough sync turns OUT into IOERR', async () => {
     vi.spyOn(FileBlockExport.prototype, 'sync').mockRejectedValue(new Error('EIO'));
     const inst = instance(rw, BASE);
-    expect(statusOf(await inst.handleRequest(0, out(16n, Buffer.alloc(512, 1)), 1))).toBe(1);
+    expect(statusOf(await run(inst, out(16n, Buffer.alloc(512, 1)), 1))).toBe(1);
   });
 
   it('FLUSH on a read-only export succeeds without syncing; OUT is IOERR and writes nothing', async () => {
     const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
     const write = vi.spyOn(FileBlockExport.prototype, 'write');
     const inst = instance(ro, BASE | FLUSH | bit(BlkFeature.RO));
-    expect(statusOf(await inst.handleRequest(0, flush(), 1))).toBe(0);
-    expect(statusOf(await inst.handleRequest(0, out(0n, Buffer.alloc(512)), 1))).toBe(1);
+    expect(statusOf(await run(inst, flush(), 1))).toBe(0);
+    expect(statusOf(await run(inst, out(0n, Buffer.alloc(512)), 1))).toBe(1);
     expect(sync).not.toHaveBeenCalled();
     expect(write).not.toHaveBeenCalled();
     expect(readFileSync(roPath).every((x) => x === 0x5a)).toBe(true);
@@ -198,7 +207,7 @@ describe('FileBlockExport: DISCARD / WRITE_ZEROES flags (virtio 1.2, 5.2.6.2)', 
     const inst = exp.createInstance();
     inst.setDriverFeatures(BASE | FLUSH | WZ | bit(BlkFeature.DISCARD));
     const body = Buffer.concat([encodeRequestHeader(type, 0n), encodeSegment(0n, 1, flags)]);
-    return statusOf(await inst.handleRequest(0, body, 1));
+    return statusOf(await run(inst, body, 1));
   };
 
   it('unknown flag bits are UNSUPP for both, and WRITE_ZEROES accepts VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP', async () => {

@@ -351,12 +351,12 @@ describe('finding 9: conformance details', () => {
     expect(validateKeyedDescriptors([d(0), d(16), d(513)], 16, 513, 32)).toBe('none');
   });
 
-  it('a device that returns more than in_length bytes: the command ends with ESTATUS and the device needs a reset', async () => {
+  it('a device that reports more bytes written than in_length: the command ends with ESTATUS and the device needs a reset', async () => {
     const own = new TargetFixture();
     const path = join(own.dir, 'chatty.img');
     writeFileSync(path, Buffer.alloc(MiB));
     const real = await FileBlockExport.open(path);
-    own.target.addDevice('chatty', faulty(real, (inLength) => Promise.resolve([Buffer.alloc(inLength + 100)])));
+    own.target.addDevice('chatty', faulty(real, (writable) => Promise.resolve(writable.length + 100)));
     await own.listen();
     const q = await RawQueue.open(own.port);
     const c = await q.connectControl('chatty');
@@ -377,6 +377,6 @@ describe('finding 9: conformance details', () => {
 });
 
 /** `real`, with every instance's handleRequest replaced by `handle`. */
-function faulty(real: FileBlockExport, handle: (inLength: number) => Promise<readonly Buffer[]>): DeviceExport {
-  return withInstanceOverrides(real, 'faulty', () => ({ handleRequest: (_vq, _readable, inLength) => handle(inLength) }));
+function faulty(real: FileBlockExport, handle: (writable: Buffer) => Promise<number>): DeviceExport {
+  return withInstanceOverrides(real, 'faulty', () => ({ handleRequest: (_vq, _readable, writable) => handle(writable) }));
 }

@@ -30,7 +30,7 @@ describe('re-submission after a reconnect', () => {
       withInstanceOverrides(real, 'ordered', (inner) => {
         const n = ++instances;
         return {
-          handleRequest: async (vq: number, readable: Buffer, inLength: number, signal?: AbortSignal) => {
+          handleRequest: async (vq: number, readable: Buffer, writable: Buffer, signal?: AbortSignal) => {
             const type = readable.readUInt32LE(0);
             const sector = Number(readable.readBigUInt64LE(8));
             const what = type === FLUSH ? 'flush' : type === OUT ? `write ${sector}` : `type ${type}`;
@@ -42,7 +42,7 @@ describe('re-submission after a reconnect', () => {
               seen.push(`start ${what}`);
               if (type === OUT) await new Promise((r) => setTimeout(r, 150));
             }
-            const r = await inner.handleRequest(vq, readable, inLength, signal);
+            const r = await inner.handleRequest(vq, readable, writable, signal);
             if (n >= 2) seen.push(`end ${what}`);
             return r;
           },

@@ -87,12 +87,12 @@ describe('target hardening', () => {
     writeFileSync(path, Buffer.alloc(1024 * 1024));
     const real = await FileBlockExport.open(path);
     let failNext = false;
-    const flaky = withHandleRequest(real, 'flaky', (original) => async (vq, readable, inLength) => {
+    const flaky = withHandleRequest(real, 'flaky', (original) => async (vq, readable, writable) => {
       if (failNext) {
         failNext = false;
         throw new Error('backing store vanished');
       }
-      return original(vq, readable, inLength);
+      return original(vq, readable, writable);
     });
     fx.target.addDevice('flaky', flaky, ['owner']);
     const d = await BlockDevice.open(`${fx.url}/flaky`, { ivqn: 'owner', keepaliveIntervalMs: 20 });
@@ -123,10 +123,10 @@ describe('target hardening', () => {
     const real = await FileBlockExport.open(path);
     let started: () => void = () => {};
     const running = new Promise<void>((r) => (started = r));
-    const slow = withHandleRequest(real, 'slow', (original) => async (vq, readable, inLength) => {
+    const slow = withHandleRequest(real, 'slow', (original) => async (vq, readable, writable) => {
       started();
       await new Promise((r) => setTimeout(r, 300));
-      return original(vq, readable, inLength);
+      return original(vq, readable, writable);
     });
     own.target.addDevice('slow', slow);
     await own.listen();

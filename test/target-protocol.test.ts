@@ -286,8 +286,12 @@ describe('control queue commands', () => {
   it('ECMDQUOT when more commands are in flight than the queue size', async () => {
     const q = await RawQueue.open(port);
     expect(st(await q.connectControl('disk0', 'quota', 4))).toBe('SUCCESS');
-    // Five commands in one write: the fifth arrives while four are outstanding.
-    q.send(...Array.from({ length: 5 }, (_, i) => encodeCommand({ opcode: Opcode.GetVendorId, commandId: 10 + i })));
+    // Five commands in one write: the fifth arrives while four are outstanding (Reset Device
+    // waits for the instance's queues; an answer sent at once would free its slot at once).
+    q.send(
+      ...Array.from({ length: 4 }, (_, i) => encodeCommand({ opcode: Opcode.ResetDevice, commandId: 10 + i })),
+      encodeCommand({ opcode: Opcode.GetVendorId, commandId: 14 }),
+    );
     const got = new Map<number, string>();
     for (let i = 0; i < 5; i++) {
       const c = await q.completion();
@@ -295,6 +299,13 @@ describe('control queue commands', () => {
     }
     expect(got.get(14)).toBe('ECMDQUOT');
     expect([10, 11, 12, 13].map((i) => got.get(i))).toEqual(['SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS']);
+    // A command stops counting once its completion is sent: five answered at once, one after
+    // the other, all fit in a queue of four, and an id may be reused right after its answer.
+    q.send(...[20, 21, 22, 23, 20].map((id) => encodeCommand({ opcode: Opcode.GetVendorId, commandId: id })));
+    const again: string[] = [];
+    for (let i = 0; i < 5; i++) again.push(st(await q.completion()));
+    expect(again).toEqual(['SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS', 'SUCCESS']);
+    expect(q.socket.destroyed).toBe(false);
     await q.close();
   });
 });

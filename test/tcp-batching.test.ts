@@ -1,7 +1,7 @@
 import { once } from 'node:events';
 import net, { type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { Opcode, encodeBareCompletion, encodeCommand, encodeVqCompletion, silentLogger } from '../src/index.js';
+import { Opcode, encodeBareCompletion, encodeCommand, encodeVqCompletion, silentLogger, type VqRequestData } from '../src/index.js';
 import { TcpTargetConnection } from '../src/transport/tcp/tcp-target-connection.js';
 import { TcpInitiatorConnection } from '../src/transport/tcp/tcp-initiator-connection.js';
 
@@ -63,15 +63,22 @@ describe('TCP write batching', () => {
   it('target: completions produced in one turn leave in one write, each settling after it was written', async () => {
     const { ours, peer } = await socketPair();
     const conn = new TcpTargetConnection(ours, 1 << 20, silentLogger);
-    conn.start({ admitVq: () => 'accept', onCommand: () => {}, onEnd: () => {}, onClose: () => {} });
+    const requests: VqRequestData[] = [];
+    conn.start({ admitVq: () => 'accept', onCommand: (_c, r) => requests.push(r as VqRequestData), onEnd: () => {}, onClose: () => {} });
+    // Eight VQ commands, each asking for 100+id device-writable bytes.
+    for (let id = 0; id < 8; id++) peer.write(encodeCommand({ opcode: Opcode.Vq, commandId: id, outLength: 0, inLength: 100 + id }));
+    while (requests.length < 8) await new Promise((r) => setImmediate(r));
     const writes = countWrites(ours);
     const expected: Buffer[] = [];
+    const writables: Buffer[] = [];
+    for (const r of requests) writables.push(await r.writable());
+    // The device fills each in place; all eight completions are produced in one turn.
     const settled: Promise<void>[] = [];
     for (let id = 0; id < 8; id++) {
-      const data = Buffer.alloc(100 + id, id);
-      const done = encodeVqCompletion(0, id, data.length);
-      expected.push(done, data);
-      settled.push(conn.completeVq({ outLength: 0, inLength: data.length, readOut: async () => Buffer.alloc(0) }, done, [data]));
+      writables[id]!.fill(id);
+      const done = encodeVqCompletion(0, id, 100 + id);
+      expected.push(done, Buffer.from(writables[id]!));
+      settled.push(conn.completeVq(requests[id]!, done, 100 + id));
     }
     conn.sendCompletion(encodeBareCompletion(0, 99));
     expected.push(encodeBareCompletion(0, 99));

@@ -163,11 +163,40 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     t.sock.emit('drain');
     expect(t.sock.paused).toBe(false);
   });
-  it('a VQ completion is the 16-byte completion followed by exactly the written bytes', async () => {
+  it('a VQ completion is the 16-byte completion followed by exactly the bytes the device wrote into its writable buffer', async () => {
     const t = targetOn();
+    t.sock.feed(encodeCommand({ opcode: Opcode.Vq, commandId: 3, outLength: 0, inLength: 8 }));
+    const req = t.seen[0]!.payload as VqRequestData;
+    const writable = await req.writable();
+    expect(writable.length).toBe(8);
+    writable.fill(0xee); // what an earlier request may have left there
+    writable.write('abcde');
     const done = encodeVqCompletion(0, 3, 5);
-    await t.conn.completeVq({ outLength: 0, inLength: 5, readOut: async () => Buffer.alloc(0) }, done, [Buffer.from('abcd'), Buffer.from('e')]);
+    await t.conn.completeVq(req, done, 5);
+    // One write: the header in front of the 5 written bytes, none of the 3 left over.
+    expect(t.sock.written).toHaveLength(1);
     expect(Buffer.concat(t.sock.written).equals(Buffer.concat([done, Buffer.from('abcde')]))).toBe(true);
+    req.release();
+  });
+  it('writable buffers come from a pool: the frame of a released request serves the next one', async () => {
+    const t = targetOn();
+    const next = async (id: number) => {
+      t.sock.feed(encodeCommand({ opcode: Opcode.Vq, commandId: id, outLength: 0, inLength: 100 }));
+      return t.seen[t.seen.length - 1]!.payload as VqRequestData;
+    };
+    const a = await next(1);
+    const wa = await a.writable();
+    expect(await a.writable()).toBe(wa); // the same buffer on every call
+    const b = await next(2);
+    const wb = await b.writable();
+    expect(wb.buffer).not.toBe(wa.buffer); // both in flight: two frames
+    await t.conn.completeVq(a, encodeVqCompletion(0, 1, 0), 0);
+    a.release();
+    const c = await next(3);
+    expect((await c.writable()).buffer).toBe(wa.buffer);
+    // A request this connection did not deliver is refused, not sent.
+    const foreign: VqRequestData = { outLength: 0, inLength: 1, readOut: async () => Buffer.alloc(0), writable: async () => Buffer.alloc(1), release: () => {} };
+    await expect(t.conn.completeVq(foreign, encodeVqCompletion(0, 9, 1), 1)).rejects.toThrow(/did not deliver/);
   });
 });
 

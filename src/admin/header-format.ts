@@ -25,8 +25,11 @@ export interface AdminHeaderFormat {
   decodeRequest(readable: Buffer): AdminRequest | null;
   /** Bytes of the device-writable part that a result may use, or -1 when not even the status fits. */
   resultCapacity(inLength: number): number;
-  /** The device-writable bytes: exactly `inLength` of them, the result zero-padded before the status. */
-  encodeResponse(response: AdminResponse, inLength: number): Buffer[];
+  /**
+   * Write the response into the device-writable buffer: all of it, the result zero-padded
+   * before the status. Returns the bytes written (0 when not even the status fits).
+   */
+  encodeResponse(response: AdminResponse, into: Buffer): number;
   encodeRequest(request: AdminRequest): Buffer;
   /** Split what the device wrote into result and status; null when it wrote too little to hold a status. */
   decodeResponse(written: Buffer): AdminResponse | null;
@@ -39,12 +42,13 @@ export const seedAdminHeader: AdminHeaderFormat = {
   name: 'virtio-admin-rfc-v1',
   decodeRequest: (readable) => decodeAdminCommand(readable),
   resultCapacity: (inLength) => (inLength < STATUS_BYTES ? -1 : inLength - STATUS_BYTES),
-  encodeResponse(response, inLength) {
-    const room = inLength - STATUS_BYTES;
-    if (room < 0) return [];
-    const result = Buffer.alloc(room);
-    response.result.copy(result, 0, 0, Math.min(room, response.result.length));
-    return [result, encodeAdminStatus(response.statusType, response.status)];
+  encodeResponse(response, into) {
+    const room = into.length - STATUS_BYTES;
+    if (room < 0) return 0;
+    const n = response.result.copy(into, 0, 0, Math.min(room, response.result.length));
+    into.fill(0, n, room);
+    encodeAdminStatus(response.statusType, response.status).copy(into, room);
+    return into.length;
   },
   encodeRequest: (request) => encodeAdminCommand(request),
   decodeResponse(written) {

@@ -59,11 +59,11 @@ export class InstanceAdmin {
     });
   }
 
-  /** Run one request from the admin virtqueue; returns the device-written bytes. */
-  async handleRequest(vqIndex: number, readable: Buffer, inLength: number): Promise<Buffer[]> {
-    const capacity = this.header.resultCapacity(inLength);
+  /** Run one request from the admin virtqueue, answering into `writable`; returns the bytes written. */
+  async handleRequest(vqIndex: number, readable: Buffer, writable: Buffer): Promise<number> {
+    const capacity = this.header.resultCapacity(writable.length);
     // Not even room for the status: nothing can be said (the completion reports 0 bytes written).
-    if (capacity < 0) return [];
+    if (capacity < 0) return 0;
     const req = this.header.decodeRequest(readable);
     const response = req
       ? await this.commands.run(req, capacity, (err) => {
@@ -77,7 +77,7 @@ export class InstanceAdmin {
       const q = this.inst.virtqueues.get(vqIndex);
       if (q) q.stats.errors++;
     }
-    return this.header.encodeResponse(response, inLength);
+    return this.header.encodeResponse(response, writable);
   }
 
   private entry(type: number, detail: string, vqIndex = NO_VQ, status = 0): void {

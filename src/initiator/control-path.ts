@@ -68,20 +68,24 @@ export async function connectControlPath(url: string, o: ControlPathOptions): Pr
     const control = new QueueClient(conn, VIRTIO_OF_CONTROL_QUEUE_SIZE);
     let next: string;
     const started = performance.now();
-    const silence = setTimeout(() => {
-      const waited = Math.round(performance.now() - started);
-      control.failAll(
-        new VofConnectionError(
+    // A target that accepts the connection but never answers: the Connect's answer deadline
+    // fails the queue.
+    const deadline = {
+      answerTimeoutMs: o.answerTimeoutMs,
+      onTimeout: () => {
+        const waited = Math.round(performance.now() - started);
+        return new VofConnectionError(
           o.keepalive
             ? `target silent for ${waited} ms: no answer to Connect (keepalive timeout ${o.answerTimeoutMs} ms)`
             : `${url}: no answer to Connect within ${o.answerTimeoutMs} ms`,
-        ),
-      );
-    }, o.answerTimeoutMs);
+        );
+      },
+    };
     try {
       const { completion: c, payload } = await control.callWithPayload(
         { opcode: Opcode.Connect, deviceInstanceId: CONTROL_QUEUE_INSTANCE_ID, vqIndex: 0, length: CONNECT_BODY_SIZE, queueSize: VIRTIO_OF_CONTROL_QUEUE_SIZE },
         body,
+        deadline,
       );
       if (c.status === Status.SUCCESS) {
         return { url, tvqn: addr.tvqn, transport, control, instanceId: c.kind === 'connect' ? c.deviceInstanceId : -1, connectBody: body };
@@ -99,8 +103,6 @@ export async function connectControlPath(url: string, o: ControlPathOptions): Pr
       control.onClosed = () => {};
       await control.close();
       throw err;
-    } finally {
-      clearTimeout(silence);
     }
     await control.close();
     const seen = hops.map(canonical);

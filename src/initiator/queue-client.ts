@@ -1,38 +1,37 @@
 import { COMMAND_SIZE, Opcode, RESERVED_COMMAND_ID_FIRST } from '../protocol/constants.js';
 import { encodeCommand, type Command } from '../protocol/command.js';
-import { decodeCompletion, type DecodedCompletion } from '../protocol/completion.js';
+import type { DecodedCompletion } from '../protocol/completion.js';
 import type { InitiatorConnection } from '../transport/transport.js';
 import { VofConnectionError } from './vof-error.js';
 import { REDIRECT_RECORD_SIZE, VOF_CONNECT_F_REDIRECT, VOF_STATUS_EREDIRECT, connectFlags } from '../protocol/redirect-record.js';
+import { QueueRequest } from './queue-request.js';
 
 /** A command as the caller gives it: the queue client picks the command id. */
 export type CommandWithoutId = Command extends infer C ? (C extends Command ? Omit<C, 'commandId'> : never) : never;
 
-interface Pending {
-  readonly opcode: number;
-  readonly inBuffers: readonly Buffer[] | null;
-  /** A Connect whose body announced VOF_CONNECT_F_REDIRECT: EREDIRECT brings a record. */
-  readonly redirectable: boolean;
-  /** The redirect record that followed an EREDIRECT completion. */
-  payload?: Buffer;
-  readonly resolve: (c: DecodedCompletion) => void;
-  readonly reject: (e: Error) => void;
-}
-
-interface Waiting {
-  readonly start: () => void;
-  readonly reject: (e: Error) => void;
+/** An answer deadline for one command (see QueueClient.submit). */
+export interface AnswerDeadline {
+  readonly answerTimeoutMs: number;
+  /** The error the queue fails with when the deadline passes. */
+  readonly onTimeout: () => Error;
 }
 
 /**
- * Initiator end of one queue: allocates command ids (unique among in-flight commands, never in
- * the reserved 0xff00-0xffff range), keeps at most `queueSize` commands in flight and queues
- * the rest, and matches completions to their commands.
+ * Initiator end of one queue. Each command in flight is a QueueRequest in an array of
+ * queue-size slots, and its slot index is its command id: ids are always below the queue
+ * size (never in the reserved 0xff00-0xffff range), free ids are handed out oldest-freed
+ * first, and commands beyond the queue size wait for a slot. Completions are matched to
+ * their request by that index.
  */
 export class QueueClient {
-  private readonly pending = new Map<number, Pending>();
-  private readonly waiting: Waiting[] = [];
-  private nextId = 0;
+  /** The request in flight under each command id, or null. */
+  private slots: Array<QueueRequest | null> = [];
+  /** Free command ids, oldest-freed first: a ring of `size` entries from `freeHead`. */
+  private freeIds: number[] = [];
+  private freeHead = 0;
+  private freeCount = 0;
+  private inFlightCount = 0;
+  private readonly waiting: QueueRequest[] = [];
   private closedError: Error | null = null;
   /** Target-initiated completions (command ids 0xff00-0xffff). */
   onEvent: (completion: Buffer) => void = () => {};
@@ -59,13 +58,24 @@ export class QueueClient {
     return this.size;
   }
 
-  /** Command ids 0xff00-0xffff are reserved: more in flight than 0xff00 could never get an id. */
+  /**
+   * The negotiated queue size: command ids are 0..n-1. Command ids 0xff00-0xffff are reserved,
+   * so at most 0xff00 commands are ever in flight. A command in flight under an id beyond a
+   * smaller new size keeps it until it completes.
+   */
   set queueSize(n: number) {
-    this.size = Math.min(n, RESERVED_COMMAND_ID_FIRST);
+    this.size = Math.max(1, Math.min(n, RESERVED_COMMAND_ID_FIRST));
+    while (this.slots.length < this.size) this.slots.push(null);
+    this.freeIds = [];
+    this.freeHead = 0;
+    this.freeCount = 0;
+    for (let id = 0; id < this.size; id++) if (this.slots[id] === null) this.freeIds[this.freeCount++] = id;
+    for (let id = this.freeCount; id < this.size; id++) this.freeIds[id] = -1;
+    this.startWaiting();
   }
 
   get inFlight(): number {
-    return this.pending.size;
+    return this.inFlightCount;
   }
 
   get closed(): boolean {
@@ -73,67 +83,84 @@ export class QueueClient {
   }
 
   /** Send a non-VQ command (body only for Connect) and resolve with its decoded completion. */
-  call(cmd: CommandWithoutId, body?: Buffer): Promise<DecodedCompletion> {
-    return this.callWithPayload(cmd, body).then((r) => r.completion);
+  call(cmd: CommandWithoutId, body?: Buffer, options?: AnswerDeadline): Promise<DecodedCompletion> {
+    return this.callWithPayload(cmd, body, options).then((r) => r.completion);
   }
 
   /** As call(); also gives the redirect record that followed an EREDIRECT Connect completion. */
-  callWithPayload(cmd: CommandWithoutId, body?: Buffer): Promise<{ completion: DecodedCompletion; payload: Buffer | null }> {
+  async callWithPayload(cmd: CommandWithoutId, body?: Buffer, options?: AnswerDeadline): Promise<{ completion: DecodedCompletion; payload: Buffer | null }> {
     const redirectable = cmd.opcode === Opcode.Connect && body !== undefined && (connectFlags(body) & VOF_CONNECT_F_REDIRECT) !== 0;
-    return this.submit(cmd.opcode, null, redirectable, (id, header) => {
-      encodeCommand({ ...cmd, commandId: id } as Command, header);
-      this.connection.sendCommand(header, body);
-    });
+    const req = new QueueRequest(cmd.opcode, cmd, body, [], null, redirectable);
+    const completion = await this.submit(req, options);
+    return { completion, payload: req.payload };
   }
 
   /** Send a VQ command; resolves with its completion (status and bytes written). */
   vq(out: readonly Buffer[], inBuffers: readonly Buffer[]): Promise<DecodedCompletion> {
-    let outLength = 0;
-    for (const b of out) outLength += b.length;
-    let inLength = 0;
-    for (const b of inBuffers) inLength += b.length;
-    return this.submit(Opcode.Vq, inBuffers, false, (id, header) => {
-      encodeCommand({ opcode: Opcode.Vq, commandId: id, outLength, inLength }, header);
-      this.connection.sendVq(header, out, inBuffers);
-    }).then((r) => r.completion);
+    return this.submit(new QueueRequest(Opcode.Vq, null, undefined, out, inBuffers));
   }
 
-  private submit(
-    opcode: number,
-    inBuffers: readonly Buffer[] | null,
-    redirectable: boolean,
-    send: (id: number, header: Buffer) => void,
-  ): Promise<{ completion: DecodedCompletion; payload: Buffer | null }> {
-    return new Promise((resolve, reject) => {
-      const start = () => {
-        if (this.closedError) return reject(this.closedError);
-        const id = this.allocateId();
-        const p: Pending = { opcode, inBuffers, redirectable, resolve: (c) => resolve({ completion: c, payload: p.payload ?? null }), reject };
-        this.pending.set(id, p);
-        try {
-          send(id, Buffer.alloc(COMMAND_SIZE));
-        } catch (err) {
-          this.pending.delete(id);
-          reject(err as Error);
-          this.startWaiting();
-        }
-      };
-      if (this.closedError) reject(this.closedError);
-      else if (this.pending.size < this.queueSize) start();
-      else this.waiting.push({ start, reject });
-    });
+  /**
+   * Send `req` as soon as a slot is free (at once when one is); resolves with its completion.
+   * With `answerTimeoutMs`, a command still unanswered by then fails the whole queue: its id
+   * cannot be given to another command while an answer may still come.
+   */
+  submit(req: QueueRequest, options?: AnswerDeadline): Promise<DecodedCompletion> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    const done = req.begin();
+    if (options) {
+      req.timer = setTimeout(() => {
+        req.timer = null;
+        this.failAll(options.onTimeout());
+      }, options.answerTimeoutMs);
+    }
+    if (this.freeCount > 0 && this.waiting.length === 0) this.transmit(req);
+    else this.waiting.push(req);
+    return done;
   }
 
-  private allocateId(): number {
-    for (;;) {
-      const id = this.nextId;
-      this.nextId = (this.nextId + 1) % RESERVED_COMMAND_ID_FIRST;
-      if (!this.pending.has(id)) return id;
+  /** Put `req` in the oldest free slot and send it under that id. */
+  private transmit(req: QueueRequest): void {
+    const id = this.freeIds[this.freeHead]!;
+    this.freeHead = (this.freeHead + 1) % this.size;
+    this.freeCount--;
+    this.slots[id] = req;
+    this.inFlightCount++;
+    req.commandId = id;
+    req.state = 'in-flight';
+    const header = Buffer.alloc(COMMAND_SIZE);
+    try {
+      if (req.command) {
+        encodeCommand({ ...req.command, commandId: id } as Command, header);
+        this.connection.sendCommand(header, req.body);
+      } else {
+        encodeCommand({ opcode: Opcode.Vq, commandId: id, outLength: req.outLength, inLength: req.inLength }, header);
+        this.connection.sendVq(header, req.out, req.inBuffers ?? []);
+      }
+    } catch (err) {
+      this.vacate(id);
+      req.fail(err as Error);
+      this.startWaiting();
+    }
+  }
+
+  /** Free slot `id`; ids beyond a queue size that shrank are not handed out again. */
+  private vacate(id: number): void {
+    this.slots[id] = null;
+    this.inFlightCount--;
+    if (id < this.size) {
+      this.freeIds[(this.freeHead + this.freeCount) % this.size] = id;
+      this.freeCount++;
     }
   }
 
   private startWaiting(): void {
-    while (this.waiting.length > 0 && this.pending.size < this.queueSize) this.waiting.shift()!.start();
+    while (this.waiting.length > 0 && this.freeCount > 0 && !this.closedError) this.transmit(this.waiting.shift()!);
+  }
+
+  /** The request in flight under `id`, or null when its slot is free (or no such slot exists). */
+  private inSlot(id: number): QueueRequest | null {
+    return id < this.slots.length ? this.slots[id]! : null;
   }
 
   /**
@@ -143,16 +170,14 @@ export class QueueClient {
   private completionProblem(completion: Buffer): string | null {
     const id = completion.readUInt16LE(2);
     if (id >= RESERVED_COMMAND_ID_FIRST) return null;
-    const p = this.pending.get(id);
+    const p = this.inSlot(id);
     if (!p) return `completion for command id ${id}, which is not in flight`;
     if (p.redirectable && completion.readUInt16LE(0) === VOF_STATUS_EREDIRECT && completion.readUInt16LE(6) !== REDIRECT_RECORD_SIZE) {
       return `EREDIRECT completion announces a ${completion.readUInt16LE(6)}-byte redirect record (expected ${REDIRECT_RECORD_SIZE})`;
     }
     if (p.inBuffers) {
-      let inLength = 0;
-      for (const b of p.inBuffers) inLength += b.length;
       const length = completion.readUInt32LE(4);
-      if (length > inLength) return `VQ completion claims ${length} bytes written into ${inLength} device-writable bytes`;
+      if (length > p.inLength) return `VQ completion claims ${length} bytes written into ${p.inLength} device-writable bytes`;
     }
     return null;
   }
@@ -160,7 +185,7 @@ export class QueueClient {
   private expectedPayload(completion: Buffer): number | string {
     const problem = this.completionProblem(completion);
     if (problem) return problem;
-    const p = this.pending.get(completion.readUInt16LE(2));
+    const p = this.inSlot(completion.readUInt16LE(2));
     if (p?.redirectable && completion.readUInt16LE(0) === VOF_STATUS_EREDIRECT) return REDIRECT_RECORD_SIZE;
     return p?.inBuffers ? completion.readUInt32LE(4) : 0;
   }
@@ -170,7 +195,7 @@ export class QueueClient {
    * redirect) a buffer of its own for the redirect record after an EREDIRECT Connect completion.
    */
   private payloadBuffers(completion: Buffer): readonly Buffer[] {
-    const p = this.pending.get(completion.readUInt16LE(2));
+    const p = this.inSlot(completion.readUInt16LE(2));
     if (!p) return [];
     if (p.redirectable && completion.readUInt16LE(0) === VOF_STATUS_EREDIRECT) {
       p.payload = Buffer.alloc(REDIRECT_RECORD_SIZE);
@@ -194,9 +219,9 @@ export class QueueClient {
       void this.connection.close();
       return;
     }
-    const p = this.pending.get(id)!;
-    this.pending.delete(id);
-    p.resolve(decodeCompletion(completion, p.opcode));
+    const p = this.slots[id]!;
+    this.vacate(id);
+    p.complete(completion);
     this.startWaiting();
   }
 
@@ -211,10 +236,15 @@ export class QueueClient {
   /** Reject everything in flight or waiting; later calls fail at once. */
   failAll(err: Error): void {
     this.closedError ??= err;
-    const pending = [...this.pending.values()];
-    this.pending.clear();
-    for (const p of pending) p.reject(err);
-    for (const w of this.waiting.splice(0)) w.reject(err);
+    const failed: QueueRequest[] = [];
+    for (let id = 0; id < this.slots.length; id++) {
+      const p = this.slots[id];
+      if (!p) continue;
+      this.vacate(id);
+      failed.push(p);
+    }
+    failed.push(...this.waiting.splice(0));
+    for (const p of failed) p.fail(err);
   }
 
   close(): Promise<void> {

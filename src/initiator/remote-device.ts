@@ -507,7 +507,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
       let c: DecodedCompletion;
       this.active.add(req);
       try {
-        c = await q.vq(req.out, req.inBuffers);
+        c = await q.submit(req);
       } catch (err) {
         this.active.delete(req);
         if (!(err instanceof VofConnectionError) || !reconnects(this.policy) || this.lostError || this.closing || this.stateValue === 'connecting') throw err;

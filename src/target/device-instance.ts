@@ -289,14 +289,14 @@ export class DeviceInstance {
     return vqIndex === this.adminQueueIndex ? ADMIN_MAX_REQUEST_BYTES : this.device.maxRequestBytes;
   }
 
-  /** Run a VQ request on the device, or on the admin side for the admin queue. */
-  handleRequest(vqIndex: number, readable: Buffer, inLength: number, signal?: AbortSignal): Promise<readonly Buffer[]> {
+  /** Run a VQ request on the device, or on the admin side for the admin queue; the bytes written. */
+  handleRequest(vqIndex: number, readable: Buffer, writable: Buffer, signal?: AbortSignal): Promise<number> {
     if (vqIndex >= this.device.numQueues) {
       // Only the admin queue lies beyond the device's queues (a queue bound before a reset that
       // dropped VIRTIO_F_ADMIN_VQ gets nothing written).
-      return vqIndex === this.adminQueueIndex && this.admin ? this.admin.handleRequest(vqIndex, readable, inLength) : Promise.resolve([]);
+      return vqIndex === this.adminQueueIndex && this.admin ? this.admin.handleRequest(vqIndex, readable, writable) : Promise.resolve(0);
     }
-    return this.device.handleRequest(vqIndex, readable, inLength, signal);
+    return this.device.handleRequest(vqIndex, readable, writable, signal);
   }
 
   /** Tear down: virtqueue connections close, the device model is released. Idempotent. */

@@ -46,12 +46,15 @@ export interface VirtioDeviceInstance {
   /** Return to the just-created state (Reset Device or status 0). */
   reset(): void;
   /**
-   * Run one request. `readable` holds the device-readable bytes; the result is the
-   * device-written bytes, starting at the first device-writable byte, at most `inLength` long.
-   * `signal` aborts when the request is cancelled (reset, disconnect, shutdown): long work
-   * checks it between steps and stops early (its result is then discarded).
+   * Run one request. `readable` holds the device-readable bytes; `writable` is the
+   * device-writable buffer the transport supplied (the command's in_length bytes, fewer only
+   * where the transport caps it), which the device fills in place from its first byte. The
+   * result is how many bytes of it the device wrote (0..writable.length): exactly those reach
+   * the driver. `writable` may hold stale bytes, so a device never counts a byte it did not
+   * write. `signal` aborts when the request is cancelled (reset, disconnect, shutdown): long
+   * work checks it between steps and stops early (its result is then discarded).
    */
-  handleRequest(vqIndex: number, readable: Buffer, inLength: number, signal?: AbortSignal): Promise<readonly Buffer[]>;
+  handleRequest(vqIndex: number, readable: Buffer, writable: Buffer, signal?: AbortSignal): Promise<number>;
   /** The instance is gone; no more calls follow. */
   destroy(): void;
   /** Admin Virtqueue support; absent: the device offers no VIRTIO_F_ADMIN_VQ. */

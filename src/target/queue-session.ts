@@ -7,6 +7,7 @@ import {
   VIRTIO_OF_CONTROL_QUEUE_SIZE,
   formatStatus,
   opcodeName,
+  statusName,
 } from '../protocol/constants.js';
 import { decodeCommand, isUnknownCommand, type ConnectCommand, type DecodedCommand, type VqCommand } from '../protocol/command.js';
 import {
@@ -65,12 +66,17 @@ const EMPTY = Buffer.alloc(0);
  * Connect, which makes the session a control queue or binds it to a virtqueue of an existing
  * instance. Holds one TargetRequest per command in flight, keyed by command id: at most the
  * queue size of them (ECMDQUOT beyond), and never two with the same id (the queue closes).
+ * A request leaves the map when its completion is sent (the peer may then reuse the id at
+ * once) and keeps its buffers, and its share of the budgets, until its data has left.
  */
 export class QueueSession {
   private role: SessionRole = { kind: 'unbound' };
   private queueSize = VIRTIO_OF_CONTROL_QUEUE_SIZE;
   private readonly requests = new Map<number, TargetRequest>();
   private readonly sink: CompletionSink = {
+    vacate: (req) => {
+      if (this.requests.get(req.commandId) === req) this.requests.delete(req.commandId);
+    },
     send: (completion, refusal, payload) => this.reply(completion, refusal, payload),
     sendVq: (data, completion, written) => (this.closed ? Promise.resolve() : this.connection.completeVq(data, completion, written)),
   };
@@ -158,7 +164,13 @@ export class QueueSession {
   private onCommand(raw: Buffer, payload: Buffer | VqRequestData): void {
     const reserved = this.admitted;
     this.admitted = 0;
-    if (this.closed) return this.giveBack(reserved);
+    const data: VqRequestData | null = Buffer.isBuffer(payload) ? null : payload;
+    // Refused before a request owns it: nothing was taken yet, but release keeps it simple.
+    const drop = () => {
+      this.giveBack(reserved);
+      data?.release();
+    };
+    if (this.closed) return drop();
     const cmd = decodeCommand(raw);
     this.stats.commands++;
     const id = cmd.commandId;
@@ -167,27 +179,27 @@ export class QueueSession {
     const controlQueue =
       this.role.kind === 'control' || (this.role.kind === 'unbound' && !isUnknownCommand(cmd) && cmd.opcode === Opcode.Connect && cmd.deviceInstanceId === CONTROL_QUEUE_INSTANCE_ID);
     if (controlQueue && id >= RESERVED_COMMAND_ID_FIRST) {
-      this.giveBack(reserved);
+      drop();
       return this.violation(`${opcodeName(cmd.opcode)}: command id 0x${id.toString(16)} is reserved for target events`);
     }
     // A second command under an id still in flight makes every later completion with that id
     // ambiguous (and on keyed transports would alias the first one's buffers).
     if (this.requests.has(id)) {
-      this.giveBack(reserved);
+      drop();
       return this.violation(`${opcodeName(cmd.opcode)}: command id ${id} is already in flight`);
     }
     if (this.disconnecting) {
-      this.giveBack(reserved);
+      drop();
       this.reply(encodeBareCompletion(Status.ENOCMD, id));
       return;
     }
     if (this.requests.size >= this.queueSize) {
-      this.giveBack(reserved);
+      drop();
       this.log.warn(`${this.connection.peer}: ${opcodeName(cmd.opcode)} beyond queue size ${this.queueSize}: ECMDQUOT`);
       this.reply(encodeBareCompletion(Status.ECMDQUOT, id));
       return;
     }
-    const req = new TargetRequest(id, cmd.opcode, this.sink);
+    const req = new TargetRequest(id, cmd.opcode, this.sink, data);
     this.requests.set(id, req);
     let done: Promise<void>;
     try {
@@ -271,7 +283,8 @@ export class QueueSession {
     if (cmd.opcode === Opcode.Disconnect) return this.disconnect(req);
     if (role.kind === 'virtqueue') {
       if (cmd.opcode !== Opcode.Vq) return this.refuse(req, Status.ENOCMD, 'only VQ and Disconnect are valid on a virtqueue');
-      return this.runVq(req, role.instance, role.vqIndex, cmd, payload as VqRequestData);
+      if (!req.data) return this.refuse(req, Status.ENOCMD, 'VQ command without its buffers');
+      return this.runVq(req, role.instance, role.vqIndex, cmd, req.data);
     }
     const inst = role.instance;
     inst.heard();
@@ -412,37 +425,46 @@ export class QueueSession {
       this.log.info(`${this.connection.peer}: VQ command of ${cmd.outLength}+${cmd.inLength} bytes over the ${max}-byte limit`);
       return req.complete(encodeVqCompletion(cmd.outLength > max ? Status.EOUTVQBUF : Status.EINVQBUF, id, 0));
     }
-    let readable: Buffer;
-    try {
-      readable = await data.readOut();
-    } catch (err) {
-      if (!(err instanceof VqTransferError)) throw err;
-      this.log.info(`${this.connection.peer}: VQ command ${id}: ${err.message}: EOUTVQBUF`);
-      return req.complete(encodeVqCompletion(Status.EOUTVQBUF, id, 0));
-    }
-    // Reset or teardown while the readable bytes were on their way: the device never sees them.
+    const readable = await this.transferred(req, () => data.readOut(), Status.EOUTVQBUF);
+    if (readable === null) return;
+    const writable = cmd.inLength === 0 ? EMPTY : await this.transferred(req, () => data.writable(), Status.EINVQBUF);
+    if (writable === null) return;
+    // Reset or teardown while the buffers were on their way: the device never sees them.
     if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, id, 0));
-    let written: readonly Buffer[];
+    let written: number;
     try {
-      written = await inst.handleRequest(vqIndex, readable, cmd.inLength, req.signal);
+      written = await inst.handleRequest(vqIndex, readable, writable, req.signal);
     } catch (err) {
       // Errors the device can express (IOERR, UNSUPP) come back in its own status; a throw is a
       // device fault that only a reset clears. ESTATUS: the instance is now DEVICE_NEEDS_RESET.
       return this.deviceFault(req, inst, `vq ${vqIndex}: ${(err as Error).message}`);
     }
-    let length = 0;
-    for (const b of written) length += b.length;
-    if (length > cmd.inLength) {
-      return this.deviceFault(req, inst, `vq ${vqIndex}: device wrote ${length} bytes into ${cmd.inLength} device-writable bytes`);
+    if (!Number.isSafeInteger(written) || written < 0 || written > writable.length) {
+      return this.deviceFault(req, inst, `vq ${vqIndex}: device reports ${written} bytes written into ${writable.length} device-writable bytes`);
     }
     try {
-      await req.completeVq(data, encodeVqCompletion(Status.SUCCESS, id, length), written);
+      await req.completeVq(encodeVqCompletion(Status.SUCCESS, id, written), written);
       this.stats.bytesOut += readable.length;
-      this.stats.bytesIn += length;
+      this.stats.bytesIn += written;
     } catch (err) {
       if (!(err instanceof VqTransferError)) throw err;
       this.log.info(`${this.connection.peer}: VQ command ${id}: ${err.message}: EINVQBUF`);
       req.failVq(Status.EINVQBUF);
+    }
+  }
+
+  /**
+   * A VQ buffer from the transport, or null when it could not be had (VqTransferError): the
+   * command has then been answered with `status`.
+   */
+  private async transferred(req: TargetRequest, get: () => Promise<Buffer>, status: number): Promise<Buffer | null> {
+    try {
+      return await get();
+    } catch (err) {
+      if (!(err instanceof VqTransferError)) throw err;
+      this.log.info(`${this.connection.peer}: VQ command ${req.commandId}: ${err.message}: ${statusName(status)}`);
+      req.complete(encodeVqCompletion(status, req.commandId, 0));
+      return null;
     }
   }
 

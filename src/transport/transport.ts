@@ -33,7 +33,11 @@ export class VqTransferError extends Error {
   }
 }
 
-/** The virtqueue buffers of one VQ command, as seen by the target. */
+/**
+ * The virtqueue buffers of one VQ command, as seen by the target: the transport's part of the
+ * request. Its owner (the target's request object) calls release() exactly once, when the
+ * request has ended; until then the buffers it handed out stay valid and untouched by others.
+ */
 export interface VqRequestData {
   /** Device-readable byte count announced by the command. */
   readonly outLength: number;
@@ -42,9 +46,21 @@ export interface VqRequestData {
   /**
    * The device-readable bytes. Stream: the payload already received. Keyed: fetched by RDMA
    * READ into a pool buffer. Rejects with VqTransferError when they cannot be had. The buffer
-   * is valid until the request is completed.
+   * is valid until the request is released.
    */
   readOut(): Promise<Buffer>;
+  /**
+   * The device-writable buffer, supplied by the transport for the device to fill in place:
+   * inLength bytes (fewer only where the transport caps it). Stream: a pooled buffer that
+   * goes on the wire right after the completion header; keyed: registered memory the RDMA
+   * WRITE sends from. Its contents are undefined until the device writes them (it may hold
+   * an earlier request's bytes): only the first `written` bytes given to completeVq leave.
+   * May wait for memory; rejects with VqTransferError when none can be had. The same buffer
+   * on every call.
+   */
+  writable(): Promise<Buffer>;
+  /** The request has ended: give back what it holds (once the transport no longer uses it). */
+  release(): void;
 }
 
 /**
@@ -100,15 +116,16 @@ export interface TargetConnection {
    */
   sendCompletion(completion: Buffer, payload?: Buffer): void;
   /**
-   * Complete a VQ command: deliver `written` (total ≤ request.inLength) to the device-writable
-   * buffers, then the 16-byte completion whose length field already says how much was written.
-   * Resolves once the completion and its data have left this process (stream: handed to the
-   * kernel; a connection that closes first resolves too), so the command counts as in flight,
-   * and its buffers as spent, until then. Rejects with VqTransferError, without having sent the
+   * Complete a VQ command: deliver the first `written` bytes of its writable() buffer (none
+   * when `written` is 0; written ≤ request.inLength) to the device-writable buffers, then the
+   * 16-byte completion whose length field already says `written`. Resolves once the
+   * completion and its data have left this process (stream: handed to the kernel; a
+   * connection that closes first resolves too), so the command counts as in flight, and its
+   * buffers as spent, until then. Rejects with VqTransferError, without having sent the
    * completion, when the writable buffers could not be written; the caller then answers with
-   * EINVQBUF.
+   * EINVQBUF. `request` must be one this connection delivered.
    */
-  completeVq(request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void>;
+  completeVq(request: VqRequestData, completion: Buffer, written: number): Promise<void>;
   /** Close now; in-flight sends are flushed when possible. */
   close(): void;
 }

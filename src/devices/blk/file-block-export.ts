@@ -318,10 +318,9 @@ class FileBlockInstance implements VirtioDeviceInstance {
     return false;
   }
 
-  async handleRequest(vq: number, readable: Buffer, inLength: number, signal?: AbortSignal): Promise<readonly Buffer[]> {
-    const written = await this.runRequest(readable, inLength, signal);
-    const last = written[written.length - 1];
-    const status = last?.[last.length - 1];
+  async handleRequest(vq: number, readable: Buffer, writable: Buffer, signal?: AbortSignal): Promise<number> {
+    const written = await this.runRequest(readable, writable, signal);
+    const status = written > 0 ? writable[written - 1] : undefined;
     if (status !== undefined && status !== BlkStatus.OK && this.events) {
       const type = readable.length >= REQUEST_HEADER_SIZE ? readable.readUInt32LE(0) : -1;
       const sector = readable.length >= REQUEST_HEADER_SIZE ? readable.readBigUInt64LE(8) : 0n;
@@ -330,26 +329,28 @@ class FileBlockInstance implements VirtioDeviceInstance {
     return written;
   }
 
-  private async runRequest(readable: Buffer, inLength: number, signal?: AbortSignal): Promise<readonly Buffer[]> {
+  /** Fills `writable` in place (data, then the status byte last); returns the bytes written. */
+  private async runRequest(readable: Buffer, writable: Buffer, signal?: AbortSignal): Promise<number> {
     // The status byte is the last device-writable byte; without one there is nothing to say.
-    if (inLength < 1) return [];
-    const status = (s: number, data?: Buffer): Buffer[] => {
-      const pad = inLength - 1 - (data?.length ?? 0);
-      const tail = Buffer.alloc(1 + Math.max(0, pad));
-      tail[tail.length - 1] = s;
-      return data ? [data, tail] : [tail];
+    const inLength = writable.length;
+    if (inLength < 1) return 0;
+    const dataIn = inLength - 1;
+    // Every byte up to the status is written: past the `filled` data bytes, zeroes (the
+    // transport's buffer may hold an earlier request's bytes, which must not leave).
+    const status = (s: number, filled = 0): number => {
+      writable.fill(0, filled, dataIn);
+      writable[dataIn] = s;
+      return inLength;
     };
     if (readable.length < REQUEST_HEADER_SIZE) return status(BlkStatus.IOERR);
     const type = readable.readUInt32LE(0);
     const sector = readable.readBigUInt64LE(8);
-    const dataIn = inLength - 1;
     try {
       switch (type) {
         case BlkRequestType.IN: {
           if (!alignedToBlock(sector, dataIn, this.disk.blockSize) || !this.disk.inRange(sector, dataIn)) return status(BlkStatus.IOERR);
-          const buf = Buffer.allocUnsafe(dataIn);
-          await this.disk.read(buf, Number(sector) * SECTOR_SIZE);
-          return status(BlkStatus.OK, buf);
+          await this.disk.read(writable.subarray(0, dataIn), Number(sector) * SECTOR_SIZE);
+          return status(BlkStatus.OK, dataIn);
         }
         case BlkRequestType.OUT: {
           const data = readable.subarray(REQUEST_HEADER_SIZE);
@@ -362,11 +363,9 @@ class FileBlockInstance implements VirtioDeviceInstance {
         case BlkRequestType.FLUSH:
           if (!this.disk.readOnly) await this.disk.sync();
           return status(BlkStatus.OK);
-        case BlkRequestType.GET_ID: {
-          const id = Buffer.alloc(Math.min(ID_BYTES, dataIn));
-          this.disk.serial.copy(id, 0, 0, id.length);
-          return status(BlkStatus.OK, id);
-        }
+        case BlkRequestType.GET_ID:
+          // The serial, NUL-padded to 20 bytes (or cut to the room there is).
+          return status(BlkStatus.OK, this.disk.serial.copy(writable, 0, 0, Math.min(ID_BYTES, dataIn)));
         case BlkRequestType.DISCARD:
         case BlkRequestType.WRITE_ZEROES:
           return status(await this.discardOrZero(type, readable.subarray(REQUEST_HEADER_SIZE), signal));

@@ -115,11 +115,12 @@ class EntropyInstance implements VirtioDeviceInstance {
   // A reset does not refill the bucket: resetting must not be a way around the rate.
   reset(): void {}
 
-  /** Waits for tokens, then fills up to min(inLength, burst) bytes; the driver may get fewer than it asked for. */
-  async handleRequest(_vq: number, _readable: Buffer, inLength: number): Promise<readonly Buffer[]> {
-    const granted = await this.bucket.take(inLength);
-    if (granted === 0) return [];
-    return [await fill(Buffer.allocUnsafe(granted))];
+  /** Waits for tokens, then fills up to min(in_length, burst) bytes; the driver may get fewer than it asked for. */
+  async handleRequest(_vq: number, _readable: Buffer, writable: Buffer): Promise<number> {
+    const granted = await this.bucket.take(writable.length);
+    if (granted === 0) return 0;
+    await fill(writable.subarray(0, granted));
+    return granted;
   }
 
   destroy(): void {

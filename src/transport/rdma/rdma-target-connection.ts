@@ -26,9 +26,19 @@ export interface RdmaTargetOptions {
 export const MAX_REQUEST_MESSAGE = COMMAND_SIZE + CONNECT_BODY_SIZE;
 const EMPTY = Buffer.alloc(0);
 
-/** One VQ command's keyed descriptors, validated once on arrival. */
+/**
+ * One VQ command's keyed descriptors, validated once on arrival, and the registered memory it
+ * holds: the device-readable bytes fetched by RDMA READ, and the device-writable buffer the
+ * device fills and the RDMA WRITE sends from. Owned by the target's request for the command,
+ * which releases it when the request ends; memory a WRITE still sends from is given back once
+ * the send has completed.
+ */
 class KeyedVqRequest implements VqRequestData {
   data: RegisteredBuffer | null = null;
+  reply: RegisteredBuffer | null = null;
+  /** The WRITE and completion chain, while posted. */
+  sending: Promise<void> | null = null;
+  private released = false;
 
   constructor(
     readonly commandId: number,
@@ -36,16 +46,29 @@ class KeyedVqRequest implements VqRequestData {
     readonly inLength: number,
     readonly descriptors: readonly KeyedDescriptor[],
     readonly problem: string | null,
-    private readonly connection: RdmaTargetConnection,
+    readonly connection: RdmaTargetConnection,
   ) {}
 
   readOut(): Promise<Buffer> {
     return this.connection.readOut(this);
   }
 
+  writable(): Promise<Buffer> {
+    return this.connection.writable(this);
+  }
+
   release(): void {
+    if (this.released) return;
+    this.released = true;
+    if (this.sending) void this.sending.finally(() => this.freeMemory());
+    else this.freeMemory();
+  }
+
+  private freeMemory(): void {
     this.data?.release();
     this.data = null;
+    this.reply?.release();
+    this.reply = null;
   }
 }
 
@@ -64,7 +87,6 @@ export class RdmaTargetConnection implements TargetConnection {
   private readonly rc: RcConnection;
   private handler: TargetConnectionHandler | null = null;
   private state: State = 'accepting';
-  private readonly pending = new Map<number, KeyedVqRequest>();
   private dataPool: RegisteredPool | null = null;
   private closeTimer: NodeJS.Timeout | null = null;
   private closeReason: Error | undefined;
@@ -154,12 +176,9 @@ export class RdmaTargetConnection implements TargetConnection {
         const p = validateKeyedDescriptors(descriptors, outLength, inLength, this.maxKeyedDescriptors);
         if (p !== 'none') problem = `${p} (${descriptors.length} descriptors, limit ${this.maxKeyedDescriptors})`;
       }
-      // The first request under this id may still be filling its pool buffer: never release
-      // or replace it. A reused id is a protocol violation the queue does not survive.
-      if (this.pending.has(commandId)) return this.violation(`VQ command id ${commandId} is already in flight`);
-      const req = new KeyedVqRequest(commandId, outLength, inLength, descriptors, problem, this);
-      this.pending.set(commandId, req);
-      this.handler.onCommand(command, req);
+      // Each command's memory belongs to its own request object, never to its id: a reused id
+      // (which the session refuses by closing the queue) cannot touch another's buffers.
+      this.handler.onCommand(command, new KeyedVqRequest(commandId, outLength, inLength, descriptors, problem, this));
       return;
     }
     if (rest !== 0) return this.violation(`${opcodeLabel(opcode)} carries ${rest} unexpected bytes`);
@@ -200,9 +219,21 @@ export class RdmaTargetConnection implements TargetConnection {
     return data.view;
   }
 
+  /**
+   * The device-writable buffer: a registered chunk the device fills and completeVq's RDMA
+   * WRITEs send from (no staging copy).
+   */
+  async writable(req: KeyedVqRequest): Promise<Buffer> {
+    if (req.problem) throw new VqTransferError('in', req.problem);
+    if (req.inLength > this.options.maxVqPayload) {
+      throw new VqTransferError('in', `device-writable length ${req.inLength} exceeds the ${this.options.maxVqPayload}-byte limit`);
+    }
+    req.reply ??= this.pool().acquire(req.inLength);
+    return req.reply.view;
+  }
+
   sendCompletion(completion: Buffer, payload?: Buffer): void {
     if (this.state !== 'open' && this.state !== 'closing') return;
-    this.releaseRequest(completion.readUInt16LE(2));
     this.rc.send(payload ? [completion, payload] : [completion], 'completion').catch((err: Error) => this.log.debug(`${this.peer}: completion not sent: ${err.message}`));
   }
 
@@ -213,47 +244,38 @@ export class RdmaTargetConnection implements TargetConnection {
    * fails the queue pair is in the error state and no status could reach the initiator anyway;
    * the connection closes through onBroken.
    */
-  completeVq(request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void> {
-    const req = request as KeyedVqRequest;
+  completeVq(request: VqRequestData, completion: Buffer, written: number): Promise<void> {
+    if (!(request instanceof KeyedVqRequest) || request.connection !== this) {
+      return Promise.reject(new TypeError(`${this.peer}: completeVq for a request this connection did not deliver`));
+    }
+    const req = request;
     if (this.state === 'closed') return Promise.resolve();
-    let total = 0;
-    for (const b of written) total += b.length;
-    let staging: RegisteredBuffer | null = null;
+    const reply = req.reply;
+    if (written > 0 && (reply === null || written > reply.view.length)) {
+      return Promise.reject(new RangeError(`${this.peer}: ${written} bytes written into ${reply?.view.length ?? 0} device-writable bytes`));
+    }
     const wrs: SendWr[] = [];
-    if (total > 0) {
-      staging = this.pool().acquire(total);
-      let at = 0;
-      for (const b of written) at += b.copy(staging.view, at);
-      // Fill the device-writable descriptors (those past out_length) in order.
+    if (reply !== null && written > 0) {
+      // Fill the device-writable descriptors (those past out_length) in order, straight from
+      // the registered buffer the device wrote into.
       let pos = 0;
-      let left = total;
+      let left = written;
       for (const d of req.descriptors) {
         if (left === 0) break;
         pos += d.length;
         if (pos <= req.outLength) continue;
         const n = Math.min(d.length, left);
         if (n === 0) continue;
-        wrs.push({ wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [staging.mr, staging.offset + (total - left), n], remoteAddr: d.addr, rkey: d.key });
+        wrs.push({ wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [reply.mr, reply.offset + (written - left), n], remoteAddr: d.addr, rkey: d.key });
         left -= n;
       }
     }
     const commandId = req.commandId;
-    this.pending.delete(commandId);
-    this.rc
+    // The request's memory stays taken until the chain has completed (see KeyedVqRequest.release).
+    req.sending = this.rc
       .send([completion], `RDMA WRITE and completion of command ${commandId}`, wrs)
-      .catch((err: Error) => this.log.debug(`${this.peer}: ${err.message}`))
-      .finally(() => {
-        staging?.release();
-        req.release();
-      });
+      .catch((err: Error) => this.log.debug(`${this.peer}: ${err.message}`));
     return Promise.resolve();
-  }
-
-  private releaseRequest(commandId: number): void {
-    const req = this.pending.get(commandId);
-    if (!req) return;
-    this.pending.delete(commandId);
-    req.release();
   }
 
   private onBroken(err: Error): void {
@@ -298,8 +320,6 @@ export class RdmaTargetConnection implements TargetConnection {
     if (this.state === 'closed') return;
     this.state = 'closed';
     if (this.closeTimer) clearTimeout(this.closeTimer);
-    for (const req of this.pending.values()) req.release();
-    this.pending.clear();
     this.rc.destroy();
     this.onGone(this);
     const h = this.handler;

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { COMMAND_SIZE, CONNECT_BODY_SIZE, Opcode } from '../../protocol/constants.js';
+import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, Opcode } from '../../protocol/constants.js';
 import type { Logger } from '../../util/log.js';
 import {
   VqTransferError,
@@ -8,18 +8,52 @@ import {
   type VqRequestData,
 } from '../transport.js';
 import { ByteQueue } from './byte-queue.js';
+import { FramePool, FrameRetention } from './frame-pool.js';
 import { TickBatch } from './tick-batch.js';
 
 const EMPTY = Buffer.alloc(0);
+/** Completion frames one connection keeps for reuse (see FramePool)... */
+const FRAME_POOL_KEPT_BYTES = 4 * 1024 * 1024;
+/** ...and all stream connections of this process together. */
+const framesKept = new FrameRetention(32 * 1024 * 1024);
 
+/**
+ * One VQ command's buffers on a stream connection: the payload received with it, and a frame
+ * from the connection's pool whose bytes after the completion header are the device-writable
+ * buffer, so the completion goes out as one piece of that frame.
+ */
 class StreamVqRequest implements VqRequestData {
+  /** Completion header + device-writable bytes, taken on the first writable(). */
+  frame: Buffer | null = null;
+  private view: Buffer | null = null;
+  private released = false;
+
   constructor(
     readonly outLength: number,
     readonly inLength: number,
     private readonly payload: Buffer | VqTransferError,
+    readonly owner: TcpTargetConnection,
+    private readonly pool: FramePool,
   ) {}
+
   readOut(): Promise<Buffer> {
     return this.payload instanceof Buffer ? Promise.resolve(this.payload) : Promise.reject(this.payload);
+  }
+
+  writable(): Promise<Buffer> {
+    if (this.view === null) {
+      this.frame = this.pool.take(COMPLETION_SIZE + this.inLength);
+      this.view = this.frame.subarray(COMPLETION_SIZE, COMPLETION_SIZE + this.inLength);
+    }
+    return Promise.resolve(this.view);
+  }
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    if (this.frame) this.pool.give(this.frame);
+    this.frame = null;
+    this.view = null;
   }
 }
 
@@ -59,6 +93,7 @@ export class TcpTargetConnection implements TargetConnection {
   private stallTimer: NodeJS.Timeout | null = null;
   /** Completions produced in one event-loop turn leave in one write. */
   private readonly batch: TickBatch;
+  private readonly frames = new FramePool(FRAME_POOL_KEPT_BYTES, framesKept);
 
   constructor(
     private readonly socket: Socket,
@@ -160,7 +195,7 @@ export class TcpTargetConnection implements TargetConnection {
         if (st.left > 0) return;
         this.state = { kind: 'header' };
         const err = new VqTransferError('out', `device-readable payload of ${st.announced} bytes ${st.why}`);
-        this.deliver(st.header, new StreamVqRequest(st.announced, st.header.readUInt32LE(12), err));
+        this.deliver(st.header, new StreamVqRequest(st.announced, st.header.readUInt32LE(12), err, this, this.frames));
       }
     }
   }
@@ -189,7 +224,7 @@ export class TcpTargetConnection implements TargetConnection {
 
   private deliverPayload(header: Buffer, payload: Buffer): void {
     if (header.readUInt16LE(0) === Opcode.Vq) {
-      this.deliver(header, new StreamVqRequest(payload.length, header.readUInt32LE(12), payload));
+      this.deliver(header, new StreamVqRequest(payload.length, header.readUInt32LE(12), payload, this, this.frames));
     } else {
       this.deliver(header, payload);
     }
@@ -204,11 +239,24 @@ export class TcpTargetConnection implements TargetConnection {
     this.write(payload ? [completion, payload] : [completion]);
   }
 
-  completeVq(_request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void> {
+  completeVq(request: VqRequestData, completion: Buffer, written: number): Promise<void> {
     if (this.closed) return Promise.resolve();
-    // Settles when the last piece has left Node's buffers (or the socket is gone: the callback
-    // then gets an error), so the caller counts the command, and its buffers, until then.
-    return new Promise((resolve) => this.write([completion, ...written.filter((b) => b.length > 0)], () => resolve()));
+    if (!(request instanceof StreamVqRequest) || request.owner !== this) {
+      return Promise.reject(new TypeError(`${this.peer}: completeVq for a request this connection did not deliver`));
+    }
+    const frame = request.frame;
+    if (written > 0 && (frame === null || written > request.inLength)) {
+      return Promise.reject(new RangeError(`${this.peer}: ${written} bytes written into ${frame === null ? 'no' : request.inLength} device-writable bytes`));
+    }
+    // The header goes in front of the bytes the device wrote: one buffer, one write.
+    let out = completion;
+    if (frame !== null && written > 0) {
+      completion.copy(frame, 0, 0, COMPLETION_SIZE);
+      out = frame.subarray(0, COMPLETION_SIZE + written);
+    }
+    // Settles when it has left Node's buffers (or the socket is gone: the callback then gets
+    // an error), so the caller counts the command, and its frame, until then.
+    return new Promise((resolve) => this.write([out], () => resolve()));
   }
 
   private write(parts: readonly Buffer[], done?: () => void): void {
@@ -261,6 +309,7 @@ export class TcpTargetConnection implements TargetConnection {
 
   private finish(): void {
     this.closed = true;
+    this.frames.close();
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.stallTimer = null;
     const h = this.handler;
