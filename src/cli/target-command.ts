@@ -195,7 +195,7 @@ export async function runTarget(argv: string[]): Promise<number> {
   if (blks.length > 0) {
     try {
       const asked = values['file-io'] ?? cfg.fileIo;
-      fileIo = chooseFileIo(asked === undefined ? defaultFileIoMode() : parseFileIoMode(asked, '--file-io'), log);
+      fileIo = chooseFileIo(asked === undefined ? defaultFileIoMode() : parseFileIoMode(asked, values['file-io'] !== undefined ? '--file-io' : '--config "fileIo"'), log);
     } catch (err) {
       throw new CliError((err as Error).message);
     }
