@@ -2,7 +2,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { defaultLogger, type Logger } from '../../util/log.js';
 import { LibuvFileIo } from './libuv-file-io.js';
 import { UringFileIo } from './uring-file-io.js';
-import { sharedUringRing } from './uring-ring.js';
+import { NoAddonError, sharedUringRing } from './uring-ring.js';
 
 /**
  * How a file export reads and writes its backing file. Both backends move whole buffers (short
@@ -60,7 +60,9 @@ export function chooseFileIo(mode: FileIoMode = defaultFileIoMode(), log: Logger
   if (mode === 'uring') throw new Error(`io_uring file I/O is unavailable: ${ring.message}`);
   if (!debugLogged) log.debug(`io_uring file I/O unavailable, using libuv: ${ring.message}`);
   debugLogged = true;
-  return { backend: 'libuv', description: `file I/O: libuv thread pool (io_uring unavailable: ${ring.message})` };
+  // Without the addon (a TCP-only install) libuv is simply what there is: no reason to alarm anyone.
+  const why = ring instanceof NoAddonError ? 'no native addon' : `io_uring unavailable: ${ring.message}`;
+  return { backend: 'libuv', description: `file I/O: libuv thread pool (${why})` };
 }
 
 export function openFileIo(file: FileHandle, backend: FileIoBackend): FileIo {

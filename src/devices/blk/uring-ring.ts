@@ -163,6 +163,11 @@ function syscallOf(kind: OpKind): string {
   return kind === READ ? 'read' : kind === WRITE ? 'write' : kind === FSYNC ? 'fsync' : 'fdatasync';
 }
 
+/** io_uring is unavailable because the addon itself does not load (e.g. no rdma-core libraries). */
+export class NoAddonError extends Error {
+  override name = 'NoAddonError';
+}
+
 let shared: UringRing | Error | null = null;
 
 /**
@@ -176,7 +181,7 @@ export function sharedUringRing(): UringRing | Error {
   try {
     ctor = (loadNativeAddon() as { FileRing?: FileRingConstructor }).FileRing;
   } catch (err) {
-    shared = new Error(`vof's native addon does not load (${(err as Error).message.split('\n')[0]})`);
+    shared = new NoAddonError(`vof's native addon does not load (${(err as Error).message.split('\n')[0]})`);
     return shared;
   }
   if (typeof ctor !== 'function') {
