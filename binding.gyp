@@ -1,4 +1,7 @@
 {
+  "variables": {
+    "vof_liburing%": "<!(node scripts/liburing-build-mode.mjs)"
+  },
   "targets": [
     {
       "target_name": "vof_rdma",
@@ -10,13 +13,18 @@
         "native/protection_domain.cc",
         "native/completion_queue.cc",
         "native/queue_pair.cc",
-        "native/devices.cc"
+        "native/devices.cc",
+        "native/file_ring.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "cflags_cc!": ["-fno-exceptions"],
-      "libraries": ["-libverbs", "-lrdmacm"]
+      "libraries": ["-libverbs", "-lrdmacm"],
+      "conditions": [
+        ["vof_liburing=='static'", {"defines": ["VOF_HAVE_LIBURING"], "libraries": ["-l:liburing.a"]}],
+        ["vof_liburing=='shared'", {"defines": ["VOF_HAVE_LIBURING"], "libraries": ["-luring"]}]
+      ]
     }
   ]
 }

@@ -16,6 +16,7 @@ export { QueueClient } from './initiator/queue-client.js';
 export { VofError, VofConnectionError, VofResumeError } from './initiator/vof-error.js';
 export type { DeviceState, ReconnectOptions } from './initiator/reconnect-policy.js';
 export { FileBlockExport, type FileBlockOptions } from './devices/blk/file-block-export.js';
+export { chooseFileIo, type FileIoBackend, type FileIoMode } from './devices/blk/file-io.js';
 export { BlockDevice, BlockIoError, type BlockDeviceOptions } from './devices/blk/block-device.js';
 export * from './devices/blk/blk-constants.js';
 export { createLogger, silentLogger, type Logger } from './util/log.js';

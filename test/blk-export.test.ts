@@ -76,16 +76,25 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
   const flush = () => encodeRequestHeader(BlkRequestType.FLUSH, 0n);
 
   it('FLUSH fdatasyncs the backing file before it completes', async () => {
-    const datasync = vi.spyOn(fileHandleProto, 'datasync');
+    const { file, io } = rw as unknown as { file: FileHandle; io: { backend: string; datasync(): Promise<void>; fd?: number } };
+    const ioDatasync = vi.spyOn(io, 'datasync');
+    const handleDatasync = vi.spyOn(fileHandleProto, 'datasync');
     const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
     const inst = instance(rw, BASE | FLUSH);
     const written = await run(inst, flush(), 1);
     expect([...written]).toEqual([0]);
     expect(sync).toHaveBeenCalledTimes(1);
     expect(sync.mock.contexts[0]).toBe(rw);
-    // And it is the export's own file descriptor that got fdatasync'd.
-    expect(datasync).toHaveBeenCalledTimes(1);
-    expect(datasync.mock.contexts[0]).toBe((rw as unknown as { file: FileHandle }).file);
+    // And it is the export's own file descriptor that got fdatasync'd, by the backend in use.
+    expect(ioDatasync).toHaveBeenCalledTimes(1);
+    expect(rw.fileIoBackend).toBe(io.backend);
+    if (io.backend === 'libuv') {
+      expect(handleDatasync).toHaveBeenCalledTimes(1);
+      expect(handleDatasync.mock.contexts[0]).toBe(file);
+    } else {
+      expect(handleDatasync).not.toHaveBeenCalled();
+      expect(io.fd).toBe(file.fd);
+    }
   });
 
   it('FLUSH does not complete until the sync has', async () => {

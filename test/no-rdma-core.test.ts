@@ -48,7 +48,10 @@ describe('install and use without rdma-core headers', () => {
       import { VofTarget, FileBlockExport, BlockDevice } from './dist/index.js';
       writeFileSync('disk.img', Buffer.alloc(1 << 20));
       const t = new VofTarget({});
-      t.addDevice('d', await FileBlockExport.open('disk.img'));
+      const exp = await FileBlockExport.open('disk.img');
+      console.log('file io', exp.fileIoBackend);
+      await FileBlockExport.open('disk.img', { fileIo: 'uring' }).catch((e) => console.log('uring', e.message));
+      t.addDevice('d', exp);
       const url = await t.listen('tcp://127.0.0.1:0');
       const d = await BlockDevice.open(url + '/d', { keepaliveIntervalMs: 0 });
       await d.write(4096, Buffer.alloc(4096, 9));
@@ -58,6 +61,10 @@ describe('install and use without rdma-core headers', () => {
       await t.close();`;
     const r = inDir('node --input-type=module -e "$VOF_SCRIPT" && node dist/cli/main.js devices', { VOF_SCRIPT: script });
     expect(r.stdout).toMatch(/^tcp true$/m);
+    // Block file I/O falls back to libuv without a word; only asking for io_uring explains.
+    expect(r.stdout).toMatch(/^file io libuv$/m);
+    expect(r.stdout).toMatch(/^uring io_uring file I\/O is unavailable: vof's native addon does not load/m);
+    expect(r.stderr).not.toMatch(/io_uring|file I\/O/);
     expect(r.stdout).toMatch(/^rdma RdmaUnavailableError the RDMA transport needs vof's native addon and rdma-core .*libibverbs-dev librdmacm-dev/m);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/^vof: RdmaUnavailableError: .*npm rebuild vof/m);

@@ -27,6 +27,8 @@ export interface MeasureOptions {
   /** Run vof-nbd (needs fio and the `vof nbd` command). */
   readonly nbd: boolean;
   readonly cpuProfDir: string | null;
+  /** The target's --file-io (auto, uring, libuv), or null for its default. */
+  readonly fileIo?: string | null;
   readonly progress: ProgressLine;
 }
 
@@ -76,7 +78,7 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     const listen = ['--control', controlPath, '--listen', 'tcp://127.0.0.1:0', ...(o.rdma ? ['--listen', `rdma://${o.rdma.addr}:0`] : [])];
     const nodeArgs = o.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', o.cpuProfDir, '--cpu-prof-name', `target-${env}-${process.pid}.cpuprofile`] : [];
     if (o.cpuProfDir) mkdirSync(o.cpuProfDir, { recursive: true });
-    target = await startTarget([...listen, '--blk', `${TVQN}=${o.image}`, '--queues', String(o.queues), '--log', 'warn'], {
+    target = await startTarget([...listen, '--blk', `${TVQN}=${o.image}`, '--queues', String(o.queues), '--log', 'warn', ...(o.fileIo ? ['--file-io', o.fileIo] : [])], {
       lines: o.rdma ? 2 : 1,
       stderr: 'inherit',
       timeoutMs: env === 'vm' ? 180_000 : 30_000,

@@ -10,6 +10,7 @@ import { ANCHOR_TOOLS, ensureTools } from '../bench/setup.js';
 import type { BenchReport, BenchRun, MachineInfo, SkippedSystem } from '../bench/types.js';
 import { runInVm } from '../bench/vm-part.js';
 import { formatSize, parseSize, workloadMatrix } from '../bench/workloads.js';
+import { parseFileIoMode } from '../devices/blk/file-io.js';
 import { listRdmaDevices } from '../transport/rdma/rdma-devices.js';
 import { CliError, parseIntOption } from './cli-error.js';
 
@@ -51,6 +52,7 @@ function parseBenchArgs(argv: string[]) {
       json: { type: 'string' },
       chart: { type: 'string' },
       'cpu-prof': { type: 'string' },
+      'file-io': { type: 'string' },
       'vm-part': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -110,6 +112,12 @@ export async function runBench(argv: string[]): Promise<number> {
   if (timeSec <= 0) throw new CliError('--time must be positive');
   const rdmaMode = values.rdma ?? 'auto';
   if (!['auto', 'vm', 'off'].includes(rdmaMode)) throw new CliError(`--rdma must be auto, vm or off, not "${rdmaMode}"`);
+  let fileIo: string | null = null;
+  try {
+    if (values['file-io'] !== undefined) fileIo = parseFileIoMode(values['file-io'], '--file-io');
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
   const progress = new ProgressLine();
   const log = (line: string) => progress.log(line);
   const cpuProfDir = values['cpu-prof'] ? resolve(values['cpu-prof']) : null;
@@ -157,6 +165,7 @@ export async function runBench(argv: string[]): Promise<number> {
       anchors: values.anchors,
       nbd: values.anchors && !vmPart,
       cpuProfDir,
+      fileIo,
       progress,
     });
     runs.push(...measured.runs);

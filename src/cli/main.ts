@@ -18,10 +18,11 @@ Usage:
              [--max-instances-per-export N] [--max-instances-per-ivqn N]
              [--max-unbound N] [--max-unbound-per-host N]
              [--tls-cert FILE --tls-key FILE] [--tls-ca FILE] [--tls-psk FILE]
-             [--redirect TVQN=URL[/TVQN2]]... [--control PATH]
+             [--redirect TVQN=URL[/TVQN2]]... [--control PATH] [--file-io auto|uring|libuv]
       Export block devices and entropy (virtio-rng) devices. URL is tcp://HOST[:PORT],
       tls://HOST[:PORT] or rdma://ADDR[:PORT] (port 15771). Prints "listening on URL" per
-      address when ready; SIGINT/SIGTERM shut it down.
+      address when ready; SIGINT/SIGTERM shut it down. --file-io: block file I/O through
+      io_uring or libuv's thread pool (auto: io_uring where it works; default VOF_FILE_IO).
   vof info URL/TVQN [--ivqn IVQN] [--json] [TLS]
       Connect and print instance id, features, queue sizes and config space.
   vof cp SRC DST [--ivqn IVQN] [--json] [TLS]
@@ -39,7 +40,7 @@ Usage:
       NBD URI (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT) when ready.
   vof bench [--target URL] [--rw LIST] [--bs LIST] [--qd LIST] [--queues N] [--time SEC]
             [--ramp SEC] [--size SIZE] [--rdma auto|vm|off] [--vm-time SEC] [--anchors] [--quick]
-            [--json FILE] [--chart FILE.svg] [--cpu-prof DIR]
+            [--json FILE] [--chart FILE.svg] [--cpu-prof DIR] [--file-io auto|uring|libuv]
       Benchmark vof over TCP and RDMA (or in the soft-RoCE VM: --rdma vm) against nbdkit,
       the kernel's NVMe-oF, iperf3 and perftest (--anchors). Defaults: 4k randread qd1/qd32,
       4k randwrite qd32, 128k read/write qd8; 5 s each after a 1 s ramp; 2 queues; 256m image.

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { FileBlockExport } from '../devices/blk/file-block-export.js';
+import { chooseFileIo, defaultFileIoMode, parseFileIoMode, type FileIoChoice, type FileIoMode } from '../devices/blk/file-io.js';
 import { EntropyExport } from '../devices/rng/entropy-export.js';
 import { VofTarget } from '../target/target.js';
 import { createLogger, type LogLevel } from '../util/log.js';
@@ -71,6 +72,8 @@ interface TargetConfigFile {
   redirect?: Array<{ tvqn: string; url: string }>;
   /** Unix socket for operator commands (vof drain). */
   control?: string;
+  /** How block exports do file I/O: auto (io_uring where it works), uring or libuv. */
+  fileIo?: FileIoMode;
 }
 
 function parseBlk(spec: string): BlkSpec {
@@ -137,6 +140,7 @@ export async function runTarget(argv: string[]): Promise<number> {
       ...TLS_SERVER_OPTIONS,
       redirect: { type: 'string', multiple: true },
       control: { type: 'string' },
+      'file-io': { type: 'string' },
     },
     strict: true,
   });
@@ -188,6 +192,16 @@ export async function runTarget(argv: string[]): Promise<number> {
   }
   const connectTimeoutMs = parseIntOption(values['connect-timeout'], 'connect-timeout', 0, 3600000) ?? cfg.connectTimeoutMs;
   const sendStallTimeoutMs = parseIntOption(values['send-timeout'], 'send-timeout', 0, 3600000) ?? cfg.sendTimeoutMs;
+  let fileIo: FileIoChoice | undefined;
+  if (blks.length > 0) {
+    try {
+      const asked = values['file-io'] ?? cfg.fileIo;
+      fileIo = chooseFileIo(asked === undefined ? defaultFileIoMode() : parseFileIoMode(asked, values['file-io'] !== undefined ? '--file-io' : '--config "fileIo"'), log);
+    } catch (err) {
+      throw new CliError((err as Error).message);
+    }
+    log.info(fileIo.description);
+  }
   const target = new VofTarget({
     log,
     quotas,
@@ -225,6 +239,7 @@ export async function runTarget(argv: string[]): Promise<number> {
           ...((b.queues ?? queues) !== undefined && { numQueues: b.queues ?? queues }),
           ...((b.queueSize ?? queueSize) !== undefined && { queueSize: b.queueSize ?? queueSize }),
           ...(b.serial !== undefined && { serial: b.serial }),
+          ...(fileIo && { fileIo: fileIo.backend }),
         });
       } catch (err) {
         throw new CliError(`cannot open ${b.path} for "${b.tvqn}": ${(err as Error).message}`, 1);

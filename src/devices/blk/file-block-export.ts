@@ -4,6 +4,7 @@ import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'nod
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
 import type { DeviceEventSink, DeviceExport, InstanceLimits, VirtioDeviceInstance } from '../../target/device.js';
 import { BlkAdmin, alignedToBlock } from './blk-admin.js';
+import { chooseFileIo, defaultFileIoMode, openFileIo, type FileIo, type FileIoBackend, type FileIoMode } from './file-io.js';
 import {
   BlkConfig,
   BlkFeature,
@@ -31,6 +32,11 @@ export interface FileBlockOptions {
    * and saying nothing about its name or path.
    */
   readonly serial?: string;
+  /**
+   * How the backing file is read and written: io_uring in the native addon, libuv's thread pool
+   * (Node's fs), or auto (io_uring where it works). Default: VOF_FILE_IO, else auto.
+   */
+  readonly fileIo?: FileIoMode;
 }
 
 /** Most data bytes one request may move; the initiator splits larger transfers. */
@@ -84,6 +90,7 @@ export class FileBlockExport implements DeviceExport {
   private constructor(
     readonly path: string,
     private readonly file: fsp.FileHandle,
+    private readonly io: FileIo,
     private readonly sizeBytes: number,
     options: FileBlockOptions,
     defaultSerial: string,
@@ -103,12 +110,13 @@ export class FileBlockExport implements DeviceExport {
     if (options.serial !== undefined && Buffer.byteLength(options.serial, 'utf8') > ID_BYTES) {
       throw new Error(`serial "${options.serial}" is over ${ID_BYTES} bytes`);
     }
+    const { backend } = chooseFileIo(options.fileIo ?? defaultFileIoMode());
     const file = await fsp.open(path, flags);
     try {
       const st = await file.stat();
       const id = await file.stat({ bigint: true });
       const digest = createHash('sha256').update(`vof-serial\0${id.dev}\0${id.ino}\0${id.birthtimeNs}`).digest('hex');
-      return new FileBlockExport(path, file, sizeOf(path, st), options, `vof-${digest.slice(0, ID_BYTES - 4)}`);
+      return new FileBlockExport(path, file, openFileIo(file, backend), sizeOf(path, st), options, `vof-${digest.slice(0, ID_BYTES - 4)}`);
     } catch (err) {
       await file.close();
       throw err;
@@ -193,25 +201,21 @@ export class FileBlockExport implements DeviceExport {
     return start + BigInt(length) <= BigInt(this.capacityBytes);
   }
 
-  async read(into: Buffer, offset: number): Promise<void> {
-    let done = 0;
-    while (done < into.length) {
-      const { bytesRead } = await this.file.read(into, done, into.length - done, offset + done);
-      if (bytesRead === 0) throw new Error(`short read at ${offset + done}`);
-      done += bytesRead;
-    }
+  /** Which file I/O backend serves this export (FileBlockOptions.fileIo). */
+  get fileIoBackend(): FileIoBackend {
+    return this.io.backend;
   }
 
-  async write(from: Buffer, offset: number): Promise<void> {
-    let done = 0;
-    while (done < from.length) {
-      const { bytesWritten } = await this.file.write(from, done, from.length - done, offset + done);
-      done += bytesWritten;
-    }
+  read(into: Buffer, offset: number): Promise<void> {
+    return this.io.read(into, offset);
+  }
+
+  write(from: Buffer, offset: number): Promise<void> {
+    return this.io.write(from, offset);
   }
 
   sync(): Promise<void> {
-    return this.file.datasync();
+    return this.io.datasync();
   }
 
   /** Zero a range in 1 MiB steps; stops between two steps once `signal` aborts (and throws). */
@@ -223,6 +227,7 @@ export class FileBlockExport implements DeviceExport {
   }
 
   async close(): Promise<void> {
+    await this.io.close();
     await this.file.close();
   }
 }

@@ -1,5 +1,4 @@
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { loadNativeAddon } from '../../util/native-addon.js';
 
 /**
  * Types of the native addon (native/*.cc) and its loader. The binding is verb-shaped: every
@@ -164,12 +163,8 @@ let cached: NativeBinding | null = null;
  */
 export function nativeBinding(): NativeBinding {
   if (cached) return cached;
-  // src/transport/rdma and dist/transport/rdma are both three levels below the package root.
-  const root = fileURLToPath(new URL('../../../', import.meta.url));
-  const require = createRequire(import.meta.url);
   try {
-    const load = require('node-gyp-build') as (dir: string) => NativeBinding;
-    cached = load(root);
+    cached = loadNativeAddon() as NativeBinding;
     return cached;
   } catch (err) {
     const why = (err as Error).message.split('\n')[0];

@@ -1,0 +1,73 @@
+import type { FileHandle } from 'node:fs/promises';
+import { defaultLogger, type Logger } from '../../util/log.js';
+import { LibuvFileIo } from './libuv-file-io.js';
+import { UringFileIo } from './uring-file-io.js';
+import { NoAddonError, sharedUringRing } from './uring-ring.js';
+
+/**
+ * How a file export reads and writes its backing file. Both backends move whole buffers (short
+ * transfers are continued; a read that hits the end of the file fails with EIO) and report
+ * failures as errors with an errno `code`, which the device maps to VIRTIO_BLK_S_IOERR.
+ */
+export interface FileIo {
+  readonly backend: FileIoBackend;
+  /** Fills all of `into` from the file at byte `position`. */
+  read(into: Buffer, position: number): Promise<void>;
+  /** Writes all of `from` to the file at byte `position`. */
+  write(from: Buffer, position: number): Promise<void>;
+  datasync(): Promise<void>;
+  fsync(): Promise<void>;
+  /** Waits for this file's I/O in flight; later calls fail. The FileHandle is closed by its owner. */
+  close(): Promise<void>;
+}
+
+/** io_uring in vof's native addon, or Node's fs (libuv's thread pool). */
+export type FileIoBackend = 'uring' | 'libuv';
+/** What a user asks for: a backend, or `auto` (io_uring where it works, else libuv). */
+export type FileIoMode = FileIoBackend | 'auto';
+export const FILE_IO_MODES: readonly FileIoMode[] = ['auto', 'uring', 'libuv'];
+
+export function parseFileIoMode(value: string, where: string): FileIoMode {
+  if ((FILE_IO_MODES as readonly string[]).includes(value)) return value as FileIoMode;
+  throw new Error(`${where}: "${value}" is not one of ${FILE_IO_MODES.join(', ')}`);
+}
+
+/** The mode when none is given: VOF_FILE_IO (auto, uring or libuv) or auto. */
+export function defaultFileIoMode(): FileIoMode {
+  const env = process.env['VOF_FILE_IO'];
+  return env ? parseFileIoMode(env, 'VOF_FILE_IO') : 'auto';
+}
+
+export interface FileIoChoice {
+  readonly backend: FileIoBackend;
+  /** One line for the operator's log: what is used and, for libuv under auto, why. */
+  readonly description: string;
+}
+
+let debugLogged = false;
+
+/**
+ * Resolves a mode to a backend. auto takes io_uring when the addon loads and its probe ring
+ * works, else libuv quietly (the reason goes to the debug log: TCP-only users may have no addon
+ * at all). An explicit `uring` that cannot work is an error saying why.
+ */
+export function chooseFileIo(mode: FileIoMode = defaultFileIoMode(), log: Logger = defaultLogger()): FileIoChoice {
+  if (mode === 'libuv') return { backend: 'libuv', description: 'file I/O: libuv thread pool (asked for)' };
+  const ring = sharedUringRing();
+  if (!(ring instanceof Error)) {
+    return { backend: 'uring', description: `file I/O: io_uring (${ring.slots} slots, one ring per process)` };
+  }
+  if (mode === 'uring') throw new Error(`io_uring file I/O is unavailable: ${ring.message}`);
+  if (!debugLogged) log.debug(`io_uring file I/O unavailable, using libuv: ${ring.message}`);
+  debugLogged = true;
+  // Without the addon (a TCP-only install) libuv is simply what there is: no reason to alarm anyone.
+  const why = ring instanceof NoAddonError ? 'no native addon' : `io_uring unavailable: ${ring.message}`;
+  return { backend: 'libuv', description: `file I/O: libuv thread pool (${why})` };
+}
+
+export function openFileIo(file: FileHandle, backend: FileIoBackend): FileIo {
+  if (backend === 'libuv') return new LibuvFileIo(file);
+  const ring = sharedUringRing();
+  if (ring instanceof Error) throw new Error(`io_uring file I/O is unavailable: ${ring.message}`);
+  return new UringFileIo(ring, file.fd);
+}
