@@ -57,11 +57,18 @@ describe('device memory (size classes, FIFO wait queue, limit)', () => {
     // 1 + min(128, 8 MiB / size) per class (at least one more).
     expect(byClass).toEqual(sizes.map((s) => 1 + Math.max(1, Math.min(128, Math.floor(QUEUE_CLASS_BYTES / s)))));
     expect(mem.stats().registeredBytes).toBe(pd.liveBytes);
+    // A second queue shares the classes; when both go, the pools shrink back to one buffer
+    // each, a slab as soon as all its buffers are back.
+    mem.reserve(128).release();
+    const r2 = mem.reserve(128);
+    const held = mem.tryAcquire(100)!;
     r.release();
-    // A second queue of the same size reuses what the first left registered: no registration.
-    const before = pd.regs;
-    mem.reserve(128);
-    expect(pd.regs).toBe(before);
+    r2.release();
+    expect(mem.stats().classes[0]!.buffers).toBe(1 + 128); // the slab `held` is in stays
+    expect(mem.stats().classes.slice(1).every((c) => c.buffers === 1)).toBe(true);
+    held.release();
+    expect(mem.stats().classes.every((c) => c.buffers === 1)).toBe(true);
+    expect(mem.stats().registeredBytes).toBe(pd.liveBytes);
   });
 
   it('never registers more than the limit (beyond one buffer per class)', () => {

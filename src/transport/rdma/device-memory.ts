@@ -7,7 +7,9 @@ import type { RegisteredBuffer } from './registered-pool.js';
  * that device (NVMe-oF's and SPDK's shape): one protection domain, and buffers in size classes
  * that requests take and give back. Memory is registered when a queue is set up (reserve()),
  * never on the data path: a request that finds its class empty waits, in FIFO order, for a
- * buffer another request gives back. Total registration is bounded by `limitBytes`.
+ * buffer another request gives back. Total registration is bounded by `limitBytes`; when a
+ * queue goes, slabs beyond what the remaining queues reserved are deregistered once all their
+ * buffers are back.
  *
  * A request takes exactly one buffer, big enough for its device-readable and device-writable
  * bytes together (out_length + in_length). Holding one buffer while waiting for another is what
@@ -52,6 +54,11 @@ export interface MemoryReservation {
 
 interface Slab {
   readonly mr: MemoryRegion;
+  readonly count: number;
+  /** Buffers of this slab on the free list; a slab all free may go when its class shrinks. */
+  free: number;
+  /** The class's first buffer, kept while the device memory lives. */
+  readonly base: boolean;
 }
 
 interface Waiter {
@@ -64,7 +71,8 @@ interface Waiter {
 
 /** One size class: equal buffers carved from slabs (one registration each), a free list, a FIFO of waiters. */
 class SizeClass {
-  readonly slabs: Slab[] = [];
+  /** Indexed by the slab number in buffer ids; a deregistered slab leaves a hole. */
+  readonly slabs: Array<Slab | null> = [];
   /** Free buffers as (slab index, buffer index) packed into one number. */
   readonly free: number[] = [];
   readonly waiters: Waiter[] = [];
@@ -137,8 +145,11 @@ export class DeviceMemory {
       release: () => {
         if (released) return;
         released = true;
-        // Buffers stay registered for the next queue; everything goes with the device's last user.
-        for (const { c, n } of shares) c.wanted -= n;
+        // The classes shrink back to what the remaining queues asked for, as their buffers come back.
+        for (const { c, n } of shares) {
+          c.wanted -= n;
+          this.trim(c);
+        }
       },
     };
   }
@@ -157,7 +168,7 @@ export class DeviceMemory {
       return;
     }
     const slab = c.slabs.length;
-    c.slabs.push({ mr });
+    c.slabs.push({ mr, count: affordable, free: affordable, base: always });
     c.buffers += affordable;
     this.registeredBytes += affordable * c.size;
     for (let i = affordable - 1; i >= 0; i--) c.free.push(slab * SLAB_STRIDE + i);
@@ -216,8 +227,27 @@ export class DeviceMemory {
     w.resolve(this.take(c, c.free.pop()!, w.size));
   }
 
+  /** Deregister slabs whose buffers are all free while the class holds more than it is asked for. */
+  private trim(c: SizeClass): void {
+    if (this.destroyed) return;
+    for (let i = c.slabs.length - 1; i >= 0 && c.buffers > c.wanted; i--) {
+      const slab = c.slabs[i];
+      if (!slab || slab.base || slab.free !== slab.count || c.buffers - slab.count < c.wanted) continue;
+      c.slabs[i] = null;
+      slab.mr.deregister();
+      c.buffers -= slab.count;
+      this.registeredBytes -= slab.count * c.size;
+      const gone = (id: number) => Math.floor(id / SLAB_STRIDE) === i;
+      let w = 0;
+      for (const id of c.free) if (!gone(id)) c.free[w++] = id;
+      c.free.length = w;
+    }
+  }
+
   private take(c: SizeClass, id: number, size: number): RegisteredBuffer {
-    const mr = c.slabs[Math.floor(id / SLAB_STRIDE)]!.mr;
+    const slab = c.slabs[Math.floor(id / SLAB_STRIDE)]!;
+    slab.free--;
+    const mr = slab.mr;
     const offset = (id % SLAB_STRIDE) * c.size;
     let released = false;
     return {
@@ -230,9 +260,11 @@ export class DeviceMemory {
         const next = c.waiters.shift();
         if (next) {
           next.signal?.removeEventListener('abort', next.onAbort);
+          slab.free++;
           next.resolve(this.take(c, id, next.size));
         } else {
           c.free.push(id);
+          if (++slab.free === slab.count && c.buffers > c.wanted) this.trim(c);
         }
       },
     };
@@ -257,7 +289,7 @@ export class DeviceMemory {
         w.signal?.removeEventListener('abort', w.onAbort);
         w.reject(new Error('RDMA device memory is released'));
       }
-      for (const s of c.slabs) s.mr.deregister();
+      for (const s of c.slabs) s?.mr.deregister();
       c.slabs.length = 0;
       c.free.length = 0;
     }

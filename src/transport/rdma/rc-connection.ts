@@ -1,7 +1,7 @@
 import type { CmId, CompletionQueue, MemoryRegion, NativeBinding, ProtectionDomain, QueuePair, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
 import { RegisteredPool } from './registered-pool.js';
-import { DEFAULT_MAX_BACKLOG, RdmaWorkError, RECV_WR_FLAG, SendQueue, type SendQueueLimits } from './send-queue.js';
+import { RdmaWorkError, RECV_WR_FLAG, SendQueue, type SendQueueLimits } from './send-queue.js';
 
 /** A protection domain the connection uses but does not own outright (a device's shared PD). */
 export interface ProtectionDomainLease {
@@ -77,9 +77,10 @@ export class RcConnection {
       this.sendQueue = new SendQueue(this.qp, sendDepth, binding, { ...limits, onStall: (err) => this.break(err) });
       // Receive buffers are written by the local NIC only: no remote access.
       this.recvRegion = this.pd.registerMemory(Buffer.allocUnsafeSlow(recvDepth * recvSize), binding.access.LOCAL_WRITE);
-      // A slot is held from send() until the chain completes, in flight or in the backlog: with
-      // one per place, a message of sendSize never needs a registration of its own.
-      this.sendSlots = new RegisteredPool(this.pd, sendSize, sendDepth + (limits.maxBacklog ?? DEFAULT_MAX_BACKLOG), 0);
+      // A slot is held from send() until the chain completes, in flight or in the backlog: an
+      // owner that bounds the backlog gets one slot per place, so a message of sendSize never
+      // needs a registration of its own (the target). Others get one per send queue entry.
+      this.sendSlots = new RegisteredPool(this.pd, sendSize, sendDepth + (limits.maxBacklog ?? 0), 0);
       for (let i = 0; i < recvDepth; i++) this.postRecv(i);
     } catch (err) {
       this.destroy();
