@@ -17,6 +17,7 @@ static Napi::Value ResourceCountsValue(const Napi::CallbackInfo& info) {
   o.Set("completionQueues", c.completionQueues);
   o.Set("queuePairs", c.queuePairs);
   o.Set("memoryRegions", c.memoryRegions);
+  o.Set("registrationsTotal", c.registrationsTotal);
   return o;
 }
 

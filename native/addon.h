@@ -82,14 +82,20 @@ class ProtectionDomain : public Napi::ObjectWrap<ProtectionDomain> {
 
   ibv_pd* pd = nullptr;
   int liveRegions = 0;
-  // dealloc() while regions are registered defers to the last region's release.
+  // Queue pairs created in this PD and not yet destroyed (a device PD serves many connections).
+  int liveQueuePairs = 0;
+  // ibv_reg_mr calls in this PD since it was allocated (cumulative).
+  double registrations = 0;
+  // dealloc() while regions or queue pairs use the PD defers to the last one's release.
   bool deallocPending = false;
   void RegionReleased();
+  void QueuePairReleased();
 
  private:
   void Free();
   Napi::Value RegisterMemory(const Napi::CallbackInfo& info);
   Napi::Value Dealloc(const Napi::CallbackInfo& info);
+  Napi::Value Registrations(const Napi::CallbackInfo& info);
 };
 
 // A registration of exactly one Buffer's bytes. It keeps the Buffer alive while registered, so
@@ -154,6 +160,7 @@ class QueuePair : public Napi::ObjectWrap<QueuePair> {
   Napi::Value PostSend(const Napi::CallbackInfo& info);
   Napi::Value PostRecv(const Napi::CallbackInfo& info);
   Napi::Value QpNum(const Napi::CallbackInfo& info);
+  Napi::Value Query(const Napi::CallbackInfo& info);
   ibv_sge ToSge(Napi::Env env, Napi::Value mrValue, Napi::Value offsetValue, Napi::Value lengthValue);
 
   ibv_qp* qp_ = nullptr;

@@ -21,6 +21,9 @@ struct ResourceCounts {
   int completionQueues = 0;
   int queuePairs = 0;
   int memoryRegions = 0;
+  // Cumulative, never decremented: ibv_reg_mr calls that succeeded since the addon loaded. Tests
+  // and `vof bench` compare it across a measurement to show no registration on the data path.
+  double registrationsTotal = 0;
 };
 ResourceCounts& Counts();
 

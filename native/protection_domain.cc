@@ -7,6 +7,7 @@ Napi::Function ProtectionDomain::Init(Napi::Env env) {
                      {
                          InstanceMethod<&ProtectionDomain::RegisterMemory>("registerMemory"),
                          InstanceMethod<&ProtectionDomain::Dealloc>("dealloc"),
+                         InstanceMethod<&ProtectionDomain::Registrations>("registrations"),
                      });
 }
 
@@ -31,7 +32,12 @@ void ProtectionDomain::Free() {
 
 void ProtectionDomain::RegionReleased() {
   liveRegions--;
-  if (liveRegions == 0 && deallocPending) Free();
+  if (liveRegions == 0 && liveQueuePairs == 0 && deallocPending) Free();
+}
+
+void ProtectionDomain::QueuePairReleased() {
+  liveQueuePairs--;
+  if (liveRegions == 0 && liveQueuePairs == 0 && deallocPending) Free();
 }
 
 // registerMemory(buffer: Uint8Array, access: number) → MemoryRegion
@@ -42,8 +48,9 @@ Napi::Value ProtectionDomain::RegisterMemory(const Napi::CallbackInfo& info) {
 Napi::Value ProtectionDomain::Dealloc(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (pd == nullptr) return Napi::Boolean::New(env, true);
-  // Regions registered by someone else (a caller's own buffers) keep the PD until they go.
-  if (liveRegions > 0) {
+  // Regions registered by someone else (a caller's own buffers), or queue pairs of connections
+  // that share this PD, keep it until they go.
+  if (liveRegions > 0 || liveQueuePairs > 0) {
     deallocPending = true;
     return Napi::Boolean::New(env, false);
   }
@@ -73,6 +80,8 @@ MemoryRegion::MemoryRegion(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Me
   mr = ibv_reg_mr(owner->pd, base, length, access);
   if (mr == nullptr) ThrowErrno(env, "ibv_reg_mr", errno ? errno : ENOMEM);
   Counts().memoryRegions++;
+  Counts().registrationsTotal++;
+  owner->registrations++;
   owner->liveRegions++;
   bufferRef_ = Napi::Persistent(info[1].As<Napi::Object>());
   pdRef_ = Napi::Persistent(info[0].As<Napi::Object>());
@@ -99,6 +108,11 @@ void MemoryRegion::Release() {
 Napi::Value MemoryRegion::Deregister(const Napi::CallbackInfo& info) {
   Release();
   return info.Env().Undefined();
+}
+
+// registrations() → ibv_reg_mr calls made in this PD so far (cumulative).
+Napi::Value ProtectionDomain::Registrations(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), registrations);
 }
 
 }  // namespace vof

@@ -13,6 +13,7 @@ Napi::Function QueuePair::Init(Napi::Env env) {
                          InstanceMethod<&QueuePair::PostSend>("postSend"),
                          InstanceMethod<&QueuePair::PostRecv>("postRecv"),
                          InstanceMethod<&QueuePair::QpNum>("qpNum"),
+                         InstanceMethod<&QueuePair::Query>("query"),
                      });
 }
 
@@ -34,6 +35,7 @@ void QueuePair::Attach(CmId* cmId, Napi::Object cmIdObj, ProtectionDomain* pd, N
   pdRef_ = Napi::Persistent(pdObj);
   cqRef_ = Napi::Persistent(cqObj);
   cq_->liveQps++;
+  pd_->liveQueuePairs++;
   Counts().queuePairs++;
 }
 
@@ -45,6 +47,7 @@ void QueuePair::Release() {
   cmId_->qp = nullptr;
   cq_->liveQps--;
   Counts().queuePairs--;
+  pd_->QueuePairReleased();
   cmIdRef_.Reset();
   pdRef_.Reset();
   cqRef_.Reset();
@@ -133,6 +136,24 @@ Napi::Value QueuePair::PostRecv(const Napi::CallbackInfo& info) {
 
 Napi::Value QueuePair::QpNum(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), qp_ == nullptr ? 0 : qp_->qp_num);
+}
+
+// query() → { state, rnrRetry, retryCount, minRnrTimer, timeout }: what the QP was actually
+// given (rdma_cm takes the send-side retry counts from the peer's CM message).
+Napi::Value QueuePair::Query(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (qp_ == nullptr) throw Napi::Error::New(env, "queue pair is destroyed");
+  ibv_qp_attr attr{};
+  ibv_qp_init_attr init{};
+  int err = ibv_query_qp(qp_, &attr, IBV_QP_STATE | IBV_QP_RNR_RETRY | IBV_QP_RETRY_CNT | IBV_QP_MIN_RNR_TIMER | IBV_QP_TIMEOUT, &init);
+  if (err != 0) ThrowErrno(env, "ibv_query_qp", err);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("state", Napi::Number::New(env, attr.qp_state));
+  o.Set("rnrRetry", Napi::Number::New(env, attr.rnr_retry));
+  o.Set("retryCount", Napi::Number::New(env, attr.retry_cnt));
+  o.Set("minRnrTimer", Napi::Number::New(env, attr.min_rnr_timer));
+  o.Set("timeout", Napi::Number::New(env, attr.timeout));
+  return o;
 }
 
 }  // namespace vof

@@ -65,6 +65,8 @@ interface TargetConfigFile {
   /** Bytes of VQ buffers all queues together, and one queue, may hold. */
   targetBufferBytes?: number;
   queueBufferBytes?: number;
+  /** Registered bytes of one RDMA device's shared data pools at most. */
+  rdmaDeviceMemoryBytes?: number;
   log?: LogLevel;
   quotas?: Partial<QuotaLimits>;
   tls?: TlsServerFiles;
@@ -211,6 +213,7 @@ export async function runTarget(argv: string[]): Promise<number> {
       ...(sendStallTimeoutMs !== undefined && { sendStallTimeoutMs }),
       ...(cfg.targetBufferBytes !== undefined && { targetBufferBytes: cfg.targetBufferBytes }),
       ...(cfg.queueBufferBytes !== undefined && { queueBufferBytes: cfg.queueBufferBytes }),
+      ...(cfg.rdmaDeviceMemoryBytes !== undefined && { rdmaDeviceMemoryBytes: cfg.rdmaDeviceMemoryBytes }),
     },
     keepalive: {
       ...(cfg.keepaliveIntervalMs !== undefined && { intervalMs: cfg.keepaliveIntervalMs }),

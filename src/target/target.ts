@@ -63,14 +63,17 @@ export interface PeerLimits {
   readonly targetBufferBytes: number;
   /** Bytes of VQ buffers one queue may hold. */
   readonly queueBufferBytes: number;
-  /** Stream transports: close a connection whose completions have not moved for this long (ms; 0: never). */
+  /** Close a connection whose completions have not moved for this long (ms; 0: never). */
   readonly sendStallTimeoutMs: number;
+  /** RDMA: registered bytes of one device's shared data pools at most (requests beyond wait). */
+  readonly rdmaDeviceMemoryBytes: number;
 }
 
 export const DEFAULT_LIMITS: PeerLimits = {
   targetBufferBytes: 128 * 1024 * 1024,
   queueBufferBytes: 16 * 1024 * 1024,
   sendStallTimeoutMs: 10000,
+  rdmaDeviceMemoryBytes: 256 * 1024 * 1024,
 };
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10000;
 
@@ -217,6 +220,7 @@ export class VofTarget {
     const listenOptions = {
       maxVqPayload: this.maxVqPayload,
       sendStallTimeoutMs: this.limits.sendStallTimeoutMs,
+      deviceMemoryBytes: this.limits.rdmaDeviceMemoryBytes,
       ...(this.tls && { tls: this.tls }),
     };
     const listener = await transport.listen(endpoint, listenOptions, (connection) => {

@@ -191,10 +191,12 @@ export interface ListenOptions {
   /** Server credentials; required by the tls transport, ignored by the others. */
   readonly tls?: TlsServerSettings;
   /**
-   * Stream transports: close a connection whose queued completions have not moved for this
-   * long (a peer that stopped reading); 0 never does.
+   * Close a connection whose queued completions have not moved for this long (a peer that
+   * stopped reading, or on RDMA stopped posting receives); 0 never does.
    */
   readonly sendStallTimeoutMs?: number;
+  /** Keyed transports: registered bytes of one RDMA device's shared data pools at most. */
+  readonly deviceMemoryBytes?: number;
 }
 
 export interface ConnectOptions {

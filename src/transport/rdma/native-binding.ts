@@ -79,8 +79,10 @@ export interface MemoryRegion {
 
 export interface ProtectionDomain {
   registerMemory(buffer: Uint8Array, access: number): MemoryRegion;
-  /** False when regions are still registered: the PD then goes with the last of them. */
+  /** False when regions or queue pairs still use it: the PD then goes with the last of them. */
   dealloc(): boolean;
+  /** ibv_reg_mr calls made in this PD so far (cumulative). */
+  registrations(): number;
 }
 
 /** Completions land here, 4 words each: wr_id, status, opcode, byte_len. */
@@ -104,10 +106,21 @@ export interface SendWr {
   rkey?: number;
 }
 
+/** What ibv_query_qp reports; rdma_cm takes the send-side retry counts from the peer's CM message. */
+export interface QpAttributes {
+  readonly state: number;
+  /** 7 means "retry forever" (IB spec). */
+  readonly rnrRetry: number;
+  readonly retryCount: number;
+  readonly minRnrTimer: number;
+  readonly timeout: number;
+}
+
 export interface QueuePair {
   postSend(wrs: SendWr[]): void;
   postRecv(wrId: number, mr: MemoryRegion, offset: number, length: number): void;
   qpNum(): number;
+  query(): QpAttributes;
 }
 
 export interface PortInfo {
@@ -132,6 +145,8 @@ export interface ResourceCounts {
   readonly completionQueues: number;
   readonly queuePairs: number;
   readonly memoryRegions: number;
+  /** Cumulative count of ibv_reg_mr calls in this process (never decreases). */
+  readonly registrationsTotal: number;
 }
 
 export interface NativeBinding {

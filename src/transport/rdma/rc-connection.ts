@@ -1,7 +1,14 @@
 import type { CmId, CompletionQueue, MemoryRegion, NativeBinding, ProtectionDomain, QueuePair, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
 import { RegisteredPool } from './registered-pool.js';
-import { RdmaWorkError, RECV_WR_FLAG, SendQueue } from './send-queue.js';
+import { RdmaWorkError, RECV_WR_FLAG, SendQueue, type SendQueueLimits } from './send-queue.js';
+
+/** A protection domain the connection uses but does not own outright (a device's shared PD). */
+export interface ProtectionDomainLease {
+  readonly pd: ProtectionDomain;
+  /** Called once, by destroy(), after this connection's QP and registrations are gone. */
+  release(): void;
+}
 
 export interface RcConnectionOptions {
   /** Receive buffers posted at all times; a peer that sends more waits (RNR), it is not dropped. */
@@ -16,6 +23,10 @@ export interface RcConnectionOptions {
    * (a Connect answered with a redirect record) gets its own registration, released after it.
    */
   readonly largestSend?: number;
+  /** The PD to use (and release in destroy()); default: one of its own, allocated on the CM id's device. */
+  readonly protectionDomain?: ProtectionDomainLease;
+  /** Backlog bound and stall timeout of the send queue (a peer that stops receiving). */
+  readonly sendLimits?: Omit<SendQueueLimits, 'onStall'>;
 }
 
 export interface RcConnectionHandler {
@@ -28,8 +39,11 @@ export interface RcConnectionHandler {
 /**
  * The verbs half of one Virtio-oF queue on RDMA, shared by target and initiator: one RC QP with
  * one CQ, pre-posted receive buffers reposted as soon as their message is handled, and
- * registered slots for outgoing capsules. Owns the PD, CQ, QP and every registration it makes;
- * destroy() releases them in the order the verbs require.
+ * registered slots for outgoing capsules. Owns the CQ, QP, every registration it makes, and its
+ * PD or its lease on a shared one; destroy() releases them in the order the verbs require.
+ *
+ * The completion callback is the boundary between native code and JS: nothing thrown below it
+ * reaches the addon (which would end the process). A throw breaks this connection only.
  */
 export class RcConnection {
   readonly pd: ProtectionDomain;
@@ -49,7 +63,7 @@ export class RcConnection {
     private readonly handler: RcConnectionHandler,
   ) {
     const { recvDepth, recvSize, sendDepth, sendSize } = options;
-    this.pd = new binding.ProtectionDomain(cmId);
+    this.pd = options.protectionDomain?.pd ?? new binding.ProtectionDomain(cmId);
     try {
       this.cq = new binding.CompletionQueue(cmId, recvDepth + sendDepth, (n) => this.onCompletions(n));
       this.qp = cmId.createQp(this.pd, this.cq, {
@@ -59,10 +73,14 @@ export class RcConnection {
         maxRecvSge: 1,
         maxInlineData: 0,
       });
-      this.sendQueue = new SendQueue(this.qp, sendDepth, binding);
+      const limits = options.sendLimits ?? {};
+      this.sendQueue = new SendQueue(this.qp, sendDepth, binding, { ...limits, onStall: (err) => this.break(err) });
       // Receive buffers are written by the local NIC only: no remote access.
       this.recvRegion = this.pd.registerMemory(Buffer.allocUnsafeSlow(recvDepth * recvSize), binding.access.LOCAL_WRITE);
-      this.sendSlots = new RegisteredPool(this.pd, sendSize, sendDepth, 0);
+      // A slot is held from send() until the chain completes, in flight or in the backlog: an
+      // owner that bounds the backlog gets one slot per place, so a message of sendSize never
+      // needs a registration of its own (the target). Others get one per send queue entry.
+      this.sendSlots = new RegisteredPool(this.pd, sendSize, sendDepth + (limits.maxBacklog ?? 0), 0);
       for (let i = 0; i < recvDepth; i++) this.postRecv(i);
     } catch (err) {
       this.destroy();
@@ -88,32 +106,42 @@ export class RcConnection {
   private onCompletions(count: number): void {
     const wc = this.cq.completions;
     for (let i = 0; i < count; i++) {
-      const wrId = wc[4 * i]!;
-      const status = wc[4 * i + 1]!;
-      const byteLen = wc[4 * i + 3]!;
       if (this.destroyed) return;
-      if ((wrId & RECV_WR_FLAG) !== 0) {
-        const slot = wrId & ~RECV_WR_FLAG;
-        if (status !== 0) {
-          this.break(new RdmaWorkError(status, this.binding.wcStatusName(status), 'receive'));
-          continue;
-        }
-        if (this.brokenBy) continue;
-        const offset = slot * this.options.recvSize;
-        this.handler.onMessage(this.recvRegion.buffer.subarray(offset, offset + byteLen));
-        if (!this.destroyed && !this.brokenBy) this.postRecv(slot);
-      } else {
-        this.sendQueue.complete(wrId, status);
-        if (status !== 0) this.break(new RdmaWorkError(status, this.binding.wcStatusName(status), 'send queue'));
+      try {
+        this.onCompletion(wc[4 * i]!, wc[4 * i + 1]!, wc[4 * i + 3]!);
+      } catch (err) {
+        // A bug or an unexpected verbs error below us: this connection cannot be trusted any
+        // more, the process and every other connection can.
+        const e = err instanceof Error ? err : new Error(String(err));
+        this.break(new Error(`completion handler threw: ${e.message}`, { cause: e }));
       }
     }
+  }
+
+  private onCompletion(wrId: number, status: number, byteLen: number): void {
+    if ((wrId & RECV_WR_FLAG) === 0) {
+      this.sendQueue.complete(wrId, status);
+      if (status !== 0) this.break(new RdmaWorkError(status, this.binding.wcStatusName(status), 'send queue'));
+      return;
+    }
+    const slot = wrId & ~RECV_WR_FLAG;
+    if (status !== 0) return this.break(new RdmaWorkError(status, this.binding.wcStatusName(status), 'receive'));
+    if (this.brokenBy) return;
+    const offset = slot * this.options.recvSize;
+    this.handler.onMessage(this.recvRegion.buffer.subarray(offset, offset + byteLen));
+    if (!this.destroyed && !this.brokenBy) this.postRecv(slot);
   }
 
   private break(err: Error): void {
     if (this.brokenBy) return;
     this.brokenBy = err;
     this.sendQueue.fail(err);
-    this.handler.onBroken(err);
+    try {
+      this.handler.onBroken(err);
+    } catch {
+      // The owner's close path failed: destroy at least the verbs objects.
+      this.destroy();
+    }
   }
 
   /**
@@ -142,6 +170,7 @@ export class RcConnection {
     for (const p of this.extraPools) p.destroy();
     this.sendSlots?.destroy();
     this.recvRegion?.deregister();
-    this.pd.dealloc();
+    if (this.options.protectionDomain) this.options.protectionDomain.release();
+    else this.pd.dealloc();
   }
 }

@@ -1,4 +1,4 @@
-import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, KEYED_DESCRIPTOR_SIZE, Opcode } from '../../protocol/constants.js';
+import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, CONTROL_QUEUE_INSTANCE_ID, KEYED_DESCRIPTOR_SIZE, Opcode } from '../../protocol/constants.js';
 import { REDIRECT_RECORD_SIZE } from '../../protocol/redirect-record.js';
 import { decodeKeyedDescriptors, validateKeyedDescriptors, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
 import type { Logger } from '../../util/log.js';
@@ -8,8 +8,9 @@ import { WrOpcode } from './native-binding.js';
 import { RcConnection } from './rc-connection.js';
 import { formatRdmaPeer } from '../address.js';
 import { RdmaWorkError, WC_WR_FLUSH_ERR } from './send-queue.js';
-import type { RegisteredBuffer, RegisteredPool } from './registered-pool.js';
-import { readDepths } from './rdma-limits.js';
+import type { RegisteredBuffer } from './registered-pool.js';
+import { targetConnParam } from './rdma-limits.js';
+import { deviceMemories, type DeviceMemory, type DeviceMemoryLease, type MemoryReservation } from './device-memory.js';
 
 export interface RdmaTargetOptions {
   readonly maxVqPayload: number;
@@ -17,27 +18,33 @@ export interface RdmaTargetOptions {
   readonly maxKeyedDescriptors: number;
   readonly recvDepth: number;
   readonly sendDepth: number;
-  /** Registered data chunks per virtqueue connection, and their size. */
-  readonly dataChunks: number;
-  readonly dataChunkSize: number;
+  /** Registered bytes of the device's shared data pools at most (device-memory.ts). */
+  readonly deviceMemoryBytes: number;
+  /** Close the connection when its sends make no progress for this long (ms; 0: never). */
+  readonly sendStallTimeoutMs: number;
+  /** Completion chains allowed to wait for room in the send queue. */
+  readonly maxSendBacklog: number;
 }
+
+/** Device-writable and status bytes beyond max_vq_payload one request may need (virtio-blk: 1). */
+const REQUEST_SLACK = 4096;
 
 /** The largest request message: a Connect with its body (also room for 64 descriptors). */
 export const MAX_REQUEST_MESSAGE = COMMAND_SIZE + CONNECT_BODY_SIZE;
 const EMPTY = Buffer.alloc(0);
 
 /**
- * One VQ command's keyed descriptors, validated once on arrival, and the registered memory it
- * holds: the device-readable bytes fetched by RDMA READ, and the device-writable buffer the
- * device fills and the RDMA WRITE sends from. Owned by the target's request for the command,
- * which releases it when the request ends; memory a WRITE still sends from is given back once
- * the send has completed.
+ * One VQ command's keyed descriptors, validated once on arrival, and the one registered buffer
+ * it uses: device-readable bytes at [0, out_length), device-writable at [out_length, +in_length)
+ * — the RDMA READ lands there, the device fills the writable part in place and the RDMA WRITE
+ * sends from it. Owned by the target's request for the command, which releases it when the
+ * request ends; memory a WRITE still sends from is given back once the send has completed.
  */
 class KeyedVqRequest implements VqRequestData {
   data: RegisteredBuffer | null = null;
-  reply: RegisteredBuffer | null = null;
   /** The WRITE and completion chain, while posted. */
   sending: Promise<void> | null = null;
+  private memory: Promise<RegisteredBuffer> | null = null;
   private released = false;
 
   constructor(
@@ -53,8 +60,22 @@ class KeyedVqRequest implements VqRequestData {
     return this.connection.readOut(this);
   }
 
-  writable(): Promise<Buffer> {
-    return this.connection.writable(this);
+  /** The device-writable part of this request's buffer (waits for pool memory, never registers). */
+  async writable(): Promise<Buffer> {
+    this.connection.checkSizes(this, 'in');
+    const data = await this.buffer();
+    return data.view.subarray(this.outLength, this.outLength + this.inLength);
+  }
+
+  /** This request's registered buffer, taken from the device pools once. */
+  buffer(): Promise<RegisteredBuffer> {
+    this.memory ??= this.connection.acquire(this.outLength + this.inLength).then((b) => {
+      // Released while waiting (the connection closed): give it straight back.
+      if (this.released) b.release();
+      else this.data = b;
+      return b;
+    });
+    return this.memory;
   }
 
   release(): void {
@@ -67,8 +88,6 @@ class KeyedVqRequest implements VqRequestData {
   private freeMemory(): void {
     this.data?.release();
     this.data = null;
-    this.reply?.release();
-    this.reply = null;
   }
 }
 
@@ -87,12 +106,16 @@ export class RdmaTargetConnection implements TargetConnection {
   private readonly rc: RcConnection;
   private handler: TargetConnectionHandler | null = null;
   private state: State = 'accepting';
-  private dataPool: RegisteredPool | null = null;
+  private readonly memoryLease: DeviceMemoryLease;
+  private readonly memory: DeviceMemory;
+  private reservation: MemoryReservation | null = null;
+  /** Aborted at teardown: requests still waiting for pool memory stop waiting. */
+  private readonly gone = new AbortController();
   private closeTimer: NodeJS.Timeout | null = null;
   private closeReason: Error | undefined;
 
   constructor(
-    private readonly binding: NativeBinding,
+    binding: NativeBinding,
     private readonly cmId: CmId,
     request: CmEvent,
     private readonly options: RdmaTargetOptions,
@@ -103,14 +126,35 @@ export class RdmaTargetConnection implements TargetConnection {
     const peer = cmId.peerAddress();
     this.peer = peer ? formatRdmaPeer(peer.host, peer.port) : 'rdma://?';
     this.maxKeyedDescriptors = options.maxKeyedDescriptors;
-    this.rc = new RcConnection(
-      binding,
-      cmId,
-      { recvDepth: options.recvDepth, recvSize: MAX_REQUEST_MESSAGE, sendDepth: options.sendDepth, sendSize: COMMAND_SIZE, largestSend: COMPLETION_SIZE + REDIRECT_RECORD_SIZE },
-      { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.onBroken(err) },
+    // The device's shared PD and pools; released by the RcConnection, last of all.
+    this.memoryLease = deviceMemories.lease(
+      cmId.deviceName() ?? '?',
+      () => new binding.ProtectionDomain(cmId),
+      { largestBuffer: options.maxVqPayload + REQUEST_SLACK, limitBytes: options.deviceMemoryBytes, access: binding.access.LOCAL_WRITE },
+      log,
     );
+    this.memory = this.memoryLease.memory;
     try {
-      cmId.accept(readDepths(cmId, request));
+      this.rc = new RcConnection(
+        binding,
+        cmId,
+        {
+          recvDepth: options.recvDepth,
+          recvSize: MAX_REQUEST_MESSAGE,
+          sendDepth: options.sendDepth,
+          sendSize: COMMAND_SIZE,
+          largestSend: COMPLETION_SIZE + REDIRECT_RECORD_SIZE,
+          protectionDomain: { pd: this.memory.pd, release: () => this.memoryLease.release() },
+          sendLimits: { maxBacklog: options.maxSendBacklog, stallTimeoutMs: options.sendStallTimeoutMs },
+        },
+        { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.onBroken(err) },
+      );
+    } catch (err) {
+      this.memoryLease.release();
+      throw err;
+    }
+    try {
+      cmId.accept(targetConnParam(cmId, request));
     } catch (err) {
       this.rc.destroy();
       throw err;
@@ -160,6 +204,7 @@ export class RdmaTargetConnection implements TargetConnection {
       if (rest !== announced || (rest !== 0 && rest !== CONNECT_BODY_SIZE)) {
         return this.violation(`Connect announces a ${announced}-byte body and carries ${rest} bytes (0 or ${CONNECT_BODY_SIZE} are valid)`);
       }
+      this.reserveMemory(command);
       this.handler.onCommand(command, rest === 0 ? EMPTY : Buffer.from(msg.subarray(COMMAND_SIZE)));
       return;
     }
@@ -190,19 +235,40 @@ export class RdmaTargetConnection implements TargetConnection {
     this.close();
   }
 
-  private pool(): RegisteredPool {
-    this.dataPool ??= this.rc.createPool(this.options.dataChunkSize, this.options.dataChunks, this.binding.access.LOCAL_WRITE);
-    return this.dataPool;
+  /**
+   * A virtqueue Connect: the device pools grow by this queue's share now (registration at
+   * queue setup, never on the data path). Once per connection, whatever the Connect's outcome.
+   */
+  private reserveMemory(command: Buffer): void {
+    if (this.reservation || command.readUInt16LE(4) === CONTROL_QUEUE_INSTANCE_ID) return;
+    const queueSize = command.readUInt16LE(12) || this.options.recvDepth;
+    this.reservation = this.memory.reserve(Math.min(queueSize, this.options.recvDepth));
+  }
+
+  /** Pool memory for one request: waits while the device's pools are short, never registers. */
+  async acquire(size: number): Promise<RegisteredBuffer> {
+    try {
+      return await this.memory.acquire(Math.max(size, 1), this.gone.signal);
+    } catch (err) {
+      throw new VqTransferError('out', `no target memory: ${(err as Error).message}`, { cause: err });
+    }
+  }
+
+  /** A request whose descriptors or lengths this target cannot serve never takes memory. */
+  checkSizes(req: KeyedVqRequest, direction: 'out' | 'in'): void {
+    if (req.problem) throw new VqTransferError(direction, req.problem);
+    if (req.outLength > this.options.maxVqPayload) {
+      throw new VqTransferError(direction, `device-readable length ${req.outLength} exceeds the ${this.options.maxVqPayload}-byte limit`);
+    }
+    if (req.outLength + req.inLength > this.memory.largestBuffer) {
+      throw new VqTransferError(direction, `${req.outLength}+${req.inLength} bytes exceed the largest target buffer (${this.memory.largestBuffer} bytes)`);
+    }
   }
 
   async readOut(req: KeyedVqRequest): Promise<Buffer> {
-    if (req.problem) throw new VqTransferError('out', req.problem);
-    if (req.outLength > this.options.maxVqPayload) {
-      throw new VqTransferError('out', `device-readable length ${req.outLength} exceeds the ${this.options.maxVqPayload}-byte limit`);
-    }
+    this.checkSizes(req, 'out');
     if (req.outLength === 0) return EMPTY;
-    req.data ??= this.pool().acquire(req.outLength);
-    const data = req.data;
+    const data = await req.buffer();
     const wrs: SendWr[] = [];
     let at = 0;
     for (const d of req.descriptors) {
@@ -216,20 +282,7 @@ export class RdmaTargetConnection implements TargetConnection {
     } catch (err) {
       throw new VqTransferError('out', (err as Error).message, { cause: err });
     }
-    return data.view;
-  }
-
-  /**
-   * The device-writable buffer: a registered chunk the device fills and completeVq's RDMA
-   * WRITEs send from (no staging copy).
-   */
-  async writable(req: KeyedVqRequest): Promise<Buffer> {
-    if (req.problem) throw new VqTransferError('in', req.problem);
-    if (req.inLength > this.options.maxVqPayload) {
-      throw new VqTransferError('in', `device-writable length ${req.inLength} exceeds the ${this.options.maxVqPayload}-byte limit`);
-    }
-    req.reply ??= this.pool().acquire(req.inLength);
-    return req.reply.view;
+    return data.view.subarray(0, req.outLength);
   }
 
   sendCompletion(completion: Buffer, payload?: Buffer): void {
@@ -244,20 +297,21 @@ export class RdmaTargetConnection implements TargetConnection {
    * fails the queue pair is in the error state and no status could reach the initiator anyway;
    * the connection closes through onBroken.
    */
-  completeVq(request: VqRequestData, completion: Buffer, written: number): Promise<void> {
+  async completeVq(request: VqRequestData, completion: Buffer, written: number): Promise<void> {
     if (!(request instanceof KeyedVqRequest) || request.connection !== this) {
-      return Promise.reject(new TypeError(`${this.peer}: completeVq for a request this connection did not deliver`));
+      throw new TypeError(`${this.peer}: completeVq for a request this connection did not deliver`);
     }
     const req = request;
-    if (this.state === 'closed') return Promise.resolve();
-    const reply = req.reply;
-    if (written > 0 && (reply === null || written > reply.view.length)) {
-      return Promise.reject(new RangeError(`${this.peer}: ${written} bytes written into ${reply?.view.length ?? 0} device-writable bytes`));
-    }
+    if (this.state === 'closed') return;
     const wrs: SendWr[] = [];
-    if (reply !== null && written > 0) {
-      // Fill the device-writable descriptors (those past out_length) in order, straight from
-      // the registered buffer the device wrote into.
+    if (written > 0) {
+      if (written > req.inLength) throw new RangeError(`${this.peer}: ${written} bytes written into ${req.inLength} device-writable bytes`);
+      // The device filled the writable part of the request's own buffer: the WRITEs go out
+      // from there, no staging copy.
+      const staging = await req.buffer();
+      if (this.closed) return;
+      const base = req.outLength;
+      // Fill the device-writable descriptors (those past out_length) in order.
       let pos = 0;
       let left = written;
       for (const d of req.descriptors) {
@@ -266,16 +320,18 @@ export class RdmaTargetConnection implements TargetConnection {
         if (pos <= req.outLength) continue;
         const n = Math.min(d.length, left);
         if (n === 0) continue;
-        wrs.push({ wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [reply.mr, reply.offset + (written - left), n], remoteAddr: d.addr, rkey: d.key });
+        wrs.push({ wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [staging.mr, staging.offset + base + (written - left), n], remoteAddr: d.addr, rkey: d.key });
         left -= n;
       }
     }
-    const commandId = req.commandId;
     // The request's memory stays taken until the chain has completed (see KeyedVqRequest.release).
     req.sending = this.rc
-      .send([completion], `RDMA WRITE and completion of command ${commandId}`, wrs)
+      .send([completion], `RDMA WRITE and completion of command ${req.commandId}`, wrs)
       .catch((err: Error) => this.log.debug(`${this.peer}: ${err.message}`));
-    return Promise.resolve();
+  }
+
+  private get closed(): boolean {
+    return this.state === 'closed';
   }
 
   private onBroken(err: Error): void {
@@ -320,6 +376,11 @@ export class RdmaTargetConnection implements TargetConnection {
     if (this.state === 'closed') return;
     this.state = 'closed';
     if (this.closeTimer) clearTimeout(this.closeTimer);
+    this.gone.abort(new Error('the connection closed'));
+    // The QP goes first: no RDMA READ can still land in a buffer given back to the shared
+    // pools below. rc.destroy() also releases this connection's hold on the device memory.
+    this.reservation?.release();
+    // Requests still in flight give their memory back when the session releases them (onClose).
     this.rc.destroy();
     this.onGone(this);
     const h = this.handler;

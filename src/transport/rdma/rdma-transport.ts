@@ -12,16 +12,20 @@ import type {
 import { nativeBinding, type CmEvent, type CmId, type NativeBinding } from './native-binding.js';
 import { RdmaInitiatorConnection } from './rdma-initiator-connection.js';
 import { RdmaTargetConnection, type RdmaTargetOptions } from './rdma-target-connection.js';
+import { DEFAULT_DEVICE_MEMORY_BYTES } from './device-memory.js';
+import { DEFAULT_MAX_BACKLOG } from './send-queue.js';
 
 /** Keyed descriptors the target accepts per VQ command (Get Keyed Number Descriptors). */
 export const DEFAULT_MAX_KEYED_DESCRIPTORS = 32;
 
-const TARGET_DEFAULTS: Omit<RdmaTargetOptions, 'maxVqPayload'> = {
+const TARGET_DEFAULTS: RdmaTargetOptions = {
+  maxVqPayload: 4 * 1024 * 1024 + 4096,
   maxKeyedDescriptors: DEFAULT_MAX_KEYED_DESCRIPTORS,
   recvDepth: 288,
   sendDepth: 512,
-  dataChunks: 8,
-  dataChunkSize: 1024 * 1024 + 4096,
+  deviceMemoryBytes: DEFAULT_DEVICE_MEMORY_BYTES,
+  sendStallTimeoutMs: 10000,
+  maxSendBacklog: DEFAULT_MAX_BACKLOG,
 };
 
 /**
@@ -39,7 +43,13 @@ export class RdmaTransport implements Transport {
 
   async listen(endpoint: Endpoint, options: ListenOptions, onConnection: (connection: TargetConnection) => void): Promise<Listener> {
     const host = await numericHost(endpoint.host);
-    return new RdmaListener(this.binding, host, endpoint.port, { ...TARGET_DEFAULTS, maxVqPayload: options.maxVqPayload }, this.log, onConnection);
+    const targetOptions: RdmaTargetOptions = {
+      ...TARGET_DEFAULTS,
+      maxVqPayload: options.maxVqPayload,
+      ...(options.sendStallTimeoutMs !== undefined && { sendStallTimeoutMs: options.sendStallTimeoutMs }),
+      ...(options.deviceMemoryBytes !== undefined && { deviceMemoryBytes: options.deviceMemoryBytes }),
+    };
+    return new RdmaListener(this.binding, host, endpoint.port, targetOptions, this.log, onConnection);
   }
 
   connect(endpoint: Endpoint, options: ConnectOptions): Promise<InitiatorConnection> {
@@ -82,10 +92,23 @@ class RdmaListener implements Listener {
     this.url = formatRdmaPeer(host, this.endpoint.port);
   }
 
+  /**
+   * The CM event callback: the boundary between the addon and JS, where nothing may escape (a
+   * throw there ends the process). A connection whose event handling throws is closed.
+   */
   private onEvent(ev: CmEvent): void {
-    if (ev.type === 'CONNECT_REQUEST' && ev.id) return this.onConnectRequest(ev, ev.id);
-    const conn = ev.id ? this.connections.get(ev.id) : undefined;
-    conn?.onCmEvent(ev);
+    const conn = ev.id && ev.type !== 'CONNECT_REQUEST' ? this.connections.get(ev.id) : undefined;
+    try {
+      if (ev.type === 'CONNECT_REQUEST' && ev.id) return this.onConnectRequest(ev, ev.id);
+      conn?.onCmEvent(ev);
+    } catch (err) {
+      this.log.warn(`${conn?.peer ?? this.url}: RDMA CM ${ev.type} event handler failed (${(err as Error).message}): closing the connection`);
+      try {
+        conn?.close();
+      } catch {
+        conn?.teardown(err as Error);
+      }
+    }
   }
 
   private onConnectRequest(ev: CmEvent, id: CmId): void {
