@@ -10,6 +10,7 @@
         "native/protection_domain.cc",
         "native/completion_queue.cc",
         "native/queue_pair.cc",
+        "native/memory_window.cc",
         "native/devices.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

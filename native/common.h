@@ -21,6 +21,7 @@ struct ResourceCounts {
   int completionQueues = 0;
   int queuePairs = 0;
   int memoryRegions = 0;
+  int memoryWindows = 0;
 };
 ResourceCounts& Counts();
 

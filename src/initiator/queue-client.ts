@@ -125,9 +125,11 @@ export class QueueClient {
   }
 
   private allocateId(): number {
+    if (this.nextId >= this.queueSize) this.nextId = 0;
     for (;;) {
       const id = this.nextId;
-      this.nextId = (this.nextId + 1) % RESERVED_COMMAND_ID_FIRST;
+      // Ids stay below the queue size: keyed transports index per-command state by id.
+      this.nextId = (this.nextId + 1) % this.queueSize;
       if (!this.pending.has(id)) return id;
     }
   }

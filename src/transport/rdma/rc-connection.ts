@@ -16,6 +16,8 @@ export interface RcConnectionOptions {
    * (a Connect answered with a redirect record) gets its own registration, released after it.
    */
   readonly largestSend?: number;
+  /** A protection domain shared with other connections (kept by destroy()); default: one of its own. */
+  readonly pd?: ProtectionDomain;
 }
 
 export interface RcConnectionHandler {
@@ -49,7 +51,7 @@ export class RcConnection {
     private readonly handler: RcConnectionHandler,
   ) {
     const { recvDepth, recvSize, sendDepth, sendSize } = options;
-    this.pd = new binding.ProtectionDomain(cmId);
+    this.pd = options.pd ?? new binding.ProtectionDomain(cmId);
     try {
       this.cq = new binding.CompletionQueue(cmId, recvDepth + sendDepth, (n) => this.onCompletions(n));
       this.qp = cmId.createQp(this.pd, this.cq, {
@@ -142,6 +144,6 @@ export class RcConnection {
     for (const p of this.extraPools) p.destroy();
     this.sendSlots?.destroy();
     this.recvRegion?.deregister();
-    this.pd.dealloc();
+    if (!this.options.pd) this.pd.dealloc();
   }
 }
