@@ -118,6 +118,8 @@ export interface BounceSlice {
   readonly mr: MemoryRegion;
   readonly offset: number;
   readonly view: Buffer;
+  /** Its range of the arena; null for a command larger than the arena (its own registration). */
+  readonly range: Range | null;
 }
 
 /**
@@ -131,8 +133,8 @@ export class BounceArena {
   readonly region: MemoryRegion;
   private readonly allocator: RangeAllocator;
   private readonly waiting: Array<{ readonly size: number; readonly ready: (s: BounceSlice) => void }> = [];
-  private readonly dedicated = new Map<BounceSlice, MemoryRegion>();
-  private readonly ranges = new Map<BounceSlice, Range>();
+  /** Registrations of oversized commands still in flight. */
+  private readonly dedicated = new Set<MemoryRegion>();
   /** Commands that needed a registration of their own (larger than the arena). */
   oversized = 0;
   private destroyed = false;
@@ -156,8 +158,8 @@ export class BounceArena {
     if (!this.allocator.fits(size)) {
       this.oversized++;
       const mr = this.pd.registerMemory(Buffer.allocUnsafeSlow(size), this.access);
-      const slice: BounceSlice = { mr, offset: 0, view: mr.buffer.subarray(0, size) };
-      this.dedicated.set(slice, mr);
+      const slice: BounceSlice = { mr, offset: 0, view: mr.buffer.subarray(0, size), range: null };
+      this.dedicated.add(mr);
       ready(slice);
       return;
     }
@@ -171,22 +173,17 @@ export class BounceArena {
   private take(size: number): BounceSlice | null {
     const r = this.allocator.allocate(size);
     if (!r) return null;
-    const slice: BounceSlice = { mr: this.region, offset: r.offset, view: this.region.buffer.subarray(r.offset, r.offset + size) };
-    this.ranges.set(slice, r);
-    return slice;
+    return { mr: this.region, offset: r.offset, view: this.region.buffer.subarray(r.offset, r.offset + size), range: r };
   }
 
+  /** Give back a slice from acquire (exactly once). */
   release(slice: BounceSlice): void {
-    const mr = this.dedicated.get(slice);
-    if (mr) {
-      this.dedicated.delete(slice);
-      mr.deregister();
+    if (this.destroyed) return;
+    if (!slice.range) {
+      if (this.dedicated.delete(slice.mr)) slice.mr.deregister();
       return;
     }
-    const r = this.ranges.get(slice);
-    if (!r) return;
-    this.ranges.delete(slice);
-    this.allocator.release(r);
+    this.allocator.release(slice.range);
     while (!this.destroyed && this.waiting.length > 0) {
       const next = this.take(this.waiting[0]!.size);
       if (!next) break;
@@ -199,9 +196,8 @@ export class BounceArena {
     if (this.destroyed) return;
     this.destroyed = true;
     this.waiting.length = 0;
-    for (const mr of this.dedicated.values()) mr.deregister();
+    for (const mr of this.dedicated) mr.deregister();
     this.dedicated.clear();
-    this.ranges.clear();
     this.region.deregister();
   }
 }
