@@ -170,7 +170,7 @@ export interface InitiatorConnection {
 export interface KeyedMemoryOptions {
   /**
    * Bytes of registered bounce memory per virtqueue connection, registered when it is set up
-   * (default: 64 KiB per queue slot, within 2..32 MiB). Commands wait for it when it is short.
+   * (default: 32 KiB per queue slot, within 2..16 MiB). Commands wait for it when it is short.
    */
   readonly bounceBytes?: number;
   /**

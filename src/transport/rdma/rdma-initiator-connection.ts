@@ -19,9 +19,9 @@ const RECV_SIZE = 64;
 const CONTROL_RECV_SIZE = COMPLETION_SIZE + REDIRECT_RECORD_SIZE;
 const DEFAULT_QUEUE_SIZE = 256;
 /** Default bounce memory: this much per queue slot, within [BOUNCE_MIN, BOUNCE_MAX]. */
-const BOUNCE_PER_SLOT = 64 * 1024;
+const BOUNCE_PER_SLOT = 32 * 1024;
 const BOUNCE_MIN = 2 * 1024 * 1024;
-const BOUNCE_MAX = 32 * 1024 * 1024;
+const BOUNCE_MAX = 16 * 1024 * 1024;
 
 /** One caller buffer of a VQ command and where the NIC finds it. */
 interface Piece {
@@ -37,6 +37,8 @@ interface Piece {
  */
 interface CommandSlot {
   busy: boolean;
+  /** Its completion arrived; its windows are being invalidated. */
+  completing: boolean;
   readonly windows: MemoryWindow[];
   bound: number;
   slice: BounceSlice | null;
@@ -100,7 +102,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       this.registrations = null;
       return;
     }
-    for (let i = 0; i < queueSize; i++) this.slots.push({ busy: false, windows: [], bound: 0, slice: null, copyBack: [], cached: [] });
+    for (let i = 0; i < queueSize; i++) this.slots.push({ busy: false, completing: false, windows: [], bound: 0, slice: null, copyBack: [], cached: [] });
     const bounceBytes = options.keyedMemory?.bounceBytes ?? Math.min(BOUNCE_MAX, Math.max(BOUNCE_MIN, queueSize * BOUNCE_PER_SLOT));
     try {
       this.arena = new BounceArena(this.memory.pd, bounceBytes, windowedAccess(binding));
@@ -209,6 +211,12 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       this.handler?.onCompletion(completion);
       return;
     }
+    if (slot.completing) {
+      // Delivering it would tell the caller the command is over while its keys still work.
+      this.teardown(new Error(`${this.peer}: a second completion for command ${id}`));
+      return;
+    }
+    slot.completing = true;
     if (slot.bound === 0) {
       this.finish(slot, completion);
       return;
@@ -240,6 +248,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
 
   private releaseSlot(slot: CommandSlot): void {
     slot.busy = false;
+    slot.completing = false;
     slot.copyBack.length = 0;
     for (const r of slot.cached.splice(0)) r();
     const slice = slot.slice;
@@ -407,6 +416,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       slot.windows.length = 0;
       slot.bound = 0;
       slot.busy = false;
+      slot.completing = false;
       slot.copyBack.length = 0;
       for (const r of slot.cached.splice(0)) r();
       slot.slice = null;
