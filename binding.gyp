@@ -13,6 +13,7 @@
         "native/protection_domain.cc",
         "native/completion_queue.cc",
         "native/queue_pair.cc",
+        "native/memory_window.cc",
         "native/devices.cc",
         "native/file_ring.cc"
       ],

@@ -18,6 +18,7 @@ static Napi::Value ResourceCountsValue(const Napi::CallbackInfo& info) {
   o.Set("queuePairs", c.queuePairs);
   o.Set("memoryRegions", c.memoryRegions);
   o.Set("registrationsTotal", c.registrationsTotal);
+  o.Set("memoryWindows", c.memoryWindows);
   return o;
 }
 
@@ -41,6 +42,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("MemoryRegion", mr);
   exports.Set("CompletionQueue", CompletionQueue::Init(env));
   exports.Set("QueuePair", qp);
+  exports.Set("MemoryWindow", MemoryWindow::Init(env));
   exports.Set("listDevices", Napi::Function::New(env, ListDevices));
   exports.Set("resourceCounts", Napi::Function::New(env, ResourceCountsValue));
   exports.Set("wcStatusName", Napi::Function::New(env, WcStatusName));
@@ -49,6 +51,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   access.Set("LOCAL_WRITE", Napi::Number::New(env, IBV_ACCESS_LOCAL_WRITE));
   access.Set("REMOTE_WRITE", Napi::Number::New(env, IBV_ACCESS_REMOTE_WRITE));
   access.Set("REMOTE_READ", Napi::Number::New(env, IBV_ACCESS_REMOTE_READ));
+  access.Set("MW_BIND", Napi::Number::New(env, IBV_ACCESS_MW_BIND));
   exports.Set("access", access);
   return exports;
 }

@@ -118,6 +118,27 @@ class MemoryRegion : public Napi::ObjectWrap<MemoryRegion> {
   Napi::ObjectReference pdRef_;
 };
 
+// A type 2 memory window (native/memory_window.cc). `rkey` is the key of the latest bind posted
+// through QueuePair.postSend; `mw->rkey` follows it once the bind is actually posted (the rxe
+// provider hands the kernel mw->rkey as the key the window has before the bind).
+class MemoryWindow : public Napi::ObjectWrap<MemoryWindow> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  explicit MemoryWindow(const Napi::CallbackInfo& info);
+  ~MemoryWindow() override;
+
+  ibv_mw* mw = nullptr;
+  ProtectionDomain* owner = nullptr;
+  uint32_t rkey = 0;
+
+ private:
+  Napi::Value Dealloc(const Napi::CallbackInfo& info);
+  Napi::Value Rkey(const Napi::CallbackInfo& info);
+  Napi::Value NextRkey(const Napi::CallbackInfo& info);
+  void Release();
+  Napi::ObjectReference pdRef_;
+};
+
 // A CQ with its completion channel watched by libuv. Completions reach JS in batches through
 // a shared Uint32Array (4 words each: wr_id, status, opcode, byte_len).
 class CompletionQueue : public Napi::ObjectWrap<CompletionQueue> {
@@ -146,6 +167,7 @@ class CompletionQueue : public Napi::ObjectWrap<CompletionQueue> {
   uint32_t* resultWords_ = nullptr;
 };
 
+class MemoryWindow;
 class QueuePair : public Napi::ObjectWrap<QueuePair> {
  public:
   static Napi::Function Init(Napi::Env env);
@@ -162,6 +184,7 @@ class QueuePair : public Napi::ObjectWrap<QueuePair> {
   Napi::Value QpNum(const Napi::CallbackInfo& info);
   Napi::Value Query(const Napi::CallbackInfo& info);
   ibv_sge ToSge(Napi::Env env, Napi::Value mrValue, Napi::Value offsetValue, Napi::Value lengthValue);
+  MemoryWindow* WindowOf(Napi::Env env, Napi::Value value);
 
   ibv_qp* qp_ = nullptr;
   CmId* cmId_ = nullptr;

@@ -24,6 +24,7 @@ struct ResourceCounts {
   // Cumulative, never decremented: ibv_reg_mr calls that succeeded since the addon loaded. Tests
   // and `vof bench` compare it across a measurement to show no registration on the data path.
   double registrationsTotal = 0;
+  int memoryWindows = 0;
 };
 ResourceCounts& Counts();
 

@@ -3,7 +3,7 @@
 namespace vof {
 
 // Opcodes of postSend work requests, as the JS side numbers them.
-enum WrOpcode : uint32_t { kSend = 0, kWrite = 1, kRead = 2 };
+enum WrOpcode : uint32_t { kSend = 0, kWrite = 1, kRead = 2, kBindWindow = 3, kLocalInvalidate = 4 };
 static constexpr uint32_t kMaxChain = 64;
 static constexpr uint32_t kMaxSge = 32;
 
@@ -72,8 +72,11 @@ ibv_sge QueuePair::ToSge(Napi::Env env, Napi::Value mrValue, Napi::Value offsetV
   return sge;
 }
 
-// postSend([{ wrId, opcode, signaled, inline?, sg: [mr, offset, length, ...], remoteAddr?, rkey? }])
-// posts the list as one chain (e.g. RDMA WRITEs followed by the completion SEND).
+// postSend([{ wrId, opcode, signaled, inline?, sg: [mr, offset, length, ...], remoteAddr?, rkey?,
+// window?, access? }]) posts the list as one chain (e.g. RDMA WRITEs followed by the completion
+// SEND). BindWindow binds `window` over sg's one (region, offset, length) with `access`, under
+// the next key (ibv_inc_rkey); LocalInvalidate ends `window`'s current key. A chain binds a
+// window at most once.
 Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (qp_ == nullptr) throw Napi::Error::New(env, "queue pair is destroyed");
@@ -82,12 +85,56 @@ Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
   if (count == 0 || count > kMaxChain) throw Napi::RangeError::New(env, "postSend takes 1 to 64 work requests");
   ibv_send_wr wrs[kMaxChain];
   ibv_sge sges[kMaxChain][kMaxSge];
+  // Windows bound by this chain, with the key each bind gives them (applied once posted).
+  MemoryWindow* bound[kMaxChain];
+  uint32_t boundKeys[kMaxChain];
+  uint32_t nbound = 0;
+  // The key a window has at this point of the chain (a bind earlier in it changes it).
+  auto keyOf = [&](MemoryWindow* w) {
+    for (uint32_t k = 0; k < nbound; k++) {
+      if (bound[k] == w) return boundKeys[k];
+    }
+    return w->rkey;
+  };
   for (uint32_t i = 0; i < count; i++) {
     Napi::Object o = list.Get(i).As<Napi::Object>();
     ibv_send_wr& wr = wrs[i];
     wr = ibv_send_wr{};
     wr.wr_id = o.Get("wrId").As<Napi::Number>().Uint32Value();
     uint32_t op = o.Get("opcode").As<Napi::Number>().Uint32Value();
+    if (op == kBindWindow || op == kLocalInvalidate) {
+      MemoryWindow* w = WindowOf(env, o.Get("window"));
+      if (o.Get("signaled").ToBoolean()) wr.send_flags |= IBV_SEND_SIGNALED;
+      if (op == kLocalInvalidate) {
+        wr.opcode = IBV_WR_LOCAL_INV;
+        wr.invalidate_rkey = keyOf(w);
+      } else {
+        for (uint32_t k = 0; k < nbound; k++) {
+          if (bound[k] == w) throw Napi::Error::New(env, "a chain may bind a memory window once");
+        }
+        // sg: [region, offset, length]: exactly the bytes the window exposes, inside the region.
+        Napi::Array sg = o.Get("sg").As<Napi::Array>();
+        if (sg.Length() != 3) throw Napi::TypeError::New(env, "a bind takes sg: [region, offset, length]");
+        ibv_sge range = ToSge(env, sg.Get(0u), sg.Get(1u), sg.Get(2u));
+        if (range.length == 0) throw Napi::RangeError::New(env, "a memory window cannot be bound to zero bytes");
+        uint32_t access = o.Get("access").As<Napi::Number>().Uint32Value();
+        if ((access & ~(IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE)) != 0) {
+          throw Napi::RangeError::New(env, "a memory window grants REMOTE_READ and/or REMOTE_WRITE only");
+        }
+        wr.opcode = IBV_WR_BIND_MW;
+        wr.bind_mw.mw = w->mw;
+        wr.bind_mw.rkey = ibv_inc_rkey(keyOf(w));
+        wr.bind_mw.bind_info.mr = MemoryRegion::Unwrap(sg.Get(0u).As<Napi::Object>())->mr;
+        wr.bind_mw.bind_info.addr = range.addr;
+        wr.bind_mw.bind_info.length = range.length;
+        wr.bind_mw.bind_info.mw_access_flags = access;
+        bound[nbound] = w;
+        boundKeys[nbound] = wr.bind_mw.rkey;
+        nbound++;
+      }
+      wr.next = i + 1 < count ? &wrs[i + 1] : nullptr;
+      continue;
+    }
     Napi::Array sg = o.Get("sg").As<Napi::Array>();
     uint32_t nsge = sg.Length() / 3;
     if (nsge > maxSendSge_ || nsge > kMaxSge) throw Napi::RangeError::New(env, "too many scatter-gather entries for this QP");
@@ -116,6 +163,9 @@ Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
   ibv_send_wr* bad = nullptr;
   int err = ibv_post_send(qp_, wrs, &bad);
   if (err != 0) ThrowErrno(env, "ibv_post_send", err);
+  // Posted: the windows now carry their new keys (mw->rkey is what the provider checks the next
+  // bind or invalidate against).
+  for (uint32_t k = 0; k < nbound; k++) bound[k]->rkey = bound[k]->mw->rkey = boundKeys[k];
   return env.Undefined();
 }
 
@@ -132,6 +182,15 @@ Napi::Value QueuePair::PostRecv(const Napi::CallbackInfo& info) {
   int err = ibv_post_recv(qp_, &wr, &bad);
   if (err != 0) ThrowErrno(env, "ibv_post_recv", err);
   return env.Undefined();
+}
+
+// The live window a bind or invalidate names; it must be of this QP's PD.
+MemoryWindow* QueuePair::WindowOf(Napi::Env env, Napi::Value value) {
+  if (!value.IsObject()) throw Napi::TypeError::New(env, "this work request needs a MemoryWindow");
+  auto* w = MemoryWindow::Unwrap(value.As<Napi::Object>());
+  if (w->mw == nullptr) throw Napi::Error::New(env, "memory window is deallocated");
+  if (w->owner != pd_) throw Napi::Error::New(env, "memory window belongs to another protection domain");
+  return w;
 }
 
 Napi::Value QueuePair::QpNum(const Napi::CallbackInfo& info) {

@@ -11,7 +11,7 @@ import {
 import { decodeConfigChangeGeneration, type DecodedCompletion } from '../protocol/completion.js';
 import { parseDeviceUrl } from '../url.js';
 import type { TlsClientSettings } from '../transport/tcp/tls-settings.js';
-import type { InitiatorConnection, Transport } from '../transport/transport.js';
+import type { InitiatorConnection, KeyedMemoryOptions, Transport } from '../transport/transport.js';
 import { defaultLogger, type Logger } from '../util/log.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { AdminClient } from './admin-client.js';
@@ -58,6 +58,8 @@ export interface ConnectOptions extends ReconnectOptions {
   readonly verifyResume?: (readConfig: ConfigReader) => Promise<void>;
   /** Most redirects followed on one connect or reconnect (default 8); then VofRedirectError. */
   readonly maxRedirects?: number;
+  /** rdma:// only: bounce memory size and the opt-in registration cache (see KeyedMemoryOptions). */
+  readonly keyedMemory?: KeyedMemoryOptions;
 }
 
 export interface ConfigValue {
@@ -335,10 +337,11 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     const want = this.options.queueSize ?? 0;
     const size = want > 0 ? Math.min(want, max) : max;
     if (size < 1) throw new VofConnectionError(`virtqueue ${vqIndex} has size 0`);
-    const conn: InitiatorConnection = await this.transport.connect(
-      parseDeviceUrl(this.url).endpoint,
-      connectOpts(this.options),
-    );
+    const conn: InitiatorConnection = await this.transport.connect(parseDeviceUrl(this.url).endpoint, {
+      ...connectOpts(this.options),
+      queueSize: size,
+      ...(this.options.keyedMemory && { keyedMemory: this.options.keyedMemory }),
+    });
     conn.maxKeyedDescriptors = this.maxKeyedDescriptors;
     const q = new QueueClient(conn, 1);
     const generation = this.generation;
@@ -475,6 +478,32 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   hasFeature(bit: bigint): boolean {
     return (this.driverFeatures & (1n << bit)) !== 0n;
+  }
+
+  /** Buffers from allocateBuffer, with the call that gives each back to its transport. */
+  private readonly allocated = new WeakMap<Buffer, (b: Buffer) => void>();
+
+  /**
+   * `size` bytes of memory the transport moves with no copy when given to request() (or to
+   * BlockDevice read/write, whole or as a slice): on rdma:// registered memory shared by every
+   * queue on that RDMA device (the target reaches it only through per-request memory windows);
+   * a plain Buffer on stream transports or while no queue is connected. Give it back with
+   * freeBuffer once no request uses it.
+   */
+  allocateBuffer(size: number): Buffer {
+    const conn = this.queues.find((q) => q.connection.allocateBuffer)?.connection;
+    if (!conn?.allocateBuffer || !conn.freeBuffer) return Buffer.alloc(size);
+    const buf = conn.allocateBuffer(size);
+    this.allocated.set(buf, conn.freeBuffer.bind(conn));
+    return buf;
+  }
+
+  /** Give back a buffer from allocateBuffer (a plain Buffer is left to the garbage collector). */
+  freeBuffer(buf: Buffer): void {
+    const free = this.allocated.get(buf);
+    if (!free) return;
+    this.allocated.delete(buf);
+    free(buf);
   }
 
   /**

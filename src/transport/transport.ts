@@ -175,6 +175,27 @@ export interface InitiatorConnection {
   sendVq(command: Buffer, out: readonly Buffer[], inBuffers: readonly Buffer[]): void;
   /** Close the connection; resolves when its resources are released. */
   close(): Promise<void>;
+  /**
+   * Keyed transports: `size` bytes of memory the transport moves with no copy when given to
+   * sendVq (registered memory). Absent on stream transports. Free with freeBuffer.
+   */
+  allocateBuffer?(size: number): Buffer;
+  freeBuffer?(buffer: Buffer): void;
+}
+
+/** Initiator memory options of keyed transports (ignored by stream transports). */
+export interface KeyedMemoryOptions {
+  /**
+   * Bytes of registered bounce memory per virtqueue connection, registered when it is set up
+   * (default: 32 KiB per queue slot, within 2..16 MiB). Commands wait for it when it is short.
+   */
+  readonly bounceBytes?: number;
+  /**
+   * Opt-in: register large caller Buffers (≥ 16 KiB) in place and keep the registrations in a
+   * cache, instead of copying them through bounce memory. Still one memory window per command,
+   * invalidated when it completes: the target's keys die with the request either way.
+   */
+  readonly registrationCache?: boolean;
 }
 
 export interface Listener {
@@ -211,6 +232,9 @@ export interface ConnectOptions {
    * completion plus a redirect record (docs/PROTOCOL.md "Redirect").
    */
   readonly controlQueue?: boolean;
+  /** The queue size the connection will carry (command ids stay below it); default 256. */
+  readonly queueSize?: number;
+  readonly keyedMemory?: KeyedMemoryOptions;
 }
 
 /** One transport: TCP (stream data transfers) or RDMA (keyed data transfers). */

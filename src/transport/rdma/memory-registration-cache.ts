@@ -15,6 +15,12 @@ interface Entry {
  * Buffer it was made for, with exactly the access asked for, never its neighbours. The cache is
  * bounded: the least recently used idle entry is deregistered first. An entry keeps its Buffer
  * alive until deregistered, so the NIC never targets memory the JS heap has reused.
+ *
+ * The RDMA initiator uses it only when asked to (KeyedMemoryOptions.registrationCache), with
+ * LOCAL_WRITE | MW_BIND access: a cached registration grants the target nothing by itself; each
+ * command binds a memory window over its bytes and invalidates it on completion, so a cached
+ * buffer's keys die with the request like every other key. A first use of a buffer registers
+ * it on the data path, which is why this is opt-in.
  */
 export class MemoryRegistrationCache {
   private readonly byBacking = new Map<ArrayBufferLike, Entry[]>();

@@ -92,10 +92,27 @@ export interface CompletionQueue {
   destroy(): void;
 }
 
-export const WrOpcode = { Send: 0, Write: 1, Read: 2 } as const;
+/**
+ * A type 2 memory window (ibv_alloc_mw): remote access to exactly the bytes of its latest bind,
+ * until a LocalInvalidate (or dealloc). Bound and invalidated by work requests on a QP of the
+ * same PD; released by dealloc() or garbage collection.
+ */
+export interface MemoryWindow {
+  /** The key of the latest bind posted (what the peer must use); changes with every bind. */
+  readonly rkey: number;
+  /** The key the next BindWindow posted on it will give (ibv_inc_rkey of rkey). */
+  readonly nextRkey: number;
+  dealloc(): void;
+}
+
+export const WrOpcode = { Send: 0, Write: 1, Read: 2, BindWindow: 3, LocalInvalidate: 4 } as const;
 export type WrOpcode = (typeof WrOpcode)[keyof typeof WrOpcode];
 
-/** One work request; `sg` is flat triples of (region, offset, length). */
+/**
+ * One work request; `sg` is flat triples of (region, offset, length). BindWindow: `window` over
+ * sg's single triple (the region must be registered with access.MW_BIND), granting `access`
+ * (REMOTE_READ and/or REMOTE_WRITE). LocalInvalidate: `window`'s current key stops working.
+ */
 export interface SendWr {
   wrId: number;
   opcode: WrOpcode;
@@ -104,6 +121,8 @@ export interface SendWr {
   sg: Array<MemoryRegion | number>;
   remoteAddr?: bigint;
   rkey?: number;
+  window?: MemoryWindow;
+  access?: number;
 }
 
 /** What ibv_query_qp reports; rdma_cm takes the send-side retry counts from the peer's CM message. */
@@ -147,6 +166,7 @@ export interface ResourceCounts {
   readonly memoryRegions: number;
   /** Cumulative count of ibv_reg_mr calls in this process (never decreases). */
   readonly registrationsTotal: number;
+  readonly memoryWindows: number;
 }
 
 export interface NativeBinding {
@@ -154,10 +174,11 @@ export interface NativeBinding {
   CmId: new (channel: EventChannel) => CmId;
   ProtectionDomain: new (cmId: CmId) => ProtectionDomain;
   CompletionQueue: new (cmId: CmId, cqe: number, onCompletions: (count: number) => void) => CompletionQueue;
+  MemoryWindow: new (pd: ProtectionDomain) => MemoryWindow;
   listDevices(): DeviceInfo[];
   resourceCounts(): ResourceCounts;
   wcStatusName(status: number): string;
-  readonly access: { readonly LOCAL_WRITE: number; readonly REMOTE_WRITE: number; readonly REMOTE_READ: number };
+  readonly access: { readonly LOCAL_WRITE: number; readonly REMOTE_WRITE: number; readonly REMOTE_READ: number; readonly MW_BIND: number };
 }
 
 /** The addon if something in this process already loaded it (never loads it): for counters. */

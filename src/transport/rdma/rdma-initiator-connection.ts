@@ -1,48 +1,71 @@
 import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE } from '../../protocol/constants.js';
 import { REDIRECT_RECORD_SIZE, VOF_STATUS_EREDIRECT } from '../../protocol/redirect-record.js';
 import { encodeKeyedDescriptor, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
+import { KEYED_DESCRIPTOR_SIZE } from '../../protocol/constants.js';
 import type { Logger } from '../../util/log.js';
 import { formatRdmaPeer, numericHost } from '../address.js';
 import type { ConnectOptions, Endpoint, InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
 import { MemoryRegistrationCache } from './memory-registration-cache.js';
-import type { CmEvent, CmId, EventChannel, NativeBinding } from './native-binding.js';
+import type { CmEvent, CmId, EventChannel, MemoryRegion, MemoryWindow, NativeBinding, SendWr } from './native-binding.js';
+import { WrOpcode } from './native-binding.js';
+import { BounceArena, InitiatorDeviceMemory, windowedAccess, type BounceSlice } from './initiator-memory.js';
 import { RcConnection } from './rc-connection.js';
 import { initiatorConnParam } from './rdma-limits.js';
-import type { RegisteredBuffer, RegisteredPool } from './registered-pool.js';
 
-/** Buffers at least this large are registered and moved in place; smaller ones are copied. */
+/** With the opt-in registration cache, caller buffers at least this large are registered in place. */
 const DIRECT_MIN = 16 * 1024;
-const BOUNCE_CHUNK = 64 * 1024;
 const RECV_SIZE = 64;
 /** A control queue may receive an EREDIRECT completion with its redirect record in one SEND. */
 const CONTROL_RECV_SIZE = COMPLETION_SIZE + REDIRECT_RECORD_SIZE;
+const DEFAULT_QUEUE_SIZE = 256;
+/** Default bounce memory: this much per queue slot, within [BOUNCE_MIN, BOUNCE_MAX]. */
+const BOUNCE_PER_SLOT = 32 * 1024;
+const BOUNCE_MIN = 2 * 1024 * 1024;
+const BOUNCE_MAX = 16 * 1024 * 1024;
 
-interface PendingVq {
-  /** Device-writable bounce copies: [destination, source] pairs in in-stream order. */
-  readonly copyBack: Array<{ readonly to: Buffer; readonly from: Buffer; readonly at: number }>;
-  readonly release: Array<() => void>;
-}
-
-interface Placement {
-  readonly descs: KeyedDescriptor[];
-  readonly copyBack: PendingVq['copyBack'];
+/** One caller buffer of a VQ command and where the NIC finds it. */
+interface Piece {
+  readonly buf: Buffer;
+  /** Registered memory the bytes are moved from/to in place; null: copied through the bounce slice. */
+  readonly at: { readonly mr: MemoryRegion; readonly offset: number } | null;
 }
 
 /**
- * Initiator end of one RDMA CM connection. Commands go out as one SEND each; a VQ command's
- * buffers are described by keyed descriptors: large caller buffers registered in place (a read
- * lands directly in the caller's memory), small ones packed into registered bounce chunks.
- * Device-readable memory is registered REMOTE_READ only, device-writable REMOTE_WRITE only.
+ * Transport state of one command id (ids are below the queue size, so this lives in an array
+ * indexed by id). Its windows are allocated on first use and kept for the connection's life;
+ * while the command is in flight the first `bound` of them expose its bytes to the target.
+ */
+interface CommandSlot {
+  busy: boolean;
+  /** Its completion arrived; its windows are being invalidated. */
+  completing: boolean;
+  readonly windows: MemoryWindow[];
+  bound: number;
+  slice: BounceSlice | null;
+  /** Device-writable bytes to copy from the bounce slice to the caller, in in-stream order. */
+  readonly copyBack: Array<{ readonly to: Buffer; readonly from: Buffer; readonly at: number }>;
+  /** Registration cache entries to release (opt-in cache only). */
+  readonly cached: Array<() => void>;
+}
+
+/**
+ * Initiator end of one RDMA CM connection. Commands go out as one SEND each. A VQ command's
+ * bytes sit in registered memory that grants the target nothing by itself: a slice of this
+ * connection's bounce arena (copied), a buffer from allocateBuffer, or (opt-in) a cached
+ * registration of the caller's buffer. Each keyed descriptor is a type 2 memory window bound
+ * over exactly that command's bytes with exactly the access the direction needs (device-readable:
+ * REMOTE_READ, device-writable: REMOTE_WRITE), chained before the SEND, and invalidated when the
+ * completion arrives, before the caller sees it, or when the connection closes.
  */
 export class RdmaInitiatorConnection implements InitiatorConnection {
   readonly kind = 'keyed' as const;
   maxKeyedDescriptors = 1;
   private handler: InitiatorConnectionHandler | null = null;
   private readonly rc: RcConnection;
-  private readonly outBounce: RegisteredPool;
-  private readonly inBounce: RegisteredPool;
-  private readonly registrations: MemoryRegistrationCache;
-  private readonly pending = new Map<number, PendingVq>();
+  private readonly memory: InitiatorDeviceMemory;
+  private readonly arena: BounceArena | null;
+  private readonly registrations: MemoryRegistrationCache | null;
+  private readonly slots: CommandSlot[];
   private closed = false;
   private disconnected: (() => void) | null = null;
 
@@ -51,19 +74,44 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     private readonly channel: EventChannel,
     private readonly cmId: CmId,
     readonly peer: string,
-    queueDepth: number,
+    options: ConnectOptions,
     private readonly log: Logger,
-    controlQueue = false,
   ) {
-    this.rc = new RcConnection(
-      binding,
-      cmId,
-      { recvDepth: queueDepth + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth: queueDepth + 16, sendSize: COMMAND_SIZE + CONNECT_BODY_SIZE },
-      { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.teardown(err) },
-    );
-    this.outBounce = this.rc.createPool(BOUNCE_CHUNK, 32, binding.access.REMOTE_READ);
-    this.inBounce = this.rc.createPool(BOUNCE_CHUNK, 32, binding.access.REMOTE_WRITE);
-    this.registrations = new MemoryRegistrationCache(this.rc.pd, 64);
+    const controlQueue = options.controlQueue === true;
+    // A control queue holds at most 32 commands (VIRTIO_OF_CONTROL_QUEUE_SIZE) plus events.
+    const queueSize = controlQueue ? 64 : Math.max(1, options.queueSize ?? DEFAULT_QUEUE_SIZE);
+    // Per command: its window binds and the SEND, then the invalidations.
+    const wanted = controlQueue ? queueSize + 16 : queueSize * 4 + 32;
+    const sendDepth = Math.min(wanted, cmId.maxReadDepth().maxQpWr);
+    this.memory = InitiatorDeviceMemory.of(binding, cmId);
+    this.memory.attach();
+    try {
+      this.rc = new RcConnection(
+        binding,
+        cmId,
+        { recvDepth: queueSize + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth, sendSize: COMMAND_SIZE + CONNECT_BODY_SIZE, protectionDomain: { pd: this.memory.pd, release: () => {} } }, // the PD is the connection memory's: it deallocates it after the QP is gone
+        { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.teardown(err) },
+      );
+    } catch (err) {
+      this.memory.detach();
+      throw err;
+    }
+    this.slots = [];
+    if (controlQueue) {
+      this.arena = null;
+      this.registrations = null;
+      return;
+    }
+    for (let i = 0; i < queueSize; i++) this.slots.push({ busy: false, completing: false, windows: [], bound: 0, slice: null, copyBack: [], cached: [] });
+    const bounceBytes = options.keyedMemory?.bounceBytes ?? Math.min(BOUNCE_MAX, Math.max(BOUNCE_MIN, queueSize * BOUNCE_PER_SLOT));
+    try {
+      this.arena = new BounceArena(this.memory.pd, bounceBytes, windowedAccess(binding));
+    } catch (err) {
+      this.rc.destroy();
+      this.memory.detach();
+      throw err;
+    }
+    this.registrations = options.keyedMemory?.registrationCache ? new MemoryRegistrationCache(this.memory.pd, 64) : null;
   }
 
   static async connect(binding: NativeBinding, endpoint: Endpoint, options: ConnectOptions, log: Logger): Promise<RdmaInitiatorConnection> {
@@ -105,8 +153,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       await expect('ADDR_RESOLVED', 'resolving the RDMA address of');
       cmId.resolveRoute(timeout);
       await expect('ROUTE_RESOLVED', 'resolving the route to');
-      // A control queue holds at most 32 commands (VIRTIO_OF_CONTROL_QUEUE_SIZE) plus events.
-      conn = options.controlQueue ? new RdmaInitiatorConnection(binding, channel, cmId, peer, 64, log, true) : new RdmaInitiatorConnection(binding, channel, cmId, peer, 256, log);
+      conn = new RdmaInitiatorConnection(binding, channel, cmId, peer, options, log);
       cmId.connect(initiatorConnParam(cmId));
       await expect('ESTABLISHED', 'connecting to');
       conn.established = true;
@@ -157,19 +204,56 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       return;
     }
     const completion = Buffer.from(msg);
-    const pending = this.pending.get(completion.readUInt16LE(2));
-    if (pending) {
-      this.pending.delete(completion.readUInt16LE(2));
-      if (completion.readUInt16LE(0) === 0) {
-        const written = completion.readUInt32LE(4);
-        for (const c of pending.copyBack) {
-          if (c.at >= written) break;
-          c.from.copy(c.to, 0, 0, Math.min(c.from.length, written - c.at));
-        }
-      }
-      for (const r of pending.release) r();
+    const id = completion.readUInt16LE(2);
+    const slot = id < this.slots.length ? this.slots[id]! : null;
+    if (!slot?.busy) {
+      // Not a VQ command of ours (a non-VQ command, an event, or a bogus id the queue client rejects).
+      this.handler?.onCompletion(completion);
+      return;
     }
+    if (slot.completing) {
+      // Delivering it would tell the caller the command is over while its keys still work.
+      this.teardown(new Error(`${this.peer}: a second completion for command ${id}`));
+      return;
+    }
+    slot.completing = true;
+    if (slot.bound === 0) {
+      this.finish(slot, completion);
+      return;
+    }
+    // The target's keys die before the caller hears of the completion.
+    const wrs: SendWr[] = [];
+    for (let i = 0; i < slot.bound; i++) wrs.push({ wrId: 0, opcode: WrOpcode.LocalInvalidate, signaled: false, sg: [], window: slot.windows[i]! });
+    this.rc.sendQueue.post(wrs, `invalidating the keys of command ${id}`).then(
+      () => {
+        slot.bound = 0;
+        if (!this.closed) this.finish(slot, completion);
+      },
+      (err: Error) => this.teardown(err),
+    );
+  }
+
+  /** Deliver a VQ completion whose keys are dead: copy device-written bytes back, free the slot. */
+  private finish(slot: CommandSlot, completion: Buffer): void {
+    if (completion.readUInt16LE(0) === 0) {
+      const written = completion.readUInt32LE(4);
+      for (const c of slot.copyBack) {
+        if (c.at >= written) break;
+        c.from.copy(c.to, 0, 0, Math.min(c.from.length, written - c.at));
+      }
+    }
+    this.releaseSlot(slot);
     this.handler?.onCompletion(completion);
+  }
+
+  private releaseSlot(slot: CommandSlot): void {
+    slot.busy = false;
+    slot.completing = false;
+    slot.copyBack.length = 0;
+    for (const r of slot.cached.splice(0)) r();
+    const slice = slot.slice;
+    slot.slice = null;
+    if (slice) this.arena?.release(slice);
   }
 
   sendCommand(command: Buffer, body?: Buffer): void {
@@ -178,78 +262,127 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   }
 
   sendVq(command: Buffer, out: readonly Buffer[], inBuffers: readonly Buffer[]): void {
-    const release: Array<() => void> = [];
-    let placement: { out: Placement; in: Placement };
+    if (this.closed) return;
+    const id = command.readUInt16LE(2);
+    const slot = id < this.slots.length ? this.slots[id]! : null;
+    if (!slot || slot.busy || !this.arena) {
+      // The queue client keeps command ids below the queue size and unique in flight.
+      this.teardown(new Error(`VQ command id ${id} is ${slot ? 'already in flight' : `not below the queue size ${this.slots.length}`}`));
+      return;
+    }
+    slot.busy = true;
+    let outPieces: Piece[];
+    let inPieces: Piece[];
     try {
-      placement = {
-        out: this.place(out, this.outBounce, this.binding.access.REMOTE_READ, release, false),
-        in: this.place(inBuffers, this.inBounce, this.binding.access.REMOTE_WRITE, release, false),
-      };
-      if (placement.out.descs.length + placement.in.descs.length > this.maxKeyedDescriptors) {
-        // Too many pieces for the target: one bounce descriptor per direction instead.
-        for (const r of release.splice(0)) r();
-        placement = {
-          out: this.place(out, this.outBounce, this.binding.access.REMOTE_READ, release, true),
-          in: this.place(inBuffers, this.inBounce, this.binding.access.REMOTE_WRITE, release, true),
-        };
-        if (placement.out.descs.length + placement.in.descs.length > this.maxKeyedDescriptors) {
-          throw new Error(`a VQ command needs ${placement.out.descs.length + placement.in.descs.length} keyed descriptors; the target allows ${this.maxKeyedDescriptors}`);
-        }
+      outPieces = this.pieces(out, slot, false);
+      inPieces = this.pieces(inBuffers, slot, false);
+      if (descriptorCount(outPieces) + descriptorCount(inPieces) > this.maxKeyedDescriptors) {
+        // Too many pieces for the target: everything through one bounce run per direction.
+        for (const r of slot.cached.splice(0)) r();
+        outPieces = this.pieces(out, slot, true);
+        inPieces = this.pieces(inBuffers, slot, true);
+        const n = descriptorCount(outPieces) + descriptorCount(inPieces);
+        if (n > this.maxKeyedDescriptors) throw new Error(`a VQ command needs ${n} keyed descriptors; the target allows ${this.maxKeyedDescriptors}`);
       }
     } catch (err) {
-      for (const r of release) r();
+      this.releaseSlot(slot);
       this.teardown(err as Error);
       return;
     }
-    const descs = [...placement.out.descs, ...placement.in.descs];
-    const body = Buffer.allocUnsafe(descs.length * 16);
-    descs.forEach((d, i) => encodeKeyedDescriptor(d, body, i * 16));
-    this.pending.set(command.readUInt16LE(2), { copyBack: placement.in.copyBack, release });
-    this.rc.send([command, body], 'VQ command').catch((err: Error) => this.teardown(err));
+    const bounced = bounceBytes(outPieces) + bounceBytes(inPieces);
+    const post = (slice: BounceSlice | null) => {
+      if (this.closed) return;
+      slot.slice = slice;
+      try {
+        this.post(slot, command, outPieces, inPieces);
+      } catch (err) {
+        this.teardown(err as Error);
+      }
+    };
+    if (bounced === 0) post(null);
+    else this.arena.acquire(bounced, post);
+  }
+
+  /** Where each buffer of one direction moves from: in place when registered, else bounced. */
+  private pieces(bufs: readonly Buffer[], slot: CommandSlot, coalesce: boolean): Piece[] {
+    const pieces: Piece[] = [];
+    for (const buf of bufs) {
+      if (buf.length === 0) continue;
+      let at: Piece['at'] = null;
+      if (!coalesce) {
+        at = this.memory.locate(buf);
+        if (!at && this.registrations && buf.length >= DIRECT_MIN) {
+          const reg = this.registrations.acquire(buf, windowedAccess(this.binding));
+          slot.cached.push(reg.release);
+          at = { mr: reg.mr, offset: reg.offset };
+        }
+      }
+      pieces.push({ buf, at });
+    }
+    return pieces;
   }
 
   /**
-   * Keyed descriptors for one direction. Large buffers are registered in place; runs of small
-   * ones share a bounce chunk. With `coalesce`, everything goes through one bounce buffer.
+   * Bind one window per keyed descriptor over exactly its bytes and post the binds chained
+   * before the command's SEND (the QP executes them in order, so the keys work by the time
+   * the target has the command).
    */
-  private place(bufs: readonly Buffer[], bounce: RegisteredPool, access: number, release: Array<() => void>, coalesce: boolean): Placement {
+  private post(slot: CommandSlot, command: Buffer, outPieces: Piece[], inPieces: Piece[]): void {
+    const { REMOTE_READ, REMOTE_WRITE } = this.binding.access;
     const descs: KeyedDescriptor[] = [];
-    const copyBack: Placement['copyBack'] = [];
-    const isIn = bounce === this.inBounce;
-    let bounced = 0;
-    for (const b of bufs) if (b.length > 0 && (coalesce || b.length < DIRECT_MIN)) bounced += b.length;
-    let chunk: RegisteredBuffer | null = null;
-    if (bounced > 0) {
-      chunk = bounce.acquire(bounced);
-      release.push(chunk.release);
-    }
-    let chunkAt = 0;
-    let runStart = -1;
-    let streamAt = 0;
-    const closeRun = () => {
-      if (runStart >= 0 && chunk) {
-        descs.push({ addr: chunk.mr.address + BigInt(chunk.offset + runStart), length: chunkAt - runStart, key: chunk.mr.rkey });
+    const binds: SendWr[] = [];
+    let sliceAt = 0;
+    const describe = (pieces: Piece[], access: number, isIn: boolean) => {
+      let run: { mr: MemoryRegion; offset: number; length: number } | null = null;
+      let streamAt = 0;
+      const flush = () => {
+        if (run) this.bind(slot, run.mr, run.offset, run.length, access, descs, binds);
+        run = null;
+      };
+      for (const p of pieces) {
+        if (p.at) {
+          flush();
+          this.bind(slot, p.at.mr, p.at.offset, p.buf.length, access, descs, binds);
+        } else {
+          const slice = slot.slice!;
+          const view = slice.view.subarray(sliceAt, sliceAt + p.buf.length);
+          if (isIn) slot.copyBack.push({ to: p.buf, from: view, at: streamAt });
+          else p.buf.copy(view);
+          if (run) run.length += p.buf.length;
+          else run = { mr: slice.mr, offset: slice.offset + sliceAt, length: p.buf.length };
+          sliceAt += p.buf.length;
+        }
+        streamAt += p.buf.length;
       }
-      runStart = -1;
+      flush();
     };
-    for (const b of bufs) {
-      if (b.length === 0) continue;
-      if (coalesce || b.length < DIRECT_MIN) {
-        if (runStart < 0) runStart = chunkAt;
-        const view = chunk!.view.subarray(chunkAt, chunkAt + b.length);
-        if (isIn) copyBack.push({ to: b, from: view, at: streamAt });
-        else b.copy(view);
-        chunkAt += b.length;
-      } else {
-        closeRun();
-        const reg = this.registrations.acquire(b, access);
-        release.push(reg.release);
-        descs.push({ addr: reg.mr.address + BigInt(reg.offset), length: b.length, key: reg.mr.rkey });
-      }
-      streamAt += b.length;
-    }
-    closeRun();
-    return { descs, copyBack };
+    describe(outPieces, REMOTE_READ, false);
+    describe(inPieces, REMOTE_WRITE, true);
+    const body = Buffer.allocUnsafe(descs.length * KEYED_DESCRIPTOR_SIZE);
+    descs.forEach((d, i) => encodeKeyedDescriptor(d, body, i * KEYED_DESCRIPTOR_SIZE));
+    this.rc.send([command, body], 'VQ command', binds).catch((err: Error) => this.teardown(err));
+  }
+
+  /** The next window of `slot` over (mr, offset, length): its descriptor and its bind request. */
+  private bind(slot: CommandSlot, mr: MemoryRegion, offset: number, length: number, access: number, descs: KeyedDescriptor[], binds: SendWr[]): void {
+    if (slot.bound === slot.windows.length) slot.windows.push(new this.binding.MemoryWindow(this.memory.pd));
+    const window = slot.windows[slot.bound++]!;
+    descs.push({ addr: mr.address + BigInt(offset), length, key: window.nextRkey });
+    binds.push({ wrId: 0, opcode: WrOpcode.BindWindow, signaled: false, sg: [mr, offset, length], window, access });
+  }
+
+  /** allocateBuffer: registered memory (of this RDMA device) that sendVq moves with no copy. */
+  allocateBuffer(size: number): Buffer {
+    return this.memory.allocateBuffer(size);
+  }
+
+  freeBuffer(buffer: Buffer): void {
+    this.memory.freeBuffer(buffer);
+  }
+
+  /** Bounce arena statistics (tests and benchmarks). */
+  get bounceStats(): { bytes: number; waiters: number; oversized: number } {
+    return { bytes: this.arena?.size ?? 0, waiters: this.arena?.waiters ?? 0, oversized: this.arena?.oversized ?? 0 };
   }
 
   close(): Promise<void> {
@@ -277,13 +410,46 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   teardown(reason?: Error): void {
     if (this.closed) return;
     this.closed = true;
-    for (const p of this.pending.values()) for (const r of p.release) r();
-    this.pending.clear();
-    this.registrations.clear();
+    // Keys die first: a deallocated window is invalid at once, bound or not.
+    for (const slot of this.slots) {
+      for (const w of slot.windows) w.dealloc();
+      slot.windows.length = 0;
+      slot.bound = 0;
+      slot.busy = false;
+      slot.completing = false;
+      slot.copyBack.length = 0;
+      for (const r of slot.cached.splice(0)) r();
+      slot.slice = null;
+    }
+    this.registrations?.clear();
     this.rc.destroy();
+    this.arena?.destroy();
+    this.memory.detach();
     this.channel.close();
     const h = this.handler;
     this.handler = null;
     h?.onClose(reason);
   }
+}
+
+/** Keyed descriptors a direction needs: one per in-place buffer, one per run of bounced ones. */
+function descriptorCount(pieces: readonly Piece[]): number {
+  let n = 0;
+  let inRun = false;
+  for (const p of pieces) {
+    if (p.at) {
+      n++;
+      inRun = false;
+    } else if (!inRun) {
+      n++;
+      inRun = true;
+    }
+  }
+  return n;
+}
+
+function bounceBytes(pieces: readonly Piece[]): number {
+  let n = 0;
+  for (const p of pieces) if (!p.at) n += p.buf.length;
+  return n;
 }
