@@ -10,6 +10,7 @@ import { quotePeerString } from '../util/escape.js';
 import { ControlSocket } from '../target/control-socket.js';
 import { makeRedirect, parseRedirectSpec } from '../target/redirect.js';
 import { CliError, parseIntOption } from './cli-error.js';
+import { MAX_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
 import { TLS_SERVER_OPTIONS, serverTlsSettings, type TlsServerFiles } from './tls-options.js';
 
 interface BlkSpec {
@@ -70,6 +71,8 @@ interface TargetConfigFile {
   redirect?: Array<{ tvqn: string; url: string }>;
   /** Unix socket for operator commands (vof drain). */
   control?: string;
+  /** RDMA: inline data size offered (vof extension, 0: off; default 8192). */
+  inlineDataBytes?: number;
 }
 
 function parseBlk(spec: string): BlkSpec {
@@ -136,6 +139,7 @@ export async function runTarget(argv: string[]): Promise<number> {
       ...TLS_SERVER_OPTIONS,
       redirect: { type: 'string', multiple: true },
       control: { type: 'string' },
+      'inline-data': { type: 'string' },
     },
     strict: true,
   });
@@ -187,11 +191,13 @@ export async function runTarget(argv: string[]): Promise<number> {
   }
   const connectTimeoutMs = parseIntOption(values['connect-timeout'], 'connect-timeout', 0, 3600000) ?? cfg.connectTimeoutMs;
   const sendStallTimeoutMs = parseIntOption(values['send-timeout'], 'send-timeout', 0, 3600000) ?? cfg.sendTimeoutMs;
+  const inlineDataBytes = parseIntOption(values['inline-data'], 'inline-data', 0, MAX_INLINE_DATA_SIZE) ?? cfg.inlineDataBytes;
   const target = new VofTarget({
     log,
     quotas,
     ...(tls && { tls }),
     ...(connectTimeoutMs !== undefined && { connectTimeoutMs }),
+    ...(inlineDataBytes !== undefined && { inlineDataBytes }),
     limits: {
       ...(sendStallTimeoutMs !== undefined && { sendStallTimeoutMs }),
       ...(cfg.targetBufferBytes !== undefined && { targetBufferBytes: cfg.targetBufferBytes }),

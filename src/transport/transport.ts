@@ -111,6 +111,18 @@ export interface TargetConnection {
   completeVq(request: VqRequestData, completion: Buffer, written: readonly Buffer[]): Promise<void>;
   /** Close now; in-flight sends are flushed when possible. */
   close(): void;
+  /**
+   * Keyed transports with vof's inline-data extension: the largest inline size this
+   * connection's receive buffers hold (docs/PROTOCOL.md "Inline data on keyed queues"); absent
+   * or 0 when it cannot take inline requests.
+   */
+  readonly inlineDataCapacity?: number;
+  /**
+   * From now on, VQ requests with out_length ≤ `size` carry their readable bytes inline (the
+   * virtqueue's instance negotiated VOF_F_INLINE_DATA). Called before the virtqueue's Connect
+   * completion is sent; `size` never exceeds inlineDataCapacity.
+   */
+  enableInlineData?(size: number): void;
 }
 
 /** Initiator side: what the transport reports about one connection. */
@@ -178,6 +190,11 @@ export interface ListenOptions {
    * long (a peer that stopped reading); 0 never does.
    */
   readonly sendStallTimeoutMs?: number;
+  /**
+   * Keyed transports: the inline size offered with VOF_F_INLINE_DATA (receive buffers are sized
+   * for it); 0 or absent offers no inline data.
+   */
+  readonly inlineDataBytes?: number;
 }
 
 export interface ConnectOptions {
@@ -192,6 +209,12 @@ export interface ConnectOptions {
    * completion plus a redirect record (docs/PROTOCOL.md "Redirect").
    */
   readonly controlQueue?: boolean;
+  /**
+   * Keyed transports, virtqueues of an instance that negotiated VOF_F_INLINE_DATA: VQ requests
+   * with out_length ≤ `bytes` carry their readable bytes inline, after at most
+   * `maxDescriptors` descriptors of the writable part (send buffers are sized for that).
+   */
+  readonly inlineData?: { readonly bytes: number; readonly maxDescriptors: number };
 }
 
 /** One transport: TCP (stream data transfers) or RDMA (keyed data transfers). */

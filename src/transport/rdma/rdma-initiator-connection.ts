@@ -1,6 +1,7 @@
 import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE } from '../../protocol/constants.js';
 import { REDIRECT_RECORD_SIZE, VOF_STATUS_EREDIRECT } from '../../protocol/redirect-record.js';
 import { encodeKeyedDescriptor, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
+import { carriesInline, inlineRequestMessageSize, inlineRequestParts } from '../../protocol/inline-data.js';
 import type { Logger } from '../../util/log.js';
 import { formatRdmaPeer, numericHost } from '../address.js';
 import type { ConnectOptions, Endpoint, InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
@@ -45,6 +46,8 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   private readonly pending = new Map<number, PendingVq>();
   private closed = false;
   private disconnected: (() => void) | null = null;
+  /** vof inline data: readable parts up to this size go in the SEND (0: seed layout only). */
+  private readonly inlineDataBytes: number;
 
   private constructor(
     private readonly binding: NativeBinding,
@@ -54,11 +57,14 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     queueDepth: number,
     private readonly log: Logger,
     controlQueue = false,
+    inlineData?: ConnectOptions['inlineData'],
   ) {
+    this.inlineDataBytes = inlineData?.bytes ?? 0;
+    const sendSize = Math.max(COMMAND_SIZE + CONNECT_BODY_SIZE, inlineData ? inlineRequestMessageSize(inlineData.maxDescriptors, inlineData.bytes) : 0);
     this.rc = new RcConnection(
       binding,
       cmId,
-      { recvDepth: queueDepth + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth: queueDepth + 16, sendSize: COMMAND_SIZE + CONNECT_BODY_SIZE },
+      { recvDepth: queueDepth + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth: queueDepth + 16, sendSize },
       { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.teardown(err) },
     );
     this.outBounce = this.rc.createPool(BOUNCE_CHUNK, 32, binding.access.REMOTE_READ);
@@ -106,7 +112,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       cmId.resolveRoute(timeout);
       await expect('ROUTE_RESOLVED', 'resolving the route to');
       // A control queue holds at most 32 commands (VIRTIO_OF_CONTROL_QUEUE_SIZE) plus events.
-      conn = options.controlQueue ? new RdmaInitiatorConnection(binding, channel, cmId, peer, 64, log, true) : new RdmaInitiatorConnection(binding, channel, cmId, peer, 256, log);
+      conn = options.controlQueue ? new RdmaInitiatorConnection(binding, channel, cmId, peer, 64, log, true) : new RdmaInitiatorConnection(binding, channel, cmId, peer, 256, log, false, options.inlineData);
       cmId.connect(initiatorConnParam(cmId));
       await expect('ESTABLISHED', 'connecting to');
       conn.established = true;
@@ -179,17 +185,20 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
 
   sendVq(command: Buffer, out: readonly Buffer[], inBuffers: readonly Buffer[]): void {
     const release: Array<() => void> = [];
+    // vof inline data: the readable bytes ride in the SEND; descriptors describe the writable part only.
+    const inline = carriesInline(this.inlineDataBytes, command.readUInt32LE(8));
+    const placeOut = inline ? [] : out;
     let placement: { out: Placement; in: Placement };
     try {
       placement = {
-        out: this.place(out, this.outBounce, this.binding.access.REMOTE_READ, release, false),
+        out: this.place(placeOut, this.outBounce, this.binding.access.REMOTE_READ, release, false),
         in: this.place(inBuffers, this.inBounce, this.binding.access.REMOTE_WRITE, release, false),
       };
       if (placement.out.descs.length + placement.in.descs.length > this.maxKeyedDescriptors) {
         // Too many pieces for the target: one bounce descriptor per direction instead.
         for (const r of release.splice(0)) r();
         placement = {
-          out: this.place(out, this.outBounce, this.binding.access.REMOTE_READ, release, true),
+          out: this.place(placeOut, this.outBounce, this.binding.access.REMOTE_READ, release, true),
           in: this.place(inBuffers, this.inBounce, this.binding.access.REMOTE_WRITE, release, true),
         };
         if (placement.out.descs.length + placement.in.descs.length > this.maxKeyedDescriptors) {
@@ -202,9 +211,13 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       return;
     }
     const descs = [...placement.out.descs, ...placement.in.descs];
+    this.pending.set(command.readUInt16LE(2), { copyBack: placement.in.copyBack, release });
+    if (inline) {
+      this.rc.send(inlineRequestParts(command, descs, out), 'VQ command').catch((err: Error) => this.teardown(err));
+      return;
+    }
     const body = Buffer.allocUnsafe(descs.length * 16);
     descs.forEach((d, i) => encodeKeyedDescriptor(d, body, i * 16));
-    this.pending.set(command.readUInt16LE(2), { copyBack: placement.in.copyBack, release });
     this.rc.send([command, body], 'VQ command').catch((err: Error) => this.teardown(err));
   }
 

@@ -16,7 +16,7 @@ import { RdmaTargetConnection, type RdmaTargetOptions } from './rdma-target-conn
 /** Keyed descriptors the target accepts per VQ command (Get Keyed Number Descriptors). */
 export const DEFAULT_MAX_KEYED_DESCRIPTORS = 32;
 
-const TARGET_DEFAULTS: Omit<RdmaTargetOptions, 'maxVqPayload'> = {
+const TARGET_DEFAULTS: Omit<RdmaTargetOptions, 'maxVqPayload' | 'inlineDataBytes'> = {
   maxKeyedDescriptors: DEFAULT_MAX_KEYED_DESCRIPTORS,
   recvDepth: 288,
   sendDepth: 512,
@@ -39,7 +39,7 @@ export class RdmaTransport implements Transport {
 
   async listen(endpoint: Endpoint, options: ListenOptions, onConnection: (connection: TargetConnection) => void): Promise<Listener> {
     const host = await numericHost(endpoint.host);
-    return new RdmaListener(this.binding, host, endpoint.port, { ...TARGET_DEFAULTS, maxVqPayload: options.maxVqPayload }, this.log, onConnection);
+    return new RdmaListener(this.binding, host, endpoint.port, { ...TARGET_DEFAULTS, maxVqPayload: options.maxVqPayload, inlineDataBytes: options.inlineDataBytes ?? 0 }, this.log, onConnection);
   }
 
   connect(endpoint: Endpoint, options: ConnectOptions): Promise<InitiatorConnection> {
