@@ -192,6 +192,9 @@ export async function runTarget(argv: string[]): Promise<number> {
   const connectTimeoutMs = parseIntOption(values['connect-timeout'], 'connect-timeout', 0, 3600000) ?? cfg.connectTimeoutMs;
   const sendStallTimeoutMs = parseIntOption(values['send-timeout'], 'send-timeout', 0, 3600000) ?? cfg.sendTimeoutMs;
   const inlineDataBytes = parseIntOption(values['inline-data'], 'inline-data', 0, MAX_INLINE_DATA_SIZE) ?? cfg.inlineDataBytes;
+  if (inlineDataBytes !== undefined && (!Number.isInteger(inlineDataBytes) || inlineDataBytes < 0 || inlineDataBytes > MAX_INLINE_DATA_SIZE)) {
+    throw new CliError(`--config: "inlineDataBytes" must be an integer from 0 to ${MAX_INLINE_DATA_SIZE}, got ${JSON.stringify(inlineDataBytes)}`);
+  }
   const target = new VofTarget({
     log,
     quotas,

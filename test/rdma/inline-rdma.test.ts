@@ -277,6 +277,7 @@ describe('a raw inline client', () => {
       cid++;
     }
     expect(readFileSync(path).equals(fileBefore)).toBe(true);
+    expect(fx.logged(/VQ command 11: 24 bytes between the command and the inline data are not whole keyed descriptors: EOUTVQBUF/)).toBe(true);
 
     // The same queue still serves inline requests; none of them was RDMA-READ.
     status[0] = 0xff;
