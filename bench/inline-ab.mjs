@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 // A/B of vof's inline-data extension over RDMA (docs/PROTOCOL.md "Inline data on keyed queues"):
-// two `vof target`s on the same image, one offering inline data (default 8192 bytes), one with
+// two `vof target`s on the same image, one offering inline data (--inline, default 4112 bytes), one with
 // `--inline-data 0`, measured alternately with `vof bench --vm-part --target URL` so that both
 // see the same machine load. Run it where rxe exists:
 //
-//   npm run build && npm run rxe -- --vm --timeout 1800 node bench/inline-ab.mjs [--rounds 2] [--time 3]
+//   npm run build && npm run rxe -- --vm --timeout 1800 node bench/inline-ab.mjs [--rounds 2] [--time 3] [--inline 4112]
 //       [--rw randread,randwrite] [--bs 4k] [--qd 1,16]
 //
 // Prints one line per run and a table of medians (IOPS, p50/p99 µs, target CPU µs per I/O over
@@ -23,6 +23,7 @@ const { values } = parseArgs({
     rw: { type: 'string', default: 'randread,randwrite' },
     bs: { type: 'string', default: '4k' },
     qd: { type: 'string', default: '1,16' },
+    inline: { type: 'string', default: '4112' },
   },
 });
 const addr = process.env.VOF_RDMA_ADDR;
@@ -42,7 +43,7 @@ const cpuSec = (pid) => {
 };
 
 const variants = [
-  { name: 'inline 8192', args: [] },
+  { name: `inline ${values.inline}`, args: ['--inline-data', values.inline] },
   { name: 'no inline', args: ['--inline-data', '0'] },
 ];
 const targets = [];

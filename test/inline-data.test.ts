@@ -28,7 +28,7 @@ describe('inline data: constants and the Get Inline Data Size command', () => {
     expect(VOF_F_INLINE_DATA).not.toBe(VIRTIO_OF_F_KEYED_NUM_DESCS);
     expect(VOF_OP_GET_INLINE_DATA_SIZE).toBe(0x01f0);
     expect(Object.values(Opcode)).not.toContain(VOF_OP_GET_INLINE_DATA_SIZE);
-    expect([DEFAULT_INLINE_DATA_SIZE, MAX_INLINE_DATA_SIZE]).toEqual([8192, 65536]);
+    expect([DEFAULT_INLINE_DATA_SIZE, MAX_INLINE_DATA_SIZE]).toEqual([4112, 65536]);
   });
 
   it('command and completion bytes', () => {

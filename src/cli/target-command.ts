@@ -71,7 +71,7 @@ interface TargetConfigFile {
   redirect?: Array<{ tvqn: string; url: string }>;
   /** Unix socket for operator commands (vof drain). */
   control?: string;
-  /** RDMA: inline data size offered (vof extension, 0: off; default 8192). */
+  /** RDMA: inline data size offered (vof extension, 0: off; default 4112). */
   inlineDataBytes?: number;
 }
 

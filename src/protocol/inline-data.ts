@@ -24,8 +24,12 @@ export const VOF_OP_GET_INLINE_DATA_SIZE = 0x01f0;
 
 /** Largest inline size a target may announce (bounds every receive buffer). */
 export const MAX_INLINE_DATA_SIZE = 64 * 1024;
-/** vof target default: a 4 KiB write (16-byte virtio-blk header + 4096) and some room. */
-export const DEFAULT_INLINE_DATA_SIZE = 8 * 1024;
+/**
+ * vof target default: a 4 KiB virtio-blk write (16-byte header + 4096), as nvmet-rdma's default
+ * 4 KiB of inline data. Every receive buffer of every RDMA connection pays for S, so more is
+ * an operator's choice (--inline-data).
+ */
+export const DEFAULT_INLINE_DATA_SIZE = 16 + 4096;
 
 /** Does the readable part of a VQ request travel inline? (S = 0: not negotiated.) */
 export function carriesInline(inlineSize: number, outLength: number): boolean {

@@ -42,7 +42,7 @@ export interface TargetOptions {
   readonly redirects?: Readonly<Record<string, string>>;
   /**
    * RDMA: device-readable bytes a VQ request may carry inline in its SEND (vof extension
-   * VOF_F_INLINE_DATA, docs/PROTOCOL.md "Inline data on keyed queues"); default 8192, at most
+   * VOF_F_INLINE_DATA, docs/PROTOCOL.md "Inline data on keyed queues"); default 4112, at most
    * 65536; 0 does not offer the extension.
    */
   readonly inlineDataBytes?: number;
