@@ -43,7 +43,7 @@ const targets = new Map<number, Target>();
 
 async function startTarget(inlineDataBytes: number): Promise<Target> {
   const fx = new TargetFixture({ keepalive: KEEPALIVE, inlineDataBytes });
-  const path = await fx.addDisk('disk0', MiB, { numQueues: 1, queueSize: 16 });
+  const path = await fx.addDisk('disk0', MiB, { numQueues: 2, queueSize: 16 });
   await fx.addDisk('bystander', MiB);
   await fx.listen(`rdma://${rdmaAddress()}:0`);
   return { fx, path };
@@ -300,5 +300,42 @@ describe('a raw inline client', () => {
     await other.write(0, data);
     expect((await other.read(0, 4096)).equals(data)).toBe(true);
     await other.close();
+  });
+
+  it('a virtqueue keeps the layout negotiated when it connected: clearing the bit later changes only virtqueues connected after', async () => {
+    const { fx, path } = targets.get(4112)!;
+    const control = await RawRdmaQueue.open(fx.url);
+    const { id } = await negotiate(control);
+    const vq0 = await RawRdmaQueue.open(fx.url, { bytes: 4112, maxDescriptors: 32 });
+    expect(st(await vq0.connectVq(id, 0))).toBe('SUCCESS');
+    expect(st(await control.call({ opcode: Opcode.SetFeature, commandId: 40, featureSelect: 0, feature: KEYED }))).toBe('SUCCESS');
+    expect(st(await control.call({ opcode: VOF_OP_GET_INLINE_DATA_SIZE, commandId: 41 }))).toBe('ENOCMD');
+    const vq1 = await RawRdmaQueue.open(fx.url);
+    expect(st(await vq1.connectVq(id, 1))).toBe('SUCCESS');
+    const { REMOTE_READ, REMOTE_WRITE } = nativeBinding().access;
+    const status = Buffer.alloc(2, 0xff);
+    const inMr0 = vq0.register(status.subarray(0, 1), REMOTE_WRITE);
+    const inMr1 = vq1.register(status.subarray(1, 2), REMOTE_WRITE);
+    const out = Buffer.concat([encodeRequestHeader(BlkRequestType.OUT, 64n), Buffer.alloc(4096, 0xd4)]);
+    const before = transferCounts(fx);
+    // vq0: still inline.
+    const a = await vq0.call({ opcode: Opcode.Vq, commandId: 1, outLength: WRITE_OUT, inLength: 1 }, Buffer.concat([descriptors([{ addr: inMr0.address, length: 1, key: inMr0.rkey }]), out]));
+    expect([st(a), status[0]]).toEqual(['SUCCESS', 0]);
+    // vq1: the seed's layout, read by RDMA READ.
+    const outMr = vq1.register(out, REMOTE_READ);
+    const b = await vq1.call(
+      { opcode: Opcode.Vq, commandId: 1, outLength: WRITE_OUT, inLength: 1 },
+      descriptors([
+        { addr: outMr.address, length: WRITE_OUT, key: outMr.rkey },
+        { addr: inMr1.address, length: 1, key: inMr1.rkey },
+      ]),
+    );
+    expect([st(b), status[1]]).toEqual(['SUCCESS', 0]);
+    expect(readFileSync(path).subarray(64 * 512, 64 * 512 + 4096).every((x) => x === 0xd4)).toBe(true);
+    const after = transferCounts(fx);
+    expect([after.inlineRequests - before.inlineRequests, after.rdmaReads - before.rdmaReads]).toEqual([1, 1]);
+    for (const q of [vq0, vq1]) await q.close();
+    for (const mr of [inMr0, inMr1, outMr]) mr.deregister();
+    await control.close();
   });
 });
