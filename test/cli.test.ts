@@ -105,6 +105,8 @@ describe('vof CLI', () => {
     expect(r2.stderr).toMatch(/cannot open \/nonexistent\/disk/);
     const r3 = vof(['info', 'http://x/y']);
     expect(r3.stderr).toMatch(/not a Virtio-oF address/);
+    const r4 = vof(['target', '--listen', 'tcp://127.0.0.1:0', '--blk', 'x=/nonexistent/disk', '--inline-data', '65537']);
+    expect([r4.status, r4.stderr]).toEqual([2, expect.stringMatching(/--inline-data must be an integer from 0 to 65536, got "65537"/)]);
   });
 
   it('vof target --config FILE alone: listen, blk and its allow-list come from the file', async () => {

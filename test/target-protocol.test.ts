@@ -8,6 +8,8 @@ import {
   Opcode,
   Status,
   VIRTIO_F_VERSION_1,
+  VOF_F_INLINE_DATA,
+  VOF_OP_GET_INLINE_DATA_SIZE,
   encodeCommand,
   encodeConnectBody,
   encodeRequestHeader,
@@ -159,6 +161,9 @@ describe('control queue commands', () => {
     expect(st(await q.call({ opcode: Opcode.SetFeature, commandId: 3, featureSelect: 0, feature: 1n }))).toBe('EFEATURE');
     expect(st(await q.call({ opcode: Opcode.SetFeature, commandId: 4, featureSelect: 0, feature: 0n }))).toBe('SUCCESS');
     expect(st(await q.call({ opcode: Opcode.GetKeyedNumDescs, commandId: 5 }))).toBe('ENOCMD');
+    // vof inline data (VOF_F_INLINE_DATA) is a keyed-transport extension: never offered on TCP.
+    expect(st(await q.call({ opcode: VOF_OP_GET_INLINE_DATA_SIZE, commandId: 6 }))).toBe('ENOCMD');
+    expect(st(await q.call({ opcode: Opcode.SetFeature, commandId: 7, featureSelect: 0, feature: 1n << VOF_F_INLINE_DATA }))).toBe('EFEATURE');
     await q.close();
   });
   it('device feature windows: 0 and 1 readable, 2 is EDEVFEATURE', async () => {

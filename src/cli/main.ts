@@ -18,7 +18,7 @@ Usage:
              [--max-instances-per-export N] [--max-instances-per-ivqn N]
              [--max-unbound N] [--max-unbound-per-host N]
              [--tls-cert FILE --tls-key FILE] [--tls-ca FILE] [--tls-psk FILE]
-             [--redirect TVQN=URL[/TVQN2]]... [--control PATH] [--file-io auto|uring|libuv]
+             [--redirect TVQN=URL[/TVQN2]]... [--control PATH] [--file-io auto|uring|libuv] [--inline-data BYTES]
       Export block devices and entropy (virtio-rng) devices. URL is tcp://HOST[:PORT],
       tls://HOST[:PORT] or rdma://ADDR[:PORT] (port 15771). Prints "listening on URL" per
       address when ready; SIGINT/SIGTERM shut it down. --file-io: block file I/O through

@@ -12,6 +12,7 @@ import { ControlSocket } from '../target/control-socket.js';
 import { targetProcessStats } from '../target/process-stats.js';
 import { makeRedirect, parseRedirectSpec } from '../target/redirect.js';
 import { CliError, parseIntOption } from './cli-error.js';
+import { MAX_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
 import { TLS_SERVER_OPTIONS, serverTlsSettings, type TlsServerFiles } from './tls-options.js';
 
 interface BlkSpec {
@@ -76,6 +77,8 @@ interface TargetConfigFile {
   control?: string;
   /** How block exports do file I/O: auto (io_uring where it works), uring or libuv. */
   fileIo?: FileIoMode;
+  /** RDMA: inline data size offered (vof extension, 0: off; default 4112). */
+  inlineDataBytes?: number;
 }
 
 function parseBlk(spec: string): BlkSpec {
@@ -143,6 +146,7 @@ export async function runTarget(argv: string[]): Promise<number> {
       redirect: { type: 'string', multiple: true },
       control: { type: 'string' },
       'file-io': { type: 'string' },
+      'inline-data': { type: 'string' },
     },
     strict: true,
   });
@@ -204,11 +208,16 @@ export async function runTarget(argv: string[]): Promise<number> {
     }
     log.info(fileIo.description);
   }
+  const inlineDataBytes = parseIntOption(values['inline-data'], 'inline-data', 0, MAX_INLINE_DATA_SIZE) ?? cfg.inlineDataBytes;
+  if (inlineDataBytes !== undefined && (!Number.isInteger(inlineDataBytes) || inlineDataBytes < 0 || inlineDataBytes > MAX_INLINE_DATA_SIZE)) {
+    throw new CliError(`--config: "inlineDataBytes" must be an integer from 0 to ${MAX_INLINE_DATA_SIZE}, got ${JSON.stringify(inlineDataBytes)}`);
+  }
   const target = new VofTarget({
     log,
     quotas,
     ...(tls && { tls }),
     ...(connectTimeoutMs !== undefined && { connectTimeoutMs }),
+    ...(inlineDataBytes !== undefined && { inlineDataBytes }),
     limits: {
       ...(sendStallTimeoutMs !== undefined && { sendStallTimeoutMs }),
       ...(cfg.targetBufferBytes !== undefined && { targetBufferBytes: cfg.targetBufferBytes }),

@@ -19,6 +19,7 @@ import { QueueClient, type CommandWithoutId } from './queue-client.js';
 import { DeviceRequest } from './device-request.js';
 import { connectControlPath, type ControlPath } from './control-path.js';
 import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
+import { VOF_F_INLINE_DATA, VOF_OP_GET_INLINE_DATA_SIZE, inlineSizeProblem } from '../protocol/inline-data.js';
 import { plannedAttempts, reconnectPolicy, reconnects, type DeviceState, type ReconnectOptions, type ReconnectPolicy } from './reconnect-policy.js';
 import { VofConnectionError, VofError, VofResumeError } from './vof-error.js';
 
@@ -60,6 +61,11 @@ export interface ConnectOptions extends ReconnectOptions {
   readonly maxRedirects?: number;
   /** rdma:// only: bounce memory size and the opt-in registration cache (see KeyedMemoryOptions). */
   readonly keyedMemory?: KeyedMemoryOptions;
+  /**
+   * RDMA: negotiate vof's inline data (VOF_F_INLINE_DATA) when the target offers it, so small
+   * device-readable parts ride in the command's SEND instead of an RDMA READ (default true).
+   */
+  readonly inlineData?: boolean;
 }
 
 export interface ConfigValue {
@@ -94,6 +100,7 @@ interface ResumePoint {
 }
 
 const WANTED_OF_FEATURES = 1n << VIRTIO_OF_F_KEYED_NUM_DESCS;
+const INLINE_DATA_BIT = 1n << VOF_F_INLINE_DATA;
 
 /**
  * A connected Virtio-oF device instance, initiator side. Created by connect(), which runs the
@@ -110,6 +117,8 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   driverFeatures = 0n;
   /** Keyed descriptors per VQ command (keyed transports only; 0 otherwise). */
   maxKeyedDescriptors = 0;
+  /** vof inline data: readable parts up to this many bytes travel inline (0: not negotiated). */
+  inlineDataBytes = 0;
   readonly queues: QueueClient[] = [];
   /** Virtqueues in use (stays the same while reconnecting, when `queues` is empty). */
   virtqueueCount = 0;
@@ -277,16 +286,20 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     // The control-queue Connect was made by connectControlPath (which follows redirects).
 
     this.offeredOfFeatures = featureOf(await this.controlCommand({ opcode: Opcode.GetFeature, featureSelect: 0 }));
-    if (resume && (this.offeredOfFeatures & resume.ofFeatures) !== resume.ofFeatures) {
-      throw new VofResumeError(`${this.url}: cannot resume: the target now offers Virtio-oF features ${hex(this.offeredOfFeatures)}, without ${hex(resume.ofFeatures & ~this.offeredOfFeatures)} negotiated before`);
+    // Inline data only changes how requests travel: a target without it is no reason to refuse a resume.
+    const required = resume ? resume.ofFeatures & ~INLINE_DATA_BIT : 0n;
+    if ((this.offeredOfFeatures & required) !== required) {
+      throw new VofResumeError(`${this.url}: cannot resume: the target now offers Virtio-oF features ${hex(this.offeredOfFeatures)}, without ${hex(required & ~this.offeredOfFeatures)} negotiated before`);
     }
-    this.ofFeatures = resume ? resume.ofFeatures : this.offeredOfFeatures & WANTED_OF_FEATURES;
+    const wanted = this.options.inlineData === false ? WANTED_OF_FEATURES : WANTED_OF_FEATURES | INLINE_DATA_BIT;
+    this.ofFeatures = this.offeredOfFeatures & (resume ? required | (wanted & INLINE_DATA_BIT) : wanted);
     await this.controlCommand({ opcode: Opcode.SetFeature, featureSelect: 0, feature: this.ofFeatures });
     if (this.ofFeatures & (1n << VIRTIO_OF_F_KEYED_NUM_DESCS)) {
       const k = await this.controlCommand({ opcode: Opcode.GetKeyedNumDescs });
       this.maxKeyedDescriptors = k.kind === 'keyedNumDescs' ? k.descs : 0;
       if (this.maxKeyedDescriptors < 1) throw new VofConnectionError('target allows no keyed descriptors');
     }
+    await this.agreeInlineDataSize();
     this.vendorId = u32Of(await this.controlCommand({ opcode: Opcode.GetVendorId }));
     this.deviceId = u32Of(await this.controlCommand({ opcode: Opcode.GetDeviceId }));
     if (resume && (this.vendorId !== resume.vendorId || this.deviceId !== resume.deviceId)) {
@@ -327,6 +340,27 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     this.startKeepalive();
   }
 
+  /**
+   * vof inline data (docs/PROTOCOL.md "Inline data on keyed queues"): with VOF_F_INLINE_DATA set,
+   * ask the size. One this initiator cannot use (outside 1..64 KiB), or a target without keyed
+   * descriptors, turns the extension off again: the seed's layout still works.
+   */
+  private async agreeInlineDataSize(): Promise<void> {
+    this.inlineDataBytes = 0;
+    if ((this.ofFeatures & INLINE_DATA_BIT) === 0n) return;
+    let problem = this.maxKeyedDescriptors < 1 ? 'VIRTIO_OF_F_KEYED_NUM_DESCS was not negotiated' : null;
+    if (!problem) {
+      const c = await this.controlCommand({ opcode: VOF_OP_GET_INLINE_DATA_SIZE });
+      const size = u32Of(c);
+      problem = inlineSizeProblem(size);
+      if (!problem) this.inlineDataBytes = size;
+    }
+    if (!problem) return;
+    this.log.warn(`${this.url}: not using inline data: ${problem}`);
+    this.ofFeatures &= ~INLINE_DATA_BIT;
+    await this.controlCommand({ opcode: Opcode.SetFeature, featureSelect: 0, feature: this.ofFeatures });
+  }
+
   private async connectQueue(vqIndex: number): Promise<void> {
     this.queues.push(await this.openQueue(vqIndex));
   }
@@ -337,10 +371,12 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     const want = this.options.queueSize ?? 0;
     const size = want > 0 ? Math.min(want, max) : max;
     if (size < 1) throw new VofConnectionError(`virtqueue ${vqIndex} has size 0`);
+    const inline = this.inlineDataBytes > 0 ? { inlineData: { bytes: this.inlineDataBytes, maxDescriptors: this.maxKeyedDescriptors } } : {};
     const conn: InitiatorConnection = await this.transport.connect(parseDeviceUrl(this.url).endpoint, {
       ...connectOpts(this.options),
       queueSize: size,
       ...(this.options.keyedMemory && { keyedMemory: this.options.keyedMemory }),
+      ...inline,
     });
     conn.maxKeyedDescriptors = this.maxKeyedDescriptors;
     const q = new QueueClient(conn, 1);

@@ -1,4 +1,5 @@
 import { COMMAND_SIZE, Opcode } from './constants.js';
+import { VOF_OP_GET_INLINE_DATA_SIZE } from './inline-data.js';
 
 /** Decoded 16-byte Virtio-oF commands, one variant per struct of the seed. */
 
@@ -22,7 +23,8 @@ export interface BareCommand {
     | typeof Opcode.GetVendorId
     | typeof Opcode.GetDeviceId
     | typeof Opcode.ResetDevice
-    | typeof Opcode.GetStatus;
+    | typeof Opcode.GetStatus
+    | typeof VOF_OP_GET_INLINE_DATA_SIZE;
   readonly commandId: number;
 }
 
@@ -166,6 +168,7 @@ export function decodeCommand(buf: Buffer): DecodedCommand {
     case Opcode.GetDeviceId:
     case Opcode.ResetDevice:
     case Opcode.GetStatus:
+    case VOF_OP_GET_INLINE_DATA_SIZE:
       return { opcode, commandId };
     case Opcode.GetFeature:
     case Opcode.GetDeviceFeature:

@@ -5,6 +5,7 @@ import {
   Opcode,
   Status,
 } from './constants.js';
+import { VOF_OP_GET_INLINE_DATA_SIZE } from './inline-data.js';
 
 /**
  * 16-byte Virtio-oF completions. Every completion starts with le16 status, le16 command_id;
@@ -42,7 +43,7 @@ export function encodeKeyedNumDescsCompletion(status: number, commandId: number,
   return b;
 }
 
-/** Get Vendor ID, Get Device ID, Get Status: le32 at offset 4. */
+/** Get Vendor ID, Get Device ID, Get Status, vof's Get Inline Data Size: le32 at offset 4. */
 export function encodeU32Completion(status: number, commandId: number, value: number): Buffer {
   const b = header(status, commandId);
   b.writeUInt32LE(value >>> 0, 4);
@@ -125,6 +126,7 @@ export function decodeCompletion(buf: Buffer, opcode: number): DecodedCompletion
     case Opcode.GetVendorId:
     case Opcode.GetDeviceId:
     case Opcode.GetStatus:
+    case VOF_OP_GET_INLINE_DATA_SIZE:
       return { kind: 'u32', status, commandId, value: buf.readUInt32LE(4) };
     case Opcode.Vq:
       return { kind: 'vq', status, commandId, length: buf.readUInt32LE(4) };

@@ -5,3 +5,4 @@ export * from './connect-body.js';
 export * from './keyed-descriptor.js';
 export * from './admin-command.js';
 export * from './admin-records.js';
+export * from './inline-data.js';

@@ -18,6 +18,7 @@ import {
   withFeatureWindow,
 } from './device-status.js';
 import type { QueueSession } from './queue-session.js';
+import { VOF_F_INLINE_DATA } from '../protocol/inline-data.js';
 
 export interface KeepalivePolicy {
   /** How often the target sends a Keepalive Completion (0xffff) on the control queue; 0 sends none. */
@@ -91,9 +92,14 @@ export class DeviceInstance {
     if (keepalive.timeoutMs > 0) this.armTimeout(keepalive.timeoutMs);
   }
 
-  /** Virtio-oF features this instance offers: keyed descriptors only on keyed transports. */
+  /**
+   * Virtio-oF features this instance offers: keyed descriptors only on keyed transports, and
+   * vof's inline data where the control connection can take it (the target's setting).
+   */
   get offeredOfFeatures(): bigint {
-    return this.control.connection.kind === 'keyed' ? 1n << VIRTIO_OF_F_KEYED_NUM_DESCS : 0n;
+    if (this.control.connection.kind !== 'keyed') return 0n;
+    const inline = (this.control.connection.inlineDataCapacity ?? 0) > 0 ? 1n << VOF_F_INLINE_DATA : 0n;
+    return (1n << VIRTIO_OF_F_KEYED_NUM_DESCS) | inline;
   }
 
   get deviceStatus(): number {
@@ -184,6 +190,14 @@ export class DeviceInstance {
 
   get keyedNumDescsNegotiated(): boolean {
     return (this.ofFeatures & (1n << VIRTIO_OF_F_KEYED_NUM_DESCS)) !== 0n;
+  }
+
+  /**
+   * vof inline data: the agreed size (Get Inline Data Size) once VOF_F_INLINE_DATA is set, else
+   * 0. Virtqueues take it when their Connect succeeds (docs/PROTOCOL.md).
+   */
+  get inlineDataSize(): number {
+    return (this.ofFeatures & (1n << VOF_F_INLINE_DATA)) !== 0n ? (this.control.connection.inlineDataCapacity ?? 0) : 0;
   }
 
   getDeviceFeature(select: number): OpResult {

@@ -31,6 +31,7 @@ import type { DeviceInstance, OpResult } from './device-instance.js';
 import { TargetRequest, type CompletionSink } from './target-request.js';
 import type { Redirect } from './redirect.js';
 import { VOF_CONNECT_F_REDIRECT, connectFlags, encodeRedirectCompletion } from '../protocol/redirect-record.js';
+import { VOF_OP_GET_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
 
 /** What a queue session needs from the target it belongs to. */
 export interface TargetContext {
@@ -303,6 +304,10 @@ export class QueueSession {
         if (!inst.keyedNumDescsNegotiated) return this.refuse(req, Status.ENOCMD, 'VIRTIO_OF_F_KEYED_NUM_DESCS not negotiated');
         req.complete(encodeKeyedNumDescsCompletion(Status.SUCCESS, id, Math.min(255, this.connection.maxKeyedDescriptors)));
         break;
+      case VOF_OP_GET_INLINE_DATA_SIZE:
+        if (inst.inlineDataSize === 0) return this.refuse(req, Status.ENOCMD, 'VOF_F_INLINE_DATA not negotiated');
+        req.complete(encodeU32Completion(Status.SUCCESS, id, inst.inlineDataSize));
+        break;
       case Opcode.GetVendorId:
         req.complete(encodeU32Completion(Status.SUCCESS, id, inst.device.vendorId));
         break;
@@ -401,6 +406,8 @@ export class QueueSession {
     this.queueSize = cmd.queueSize || max;
     this.role = { kind: 'virtqueue', instance: inst, vqIndex: cmd.vqIndex };
     inst.virtqueues.set(cmd.vqIndex, this);
+    // vof inline data: this virtqueue keeps the layout negotiated now, before the initiator can send a VQ command.
+    if (inst.inlineDataSize > 0) this.connection.enableInlineData?.(inst.inlineDataSize);
     this.ctx.sessionBound(this);
     this.log.info(
       `${this.connection.peer}: virtqueue ${cmd.vqIndex} of instance ${inst.id} attached: ` +

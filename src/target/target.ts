@@ -18,6 +18,7 @@ import { InstanceAdmin } from '../admin/instance-admin.js';
 import { ByteBudget } from './byte-budget.js';
 import { makeRedirect, type Redirect } from './redirect.js';
 import { encodeDrainEvent } from '../protocol/redirect-record.js';
+import { DEFAULT_INLINE_DATA_SIZE, MAX_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
 
 export interface TargetOptions {
   readonly log?: Logger;
@@ -39,6 +40,12 @@ export interface TargetOptions {
   readonly limits?: Partial<PeerLimits>;
   /** TVQN → URL[/TVQN2]: Connects for these TVQNs are redirected (docs/PROTOCOL.md, "Redirect"). */
   readonly redirects?: Readonly<Record<string, string>>;
+  /**
+   * RDMA: device-readable bytes a VQ request may carry inline in its SEND (vof extension
+   * VOF_F_INLINE_DATA, docs/PROTOCOL.md "Inline data on keyed queues"); default 4112, at most
+   * 65536; 0 does not offer the extension.
+   */
+  readonly inlineDataBytes?: number;
 }
 
 export interface DrainResult {
@@ -107,6 +114,7 @@ export class VofTarget {
   private readonly tls: TlsServerSettings | undefined;
   private readonly context: TargetContext;
   private readonly limits: PeerLimits;
+  private readonly inlineDataBytes: number;
 
   constructor(options: TargetOptions = {}) {
     this.log = options.log ?? defaultLogger();
@@ -121,6 +129,10 @@ export class VofTarget {
     this.unbound = new UnboundConnections(limits);
     this.tls = options.tls;
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    this.inlineDataBytes = options.inlineDataBytes ?? DEFAULT_INLINE_DATA_SIZE;
+    if (!Number.isInteger(this.inlineDataBytes) || this.inlineDataBytes < 0 || this.inlineDataBytes > MAX_INLINE_DATA_SIZE) {
+      throw new RangeError(`inlineDataBytes must be an integer from 0 (off) to ${MAX_INLINE_DATA_SIZE}, not ${options.inlineDataBytes}`);
+    }
     this.context = {
       log: this.log,
       targetBudget: new ByteBudget(this.limits.targetBufferBytes),
@@ -221,6 +233,7 @@ export class VofTarget {
       maxVqPayload: this.maxVqPayload,
       sendStallTimeoutMs: this.limits.sendStallTimeoutMs,
       deviceMemoryBytes: this.limits.rdmaDeviceMemoryBytes,
+      inlineDataBytes: this.inlineDataBytes,
       ...(this.tls && { tls: this.tls }),
     };
     const listener = await transport.listen(endpoint, listenOptions, (connection) => {

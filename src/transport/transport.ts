@@ -128,6 +128,18 @@ export interface TargetConnection {
   completeVq(request: VqRequestData, completion: Buffer, written: number): Promise<void>;
   /** Close now; in-flight sends are flushed when possible. */
   close(): void;
+  /**
+   * Keyed transports with vof's inline-data extension: the largest inline size this
+   * connection's receive buffers hold (docs/PROTOCOL.md "Inline data on keyed queues"); absent
+   * or 0 when it cannot take inline requests.
+   */
+  readonly inlineDataCapacity?: number;
+  /**
+   * From now on, VQ requests with out_length ≤ `size` carry their readable bytes inline (the
+   * virtqueue's instance negotiated VOF_F_INLINE_DATA). Called before the virtqueue's Connect
+   * completion is sent; `size` never exceeds inlineDataCapacity.
+   */
+  enableInlineData?(size: number): void;
 }
 
 /** Initiator side: what the transport reports about one connection. */
@@ -218,6 +230,11 @@ export interface ListenOptions {
   readonly sendStallTimeoutMs?: number;
   /** Keyed transports: registered bytes of one RDMA device's shared data pools at most. */
   readonly deviceMemoryBytes?: number;
+  /**
+   * Keyed transports: the inline size offered with VOF_F_INLINE_DATA (receive buffers are sized
+   * for it); 0 or absent offers no inline data.
+   */
+  readonly inlineDataBytes?: number;
 }
 
 export interface ConnectOptions {
@@ -235,6 +252,12 @@ export interface ConnectOptions {
   /** The queue size the connection will carry (command ids stay below it); default 256. */
   readonly queueSize?: number;
   readonly keyedMemory?: KeyedMemoryOptions;
+  /**
+   * Keyed transports, virtqueues of an instance that negotiated VOF_F_INLINE_DATA: VQ requests
+   * with out_length ≤ `bytes` carry their readable bytes inline, after at most
+   * `maxDescriptors` descriptors of the writable part (send buffers are sized for that).
+   */
+  readonly inlineData?: { readonly bytes: number; readonly maxDescriptors: number };
 }
 
 /** One transport: TCP (stream data transfers) or RDMA (keyed data transfers). */

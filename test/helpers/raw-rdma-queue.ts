@@ -14,7 +14,7 @@ import {
   type KeyedDescriptor,
 } from '../../src/index.js';
 import type { MemoryRegion, ProtectionDomain } from '../../src/transport/rdma/native-binding.js';
-import type { InitiatorConnection } from '../../src/transport/transport.js';
+import type { ConnectOptions, InitiatorConnection } from '../../src/transport/transport.js';
 import { RdmaTransport } from '../../src/transport/rdma/rdma-transport.js';
 import { parseListenUrl } from '../../src/url.js';
 
@@ -44,9 +44,10 @@ export class RawRdmaQueue {
     });
   }
 
-  static async open(url: string): Promise<RawRdmaQueue> {
+  /** `inlineData`: size the send buffers for vof inline requests (docs/PROTOCOL.md). */
+  static async open(url: string, inlineData?: ConnectOptions['inlineData']): Promise<RawRdmaQueue> {
     const { endpoint } = parseListenUrl(url);
-    const conn = await new RdmaTransport(silentLogger).connect(endpoint, { timeoutMs: 30000, maxVqPayload: 1 << 20 });
+    const conn = await new RdmaTransport(silentLogger).connect(endpoint, { timeoutMs: 30000, maxVqPayload: 1 << 20, ...(inlineData && { inlineData }) });
     return new RawRdmaQueue(conn);
   }
 
@@ -107,10 +108,14 @@ export class RawRdmaQueue {
     );
   }
 
-  /** Control queue Connect, VERSION_1, status up to DRIVER_OK; returns the instance id. */
-  async bringUp(tvqn: string): Promise<number> {
+  /**
+   * Control queue Connect, VERSION_1, status up to DRIVER_OK; returns the instance id.
+   * `afterConnect` runs right after the Connect (Virtio-oF feature negotiation, say).
+   */
+  async bringUp(tvqn: string, afterConnect?: () => Promise<void>): Promise<number> {
     const c = await this.connectControl(tvqn);
     if (c.readUInt16LE(0) !== Status.SUCCESS) throw new Error(`Connect failed with 0x${c.readUInt16LE(0).toString(16)}`);
+    await afterConnect?.();
     const steps: Command[] = [
       { opcode: Opcode.SetStatus, commandId: 2, status: DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER },
       { opcode: Opcode.SetDriverFeature, commandId: 3, featureSelect: 0, feature: 1n << VIRTIO_F_VERSION_1 },

@@ -2,6 +2,7 @@ import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE } from '../../protocol
 import { REDIRECT_RECORD_SIZE, VOF_STATUS_EREDIRECT } from '../../protocol/redirect-record.js';
 import { encodeKeyedDescriptor, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
 import { KEYED_DESCRIPTOR_SIZE } from '../../protocol/constants.js';
+import { carriesInline, inlineRequestMessageSize, inlineRequestParts } from '../../protocol/inline-data.js';
 import type { Logger } from '../../util/log.js';
 import { formatRdmaPeer, numericHost } from '../address.js';
 import type { ConnectOptions, Endpoint, InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
@@ -68,6 +69,8 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   private readonly slots: CommandSlot[];
   private closed = false;
   private disconnected: (() => void) | null = null;
+  /** vof inline data: readable parts up to this size go in the SEND (0: seed layout only). */
+  private readonly inlineDataBytes: number;
 
   private constructor(
     private readonly binding: NativeBinding,
@@ -83,13 +86,15 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     // Per command: its window binds and the SEND, then the invalidations.
     const wanted = controlQueue ? queueSize + 16 : queueSize * 4 + 32;
     const sendDepth = Math.min(wanted, cmId.maxReadDepth().maxQpWr);
+    this.inlineDataBytes = options.inlineData?.bytes ?? 0;
+    const sendSize = Math.max(COMMAND_SIZE + CONNECT_BODY_SIZE, options.inlineData ? inlineRequestMessageSize(options.inlineData.maxDescriptors, options.inlineData.bytes) : 0);
     this.memory = InitiatorDeviceMemory.of(binding, cmId);
     this.memory.attach();
     try {
       this.rc = new RcConnection(
         binding,
         cmId,
-        { recvDepth: queueSize + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth, sendSize: COMMAND_SIZE + CONNECT_BODY_SIZE, protectionDomain: { pd: this.memory.pd, release: () => {} } }, // the PD is the connection memory's: it deallocates it after the QP is gone
+        { recvDepth: queueSize + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth, sendSize, protectionDomain: { pd: this.memory.pd, release: () => {} } }, // the PD is the connection memory's: it deallocates it after the QP is gone
         { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.teardown(err) },
       );
     } catch (err) {
@@ -271,15 +276,18 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       return;
     }
     slot.busy = true;
+    // vof inline data: the readable bytes ride in the SEND; descriptors describe the writable part only.
+    const inlineOut = carriesInline(this.inlineDataBytes, command.readUInt32LE(8)) ? out : null;
+    const placeOut = inlineOut ? [] : out;
     let outPieces: Piece[];
     let inPieces: Piece[];
     try {
-      outPieces = this.pieces(out, slot, false);
+      outPieces = this.pieces(placeOut, slot, false);
       inPieces = this.pieces(inBuffers, slot, false);
       if (descriptorCount(outPieces) + descriptorCount(inPieces) > this.maxKeyedDescriptors) {
         // Too many pieces for the target: everything through one bounce run per direction.
         for (const r of slot.cached.splice(0)) r();
-        outPieces = this.pieces(out, slot, true);
+        outPieces = this.pieces(placeOut, slot, true);
         inPieces = this.pieces(inBuffers, slot, true);
         const n = descriptorCount(outPieces) + descriptorCount(inPieces);
         if (n > this.maxKeyedDescriptors) throw new Error(`a VQ command needs ${n} keyed descriptors; the target allows ${this.maxKeyedDescriptors}`);
@@ -294,7 +302,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       if (this.closed) return;
       slot.slice = slice;
       try {
-        this.post(slot, command, outPieces, inPieces);
+        this.post(slot, command, outPieces, inPieces, inlineOut);
       } catch (err) {
         this.teardown(err as Error);
       }
@@ -327,7 +335,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
    * before the command's SEND (the QP executes them in order, so the keys work by the time
    * the target has the command).
    */
-  private post(slot: CommandSlot, command: Buffer, outPieces: Piece[], inPieces: Piece[]): void {
+  private post(slot: CommandSlot, command: Buffer, outPieces: Piece[], inPieces: Piece[], inlineOut: readonly Buffer[] | null): void {
     const { REMOTE_READ, REMOTE_WRITE } = this.binding.access;
     const descs: KeyedDescriptor[] = [];
     const binds: SendWr[] = [];
@@ -358,6 +366,10 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     };
     describe(outPieces, REMOTE_READ, false);
     describe(inPieces, REMOTE_WRITE, true);
+    if (inlineOut) {
+      this.rc.send(inlineRequestParts(command, descs, inlineOut), 'VQ command', binds).catch((err: Error) => this.teardown(err));
+      return;
+    }
     const body = Buffer.allocUnsafe(descs.length * KEYED_DESCRIPTOR_SIZE);
     descs.forEach((d, i) => encodeKeyedDescriptor(d, body, i * KEYED_DESCRIPTOR_SIZE));
     this.rc.send([command, body], 'VQ command', binds).catch((err: Error) => this.teardown(err));

@@ -1,6 +1,7 @@
 import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, CONTROL_QUEUE_INSTANCE_ID, KEYED_DESCRIPTOR_SIZE, Opcode } from '../../protocol/constants.js';
 import { REDIRECT_RECORD_SIZE } from '../../protocol/redirect-record.js';
 import { decodeKeyedDescriptors, validateKeyedDescriptors, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
+import { carriesInline, decodeInlineRequest, inlineRequestMessageSize } from '../../protocol/inline-data.js';
 import type { Logger } from '../../util/log.js';
 import { VqTransferError, type TargetConnection, type TargetConnectionHandler, type VqRequestData } from '../transport.js';
 import type { CmEvent, CmId, NativeBinding, SendWr } from './native-binding.js';
@@ -24,6 +25,8 @@ export interface RdmaTargetOptions {
   readonly sendStallTimeoutMs: number;
   /** Completion chains allowed to wait for room in the send queue. */
   readonly maxSendBacklog: number;
+  /** Inline size offered with VOF_F_INLINE_DATA (receive buffers hold it); 0 offers none. */
+  readonly inlineDataBytes: number;
 }
 
 /** Device-writable and status bytes beyond max_vq_payload one request may need (virtio-blk: 1). */
@@ -54,7 +57,14 @@ class KeyedVqRequest implements VqRequestData {
     readonly descriptors: readonly KeyedDescriptor[],
     readonly problem: string | null,
     readonly connection: RdmaTargetConnection,
+    /** vof inline data: the readable bytes came in the SEND; `descriptors` are the writable part's. */
+    readonly inline: Buffer | null = null,
   ) {}
+
+  /** Bytes of the readable part the descriptors describe (none when it came inline). */
+  get describedReadable(): number {
+    return this.inline ? 0 : this.outLength;
+  }
 
   readOut(): Promise<Buffer> {
     return this.connection.readOut(this);
@@ -113,6 +123,11 @@ export class RdmaTargetConnection implements TargetConnection {
   private readonly gone = new AbortController();
   private closeTimer: NodeJS.Timeout | null = null;
   private closeReason: Error | undefined;
+  readonly inlineDataCapacity: number;
+  /** Agreed inline size once the virtqueue's instance negotiated VOF_F_INLINE_DATA, else 0. */
+  private inlineSize = 0;
+  /** VQ requests whose readable part came inline, and RDMA READ chains posted (tests, bench). */
+  readonly transferCounts = { inlineRequests: 0, rdmaReads: 0 };
 
   constructor(
     binding: NativeBinding,
@@ -126,6 +141,7 @@ export class RdmaTargetConnection implements TargetConnection {
     const peer = cmId.peerAddress();
     this.peer = peer ? formatRdmaPeer(peer.host, peer.port) : 'rdma://?';
     this.maxKeyedDescriptors = options.maxKeyedDescriptors;
+    this.inlineDataCapacity = options.inlineDataBytes;
     // The device's shared PD and pools; released by the RcConnection, last of all.
     this.memoryLease = deviceMemories.lease(
       cmId.deviceName() ?? '?',
@@ -140,7 +156,8 @@ export class RdmaTargetConnection implements TargetConnection {
         cmId,
         {
           recvDepth: options.recvDepth,
-          recvSize: MAX_REQUEST_MESSAGE,
+          // Sized before Connect says which instance this queue joins: room for the offered inline size.
+          recvSize: Math.max(MAX_REQUEST_MESSAGE, options.inlineDataBytes > 0 ? inlineRequestMessageSize(options.maxKeyedDescriptors, options.inlineDataBytes) : 0),
           sendDepth: options.sendDepth,
           sendSize: COMMAND_SIZE,
           largestSend: COMPLETION_SIZE + REDIRECT_RECORD_SIZE,
@@ -192,6 +209,17 @@ export class RdmaTargetConnection implements TargetConnection {
     this.handler = handler;
   }
 
+  enableInlineData(size: number): void {
+    this.inlineSize = Math.min(size, this.inlineDataCapacity);
+  }
+
+  /** vof inline data: copied out of the receive buffer, which is reposted when this returns. */
+  private inlineVqRequest(msg: Buffer, commandId: number, outLength: number, inLength: number): KeyedVqRequest {
+    const r = decodeInlineRequest(msg, this.maxKeyedDescriptors);
+    this.transferCounts.inlineRequests++;
+    return new KeyedVqRequest(commandId, outLength, inLength, r.writable, r.problem, this, r.problem ? null : Buffer.from(r.readable));
+  }
+
   private onMessage(msg: Buffer): void {
     this.establish();
     if (this.state !== 'open' || !this.handler) return;
@@ -212,9 +240,12 @@ export class RdmaTargetConnection implements TargetConnection {
       const commandId = command.readUInt16LE(2);
       const outLength = command.readUInt32LE(8);
       const inLength = command.readUInt32LE(12);
+      const inline = carriesInline(this.inlineSize, outLength);
       let problem: string | null = null;
       let descriptors: KeyedDescriptor[] = [];
-      if (rest % KEYED_DESCRIPTOR_SIZE !== 0) {
+      if (inline) {
+        // vof inline data: parsed by inlineVqRequest below.
+      } else if (rest % KEYED_DESCRIPTOR_SIZE !== 0) {
         problem = `${rest} bytes after the command are not whole keyed descriptors`;
       } else {
         descriptors = decodeKeyedDescriptors(msg, COMMAND_SIZE);
@@ -223,7 +254,8 @@ export class RdmaTargetConnection implements TargetConnection {
       }
       // Each command's memory belongs to its own request object, never to its id: a reused id
       // (which the session refuses by closing the queue) cannot touch another's buffers.
-      this.handler.onCommand(command, new KeyedVqRequest(commandId, outLength, inLength, descriptors, problem, this));
+      const req = inline ? this.inlineVqRequest(msg, commandId, outLength, inLength) : new KeyedVqRequest(commandId, outLength, inLength, descriptors, problem, this);
+      this.handler.onCommand(command, req);
       return;
     }
     if (rest !== 0) return this.violation(`${opcodeLabel(opcode)} carries ${rest} unexpected bytes`);
@@ -267,6 +299,7 @@ export class RdmaTargetConnection implements TargetConnection {
 
   async readOut(req: KeyedVqRequest): Promise<Buffer> {
     this.checkSizes(req, 'out');
+    if (req.inline) return req.inline;
     if (req.outLength === 0) return EMPTY;
     const data = await req.buffer();
     const wrs: SendWr[] = [];
@@ -277,6 +310,7 @@ export class RdmaTargetConnection implements TargetConnection {
       wrs.push({ wrId: 0, opcode: WrOpcode.Read, signaled: false, sg: [data.mr, data.offset + at, d.length], remoteAddr: d.addr, rkey: d.key });
       at += d.length;
     }
+    if (wrs.length > 0) this.transferCounts.rdmaReads++;
     try {
       await this.rc.sendQueue.post(wrs, `RDMA READ of command ${req.commandId}`);
     } catch (err) {
@@ -317,7 +351,7 @@ export class RdmaTargetConnection implements TargetConnection {
       for (const d of req.descriptors) {
         if (left === 0) break;
         pos += d.length;
-        if (pos <= req.outLength) continue;
+        if (pos <= req.describedReadable) continue;
         const n = Math.min(d.length, left);
         if (n === 0) continue;
         wrs.push({ wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [staging.mr, staging.offset + base + (written - left), n], remoteAddr: d.addr, rkey: d.key });

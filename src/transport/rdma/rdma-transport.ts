@@ -18,8 +18,7 @@ import { DEFAULT_MAX_BACKLOG } from './send-queue.js';
 /** Keyed descriptors the target accepts per VQ command (Get Keyed Number Descriptors). */
 export const DEFAULT_MAX_KEYED_DESCRIPTORS = 32;
 
-const TARGET_DEFAULTS: RdmaTargetOptions = {
-  maxVqPayload: 4 * 1024 * 1024 + 4096,
+const TARGET_DEFAULTS: Omit<RdmaTargetOptions, 'maxVqPayload' | 'inlineDataBytes'> = {
   maxKeyedDescriptors: DEFAULT_MAX_KEYED_DESCRIPTORS,
   recvDepth: 288,
   sendDepth: 512,
@@ -46,6 +45,7 @@ export class RdmaTransport implements Transport {
     const targetOptions: RdmaTargetOptions = {
       ...TARGET_DEFAULTS,
       maxVqPayload: options.maxVqPayload,
+      inlineDataBytes: options.inlineDataBytes ?? 0,
       ...(options.sendStallTimeoutMs !== undefined && { sendStallTimeoutMs: options.sendStallTimeoutMs }),
       ...(options.deviceMemoryBytes !== undefined && { deviceMemoryBytes: options.deviceMemoryBytes }),
     };
