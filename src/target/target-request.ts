@@ -71,7 +71,9 @@ export class TargetRequest {
    */
   async completeVq(completion: Buffer, written: number): Promise<void> {
     if (this.completed) return;
-    if (this.cancelled || !this.data) return this.complete(completion);
+    if (this.cancelled) return this.complete(completion);
+    // Not a VQ command's request: there are no buffers to deliver from.
+    if (!this.data) return this.complete(encodeBareCompletion(Status.ESTATUS, this.commandId));
     this.completed = true;
     this.sink.vacate(this);
     await this.sink.sendVq(this.data, completion, written);
