@@ -9,6 +9,7 @@ import { sharedUringRing } from '../src/devices/blk/uring-ring.js';
 import { loadNativeAddon } from '../src/util/native-addon.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { vofAsync } from './helpers/vof-cli.js';
+import { startTarget } from '../scripts/start-target.mjs';
 
 /**
  * The two file I/O backends of block exports (src/devices/blk/file-io.ts): io_uring in the
@@ -77,13 +78,14 @@ describe('file I/O backend choice', () => {
     const bad = await vofAsync(['target', '--listen', 'tcp://127.0.0.1:0', '--blk', `d=${scratch(Buffer.alloc(4096))}`, '--file-io', 'aio']);
     expect(bad.status).toBe(2);
     expect(bad.stderr).toMatch(/--file-io: "aio" is not one of auto, uring, libuv/);
-    // The target starts, logs its choice, and is stopped by the timeout (it never exits by itself).
-    const run = (mode: string) => vofAsync(['target', '--listen', 'tcp://127.0.0.1:0', '--blk', `d=${scratch(Buffer.alloc(4096))}`, '--file-io', mode], 4000);
-    const libuv = await run('libuv');
-    expect(libuv.stderr).toMatch(/info  file I\/O: libuv thread pool \(asked for\)/);
-    expect(libuv.stdout).toMatch(/^listening on tcp:/m);
-    const auto = await run('auto');
-    expect(auto.stderr).toMatch(uringMissing ? /file I\/O: libuv thread pool \(io_uring unavailable: / : /file I\/O: io_uring \(\d+ slots/);
+    // The target logs its choice before it listens.
+    const run = async (mode: string) => {
+      const t = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `d=${scratch(Buffer.alloc(4096))}`, '--file-io', mode], { timeoutMs: 60000 });
+      expect(await t.stop()).toBe(0);
+      return t.stderr();
+    };
+    expect(await run('libuv')).toMatch(/info  file I\/O: libuv thread pool \(asked for\)/);
+    expect(await run('auto')).toMatch(uringMissing ? /file I\/O: libuv thread pool \(io_uring unavailable: / : /file I\/O: io_uring \(\d+ slots/);
   });
 });
 
