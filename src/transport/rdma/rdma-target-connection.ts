@@ -1,6 +1,7 @@
 import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, CONTROL_QUEUE_INSTANCE_ID, KEYED_DESCRIPTOR_SIZE, Opcode } from '../../protocol/constants.js';
 import { REDIRECT_RECORD_SIZE } from '../../protocol/redirect-record.js';
 import { decodeKeyedDescriptors, validateKeyedDescriptors, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
+import { setMaxListeners } from 'node:events';
 import type { Logger } from '../../util/log.js';
 import { VqTransferError, type TargetConnection, type TargetConnectionHandler, type VqRequestData } from '../transport.js';
 import type { CmEvent, CmId, NativeBinding, SendWr } from './native-binding.js';
@@ -115,6 +116,8 @@ export class RdmaTargetConnection implements TargetConnection {
     const peer = cmId.peerAddress();
     this.peer = peer ? formatRdmaPeer(peer.host, peer.port) : 'rdma://?';
     this.maxKeyedDescriptors = options.maxKeyedDescriptors;
+    // Every request waiting for pool memory listens on it (up to the queue size at once).
+    setMaxListeners(0, this.gone.signal);
     // The device's shared PD and pools; released by the RcConnection, last of all.
     this.memoryLease = deviceMemories.lease(
       cmId.deviceName() ?? '?',
