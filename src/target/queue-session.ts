@@ -203,6 +203,7 @@ export class QueueSession {
         this.giveBack(reserved);
         if (this.requests.get(id) === req) this.requests.delete(id);
         req.finish();
+        if (!Buffer.isBuffer(payload)) payload.finished?.();
       });
     if (this.role.kind !== 'unbound') this.clearConnectTimer();
   }

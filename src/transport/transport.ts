@@ -45,6 +45,13 @@ export interface VqRequestData {
    * is valid until the request is completed.
    */
   readOut(): Promise<Buffer>;
+  /**
+   * The target core is done with this request's buffers: its command has left the queue and no
+   * device work on it runs any more (called once, also when the connection closed first). A
+   * keyed transport gives the request's pool buffer back only then: a pool shared by several
+   * connections must never hand memory a device may still read or write to another one.
+   */
+  finished?(): void;
 }
 
 /**

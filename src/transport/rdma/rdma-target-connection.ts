@@ -41,7 +41,10 @@ const EMPTY = Buffer.alloc(0);
 class KeyedVqRequest implements VqRequestData {
   data: RegisteredBuffer | null = null;
   private memory: Promise<RegisteredBuffer> | null = null;
-  private released = false;
+  /** The transport's sends for it are over (or its queue pair is gone). */
+  private sent = false;
+  /** The core is done with it: no device work reads or writes its buffer any more. */
+  private done = false;
 
   constructor(
     readonly commandId: number,
@@ -62,20 +65,34 @@ class KeyedVqRequest implements VqRequestData {
     return data.view.subarray(this.outLength, this.outLength + this.inLength);
   }
 
-  /** This request's registered buffer, taken from the device pools once. */
+  /** This request's registered buffer, taken from the device pools once (by the core's calls). */
   buffer(): Promise<RegisteredBuffer> {
     this.memory ??= this.connection.acquire(this.outLength + this.inLength).then((b) => {
-      // Released while waiting (the connection closed): give it straight back.
-      if (this.released) b.release();
-      else this.data = b;
+      this.data = b;
+      this.giveBack();
       return b;
     });
     return this.memory;
   }
 
+  /** Transport side: nothing of ours uses the buffer any more (sends settled, or QP destroyed). */
   release(): void {
-    this.released = true;
-    this.data?.release();
+    this.sent = true;
+    this.giveBack();
+  }
+
+  finished(): void {
+    this.done = true;
+    this.giveBack();
+  }
+
+  /**
+   * Back to the device's pools once neither side can touch it. A buffer is only ever taken by
+   * the core's calls (readOut, writable, completeVq), which always end in finished().
+   */
+  private giveBack(): void {
+    if (!this.data || !this.sent || !this.done) return;
+    this.data.release();
     this.data = null;
   }
 }
@@ -385,6 +402,7 @@ export class RdmaTargetConnection implements TargetConnection {
     // pools below. rc.destroy() also releases this connection's hold on the device memory.
     this.reservation?.release();
     this.rc.destroy();
+    // Their buffers go back once the core has finished with them too (device work may still run).
     for (const req of this.pending.values()) req.release();
     this.pending.clear();
     this.onGone(this);
