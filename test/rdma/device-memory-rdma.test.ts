@@ -80,7 +80,8 @@ describe('no memory registration on the data path', () => {
         ops += 3 * qd;
       }
       console.log('done ' + ops);
-      await dev.close();`;
+      await dev.close();
+      process.exit(0);`;
     const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
     const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
     // The queues are set up (connected) once the target has reserved their memory.
@@ -91,7 +92,7 @@ describe('no memory registration on the data path', () => {
     const waitsBefore = targetMemory().stats().waits;
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stdin.write('go\n');
+    child.stdin.end('go\n');
     await waitFor('the I/O phase to end', () => /done \d+/.test(out), 600000);
     const stats = targetMemory().stats();
     const regsAfter = binding.resourceCounts().registrationsTotal;

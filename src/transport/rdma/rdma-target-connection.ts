@@ -2,6 +2,7 @@ import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, CONTROL_QUEUE_INSTANC
 import { REDIRECT_RECORD_SIZE } from '../../protocol/redirect-record.js';
 import { decodeKeyedDescriptors, validateKeyedDescriptors, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
 import { carriesInline, decodeInlineRequest, inlineRequestMessageSize } from '../../protocol/inline-data.js';
+import { setMaxListeners } from 'node:events';
 import type { Logger } from '../../util/log.js';
 import { VqTransferError, type TargetConnection, type TargetConnectionHandler, type VqRequestData } from '../transport.js';
 import type { CmEvent, CmId, NativeBinding, SendWr } from './native-binding.js';
@@ -48,6 +49,7 @@ class KeyedVqRequest implements VqRequestData {
   /** The WRITE and completion chain, while posted. */
   sending: Promise<void> | null = null;
   private memory: Promise<RegisteredBuffer> | null = null;
+  /** The core is done with it: no device work reads or writes its buffer any more. */
   private released = false;
 
   constructor(
@@ -77,10 +79,10 @@ class KeyedVqRequest implements VqRequestData {
     return data.view.subarray(this.outLength, this.outLength + this.inLength);
   }
 
-  /** This request's registered buffer, taken from the device pools once. */
+  /** This request's registered buffer, taken from the device pools once (by the core's calls). */
   buffer(): Promise<RegisteredBuffer> {
     this.memory ??= this.connection.acquire(this.outLength + this.inLength).then((b) => {
-      // Released while waiting (the connection closed): give it straight back.
+      // Released while waiting (the core gave up on the request): give it straight back.
       if (this.released) b.release();
       else this.data = b;
       return b;
@@ -88,6 +90,11 @@ class KeyedVqRequest implements VqRequestData {
     return this.memory;
   }
 
+  /**
+   * The core is done with the request (its device work has ended). The buffer goes back to the
+   * device's pools once the WRITE and completion chain no longer sends from it either: a pool
+   * shared by several connections never hands out memory that is still in use.
+   */
   release(): void {
     if (this.released) return;
     this.released = true;
@@ -142,6 +149,8 @@ export class RdmaTargetConnection implements TargetConnection {
     this.peer = peer ? formatRdmaPeer(peer.host, peer.port) : 'rdma://?';
     this.maxKeyedDescriptors = options.maxKeyedDescriptors;
     this.inlineDataCapacity = options.inlineDataBytes;
+    // Every request waiting for pool memory listens on it (up to the queue size at once).
+    setMaxListeners(0, this.gone.signal);
     // The device's shared PD and pools; released by the RcConnection, last of all.
     this.memoryLease = deviceMemories.lease(
       cmId.deviceName() ?? '?',
