@@ -95,7 +95,11 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
       }, o.timeSec * 1000);
     }, o.rampSec * 1000);
   });
-  const workers = Array.from({ length: w.qd }, () => worker(Buffer.alloc(w.bs, 0xa5)));
+  // I/O buffers from the transport (RemoteDevice.allocateBuffer): registered memory the RDMA
+  // target reads and writes in place, as an application that cares about speed would use;
+  // plain Buffers on TCP.
+  const buffers = Array.from({ length: w.qd }, () => dev.device.allocateBuffer(w.bs).fill(0xa5));
+  const workers = buffers.map((b) => worker(b));
   try {
     await phases;
     await Promise.all(workers);
@@ -103,6 +107,8 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
     stopping = true;
     clearInterval(ticker);
     o.progress.clear();
+    await Promise.allSettled(workers);
+    for (const b of buffers) dev.device.freeBuffer(b);
   }
   const seconds = Number(process.hrtime.bigint() - measureStart) / 1e9;
   const cpuSelf = selfCpuSeconds() - cpuSelf0;
