@@ -296,7 +296,7 @@ describe('TCP initiator reading through onread (libuv reads into the buffer the 
   function onreadInitiator(vqIds: number[]) {
     const sock = new FakeSocket();
     const reader = new CompletionReader();
-    const conn = new TcpInitiatorConnection(asSocket(sock), 1 << 20, 'tcp', reader, true);
+    const conn = new TcpInitiatorConnection(asSocket(sock), 1 << 20, 'tcp', reader);
     const inBuffers = new Map<number, Buffer[]>();
     const arrived: number[] = [];
     conn.start({

@@ -229,6 +229,18 @@ export class RdmaTargetConnection implements TargetConnection {
     return new KeyedVqRequest(commandId, outLength, inLength, r.writable, r.problem, this, r.problem ? null : Buffer.from(r.readable));
   }
 
+  /** The seed's layout: N keyed descriptors after the command, validated once here. */
+  private keyedVqRequest(msg: Buffer, commandId: number, outLength: number, inLength: number): KeyedVqRequest {
+    const rest = msg.length - COMMAND_SIZE;
+    if (rest % KEYED_DESCRIPTOR_SIZE !== 0) {
+      return new KeyedVqRequest(commandId, outLength, inLength, [], `${rest} bytes after the command are not whole keyed descriptors`, this);
+    }
+    const descriptors = decodeKeyedDescriptors(msg, COMMAND_SIZE);
+    const p = validateKeyedDescriptors(descriptors, outLength, inLength, this.maxKeyedDescriptors);
+    const problem = p === 'none' ? null : `${p} (${descriptors.length} descriptors, limit ${this.maxKeyedDescriptors})`;
+    return new KeyedVqRequest(commandId, outLength, inLength, descriptors, problem, this);
+  }
+
   private onMessage(msg: Buffer): void {
     this.establish();
     if (this.state !== 'open' || !this.handler) return;
@@ -249,21 +261,9 @@ export class RdmaTargetConnection implements TargetConnection {
       const commandId = command.readUInt16LE(2);
       const outLength = command.readUInt32LE(8);
       const inLength = command.readUInt32LE(12);
-      const inline = carriesInline(this.inlineSize, outLength);
-      let problem: string | null = null;
-      let descriptors: KeyedDescriptor[] = [];
-      if (inline) {
-        // vof inline data: parsed by inlineVqRequest below.
-      } else if (rest % KEYED_DESCRIPTOR_SIZE !== 0) {
-        problem = `${rest} bytes after the command are not whole keyed descriptors`;
-      } else {
-        descriptors = decodeKeyedDescriptors(msg, COMMAND_SIZE);
-        const p = validateKeyedDescriptors(descriptors, outLength, inLength, this.maxKeyedDescriptors);
-        if (p !== 'none') problem = `${p} (${descriptors.length} descriptors, limit ${this.maxKeyedDescriptors})`;
-      }
       // Each command's memory belongs to its own request object, never to its id: a reused id
       // (which the session refuses by closing the queue) cannot touch another's buffers.
-      const req = inline ? this.inlineVqRequest(msg, commandId, outLength, inLength) : new KeyedVqRequest(commandId, outLength, inLength, descriptors, problem, this);
+      const req = carriesInline(this.inlineSize, outLength) ? this.inlineVqRequest(msg, commandId, outLength, inLength) : this.keyedVqRequest(msg, commandId, outLength, inLength);
       this.handler.onCommand(command, req);
       return;
     }

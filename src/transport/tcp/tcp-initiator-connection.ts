@@ -21,18 +21,21 @@ export class TcpInitiatorConnection implements InitiatorConnection {
   private readonly closedPromise: Promise<void>;
   /** Commands issued in one event-loop turn leave in one write. */
   private readonly batch: TickBatch;
-  /** Whether `reader` is fed by onread (plain TCP) or by 'data' events (TLS). */
+  /** Responses are read through this; fed by net's onread when the socket was opened with it. */
+  private readonly reader: CompletionReader;
+  /** Whether the reader is fed by onread (plain TCP, tcpReadOptions) or by 'data' events (TLS). */
   private readonly fedByOnread: boolean;
 
+  /** `onreadReader`: the reader the socket was opened with through tcpReadOptions, if any. */
   constructor(
     private readonly socket: Socket,
     private readonly maxVqPayload: number,
     scheme: 'tcp' | 'tls' = 'tcp',
-    private readonly reader: CompletionReader = new CompletionReader(),
-    fedByOnread = false,
+    onreadReader?: CompletionReader,
   ) {
     this.peer = `${scheme}://${socket.remoteAddress}:${socket.remotePort}`;
-    this.fedByOnread = fedByOnread;
+    this.reader = onreadReader ?? new CompletionReader();
+    this.fedByOnread = onreadReader !== undefined;
     this.batch = new TickBatch(socket);
     socket.setNoDelay(true);
     socket.pause();

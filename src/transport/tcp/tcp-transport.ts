@@ -36,7 +36,7 @@ export class TcpTransport implements Transport {
   async connect(endpoint: Endpoint, options: ConnectOptions): Promise<InitiatorConnection> {
     const reader = new CompletionReader();
     const socket = await dial(() => net.connect({ host: endpoint.host, port: endpoint.port, ...tcpReadOptions(reader) }), 'connect', endpoint, 'tcp', options.timeoutMs);
-    return new TcpInitiatorConnection(socket, options.maxVqPayload, 'tcp', reader, true);
+    return new TcpInitiatorConnection(socket, options.maxVqPayload, 'tcp', reader);
   }
 }
 
