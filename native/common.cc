@@ -29,11 +29,20 @@ uv_loop_t* LoopOf(Napi::Env env) {
 void CallFromLoop(Napi::Env env, Napi::FunctionReference& fn, Napi::Object recv,
                   const std::initializer_list<napi_value>& args) {
   if (fn.IsEmpty()) return;  // released by destroy()/close() during an earlier callback
-  try {
-    fn.MakeCallback(recv, args);
-  } catch (const Napi::Error& e) {
-    napi_fatal_exception(env, e.Value());
-  }
+  // The raw call, not node-addon-api's MakeCallback: that one turns a failed status into a C++
+  // exception by creating a JS Error object, and while a worker thread is being terminated no JS
+  // can run, so creating that Error is itself a fatal error ("Error::Error
+  // napi_define_properties"). Completions that arrive then have nobody left to receive them.
+  napi_value result;
+  napi_status status = napi_make_callback(env, nullptr, recv, fn.Value(), args.size(), args.begin(), &result);
+  if (status == napi_ok) return;
+  bool pending = false;
+  if (napi_is_exception_pending(env, &pending) != napi_ok || !pending) return;  // environment ending
+  // The callback threw: there is no JS frame above the loop to catch it, so it becomes the
+  // process's (or worker's) uncaught exception, exactly as a throw from a libuv-driven JS
+  // callback would.
+  napi_value error;
+  if (napi_get_and_clear_last_exception(env, &error) == napi_ok) napi_fatal_exception(env, error);
 }
 
 uv_poll_t* WatchReadable(Napi::Env env, int fd, void* data, uv_poll_cb cb) {

@@ -306,4 +306,28 @@ describe.skipIf(uringMissing !== null)('the native io_uring (FileRing)', () => {
     expect(r.stdout).toBe('exit 1\nalive\n');
     expect(r.status).toBe(0);
   });
+
+  // A worker that ends itself from inside a completion callback: the callback's MakeCallback
+  // returns with the environment unable to run JS, and the rest of the batch (and any later
+  // poll event in that loop turn) has nobody to go to. This used to be a fatal error
+  // ("Error::Error napi_define_properties") that took the whole process down.
+  it('a worker that exits from an I/O completion callback ends cleanly, the process lives on', () => {
+    const worker = join(fx.dir, `exit-in-callback${fileNo++}.mjs`);
+    writeFileSync(worker, `
+      import { promises as fsp } from 'node:fs';
+      import { openFileIo } from ${JSON.stringify(pathToFileURL(join(root, 'dist/devices/blk/file-io.js')).href)};
+      const handle = await fsp.open(${JSON.stringify(scratch(Buffer.alloc(1 << 20)))}, 'r+');
+      const io = openFileIo(handle, 'uring');
+      for (let i = 0; i < 64; i++) io.read(Buffer.alloc(4096), i * 4096).then(() => { if (i === 3) process.exit(0); });`);
+    const main = join(fx.dir, 'main-exit.mjs');
+    writeFileSync(main, `
+      import { Worker } from 'node:worker_threads';
+      const w = new Worker(${JSON.stringify(worker)});
+      w.on('exit', (code) => { console.log('exit', code); setTimeout(() => console.log('alive'), 50); });
+      w.on('error', (e) => { console.log('error', e.message); process.exitCode = 1; });`);
+    const r = spawnSync(process.execPath, [main], { encoding: 'utf8', timeout: 60000 });
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe('exit 0\nalive\n');
+    expect(r.status).toBe(0);
+  });
 });
