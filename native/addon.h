@@ -140,10 +140,15 @@ class MemoryWindow : public Napi::ObjectWrap<MemoryWindow> {
 };
 
 // A CQ with its completion channel watched by libuv. Completions reach JS in batches through
-// a shared Uint32Array (4 words each: wr_id, status, opcode, byte_len).
+// a shared Uint32Array (kWords each, also given to JS as `wordsPerCompletion`).
 class CompletionQueue : public Napi::ObjectWrap<CompletionQueue> {
  public:
   static constexpr int kBatch = 64;
+  // Words per completion in `completions`: wr_id, status, opcode, byte_len, invalidated (0/1),
+  // invalidated_rkey.
+  static constexpr int kWords = 6;
+  // rdma_rxe's vendor_id (RXE_VENDOR_ID).
+  static constexpr uint32_t kRxeVendorId = 0xffffff;
   static Napi::Function Init(Napi::Env env);
   explicit CompletionQueue(const Napi::CallbackInfo& info);
   ~CompletionQueue() override;
@@ -160,6 +165,8 @@ class CompletionQueue : public Napi::ObjectWrap<CompletionQueue> {
   static void OnReadable(uv_poll_t* handle, int status, int events);
 
   ibv_comp_channel* channel_ = nullptr;
+  // wc_flags bits that mean "this receive invalidated invalidated_rkey" on this device.
+  uint32_t invalidatedFlags_ = IBV_WC_WITH_INV;
   uv_poll_t* poll_ = nullptr;
   unsigned unacked_ = 0;
   Napi::FunctionReference onCompletions_;

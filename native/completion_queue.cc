@@ -26,13 +26,20 @@ CompletionQueue::CompletionQueue(const Napi::CallbackInfo& info) : Napi::ObjectW
     ThrowErrno(env, "ibv_create_cq", err);
   }
   Counts().completionQueues++;
+  // Soft-RoCE hands user space the kernel's work completions unconverted, and the kernel's flag
+  // for "with invalidate" (IB_WC_WITH_INVALIDATE, 1 << 2) is not libibverbs' IBV_WC_WITH_INV
+  // (1 << 3): seen on Linux 6.1. Missing it would make the initiator LOCAL_INV a window the
+  // NIC already invalidated, which that same rxe turns into a kernel NULL dereference.
+  ibv_device_attr attr{};
+  if (ibv_query_device(verbs, &attr) == 0 && attr.vendor_id == kRxeVendorId) invalidatedFlags_ |= 1u << 2;
   SetNonBlocking(env, channel_->fd, "fcntl(completion channel)");
   int err = ibv_req_notify_cq(cq, 0);
   if (err != 0) ThrowErrno(env, "ibv_req_notify_cq", err);
-  Napi::Uint32Array words = Napi::Uint32Array::New(env, 4 * kBatch);
+  Napi::Uint32Array words = Napi::Uint32Array::New(env, kWords * kBatch);
   resultWords_ = words.Data();
   results_ = Napi::Persistent(words.As<Napi::Object>());
   info.This().As<Napi::Object>().Set("completions", words);
+  info.This().As<Napi::Object>().Set("wordsPerCompletion", Napi::Number::New(env, kWords));
   onCompletions_ = Napi::Persistent(info[2].As<Napi::Function>());
   poll_ = WatchReadable(env, channel_->fd, this, &CompletionQueue::OnReadable);
   Ref();
@@ -72,10 +79,15 @@ int CompletionQueue::PollInto(uint32_t* out) {
   ibv_wc wc[kBatch];
   int n = ibv_poll_cq(cq, kBatch, wc);
   for (int i = 0; i < n; i++) {
-    out[4 * i] = static_cast<uint32_t>(wc[i].wr_id);
-    out[4 * i + 1] = wc[i].status;
-    out[4 * i + 2] = wc[i].opcode;
-    out[4 * i + 3] = wc[i].byte_len;
+    uint32_t* w = out + kWords * i;
+    w[0] = static_cast<uint32_t>(wc[i].wr_id);
+    w[1] = wc[i].status;
+    w[2] = wc[i].opcode;
+    w[3] = wc[i].byte_len;
+    // A receive whose SEND carried an invalidation: which of our keys the NIC invalidated.
+    bool invalidated = wc[i].status == IBV_WC_SUCCESS && (wc[i].wc_flags & invalidatedFlags_) != 0;
+    w[4] = invalidated ? 1 : 0;
+    w[5] = invalidated ? wc[i].invalidated_rkey : 0;
   }
   return n;
 }

@@ -3,7 +3,7 @@
 namespace vof {
 
 // Opcodes of postSend work requests, as the JS side numbers them.
-enum WrOpcode : uint32_t { kSend = 0, kWrite = 1, kRead = 2, kBindWindow = 3, kLocalInvalidate = 4 };
+enum WrOpcode : uint32_t { kSend = 0, kWrite = 1, kRead = 2, kBindWindow = 3, kLocalInvalidate = 4, kSendWithInvalidate = 5 };
 static constexpr uint32_t kMaxChain = 64;
 static constexpr uint32_t kMaxSge = 32;
 
@@ -74,7 +74,7 @@ ibv_sge QueuePair::ToSge(Napi::Env env, Napi::Value mrValue, Napi::Value offsetV
 
 // postSend([{ wrId, opcode, signaled, inline?, sg: [mr, offset, length, ...], remoteAddr?, rkey?,
 // window?, access? }]) posts the list as one chain (e.g. RDMA WRITEs followed by the completion
-// SEND). BindWindow binds `window` over sg's one (region, offset, length) with `access`, under
+// SEND). SendWithInvalidate is a SEND whose `rkey` names the receiver's key to invalidate. BindWindow binds `window` over sg's one (region, offset, length) with `access`, under
 // the next key (ibv_inc_rkey); LocalInvalidate ends `window`'s current key. A chain binds a
 // window at most once.
 Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
@@ -142,8 +142,14 @@ Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
     wr.sg_list = sges[i];
     wr.num_sge = static_cast<int>(nsge);
     if (o.Get("signaled").ToBoolean()) wr.send_flags |= IBV_SEND_SIGNALED;
-    if (op == kSend) {
+    if (op == kSend || op == kSendWithInvalidate) {
       wr.opcode = IBV_WR_SEND;
+      if (op == kSendWithInvalidate) {
+        // The receiver's NIC invalidates `rkey` (one of the receiver's own keys) before it
+        // reports the message: the peer's key dies with no work request of the peer's own.
+        wr.opcode = IBV_WR_SEND_WITH_INV;
+        wr.invalidate_rkey = o.Get("rkey").As<Napi::Number>().Uint32Value();
+      }
       if (o.Get("inline").ToBoolean()) {
         uint64_t total = 0;
         for (uint32_t j = 0; j < nsge; j++) total += sges[i][j].length;

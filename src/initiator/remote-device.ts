@@ -20,6 +20,7 @@ import { DeviceRequest } from './device-request.js';
 import { connectControlPath, type ControlPath } from './control-path.js';
 import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
 import { VOF_F_INLINE_DATA, VOF_OP_GET_INLINE_DATA_SIZE, inlineSizeProblem } from '../protocol/inline-data.js';
+import { VOF_F_REMOTE_INVALIDATE } from '../protocol/remote-invalidation.js';
 import { plannedAttempts, reconnectPolicy, reconnects, type DeviceState, type ReconnectOptions, type ReconnectPolicy } from './reconnect-policy.js';
 import { VofConnectionError, VofError, VofResumeError } from './vof-error.js';
 
@@ -66,6 +67,12 @@ export interface ConnectOptions extends ReconnectOptions {
    * device-readable parts ride in the command's SEND instead of an RDMA READ (default true).
    */
   readonly inlineData?: boolean;
+  /**
+   * RDMA: negotiate vof's remote invalidation (VOF_F_REMOTE_INVALIDATE) when the target offers
+   * it, so a completion ends the command's key on arrival instead of a LOCAL_INV work request
+   * after it (default true).
+   */
+  readonly remoteInvalidation?: boolean;
 }
 
 export interface ConfigValue {
@@ -101,6 +108,9 @@ interface ResumePoint {
 
 const WANTED_OF_FEATURES = 1n << VIRTIO_OF_F_KEYED_NUM_DESCS;
 const INLINE_DATA_BIT = 1n << VOF_F_INLINE_DATA;
+const REMOTE_INVALIDATE_BIT = 1n << VOF_F_REMOTE_INVALIDATE;
+/** vof extensions that only change how requests travel: a resume may gain or lose them. */
+const OPTIONAL_BITS = INLINE_DATA_BIT | REMOTE_INVALIDATE_BIT;
 
 /**
  * A connected Virtio-oF device instance, initiator side. Created by connect(), which runs the
@@ -286,13 +296,15 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     // The control-queue Connect was made by connectControlPath (which follows redirects).
 
     this.offeredOfFeatures = featureOf(await this.controlCommand({ opcode: Opcode.GetFeature, featureSelect: 0 }));
-    // Inline data only changes how requests travel: a target without it is no reason to refuse a resume.
-    const required = resume ? resume.ofFeatures & ~INLINE_DATA_BIT : 0n;
+    // vof's extensions only change how requests travel: a target without them is no reason to refuse a resume.
+    const required = resume ? resume.ofFeatures & ~OPTIONAL_BITS : 0n;
     if ((this.offeredOfFeatures & required) !== required) {
       throw new VofResumeError(`${this.url}: cannot resume: the target now offers Virtio-oF features ${hex(this.offeredOfFeatures)}, without ${hex(required & ~this.offeredOfFeatures)} negotiated before`);
     }
-    const wanted = this.options.inlineData === false ? WANTED_OF_FEATURES : WANTED_OF_FEATURES | INLINE_DATA_BIT;
-    this.ofFeatures = this.offeredOfFeatures & (resume ? required | (wanted & INLINE_DATA_BIT) : wanted);
+    let wanted = WANTED_OF_FEATURES;
+    if (this.options.inlineData !== false) wanted |= INLINE_DATA_BIT;
+    if (this.options.remoteInvalidation !== false) wanted |= REMOTE_INVALIDATE_BIT;
+    this.ofFeatures = this.offeredOfFeatures & (resume ? required | (wanted & OPTIONAL_BITS) : wanted);
     await this.controlCommand({ opcode: Opcode.SetFeature, featureSelect: 0, feature: this.ofFeatures });
     if (this.ofFeatures & (1n << VIRTIO_OF_F_KEYED_NUM_DESCS)) {
       const k = await this.controlCommand({ opcode: Opcode.GetKeyedNumDescs });

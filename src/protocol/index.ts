@@ -6,3 +6,4 @@ export * from './keyed-descriptor.js';
 export * from './admin-command.js';
 export * from './admin-records.js';
 export * from './inline-data.js';
+export * from './remote-invalidation.js';

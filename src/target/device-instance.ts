@@ -19,6 +19,7 @@ import {
 } from './device-status.js';
 import type { QueueSession } from './queue-session.js';
 import { VOF_F_INLINE_DATA } from '../protocol/inline-data.js';
+import { VOF_F_REMOTE_INVALIDATE } from '../protocol/remote-invalidation.js';
 
 export interface KeepalivePolicy {
   /** How often the target sends a Keepalive Completion (0xffff) on the control queue; 0 sends none. */
@@ -94,12 +95,15 @@ export class DeviceInstance {
 
   /**
    * Virtio-oF features this instance offers: keyed descriptors only on keyed transports, and
-   * vof's inline data where the control connection can take it (the target's setting).
+   * vof's inline data where the control connection can take it (the target's setting), and
+   * vof's remote invalidation where the transport can send it.
    */
   get offeredOfFeatures(): bigint {
-    if (this.control.connection.kind !== 'keyed') return 0n;
-    const inline = (this.control.connection.inlineDataCapacity ?? 0) > 0 ? 1n << VOF_F_INLINE_DATA : 0n;
-    return (1n << VIRTIO_OF_F_KEYED_NUM_DESCS) | inline;
+    const connection = this.control.connection;
+    if (connection.kind !== 'keyed') return 0n;
+    const inline = (connection.inlineDataCapacity ?? 0) > 0 ? 1n << VOF_F_INLINE_DATA : 0n;
+    const invalidate = connection.enableRemoteInvalidation ? 1n << VOF_F_REMOTE_INVALIDATE : 0n;
+    return (1n << VIRTIO_OF_F_KEYED_NUM_DESCS) | inline | invalidate;
   }
 
   get deviceStatus(): number {
@@ -196,6 +200,10 @@ export class DeviceInstance {
    * vof inline data: the agreed size (Get Inline Data Size) once VOF_F_INLINE_DATA is set, else
    * 0. Virtqueues take it when their Connect succeeds (docs/PROTOCOL.md).
    */
+  get remoteInvalidation(): boolean {
+    return (this.ofFeatures & (1n << VOF_F_REMOTE_INVALIDATE)) !== 0n;
+  }
+
   get inlineDataSize(): number {
     return (this.ofFeatures & (1n << VOF_F_INLINE_DATA)) !== 0n ? (this.control.connection.inlineDataCapacity ?? 0) : 0;
   }

@@ -408,6 +408,7 @@ export class QueueSession {
     inst.virtqueues.set(cmd.vqIndex, this);
     // vof inline data: this virtqueue keeps the layout negotiated now, before the initiator can send a VQ command.
     if (inst.inlineDataSize > 0) this.connection.enableInlineData?.(inst.inlineDataSize);
+    if (inst.remoteInvalidation) this.connection.enableRemoteInvalidation?.();
     this.ctx.sessionBound(this);
     this.log.info(
       `${this.connection.peer}: virtqueue ${cmd.vqIndex} of instance ${inst.id} attached: ` +

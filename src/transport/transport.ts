@@ -140,6 +140,14 @@ export interface TargetConnection {
    * completion is sent; `size` never exceeds inlineDataCapacity.
    */
   enableInlineData?(size: number): void;
+  /**
+   * Keyed transports that can send a SEND with Invalidate: from now on a VQ completion may end
+   * its request's first keyed descriptor's key at the initiator (the virtqueue's instance
+   * negotiated VOF_F_REMOTE_INVALIDATE; docs/PROTOCOL.md "Remote invalidation on keyed
+   * queues"). Called before the virtqueue's Connect completion is sent. Its presence is the
+   * offer.
+   */
+  enableRemoteInvalidation?(): void;
 }
 
 /** Initiator side: what the transport reports about one connection. */

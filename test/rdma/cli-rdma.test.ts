@@ -55,8 +55,9 @@ describe('vof CLI over RDMA', () => {
     };
     expect(parsed.deviceId).toBe(2);
     expect(parsed.blk.capacityBytes).toBe(String(2 * 1024 * 1024));
-    // VIRTIO_OF_F_KEYED_NUM_DESCS and vof's inline data (bit 56) negotiated, and the target's limits.
-    expect([parsed.virtioOfFeatures.negotiated, parsed.maxKeyedDescriptors, parsed.inlineDataBytes]).toEqual(['0x100000000000001', 32, 4112]);
+    // VIRTIO_OF_F_KEYED_NUM_DESCS, vof's inline data (bit 56) and remote invalidation (bit 57)
+    // negotiated, and the target's limits.
+    expect([parsed.virtioOfFeatures.negotiated, parsed.maxKeyedDescriptors, parsed.inlineDataBytes]).toEqual(['0x300000000000001', 32, 4112]);
 
     const src = join(dir, 'src.bin');
     const data = Buffer.alloc(1024 * 1024 + 512);

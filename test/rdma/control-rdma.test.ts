@@ -26,11 +26,11 @@ describe('every control-queue command over RDMA (one SEND per PDU)', () => {
     expect(c.readUInt16LE(2)).toBe(1);
     expect(c.readUInt16LE(4)).not.toBe(0xffff);
 
-    // Virtio-oF features: keyed descriptors offered on RDMA, and vof's inline data (bit 56,
-    // docs/PROTOCOL.md); Get Keyed Number Descriptors only once negotiated.
+    // Virtio-oF features: keyed descriptors offered on RDMA, and vof's inline data (bit 56) and
+    // remote invalidation (bit 57, docs/PROTOCOL.md); Get Keyed Number Descriptors only once negotiated.
     const f = await q.call({ opcode: Opcode.GetFeature, commandId: 2, featureSelect: 0 });
     expect(st(f)).toBe('SUCCESS');
-    expect(f.readBigUInt64LE(8)).toBe(1n | (1n << 56n));
+    expect(f.readBigUInt64LE(8)).toBe(1n | (1n << 56n) | (1n << 57n));
     expect(st(await q.call({ opcode: Opcode.GetKeyedNumDescs, commandId: 3 }))).toBe('ENOCMD');
     expect(st(await q.call({ opcode: Opcode.SetFeature, commandId: 4, featureSelect: 0, feature: 2n }))).toBe('EFEATURE');
     expect(st(await q.call({ opcode: Opcode.SetFeature, commandId: 5, featureSelect: 0, feature: 1n }))).toBe('SUCCESS');

@@ -131,7 +131,7 @@ class RawVerbsPeer {
 
   private onCompletions(n: number): void {
     const wc = this.cq.completions;
-    for (let i = 0; i < n; i++) if ((wc[4 * i + 2]! & 128) !== 0 && wc[4 * i + 1] === 0) this.recvCompletions++; // IBV_WC_RECV
+    for (let i = 0; i < n; i++) if ((wc[this.cq.wordsPerCompletion * i + 2]! & 128) !== 0 && wc[this.cq.wordsPerCompletion * i + 1] === 0) this.recvCompletions++; // IBV_WC_RECV
   }
 
   private async expect(type: string): Promise<CmEvent> {

@@ -8,6 +8,7 @@ import {
   Opcode,
   VIRTIO_OF_F_KEYED_NUM_DESCS,
   VOF_F_INLINE_DATA,
+  VOF_F_REMOTE_INVALIDATE,
   VOF_OP_GET_INLINE_DATA_SIZE,
   decodeInlineRequest,
   decodeKeyedDescriptors,
@@ -33,6 +34,7 @@ const MiB = 1024 * 1024;
 const WRITE_OUT = 16 + 4096;
 const KEEPALIVE = { intervalMs: 60000, timeoutMs: 600000 };
 const INLINE = 1n << VOF_F_INLINE_DATA;
+const INVALIDATE = 1n << VOF_F_REMOTE_INVALIDATE;
 const KEYED = 1n << VIRTIO_OF_F_KEYED_NUM_DESCS;
 
 interface Target {
@@ -50,14 +52,15 @@ async function startTarget(inlineDataBytes: number): Promise<Target> {
 }
 
 /** Inline requests and RDMA READs the target's virtqueue connections have seen so far. */
-function transferCounts(fx: TargetFixture): { inlineRequests: number; rdmaReads: number } {
+function transferCounts(fx: TargetFixture): { inlineRequests: number; rdmaReads: number; remoteInvalidations: number } {
   const instances = (fx.target as unknown as { instances: Map<number, DeviceInstance> }).instances;
-  const sum = { inlineRequests: 0, rdmaReads: 0 };
+  const sum = { inlineRequests: 0, rdmaReads: 0, remoteInvalidations: 0 };
   for (const inst of instances.values()) {
     for (const q of inst.virtqueues.values()) {
       const c = (q.connection as RdmaTargetConnection).transferCounts;
       sum.inlineRequests += c.inlineRequests;
       sum.rdmaReads += c.rdmaReads;
+      sum.remoteInvalidations += c.remoteInvalidations;
     }
   }
   return sum;
@@ -158,7 +161,7 @@ describe('not negotiated: the seed format, unchanged', () => {
     const disk = await BlockDevice.open(`${fx.url}/disk0`, { keepaliveIntervalMs: 0, inlineData: false });
     try {
       expect(disk.device.offeredOfFeatures & INLINE).toBe(INLINE);
-      expect([disk.device.ofFeatures, disk.device.inlineDataBytes]).toEqual([KEYED, 0]);
+      expect([disk.device.ofFeatures, disk.device.inlineDataBytes]).toEqual([KEYED | INVALIDATE, 0]);
       const sent = captureVqRequests();
       const before = transferCounts(fx);
       const data = randomBytes(4096);
@@ -183,7 +186,7 @@ describe('not negotiated: the seed format, unchanged', () => {
     const { fx, path } = targets.get(0)!;
     const disk = await BlockDevice.open(`${fx.url}/disk0`, { keepaliveIntervalMs: 0 });
     try {
-      expect([disk.device.offeredOfFeatures, disk.device.ofFeatures, disk.device.inlineDataBytes]).toEqual([KEYED, KEYED, 0]);
+      expect([disk.device.offeredOfFeatures, disk.device.ofFeatures, disk.device.inlineDataBytes]).toEqual([KEYED | INVALIDATE, KEYED | INVALIDATE, 0]);
       const data = randomBytes(4096);
       await disk.write(4096, data);
       expect((await disk.read(4096, 4096)).equals(data)).toBe(true);
@@ -200,7 +203,7 @@ describe('not negotiated: the seed format, unchanged', () => {
     const control = await RawRdmaQueue.open(fx.url);
     const id = await control.bringUp('disk0', async () => {
       const offered = await control.call({ opcode: Opcode.GetFeature, commandId: 11, featureSelect: 0 });
-      expect(offered.readBigUInt64LE(8)).toBe(KEYED | INLINE);
+      expect(offered.readBigUInt64LE(8)).toBe(KEYED | INLINE | INVALIDATE);
       expect(st(await control.call({ opcode: VOF_OP_GET_INLINE_DATA_SIZE, commandId: 12 }))).toBe('ENOCMD');
       expect(st(await control.call({ opcode: Opcode.SetFeature, commandId: 13, featureSelect: 0, feature: KEYED }))).toBe('SUCCESS');
       expect(st(await control.call({ opcode: VOF_OP_GET_INLINE_DATA_SIZE, commandId: 14 }))).toBe('ENOCMD');
@@ -223,6 +226,8 @@ describe('not negotiated: the seed format, unchanged', () => {
     expect([st(c), c.readUInt16LE(2), status[0]]).toEqual(['SUCCESS', 7, 0]);
     expect(readFileSync(path).subarray(24 * 512, 24 * 512 + 4096).every((b) => b === 0x5e)).toBe(true);
     expect(transferCounts(fx).rdmaReads - before.rdmaReads).toBe(1);
+    // Bit 57 was not set: a plain SEND, which leaves this client's (non-invalidatable) MR keys alone.
+    expect(transferCounts(fx).remoteInvalidations - before.remoteInvalidations).toBe(0);
     await vq.close();
     outMr.deregister();
     inMr.deregister();

@@ -3,6 +3,7 @@ import { encodeCommand, Opcode } from '../../src/index.js';
 import { nativeBinding } from '../../src/transport/rdma/native-binding.js';
 import { RdmaWorkError } from '../../src/transport/rdma/send-queue.js';
 import type { InitiatorConnection } from '../../src/transport/transport.js';
+import type { RdmaInitiatorConnection } from '../../src/transport/rdma/rdma-initiator-connection.js';
 import { rdmaAddress, waitFor } from './rdma-env.js';
 import { RawRdmaTarget, type RawTargetConnection } from './raw-rdma-target.js';
 
@@ -70,6 +71,8 @@ async function oneCommand(
   out: Buffer,
   into: Buffer,
   written: Buffer,
+  /** Complete with a SEND with Invalidate of the first descriptor's key (vof remote invalidation). */
+  invalidateFirst = false,
 ): Promise<{ outDesc: { addr: bigint; length: number; key: number }; inDesc: { addr: bigint; length: number; key: number } }> {
   initiator.sendVq(vqCommand(3, out.length, into.length), [out], [into]);
   const { command, descriptors } = await conn.nextCommand();
@@ -79,7 +82,7 @@ async function oneCommand(
   // Control: in flight, the keys work, each for its own direction.
   expect((await conn.read(outDesc)).equals(out)).toBe(true);
   await conn.write(inDesc, written);
-  await conn.complete(command, written.length);
+  await conn.complete(command, written.length, invalidateFirst ? outDesc.key : null);
   const c = await watcher.completion();
   expect([c.readUInt16LE(0), c.readUInt16LE(2), c.readUInt32LE(4)]).toEqual([0, 3, written.length]);
   expect(into.equals(written)).toBe(true);
@@ -199,5 +202,95 @@ describe('initiator keys die with their request', () => {
       const now = binding.resourceCounts();
       return now.memoryWindows === before.memoryWindows && now.memoryRegions === before.memoryRegions;
     });
+  });
+});
+
+// vof remote invalidation (docs/PROTOCOL.md "Remote invalidation on keyed queues"): the target
+// may send a VQ completion as a SEND with Invalidate of the command's first key. The initiator's
+// NIC ends that key before the completion is reported; the initiator invalidates only the rest.
+describe('remote invalidation: a completion that ends its command\'s first key', () => {
+  const stats = (i: InitiatorConnection) => (i as RdmaInitiatorConnection).keyStats;
+
+  for (const attack of ['READ', 'WRITE'] as const) {
+    it(`the first key dies with the completion's arrival, the second by a LOCAL_INV: an RDMA ${attack} through it afterwards fails`, async () => {
+      const { initiator, target: conn } = await target.connect(8);
+      const watcher = watch(initiator);
+      try {
+        const out = Buffer.alloc(8 * KiB, 0x5a);
+        const into = Buffer.alloc(8 * KiB, 0);
+        const written = Buffer.alloc(8 * KiB, 0xc3);
+        const { outDesc, inDesc } = await oneCommand(initiator, conn, watcher, out, into, written, true);
+        // One key ended by the target's SEND with Invalidate, one by the initiator's LOCAL_INV.
+        expect(stats(initiator)).toEqual({ remoteInvalidations: 1, localInvalidations: 1 });
+        if (attack === 'READ') await expectRemoteAccessError(conn.read(outDesc));
+        else {
+          await expectRemoteAccessError(conn.write(inDesc, Buffer.alloc(into.length, 0xee)));
+          expect(into.equals(written)).toBe(true);
+        }
+      } finally {
+        await initiator.close();
+        conn.destroy();
+      }
+    });
+  }
+
+  it('a window ended remotely is bound again by the next command on the same id, which works', async () => {
+    const { initiator, target: conn } = await target.connect(8);
+    const watcher = watch(initiator);
+    try {
+      for (let round = 1; round <= 3; round++) {
+        const out = Buffer.alloc(4 * KiB, round);
+        const into = Buffer.alloc(4 * KiB, 0);
+        const written = Buffer.alloc(4 * KiB, 0x80 + round);
+        await oneCommand(initiator, conn, watcher, out, into, written, true);
+        expect(stats(initiator)).toEqual({ remoteInvalidations: round, localInvalidations: round });
+      }
+    } finally {
+      await initiator.close();
+      conn.destroy();
+    }
+  });
+
+  it('a command with one descriptor needs no LOCAL_INV at all, and its key is dead afterwards', async () => {
+    const { initiator, target: conn } = await target.connect(8);
+    const watcher = watch(initiator);
+    try {
+      const into = Buffer.alloc(4 * KiB, 0);
+      initiator.sendVq(vqCommand(5, 0, into.length), [], [into]);
+      const { command, descriptors } = await conn.nextCommand();
+      expect(descriptors.length).toBe(1);
+      const d = descriptors[0]!;
+      await conn.write(d, Buffer.alloc(4 * KiB, 0x42));
+      await conn.complete(command, 4 * KiB, d.key);
+      const c = await watcher.completion();
+      expect([c.readUInt16LE(0), c.readUInt16LE(2)]).toEqual([0, 5]);
+      expect(into.equals(Buffer.alloc(4 * KiB, 0x42))).toBe(true);
+      expect(stats(initiator)).toEqual({ remoteInvalidations: 1, localInvalidations: 0 });
+      await expectRemoteAccessError(conn.write(d, Buffer.alloc(4 * KiB, 0xee)));
+      expect(into.equals(Buffer.alloc(4 * KiB, 0x42))).toBe(true);
+    } finally {
+      await initiator.close();
+      conn.destroy();
+    }
+  });
+
+  it('a completion that ends a key other than its command\'s first closes the connection; the caller never sees it', async () => {
+    const { initiator, target: conn } = await target.connect(8);
+    const watcher = watch(initiator);
+    const got: Buffer[] = [];
+    try {
+      const out = Buffer.alloc(4 * KiB, 1);
+      const into = Buffer.alloc(4 * KiB, 0);
+      initiator.sendVq(vqCommand(2, out.length, into.length), [out], [into]);
+      const { command, descriptors } = await conn.nextCommand();
+      // The second descriptor's key: a live key of ours, but not the one the rule allows.
+      await conn.complete(command, 0, descriptors[1]!.key);
+      await waitFor('the initiator to close the connection', () => watcher.closed());
+      await watcher.completion().then((c) => got.push(c), () => {});
+      expect(got).toEqual([]);
+    } finally {
+      await initiator.close();
+      conn.destroy();
+    }
   });
 });

@@ -143,13 +143,16 @@ export class RawTargetConnection {
     }
   }
 
-  /** The VQ completion of `command`: status 0 and `written` bytes. */
-  complete(command: Buffer, written: number): Promise<void> {
+  /**
+   * The VQ completion of `command`: status 0 and `written` bytes; with `invalidateKey`, sent as
+   * a SEND with Invalidate ending that initiator key (vof remote invalidation).
+   */
+  complete(command: Buffer, written: number, invalidateKey: number | null = null): Promise<void> {
     const c = Buffer.alloc(COMPLETION_SIZE);
     c.writeUInt16LE(0, 0);
     c.writeUInt16LE(command.readUInt16LE(2), 2);
     c.writeUInt32LE(written, 4);
-    return this.rc.send([c], 'completion');
+    return this.rc.send([c], 'completion', [], invalidateKey);
   }
 
   destroy(): void {

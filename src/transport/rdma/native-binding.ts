@@ -85,9 +85,14 @@ export interface ProtectionDomain {
   registrations(): number;
 }
 
-/** Completions land here, 4 words each: wr_id, status, opcode, byte_len. */
+/**
+ * Completions land in `completions`, `wordsPerCompletion` words each: wr_id, status, opcode,
+ * byte_len, invalidated (1: a received SEND with Invalidate ended one of our keys), and that
+ * invalidated rkey.
+ */
 export interface CompletionQueue {
   readonly completions: Uint32Array;
+  readonly wordsPerCompletion: number;
   poll(): number;
   destroy(): void;
 }
@@ -105,13 +110,15 @@ export interface MemoryWindow {
   dealloc(): void;
 }
 
-export const WrOpcode = { Send: 0, Write: 1, Read: 2, BindWindow: 3, LocalInvalidate: 4 } as const;
+export const WrOpcode = { Send: 0, Write: 1, Read: 2, BindWindow: 3, LocalInvalidate: 4, SendWithInvalidate: 5 } as const;
 export type WrOpcode = (typeof WrOpcode)[keyof typeof WrOpcode];
 
 /**
  * One work request; `sg` is flat triples of (region, offset, length). BindWindow: `window` over
  * sg's single triple (the region must be registered with access.MW_BIND), granting `access`
  * (REMOTE_READ and/or REMOTE_WRITE). LocalInvalidate: `window`'s current key stops working.
+ * SendWithInvalidate: a Send that also makes the receiver's NIC invalidate the receiver's key
+ * `rkey` before the receiver sees the message.
  */
 export interface SendWr {
   wrId: number;

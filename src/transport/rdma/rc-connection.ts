@@ -30,8 +30,11 @@ export interface RcConnectionOptions {
 }
 
 export interface RcConnectionHandler {
-  /** One received message; `message` is valid during the call only. */
-  onMessage(message: Buffer): void;
+  /**
+   * One received message; `message` is valid during the call only. `invalidatedKey`: the SEND
+   * carried an invalidation and the NIC has already ended this key of ours (null otherwise).
+   */
+  onMessage(message: Buffer, invalidatedKey: number | null): void;
   /** The QP left the working state (first failed completion); called once. */
   onBroken(err: Error): void;
 }
@@ -105,10 +108,12 @@ export class RcConnection {
 
   private onCompletions(count: number): void {
     const wc = this.cq.completions;
+    const words = this.cq.wordsPerCompletion;
     for (let i = 0; i < count; i++) {
       if (this.destroyed) return;
+      const w = words * i;
       try {
-        this.onCompletion(wc[4 * i]!, wc[4 * i + 1]!, wc[4 * i + 3]!);
+        this.onCompletion(wc[w]!, wc[w + 1]!, wc[w + 3]!, wc[w + 4] === 1 ? wc[w + 5]! : null);
       } catch (err) {
         // A bug or an unexpected verbs error below us: this connection cannot be trusted any
         // more, the process and every other connection can.
@@ -118,7 +123,7 @@ export class RcConnection {
     }
   }
 
-  private onCompletion(wrId: number, status: number, byteLen: number): void {
+  private onCompletion(wrId: number, status: number, byteLen: number, invalidatedKey: number | null): void {
     if ((wrId & RECV_WR_FLAG) === 0) {
       this.sendQueue.complete(wrId, status);
       if (status !== 0) this.break(new RdmaWorkError(status, this.binding.wcStatusName(status), 'send queue'));
@@ -128,7 +133,7 @@ export class RcConnection {
     if (status !== 0) return this.break(new RdmaWorkError(status, this.binding.wcStatusName(status), 'receive'));
     if (this.brokenBy) return;
     const offset = slot * this.options.recvSize;
-    this.handler.onMessage(this.recvRegion.buffer.subarray(offset, offset + byteLen));
+    this.handler.onMessage(this.recvRegion.buffer.subarray(offset, offset + byteLen), invalidatedKey);
     if (!this.destroyed && !this.brokenBy) this.postRecv(slot);
   }
 
@@ -147,8 +152,9 @@ export class RcConnection {
   /**
    * SEND `parts` (copied into a registered slot) as one message, after the work requests in
    * `before` (posted as one chain: the target's RDMA WRITEs and the completion they precede).
+   * `invalidateKey`: a SEND with Invalidate that ends this key of the peer's on arrival.
    */
-  send(parts: readonly Buffer[], what: string, before: SendWr[] = []): Promise<void> {
+  send(parts: readonly Buffer[], what: string, before: SendWr[] = [], invalidateKey: number | null = null): Promise<void> {
     let total = 0;
     for (const p of parts) total += p.length;
     const largest = Math.max(this.options.sendSize, this.options.largestSend ?? 0);
@@ -156,7 +162,11 @@ export class RcConnection {
     const slot = this.sendSlots.acquire(total);
     let at = 0;
     for (const p of parts) at += p.copy(slot.view, at);
-    before.push({ wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [slot.mr, slot.offset, total] });
+    before.push(
+      invalidateKey === null
+        ? { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [slot.mr, slot.offset, total] }
+        : { wrId: 0, opcode: WrOpcode.SendWithInvalidate, signaled: true, sg: [slot.mr, slot.offset, total], rkey: invalidateKey },
+    );
     return this.sendQueue.post(before, what).finally(() => slot.release());
   }
 

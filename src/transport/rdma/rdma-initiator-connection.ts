@@ -95,7 +95,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
         binding,
         cmId,
         { recvDepth: queueSize + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth, sendSize, protectionDomain: { pd: this.memory.pd, release: () => {} } }, // the PD is the connection memory's: it deallocates it after the QP is gone
-        { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.teardown(err) },
+        { onMessage: (m, invalidated) => this.onMessage(m, invalidated), onBroken: (err) => this.teardown(err) },
       );
     } catch (err) {
       this.memory.detach();
@@ -186,7 +186,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     this.handler = handler;
   }
 
-  private onMessage(msg: Buffer): void {
+  private onMessage(msg: Buffer, invalidatedKey: number | null): void {
     if (this.closed) return;
     if (msg.length === CONTROL_RECV_SIZE && msg.readUInt16LE(0) === VOF_STATUS_EREDIRECT) {
       // vof redirect: the record rides in the completion's SEND (docs/PROTOCOL.md "Redirect").
@@ -211,6 +211,13 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     const completion = Buffer.from(msg);
     const id = completion.readUInt16LE(2);
     const slot = id < this.slots.length ? this.slots[id]! : null;
+    if (invalidatedKey !== null && !(slot?.busy && !slot.completing && slot.bound > 0 && slot.windows[0]!.rkey === invalidatedKey)) {
+      // vof remote invalidation ends exactly the completed command's first key; a target that
+      // ends any other key of ours (another command's, a stale one) is not to be trusted.
+      this.log.warn(`${this.peer}: the completion of command ${id} invalidated key 0x${invalidatedKey.toString(16)}, not that command's first keyed descriptor's: closing`);
+      this.teardown(new Error(`${this.peer}: a completion invalidated a key it does not own`));
+      return;
+    }
     if (!slot?.busy) {
       // Not a VQ command of ours (a non-VQ command, an event, or a bogus id the queue client rejects).
       this.handler?.onCompletion(completion);
@@ -222,13 +229,18 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       return;
     }
     slot.completing = true;
-    if (slot.bound === 0) {
+    // The target's keys die before the caller hears of the completion: the first one may have
+    // died with the completion's arrival already (vof remote invalidation), the rest here.
+    const first = invalidatedKey === null ? 0 : 1;
+    if (first === 1) this.keyStats.remoteInvalidations++;
+    if (slot.bound === first) {
+      slot.bound = 0;
       this.finish(slot, completion);
       return;
     }
-    // The target's keys die before the caller hears of the completion.
     const wrs: SendWr[] = [];
-    for (let i = 0; i < slot.bound; i++) wrs.push({ wrId: 0, opcode: WrOpcode.LocalInvalidate, signaled: false, sg: [], window: slot.windows[i]! });
+    for (let i = first; i < slot.bound; i++) wrs.push({ wrId: 0, opcode: WrOpcode.LocalInvalidate, signaled: false, sg: [], window: slot.windows[i]! });
+    this.keyStats.localInvalidations += wrs.length;
     this.rc.sendQueue.post(wrs, `invalidating the keys of command ${id}`).then(
       () => {
         slot.bound = 0;
@@ -391,6 +403,12 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   freeBuffer(buffer: Buffer): void {
     this.memory.freeBuffer(buffer);
   }
+
+  /**
+   * Keys ended by this side's LOCAL_INV work requests, and by the target's SEND with Invalidate
+   * (vof remote invalidation), since the connection opened (tests and benchmarks).
+   */
+  readonly keyStats = { localInvalidations: 0, remoteInvalidations: 0 };
 
   /** Bounce arena statistics (tests and benchmarks). */
   get bounceStats(): { bytes: number; waiters: number; oversized: number } {

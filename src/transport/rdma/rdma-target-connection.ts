@@ -133,8 +133,13 @@ export class RdmaTargetConnection implements TargetConnection {
   readonly inlineDataCapacity: number;
   /** Agreed inline size once the virtqueue's instance negotiated VOF_F_INLINE_DATA, else 0. */
   private inlineSize = 0;
-  /** VQ requests whose readable part came inline, and RDMA READ chains posted (tests, bench). */
-  readonly transferCounts = { inlineRequests: 0, rdmaReads: 0 };
+  /** The virtqueue's instance negotiated VOF_F_REMOTE_INVALIDATE. */
+  private remoteInvalidation = false;
+  /**
+   * VQ requests whose readable part came inline, RDMA READ chains posted, and completions sent
+   * as a SEND with Invalidate (tests, bench).
+   */
+  readonly transferCounts = { inlineRequests: 0, rdmaReads: 0, remoteInvalidations: 0 };
 
   constructor(
     binding: NativeBinding,
@@ -220,6 +225,10 @@ export class RdmaTargetConnection implements TargetConnection {
 
   enableInlineData(size: number): void {
     this.inlineSize = Math.min(size, this.inlineDataCapacity);
+  }
+
+  enableRemoteInvalidation(): void {
+    this.remoteInvalidation = true;
   }
 
   /** vof inline data: copied out of the receive buffer, which is reposted when this returns. */
@@ -367,9 +376,14 @@ export class RdmaTargetConnection implements TargetConnection {
         left -= n;
       }
     }
+    // vof remote invalidation: the completion ends the initiator's key of desc[0] on arrival
+    // (after the WRITEs before it, which the QP executes first), so the initiator posts no
+    // LOCAL_INV for it. Never for a request whose descriptors were refused.
+    const invalidate = this.remoteInvalidation && req.problem === null && req.descriptors.length > 0 ? req.descriptors[0]!.key : null;
+    if (invalidate !== null) this.transferCounts.remoteInvalidations++;
     // The request's memory stays taken until the chain has completed (see KeyedVqRequest.release).
     req.sending = this.rc
-      .send([completion], `RDMA WRITE and completion of command ${req.commandId}`, wrs)
+      .send([completion], `RDMA WRITE and completion of command ${req.commandId}`, wrs, invalidate)
       .catch((err: Error) => this.log.debug(`${this.peer}: ${err.message}`));
   }
 
