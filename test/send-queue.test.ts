@@ -60,6 +60,7 @@ describe('send queue batching (one postSend per JS turn)', () => {
     expect(sq.idle).toBe(false); // pending chains count
     await turn();
     expect(qp.calls).toHaveLength(1);
+    expect(sq.posted).toEqual({ calls: 1, chains: 4 });
     expect(qp.posted.map((w) => w.tag)).toEqual(chains.flatMap(tags));
     // Within a chain: one id on every request, only the last signaled; ids differ between chains.
     let at = 0;
@@ -112,6 +113,7 @@ describe('send queue batching (one postSend per JS turn)', () => {
     await turn();
     // 30+30 (a third chain would make 65), 5+40, 64, 1.
     expect(qp.calls.map((c) => c.length)).toEqual([60, 45, 64, 1]);
+    expect(sq.posted).toEqual({ calls: 4, chains: 6 });
     expect(qp.posted.map((w) => w.tag)).toEqual(chains.flatMap(tags));
     // No chain straddles two calls: every call ends with a signaled request.
     for (const call of qp.calls) expect(call[call.length - 1]!.signaled).toBe(true);

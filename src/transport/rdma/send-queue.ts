@@ -85,6 +85,8 @@ export class SendQueue {
   /** Send completions seen (cumulative); the stall watchdog compares it between its ticks. */
   private completions = 0;
   private watchdog: NodeJS.Timeout | null = null;
+  /** postSend calls made and chains they carried (cumulative): how well posts are batched. */
+  readonly posted = { calls: 0, chains: 0 };
 
   constructor(
     private readonly qp: QueuePair,
@@ -194,6 +196,8 @@ export class SendQueue {
         return;
       }
       for (const chain of batch) this.inFlight.set(chain.id, chain);
+      this.posted.calls++;
+      this.posted.chains += batch.length;
     }
   }
 
