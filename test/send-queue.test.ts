@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import type { NativeBinding, QueuePair, SendWr } from '../src/transport/rdma/native-binding.js';
+import type { CmId, CompletionQueue, MemoryRegion, NativeBinding, ProtectionDomain, QueuePair, SendWr } from '../src/transport/rdma/native-binding.js';
 import { WrOpcode } from '../src/transport/rdma/native-binding.js';
-import { MAX_WRS_PER_POST, RdmaWorkError, SendQueue, SendStalledError } from '../src/transport/rdma/send-queue.js';
+import { RcConnection } from '../src/transport/rdma/rc-connection.js';
+import { MAX_WRS_PER_POST, RdmaWorkError, RECV_WR_FLAG, SendQueue, SendStalledError } from '../src/transport/rdma/send-queue.js';
 
 // The send queue's batching, with a fake QueuePair that records every postSend call (one call
 // is one ibv_post_send, a system call on soft-RoCE): what reaches the QP, in which calls, with
@@ -205,5 +206,57 @@ describe('send queue room and backlog with batching', () => {
     expect([inFlight.state, pending.state, waiting.state]).toEqual([err, err, err]);
     expect(sq.idle).toBe(true);
     expect(sq.complete(qp.posted[0]!.wrId, 5)).toBe(false); // the flush of a settled chain
+  });
+});
+
+describe('RcConnection flushes after a burst of completions', () => {
+  it('the answers to a burst of received messages leave in one postSend, before the turn ends', () => {
+    const qp = new RecordingQp();
+    let deliver: (n: number) => void = () => {};
+    const completions = new Uint32Array(4 * 8);
+    const pd: ProtectionDomain = {
+      registerMemory(buffer: Uint8Array): MemoryRegion {
+        const buf = Buffer.from(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+        return { lkey: 1, rkey: 1, address: 0n, length: buf.length, buffer: buf, deregister() {} };
+      },
+      dealloc: () => true,
+      registrations: () => 0,
+    };
+    const binding = {
+      wcStatusName: (s: number) => `status ${s}`,
+      access: { LOCAL_WRITE: 1, REMOTE_WRITE: 2, REMOTE_READ: 4, MW_BIND: 16 },
+      CompletionQueue: class implements CompletionQueue {
+        readonly completions = completions;
+        constructor(_cmId: CmId, _cqe: number, onCompletions: (n: number) => void) {
+          deliver = onCompletions;
+        }
+        poll = () => 0;
+        destroy(): void {}
+      },
+    } as unknown as NativeBinding;
+    const cmId = { createQp: () => qp, destroy() {} } as unknown as CmId;
+    const answered: number[] = [];
+    const rc: RcConnection = new RcConnection(
+      binding,
+      cmId,
+      { recvDepth: 4, recvSize: 16, sendDepth: 16, sendSize: 16, protectionDomain: { pd, release() {} } },
+      {
+        onMessage(message) {
+          // Each message is answered at once, as the initiator's invalidations are.
+          answered.push(message[0]!);
+          void rc.send([Buffer.from([message[0]! + 100])], 'answer').catch(() => {});
+        },
+        onBroken() {},
+      },
+    );
+    // Three receives complete in one callback: wr_id, status, opcode, byte_len each.
+    for (let i = 0; i < 3; i++) completions.set([RECV_WR_FLAG | i, 0, 128, 1], 4 * i);
+    deliver(3);
+    // Posted synchronously at the end of the callback, as one call of the three SENDs.
+    expect(answered).toHaveLength(3);
+    expect(qp.calls).toHaveLength(1);
+    expect(qp.calls[0]!.map((w) => w.signaled)).toEqual([true, true, true]);
+    expect(new Set(qp.calls[0]!.map((w) => w.wrId)).size).toBe(3);
+    rc.destroy();
   });
 });
