@@ -74,9 +74,13 @@ ibv_sge QueuePair::ToSge(Napi::Env env, Napi::Value mrValue, Napi::Value offsetV
 
 // postSend([{ wrId, opcode, signaled, inline?, sg: [mr, offset, length, ...], remoteAddr?, rkey?,
 // window?, access? }]) posts the list as one chain (e.g. RDMA WRITEs followed by the completion
-// SEND). SendWithInvalidate is a SEND whose `rkey` names the receiver's key to invalidate. BindWindow binds `window` over sg's one (region, offset, length) with `access`, under
-// the next key (ibv_inc_rkey); LocalInvalidate ends `window`'s current key. A chain binds a
-// window at most once.
+// SEND). SendWithInvalidate is a SEND whose `rkey` names the receiver's key to invalidate.
+// BindWindow binds `window` over sg's one (region, offset, length) with `access`, under the
+// next key (ibv_inc_rkey); LocalInvalidate ends `window`'s current key. The list may hold
+// several chains (SendQueue posts a JS turn's chains in one call); keys are tracked through the
+// whole call, and one call binds a window at most once: vof rebinds a window only after its
+// previous bind's key has died (the completion arrived: LOCAL_INV done or invalidated by the
+// peer's SEND with Invalidate), so a second bind in one call is a bug.
 Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (qp_ == nullptr) throw Napi::Error::New(env, "queue pair is destroyed");
@@ -85,11 +89,11 @@ Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
   if (count == 0 || count > kMaxChain) throw Napi::RangeError::New(env, "postSend takes 1 to 64 work requests");
   ibv_send_wr wrs[kMaxChain];
   ibv_sge sges[kMaxChain][kMaxSge];
-  // Windows bound by this chain, with the key each bind gives them (applied once posted).
+  // Windows bound by this call, with the key each bind gives them (applied once posted).
   MemoryWindow* bound[kMaxChain];
   uint32_t boundKeys[kMaxChain];
   uint32_t nbound = 0;
-  // The key a window has at this point of the chain (a bind earlier in it changes it).
+  // The key a window has at this point of the call (a bind earlier in it changes it).
   auto keyOf = [&](MemoryWindow* w) {
     for (uint32_t k = 0; k < nbound; k++) {
       if (bound[k] == w) return boundKeys[k];
@@ -110,7 +114,7 @@ Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
         wr.invalidate_rkey = keyOf(w);
       } else {
         for (uint32_t k = 0; k < nbound; k++) {
-          if (bound[k] == w) throw Napi::Error::New(env, "a chain may bind a memory window once");
+          if (bound[k] == w) throw Napi::Error::New(env, "one postSend may bind a memory window once");
         }
         // sg: [region, offset, length]: exactly the bytes the window exposes, inside the region.
         Napi::Array sg = o.Get("sg").As<Napi::Array>();

@@ -204,10 +204,10 @@ describe('send queue limits (a peer that stops receiving)', () => {
   it('a backlog beyond its bound fails the queue and tells the owner once', async () => {
     const qp = new FakeQp();
     const stalls: Error[] = [];
-    const sq = new SendQueue(qp, 2, binding, { maxBacklog: 3, onStall: (e) => stalls.push(e) });
+    const sq = new SendQueue(qp, 2, binding, { maxBacklog: 3, onFail: (e) => stalls.push(e) });
     const chains = Array.from({ length: 6 }, () => sq.post(send(), 'completion').catch((e: Error) => e));
     const results = await Promise.all(chains);
-    expect(qp.posted).toHaveLength(2); // the send queue depth
+    expect(qp.posted).toHaveLength(0); // the queue failed before the turn ended: the accepted chains were never posted
     expect(results.every((r) => r instanceof SendStalledError)).toBe(true);
     expect(stalls).toHaveLength(1);
     await expect(sq.post(send(), 'later')).rejects.toBeInstanceOf(SendStalledError);
@@ -216,7 +216,7 @@ describe('send queue limits (a peer that stops receiving)', () => {
   it('work outstanding with no completion for the stall timeout fails the queue', async () => {
     const qp = new FakeQp();
     let stalled: Error | null = null;
-    const sq = new SendQueue(qp, 4, binding, { stallTimeoutMs: 100, onStall: (e) => (stalled = e) });
+    const sq = new SendQueue(qp, 4, binding, { stallTimeoutMs: 100, onFail: (e) => (stalled = e) });
     const chain = sq.post(send(), 'completion');
     await expect(chain).rejects.toThrow(/no send completion for 100 ms/);
     expect(stalled).toBeInstanceOf(SendStalledError);
@@ -225,7 +225,7 @@ describe('send queue limits (a peer that stops receiving)', () => {
   it('a slow but moving queue, and an idle one, are not stalled', async () => {
     const qp = new FakeQp();
     let stalled: Error | null = null;
-    const sq = new SendQueue(qp, 4, binding, { stallTimeoutMs: 200, onStall: (e) => (stalled = e) });
+    const sq = new SendQueue(qp, 4, binding, { stallTimeoutMs: 200, onFail: (e) => (stalled = e) });
     for (let i = 0; i < 8; i++) {
       const p = sq.post(send(), 'completion');
       await new Promise((r) => setTimeout(r, 60));

@@ -26,7 +26,7 @@ export interface RcConnectionOptions {
   /** The PD to use (and release in destroy()); default: one of its own, allocated on the CM id's device. */
   readonly protectionDomain?: ProtectionDomainLease;
   /** Backlog bound and stall timeout of the send queue (a peer that stops receiving). */
-  readonly sendLimits?: Omit<SendQueueLimits, 'onStall'>;
+  readonly sendLimits?: Omit<SendQueueLimits, 'onFail'>;
 }
 
 export interface RcConnectionHandler {
@@ -77,7 +77,7 @@ export class RcConnection {
         maxInlineData: 0,
       });
       const limits = options.sendLimits ?? {};
-      this.sendQueue = new SendQueue(this.qp, sendDepth, binding, { ...limits, onStall: (err) => this.break(err) });
+      this.sendQueue = new SendQueue(this.qp, sendDepth, binding, { ...limits, onFail: (err) => this.break(err) });
       // Receive buffers are written by the local NIC only: no remote access.
       this.recvRegion = this.pd.registerMemory(Buffer.allocUnsafeSlow(recvDepth * recvSize), binding.access.LOCAL_WRITE);
       // A slot is held from send() until the chain completes, in flight or in the backlog: an
@@ -121,6 +121,8 @@ export class RcConnection {
         this.break(new Error(`completion handler threw: ${e.message}`, { cause: e }));
       }
     }
+    // Chains the handlers started for this burst (invalidations, answers) leave in one post.
+    if (!this.destroyed) this.sendQueue.flush();
   }
 
   private onCompletion(wrId: number, status: number, byteLen: number, invalidatedKey: number | null): void {

@@ -17,12 +17,21 @@ export const RECV_WR_FLAG = 0x8000_0000;
 /** IBV_WC_WR_FLUSH_ERR: the QP went to the error state and dropped this request. */
 export const WC_WR_FLUSH_ERR = 5;
 
+/** One chain of work requests from post() until its signaled completion settles it. */
 interface Chain {
-  readonly slots: number;
+  readonly wrs: SendWr[];
   readonly what: string;
+  /** The wrId every request of the chain carries; given when the chain is posted. */
+  id: number;
   resolve(): void;
   reject(err: Error): void;
 }
+
+/**
+ * Work requests one QueuePair.postSend call takes at most (kMaxChain in native/queue_pair.cc):
+ * a batch larger than this is split into several calls, each of whole chains.
+ */
+export const MAX_WRS_PER_POST = 64;
 
 /** Chains allowed to wait for room in the send queue, unless the owner says otherwise. */
 export const DEFAULT_MAX_BACKLOG = 1024;
@@ -40,8 +49,12 @@ export interface SendQueueLimits {
    * (a peer that stopped posting receives, whatever RNR retry count it gave our QP); 0: never.
    */
   readonly stallTimeoutMs?: number;
-  /** Told once when either limit fails the queue (the owner closes the connection). */
-  readonly onStall?: (err: SendStalledError) => void;
+  /**
+   * Told once when the queue fails on its own: either limit above (a SendStalledError), or a
+   * postSend the addon or the verbs refused (part of that call may have reached the QP, so what
+   * the queue accounts no longer matches it). The owner closes the connection.
+   */
+  readonly onFail?: (err: Error) => void;
 }
 
 /**
@@ -49,17 +62,31 @@ export interface SendQueueLimits {
  * the send queue. Only the last request of a chain is signaled and every request of the chain
  * carries the chain's id, so one completion frees the whole chain and an error on any member
  * settles the chain. Chains that do not fit wait, in order, up to a bounded backlog.
+ *
+ * Every ibv_post_send is a system call on soft-RoCE, so chains started in the same JS turn
+ * leave together: a chain with room joins a pending list, and the list is posted as one linked
+ * list of work requests by flush(), from a microtask armed by the first pending chain or
+ * explicitly by the owner (RcConnection, after a burst of completions). Chains reach the QP in
+ * the order post() was called, so a chain's WRITEs still precede its SEND, and binds their
+ * command's SEND.
  */
 export class SendQueue {
+  /** Send queue entries not taken by pending or in-flight chains. */
   private free: number;
   private nextId = 1;
   private readonly inFlight = new Map<number, Chain>();
-  private readonly waiting: Array<{ wrs: SendWr[]; chain: Chain }> = [];
+  /** Accepted (room taken), not yet posted: leaves at the next flush(). */
+  private pending: Chain[] = [];
+  /** No room yet: accepted in order as completions free entries. */
+  private readonly waiting: Chain[] = [];
+  private flushArmed = false;
   private broken: Error | null = null;
   readonly maxBacklog: number;
   /** Send completions seen (cumulative); the stall watchdog compares it between its ticks. */
   private completions = 0;
   private watchdog: NodeJS.Timeout | null = null;
+  /** postSend calls made and chains they carried (cumulative): how well posts are batched. */
+  readonly posted = { calls: 0, chains: 0 };
 
   constructor(
     private readonly qp: QueuePair,
@@ -83,16 +110,16 @@ export class SendQueue {
         seen = this.completions;
         since = now;
       } else if (now - since >= timeoutMs) {
-        this.stall(new SendStalledError(`no send completion for ${timeoutMs} ms with ${this.inFlight.size} chains in flight and ${this.waiting.length} waiting (the peer stopped receiving)`));
+        this.failOnOwn(new SendStalledError(`no send completion for ${timeoutMs} ms with ${this.inFlight.size + this.pending.length} chains in flight and ${this.waiting.length} waiting (the peer stopped receiving)`));
       }
     }, Math.max(20, Math.floor(timeoutMs / 4)));
     this.watchdog.unref();
   }
 
-  private stall(err: SendStalledError): void {
+  private failOnOwn(err: Error): void {
     if (this.broken) return;
     this.fail(err);
-    this.limits.onStall?.(err);
+    this.limits.onFail?.(err);
   }
 
   get backlog(): number {
@@ -100,40 +127,78 @@ export class SendQueue {
   }
 
   get idle(): boolean {
-    return this.inFlight.size === 0 && this.waiting.length === 0;
+    return this.inFlight.size === 0 && this.pending.length === 0 && this.waiting.length === 0;
   }
 
   post(wrs: SendWr[], what: string): Promise<void> {
     if (this.broken) return Promise.reject(this.broken);
     if (wrs.length > this.depth) return Promise.reject(new Error(`${what}: ${wrs.length} work requests exceed the send queue depth ${this.depth}`));
+    if (wrs.length > MAX_WRS_PER_POST) return Promise.reject(new Error(`${what}: ${wrs.length} work requests exceed the ${MAX_WRS_PER_POST} one post can carry`));
     return new Promise((resolve, reject) => {
-      const chain: Chain = { slots: wrs.length, what, resolve, reject };
-      if (this.waiting.length === 0 && this.free >= wrs.length) this.start(wrs, chain);
-      else if (this.waiting.length < this.maxBacklog) this.waiting.push({ wrs, chain });
+      const chain: Chain = { wrs, what, id: 0, resolve, reject };
+      if (this.waiting.length === 0 && this.free >= wrs.length) this.accept(chain);
+      else if (this.waiting.length < this.maxBacklog) this.waiting.push(chain);
       else {
         const err = new SendStalledError(`${what}: ${this.waiting.length} chains already wait for the send queue (the peer is not taking completions)`);
         reject(err);
-        this.stall(err);
+        this.failOnOwn(err);
       }
     });
   }
 
-  private start(wrs: SendWr[], chain: Chain): void {
-    const id = this.nextId;
-    this.nextId = this.nextId >= 0x7fff_ffff ? 1 : this.nextId + 1;
-    for (let i = 0; i < wrs.length; i++) {
-      const wr = wrs[i]!;
-      wr.wrId = id;
-      wr.signaled = i === wrs.length - 1;
+  /** Room is taken now, so pending chains never exceed the depth; the post is at the turn's end. */
+  private accept(chain: Chain): void {
+    this.free -= chain.wrs.length;
+    this.pending.push(chain);
+    if (!this.flushArmed) {
+      this.flushArmed = true;
+      queueMicrotask(this.flushFromMicrotask);
     }
-    try {
-      this.qp.postSend(wrs);
-    } catch (err) {
-      chain.reject(err as Error);
-      return;
+  }
+
+  private readonly flushFromMicrotask = (): void => {
+    this.flushArmed = false;
+    this.flush();
+  };
+
+  /**
+   * Posts every pending chain, in order, in as few postSend calls as MAX_WRS_PER_POST allows
+   * (each call whole chains). A refused call rejects its chains and fails the queue.
+   */
+  flush(): void {
+    while (!this.broken && this.pending.length > 0) {
+      let count = 0;
+      let wrCount = 0;
+      for (const c of this.pending) {
+        if (wrCount + c.wrs.length > MAX_WRS_PER_POST) break;
+        wrCount += c.wrs.length;
+        count++;
+      }
+      const batch = count === this.pending.length ? this.pending : this.pending.slice(0, count);
+      this.pending = count === this.pending.length ? [] : this.pending.slice(count);
+      const wrs = batch.length === 1 ? batch[0]!.wrs : batch.flatMap((c) => c.wrs);
+      for (const chain of batch) {
+        chain.id = this.nextId;
+        this.nextId = this.nextId >= 0x7fff_ffff ? 1 : this.nextId + 1;
+        const last = chain.wrs.length - 1;
+        for (let i = 0; i <= last; i++) {
+          const wr = chain.wrs[i]!;
+          wr.wrId = chain.id;
+          wr.signaled = i === last;
+        }
+      }
+      try {
+        this.qp.postSend(wrs);
+      } catch (err) {
+        const e = err instanceof Error ? err : new Error(String(err));
+        for (const chain of batch) chain.reject(e);
+        this.failOnOwn(e);
+        return;
+      }
+      for (const chain of batch) this.inFlight.set(chain.id, chain);
+      this.posted.calls++;
+      this.posted.chains += batch.length;
     }
-    this.free -= chain.slots;
-    this.inFlight.set(id, chain);
   }
 
   /** A send-side completion; returns false if it settles nothing (a late flush of a settled chain). */
@@ -141,24 +206,22 @@ export class SendQueue {
     const chain = this.inFlight.get(wrId);
     if (!chain) return false;
     this.inFlight.delete(wrId);
-    this.free += chain.slots;
+    this.free += chain.wrs.length;
     this.completions++;
     if (status === 0) chain.resolve();
     else chain.reject(new RdmaWorkError(status, this.binding.wcStatusName(status), chain.what));
-    while (!this.broken && this.waiting.length > 0 && this.free >= this.waiting[0]!.chain.slots) {
-      const next = this.waiting.shift()!;
-      this.start(next.wrs, next.chain);
-    }
+    while (!this.broken && this.waiting.length > 0 && this.free >= this.waiting[0]!.wrs.length) this.accept(this.waiting.shift()!);
     return true;
   }
 
-  /** The QP is gone or in error: everything still queued or in flight fails with `err`. */
+  /** The QP is gone or in error: everything still queued, pending or in flight fails with `err`. */
   fail(err: Error): void {
     if (!this.broken) this.broken = err;
     if (this.watchdog) clearInterval(this.watchdog);
     this.watchdog = null;
     for (const c of this.inFlight.values()) c.reject(err);
     this.inFlight.clear();
-    for (const w of this.waiting.splice(0)) w.chain.reject(err);
+    for (const c of this.pending.splice(0)) c.reject(err);
+    for (const c of this.waiting.splice(0)) c.reject(err);
   }
 }

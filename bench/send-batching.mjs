@@ -1,0 +1,114 @@
+#!/usr/bin/env node
+// A/B of the RDMA send queue's batched posts (src/transport/rdma/send-queue.ts): one target and
+// one initiator in this process over rxe, random I/O at a fixed queue depth on 2 virtqueues (as
+// `vof bench`), measured in alternating windows with batching as built ("batched": a JS turn's
+// chains in one postSend) and with every chain flushed the moment it is accepted ("unbatched":
+// one postSend, i.e. one ibv_post_send system call, per chain, the behaviour before batching).
+// Both modes run on the same connections under the same machine load. Per window: IOPS, chains
+// and postSend calls summed over every send queue of both sides, and this process's CPU time
+// per I/O (target and initiator together). Run it where rxe exists:
+//
+//   npm run build && npm run rxe -- --vm --timeout 900 node bench/send-batching.mjs [--qd 32] [--bs 4096] [--time 3] [--rounds 5] [--rw randread|randwrite]
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { BlockDevice, FileBlockExport, VofTarget, silentLogger } from '../dist/index.js';
+import { SendQueue } from '../dist/transport/rdma/send-queue.js';
+
+const { values } = parseArgs({
+  options: {
+    qd: { type: 'string', default: '32' },
+    bs: { type: 'string', default: '4096' },
+    time: { type: 'string', default: '3' },
+    rw: { type: 'string', default: 'randread' },
+    rounds: { type: 'string', default: '5' },
+  },
+});
+const addr = process.env.VOF_RDMA_ADDR;
+if (!addr) {
+  console.error('send-batching: VOF_RDMA_ADDR is not set: run it through `npm run rxe -- --vm node bench/send-batching.mjs`');
+  process.exit(2);
+}
+const qd = Number(values.qd);
+const bs = Number(values.bs);
+const seconds = Number(values.time);
+const writing = values.rw === 'randwrite';
+const rounds = Number(values.rounds);
+
+// Every send queue that posts, found at its first flush; "unbatched" flushes at each accept.
+const queues = new Set();
+let unbatched = false;
+const { flush, accept } = SendQueue.prototype;
+SendQueue.prototype.flush = function (...args) {
+  queues.add(this);
+  return flush.apply(this, args);
+};
+SendQueue.prototype.accept = function (...args) {
+  accept.apply(this, args);
+  if (unbatched) this.flush();
+};
+const totals = () => {
+  let calls = 0;
+  let chains = 0;
+  for (const q of queues) {
+    calls += q.posted.calls;
+    chains += q.posted.chains;
+  }
+  return { calls, chains };
+};
+
+const dir = mkdtempSync(join('/dev/shm', 'vof-send-batching-'));
+const image = join(dir, 'disk.img');
+const size = 64 << 20;
+writeFileSync(image, Buffer.alloc(size));
+const target = new VofTarget({ log: silentLogger });
+target.addDevice('disk', await FileBlockExport.open(image, { numQueues: 2 }));
+const url = await target.listen(`rdma://${addr}:0`);
+const disk = await BlockDevice.open(`${url}/disk`, { log: silentLogger });
+try {
+  const blocks = size / bs;
+  let ios = 0;
+  let running = true;
+  const worker = async () => {
+    const buf = Buffer.alloc(bs, 7);
+    while (running) {
+      const at = Math.floor(Math.random() * blocks) * bs;
+      if (writing) await disk.write(at, buf);
+      else await disk.read(at, buf);
+      ios++;
+    }
+  };
+  const all = Promise.all(Array.from({ length: qd }, worker));
+  await new Promise((r) => setTimeout(r, 3000)); // warm-up: connections, pools, the JIT
+  const results = { batched: [], unbatched: [] };
+  for (let round = 0; round < rounds; round++) {
+    for (const mode of ['batched', 'unbatched']) {
+      unbatched = mode === 'unbatched';
+      await new Promise((r) => setTimeout(r, 200)); // let the other mode's I/O drain through
+      const ios0 = ios;
+      const t0 = totals();
+      const cpu0 = process.cpuUsage();
+      const started = process.hrtime.bigint();
+      await new Promise((r) => setTimeout(r, seconds * 1000));
+      const cpu = process.cpuUsage(cpu0);
+      const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+      const t1 = totals();
+      const n = ios - ios0;
+      const r = { iops: n / elapsed, callsPerIo: (t1.calls - t0.calls) / n, chainsPerIo: (t1.chains - t0.chains) / n, cpuUsPerIo: (cpu.user + cpu.system) / n };
+      results[mode].push(r);
+      console.log(`round ${round + 1} ${mode.padEnd(9)}: ${r.iops.toFixed(0)} IOPS, ${r.chainsPerIo.toFixed(2)} chains and ${r.callsPerIo.toFixed(2)} postSend calls per I/O, ${r.cpuUsPerIo.toFixed(0)} µs CPU per I/O (both sides)`);
+    }
+  }
+  running = false;
+  await all;
+  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  console.log(`\n${values.rw} bs ${bs} qd ${qd}, medians of ${rounds} windows of ${seconds} s:`);
+  for (const mode of ['batched', 'unbatched']) {
+    const rs = results[mode];
+    console.log(`  ${mode.padEnd(9)}: ${median(rs.map((r) => r.iops)).toFixed(0)} IOPS, ${median(rs.map((r) => r.callsPerIo)).toFixed(2)} postSend calls per I/O, ${median(rs.map((r) => r.cpuUsPerIo)).toFixed(0)} µs CPU per I/O`);
+  }
+} finally {
+  await disk.close();
+  await target.close();
+  rmSync(dir, { recursive: true, force: true });
+}
