@@ -213,7 +213,8 @@ describe('RcConnection flushes after a burst of completions', () => {
   it('the answers to a burst of received messages leave in one postSend, before the turn ends', () => {
     const qp = new RecordingQp();
     let deliver: (n: number) => void = () => {};
-    const completions = new Uint32Array(4 * 8);
+    const WORDS = 6;
+    const completions = new Uint32Array(WORDS * 8);
     const pd: ProtectionDomain = {
       registerMemory(buffer: Uint8Array): MemoryRegion {
         const buf = Buffer.from(buffer.buffer, buffer.byteOffset, buffer.byteLength);
@@ -227,6 +228,7 @@ describe('RcConnection flushes after a burst of completions', () => {
       access: { LOCAL_WRITE: 1, REMOTE_WRITE: 2, REMOTE_READ: 4, MW_BIND: 16 },
       CompletionQueue: class implements CompletionQueue {
         readonly completions = completions;
+        readonly wordsPerCompletion = WORDS;
         constructor(_cmId: CmId, _cqe: number, onCompletions: (n: number) => void) {
           deliver = onCompletions;
         }
@@ -249,8 +251,8 @@ describe('RcConnection flushes after a burst of completions', () => {
         onBroken() {},
       },
     );
-    // Three receives complete in one callback: wr_id, status, opcode, byte_len each.
-    for (let i = 0; i < 3; i++) completions.set([RECV_WR_FLAG | i, 0, 128, 1], 4 * i);
+    // Three receives complete in one callback: wr_id, status, opcode, byte_len, no invalidation.
+    for (let i = 0; i < 3; i++) completions.set([RECV_WR_FLAG | i, 0, 128, 1, 0, 0], WORDS * i);
     deliver(3);
     // Posted synchronously at the end of the callback, as one call of the three SENDs.
     expect(answered).toHaveLength(3);
