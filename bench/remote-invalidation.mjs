@@ -9,42 +9,17 @@
 // LOCAL_INV work requests and remote invalidations per I/O. Run it where rxe exists:
 //
 //   npm run build && npm run rxe -- --vm --timeout 900 node bench/remote-invalidation.mjs [--qd 1] [--bs 4096] [--time 3] [--rounds 5] [--rw randread|randwrite]
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { parseArgs } from 'node:util';
-import { BlockDevice, FileBlockExport, VofTarget, silentLogger } from '../dist/index.js';
+import { BlockDevice, silentLogger } from '../dist/index.js';
+import { abOptions, median, startAbTarget } from './rxe-ab.mjs';
 
-const { values } = parseArgs({
-  options: {
-    qd: { type: 'string', default: '1' },
-    bs: { type: 'string', default: '4096' },
-    time: { type: 'string', default: '3' },
-    rw: { type: 'string', default: 'randread' },
-    rounds: { type: 'string', default: '5' },
-  },
-});
-const addr = process.env.VOF_RDMA_ADDR;
-if (!addr) {
-  console.error('remote-invalidation: VOF_RDMA_ADDR is not set: run it through `npm run rxe -- --vm node bench/remote-invalidation.mjs`');
-  process.exit(2);
-}
-const qd = Number(values.qd);
-const bs = Number(values.bs);
-const seconds = Number(values.time);
-const writing = values.rw === 'randwrite';
-const rounds = Number(values.rounds);
+const { addr, rw, qd, bs, seconds, writing, rounds } = abOptions('remote-invalidation', 1);
 const MODES = ['remote', 'local'];
 
-const dir = mkdtempSync(join('/dev/shm', 'vof-remote-invalidation-'));
-const image = join(dir, 'disk.img');
-const size = 64 << 20;
-writeFileSync(image, Buffer.alloc(size));
-const target = new VofTarget({ log: silentLogger });
-target.addDevice('disk', await FileBlockExport.open(image, { numQueues: 2 }));
-const url = await target.listen(`rdma://${addr}:0`);
+const target = await startAbTarget('remote-invalidation', addr);
+const size = target.size;
 const disks = {
-  remote: await BlockDevice.open(`${url}/disk`, { log: silentLogger }),
-  local: await BlockDevice.open(`${url}/disk`, { log: silentLogger, remoteInvalidation: false }),
+  remote: await BlockDevice.open(target.url, { log: silentLogger }),
+  local: await BlockDevice.open(target.url, { log: silentLogger, remoteInvalidation: false }),
 };
 /** LOCAL_INV work requests and remote invalidations seen by one initiator's connections. */
 const keyStats = (disk) => {
@@ -109,8 +84,7 @@ try {
   active = null;
   running = false;
   await all;
-  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-  console.log(`\n${values.rw} bs ${bs} qd ${qd}, medians of ${rounds} windows of ${seconds} s:`);
+  console.log(`\n${rw} bs ${bs} qd ${qd}, medians of ${rounds} windows of ${seconds} s:`);
   for (const mode of MODES) {
     const rs = results[mode];
     console.log(`  ${mode.padEnd(6)}: ${median(rs.map((r) => r.iops)).toFixed(0)} IOPS, ${median(rs.map((r) => r.latencyUs)).toFixed(0)} µs mean latency, ${median(rs.map((r) => r.cpuUsPerIo)).toFixed(0)} µs CPU per I/O, ${median(rs.map((r) => r.localPerIo)).toFixed(2)} LOCAL_INV per I/O`);
@@ -119,5 +93,4 @@ try {
   await disks.remote.close();
   await disks.local.close();
   await target.close();
-  rmSync(dir, { recursive: true, force: true });
 }

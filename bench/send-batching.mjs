@@ -9,31 +9,11 @@
 // per I/O (target and initiator together). Run it where rxe exists:
 //
 //   npm run build && npm run rxe -- --vm --timeout 900 node bench/send-batching.mjs [--qd 32] [--bs 4096] [--time 3] [--rounds 5] [--rw randread|randwrite]
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { parseArgs } from 'node:util';
-import { BlockDevice, FileBlockExport, VofTarget, silentLogger } from '../dist/index.js';
+import { BlockDevice, silentLogger } from '../dist/index.js';
 import { SendQueue } from '../dist/transport/rdma/send-queue.js';
+import { abOptions, median, startAbTarget } from './rxe-ab.mjs';
 
-const { values } = parseArgs({
-  options: {
-    qd: { type: 'string', default: '32' },
-    bs: { type: 'string', default: '4096' },
-    time: { type: 'string', default: '3' },
-    rw: { type: 'string', default: 'randread' },
-    rounds: { type: 'string', default: '5' },
-  },
-});
-const addr = process.env.VOF_RDMA_ADDR;
-if (!addr) {
-  console.error('send-batching: VOF_RDMA_ADDR is not set: run it through `npm run rxe -- --vm node bench/send-batching.mjs`');
-  process.exit(2);
-}
-const qd = Number(values.qd);
-const bs = Number(values.bs);
-const seconds = Number(values.time);
-const writing = values.rw === 'randwrite';
-const rounds = Number(values.rounds);
+const { addr, rw, qd, bs, seconds, writing, rounds } = abOptions('send-batching', 32);
 
 // Every send queue that posts, found at its first flush; "unbatched" flushes at each accept.
 const queues = new Set();
@@ -57,14 +37,9 @@ const totals = () => {
   return { calls, chains };
 };
 
-const dir = mkdtempSync(join('/dev/shm', 'vof-send-batching-'));
-const image = join(dir, 'disk.img');
-const size = 64 << 20;
-writeFileSync(image, Buffer.alloc(size));
-const target = new VofTarget({ log: silentLogger });
-target.addDevice('disk', await FileBlockExport.open(image, { numQueues: 2 }));
-const url = await target.listen(`rdma://${addr}:0`);
-const disk = await BlockDevice.open(`${url}/disk`, { log: silentLogger });
+const target = await startAbTarget('send-batching', addr);
+const disk = await BlockDevice.open(target.url, { log: silentLogger });
+const size = target.size;
 try {
   const blocks = size / bs;
   let ios = 0;
@@ -101,8 +76,7 @@ try {
   }
   running = false;
   await all;
-  const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-  console.log(`\n${values.rw} bs ${bs} qd ${qd}, medians of ${rounds} windows of ${seconds} s:`);
+  console.log(`\n${rw} bs ${bs} qd ${qd}, medians of ${rounds} windows of ${seconds} s:`);
   for (const mode of ['batched', 'unbatched']) {
     const rs = results[mode];
     console.log(`  ${mode.padEnd(9)}: ${median(rs.map((r) => r.iops)).toFixed(0)} IOPS, ${median(rs.map((r) => r.callsPerIo)).toFixed(2)} postSend calls per I/O, ${median(rs.map((r) => r.cpuUsPerIo)).toFixed(0)} µs CPU per I/O`);
@@ -110,5 +84,4 @@ try {
 } finally {
   await disk.close();
   await target.close();
-  rmSync(dir, { recursive: true, force: true });
 }
