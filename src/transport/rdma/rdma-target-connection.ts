@@ -75,19 +75,24 @@ class KeyedVqRequest implements VqRequestData {
   /** The device-writable part of this request's buffer (waits for pool memory, never registers). */
   async writable(): Promise<Buffer> {
     this.connection.checkSizes(this, 'in');
-    const data = await this.buffer();
+    const data = await this.buffer('in');
     return data.view.subarray(this.outLength, this.outLength + this.inLength);
   }
 
-  /** This request's registered buffer, taken from the device pools once (by the core's calls). */
-  buffer(): Promise<RegisteredBuffer> {
+  /**
+   * This request's registered buffer, taken from the device pools once (by the core's calls);
+   * a wait that fails is reported for the side that asked (`direction`).
+   */
+  buffer(direction: 'out' | 'in'): Promise<RegisteredBuffer> {
     this.memory ??= this.connection.acquire(this.outLength + this.inLength).then((b) => {
       // Released while waiting (the core gave up on the request): give it straight back.
       if (this.released) b.release();
       else this.data = b;
       return b;
     });
-    return this.memory;
+    return this.memory.catch((err: unknown) => {
+      throw new VqTransferError(direction, `no target memory: ${(err as Error).message}`, { cause: err });
+    });
   }
 
   /**
@@ -296,12 +301,8 @@ export class RdmaTargetConnection implements TargetConnection {
   }
 
   /** Pool memory for one request: waits while the device's pools are short, never registers. */
-  async acquire(size: number): Promise<RegisteredBuffer> {
-    try {
-      return await this.memory.acquire(Math.max(size, 1), this.gone.signal);
-    } catch (err) {
-      throw new VqTransferError('out', `no target memory: ${(err as Error).message}`, { cause: err });
-    }
+  acquire(size: number): Promise<RegisteredBuffer> {
+    return this.memory.acquire(Math.max(size, 1), this.gone.signal);
   }
 
   /** A request whose descriptors or lengths this target cannot serve never takes memory. */
@@ -319,7 +320,7 @@ export class RdmaTargetConnection implements TargetConnection {
     this.checkSizes(req, 'out');
     if (req.inline) return req.inline;
     if (req.outLength === 0) return EMPTY;
-    const data = await req.buffer();
+    const data = await req.buffer('out');
     const wrs: SendWr[] = [];
     let at = 0;
     for (const d of req.descriptors) {
@@ -360,7 +361,7 @@ export class RdmaTargetConnection implements TargetConnection {
       if (written > req.inLength) throw new RangeError(`${this.peer}: ${written} bytes written into ${req.inLength} device-writable bytes`);
       // The device filled the writable part of the request's own buffer: the WRITEs go out
       // from there, no staging copy.
-      const staging = await req.buffer();
+      const staging = await req.buffer('in');
       if (this.closed) return;
       const base = req.outLength;
       // Fill the device-writable descriptors (those past out_length) in order.
