@@ -18,11 +18,10 @@ import {
 } from '../../src/index.js';
 import { nativeBinding } from '../../src/transport/rdma/native-binding.js';
 import { RcConnection } from '../../src/transport/rdma/rc-connection.js';
-import type { RdmaTargetConnection } from '../../src/transport/rdma/rdma-target-connection.js';
-import type { DeviceInstance } from '../../src/target/device-instance.js';
 import { RawRdmaQueue, descriptors } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { rdmaAddress } from './rdma-env.js';
+import { targetTransferCounts } from './target-transfer-counts.js';
 
 /**
  * vof's inline-data extension on RDMA (docs/PROTOCOL.md "Inline data on keyed queues"): a
@@ -49,21 +48,6 @@ async function startTarget(inlineDataBytes: number): Promise<Target> {
   await fx.addDisk('bystander', MiB);
   await fx.listen(`rdma://${rdmaAddress()}:0`);
   return { fx, path };
-}
-
-/** Inline requests and RDMA READs the target's virtqueue connections have seen so far. */
-function transferCounts(fx: TargetFixture): { inlineRequests: number; rdmaReads: number; remoteInvalidations: number } {
-  const instances = (fx.target as unknown as { instances: Map<number, DeviceInstance> }).instances;
-  const sum = { inlineRequests: 0, rdmaReads: 0, remoteInvalidations: 0 };
-  for (const inst of instances.values()) {
-    for (const q of inst.virtqueues.values()) {
-      const c = (q.connection as RdmaTargetConnection).transferCounts;
-      sum.inlineRequests += c.inlineRequests;
-      sum.rdmaReads += c.rdmaReads;
-      sum.remoteInvalidations += c.remoteInvalidations;
-    }
-  }
-  return sum;
 }
 
 /** VQ request messages as the initiator puts them on the wire (every RC SEND, filtered). */
@@ -101,11 +85,11 @@ describe('negotiated: the vof initiator sends small readable parts inline', () =
         expect(disk.device.ofFeatures & (INLINE | KEYED)).toBe(INLINE | KEYED);
         expect(disk.device.inlineDataBytes).toBe(limit);
         const sent = captureVqRequests();
-        const before = transferCounts(fx);
+        const before = targetTransferCounts(fx);
         const data = randomBytes(4096);
         await disk.write(8192, data);
         expect(readFileSync(path).subarray(8192, 8192 + 4096).equals(data)).toBe(true);
-        const afterWrite = transferCounts(fx);
+        const afterWrite = targetTransferCounts(fx);
         expect(afterWrite.rdmaReads - before.rdmaReads).toBe(inline ? 0 : 1);
         expect(afterWrite.inlineRequests - before.inlineRequests).toBe(inline ? 1 : 0);
         // The bytes the initiator sent: the inline layout carries header + data after one
@@ -126,7 +110,7 @@ describe('negotiated: the vof initiator sends small readable parts inline', () =
           const got = await disk.read(8192, size);
           expect(got.subarray(0, 4096).equals(data.subarray(0, Math.min(size, 4096)))).toBe(true);
         }
-        const afterReads = transferCounts(fx);
+        const afterReads = targetTransferCounts(fx);
         expect(afterReads.rdmaReads).toBe(afterWrite.rdmaReads);
         expect(afterReads.inlineRequests - afterWrite.inlineRequests).toBe(3);
         // Around the limit in both directions at once, pipelined.
@@ -145,9 +129,9 @@ describe('negotiated: the vof initiator sends small readable parts inline', () =
     const { fx } = targets.get(4112)!;
     const disk = await BlockDevice.open(`${fx.url}/disk0`, { keepaliveIntervalMs: 0 });
     try {
-      const before = transferCounts(fx);
+      const before = targetTransferCounts(fx);
       expect((await disk.admin.listCommands()).length).toBeGreaterThan(0);
-      const after = transferCounts(fx);
+      const after = targetTransferCounts(fx);
       expect([after.inlineRequests - before.inlineRequests, after.rdmaReads - before.rdmaReads]).toEqual([1, 0]);
     } finally {
       await disk.close();
@@ -163,12 +147,12 @@ describe('not negotiated: the seed format, unchanged', () => {
       expect(disk.device.offeredOfFeatures & INLINE).toBe(INLINE);
       expect([disk.device.ofFeatures, disk.device.inlineDataBytes]).toEqual([KEYED | INVALIDATE, 0]);
       const sent = captureVqRequests();
-      const before = transferCounts(fx);
+      const before = targetTransferCounts(fx);
       const data = randomBytes(4096);
       await disk.write(0, data);
       expect((await disk.read(0, 4096)).equals(data)).toBe(true);
       expect(readFileSync(path).subarray(0, 4096).equals(data)).toBe(true);
-      const after = transferCounts(fx);
+      const after = targetTransferCounts(fx);
       expect([after.inlineRequests - before.inlineRequests, after.rdmaReads - before.rdmaReads]).toEqual([0, 2]);
       expect(sent.length).toBe(2);
       for (const w of sent) {
@@ -191,8 +175,8 @@ describe('not negotiated: the seed format, unchanged', () => {
       await disk.write(4096, data);
       expect((await disk.read(4096, 4096)).equals(data)).toBe(true);
       expect(readFileSync(path).subarray(4096, 8192).equals(data)).toBe(true);
-      expect(transferCounts(fx).inlineRequests).toBe(0);
-      expect(transferCounts(fx).rdmaReads).toBeGreaterThanOrEqual(2);
+      expect(targetTransferCounts(fx).inlineRequests).toBe(0);
+      expect(targetTransferCounts(fx).rdmaReads).toBeGreaterThanOrEqual(2);
     } finally {
       await disk.close();
     }
@@ -215,7 +199,7 @@ describe('not negotiated: the seed format, unchanged', () => {
     const status = Buffer.alloc(1, 0xff);
     const outMr = vq.register(out, REMOTE_READ);
     const inMr = vq.register(status, REMOTE_WRITE);
-    const before = transferCounts(fx);
+    const before = targetTransferCounts(fx);
     const c = await vq.call(
       { opcode: Opcode.Vq, commandId: 7, outLength: WRITE_OUT, inLength: 1 },
       descriptors([
@@ -225,9 +209,9 @@ describe('not negotiated: the seed format, unchanged', () => {
     );
     expect([st(c), c.readUInt16LE(2), status[0]]).toEqual(['SUCCESS', 7, 0]);
     expect(readFileSync(path).subarray(24 * 512, 24 * 512 + 4096).every((b) => b === 0x5e)).toBe(true);
-    expect(transferCounts(fx).rdmaReads - before.rdmaReads).toBe(1);
+    expect(targetTransferCounts(fx).rdmaReads - before.rdmaReads).toBe(1);
     // Bit 57 was not set: a plain SEND, which leaves this client's (non-invalidatable) MR keys alone.
-    expect(transferCounts(fx).remoteInvalidations - before.remoteInvalidations).toBe(0);
+    expect(targetTransferCounts(fx).remoteInvalidations - before.remoteInvalidations).toBe(0);
     await vq.close();
     outMr.deregister();
     inMr.deregister();
@@ -259,7 +243,7 @@ describe('a raw inline client', () => {
     const inMr = vq.register(status, nativeBinding().access.REMOTE_WRITE);
     const statusDesc = descriptors([{ addr: inMr.address, length: 1, key: inMr.rkey }]);
     const write = (sector: bigint, fill: number) => Buffer.concat([encodeRequestHeader(BlkRequestType.OUT, sector), Buffer.alloc(4096, fill)]);
-    const before = transferCounts(fx);
+    const before = targetTransferCounts(fx);
 
     const ok = await vq.call({ opcode: Opcode.Vq, commandId: 1, outLength: WRITE_OUT, inLength: 1 }, Buffer.concat([statusDesc, write(40n, 0xa1)]));
     expect([st(ok), ok.readUInt32LE(4), status[0]]).toEqual(['SUCCESS', 1, 0]);
@@ -289,7 +273,7 @@ describe('a raw inline client', () => {
     const again = await vq.call({ opcode: Opcode.Vq, commandId: 20, outLength: WRITE_OUT, inLength: 1 }, Buffer.concat([statusDesc, write(56n, 0xc3)]));
     expect([st(again), status[0]]).toEqual(['SUCCESS', 0]);
     expect(readFileSync(path).subarray(56 * 512, 56 * 512 + 4096).every((b) => b === 0xc3)).toBe(true);
-    const after = transferCounts(fx);
+    const after = targetTransferCounts(fx);
     expect([after.inlineRequests - before.inlineRequests, after.rdmaReads - before.rdmaReads]).toEqual([6, 0]);
 
     // A message longer than the target's receive buffers (16 + 32 × 16 + S) costs the
@@ -322,7 +306,7 @@ describe('a raw inline client', () => {
     const inMr0 = vq0.register(status.subarray(0, 1), REMOTE_WRITE);
     const inMr1 = vq1.register(status.subarray(1, 2), REMOTE_WRITE);
     const out = Buffer.concat([encodeRequestHeader(BlkRequestType.OUT, 64n), Buffer.alloc(4096, 0xd4)]);
-    const before = transferCounts(fx);
+    const before = targetTransferCounts(fx);
     // vq0: still inline.
     const a = await vq0.call({ opcode: Opcode.Vq, commandId: 1, outLength: WRITE_OUT, inLength: 1 }, Buffer.concat([descriptors([{ addr: inMr0.address, length: 1, key: inMr0.rkey }]), out]));
     expect([st(a), status[0]]).toEqual(['SUCCESS', 0]);
@@ -337,7 +321,7 @@ describe('a raw inline client', () => {
     );
     expect([st(b), status[1]]).toEqual(['SUCCESS', 0]);
     expect(readFileSync(path).subarray(64 * 512, 64 * 512 + 4096).every((x) => x === 0xd4)).toBe(true);
-    const after = transferCounts(fx);
+    const after = targetTransferCounts(fx);
     expect([after.inlineRequests - before.inlineRequests, after.rdmaReads - before.rdmaReads]).toEqual([1, 1]);
     for (const q of [vq0, vq1]) await q.close();
     for (const mr of [inMr0, inMr1, outMr]) mr.deregister();

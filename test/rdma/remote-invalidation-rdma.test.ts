@@ -2,11 +2,10 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice, VIRTIO_OF_F_KEYED_NUM_DESCS, VOF_F_INLINE_DATA, VOF_F_REMOTE_INVALIDATE } from '../../src/index.js';
-import type { DeviceInstance } from '../../src/target/device-instance.js';
 import type { RdmaInitiatorConnection } from '../../src/transport/rdma/rdma-initiator-connection.js';
-import type { RdmaTargetConnection } from '../../src/transport/rdma/rdma-target-connection.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { rdmaAddress } from './rdma-env.js';
+import { targetTransferCounts } from './target-transfer-counts.js';
 
 /**
  * vof remote invalidation between vof's own target and initiator (docs/PROTOCOL.md "Remote
@@ -35,12 +34,7 @@ afterAll(async () => {
 
 /** SEND with Invalidate completions the target's virtqueue connections have sent so far. */
 function targetInvalidations(): number {
-  const instances = (fx.target as unknown as { instances: Map<number, DeviceInstance> }).instances;
-  let n = 0;
-  for (const inst of instances.values()) {
-    for (const q of inst.virtqueues.values()) n += (q.connection as RdmaTargetConnection).transferCounts.remoteInvalidations;
-  }
-  return n;
+  return targetTransferCounts(fx).remoteInvalidations;
 }
 
 function initiatorKeys(disk: BlockDevice): { localInvalidations: number; remoteInvalidations: number } {
