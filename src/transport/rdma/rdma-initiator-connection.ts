@@ -264,12 +264,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   }
 
   private releaseSlot(slot: CommandSlot): void {
-    slot.busy = false;
-    slot.completing = false;
-    slot.copyBack.length = 0;
-    for (const r of slot.cached.splice(0)) r();
-    const slice = slot.slice;
-    slot.slice = null;
+    const slice = clearSlot(slot);
     if (slice) this.arena?.release(slice);
   }
 
@@ -445,11 +440,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       for (const w of slot.windows) w.dealloc();
       slot.windows.length = 0;
       slot.bound = 0;
-      slot.busy = false;
-      slot.completing = false;
-      slot.copyBack.length = 0;
-      for (const r of slot.cached.splice(0)) r();
-      slot.slice = null;
+      clearSlot(slot); // its bounce slice goes with the arena, destroyed below
     }
     this.registrations?.clear();
     this.rc.destroy();
@@ -460,6 +451,17 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     this.handler = null;
     h?.onClose(reason);
   }
+}
+
+/** A slot's command is over: free it, release its cached registrations, and hand back its bounce slice. */
+function clearSlot(slot: CommandSlot): BounceSlice | null {
+  slot.busy = false;
+  slot.completing = false;
+  slot.copyBack.length = 0;
+  for (const r of slot.cached.splice(0)) r();
+  const slice = slot.slice;
+  slot.slice = null;
+  return slice;
 }
 
 /** Keyed descriptors a direction needs: one per in-place buffer, one per run of bounced ones. */
