@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
+import { REDIRECT_OPTIONS, redirectSettings } from './reconnect-options.js';
 import { RemoteDevice } from '../initiator/remote-device.js';
 import {
   QueueRole,
@@ -43,6 +44,7 @@ export async function runAdmin(argv: string[]): Promise<number> {
       max: { type: 'string' },
       samples: { type: 'string' },
       pi: { type: 'string' },
+      ...REDIRECT_OPTIONS,
       ...TLS_CLIENT_OPTIONS,
     },
     allowPositionals: true,
@@ -53,6 +55,7 @@ export async function runAdmin(argv: string[]): Promise<number> {
   const dev = await RemoteDevice.connect(url, {
     ...(values.ivqn && { ivqn: values.ivqn }),
     ...(tls && { tls }),
+    ...redirectSettings(values),
     queueCount: () => 0,
     keepaliveIntervalMs: 0,
     log: createLogger('warn'),

@@ -5,8 +5,9 @@ import { VofError } from '../initiator/vof-error.js';
 import { DeviceId, Opcode, VIRTIO_F_VERSION_1 } from '../protocol/constants.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { createLogger } from '../util/log.js';
-import { CliError, parseIntOption } from './cli-error.js';
+import { CliError } from './cli-error.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
+import { REDIRECT_OPTIONS, redirectSettings } from './reconnect-options.js';
 
 const blkFeatureNames = new Map<bigint, string>([
   ...Object.entries(BlkFeature).map(([k, v]) => [v, `VIRTIO_BLK_F_${k}`] as [bigint, string]),
@@ -34,7 +35,7 @@ function hex(n: bigint | number, width = 0): string {
 export async function runInfo(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ivqn: { type: 'string' }, json: { type: 'boolean' }, 'max-redirects': { type: 'string' }, ...TLS_CLIENT_OPTIONS },
+    options: { ivqn: { type: 'string' }, json: { type: 'boolean' }, ...REDIRECT_OPTIONS, ...TLS_CLIENT_OPTIONS },
     allowPositionals: true,
   });
   const url = positionals[0];
@@ -45,7 +46,7 @@ export async function runInfo(argv: string[]): Promise<number> {
     ...(values.ivqn && { ivqn: values.ivqn }),
     ...(tls && { tls }),
     queueCount: () => 0,
-    ...(values['max-redirects'] !== undefined && { maxRedirects: parseIntOption(values['max-redirects'], 'max-redirects', 0, 64)! }),
+    ...redirectSettings(values),
     keepaliveIntervalMs: 0,
     log: createLogger('warn'),
   });

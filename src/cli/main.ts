@@ -48,7 +48,10 @@ Usage:
       Ask a running target (its --control socket) to move TVQN: connected initiators get the
       drain event and reconnect to URL; new Connects are redirected there.
   Reconnect options of cp and nbd: [--reconnect-delay S] [--ctrl-loss-tmo S|-1]
-           [--fast-io-fail-tmo S|-1] [--max-redirects N]
+           [--fast-io-fail-tmo S|-1]
+  Redirect options of info, cp, admin and nbd: [--max-redirects N]
+           [--allow-redirect-to tcp,tls,rdma] (a redirect keeps the URL's transport, or raises
+           tcp:// to tls://; any other move needs the scheme named here)
   vof help
 `;
 

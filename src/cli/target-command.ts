@@ -71,8 +71,11 @@ interface TargetConfigFile {
   log?: LogLevel;
   quotas?: Partial<QuotaLimits>;
   tls?: TlsServerFiles;
-  /** [{ "tvqn": "disk0", "url": "tcp://10.0.0.2:15771" }, …] (url may end in /TVQN2). */
-  redirect?: Array<{ tvqn: string; url: string }>;
+  /**
+   * [{ "tvqn": "disk0", "url": "tcp://10.0.0.2:15771" }, …] (url may end in /TVQN2). Only IVQNs
+   * its "allow" plus the top-level allow-list admit learn the destination.
+   */
+  redirect?: Array<{ tvqn: string; url: string; allow?: AllowSpec[] }>;
   /** Unix socket for operator commands (vof drain). */
   control?: string;
   /** How block exports do file I/O: auto (io_uring where it works), uring or libuv. */
@@ -119,6 +122,7 @@ function readConfig(file: string): TargetConfigFile {
   checkConfigAllow(cfg.allow, 'top-level');
   for (const b of cfg.blk ?? []) checkConfigAllow(b.allow, `blk "${b.tvqn}"`);
   for (const r of cfg.rng ?? []) checkConfigAllow(r.allow, `rng "${r.tvqn}"`);
+  for (const r of cfg.redirect ?? []) checkConfigAllow(r.allow, `redirect "${r.tvqn}"`);
   return cfg;
 }
 
@@ -161,7 +165,7 @@ export async function runTarget(argv: string[]): Promise<number> {
     throw new CliError(`--allow: ${(err as Error).message}`);
   }
   if (listen.length === 0) throw new CliError('vof target needs at least one --listen URL (e.g. tcp://0.0.0.0:15771)');
-  let redirects: Array<{ tvqn: string; url: string }>;
+  let redirects: Array<{ tvqn: string; url: string; allow?: AllowSpec[] }>;
   try {
     redirects = [...(cfg.redirect ?? []), ...(values.redirect ?? []).map(parseRedirectSpec)];
     for (const r of redirects) makeRedirect(r.tvqn, r.url);
@@ -231,7 +235,9 @@ export async function runTarget(argv: string[]): Promise<number> {
       ...(values['keepalive-timeout'] && { timeoutMs: parseIntOption(values['keepalive-timeout'], 'keepalive-timeout', 1, 3600000)! }),
     },
   });
-  for (const r of redirects) target.redirect(r.tvqn, r.url);
+  // A redirect tells where a disk lives: only to peers the allow-lists admit.
+  const redirectAllow = (own: AllowSpec[] = []) => ([...own, ...allow].length > 0 ? [...own, ...allow] : undefined);
+  for (const r of redirects) target.redirect(r.tvqn, r.url, redirectAllow(r.allow));
   // Installed before anything is announced, so a signal at any point after shuts down cleanly.
   const stopped = new Promise<void>((resolve) => {
     const stop = (sig: string) => {
@@ -290,7 +296,7 @@ export async function runTarget(argv: string[]): Promise<number> {
     const controlPath = values.control ?? cfg.control;
     if (controlPath) {
       try {
-        control = await ControlSocket.listen(controlPath, { drain: (t, u, g) => target.drain(t, u, g), redirect: (t, u) => target.redirect(t, u), stats: targetProcessStats }, log);
+        control = await ControlSocket.listen(controlPath, { drain: (t, u, g) => target.drain(t, u, g), redirect: (t, u) => target.redirect(t, u, redirectAllow()), stats: targetProcessStats }, log);
       } catch (err) {
         throw new CliError(`cannot open the control socket ${controlPath}: ${(err as Error).message}`, 1);
       }

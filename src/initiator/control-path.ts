@@ -11,7 +11,7 @@ import {
 } from '../protocol/redirect-record.js';
 import { transportFor } from '../transport/registry.js';
 import type { ConnectOptions as TransportConnectOptions, Transport } from '../transport/transport.js';
-import { parseDeviceUrl } from '../url.js';
+import { UrlError, parseDeviceUrl, type Scheme } from '../url.js';
 import type { Logger } from '../util/log.js';
 import { QueueClient } from './queue-client.js';
 import { VofConnectionError, VofError, VofRedirectError } from './vof-error.js';
@@ -44,6 +44,29 @@ export interface ControlPathOptions {
   readonly answerTimeoutMs: number;
   /** The answer timeout is the keepalive timeout (for the error message). */
   readonly keepalive: boolean;
+  /**
+   * The scheme of the URL the user gave (default: `url`'s). A reconnect starts from wherever
+   * the device moved to, but what a redirect may lead to is judged against this scheme, so a
+   * chain of hops cannot launder a downgrade.
+   */
+  readonly origin?: Scheme;
+  /** Schemes a redirect may lead to beyond the safe ones (see redirectAllowed). */
+  readonly allowRedirectTo?: readonly Scheme[];
+}
+
+/** The option, on the CLI and in the library, that lets a redirect change the transport. */
+export const ALLOW_REDIRECT_OPTION = { cli: '--allow-redirect-to', library: 'allowRedirectTo' } as const;
+
+/**
+ * May a connection that the user started on `origin` follow a redirect to `next`? A redirect
+ * never lowers the protection the user chose (docs/PROTOCOL.md, "Redirect"): the same scheme
+ * is fine (tls:// keeps every trust setting: CA, client certificate or PSK, server name), and
+ * tcp:// may be raised to tls://. Anything else (tls:// to tcp:// or rdma://, which carry the
+ * IVQN and data in clear; tcp:// to rdma://, a NIC and fabric the user did not pick) only when
+ * the user named the scheme in `allowed`.
+ */
+export function redirectAllowed(origin: Scheme, next: Scheme, allowed: readonly Scheme[] = []): boolean {
+  return next === origin || (origin === 'tcp' && next === 'tls') || allowed.includes(next);
 }
 
 const canonical = (url: string) => {
@@ -58,6 +81,7 @@ const canonical = (url: string) => {
  */
 export async function connectControlPath(url: string, o: ControlPathOptions): Promise<ControlPath> {
   const limit = o.maxRedirects ?? DEFAULT_REDIRECT_HOPS;
+  const origin = o.origin ?? parseDeviceUrl(url).scheme;
   const hops: string[] = [];
   for (;;) {
     hops.push(url);
@@ -95,8 +119,9 @@ export async function connectControlPath(url: string, o: ControlPathOptions): Pr
       }
       try {
         next = redirectUrl(decodeRedirectRecord(payload));
+        parseDeviceUrl(next); // a TVQN with control characters, say
       } catch (err) {
-        if (err instanceof RedirectRecordError) throw new VofRedirectError('bad-record', hops, `${url}: ${err.message}`);
+        if (err instanceof RedirectRecordError || err instanceof UrlError) throw new VofRedirectError('bad-record', hops, `${url}: ${err.message}`);
         throw err;
       }
     } catch (err) {
@@ -111,6 +136,15 @@ export async function connectControlPath(url: string, o: ControlPathOptions): Pr
     }
     if (hops.length > limit) {
       throw new VofRedirectError('hop-limit', [...hops, next], `more than ${limit} redirects: ${[...hops, next].join(' → ')}`);
+    }
+    const nextScheme = parseDeviceUrl(next).scheme;
+    if (!redirectAllowed(origin, nextScheme, o.allowRedirectTo)) {
+      const why = origin === 'tls' ? `it would leave tls:// for ${nextScheme}://, which carries the IVQN and data in clear` : `it would move a ${origin}:// connection to ${nextScheme}://`;
+      throw new VofRedirectError(
+        'transport',
+        [...hops, next],
+        `${url}: redirect to ${next} refused: ${why}; ${ALLOW_REDIRECT_OPTION.cli} ${nextScheme} (library: ${ALLOW_REDIRECT_OPTION.library}: ['${nextScheme}']) allows it`,
+      );
     }
     o.log.info(`${url}: redirected to ${next} (hop ${hops.length} of at most ${limit})`);
     url = next;

@@ -9,7 +9,7 @@ import {
   VIRTIO_OF_F_KEYED_NUM_DESCS,
 } from '../protocol/constants.js';
 import { decodeConfigChangeGeneration, type DecodedCompletion } from '../protocol/completion.js';
-import { parseDeviceUrl } from '../url.js';
+import { parseDeviceUrl, type Scheme } from '../url.js';
 import type { TlsClientSettings } from '../transport/tcp/tls-settings.js';
 import type { InitiatorConnection, KeyedMemoryOptions, Transport } from '../transport/transport.js';
 import { defaultLogger, type Logger } from '../util/log.js';
@@ -22,7 +22,7 @@ import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
 import { VOF_F_INLINE_DATA, VOF_OP_GET_INLINE_DATA_SIZE, inlineSizeProblem } from '../protocol/inline-data.js';
 import { VOF_F_REMOTE_INVALIDATE } from '../protocol/remote-invalidation.js';
 import { plannedAttempts, reconnectPolicy, reconnects, type DeviceState, type ReconnectOptions, type ReconnectPolicy } from './reconnect-policy.js';
-import { VofConnectionError, VofError, VofResumeError } from './vof-error.js';
+import { VofConnectionError, VofError, VofRedirectError, VofResumeError } from './vof-error.js';
 
 /** Reads `length` config bytes at `offset` (a consistent snapshot; see RemoteDevice.readConfig). */
 export type ConfigReader = (offset: number, length: number) => Promise<Buffer>;
@@ -60,6 +60,12 @@ export interface ConnectOptions extends ReconnectOptions {
   readonly verifyResume?: (readConfig: ConfigReader) => Promise<void>;
   /** Most redirects followed on one connect or reconnect (default 8); then VofRedirectError. */
   readonly maxRedirects?: number;
+  /**
+   * Transports a redirect or drain may move this device to besides the URL's own (and tcp:// to
+   * tls://): e.g. ['rdma'] to follow a tcp:// target's redirect to rdma://. A tls:// device is
+   * never moved to tcp:// or rdma:// unless named here. Otherwise VofRedirectError ('transport').
+   */
+  readonly allowRedirectTo?: readonly Scheme[];
   /** rdma:// only: bounce memory size and the opt-in registration cache (see KeyedMemoryOptions). */
   readonly keyedMemory?: KeyedMemoryOptions;
   /**
@@ -725,7 +731,9 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
           if (this.stateValue !== 'reconnecting') return;
           this.generation++; // callbacks of the failed attempt's queues are stale
           this.dropConnections(err as Error);
-          if (err instanceof VofResumeError) {
+          // Neither a changed device nor a move to a transport the user did not allow gets
+          // better by trying again.
+          if (err instanceof VofResumeError || (err instanceof VofRedirectError && err.reason === 'transport')) {
             this.lose(err);
             return;
           }
@@ -751,7 +759,8 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   /** One attempt: a new control queue, the initialization sequence (checked against `resume`), the virtqueues. */
   private async resumeOnce(resume: ResumePoint): Promise<void> {
-    const path = await connectControlPath(this.url, { ivqn: this.ivqn, log: this.log, ...pathOpts(this.options) });
+    const origin = parseDeviceUrl(this.requestedUrl).scheme;
+    const path = await connectControlPath(this.url, { ivqn: this.ivqn, log: this.log, origin, ...pathOpts(this.options) });
     if (this.stateValue !== 'reconnecting') {
       await path.control.close();
       return;
@@ -852,6 +861,7 @@ function pathOpts(o: ConnectOptions) {
     answerTimeoutMs: keepalive ? (o.keepaliveTimeoutMs ?? 15000) : (o.connectTimeoutMs ?? 10000),
     keepalive,
     ...(o.maxRedirects !== undefined && { maxRedirects: o.maxRedirects }),
+    ...(o.allowRedirectTo !== undefined && { allowRedirectTo: o.allowRedirectTo }),
   };
 }
 

@@ -27,11 +27,14 @@ export class VofResumeError extends VofConnectionError {
   override name = 'VofResumeError';
 }
 
-/** Following redirects failed: a loop, too many hops, or a record that cannot be followed. */
+/**
+ * Following redirects failed: a loop, too many hops, a record that cannot be followed, or a
+ * transport the user did not allow (reason 'transport': a tls:// connection sent to tcp://, say).
+ */
 export class VofRedirectError extends VofConnectionError {
   override name = 'VofRedirectError';
   constructor(
-    readonly reason: 'loop' | 'hop-limit' | 'bad-record',
+    readonly reason: 'loop' | 'hop-limit' | 'bad-record' | 'transport',
     /** Every URL tried, in order, ending with the one that was not followed. */
     readonly hops: readonly string[],
     message: string,

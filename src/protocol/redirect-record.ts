@@ -1,5 +1,6 @@
 import { COMPLETION_SIZE, CONNECT_BODY_SIZE, CONTROL_QUEUE_INSTANCE_ID, VQN_FIELD_SIZE } from './constants.js';
 import { checkVqn } from './connect-body.js';
+import { quotePeerString } from '../util/escape.js';
 
 /**
  * vof's redirect extension (docs/PROTOCOL.md "Redirect"). An initiator announces that it
@@ -79,7 +80,8 @@ export function decodeRedirectRecord(buf: Buffer): RedirectRecord {
   const port = buf.readUInt16LE(2);
   if (port === 0) throw new RedirectRecordError('redirect record: port 0');
   const host = field(buf.subarray(8, 8 + ADDRESS_FIELD_SIZE), 'address');
-  if (/[\s/@?#]/.test(host)) throw new RedirectRecordError(`redirect record: address ${JSON.stringify(host)} is not a host`);
+  // A host name, IPv4 or IPv6 literal (with a zone): nothing a log line or terminal could misread.
+  if (!/^[0-9A-Za-z._:%-]+$/.test(host)) throw new RedirectRecordError(`redirect record: address ${quotePeerString(host)} is not a host`);
   return { scheme, host, port, tvqn: field(buf.subarray(8 + ADDRESS_FIELD_SIZE), 'TVQN') };
 }
 

@@ -51,8 +51,11 @@ export interface TargetContext {
   readonly queueBudgetBytes: number;
   /** Close a connection that has not completed Connect within this time (0: never). */
   readonly connectTimeoutMs: number;
-  /** Where a TVQN has moved (vof redirect extension), or undefined. */
-  redirectFor?(tvqn: string): Redirect | undefined;
+  /**
+   * Where the Connect's TVQN has moved (vof redirect extension), a refusal when the peer may
+   * not learn that (the access check comes first), or undefined when it has not moved.
+   */
+  redirectFor?(body: ConnectBody, control: QueueSession): Redirect | Refusal | undefined;
 }
 
 type SessionRole =
@@ -372,9 +375,10 @@ export class QueueSession {
         return refuse(Status.EQSIZEQUOT, `control queue size ${cmd.queueSize} > ${VIRTIO_OF_CONTROL_QUEUE_SIZE}`);
       }
       this.followsRedirects = (connectFlags(body) & VOF_CONNECT_F_REDIRECT) !== 0;
-      const moved = this.ctx.redirectFor?.(parsed.tvqn);
+      const moved = this.ctx.redirectFor?.(parsed, this);
+      if (moved && 'status' in moved) return refuse(moved.status, `no redirect of ${quotePeerString(parsed.ivqn)} → ${quotePeerString(parsed.tvqn)}${this.identityNote()}: ${moved.why}`);
       if (moved) {
-        // Before the access check: the export is not here; the destination decides access.
+        // After the access check: a peer the export does not admit learns nothing of where it went.
         if (!this.followsRedirects) return refuse(Status.EACLREJECTED, `${quotePeerString(parsed.tvqn)} moved to ${moved.url}; this initiator does not follow redirects`);
         this.log.info(`${this.connection.peer}: Connect for ${quotePeerString(parsed.tvqn)} → EREDIRECT to ${moved.url}`);
         req.complete(encodeRedirectCompletion(id), false, moved.record);

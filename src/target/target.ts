@@ -103,7 +103,8 @@ export const DEFAULT_MAX_VQ_PAYLOAD = 4 * 1024 * 1024 + 4096;
 export class VofTarget {
   private readonly exports = new Map<string, ExportEntry>();
   private readonly instances = new Map<number, DeviceInstance>();
-  private readonly redirects = new Map<string, Redirect>();
+  /** TVQN → where it moved, and who may learn that when the TVQN is not exported here. */
+  private readonly redirects = new Map<string, { readonly to: Redirect; readonly access: AccessPolicy }>();
   private readonly listeners: Listener[] = [];
   readonly log: Logger;
   private readonly keepalive: KeepalivePolicy;
@@ -143,20 +144,21 @@ export class VofTarget {
       bindingRefusal: (inst, session, body) => this.bindingRefusal(inst, session, body),
       sessionBound: (session) => this.unbound.settle(session),
       sessionClosed: (session) => this.unbound.settle(session),
-      redirectFor: (tvqn) => this.redirects.get(tvqn),
+      redirectFor: (body, control) => this.redirectFor(body, control),
     };
     for (const [tvqn, url] of Object.entries(options.redirects ?? {})) this.redirect(tvqn, url);
   }
 
   /**
    * Answer control-queue Connects for `tvqn` with EREDIRECT to `url` (tcp|tls|rdma://HOST[:PORT],
-   * optionally /TVQN2; default the same TVQN), whether or not it is exported here. Returns the
-   * URL the record names.
+   * optionally /TVQN2; default the same TVQN), whether or not it is exported here. Only peers
+   * the access policy admits learn the destination: the export's while `tvqn` is exported here,
+   * else `allow` (absent: every peer). Returns the URL the record names.
    */
-  redirect(tvqn: string, url: string): string {
+  redirect(tvqn: string, url: string, allow?: Iterable<AllowSpec>): string {
     if (checkVqn(tvqn, 'TVQN').length === 0) throw new Error('TVQN is empty');
     const r = makeRedirect(tvqn, url);
-    this.redirects.set(tvqn, r);
+    this.redirects.set(tvqn, { to: r, access: new AccessPolicy(allow) });
     this.log.info(`${quotePeerString(tvqn)} redirected to ${r.url}`);
     return r.url;
   }
@@ -251,6 +253,24 @@ export class VofTarget {
     return this.listeners.map((l) => l.url);
   }
 
+
+  /**
+   * The redirect for a control-queue Connect, checked against the same access policy as a
+   * Connect that would create an instance: the export's when the TVQN is still exported here
+   * (a drain), else the redirect's own allow-list (`redirect(…, allow)`; none: open). A refused
+   * peer gets EACLREJECTED, exactly what an unknown TVQN gets, and no destination.
+   */
+  private redirectFor(body: ConnectBody, control: QueueSession): Redirect | Refusal | undefined {
+    const moved = this.redirects.get(body.tvqn);
+    if (!moved) return undefined;
+    const access = this.exports.get(body.tvqn)?.access ?? moved.access;
+    const identity = control.connection.identity;
+    if (!access.admits(body.ivqn, identity)) {
+      const who = identity === undefined ? 'an unauthenticated peer' : `identity ${quotePeerString(identity)}`;
+      return { status: Status.EACLREJECTED, why: `IVQN not allowed for ${who}` };
+    }
+    return moved.to;
+  }
 
   /**
    * A control-queue Connect: the export, its access policy (with the connection's TLS

@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FileBlockExport, VofTarget, createLogger, type FileBlockOptions, type TargetOptions } from '../../src/index.js';
+import { FileBlockExport, VofTarget, createLogger, type AllowSpec, type FileBlockOptions, type TargetOptions } from '../../src/index.js';
 
 export interface LogLine {
   level: string;
@@ -20,7 +20,7 @@ export class TargetFixture {
   }
 
   /** A disk image of `size` bytes filled by `fill` (default zeros), exported as `tvqn`. */
-  async addDisk(tvqn: string, size: number, opts: FileBlockOptions & { allow?: string[]; fill?: (b: Buffer) => void } = {}): Promise<string> {
+  async addDisk(tvqn: string, size: number, opts: FileBlockOptions & { allow?: AllowSpec[]; fill?: (b: Buffer) => void } = {}): Promise<string> {
     const path = join(this.dir, `${tvqn.replace(/[^\w.-]/g, '_')}.img`);
     const content = Buffer.alloc(size);
     opts.fill?.(content);

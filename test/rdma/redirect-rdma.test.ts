@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTarget, type StartedTarget } from '../../scripts/start-target.mjs';
-import { BlockDevice, silentLogger } from '../../src/index.js';
+import { BlockDevice, VofRedirectError, silentLogger } from '../../src/index.js';
 import { rdmaAddress } from './rdma-env.js';
 
 /**
@@ -31,7 +31,10 @@ describe('redirect between TCP and RDMA', () => {
   it('TCP → RDMA: the initiator follows to the RDMA listener and does I/O over RDMA', async () => {
     const a = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--redirect', `d=${serving.urls[1]}`], { timeoutMs: 120000 });
     targets.push(a);
-    const d = await BlockDevice.open(`${a.urls[0]}/d`, { log: silentLogger });
+    // A redirect keeps the URL's transport unless the user allows the move.
+    const refused = await BlockDevice.open(`${a.urls[0]}/d`, { log: silentLogger }).then(() => null, (e: Error) => e);
+    expect((refused as VofRedirectError).reason).toBe('transport');
+    const d = await BlockDevice.open(`${a.urls[0]}/d`, { log: silentLogger, allowRedirectTo: ['rdma'] });
     expect(d.device.url).toBe(`${serving.urls[1]}/d`);
     expect(d.device.maxKeyedDescriptors).toBeGreaterThan(0);
     await d.write(0, Buffer.alloc(65536, 0x3c));
@@ -44,7 +47,7 @@ describe('redirect between TCP and RDMA', () => {
   it('RDMA → TCP: the redirect record arrives in the completion SEND', async () => {
     const a = await startTarget(['--listen', `rdma://${rdmaAddress()}:0`, '--redirect', `d=${serving.urls[0]}`], { timeoutMs: 120000 });
     targets.push(a);
-    const d = await BlockDevice.open(`${a.urls[0]}/d`, { log: silentLogger });
+    const d = await BlockDevice.open(`${a.urls[0]}/d`, { log: silentLogger, allowRedirectTo: ['tcp'] });
     expect(d.device.url).toBe(`${serving.urls[0]}/d`);
     expect((await d.read(0, 4096)).equals(Buffer.alloc(4096, 0x3c))).toBe(true);
     await d.close();

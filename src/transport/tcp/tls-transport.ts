@@ -1,3 +1,4 @@
+import { constants as cryptoConstants } from 'node:crypto';
 import type net from 'node:net';
 import tls from 'node:tls';
 import { quotePeerString } from '../../util/escape.js';
@@ -14,6 +15,7 @@ import type {
 import { TcpInitiatorConnection } from './tcp-initiator-connection.js';
 import { TcpTargetConnection } from './tcp-target-connection.js';
 import { dial, serveOn } from './tcp-transport.js';
+import { formatHostPort } from '../address.js';
 import { PSK_CIPHERS, TLS_MIN_VERSION, type TlsClientSettings } from './tls-settings.js';
 
 const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -41,12 +43,18 @@ export class TlsTransport implements Transport {
       throw new Error('a tls:// listener needs a certificate and key, or at least one PSK');
     }
     if ((settings.cert === undefined) !== (settings.key === undefined)) throw new Error('TLS: give both a certificate and its key');
-    // Which PSK identity each handshake proved (the callback runs before secureConnection).
-    const pskIdentities = new WeakMap<tls.TLSSocket, string>();
+    // The identity whose key pskCallback handed to OpenSSL. That is only what the client
+    // *offered*: OpenSSL may still drop the PSK (a suite with another hash, say) and finish the
+    // handshake on the certificate without ever checking the binder. It becomes the connection's
+    // identity only when the handshake really used it (tlsIdentity below).
+    const offeredPsk = new WeakMap<tls.TLSSocket, string>();
     const server = tls.createServer({
       // A peer that ends its side still gets the completions of what it sent (as on tcp://).
       allowHalfOpen: true,
       minVersion: TLS_MIN_VERSION,
+      // No session tickets, so no resumption: a resumed session would skip pskCallback and the
+      // certificate check, and "the handshake used a PSK" (isSessionReused) would be ambiguous.
+      secureOptions: cryptoConstants.SSL_OP_NO_TICKET,
       handshakeTimeout: settings.handshakeTimeoutMs ?? DEFAULT_HANDSHAKE_TIMEOUT_MS,
       ...(hasCert && { cert: settings.cert, key: settings.key }),
       // With a client CA, OpenSSL refuses a missing or unverifiable certificate in the handshake
@@ -61,26 +69,21 @@ export class TlsTransport implements Transport {
             this.log.info(`tls://${socket.remoteAddress}:${socket.remotePort}: unknown PSK identity ${quotePeerString(identity)}`);
             return null;
           }
-          pskIdentities.set(socket, identity);
+          offeredPsk.set(socket, identity);
           return key;
         },
       }),
     });
     server.on('secureConnection', (socket: tls.TLSSocket) => {
       const peer = `tls://${socket.remoteAddress}:${socket.remotePort}`;
-      let identity = pskIdentities.get(socket);
-      if (identity === undefined && settings.ca !== undefined) {
-        const cn = socket.authorized ? socket.getPeerCertificate().subject?.CN : undefined;
-        if (typeof cn !== 'string' || cn === '') {
-          const why = socket.authorized ? 'its certificate has no single subject CN' : String(socket.authorizationError ?? 'no client certificate');
-          this.log.info(`${peer}: TLS client refused: ${why}`);
-          socket.destroy();
-          return;
-        }
-        identity = cn;
+      const proved = tlsIdentity(socket, offeredPsk.get(socket), settings.ca !== undefined);
+      if ('refused' in proved) {
+        this.log.info(`${peer}: TLS client refused: ${proved.refused}`);
+        socket.destroy();
+        return;
       }
       onConnection(
-        new TcpTargetConnection(socket, options.maxVqPayload, this.log, { scheme: 'tls', identity }, options.sendStallTimeoutMs ?? 0),
+        new TcpTargetConnection(socket, options.maxVqPayload, this.log, { scheme: 'tls', identity: proved.identity }, options.sendStallTimeoutMs ?? 0),
       );
     });
     server.on('tlsClientError', (err: Error & { reason?: string; code?: string }, socket: tls.TLSSocket) => {
@@ -101,7 +104,7 @@ export class TlsTransport implements Transport {
           host: endpoint.host,
           port: endpoint.port,
           minVersion: TLS_MIN_VERSION,
-          // Node checks the certificate against `host` (names and IP addresses) unless told otherwise.
+          // Node checks the certificate against `servername`, else `host` (names and IP addresses).
           ...(s.servername !== undefined && { servername: s.servername }),
           ...(s.ca !== undefined && { ca: s.ca }),
           ...(s.cert !== undefined && { cert: s.cert }),
@@ -109,7 +112,7 @@ export class TlsTransport implements Transport {
           ...(psk && {
             ciphers: PSK_CIPHERS,
             pskCallback: () => ({ psk: psk.key, identity: psk.identity }),
-            // With a PSK the key proves the target; there is no certificate to check.
+            // A PSK handshake has no certificate to check; that the PSK was used is checked below.
             checkServerIdentity: () => undefined,
           }),
         })),
@@ -118,11 +121,43 @@ export class TlsTransport implements Transport {
       'tls',
       options.timeoutMs,
     );
+    // With a PSK only the key proves the target. A server that ignores the PSK and shows a
+    // certificate instead (any the trust store accepts) must not be taken for it. This client
+    // never resumes a session, so "reused" means exactly "the handshake used our PSK".
+    if (psk && !socket.isSessionReused()) {
+      socket.destroy();
+      throw new Error(
+        `connect to tls://${formatHostPort(endpoint.host, endpoint.port)} failed: TLS: the target did not use the PSK of identity ${quotePeerString(psk.identity)} ` +
+          '(it answered with a certificate instead): it does not hold that key, so it is not the target the PSK names',
+      );
+    }
     // TLS 1.3: the target checks a client certificate after the initiator's handshake is done,
     // so its refusal arrives as an alert on the open connection.
     withTlsSummaries(socket);
     return new TcpInitiatorConnection(socket, options.maxVqPayload, 'tls');
   }
+}
+
+/**
+ * The identity a target-side handshake proved, or why the connection is refused. Only what the
+ * handshake authenticated counts (docs/PROTOCOL.md, "TLS"):
+ * - a PSK identity when the handshake really used that PSK (its binder verified; with tickets
+ *   off, OpenSSL marks exactly that as a reused session);
+ * - otherwise, with a client CA, the verified certificate's subject CN;
+ * - otherwise none (an anonymous TLS peer).
+ * `offeredPsk` is the identity pskCallback found a key for: an offer, not a proof.
+ */
+export function tlsIdentity(
+  socket: Pick<tls.TLSSocket, 'isSessionReused' | 'authorized' | 'authorizationError' | 'getPeerCertificate'>,
+  offeredPsk: string | undefined,
+  clientCa: boolean,
+): { identity: string | undefined } | { refused: string } {
+  if (offeredPsk !== undefined && socket.isSessionReused()) return { identity: offeredPsk };
+  if (!clientCa) return { identity: undefined };
+  const cn = socket.authorized ? socket.getPeerCertificate().subject?.CN : undefined;
+  if (typeof cn === 'string' && cn !== '') return { identity: cn };
+  const why = socket.authorized ? 'its certificate has no single subject CN' : String(socket.authorizationError ?? 'no client certificate');
+  return { refused: offeredPsk === undefined ? why : `${why} (it offered PSK identity ${quotePeerString(offeredPsk)} but the handshake did not use it)` };
 }
 
 /**
