@@ -10,7 +10,7 @@ export { VofTarget, DEFAULT_LIMITS, DEFAULT_CONNECT_TIMEOUT_MS, type TargetOptio
 export { AccessPolicy, parseAllowEntry, type AllowEntry, type AllowSpec } from './target/access-policy.js';
 export { DEFAULT_QUOTAS, type QuotaLimits } from './target/quotas.js';
 export { quotePeerString } from './util/escape.js';
-export type { DeviceExport, InstanceLimits, VirtioDeviceInstance } from './target/device.js';
+export type { DeviceExport, InstanceLimits, RequestCancel, VirtioDeviceInstance } from './target/device.js';
 export { RemoteDevice, connect, type ConnectOptions } from './initiator/remote-device.js';
 export { QueueClient } from './initiator/queue-client.js';
 export { VofError, VofConnectionError, VofRedirectError, VofResumeError } from './initiator/vof-error.js';

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { BlockDevice, FileBlockExport, silentLogger } from '../src/index.js';
+import { BlockDevice, FileBlockExport, silentLogger, type RequestCancel } from '../src/index.js';
 import { withInstanceOverrides } from './helpers/device-proxy.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 
@@ -30,19 +30,20 @@ describe('re-submission after a reconnect', () => {
       withInstanceOverrides(real, 'ordered', (inner) => {
         const n = ++instances;
         return {
-          handleRequest: async (vq: number, readable: Buffer, writable: Buffer, signal?: AbortSignal) => {
+          handleRequest: async (vq: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel) => {
             const type = readable.readUInt32LE(0);
             const sector = Number(readable.readBigUInt64LE(8));
             const what = type === FLUSH ? 'flush' : type === OUT ? `write ${sector}` : `type ${type}`;
             if (n === 1 && (type === FLUSH || (type === OUT && sector !== 0))) {
               // Hangs until the instance is torn down: these never complete here.
-              await new Promise((_, reject) => signal?.addEventListener('abort', () => reject(new Error('cancelled'))));
+              await cancel?.whenAborted?.();
+              throw new Error('cancelled');
             }
             if (n >= 2) {
               seen.push(`start ${what}`);
               if (type === OUT) await new Promise((r) => setTimeout(r, 150));
             }
-            const r = await inner.handleRequest(vq, readable, writable, signal);
+            const r = await inner.handleRequest(vq, readable, writable, cancel);
             if (n >= 2) seen.push(`end ${what}`);
             return r;
           },

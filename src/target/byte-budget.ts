@@ -1,3 +1,5 @@
+import { WakeSignal } from '../util/wake-signal.js';
+
 /**
  * A count of bytes that may be spent at once (buffers of commands in flight), with a way to
  * wait until some are given back. One per queue and one per target bound what peers can make
@@ -5,7 +7,7 @@
  */
 export class ByteBudget {
   private spent = 0;
-  private waiters: Array<() => void> = [];
+  private readonly given = new WakeSignal();
 
   constructor(readonly limit: number) {}
 
@@ -28,13 +30,11 @@ export class ByteBudget {
   give(n: number): void {
     if (n === 0) return;
     this.spent -= n;
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
+    this.given.wake();
   }
 
   /** Settles the next time bytes are given back. */
   whenGiven(): Promise<void> {
-    return new Promise((resolve) => this.waiters.push(resolve));
+    return this.given.wait();
   }
 }

@@ -10,7 +10,7 @@ import { quotePeerString } from '../util/escape.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { ADMIN_MAX_REQUEST_BYTES, ADMIN_QUEUE_SIZE, type InstanceAdmin } from '../admin/instance-admin.js';
 import type { Logger } from '../util/log.js';
-import type { VirtioDeviceInstance } from './device.js';
+import type { RequestCancel, VirtioDeviceInstance } from './device.js';
 import {
   FEATURE_WINDOWS,
   featureWindow,
@@ -312,13 +312,13 @@ export class DeviceInstance {
   }
 
   /** Run a VQ request on the device, or on the admin side for the admin queue; the bytes written. */
-  handleRequest(vqIndex: number, readable: Buffer, writable: Buffer, signal?: AbortSignal): Promise<number> {
+  handleRequest(vqIndex: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number> {
     if (vqIndex >= this.device.numQueues) {
       // Only the admin queue lies beyond the device's queues (a queue bound before a reset that
       // dropped VIRTIO_F_ADMIN_VQ gets nothing written).
       return vqIndex === this.adminQueueIndex && this.admin ? this.admin.handleRequest(vqIndex, readable, writable) : Promise.resolve(0);
     }
-    return this.device.handleRequest(vqIndex, readable, writable, signal);
+    return this.device.handleRequest(vqIndex, readable, writable, cancel);
   }
 
   /** Tear down: virtqueue connections close, the device model is released. Idempotent. */

@@ -19,6 +19,18 @@ export interface DeviceAdminSupport {
 }
 
 /**
+ * A request's cancellation as the device sees it (reset, disconnect, shutdown). The target's
+ * request slot is this object: nothing is made per command for it. AbortSignal fits it too.
+ */
+export interface RequestCancel {
+  readonly aborted: boolean;
+  /** Throws once the request is cancelled: long work calls it between steps. */
+  throwIfAborted(): void;
+  /** For work that waits on something else: settles when the request is cancelled. */
+  whenAborted?(): Promise<void>;
+}
+
+/**
  * What the target needs from a virtio device model. A DeviceExport is registered under a TVQN;
  * every control-queue Connect to it creates one VirtioDeviceInstance.
  */
@@ -51,10 +63,12 @@ export interface VirtioDeviceInstance {
    * where the transport caps it), which the device fills in place from its first byte. The
    * result is how many bytes of it the device wrote (0..writable.length): exactly those reach
    * the driver. `writable` may hold stale bytes, so a device never counts a byte it did not
-   * write. `signal` aborts when the request is cancelled (reset, disconnect, shutdown): long
-   * work checks it between steps and stops early (its result is then discarded).
+   * write. `cancel` turns aborted when the request is cancelled (reset, disconnect, shutdown):
+   * long work checks it between steps and stops early (its result is then discarded). Once the
+   * returned promise settles the device must not touch `readable`, `writable` or `cancel` again:
+   * all three serve the queue's next command.
    */
-  handleRequest(vqIndex: number, readable: Buffer, writable: Buffer, signal?: AbortSignal): Promise<number>;
+  handleRequest(vqIndex: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number>;
   /** The instance is gone; no more calls follow. */
   destroy(): void;
   /** Admin Virtqueue support; absent: the device offers no VIRTIO_F_ADMIN_VQ. */

@@ -29,6 +29,7 @@ import { QueueStats } from '../admin/queue-stats.js';
 import { ByteBudget } from './byte-budget.js';
 import type { DeviceInstance, OpResult } from './device-instance.js';
 import { TargetRequest, type CompletionSink } from './target-request.js';
+import { WakeSignal } from '../util/wake-signal.js';
 import type { Redirect } from './redirect.js';
 import { VOF_CONNECT_F_REDIRECT, connectFlags, encodeRedirectCompletion } from '../protocol/redirect-record.js';
 import { VOF_OP_GET_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
@@ -76,13 +77,25 @@ const EMPTY = Buffer.alloc(0);
 export class QueueSession {
   private role: SessionRole = { kind: 'unbound' };
   private queueSize = VIRTIO_OF_CONTROL_QUEUE_SIZE;
+  /** Commands in flight by id (running: their completion has not been sent). */
   private readonly requests = new Map<number, TargetRequest>();
+  /** Request slots of this queue that serve no command (see TargetRequest). */
+  private readonly freeSlots: TargetRequest[] = [];
+  /** Slots serving a command, completed or not: whenIdle waits for these to end. */
+  private busySlots = 0;
+  /** Woken whenever a command leaves the queue (whenIdle, cancelAll). */
+  private readonly left = new WakeSignal();
   private readonly sink: CompletionSink = {
     vacate: (req) => {
       if (this.requests.get(req.commandId) === req) this.requests.delete(req.commandId);
     },
     send: (completion, refusal, payload) => this.reply(completion, refusal, payload),
     sendVq: (data, completion, written) => (this.closed ? Promise.resolve() : this.connection.completeVq(data, completion, written)),
+    finished: (req) => this.slotFinished(req),
+  };
+  /** A dispatch that threw: a bug, logged; the command's slot is then released. */
+  private readonly onDispatchFailed = (req: TargetRequest, err: unknown): void => {
+    this.log.error(`${this.connection.peer}: ${opcodeName(req.opcode)} failed: ${(err as Error)?.stack ?? String(err)}`);
   };
   private disconnecting = false;
   private closed = false;
@@ -169,12 +182,7 @@ export class QueueSession {
     const reserved = this.admitted;
     this.admitted = 0;
     const data: VqRequestData | null = Buffer.isBuffer(payload) ? null : payload;
-    // Refused before a request owns it: nothing was taken yet, but release keeps it simple.
-    const drop = () => {
-      this.giveBack(reserved);
-      data?.release();
-    };
-    if (this.closed) return drop();
+    if (this.closed) return this.drop(reserved, data);
     const cmd = decodeCommand(raw);
     this.stats.commands++;
     const id = cmd.commandId;
@@ -183,44 +191,46 @@ export class QueueSession {
     const controlQueue =
       this.role.kind === 'control' || (this.role.kind === 'unbound' && !isUnknownCommand(cmd) && cmd.opcode === Opcode.Connect && cmd.deviceInstanceId === CONTROL_QUEUE_INSTANCE_ID);
     if (controlQueue && id >= RESERVED_COMMAND_ID_FIRST) {
-      drop();
+      this.drop(reserved, data);
       return this.violation(`${opcodeName(cmd.opcode)}: command id 0x${id.toString(16)} is reserved for target events`);
     }
     // A second command under an id still in flight makes every later completion with that id
     // ambiguous (and on keyed transports would alias the first one's buffers).
     if (this.requests.has(id)) {
-      drop();
+      this.drop(reserved, data);
       return this.violation(`${opcodeName(cmd.opcode)}: command id ${id} is already in flight`);
     }
     if (this.disconnecting) {
-      drop();
+      this.drop(reserved, data);
       this.reply(encodeBareCompletion(Status.ENOCMD, id));
       return;
     }
     if (this.requests.size >= this.queueSize) {
-      drop();
+      this.drop(reserved, data);
       this.log.warn(`${this.connection.peer}: ${opcodeName(cmd.opcode)} beyond queue size ${this.queueSize}: ECMDQUOT`);
       this.reply(encodeBareCompletion(Status.ECMDQUOT, id));
       return;
     }
-    const req = new TargetRequest(id, cmd.opcode, this.sink, data);
+    const req = this.freeSlots.pop() ?? new TargetRequest(this.sink, this.onDispatchFailed);
+    req.start(id, cmd.opcode, data, reserved);
+    this.busySlots++;
     this.requests.set(id, req);
-    let done: Promise<void>;
+    let done: Promise<void> | void;
     try {
       done = this.dispatch(req, cmd, payload);
     } catch (err) {
       done = Promise.reject(err);
     }
-    done
-      .catch((err: unknown) => {
-        this.log.error(`${this.connection.peer}: ${opcodeName(cmd.opcode)} failed: ${(err as Error).stack ?? String(err)}`);
-      })
-      .finally(() => {
-        this.giveBack(reserved);
-        if (this.requests.get(id) === req) this.requests.delete(id);
-        req.finish();
-      });
+    // The slot's own callbacks (bound once per slot) end the command: no closure per command.
+    if (done) done.then(req.onDispatched, req.onDispatchFailed);
+    else req.finish();
     if (this.role.kind !== 'unbound') this.clearConnectTimer();
+  }
+
+  /** A command refused before a slot owns it: what it was given goes back. */
+  private drop(reserved: number, data: VqRequestData | null): void {
+    this.giveBack(reserved);
+    data?.release();
   }
 
   /** The peer broke the protocol in a way no status can answer: close the queue. */
@@ -229,18 +239,28 @@ export class QueueSession {
     this.close();
   }
 
-  /** Resolves when no command of this queue is in flight (besides `except`). */
+  /** A command has left: its budget goes back and its slot to the pool. */
+  private slotFinished(req: TargetRequest): void {
+    this.giveBack(req.reserved);
+    req.reserved = 0;
+    if (this.requests.get(req.commandId) === req) this.requests.delete(req.commandId);
+    this.busySlots--;
+    this.freeSlots.push(req);
+    this.left.wake();
+  }
+
+  /**
+   * Resolves when no command of this queue is running (besides `except`) and the ones that
+   * have completed have finished too.
+   */
   async whenIdle(except?: TargetRequest): Promise<void> {
-    for (;;) {
-      const others = [...this.requests.values()].filter((r) => r !== except);
-      if (others.length === 0) return;
-      await Promise.all(others.map((r) => r.whenFinished()));
-    }
+    while (this.busySlots - (except !== undefined && except.state !== 'free' ? 1 : 0) > 0) await this.left.wait();
   }
 
   /** Cancel every command in flight; resolves when all of them have left the queue. */
   async cancelAll(reason: string): Promise<void> {
-    await Promise.all([...this.requests.values()].map((r) => r.cancel(reason)));
+    for (const r of this.requests.values()) r.cancel(reason);
+    await this.whenIdle();
   }
 
   /** `refusal`: whether a non-SUCCESS status counts as a refused command (errors, error log). */
@@ -276,7 +296,8 @@ export class QueueSession {
     req.complete(encodeBareCompletion(status, req.commandId));
   }
 
-  private async dispatch(req: TargetRequest, cmd: DecodedCommand, payload: Buffer | VqRequestData): Promise<void> {
+  /** Runs a command; a promise when it goes on after this turn (VQ, Disconnect). */
+  private dispatch(req: TargetRequest, cmd: DecodedCommand, payload: Buffer | VqRequestData): Promise<void> | void {
     const role = this.role;
     if (isUnknownCommand(cmd)) return this.refuse(req, Status.ENOCMD, 'unknown opcode');
     if (cmd.opcode === Opcode.Connect) {
@@ -319,17 +340,14 @@ export class QueueSession {
         break;
       case Opcode.ResetDevice:
         // Answered only once every VQ command in flight has ended (virtio 1.x 2.4.1).
-        await inst.reset();
-        req.complete(encodeBareCompletion(Status.SUCCESS, id));
-        break;
+        return inst.reset().then(() => req.complete(encodeBareCompletion(Status.SUCCESS, id)));
       case Opcode.GetStatus:
         req.complete(encodeU32Completion(Status.SUCCESS, id, inst.deviceStatus));
         break;
-      case Opcode.SetStatus: {
-        const r = cmd.status === 0 ? (await inst.reset(), { status: Status.SUCCESS }) : inst.setStatus(cmd.status);
-        req.complete(encodeBareCompletion(r.status, id));
+      case Opcode.SetStatus:
+        if (cmd.status === 0) return inst.reset().then(() => req.complete(encodeBareCompletion(Status.SUCCESS, id)));
+        req.complete(encodeBareCompletion(inst.setStatus(cmd.status).status, id));
         break;
-      }
       case Opcode.GetDeviceFeature:
         this.replyFeature(req, inst.getDeviceFeature(cmd.featureSelect));
         break;
@@ -445,7 +463,7 @@ export class QueueSession {
     if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, id, 0));
     let written: number;
     try {
-      written = await inst.handleRequest(vqIndex, readable, writable, req.signal);
+      written = await inst.handleRequest(vqIndex, readable, writable, req);
     } catch (err) {
       // Errors the device can express (IOERR, UNSUPP) come back in its own status; a throw is a
       // device fault that only a reset clears. ESTATUS: the instance is now DEVICE_NEEDS_RESET.

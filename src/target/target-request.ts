@@ -1,6 +1,7 @@
 import { Status } from '../protocol/constants.js';
 import { encodeBareCompletion } from '../protocol/completion.js';
 import type { VqRequestData } from '../transport/transport.js';
+import type { RequestCancel } from './device.js';
 
 /** Where a request's completion goes: its queue's connection, while the queue is open. */
 export interface CompletionSink {
@@ -13,70 +14,134 @@ export interface CompletionSink {
   send(completion: Buffer, refusal?: boolean, payload?: Buffer): void;
   /** A VQ completion with the first `written` bytes of `data`'s writable buffer. */
   sendVq(data: VqRequestData, completion: Buffer, written: number): Promise<void>;
+  /** The request has left its queue: its slot may serve the next command. */
+  finished(request: TargetRequest): void;
 }
 
 /**
- * One command in flight on a target queue, from its arrival to its completion. Owned by its
- * QueueSession, which holds exactly one per command id in flight; completing is an operation
- * on the request, and a request completes at most once. A VQ command's request owns the
- * transport's part of it (its VqRequestData: buffers, descriptors) and releases it when the
- * request leaves its queue, so nothing else keyed by command id needs to exist.
- *
- * Cancellation (reset, abrupt close, instance teardown) aborts `signal`: device work checks it
- * between steps, and a cancelled request never completes SUCCESS (virtio 1.x 2.4.1: once a
- * reset completes, the device does not touch the queues any more).
+ * Where a request slot is in its life:
+ * - free: in its queue's pool, serving no command;
+ * - running: a command occupies it (its id is in flight; the device may be working on it);
+ * - completed: its completion has been handed to the transport (the id is free again), but
+ *   its buffers may still be leaving;
+ * then free again once the command's work has ended (finish()).
  */
-export class TargetRequest {
-  private readonly abort = new AbortController();
-  private completed = false;
-  private markFinished: () => void = () => {};
-  private readonly finished = new Promise<void>((resolve) => (this.markFinished = resolve));
+export type RequestState = 'free' | 'running' | 'completed';
+
+/**
+ * One command slot of a target queue, from a command's arrival to its completion, reused for
+ * the queue's next commands (nvmet's per-queue response slots, SPDK's request objects): a
+ * queue creates a slot only when all of its slots are busy, so in steady state no request
+ * object, abort controller or promise is created per command. Completing is an operation on
+ * the slot, and a command completes at most once. A VQ command's slot owns the transport's part
+ * of it (its VqRequestData: buffers, descriptors) and releases it when the command leaves.
+ *
+ * Cancellation (reset, abrupt close, instance teardown) is a flag the device checks between
+ * steps (the slot is the device's RequestCancel); a cancelled command never completes SUCCESS
+ * (virtio 1.x 2.4.1: once a reset completes, the device does not touch the queues any more).
+ */
+export class TargetRequest implements RequestCancel {
+  commandId = 0;
+  opcode = 0;
+  /** VQ commands: the transport's buffers of this command. */
+  data: VqRequestData | null = null;
+  /** Budget bytes the queue reserved for this command's payload, given back when it finishes. */
+  reserved = 0;
+  private stateValue: RequestState = 'free';
+  private cancelledFlag = false;
+  private cancelReason = '';
+  /** Only for a device that waits on cancellation (whenAborted): made on demand. */
+  private abortWait: { promise: Promise<void>; resolve: () => void } | null = null;
+
+  /**
+   * Bound once per slot, not per command: the callbacks that end a command's dispatch, so
+   * starting one allocates no closure.
+   */
+  readonly onDispatched: () => void;
+  readonly onDispatchFailed: (err: unknown) => void;
 
   constructor(
-    readonly commandId: number,
-    readonly opcode: number,
     private readonly sink: CompletionSink,
-    /** VQ commands: the transport's buffers of this command. */
-    readonly data: VqRequestData | null = null,
-  ) {}
+    onFailed: (request: TargetRequest, err: unknown) => void,
+  ) {
+    this.onDispatched = () => this.finish();
+    this.onDispatchFailed = (err) => {
+      onFailed(this, err);
+      this.finish();
+    };
+  }
 
-  get signal(): AbortSignal {
-    return this.abort.signal;
+  /** Take the slot for a command (it must be free). */
+  start(commandId: number, opcode: number, data: VqRequestData | null, reserved: number): void {
+    if (this.stateValue !== 'free') throw new Error(`request slot for command ${commandId} is ${this.stateValue}, not free`);
+    this.stateValue = 'running';
+    this.commandId = commandId;
+    this.opcode = opcode;
+    this.data = data;
+    this.reserved = reserved;
+    this.cancelledFlag = false;
+    this.cancelReason = '';
+    this.abortWait = null;
+  }
+
+  get state(): RequestState {
+    return this.stateValue;
   }
 
   get cancelled(): boolean {
-    return this.abort.signal.aborted;
+    return this.cancelledFlag;
   }
 
-  /** Ask the request to stop; resolves once it has left its queue. */
-  cancel(reason: string): Promise<void> {
-    if (!this.abort.signal.aborted) this.abort.abort(new Error(reason));
-    return this.finished;
+  // RequestCancel, as the device sees the command.
+  get aborted(): boolean {
+    return this.cancelledFlag;
+  }
+
+  throwIfAborted(): void {
+    if (this.cancelledFlag) throw new Error(`request cancelled: ${this.cancelReason}`);
+  }
+
+  whenAborted(): Promise<void> {
+    if (this.cancelledFlag) return Promise.resolve();
+    if (this.abortWait === null) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.abortWait = { promise, resolve };
+    }
+    return this.abortWait.promise;
+  }
+
+  /** Ask the command to stop; its queue tells when it has left (whenIdle). */
+  cancel(reason: string): void {
+    if (this.stateValue === 'free' || this.cancelledFlag) return;
+    this.cancelledFlag = true;
+    this.cancelReason = reason;
+    this.abortWait?.resolve();
   }
 
   /**
-   * Send this request's completion (once). A cancelled request gets ESTATUS instead of SUCCESS.
+   * Send this command's completion (once). A cancelled command gets ESTATUS instead of SUCCESS.
    * `refusal` false: a non-SUCCESS status that is an answer, not a refused command.
    */
   complete(completion: Buffer, refusal = true, payload?: Buffer): void {
-    if (this.completed) return;
-    this.completed = true;
+    if (this.stateValue !== 'running') return;
+    this.stateValue = 'completed';
     this.sink.vacate(this);
-    this.sink.send(this.cancelled && completion.readUInt16LE(0) === Status.SUCCESS ? encodeBareCompletion(Status.ESTATUS, this.commandId) : completion, refusal, payload);
+    this.sink.send(this.cancelledFlag && completion.readUInt16LE(0) === Status.SUCCESS ? encodeBareCompletion(Status.ESTATUS, this.commandId) : completion, refusal, payload);
   }
 
   /**
    * Deliver the `written` bytes the device put in the writable buffer, then the VQ completion.
-   * A cancelled request writes nothing and completes with ESTATUS.
+   * A cancelled command writes nothing and completes with ESTATUS.
    */
-  async completeVq(completion: Buffer, written: number): Promise<void> {
-    if (this.completed) return;
-    if (this.cancelled) return this.complete(completion);
-    // Not a VQ command's request: there are no buffers to deliver from.
+  completeVq(completion: Buffer, written: number): Promise<void> | void {
+    if (this.stateValue !== 'running') return;
+    if (this.cancelledFlag) return this.complete(completion);
+    // Not a VQ command: there are no buffers to deliver from.
     if (!this.data) return this.complete(encodeBareCompletion(Status.ESTATUS, this.commandId));
-    this.completed = true;
+    this.stateValue = 'completed';
     this.sink.vacate(this);
-    await this.sink.sendVq(this.data, completion, written);
+    return this.sink.sendVq(this.data, completion, written);
   }
 
   /**
@@ -87,14 +152,13 @@ export class TargetRequest {
     this.sink.send(encodeBareCompletion(status, this.commandId));
   }
 
-  /** The request has left its queue (completed, or its connection is gone). */
+  /** The command has left its queue (completed, or its connection is gone): the slot is free. */
   finish(): void {
-    this.completed = true;
-    this.data?.release();
-    this.markFinished();
-  }
-
-  whenFinished(): Promise<void> {
-    return this.finished;
+    if (this.stateValue === 'free') return;
+    const data = this.data;
+    this.stateValue = 'free';
+    this.data = null;
+    data?.release();
+    this.sink.finished(this);
   }
 }

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
-import type { DeviceEventSink, DeviceExport, InstanceLimits, VirtioDeviceInstance } from '../../target/device.js';
+import type { DeviceEventSink, DeviceExport, InstanceLimits, RequestCancel, VirtioDeviceInstance } from '../../target/device.js';
 import { BlkAdmin, alignedToBlock } from './blk-admin.js';
 import { chooseFileIo, defaultFileIoMode, openFileIo, type FileIo, type FileIoBackend, type FileIoMode } from './file-io.js';
 import {
@@ -218,10 +218,10 @@ export class FileBlockExport implements DeviceExport {
     return this.io.datasync();
   }
 
-  /** Zero a range in 1 MiB steps; stops between two steps once `signal` aborts (and throws). */
-  async writeZeroes(offset: number, length: number, signal?: AbortSignal): Promise<void> {
+  /** Zero a range in 1 MiB steps; stops between two steps once `cancel` aborts (and throws). */
+  async writeZeroes(offset: number, length: number, cancel?: Pick<RequestCancel, 'throwIfAborted'>): Promise<void> {
     for (let pos = 0; pos < length; pos += ZERO_CHUNK.length) {
-      signal?.throwIfAborted();
+      cancel?.throwIfAborted();
       await this.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, length - pos)), offset + pos);
     }
   }
@@ -323,8 +323,8 @@ class FileBlockInstance implements VirtioDeviceInstance {
     return false;
   }
 
-  async handleRequest(vq: number, readable: Buffer, writable: Buffer, signal?: AbortSignal): Promise<number> {
-    const written = await this.runRequest(readable, writable, signal);
+  async handleRequest(vq: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number> {
+    const written = await this.runRequest(readable, writable, cancel);
     const status = written > 0 ? writable[written - 1] : undefined;
     if (status !== undefined && status !== BlkStatus.OK && this.events) {
       const type = readable.length >= REQUEST_HEADER_SIZE ? readable.readUInt32LE(0) : -1;
@@ -335,7 +335,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
   }
 
   /** Fills `writable` in place (data, then the status byte last); returns the bytes written. */
-  private async runRequest(readable: Buffer, writable: Buffer, signal?: AbortSignal): Promise<number> {
+  private async runRequest(readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number> {
     // The status byte is the last device-writable byte; without one there is nothing to say.
     const inLength = writable.length;
     if (inLength < 1) return 0;
@@ -373,7 +373,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
           return status(BlkStatus.OK, this.disk.serial.copy(writable, 0, 0, Math.min(ID_BYTES, dataIn)));
         case BlkRequestType.DISCARD:
         case BlkRequestType.WRITE_ZEROES:
-          return status(await this.discardOrZero(type, readable.subarray(REQUEST_HEADER_SIZE), signal));
+          return status(await this.discardOrZero(type, readable.subarray(REQUEST_HEADER_SIZE), cancel));
         default:
           return status(BlkStatus.UNSUPP);
       }
@@ -387,7 +387,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
    * exactly one segment (IOERR: a malformed request), flags known (UNSUPP, virtio 5.2.6.2),
    * disk writable, size within the advertised maximum, range inside the disk (IOERR).
    */
-  private async discardOrZero(type: number, segments: Buffer, signal?: AbortSignal): Promise<number> {
+  private async discardOrZero(type: number, segments: Buffer, cancel?: RequestCancel): Promise<number> {
     const feature = type === BlkRequestType.DISCARD ? BlkFeature.DISCARD : BlkFeature.WRITE_ZEROES;
     if (!(this.negotiated & bit(feature))) return BlkStatus.UNSUPP;
     // One segment per request (max_discard_seg = max_write_zeroes_seg = 1).
@@ -405,7 +405,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
     if (!alignedToBlock(sector, length, this.disk.blockSize) || !this.disk.inRange(sector, length)) return BlkStatus.IOERR;
     // Node cannot punch holes; discarding is only a hint, so doing nothing is a valid answer.
     if (type === BlkRequestType.DISCARD) return BlkStatus.OK;
-    await this.disk.writeZeroes(Number(sector) * SECTOR_SIZE, length, signal);
+    await this.disk.writeZeroes(Number(sector) * SECTOR_SIZE, length, cancel);
     if (this.writeThrough) await this.disk.sync();
     return BlkStatus.OK;
   }
