@@ -22,6 +22,7 @@ import {
 import { formatStatus } from '../protocol/constants.js';
 import type { DeviceInstance } from '../target/device-instance.js';
 import type { QueueSession } from '../target/queue-session.js';
+import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
 import { AdminCommandSet, expectData, generic } from './admin-command-set.js';
 import type { DeviceErrorLog } from './error-log.js';
@@ -85,7 +86,7 @@ export class InstanceAdmin {
   }
 
   recordReset(): void {
-    this.entry(ErrorLogEntryType.RESET, `device reset by "${this.inst.ivqn}"`);
+    this.entry(ErrorLogEntryType.RESET, `device reset by ${quotePeerString(this.inst.ivqn)}`);
   }
   recordNeedsReset(why: string): void {
     this.entry(ErrorLogEntryType.DEVICE_NEEDS_RESET, why);
