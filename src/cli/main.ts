@@ -47,6 +47,9 @@ Usage:
   vof drain --control PATH TVQN URL[/TVQN2] [--grace S] [--json]
       Ask a running target (its --control socket) to move TVQN: connected initiators get the
       drain event and reconnect to URL; new Connects are redirected there.
+      TVQN must be exported or already redirected by that target (exit 1 otherwise).
+  vof drain --control PATH --remove TVQN [--json]
+      Stop redirecting TVQN: new Connects for it are answered by the target again.
   Reconnect options of cp and nbd: [--reconnect-delay S] [--ctrl-loss-tmo S|-1]
            [--fast-io-fail-tmo S|-1] [--max-redirects N]
   vof help

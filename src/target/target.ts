@@ -173,6 +173,8 @@ export class VofTarget {
    * and are redirected like new ones.
    */
   async drain(tvqn: string, url: string, graceMs = 10_000): Promise<DrainResult> {
+    // A typo must not look like success (and leave a redirect for a name nobody serves here).
+    if (!this.exports.has(tvqn) && !this.redirects.has(tvqn)) throw new Error(`${quotePeerString(tvqn)} is neither exported nor redirected by this target`);
     const dest = this.redirect(tvqn, url);
     const live = () => [...this.instances.values()].filter((i) => i.tvqn === tvqn && !i.destroyed);
     let told = 0;
