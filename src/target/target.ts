@@ -94,6 +94,11 @@ interface ExportEntry {
 }
 
 export const DEFAULT_KEEPALIVE: KeepalivePolicy = { intervalMs: 5000, timeoutMs: 15000 };
+/**
+ * Live drain: after the grace time, how long the instances still here may take to finish the
+ * requests they have in flight before those are cancelled (ESTATUS) and the queues closed.
+ */
+export const DRAIN_SETTLE_MS = 1000;
 export const DEFAULT_MAX_VQ_PAYLOAD = 4 * 1024 * 1024 + 4096;
 
 /**
@@ -169,8 +174,10 @@ export class VofTarget {
    * Live drain (docs/PROTOCOL.md "Live drain"): new Connects for `tvqn` are redirected to
    * `url`; every live instance of it whose initiator follows redirects gets the drain event and
    * moves by itself (finishing its requests here first). After `graceMs` the instances still
-   * here are closed once their requests in flight have completed; their initiators reconnect
-   * and are redirected like new ones.
+   * here are closed once their requests in flight have completed, or after DRAIN_SETTLE_MS more
+   * at most: requests still running then (a device that hangs) are cancelled and answered
+   * ESTATUS, so a drain always ends. Their initiators reconnect and are redirected like new ones.
+   * Throws for a TVQN that is neither exported nor redirected here.
    */
   async drain(tvqn: string, url: string, graceMs = 10_000): Promise<DrainResult> {
     // A typo must not look like success (and leave a redirect for a name nobody serves here).
@@ -187,10 +194,18 @@ export class VofTarget {
     const deadline = Date.now() + graceMs;
     while (live().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     const left = live();
+    const sessionsOf = (inst: DeviceInstance) => [inst.control, ...inst.virtqueues.values()];
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(left.flatMap(sessionsOf).map((s) => s.whenIdle())),
+      new Promise<void>((r) => (timer = setTimeout(r, DRAIN_SETTLE_MS))),
+    ]);
+    clearTimeout(timer);
     for (const inst of left) {
-      const sessions = [inst.control, ...inst.virtqueues.values()];
-      await Promise.all(sessions.map((s) => s.whenIdle()));
-      for (const s of sessions) s.connection.close();
+      let cut = 0;
+      for (const s of sessionsOf(inst)) cut += s.abort('drained: the grace time is over');
+      if (cut > 0) this.log.warn(`drain of ${quotePeerString(tvqn)}: ${inst.label}: cancelled ${cut} request(s) still in flight ${DRAIN_SETTLE_MS} ms after the grace time (ESTATUS)`);
+      inst.destroy();
     }
     return { told, closed: left.length };
   }
