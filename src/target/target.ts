@@ -15,6 +15,7 @@ import { InstanceQuota, UnboundConnections, resolveQuotas, type QuotaLimits } fr
 import { QueueSession, type TargetContext } from './queue-session.js';
 import { DeviceErrorLog } from '../admin/error-log.js';
 import { InstanceAdmin } from '../admin/instance-admin.js';
+import { DEFAULT_HEALTH_TEST_BURST, DEFAULT_HEALTH_TEST_INTERVAL_MS, HealthTestBudget } from '../admin/health-test-budget.js';
 import { ByteBudget } from './byte-budget.js';
 import { makeRedirect, type Redirect } from './redirect.js';
 import { encodeDrainEvent } from '../protocol/redirect-record.js';
@@ -74,6 +75,10 @@ export interface PeerLimits {
   readonly sendStallTimeoutMs: number;
   /** RDMA: registered bytes of one device's shared data pools at most (requests beyond wait). */
   readonly rdmaDeviceMemoryBytes: number;
+  /** Admin HEALTH_TESTs an export's instances may run back to back (then ERR until refilled). */
+  readonly healthTestBurst: number;
+  /** One more HEALTH_TEST per export per this many ms (0: no rate limit). */
+  readonly healthTestIntervalMs: number;
 }
 
 export const DEFAULT_LIMITS: PeerLimits = {
@@ -81,6 +86,8 @@ export const DEFAULT_LIMITS: PeerLimits = {
   queueBufferBytes: 16 * 1024 * 1024,
   sendStallTimeoutMs: 10000,
   rdmaDeviceMemoryBytes: 256 * 1024 * 1024,
+  healthTestBurst: DEFAULT_HEALTH_TEST_BURST,
+  healthTestIntervalMs: DEFAULT_HEALTH_TEST_INTERVAL_MS,
 };
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10000;
 
@@ -91,6 +98,8 @@ interface ExportEntry {
   readonly maxInstances: number | undefined;
   /** The export's error log (admin common class), shared by its instances. */
   readonly errorLog: DeviceErrorLog;
+  /** The export's HEALTH_TEST rate limit, shared by its instances. */
+  readonly healthTests: HealthTestBudget;
 }
 
 export const DEFAULT_KEEPALIVE: KeepalivePolicy = { intervalMs: 5000, timeoutMs: 15000 };
@@ -134,6 +143,7 @@ export class VofTarget {
     this.unbound = new UnboundConnections(limits);
     this.tls = options.tls;
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    new HealthTestBudget(this.limits.healthTestBurst, this.limits.healthTestIntervalMs); // fail here, not at addDevice
     this.inlineDataBytes = options.inlineDataBytes ?? DEFAULT_INLINE_DATA_SIZE;
     if (!Number.isInteger(this.inlineDataBytes) || this.inlineDataBytes < 0 || this.inlineDataBytes > MAX_INLINE_DATA_SIZE) {
       throw new RangeError(`inlineDataBytes must be an integer from 0 (off) to ${MAX_INLINE_DATA_SIZE}, not ${options.inlineDataBytes}`);
@@ -226,6 +236,7 @@ export class VofTarget {
       access: new AccessPolicy(allow),
       maxInstances: options.maxInstances,
       errorLog: new DeviceErrorLog(),
+      healthTests: new HealthTestBudget(this.limits.healthTestBurst, this.limits.healthTestIntervalMs),
     });
   }
 
@@ -299,7 +310,7 @@ export class VofTarget {
       this.quota.remove(gone.tvqn, gone.ivqn);
       this.log.info(`instance ${gone.id} destroyed`);
     });
-    if (device.admin) inst.admin = new InstanceAdmin(inst, entry.errorLog, this.log);
+    if (device.admin) inst.admin = new InstanceAdmin(inst, entry.errorLog, this.log, entry.healthTests);
     this.instances.set(id, inst);
     return inst;
   }
