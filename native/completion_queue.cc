@@ -10,7 +10,8 @@ Napi::Function CompletionQueue::Init(Napi::Env env) {
                      });
 }
 
-// new CompletionQueue(cmId, cqe, onCompletions(count)); results in this.completions.
+// new CompletionQueue(cmId, cqe, onCompletions(count)); results in this.completions. A negative
+// count (-errno) means the CQ could not be re-armed: no completion will be delivered again.
 CompletionQueue::CompletionQueue(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CompletionQueue>(info) {
   Napi::Env env = info.Env();
   ibv_context* verbs = CmId::Unwrap(info[0].As<Napi::Object>())->Verbs(env);
@@ -115,9 +116,16 @@ void CompletionQueue::OnEvent() {
     ibv_ack_cq_events(cq, unacked_);
     unacked_ = 0;
   }
-  ibv_req_notify_cq(cq, 0);
   Napi::Env env = Env();
   Napi::HandleScope scope(env);
+  int err = ibv_req_notify_cq(cq, 0);
+  if (err != 0) {
+    // Not re-armed, no event comes again: completions would stop without a word. Stop here and
+    // tell JS with a negative count (-errno), which fails the queue.
+    StopWatching(poll_);
+    CallFromLoop(env, onCompletions_, Value(), {Napi::Number::New(env, -(err > 0 ? err : EIO))});
+    return;
+  }
   // Re-arm first, then drain: a completion that lands in between raises a new event.
   while (cq != nullptr) {
     int n = PollInto(resultWords_);

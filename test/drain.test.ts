@@ -3,7 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
-import { BlockDevice, silentLogger } from '../src/index.js';
+import { BlockDevice, FileBlockExport, silentLogger } from '../src/index.js';
+import { withInstanceOverrides } from './helpers/device-proxy.js';
+import { blkReadPdu, openRawBlkSession } from './helpers/raw-blk-session.js';
 import { vofAsync } from './helpers/vof-cli.js';
 import { controlRequest } from '../src/target/control-client.js';
 import { RawQueue } from './helpers/raw-queue.js';
@@ -103,7 +105,7 @@ describe('live drain', () => {
     expect(stats.ok).toBe(true);
     expect(stats.rssBytes).toBeGreaterThan(10 * 1024 * 1024);
     expect(stats.registrationsTotal).toBeUndefined(); // a TCP-only target never loads the RDMA addon
-    expect(await controlRequest(control, { op: 'explode', tvqn: 'd', url: 'x' })).toEqual({ ok: false, error: '"op" must be "drain", "redirect" or "stats"' });
+    expect(await controlRequest(control, { op: 'explode', tvqn: 'd', url: 'x' })).toEqual({ ok: false, error: '"op" must be "drain", "redirect", "unredirect" or "stats"' });
   }, SLOW);
 
   it('a seed-only initiator gets no event: its instance is closed after the grace time, and it is then refused', async () => {
@@ -120,6 +122,52 @@ describe('live drain', () => {
       expect(statusName((await again.connectControl('d')).readUInt16LE(0))).toBe('EACLREJECTED');
       await again.close();
       expect(fx.logged(/"d" moved to tcp:\/\/127\.0\.0\.1:1\/d; this initiator does not follow redirects/)).toBe(true);
+    } finally {
+      await fx.close();
+    }
+  }, SLOW);
+
+  it('a drain ends after the grace time even when a request never completes: it is cancelled (ESTATUS), the queues close, other exports go on', async () => {
+    const fx = new TargetFixture();
+    try {
+      await fx.addDisk('other', 65536);
+      const path = join(fx.dir, 'hang.img');
+      writeFileSync(path, Buffer.alloc(65536));
+      // A device whose requests never complete and that ignores cancellation.
+      let started: () => void = () => {};
+      const running = new Promise<void>((r) => (started = r));
+      const hang = withInstanceOverrides(await FileBlockExport.open(path), 'hangs', () => ({
+        handleRequest: () => {
+          started();
+          return new Promise<number>(() => {});
+        },
+      }));
+      fx.target.addDevice('hang', hang);
+      await fx.listen();
+      // A seed-only initiator (no redirect flag): it is never told to move, and never reconnects.
+      const s = await openRawBlkSession(fx.port, 'hang', 1);
+      const vq = s.vqs[0]!;
+      vq.send(blkReadPdu(5, 0, 4096));
+      await running;
+
+      let timer: NodeJS.Timeout | undefined;
+      const outcome = await Promise.race([
+        fx.target.drain('hang', 'tcp://127.0.0.1:1', 200),
+        new Promise<'hung'>((r) => (timer = setTimeout(() => r('hung'), 15_000))),
+      ]);
+      clearTimeout(timer);
+      expect(outcome).toEqual({ told: 0, closed: 1 });
+      // The command in flight got its completion, with the cancel status, then the queue closed.
+      const c = await vq.read(16);
+      expect([c.readUInt16LE(2), statusName(c.readUInt16LE(0)), c.readUInt32LE(4)]).toEqual([5, 'ESTATUS', 0]);
+      await vq.whenClosed(5000);
+      await s.control.whenClosed(5000);
+      expect(fx.target.instanceCount).toBe(0);
+      expect(fx.logged(/cancelled 1 request\(s\) still in flight/)).toBe(true);
+      // The target goes on serving everything else.
+      const d = await BlockDevice.open(`${fx.url}/other`, { log: silentLogger, keepaliveIntervalMs: 0 });
+      expect((await d.read(0, 4096)).length).toBe(4096);
+      await d.close();
     } finally {
       await fx.close();
     }

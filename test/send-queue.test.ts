@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { CmId, CompletionQueue, MemoryRegion, NativeBinding, ProtectionDomain, QueuePair, SendWr } from '../src/transport/rdma/native-binding.js';
 import { WrOpcode } from '../src/transport/rdma/native-binding.js';
-import { RcConnection } from '../src/transport/rdma/rc-connection.js';
+import { RcConnection, type RcConnectionHandler } from '../src/transport/rdma/rc-connection.js';
 import { MAX_WRS_PER_POST, RdmaWorkError, RECV_WR_FLAG, SendQueue, SendStalledError } from '../src/transport/rdma/send-queue.js';
 
 // The send queue's batching, with a fake QueuePair that records every postSend call (one call
@@ -209,48 +209,49 @@ describe('send queue room and backlog with batching', () => {
   });
 });
 
+/** An RcConnection over a fake CQ (its callback is `deliver`) and a RecordingQp. */
+function fakeConnection(handler: RcConnectionHandler) {
+  const qp = new RecordingQp();
+  let deliver: (n: number) => void = () => {};
+  const WORDS = 6;
+  const completions = new Uint32Array(WORDS * 8);
+  const pd: ProtectionDomain = {
+    registerMemory(buffer: Uint8Array): MemoryRegion {
+      const buf = Buffer.from(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+      return { lkey: 1, rkey: 1, address: 0n, length: buf.length, buffer: buf, deregister() {} };
+    },
+    dealloc: () => true,
+    registrations: () => 0,
+  };
+  const binding = {
+    wcStatusName: (s: number) => `status ${s}`,
+    access: { LOCAL_WRITE: 1, REMOTE_WRITE: 2, REMOTE_READ: 4, MW_BIND: 16 },
+    CompletionQueue: class implements CompletionQueue {
+      readonly completions = completions;
+      readonly wordsPerCompletion = WORDS;
+      constructor(_cmId: CmId, _cqe: number, onCompletions: (n: number) => void) {
+        deliver = onCompletions;
+      }
+      poll = () => 0;
+      destroy(): void {}
+    },
+  } as unknown as NativeBinding;
+  const cmId = { createQp: () => qp, destroy() {} } as unknown as CmId;
+  const rc = new RcConnection(binding, cmId, { recvDepth: 4, recvSize: 16, sendDepth: 16, sendSize: 16, protectionDomain: { pd, release() {} } }, handler);
+  return { rc, qp, completions, WORDS, deliver: (n: number) => deliver(n) };
+}
+
 describe('RcConnection flushes after a burst of completions', () => {
   it('the answers to a burst of received messages leave in one postSend, before the turn ends', () => {
-    const qp = new RecordingQp();
-    let deliver: (n: number) => void = () => {};
-    const WORDS = 6;
-    const completions = new Uint32Array(WORDS * 8);
-    const pd: ProtectionDomain = {
-      registerMemory(buffer: Uint8Array): MemoryRegion {
-        const buf = Buffer.from(buffer.buffer, buffer.byteOffset, buffer.byteLength);
-        return { lkey: 1, rkey: 1, address: 0n, length: buf.length, buffer: buf, deregister() {} };
-      },
-      dealloc: () => true,
-      registrations: () => 0,
-    };
-    const binding = {
-      wcStatusName: (s: number) => `status ${s}`,
-      access: { LOCAL_WRITE: 1, REMOTE_WRITE: 2, REMOTE_READ: 4, MW_BIND: 16 },
-      CompletionQueue: class implements CompletionQueue {
-        readonly completions = completions;
-        readonly wordsPerCompletion = WORDS;
-        constructor(_cmId: CmId, _cqe: number, onCompletions: (n: number) => void) {
-          deliver = onCompletions;
-        }
-        poll = () => 0;
-        destroy(): void {}
-      },
-    } as unknown as NativeBinding;
-    const cmId = { createQp: () => qp, destroy() {} } as unknown as CmId;
     const answered: number[] = [];
-    const rc: RcConnection = new RcConnection(
-      binding,
-      cmId,
-      { recvDepth: 4, recvSize: 16, sendDepth: 16, sendSize: 16, protectionDomain: { pd, release() {} } },
-      {
-        onMessage(message) {
-          // Each message is answered at once, as the initiator's invalidations are.
-          answered.push(message[0]!);
-          void rc.send([Buffer.from([message[0]! + 100])], 'answer').catch(() => {});
-        },
-        onBroken() {},
+    const { rc, qp, completions, WORDS, deliver } = fakeConnection({
+      onMessage(message) {
+        // Each message is answered at once, as the initiator's invalidations are.
+        answered.push(message[0]!);
+        void rc.send([Buffer.from([message[0]! + 100])], 'answer').catch(() => {});
       },
-    );
+      onBroken() {},
+    });
     // Three receives complete in one callback: wr_id, status, opcode, byte_len, no invalidation.
     for (let i = 0; i < 3; i++) completions.set([RECV_WR_FLAG | i, 0, 128, 1, 0, 0], WORDS * i);
     deliver(3);
@@ -259,6 +260,22 @@ describe('RcConnection flushes after a burst of completions', () => {
     expect(qp.calls).toHaveLength(1);
     expect(qp.calls[0]!.map((w) => w.signaled)).toEqual([true, true, true]);
     expect(new Set(qp.calls[0]!.map((w) => w.wrId)).size).toBe(3);
+    rc.destroy();
+  });
+});
+
+describe('RcConnection when the CQ cannot be re-armed (issue 17, finding 12c)', () => {
+  it('a negative count from the addon (-errno of ibv_req_notify_cq) breaks the connection, and its sends fail', async () => {
+    const broken: Error[] = [];
+    const { rc, deliver } = fakeConnection({ onMessage() {}, onBroken: (err) => broken.push(err) });
+    const pending = rc.send([Buffer.from([1])], 'capsule');
+    deliver(-5);
+    expect(broken).toHaveLength(1);
+    expect(broken[0]!.message).toMatch(/ibv_req_notify_cq failed \(EIO\): the completion queue delivers nothing more/);
+    expect(rc.broken).toBe(true);
+    await expect(pending).rejects.toThrow(/ibv_req_notify_cq failed/);
+    deliver(-5); // reported once
+    expect(broken).toHaveLength(1);
     rc.destroy();
   });
 });

@@ -22,10 +22,12 @@ import {
 import { formatStatus } from '../protocol/constants.js';
 import type { DeviceInstance } from '../target/device-instance.js';
 import type { QueueSession } from '../target/queue-session.js';
+import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
 import { AdminCommandSet, expectData, generic } from './admin-command-set.js';
 import type { DeviceErrorLog } from './error-log.js';
 import { seedAdminHeader, type AdminHeaderFormat } from './header-format.js';
+import { HEALTH_TEST_MAX_SAMPLES, HealthTestBudget } from './health-test-budget.js';
 
 /** Queue size of the admin virtqueue (Get VQ Size answers it). */
 export const ADMIN_QUEUE_SIZE = 16;
@@ -45,6 +47,8 @@ export class InstanceAdmin {
     private readonly inst: DeviceInstance,
     readonly errorLog: DeviceErrorLog,
     private readonly log: Logger,
+    /** The export's health test rate limit, shared by its instances. */
+    private readonly healthTests: HealthTestBudget = new HealthTestBudget(),
     private readonly header: AdminHeaderFormat = seedAdminHeader,
   ) {
     this.registerCommonClass();
@@ -85,7 +89,7 @@ export class InstanceAdmin {
   }
 
   recordReset(): void {
-    this.entry(ErrorLogEntryType.RESET, `device reset by "${this.inst.ivqn}"`);
+    this.entry(ErrorLogEntryType.RESET, `device reset by ${quotePeerString(this.inst.ivqn)}`);
   }
   recordNeedsReset(why: string): void {
     this.entry(ErrorLogEntryType.DEVICE_NEEDS_RESET, why);
@@ -119,11 +123,18 @@ export class InstanceAdmin {
       const healthTest = device.healthTest.bind(device);
       c.add(AdminClass.COMMON, AdminCommonCommand.HEALTH_TEST, async (data) => {
         expectData(data, HEALTH_TEST_REQUEST_SIZE, 'HEALTH_TEST');
-        // One at a time per instance: a second one is a valid command that cannot run now.
+        // One at a time per instance, and a rate limit per export: beyond either it is a valid
+        // command that cannot run now (the admin seed's ERR; it has no "busy" status).
         if (this.healthTestRunning) return generic(AdminGenericStatus.ERR);
+        if (!this.healthTests.take()) {
+          const { burst, intervalMs } = this.healthTests;
+          this.log.info(`${this.inst.label}: HEALTH_TEST refused: the export ran its ${burst} health tests; one more every ${intervalMs} ms`);
+          return generic(AdminGenericStatus.ERR);
+        }
         this.healthTestRunning = true;
         try {
-          const r = await healthTest(data.readUInt32LE(0));
+          // 0 stays the device's default; more than the cap is cut to it (the result says how many ran).
+          const r = await healthTest(Math.min(HEALTH_TEST_MAX_SAMPLES, data.readUInt32LE(0)));
           if (!r.passed) {
             this.entry(ErrorLogEntryType.HEALTH_TEST_FAILED, `health test: ${r.errors} of ${r.samples} samples failed`);
           }

@@ -10,6 +10,7 @@ import {
   errorLogEntryTypeName,
   formatAdminStatus,
 } from '../protocol/admin-records.js';
+import { escapePeerText, jsonForTerminal } from '../util/escape.js';
 import { createLogger } from '../util/log.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { formatTable } from './table.js';
@@ -60,7 +61,9 @@ export async function runAdmin(argv: string[]): Promise<number> {
     keepaliveIntervalMs: 0,
     log: createLogger('warn'),
   });
-  const print = (json: unknown, text: string) => process.stdout.write(values.json ? `${JSON.stringify(json, replacer, 2)}\n` : text);
+  // Everything the target answers is peer data: text goes through the escaper, JSON through
+  // jsonForTerminal (JSON.stringify alone lets C1 controls, bidi marks and U+2028 through).
+  const print = (json: unknown, text: string) => process.stdout.write(values.json ? `${jsonForTerminal(json, replacer, 2)}\n` : text);
   try {
     const admin = dev.admin;
     switch (command) {
@@ -81,7 +84,7 @@ export async function runAdmin(argv: string[]): Promise<number> {
           e.vqIndex === 0xffff ? '-' : String(e.vqIndex),
           e.instanceId,
           e.status,
-          e.detail,
+          escapePeerText(e.detail),
         ]);
         const head = `${page.total} entries held, ${page.lost} lost (log full)\n`;
         print(
@@ -112,7 +115,7 @@ export async function runAdmin(argv: string[]): Promise<number> {
           q.bytesOut,
           q.bytesIn,
           q.errors,
-          q.peer,
+          escapePeerText(q.peer),
         ]);
         print(qs, formatTable(['QUEUE', 'ROLE', 'TRANSPORT', 'SIZE', 'IN-FLIGHT', 'COMMANDS', 'BYTES-OUT', 'BYTES-IN', 'ERRORS', 'PEER'], rows));
         break;

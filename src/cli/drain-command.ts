@@ -1,16 +1,43 @@
 import { parseArgs } from 'node:util';
 import { controlRequest } from '../target/control-client.js';
+import { quotePeerString } from '../util/escape.js';
 import { CliError } from './cli-error.js';
 
-/** `vof drain --control PATH TVQN URL [--grace S]`: ask a running target to move a TVQN. */
+const USAGE = 'usage: vof drain --control PATH TVQN URL[/TVQN2] [--grace S] [--json]\n       vof drain --control PATH --remove TVQN [--json]';
+
+type Reply = Record<string, unknown> & { ok: boolean; error?: string; told?: number; closed?: number; removed?: boolean };
+
+async function ask(path: string, request: Record<string, unknown>, timeoutMs?: number): Promise<Reply> {
+  try {
+    return await controlRequest(path, request, timeoutMs);
+  } catch (err) {
+    throw new CliError((err as Error).message, 1);
+  }
+}
+
+/**
+ * `vof drain --control PATH TVQN URL [--grace S]`: ask a running target to move a TVQN.
+ * `vof drain --control PATH --remove TVQN`: take its redirect away (Connects are served here again).
+ */
 export async function runDrain(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { control: { type: 'string' }, grace: { type: 'string' }, json: { type: 'boolean' } },
+    options: { control: { type: 'string' }, grace: { type: 'string' }, remove: { type: 'string' }, json: { type: 'boolean' } },
     allowPositionals: true,
     strict: true,
   });
-  if (!values.control || positionals.length !== 2) throw new CliError('usage: vof drain --control PATH TVQN URL[/TVQN2] [--grace S] [--json]');
+  if (!values.control) throw new CliError(USAGE);
+  if (values.remove !== undefined) {
+    if (positionals.length !== 0 || values.grace !== undefined) throw new CliError(USAGE);
+    const tvqn = values.remove;
+    const reply = await ask(values.control, { op: 'unredirect', tvqn });
+    if (!reply.ok) throw new CliError(`remove refused: ${reply.error ?? 'unknown error'}`, 1);
+    if (values.json) process.stdout.write(`${JSON.stringify(reply)}\n`);
+    if (!reply.removed) throw new CliError(`${quotePeerString(tvqn)} is not redirected by this target; nothing removed`, 1);
+    if (!values.json) process.stdout.write(`${quotePeerString(tvqn)} is no longer redirected: new Connects for it are answered by this target\n`);
+    return 0;
+  }
+  if (positionals.length !== 2) throw new CliError(USAGE);
   const [tvqn, url] = positionals as [string, string];
   let graceMs: number | undefined;
   if (values.grace !== undefined) {
@@ -18,14 +45,9 @@ export async function runDrain(argv: string[]): Promise<number> {
     if (!Number.isFinite(s) || s < 0 || s > 3600) throw new CliError(`--grace must be 0-3600 seconds, got "${values.grace}"`);
     graceMs = Math.round(s * 1000);
   }
-  let reply: Record<string, unknown> & { ok: boolean; error?: string; told?: number; closed?: number };
-  try {
-    reply = await controlRequest(values.control, { op: 'drain', tvqn, url, ...(graceMs !== undefined && { graceMs }) }, 3_700_000);
-  } catch (err) {
-    throw new CliError((err as Error).message, 1);
-  }
+  const reply = await ask(values.control, { op: 'drain', tvqn, url, ...(graceMs !== undefined && { graceMs }) }, 3_700_000);
   if (!reply.ok) throw new CliError(`drain refused: ${reply.error ?? 'unknown error'}`, 1);
   if (values.json) process.stdout.write(`${JSON.stringify(reply)}\n`);
-  else process.stdout.write(`drained "${tvqn}" to ${url}: ${reply.told} instance(s) moved by the drain event, ${reply.closed} closed by the target\n`);
+  else process.stdout.write(`drained ${quotePeerString(tvqn)} to ${url}: ${reply.told} instance(s) moved by the drain event, ${reply.closed} closed by the target\n`);
   return 0;
 }

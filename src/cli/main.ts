@@ -46,7 +46,11 @@ Usage:
       4k randwrite qd32, 128k read/write qd8; 5 s each after a 1 s ramp; 2 queues; 256m image.
   vof drain --control PATH TVQN URL[/TVQN2] [--grace S] [--json]
       Ask a running target (its --control socket) to move TVQN: connected initiators get the
-      drain event and reconnect to URL; new Connects are redirected there.
+      drain event and reconnect to URL; new Connects are redirected there. After the grace
+      time (default 10 s) what is left is closed; requests it still has in flight 1 s later
+      are cancelled (ESTATUS). TVQN must be exported or already redirected by that target (exit 1 otherwise).
+  vof drain --control PATH --remove TVQN [--json]
+      Stop redirecting TVQN: new Connects for it are answered by the target again.
   Reconnect options of cp and nbd: [--reconnect-delay S] [--ctrl-loss-tmo S|-1]
            [--fast-io-fail-tmo S|-1]
   Redirect options of info, cp, admin and nbd: [--max-redirects N]

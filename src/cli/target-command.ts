@@ -296,7 +296,7 @@ export async function runTarget(argv: string[]): Promise<number> {
     const controlPath = values.control ?? cfg.control;
     if (controlPath) {
       try {
-        control = await ControlSocket.listen(controlPath, { drain: (t, u, g) => target.drain(t, u, g), redirect: (t, u) => target.redirect(t, u, redirectAllow()), stats: targetProcessStats }, log);
+        control = await ControlSocket.listen(controlPath, { drain: (t, u, g) => target.drain(t, u, g), redirect: (t, u) => target.redirect(t, u, redirectAllow()), unredirect: (t) => target.removeRedirect(t), stats: targetProcessStats }, log);
       } catch (err) {
         throw new CliError(`cannot open the control socket ${controlPath}: ${(err as Error).message}`, 1);
       }

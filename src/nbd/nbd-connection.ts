@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
 import { NbdCommandError, type NbdExport } from './nbd-export.js';
 import {
@@ -44,9 +45,6 @@ const MAX_OPTION_DATA = 64 * 1024;
 const OUTPUT_HIGH_WATER = 1024 * 1024;
 
 type Phase = 'client-flags' | 'option' | 'request' | 'payload' | 'skip' | 'done';
-
-/** Printable form of a peer-chosen string for a log line. */
-const quote = (s: string) => JSON.stringify(s.length > 256 ? `${s.slice(0, 256)}…` : s);
 
 /**
  * One NBD request in flight: its header, its payload, its share of the connection's budget,
@@ -300,7 +298,7 @@ export class NbdConnection {
         const name = data.toString('utf8');
         if (!this.exp.matches(name)) {
           // NBD_OPT_EXPORT_NAME cannot fail: the only answer is to end the session.
-          this.drop(`NBD_OPT_EXPORT_NAME for unknown export ${quote(name)}`);
+          this.drop(`NBD_OPT_EXPORT_NAME for unknown export ${quotePeerString(name)}`);
           return;
         }
         this.socket.write(encodeExportNameReply(BigInt(this.exp.size), this.exp.transmissionFlags, this.noZeroes));
@@ -328,8 +326,8 @@ export class NbdConnection {
           return;
         }
         if (!this.exp.matches(req.name)) {
-          this.log.info(`nbd ${this.peer}: unknown export ${quote(req.name)} requested`);
-          this.replyOption(option, NbdReply.ERR_UNKNOWN, `no export named ${quote(req.name)}; this server exports ${quote(this.exp.name)}`);
+          this.log.info(`nbd ${this.peer}: unknown export ${quotePeerString(req.name)} requested`);
+          this.replyOption(option, NbdReply.ERR_UNKNOWN, `no export named ${quotePeerString(req.name)}; this server exports ${quotePeerString(this.exp.name)}`);
           return;
         }
         this.socket.write(encodeOptionReply(option, NbdReply.INFO, encodeInfoExport(BigInt(this.exp.size), this.exp.transmissionFlags)));
@@ -353,7 +351,7 @@ export class NbdConnection {
   private enterTransmission(strictAlignment: boolean, name: string): void {
     this.strictAlignment = strictAlignment;
     this.phase = 'request';
-    this.log.info(`nbd ${this.peer}: export ${quote(name || this.exp.name)} in use${strictAlignment ? ' (block sizes agreed)' : ''}`);
+    this.log.info(`nbd ${this.peer}: export ${quotePeerString(name || this.exp.name)} in use${strictAlignment ? ' (block sizes agreed)' : ''}`);
   }
 
   // ---- transmission ----

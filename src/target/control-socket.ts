@@ -1,5 +1,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
+import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
 import type { DrainResult } from './target.js';
 
@@ -10,6 +11,8 @@ import type { DrainResult } from './target.js';
  *   {"op":"drain","tvqn":"disk0","url":"tcp://10.0.0.2:15771","graceMs":10000}
  *     → {"ok":true,"told":1,"closed":0}
  *   {"op":"redirect","tvqn":"disk0","url":"tcp://10.0.0.2:15771"} → {"ok":true,"url":"…"}
+ *   {"op":"unredirect","tvqn":"disk0"} → {"ok":true,"removed":true} (false: there was none;
+ *     new Connects for the TVQN are answered here again either way)
  *   {"op":"stats"} → {"ok":true,"rssBytes":…,"registrationsTotal":…,…} (process-wide counters:
  *     memory, and the RDMA addon's resource counts once RDMA is in use; `vof bench` reads them)
  * Errors: {"ok":false,"error":"…"}.
@@ -17,6 +20,8 @@ import type { DrainResult } from './target.js';
 export interface ControlHandler {
   drain(tvqn: string, url: string, graceMs?: number): Promise<DrainResult>;
   redirect(tvqn: string, url: string): string;
+  /** Stop redirecting `tvqn`; false when it was not redirected. */
+  unredirect(tvqn: string): boolean;
   /** Process-wide counters (numbers only); see TargetProcessStats. */
   stats(): Record<string, number>;
 }
@@ -35,14 +40,17 @@ export class ControlSocket {
       unlinkSync(path);
     }
     const server = createServer((sock) => serve(sock, handler, log));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      const old = process.umask(0o177);
-      server.listen(path, () => {
-        process.umask(old);
-        resolve();
+    // The socket file is created by listen() with the process umask: 0177 gives mode 0600. The
+    // umask is process-wide, so it is put back on every path, a failed listen included.
+    const old = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(path, () => resolve());
       });
-    });
+    } finally {
+      process.umask(old);
+    }
     return new ControlSocket(server, path);
   }
 
@@ -74,15 +82,21 @@ async function answer(line: string, handler: ControlHandler, log: Logger): Promi
   try {
     const req = JSON.parse(line) as { op?: unknown; tvqn?: unknown; url?: unknown; graceMs?: unknown };
     if (req.op === 'stats') return { ok: true, ...handler.stats() };
+    if (req.op === 'unredirect') {
+      if (typeof req.tvqn !== 'string') throw new Error('"tvqn" must be a string');
+      const removed = handler.unredirect(req.tvqn);
+      log.info(`control socket: ${removed ? 'redirect of' : 'no redirect to remove for'} ${quotePeerString(req.tvqn)}${removed ? ' removed' : ''}`);
+      return { ok: true, removed };
+    }
     if (typeof req.tvqn !== 'string' || typeof req.url !== 'string') throw new Error('"tvqn" and "url" must be strings');
     if (req.op === 'drain') {
       const grace = req.graceMs === undefined ? undefined : Number(req.graceMs);
       if (grace !== undefined && (!Number.isFinite(grace) || grace < 0 || grace > 3_600_000)) throw new Error('"graceMs" must be 0-3600000');
-      log.info(`control socket: drain ${JSON.stringify(req.tvqn)} to ${req.url}`);
+      log.info(`control socket: drain ${quotePeerString(req.tvqn)} to ${req.url}`);
       return { ok: true, ...(await handler.drain(req.tvqn, req.url, grace)) };
     }
     if (req.op === 'redirect') return { ok: true, url: handler.redirect(req.tvqn, req.url) };
-    throw new Error('"op" must be "drain", "redirect" or "stats"');
+    throw new Error('"op" must be "drain", "redirect", "unredirect" or "stats"');
   } catch (err) {
     return { ok: false, error: (err as Error).message };
   }

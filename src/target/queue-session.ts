@@ -526,6 +526,24 @@ export class QueueSession {
     }
   }
 
+  /**
+   * Stop waiting for this queue (live drain, at the end of the grace time): every command in
+   * flight is cancelled and answered at once with ESTATUS, then the queue closes. Device work
+   * that ignores the cancellation runs on; its result is discarded. Returns how many commands
+   * were cut short.
+   */
+  abort(reason: string): number {
+    if (this.closed) return 0;
+    this.disconnecting = true;
+    const cut = [...this.requests.values()];
+    for (const req of cut) {
+      void req.cancel(reason);
+      req.complete(encodeBareCompletion(Status.ESTATUS, req.commandId));
+    }
+    this.close();
+    return cut.length;
+  }
+
   /** Instance teardown: cancel what is in flight, close once it has ended. */
   closeWhenIdle(): void {
     this.disconnecting = true;

@@ -15,6 +15,7 @@ import { InstanceQuota, UnboundConnections, resolveQuotas, type QuotaLimits } fr
 import { QueueSession, type TargetContext } from './queue-session.js';
 import { DeviceErrorLog } from '../admin/error-log.js';
 import { InstanceAdmin } from '../admin/instance-admin.js';
+import { DEFAULT_HEALTH_TEST_BURST, DEFAULT_HEALTH_TEST_INTERVAL_MS, HealthTestBudget } from '../admin/health-test-budget.js';
 import { ByteBudget } from './byte-budget.js';
 import { makeRedirect, type Redirect } from './redirect.js';
 import { encodeDrainEvent } from '../protocol/redirect-record.js';
@@ -74,6 +75,10 @@ export interface PeerLimits {
   readonly sendStallTimeoutMs: number;
   /** RDMA: registered bytes of one device's shared data pools at most (requests beyond wait). */
   readonly rdmaDeviceMemoryBytes: number;
+  /** Admin HEALTH_TESTs an export's instances may run back to back (then ERR until refilled). */
+  readonly healthTestBurst: number;
+  /** One more HEALTH_TEST per export per this many ms (0: no rate limit). */
+  readonly healthTestIntervalMs: number;
 }
 
 export const DEFAULT_LIMITS: PeerLimits = {
@@ -81,6 +86,8 @@ export const DEFAULT_LIMITS: PeerLimits = {
   queueBufferBytes: 16 * 1024 * 1024,
   sendStallTimeoutMs: 10000,
   rdmaDeviceMemoryBytes: 256 * 1024 * 1024,
+  healthTestBurst: DEFAULT_HEALTH_TEST_BURST,
+  healthTestIntervalMs: DEFAULT_HEALTH_TEST_INTERVAL_MS,
 };
 export const DEFAULT_CONNECT_TIMEOUT_MS = 10000;
 
@@ -91,9 +98,16 @@ interface ExportEntry {
   readonly maxInstances: number | undefined;
   /** The export's error log (admin common class), shared by its instances. */
   readonly errorLog: DeviceErrorLog;
+  /** The export's HEALTH_TEST rate limit, shared by its instances. */
+  readonly healthTests: HealthTestBudget;
 }
 
 export const DEFAULT_KEEPALIVE: KeepalivePolicy = { intervalMs: 5000, timeoutMs: 15000 };
+/**
+ * Live drain: after the grace time, how long the instances still here may take to finish the
+ * requests they have in flight before those are cancelled (ESTATUS) and the queues closed.
+ */
+export const DRAIN_SETTLE_MS = 1000;
 export const DEFAULT_MAX_VQ_PAYLOAD = 4 * 1024 * 1024 + 4096;
 
 /**
@@ -130,6 +144,7 @@ export class VofTarget {
     this.unbound = new UnboundConnections(limits);
     this.tls = options.tls;
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
+    new HealthTestBudget(this.limits.healthTestBurst, this.limits.healthTestIntervalMs); // fail here, not at addDevice
     this.inlineDataBytes = options.inlineDataBytes ?? DEFAULT_INLINE_DATA_SIZE;
     if (!Number.isInteger(this.inlineDataBytes) || this.inlineDataBytes < 0 || this.inlineDataBytes > MAX_INLINE_DATA_SIZE) {
       throw new RangeError(`inlineDataBytes must be an integer from 0 (off) to ${MAX_INLINE_DATA_SIZE}, not ${options.inlineDataBytes}`);
@@ -171,10 +186,14 @@ export class VofTarget {
    * Live drain (docs/PROTOCOL.md "Live drain"): new Connects for `tvqn` are redirected to
    * `url`; every live instance of it whose initiator follows redirects gets the drain event and
    * moves by itself (finishing its requests here first). After `graceMs` the instances still
-   * here are closed once their requests in flight have completed; their initiators reconnect
-   * and are redirected like new ones.
+   * here are closed once their requests in flight have completed, or after DRAIN_SETTLE_MS more
+   * at most: requests still running then (a device that hangs) are cancelled and answered
+   * ESTATUS, so a drain always ends. Their initiators reconnect and are redirected like new ones.
+   * Throws for a TVQN that is neither exported nor redirected here.
    */
   async drain(tvqn: string, url: string, graceMs = 10_000): Promise<DrainResult> {
+    // A typo must not look like success (and leave a redirect for a name nobody serves here).
+    if (!this.exports.has(tvqn) && !this.redirects.has(tvqn)) throw new Error(`${quotePeerString(tvqn)} is neither exported nor redirected by this target`);
     const dest = this.redirect(tvqn, url);
     const live = () => [...this.instances.values()].filter((i) => i.tvqn === tvqn && !i.destroyed);
     let told = 0;
@@ -187,10 +206,18 @@ export class VofTarget {
     const deadline = Date.now() + graceMs;
     while (live().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     const left = live();
+    const sessionsOf = (inst: DeviceInstance) => [inst.control, ...inst.virtqueues.values()];
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(left.flatMap(sessionsOf).map((s) => s.whenIdle())),
+      new Promise<void>((r) => (timer = setTimeout(r, DRAIN_SETTLE_MS))),
+    ]);
+    clearTimeout(timer);
     for (const inst of left) {
-      const sessions = [inst.control, ...inst.virtqueues.values()];
-      await Promise.all(sessions.map((s) => s.whenIdle()));
-      for (const s of sessions) s.connection.close();
+      let cut = 0;
+      for (const s of sessionsOf(inst)) cut += s.abort('drained: the grace time is over');
+      if (cut > 0) this.log.warn(`drain of ${quotePeerString(tvqn)}: ${inst.label}: cancelled ${cut} request(s) still in flight ${DRAIN_SETTLE_MS} ms after the grace time (ESTATUS)`);
+      inst.destroy();
     }
     return { told, closed: left.length };
   }
@@ -211,6 +238,7 @@ export class VofTarget {
       access: new AccessPolicy(allow),
       maxInstances: options.maxInstances,
       errorLog: new DeviceErrorLog(),
+      healthTests: new HealthTestBudget(this.limits.healthTestBurst, this.limits.healthTestIntervalMs),
     });
   }
 
@@ -302,7 +330,7 @@ export class VofTarget {
       this.quota.remove(gone.tvqn, gone.ivqn);
       this.log.info(`instance ${gone.id} destroyed`);
     });
-    if (device.admin) inst.admin = new InstanceAdmin(inst, entry.errorLog, this.log);
+    if (device.admin) inst.admin = new InstanceAdmin(inst, entry.errorLog, this.log, entry.healthTests);
     this.instances.set(id, inst);
     return inst;
   }

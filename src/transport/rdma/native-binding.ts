@@ -180,6 +180,10 @@ export interface NativeBinding {
   EventChannel: new (onEvent: (event: CmEvent) => void) => EventChannel;
   CmId: new (channel: EventChannel) => CmId;
   ProtectionDomain: new (cmId: CmId) => ProtectionDomain;
+  /**
+   * `onCompletions(count)`: `count` completions are in `completions`. A negative count is
+   * -errno of a failed ibv_req_notify_cq: the CQ delivers nothing more, its owner must fail.
+   */
   CompletionQueue: new (cmId: CmId, cqe: number, onCompletions: (count: number) => void) => CompletionQueue;
   MemoryWindow: new (pd: ProtectionDomain) => MemoryWindow;
   listDevices(): DeviceInfo[];

@@ -1,7 +1,14 @@
+import { constants } from 'node:os';
 import type { CmId, CompletionQueue, MemoryRegion, NativeBinding, ProtectionDomain, QueuePair, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
 import { RegisteredPool } from './registered-pool.js';
 import { RdmaWorkError, RECV_WR_FLAG, SendQueue, type SendQueueLimits } from './send-queue.js';
+
+/** "EIO" for 5: the errno's name where Node knows it. */
+function errnoName(errno: number): string {
+  const name = Object.entries(constants.errno).find(([, v]) => v === errno)?.[0];
+  return name ?? `errno ${errno}`;
+}
 
 /** A protection domain the connection uses but does not own outright (a device's shared PD). */
 export interface ProtectionDomainLease {
@@ -107,6 +114,12 @@ export class RcConnection {
   }
 
   private onCompletions(count: number): void {
+    if (count < 0) {
+      // The addon could not re-arm the CQ: no completion would ever arrive again, so the
+      // connection fails now instead of hanging with its requests in flight.
+      if (!this.destroyed) this.break(new Error(`ibv_req_notify_cq failed (${errnoName(-count)}): the completion queue delivers nothing more`));
+      return;
+    }
     const wc = this.cq.completions;
     const words = this.cq.wordsPerCompletion;
     for (let i = 0; i < count; i++) {

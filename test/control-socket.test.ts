@@ -1,0 +1,90 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { silentLogger, statusName } from '../src/index.js';
+import { ControlSocket } from '../src/target/control-socket.js';
+import { controlRequest } from '../src/target/control-client.js';
+import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
+import { RawQueue } from './helpers/raw-queue.js';
+import { vofAsync } from './helpers/vof-cli.js';
+
+/** The process umask, read without leaving it changed (process.umask() without an argument is deprecated). */
+function currentUmask(): number {
+  const mask = process.umask(0o022);
+  process.umask(mask);
+  return mask;
+}
+
+/** Status name of a seed-only control-queue Connect (no redirect flag) for `tvqn`. */
+async function connectStatus(port: number, tvqn: string): Promise<string> {
+  const q = await RawQueue.open(port);
+  try {
+    return statusName((await q.connectControl(tvqn)).readUInt16LE(0));
+  } finally {
+    await q.close();
+  }
+}
+
+describe('control socket (issue 17, findings 10c and 12b)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vof-control-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('the umask is restored when the socket cannot listen', async () => {
+    const before = currentUmask();
+    const handler = { drain: () => Promise.reject(new Error('unused')), redirect: () => '', unredirect: () => false, stats: () => ({}) };
+    await expect(ControlSocket.listen(join(dir, 'no-such-dir', 'ctl.sock'), handler, silentLogger)).rejects.toThrow(/listen E/);
+    expect(currentUmask()).toBe(before);
+    // And after a successful listen, too.
+    const ok = await ControlSocket.listen(join(dir, 'ok.sock'), handler, silentLogger);
+    await ok.close();
+    expect(currentUmask()).toBe(before);
+  });
+
+  describe('against a running vof target --control', () => {
+    let target: StartedTarget;
+    let control: string;
+    let port: number;
+    beforeAll(async () => {
+      const disk = join(dir, 'd.img');
+      writeFileSync(disk, Buffer.alloc(1024 * 1024));
+      control = join(dir, 't.ctl');
+      target = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk}`, '--control', control]);
+      port = Number(new URL(target.urls[0]!.replace(/^tcp:/, 'http:')).port);
+    });
+    afterAll(async () => {
+      await target?.stop();
+    });
+
+    it('vof drain --remove TVQN takes a redirect away: Connects get the normal answer again', async () => {
+      const drained = await vofAsync(['drain', '--control', control, 'd', 'tcp://127.0.0.1:1', '--grace', '0']);
+      expect(drained.status, drained.stderr).toBe(0);
+      expect(await connectStatus(port, 'd')).toBe('EACLREJECTED'); // moved; this initiator does not follow redirects
+      const removed = await vofAsync(['drain', '--control', control, '--remove', 'd']);
+      expect(removed.stderr).toBe('');
+      expect(removed.status).toBe(0);
+      expect(removed.stdout).toMatch(/^"d" is no longer redirected/);
+      expect(await connectStatus(port, 'd')).toBe('SUCCESS');
+      // Nothing left to remove: said so, exit 1.
+      const again = await vofAsync(['drain', '--control', control, '--remove', 'd']);
+      expect(again.status).toBe(1);
+      expect(again.stderr).toMatch(/"d" is not redirected by this target/);
+      // The JSON op under it.
+      expect(await controlRequest(control, { op: 'unredirect', tvqn: 'd' })).toEqual({ ok: true, removed: false });
+      expect(target.stderr()).toMatch(/redirect of "d" removed/);
+    });
+
+    it('vof drain of a TVQN the target neither exports nor redirects fails, and installs nothing', async () => {
+      const r = await vofAsync(['drain', '--control', control, 'nosuch', 'tcp://127.0.0.1:1', '--grace', '0']);
+      expect(r.status).toBe(1);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toMatch(/drain refused: "nosuch" is neither exported nor redirected by this target/);
+      expect(await controlRequest(control, { op: 'unredirect', tvqn: 'nosuch' })).toEqual({ ok: true, removed: false });
+      // A TVQN that is only redirected here can be drained again (to a new destination).
+      expect((await controlRequest(control, { op: 'redirect', tvqn: 'elsewhere', url: 'tcp://127.0.0.1:1' })).ok).toBe(true);
+      const moved = await vofAsync(['drain', '--control', control, 'elsewhere', 'tcp://127.0.0.1:2', '--grace', '0']);
+      expect(moved.status, moved.stderr).toBe(0);
+      expect((await controlRequest(control, { op: 'unredirect', tvqn: 'elsewhere' })).removed).toBe(true);
+    });
+  });
+});
