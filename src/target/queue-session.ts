@@ -28,7 +28,7 @@ import { VqTransferError, type PayloadAdmission, type TargetConnection, type VqR
 import { QueueStats } from '../admin/queue-stats.js';
 import { ByteBudget } from './byte-budget.js';
 import type { DeviceInstance, OpResult } from './device-instance.js';
-import { TargetRequest, type CompletionSink } from './target-request.js';
+import { TargetRequest, type CompletionSink, type RequestSteps } from './target-request.js';
 import { WakeSignal } from '../util/wake-signal.js';
 import type { Redirect } from './redirect.js';
 import { VOF_CONNECT_F_REDIRECT, connectFlags, encodeRedirectCompletion } from '../protocol/redirect-record.js';
@@ -93,9 +93,14 @@ export class QueueSession {
     sendVq: (data, completion, written) => (this.closed ? Promise.resolve() : this.connection.completeVq(data, completion, written)),
     finished: (req) => this.slotFinished(req),
   };
-  /** A dispatch that threw: a bug, logged; the command's slot is then released. */
-  private readonly onDispatchFailed = (req: TargetRequest, err: unknown): void => {
-    this.log.error(`${this.connection.peer}: ${opcodeName(req.opcode)} failed: ${(err as Error)?.stack ?? String(err)}`);
+  /** What a slot's callbacks lead to (see TargetRequest): made once per queue. */
+  private readonly steps: RequestSteps = {
+    // A dispatch that threw: a bug, logged; the command's slot is then released.
+    dispatchFailed: (req, err) => this.log.error(`${this.connection.peer}: ${opcodeName(req.opcode)} failed: ${(err as Error)?.stack ?? String(err)}`),
+    executed: (req, written) => this.executed(req, written),
+    executeFailed: (req, err) => this.executeFailed(req, err),
+    completed: (req) => this.completed(req),
+    completeFailed: (req, err) => this.completeFailed(req, err),
   };
   private disconnecting = false;
   private closed = false;
@@ -211,7 +216,7 @@ export class QueueSession {
       this.reply(encodeBareCompletion(Status.ECMDQUOT, id));
       return;
     }
-    const req = this.freeSlots.pop() ?? new TargetRequest(this.sink, this.onDispatchFailed);
+    const req = this.freeSlots.pop() ?? new TargetRequest(this.sink, this.steps);
     req.start(id, cmd.opcode, data, reserved);
     this.busySlots++;
     this.requests.set(id, req);
@@ -445,7 +450,16 @@ export class QueueSession {
     return identity === undefined ? '' : `, identity ${quotePeerString(identity)}`;
   }
 
-  private async runVq(req: TargetRequest, inst: DeviceInstance, vqIndex: number, cmd: VqCommand, data: VqRequestData): Promise<void> {
+  /**
+   * A VQ command's life on its slot, each state left when its event arrives:
+   *   buffers (readable, then writable) → executing (the device) → completing (the transport
+   *   sends the completion and written bytes) → the slot is free (onDispatched).
+   * A step whose input is at hand goes on at once: on stream transports a command reaches the
+   * device in the turn it arrived, with no promise of the core's. Keyed transports fetch
+   * (RDMA READ) or wait for pool memory first (runVqAwaiting). Cancellation is checked before
+   * the device is called and makes the completion ESTATUS.
+   */
+  private runVq(req: TargetRequest, inst: DeviceInstance, vqIndex: number, cmd: VqCommand, data: VqRequestData): Promise<void> | void {
     const id = cmd.commandId;
     // Virtqueue traffic proves the initiator alive as much as a keepalive does.
     inst.heard();
@@ -455,47 +469,85 @@ export class QueueSession {
       this.log.info(`${this.connection.peer}: VQ command of ${cmd.outLength}+${cmd.inLength} bytes over the ${max}-byte limit`);
       return req.complete(encodeVqCompletion(cmd.outLength > max ? Status.EOUTVQBUF : Status.EINVQBUF, id, 0));
     }
-    const readable = await this.transferred(req, () => data.readOut(), Status.EOUTVQBUF);
+    req.instance = inst;
+    req.vqIndex = vqIndex;
+    const readable = data.readOutNow();
+    const writable = cmd.inLength === 0 ? EMPTY : data.writableNow();
+    if (readable === undefined || writable === undefined) return this.runVqAwaiting(req, cmd, data);
+    return this.execute(req, readable, writable);
+  }
+
+  /** The buffers come from promises (RDMA READ, pool memory), then the command runs as above. */
+  private async runVqAwaiting(req: TargetRequest, cmd: VqCommand, data: VqRequestData): Promise<void> {
+    const readable = await this.transferred(req, data, 'out');
     if (readable === null) return;
-    const writable = cmd.inLength === 0 ? EMPTY : await this.transferred(req, () => data.writable(), Status.EINVQBUF);
+    const writable = cmd.inLength === 0 ? EMPTY : await this.transferred(req, data, 'in');
     if (writable === null) return;
-    // Reset or teardown while the buffers were on their way: the device never sees them.
-    if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, id, 0));
-    let written: number;
-    try {
-      written = await inst.handleRequest(vqIndex, readable, writable, req);
-    } catch (err) {
-      // Errors the device can express (IOERR, UNSUPP) come back in its own status; a throw is a
-      // device fault that only a reset clears. ESTATUS: the instance is now DEVICE_NEEDS_RESET.
-      return this.deviceFault(req, inst, `vq ${vqIndex}: ${(err as Error).message}`);
-    }
-    if (!Number.isSafeInteger(written) || written < 0 || written > writable.length) {
-      return this.deviceFault(req, inst, `vq ${vqIndex}: device reports ${written} bytes written into ${writable.length} device-writable bytes`);
-    }
-    try {
-      await req.completeVq(encodeVqCompletion(Status.SUCCESS, id, written), written);
-      this.stats.bytesOut += readable.length;
-      this.stats.bytesIn += written;
-    } catch (err) {
-      if (!(err instanceof VqTransferError)) throw err;
-      this.log.info(`${this.connection.peer}: VQ command ${id}: ${err.message}: EINVQBUF`);
-      req.failVq(Status.EINVQBUF);
-    }
+    return this.execute(req, readable, writable);
   }
 
   /**
    * A VQ buffer from the transport, or null when it could not be had (VqTransferError): the
-   * command has then been answered with `status`.
+   * command has then been answered with EOUTVQBUF or EINVQBUF.
    */
-  private async transferred(req: TargetRequest, get: () => Promise<Buffer>, status: number): Promise<Buffer | null> {
+  private async transferred(req: TargetRequest, data: VqRequestData, side: 'out' | 'in'): Promise<Buffer | null> {
     try {
-      return await get();
+      return await (side === 'out' ? data.readOut() : data.writable());
     } catch (err) {
       if (!(err instanceof VqTransferError)) throw err;
+      const status = side === 'out' ? Status.EOUTVQBUF : Status.EINVQBUF;
       this.log.info(`${this.connection.peer}: VQ command ${req.commandId}: ${err.message}: ${statusName(status)}`);
       req.complete(encodeVqCompletion(status, req.commandId, 0));
       return null;
     }
+  }
+
+  /** Hand the buffers to the device; its promise moves the slot on (executed / executeFailed). */
+  private execute(req: TargetRequest, readable: Buffer, writable: Buffer): Promise<void> | void {
+    // Reset or teardown while the buffers were on their way: the device never sees them.
+    if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, req.commandId, 0));
+    req.readable = readable;
+    req.writable = writable;
+    let running: Promise<number>;
+    try {
+      running = req.instance!.handleRequest(req.vqIndex, readable, writable, req);
+    } catch (err) {
+      return this.executeFailed(req, err);
+    }
+    return running.then(req.onExecuted, req.onExecuteFailed);
+  }
+
+  private executed(req: TargetRequest, written: number): Promise<void> | void {
+    const writable = req.writable!;
+    if (!Number.isSafeInteger(written) || written < 0 || written > writable.length) {
+      return this.deviceFault(req, req.instance!, `vq ${req.vqIndex}: device reports ${written} bytes written into ${writable.length} device-writable bytes`);
+    }
+    req.written = written;
+    let sending: Promise<void> | void;
+    try {
+      sending = req.completeVq(encodeVqCompletion(Status.SUCCESS, req.commandId, written), written);
+    } catch (err) {
+      return this.completeFailed(req, err);
+    }
+    if (sending) return sending.then(req.onCompleted, req.onCompleteFailed);
+    this.completed(req);
+  }
+
+  /** Errors the device can express (IOERR, UNSUPP) come in its own status; a throw is a fault. */
+  private executeFailed(req: TargetRequest, err: unknown): void {
+    // Only a reset clears it: the instance is now DEVICE_NEEDS_RESET, the command ESTATUS.
+    this.deviceFault(req, req.instance!, `vq ${req.vqIndex}: ${(err as Error)?.message ?? String(err)}`);
+  }
+
+  private completed(req: TargetRequest): void {
+    this.stats.bytesOut += req.readable!.length;
+    this.stats.bytesIn += req.written;
+  }
+
+  private completeFailed(req: TargetRequest, err: unknown): void {
+    if (!(err instanceof VqTransferError)) throw err;
+    this.log.info(`${this.connection.peer}: VQ command ${req.commandId}: ${err.message}: EINVQBUF`);
+    req.failVq(Status.EINVQBUF);
   }
 
   private deviceFault(req: TargetRequest, inst: DeviceInstance, why: string): void {

@@ -2,6 +2,7 @@ import { Status } from '../protocol/constants.js';
 import { encodeBareCompletion } from '../protocol/completion.js';
 import type { VqRequestData } from '../transport/transport.js';
 import type { RequestCancel } from './device.js';
+import type { DeviceInstance } from './device-instance.js';
 
 /** Where a request's completion goes: its queue's connection, while the queue is open. */
 export interface CompletionSink {
@@ -16,6 +17,23 @@ export interface CompletionSink {
   sendVq(data: VqRequestData, completion: Buffer, written: number): Promise<void>;
   /** The request has left its queue: its slot may serve the next command. */
   finished(request: TargetRequest): void;
+}
+
+/**
+ * The steps of a VQ command that its slot's callbacks lead to (the queue implements them):
+ * bound once per slot, so that moving a command on allocates no closure.
+ */
+export interface RequestSteps {
+  /** A dispatch threw or rejected: a bug, logged; the slot is released after. */
+  dispatchFailed(request: TargetRequest, err: unknown): void;
+  /** The device finished the command: `written` bytes of its writable buffer. */
+  executed(request: TargetRequest, written: number): Promise<void> | void;
+  /** The device threw: a device fault. */
+  executeFailed(request: TargetRequest, err: unknown): void;
+  /** The transport has sent the completion (and the bytes the device wrote). */
+  completed(request: TargetRequest): void;
+  /** The transport could not send the device-writable bytes after all. */
+  completeFailed(request: TargetRequest, err: unknown): void;
 }
 
 /**
@@ -53,22 +71,40 @@ export class TargetRequest implements RequestCancel {
   /** Only for a device that waits on cancellation (whenAborted): made on demand. */
   private abortWait: { promise: Promise<void>; resolve: () => void } | null = null;
 
+  // A VQ command's core state, kept on the slot while the command runs.
+  /** The instance and virtqueue the command runs on. */
+  instance: DeviceInstance | null = null;
+  vqIndex = 0;
+  /** The buffers the device was given (device-readable, device-writable). */
+  readable: Buffer | null = null;
+  writable: Buffer | null = null;
+  /** Bytes the device wrote, once it has finished. */
+  written = 0;
+
   /**
-   * Bound once per slot, not per command: the callbacks that end a command's dispatch, so
-   * starting one allocates no closure.
+   * Bound once per slot, not per command: the callbacks that move a command to its next state
+   * when a promise of the device or the transport settles.
    */
   readonly onDispatched: () => void;
   readonly onDispatchFailed: (err: unknown) => void;
+  readonly onExecuted: (written: number) => Promise<void> | void;
+  readonly onExecuteFailed: (err: unknown) => void;
+  readonly onCompleted: () => void;
+  readonly onCompleteFailed: (err: unknown) => void;
 
   constructor(
     private readonly sink: CompletionSink,
-    onFailed: (request: TargetRequest, err: unknown) => void,
+    steps: RequestSteps,
   ) {
     this.onDispatched = () => this.finish();
     this.onDispatchFailed = (err) => {
-      onFailed(this, err);
+      steps.dispatchFailed(this, err);
       this.finish();
     };
+    this.onExecuted = (written) => steps.executed(this, written);
+    this.onExecuteFailed = (err) => steps.executeFailed(this, err);
+    this.onCompleted = () => steps.completed(this);
+    this.onCompleteFailed = (err) => steps.completeFailed(this, err);
   }
 
   /** Take the slot for a command (it must be free). */
@@ -82,6 +118,11 @@ export class TargetRequest implements RequestCancel {
     this.cancelledFlag = false;
     this.cancelReason = '';
     this.abortWait = null;
+    this.instance = null;
+    this.vqIndex = 0;
+    this.readable = null;
+    this.writable = null;
+    this.written = 0;
   }
 
   get state(): RequestState {
@@ -158,6 +199,10 @@ export class TargetRequest implements RequestCancel {
     const data = this.data;
     this.stateValue = 'free';
     this.data = null;
+    // Nothing of the command outlives it on the slot (the buffers may be pooled elsewhere).
+    this.instance = null;
+    this.readable = null;
+    this.writable = null;
     data?.release();
     this.sink.finished(this);
   }

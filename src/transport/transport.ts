@@ -50,6 +50,12 @@ export interface VqRequestData {
    */
   readOut(): Promise<Buffer>;
   /**
+   * The device-readable bytes when they are here already and usable (stream: the payload that
+   * came with the command), else undefined: then readOut() gets them (or says why not). Lets
+   * the core run a command without waiting on a promise when nothing has to travel first.
+   */
+  readOutNow(): Buffer | undefined;
+  /**
    * The device-writable buffer, supplied by the transport for the device to fill in place:
    * inLength bytes (fewer only where the transport caps it). Stream: a pooled buffer that
    * goes on the wire right after the completion header; keyed: registered memory the RDMA
@@ -59,6 +65,8 @@ export interface VqRequestData {
    * on every call.
    */
   writable(): Promise<Buffer>;
+  /** The device-writable buffer when it can be had without waiting, else undefined: use writable(). */
+  writableNow(): Buffer | undefined;
   /** The request has ended: give back what it holds (once the transport no longer uses it). */
   release(): void;
 }

@@ -72,6 +72,16 @@ class KeyedVqRequest implements VqRequestData {
     return this.connection.readOut(this);
   }
 
+  /** Keyed: the bytes travel (RDMA READ) or are checked first; always through readOut(). */
+  readOutNow(): undefined {
+    return undefined;
+  }
+
+  /** Keyed: pool memory may have to be waited for; always through writable(). */
+  writableNow(): undefined {
+    return undefined;
+  }
+
   /** The device-writable part of this request's buffer (waits for pool memory, never registers). */
   async writable(): Promise<Buffer> {
     this.connection.checkSizes(this, 'in');

@@ -40,12 +40,21 @@ class StreamVqRequest implements VqRequestData {
     return this.payload instanceof Buffer ? Promise.resolve(this.payload) : Promise.reject(this.payload);
   }
 
+  readOutNow(): Buffer | undefined {
+    return this.payload instanceof Buffer ? this.payload : undefined;
+  }
+
   writable(): Promise<Buffer> {
+    return Promise.resolve(this.writableNow());
+  }
+
+  /** A frame from the connection's pool is always at hand: never undefined here. */
+  writableNow(): Buffer {
     if (this.view === null) {
       this.frame = this.pool.take(COMPLETION_SIZE + this.inLength);
       this.view = this.frame.subarray(COMPLETION_SIZE, COMPLETION_SIZE + this.inLength);
     }
-    return Promise.resolve(this.view);
+    return this.view;
   }
 
   release(): void {
