@@ -92,7 +92,13 @@ export async function runBench(argv: string[]): Promise<number> {
   }
   const { values } = parsed;
   if (values.help) {
-    process.stdout.write('vof bench: see `vof help` for the options and the README\'s Benchmark section for the report.\n');
+    process.stdout.write(
+      'vof bench: see `vof help` for the options and the README\'s Benchmark section for the report.\n' +
+        '--rounds N (default 3; --quick: 1, a single pass with no spread): each workload runs every system once per round, the\n' +
+        'order rotated each round; the table shows median (min–max) and each ratio is the median (min–max) of per-round ratios.\n' +
+        'The "per I/O" table: user/system CPU µs, system calls (perf stat, or n/a with the reason), context switches, and for\n' +
+        'vof\'s in-process initiator the JS heap bytes allocated and GCs, per I/O, for the initiator and the target.\n',
+    );
     return 0;
   }
   const startedAt = new Date().toISOString();
