@@ -1,5 +1,4 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { GCProfiler, getHeapStatistics } from 'node:v8';
 import { processCpuTimes, round } from './cpu.js';
@@ -20,7 +19,7 @@ import type { PerIoCost, SideCostPerIo } from './types.js';
  *   (process.resourceUsage(), every thread, live or ended); other processes from the same perf
  *   (its context-switches software event), because /proc only has per-thread counts and those of
  *   a thread that ends inside the window (nbdkit's connection threads) vanish; without perf,
- *   the sum over /proc/PID/task/ * /status of the threads alive at both ends.
+ *   null.
  * - vof's in-process initiator only: JS heap bytes allocated and GCs, see HeapWindow.
  */
 
@@ -135,8 +134,8 @@ export function addTotals(a: SideTotals, b: SideTotals): SideTotals {
 interface Counters {
   readonly userSec: number;
   readonly systemSec: number;
-  /** This process: its total. Other processes: per thread (pid:tid), for the fallback without perf. */
-  readonly contextSwitches: number | ReadonlyMap<string, number>;
+  /** This process only (getrusage); other processes' come from perf. */
+  readonly contextSwitches: number | null;
 }
 
 /** This process, every thread: getrusage through Node. */
@@ -146,36 +145,17 @@ function selfCounters(): Counters {
   return { userSec: u.user / 1e6, systemSec: u.system / 1e6, contextSwitches: r.voluntaryContextSwitches + r.involuntaryContextSwitches };
 }
 
-/** Other processes, summed: /proc; null if one of them is gone. */
+/** Other processes' CPU, summed, from /proc; null if one of them is gone. */
 function processCounters(pids: readonly number[]): Counters | null {
   let userSec = 0;
   let systemSec = 0;
-  const switches = new Map<string, number>();
-  try {
-    for (const pid of pids) {
-      const cpu = processCpuTimes(pid);
-      if (cpu === null) return null;
-      userSec += cpu.user;
-      systemSec += cpu.system;
-      for (const tid of readdirSync(`/proc/${pid}/task`)) {
-        const status = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8');
-        let n = 0;
-        for (const m of status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)/gm)) n += Number(m[1]);
-        switches.set(`${pid}:${tid}`, n);
-      }
-    }
-  } catch {
-    return null;
+  for (const pid of pids) {
+    const cpu = processCpuTimes(pid);
+    if (cpu === null) return null;
+    userSec += cpu.user;
+    systemSec += cpu.system;
   }
-  return { userSec, systemSec, contextSwitches: switches };
-}
-
-/** Switches between two readings: a total's difference, or the threads alive at both ends. */
-function switchesBetween(a: Counters['contextSwitches'], b: Counters['contextSwitches']): number {
-  if (typeof a === 'number' || typeof b === 'number') return (b as number) - (a as number);
-  let sum = 0;
-  for (const [tid, n] of b) if (a.has(tid)) sum += n - a.get(tid)!;
-  return sum;
+  return { userSec, systemSec, contextSwitches: null };
 }
 
 /**
@@ -212,10 +192,15 @@ export class SideWindow {
     const c0 = this.c0;
     const lost = c0 === null || c1 === null;
     if (lost) unavailable.cpu = 'the process ended during the measurement';
-    // Other processes' switches from perf where it counted (see the top of this file).
-    let contextSwitches = lost ? null : switchesBetween(c0.contextSwitches, c1.contextSwitches);
-    if (this.pids !== null && typeof counted !== 'string') contextSwitches = counted.contextSwitches;
-    if (contextSwitches === null) unavailable.contextSwitches = unavailable.cpu!;
+    // This process's switches from getrusage, other processes' from perf (see the top of this file).
+    let contextSwitches: number | null = null;
+    if (this.pids === null) contextSwitches = lost ? null : c1.contextSwitches! - c0.contextSwitches!;
+    else if (typeof counted !== 'string') contextSwitches = counted.contextSwitches;
+    if (contextSwitches === null) {
+      unavailable.contextSwitches = lost
+        ? unavailable.cpu!
+        : "needs perf: /proc has only per-thread counts, which miss the threads that start and end inside the window (nbdkit's per connection)";
+    }
     return {
       userSec: lost ? null : c1.userSec - c0.userSec,
       systemSec: lost ? null : c1.systemSec - c0.systemSec,
