@@ -4,17 +4,23 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { vofBench } from './helpers/vof-bench.js';
 import { computeRatios } from '../src/bench/report.js';
+import { roundOrder } from '../src/bench/rounds.js';
 import type { BenchReport, BenchRun } from '../src/bench/types.js';
-import { DEFAULT_WORKLOADS, parseSize, workloadMatrix } from '../src/bench/workloads.js';
+import { DEFAULT_WORKLOADS, parseSize, sameWorkload, workloadMatrix } from '../src/bench/workloads.js';
 
-describe('vof bench --quick --anchors (host: vof over TCP, vof nbd, nbdkit, iperf3)', () => {
+// Two workloads (not the default five) and no ramp keep two rounds of three systems within the
+// time one round of the default matrix took.
+const WORKLOADS = workloadMatrix('randread,write', '4k', '8');
+const ROUNDS = 2;
+
+describe('vof bench --quick --anchors --rounds 2 (host: vof over TCP, vof nbd, nbdkit, iperf3)', () => {
   const dir = mkdtempSync(join(tmpdir(), 'vof-bench-test-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   let result: Awaited<ReturnType<typeof vofBench>>;
   let report: BenchReport;
 
   it('runs end to end, writes the JSON report and the chart', async () => {
-    result = await vofBench(['--quick', '--anchors', '--rdma', 'off', '--json', join(dir, 'out.json'), '--chart', join(dir, 'out.svg')]);
+    result = await vofBench(['--quick', '--anchors', '--rdma', 'off', '--rounds', String(ROUNDS), '--ramp', '0', '--rw', 'randread,write', '--qd', '8', '--json', join(dir, 'out.json'), '--chart', join(dir, 'out.svg')]);
     expect(result.code, result.stderr + result.stdout).toBe(0);
     report = JSON.parse(readFileSync(join(dir, 'out.json'), 'utf8')) as BenchReport;
     const svg = readFileSync(join(dir, 'out.svg'), 'utf8');
@@ -24,16 +30,17 @@ describe('vof bench --quick --anchors (host: vof over TCP, vof nbd, nbdkit, iper
   }, 180_000);
 
   it('has the documented top level and machine', () => {
-    expect(report.version).toBe(1);
-    expect(Object.keys(report)).toEqual(expect.arrayContaining(['machine', 'runs', 'ratios', 'skipped', 'settings']));
+    expect(report.version).toBe(2);
+    expect(report.settings.rounds).toBe(ROUNDS);
+    expect(Object.keys(report)).toEqual(expect.arrayContaining(['machine', 'runs', 'summaries', 'ratios', 'skipped', 'settings']));
     expect(report.machine.cpus).toBeGreaterThan(0);
     expect(report.machine.kernel).toBeTruthy();
   });
 
-  it('has one run per system and workload, every figure positive', () => {
+  it('has one run per system, workload and round, every figure positive', () => {
     for (const system of ['vof-tcp', 'nbdkit']) {
       const runs = report.runs.filter((r) => r.system === system);
-      expect(runs.map((r) => r.workload)).toEqual(DEFAULT_WORKLOADS);
+      expect(runs.map((r) => [r.workload, r.round])).toEqual(WORKLOADS.flatMap((w) => [[w, 1], [w, 2]]));
       for (const r of runs) {
         expect(r.environment).toBe('host');
         expect(r.ios, `${system} ${r.workload.rw}`).toBeGreaterThan(0);
@@ -49,8 +56,55 @@ describe('vof bench --quick --anchors (host: vof over TCP, vof nbd, nbdkit, iper
         expect(r.cpu.targetSecPerMillionIos).toBeGreaterThan(0);
       }
     }
-    const iperf = report.runs.find((r) => r.system === 'iperf3');
-    expect(iperf?.mbps).toBeGreaterThan(0);
+    const iperf = report.runs.filter((r) => r.system === 'iperf3');
+    expect(iperf.map((r) => r.round)).toEqual([1, 2]);
+    for (const r of iperf) expect(r.mbps).toBeGreaterThan(0);
+  });
+
+  it('interleaves the systems per workload, the order rotated each round', () => {
+    for (const w of WORKLOADS) {
+      const order = (round: number) => report.runs.filter((r) => sameWorkload(r.workload, w) && r.round === round).map((r) => r.system);
+      const first = order(1);
+      const nbd = report.runs.some((r) => r.system === 'vof-nbd');
+      expect(first).toEqual(['vof-tcp', ...(nbd ? ['vof-nbd'] : []), 'nbdkit']);
+      expect(order(2)).toEqual(roundOrder(first, 2));
+      // Round 2 starts after round 1 ends: the runs array is in execution order.
+      const rounds = report.runs.filter((r) => sameWorkload(r.workload, w)).map((r) => r.round);
+      expect(rounds).toEqual([...rounds].sort());
+    }
+    expect(result.stdout).toMatch(/2 rounds per workload/);
+    expect(result.stdout).toMatch(/\d+ \(\d+–\d+\)/); // median (min–max)
+  });
+
+  it('summarizes each system and workload over its rounds', () => {
+    const s = report.summaries.find((x) => x.system === 'vof-tcp' && sameWorkload(x.workload, WORKLOADS[0]!))!;
+    const iops = report.runs.filter((r) => r.system === 'vof-tcp' && sameWorkload(r.workload, WORKLOADS[0]!)).map((r) => r.iops);
+    expect(s.rounds).toBe(ROUNDS);
+    expect(s.iops).toEqual({ median: Number(((iops[0]! + iops[1]!) / 2).toPrecision(4)), min: Math.min(...iops), max: Math.max(...iops) });
+  });
+
+  it('gives per-I/O costs: CPU on both sides, syscalls or the reason, heap and GCs for vof only', () => {
+    for (const r of report.runs.filter((x) => x.system === 'vof-tcp' || x.system === 'nbdkit')) {
+      const c = r.perIo!;
+      expect(c, `${r.system} ${r.workload.rw}`).toBeTruthy();
+      for (const side of [c.initiator, c.target]) {
+        expect(side.userUs! + side.systemUs!).toBeGreaterThan(0);
+        // perf may be missing or barred: then null, with the reason.
+        if (side.syscalls === null) expect(Object.keys(c.unavailable).join()).toMatch(/syscalls/);
+        else expect(side.syscalls).toBeGreaterThan(0);
+        if (side.contextSwitches === null) expect(Object.keys(c.unavailable).join()).toMatch(/contextSwitches/);
+        else expect(side.contextSwitches).toBeGreaterThanOrEqual(0);
+      }
+      if (r.system === 'vof-tcp') {
+        expect(c.heapBytes).toBeGreaterThan(0);
+        expect(c.gcs).toBeGreaterThanOrEqual(0);
+      } else {
+        expect(c.heapBytes).toBeNull();
+        expect(c.unavailable.heap).toMatch(/fio/);
+      }
+    }
+    expect(result.stdout).toMatch(/per I\/O/);
+    expect(report.runs.find((r) => r.system === 'iperf3')!.perIo).toBeUndefined();
   });
 
   it('reports the target RSS of every vof run (TCP only: no registration counter in either process)', () => {
@@ -65,15 +119,19 @@ describe('vof bench --quick --anchors (host: vof over TCP, vof nbd, nbdkit, iper
     expect(result.stdout).toMatch(/registered memory and target RSS/);
   });
 
-  it('gives vof ÷ nbdkit on every workload and vof ÷ the iperf3 ceiling', () => {
+  it('gives vof ÷ nbdkit on every workload and vof ÷ the iperf3 ceiling, each over both rounds', () => {
     const same = report.ratios.filter((r) => r.kind === 'same-workload' && r.system === 'vof-tcp' && r.anchor === 'nbdkit');
-    expect(same).toHaveLength(DEFAULT_WORKLOADS.length);
+    expect(same).toHaveLength(WORKLOADS.length);
     for (const r of same) {
+      expect(r.rounds).toBe(ROUNDS);
+      expect(r.perRound.map((x) => x.round)).toEqual([1, 2]);
       expect(r.iops).toBeGreaterThan(0);
+      expect(r.min.iops).toBeLessThanOrEqual(r.iops!);
+      expect(r.max.iops).toBeGreaterThanOrEqual(r.iops!);
       expect(r.mbps).toBeGreaterThan(0);
       expect(r.p99).toBeGreaterThan(0);
     }
-    expect(report.ratios.filter((r) => r.kind === 'ceiling' && r.anchor === 'iperf3' && r.system === 'vof-tcp')).toHaveLength(DEFAULT_WORKLOADS.length);
+    expect(report.ratios.filter((r) => r.kind === 'ceiling' && r.anchor === 'iperf3' && r.system === 'vof-tcp')).toHaveLength(WORKLOADS.length);
   });
 
   it('reports vof-nbd as run or as skipped with a reason, never silently; --rdma off measures no RDMA', () => {
@@ -82,7 +140,7 @@ describe('vof bench --quick --anchors (host: vof over TCP, vof nbd, nbdkit, iper
     if (nbdRuns.length === 0) {
       expect(nbdSkip?.reason).toMatch(/nbd/);
       expect(result.stdout).toContain('SKIPPED vof-nbd');
-    } else expect(nbdRuns).toHaveLength(DEFAULT_WORKLOADS.length);
+    } else expect(nbdRuns).toHaveLength(WORKLOADS.length * ROUNDS);
     expect(report.runs.some((r) => r.system === 'vof-rdma')).toBe(false);
   });
 });
@@ -103,7 +161,7 @@ describe('bench workload matrix and ratios', () => {
 
   it('divides vof by the anchor of the same environment and workload only', () => {
     const run = (system: string, environment: 'host' | 'vm', iops: number, p99: number, rw = 'randread'): BenchRun => ({
-      system, environment, workload: { rw, bs: 4096, qd: 1 }, seconds: 1, ios: iops, iops, mbps: (iops * 4096) / 1e6,
+      system, round: 1, environment, workload: { rw, bs: 4096, qd: 1 }, seconds: 1, ios: iops, iops, mbps: (iops * 4096) / 1e6,
       latencyUs: { p50: p99 / 2, p99, p999: p99 * 2 },
       cpu: { initiatorSec: 1, targetSec: 1, initiatorSecPerGB: 1, targetSecPerGB: 1, initiatorSecPerMillionIos: 1, targetSecPerMillionIos: 1 },
     });

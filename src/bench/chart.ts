@@ -8,24 +8,25 @@ const ORDER = ['vof-rdma', 'vof-tcp', 'vof-nbd', 'nbdkit', 'nvmeof-rdma', 'nvmeo
 
 /**
  * The chart as SVG (Vega-Lite compiled to Vega, rendered headless by Vega's SVG renderer):
- * throughput (MB/s) and p99 latency (µs) per workload, one bar per system side by side, the raw
+ * throughput (MB/s) and p99 latency (µs) per workload (medians over rounds), one bar per system side by side, the raw
  * transports' ceilings (iperf3, perftest) as dashed lines, and one pair of panels per
  * environment (host, soft-RoCE VM), each with its own log scale since the VM runs ~19x slower.
  */
 export async function renderChart(report: BenchReport): Promise<string> {
-  const values = report.runs
+  // One bar per system and workload: the median over rounds.
+  const values = report.summaries
     .filter((r) => isBlockRw(r.workload.rw))
     .map((r) => ({
       environment: r.environment === 'vm' ? 'soft-RoCE VM (TCG)' : 'host',
       workload: workloadLabel(r.workload),
       system: r.system,
-      mbps: r.mbps,
-      p99: r.latencyUs?.p99 ?? null,
+      mbps: r.mbps.median,
+      p99: r.p99Us?.median ?? null,
     }));
   // Raw-transport ceilings (iperf3, perftest bandwidth) as dashed lines on the throughput panels.
-  const ceilings = report.runs
-    .filter((r) => !isBlockRw(r.workload.rw) && r.workload.rw !== 'send-lat' && r.mbps > 0)
-    .map((r) => ({ environment: r.environment === 'vm' ? 'soft-RoCE VM (TCG)' : 'host', label: `${r.system} ${r.workload.rw}: ${r.mbps} MB/s`, mbps: r.mbps }));
+  const ceilings = report.summaries
+    .filter((r) => !isBlockRw(r.workload.rw) && r.workload.rw !== 'send-lat' && r.mbps.median > 0)
+    .map((r) => ({ environment: r.environment === 'vm' ? 'soft-RoCE VM (TCG)' : 'host', label: `${r.system} ${r.workload.rw}: ${r.mbps.median} MB/s`, mbps: r.mbps.median }));
   const systems = [...ORDER.filter((s) => values.some((v) => v.system === s)), ...new Set(values.map((v) => v.system).filter((s) => !ORDER.includes(s)))];
   const workloads = [...new Set(values.map((v) => v.workload))];
   const environments = [...new Set(values.map((v) => v.environment))];

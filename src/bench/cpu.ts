@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { BenchRun, CpuCost, Environment, Workload } from './types.js';
+import type { BenchRun, CpuCost, Environment, PerIoCost, Workload } from './types.js';
 
 /**
  * Clock ticks per second of /proc's CPU times: USER_HZ, which the kernel fixes at 100 for user
@@ -9,8 +9,8 @@ import type { BenchRun, CpuCost, Environment, Workload } from './types.js';
 const USER_HZ = 100;
 const clockTicks = () => USER_HZ;
 
-/** CPU seconds (utime + stime) a process has used so far, from /proc/PID/stat; null if it is gone. */
-export function processCpuSeconds(pid: number): number | null {
+/** User and system CPU seconds (utime, stime) a process has used so far, from /proc/PID/stat; null if it is gone. */
+export function processCpuTimes(pid: number): { user: number; system: number } | null {
   let stat: string;
   try {
     stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -20,7 +20,13 @@ export function processCpuSeconds(pid: number): number | null {
   // The command name (field 2) is in parentheses and may contain spaces: split after it.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-  return (Number(fields[11]) + Number(fields[12])) / clockTicks();
+  return { user: Number(fields[11]) / clockTicks(), system: Number(fields[12]) / clockTicks() };
+}
+
+/** CPU seconds (utime + stime) a process has used so far; null if it is gone. */
+export function processCpuSeconds(pid: number): number | null {
+  const t = processCpuTimes(pid);
+  return t === null ? null : t.user + t.system;
 }
 
 /** CPU seconds the whole machine has been busy (all CPUs, everything but idle and iowait), from /proc/stat. */
@@ -58,6 +64,7 @@ export function round(x: number): number {
 /** A run of a block workload from its raw counts: rates, latency in µs and CPU cost. */
 export function blockRun(r: {
   system: string;
+  round: number;
   environment: Environment;
   workload: Workload;
   seconds: number;
@@ -67,9 +74,11 @@ export function blockRun(r: {
   initiatorSec: number | null;
   targetSec: number | null;
   note?: string | undefined;
+  perIo: PerIoCost;
 }): BenchRun {
   return {
     system: r.system,
+    round: r.round,
     environment: r.environment,
     workload: r.workload,
     seconds: round(r.seconds),
@@ -79,5 +88,6 @@ export function blockRun(r: {
     latencyUs: r.latencyUs,
     cpu: cpuCost(r.initiatorSec, r.targetSec, r.bytes, r.ios),
     ...(r.note ? { note: r.note } : {}),
+    perIo: r.perIo,
   };
 }

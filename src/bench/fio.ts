@@ -1,4 +1,8 @@
+import { readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { blockRun, machineBusySeconds, processCpuSeconds, round } from './cpu.js';
+import { addTotals, parsePerfCount, perIoCost, SideWindow, syscallCountingUnavailable, unmeasured, type SideTotals } from './per-io.js';
 import type { ProgressLine } from './progress-line.js';
 import { run } from './tools.js';
 import type { BenchRun, Environment, Workload } from './types.js';
@@ -6,6 +10,7 @@ import { workloadLabel } from './workloads.js';
 
 export interface FioOptions {
   readonly system: string;
+  readonly round: number;
   readonly environment: Environment;
   readonly workload: Workload;
   readonly rampSec: number;
@@ -37,14 +42,24 @@ interface FioJob {
   readonly write: FioDir;
   readonly usr_cpu: number;
   readonly sys_cpu: number;
+  /** Context switches of the job over the measured runtime (fio clears it after the ramp). */
+  readonly ctx: number;
   readonly elapsed: number;
 }
+
+let perfOutputs = 0;
 
 /**
  * Runs fio once for a workload (one job, `iodepth` = qd, time-based, ramp first) and turns its
  * JSON into a BenchRun. Latency is fio's total latency (submission to completion,
  * lat_percentiles=1). The initiator's CPU is fio's usr+sys over its measured runtime, plus any
  * helper processes; the target's is read before and after and prorated to the measured runtime.
+ *
+ * Per-I/O costs: fio's user and system CPU and context switches are its own (its job, over the
+ * measured runtime); its system calls are counted by perf wrapped around it with the counting
+ * delayed by the ramp (-D), so the count also holds fio's last teardown calls and misses its
+ * first ramp's start-up offset (tens of ms against a measurement of seconds). The target's and
+ * the helpers' windows open a ramp after fio starts and close when it exits, the same span.
  */
 export async function runFio(o: FioOptions): Promise<BenchRun> {
   const w = o.workload;
@@ -71,17 +86,44 @@ export async function runFio(o: FioOptions): Promise<BenchRun> {
   const targetPid = o.target !== null && o.target !== 'machine' ? o.target.pid : null;
   const helpers0 = sumCpu(o.initiatorPids ?? []);
   const target0 = targetPid !== null ? processCpuSeconds(targetPid) : o.target === 'machine' ? machineBusySeconds() : null;
+  const perfUnavailable = syscallCountingUnavailable();
+  const perfOut = join(tmpdir(), `vof-bench-perf-${process.pid}-${perfOutputs++}.txt`);
+  const [cmd, cmdArgs] = perfUnavailable === null ? ['perf', ['stat', '-x,', '-e', 'raw_syscalls:sys_enter', '-D', String(Math.round(o.rampSec * 1000)), '-o', perfOut, '--', 'fio', ...args]] : ['fio', args];
+  // The other processes' windows: open (perf attached) now, counting from the ramp's end.
+  const targetSide = targetPid !== null ? new SideWindow([targetPid]) : null;
+  const helperSide = o.initiatorPids?.length ? new SideWindow(o.initiatorPids) : null;
+  let windowsStarted: Promise<unknown> | null = null;
+  const rampTimer = setTimeout(() => (windowsStarted = Promise.all([targetSide?.start(), helperSide?.start()])), o.rampSec * 1000);
   const wall0 = Date.now();
   let out: string;
   try {
-    out = await run('fio', args, { timeoutMs: (o.rampSec + o.timeSec + 120) * 1000 });
+    out = await run(cmd, cmdArgs, { timeoutMs: (o.rampSec + o.timeSec + 120) * 1000 });
+    if (windowsStarted === null) throw new Error(`fio ended before its ramp did (${label})`);
+  } catch (err) {
+    targetSide?.dispose();
+    helperSide?.dispose();
+    rmSync(perfOut, { force: true });
+    throw err;
   } finally {
+    clearTimeout(rampTimer);
     clearInterval(ticker);
     o.progress.clear();
   }
+  await windowsStarted;
+  const [targetTotals, helperTotals] = await Promise.all([targetSide?.stop(), helperSide?.stop()]);
   const wall = (Date.now() - wall0) / 1000;
   const target1 = targetPid !== null ? processCpuSeconds(targetPid) : o.target === 'machine' ? machineBusySeconds() : null;
   const helpers1 = sumCpu(o.initiatorPids ?? []);
+  let fioSyscalls: number | string = perfUnavailable ?? 'perf wrote no count';
+  if (perfUnavailable === null) {
+    try {
+      fioSyscalls = parsePerfCount(readFileSync(perfOut, 'utf8')) ?? fioSyscalls;
+    } catch {
+      // No file: perf could not start fio's counting; the reason stays.
+    } finally {
+      rmSync(perfOut, { force: true });
+    }
+  }
 
   const json = JSON.parse(out.slice(out.indexOf('{'))) as { jobs: FioJob[] };
   const job = json.jobs[0]!;
@@ -102,8 +144,17 @@ export async function runFio(o: FioOptions): Promise<BenchRun> {
     // 'machine': everything the machine did during the run, less what fio itself used.
     if (o.target === 'machine') targetSec = Math.max(0, targetSec - fioCpu);
   }
+  const fioTotals: SideTotals = {
+    userSec: (job.usr_cpu / 100) * seconds,
+    systemSec: (job.sys_cpu / 100) * seconds,
+    syscalls: typeof fioSyscalls === 'number' ? fioSyscalls : null,
+    contextSwitches: job.ctx,
+    unavailable: typeof fioSyscalls === 'number' ? {} : { syscalls: fioSyscalls },
+  };
+  const targetWhy = o.target === 'machine' ? 'the target is the kernel: no process of its own (its CPU is in cpu.targetSec, machine-wide)' : 'the target was not started by the bench';
   return blockRun({
     system: o.system,
+    round: o.round,
     environment: o.environment,
     workload: w,
     seconds,
@@ -113,6 +164,7 @@ export async function runFio(o: FioOptions): Promise<BenchRun> {
     initiatorSec,
     targetSec,
     note: o.note,
+    perIo: perIoCost(ios, helperTotals ? addTotals(fioTotals, helperTotals) : fioTotals, targetTotals ?? unmeasured(targetWhy), 'the initiator is fio, not this process: no JS heap to measure'),
   });
 }
 
@@ -126,9 +178,14 @@ function sumCpu(pids: readonly number[]): number | null {
   return sum;
 }
 
-/** runFio for each workload in turn. */
-export async function runFioWorkloads(o: Omit<FioOptions, 'workload'> & { readonly workloads: readonly Workload[] }): Promise<BenchRun[]> {
-  const runs: BenchRun[] = [];
-  for (const workload of o.workloads) runs.push(await runFio({ ...o, workload }));
-  return runs;
+/** A block system open for the whole environment, measured one workload pass at a time. */
+export interface BlockSystem {
+  readonly name: string;
+  run(workload: Workload, round: number): Promise<BenchRun>;
+  close(): Promise<void>;
+}
+
+/** A system driven by fio with fixed engine options; `close` ends whatever serves it. */
+export function fioSystem(ctx: Omit<FioOptions, 'workload' | 'round'>, close: () => Promise<void>): BlockSystem {
+  return { name: ctx.system, run: (workload, round) => runFio({ ...ctx, workload, round }), close };
 }

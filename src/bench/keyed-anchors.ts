@@ -1,6 +1,6 @@
 import { fileURLToPath } from 'node:url';
 import { cpuCost, round } from './cpu.js';
-import { runFioWorkloads } from './fio.js';
+import { fioSystem, type BlockSystem } from './fio.js';
 import { SystemUnavailable, type AnchorContext } from './stream-anchors.js';
 import { run, startDaemon } from './tools.js';
 import type { BenchRun } from './types.js';
@@ -13,19 +13,20 @@ const NVMEOF_SCRIPT = fileURLToPath(new URL('../../bench/nvmeof.sh', import.meta
  * with libaio and O_DIRECT drives the namespace. The target is the kernel, so its CPU is the
  * whole machine's busy time during the run less fio's own.
  */
-export async function runNvmeof(ctx: AnchorContext, transport: 'rdma' | 'tcp', addr: string, image: string): Promise<BenchRun[]> {
+export async function openNvmeof(ctx: AnchorContext, transport: 'rdma' | 'tcp', addr: string, image: string): Promise<BlockSystem> {
   const dev = (await run('bash', [NVMEOF_SCRIPT, 'up', transport, addr, image])).trim().split('\n').at(-1)!;
-  try {
-    return await runFioWorkloads({
+  return fioSystem(
+    {
       ...ctx,
       system: `nvmeof-${transport}`,
       engine: ['--ioengine=libaio', '--direct=1', `--filename=${dev}`],
       target: 'machine',
       note: 'kernel target: targetSec = machine busy CPU during the run minus fio\'s (includes the kernel host side)',
-    });
-  } finally {
-    await run('bash', [NVMEOF_SCRIPT, 'down']).catch(() => undefined);
-  }
+    },
+    async () => {
+      await run('bash', [NVMEOF_SCRIPT, 'down']).catch(() => undefined);
+    },
+  );
 }
 
 /**
@@ -66,7 +67,7 @@ let nextPort = 18515;
  * 128 KiB messages: the raw-verbs throughput ceiling. perftest's MB/sec are MiB/s; they are
  * converted to 10^6 bytes.
  */
-export async function runPerftestBandwidth(ctx: AnchorContext, tool: 'ib_write_bw' | 'ib_read_bw', device: string, addr: string): Promise<BenchRun> {
+export async function runPerftestBandwidth(ctx: AnchorContext, tool: 'ib_write_bw' | 'ib_read_bw', device: string, addr: string, roundNumber: number): Promise<BenchRun> {
   const secs = Math.max(2, Math.round(ctx.timeSec));
   const rw = tool === 'ib_write_bw' ? 'rdma-write' : 'rdma-read';
   ctx.progress.show(`perftest ${tool}: ${secs} s`);
@@ -78,6 +79,7 @@ export async function runPerftestBandwidth(ctx: AnchorContext, tool: 'ib_write_b
   const ios = Math.round((mbps * 1e6 * secs) / bs);
   return {
     system: 'perftest',
+    round: roundNumber,
     environment: ctx.environment,
     workload: { rw, bs, qd: 128 },
     seconds: secs,
@@ -91,7 +93,7 @@ export async function runPerftestBandwidth(ctx: AnchorContext, tool: 'ib_write_b
 }
 
 /** ib_send_lat with 4 KiB messages: the round-trip floor (one-way latency, as perftest reports it). */
-export async function runPerftestLatency(ctx: AnchorContext, device: string, addr: string): Promise<BenchRun> {
+export async function runPerftestLatency(ctx: AnchorContext, device: string, addr: string, roundNumber: number): Promise<BenchRun> {
   ctx.progress.show('perftest ib_send_lat');
   const iterations = 1000;
   const out = await perftest('ib_send_lat', ['-d', device, '-s', '4096', '-n', String(iterations), '-F'], addr, nextPort++);
@@ -106,6 +108,7 @@ export async function runPerftestLatency(ctx: AnchorContext, device: string, add
   }
   return {
     system: 'perftest',
+    round: roundNumber,
     environment: ctx.environment,
     workload: { rw: 'send-lat', bs: 4096, qd: 1 },
     seconds: round((iterations * avg!) / 1e6),

@@ -2,10 +2,12 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startTarget, VOF_CLI, type StartedTarget } from '../../scripts/start-target.mjs';
 import { BlockDevice } from '../devices/blk/block-device.js';
-import { runNvmeof, runPerftestBandwidth, runPerftestLatency } from './keyed-anchors.js';
+import type { BlockSystem } from './fio.js';
+import { openNvmeof, runPerftestBandwidth, runPerftestLatency } from './keyed-anchors.js';
 import { profileSelf } from './profiler.js';
 import type { ProgressLine } from './progress-line.js';
-import { SystemUnavailable, runIperf3, runNbdkit, runVofNbd, type AnchorContext } from './stream-anchors.js';
+import { roundOrder } from './rounds.js';
+import { SystemUnavailable, openNbdkit, openVofNbd, runIperf3, type AnchorContext } from './stream-anchors.js';
 import type { BenchRun, Environment, SkippedSystem, Workload } from './types.js';
 import { runVofWorkload } from './vof-workload.js';
 import { workloadLabel } from './workloads.js';
@@ -15,6 +17,8 @@ export interface MeasureOptions {
   readonly workloads: readonly Workload[];
   readonly timeSec: number;
   readonly rampSec: number;
+  /** Passes per system and workload, the systems interleaved within each round. */
+  readonly rounds: number;
   readonly sizeBytes: number;
   readonly queues: number;
   /** Scratch image the bench made (target, nbdkit and nvmet all export it). */
@@ -41,11 +45,20 @@ export interface Measured {
 
 const TVQN = 'bench';
 
+/** A raw-transport ceiling (iperf3, perftest): one pass per round, not per workload. */
+interface CeilingSystem {
+  readonly name: string;
+  run(round: number): Promise<BenchRun>;
+}
+
 /**
  * Measures every system of one environment: vof over TCP and (where an RDMA address is given)
  * RDMA through the library, then, with anchors, vof through its NBD bridge and the anchors of
- * that environment. A system that cannot run is recorded as skipped with its reason, never
- * dropped silently.
+ * that environment. Every system is opened first (target, bridge, nbdkit, nvmet all up at
+ * once); then, per workload, `rounds` rounds each run every system once, in an order rotated
+ * from round to round (rounds.ts says why), and the ceilings get a round each after the
+ * workloads. A system that cannot run is recorded as skipped with its reason, never dropped
+ * silently; one that fails mid-way is recorded as failed and leaves the later rounds.
  */
 export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
   const runs: BenchRun[] = [];
@@ -56,16 +69,24 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     skipped.push({ system, environment: env, reason });
     o.progress.log(`bench: SKIPPED ${system} (${env}): ${reason}`);
   };
-  const attempt = async (system: string, body: () => Promise<BenchRun[]>) => {
-    o.progress.log(`bench: ${system} (${env}) …`);
+  /** Runs `body`; on an error, records the system as skipped (unavailable) or failed, and returns null. */
+  const attempt = async <T>(system: string, body: () => Promise<T>): Promise<T | null> => {
     try {
-      const r = await body();
-      runs.push(...r);
+      return await body();
     } catch (err) {
-      if (err instanceof SystemUnavailable) return skip(system, err.message);
-      failures++;
-      skip(system, `FAILED: ${(err as Error).message}`);
+      if (err instanceof SystemUnavailable) skip(system, err.message);
+      else {
+        failures++;
+        skip(system, `FAILED: ${(err as Error).message}`);
+      }
+      return null;
     }
+  };
+  const systems: BlockSystem[] = [];
+  const open = async (system: string, body: () => Promise<BlockSystem>) => {
+    o.progress.log(`bench: ${system} (${env}) …`);
+    const opened = await attempt(system, body);
+    if (opened) systems.push(opened);
   };
 
   let target: StartedTarget | null = null;
@@ -87,44 +108,68 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     for (const u of target.urls) urls[u.startsWith('rdma:') ? 'rdma' : 'tcp'] = `${u}/${TVQN}`;
   }
   const targetPid = target?.child.pid ?? null;
-  const ctx: AnchorContext = { environment: env, workloads: o.workloads, rampSec: o.rampSec, timeSec: o.timeSec, sizeBytes: o.sizeBytes, progress: o.progress };
+  const ctx: AnchorContext = { environment: env, rampSec: o.rampSec, timeSec: o.timeSec, sizeBytes: o.sizeBytes, progress: o.progress };
 
-  const vofSystem = async (system: string, url: string) => {
+  const vofSystem = async (system: string, url: string): Promise<BlockSystem> => {
     const dev = await BlockDevice.open(url, { maxQueues: o.queues });
-    const out: BenchRun[] = [];
-    try {
-      for (const workload of o.workloads) {
-        const once = () => runVofWorkload(dev, { system, environment: env, workload, rampSec: o.rampSec, timeSec: o.timeSec, spanBytes: o.sizeBytes, targetPid, targetControl: controlPath, progress: o.progress });
-        out.push(o.cpuProfDir ? await profileSelf(o.cpuProfDir, `initiator-${system}-${env}-${workloadLabel(workload).replace(/\s+/g, '-')}`, once) : await once());
-      }
-    } finally {
-      await dev.close();
-    }
-    return out;
+    return {
+      name: system,
+      run: (workload, round) => {
+        const once = () => runVofWorkload(dev, { system, round, environment: env, workload, rampSec: o.rampSec, timeSec: o.timeSec, spanBytes: o.sizeBytes, targetPid, targetControl: controlPath, progress: o.progress });
+        return o.cpuProfDir ? profileSelf(o.cpuProfDir, `initiator-${system}-${env}-${workloadLabel(workload).replace(/\s+/g, '-')}-r${round}`, once) : once();
+      },
+      close: () => dev.close(),
+    };
   };
+  const ceilings: CeilingSystem[] = [];
+  if (o.anchors && env === 'host') ceilings.push({ name: 'iperf3', run: (r) => runIperf3(ctx, r) });
+  if (o.anchors && o.rdma) {
+    const { device, addr } = o.rdma;
+    for (const tool of ['ib_write_bw', 'ib_read_bw'] as const) ceilings.push({ name: `perftest ${tool}`, run: (r) => runPerftestBandwidth(ctx, tool, device, addr, r) });
+    ceilings.push({ name: 'perftest ib_send_lat', run: (r) => runPerftestLatency(ctx, device, addr, r) });
+  }
 
   try {
     if (o.rdma) {
-      if (urls.rdma) await attempt('vof-rdma', () => vofSystem('vof-rdma', urls.rdma!));
+      if (urls.rdma) await open('vof-rdma', () => vofSystem('vof-rdma', urls.rdma!));
       else skip('vof-rdma', 'the --target URL is not rdma://');
     }
-    if (urls.tcp) await attempt('vof-tcp', () => vofSystem('vof-tcp', urls.tcp!));
+    if (urls.tcp) await open('vof-tcp', () => vofSystem('vof-tcp', urls.tcp!));
     else skip('vof-tcp', 'the --target URL is not tcp://');
     if (o.nbd) {
       const url = urls.tcp ?? urls.rdma!;
-      await attempt('vof-nbd', () => runVofNbd(ctx, VOF_CLI, url, join(o.image, '..', `nbd-${process.pid}.sock`), targetPid));
+      await open('vof-nbd', () => openVofNbd(ctx, VOF_CLI, url, join(o.image, '..', `nbd-${process.pid}.sock`), targetPid));
     }
-    if (o.anchors && env === 'host') {
-      await attempt('nbdkit', () => runNbdkit(ctx, o.image));
-      await attempt('iperf3', async () => [await runIperf3(ctx)]);
-    }
+    if (o.anchors && env === 'host') await open('nbdkit', () => openNbdkit(ctx, o.image));
     if (o.anchors && o.rdma) {
-      for (const tool of ['ib_write_bw', 'ib_read_bw'] as const) await attempt(`perftest ${tool}`, async () => [await runPerftestBandwidth(ctx, tool, o.rdma!.device, o.rdma!.addr)]);
-      await attempt('perftest ib_send_lat', async () => [await runPerftestLatency(ctx, o.rdma!.device, o.rdma!.addr)]);
-      await attempt('nvmeof-rdma', () => runNvmeof(ctx, 'rdma', o.rdma!.addr, o.image));
-      await attempt('nvmeof-tcp', () => runNvmeof(ctx, 'tcp', '127.0.0.1', o.image));
+      await open('nvmeof-rdma', () => openNvmeof(ctx, 'rdma', o.rdma!.addr, o.image));
+      await open('nvmeof-tcp', () => openNvmeof(ctx, 'tcp', '127.0.0.1', o.image));
+    }
+
+    for (const workload of o.workloads) {
+      for (let round = 1; round <= o.rounds; round++) {
+        if (o.rounds > 1) o.progress.log(`bench: ${workloadLabel(workload)} (${env}), round ${round}/${o.rounds}: ${roundOrder(systems, round).map((s) => s.name).join(', ')}`);
+        for (const system of roundOrder(systems, round)) {
+          const run = await attempt(system.name, () => system.run(workload, round));
+          if (run) runs.push(run);
+          else {
+            // Failed: out of the later rounds (its earlier ones stay in the report).
+            systems.splice(systems.indexOf(system), 1);
+            await system.close().catch(() => undefined);
+          }
+        }
+      }
+    }
+    for (let round = 1; round <= o.rounds; round++) {
+      for (const ceiling of roundOrder(ceilings, round)) {
+        o.progress.log(`bench: ${ceiling.name} (${env}), round ${round}/${o.rounds} …`);
+        const run = await attempt(ceiling.name, () => ceiling.run(round));
+        if (run) runs.push(run);
+        else ceilings.splice(ceilings.indexOf(ceiling), 1);
+      }
     }
   } finally {
+    for (const system of systems) await system.close().catch(() => undefined);
     await target?.stop();
   }
   return { runs, skipped, failures };

@@ -1,15 +1,14 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { cpuCost, round } from './cpu.js';
-import { runFioWorkloads } from './fio.js';
+import { fioSystem, type BlockSystem } from './fio.js';
 import { accepting, freePort } from './free-port.js';
 import type { ProgressLine } from './progress-line.js';
 import { run, startDaemon, waitFor } from './tools.js';
-import type { BenchRun, Environment, Workload } from './types.js';
+import type { BenchRun, Environment } from './types.js';
 
 export interface AnchorContext {
   readonly environment: Environment;
-  readonly workloads: readonly Workload[];
   readonly rampSec: number;
   readonly timeSec: number;
   readonly sizeBytes: number;
@@ -17,20 +16,16 @@ export interface AnchorContext {
 }
 
 /** nbdkit's file plugin exporting the image on TCP loopback, driven by fio's nbd engine. */
-export async function runNbdkit(ctx: AnchorContext, image: string): Promise<BenchRun[]> {
+export async function openNbdkit(ctx: AnchorContext, image: string): Promise<BlockSystem> {
   const port = await freePort();
   const nbdkit = startDaemon('nbdkit', ['--foreground', '--ipaddr', '127.0.0.1', '--port', String(port), 'file', `file=${image}`]);
   try {
     await waitFor(`nbdkit on port ${port} (${nbdkit.stderr().trim()})`, () => accepting(port));
-    return await runFioWorkloads({
-      ...ctx,
-      system: 'nbdkit',
-      engine: ['--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/`],
-      target: { pid: nbdkit.pid },
-    });
-  } finally {
+  } catch (err) {
     await nbdkit.stop();
+    throw err;
   }
+  return fioSystem({ ...ctx, system: 'nbdkit', engine: ['--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/`], target: { pid: nbdkit.pid } }, () => nbdkit.stop());
 }
 
 /** A system that cannot run here (not a failure): reported as skipped with this reason. */
@@ -40,13 +35,18 @@ export class SystemUnavailable extends Error {}
  * fio through `vof nbd URL --socket PATH`, the NBD bridge: it prints exactly one line on stdout,
  * the NBD URI (nbd+unix:///EXPORT?socket=PATH), and exits cleanly on SIGTERM.
  */
-export async function runVofNbd(ctx: AnchorContext, cli: string, deviceUrl: string, socketPath: string, targetPid: number | null): Promise<BenchRun[]> {
+export async function openVofNbd(ctx: AnchorContext, cli: string, deviceUrl: string, socketPath: string, targetPid: number | null): Promise<BlockSystem> {
   const bridge = spawn(process.execPath, [cli, 'nbd', deviceUrl, '--socket', socketPath], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   bridge.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
   const exited = new Promise<number | null>((r) => bridge.once('exit', (code) => r(code)));
+  const stop = async () => {
+    if (bridge.exitCode === null) bridge.kill('SIGTERM');
+    await exited;
+  };
+  let uri: string;
   try {
-    const uri = await new Promise<string>((resolve, reject) => {
+    uri = await new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => reject(new SystemUnavailable(`vof nbd printed no URI within 20 s: ${stderr.trim()}`)), 20000);
       createInterface({ input: bridge.stdout }).once('line', (line) => {
         clearTimeout(timer);
@@ -59,18 +59,21 @@ export async function runVofNbd(ctx: AnchorContext, cli: string, deviceUrl: stri
       });
     });
     if (!/^nbd\+unix:\/\//.test(uri)) throw new SystemUnavailable(`vof nbd printed "${uri}", not an nbd+unix:// URI`);
-    return await runFioWorkloads({
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return fioSystem(
+    {
       ...ctx,
       system: 'vof-nbd',
       engine: ['--ioengine=nbd', `--uri=${uri}`],
       target: targetPid === null ? null : { pid: targetPid },
       initiatorPids: [bridge.pid!],
       note: 'initiator CPU = fio + the vof nbd bridge process',
-    });
-  } finally {
-    if (bridge.exitCode === null) bridge.kill('SIGTERM');
-    await exited;
-  }
+    },
+    stop,
+  );
 }
 
 interface IperfResult {
@@ -82,7 +85,7 @@ interface IperfResult {
 }
 
 /** Raw TCP loopback throughput (iperf3, one stream, 128 KiB writes): the stream transport's ceiling. */
-export async function runIperf3(ctx: AnchorContext): Promise<BenchRun> {
+export async function runIperf3(ctx: AnchorContext, roundNumber: number): Promise<BenchRun> {
   const port = await freePort();
   const server = startDaemon('iperf3', ['--server', '--bind', '127.0.0.1', '--port', String(port)]);
   try {
@@ -90,15 +93,23 @@ export async function runIperf3(ctx: AnchorContext): Promise<BenchRun> {
     const secs = Math.max(1, Math.round(ctx.timeSec));
     const omit = Math.max(0, Math.round(ctx.rampSec));
     ctx.progress.show(`iperf3 tcp loopback: ${omit + secs} s`);
-    const out = await run('iperf3', ['--client', '127.0.0.1', '--port', String(port), '--time', String(secs), '--omit', String(omit), '--length', '128K', '--json']);
+    // The readiness probe's connection can still be on the server's hands when the client comes
+    // ("unable to receive control message: Connection reset by peer"): the client tries again.
+    let r: IperfResult;
+    for (let attempt = 1; ; attempt++) {
+      const out = await run('iperf3', ['--client', '127.0.0.1', '--port', String(port), '--time', String(secs), '--omit', String(omit), '--length', '128K', '--json']).catch((err: Error) => JSON.stringify({ error: err.message }));
+      r = JSON.parse(out) as IperfResult;
+      if (!r.error) break;
+      if (attempt >= 3) throw new Error(`iperf3: ${r.error}`);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
     ctx.progress.clear();
-    const r = JSON.parse(out) as IperfResult;
-    if (r.error) throw new Error(`iperf3: ${r.error}`);
     const s = r.end.sum_received;
     const bs = 131072;
     const ios = Math.round(s.bytes / bs);
     return {
       system: 'iperf3',
+      round: roundNumber,
       environment: ctx.environment,
       workload: { rw: 'tcp-stream', bs, qd: 1 },
       seconds: round(s.seconds),

@@ -28,6 +28,8 @@ export interface CpuCost {
 
 export interface BenchRun {
   readonly system: string;
+  /** Which round (1 to settings.rounds) this pass belongs to: each round runs every system once per workload. */
+  readonly round: number;
   readonly environment: Environment;
   readonly workload: Workload;
   /** Length of the measurement (after the ramp), seconds. */
@@ -43,6 +45,49 @@ export interface BenchRun {
   readonly note?: string;
   /** vof runs: memory registrations and target memory during the measurement. */
   readonly resources?: ResourceUse;
+  /** Block workloads: what one I/O cost each side (absent for the raw-transport ceilings). */
+  readonly perIo?: PerIoCost;
+}
+
+/** What one I/O cost one side (a set of processes) over the measurement window; null = not measured. */
+export interface SideCostPerIo {
+  /** User and system CPU, microseconds per I/O. */
+  readonly userUs: number | null;
+  readonly systemUs: number | null;
+  /** System calls entered per I/O (perf's raw_syscalls:sys_enter tracepoint). */
+  readonly syscalls: number | null;
+  /** Voluntary + involuntary context switches per I/O. */
+  readonly contextSwitches: number | null;
+}
+
+export interface PerIoCost {
+  readonly initiator: SideCostPerIo;
+  readonly target: SideCostPerIo;
+  /** vof runs (the initiator is the bench process itself): JS heap bytes allocated per I/O, and GCs per I/O. */
+  readonly heapBytes: number | null;
+  readonly gcs: number | null;
+  /** Why a figure is null, keyed by its path (e.g. "target.syscalls", "heapBytes"). */
+  readonly unavailable: Readonly<Record<string, string>>;
+}
+
+/** A figure over the rounds of one system and workload. */
+export interface Spread {
+  readonly median: number;
+  readonly min: number;
+  readonly max: number;
+}
+
+/** One system on one workload over all its rounds: the figures the text table and the chart show. */
+export interface RunSummary {
+  readonly system: string;
+  readonly environment: Environment;
+  readonly workload: Workload;
+  readonly rounds: number;
+  readonly iops: Spread;
+  readonly mbps: Spread;
+  readonly p99Us: Spread | null;
+  /** The median over rounds of each per-I/O figure (null where no round measured it; the reasons of every round). */
+  readonly perIo: PerIoCost | null;
 }
 
 /** What a vof run cost in registered memory and target RSS, over its measurement window. */
@@ -73,10 +118,22 @@ export interface Ratio {
   readonly environment: Environment;
   readonly workload: Workload;
   readonly anchorWorkload: Workload;
-  /** vof ÷ anchor: above 1 means vof did more I/Os or bytes per second. */
+  /** vof ÷ anchor, the median of the per-round ratios: above 1 means vof did more I/Os or bytes per second. */
   readonly iops: number | null;
   readonly mbps: number;
-  /** vof ÷ anchor: above 1 means vof's p99 latency is higher (worse). */
+  /** vof ÷ anchor (median of the per-round ratios): above 1 means vof's p99 latency is higher (worse). */
+  readonly p99: number | null;
+  /** The lowest and highest per-round ratio. */
+  readonly min: RatioFigures;
+  readonly max: RatioFigures;
+  /** How many rounds were paired (vof's round N against the anchor's round N). */
+  readonly rounds: number;
+  readonly perRound: readonly (RatioFigures & { readonly round: number })[];
+}
+
+export interface RatioFigures {
+  readonly iops: number | null;
+  readonly mbps: number;
   readonly p99: number | null;
 }
 
@@ -93,13 +150,16 @@ export interface MachineInfo {
 }
 
 export interface BenchReport {
-  readonly version: 1;
+  /** 2: runs hold one entry per round (with `round`), summaries and ratios give medians with min–max. */
+  readonly version: 2;
   readonly startedAt: string;
   readonly finishedAt: string;
   readonly command: string;
   readonly machine: MachineInfo;
-  readonly settings: { readonly timeSec: number; readonly rampSec: number; readonly sizeBytes: number; readonly queues: number; readonly vmTimeSec: number | null };
+  readonly settings: { readonly timeSec: number; readonly rampSec: number; readonly sizeBytes: number; readonly queues: number; readonly vmTimeSec: number | null; readonly rounds: number };
+  /** Every pass in the order it ran (round by round within each workload). */
   readonly runs: BenchRun[];
+  readonly summaries: RunSummary[];
   readonly skipped: SkippedSystem[];
   readonly ratios: Ratio[];
 }

@@ -4,10 +4,12 @@ import { blockRun, processCpuSeconds, round, selfCpuSeconds } from './cpu.js';
 import type { ProgressLine } from './progress-line.js';
 import type { BenchRun, Environment, Workload } from './types.js';
 import { workloadLabel } from './workloads.js';
+import { HeapWindow, perIoCost, SideWindow, unmeasured } from './per-io.js';
 import { ResourceProbe } from './resource-probe.js';
 
 export interface VofWorkloadOptions {
   readonly system: string;
+  readonly round: number;
   readonly environment: Environment;
   readonly workload: Workload;
   readonly rampSec: number;
@@ -38,7 +40,8 @@ function randomSource(seed: number): () => number {
  * Runs one workload through the library: `qd` workers each keep one I/O in flight, for the ramp
  * and then the measurement. Only I/Os issued during the measurement count; their latencies go
  * into an HDR histogram (perf_hooks), and the initiator's (this process) and the target's CPU
- * time are read at the start and end of the measurement.
+ * time are read at the start and end of the measurement, as are their per-I/O costs (per-io.ts:
+ * the initiator is this process, so its JS heap allocation and GCs are measured too).
  */
 export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): Promise<BenchRun> {
   const { workload: w } = o;
@@ -58,6 +61,10 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
   let cpuSelf0 = 0;
   let cpuTarget0: number | null = null;
   const probe = new ResourceProbe(o.targetPid, o.targetControl);
+  // Opened now, during the ramp: perf attaches before the window and only counts inside it.
+  const initiatorSide = new SideWindow(null);
+  const targetSide = o.targetPid === null ? null : new SideWindow([o.targetPid]);
+  const heap = new HeapWindow();
 
   const worker = async (buf: Buffer) => {
     while (!stopping) {
@@ -85,6 +92,8 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
   const phases = new Promise<void>((resolve) => {
     setTimeout(async () => {
       await probe.start();
+      await Promise.all([initiatorSide.start(), targetSide?.start()]);
+      heap.start();
       cpuSelf0 = selfCpuSeconds();
       cpuTarget0 = o.targetPid === null ? null : processCpuSeconds(o.targetPid);
       measureStart = process.hrtime.bigint();
@@ -103,6 +112,11 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
   try {
     await phases;
     await Promise.all(workers);
+  } catch (err) {
+    // The window is abandoned: its perf processes must not outlive the run.
+    initiatorSide.dispose();
+    targetSide?.dispose();
+    throw err;
   } finally {
     stopping = true;
     clearInterval(ticker);
@@ -113,11 +127,14 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
   const seconds = Number(process.hrtime.bigint() - measureStart) / 1e9;
   const cpuSelf = selfCpuSeconds() - cpuSelf0;
   const cpuTargetNow = o.targetPid === null ? null : processCpuSeconds(o.targetPid);
+  const heapUse = heap.stop();
+  const [initiatorTotals, targetTotals] = await Promise.all([initiatorSide.stop(), targetSide?.stop() ?? unmeasured('the target was not started by the bench (--target URL)')]);
   const cpuTarget = cpuTarget0 === null || cpuTargetNow === null ? null : cpuTargetNow - cpuTarget0;
   const us = (p: number) => round(histogram.percentile(p) / 1000);
   const resources = await probe.stop();
   const run = blockRun({
     system: o.system,
+    round: o.round,
     environment: o.environment,
     workload: w,
     seconds,
@@ -126,6 +143,7 @@ export async function runVofWorkload(dev: BlockDevice, o: VofWorkloadOptions): P
     latencyUs: { p50: us(50), p99: us(99), p999: us(99.9) },
     initiatorSec: cpuSelf,
     targetSec: cpuTarget,
+    perIo: perIoCost(ios, initiatorTotals, targetTotals, heapUse),
   });
   return { ...run, resources };
 }

@@ -5,7 +5,8 @@ import { parseArgs } from 'node:util';
 import { renderChart } from '../bench/chart.js';
 import { measureEnvironment } from '../bench/measure.js';
 import { ProgressLine } from '../bench/progress-line.js';
-import { computeRatios, formatRatios, formatResources, formatRuns, formatSkipped } from '../bench/report.js';
+import { computeRatios, formatPerIo, formatRatios, formatResources, formatRuns, formatSkipped } from '../bench/report.js';
+import { summarizeRuns } from '../bench/rounds.js';
 import { ANCHOR_TOOLS, ensureTools } from '../bench/setup.js';
 import type { BenchReport, BenchRun, MachineInfo, SkippedSystem } from '../bench/types.js';
 import { runInVm } from '../bench/vm-part.js';
@@ -44,6 +45,7 @@ function parseBenchArgs(argv: string[]) {
       queues: { type: 'string' },
       time: { type: 'string' },
       ramp: { type: 'string' },
+      rounds: { type: 'string' },
       size: { type: 'string' },
       rdma: { type: 'string' },
       'vm-time': { type: 'string' },
@@ -90,7 +92,13 @@ export async function runBench(argv: string[]): Promise<number> {
   }
   const { values } = parsed;
   if (values.help) {
-    process.stdout.write('vof bench: see `vof help` for the options and the README\'s Benchmark section for the report.\n');
+    process.stdout.write(
+      'vof bench: see `vof help` for the options and the README\'s Benchmark section for the report.\n' +
+        '--rounds N (default 3; --quick: 1, a single pass with no spread): each workload runs every system once per round, the\n' +
+        'order rotated each round; the table shows median (min–max) and each ratio is the median (min–max) of per-round ratios.\n' +
+        'The "per I/O" table: user/system CPU µs, system calls (perf stat, or n/a with the reason), context switches, and for\n' +
+        'vof\'s in-process initiator the JS heap bytes allocated and GCs, per I/O, for the initiator and the target.\n',
+    );
     return 0;
   }
   const startedAt = new Date().toISOString();
@@ -106,6 +114,9 @@ export async function runBench(argv: string[]): Promise<number> {
   }
   if (sizeBytes < 1 << 20) throw new CliError('--size must be at least 1m');
   const queues = parseIntOption(values.queues, 'queues', 1, 64) ?? 2;
+  // Three rounds by default: the median then ignores one disturbed pass. --quick trades that
+  // for time, and says so wherever a figure is printed.
+  const rounds = parseIntOption(values.rounds, 'rounds', 1, 100) ?? (quick ? 1 : 3);
   const timeSec = positive(values.time, 'time', quick ? 1 : 5);
   const rampSec = positive(values.ramp, 'ramp', quick ? 0.5 : 1);
   const vmTimeSec = positive(values['vm-time'], 'vm-time', quick ? 1 : 3);
@@ -157,6 +168,7 @@ export async function runBench(argv: string[]): Promise<number> {
       workloads,
       timeSec,
       rampSec,
+      rounds,
       sizeBytes,
       queues,
       image,
@@ -178,12 +190,12 @@ export async function runBench(argv: string[]): Promise<number> {
         ...(values.rw ? ['--rw', values.rw] : []),
         ...(values.bs ? ['--bs', values.bs] : []),
         ...(values.qd ? ['--qd', values.qd] : []),
-        '--queues', String(queues), '--time', String(vmTimeSec), '--ramp', String(Math.min(rampSec, 1)), '--size', '64m',
+        '--queues', String(queues), '--rounds', String(rounds), '--time', String(vmTimeSec), '--ramp', String(Math.min(rampSec, 1)), '--size', '64m',
         ...(values.anchors ? ['--anchors'] : []),
         ...(cpuProfDir ? ['--cpu-prof', cpuProfDir] : []),
       ];
       const systems = values.anchors ? 5 : 2;
-      const timeout = 300 + systems * workloads.length * (vmTimeSec + 1 + 30);
+      const timeout = 300 + systems * workloads.length * rounds * (vmTimeSec + 1 + 30);
       try {
         const vm = await runInVm(pass, timeout);
         runs.push(...vm.runs);
@@ -204,13 +216,14 @@ export async function runBench(argv: string[]): Promise<number> {
   }
 
   const report: BenchReport = {
-    version: 1,
+    version: 2,
     startedAt,
     finishedAt: new Date().toISOString(),
     command: `vof bench ${argv.join(' ')}`.trim(),
     machine: { ...machineInfo(), ...(vmMachine ? { vm: vmMachine } : {}) },
-    settings: { timeSec, rampSec, sizeBytes, queues, vmTimeSec: inVm ? vmTimeSec : null },
+    settings: { timeSec, rampSec, sizeBytes, queues, vmTimeSec: inVm ? vmTimeSec : null, rounds },
     runs,
+    summaries: summarizeRuns(runs),
     skipped,
     ratios: computeRatios(runs),
   };
@@ -220,11 +233,16 @@ export async function runBench(argv: string[]): Promise<number> {
 
   const out = [
     `vof bench: ${runs.length} runs, ${formatSize(sizeBytes)} image, ${queues} queues, ${rampSec} s ramp + ${timeSec} s per workload${report.settings.vmTimeSec !== null ? ` (VM: ${vmTimeSec} s)` : ''}`,
+    rounds > 1
+      ? `${rounds} rounds per workload, the systems interleaved: IOPS and MB/s are median (min–max) over rounds, latency and CPU medians; a ratio is the median (min–max) of per-round ratios`
+      : 'a single pass per system and workload (--rounds 1): every figure and ratio is one measurement, with no spread; a neighbour\'s load can move it 2x (--rounds 3 or more to see)',
     '',
     formatRuns(runs),
     '',
     report.ratios.length ? formatRatios(report.ratios) : 'no ratios (no anchor ran: --anchors adds them)',
   ];
+  const perIo = formatPerIo(report.summaries);
+  if (perIo) out.push('', `per I/O (median over rounds; ini = initiator, tgt = target; CPU µs user/system):`, perIo);
   const resources = formatResources(runs);
   if (resources) out.push('', 'registered memory and target RSS during each measurement:', resources);
   if (skipped.length) out.push('', formatSkipped(skipped));

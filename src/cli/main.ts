@@ -39,11 +39,14 @@ Usage:
       Serve a remote disk over NBD (qemu, qemu-img, nbdcopy, fio, nbd-client). Prints the
       NBD URI (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT) when ready.
   vof bench [--target URL] [--rw LIST] [--bs LIST] [--qd LIST] [--queues N] [--time SEC]
-            [--ramp SEC] [--size SIZE] [--rdma auto|vm|off] [--vm-time SEC] [--anchors] [--quick]
-            [--json FILE] [--chart FILE.svg] [--cpu-prof DIR] [--file-io auto|uring|libuv]
+            [--ramp SEC] [--rounds N] [--size SIZE] [--rdma auto|vm|off] [--vm-time SEC] [--anchors]
+            [--quick] [--json FILE] [--chart FILE.svg] [--cpu-prof DIR] [--file-io auto|uring|libuv]
       Benchmark vof over TCP and RDMA (or in the soft-RoCE VM: --rdma vm) against nbdkit,
       the kernel's NVMe-oF, iperf3 and perftest (--anchors). Defaults: 4k randread qd1/qd32,
       4k randwrite qd32, 128k read/write qd8; 5 s each after a 1 s ramp; 2 queues; 256m image.
+      --rounds N (default 3, --quick 1): per workload the systems run interleaved N times;
+      IOPS and MB/s are median (min–max), ratios the median (min–max) of per-round ratios.
+      Also per I/O and side: user/system CPU µs, syscalls, context switches, vof's JS heap and GCs.
   vof drain --control PATH TVQN URL[/TVQN2] [--grace S] [--json]
       Ask a running target (its --control socket) to move TVQN: connected initiators get the
       drain event and reconnect to URL; new Connects are redirected there. After the grace
