@@ -287,6 +287,11 @@ export class QueueSession {
     return this.queueSize;
   }
 
+  /** Request slots this queue has made so far: at most the queue size plus completions still leaving. */
+  get slotsMade(): number {
+    return this.freeSlots.length + this.busySlots;
+  }
+
   get inFlightCount(): number {
     return this.requests.size;
   }
@@ -535,6 +540,8 @@ export class QueueSession {
 
   /** Errors the device can express (IOERR, UNSUPP) come in its own status; a throw is a fault. */
   private executeFailed(req: TargetRequest, err: unknown): void {
+    // A device that stops a cancelled command by throwing (throwIfAborted) did as asked.
+    if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, req.commandId, 0));
     // Only a reset clears it: the instance is now DEVICE_NEEDS_RESET, the command ESTATUS.
     this.deviceFault(req, req.instance!, `vq ${req.vqIndex}: ${(err as Error)?.message ?? String(err)}`);
   }
