@@ -24,7 +24,7 @@ export interface VofWorkloadOptions {
 }
 
 /** xorshift32: cheap, deterministic offsets that do not cost the initiator measurable CPU. */
-function randomSource(seed: number): () => number {
+export function randomSource(seed: number): () => number {
   let x = seed >>> 0 || 1;
   return () => {
     x ^= x << 13;
