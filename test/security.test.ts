@@ -311,3 +311,34 @@ describe('peer strings in URLs and redirect records', () => {
     }
   });
 });
+
+describe('TLS handshakes in progress are bounded from the first byte (finding 6)', () => {
+  it('connections that never finish their handshake count against the per-host limit: the oldest are closed, a real client gets in', async () => {
+    const fx = new TargetFixture({
+      keepalive: { intervalMs: 60000, timeoutMs: 120000 },
+      quotas: { unboundPerHost: 8, unboundConnections: 16 },
+      tls: { cert: pem('target.crt'), key: pem('target.key'), psk: PSKS },
+    });
+    const idle: net.Socket[] = [];
+    try {
+      await fx.addDisk('d', MiB);
+      const url = await fx.target.listen('tls://127.0.0.1:0');
+      for (let i = 0; i < 20; i++) {
+        const s = net.connect(portOf(url), '127.0.0.1');
+        s.on('error', () => {});
+        await new Promise((r) => s.once('connect', r));
+        idle.push(s);
+      }
+      // Let the target see them all (each eviction closes the peer's socket).
+      await new Promise((r) => setTimeout(r, 300));
+      const open = idle.filter((s) => !s.destroyed && !s.readableEnded).length;
+      expect(open).toBeLessThanOrEqual(8);
+      expect(fx.logged(/closed during its TLS handshake to make room/)).toBe(true);
+      const d = await BlockDevice.open(`${url}/d`, { tls: psk('id-a'), ...quiet });
+      await d.close();
+    } finally {
+      for (const s of idle) s.destroy();
+      await fx.close();
+    }
+  });
+});

@@ -1,3 +1,5 @@
+import { OldestFirstAdmission } from '../util/oldest-first-admission.js';
+
 /**
  * Resource limits that keep one export's users from locking out another's (docs/PROTOCOL.md,
  * "Quotas"). Instances are counted per export and per (export, IVQN), never globally, so
@@ -70,52 +72,11 @@ export class InstanceQuota {
 }
 
 /**
- * Connections that have not completed Connect. A well-behaved initiator sends Connect at once,
- * so the oldest unbound connection is the likeliest to be idle (or an attacker's): when a
- * limit is reached, the oldest connection it counts is closed to make room, and the new one is
- * always admitted. An allowed initiator therefore always gets in, even next to a process on
- * its own host that keeps opening connections. The per-host limit keeps one host from filling
- * the total by itself and pushing other hosts' connections out.
+ * Connections that have not completed Connect, counted per peer host and in total; at a limit
+ * the oldest such connection is closed to make room (see OldestFirstAdmission).
  */
-export class UnboundConnections<C> {
-  // Map iteration order is insertion order: the first entries are the oldest.
-  private readonly pending = new Map<C, string>();
-  private readonly perHost = new Map<string, number>();
-
-  constructor(private readonly limits: QuotaLimits) {}
-
-  get size(): number {
-    return this.pending.size;
-  }
-
-  /** Admit a new unbound connection from `host`; returns the connections to close to make room. */
-  admit(conn: C, host: string): C[] {
-    const evict: C[] = [];
-    if ((this.perHost.get(host) ?? 0) >= this.limits.unboundPerHost) {
-      for (const [old, h] of this.pending) {
-        if (h !== host) continue;
-        evict.push(old);
-        this.settle(old);
-        if ((this.perHost.get(host) ?? 0) < this.limits.unboundPerHost) break;
-      }
-    }
-    for (const old of this.pending.keys()) {
-      if (this.pending.size < this.limits.unboundConnections) break;
-      evict.push(old);
-      this.settle(old);
-    }
-    this.pending.set(conn, host);
-    this.perHost.set(host, (this.perHost.get(host) ?? 0) + 1);
-    return evict;
-  }
-
-  /** The connection completed Connect or closed: it no longer counts. Idempotent. */
-  settle(conn: C): void {
-    const host = this.pending.get(conn);
-    if (host === undefined) return;
-    this.pending.delete(conn);
-    const n = (this.perHost.get(host) ?? 1) - 1;
-    if (n > 0) this.perHost.set(host, n);
-    else this.perHost.delete(host);
+export class UnboundConnections<C> extends OldestFirstAdmission<C> {
+  constructor(limits: QuotaLimits) {
+    super({ total: limits.unboundConnections, perHost: limits.unboundPerHost });
   }
 }

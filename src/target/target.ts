@@ -11,6 +11,7 @@ import { defaultLogger, type Logger } from '../util/log.js';
 import { AccessPolicy, bindingRefusal, hostOf, type AllowSpec, type Refusal } from './access-policy.js';
 import type { DeviceExport } from './device.js';
 import { DeviceInstance, keepalivePolicyProblem, keepalivePolicyWarnings, type KeepalivePolicy } from './device-instance.js';
+import type { AdmissionLimits } from '../util/oldest-first-admission.js';
 import { InstanceQuota, UnboundConnections, resolveQuotas, type QuotaLimits } from './quotas.js';
 import { QueueSession, type TargetContext } from './queue-session.js';
 import { DeviceErrorLog } from '../admin/error-log.js';
@@ -126,6 +127,8 @@ export class VofTarget {
   private readonly maxInstances: number;
   private readonly quota: InstanceQuota;
   private readonly unbound: UnboundConnections<QueueSession>;
+  /** The same limits for TLS handshakes in progress (counted by the transport, before a session exists). */
+  private readonly unboundLimits: AdmissionLimits;
   private readonly tls: TlsServerSettings | undefined;
   private readonly context: TargetContext;
   private readonly limits: PeerLimits;
@@ -142,6 +145,7 @@ export class VofTarget {
     const limits = resolveQuotas(options.quotas);
     this.quota = new InstanceQuota(limits);
     this.unbound = new UnboundConnections(limits);
+    this.unboundLimits = { total: limits.unboundConnections, perHost: limits.unboundPerHost };
     this.tls = options.tls;
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     new HealthTestBudget(this.limits.healthTestBurst, this.limits.healthTestIntervalMs); // fail here, not at addDevice
@@ -264,6 +268,7 @@ export class VofTarget {
       sendStallTimeoutMs: this.limits.sendStallTimeoutMs,
       deviceMemoryBytes: this.limits.rdmaDeviceMemoryBytes,
       inlineDataBytes: this.inlineDataBytes,
+      handshakeLimits: this.unboundLimits,
       ...(this.tls && { tls: this.tls }),
     };
     const listener = await transport.listen(endpoint, listenOptions, (connection) => {

@@ -7,6 +7,7 @@
  * the fire-and-forget sends, until the matching completion arrives).
  */
 
+import type { AdmissionLimits } from '../util/oldest-first-admission.js';
 import type { TlsClientSettings, TlsServerSettings } from './tcp/tls-settings.js';
 
 /** How VQ data moves: inline after the PDU header (TCP) or by RDMA against keyed descriptors. */
@@ -251,6 +252,12 @@ export interface ListenOptions {
    * for it); 0 or absent offers no inline data.
    */
   readonly inlineDataBytes?: number;
+  /**
+   * Connections accepted but not yet handed to the target (a TLS handshake in progress), held at
+   * most this many in total and per peer host; beyond, the oldest is closed. Absent: unbounded
+   * (tcp:// hands a connection over at once; the target counts it from there).
+   */
+  readonly handshakeLimits?: AdmissionLimits;
 }
 
 export interface ConnectOptions {

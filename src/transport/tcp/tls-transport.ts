@@ -15,6 +15,7 @@ import type {
 import { TcpInitiatorConnection } from './tcp-initiator-connection.js';
 import { TcpTargetConnection } from './tcp-target-connection.js';
 import { dial, serveOn } from './tcp-transport.js';
+import { OldestFirstAdmission } from '../../util/oldest-first-admission.js';
 import { formatHostPort } from '../address.js';
 import { PSK_CIPHERS, TLS_MIN_VERSION, type TlsClientSettings } from './tls-settings.js';
 
@@ -74,8 +75,34 @@ export class TlsTransport implements Transport {
         },
       }),
     });
+    // Handshakes in progress are bounded from the first byte (each holds OpenSSL state and a
+    // socket), with the target's limits for connections without Connect: oldest first out.
+    const limits = options.handshakeLimits;
+    const handshaking = limits ? new OldestFirstAdmission<net.Socket>(limits) : null;
+    const byPeer = new Map<string, net.Socket>();
+    const peerKey = (s: net.Socket) => `${s.remoteAddress}:${s.remotePort}`;
+    if (handshaking) {
+      server.on('connection', (raw: net.Socket) => {
+        const key = peerKey(raw);
+        byPeer.set(key, raw);
+        raw.once('close', () => {
+          handshaking.settle(raw);
+          if (byPeer.get(key) === raw) byPeer.delete(key);
+        });
+        for (const old of handshaking.admit(raw, raw.remoteAddress ?? '')) {
+          this.log.warn(`tls://${old.remoteAddress}:${old.remotePort}: closed during its TLS handshake to make room for tls://${key} (limit of connections without Connect reached)`);
+          old.destroy();
+        }
+      });
+    }
     server.on('secureConnection', (socket: tls.TLSSocket) => {
       const peer = `tls://${socket.remoteAddress}:${socket.remotePort}`;
+      if (handshaking) {
+        // Handed to the target, which counts it from here until its Connect.
+        const raw = byPeer.get(peerKey(socket));
+        if (raw) handshaking.settle(raw);
+        byPeer.delete(peerKey(socket));
+      }
       const proved = tlsIdentity(socket, offeredPsk.get(socket), settings.ca !== undefined);
       if ('refused' in proved) {
         this.log.info(`${peer}: TLS client refused: ${proved.refused}`);
