@@ -2,12 +2,16 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { needs } from './helpers/deps.js';
 import { vofBench } from './helpers/vof-bench.js';
 import { computeRatios } from '../src/bench/report.js';
 import type { BenchReport, BenchRun } from '../src/bench/types.js';
 import { DEFAULT_WORKLOADS, parseSize, workloadMatrix } from '../src/bench/workloads.js';
 
-describe('vof bench --quick --anchors (host: vof over TCP, vof nbd, nbdkit, iperf3)', () => {
+// The anchors (fio, nbdkit, iperf3): `vof bench` installs them itself as root, and so does `npm test`.
+const anchors = needs('test/bench.test.ts (vof bench --quick --anchors)', ['bench-anchors']);
+
+describe.skipIf(!anchors.ok)(`vof bench --quick --anchors (host: vof over TCP, vof nbd, nbdkit, iperf3)${anchors.skipNote}`, () => {
   const dir = mkdtempSync(join(tmpdir(), 'vof-bench-test-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   let result: Awaited<ReturnType<typeof vofBench>>;
