@@ -159,3 +159,18 @@ describe('what a test file that cannot run says', () => {
     }
   });
 });
+
+describe('.ci/run and the README agree, and CI installs nothing itself', () => {
+  it('.ci/run runs the quick start with VOF_REQUIRE_ALL=1 VOF_REQUIRE_RDMA=1 and no apt-get', () => {
+    const ci = read('.ci/run');
+    const commands = ci.split('\n').filter((l) => /^npm /.test(l));
+    expect(commands.slice(0, 3)).toEqual(['npm install', 'npm run demo', 'npm test']);
+    expect(ci).toMatch(/^export VOF_REQUIRE_ALL=1 VOF_REQUIRE_RDMA=1$/m);
+    expect(ci).toMatch(/^set -euo pipefail$/m);
+    expect(ci).not.toMatch(/apt-get|dpkg/);
+    const quick = read('README.md').split('## Quick start')[1]!.split('```sh\n')[1]!.split('```')[0]!;
+    expect(quick).toMatch(/^npm install && npm run demo\s/m);
+    expect(quick).toMatch(/^npm test\s/m);
+    expect(JSON.parse(read('package.json')).scripts.test).toMatch(/^node scripts\/test-deps\.mjs && /);
+  });
+});
