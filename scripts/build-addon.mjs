@@ -3,40 +3,30 @@
 // from prebuilds/ if one loads here, else a node-gyp build against rdma-core. It never fails the
 // install: without rdma-core the TCP transport works, and the RDMA transport says at use what to
 // install (src/transport/rdma/native-binding.ts).
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-
-const root = fileURLToPath(new URL('..', import.meta.url));
-const require = createRequire(import.meta.url);
+import { addonHeadersPresent, addonLoadError, nodeGypRebuild } from './addon.mjs';
 
 if (process.env.VOF_SKIP_ADDON === '1') {
   console.log('vof: VOF_SKIP_ADDON=1: the RDMA addon was not built (TCP only)');
   process.exit(0);
 }
 
-try {
-  require('node-gyp-build')(root);
+if (addonLoadError() === null) {
   console.log('vof: RDMA addon ready');
   process.exit(0);
-} catch {
-  // nothing usable yet: build it
 }
+// nothing usable yet: build it
 
 const HEADERS_MISSING =
   'vof: rdma-core development files are missing: install libibverbs-dev librdmacm-dev (Debian/Ubuntu) or rdma-core-devel (Fedora/RHEL), then `npm rebuild vof`.';
 
 // Without rdma-core's headers a build cannot succeed, and on a fresh machine without a compiler
 // node-gyp would only complain about the compiler: name the real missing piece first.
-const headerDirs = ['/usr/include', '/usr/local/include'];
-const hasHeader = (h) => headerDirs.some((d) => existsSync(`${d}/${h}`));
-if (!hasHeader('infiniband/verbs.h') || !hasHeader('rdma/rdma_cma.h')) {
+if (!addonHeadersPresent()) {
   console.warn(['', 'vof: the native RDMA addon was NOT built; the TCP transport works, rdma:// URLs will not.', HEADERS_MISSING, ''].join('\n'));
   process.exit(0);
 }
 
-const r = spawnSync('node-gyp', ['rebuild'], { cwd: root, encoding: 'utf8' });
+const r = nodeGypRebuild();
 if (r.status === 0) {
   console.log('vof: RDMA addon built');
   process.exit(0);

@@ -2,6 +2,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { needs } from './helpers/deps.js';
 import { vofBench } from './helpers/vof-bench.js';
 import { computeRatios } from '../src/bench/report.js';
 import { roundOrder } from '../src/bench/rounds.js';
@@ -12,8 +13,10 @@ import { DEFAULT_WORKLOADS, parseSize, sameWorkload, workloadMatrix } from '../s
 // time one round of the default matrix took.
 const WORKLOADS = workloadMatrix('randread,write', '4k', '8');
 const ROUNDS = 2;
+// The anchors (fio, nbdkit, iperf3): `vof bench` installs them itself as root, and so does `npm test`.
+const anchors = needs('test/bench.test.ts (vof bench --quick --anchors)', ['bench-anchors']);
 
-describe('vof bench --quick --anchors --rounds 2 (host: vof over TCP, vof nbd, nbdkit, iperf3)', () => {
+describe.skipIf(!anchors.ok)(`vof bench --quick --anchors --rounds 2 (host: vof over TCP, vof nbd, nbdkit, iperf3)${anchors.skipNote}`, () => {
   const dir = mkdtempSync(join(tmpdir(), 'vof-bench-test-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
   let result: Awaited<ReturnType<typeof vofBench>>;

@@ -7,19 +7,19 @@ import { BlkRequestType, BlkStatus, FileBlockExport, chooseFileIo, encodeRequest
 import { openFileIo, type FileIo } from '../src/devices/blk/file-io.js';
 import { sharedUringRing } from '../src/devices/blk/uring-ring.js';
 import { loadNativeAddon } from '../src/util/native-addon.js';
+import { needs } from './helpers/deps.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { vofAsync } from './helpers/vof-cli.js';
 import { startTarget } from '../scripts/start-target.mjs';
 
 /**
  * The two file I/O backends of block exports (src/devices/blk/file-io.ts): io_uring in the
- * native addon and libuv's thread pool. Every test runs with both; the io_uring ones say loudly
- * why they cannot run where io_uring is unavailable.
+ * native addon and libuv's thread pool. Every test runs with both. The io_uring ones need the
+ * addon built with liburing (the `addon` packages of scripts/debian-deps.json, which `npm test`
+ * installs as root, then builds the addon): without them they are skipped with a banner (or fail
+ * with VOF_REQUIRE_ALL=1); where the kernel refuses io_uring they say so loudly.
  */
 const root = fileURLToPath(new URL('..', import.meta.url));
-const uring = sharedUringRing();
-const uringMissing = uring instanceof Error ? uring.message : null;
-if (uringMissing) process.stderr.write(`\n!!! test/file-io.test.ts: io_uring tests CANNOT RUN HERE: ${uringMissing} !!!\n\n`);
 
 /** Where io_uring must be chosen: the addon loads and was built with liburing (binding.gyp). */
 function uringExpected(): string | null {
@@ -31,8 +31,10 @@ function uringExpected(): string | null {
   const mode = spawnSync(process.execPath, [join(root, 'scripts/liburing-build-mode.mjs')], { encoding: 'utf8' }).stdout.trim();
   return mode === 'none' ? 'liburing-dev is not installed, so the addon is built without io_uring' : null;
 }
-const notExpected = uringExpected();
-if (notExpected) process.stderr.write(`\n!!! test/file-io.test.ts: not asserting that auto picks io_uring: ${notExpected} !!!\n\n`);
+const addon = needs('test/file-io.test.ts: the io_uring backend (native addon with liburing)', ['addon'], uringExpected);
+const uring = addon.ok ? sharedUringRing() : null;
+const uringMissing = addon.ok ? (uring instanceof Error ? uring.message : null) : addon.reason;
+if (addon.ok && uringMissing) process.stderr.write(`\n!!! test/file-io.test.ts: io_uring tests CANNOT RUN HERE: ${uringMissing} !!!\n\n`);
 
 const fx = new TargetFixture(); // for its temp dir
 afterAll(() => fx.close());
@@ -49,7 +51,7 @@ function pattern(n: number, seed: number): Buffer {
 }
 
 describe('file I/O backend choice', () => {
-  it.runIf(notExpected === null)('auto picks io_uring where the addon has it, and an export uses it', async () => {
+  it.skipIf(!addon.ok)(`auto picks io_uring where the addon has it, and an export uses it${addon.skipNote}`, async () => {
     expect(uringMissing).toBeNull();
     expect(chooseFileIo('auto').backend).toBe('uring');
     expect(chooseFileIo('auto').description).toMatch(/^file I\/O: io_uring \(\d+ slots/);
@@ -85,7 +87,7 @@ describe('file I/O backend choice', () => {
       return t.stderr();
     };
     expect(await run('libuv')).toMatch(/info  file I\/O: libuv thread pool \(asked for\)/);
-    expect(await run('auto')).toMatch(uringMissing ? /file I\/O: libuv thread pool \(io_uring unavailable: / : /file I\/O: io_uring \(\d+ slots/);
+    expect(await run('auto')).toMatch(sharedUringRing() instanceof Error ? /file I\/O: libuv thread pool \(io_uring unavailable: / : /file I\/O: io_uring \(\d+ slots/);
   });
 });
 
@@ -95,7 +97,7 @@ const backends: Array<{ backend: FileIoBackend; missing: string | null }> = [
 ];
 
 for (const { backend, missing } of backends) {
-  describe.skipIf(missing !== null)(`file I/O through ${backend}`, () => {
+  describe.skipIf(missing !== null)(`file I/O through ${backend}${missing !== null ? ` [SKIPPED: ${missing}]` : ''}`, () => {
     async function open(content: Buffer): Promise<{ path: string; handle: fsp.FileHandle; io: FileIo }> {
       const path = scratch(content);
       const handle = await fsp.open(path, 'r+');
@@ -220,7 +222,7 @@ for (const { backend, missing } of backends) {
   });
 }
 
-describe.skipIf(uringMissing !== null)('the native io_uring (FileRing)', () => {
+describe.skipIf(uringMissing !== null)(`the native io_uring (FileRing)${uringMissing !== null ? ` [SKIPPED: ${uringMissing}]` : ''}`, () => {
   type Ring = {
     completions: Int32Array;
     slots: number;

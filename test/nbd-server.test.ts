@@ -6,7 +6,11 @@ import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { NbdServer, silentLogger, type NbdBlockDevice, type NbdServerOptions } from '../src/index.js';
 import { NbdCommand, NbdError, NbdInfo, TransmissionFlag } from '../src/nbd/nbd-protocol.js';
+import { needs } from './helpers/deps.js';
 import { RawNbdClient } from './helpers/raw-nbd.js';
+
+/** One test asks libnbd's nbdinfo (libnbd-bin); the others speak NBD with a raw client. */
+const nbdinfo = needs('test/nbd-server.test.ts: the nbdinfo test', ['libnbd-bin']);
 
 /**
  * NbdServer as a library over a disk that is not a vof BlockDevice: an in-memory disk whose
@@ -111,13 +115,17 @@ describe('NbdServer over any NbdBlockDevice', () => {
   }
 
   it('flags and block sizes follow the disk: 4 KiB blocks, no discard', async () => {
-    const { uri, sock } = await serve(new MemoryDisk(1 << 20, 4096));
+    const { sock } = await serve(new MemoryDisk(1 << 20, 4096));
     const { go } = await client(sock);
     expect(go.size).toBe(1n << 20n);
     const F = TransmissionFlag;
     expect(go.flags).toBe(F.HAS_FLAGS | F.SEND_FLUSH | F.SEND_FUA | F.SEND_WRITE_ZEROES | F.CAN_MULTI_CONN);
     const bs = go.infos.get(NbdInfo.BLOCK_SIZE)!;
     expect([bs.readUInt32BE(2), bs.readUInt32BE(6), bs.readUInt32BE(10)]).toEqual([4096, 4096, 32 << 20]);
+  });
+
+  it.skipIf(!nbdinfo.ok)(`nbdinfo (libnbd) sees the same flags and block sizes${nbdinfo.skipNote}`, async () => {
+    const { uri } = await serve(new MemoryDisk(1 << 20, 4096));
     // Asynchronously: the server runs in this process.
     const info = await promisify(execFile)('nbdinfo', ['--json', uri], { encoding: 'utf8', timeout: 60000 });
     const e = JSON.parse(info.stdout).exports[0];

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
 import { NbdCommand, NbdCommandFlag, NbdError, NbdInfo, NbdOption, NbdReply, TransmissionFlag, encodeInfoRequest } from '../src/nbd/nbd-protocol.js';
+import { needs } from './helpers/deps.js';
 import { socketOf, startBridge, type Bridge } from './helpers/nbd-bridge.js';
 import { RawNbdClient } from './helpers/raw-nbd.js';
 
@@ -13,8 +14,9 @@ import { RawNbdClient } from './helpers/raw-nbd.js';
  * qemu-img, fio's nbd engine) and against a raw-socket client sending bad input.
  */
 
-const TOOLS = { nbdinfo: 'libnbd-bin', nbdcopy: 'libnbd-bin', 'qemu-img': 'qemu-utils', fio: 'fio' };
-const missing = Object.entries(TOOLS).filter(([tool]) => spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0);
+// The clients are the point of this file (and the raw-client tests use them in passing): without
+// them it is skipped as a whole, with a banner (or fails with VOF_REQUIRE_ALL=1).
+const clients = needs('test/nbd.test.ts (vof nbd with real NBD clients)', ['nbd-tests']);
 
 const MiB = 1024 * 1024;
 /** Per-test budget: real client processes on a shared, loaded 2-core machine. */
@@ -39,7 +41,7 @@ function pattern(size: number, seed: number): Buffer {
   return b;
 }
 
-describe('vof nbd with real NBD clients', { timeout: SLOW }, () => {
+describe.skipIf(!clients.ok)(`vof nbd with real NBD clients${clients.skipNote}`, { timeout: SLOW }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'vof-nbd-'));
   let target: StartedTarget;
   let rw: Bridge;
@@ -49,8 +51,6 @@ describe('vof nbd with real NBD clients', { timeout: SLOW }, () => {
   const roDisk = join(dir, 'ro.img');
 
   beforeAll(async () => {
-    // Loud, not skipped: these clients are the point of the test (.ci/run installs them).
-    if (missing.length) throw new Error(`NBD client tools missing: ${missing.map(([t, p]) => `${t} (Debian ${p})`).join(', ')}`);
     writeFileSync(rwDisk, pattern(DISK, 7)); // not zeros, so a copy that does nothing would show
     writeFileSync(roDisk, pattern(4 * MiB, 9));
     target = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `nbd-rw=${rwDisk}`, '--blk', `nbd-ro=${roDisk},ro`], { lines: 1 });

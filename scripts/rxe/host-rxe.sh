@@ -145,11 +145,27 @@ do_check() {
     || say "warning: could not load crc32_generic; rdma link add may fail with 'failed to init crc32 algorithm'"
 }
 
+# Creates dummy netdev $1 unless it exists. Loading the dummy module creates numdummies (default 1)
+# netdevs dummy0.. by itself unless modprobe.d says otherwise (systemd ships "options dummy
+# numdummies=0"; a clean root without systemd does not), so the module autoloaded by
+# `ip link add dummy0 type dummy` would make that add fail with "File exists". Load it first
+# without any; a dummy netdev of that name that exists anyway (built-in module, a racing set-up)
+# is taken as ours, as when it existed before.
+add_dummy() {
+  local d=$1 out
+  inns ip link show "$d" >/dev/null 2>&1 && return 0
+  [ -d /sys/module/dummy ] || modprobe dummy numdummies=0 2>/dev/null || true
+  out=$(inns ip link add "$d" type dummy 2>&1) && return 0
+  inns ip -d link show "$d" 2>/dev/null | grep -qw dummy \
+    || fail "ip link add $d type dummy failed: $out"
+  say "dummy netdev $d already existed (created by the dummy module itself?): using it"
+}
+
 do_up() {
   do_check
   if [ -n "$dummy" ]; then
     [ -z "$netdev" ] || fail "--netdev and --dummy exclude each other"
-    inns ip link show "$dummy" >/dev/null 2>&1 || inns ip link add "$dummy" type dummy
+    add_dummy "$dummy"
     netdev=$dummy
   fi
   if [ -z "$netdev" ]; then

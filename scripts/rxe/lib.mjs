@@ -22,6 +22,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { aptUpdate, ensurePackages, installCommand } from '../debian-deps.mjs';
 
 export const SCRIPTS_DIR = path.dirname(fileURLToPath(import.meta.url));
 export const REPO_DIR = path.resolve(SCRIPTS_DIR, '../..');
@@ -132,65 +133,21 @@ export function runDirect(argv, info, { cwd = process.cwd() } = {}) {
 // ---------------------------------------------------------------------------------------------
 // VM mode: host packages, kernel, initramfs.
 
-// Debian packages the VM mode needs on the host. The guest's userspace *is* the host's (9p
-// root), so the RDMA userspace (rdma-core, providers, perftest, iproute2's rdma) is needed too.
-export const VM_PACKAGES = {
-  'qemu-system-x86': '/usr/bin/qemu-system-x86_64',
-  'busybox-static': null,
-  kmod: '/usr/sbin/modprobe',
-  cpio: '/usr/bin/cpio',
-  iproute2: '/usr/bin/rdma',
-  'rdma-core': null,
-  'ibverbs-providers': null,
-  'ibverbs-utils': '/usr/bin/ibv_devices',
-  'rdmacm-utils': null,
-  perftest: '/usr/bin/ib_write_bw',
-  'libibverbs-dev': null,
-  'librdmacm-dev': null,
-  'util-linux': '/usr/bin/setsid',
-};
+// Debian packages, from the one list (scripts/debian-deps.json). The VM mode needs on the host
+// QEMU and the initramfs tools (rxe-vm), and, since the guest's userspace *is* the host's (9p
+// root), the RDMA userspace and the tools the RDMA suite drives (rdma-tests) and the addon's
+// build dependencies (addon). Direct mode needs the latter two only.
+export const VM_GROUPS = ['rxe-vm', 'rdma-tests', 'addon'];
+export const DIRECT_GROUPS = ['rdma-tests', 'addon'];
 
-function missingPackages(list) {
-  if (!which('dpkg-query')) return null; // not Debian-like: cannot tell
-  const r = sh('dpkg-query', ['-W', '-f', '${Package} ${Status}\n', ...list]);
-  const ok = new Set(
-    r.stdout
-      .split('\n')
-      .filter((l) => l.endsWith('install ok installed'))
-      .map((l) => l.split(' ')[0]),
-  );
-  return list.filter((p) => !ok.has(p));
-}
-
-let aptUpdated = false;
-function aptUpdate() {
-  if (aptUpdated) return;
-  log('apt-get update ...');
-  const r = sh('apt-get', ['update', '-qq']);
-  if (r.code !== 0) throw new RxeUnavailable(`apt-get update failed: ${r.stderr.trim().split('\n').slice(-3).join(' / ')}`);
-  aptUpdated = true;
-}
-
-/** Installs the missing VM_PACKAGES (root), or explains exactly what to install. */
-export function ensureHostPackages() {
+/** Installs the missing packages of `groups` (root), or explains exactly what to install. */
+export function ensureHostPackages(groups = VM_GROUPS) {
   if (process.platform !== 'linux') throw new RxeUnavailable(`the VM mode needs a Linux host (this is ${process.platform})`);
-  const missing = missingPackages(Object.keys(VM_PACKAGES));
-  if (missing === null) {
-    const absent = Object.entries(VM_PACKAGES).filter(([, f]) => f && !fs.existsSync(f));
-    if (absent.length) throw new RxeUnavailable(`not a Debian host and missing ${absent.map(([, f]) => f).join(', ')}`);
-    return;
-  }
-  if (missing.length === 0) return;
-  const install = `apt-get install -y --no-install-recommends ${missing.join(' ')}`;
-  if (process.getuid?.() !== 0) {
-    throw new RxeUnavailable(`the VM mode needs these Debian packages, and only root can install them: ${install}`);
-  }
-  log(`installing host packages for the VM mode: ${missing.join(' ')}`);
-  aptUpdate();
-  const r = sh('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], {
-    env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
-  });
-  if (r.code !== 0) throw new RxeUnavailable(`${install} failed: ${r.stderr.trim().split('\n').slice(-3).join(' / ')}`);
+  const r = ensurePackages(groups, { who: 'vof-rxe' });
+  if (r.missing.length === 0) return;
+  const install = installCommand(r.missing);
+  if (r.impossible) throw new RxeUnavailable(`these Debian packages are missing (${r.impossible}): ${install}`);
+  throw new RxeUnavailable(`${r.error ?? 'apt-get install'}; still missing: ${r.missing.join(' ')}`);
 }
 
 /** Name of the versioned kernel package behind Debian's linux-image-amd64 (e.g. linux-image-6.1.0-56-amd64). */
@@ -200,7 +157,13 @@ function resolveKernelPackage() {
     const r = sh('apt-cache', ['depends', 'linux-image-amd64']);
     const m = r.stdout.match(/Depends:\s*(linux-image-[0-9][^\s]*-amd64)/);
     if (m) return m[1];
-    if (attempt === 0 && process.getuid?.() === 0) aptUpdate();
+    if (attempt === 0 && process.getuid?.() === 0) {
+      try {
+        aptUpdate();
+      } catch (e) {
+        throw new RxeUnavailable(e.message);
+      }
+    }
   }
   throw new RxeUnavailable("cannot resolve linux-image-amd64 with apt-cache (run 'apt-get update' as root, or set VOF_RXE_KERNEL_PKG)");
 }
@@ -315,7 +278,7 @@ export function ensureInitramfs(kernel) {
 /** Everything the VM needs, fetched/built when missing. Throws RxeUnavailable when impossible. */
 export function prepareVm() {
   if (process.arch !== 'x64') throw new RxeUnavailable(`the VM mode boots an amd64 kernel and shares this host's root: it needs an x86-64 host (this is ${process.arch})`);
-  ensureHostPackages();
+  ensureHostPackages(VM_GROUPS);
   if (!which('qemu-system-x86_64')) throw new RxeUnavailable('qemu-system-x86_64 not found (apt-get install qemu-system-x86)');
   fs.mkdirSync(CACHE_DIR, { recursive: true });
   const kernel = ensureKernel();

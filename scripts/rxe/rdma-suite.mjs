@@ -6,10 +6,9 @@
 // "RDMA TESTS DID NOT RUN: <why>" banner on stderr and exits 0, so that `npm test` stays usable
 // on a laptop; with VOF_REQUIRE_RDMA=1 (set by .ci/run) it exits 1 instead. Every other outcome
 // is the exit code of vitest (124 when the VM timed out: VOF_RXE_TIMEOUT, default 1800 s).
-import { spawnSync } from 'node:child_process';
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { DEFAULT_TIMEOUT_SEC, REPO_DIR, RxeUnavailable, ensureHostPackages, hostRdma, log, runWithRxe } from './lib.mjs';
+import { ensureAddon } from '../addon.mjs';
+import { ensurePackages } from '../debian-deps.mjs';
+import { DEFAULT_TIMEOUT_SEC, DIRECT_GROUPS, REPO_DIR, RxeUnavailable, VM_GROUPS, ensureHostPackages, hostRdma, log, runWithRxe } from './lib.mjs';
 
 // --no: never try to download vitest (the VM has no network); it must be in node_modules.
 const argv = ['npx', '--no', 'vitest', 'run', '-c', 'vitest.rdma.config.ts', ...process.argv.slice(2)];
@@ -26,32 +25,24 @@ function banner(why) {
   );
 }
 
-/**
- * The suite needs the native addon. On a machine that had no rdma-core at `npm install`, the
- * addon was not built then; the harness has just installed the dev packages (VM mode, as
- * root), so build it now. A build that fails with the packages present is a real failure.
- */
-function ensureAddon() {
-  const require = createRequire(import.meta.url);
+try {
+  // The packages of scripts/debian-deps.json that the suite needs, installed when missing (root;
+  // `npm test`'s first step normally installed them already). The VM cannot boot without its
+  // own; directly on this host, test files whose tools are missing say so and are skipped.
+  if (hostRdma().ok) {
+    const r = ensurePackages(DIRECT_GROUPS, { who: 'vof-rxe' });
+    if (r.missing.length) log(`missing Debian packages ${r.missing.join(' ')} (${r.impossible ?? r.error}): the test files that need them will say so`);
+  } else ensureHostPackages(VM_GROUPS);
+  // The suite needs the native addon. On a machine that had no rdma-core at `npm install`, the
+  // addon was not built then: build it now. A build that fails with the packages present is a
+  // real failure.
   try {
-    require('node-gyp-build')(REPO_DIR);
-    return;
+    if (ensureAddon({ log }) === 'no-headers') throw new RxeUnavailable("rdma-core's headers are missing: the RDMA addon cannot be built");
   } catch (e) {
-    log(`the RDMA addon does not load (${String(e.message).split('\n')[0]}); building it with node-gyp`);
-  }
-  const nodeGyp = path.join(REPO_DIR, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
-  const r = spawnSync(process.execPath, [nodeGyp, 'rebuild'], { cwd: REPO_DIR, stdio: ['ignore', 'inherit', 'inherit'] });
-  if (r.status !== 0) {
-    log(`node-gyp rebuild failed (exit ${r.status ?? r.signal}): the RDMA suite cannot run`);
+    if (e instanceof RxeUnavailable) throw e;
+    log(`${e.message}: the RDMA suite cannot run`);
     process.exit(1);
   }
-  require('node-gyp-build')(REPO_DIR); // throws if the fresh build still does not load
-}
-
-try {
-  // Direct mode uses the host's rdma-core as it is; the VM mode installs what it needs first.
-  if (!hostRdma().ok) ensureHostPackages();
-  ensureAddon();
   const timeoutSec = Number(process.env.VOF_RXE_TIMEOUT || DEFAULT_TIMEOUT_SEC);
   process.exitCode = await runWithRxe(argv, { cwd: REPO_DIR, timeoutSec });
 } catch (e) {

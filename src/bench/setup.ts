@@ -1,45 +1,23 @@
-import { execFileSync } from 'node:child_process';
+import { ensurePackages, installCommand } from '../../scripts/debian-deps.mjs';
 
-/** The programs the anchors run, and the Debian package that brings each one. */
-export const ANCHOR_TOOLS = {
-  stream: [
-    ['fio', 'fio'],
-    ['nbdkit', 'nbdkit'],
-    ['iperf3', 'iperf3'],
-  ],
-  keyed: [
-    ['fio', 'fio'],
-    ['ib_write_bw', 'perftest'],
-    ['nvme', 'nvme-cli'],
-  ],
+/**
+ * The anchors' Debian packages: groups of scripts/debian-deps.json (the one list of what the
+ * suites, `vof bench` and scripts/rxe drive). stream: fio, nbdkit, iperf3 on this host; keyed:
+ * fio, perftest, nvme-cli for the RDMA part (on this host, or in the VM that shares its root).
+ */
+export const ANCHOR_GROUPS = {
+  stream: 'bench-anchors',
+  keyed: 'bench-rdma-anchors',
 } as const;
-
-function have(cmd: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Installs the anchors' missing Debian packages with apt-get when running as root; otherwise
- * throws with the exact command to run. `log` says what is being installed.
+ * throws with the exact command to run. `log` says what is being installed and why.
  */
-export function ensureTools(tools: readonly (readonly [string, string])[], log: (line: string) => void): void {
-  const missing = [...new Set(tools.filter(([cmd]) => !have(cmd)).map(([, pkg]) => pkg))];
-  if (missing.length === 0) return;
-  const line = `apt-get install -y ${missing.join(' ')}`;
-  if (process.getuid?.() !== 0) throw new Error(`the anchors need Debian packages that are missing: ${missing.join(', ')}; run as root: ${line}`);
-  log(`bench: installing ${missing.join(' ')} from Debian (apt-get)`);
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  try {
-    execFileSync('apt-get', ['update', '-qq'], { stdio: ['ignore', 'ignore', 'inherit'], env });
-    execFileSync('apt-get', ['install', '-y', '-qq', ...missing], { stdio: ['ignore', 'ignore', 'inherit'], env });
-  } catch (err) {
-    throw new Error(`${line} failed: ${(err as Error).message}`);
-  }
-  const still = tools.filter(([cmd]) => !have(cmd)).map(([cmd]) => cmd);
-  if (still.length) throw new Error(`after ${line}, still missing: ${still.join(', ')}`);
+export function ensureTools(groups: readonly string[], log: (line: string) => void): void {
+  const r = ensurePackages(groups, { who: 'bench', log });
+  if (r.missing.length === 0) return;
+  const line = installCommand(r.missing);
+  if (r.impossible) throw new Error(`the anchors need Debian packages that are missing: ${r.missing.join(', ')} (${r.impossible}); run: ${line}`);
+  throw new Error(`${r.error ?? 'apt-get install'}; still missing: ${r.missing.join(', ')} (${line})`);
 }

@@ -7,7 +7,7 @@ import { measureEnvironment } from '../bench/measure.js';
 import { ProgressLine } from '../bench/progress-line.js';
 import { computeRatios, formatPerIo, formatRatios, formatResources, formatRuns, formatSkipped } from '../bench/report.js';
 import { summarizeRuns } from '../bench/rounds.js';
-import { ANCHOR_TOOLS, ensureTools } from '../bench/setup.js';
+import { ANCHOR_GROUPS, ensureTools } from '../bench/setup.js';
 import type { BenchReport, BenchRun, MachineInfo, SkippedSystem } from '../bench/types.js';
 import { runInVm } from '../bench/vm-part.js';
 import { formatSize, parseSize, workloadMatrix } from '../bench/workloads.js';
@@ -154,7 +154,7 @@ export async function runBench(argv: string[]): Promise<number> {
       }
     } else rdma = found;
   }
-  if (values.anchors && !vmPart) ensureTools([...ANCHOR_TOOLS.stream, ...(rdma || inVm ? ANCHOR_TOOLS.keyed : [])], log);
+  if (values.anchors && !vmPart) ensureTools([ANCHOR_GROUPS.stream, ...(rdma || inVm ? [ANCHOR_GROUPS.keyed] : [])], log);
 
   // In the VM, /tmp is the host's (9p, slow): the image lives in the guest's own /dev/shm.
   const dir = mkdtempSync(join(vmPart ? '/dev/shm' : tmpdir(), 'vof-bench-'));

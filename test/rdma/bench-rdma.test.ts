@@ -2,6 +2,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { needs } from '../helpers/deps.js';
 import { vofBench } from '../helpers/vof-bench.js';
 import type { BenchReport } from '../../src/bench/types.js';
 import { rdmaAddress } from './rdma-env.js';
@@ -9,7 +10,10 @@ import { rdmaAddress } from './rdma-env.js';
 // The keyed part of `vof bench --anchors --rdma vm` as the host runs it inside the soft-RoCE VM
 // (`vof bench --vm-part`), cut to one short workload: vof over RDMA and TCP, perftest, and the
 // kernel's NVMe-oF over RDMA and TCP through bench/nvmeof.sh. Structure and positive figures only.
-describe('vof bench keyed part (--vm-part) on rxe', () => {
+// fio, perftest and nvme-cli: installed on the host (whose root the VM shares) before the VM starts.
+const anchors = needs('test/rdma/bench-rdma.test.ts (vof bench keyed part)', ['bench-rdma-anchors']);
+
+describe.skipIf(!anchors.ok)(`vof bench keyed part (--vm-part) on rxe${anchors.skipNote}`, () => {
   const dir = mkdtempSync(join(tmpdir(), 'vof-bench-rdma-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 

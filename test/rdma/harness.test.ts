@@ -7,10 +7,14 @@ import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { needs } from '../helpers/deps.js';
 
 const dev = process.env.VOF_RDMA_DEV || 'rxe0';
 const expectMtu = process.env.VOF_RDMA_EXPECT_MTU || '4096';
 const hostsSh = fileURLToPath(new URL('../../scripts/rxe/hosts.sh', import.meta.url));
+
+// ibv_devices/ibv_devinfo, ib_write_bw under taskset, and hosts.sh's ip and sysctl.
+const tools = needs('test/rdma/harness.test.ts (the soft-RoCE harness self-test)', ['ibverbs-utils', 'perftest', 'util-linux', 'iproute2', 'procps']);
 
 function run(cmd: string, args: string[], timeout = 60_000) {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout });
@@ -32,7 +36,7 @@ function listening(port: number): boolean {
   });
 }
 
-describe(`soft-RoCE device ${dev}`, () => {
+describe.skipIf(!tools.ok)(`soft-RoCE device ${dev}${tools.skipNote}`, () => {
   it('is listed by ibv_devices', () => {
     const r = run('ibv_devices', []);
     expect(r.code, r.all).toBe(0);
@@ -52,7 +56,7 @@ describe(`soft-RoCE device ${dev}`, () => {
 // Note: these are not network namespaces. Linux 6.1's rdma_rxe receives only in the initial
 // namespace (see hosts.sh), so the two hosts are two veth ends with their own address and rxe
 // device, joined by a bridge; policy routing makes the traffic really cross the veths.
-describe('ib_write_bw between two rxe hosts', () => {
+describe.skipIf(!tools.ok)(`ib_write_bw between two rxe hosts${tools.skipNote}`, () => {
   const prefix = 'voft';
   const subnet = '10.177.1';
   const [srvDev, cliDev] = [`${prefix}rxe2`, `${prefix}rxe1`];

@@ -3,6 +3,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTarget, type StartedTarget } from '../../scripts/start-target.mjs';
+import { needs } from '../helpers/deps.js';
 import { startBridge, type Bridge } from '../helpers/nbd-bridge.js';
 import { rdmaAddress } from './rdma-env.js';
 
@@ -12,6 +13,9 @@ import { rdmaAddress } from './rdma-env.js';
  * attaches the same disk again and the files are there. Needs root and the nbd module (the
  * soft-RoCE VM has both).
  */
+
+// nbd-client, mkfs.ext4/fsck.ext4, mount, blockdev, modprobe.
+const tools = needs('test/rdma/nbd-rdma.test.ts (kernel nbd-client over RDMA)', ['nbd-client', 'e2fsprogs', 'mount', 'util-linux', 'kmod']);
 
 const MiB = 1024 * 1024;
 
@@ -38,7 +42,7 @@ function attach(socketPath: string, name: string, dev: string, size: number): vo
   throw new Error(`${dev} never showed ${size} bytes`);
 }
 
-describe('kernel nbd-client on a vof disk over RDMA', () => {
+describe.skipIf(!tools.ok)(`kernel nbd-client on a vof disk over RDMA${tools.skipNote}`, () => {
   // The guest's own tmpfs (not the 9p-shared host tree): Unix sockets and a fast backing file.
   const dir = mkdtempSync('/dev/shm/vof-nbd-rdma-');
   const image = join(dir, 'disk.img');
