@@ -178,6 +178,33 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     expect(Buffer.concat(t.sock.written).equals(Buffer.concat([done, Buffer.from('abcde')]))).toBe(true);
     req.release();
   });
+  it('a payload that spans reads is gathered into a pooled frame, reused by the next such payload; one within a read is a view of it', async () => {
+    const t = targetOn();
+    const payload = (seed: number) => Buffer.from(Array.from({ length: 100_000 }, (_, i) => (i * 7 + seed) & 0xff));
+    const send = (id: number, p: Buffer) => {
+      // Three reads, none holding the whole payload.
+      const pdu = Buffer.concat([encodeCommand({ opcode: Opcode.Vq, commandId: id, outLength: p.length, inLength: 0 }), p]);
+      t.sock.feed(pdu.subarray(0, 40_000), pdu.subarray(40_000, 80_000), pdu.subarray(80_000));
+      return t.seen[t.seen.length - 1]!.payload as VqRequestData;
+    };
+    const a = send(1, payload(1));
+    const pa = a.readOutNow()!;
+    expect(pa.equals(payload(1))).toBe(true);
+    expect(pa.buffer.byteLength).toBe(128 * 1024); // a pool size class, not a buffer of its own
+    a.release();
+    const b = send(2, payload(2));
+    const pb = b.readOutNow()!;
+    expect(pb.equals(payload(2))).toBe(true);
+    expect(pb.buffer).toBe(pa.buffer);
+    b.release();
+    // Within one read: a view of that read, no copy.
+    const small = Buffer.alloc(512, 9);
+    const chunk = Buffer.concat([encodeCommand({ opcode: Opcode.Vq, commandId: 3, outLength: small.length, inLength: 0 }), small]);
+    t.sock.feed(chunk);
+    const c = t.seen[t.seen.length - 1]!.payload as VqRequestData;
+    expect(c.readOutNow()!.buffer).toBe(chunk.buffer);
+    expect(await c.readOut()).toEqual(small);
+  });
   it('writable buffers come from a pool: the frame of a released request serves the next one', async () => {
     const t = targetOn();
     const next = async (id: number) => {
@@ -195,7 +222,7 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     const c = await next(3);
     expect((await c.writable()).buffer).toBe(wa.buffer);
     // A request this connection did not deliver is refused, not sent.
-    const foreign: VqRequestData = { outLength: 0, inLength: 1, readOut: async () => Buffer.alloc(0), writable: async () => Buffer.alloc(1), release: () => {} };
+    const foreign: VqRequestData = { outLength: 0, inLength: 1, readOut: async () => Buffer.alloc(0), readOutNow: () => undefined, writable: async () => Buffer.alloc(1), writableNow: () => undefined, release: () => {} };
     await expect(t.conn.completeVq(foreign, encodeVqCompletion(0, 9, 1), 1)).rejects.toThrow(/did not deliver/);
   });
 });

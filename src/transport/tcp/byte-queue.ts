@@ -33,6 +33,11 @@ export class ByteQueue {
     return out;
   }
 
+  /** Whether the next n bytes (n ≤ length) lie in one received chunk (take(n) is then a view). */
+  contiguous(n: number): boolean {
+    return n === 0 || (this.chunks.length > 0 && this.chunks[0]!.length - this.head >= n);
+  }
+
   /**
    * Remove the next n bytes (n ≤ length) by copying them into target at offset: for bytes that
    * already have a home, no intermediate buffer whatever the chunks' boundaries.

@@ -34,6 +34,8 @@ class StreamVqRequest implements VqRequestData {
     private readonly payload: Buffer | VqTransferError,
     readonly owner: TcpTargetConnection,
     private readonly pool: FramePool,
+    /** The pooled frame `payload` was gathered into (it spanned reads), given back on release. */
+    private readonly payloadFrame: Buffer | null = null,
   ) {}
 
   readOut(): Promise<Buffer> {
@@ -61,6 +63,7 @@ class StreamVqRequest implements VqRequestData {
     if (this.released) return;
     this.released = true;
     if (this.frame) this.pool.give(this.frame);
+    if (this.payloadFrame) this.pool.give(this.payloadFrame);
     this.frame = null;
     this.view = null;
   }
@@ -195,9 +198,19 @@ export class TcpTargetConnection implements TargetConnection {
         }
       } else if (st.kind === 'payload') {
         if (this.queue.length < st.length) return;
+        this.state = { kind: 'header' };
+        if (st.length > 0 && st.header.readUInt16LE(0) === Opcode.Vq && !this.queue.contiguous(st.length)) {
+          // A payload that spans reads (any over 64 KiB) is gathered into a pooled frame, reused
+          // once its command ends: no buffer allocated per command, no large short-lived
+          // allocations (each a mmap, page faults and a munmap) for the GC.
+          const frame = this.frames.take(st.length);
+          this.queue.takeInto(st.length, frame, 0);
+          const payload = frame.subarray(0, st.length);
+          this.deliver(st.header, new StreamVqRequest(st.length, st.header.readUInt32LE(12), payload, this, this.frames, frame));
+          continue;
+        }
         // Node hands each read a fresh chunk, so a view of it stays valid: no copy.
         const payload = st.length === 0 ? EMPTY : this.queue.take(st.length);
-        this.state = { kind: 'header' };
         this.deliverPayload(st.header, payload);
       } else {
         st.left -= this.queue.skip(st.left);
