@@ -43,6 +43,7 @@ Napi::Function FileRing::Init(Napi::Env env) {
                          InstanceMethod<&FileRing::Fsync>("fsync"),
                          InstanceMethod<&FileRing::Close>("close"),
                          InstanceAccessor<&FileRing::InFlight>("inFlight"),
+                         InstanceAccessor<&FileRing::Wakes>("wakes"),
                      });
 }
 
@@ -204,6 +205,7 @@ Napi::Value FileRing::Close(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value FileRing::InFlight(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), inFlight_); }
+Napi::Value FileRing::Wakes(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), wakes_); }
 
 uint32_t FileRing::CheckSlot(Napi::Env env, Napi::Value v) {
   if (!open_ || closing_) throw Napi::Error::New(env, "FileRing is closed");
@@ -318,16 +320,26 @@ void FileRing::Flush(bool deliver) {
     flushArmed_ = false;
   }
   if (!open_) return;
+  // Cached reads complete inside io_uring_enter: the check phase hands them over now rather
+  // than one loop turn later through the eventfd. JS must not run in the prepare phase (entries
+  // it queued there would wait for the next turn while the loop blocks in poll), so only the
+  // check phase does. While it submits and reaps, the eventfd is off (IORING_CQ_EVENTFD_DISABLED):
+  // completions taken here would otherwise still wake the loop once more, for nothing.
+  const bool quiet = deliver && io_uring_cq_eventfd_toggle(&ring_, false) == 0;
   if (unsubmitted_ > 0) {
     int n = io_uring_submit(&ring_);
     if (n > 0) unsubmitted_ -= std::min<uint32_t>(unsubmitted_, n);
     // EINTR, EAGAIN, EBUSY (completion queue full): try again next turn.
     if (unsubmitted_ > 0) ArmFlush();
   }
-  // Cached reads complete inside io_uring_enter: hand them over now rather than one loop turn
-  // later through the eventfd. JS must not run in the prepare phase (entries it queued there
-  // would wait for the next turn while the loop blocks in poll), so only the check phase does.
-  if (deliver) Deliver();
+  if (!deliver) return;
+  Deliver();
+  if (quiet && open_) {
+    io_uring_cq_eventfd_toggle(&ring_, true);
+    // A completion posted while the eventfd was off raised no wake: take it now (later ones
+    // raise one as usual).
+    if (io_uring_cq_ready(&ring_) > 0) Deliver();
+  }
 }
 
 void FileRing::OnReadable(uv_poll_t* handle, int status, int) {
@@ -335,6 +347,7 @@ void FileRing::OnReadable(uv_poll_t* handle, int status, int) {
   if (status < 0 || !self->open_) return;
   uint64_t counter;
   (void)!read(self->eventFd_, &counter, sizeof counter);
+  self->wakes_++;
   self->Deliver();
 }
 

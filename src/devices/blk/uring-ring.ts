@@ -8,6 +8,8 @@ interface NativeFileRing {
   /** Operations the ring can hold in flight (its completion queue size). */
   readonly slots: number;
   readonly inFlight: number;
+  /** Times the eventfd woke the loop (completions reaped in the check phase cost none). */
+  readonly wakes: number;
   read(fd: number, buffer: Uint8Array, offset: number, length: number, position: number, slot: number): void;
   write(fd: number, buffer: Uint8Array, offset: number, length: number, position: number, slot: number): void;
   fsync(fd: number, datasync: boolean, slot: number): void;
