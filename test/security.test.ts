@@ -342,3 +342,40 @@ describe('TLS handshakes in progress are bounded from the first byte (finding 6)
     }
   });
 });
+
+describe('instance ids are no oracle, and another host cannot take a queue (finding 5)', () => {
+  it("from another host, host-a's instance with host-a's exact body answers what an unused id answers; the 4th refusal closes the connection", async () => {
+    const fx = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 } });
+    try {
+      await fx.addDisk('d', MiB, { numQueues: 2, allow: ['host-a'] });
+      await fx.listen();
+      const a = await BlockDevice.open(`${fx.url}/d`, { ivqn: 'host-a', maxQueues: 1, ...quiet });
+      try {
+        const id = a.device.instanceId;
+        const unused = id ^ 0x4000;
+        const body = encodeConnectBody({ ivqn: 'host-a', tvqn: 'd' });
+        const vq = (instance: number, vqIndex: number) =>
+          [{ opcode: Opcode.Connect, commandId: 9, deviceInstanceId: instance, vqIndex, length: CONNECT_BODY_SIZE, queueSize: 4 }, body] as const;
+        const other = await RawQueue.open(fx.port, '127.0.0.1', '127.0.0.2');
+        // The free virtqueue 1 of a live instance, with the right IVQN and TVQN: before, SUCCESS.
+        expect(st(await other.call(...vq(id, 1)))).toBe('EBADDEV');
+        expect(st(await other.call(...vq(unused, 1)))).toBe('EBADDEV');
+        expect(st(await other.call(...vq(id, 0)))).toBe('EBADDEV');
+        expect(st(await other.call(...vq(unused, 0)))).toBe('EBADDEV');
+        await other.whenClosed(5000);
+        expect(fx.logged(/unauthenticated connection from tcp:\/\/127\.0\.0\.2, not the control queue's host/)).toBe(true);
+        expect(fx.logged(/closing the queue: 4 refused Connects on one connection/)).toBe(true);
+        // host-a's own second queue from its own host still attaches.
+        const own = await RawQueue.open(fx.port);
+        expect(st(await own.call(...vq(id, 1)))).toBe('SUCCESS');
+        await own.close();
+        await a.write(0, Buffer.alloc(512, 3));
+        expect((await a.read(0, 512)).equals(Buffer.alloc(512, 3))).toBe(true);
+      } finally {
+        await a.close();
+      }
+    } finally {
+      await fx.close();
+    }
+  });
+});

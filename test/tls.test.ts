@@ -142,9 +142,10 @@ describe('tls:// with PSKs and client certificates, identities in the allow-list
       const connect = { opcode: Opcode.Connect, commandId: 3, deviceInstanceId: id, vqIndex: 1, length: CONNECT_BODY_SIZE, queueSize: 4 } as const;
       // Authenticated, but as someone else (PSK id-b, or host-b's certificate).
       const viaB = await RawQueue.openTls(portOf(tlsUrl), { ciphers: 'TLS_AES_128_GCM_SHA256', pskCallback: () => ({ identity: 'id-b', psk: PSKS.get('id-b')! }), checkServerIdentity: () => undefined });
-      expect(st(await viaB.call(connect, body))).toBe('EACLREJECTED');
+      // Not the instance's initiator: refused as if the instance did not exist.
+      expect(st(await viaB.call(connect, body))).toBe('EBADDEV');
       const viaCert = await RawQueue.openTls(portOf(tlsUrl), { ca: pem('ca.crt'), cert: pem('host-b.crt'), key: pem('host-b.key') });
-      expect(st(await viaCert.call(connect, body))).toBe('EACLREJECTED');
+      expect(st(await viaCert.call(connect, body))).toBe('EBADDEV');
       // Not authenticated at all: plain TCP to the same target.
       const plain = await RawQueue.open(portOf(tcpUrl));
       expect(st(await plain.call(connect, body))).toBe('EBADDEV');
@@ -190,7 +191,7 @@ describe('tls:// without client certificates: anonymous TLS peers have no identi
         { opcode: Opcode.Connect, commandId: 3, deviceInstanceId: a.device.instanceId, vqIndex: 0, length: CONNECT_BODY_SIZE, queueSize: 4 },
         encodeConnectBody({ ivqn: 'host-a', tvqn: 'secure' }),
       );
-      expect(st(c)).toBe('EACLREJECTED');
+      expect(st(c)).toBe('EBADDEV');
       expect(fx.logged(/refused: connection has no identity, the control queue identity "id-a"/)).toBe(true);
       await q.close();
     } finally {

@@ -120,9 +120,12 @@ export interface Refusal {
  * a virtqueue of an instance only if it proves what the control queue proved.
  *  1. Same transport scheme as the control queue (a scheme is its own fabric).
  *  2. Same authenticated identity as the control queue's connection, or none on both.
- *  3. A Connect Body, when present, names the instance's IVQN and TVQN.
- *  4. Without a Connect Body: only on an open export, and only from the control queue's host.
- *     An export with an allow-list requires the body.
+ *  3. Without an identity (plain TCP, RDMA, anonymous TLS): from the control queue's host.
+ *  4. A Connect Body, when present, names the instance's IVQN and TVQN.
+ *  5. Without a Connect Body: only on an open export. An export with an allow-list requires it.
+ * A peer that fails 1-3 is not the instance's initiator at all: it gets EBADDEV, exactly what an
+ * instance id nobody uses gets, so refusals tell a stranger nothing about which ids exist.
+ * The instance's own initiator (1-3 hold) gets the seed's EBADVQN for a body that does not match.
  */
 export function bindingRefusal(inst: BindingInstance, peer: BindingPeer, policy: AccessPolicy): Refusal | null {
   const scheme = (h: string) => h.slice(0, h.indexOf('://'));
@@ -131,7 +134,10 @@ export function bindingRefusal(inst: BindingInstance, peer: BindingPeer, policy:
   }
   if (peer.identity !== inst.controlIdentity) {
     const shown = (id: string | undefined) => (id === undefined ? 'no identity' : `identity ${quotePeerString(id)}`);
-    return { status: Status.EACLREJECTED, why: `connection has ${shown(peer.identity)}, the control queue ${shown(inst.controlIdentity)}` };
+    return { status: Status.EBADDEV, why: `connection has ${shown(peer.identity)}, the control queue ${shown(inst.controlIdentity)}` };
+  }
+  if (peer.identity === undefined && peer.host !== inst.controlHost) {
+    return { status: Status.EBADDEV, why: `unauthenticated connection from ${peer.host}, not the control queue's host` };
   }
   if (peer.body) {
     if (peer.body.tvqn !== inst.tvqn || peer.body.ivqn !== inst.ivqn) {

@@ -67,6 +67,13 @@ type SessionRole =
 const EMPTY = Buffer.alloc(0);
 
 /**
+ * Connects refused for access (PROBE_ANSWERS) one connection may send before it is closed
+ * (docs/PROTOCOL.md, "Virtqueue binding").
+ */
+export const MAX_REFUSED_CONNECTS = 4;
+const PROBE_ANSWERS: ReadonlySet<number> = new Set([Status.EBADDEV, Status.EBADVQN, Status.EACLREJECTED, Status.ENOTGT]);
+
+/**
  * One Virtio-oF queue on one transport connection, target side. The first command must be
  * Connect, which makes the session a control queue or binds it to a virtqueue of an existing
  * instance. Holds one TargetRequest per command in flight, keyed by command id: at most the
@@ -104,6 +111,8 @@ export class QueueSession {
   };
   private disconnecting = false;
   private closed = false;
+  /** Connects refused on this connection (see MAX_REFUSED_CONNECTS). */
+  private refusedConnects = 0;
   /** The Connect Body announced VOF_CONNECT_F_REDIRECT: redirects and the drain event may be sent. */
   followsRedirects = false;
   /** Counters for the admin transport class (LIST_QUEUES). */
@@ -393,6 +402,12 @@ export class QueueSession {
     const refuse = (status: number, why: string) => {
       this.log.info(`${this.connection.peer}: Connect → ${formatStatus(status)}: ${why}`);
       req.complete(encodeConnectCompletion(status, id, cmd.deviceInstanceId));
+      // An initiator that is refused access once corrects itself or gives up; one that keeps
+      // trying on the same connection is probing (instance ids, IVQNs, TVQNs): close it after
+      // the answer. Quota and size refusals are no probe and do not count.
+      if (PROBE_ANSWERS.has(status) && ++this.refusedConnects >= MAX_REFUSED_CONNECTS) {
+        this.violation(`${this.refusedConnects} refused Connects on one connection`);
+      }
     };
     const parsed = body.length === CONNECT_BODY_SIZE ? decodeConnectBody(body) : null;
     if (body.length === CONNECT_BODY_SIZE && parsed === null) return refuse(Status.EBADVQN, 'malformed VQN in Connect Body');

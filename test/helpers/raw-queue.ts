@@ -35,9 +35,10 @@ export class RawQueue {
     );
   }
 
-  static open(port: number, host = '127.0.0.1'): Promise<RawQueue> {
+  /** `localAddress`: another loopback address (127.0.0.2, …) plays another host. */
+  static open(port: number, host = '127.0.0.1', localAddress?: string): Promise<RawQueue> {
     return new Promise((resolve, reject) => {
-      const s = net.connect({ port, host }, () => resolve(new RawQueue(s)));
+      const s = net.connect({ port, host, ...(localAddress && { localAddress }) }, () => resolve(new RawQueue(s)));
       s.once('error', reject);
     });
   }
