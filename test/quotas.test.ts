@@ -108,7 +108,7 @@ describe('quotas: instances of one export never lock out another', () => {
       expect(st(await qs[3]!.connectControl('shared', 'modest'))).toBe('SUCCESS');
       expect(st(await qs[4]!.connectControl('tiny', 'first'))).toBe('SUCCESS');
       expect(st(await qs[5]!.connectControl('tiny', 'second'))).toBe('ENODEV');
-      expect(fx.logged(/"greedy" → "shared": this IVQN has 2 instances of the export, its limit/)).toBe(true);
+      expect(fx.logged(/"greedy" → "shared": this IVQN has 2 instances of the export from this peer, its limit/)).toBe(true);
     } finally {
       await Promise.all(held.splice(0).map((q) => q.close().catch(() => {})));
       await fx.close();

@@ -379,3 +379,27 @@ describe('instance ids are no oracle, and another host cannot take a queue (find
     }
   });
 });
+
+describe("a claimed IVQN counts against the claimant, not the IVQN's owner (finding 8)", () => {
+  it('another host that opens the per-IVQN limit of instances as "host-a" does not lock the real host-a out', async () => {
+    const fx = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 }, quotas: { instancesPerIvqn: 3 } });
+    const squatters: RawQueue[] = [];
+    try {
+      await fx.addDisk('d', MiB, { allow: ['host-a'] });
+      await fx.listen();
+      for (let i = 0; i < 4; i++) {
+        const q = await RawQueue.open(fx.port, '127.0.0.1', '127.0.0.2');
+        squatters.push(q);
+        expect(st(await q.connectControl('d', 'host-a'))).toBe(i < 3 ? 'SUCCESS' : 'ENODEV');
+      }
+      expect(fx.logged(/this IVQN has 3 instances of the export from this peer, its limit/)).toBe(true);
+      // Before: ENODEV for the real host-a, its IVQN's count full of someone else's instances.
+      const a = await BlockDevice.open(`${fx.url}/d`, { ivqn: 'host-a', ...quiet });
+      await a.write(0, Buffer.alloc(512, 1));
+      await a.close();
+    } finally {
+      await Promise.all(squatters.map((q) => q.close().catch(() => {})));
+      await fx.close();
+    }
+  });
+});

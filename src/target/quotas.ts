@@ -40,34 +40,43 @@ export class InstanceQuota {
 
   constructor(private readonly limits: QuotaLimits) {}
 
-  private static key(tvqn: string, ivqn: string): string {
+  private static key(tvqn: string, claimant: string): string {
     // NUL cannot occur in a VQN (DECISIONS.md item 6), so the pair key is unambiguous.
-    return `${tvqn}\0${ivqn}`;
+    return `${tvqn}\0${claimant}`;
   }
 
-  /** Why one more instance of `tvqn` for `ivqn` is refused, or null when it fits. */
-  refusal(tvqn: string, ivqn: string, exportLimit = this.limits.instancesPerExport): string | null {
+  /**
+   * Who an instance counts against under the per-IVQN limit: the IVQN as far as the peer proved
+   * it. With a TLS identity, the IVQN from that identity; without one, the IVQN from that host.
+   * A peer that merely claims another's IVQN fills its own count, never the real owner's.
+   */
+  static claimant(ivqn: string, identity: string | undefined, host: string): string {
+    return identity !== undefined ? `${ivqn}\0identity\0${identity}` : `${ivqn}\0host\0${host}`;
+  }
+
+  /** Why one more instance of `tvqn` for `claimant` (see claimant()) is refused, or null when it fits. */
+  refusal(tvqn: string, claimant: string, exportLimit = this.limits.instancesPerExport): string | null {
     const e = this.perExport.get(tvqn) ?? 0;
     if (e >= exportLimit) return `export has ${e} instances, its limit`;
-    const i = this.perIvqn.get(InstanceQuota.key(tvqn, ivqn)) ?? 0;
-    if (i >= this.limits.instancesPerIvqn) return `this IVQN has ${i} instances of the export, its limit`;
+    const i = this.perIvqn.get(InstanceQuota.key(tvqn, claimant)) ?? 0;
+    if (i >= this.limits.instancesPerIvqn) return `this IVQN has ${i} instances of the export from this peer, its limit`;
     return null;
   }
 
-  add(tvqn: string, ivqn: string): void {
+  add(tvqn: string, claimant: string): void {
     this.perExport.set(tvqn, (this.perExport.get(tvqn) ?? 0) + 1);
-    const k = InstanceQuota.key(tvqn, ivqn);
+    const k = InstanceQuota.key(tvqn, claimant);
     this.perIvqn.set(k, (this.perIvqn.get(k) ?? 0) + 1);
   }
 
-  remove(tvqn: string, ivqn: string): void {
+  remove(tvqn: string, claimant: string): void {
     const dec = (m: Map<string, number>, k: string) => {
       const n = (m.get(k) ?? 0) - 1;
       if (n > 0) m.set(k, n);
       else m.delete(k);
     };
     dec(this.perExport, tvqn);
-    dec(this.perIvqn, InstanceQuota.key(tvqn, ivqn));
+    dec(this.perIvqn, InstanceQuota.key(tvqn, claimant));
   }
 }
 

@@ -318,7 +318,8 @@ export class VofTarget {
       const who = identity === undefined ? 'an unauthenticated peer' : `identity ${quotePeerString(identity)}`;
       return { status: Status.EACLREJECTED, why: `IVQN not allowed for ${who}` };
     }
-    const over = this.quota.refusal(body.tvqn, body.ivqn, entry.maxInstances);
+    const claimant = InstanceQuota.claimant(body.ivqn, identity, hostOf(control.connection.peer));
+    const over = this.quota.refusal(body.tvqn, claimant, entry.maxInstances);
     if (over) return { status: Status.ENODEV, why: over };
     const id = this.allocateInstanceId();
     if (id < 0 || this.instances.size >= this.maxInstances) return { status: Status.ENODEV, why: `the target has ${this.instances.size} instances, its limit` };
@@ -329,10 +330,10 @@ export class VofTarget {
       this.log.error(`cannot create an instance of ${quotePeerString(body.tvqn)}: ${(err as Error).message}`);
       return { status: Status.ENODEV, why: 'the device refused' };
     }
-    this.quota.add(body.tvqn, body.ivqn);
+    this.quota.add(body.tvqn, claimant);
     const inst = new DeviceInstance(id, body.tvqn, body.ivqn, device, control, this.keepalive, this.log, (gone) => {
       this.instances.delete(gone.id);
-      this.quota.remove(gone.tvqn, gone.ivqn);
+      this.quota.remove(gone.tvqn, claimant);
       this.log.info(`instance ${gone.id} destroyed`);
     });
     if (device.admin) inst.admin = new InstanceAdmin(inst, entry.errorLog, this.log, entry.healthTests);

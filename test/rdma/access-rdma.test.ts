@@ -53,13 +53,16 @@ describe('allow-lists over RDMA: virtqueues cannot be borrowed', () => {
       expect(st(await ctl.connectControl('private', 'mallory'))).toBe('EACLREJECTED');
       await ctl.close();
 
-      const m = await RawRdmaQueue.open(rdmaUrl);
+      // One connection per virtqueue: the fourth refused Connect on a connection closes it.
+      let m!: RawRdmaQueue;
       const connect = (vqIndex: number, body?: { ivqn: string; tvqn: string }) =>
         m.call(
           { opcode: Opcode.Connect, commandId: 2, deviceInstanceId: id, vqIndex, length: body ? CONNECT_BODY_SIZE : 0, queueSize: 4 },
           body ? encodeConnectBody(body) : undefined,
         );
       for (const vq of [0, 1]) {
+        if (m) await m.close();
+        m = await RawRdmaQueue.open(rdmaUrl);
         expect(st(await connect(vq))).toBe('EBADVQN');
         expect(st(await connect(vq, { ivqn: 'mallory', tvqn: 'private' }))).toBe('EBADVQN');
         expect(st(await connect(vq, { ivqn: 'host-b', tvqn: 'private' }))).toBe('EBADVQN');
@@ -71,8 +74,9 @@ describe('allow-lists over RDMA: virtqueues cannot be borrowed', () => {
       encodeKeyedDescriptor({ addr: 0x2000n, length: 513, key: 0x1234 }, desc, 16);
       const read = await m.call({ opcode: Opcode.Vq, commandId: 3, outLength: 16, inLength: 513 }, desc);
       expect([st(read), read.readUInt32LE(4)]).toEqual(['ENOCMD', 0]);
-      expect(st(await connect(1, { ivqn: 'mallory', tvqn: 'private' }))).toBe('EBADVQN'); // still alive
+      expect(st(await connect(1, { ivqn: 'mallory', tvqn: 'private' }))).toBe('EBADVQN'); // still alive: its fourth refusal
       await m.close();
+      expect(fx.logged(/closing the queue: 4 refused Connects on one connection/)).toBe(true);
 
       // A matching body over another transport (TCP) does not reach an RDMA instance either.
       const t = await RawQueue.open(Number(tcpUrl.split(':').pop()));
