@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -212,5 +212,53 @@ describe('NbdServer over any NbdBlockDevice', () => {
     expect((await a.call(NbdCommand.FLUSH, 0, 0)).error).toBe(0);
     expect((await b.call(NbdCommand.READ, 8192, 512)).data!.equals(Buffer.alloc(512, 0x3c))).toBe(true);
     expect(server!.connectionCount).toBe(2);
+  });
+});
+
+describe('the NBD bridge is closed by default and bounded (security issue, finding 7)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vof-nbd-bounds-'));
+  let server: NbdServer | null = null;
+  const clients: RawNbdClient[] = [];
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  afterEach(async () => {
+    clients.splice(0).forEach((c) => c.close());
+    await server?.close();
+    server = null;
+  });
+
+  async function serve(options: Partial<NbdServerOptions> = {}): Promise<string> {
+    const sock = join(dir, `s${Math.random().toString(36).slice(2)}.sock`);
+    server = new NbdServer(new MemoryDisk(1 << 20, 512), { name: 'mem', log: silentLogger, ...options });
+    await server.listen({ socket: sock });
+    return sock;
+  }
+
+  it('the Unix socket is created 0600 (or the mode asked for), and the process umask is left as it was', async () => {
+    const before = process.umask();
+    expect(statSync(await serve()).mode & 0o777).toBe(0o600);
+    await server!.close();
+    expect(statSync(await serve({ socketMode: 0o660 })).mode & 0o777).toBe(0o660);
+    expect(process.umask()).toBe(before);
+  });
+
+  it('a client that never finishes the handshake is disconnected; one beyond the connection limit is refused', async () => {
+    const sock = await serve({ handshakeTimeoutMs: 300, maxConnections: 2 });
+    const silent = await RawNbdClient.connect(sock);
+    clients.push(silent);
+    const other = await RawNbdClient.connect(sock);
+    clients.push(other);
+    // Both slots taken: a third is closed at once (before: it got a greeting and was kept).
+    const third = await RawNbdClient.connect(sock).then(
+      (c) => (clients.push(c), 'greeted'),
+      () => 'refused',
+    );
+    expect(third).toBe('refused');
+    await new Promise((r) => setTimeout(r, 800));
+    expect([silent.closed, other.closed]).toEqual([true, true]);
+    // Slots free again: a proper client gets in and through.
+    const ok = await RawNbdClient.connect(sock);
+    clients.push(ok);
+    ok.sendClientFlags(3);
+    expect((await ok.go('mem', [])).size).toBe(1n << 20n);
   });
 });

@@ -103,6 +103,9 @@ describe.skipIf(!clients.ok)(`vof nbd with real NBD clients${clients.skipNote}`,
     const list = run('nbdinfo', ['--list', '--json', rw.uri]);
     expect(list.status, list.out).toBe(0);
     expect((JSON.parse(list.stdout) as { exports: Array<{ 'export-name': string }> }).exports.map((x) => x['export-name'])).toEqual(['nbd-rw']);
+    // NBD clients are never shown the upstream vof URL (NBD_OPT_LIST, NBD_INFO_DESCRIPTION).
+    expect(list.stdout).not.toMatch(/tcp:\/\/|127\.0\.0\.1/);
+    expect(r.stdout).not.toMatch(/tcp:\/\/|127\.0\.0\.1/);
   }, SLOW);
 
   it('qemu-img convert copies a random 32 MiB image in; qemu-img compare and nbdcopy + cmp prove it identical', () => {
@@ -352,5 +355,12 @@ describe.skipIf(!clients.ok)(`vof nbd with real NBD clients${clients.skipNote}`,
       encoding: 'utf8',
     });
     expect(both.status).toBe(2);
+    // NBD has no authentication here: a non-loopback address needs the user's explicit word,
+    // and is refused before the vof disk is even opened.
+    const open = spawnSync(process.execPath, ['dist/cli/main.js', 'nbd', `${target.urls[0]}/nbd-rw`, '--listen', '0.0.0.0:0'], { encoding: 'utf8', timeout: 20000 });
+    expect(open.status).toBe(2);
+    expect(open.stderr).toMatch(/--listen 0\.0\.0\.0:0: NBD clients are not authenticated .* pass --allow-unauthenticated/);
+    const mode = spawnSync(process.execPath, ['dist/cli/main.js', 'nbd', `${target.urls[0]}/nbd-rw`, '--socket', join(dir, 'm.sock'), '--socket-mode', 'rw'], { encoding: 'utf8', timeout: 20000 });
+    expect([mode.status, mode.stderr]).toEqual([2, expect.stringMatching(/--socket-mode expects an octal mode/)]);
   }, SLOW);
 });

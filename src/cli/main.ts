@@ -34,10 +34,13 @@ Usage:
            [--tls-psk FILE [--tls-psk-identity ID]] [--tls-servername NAME]
   vof devices [--json]
       List RDMA devices with port state, MTU and GIDs.
-  vof nbd URL/TVQN [--socket PATH | --listen HOST:PORT] [--name EXPORT] [--ivqn IVQN]
-          [--read-only] [--max-requests N] [--log LEVEL] [TLS]
+  vof nbd URL/TVQN [--socket PATH [--socket-mode OCTAL] | --listen HOST:PORT [--allow-unauthenticated]]
+          [--name EXPORT] [--ivqn IVQN] [--read-only] [--max-requests N] [--max-connections N]
+          [--log LEVEL] [TLS]
       Serve a remote disk over NBD (qemu, qemu-img, nbdcopy, fio, nbd-client). Prints the
-      NBD URI (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT) when ready.
+      NBD URI (nbd+unix:///EXPORT?socket=PATH or nbd://HOST:PORT/EXPORT) when ready. NBD
+      clients are not authenticated: the socket is 0600, --listen only on loopback unless
+      --allow-unauthenticated; at most 64 connections, 10 s to finish the handshake.
   vof bench [--target URL] [--rw LIST] [--bs LIST] [--qd LIST] [--queues N] [--time SEC]
             [--ramp SEC] [--rounds N] [--size SIZE] [--rdma auto|vm|off] [--vm-time SEC] [--anchors]
             [--quick] [--json FILE] [--chart FILE.svg] [--cpu-prof DIR] [--file-io auto|uring|libuv]

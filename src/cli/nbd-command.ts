@@ -2,7 +2,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BlockDevice } from '../devices/blk/block-device.js';
-import { NbdServer, type NbdListenAddress } from '../nbd/nbd-server.js';
+import { NbdServer, isLoopbackHost, type NbdListenAddress } from '../nbd/nbd-server.js';
 import { NBD_DEFAULT_PORT } from '../nbd/nbd-protocol.js';
 import { parseDeviceUrl, UrlError } from '../url.js';
 import { createLogger, type LogLevel } from '../util/log.js';
@@ -29,6 +29,9 @@ export async function runNbd(argv: string[]): Promise<number> {
       ivqn: { type: 'string' },
       'read-only': { type: 'boolean' },
       'max-requests': { type: 'string' },
+      'max-connections': { type: 'string' },
+      'socket-mode': { type: 'string' },
+      'allow-unauthenticated': { type: 'boolean' },
       log: { type: 'string' },
       ...TLS_CLIENT_OPTIONS,
       ...RECONNECT_OPTIONS,
@@ -36,7 +39,11 @@ export async function runNbd(argv: string[]): Promise<number> {
     allowPositionals: true,
     strict: true,
   });
-  if (positionals.length !== 1) throw new CliError(`usage: vof nbd URL [--socket PATH | --listen HOST:PORT] [--name EXPORT] [--ivqn IVQN] [--read-only] [--max-requests N] [--tls-* ...] ${RECONNECT_USAGE}`);
+  if (positionals.length !== 1) {
+    throw new CliError(
+      `usage: vof nbd URL [--socket PATH [--socket-mode OCTAL] | --listen HOST:PORT [--allow-unauthenticated]] [--name EXPORT] [--ivqn IVQN] [--read-only] [--max-requests N] [--max-connections N] [--tls-* ...] ${RECONNECT_USAGE}`,
+    );
+  }
   const url = positionals[0]!;
   let tvqn: string;
   try {
@@ -48,7 +55,21 @@ export async function runNbd(argv: string[]): Promise<number> {
   if (values.socket !== undefined && values.listen !== undefined) throw new CliError('vof nbd takes --socket PATH or --listen HOST:PORT, not both');
   const address: NbdListenAddress =
     values.listen !== undefined ? parseHostPort(values.listen) : { socket: values.socket ?? join(tmpdir(), `vof-nbd-${process.pid}.sock`) };
+  // NBD itself has no authentication here: anyone who reaches the port gets the disk. Loopback
+  // (or a Unix socket, 0600 by default) is the safe default; anything wider is the user's call.
+  if ('host' in address && !isLoopbackHost(address.host) && !values['allow-unauthenticated']) {
+    throw new CliError(
+      `--listen ${values.listen}: NBD clients are not authenticated (vof nbd has no NBD TLS), so anyone who reaches this address gets the disk; ` +
+        'listen on 127.0.0.1 or a --socket, or pass --allow-unauthenticated if the network is trusted',
+    );
+  }
+  let socketMode: number | undefined;
+  if (values['socket-mode'] !== undefined) {
+    if (!/^0?[0-7]{3}$/.test(values['socket-mode'])) throw new CliError(`--socket-mode expects an octal mode such as 600 or 660, got "${values['socket-mode']}"`);
+    socketMode = parseInt(values['socket-mode'], 8);
+  }
   const maxRequests = parseIntOption(values['max-requests'], 'max-requests', 1, 4096);
+  const maxConnections = parseIntOption(values['max-connections'], 'max-connections', 1, 4096);
   const log = createLogger((values.log ?? 'info') as LogLevel);
 
   // Installed before anything is announced, so a signal at any point after shuts down cleanly.
@@ -78,9 +99,12 @@ export async function runNbd(argv: string[]): Promise<number> {
   });
   const server = new NbdServer(disk, {
     name: values.name ?? tvqn,
-    description: `vof ${url}`,
+    // What NBD clients are shown (NBD_OPT_LIST, NBD_INFO_DESCRIPTION): never the upstream URL.
+    description: 'vof disk (Virtio-oF)',
     readOnly: values['read-only'] ?? false,
     ...(maxRequests !== undefined && { maxRequestsPerConnection: maxRequests }),
+    ...(maxConnections !== undefined && { maxConnections }),
+    ...(socketMode !== undefined && { socketMode }),
     log,
   });
   try {

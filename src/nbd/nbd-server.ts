@@ -13,7 +13,21 @@ export interface NbdServerOptions extends NbdExportOptions {
   readonly maxBytesPerConnection?: number;
   /** How long close() waits for in-flight requests before cutting connections (default 10 s). */
   readonly shutdownTimeoutMs?: number;
+  /** Drop a connection that has not finished the NBD handshake after this long (default 10 s). */
+  readonly handshakeTimeoutMs?: number;
+  /** NBD connections at once; one more is closed at accept with a log line (default 64). */
+  readonly maxConnections?: number;
+  /** Mode of the Unix socket file (default 0o600: the server's user only). */
+  readonly socketMode?: number;
   readonly log?: Logger;
+}
+
+export const NBD_DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
+export const NBD_DEFAULT_MAX_CONNECTIONS = 64;
+
+/** Whether a --listen host is this machine's loopback only (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127(?:\.\d{1,3}){3}$/.test(host);
 }
 
 /** Where to listen: a Unix socket path, or a TCP host and port (port 0 picks one). */
@@ -92,10 +106,25 @@ export class NbdServer {
       return;
     }
     const peer = socket.remoteAddress ? formatHostPort(socket.remoteAddress, socket.remotePort ?? 0) : `unix#${this.nextId++}`;
+    const max = this.options.maxConnections ?? NBD_DEFAULT_MAX_CONNECTIONS;
+    if (this.connections.size >= max) {
+      this.log.warn(`nbd ${peer}: refused: ${this.connections.size} connections, the limit (--max-connections)`);
+      socket.destroy();
+      return;
+    }
     const conn = new NbdConnection(socket, this.export, this.limits, this.log, peer);
     this.connections.add(conn);
     this.log.debug(`nbd ${peer}: connected`);
+    // A client that never finishes the handshake holds a connection slot for nothing.
+    const timeoutMs = this.options.handshakeTimeoutMs ?? NBD_DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    const timer = setTimeout(() => {
+      if (conn.inTransmission) return;
+      this.log.warn(`nbd ${peer}: no completed handshake within ${timeoutMs} ms; disconnecting`);
+      socket.destroy();
+    }, timeoutMs);
+    timer.unref();
     void conn.closedPromise.then(() => {
+      clearTimeout(timer);
       this.connections.delete(conn);
       this.log.debug(`nbd ${peer}: closed`);
     });
@@ -111,8 +140,18 @@ export class NbdServer {
         this.server.off('error', onError);
         resolve();
       };
-      if ('socket' in address) this.server.listen(address.socket, done);
-      else this.server.listen(address.port ?? NBD_DEFAULT_PORT, address.host, done);
+      if ('socket' in address) {
+        // The socket file is created inside listen() with the process umask: set it so that
+        // the file is born with the wanted mode (no window with a wider one), and put it back
+        // at once (the umask is process-wide).
+        const mode = this.options.socketMode ?? 0o600;
+        const old = process.umask(~mode & 0o777);
+        try {
+          this.server.listen(address.socket, done);
+        } finally {
+          process.umask(old);
+        }
+      } else this.server.listen(address.port ?? NBD_DEFAULT_PORT, address.host, done);
     });
     if ('socket' in address) {
       this.address = address;
