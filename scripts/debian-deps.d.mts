@@ -27,6 +27,7 @@ export interface TestDeps {
 export declare const DEPS: DebianDeps;
 export declare function groupPackages(groups: readonly string[]): string[];
 export declare function parseDpkgStatus(stdout: string): Set<string>;
+export declare function which(cmd: string): string | null;
 export declare function hasCommand(cmd: string): boolean;
 export declare function isDry(env?: NodeJS.ProcessEnv): boolean;
 export declare function requireAll(env?: NodeJS.ProcessEnv): boolean;

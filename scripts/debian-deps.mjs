@@ -41,18 +41,23 @@ export function parseDpkgStatus(stdout) {
 
 const SEARCH = () => (process.env.PATH || '/usr/bin:/bin').split(':').concat(['/usr/local/sbin', '/usr/sbin', '/sbin']);
 
-/** Whether cmd is an executable file on PATH (or in the sbin directories, as root's PATH has them). */
-export function hasCommand(cmd) {
+/** The path of cmd as an executable file on PATH (or in the sbin directories, as root's PATH has them), or null. */
+export function which(cmd) {
   for (const dir of SEARCH()) {
     const p = path.join(dir || '.', cmd);
     try {
       fs.accessSync(p, fs.constants.X_OK);
-      if (fs.statSync(p).isFile()) return true;
+      if (fs.statSync(p).isFile()) return p;
     } catch {
       /* not here */
     }
   }
-  return false;
+  return null;
+}
+
+/** Whether cmd is an executable file on PATH (see which). */
+export function hasCommand(cmd) {
+  return which(cmd) !== null;
 }
 
 export const isDry = (env = process.env) => env.VOF_TEST_DEPS_DRY === '1';

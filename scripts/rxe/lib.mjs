@@ -22,7 +22,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { aptUpdate, ensurePackages, installCommand } from '../debian-deps.mjs';
+import { aptUpdate, ensurePackages, installCommand, which } from '../debian-deps.mjs';
 
 export const SCRIPTS_DIR = path.dirname(fileURLToPath(import.meta.url));
 export const REPO_DIR = path.resolve(SCRIPTS_DIR, '../..');
@@ -42,19 +42,6 @@ export function log(msg) {
 }
 function debug(msg) {
   if (isVerbose()) log(msg);
-}
-
-function which(cmd) {
-  for (const dir of (process.env.PATH || '/usr/sbin:/usr/bin:/sbin:/bin').split(':').concat(['/usr/sbin', '/sbin'])) {
-    const p = path.join(dir || '.', cmd);
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      if (fs.statSync(p).isFile()) return p;
-    } catch {
-      /* not here */
-    }
-  }
-  return null;
 }
 
 function sh(cmd, args, opts = {}) {
