@@ -1,6 +1,6 @@
 import { DEFAULT_PORT } from './protocol/constants.js';
 import type { Endpoint } from './transport/transport.js';
-import { quotePeerString } from './util/escape.js';
+import { hasControlCharacters, quotePeerString } from './util/escape.js';
 
 export type Scheme = 'tcp' | 'tls' | 'rdma';
 
@@ -17,15 +17,12 @@ export class UrlError extends Error {
   override name = 'UrlError';
 }
 
-/** C0 and C1 controls, DEL, and Unicode's invisible and bidirectional controls. */
-const CONTROL = /[\u0000-\u001f\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/u;
-
 /** The characters of a host name, an IPv4 literal, or (inside brackets) an IPv6 literal with its zone. */
 const HOST = /^(?:\[[0-9A-Za-z:.%_-]+\]|[0-9A-Za-z._-]+)$/;
 
 function parse(url: string): { scheme: Scheme; endpoint: Endpoint; path: string } {
   // A URL reaches logs, terminals and redirect records: refuse what could forge or hide text there.
-  if (CONTROL.test(url)) throw new UrlError(`${quotePeerString(url)} contains control characters: not a Virtio-oF address`);
+  if (hasControlCharacters(url)) throw new UrlError(`${quotePeerString(url)} contains control characters: not a Virtio-oF address`);
   const m = /^(tcp|tls|rdma):\/\/(\[[^\]]+\]|[^/:]+)(?::(\d+))?(\/.*)?$/.exec(url);
   if (!m || !HOST.test(m[2]!)) throw new UrlError(`"${url}" is not a Virtio-oF address: expected tcp://HOST[:PORT], tls://HOST[:PORT] or rdma://HOST[:PORT]`);
   const host = m[2]!.startsWith('[') ? m[2]!.slice(1, -1) : m[2]!;
@@ -50,7 +47,7 @@ export function parseDeviceUrl(url: string): DeviceAddress {
   } catch {
     throw new UrlError(`bad percent-encoding in the TVQN of "${url}"`);
   }
-  if (CONTROL.test(tvqn)) throw new UrlError(`the TVQN of "${url}" contains control characters`);
+  if (hasControlCharacters(tvqn)) throw new UrlError(`the TVQN of "${url}" contains control characters`);
   if (!tvqn) throw new UrlError(`no TVQN in "${url}": expected ${scheme}://HOST[:PORT]/TVQN`);
   return { scheme, endpoint, tvqn };
 }

@@ -14,11 +14,14 @@
  *   lets C1 controls, bidi marks and U+2028/U+2029 through as raw characters; they become
  *   \uXXXX escapes, which JSON.parse reads back as the same string.
  */
-const DANGEROUS = '\\u0000-\\u001f\\u007f-\\u009f\\u061c\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2069\\ufeff\\ufff9-\\ufffb';
+/** Beyond the C0 controls: DEL and C1, then Unicode's invisible, bidi and separator characters. */
+const DANGEROUS_BEYOND_C0 = '\\u007f-\\u009f\\u061c\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u2069\\ufeff\\ufff9-\\ufffb';
+const DANGEROUS = `\\u0000-\\u001f${DANGEROUS_BEYOND_C0}`;
 const UNSAFE = new RegExp(`[${DANGEROUS}"\\\\]`, 'gu');
 const UNSAFE_IN_TEXT = new RegExp(`[${DANGEROUS}]`, 'gu');
 /** Outside the C0 range, which JSON.stringify escapes itself. */
-const UNSAFE_IN_JSON = /[\u007f-\u009f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]/gu;
+const UNSAFE_IN_JSON = new RegExp(`[${DANGEROUS_BEYOND_C0}]`, 'gu');
+const HAS_DANGEROUS = new RegExp(`[${DANGEROUS}]`, 'u');
 
 /** Longest part of a peer string kept in a log line (VQNs are at most 255 bytes anyway). */
 const MAX_LOGGED_CHARS = 300;
@@ -62,4 +65,9 @@ export function escapePeerText(text: string): string {
 export function jsonForTerminal(value: unknown, replacer?: (key: string, value: unknown) => unknown, space?: number): string {
   const json = JSON.stringify(value, replacer, space) ?? 'null';
   return json.replace(UNSAFE_IN_JSON, (c) => `\\u${c.codePointAt(0)!.toString(16).padStart(4, '0')}`);
+}
+
+/** Whether `text` holds a character this family escapes as dangerous (controls, bidi, separators). */
+export function hasControlCharacters(text: string): boolean {
+  return HAS_DANGEROUS.test(text);
 }
