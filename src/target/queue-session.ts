@@ -93,9 +93,7 @@ export class QueueSession {
   /** Woken whenever a command leaves the queue (whenIdle, cancelAll). */
   private readonly left = new WakeSignal();
   private readonly sink: CompletionSink = {
-    vacate: (req) => {
-      if (this.requests.get(req.commandId) === req) this.requests.delete(req.commandId);
-    },
+    vacate: (req) => this.vacate(req),
     send: (completion, refusal, payload) => this.reply(completion, refusal, payload),
     sendVq: (data, completion, written) => (this.closed ? Promise.resolve() : this.connection.completeVq(data, completion, written)),
     finished: (req) => this.slotFinished(req),
@@ -253,11 +251,16 @@ export class QueueSession {
     this.close();
   }
 
+  /** The command's id is free again (its completion is leaving, or it ended without one). */
+  private vacate(req: TargetRequest): void {
+    if (this.requests.get(req.commandId) === req) this.requests.delete(req.commandId);
+  }
+
   /** A command has left: its budget goes back and its slot to the pool. */
   private slotFinished(req: TargetRequest): void {
     this.giveBack(req.reserved);
     req.reserved = 0;
-    if (this.requests.get(req.commandId) === req) this.requests.delete(req.commandId);
+    this.vacate(req);
     this.busySlots--;
     this.freeSlots.push(req);
     this.left.wake();
@@ -540,7 +543,7 @@ export class QueueSession {
   private executed(req: TargetRequest, written: number): Promise<void> | void {
     const writable = req.writable!;
     if (!Number.isSafeInteger(written) || written < 0 || written > writable.length) {
-      return this.deviceFault(req, req.instance!, `vq ${req.vqIndex}: device reports ${written} bytes written into ${writable.length} device-writable bytes`);
+      return this.deviceFault(req, `vq ${req.vqIndex}: device reports ${written} bytes written into ${writable.length} device-writable bytes`);
     }
     req.written = written;
     let sending: Promise<void> | void;
@@ -558,7 +561,7 @@ export class QueueSession {
     // A device that stops a cancelled command by throwing (throwIfAborted) did as asked.
     if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, req.commandId, 0));
     // Only a reset clears it: the instance is now DEVICE_NEEDS_RESET, the command ESTATUS.
-    this.deviceFault(req, req.instance!, `vq ${req.vqIndex}: ${(err as Error)?.message ?? String(err)}`);
+    this.deviceFault(req, `vq ${req.vqIndex}: ${(err as Error)?.message ?? String(err)}`);
   }
 
   private completed(req: TargetRequest): void {
@@ -572,8 +575,9 @@ export class QueueSession {
     req.failVq(Status.EINVQBUF);
   }
 
-  private deviceFault(req: TargetRequest, inst: DeviceInstance, why: string): void {
-    inst.needsReset(why);
+  /** A VQ command's device faulted: the instance needs a reset, the command is ESTATUS. */
+  private deviceFault(req: TargetRequest, why: string): void {
+    req.instance!.needsReset(why);
     req.complete(encodeVqCompletion(Status.ESTATUS, req.commandId, 0));
   }
 
@@ -611,7 +615,7 @@ export class QueueSession {
     this.disconnecting = true;
     const cut = [...this.requests.values()];
     for (const req of cut) {
-      void req.cancel(reason);
+      req.cancel(reason);
       req.complete(encodeBareCompletion(Status.ESTATUS, req.commandId));
     }
     this.close();
