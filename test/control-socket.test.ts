@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -37,6 +37,7 @@ describe('control socket (issue 17, findings 10c and 12b)', () => {
     expect(currentUmask()).toBe(before);
     // And after a successful listen, too.
     const ok = await ControlSocket.listen(join(dir, 'ok.sock'), handler, silentLogger);
+    expect(statSync(join(dir, 'ok.sock')).mode & 0o777).toBe(0o600); // operators only
     await ok.close();
     expect(currentUmask()).toBe(before);
   });

@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { formatHostPort } from '../transport/address.js';
 import { defaultLogger, type Logger } from '../util/log.js';
+import { withSocketMode } from '../util/socket-mode.js';
 import { NbdConnection } from './nbd-connection.js';
 import { NbdExport, type NbdBlockDevice, type NbdExportOptions } from './nbd-export.js';
 import { NBD_DEFAULT_PORT } from './nbd-protocol.js';
@@ -140,18 +141,8 @@ export class NbdServer {
         this.server.off('error', onError);
         resolve();
       };
-      if ('socket' in address) {
-        // The socket file is created inside listen() with the process umask: set it so that
-        // the file is born with the wanted mode (no window with a wider one), and put it back
-        // at once (the umask is process-wide).
-        const mode = this.options.socketMode ?? 0o600;
-        const old = process.umask(~mode & 0o777);
-        try {
-          this.server.listen(address.socket, done);
-        } finally {
-          process.umask(old);
-        }
-      } else this.server.listen(address.port ?? NBD_DEFAULT_PORT, address.host, done);
+      if ('socket' in address) withSocketMode(this.options.socketMode ?? 0o600, () => this.server.listen(address.socket, done));
+      else this.server.listen(address.port ?? NBD_DEFAULT_PORT, address.host, done);
     });
     if ('socket' in address) {
       this.address = address;

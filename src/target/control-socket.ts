@@ -1,6 +1,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { quotePeerString } from '../util/escape.js';
+import { withSocketMode } from '../util/socket-mode.js';
 import type { Logger } from '../util/log.js';
 import type { DrainResult } from './target.js';
 
@@ -40,17 +41,11 @@ export class ControlSocket {
       unlinkSync(path);
     }
     const server = createServer((sock) => serve(sock, handler, log));
-    // The socket file is created by listen() with the process umask: 0177 gives mode 0600. The
-    // umask is process-wide, so it is put back on every path, a failed listen included.
-    const old = process.umask(0o177);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(path, () => resolve());
-      });
-    } finally {
-      process.umask(old);
-    }
+    // Operators only: the socket file is created 0600.
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      withSocketMode(0o600, () => server.listen(path, () => resolve()));
+    });
     return new ControlSocket(server, path);
   }
 
