@@ -1,4 +1,4 @@
-import { OldestFirstAdmission } from '../util/oldest-first-admission.js';
+import type { AdmissionLimits } from '../util/oldest-first-admission.js';
 
 /**
  * Resource limits that keep one export's users from locking out another's (docs/PROTOCOL.md,
@@ -81,11 +81,9 @@ export class InstanceQuota {
 }
 
 /**
- * Connections that have not completed Connect, counted per peer host and in total; at a limit
- * the oldest such connection is closed to make room (see OldestFirstAdmission).
+ * Connections that have not completed Connect, counted per peer host and in total (see
+ * OldestFirstAdmission): the same limits count TLS handshakes still in progress.
  */
-export class UnboundConnections<C> extends OldestFirstAdmission<C> {
-  constructor(limits: QuotaLimits) {
-    super({ total: limits.unboundConnections, perHost: limits.unboundPerHost });
-  }
+export function unboundLimits(limits: QuotaLimits): AdmissionLimits {
+  return { total: limits.unboundConnections, perHost: limits.unboundPerHost };
 }

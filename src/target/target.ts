@@ -11,8 +11,8 @@ import { defaultLogger, type Logger } from '../util/log.js';
 import { AccessPolicy, bindingRefusal, hostOf, type AllowSpec, type Refusal } from './access-policy.js';
 import type { DeviceExport } from './device.js';
 import { DeviceInstance, keepalivePolicyProblem, keepalivePolicyWarnings, type KeepalivePolicy } from './device-instance.js';
-import type { AdmissionLimits } from '../util/oldest-first-admission.js';
-import { InstanceQuota, UnboundConnections, resolveQuotas, type QuotaLimits } from './quotas.js';
+import { OldestFirstAdmission, type AdmissionLimits } from '../util/oldest-first-admission.js';
+import { InstanceQuota, resolveQuotas, unboundLimits, type QuotaLimits } from './quotas.js';
 import { QueueSession, type TargetContext } from './queue-session.js';
 import { DeviceErrorLog } from '../admin/error-log.js';
 import { InstanceAdmin } from '../admin/instance-admin.js';
@@ -126,7 +126,8 @@ export class VofTarget {
   private readonly maxVqPayload: number;
   private readonly maxInstances: number;
   private readonly quota: InstanceQuota;
-  private readonly unbound: UnboundConnections<QueueSession>;
+  /** Connections without a completed Connect: oldest first out at the unbound limits. */
+  private readonly unbound: OldestFirstAdmission<QueueSession>;
   /** The same limits for TLS handshakes in progress (counted by the transport, before a session exists). */
   private readonly unboundLimits: AdmissionLimits;
   private readonly tls: TlsServerSettings | undefined;
@@ -144,8 +145,8 @@ export class VofTarget {
     this.maxInstances = options.maxInstances ?? CONTROL_QUEUE_INSTANCE_ID;
     const limits = resolveQuotas(options.quotas);
     this.quota = new InstanceQuota(limits);
-    this.unbound = new UnboundConnections(limits);
-    this.unboundLimits = { total: limits.unboundConnections, perHost: limits.unboundPerHost };
+    this.unboundLimits = unboundLimits(limits);
+    this.unbound = new OldestFirstAdmission(this.unboundLimits);
     this.tls = options.tls;
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
     new HealthTestBudget(this.limits.healthTestBurst, this.limits.healthTestIntervalMs); // fail here, not at addDevice
