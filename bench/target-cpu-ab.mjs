@@ -12,7 +12,7 @@
 // measured seconds, the initiator's from process.cpuUsage(). Prints one line per run and the
 // median (min–max) of each side's CPU per I/O.
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -42,16 +42,13 @@ const rounds = Number(o.rounds);
 const { BlockDevice, silentLogger } = await import(pathToFileURL(join(roots.B, 'dist/index.js')).href);
 // The offsets vof bench uses (xorshift32): cheap enough not to show in the initiator's CPU.
 const { randomSource } = await import(pathToFileURL(join(roots.B, 'dist/bench/vof-workload.js')).href);
+// The target's utime and stime from /proc/PID/stat, as vof bench reads them.
+const { processCpuTimes: cpuOf } = await import(pathToFileURL(join(roots.B, 'dist/bench/cpu.js')).href);
 
 const dir = mkdtempSync(join(tmpdir(), 'vof-cpu-ab-'));
 const image = join(dir, 'disk.img');
 writeFileSync(image, Buffer.alloc(Number(o['size-mib']) << 20, 0x5a));
 
-/** utime and stime of a process, in seconds (clock ticks of 10 ms). */
-function cpuOf(pid) {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return { user: Number(f[11]) / 100, system: Number(f[12]) / 100 };
-}
 
 async function run(label) {
   const target = spawn(process.execPath, [join(roots[label], 'dist/cli/main.js'), 'target', '--listen', 'tcp://127.0.0.1:0', '--blk', `d=${image}`, '--log', 'warn'], {
