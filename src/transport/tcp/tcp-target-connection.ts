@@ -205,8 +205,7 @@ export class TcpTargetConnection implements TargetConnection {
           // allocations (each a mmap, page faults and a munmap) for the GC.
           const frame = this.frames.take(st.length);
           this.queue.takeInto(st.length, frame, 0);
-          const payload = frame.subarray(0, st.length);
-          this.deliver(st.header, new StreamVqRequest(st.length, st.header.readUInt32LE(12), payload, this, this.frames, frame));
+          this.deliverPayload(st.header, frame.subarray(0, st.length), frame);
           continue;
         }
         // Node hands each read a fresh chunk, so a view of it stays valid: no copy.
@@ -244,9 +243,10 @@ export class TcpTargetConnection implements TargetConnection {
     return { kind: 'header' };
   }
 
-  private deliverPayload(header: Buffer, payload: Buffer): void {
+  /** `frame`: the pooled frame `payload` lies in, given back when the VQ command ends. */
+  private deliverPayload(header: Buffer, payload: Buffer, frame: Buffer | null = null): void {
     if (header.readUInt16LE(0) === Opcode.Vq) {
-      this.deliver(header, new StreamVqRequest(payload.length, header.readUInt32LE(12), payload, this, this.frames));
+      this.deliver(header, new StreamVqRequest(payload.length, header.readUInt32LE(12), payload, this, this.frames, frame));
     } else {
       this.deliver(header, payload);
     }
