@@ -1,5 +1,5 @@
-import * as vega from 'vega';
-import { compile, type TopLevelSpec } from 'vega-lite';
+import type { TopLevelSpec } from 'vega-lite';
+import { CliError } from '../cli/cli-error.js';
 import type { BenchReport } from './types.js';
 import { isBlockRw, workloadLabel } from './workloads.js';
 
@@ -77,10 +77,25 @@ export async function renderChart(report: BenchReport): Promise<string> {
     vconcat: environments.flatMap((env) => [panel('mbps', env), panel('p99', env)]),
     resolve: { scale: { y: 'independent', xOffset: 'independent' } },
   } as unknown as TopLevelSpec;
+  const { vega, compile } = await loadVega();
   const view = new vega.View(vega.parse(compile(spec).spec), { renderer: 'none' });
   try {
     return await view.toSVG();
   } finally {
     view.finalize();
+  }
+}
+
+/**
+ * vega and vega-lite (~11 MB) serve `vof bench --chart` alone, so they are optional peer
+ * dependencies: a library user does not carry them, and the chart asks for them when wanted.
+ */
+async function loadVega(): Promise<{ vega: typeof import('vega'); compile: typeof import('vega-lite').compile }> {
+  try {
+    const [vega, lite] = await Promise.all([import('vega'), import('vega-lite')]);
+    return { vega, compile: lite.compile };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ERR_MODULE_NOT_FOUND') throw err;
+    throw new CliError('--chart needs the optional packages vega and vega-lite: npm install vega vega-lite (in the directory vof is installed in)', 1);
   }
 }
