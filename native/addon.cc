@@ -1,11 +1,21 @@
-// vof's RDMA binding: thin, verb-shaped classes over libibverbs and librdmacm. Policy (what to
-// post, when to close) lives in src/transport/rdma.
-#include "addon.h"
+// vof's native addon: io_uring file I/O (FileRing) and the RDMA binding, thin verb-shaped
+// classes over libibverbs and librdmacm. Policy (what to post, when to close) lives in
+// src/transport/rdma. The RDMA part is compiled only where rdma-core's headers exist
+// (binding.gyp's vof_rdma) and loads rdma-core at run time (rdma_core.cc): `rdma` says whether it
+// is compiled in, `rdmaLoadError` why it cannot be used here (undefined when it can).
+#include "common.h"
 #include "file_ring.h"
+
+#ifdef VOF_HAVE_RDMA
+#include "addon.h"
+#include "rdma_core.h"
+#endif
 
 namespace vof {
 
+#ifdef VOF_HAVE_RDMA
 Constructors& CtorsOf(Napi::Env env) { return *env.GetInstanceData<Constructors>(); }
+#endif
 
 static Napi::Value ResourceCountsValue(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -22,12 +32,13 @@ static Napi::Value ResourceCountsValue(const Napi::CallbackInfo& info) {
   return o;
 }
 
+#ifdef VOF_HAVE_RDMA
 static Napi::Value WcStatusName(const Napi::CallbackInfo& info) {
   auto s = static_cast<ibv_wc_status>(info[0].As<Napi::Number>().Uint32Value());
   return Napi::String::New(info.Env(), ibv_wc_status_str(s));
 }
 
-Napi::Object Init(Napi::Env env, Napi::Object exports) {
+static void InitRdma(Napi::Env env, Napi::Object exports) {
   auto* ctors = new Constructors();
   Napi::Function cmId = CmId::Init(env);
   Napi::Function qp = QueuePair::Init(env);
@@ -44,15 +55,29 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("QueuePair", qp);
   exports.Set("MemoryWindow", MemoryWindow::Init(env));
   exports.Set("listDevices", Napi::Function::New(env, ListDevices));
-  exports.Set("resourceCounts", Napi::Function::New(env, ResourceCountsValue));
   exports.Set("wcStatusName", Napi::Function::New(env, WcStatusName));
-  exports.Set("FileRing", FileRing::Init(env));
   Napi::Object access = Napi::Object::New(env);
   access.Set("LOCAL_WRITE", Napi::Number::New(env, IBV_ACCESS_LOCAL_WRITE));
   access.Set("REMOTE_WRITE", Napi::Number::New(env, IBV_ACCESS_REMOTE_WRITE));
   access.Set("REMOTE_READ", Napi::Number::New(env, IBV_ACCESS_REMOTE_READ));
   access.Set("MW_BIND", Napi::Number::New(env, IBV_ACCESS_MW_BIND));
   exports.Set("access", access);
+}
+#endif
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("FileRing", FileRing::Init(env));
+  exports.Set("resourceCounts", Napi::Function::New(env, ResourceCountsValue));
+#ifdef VOF_HAVE_RDMA
+  exports.Set("rdma", Napi::Boolean::New(env, true));
+  if (const char* why = LoadRdmaCore()) {
+    exports.Set("rdmaLoadError", Napi::String::New(env, why));
+  } else {
+    InitRdma(env, exports);
+  }
+#else
+  exports.Set("rdma", Napi::Boolean::New(env, false));
+#endif
   return exports;
 }
 

@@ -3,6 +3,9 @@
 
 #include "common.h"
 
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+
 #include <vector>
 
 namespace vof {

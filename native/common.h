@@ -1,10 +1,9 @@
-// Shared helpers for the vof RDMA addon: resource counters, error helpers, the uv loop.
+// Shared helpers of the addon (RDMA and io_uring parts): resource counters, error helpers, the
+// uv loop. Nothing here needs rdma-core: the io_uring part is built without it.
 #pragma once
 
 #include <napi.h>
 #include <uv.h>
-#include <infiniband/verbs.h>
-#include <rdma/rdma_cma.h>
 
 #include <cerrno>
 #include <cstring>

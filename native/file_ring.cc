@@ -1,28 +1,14 @@
 #include "file_ring.h"
 
-#ifdef VOF_HAVE_LIBURING
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
-#endif
 
 namespace vof {
 
-#ifndef VOF_HAVE_LIBURING
-
-Napi::Function FileRing::Init(Napi::Env env) { return DefineClass(env, "FileRing", {}); }
-
-FileRing::FileRing(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FileRing>(info) {
-  throw Napi::Error::New(info.Env(),
-                         "io_uring support was not compiled into vof's addon (liburing's headers, "
-                         "Debian/Ubuntu liburing-dev, were missing when it was built)");
-}
-
-FileRing::~FileRing() = default;
-
-#else
+using namespace uring;
 
 namespace {
 // user_data of the ring's own entries (the probe NOP, the exit-time cancel): never a slot.
@@ -383,7 +369,5 @@ void FileRing::Deliver() {
     Unref();
   }
 }
-
-#endif  // VOF_HAVE_LIBURING
 
 }  // namespace vof

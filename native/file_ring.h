@@ -1,15 +1,13 @@
-// Block-file I/O through io_uring (liburing), for the target's file exports. Built only when
-// liburing's headers exist at build time (binding.gyp defines VOF_HAVE_LIBURING); otherwise
-// FileRing still exists but its constructor throws, so JS falls back to libuv's thread pool.
+// Block-file I/O through io_uring, for the target's file exports: the kernel's interface directly
+// (uring.h), so it is built wherever the addon is, with or without rdma-core. Where the kernel
+// refuses io_uring, the constructor throws and JS falls back to libuv's thread pool.
 #pragma once
 
 #include "common.h"
 
 #include <vector>
 
-#ifdef VOF_HAVE_LIBURING
-#include <liburing.h>
-#endif
+#include "uring.h"
 
 namespace vof {
 
@@ -30,7 +28,6 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
   explicit FileRing(const Napi::CallbackInfo& info);
   ~FileRing() override;
 
-#ifdef VOF_HAVE_LIBURING
  private:
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value Write(const Napi::CallbackInfo& info);
@@ -54,7 +51,7 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
   static void OnReadable(uv_poll_t* handle, int status, int events);
   static void OnEnvCleanup(void* self);
 
-  io_uring ring_{};
+  uring::Ring ring_{};
   bool open_ = false;
   bool closing_ = false;
   bool flushArmed_ = false;
@@ -75,7 +72,6 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
   Napi::FunctionReference onCompletions_;
   Napi::ObjectReference results_;
   int32_t* resultWords_ = nullptr;
-#endif
 };
 
 }  // namespace vof

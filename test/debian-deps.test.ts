@@ -46,7 +46,7 @@ describe('the list (scripts/debian-deps.json)', () => {
   it("covers everything .ci/run used to install, plus procps (sysctl), and what each suite runs", () => {
     const oldCiNeed = `libibverbs-dev librdmacm-dev ibverbs-providers ibverbs-utils rdmacm-utils perftest python3 make g++
       rdma-core iproute2 kmod cpio busybox-static qemu-system-x86 util-linux
-      qemu-utils libnbd-bin fio nbd-client e2fsprogs nbdkit iperf3 nvme-cli liburing-dev`.split(/\s+/);
+      qemu-utils libnbd-bin fio nbd-client e2fsprogs nbdkit iperf3 nvme-cli`.split(/\s+/);
     const all = groupPackages([...HOST_GROUPS, ...RDMA_GROUPS, 'rxe-vm']);
     expect(oldCiNeed.filter((p) => !all.includes(p))).toEqual([]);
     expect(all).toContain('procps');
@@ -168,6 +168,9 @@ describe('.ci/run and the README agree, and CI installs nothing itself', () => {
     expect(ci).toMatch(/^export VOF_REQUIRE_ALL=1 VOF_REQUIRE_RDMA=1$/m);
     expect(ci).toMatch(/^set -euo pipefail$/m);
     expect(ci).not.toMatch(/apt-get|dpkg/);
+    // ... and it runs them on a fresh machine: itself again, inside a clean Debian root.
+    expect(ci).toMatch(/^if \[ "\$\{VOF_IN_FRESH_ROOT:-\}" != 1 \]; then\n  exec scripts\/fresh-root\/run\.sh \.ci\/run\nfi$/m);
+    expect(read('scripts/fresh-root/run.sh')).toMatch(/--setenv VOF_IN_FRESH_ROOT 1/);
     const quick = read('README.md').split('## Quick start')[1]!.split('```sh\n')[1]!.split('```')[0]!;
     expect(quick).toMatch(/^npm install && npm run demo\s/m);
     expect(quick).toMatch(/^npm test\s/m);

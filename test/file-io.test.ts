@@ -15,23 +15,22 @@ import { startTarget } from '../scripts/start-target.mjs';
 /**
  * The two file I/O backends of block exports (src/devices/blk/file-io.ts): io_uring in the
  * native addon and libuv's thread pool. Every test runs with both. The io_uring ones need the
- * addon built with liburing (the `addon` packages of scripts/debian-deps.json, which `npm test`
- * installs as root, then builds the addon): without them they are skipped with a banner (or fail
- * with VOF_REQUIRE_ALL=1); where the kernel refuses io_uring they say so loudly.
+ * addon (built by `npm install` wherever a C++ toolchain is; io_uring needs nothing else): without
+ * it they are skipped with a banner (or fail with VOF_REQUIRE_ALL=1); where the kernel refuses
+ * io_uring they say so loudly.
  */
 const root = fileURLToPath(new URL('..', import.meta.url));
 
-/** Where io_uring must be chosen: the addon loads and was built with liburing (binding.gyp). */
+/** Where io_uring must be chosen: the addon loads (it always holds io_uring). */
 function uringExpected(): string | null {
   try {
     loadNativeAddon();
   } catch (err) {
     return `the native addon does not load (${(err as Error).message.split('\n')[0]})`;
   }
-  const mode = spawnSync(process.execPath, [join(root, 'scripts/liburing-build-mode.mjs')], { encoding: 'utf8' }).stdout.trim();
-  return mode === 'none' ? 'liburing-dev is not installed, so the addon is built without io_uring' : null;
+  return null;
 }
-const addon = needs('test/file-io.test.ts: the io_uring backend (native addon with liburing)', ['addon'], uringExpected);
+const addon = needs('test/file-io.test.ts: the io_uring backend (native addon)', ['addon'], uringExpected);
 const uring = addon.ok ? sharedUringRing() : null;
 const uringMissing = addon.ok ? (uring instanceof Error ? uring.message : null) : addon.reason;
 if (addon.ok && uringMissing) process.stderr.write(`\n!!! test/file-io.test.ts: io_uring tests CANNOT RUN HERE: ${uringMissing} !!!\n\n`);

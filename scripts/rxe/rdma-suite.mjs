@@ -37,7 +37,9 @@ try {
   // addon was not built then: build it now. A build that fails with the packages present is a
   // real failure.
   try {
-    if (ensureAddon({ log }) === 'no-headers') throw new RxeUnavailable("rdma-core's headers are missing: the RDMA addon cannot be built");
+    const addon = ensureAddon({ log });
+    if ('error' in addon) throw new RxeUnavailable(`vof's native addon: ${addon.error}`);
+    if (!addon.rdma) throw new RxeUnavailable("rdma-core's headers are missing: the addon was built without RDMA");
   } catch (e) {
     if (e instanceof RxeUnavailable) throw e;
     log(`${e.message}: the RDMA suite cannot run`);

@@ -1,3 +1,4 @@
+import { REBUILD_HINT } from '../../util/native-addon.js';
 import type { FileHandle } from 'node:fs/promises';
 import { defaultLogger, type Logger } from '../../util/log.js';
 import { LibuvFileIo } from './libuv-file-io.js';
@@ -60,8 +61,11 @@ export function chooseFileIo(mode: FileIoMode = defaultFileIoMode(), log: Logger
   if (mode === 'uring') throw new Error(`io_uring file I/O is unavailable: ${ring.message}`);
   if (!debugLogged) log.debug(`io_uring file I/O unavailable, using libuv: ${ring.message}`);
   debugLogged = true;
-  // Without the addon (a TCP-only install) libuv is simply what there is: no reason to alarm anyone.
-  const why = ring instanceof NoAddonError ? 'no native addon' : `io_uring unavailable: ${ring.message}`;
+  // Without the addon libuv is what there is; the target's start-up line says how to get io_uring.
+  const why =
+    ring instanceof NoAddonError
+      ? `vof's native addon is not built, so no io_uring: install g++ make python3, then run ${REBUILD_HINT}`
+      : `io_uring unavailable: ${ring.message}`;
   return { backend: 'libuv', description: `file I/O: libuv thread pool (${why})` };
 }
 

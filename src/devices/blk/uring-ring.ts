@@ -1,4 +1,4 @@
-import { loadNativeAddon } from '../../util/native-addon.js';
+import { REBUILD_HINT, loadNativeAddon } from '../../util/native-addon.js';
 import { fileIoError, shortTransferError } from './file-io-error.js';
 
 /** The addon's io_uring (native/file_ring.cc): flat numbers and typed arrays in, flat pairs out. */
@@ -174,8 +174,7 @@ let shared: UringRing | Error | null = null;
 
 /**
  * The process's ring, created on first use, or why io_uring cannot be used here: the addon does
- * not load (no rdma-core libraries, not built), it was built without liburing, or the kernel
- * refuses the probe ring (old kernel, io_uring disabled, seccomp). Decided once per process.
+ * not load (not built: no C++ toolchain at install), or the kernel refuses the probe ring (old kernel, io_uring disabled, seccomp). Decided once per process.
  */
 export function sharedUringRing(): UringRing | Error {
   if (shared) return shared;
@@ -187,7 +186,7 @@ export function sharedUringRing(): UringRing | Error {
     return shared;
   }
   if (typeof ctor !== 'function') {
-    shared = new Error('vof\'s native addon predates io_uring support (rebuild it: npm rebuild vof)');
+    shared = new Error(`vof's native addon predates io_uring support (rebuild it: ${REBUILD_HINT})`);
     return shared;
   }
   try {

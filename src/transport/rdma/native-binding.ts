@@ -1,4 +1,4 @@
-import { loadNativeAddon } from '../../util/native-addon.js';
+import { REBUILD_HINT, loadNativeAddon } from '../../util/native-addon.js';
 
 /**
  * Types of the native addon (native/*.cc) and its loader. The binding is verb-shaped: every
@@ -210,16 +210,29 @@ let cached: NativeBinding | null = null;
  */
 export function nativeBinding(): NativeBinding {
   if (cached) return cached;
+  let addon: Partial<NativeBinding> & { rdma?: boolean; rdmaLoadError?: string };
   try {
-    cached = loadNativeAddon() as NativeBinding;
-    return cached;
+    addon = loadNativeAddon() as typeof addon;
   } catch (err) {
     const why = (err as Error).message.split('\n')[0];
     throw new RdmaUnavailableError(
-      `the RDMA transport needs vof's native addon and rdma-core (${why}). ` +
-        'Install the Debian/Ubuntu packages libibverbs1 librdmacm1 ibverbs-providers to use a prebuilt addon, ' +
-        'or libibverbs-dev librdmacm-dev g++ make python3 and run `npm rebuild vof` to build it.',
+      `the RDMA transport needs vof's native addon (${why}): install g++ make python3, and ` +
+        `libibverbs-dev librdmacm-dev for RDMA (Debian/Ubuntu), then run ${REBUILD_HINT}.`,
       { cause: err },
     );
   }
+  if (addon.rdma !== true) {
+    throw new RdmaUnavailableError(
+      "the RDMA transport was not compiled into vof's native addon: rdma-core's headers were missing when it was built. " +
+        `Install the Debian/Ubuntu packages libibverbs-dev librdmacm-dev, then run ${REBUILD_HINT}.`,
+    );
+  }
+  if (addon.rdmaLoadError !== undefined) {
+    throw new RdmaUnavailableError(
+      `the RDMA transport needs rdma-core's libraries (${addon.rdmaLoadError}): ` +
+        'install the Debian/Ubuntu packages libibverbs1 librdmacm1 ibverbs-providers (rdma-core on Fedora/RHEL).',
+    );
+  }
+  cached = addon as NativeBinding;
+  return cached;
 }
