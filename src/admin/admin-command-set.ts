@@ -53,10 +53,6 @@ export class AdminCommandSet {
     commands.set(command, { handler, scope });
   }
 
-  /** The scope a served command was registered with; undefined for one not served. */
-  scope(cls: number, command: number): AdminScope | undefined {
-    return this.classes.get(cls)?.get(command)?.scope;
-  }
 
   list(): AdminCommandId[] {
     const out: AdminCommandId[] = [];
