@@ -53,7 +53,6 @@ export class AdminCommandSet {
     commands.set(command, { handler, scope });
   }
 
-
   list(): AdminCommandId[] {
     const out: AdminCommandId[] = [];
     for (const [cls, commands] of [...this.classes].sort((a, b) => a[0] - b[0])) {
