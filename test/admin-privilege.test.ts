@@ -15,6 +15,7 @@ import {
   parsePskFile,
 } from '../src/index.js';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
+import { DeviceErrorLog } from '../src/admin/error-log.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { vofAsync } from './helpers/vof-cli.js';
 
@@ -142,6 +143,31 @@ describe('admin privilege separation between two initiators of one export (no gr
       await b.close();
       await a.close();
     }
+  });
+});
+
+describe('the error log keeps each instance\'s entries apart', () => {
+  it('by owner, not by wire instance id: a reused id sees nothing of the old instance; lost counts per owner', () => {
+    const log = new DeviceErrorLog(4);
+    const entry = (detail: string) => ({ type: ErrorLogEntryType.IO_ERROR, detail, vqIndex: 0, instanceId: 7, status: 1 });
+    const a = log.newOwner();
+    log.record(entry('a1'), a);
+    log.record(entry('a2'), a);
+    log.forget(a); // A's instance (id 7) is gone; B's new instance draws id 7 again
+    const b = log.newOwner();
+    expect(log.page(0, 0, b)).toEqual({ total: 0, lost: 0, entries: [] });
+    for (const d of ['b1', 'b2', 'b3']) log.record(entry(d), b);
+    // Capacity 4: a1 was dropped; it counts for the whole log, not for B.
+    expect(log.page(0, 0, b)).toMatchObject({ total: 3, lost: 0 });
+    expect(log.page(0, 0, b).entries.map((e) => e.detail)).toEqual(['b3', 'b2', 'b1']);
+    expect(log.page(0, 0)).toMatchObject({ total: 4, lost: 1 });
+    log.record(entry('b4'), b);
+    log.record(entry('b5'), b);
+    expect(log.page(0, 0, b)).toMatchObject({ total: 4, lost: 1 });
+    expect(log.page(1, 2, b).entries.map((e) => e.detail)).toEqual(['b4', 'b3']);
+    log.clear();
+    expect(log.page(0, 0, b)).toEqual({ total: 0, lost: 0, entries: [] });
+    expect(log.page(0, 0)).toEqual({ total: 0, lost: 0, entries: [] });
   });
 });
 
