@@ -30,7 +30,8 @@ describe('vof admin and vof target --rng', () => {
     writeFileSync(disk, Buffer.alloc(2 * 1024 * 1024));
     const config = `${scratch.dir}/target.json`;
     writeFileSync(config, JSON.stringify({ rng: [{ tvqn: 'rng-cfg', rate: 65536, burst: 4096 }] }));
-    target = await startTarget(['--config', config, '--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk}`, '--rng', 'rng,rate=1048576', '--log', 'warn'], { lines: 1 });
+    // --admin: vof admin's default IVQN may format and reads the whole export's log.
+    target = await startTarget(['--config', config, '--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk}`, '--admin', 'vof-initiator', '--rng', 'rng,rate=1048576', '--log', 'warn'], { lines: 1 });
     url = target.urls[0]!;
   });
   afterAll(async () => {

@@ -36,7 +36,9 @@ describe('vof admin URL log: peer strings in text and JSON output', () => {
   let fx: TargetFixture;
   beforeAll(async () => {
     fx = new TargetFixture();
-    await fx.addDisk('d', 1024 * 1024);
+    // vof admin's default IVQN holds the grant, so it reads the whole export's log (the
+    // entries of the ESC-laden initiator's instance among them).
+    await fx.addDisk('d', 1024 * 1024, { admin: ['vof-initiator'] });
     await fx.listen();
   });
   afterAll(async () => {

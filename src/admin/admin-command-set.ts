@@ -1,5 +1,5 @@
 import { AdminGenericStatus, AdminStatusType } from '../protocol/admin-command.js';
-import { AdminRecordError, adminClassName, adminCommandName, type AdminCommandId } from '../protocol/admin-records.js';
+import { AdminRecordError, AdminTransportStatus, adminClassName, adminCommandName, type AdminCommandId } from '../protocol/admin-records.js';
 import type { AdminRequest, AdminResponse } from './header-format.js';
 
 /** What a command handler answers: a result record and, unless OK, a status of any type. */
@@ -9,7 +9,24 @@ export interface AdminReply {
   readonly status?: number;
 }
 
-export type AdminHandler = (data: Buffer) => AdminReply | Promise<AdminReply>;
+/**
+ * What a handler may know about who asks: `granted` is true when the instance's IVQN, with the
+ * identity its connection proved, holds the export's admin grant (docs/PROTOCOL.md "Admin grants").
+ */
+export interface AdminCaller {
+  readonly granted: boolean;
+}
+
+export type AdminHandler = (data: Buffer, caller: AdminCaller) => AdminReply | Promise<AdminReply>;
+
+/**
+ * Whom a command concerns. 'instance': only the instance it arrives on (any initiator may run
+ * it). 'export': the export as a whole or other instances of it (it changes the disk, the shared
+ * error log, the target's counters, or would reveal another instance's state): it runs only for
+ * a granted caller, everyone else gets TRANSPORT_SPECIFIC ACL_REJECTED before the handler sees
+ * the data, so a refusal says nothing about the data or the export's state.
+ */
+export type AdminScope = 'instance' | 'export';
 
 /** Thrown by a handler whose command-specific data is malformed: DATA_TRANSFER_ERR. */
 export class AdminDataError extends Error {}
@@ -26,13 +43,14 @@ export function expectData(data: Buffer, bytes: number, what: string): void {
  * registers the common, transport and vendor classes; devices register their own class.
  */
 export class AdminCommandSet {
-  private readonly classes = new Map<number, Map<number, AdminHandler>>();
+  private readonly classes = new Map<number, Map<number, { handler: AdminHandler; scope: AdminScope }>>();
 
-  add(cls: number, command: number, handler: AdminHandler): void {
+  /** Serve a command; `scope` 'export' makes it need the export's admin grant (see AdminScope). */
+  add(cls: number, command: number, handler: AdminHandler, scope: AdminScope = 'instance'): void {
     let commands = this.classes.get(cls);
     if (!commands) this.classes.set(cls, (commands = new Map()));
     if (commands.has(command)) throw new Error(`admin ${adminClassName(cls)} ${adminCommandName(cls, command)} registered twice`);
-    commands.set(command, handler);
+    commands.set(command, { handler, scope });
   }
 
   list(): AdminCommandId[] {
@@ -45,18 +63,21 @@ export class AdminCommandSet {
 
   /**
    * Run one command. Never throws: an unknown class or command, malformed data, a result larger
-   * than `resultCapacity` and a handler failure each become the seed's generic status.
-   * `onInternalError` hears about the last (the device's log).
+   * than `resultCapacity` and a handler failure each become the seed's generic status; an
+   * export-scoped command from a caller without the grant becomes ACL_REJECTED.
+   * `onInternalError` hears about handler failures (the device's log).
    */
-  async run(req: AdminRequest, resultCapacity: number, onInternalError: (err: Error) => void): Promise<AdminResponse> {
+  async run(req: AdminRequest, resultCapacity: number, caller: AdminCaller, onInternalError: (err: Error) => void): Promise<AdminResponse> {
     const commands = this.classes.get(req.cls);
-    const handler = commands?.get(req.command);
+    const served = commands?.get(req.command);
     let reply: AdminReply;
     if (!commands) reply = generic(AdminGenericStatus.INVALID_CLASS);
-    else if (!handler) reply = generic(AdminGenericStatus.INVALID_COMMAND);
-    else {
+    else if (!served) reply = generic(AdminGenericStatus.INVALID_COMMAND);
+    else if (served.scope === 'export' && !caller.granted) {
+      reply = { statusType: AdminStatusType.TRANSPORT_SPECIFIC, status: AdminTransportStatus.ACL_REJECTED };
+    } else {
       try {
-        reply = await handler(req.data);
+        reply = await served.handler(req.data, caller);
       } catch (err) {
         if (err instanceof AdminDataError || err instanceof AdminRecordError) reply = generic(AdminGenericStatus.DATA_TRANSFER_ERR);
         else {

@@ -1,7 +1,8 @@
-import { AdminGenericStatus } from '../protocol/admin-command.js';
+import { AdminGenericStatus, AdminStatusType } from '../protocol/admin-command.js';
 import {
   AdminClass,
   AdminCommonCommand,
+  AdminTransportStatus,
   AdminVirtioOfCommand,
   AdminVofCommand,
   ERROR_LOG_REQUEST_SIZE,
@@ -24,7 +25,7 @@ import type { DeviceInstance } from '../target/device-instance.js';
 import type { QueueSession } from '../target/queue-session.js';
 import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
-import { AdminCommandSet, expectData, generic } from './admin-command-set.js';
+import { AdminCommandSet, expectData, generic, type AdminCaller } from './admin-command-set.js';
 import type { DeviceErrorLog } from './error-log.js';
 import { seedAdminHeader, type AdminHeaderFormat } from './header-format.js';
 import { HEALTH_TEST_MAX_SAMPLES, HealthTestBudget } from './health-test-budget.js';
@@ -42,6 +43,10 @@ export const ADMIN_MAX_REQUEST_BYTES = 64 * 1024;
 export class InstanceAdmin {
   readonly commands = new AdminCommandSet();
   private healthTestRunning = false;
+  /** This instance's entries in the export's error log. */
+  private readonly logOwner: number;
+  private lastConfigGeneration = -1;
+  private readonly caller: AdminCaller;
 
   constructor(
     private readonly inst: DeviceInstance,
@@ -49,8 +54,15 @@ export class InstanceAdmin {
     private readonly log: Logger,
     /** The export's health test rate limit, shared by its instances. */
     private readonly healthTests: HealthTestBudget = new HealthTestBudget(),
+    /**
+     * Whether the instance's IVQN, with the identity its control queue's connection proved,
+     * holds the export's admin grant (the target decides it at Connect; default: it does not).
+     */
+    readonly granted = false,
     private readonly header: AdminHeaderFormat = seedAdminHeader,
   ) {
+    this.logOwner = errorLog.newOwner();
+    this.caller = { granted };
     this.registerCommonClass();
     this.registerTransportClass();
     this.registerVendorClass();
@@ -70,10 +82,14 @@ export class InstanceAdmin {
     if (capacity < 0) return 0;
     const req = this.header.decodeRequest(readable);
     const response = req
-      ? await this.commands.run(req, capacity, (err) => {
+      ? await this.commands.run(req, capacity, this.caller, (err) => {
           this.log.error(`instance ${this.inst.id}: admin ${adminClassName(req.cls)} ${adminCommandName(req.cls, req.command)} failed: ${err.stack ?? err.message}`);
         })
       : { result: Buffer.alloc(0), statusType: 0, status: AdminGenericStatus.DATA_TRANSFER_ERR };
+    if (req && response.statusType === AdminStatusType.TRANSPORT_SPECIFIC && response.status === AdminTransportStatus.ACL_REJECTED) {
+      // The operator's side of the refusal: who asked, for what, and how to grant it.
+      this.log.info(`${this.inst.label}: admin ${adminClassName(req.cls)} ${adminCommandName(req.cls, req.command)} refused: no admin grant on the export for this IVQN${this.identityNote} (vof target --admin)`);
+    }
     if (response.status !== AdminGenericStatus.OK || response.statusType !== 0) {
       const what = req ? `admin ${req.cls}/${req.command}` : 'admin (short)';
       const detail = `${what}: ${formatAdminStatus(req?.cls ?? 0, response.statusType, response.status)}`;
@@ -84,8 +100,19 @@ export class InstanceAdmin {
     return this.header.encodeResponse(response, writable);
   }
 
+  /** ' with identity "x"' or ' (no identity)': what the grant was checked against, for log lines. */
+  private get identityNote(): string {
+    const identity = this.inst.control.connection.identity;
+    return identity === undefined ? ' (no identity)' : ` with identity ${quotePeerString(identity)}`;
+  }
+
   private entry(type: number, detail: string, vqIndex = NO_VQ, status = 0): void {
-    this.errorLog.record({ type, detail, vqIndex, instanceId: this.inst.id, status });
+    this.errorLog.record({ type, detail, vqIndex, instanceId: this.inst.id, status }, this.logOwner);
+  }
+
+  /** The instance is gone: its entries stay in the export's log (for granted readers). */
+  close(): void {
+    this.errorLog.forget(this.logOwner);
   }
 
   recordReset(): void {
@@ -94,14 +121,14 @@ export class InstanceAdmin {
   recordNeedsReset(why: string): void {
     this.entry(ErrorLogEntryType.DEVICE_NEEDS_RESET, why);
   }
+  /**
+   * Once per generation of this instance's config: each instance's entries are its own, so an
+   * export-wide change (a resize) is one entry in the log of every instance that hears it.
+   */
   recordConfigChange(generation: number): void {
-    this.errorLog.recordConfigChange(generation, {
-      type: ErrorLogEntryType.CONFIG_CHANGE,
-      detail: `config generation ${generation}`,
-      vqIndex: NO_VQ,
-      instanceId: this.inst.id,
-      status: 0,
-    });
+    if (generation === this.lastConfigGeneration) return;
+    this.lastConfigGeneration = generation;
+    this.entry(ErrorLogEntryType.CONFIG_CHANGE, `config generation ${generation}`);
   }
   /** A Virtio-oF command got a non-SUCCESS status. */
   recordRefused(vqIndex: number, status: number, commandId: number): void {
@@ -114,9 +141,12 @@ export class InstanceAdmin {
       expectData(data, 0, 'LIST_COMMANDS');
       return { result: encodeCommandList(this.commands.list()) };
     });
-    c.add(AdminClass.COMMON, AdminCommonCommand.READ_ERROR_LOG, (data) => {
+    // The instance's own entries; with the export's admin grant, the whole export's log. Other
+    // instances' entries name their IVQNs, instance ids and what they did: not for everyone.
+    c.add(AdminClass.COMMON, AdminCommonCommand.READ_ERROR_LOG, (data, caller) => {
       expectData(data, ERROR_LOG_REQUEST_SIZE, 'READ_ERROR_LOG');
-      return { result: encodeErrorLogPage(this.errorLog.page(data.readUInt16LE(0), data.readUInt16LE(2))) };
+      const owner = caller.granted ? undefined : this.logOwner;
+      return { result: encodeErrorLogPage(this.errorLog.page(data.readUInt16LE(0), data.readUInt16LE(2), owner)) };
     });
     const device = this.inst.device.admin;
     if (device?.healthTest) {
@@ -146,6 +176,7 @@ export class InstanceAdmin {
     }
   }
 
+  /** LIST_QUEUES: this instance's queues only, grant or not (their peers are its initiator's addresses). */
   private registerTransportClass(): void {
     this.commands.add(AdminClass.VIRTIO_OF, AdminVirtioOfCommand.LIST_QUEUES, (data) => {
       expectData(data, 0, 'LIST_QUEUES');
@@ -170,16 +201,32 @@ export class InstanceAdmin {
     });
   }
 
+  /**
+   * Both need the export's admin grant: the counters are the target's record of what the
+   * instance did (its errors included), not the initiator's to rewrite, and the error log is
+   * the export's, shared by every instance.
+   */
   private registerVendorClass(): void {
-    this.commands.add(AdminClass.VOF, AdminVofCommand.RESET_COUNTERS, (data) => {
-      expectData(data, 0, 'RESET_COUNTERS');
-      for (const q of [this.inst.control, ...this.inst.virtqueues.values()]) q.stats.reset();
-      return {};
-    });
-    this.commands.add(AdminClass.VOF, AdminVofCommand.CLEAR_ERROR_LOG, (data) => {
-      expectData(data, 0, 'CLEAR_ERROR_LOG');
-      this.errorLog.clear();
-      return {};
-    });
+    this.commands.add(
+      AdminClass.VOF,
+      AdminVofCommand.RESET_COUNTERS,
+      (data) => {
+        expectData(data, 0, 'RESET_COUNTERS');
+        for (const q of [this.inst.control, ...this.inst.virtqueues.values()]) q.stats.reset();
+        return {};
+      },
+      'export',
+    );
+    this.commands.add(
+      AdminClass.VOF,
+      AdminVofCommand.CLEAR_ERROR_LOG,
+      (data) => {
+        expectData(data, 0, 'CLEAR_ERROR_LOG');
+        this.errorLog.clear();
+        this.log.info(`${this.inst.label}: cleared the export's error log (admin grant)`);
+        return {};
+      },
+      'export',
+    );
   }
 }

@@ -2,7 +2,10 @@ import { parseArgs } from 'node:util';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
 import { REDIRECT_OPTIONS, redirectSettings } from './reconnect-options.js';
 import { RemoteDevice } from '../initiator/remote-device.js';
+import { AdminError } from '../initiator/admin-client.js';
+import { AdminStatusType } from '../protocol/admin-command.js';
 import {
+  AdminTransportStatus,
   QueueRole,
   QueueTransport,
   adminClassName,
@@ -10,7 +13,7 @@ import {
   errorLogEntryTypeName,
   formatAdminStatus,
 } from '../protocol/admin-records.js';
-import { escapePeerText, jsonForTerminal } from '../util/escape.js';
+import { escapePeerText, jsonForTerminal, quotePeerString } from '../util/escape.js';
 import { createLogger } from '../util/log.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { formatTable } from './table.js';
@@ -18,14 +21,17 @@ import { formatTable } from './table.js';
 const USAGE = `usage: vof admin URL/TVQN COMMAND [ARGS] [--ivqn IVQN] [--json] [--tls-* ...]
 commands:
   commands                      the classes and commands the device serves
-  log [--skip N] [--max N]      the device error log, newest first
+  log [--skip N] [--max N]      the error log, newest first: this instance's entries, or
+                                the whole export's with the admin grant
   health [--samples N]          run the health test (virtio-blk: read-verify of N blocks)
   queues                        this instance's queues with their counters
   formats                       virtio-blk: the supported formats
-  format SIZE [--pi BYTES]      virtio-blk: format to logical block size SIZE (512, 4096)
-  reset-counters                zero the queue counters
-  clear-log                     empty the error log
-  raw CLASS COMMAND [HEX]       send any command, print the status and result bytes`;
+  format SIZE [--pi BYTES]      virtio-blk: format to logical block size SIZE (512, 4096) *
+  reset-counters                zero the queue counters *
+  clear-log                     empty the export's error log *
+  raw CLASS COMMAND [HEX]       send any command, print the status and result bytes
+* export-wide: the target must grant the IVQN (vof target --admin IVQN[@IDENTITY], or "admin"
+  in its --config); otherwise refused with TRANSPORT_SPECIFIC ACL_REJECTED.`;
 
 const roleNames = { [QueueRole.CONTROL]: 'control', [QueueRole.VIRTQUEUE]: 'virtqueue', [QueueRole.ADMIN]: 'admin' } as Record<number, string>;
 const transportNames = { [QueueTransport.TCP]: 'tcp', [QueueTransport.RDMA]: 'rdma' } as Record<number, string>;
@@ -160,6 +166,16 @@ export async function runAdmin(argv: string[]): Promise<number> {
       default:
         throw new CliError(`unknown admin command "${command}"\n${USAGE}`);
     }
+  } catch (err) {
+    if (err instanceof AdminError && err.statusType === AdminStatusType.TRANSPORT_SPECIFIC && err.status === AdminTransportStatus.ACL_REJECTED) {
+      // The status alone does not say what to do about it: name the grant that is missing.
+      throw new CliError(
+        `${err.message}: IVQN ${quotePeerString(dev.ivqn)} has no admin grant on this export; ` +
+          `the target must run with --admin ${dev.ivqn} (or "admin" in its --config), or use --ivqn with a granted IVQN`,
+        1,
+      );
+    }
+    throw err;
   } finally {
     await dev.close();
   }

@@ -13,8 +13,8 @@ const USAGE = `vof — Virtio over Fabrics
 Usage:
   vof target --listen URL [--listen URL]... --blk TVQN=PATH[,ro][,serial=S] [--blk ...]
              [--rng TVQN[,rate=BYTES_PER_S][,burst=BYTES]]...
-             [--allow IVQN[@IDENTITY]]... [--config FILE] [--queues N] [--queue-size N]
-             [--keepalive-interval MS] [--keepalive-timeout MS] [--log LEVEL]
+             [--allow IVQN[@IDENTITY]]... [--admin IVQN[@IDENTITY]]... [--config FILE]
+             [--queues N] [--queue-size N] [--keepalive-interval MS] [--keepalive-timeout MS] [--log LEVEL]
              [--max-instances-per-export N] [--max-instances-per-ivqn N]
              [--max-unbound N] [--max-unbound-per-host N]
              [--tls-cert FILE --tls-key FILE] [--tls-ca FILE] [--tls-psk FILE]
@@ -23,6 +23,9 @@ Usage:
       tls://HOST[:PORT] or rdma://ADDR[:PORT] (port 15771). Prints "listening on URL" per
       address when ready; SIGINT/SIGTERM shut it down. --file-io: block file I/O through
       io_uring or libuv's thread pool (auto: io_uring where it works; default VOF_FILE_IO).
+      --admin grants every export's export-wide admin commands (format, clear-log,
+      reset-counters, the whole error log) to that IVQN (@IDENTITY: only over TLS that proved
+      it); without it nobody may run them.
   vof info URL/TVQN [--ivqn IVQN] [--json] [TLS]
       Connect and print instance id, features, queue sizes and config space.
   vof cp SRC DST [--ivqn IVQN] [--json] [TLS]
@@ -30,6 +33,7 @@ Usage:
   vof admin URL/TVQN COMMAND [ARGS] [--ivqn IVQN] [--json] [TLS]
       Admin virtqueue commands: commands, log, health, queues, formats, format SIZE,
       reset-counters, clear-log, raw CLASS COMMAND [HEX] ("vof admin" for details).
+      format, reset-counters and clear-log need the target's --admin grant for the IVQN.
       TLS: [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]
            [--tls-psk FILE [--tls-psk-identity ID]] [--tls-servername NAME]
   vof devices [--json]

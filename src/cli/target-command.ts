@@ -20,6 +20,8 @@ interface BlkSpec {
   path: string;
   readOnly?: boolean;
   allow?: AllowSpec[];
+  /** Admin grants of this export, added to the top-level ones (docs/SECURITY.md "Admin grants"). */
+  admin?: AllowSpec[];
   queues?: number;
   queueSize?: number;
   /** GET_ID serial (default: derived from the file's identity, not its name). */
@@ -34,6 +36,7 @@ interface RngSpec {
   rate?: number;
   burst?: number;
   allow?: AllowSpec[];
+  admin?: AllowSpec[];
 }
 
 /** --rng TVQN[,rate=BYTES_PER_S][,burst=BYTES] */
@@ -55,6 +58,8 @@ interface TargetConfigFile {
   blk?: BlkSpec[];
   rng?: RngSpec[];
   allow?: AllowSpec[];
+  /** Admin grants of every export ("IVQN", "IVQN@IDENTITY" or { ivqn, identity }); none: nobody. */
+  admin?: AllowSpec[];
   queues?: number;
   queueSize?: number;
   keepaliveIntervalMs?: number;
@@ -112,6 +117,11 @@ function checkConfigAllow(allow: unknown, where: string): void {
   }
 }
 
+/** `admin` may be empty (nobody, as when absent), but must be a list. */
+function checkConfigAdmin(admin: unknown, where: string): void {
+  if (admin !== undefined && !Array.isArray(admin)) throw new CliError(`--config: ${where} "admin" must be a list of IVQNs`);
+}
+
 function readConfig(file: string): TargetConfigFile {
   let cfg: TargetConfigFile;
   try {
@@ -120,8 +130,15 @@ function readConfig(file: string): TargetConfigFile {
     throw new CliError(`cannot read --config ${file}: ${(err as Error).message}`);
   }
   checkConfigAllow(cfg.allow, 'top-level');
-  for (const b of cfg.blk ?? []) checkConfigAllow(b.allow, `blk "${b.tvqn}"`);
-  for (const r of cfg.rng ?? []) checkConfigAllow(r.allow, `rng "${r.tvqn}"`);
+  checkConfigAdmin(cfg.admin, 'top-level');
+  for (const b of cfg.blk ?? []) {
+    checkConfigAllow(b.allow, `blk "${b.tvqn}"`);
+    checkConfigAdmin(b.admin, `blk "${b.tvqn}"`);
+  }
+  for (const r of cfg.rng ?? []) {
+    checkConfigAllow(r.allow, `rng "${r.tvqn}"`);
+    checkConfigAdmin(r.admin, `rng "${r.tvqn}"`);
+  }
   for (const r of cfg.redirect ?? []) checkConfigAllow(r.allow, `redirect "${r.tvqn}"`);
   return cfg;
 }
@@ -134,6 +151,7 @@ export async function runTarget(argv: string[]): Promise<number> {
       blk: { type: 'string', multiple: true },
       rng: { type: 'string', multiple: true },
       allow: { type: 'string', multiple: true },
+      admin: { type: 'string', multiple: true },
       config: { type: 'string' },
       queues: { type: 'string' },
       'queue-size': { type: 'string' },
@@ -163,6 +181,14 @@ export async function runTarget(argv: string[]): Promise<number> {
     allow = [...(cfg.allow ?? []), ...(values.allow ?? []).map(parseAllowEntry)];
   } catch (err) {
     throw new CliError(`--allow: ${(err as Error).message}`);
+  }
+  // Admin grants of every export: --admin and the top-level "admin" (nobody when both are
+  // absent). Written like allow entries: "IVQN@IDENTITY" on the command line, objects in --config.
+  let admin: AllowSpec[];
+  try {
+    admin = [...(cfg.admin ?? []), ...(values.admin ?? []).map(parseAllowEntry)];
+  } catch (err) {
+    throw new CliError(`--admin: ${(err as Error).message}`);
   }
   if (listen.length === 0) throw new CliError('vof target needs at least one --listen URL (e.g. tcp://0.0.0.0:15771)');
   let redirects: Array<{ tvqn: string; url: string; allow?: AllowSpec[] }>;
@@ -266,23 +292,28 @@ export async function runTarget(argv: string[]): Promise<number> {
         const entries = [...(b.allow ?? []), ...allow];
         target.addDevice(b.tvqn, disk, entries.length > 0 ? entries : undefined, {
           ...(b.maxInstances !== undefined && { maxInstances: b.maxInstances }),
+          admin: [...(b.admin ?? []), ...admin],
         });
       } catch (err) {
         await disk.close();
         throw new CliError(`cannot export ${b.path} as "${b.tvqn}": ${(err as Error).message}`);
       }
-      log.info(`exporting ${disk.description} as ${quotePeerString(b.tvqn)}, ${target.devices.get(b.tvqn)!.access.describe()}`);
+      const exported = target.devices.get(b.tvqn)!;
+      log.info(`exporting ${disk.description} as ${quotePeerString(b.tvqn)}, ${exported.access.describe()}, ${exported.admin.describe('admin')}`);
     }
     for (const r of rngs) {
       let rng: EntropyExport;
       try {
         rng = new EntropyExport({ ...(r.rate !== undefined && { rate: r.rate }), ...(r.burst !== undefined && { burst: r.burst }) });
         const entries = [...(r.allow ?? []), ...allow];
-        target.addDevice(r.tvqn, rng, entries.length > 0 ? entries : undefined);
+        target.addDevice(r.tvqn, rng, entries.length > 0 ? entries : undefined, {
+          admin: [...(r.admin ?? []), ...admin],
+        });
       } catch (err) {
         throw new CliError(`cannot export rng "${r.tvqn}": ${(err as Error).message}`);
       }
-      log.info(`exporting ${rng.description} as ${quotePeerString(r.tvqn)}, ${target.devices.get(r.tvqn)!.access.describe()}`);
+      const exported = target.devices.get(r.tvqn)!;
+      log.info(`exporting ${rng.description} as ${quotePeerString(r.tvqn)}, ${exported.access.describe()}, ${exported.admin.describe('admin')}`);
     }
     for (const url of listen) {
       let bound: string;

@@ -35,6 +35,20 @@ export const AdminBlkStatus = {
   READ_ONLY: 3,
 } as const;
 
+/**
+ * vof's Virtio-oF transport-specific statuses (status type TRANSPORT_SPECIFIC; the admin seed
+ * assigns none, DECISIONS.md item 9). Valid with any class: they come from the transport's access
+ * control, not from the command.
+ */
+export const AdminTransportStatus = {
+  /**
+   * The command is export-wide and this instance's IVQN (with the identity its connection
+   * proved) holds no admin grant on the export: the admin queue's twin of the Virtio-oF
+   * EACLREJECTED (docs/PROTOCOL.md, "Admin grants").
+   */
+  ACL_REJECTED: 1,
+} as const;
+
 const commandNames: Record<number, Record<number, string>> = {
   [AdminClass.COMMON]: { 0: 'LIST_COMMANDS', 1: 'READ_ERROR_LOG', 2: 'HEALTH_TEST' },
   [AdminClass.VIRTIO_OF]: { 0: 'LIST_QUEUES' },
@@ -53,6 +67,7 @@ export function adminCommandName(cls: number, command: number): string {
 const genericNames = new Map<number, string>(Object.entries(AdminGenericStatus).map(([k, v]) => [v, k]));
 const statusTypeNames = new Map<number, string>(Object.entries(AdminStatusType).map(([k, v]) => [v, k]));
 const blkNames = new Map<number, string>(Object.entries(AdminBlkStatus).map(([k, v]) => [v, k]));
+const transportNames = new Map<number, string>(Object.entries(AdminTransportStatus).map(([k, v]) => [v, k]));
 
 /** "GENERIC INVALID_CLASS", "CLASS_SPECIFIC EXPORT_IN_USE", … */
 export function formatAdminStatus(cls: number, statusType: number, status: number): string {
@@ -60,6 +75,7 @@ export function formatAdminStatus(cls: number, statusType: number, status: numbe
   let name: string | undefined;
   if (statusType === AdminStatusType.GENERIC) name = genericNames.get(status);
   else if (statusType === AdminStatusType.CLASS_SPECIFIC && cls === AdminClass.BLK) name = blkNames.get(status);
+  else if (statusType === AdminStatusType.TRANSPORT_SPECIFIC) name = transportNames.get(status);
   return `${type} ${name ?? status}`;
 }
 

@@ -44,9 +44,10 @@ export class AccessPolicy {
 
   /**
    * `undefined` makes the export open. An empty list is refused rather than read as "nobody" or
-   * "everyone": the caller meant one of the two and must say which.
+   * "everyone": the caller meant one of the two and must say which. (`emptyMeansNobody` is for
+   * grants(), where nothing else can be meant.)
    */
-  constructor(allow: Iterable<AllowSpec> | undefined) {
+  constructor(allow: Iterable<AllowSpec> | undefined, emptyMeansNobody = false) {
     if (allow === undefined) {
       this.byIvqn = null;
       return;
@@ -60,12 +61,21 @@ export class AccessPolicy {
       if (e.identity !== undefined) ids.add(e.identity);
       map.set(e.ivqn, ids);
     }
-    if (map.size === 0) {
+    if (map.size === 0 && !emptyMeansNobody) {
       throw new Error('the allow-list is empty: leave it out for an export open to every initiator, or list the IVQNs allowed');
     }
     // An entry without identity admits the IVQN from anyone, whatever other entries name.
     for (const ivqn of anyIdentity) map.set(ivqn, new Set());
     this.byIvqn = map;
+  }
+
+  /**
+   * An export's admin grants (`admin` entries, docs/PROTOCOL.md "Admin grants"): written and
+   * proved exactly like an allow-list, but closed by default: no list, or an empty one, grants
+   * nobody.
+   */
+  static grants(admin: Iterable<AllowSpec> | undefined): AccessPolicy {
+    return new AccessPolicy(admin ?? [], true);
   }
 
   get open(): boolean {
@@ -80,15 +90,15 @@ export class AccessPolicy {
     return ids.size === 0 || (identity !== undefined && ids.has(identity));
   }
 
-  /** For logs and docs: the entries in the command-line form. */
-  describe(): string {
+  /** For logs and docs: the entries in the command-line form, after `what` ("allowed", "admin"). */
+  describe(what = 'allowed'): string {
     if (this.byIvqn === null) return 'open to every initiator';
     const parts: string[] = [];
     for (const [ivqn, ids] of this.byIvqn) {
       if (ids.size === 0) parts.push(quotePeerString(ivqn));
       for (const id of ids) parts.push(`${quotePeerString(ivqn)}@${quotePeerString(id)}`);
     }
-    return `allowed: ${parts.join(', ')}`;
+    return `${what}: ${parts.length > 0 ? parts.join(', ') : 'nobody'}`;
   }
 }
 

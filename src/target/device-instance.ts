@@ -328,6 +328,7 @@ export class DeviceInstance {
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
     if (this.timeoutTimer) clearTimeout(this.timeoutTimer);
     this.unsubscribeConfig();
+    this.admin?.close();
     for (const vq of this.virtqueues.values()) vq.closeWhenIdle();
     this.virtqueues.clear();
     this.control.closeWhenIdle();

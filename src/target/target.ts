@@ -60,6 +60,12 @@ export interface DrainResult {
 export interface ExportOptions {
   /** Live instances of this export at most (default: quotas.instancesPerExport). */
   readonly maxInstances?: number;
+  /**
+   * Who holds the export's admin grant: entries like `allow`'s ("IVQN" or { ivqn, identity }),
+   * proved the same way. Export-wide admin commands (FORMAT, CLEAR_ERROR_LOG, RESET_COUNTERS)
+   * run only for them, and only they read the whole error log. Absent or empty: nobody.
+   */
+  readonly admin?: Iterable<AllowSpec>;
 }
 
 /**
@@ -101,6 +107,8 @@ interface ExportEntry {
   readonly errorLog: DeviceErrorLog;
   /** The export's HEALTH_TEST rate limit, shared by its instances. */
   readonly healthTests: HealthTestBudget;
+  /** Who holds the export's admin grant (nobody by default). */
+  readonly admin: AccessPolicy;
 }
 
 export const DEFAULT_KEEPALIVE: KeepalivePolicy = { intervalMs: 5000, timeoutMs: 15000 };
@@ -230,7 +238,8 @@ export class VofTarget {
   /**
    * Export a device under a TVQN. `allow` lists the IVQNs that may connect, as "IVQN" or
    * { ivqn, identity } (identity: the TLS identity the peer must have proved); absent, the
-   * export is open to everyone. An empty list is an error, not "everyone".
+   * export is open to everyone. An empty list is an error, not "everyone". `options.admin`
+   * grants export-wide admin commands, in the same form; absent, nobody has them.
    */
   addDevice(tvqn: string, device: DeviceExport, allow?: Iterable<AllowSpec>, options: ExportOptions = {}): void {
     if (checkVqn(tvqn, 'TVQN').length === 0) throw new Error('TVQN is empty');
@@ -244,6 +253,7 @@ export class VofTarget {
       maxInstances: options.maxInstances,
       errorLog: new DeviceErrorLog(),
       healthTests: new HealthTestBudget(this.limits.healthTestBurst, this.limits.healthTestIntervalMs),
+      admin: AccessPolicy.grants(options.admin),
     });
   }
 
@@ -337,7 +347,9 @@ export class VofTarget {
       this.quota.remove(gone.tvqn, claimant);
       this.log.info(`instance ${gone.id} destroyed`);
     });
-    if (device.admin) inst.admin = new InstanceAdmin(inst, entry.errorLog, this.log, entry.healthTests);
+    // The grant is decided once, on what the control queue's Connect proved; the binding rule
+    // makes every queue of the instance (the admin queue too) prove the same.
+    if (device.admin) inst.admin = new InstanceAdmin(inst, entry.errorLog, this.log, entry.healthTests, entry.admin.admits(body.ivqn, identity));
     this.instances.set(id, inst);
     return inst;
   }

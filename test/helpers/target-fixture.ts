@@ -19,13 +19,16 @@ export class TargetFixture {
     this.target = new VofTarget({ log: createLogger('debug', (level, msg) => this.logs.push({ level, msg })), ...options });
   }
 
-  /** A disk image of `size` bytes filled by `fill` (default zeros), exported as `tvqn`. */
-  async addDisk(tvqn: string, size: number, opts: FileBlockOptions & { allow?: AllowSpec[]; fill?: (b: Buffer) => void } = {}): Promise<string> {
+  /**
+   * A disk image of `size` bytes filled by `fill` (default zeros), exported as `tvqn`; `admin`
+   * grants its export-wide admin commands (default: nobody).
+   */
+  async addDisk(tvqn: string, size: number, opts: FileBlockOptions & { allow?: AllowSpec[]; admin?: AllowSpec[]; fill?: (b: Buffer) => void } = {}): Promise<string> {
     const path = join(this.dir, `${tvqn.replace(/[^\w.-]/g, '_')}.img`);
     const content = Buffer.alloc(size);
     opts.fill?.(content);
     writeFileSync(path, content);
-    this.target.addDevice(tvqn, await FileBlockExport.open(path, opts), opts.allow);
+    this.target.addDevice(tvqn, await FileBlockExport.open(path, opts), opts.allow, { ...(opts.admin && { admin: opts.admin }) });
     return path;
   }
 

@@ -6,6 +6,7 @@ import {
   AdminError,
   AdminGenericStatus,
   AdminStatusType,
+  AdminTransportStatus,
   BlkConfig,
   BlkRequestType,
   BlockDevice,
@@ -26,6 +27,8 @@ import { TargetFixture } from '../helpers/target-fixture.js';
 
 const MiB = 1024 * 1024;
 const opts = { keepaliveIntervalMs: 0 };
+/** The IVQN RemoteDevice and BlockDevice use when none is given. */
+const DEFAULT_IVQN = 'vof-initiator';
 
 async function adminFailure(p: Promise<unknown>): Promise<AdminError> {
   const err = await p.then(() => null, (e: unknown) => e);
@@ -71,11 +74,14 @@ export function adminSuite(name: string, listenUrl: string): void {
 
     beforeAll(async () => {
       fx = new TargetFixture();
-      await fx.addDisk('disk', 8 * MiB, { numQueues: 2, queueSize: 16 });
-      await fx.addDisk('fmt', 4 * MiB, { numQueues: 1 });
-      await fx.addDisk('ro', MiB, { readOnly: true });
-      await fx.addDisk('log', MiB, { numQueues: 1 });
-      truncPath = await fx.addDisk('trunc', 2 * MiB, { numQueues: 1 });
+      // The library's default IVQN holds the admin grant: these tests format, clear logs and
+      // reset counters (admin-privilege.test.ts covers initiators without it).
+      const admin = [DEFAULT_IVQN];
+      await fx.addDisk('disk', 8 * MiB, { numQueues: 2, queueSize: 16, admin });
+      await fx.addDisk('fmt', 4 * MiB, { numQueues: 1, admin });
+      await fx.addDisk('ro', MiB, { readOnly: true, admin });
+      await fx.addDisk('log', MiB, { numQueues: 1, admin });
+      truncPath = await fx.addDisk('trunc', 2 * MiB, { numQueues: 1, admin });
       fx.target.addDevice('faulty', faultyExport());
       url = await fx.listen(listenUrl);
     });
@@ -288,6 +294,24 @@ export function adminSuite(name: string, listenUrl: string): void {
         expect(after[3]!.commands).toBe(1);
       } finally {
         await d.close();
+      }
+    });
+
+    it('export-wide commands without the admin grant: TRANSPORT_SPECIFIC ACL_REJECTED; the log shows only the own instance', async () => {
+      const granted = await BlockDevice.open(`${url}/fmt`, opts);
+      await granted.admin.raw(AdminClass.COMMON, 77); // an entry of another instance
+      const d = await BlockDevice.open(`${url}/fmt`, { ...opts, ivqn: 'not-granted' });
+      try {
+        const refused = { statusType: AdminStatusType.TRANSPORT_SPECIFIC, status: AdminTransportStatus.ACL_REJECTED };
+        expect(await d.admin.raw(AdminClass.BLK, 1, Buffer.from([0, 16, 0, 0, 0, 0, 0, 0]))).toMatchObject(refused);
+        expect(await d.admin.raw(AdminClass.VOF, 0)).toMatchObject(refused);
+        expect(await d.admin.raw(AdminClass.VOF, 1)).toMatchObject(refused);
+        expect(await d.admin.formats()).toMatchObject({ current: 0 });
+        const log = await d.admin.errorLog();
+        expect(log.entries.map((e) => e.instanceId)).toEqual([d.device.instanceId, d.device.instanceId, d.device.instanceId]);
+      } finally {
+        await d.close();
+        await granted.close();
       }
     });
 

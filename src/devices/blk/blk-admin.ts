@@ -56,16 +56,24 @@ export class BlkAdmin implements DeviceAdminSupport {
       const current = BLK_FORMATS.findIndex((f) => f.blockSize === this.disk.blockSize && f.metadataBytes === 0);
       return { result: encodeFormatList(BLK_FORMATS, Math.max(0, current)) };
     });
-    commands.add(AdminClass.BLK, AdminBlkCommand.FORMAT, (data) => {
-      const req = decodeFormatRequest(data);
-      if (!req) throw new AdminDataError(`FORMAT takes 8 bytes of data, got ${data.length}`);
-      const format = BLK_FORMATS.find((f) => f.blockSize === req.blockSize && f.metadataBytes === req.metadataBytes);
-      if (!format?.supported) return classSpecific(AdminBlkStatus.FORMAT_UNSUPPORTED);
-      if (this.disk.readOnly) return classSpecific(AdminBlkStatus.READ_ONLY);
-      if (this.disk.instanceCount > 1) return classSpecific(AdminBlkStatus.EXPORT_IN_USE);
-      if (req.blockSize !== this.disk.blockSize) this.disk.format(req.blockSize);
-      return {};
-    });
+    // Export-wide: it changes the disk's geometry for every later initiator, and its refusals
+    // (EXPORT_IN_USE) would tell an initiator whether other instances exist. Only with the
+    // export's admin grant; without it the refusal comes before any of these checks.
+    commands.add(
+      AdminClass.BLK,
+      AdminBlkCommand.FORMAT,
+      (data) => {
+        const req = decodeFormatRequest(data);
+        if (!req) throw new AdminDataError(`FORMAT takes 8 bytes of data, got ${data.length}`);
+        const format = BLK_FORMATS.find((f) => f.blockSize === req.blockSize && f.metadataBytes === req.metadataBytes);
+        if (!format?.supported) return classSpecific(AdminBlkStatus.FORMAT_UNSUPPORTED);
+        if (this.disk.readOnly) return classSpecific(AdminBlkStatus.READ_ONLY);
+        if (this.disk.instanceCount > 1) return classSpecific(AdminBlkStatus.EXPORT_IN_USE);
+        if (req.blockSize !== this.disk.blockSize) this.disk.format(req.blockSize);
+        return {};
+      },
+      'export',
+    );
   }
 
   /**
