@@ -94,7 +94,7 @@ export async function runNbd(argv: string[]): Promise<number> {
   // with client certificates or PSKs, or is the user's explicit call.
   if ('host' in address && !isLoopbackHost(address.host) && !values['allow-unauthenticated'] && !(nbdTls && nbdTlsAuthenticatesClients(nbdTls))) {
     throw new CliError(
-      `--listen ${values.listen}: NBD clients are not authenticated, so anyone who reaches this address gets the disk; ` +
+      `--listen ${values.listen}: NBD clients are not authenticated (no TLS with client certificates or PSKs), so anyone who reaches this address gets the disk; ` +
         'listen on 127.0.0.1 or a --socket, require TLS with client authentication (--nbd-tls-ca FILE with --nbd-tls-cert/--nbd-tls-key, or --nbd-tls-psk FILE alone), ' +
         'or pass --allow-unauthenticated if the network is trusted',
     );
