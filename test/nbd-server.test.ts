@@ -1,11 +1,11 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { NbdServer, silentLogger, type NbdBlockDevice, type NbdServerOptions } from '../src/index.js';
-import { NbdCommand, NbdError, NbdInfo, TransmissionFlag } from '../src/nbd/nbd-protocol.js';
+import { NbdCommand, NbdError, NbdInfo, NbdOption, NbdReply, TransmissionFlag } from '../src/nbd/nbd-protocol.js';
 import { needs } from './helpers/deps.js';
 import { RawNbdClient } from './helpers/raw-nbd.js';
 
@@ -315,5 +315,38 @@ describe('NbdServer over any NbdBlockDevice', () => {
     await heavyReading;
   });
 
+
+  it('a WRITE whose payload never arrives in full gives its bytes back when the client goes', async () => {
+    const { sock } = await serve(new MemoryDisk(8 << 20, 512), { memoryBudgetBytes: 16 * MiB });
+    for (let i = 0; i < 3; i++) {
+      const { c } = await client(sock);
+      c.request(NbdCommand.WRITE, 0, 4 * MiB, 0, Buffer.alloc(MiB, 1)); // a quarter of the payload
+      for (let k = 0; k < 40 && server!.memory.used === 0; k++) await sleep(25);
+      expect(server!.memory.used).toBe(4 * MiB);
+      c.close();
+      for (let k = 0; k < 40 && server!.memory.used > 0; k++) await sleep(25);
+      expect(server!.memory.used).toBe(0);
+    }
+  });
+
+  it('NBD TLS: the TLS handshake counts against the handshake timeout; STARTTLS without TLS settings is NBD_REP_ERR_UNSUP', async () => {
+    const fixture = (f: string) => readFileSync(join(import.meta.dirname, 'fixtures', 'tls', f));
+    const { sock } = await serve(new MemoryDisk(1 << 20, 512), { handshakeTimeoutMs: 300, tls: { cert: fixture('target.crt'), key: fixture('target.key') } });
+    const c = await RawNbdClient.connect(sock);
+    clients.push(c);
+    c.sendClientFlags(3);
+    c.sendOption(NbdOption.STARTTLS);
+    expect((await c.readOptionReply()).type).toBe(NbdReply.ACK);
+    // ...and then no ClientHello.
+    expect(await c.closedByServer(5000)).toBe(true);
+    await server!.close();
+    const plain = await serve(new MemoryDisk(1 << 20, 512));
+    const p = await RawNbdClient.connect(plain.sock);
+    clients.push(p);
+    p.sendClientFlags(3);
+    p.sendOption(NbdOption.STARTTLS);
+    expect((await p.readOptionReply()).type).toBe(NbdReply.ERR_UNSUP);
+    expect((await p.go('mem')).size).toBe(1n << 20n);
+  });
 });
 

@@ -147,6 +147,16 @@ export class NbdConnection implements BudgetWaiter {
       this.buffered = 0;
       this.stopStallTimer();
       this.shared.budget.leave(this);
+      // A WRITE whose payload never arrived in full will not run: its bytes go back now (else a
+      // client could leak the bridge's budget away, a header at a time).
+      const partial = this.receiving;
+      if (partial) {
+        this.receiving = null;
+        partial.payload = null;
+        this.inFlight.delete(partial);
+        this.inFlightBytes -= partial.charge;
+        this.shared.budget.give(partial.charge);
+      }
       this.wakeIdle();
     });
     raw.write(encodeServerGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
