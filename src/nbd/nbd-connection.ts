@@ -176,6 +176,7 @@ export class NbdConnection implements BudgetWaiter {
   /** The budget has room for this connection's waiting request: look again. */
   budgetWake(): void {
     if (this.waiting) this.pump();
+    else this.shared.budget.leave(this); // nothing waits here any more: never hold up the queue
   }
 
   get inTransmission(): boolean {
