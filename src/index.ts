@@ -29,5 +29,6 @@ export { seedAdminHeader, type AdminHeaderFormat, type AdminRequest, type AdminR
 export { AdminCommandSet, AdminDataError, type AdminHandler, type AdminReply } from './admin/admin-command-set.js';
 export type { DeviceAdminSupport, DeviceEventSink } from './target/device.js';
 export { NbdServer, formatNbdUri, type NbdServerOptions, type NbdListenAddress } from './nbd/nbd-server.js';
+export { nbdTlsAuthenticatesClients, type NbdTlsSettings, type NbdTlsMode } from './nbd/nbd-tls.js';
 export { NbdExport, NbdCommandError, type NbdBlockDevice, type NbdExportOptions } from './nbd/nbd-export.js';
 export * as nbdProtocol from './nbd/nbd-protocol.js';

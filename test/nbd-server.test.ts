@@ -1,11 +1,11 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { NbdServer, silentLogger, type NbdBlockDevice, type NbdServerOptions } from '../src/index.js';
-import { NbdCommand, NbdError, NbdInfo, TransmissionFlag } from '../src/nbd/nbd-protocol.js';
+import { NbdCommand, NbdError, NbdInfo, NbdOption, NbdReply, TransmissionFlag } from '../src/nbd/nbd-protocol.js';
 import { needs } from './helpers/deps.js';
 import { RawNbdClient } from './helpers/raw-nbd.js';
 
@@ -26,6 +26,8 @@ class MemoryDisk implements NbdBlockDevice {
   active = 0;
   maxActive = 0;
   flushes = 0;
+  /** READs that reached the disk. */
+  reads = 0;
   failWrites = false;
   private gate: Promise<void> | null = null;
   private openGate: (() => void) | null = null;
@@ -64,6 +66,7 @@ class MemoryDisk implements NbdBlockDevice {
 
   read(offset: number, into: Buffer): Promise<Buffer> {
     this.check(offset, into.length);
+    this.reads++;
     return this.enter(() => (this.data.copy(into, 0, offset, offset + into.length), into));
   }
 
@@ -88,6 +91,9 @@ class MemoryDisk implements NbdBlockDevice {
     return this.enter(() => void this.data.fill(0, offset, offset + length));
   }
 }
+
+const MiB = 1024 * 1024;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('NbdServer over any NbdBlockDevice', () => {
   const dir = mkdtempSync(join(tmpdir(), 'vof-nbd-lib-'));
@@ -240,6 +246,107 @@ describe('NbdServer over any NbdBlockDevice', () => {
     // Slots free again: a proper client gets in and through.
     const { go } = await client(sock, []);
     expect(go.size).toBe(1n << 20n);
+  });
+
+  // The security issue's finding 7: "clients that never read their replies grew RSS by +253 MiB
+  // with 4 of them, linearly". One budget now bounds what all connections together hold.
+  it('clients that never read their replies hold at most the bridge-wide memory budget; a client that reads still gets its I/O done', async () => {
+    const budget = 8 * MiB;
+    const disk = new MemoryDisk(1 << 20, 512);
+    disk.data.fill(0x6b);
+    const { sock } = await serve(disk, { memoryBudgetBytes: budget, sendTimeoutMs: 2000 });
+    const before = process.memoryUsage().arrayBuffers;
+    const stalled: RawNbdClient[] = [];
+    for (let i = 0; i < 4; i++) {
+      const { c } = await client(sock);
+      c.socket.pause(); // reads nothing more: replies pile up in the bridge
+      for (let k = 0; k < 32; k++) c.request(NbdCommand.READ, 0, MiB);
+      stalled.push(c);
+    }
+    // Let the bridge take all it will: until the disk has seen no new READ for a while (bounded).
+    let reads = -1;
+    for (let i = 0; i < 40 && disk.reads !== reads; i++) {
+      reads = disk.reads;
+      await sleep(250);
+    }
+    // Before: 4 x 32 MiB of read data held for clients that do not read (per-connection limits only).
+    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(budget + 16 * MiB);
+    expect(disk.reads).toBeLessThanOrEqual(budget / MiB + 4);
+    expect(server!.memory.used).toBeLessThanOrEqual(budget);
+
+    // A client that reads: its requests wait for room, which the stalled clients give back when
+    // they are disconnected after the send timeout without progress.
+    const { c: good } = await client(sock);
+    expect((await good.call(NbdCommand.WRITE, 4096, 4096, 0, Buffer.alloc(4096, 0x21))).error).toBe(0);
+    const r = await good.call(NbdCommand.READ, 0, 8192);
+    expect(r.data!.equals(Buffer.concat([Buffer.alloc(4096, 0x6b), Buffer.alloc(4096, 0x21)]))).toBe(true);
+    for (const c of stalled) {
+      c.socket.resume(); // to see the end the bridge gave them
+      expect(await c.closedByServer()).toBe(true);
+    }
+    for (let i = 0; i < 40 && server!.memory.used > 0; i++) await sleep(100);
+    expect(server!.memory.used).toBe(0);
+  });
+
+  it('the budget is served in turn: a connection that keeps it full does not starve another', async () => {
+    const disk = new MemoryDisk(1 << 20, 512);
+    const piece = 256 * 1024; // replies well under the output high-water mark: the heavy client never pauses on its own
+    const { sock } = await serve(disk, { memoryBudgetBytes: 4 * piece });
+    const { c: heavy } = await client(sock);
+    const { c: light } = await client(sock);
+    disk.hold();
+    const n = 48;
+    for (let k = 0; k < n; k++) heavy.request(NbdCommand.READ, 0, piece);
+    let heavyDone = 0;
+    const heavyReading = (async () => {
+      for (let k = 0; k < n; k++) {
+        expect((await heavy.readReply()).error).toBe(0);
+        heavyDone++;
+      }
+    })();
+    for (let i = 0; i < 40 && disk.active < 4; i++) await sleep(50);
+    expect(disk.active).toBe(4); // the budget is full
+    light.request(NbdCommand.READ, 0, piece);
+    await sleep(100);
+    disk.release();
+    // Served as soon as its turn comes, not after the heavy connection's whole pipeline.
+    expect((await light.readReply()).error).toBe(0);
+    expect(heavyDone).toBeLessThan(n / 2);
+    await heavyReading;
+  });
+
+
+  it('a WRITE whose payload never arrives in full gives its bytes back when the client goes', async () => {
+    const { sock } = await serve(new MemoryDisk(8 << 20, 512), { memoryBudgetBytes: 16 * MiB });
+    for (let i = 0; i < 3; i++) {
+      const { c } = await client(sock);
+      c.request(NbdCommand.WRITE, 0, 4 * MiB, 0, Buffer.alloc(MiB, 1)); // a quarter of the payload
+      for (let k = 0; k < 40 && server!.memory.used === 0; k++) await sleep(25);
+      expect(server!.memory.used).toBe(4 * MiB);
+      c.close();
+      for (let k = 0; k < 40 && server!.memory.used > 0; k++) await sleep(25);
+      expect(server!.memory.used).toBe(0);
+    }
+  });
+
+  it('NBD TLS: the TLS handshake counts against the handshake timeout; STARTTLS without TLS settings is NBD_REP_ERR_UNSUP', async () => {
+    const fixture = (f: string) => readFileSync(join(import.meta.dirname, 'fixtures', 'tls', f));
+    const { sock } = await serve(new MemoryDisk(1 << 20, 512), { handshakeTimeoutMs: 300, tls: { cert: fixture('target.crt'), key: fixture('target.key') } });
+    const c = await RawNbdClient.connect(sock);
+    clients.push(c);
+    c.sendClientFlags(3);
+    c.sendOption(NbdOption.STARTTLS);
+    expect((await c.readOptionReply()).type).toBe(NbdReply.ACK);
+    // ...and then no ClientHello.
+    expect(await c.closedByServer(5000)).toBe(true);
+    await server!.close();
+    const plain = await serve(new MemoryDisk(1 << 20, 512));
+    const p = await RawNbdClient.connect(plain.sock);
+    clients.push(p);
+    p.sendClientFlags(3);
+    p.sendOption(NbdOption.STARTTLS);
+    expect((await p.readOptionReply()).type).toBe(NbdReply.ERR_UNSUP);
+    expect((await p.go('mem')).size).toBe(1n << 20n);
   });
 });
 

@@ -355,8 +355,8 @@ describe.skipIf(!clients.ok)(`vof nbd with real NBD clients${clients.skipNote}`,
       encoding: 'utf8',
     });
     expect(both.status).toBe(2);
-    // NBD has no authentication here: a non-loopback address needs the user's explicit word,
-    // and is refused before the vof disk is even opened.
+    // Without NBD TLS there is no authentication: a non-loopback address needs the user's
+    // explicit word, and is refused before the vof disk is even opened.
     const open = spawnSync(process.execPath, ['dist/cli/main.js', 'nbd', `${target.urls[0]}/nbd-rw`, '--listen', '0.0.0.0:0'], { encoding: 'utf8', timeout: 20000 });
     expect(open.status).toBe(2);
     expect(open.stderr).toMatch(/--listen 0\.0\.0\.0:0: NBD clients are not authenticated .* pass --allow-unauthenticated/);

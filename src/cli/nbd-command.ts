@@ -2,12 +2,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BlockDevice } from '../devices/blk/block-device.js';
+import { parseSize } from '../bench/workloads.js';
 import { NbdServer, isLoopbackHost, type NbdListenAddress } from '../nbd/nbd-server.js';
 import { NBD_DEFAULT_PORT } from '../nbd/nbd-protocol.js';
+import { nbdTlsAuthenticatesClients, type NbdTlsSettings } from '../nbd/nbd-tls.js';
 import { parseDeviceUrl, UrlError } from '../url.js';
 import { createLogger, type LogLevel } from '../util/log.js';
 import { CliError, parseIntOption } from './cli-error.js';
-import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
+import { TLS_CLIENT_OPTIONS, clientTlsSettings, serverTlsSettings } from './tls-options.js';
 import { RECONNECT_OPTIONS, RECONNECT_USAGE, reconnectSettings } from './reconnect-options.js';
 
 /** HOST[:PORT] or [IPv6][:PORT]; the port defaults to NBD's 10809, 0 picks a free one. */
@@ -17,6 +19,27 @@ function parseHostPort(spec: string): { host: string; port: number } {
   const port = m[3] === undefined ? NBD_DEFAULT_PORT : Number(m[3]);
   if (port > 65535) throw new CliError(`bad port in --listen "${spec}"`);
   return { host: m[1] ?? m[2]!, port };
+}
+
+/**
+ * The NBD side's TLS (NBD_OPT_STARTTLS) from --nbd-tls-*. The plain --tls-* flags are the vof
+ * side's (the upstream tls:// connection), as in every other vof command.
+ */
+function nbdTlsSettings(v: {
+  'nbd-tls'?: string | undefined;
+  'nbd-tls-cert'?: string | undefined;
+  'nbd-tls-key'?: string | undefined;
+  'nbd-tls-ca'?: string | undefined;
+  'nbd-tls-psk'?: string | undefined;
+}): NbdTlsSettings | undefined {
+  const mode = v['nbd-tls'];
+  if (mode !== undefined && mode !== 'require' && mode !== 'on') throw new CliError(`--nbd-tls expects require or on, got "${mode}"`);
+  const files = serverTlsSettings({ cert: v['nbd-tls-cert'], key: v['nbd-tls-key'], ca: v['nbd-tls-ca'], pskFile: v['nbd-tls-psk'] }, 'nbd-tls', 'the bridge');
+  if (!files) {
+    if (mode !== undefined) throw new CliError(`--nbd-tls ${mode} needs credentials: --nbd-tls-cert FILE --nbd-tls-key FILE and/or --nbd-tls-psk FILE`);
+    return undefined;
+  }
+  return { ...files, mode: (mode ?? 'require') as 'require' | 'on' };
 }
 
 export async function runNbd(argv: string[]): Promise<number> {
@@ -32,6 +55,13 @@ export async function runNbd(argv: string[]): Promise<number> {
       'max-connections': { type: 'string' },
       'socket-mode': { type: 'string' },
       'allow-unauthenticated': { type: 'boolean' },
+      'memory-budget': { type: 'string' },
+      'send-timeout': { type: 'string' },
+      'nbd-tls': { type: 'string' },
+      'nbd-tls-cert': { type: 'string' },
+      'nbd-tls-key': { type: 'string' },
+      'nbd-tls-ca': { type: 'string' },
+      'nbd-tls-psk': { type: 'string' },
       log: { type: 'string' },
       ...TLS_CLIENT_OPTIONS,
       ...RECONNECT_OPTIONS,
@@ -41,7 +71,10 @@ export async function runNbd(argv: string[]): Promise<number> {
   });
   if (positionals.length !== 1) {
     throw new CliError(
-      `usage: vof nbd URL [--socket PATH [--socket-mode OCTAL] | --listen HOST:PORT [--allow-unauthenticated]] [--name EXPORT] [--ivqn IVQN] [--read-only] [--max-requests N] [--max-connections N] [--tls-* ...] ${RECONNECT_USAGE}`,
+      'usage: vof nbd URL [--socket PATH [--socket-mode OCTAL] | --listen HOST:PORT [--allow-unauthenticated]] [--name EXPORT] [--ivqn IVQN] [--read-only] ' +
+        '[--max-requests N] [--max-connections N] [--memory-budget BYTES] [--send-timeout MS] ' +
+        '[--nbd-tls require|on] [--nbd-tls-cert FILE --nbd-tls-key FILE] [--nbd-tls-ca FILE] [--nbd-tls-psk FILE] ' +
+        `[--tls-* ... (the vof side)] ${RECONNECT_USAGE}`,
     );
   }
   const url = positionals[0]!;
@@ -55,12 +88,15 @@ export async function runNbd(argv: string[]): Promise<number> {
   if (values.socket !== undefined && values.listen !== undefined) throw new CliError('vof nbd takes --socket PATH or --listen HOST:PORT, not both');
   const address: NbdListenAddress =
     values.listen !== undefined ? parseHostPort(values.listen) : { socket: values.socket ?? join(tmpdir(), `vof-nbd-${process.pid}.sock`) };
-  // NBD itself has no authentication here: anyone who reaches the port gets the disk. Loopback
-  // (or a Unix socket, 0600 by default) is the safe default; anything wider is the user's call.
-  if ('host' in address && !isLoopbackHost(address.host) && !values['allow-unauthenticated']) {
+  const nbdTls = nbdTlsSettings(values);
+  // Without TLS that authenticates clients, anyone who reaches the port gets the disk. Loopback
+  // (or a Unix socket, 0600 by default) is the safe default; anything wider needs required TLS
+  // with client certificates or PSKs, or is the user's explicit call.
+  if ('host' in address && !isLoopbackHost(address.host) && !values['allow-unauthenticated'] && !(nbdTls && nbdTlsAuthenticatesClients(nbdTls))) {
     throw new CliError(
-      `--listen ${values.listen}: NBD clients are not authenticated (vof nbd has no NBD TLS), so anyone who reaches this address gets the disk; ` +
-        'listen on 127.0.0.1 or a --socket, or pass --allow-unauthenticated if the network is trusted',
+      `--listen ${values.listen}: NBD clients are not authenticated (no TLS with client certificates or PSKs), so anyone who reaches this address gets the disk; ` +
+        'listen on 127.0.0.1 or a --socket, require TLS with client authentication (--nbd-tls-ca FILE with --nbd-tls-cert/--nbd-tls-key, or --nbd-tls-psk FILE alone), ' +
+        'or pass --allow-unauthenticated if the network is trusted',
     );
   }
   let socketMode: number | undefined;
@@ -70,6 +106,16 @@ export async function runNbd(argv: string[]): Promise<number> {
   }
   const maxRequests = parseIntOption(values['max-requests'], 'max-requests', 1, 4096);
   const maxConnections = parseIntOption(values['max-connections'], 'max-connections', 1, 4096);
+  const sendTimeoutMs = parseIntOption(values['send-timeout'], 'send-timeout', 0, 3600000);
+  let memoryBudgetBytes: number | undefined;
+  if (values['memory-budget'] !== undefined) {
+    try {
+      memoryBudgetBytes = parseSize(values['memory-budget']);
+    } catch (err) {
+      throw new CliError(`--memory-budget: ${(err as Error).message}`);
+    }
+    if (memoryBudgetBytes < 1) throw new CliError('--memory-budget must be at least 1 byte');
+  }
   const log = createLogger((values.log ?? 'info') as LogLevel);
 
   // Installed before anything is announced, so a signal at any point after shuts down cleanly.
@@ -105,6 +151,9 @@ export async function runNbd(argv: string[]): Promise<number> {
     ...(maxRequests !== undefined && { maxRequestsPerConnection: maxRequests }),
     ...(maxConnections !== undefined && { maxConnections }),
     ...(socketMode !== undefined && { socketMode }),
+    ...(memoryBudgetBytes !== undefined && { memoryBudgetBytes }),
+    ...(sendTimeoutMs !== undefined && { sendTimeoutMs }),
+    ...(nbdTls && { tls: nbdTls }),
     log,
   });
   try {
@@ -116,7 +165,8 @@ export async function runNbd(argv: string[]): Promise<number> {
       throw new CliError(`cannot listen on ${'socket' in address ? address.socket : `${address.host}:${address.port}`}: ${(err as Error).message}`, 1);
     }
     log.info(
-      `serving ${disk.capacity} bytes of ${url} (${server.export.readOnly ? 'read-only' : 'read-write'}, ${disk.numQueues} virtqueue(s)) as NBD export "${server.export.name}"`,
+      `serving ${disk.capacity} bytes of ${url} (${server.export.readOnly ? 'read-only' : 'read-write'}, ${disk.numQueues} virtqueue(s)) as NBD export "${server.export.name}"` +
+        (nbdTls ? `, TLS ${nbdTls.mode === 'require' ? 'required' : 'offered'}${nbdTlsAuthenticatesClients(nbdTls) ? ' with client authentication' : ''}` : ''),
     );
     process.stdout.write(`${uri}\n`);
     await stopped;

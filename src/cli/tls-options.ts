@@ -33,14 +33,18 @@ export const TLS_SERVER_OPTIONS = {
   'tls-psk': { type: 'string' },
 } as const;
 
-export function serverTlsSettings(files: TlsServerFiles): TlsServerSettings | undefined {
+/**
+ * Server-side TLS settings from files; undefined when none was given. `flag` names the flags in
+ * messages: `tls` for the target's --tls-*, `nbd-tls` for the NBD bridge's --nbd-tls-*.
+ */
+export function serverTlsSettings(files: TlsServerFiles, flag = 'tls', server = 'the target'): TlsServerSettings | undefined {
   if (!files.cert && !files.key && !files.ca && !files.pskFile) return undefined;
-  if (!files.cert !== !files.key) throw new CliError('--tls-cert and --tls-key go together');
-  if (files.ca && !files.cert) throw new CliError('--tls-ca (client certificates) needs the target\'s own --tls-cert and --tls-key');
+  if (!files.cert !== !files.key) throw new CliError(`--${flag}-cert and --${flag}-key go together`);
+  if (files.ca && !files.cert) throw new CliError(`--${flag}-ca (client certificates) needs ${server}'s own --${flag}-cert and --${flag}-key`);
   return {
-    ...(files.cert && { cert: readPem(files.cert, '--tls-cert'), key: readPem(files.key!, '--tls-key') }),
-    ...(files.ca && { ca: readPem(files.ca, '--tls-ca') }),
-    ...(files.pskFile && { psk: readPsk(files.pskFile, '--tls-psk') }),
+    ...(files.cert && { cert: readPem(files.cert, `--${flag}-cert`), key: readPem(files.key!, `--${flag}-key`) }),
+    ...(files.ca && { ca: readPem(files.ca, `--${flag}-ca`) }),
+    ...(files.pskFile && { psk: readPsk(files.pskFile, `--${flag}-psk`) }),
   };
 }
 

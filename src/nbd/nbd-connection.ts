@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
+import type { BridgeBudget, BudgetWaiter } from './bridge-budget.js';
 import { NbdCommandError, type NbdExport } from './nbd-export.js';
 import {
   CLIENT_FLAGS_SIZE,
@@ -31,12 +32,23 @@ import {
   encodeSimpleReply,
   type RequestHeader,
 } from './nbd-protocol.js';
+import type { NbdTls } from './nbd-tls.js';
 
 export interface NbdConnectionLimits {
   /** Requests admitted at once (replies not yet handed to the kernel count too). */
   readonly maxRequests: number;
   /** Read and write payload bytes admitted at once; at least the export's maximum block size. */
   readonly maxBytes: number;
+  /** Close the connection when its replies have not moved for this long (0: never). */
+  readonly sendTimeoutMs: number;
+}
+
+/** What every connection of one bridge shares. */
+export interface NbdShared {
+  /** The bridge-wide memory budget: each request's payload bytes are taken from it too. */
+  readonly budget: BridgeBudget;
+  /** NBD_OPT_STARTTLS, when the bridge has TLS settings (null: NOTLS mode). */
+  readonly tls: NbdTls | null;
 }
 
 /** Option data larger than this is skipped unread and refused with NBD_REP_ERR_TOO_BIG. */
@@ -44,7 +56,8 @@ const MAX_OPTION_DATA = 64 * 1024;
 /** Stop reading while this much output waits in the socket (a client that does not read). */
 const OUTPUT_HIGH_WATER = 1024 * 1024;
 
-type Phase = 'client-flags' | 'option' | 'request' | 'payload' | 'skip' | 'done';
+/** 'tls': NBD_OPT_STARTTLS acknowledged, the TLS handshake runs; nothing is parsed meanwhile. */
+type Phase = 'client-flags' | 'option' | 'tls' | 'request' | 'payload' | 'skip' | 'done';
 
 /**
  * One NBD request in flight: its header, its payload, its share of the connection's budget,
@@ -76,12 +89,18 @@ class NbdRequest {
 }
 
 /**
- * One client connection: the fixed newstyle handshake, then the transmission phase with
- * pipelined requests executed concurrently against the shared export. Memory is bounded by
- * the limits: when they are reached, the socket is not read until replies go out.
+ * One client connection: the fixed newstyle handshake (with NBD_OPT_STARTTLS when the bridge
+ * has TLS), then the transmission phase with pipelined requests executed concurrently against
+ * the shared export. Memory is bounded by the connection's limits and by the bridge-wide
+ * budget: when either is reached, the socket is not read until replies go out.
  */
-export class NbdConnection {
+export class NbdConnection implements BudgetWaiter {
   private phase: Phase = 'client-flags';
+  /** The socket NBD is spoken on: the accepted one, then the TLS socket over it after STARTTLS. */
+  private socket: Socket;
+  private tlsActive = false;
+  private fixedNewstyle = false;
+  private stallTimer: NodeJS.Timeout | null = null;
   private readonly chunks: Buffer[] = [];
   private buffered = 0;
   private noZeroes = false;
@@ -100,31 +119,64 @@ export class NbdConnection {
   private idleWaiters: Array<() => void> = [];
   readonly closedPromise: Promise<void>;
 
+  private readonly onData = (d: Buffer): void => {
+    if (this.phase === 'done' || this.phase === 'tls') return; // after DISC or ABORT nothing more is read
+    this.chunks.push(d);
+    this.buffered += d.length;
+    this.pump();
+  };
+  private readonly onDrain = (): void => this.pump();
+
   constructor(
-    private readonly socket: Socket,
+    raw: Socket,
     private readonly exp: NbdExport,
     private readonly limits: NbdConnectionLimits,
+    private readonly shared: NbdShared,
     private readonly log: Logger,
     readonly peer: string,
   ) {
-    this.closedPromise = new Promise((resolve) => socket.once('close', () => resolve()));
-    socket.setNoDelay?.(true);
-    socket.on('data', (d: Buffer) => {
-      if (this.phase === 'done') return; // after DISC or ABORT nothing more is read
-      this.chunks.push(d);
-      this.buffered += d.length;
-      this.pump();
-    });
-    socket.on('drain', () => this.pump());
-    socket.on('error', (err) => this.log.debug(`nbd ${peer}: socket error: ${err.message}`));
-    socket.on('close', () => {
+    this.socket = raw;
+    // The accepted socket closes with the TLS socket over it, so this covers both.
+    this.closedPromise = new Promise((resolve) => raw.once('close', () => resolve()));
+    raw.setNoDelay?.(true);
+    this.attach(raw);
+    raw.on('close', () => {
       this.closed = true;
       this.phase = 'done';
       this.chunks.length = 0;
       this.buffered = 0;
+      this.stopStallTimer();
+      this.shared.budget.leave(this);
+      // A WRITE whose payload never arrived in full will not run: its bytes go back now (else a
+      // client could leak the bridge's budget away, a header at a time).
+      const partial = this.receiving;
+      if (partial) {
+        this.receiving = null;
+        partial.payload = null;
+        this.inFlight.delete(partial);
+        this.inFlightBytes -= partial.charge;
+        this.shared.budget.give(partial.charge);
+      }
       this.wakeIdle();
     });
-    socket.write(encodeServerGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
+    raw.write(encodeServerGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
+  }
+
+  private attach(s: Socket): void {
+    s.on('data', this.onData);
+    s.on('drain', this.onDrain);
+    s.on('error', (err) => this.log.debug(`nbd ${this.peer}: socket error: ${err.message}`));
+  }
+
+  /** Whether the client still has to upgrade before anything but STARTTLS and ABORT (FORCEDTLS). */
+  private get tlsRequired(): boolean {
+    return this.shared.tls !== null && this.shared.tls.required && !this.tlsActive;
+  }
+
+  /** The budget has room for this connection's waiting request: look again. */
+  budgetWake(): void {
+    if (this.waiting) this.pump();
+    else this.shared.budget.leave(this); // nothing waits here any more: never hold up the queue
   }
 
   get inTransmission(): boolean {
@@ -135,8 +187,8 @@ export class NbdConnection {
     return this.inFlight.size;
   }
 
-  /** Hard disconnect, with a reason in the log. */
-  private drop(why: string): void {
+  /** Hard disconnect (of the TLS socket too, if any), with a reason in the log. */
+  drop(why: string): void {
     if (this.closed) return;
     this.log.warn(`nbd ${this.peer}: ${why}; disconnecting`);
     this.phase = 'done';
@@ -190,6 +242,8 @@ export class NbdConnection {
     while (progress && !this.closed && this.phase !== 'done') {
       if (this.socket.writableLength > OUTPUT_HIGH_WATER) {
         this.socket.pause(); // 'drain' pumps again
+        // Not looking at the budget until then: let whoever waits behind go first.
+        this.shared.budget.leave(this);
         return;
       }
       try {
@@ -200,7 +254,8 @@ export class NbdConnection {
         return;
       }
     }
-    if (!this.closed && this.phase !== 'done' && this.socket.isPaused() !== (this.waiting !== null)) {
+    // (During the TLS switch the socket stays paused: its buffered bytes belong to TLS.)
+    if (!this.closed && this.phase !== 'done' && this.phase !== 'tls' && this.socket.isPaused() !== (this.waiting !== null)) {
       if (this.waiting) this.socket.pause();
       else this.socket.resume();
     }
@@ -218,11 +273,19 @@ export class NbdConnection {
           return false;
         }
         this.noZeroes = (flags & NBD_FLAG_C_NO_ZEROES) !== 0;
+        this.fixedNewstyle = (flags & NBD_FLAG_C_FIXED_NEWSTYLE) !== 0;
+        // TLS needs fixed newstyle (the spec: NOTLS mode otherwise); such a client could never get in.
+        if (this.tlsRequired && !this.fixedNewstyle) {
+          this.drop('TLS is required and the client does not speak fixed newstyle');
+          return false;
+        }
         this.phase = 'option';
         return true;
       }
       case 'option':
         return this.stepOption();
+      case 'tls':
+        return false;
       case 'request':
         return this.stepRequest();
       case 'payload': {
@@ -270,7 +333,8 @@ export class NbdConnection {
         this.log.warn(`nbd ${this.peer}: option ${option} with ${length} bytes of data refused`);
         this.skip(length, () => {
           this.phase = 'option';
-          this.replyOption(option, NbdReply.ERR_TOO_BIG, 'option data too large');
+          if (this.tlsRequired && option !== NbdOption.STARTTLS && option !== NbdOption.ABORT) this.replyTlsRequired(option);
+          else this.replyOption(option, NbdReply.ERR_TOO_BIG, 'option data too large');
         });
         return true;
       }
@@ -288,12 +352,41 @@ export class NbdConnection {
     this.socket.write(encodeOptionReply(option, type, message ? Buffer.from(message, 'utf8') : undefined));
   }
 
+  private replyTlsRequired(option: number): void {
+    this.replyOption(option, NbdReply.ERR_TLS_REQD, 'TLS is required: upgrade with NBD_OPT_STARTTLS first');
+  }
+
   private handleOption(option: number, data: Buffer): void {
     if (this.shuttingDown && option !== NbdOption.ABORT) {
       this.replyOption(option, NbdReply.ERR_SHUTDOWN, 'server shutting down');
       return;
     }
+    // FORCEDTLS: before TLS, nothing about the export (not even its name) is told.
+    if (this.tlsRequired && option !== NbdOption.STARTTLS && option !== NbdOption.ABORT) {
+      if (option === NbdOption.EXPORT_NAME) {
+        // It cannot be refused with an error: the only answer is to end the session.
+        this.drop('NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS, and TLS is required');
+        return;
+      }
+      this.log.debug(`nbd ${this.peer}: option ${option} before TLS refused with NBD_REP_ERR_TLS_REQD`);
+      this.replyTlsRequired(option);
+      return;
+    }
     switch (option) {
+      case NbdOption.STARTTLS:
+        if (!this.shared.tls) {
+          // NOTLS mode.
+          this.replyOption(option, NbdReply.ERR_UNSUP, 'this server has no TLS');
+        } else if (this.tlsActive) {
+          this.replyOption(option, NbdReply.ERR_INVALID, 'TLS is already on');
+        } else if (data.length !== 0) {
+          this.replyOption(option, NbdReply.ERR_INVALID, 'NBD_OPT_STARTTLS takes no data');
+        } else if (!this.fixedNewstyle) {
+          this.replyOption(option, NbdReply.ERR_POLICY, 'TLS needs fixed newstyle negotiation');
+        } else {
+          this.startTls();
+        }
+        return;
       case NbdOption.EXPORT_NAME: {
         const name = data.toString('utf8');
         if (!this.exp.matches(name)) {
@@ -342,10 +435,49 @@ export class NbdConnection {
         return;
       }
       default:
-        // STARTTLS (no TLS: NOTLS mode), STRUCTURED_REPLY, metadata contexts, extended
-        // headers and anything unknown: not implemented; simple replies only.
+        // STRUCTURED_REPLY, metadata contexts, extended headers and anything unknown: not
+        // implemented; simple replies only.
         this.replyOption(option, NbdReply.ERR_UNSUP, `option ${option} is not supported`);
     }
+  }
+
+  /**
+   * NBD_REP_ACK, then the TLS handshake on the same socket; option haggling restarts inside
+   * TLS (the greeting and client flags are not repeated). A failed handshake ends the session:
+   * after the ACK there is no going back to plain text.
+   */
+  private startTls(): void {
+    const tls = this.shared.tls!;
+    // The client must wait for the ACK before it starts TLS: bytes already here are neither
+    // options nor TLS, and would be lost in the switch.
+    if (this.buffered > 0) {
+      this.drop('data after NBD_OPT_STARTTLS before its reply');
+      return;
+    }
+    const raw = this.socket;
+    this.phase = 'tls';
+    // What arrives from here (the ClientHello) stays in the socket's read buffer for TLS.
+    raw.pause();
+    raw.off('data', this.onData);
+    raw.off('drain', this.onDrain);
+    raw.write(encodeOptionReply(NbdOption.STARTTLS, NbdReply.ACK), (err) => {
+      if (err || this.closed) return;
+      tls.upgrade(raw, this.peer).then(
+        ({ socket, identity }) => {
+          if (this.closed) {
+            socket.destroy();
+            return;
+          }
+          this.socket = socket;
+          this.tlsActive = true;
+          this.attach(socket);
+          this.log.info(`nbd ${this.peer}: TLS ${socket.getProtocol() ?? ''} on${identity !== undefined ? `, client ${quotePeerString(identity)}` : ''}`);
+          this.phase = 'option';
+          this.pump();
+        },
+        (e: Error) => this.drop(`TLS handshake failed: ${e.message}`),
+      );
+    });
   }
 
   private enterTransmission(strictAlignment: boolean, name: string): void {
@@ -379,7 +511,13 @@ export class NbdConnection {
       : this.exp.validate(header.type, header.flags, header.offset, header.length, this.strictAlignment);
     // Refused requests hold no payload budget: a refused write's payload is skipped as it streams in.
     const charge = refusal ? 0 : header.type === NbdCommand.READ || isWrite ? header.length : 0;
-    if (this.inFlight.size >= this.limits.maxRequests || (this.inFlight.size > 0 && this.inFlightBytes + charge > this.limits.maxBytes)) {
+    // This connection's own limits first (its replies free them), then the bridge's budget
+    // (anyone's replies free it; tryTake queues this connection for it).
+    if (
+      this.inFlight.size >= this.limits.maxRequests ||
+      (this.inFlight.size > 0 && this.inFlightBytes + charge > this.limits.maxBytes) ||
+      !this.shared.budget.tryTake(this, charge)
+    ) {
       this.waiting = header;
       return false;
     }
@@ -421,6 +559,8 @@ export class NbdConnection {
     const finished = () => {
       if (!this.inFlight.delete(req)) return;
       this.inFlightBytes -= req.charge;
+      this.shared.budget.give(req.charge);
+      this.replyMoved();
       if (this.inFlight.size === 0) this.wakeIdle();
       if (this.waiting || this.socket.isPaused()) this.pump();
     };
@@ -444,6 +584,33 @@ export class NbdConnection {
     } else {
       this.socket.write(header, () => finished());
     }
+    if (this.limits.sendTimeoutMs > 0 && this.socket.writableLength > 0 && this.stallTimer === null) {
+      this.stallTimer = setTimeout(() => this.onStalled(), this.limits.sendTimeoutMs);
+      this.stallTimer.unref();
+    }
+  }
+
+  /** A reply reached the kernel: the client is reading. Restart the stall clock, or stop it when all is out. */
+  private replyMoved(): void {
+    if (!this.stallTimer) return;
+    if (!this.closed && this.socket.writableLength > 0) this.stallTimer.refresh();
+    else this.stopStallTimer();
+  }
+
+  private stopStallTimer(): void {
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
+  }
+
+  /**
+   * A client that stopped reading its replies holds their bytes in the bridge-wide budget,
+   * which others wait for: after the send timeout without progress it is cut off, and what it
+   * held comes back (as the target does with initiators that stop reading completions).
+   */
+  private onStalled(): void {
+    this.stallTimer = null;
+    if (this.closed || this.socket.writableLength === 0) return;
+    this.drop(`${this.socket.writableLength} bytes of replies unread for ${this.limits.sendTimeoutMs} ms`);
   }
 
   private wakeIdle(): void {

@@ -3,9 +3,11 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { formatHostPort } from '../transport/address.js';
 import { defaultLogger, type Logger } from '../util/log.js';
 import { withSocketMode } from '../util/socket-mode.js';
-import { NbdConnection } from './nbd-connection.js';
+import { BridgeBudget } from './bridge-budget.js';
+import { NbdConnection, type NbdConnectionLimits, type NbdShared } from './nbd-connection.js';
 import { NbdExport, type NbdBlockDevice, type NbdExportOptions } from './nbd-export.js';
 import { NBD_DEFAULT_PORT } from './nbd-protocol.js';
+import { NbdTls, type NbdTlsSettings } from './nbd-tls.js';
 
 export interface NbdServerOptions extends NbdExportOptions {
   /** Requests in flight per NBD connection (default 64). */
@@ -20,11 +22,23 @@ export interface NbdServerOptions extends NbdExportOptions {
   readonly maxConnections?: number;
   /** Mode of the Unix socket file (default 0o600: the server's user only). */
   readonly socketMode?: number;
+  /**
+   * Read/write payload bytes in flight across all connections, replies not yet handed to the
+   * kernel included (default 64 MiB). When it is full, connections stop reading new requests
+   * until bytes come back; a request larger than the whole budget runs alone.
+   */
+  readonly memoryBudgetBytes?: number;
+  /** Disconnect a client whose replies have not moved for this long (default 10 s; 0: never). */
+  readonly sendTimeoutMs?: number;
+  /** NBD_OPT_STARTTLS with these credentials (default: no TLS, STARTTLS gets NBD_REP_ERR_UNSUP). */
+  readonly tls?: NbdTlsSettings;
   readonly log?: Logger;
 }
 
 export const NBD_DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
 export const NBD_DEFAULT_MAX_CONNECTIONS = 64;
+export const NBD_DEFAULT_MEMORY_BUDGET = 64 * 1024 * 1024;
+export const NBD_DEFAULT_SEND_TIMEOUT_MS = 10_000;
 
 /** Whether a --listen host is this machine's loopback only (127.0.0.0/8, ::1, localhost). */
 export function isLoopbackHost(host: string): boolean {
@@ -39,11 +53,12 @@ function uriEscape(s: string, keep: RegExp): string {
   return [...s].map((ch) => (keep.test(ch) ? ch : encodeURIComponent(ch))).join('');
 }
 
-/** The NBD URI of an export (NetworkBlockDevice/nbd doc/uri.md). */
-export function formatNbdUri(address: NbdListenAddress, exportName: string): string {
+/** The NBD URI of an export (NetworkBlockDevice/nbd doc/uri.md); nbds when TLS is required. */
+export function formatNbdUri(address: NbdListenAddress, exportName: string, tlsRequired = false): string {
+  const scheme = tlsRequired ? 'nbds' : 'nbd';
   const path = `/${uriEscape(exportName, /[A-Za-z0-9\-._~!$'()*,;:@]/)}`;
-  if ('socket' in address) return `nbd+unix://${path}?socket=${uriEscape(address.socket, /[A-Za-z0-9\-._~!$'()*,;:@/]/)}`;
-  return `nbd://${formatHostPort(address.host, address.port ?? NBD_DEFAULT_PORT)}${path}`;
+  if ('socket' in address) return `${scheme}+unix://${path}?socket=${uriEscape(address.socket, /[A-Za-z0-9\-._~!$'()*,;:@/]/)}`;
+  return `${scheme}://${formatHostPort(address.host, address.port ?? NBD_DEFAULT_PORT)}${path}`;
 }
 
 /** Remove a Unix socket file left by a dead server; refuse to touch anything else. */
@@ -77,7 +92,8 @@ export class NbdServer {
   private readonly server: Server;
   private readonly connections = new Set<NbdConnection>();
   private readonly log: Logger;
-  private readonly limits: { maxRequests: number; maxBytes: number };
+  private readonly limits: NbdConnectionLimits;
+  private readonly shared: NbdShared;
   private address: NbdListenAddress | null = null;
   private closing: Promise<void> | null = null;
   private nextId = 1;
@@ -92,13 +108,24 @@ export class NbdServer {
     this.log = options.log ?? defaultLogger();
     const maxRequests = Math.max(1, options.maxRequestsPerConnection ?? 64);
     const maxBytes = Math.max(this.export.blockSizes.maximum, options.maxBytesPerConnection ?? 64 * 1024 * 1024);
-    this.limits = { maxRequests, maxBytes };
+    this.limits = { maxRequests, maxBytes, sendTimeoutMs: options.sendTimeoutMs ?? NBD_DEFAULT_SEND_TIMEOUT_MS };
+    this.shared = {
+      // Not raised to maxBlockBytes: a request larger than the budget runs when nothing else is held.
+      budget: new BridgeBudget(Math.max(1, options.memoryBudgetBytes ?? NBD_DEFAULT_MEMORY_BUDGET)),
+      tls: options.tls ? new NbdTls(options.tls, this.log) : null,
+    };
     this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
     this.server.on('error', (err) => this.log.error(`nbd server: ${err.message}`));
   }
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** The bridge-wide memory budget: bytes held now by requests in flight and unsent replies, and the limit. */
+  get memory(): { readonly used: number; readonly limit: number; readonly waiting: number } {
+    const b = this.shared.budget;
+    return { used: b.used, limit: b.limit, waiting: b.waiting };
   }
 
   private accept(socket: Socket): void {
@@ -113,15 +140,14 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    const conn = new NbdConnection(socket, this.export, this.limits, this.log, peer);
+    const conn = new NbdConnection(socket, this.export, this.limits, this.shared, this.log, peer);
     this.connections.add(conn);
     this.log.debug(`nbd ${peer}: connected`);
-    // A client that never finishes the handshake holds a connection slot for nothing.
+    // A client that never finishes the handshake (TLS's included) holds a connection slot for nothing.
     const timeoutMs = this.options.handshakeTimeoutMs ?? NBD_DEFAULT_HANDSHAKE_TIMEOUT_MS;
     const timer = setTimeout(() => {
       if (conn.inTransmission) return;
-      this.log.warn(`nbd ${peer}: no completed handshake within ${timeoutMs} ms; disconnecting`);
-      socket.destroy();
+      conn.drop(`no completed handshake within ${timeoutMs} ms`);
     }, timeoutMs);
     timer.unref();
     void conn.closedPromise.then(() => {
@@ -150,7 +176,7 @@ export class NbdServer {
       const bound = this.server.address();
       this.address = { host: address.host, port: typeof bound === 'object' && bound ? bound.port : (address.port ?? NBD_DEFAULT_PORT) };
     }
-    this.uri = formatNbdUri(this.address, this.export.name);
+    this.uri = formatNbdUri(this.address, this.export.name, this.shared.tls?.required ?? false);
     return this.uri;
   }
 

@@ -1,4 +1,5 @@
 import { createConnection, type Socket } from 'node:net';
+import { connect as tlsConnect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import {
   NBD_IHAVEOPT,
   NBD_MAGIC,
@@ -36,16 +37,50 @@ export class RawNbdClient {
   private readLengths = new Map<bigint, number>();
   private nextCookie = 1n;
 
-  private constructor(readonly socket: Socket) {
-    socket.on('data', (d) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      this.wake();
-    });
+  /** The plain socket, then the TLS socket after startTls(). */
+  socket: Socket;
+
+  private constructor(socket: Socket) {
+    this.socket = socket;
+    this.attach(socket);
+  }
+
+  private readonly onData = (d: Buffer): void => {
+    this.buf = Buffer.concat([this.buf, d]);
+    this.wake();
+  };
+
+  private attach(socket: Socket): void {
+    socket.on('data', this.onData);
     socket.on('close', () => {
       this.closed = true;
       this.wake();
     });
-    socket.on('error', () => {});
+    socket.on('error', (err) => (this.error = err));
+  }
+
+  /** The last socket error (a TLS alert, say). */
+  error: Error | null = null;
+
+  /**
+   * NBD_OPT_STARTTLS; on NBD_REP_ACK, the TLS handshake on the same socket (rejects if it
+   * fails). Returns the option reply.
+   */
+  async startTls(options: ConnectionOptions): Promise<OptionReply> {
+    this.sendOption(NbdOption.STARTTLS);
+    const r = await this.readOptionReply();
+    if (r.type !== NbdReply.ACK) return r;
+    if (this.buf.length > 0) throw new Error('bytes after the STARTTLS reply');
+    this.socket.off('data', this.onData);
+    const t: TLSSocket = tlsConnect({ socket: this.socket, ...options });
+    await new Promise<void>((resolve, reject) => {
+      t.once('secureConnect', () => resolve());
+      t.once('error', reject);
+      t.once('close', () => reject(new Error('closed during the TLS handshake')));
+    });
+    this.socket = t;
+    this.attach(t);
+    return r;
   }
 
   private wake(): void {
