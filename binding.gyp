@@ -15,7 +15,8 @@
         "native/queue_pair.cc",
         "native/memory_window.cc",
         "native/devices.cc",
-        "native/file_ring.cc"
+        "native/file_ring.cc",
+        "native/direct_io.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

@@ -1,6 +1,7 @@
 // vof's RDMA binding: thin, verb-shaped classes over libibverbs and librdmacm. Policy (what to
 // post, when to close) lives in src/transport/rdma.
 #include "addon.h"
+#include "direct_io.h"
 #include "file_ring.h"
 
 namespace vof {
@@ -47,6 +48,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("resourceCounts", Napi::Function::New(env, ResourceCountsValue));
   exports.Set("wcStatusName", Napi::Function::New(env, WcStatusName));
   exports.Set("FileRing", FileRing::Init(env));
+  exports.Set("addressRemainder", Napi::Function::New(env, AddressRemainder));
+  exports.Set("directIoAlignment", Napi::Function::New(env, DirectIoAlignment));
   Napi::Object access = Napi::Object::New(env);
   access.Set("LOCAL_WRITE", Napi::Number::New(env, IBV_ACCESS_LOCAL_WRITE));
   access.Set("REMOTE_WRITE", Napi::Number::New(env, IBV_ACCESS_REMOTE_WRITE));
