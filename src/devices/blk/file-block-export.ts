@@ -88,20 +88,18 @@ function sizeOf(path: string, st: Stats): number {
   throw new Error(`${path} is neither a regular file nor a block device`);
 }
 
-/** Refuses direct I/O where it cannot work, saying why, before the file is opened. */
-async function checkDirectIoPossible(path: string): Promise<void> {
-  const addon = alignmentAddon();
-  if (addon instanceof Error) throw new Error(`direct I/O needs vof's native addon to align buffers: ${addon.message}`);
-  const fs = MEMORY_FS_TYPES.get(Number((await fsp.statfs(path)).type));
-  // tmpfs refuses O_DIRECT before Linux 6.6 and accepts it since while still caching every
-  // page: either way there is no disk to bypass the cache for.
-  if (fs) throw new Error(`direct I/O: ${path} is on ${fs}, which keeps files in memory (export it without "direct")`);
-}
-
-/** What O_DIRECT demands of the open file, from the kernel where it says (statx, BLKSSZGET). */
-function directIoAlignment(path: string, fd: number): DirectIoAlignment {
+/**
+ * What O_DIRECT demands of the open file, from the kernel where it says (statx, BLKSSZGET), or
+ * why direct I/O cannot work for it.
+ */
+async function directIoAlignment(path: string, st: Stats, fd: number): Promise<DirectIoAlignment> {
   const addon = alignmentAddon();
   if (addon instanceof Error) throw addon;
+  // tmpfs refuses O_DIRECT before Linux 6.6 and accepts it since while still caching every
+  // page: either way there is no disk to bypass the cache for. (Only for regular files: a
+  // device node's own file system, devtmpfs, says nothing about the device.)
+  const memoryFs = st.isFile() ? MEMORY_FS_TYPES.get(Number((await fsp.statfs(path)).type)) : undefined;
+  if (memoryFs) throw new Error(`direct I/O: ${path} is on ${memoryFs}, which keeps files in memory (export it without "direct")`);
   const got = addon.directIoAlignment(fd);
   if (got === null) return ASSUMED_DIRECT_ALIGNMENT;
   if (got.memAlign === 0 || got.offsetAlign === 0) throw new Error(`direct I/O: the file system does no direct I/O for ${path} (export it without "direct")`);
@@ -167,7 +165,9 @@ export class FileBlockExport implements DeviceExport {
       throw new Error(`serial "${options.serial}" is over ${ID_BYTES} bytes`);
     }
     const { backend } = chooseFileIo(options.fileIo ?? defaultFileIoMode());
-    if (options.direct) await checkDirectIoPossible(path);
+    if (options.direct && alignmentAddon() instanceof Error) {
+      throw new Error(`direct I/O needs vof's native addon to align buffers: ${(alignmentAddon() as Error).message}`);
+    }
     let file: fsp.FileHandle;
     try {
       file = await fsp.open(path, flags);
@@ -181,7 +181,7 @@ export class FileBlockExport implements DeviceExport {
       const st = await file.stat();
       const id = await file.stat({ bigint: true });
       const digest = createHash('sha256').update(`vof-serial\0${id.dev}\0${id.ino}\0${id.birthtimeNs}`).digest('hex');
-      const alignment = options.direct ? directIoAlignment(path, file.fd) : null;
+      const alignment = options.direct ? await directIoAlignment(path, st, file.fd) : null;
       const plain = openFileIo(file, backend);
       const io = alignment ? new DirectFileIo(plain, alignment) : plain;
       return new FileBlockExport(path, file, io, sizeOf(path, st), options, `vof-${digest.slice(0, ID_BYTES - 4)}`, alignment);
@@ -273,6 +273,15 @@ export class FileBlockExport implements DeviceExport {
   inRange(sector: bigint, length: number): boolean {
     const start = sector * BigInt(SECTOR_SIZE);
     return start + BigInt(length) <= BigInt(this.capacityBytes);
+  }
+
+  /**
+   * Direct I/O only: requests whose buffer was not aligned and went through a bounce buffer
+   * (a copy). Transport pool buffers are aligned; what remains are e.g. small TCP writes, whose
+   * payload is read in place from the socket's chunk.
+   */
+  get bouncedRequests(): number {
+    return this.io instanceof DirectFileIo ? this.io.bounced : 0;
   }
 
   /** Which file I/O backend serves this export (FileBlockOptions.fileIo). */
