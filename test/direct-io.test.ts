@@ -382,4 +382,13 @@ describe.skipIf(!loop.ok)(`direct I/O on a 4096-byte-sector block device${loop.s
       await d.close();
     }
   });
+
+  it('admin FORMAT to 512-byte blocks is refused (the device cannot serve them); 4096 stays', async () => {
+    const refused = await vofAsync(['admin', `${fx.url}/d4k`, 'format', '512']);
+    expect(refused.status).toBe(1);
+    expect(refused.stderr).toMatch(/FORMAT_UNSUPPORTED/);
+    const ok = await vofAsync(['admin', `${fx.url}/d4k`, 'format', '4096']);
+    expect(ok.status, ok.stderr).toBe(0);
+    expect((fx.target.devices.get('d4k')!.device as FileBlockExport).blockSize).toBe(4096);
+  });
 });
