@@ -165,9 +165,8 @@ export class FileBlockExport implements DeviceExport {
       throw new Error(`serial "${options.serial}" is over ${ID_BYTES} bytes`);
     }
     const { backend } = chooseFileIo(options.fileIo ?? defaultFileIoMode());
-    if (options.direct && alignmentAddon() instanceof Error) {
-      throw new Error(`direct I/O needs vof's native addon to align buffers: ${(alignmentAddon() as Error).message}`);
-    }
+    const addon = options.direct ? alignmentAddon() : null;
+    if (addon instanceof Error) throw new Error(`direct I/O needs vof's native addon to align buffers: ${addon.message}`);
     let file: fsp.FileHandle;
     try {
       file = await fsp.open(path, flags);
