@@ -8,7 +8,8 @@
       "sources": [
         "native/addon.cc",
         "native/common.cc",
-        "native/file_ring.cc"
+        "native/file_ring.cc",
+        "native/direct_io.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

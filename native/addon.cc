@@ -4,6 +4,7 @@
 // (binding.gyp's vof_rdma) and loads rdma-core at run time (rdma_core.cc): `rdma` says whether it
 // is compiled in, `rdmaLoadError` why it cannot be used here (undefined when it can).
 #include "common.h"
+#include "direct_io.h"
 #include "file_ring.h"
 
 #ifdef VOF_HAVE_RDMA
@@ -67,6 +68,8 @@ static void InitRdma(Napi::Env env, Napi::Object exports) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("FileRing", FileRing::Init(env));
+  exports.Set("addressRemainder", Napi::Function::New(env, AddressRemainder));
+  exports.Set("directIoAlignment", Napi::Function::New(env, DirectIoAlignment));
   exports.Set("resourceCounts", Napi::Function::New(env, ResourceCountsValue));
 #ifdef VOF_HAVE_RDMA
   exports.Set("rdma", Napi::Boolean::New(env, true));

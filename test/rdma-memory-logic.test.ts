@@ -86,7 +86,7 @@ describe('device memory (size classes, FIFO wait queue, limit)', () => {
     const io1m = await mem.acquire(16 + MiB + 1);
     const io4m = await mem.acquire(16 + 4 * MiB + 1);
     expect(small.mr.length).toBe(512);
-    expect(io4k.mr.length).toBe(16 * KiB + 512);
+    expect(io4k.mr.length).toBe(16 * KiB + 4096);
     expect(io1m.mr.length).toBe(MiB + 4096);
     expect(io4m.mr.length).toBe(LARGEST);
     expect(io4k.view.length).toBe(16 + 4096 + 1);

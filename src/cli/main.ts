@@ -11,7 +11,7 @@ import { CliError } from './cli-error.js';
 const USAGE = `vof — Virtio over Fabrics
 
 Usage:
-  vof target --listen URL [--listen URL]... --blk TVQN=PATH[,ro][,serial=S] [--blk ...]
+  vof target --listen URL [--listen URL]... --blk TVQN=PATH[,ro][,direct][,serial=S] [--blk ...]
              [--rng TVQN[,rate=BYTES_PER_S][,burst=BYTES]]...
              [--allow IVQN[@IDENTITY]]... [--admin IVQN[@IDENTITY]]... [--config FILE]
              [--queues N] [--queue-size N] [--keepalive-interval MS] [--keepalive-timeout MS] [--log LEVEL]

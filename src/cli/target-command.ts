@@ -28,6 +28,8 @@ interface BlkSpec {
   serial?: string;
   /** Live instances of this export at most. */
   maxInstances?: number;
+  /** Open with O_DIRECT (no page cache; see docs/CLI.md for when). */
+  direct?: boolean;
 }
 
 interface RngSpec {
@@ -91,21 +93,23 @@ interface TargetConfigFile {
 
 function parseBlk(spec: string): BlkSpec {
   const eq = spec.indexOf('=');
-  if (eq <= 0) throw new CliError(`--blk expects TVQN=PATH[,ro], got "${spec}"`);
+  if (eq <= 0) throw new CliError(`--blk expects TVQN=PATH[,ro][,direct], got "${spec}"`);
   const tvqn = spec.slice(0, eq);
   let path = spec.slice(eq + 1);
   let readOnly = false;
+  let direct = false;
   let serial: string | undefined;
-  // Options trail the path: ,ro ,rw ,serial=S (in any order).
+  // Options trail the path: ,ro ,rw ,direct ,serial=S (in any order).
   for (;;) {
-    const m = /,(ro|rw|serial=[^,]*)$/.exec(path);
+    const m = /,(ro|rw|direct|serial=[^,]*)$/.exec(path);
     if (!m) break;
     if (m[1] === 'ro') readOnly = true;
+    else if (m[1] === 'direct') direct = true;
     else if (m[1]!.startsWith('serial=')) serial = m[1]!.slice('serial='.length);
     path = path.slice(0, m.index);
   }
   if (!path) throw new CliError(`--blk "${spec}" has no path`);
-  return { tvqn, path, readOnly, ...(serial !== undefined && { serial }) };
+  return { tvqn, path, readOnly, ...(direct && { direct }), ...(serial !== undefined && { serial }) };
 }
 
 /** `allow: []` would silently mean "everyone" (or "nobody"): refuse it. */
@@ -277,12 +281,14 @@ export async function runTarget(argv: string[]): Promise<number> {
   try {
     for (const b of blks) {
       let disk: FileBlockExport;
+      if (b.direct !== undefined && typeof b.direct !== 'boolean') throw new CliError(`--config: blk "${b.tvqn}" "direct" must be true or false`);
       try {
         disk = await FileBlockExport.open(b.path, {
           readOnly: b.readOnly ?? false,
           ...((b.queues ?? queues) !== undefined && { numQueues: b.queues ?? queues }),
           ...((b.queueSize ?? queueSize) !== undefined && { queueSize: b.queueSize ?? queueSize }),
           ...(b.serial !== undefined && { serial: b.serial }),
+          ...(b.direct === true && { direct: true }),
           ...(fileIo && { fileIo: fileIo.backend }),
         });
       } catch (err) {

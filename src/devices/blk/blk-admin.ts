@@ -28,6 +28,8 @@ const MAX_HEALTH_SAMPLES = 4096;
 /** What the virtio-blk admin class needs from the disk behind it. */
 export interface FormattableDisk {
   readonly blockSize: number;
+  /** Smaller block sizes cannot be served (direct I/O on a 4096-byte-sector disk): not offered. */
+  readonly minBlockSize?: number;
   readonly readOnly: boolean;
   readonly capacityBytes: number;
   /** Instances of this export alive now (this one included). */
@@ -54,7 +56,7 @@ export class BlkAdmin implements DeviceAdminSupport {
     commands.add(AdminClass.BLK, AdminBlkCommand.LIST_FORMATS, (data) => {
       expectData(data, 0, 'LIST_FORMATS');
       const current = BLK_FORMATS.findIndex((f) => f.blockSize === this.disk.blockSize && f.metadataBytes === 0);
-      return { result: encodeFormatList(BLK_FORMATS, Math.max(0, current)) };
+      return { result: encodeFormatList(this.formats(), Math.max(0, current)) };
     });
     // Export-wide: it changes the disk's geometry for every later initiator, and its refusals
     // (EXPORT_IN_USE) would tell an initiator whether other instances exist. Only with the
@@ -65,7 +67,7 @@ export class BlkAdmin implements DeviceAdminSupport {
       (data) => {
         const req = decodeFormatRequest(data);
         if (!req) throw new AdminDataError(`FORMAT takes 8 bytes of data, got ${data.length}`);
-        const format = BLK_FORMATS.find((f) => f.blockSize === req.blockSize && f.metadataBytes === req.metadataBytes);
+        const format = this.formats().find((f) => f.blockSize === req.blockSize && f.metadataBytes === req.metadataBytes);
         if (!format?.supported) return classSpecific(AdminBlkStatus.FORMAT_UNSUPPORTED);
         if (this.disk.readOnly) return classSpecific(AdminBlkStatus.READ_ONLY);
         if (this.disk.instanceCount > 1) return classSpecific(AdminBlkStatus.EXPORT_IN_USE);
@@ -74,6 +76,12 @@ export class BlkAdmin implements DeviceAdminSupport {
       },
       'export',
     );
+  }
+
+  /** BLK_FORMATS as this disk serves them: sizes below its smallest block are unsupported. */
+  private formats(): typeof BLK_FORMATS {
+    const min = this.disk.minBlockSize ?? 0;
+    return BLK_FORMATS.map((f) => (f.blockSize < min ? { ...f, supported: false } : f));
   }
 
   /**

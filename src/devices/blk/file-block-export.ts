@@ -3,7 +3,9 @@ import { EventEmitter } from 'node:events';
 import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
 import type { DeviceEventSink, DeviceExport, InstanceLimits, RequestCancel, VirtioDeviceInstance } from '../../target/device.js';
+import { alignmentAddon, allocAligned } from '../../util/aligned-buffer.js';
 import { BlkAdmin, alignedToBlock } from './blk-admin.js';
+import { DirectFileIo, type DirectIoAlignment } from './direct-file-io.js';
 import { chooseFileIo, defaultFileIoMode, openFileIo, type FileIo, type FileIoBackend, type FileIoMode } from './file-io.js';
 import {
   BlkConfig,
@@ -24,8 +26,19 @@ export interface FileBlockOptions {
   readonly numQueues?: number;
   /** Largest virtqueue size. Default 128. */
   readonly queueSize?: number;
-  /** Logical block size reported in blk_size. Default 512. */
+  /**
+   * Logical block size reported in blk_size. Default 512, or with `direct` the file's direct-I/O
+   * offset alignment (512 or 4096), which is also the smallest block size `direct` allows.
+   */
   readonly blockSize?: number;
+  /**
+   * Open the file (or block device) with O_DIRECT: reads and writes bypass the page cache and
+   * move between the disk and the transport's buffer (aligned pool memory) without a copy.
+   * Needs the native addon (it tells buffer addresses and the file's alignment) and a file
+   * system that does direct I/O: tmpfs and ramfs are refused, as is a file system that refuses
+   * O_DIRECT (EINVAL) — never a silent fallback to the page cache. Default false (buffered).
+   */
+  readonly direct?: boolean;
   /**
    * Serial returned by GET_ID (at most 20 bytes). Default: "vof-" and 16 hex digits derived
    * from the backing file's identity (device, inode, birth time): stable while the file lives,
@@ -47,6 +60,13 @@ export const MAX_TRANSFER_BYTES = 4 * 1024 * 1024;
  */
 export const MAX_WRITE_ZEROES_SECTORS = (64 * 1024 * 1024) / SECTOR_SIZE;
 const ZERO_CHUNK = Buffer.alloc(1024 * 1024);
+/** statfs f_type of file systems that keep files in memory: direct I/O has no disk to go to. */
+const MEMORY_FS_TYPES = new Map([
+  [0x01021994, 'tmpfs'],
+  [0x858458f6, 'ramfs'],
+]);
+/** Direct-I/O alignment assumed when the kernel cannot say (statx without STATX_DIOALIGN, < 6.1). */
+const ASSUMED_DIRECT_ALIGNMENT: DirectIoAlignment = { memAlign: 4096, offsetAlign: 4096 };
 /** seg_max on stream transports, where the wire sets no limit on segments. */
 const STREAM_SEG_MAX = 128;
 /** Keyed descriptors a request needs besides its data segments: the header and the status byte. */
@@ -69,6 +89,27 @@ function sizeOf(path: string, st: Stats): number {
 }
 
 /**
+ * What O_DIRECT demands of the open file, from the kernel where it says (statx, BLKSSZGET), or
+ * why direct I/O cannot work for it.
+ */
+async function directIoAlignment(path: string, st: Stats, fd: number): Promise<DirectIoAlignment> {
+  const addon = alignmentAddon();
+  if (addon instanceof Error) throw addon;
+  // tmpfs refuses O_DIRECT before Linux 6.6 and accepts it since while still caching every
+  // page: either way there is no disk to bypass the cache for. (Only for regular files: a
+  // device node's own file system, devtmpfs, says nothing about the device.)
+  const memoryFs = st.isFile() ? MEMORY_FS_TYPES.get(Number((await fsp.statfs(path)).type)) : undefined;
+  if (memoryFs) throw new Error(`direct I/O: ${path} is on ${memoryFs}, which keeps files in memory (export it without "direct")`);
+  const got = addon.directIoAlignment(fd);
+  if (got === null) return ASSUMED_DIRECT_ALIGNMENT;
+  if (got.memAlign === 0 || got.offsetAlign === 0) throw new Error(`direct I/O: the file system does no direct I/O for ${path} (export it without "direct")`);
+  if (got.offsetAlign > 4096 || got.memAlign > 4096) {
+    throw new Error(`direct I/O: ${path} needs ${got.offsetAlign}-byte offsets and ${got.memAlign}-byte buffer alignment; vof serves blocks of 512 or 4096 bytes`);
+  }
+  return got;
+}
+
+/**
  * virtio-blk backed by a regular file or a block device. One open file descriptor serves every
  * instance; each request is bounds-checked against the capacity before any I/O, so the file
  * is never touched outside [0, capacity).
@@ -84,6 +125,12 @@ export class FileBlockExport implements DeviceExport {
   instanceCount = 0;
   /** What GET_ID returns: at most 20 bytes, NUL-padded by the request when shorter. */
   readonly serial: Buffer;
+  /** The smallest logical block size the file allows (512; with direct I/O its offset alignment). */
+  readonly minBlockSize: number;
+  /** The file was opened with O_DIRECT (FileBlockOptions.direct). */
+  readonly direct: boolean;
+  /** WRITE_ZEROES's source: aligned with direct I/O, so zeroing needs no bounce buffer. */
+  private readonly zeroChunk: Buffer;
   private generation = 0;
   private readonly events = new EventEmitter();
 
@@ -94,29 +141,49 @@ export class FileBlockExport implements DeviceExport {
     private readonly sizeBytes: number,
     options: FileBlockOptions,
     defaultSerial: string,
+    alignment: DirectIoAlignment | null,
   ) {
     this.readOnly = options.readOnly ?? false;
     this.numQueues = Math.max(1, options.numQueues ?? 2);
     this.queueSize = Math.min(1024, Math.max(1, options.queueSize ?? 128));
-    this.blockSize = options.blockSize ?? SECTOR_SIZE;
+    this.direct = alignment !== null;
+    this.minBlockSize = alignment === null || alignment.offsetAlign <= SECTOR_SIZE ? SECTOR_SIZE : 4096;
+    this.blockSize = options.blockSize ?? this.minBlockSize;
     this.serial = Buffer.from(options.serial ?? defaultSerial, 'utf8');
-    this.description = `virtio-blk ${path} (${this.capacityBytes} bytes${this.readOnly ? ', read-only' : ''})`;
+    this.zeroChunk = this.direct ? allocAligned(ZERO_CHUNK.length).fill(0) : ZERO_CHUNK;
+    this.description = `virtio-blk ${path} (${this.capacityBytes} bytes${this.readOnly ? ', read-only' : ''}${this.direct ? ', direct I/O' : ''})`;
     if (this.blockSize !== SECTOR_SIZE && this.blockSize !== 4096) throw new Error(`block size ${this.blockSize}: 512 or 4096`);
+    if (this.blockSize < this.minBlockSize) {
+      throw new Error(`block size ${this.blockSize}: direct I/O on ${path} needs ${this.minBlockSize}-byte blocks`);
+    }
     this.events.setMaxListeners(0);
   }
 
   static async open(path: string, options: FileBlockOptions = {}): Promise<FileBlockExport> {
-    const flags = options.readOnly ? fsc.O_RDONLY : fsc.O_RDWR;
+    const flags = (options.readOnly ? fsc.O_RDONLY : fsc.O_RDWR) | (options.direct ? fsc.O_DIRECT : 0);
     if (options.serial !== undefined && Buffer.byteLength(options.serial, 'utf8') > ID_BYTES) {
       throw new Error(`serial "${options.serial}" is over ${ID_BYTES} bytes`);
     }
     const { backend } = chooseFileIo(options.fileIo ?? defaultFileIoMode());
-    const file = await fsp.open(path, flags);
+    const addon = options.direct ? alignmentAddon() : null;
+    if (addon instanceof Error) throw new Error(`direct I/O needs vof's native addon to align buffers: ${addon.message}`);
+    let file: fsp.FileHandle;
+    try {
+      file = await fsp.open(path, flags);
+    } catch (err) {
+      if (options.direct && (err as NodeJS.ErrnoException).code === 'EINVAL') {
+        throw new Error(`direct I/O: the file system of ${path} refuses O_DIRECT (export it without "direct")`, { cause: err });
+      }
+      throw err;
+    }
     try {
       const st = await file.stat();
       const id = await file.stat({ bigint: true });
       const digest = createHash('sha256').update(`vof-serial\0${id.dev}\0${id.ino}\0${id.birthtimeNs}`).digest('hex');
-      return new FileBlockExport(path, file, openFileIo(file, backend), sizeOf(path, st), options, `vof-${digest.slice(0, ID_BYTES - 4)}`);
+      const alignment = options.direct ? await directIoAlignment(path, st, file.fd) : null;
+      const plain = openFileIo(file, backend);
+      const io = alignment ? new DirectFileIo(plain, alignment) : plain;
+      return new FileBlockExport(path, file, io, sizeOf(path, st), options, `vof-${digest.slice(0, ID_BYTES - 4)}`, alignment);
     } catch (err) {
       await file.close();
       throw err;
@@ -139,12 +206,18 @@ export class FileBlockExport implements DeviceExport {
     return f;
   }
 
-  /** Whole 512-byte sectors of the backing store, whatever the logical block size. */
+  /**
+   * Whole 512-byte sectors of the backing store, whatever the logical block size; with direct
+   * I/O whole blocks of the smallest block size it allows (the kernel cannot read a partial one).
+   */
   get capacityBytes(): number {
-    return this.sizeBytes - (this.sizeBytes % SECTOR_SIZE);
+    return this.sizeBytes - (this.sizeBytes % this.minBlockSize);
   }
 
-  /** Admin FORMAT: a new logical block size (the bytes stay); drivers hear a config change. */
+  /**
+   * Admin FORMAT: a new logical block size (the bytes stay); drivers hear a config change. The
+   * admin command refuses sizes below minBlockSize before calling this.
+   */
   format(blockSize: number): void {
     this.blockSize = blockSize;
     this.configChanged();
@@ -201,6 +274,15 @@ export class FileBlockExport implements DeviceExport {
     return start + BigInt(length) <= BigInt(this.capacityBytes);
   }
 
+  /**
+   * Direct I/O only: requests whose buffer was not aligned and went through a bounce buffer
+   * (a copy). Transport pool buffers are aligned; what remains are e.g. small TCP writes, whose
+   * payload is read in place from the socket's chunk.
+   */
+  get bouncedRequests(): number {
+    return this.io instanceof DirectFileIo ? this.io.bounced : 0;
+  }
+
   /** Which file I/O backend serves this export (FileBlockOptions.fileIo). */
   get fileIoBackend(): FileIoBackend {
     return this.io.backend;
@@ -220,9 +302,9 @@ export class FileBlockExport implements DeviceExport {
 
   /** Zero a range in 1 MiB steps; stops between two steps once `cancel` aborts (and throws). */
   async writeZeroes(offset: number, length: number, cancel?: Pick<RequestCancel, 'throwIfAborted'>): Promise<void> {
-    for (let pos = 0; pos < length; pos += ZERO_CHUNK.length) {
+    for (let pos = 0; pos < length; pos += this.zeroChunk.length) {
       cancel?.throwIfAborted();
-      await this.write(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, length - pos)), offset + pos);
+      await this.write(this.zeroChunk.subarray(0, Math.min(this.zeroChunk.length, length - pos)), offset + pos);
     }
   }
 

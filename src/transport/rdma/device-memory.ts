@@ -1,3 +1,4 @@
+import { allocAligned, DATA_SKEW } from '../../util/aligned-buffer.js';
 import type { Logger } from '../../util/log.js';
 import type { MemoryRegion, ProtectionDomain } from './native-binding.js';
 import type { RegisteredBuffer } from './registered-pool.js';
@@ -17,8 +18,12 @@ import type { RegisteredBuffer } from './registered-pool.js';
  * per request nobody waits while holding pool memory.
  */
 
-/** Sizes of the classes below the largest; the largest is the biggest request (out + in). */
-export const SIZE_CLASSES: readonly number[] = [512, 16 * 1024 + 512, 128 * 1024 + 4096, 1024 * 1024 + 4096];
+/**
+ * Sizes of the classes below the largest; the largest is the biggest request (out + in). Each
+ * above 512 is a whole number of pages, so that with slabs aligned (see grow()) every buffer's
+ * data starts on a page: a block export opened with direct I/O reads into it straight from disk.
+ */
+export const SIZE_CLASSES: readonly number[] = [512, 16 * 1024 + 4096, 128 * 1024 + 4096, 1024 * 1024 + 4096];
 /** What one queue of queue size Q adds to each class: this many bytes, at least 1, at most Q buffers. */
 export const QUEUE_CLASS_BYTES = 8 * 1024 * 1024;
 /** Default for `limitBytes`: registered bytes of one device's pools at most. */
@@ -160,7 +165,8 @@ export class DeviceMemory {
     if (affordable <= 0) return;
     let mr: MemoryRegion;
     try {
-      mr = this.pd.registerMemory(Buffer.allocUnsafeSlow(affordable * c.size), this.options.access);
+      // A request's data follows its 16-byte header (DATA_SKEW): that byte is page-aligned.
+      mr = this.pd.registerMemory(allocAligned(affordable * c.size, DATA_SKEW), this.options.access);
     } catch (err) {
       if (always) throw err;
       // Not fatal: requests wait for the buffers that exist (e.g. RLIMIT_MEMLOCK reached).

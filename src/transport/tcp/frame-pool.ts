@@ -1,3 +1,5 @@
+import { allocAligned, DATA_SKEW, DIRECT_IO_ALIGN } from '../../util/aligned-buffer.js';
+
 /** Smallest frame handed out: a completion header and a few hundred device-written bytes. */
 const MIN_CLASS = 512;
 /** Frames larger than this are allocated for their request and not kept (rare, large I/O). */
@@ -36,7 +38,7 @@ export class FramePool {
 
   /** A frame of at least `size` bytes (its contents are whatever the last user left). */
   take(size: number): Buffer {
-    if (size > MAX_CLASS) return Buffer.allocUnsafeSlow(size);
+    if (size > MAX_CLASS) return allocFrame(size);
     const cls = sizeClass(size);
     const frame = this.free[cls]?.pop();
     if (frame) {
@@ -44,7 +46,7 @@ export class FramePool {
       this.retention.kept -= frame.length;
       return frame;
     }
-    return Buffer.allocUnsafeSlow(1 << cls);
+    return allocFrame(1 << cls);
   }
 
   /** Give back a frame from take() once nothing reads it any more. */
@@ -72,4 +74,15 @@ export class FramePool {
 function sizeClass(size: number): number {
   const n = Math.max(size, MIN_CLASS);
   return 32 - Math.clz32(n - 1);
+}
+
+/**
+ * A new frame whose data (after its 16-byte header) starts on an aligned address, so a block
+ * export opened with direct I/O reads and writes it without a bounce buffer: a page for frames
+ * that can carry 4096-byte blocks, 512 bytes below that (a 512-byte block is the smallest
+ * direct I/O; a frame of 512 bytes cannot carry one after its header).
+ */
+function allocFrame(size: number): Buffer {
+  if (size <= MIN_CLASS) return Buffer.allocUnsafeSlow(size);
+  return allocAligned(size, DATA_SKEW, size >= 2 * DIRECT_IO_ALIGN ? DIRECT_IO_ALIGN : MIN_CLASS);
 }
