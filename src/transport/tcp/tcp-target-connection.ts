@@ -103,6 +103,8 @@ export class TcpTargetConnection implements TargetConnection {
   private peerEnded = false;
   private endReported = false;
   private stallTimer: NodeJS.Timeout | null = null;
+  /** Destroys the socket if the peer does not take the end of the stream (close()). */
+  private endTimer: NodeJS.Timeout | null = null;
   /** Completions produced in one event-loop turn leave in one write. */
   private readonly batch: TickBatch;
   private readonly frames = new FramePool(FRAME_POOL_KEPT_BYTES, framesKept);
@@ -325,8 +327,11 @@ export class TcpTargetConnection implements TargetConnection {
     this.closed = true;
     this.updateReading();
     this.socket.end();
-    // A peer that never reads would keep end() pending forever.
-    setTimeout(() => this.socket.destroy(), 2000).unref();
+    // A peer that never reads would keep end() pending forever. Cleared at 'close': a pending
+    // timer would hold this connection, its socket and its session for 2 s after they are gone,
+    // which under connect/disconnect churn is thousands of dead connections at once.
+    this.endTimer = setTimeout(() => this.socket.destroy(), 2000);
+    this.endTimer.unref();
   }
 
   private finish(): void {
@@ -334,6 +339,8 @@ export class TcpTargetConnection implements TargetConnection {
     this.frames.close();
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.stallTimer = null;
+    if (this.endTimer) clearTimeout(this.endTimer);
+    this.endTimer = null;
     const h = this.handler;
     this.handler = null;
     h?.onClose();
