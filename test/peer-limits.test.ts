@@ -1,4 +1,5 @@
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice, Opcode, encodeCommand, statusName } from '../src/index.js';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
@@ -22,6 +23,39 @@ function rssOf(pid: number): number {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Live objects of the given classes in a target started with --heapsnapshot-signal=SIGUSR2
+ * and --diagnostic-dir=`dir`: the snapshot (taken after a full GC) is read from that dir.
+ */
+async function heapObjectCount(pid: number, dir: string, names: string[]): Promise<Record<string, number>> {
+  const seen = new Set(readdirSync(dir));
+  process.kill(pid, 'SIGUSR2');
+  for (let i = 0; i < 300; i++) {
+    await sleep(100);
+    const file = readdirSync(dir).find((f) => f.endsWith('.heapsnapshot') && !seen.has(f));
+    if (!file) continue;
+    let snap: { snapshot: { meta: { node_fields: string[]; node_types: [string[]] } }; nodes: number[]; strings: string[] };
+    try {
+      snap = JSON.parse(readFileSync(join(dir, file), 'utf8'));
+    } catch {
+      continue; // still being written
+    }
+    const { node_fields: fields, node_types: types } = snap.snapshot.meta;
+    const typeAt = fields.indexOf('type');
+    const nameAt = fields.indexOf('name');
+    const objectType = types[0].indexOf('object');
+    const counts: Record<string, number> = Object.fromEntries(names.map((n) => [n, 0]));
+    for (let i = 0; i < snap.nodes.length; i += fields.length) {
+      if (snap.nodes[i + typeAt] !== objectType) continue;
+      const name = snap.strings[snap.nodes[i + nameAt]!]!;
+      if (name in counts) counts[name]!++;
+    }
+    rmSync(join(dir, file));
+    return counts;
+  }
+  throw new Error('the target wrote no heap snapshot in 30 s');
+}
 
 /** Samples a process's RSS until stopped; `max` is the highest seen. */
 function sampleRss(pid: number, everyMs = 50) {
@@ -85,26 +119,45 @@ describe('a live target against careless peers', () => {
     await scratch.close();
   });
 
-  it('a VQ payload before Connect is not buffered: 32 connections stalled one byte short hold no payload', async () => {
-    const rss = sampleRss(target.child.pid!);
-    const before = rssOf(target.child.pid!);
-    const payload = Buffer.alloc(4 * MiB, 0xab);
-    const header = encodeCommand({ opcode: Opcode.Vq, commandId: 7, outLength: payload.length, inLength: 0 });
-    const peers = await Promise.all(Array.from({ length: 32 }, () => RawQueue.open(port)));
-    // The first one sends the whole PDU: the answer is that Connect must come first.
-    const whole = peers[0]!;
-    whole.send(header, payload);
-    await Promise.all(
-      peers.slice(1).map((p) => new Promise<void>((resolve) => p.socket.write(Buffer.concat([header, payload.subarray(1)]), () => resolve()))),
-    );
-    const c = await whole.completion();
-    expect(st(c)).toBe('ENOCMD');
-    expect(c.readUInt16LE(2)).toBe(7);
+  it('before Connect a VQ payload is not read: 64 peers streaming 4 MiB each cost at most 64 KiB apiece beyond one socket read', async () => {
+    const pid = target.child.pid!;
+    const header = (id: number) => encodeCommand({ opcode: Opcode.Vq, commandId: id, outLength: 4 * MiB, inLength: 0 });
+    const payload = Buffer.alloc(4 * MiB - 1, 0xab); // one byte short: the PDU never completes
+    /** `n` peers write a VQ header and its payload before any Connect and never read. */
+    const stalled = async (n: number) => {
+      const peers = await Promise.all(Array.from({ length: n }, () => RawQueue.open(port)));
+      await Promise.all(
+        peers.map((p, i) => {
+          p.socket.pause();
+          // Settles once the bytes are with the kernel, or when the target cut the connection.
+          return new Promise<void>((resolve) => p.socket.write(Buffer.concat([header(i), payload]), () => resolve()));
+        }),
+      );
+      return peers;
+    };
+    // A peer whose whole (small) PDU arrives in one read still gets its answer before the close.
+    const small = await RawQueue.open(port);
+    small.send(encodeCommand({ opcode: Opcode.Vq, commandId: 7, outLength: 512, inLength: 0 }), Buffer.alloc(512));
+    const c = await small.completion();
+    expect([st(c), c.readUInt16LE(2)]).toEqual(['ENOCMD', 7]);
+    await small.whenClosed();
+    // No warm-up with the same traffic: what the skipped payloads cost is a high-water mark
+    // (read buffers are garbage until the next GC; glibc keeps the memory they were in), paid
+    // by the first such batch. The target has done only verified I/O (beforeAll) until here.
+    const rss = sampleRss(pid);
+    const before = rssOf(pid);
+    const peers = await stalled(64);
     await sleep(200);
     const peak = rss.stop();
-    process.stderr.write(`peer-limits: target RSS ${(before / MiB).toFixed(0)} → peak ${(peak / MiB).toFixed(0)} MiB with 31 × (4 MiB - 1) + 4 MiB unbound payload bytes\n`);
-    expect(peak - before).toBeLessThan(48 * MiB); // buffered, it would be 128 MiB
-    for (const p of peers) p.socket.destroy();
+    const perPeer = (peak - before) / peers.length;
+    process.stderr.write(`peer-limits: target RSS ${(before / MiB).toFixed(1)} → peak ${(peak / MiB).toFixed(1)} MiB with 64 peers streaming VQ payloads before Connect: ${(perPeer / 1024).toFixed(0)} KiB each\n`);
+    // What such a peer can make the target hold: its connection's own objects (≤ 64 KiB) and
+    // the one 64 KiB socket read its payload arrived in (garbage until the next GC). Reading
+    // and skipping the payload instead cost about 1 MiB per peer (issue 17, finding 11).
+    expect(perPeer).toBeLessThanOrEqual(128 * 1024);
+    // The target closed them: nothing more of theirs is read.
+    await Promise.all(peers.map((p) => p.whenClosed(10000)));
+    expect(target.child.exitCode).toBe(null);
   }, 60000);
 
   it('8 peers that never read their completions: RSS stays within 256 MiB of baseline, they are closed, a good initiator is served', async () => {
@@ -178,6 +231,61 @@ describe('a live target against careless peers', () => {
     await d.close();
     await s.control.close();
   }, 60000);
+});
+
+describe('connect/disconnect churn', () => {
+  // A target of its own: the heap snapshot below raises its RSS for good (the other tests
+  // measure theirs against a baseline).
+  const scratch = new TargetFixture(); // only for its temp dir
+  let target: StartedTarget;
+  let snapshots: string;
+
+  beforeAll(async () => {
+    snapshots = `${scratch.dir}/snapshots`;
+    mkdirSync(snapshots);
+    const disk = `${scratch.dir}/disk.img`;
+    writeFileSync(disk, Buffer.alloc(MiB));
+    target = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk}`, '--keepalive-interval', '60000', '--keepalive-timeout', '120000', '--log', 'warn'], {
+      lines: 1,
+      nodeArgs: ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshots}`],
+    });
+  }, 60000);
+
+  afterAll(async () => {
+    await target?.stop();
+    await scratch.close();
+  });
+
+  it('1,100 connect/disconnect cycles: RSS grows by at most 32 MiB and no closed connection stays in the heap', async () => {
+    const pid = target.child.pid!;
+    const port = Number(new URL(target.urls[0]!.replace('tcp:', 'http:')).port);
+    /** One raw control-queue Connect, answered, then the peer closes the connection. */
+    const cycle = async (i: number) => {
+      const q = await RawQueue.open(port);
+      expect(st(await q.connectControl('d', `churner-${i % 16}`))).toBe('SUCCESS');
+      q.socket.destroy();
+    };
+    const churn = async (cycles: number) => {
+      // 4 at a time: fast, and within the per-IVQN instance quota.
+      for (let i = 0; i < cycles; i += 4) await Promise.all([0, 1, 2, 3].map((k) => cycle(i + k)));
+    };
+    await churn(100); // warm-up (JIT)
+    await sleep(200);
+    const before = rssOf(pid);
+    await churn(1100);
+    await sleep(200);
+    const after = rssOf(pid);
+    // A heap snapshot (after a full GC) counts what the target still holds of them: a closed
+    // connection must hold nothing. A 2 s timer per close used to keep each TcpTargetConnection
+    // and its socket alive, the last two seconds' worth of cycles (111 to 1,100 seen here).
+    // RSS alone does not show it: most of its growth is V8's young generation growing to its
+    // maximum under the allocation rate (a high-water mark, flat over further cycles).
+    const held = await heapObjectCount(pid, snapshots, ['TcpTargetConnection', 'QueueSession', 'DeviceInstance']);
+    process.stderr.write(`peer-limits: target RSS ${(before / MiB).toFixed(1)} → ${(after / MiB).toFixed(1)} MiB over 1,100 connect/disconnect cycles; held after them: ${JSON.stringify(held)}\n`);
+    expect(after - before).toBeLessThanOrEqual(32 * MiB);
+    // The target may still be closing the last few (it hears of each close after the peer's).
+    for (const n of Object.values(held)) expect(n).toBeLessThanOrEqual(8);
+  }, 120000);
 });
 
 describe('buffer budgets', () => {

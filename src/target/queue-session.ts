@@ -157,6 +157,9 @@ export class QueueSession {
    */
   private admitVq(raw: Buffer): PayloadAdmission {
     const role = this.role;
+    // Before Connect not even a skipped payload is read (docs/PROTOCOL.md, "Payload
+    // admission"): the command is answered ENOCMD and the connection closed.
+    if (!this.closed && role.kind === 'unbound') return 'close';
     if (this.closed || this.disconnecting || role.kind !== 'virtqueue') return 'discard';
     if (this.requests.size >= this.queueSize || !role.instance.acceptsRequests) return 'discard';
     const cmd = decodeCommand(raw);

@@ -76,10 +76,13 @@ export interface VqRequestData {
  * The session's answer when a stream transport asks whether it may buffer a VQ command's
  * device-readable payload: 'accept' (buffer out_length bytes, then deliver the command),
  * 'discard' (skip the payload without keeping it and deliver the command with a readOut() that
- * rejects; the session answers it with a status), or a promise: read nothing more from this
- * connection until it settles, then ask again for the same command.
+ * rejects; the session answers it with a status), 'close' (read none of the payload: deliver
+ * the command at once with a readOut() that rejects, then close the connection once the
+ * session's answer has been written; for connections that may send no payload at all, i.e.
+ * before Connect), or a promise: read nothing more from this connection until it settles, then
+ * ask again for the same command.
  */
-export type PayloadAdmission = 'accept' | 'discard' | Promise<void>;
+export type PayloadAdmission = 'accept' | 'discard' | 'close' | Promise<void>;
 
 /** Target side: what the transport reports about one connection. */
 export interface TargetConnectionHandler {

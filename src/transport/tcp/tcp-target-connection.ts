@@ -83,6 +83,9 @@ type ReadState =
  * - a VQ command's payload is buffered only after the session admits it (handler.admitVq),
  *   which it does only on a bound virtqueue, within the queue's limits and the target's send
  *   budget; anything else is skipped as it arrives, never kept;
+ * - before Connect no payload is read at all (admitVq answers 'close'): skipped bytes are
+ *   still read, one garbage buffer per read until the next GC, so a peer that has proved
+ *   nothing could otherwise make the process read megabytes and grow its heap and malloc arenas;
  * - reading pauses while the socket has more than its high-water mark queued for sending, or
  *   while the session defers admission, so the unparsed input is at most one read;
  * - a peer that stops reading its completions altogether is closed after sendStallTimeoutMs
@@ -103,6 +106,8 @@ export class TcpTargetConnection implements TargetConnection {
   private peerEnded = false;
   private endReported = false;
   private stallTimer: NodeJS.Timeout | null = null;
+  /** Destroys the socket if the peer does not take the end of the stream (close()). */
+  private endTimer: NodeJS.Timeout | null = null;
   /** Completions produced in one event-loop turn leave in one write. */
   private readonly batch: TickBatch;
   private readonly frames = new FramePool(FRAME_POOL_KEPT_BYTES, framesKept);
@@ -182,10 +187,20 @@ export class TcpTargetConnection implements TargetConnection {
       } else if (st.kind === 'admit') {
         if (st.waiting) return;
         const answer = this.handler ? this.handler.admitVq(st.header) : 'discard';
-        if (answer === 'accept') {
-          this.state = { kind: 'payload', header: st.header, length: st.header.readUInt32LE(8) };
-        } else if (answer === 'discard') {
-          const out = st.header.readUInt32LE(8);
+        const out = st.header.readUInt32LE(8);
+        if (answer === 'close' && out > 0) {
+          this.refusePayload(st.header);
+          return;
+        }
+        if (out > this.maxVqPayload) {
+          // Skipped whatever else the answer: a reservation the session made for it ('accept')
+          // travels with the command and comes back when the command ends.
+          this.log.warn(`${this.peer}: VQ command announces ${out} device-readable bytes; discarding them`);
+          this.state = { kind: 'discard', header: st.header, left: out, announced: out, why: `exceeds the ${this.maxVqPayload}-byte limit` };
+        } else if (answer === 'accept') {
+          this.state = { kind: 'payload', header: st.header, length: out };
+        } else if (answer === 'discard' || answer === 'close') {
+          // ('close' with no payload: nothing to refuse, the framing holds.)
           this.state = { kind: 'discard', header: st.header, left: out, announced: out, why: 'not admitted by the queue' };
         } else {
           st.waiting = true;
@@ -232,15 +247,32 @@ export class TcpTargetConnection implements TargetConnection {
       }
       return { kind: 'payload', header, length };
     }
-    if (opcode === Opcode.Vq) {
-      const out = header.readUInt32LE(8);
-      if (out > this.maxVqPayload) {
-        this.log.warn(`${this.peer}: VQ command announces ${out} device-readable bytes; discarding them`);
-        return { kind: 'discard', header, left: out, announced: out, why: `exceeds the ${this.maxVqPayload}-byte limit` };
-      }
-      return { kind: 'admit', header, waiting: false };
-    }
+    // Every VQ command asks the session first, oversized ones too: before Connect even an
+    // oversized payload is not skipped but refused (admit state).
+    if (opcode === Opcode.Vq) return { kind: 'admit', header, waiting: false };
     return { kind: 'header' };
+  }
+
+  /**
+   * The session takes no payload on this connection (admitVq said 'close'): the command is
+   * answered without a byte of its payload read, then the connection closes, since what
+   * follows the header cannot be framed without reading the payload.
+   */
+  private refusePayload(header: Buffer): void {
+    const out = header.readUInt32LE(8);
+    this.log.info(`${this.peer}: VQ command with ${out} device-readable bytes before Connect; answering without reading them and closing`);
+    this.state = { kind: 'header' };
+    const err = new VqTransferError('out', `device-readable payload of ${out} bytes not read: no Connect yet`);
+    this.deliver(header, new StreamVqRequest(out, header.readUInt32LE(12), err, this, this.frames));
+    // Closed at once, not ended: end() would leave the socket reading until the peer takes the
+    // FIN, and libuv goes on reading in this same turn (a paused stream still buffers one more
+    // read), so every such peer would cost two 64 KiB reads instead of one. end() hands the
+    // answer written above to the kernel first; unread input makes the close a reset.
+    if (!this.closed) {
+      this.closed = true;
+      this.socket.end();
+    }
+    this.socket.destroy();
   }
 
   /** `frame`: the pooled frame `payload` lies in, given back when the VQ command ends. */
@@ -325,8 +357,11 @@ export class TcpTargetConnection implements TargetConnection {
     this.closed = true;
     this.updateReading();
     this.socket.end();
-    // A peer that never reads would keep end() pending forever.
-    setTimeout(() => this.socket.destroy(), 2000).unref();
+    // A peer that never reads would keep end() pending forever. Cleared at 'close': a pending
+    // timer would hold this connection, its socket and its session for 2 s after they are gone,
+    // which under connect/disconnect churn is thousands of dead connections at once.
+    this.endTimer = setTimeout(() => this.socket.destroy(), 2000);
+    this.endTimer.unref();
   }
 
   private finish(): void {
@@ -334,6 +369,8 @@ export class TcpTargetConnection implements TargetConnection {
     this.frames.close();
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.stallTimer = null;
+    if (this.endTimer) clearTimeout(this.endTimer);
+    this.endTimer = null;
     const h = this.handler;
     this.handler = null;
     h?.onClose();
