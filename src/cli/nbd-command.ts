@@ -8,6 +8,7 @@ import { parseDeviceUrl, UrlError } from '../url.js';
 import { createLogger, type LogLevel } from '../util/log.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
+import { AUTH_CLIENT_OPTIONS, clientAuthSettings } from './auth-options.js';
 import { RECONNECT_OPTIONS, RECONNECT_USAGE, reconnectSettings } from './reconnect-options.js';
 
 /** HOST[:PORT] or [IPv6][:PORT]; the port defaults to NBD's 10809, 0 picks a free one. */
@@ -34,6 +35,7 @@ export async function runNbd(argv: string[]): Promise<number> {
       'allow-unauthenticated': { type: 'boolean' },
       log: { type: 'string' },
       ...TLS_CLIENT_OPTIONS,
+      ...AUTH_CLIENT_OPTIONS,
       ...RECONNECT_OPTIONS,
     },
     allowPositionals: true,
@@ -88,7 +90,7 @@ export async function runNbd(argv: string[]): Promise<number> {
 
   const tls = clientTlsSettings(values);
   const reconnect = reconnectSettings(values);
-  const disk = await BlockDevice.open(url, { ...(values.ivqn && { ivqn: values.ivqn }), ...(tls && { tls }), ...reconnect, log });
+  const disk = await BlockDevice.open(url, { ...(values.ivqn && { ivqn: values.ivqn }), ...(tls && { tls }), ...clientAuthSettings(values), ...reconnect, log });
   // NBD clients stay connected while the disk reconnects: their requests wait, then complete.
   disk.device.on('disconnected', (err) => log.warn(`vof disk ${url} disconnected (${err.message}); NBD requests wait while it reconnects`));
   disk.device.on('reconnected', (n) => log.info(`vof disk ${url} reconnected after ${n} attempt(s); state ${disk.device.state}`));
