@@ -1,3 +1,5 @@
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -21,6 +23,8 @@ import {
   targetResponse,
 } from '../src/protocol/auth.js';
 import { RawQueue } from './helpers/raw-queue.js';
+import { vofAsync } from './helpers/vof-cli.js';
+import { targetAuthSecrets } from '../src/cli/auth-options.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
@@ -219,6 +223,54 @@ describe('in-band authentication over TCP (issue 17)', () => {
     } finally {
       await impostor.close();
     }
+  });
+});
+
+describe('the CLI: vof gen-secret, --auth-secret', () => {
+  let fx: TargetFixture;
+  let secret: string;
+  beforeAll(async () => {
+    const gen = await vofAsync(['gen-secret']);
+    expect(gen.status).toBe(0);
+    secret = gen.stdout.trim();
+    expect(parseSecret(secret)).toHaveLength(32);
+    fx = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 }, auth: { 'host-a': secret } });
+    await fx.addDisk('disk', 1024 * 1024);
+    await fx.listen();
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('vof info --auth-secret FILE: the right secret connects, a wrong one says "authentication failed" without showing it', async () => {
+    const good = join(fx.dir, 'good.secret');
+    const bad = join(fx.dir, 'bad.secret');
+    writeFileSync(good, `${secret}\n`, { mode: 0o600 });
+    const other = generateSecret();
+    writeFileSync(bad, other, { mode: 0o600 });
+    const ok = await vofAsync(['info', `${fx.url}/disk`, '--ivqn', 'host-a', '--auth-secret', good, '--json']);
+    expect(ok.status, ok.stderr).toBe(0);
+    expect(JSON.parse(ok.stdout).virtioOfFeatures.negotiated).toBe(`0x${AUTH_BIT.toString(16)}`);
+    const no = await vofAsync(['info', `${fx.url}/disk`, '--ivqn', 'host-a', '--auth-secret', bad]);
+    expect(no.status).toBe(1);
+    expect(no.stderr).toMatch(/authentication failed/);
+    expect(no.stderr).not.toContain(other.slice(10, 40));
+    writeFileSync(bad, 'not a secret');
+    const junk = await vofAsync(['info', `${fx.url}/disk`, '--auth-secret', bad]);
+    expect(junk.status).toBe(1);
+    expect(junk.stderr).toContain(`--auth-secret ${bad} is not a secret of the form DHHC-1:00:<base64>:`);
+  });
+
+  it('target secrets from --config "auth" (text or {file}) and --auth-secret IVQN=FILE', () => {
+    const file = join(fx.dir, 'b.secret');
+    const b = generateSecret();
+    writeFileSync(file, b);
+    const c = generateSecret();
+    expect(targetAuthSecrets({ 'host-a': secret, 'host-b': { file } }, [`host-c=${file}`])).toEqual({ 'host-a': secret, 'host-b': b, 'host-c': b });
+    expect(c).not.toBe(b);
+    expect(() => targetAuthSecrets({ 'host-a': 'DHHC-1:00:AAAA:' })).toThrow(/IVQN "host-a"/);
+    expect(() => targetAuthSecrets(['host-a'])).toThrow(/must map IVQNs/);
+    expect(() => targetAuthSecrets(undefined, ['host-a'])).toThrow(/IVQN=FILE/);
   });
 });
 
