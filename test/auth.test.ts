@@ -194,6 +194,24 @@ describe('in-band authentication over TCP (issue 17)', () => {
     expect((err as Error).message).toMatch(/target did not prove the secret: it refused to authenticate/);
   });
 
+  it('an instance that does not authenticate within the connect timeout is destroyed, keepalives or not', async () => {
+    const slow = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 }, connectTimeoutMs: 300, auth: { 'host-a': secretA } });
+    try {
+      await slow.addDisk('disk', 1024 * 1024);
+      await slow.listen();
+      const { q } = await rawControl(slow.port, 'host-a');
+      for (let i = 0; i < 50 && !q.closed; i++) {
+        q.command({ opcode: Opcode.Keepalive, commandId: 100 + i });
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await q.whenClosed();
+      expect(slow.logged(/\("host-a" → "disk"\): not authenticated within 300 ms; destroying it/)).toBe(true);
+      expect(slow.target.instanceCount).toBe(0);
+    } finally {
+      await slow.close();
+    }
+  });
+
   it('a target without authentication cannot pass for one: the initiator with a secret refuses it', async () => {
     const plain = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 } });
     try {

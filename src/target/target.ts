@@ -355,7 +355,19 @@ export class VofTarget {
     if (device.admin) inst.admin = new InstanceAdmin(inst, entry.errorLog, this.log, entry.healthTests);
     inst.authOffered = this.authSecrets.size > 0;
     const secret = this.authSecrets.get(body.ivqn);
-    if (secret) inst.auth = new TargetAuth(secret, body.ivqn, body.tvqn, id);
+    if (secret) {
+      inst.auth = new TargetAuth(secret, body.ivqn, body.tvqn, id);
+      // An instance that never authenticates holds its quota slot only as long as a connection
+      // may go without Connect: keepalives alone do not keep it.
+      const limit = this.context.connectTimeoutMs;
+      if (limit > 0) {
+        setTimeout(() => {
+          if (inst.destroyed || !inst.authPending) return;
+          this.log.warn(`${control.connection.peer}: ${inst.label}: not authenticated within ${limit} ms; destroying it`);
+          inst.destroy();
+        }, limit).unref();
+      }
+    }
     this.instances.set(id, inst);
     return inst;
   }
