@@ -24,13 +24,15 @@ const AUTH_BIT = 1n << VOF_F_AUTH;
  */
 describe('in-band authentication over RDMA', () => {
   let fx: TargetFixture;
+  let base: string;
   let url: string;
   const secretA = generateSecret();
   const keyA = parseSecret(secretA);
   beforeAll(async () => {
     fx = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 }, auth: { 'host-a': secretA } });
     await fx.addDisk('disk', 1024 * 1024);
-    url = `${await fx.target.listen(`rdma://${rdmaAddress()}:0`)}/disk`;
+    base = await fx.target.listen(`rdma://${rdmaAddress()}:0`);
+    url = `${base}/disk`;
   });
   afterAll(async () => {
     await fx?.close();
@@ -61,9 +63,9 @@ describe('in-band authentication over RDMA', () => {
   });
 
   it('a virtqueue Connect before authentication is refused, after it accepted', async () => {
-    const q = await RawRdmaQueue.open(url);
+    const q = await RawRdmaQueue.open(base);
     const vqConnect = async (id: number) => {
-      const v = await RawRdmaQueue.open(url);
+      const v = await RawRdmaQueue.open(base);
       try {
         return st(
           await v.call(
