@@ -13,7 +13,7 @@ export { quotePeerString } from './util/escape.js';
 export type { DeviceExport, InstanceLimits, RequestCancel, VirtioDeviceInstance } from './target/device.js';
 export { RemoteDevice, connect, type ConnectOptions } from './initiator/remote-device.js';
 export { QueueClient } from './initiator/queue-client.js';
-export { VofError, VofConnectionError, VofRedirectError, VofResumeError } from './initiator/vof-error.js';
+export { VofError, VofConnectionError, VofRedirectError, VofResumeError, VofAuthError } from './initiator/vof-error.js';
 export type { DeviceState, ReconnectOptions } from './initiator/reconnect-policy.js';
 export { FileBlockExport, type FileBlockOptions } from './devices/blk/file-block-export.js';
 export { chooseFileIo, type FileIoBackend, type FileIoMode } from './devices/blk/file-io.js';

@@ -255,3 +255,59 @@ describe('admin command format (seed 000)', () => {
     expect(decodeAdminStatus(hex('ffff f3 04'))).toEqual({ statusType: 3, status: 4 });
   });
 });
+
+describe('vof in-band authentication (docs/PROTOCOL.md "In-band authentication")', async () => {
+  const auth = await import('../src/protocol/auth.js');
+  // The worked example of PROTOCOL.md; the key, responses and secret were also computed with
+  // Python's hmac/hashlib/zlib, independently of Node's crypto.
+  const key = Buffer.from([...Array(32).keys()]);
+  const t = {
+    ivqn: 'host-a',
+    tvqn: 'disk0',
+    instanceId: 0x1234,
+    nonceI: hex('0102030405060708090a0b0c'),
+    nonceT: hex('a1a2a3a4a5a6a7a8a9aaabac'),
+  };
+
+  it('constants', () => {
+    expect(auth.VOF_F_AUTH).toBe(58n);
+    expect(auth.VOF_OP_AUTH_NEGOTIATE).toBe(0x00f0);
+    expect(auth.VOF_OP_AUTH_REPLY).toBe(0x00f1);
+    expect(auth.AUTH_RECORD_FIELDS.map((f) => [f.offset, f.size])).toEqual([[0, 2], [2, 2], [4, 12]]);
+  });
+
+  it('commands and completions, byte for byte', () => {
+    const neg = encodeCommand({ opcode: auth.VOF_OP_AUTH_NEGOTIATE, commandId: 3, data: t.nonceI });
+    expect(neg).toEqual(hex('f000 0300 0102030405060708090a0b0c'));
+    expect(decodeCommand(neg)).toEqual({ opcode: 0x00f0, commandId: 3, data: t.nonceI });
+    const negC = auth.encodeAuthCompletion(Status.SUCCESS, 3, t.nonceT);
+    expect(negC).toEqual(hex('0000 0300 a1a2a3a4a5a6a7a8a9aaabac'));
+    expect(decodeCompletion(negC, auth.VOF_OP_AUTH_NEGOTIATE)).toEqual({ kind: 'auth', status: 0, commandId: 3, data: t.nonceT });
+    const rep = encodeCommand({ opcode: auth.VOF_OP_AUTH_REPLY, commandId: 4, data: auth.initiatorResponse(key, t) });
+    expect(rep).toEqual(hex('f100 0400 d45770f8a1a9a6e04cbf8838'));
+    expect(auth.encodeAuthCompletion(Status.SUCCESS, 4, auth.targetResponse(key, t))).toEqual(hex('0000 0400 7068a4bce56444c4ca38fe7f'));
+    expect(auth.encodeAuthCompletion(Status.EACLREJECTED, 4)).toEqual(hex('0310 0400 000000000000000000000000'));
+  });
+
+  it('key derivation: HKDF-SHA256(secret, nonce_i || nonce_t, info), HMAC labels', () => {
+    expect(auth.authInfo(t)).toEqual(hex('766f662d617574682d7631 00 686f73742d61 00 6469736b30 00 3412'));
+    expect(auth.authSessionKey(key, t)).toEqual(hex('41dd16478da8acaf559fdfa4e2367d6f6aa44596e95b4d40422aac7c4141215d'));
+    // Each side's response is bound to everything in the transcript.
+    for (const other of [{ ...t, ivqn: 'host-b' }, { ...t, tvqn: 'disk1' }, { ...t, instanceId: 0x1235 }, { ...t, nonceT: hex('a1a2a3a4a5a6a7a8a9aaabad') }]) {
+      expect(auth.initiatorResponse(key, other)).not.toEqual(auth.initiatorResponse(key, t));
+    }
+    expect(auth.initiatorResponse(key, t)).not.toEqual(auth.targetResponse(key, t));
+  });
+
+  it('secret representation: DHHC-1:00:<base64 of key and CRC-32 LE>:', () => {
+    const text = 'DHHC-1:00:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh+KfiaR:';
+    expect(auth.formatSecret(key)).toBe(text);
+    expect(auth.parseSecret(`${text}\n`)).toEqual(key);
+    const bad = text.replace('AAEC', 'AAED');
+    expect(() => auth.parseSecret(bad)).toThrow(/CRC-32/);
+    expect(() => auth.parseSecret(bad)).not.toThrow(/AAED/); // never repeats the secret
+    expect(() => auth.parseSecret(text.replace(':00:', ':01:'))).toThrow(/not supported/);
+    expect(() => auth.parseSecret('hunter2')).toThrow(/DHHC-1/);
+    for (const n of [32, 48, 64]) expect(auth.parseSecret(auth.generateSecret(n))).toHaveLength(n);
+  });
+});

@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
+import { AUTH_CLIENT_OPTIONS, clientAuthSettings } from './auth-options.js';
 import { REDIRECT_OPTIONS, redirectSettings } from './reconnect-options.js';
 import { RemoteDevice } from '../initiator/remote-device.js';
 import { AdminError } from '../initiator/admin-client.js';
@@ -53,6 +54,7 @@ export async function runAdmin(argv: string[]): Promise<number> {
       pi: { type: 'string' },
       ...REDIRECT_OPTIONS,
       ...TLS_CLIENT_OPTIONS,
+      ...AUTH_CLIENT_OPTIONS,
     },
     allowPositionals: true,
   });
@@ -62,6 +64,7 @@ export async function runAdmin(argv: string[]): Promise<number> {
   const dev = await RemoteDevice.connect(url, {
     ...(values.ivqn && { ivqn: values.ivqn }),
     ...(tls && { tls }),
+    ...clientAuthSettings(values),
     ...redirectSettings(values),
     queueCount: () => 0,
     keepaliveIntervalMs: 0,

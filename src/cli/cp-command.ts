@@ -3,6 +3,7 @@ import { parseArgs } from 'node:util';
 import { BlockDevice } from '../devices/blk/block-device.js';
 import { createLogger } from '../util/log.js';
 import { CliError } from './cli-error.js';
+import { AUTH_CLIENT_OPTIONS, clientAuthSettings } from './auth-options.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
 import { RECONNECT_OPTIONS, RECONNECT_USAGE, reconnectSettings } from './reconnect-options.js';
 import { Progress } from './progress.js';
@@ -33,14 +34,14 @@ async function pipeline(total: number, step: (offset: number, length: number) =>
 export async function runCp(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ivqn: { type: 'string' }, json: { type: 'boolean' }, ...TLS_CLIENT_OPTIONS, ...RECONNECT_OPTIONS },
+    options: { ivqn: { type: 'string' }, json: { type: 'boolean' }, ...TLS_CLIENT_OPTIONS, ...RECONNECT_OPTIONS, ...AUTH_CLIENT_OPTIONS },
     allowPositionals: true,
   });
   if (positionals.length !== 2) throw new CliError(`usage: vof cp SRC DST (one of them tcp://, tls:// or rdma://HOST[:PORT]/TVQN) ${RECONNECT_USAGE}`);
   const [src, dst] = positionals as [string, string];
   if (isRemote(src) === isRemote(dst)) throw new CliError('vof cp copies between a remote disk and a local file: exactly one of SRC and DST must be a URL');
   const tls = clientTlsSettings(values);
-  const opts = { ...(values.ivqn && { ivqn: values.ivqn }), ...(tls && { tls }), ...reconnectSettings(values), log: createLogger('warn') };
+  const opts = { ...(values.ivqn && { ivqn: values.ivqn }), ...(tls && { tls }), ...clientAuthSettings(values), ...reconnectSettings(values), log: createLogger('warn') };
   const started = Date.now();
   let bytes: number;
   if (isRemote(src)) {

@@ -6,6 +6,7 @@ import { DeviceId, Opcode, VIRTIO_F_VERSION_1 } from '../protocol/constants.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { createLogger } from '../util/log.js';
 import { CliError } from './cli-error.js';
+import { AUTH_CLIENT_OPTIONS, clientAuthSettings } from './auth-options.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
 import { REDIRECT_OPTIONS, redirectSettings } from './reconnect-options.js';
 
@@ -35,16 +36,17 @@ function hex(n: bigint | number, width = 0): string {
 export async function runInfo(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
-    options: { ivqn: { type: 'string' }, json: { type: 'boolean' }, ...REDIRECT_OPTIONS, ...TLS_CLIENT_OPTIONS },
+    options: { ivqn: { type: 'string' }, json: { type: 'boolean' }, ...REDIRECT_OPTIONS, ...TLS_CLIENT_OPTIONS, ...AUTH_CLIENT_OPTIONS },
     allowPositionals: true,
   });
   const url = positionals[0];
-  if (!url || positionals.length > 1) throw new CliError('usage: vof info tcp://HOST[:PORT]/TVQN, tls://HOST[:PORT]/TVQN or rdma://ADDR[:PORT]/TVQN [--ivqn IVQN] [--json] [--tls-* ...]');
+  if (!url || positionals.length > 1) throw new CliError('usage: vof info tcp://HOST[:PORT]/TVQN, tls://HOST[:PORT]/TVQN or rdma://ADDR[:PORT]/TVQN [--ivqn IVQN] [--json] [--tls-* ...] [--auth-secret FILE]');
   // No virtqueues: info needs only the control queue.
   const tls = clientTlsSettings(values);
   const dev = await RemoteDevice.connect(url, {
     ...(values.ivqn && { ivqn: values.ivqn }),
     ...(tls && { tls }),
+    ...clientAuthSettings(values),
     queueCount: () => 0,
     ...redirectSettings(values),
     keepaliveIntervalMs: 0,

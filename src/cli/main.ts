@@ -7,6 +7,7 @@ import { runInfo } from './info-command.js';
 import { runNbd } from './nbd-command.js';
 import { runTarget } from './target-command.js';
 import { CliError } from './cli-error.js';
+import { runGenSecret } from './auth-options.js';
 
 const USAGE = `vof — Virtio over Fabrics
 
@@ -19,6 +20,7 @@ Usage:
              [--max-unbound N] [--max-unbound-per-host N]
              [--tls-cert FILE --tls-key FILE] [--tls-ca FILE] [--tls-psk FILE]
              [--redirect TVQN=URL[/TVQN2]]... [--control PATH] [--file-io auto|uring|libuv] [--inline-data BYTES]
+             [--auth-secret IVQN=FILE]...
       Export block devices and entropy (virtio-rng) devices. URL is tcp://HOST[:PORT],
       tls://HOST[:PORT] or rdma://ADDR[:PORT] (port 15771). Prints "listening on URL" per
       address when ready; SIGINT/SIGTERM shut it down. --file-io: block file I/O through
@@ -66,6 +68,11 @@ Usage:
   Redirect options of info, cp, admin and nbd: [--max-redirects N]
            [--allow-redirect-to tcp,tls,rdma] (a redirect keeps the URL's transport, or raises
            tcp:// to tls://; any other move needs the scheme named here)
+  Authentication option of info, cp, admin and nbd: [--auth-secret FILE] (the IVQN's secret:
+           prove it to the target and require the target to prove it back)
+  vof gen-secret [--bytes 32|48|64]
+      Print a new secret (DHHC-1:00:<base64>:) for --auth-secret; keep it in a 0600 file.
+      A target with --auth-secret IVQN=FILE requires that IVQN to authenticate in-band.
   vof help
 `;
 
@@ -89,6 +96,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./bench-command.js')).runBench(rest);
     case 'drain':
       return runDrain(rest);
+    case 'gen-secret':
+      return runGenSecret(rest);
     case undefined:
     case 'help':
     case '--help':

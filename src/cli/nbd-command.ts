@@ -10,6 +10,7 @@ import { parseDeviceUrl, UrlError } from '../url.js';
 import { createLogger, type LogLevel } from '../util/log.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings, serverTlsSettings } from './tls-options.js';
+import { AUTH_CLIENT_OPTIONS, clientAuthSettings } from './auth-options.js';
 import { RECONNECT_OPTIONS, RECONNECT_USAGE, reconnectSettings } from './reconnect-options.js';
 
 /** HOST[:PORT] or [IPv6][:PORT]; the port defaults to NBD's 10809, 0 picks a free one. */
@@ -64,6 +65,7 @@ export async function runNbd(argv: string[]): Promise<number> {
       'nbd-tls-psk': { type: 'string' },
       log: { type: 'string' },
       ...TLS_CLIENT_OPTIONS,
+      ...AUTH_CLIENT_OPTIONS,
       ...RECONNECT_OPTIONS,
     },
     allowPositionals: true,
@@ -134,7 +136,7 @@ export async function runNbd(argv: string[]): Promise<number> {
 
   const tls = clientTlsSettings(values);
   const reconnect = reconnectSettings(values);
-  const disk = await BlockDevice.open(url, { ...(values.ivqn && { ivqn: values.ivqn }), ...(tls && { tls }), ...reconnect, log });
+  const disk = await BlockDevice.open(url, { ...(values.ivqn && { ivqn: values.ivqn }), ...(tls && { tls }), ...clientAuthSettings(values), ...reconnect, log });
   // NBD clients stay connected while the disk reconnects: their requests wait, then complete.
   disk.device.on('disconnected', (err) => log.warn(`vof disk ${url} disconnected (${err.message}); NBD requests wait while it reconnects`));
   disk.device.on('reconnected', (n) => log.info(`vof disk ${url} reconnected after ${n} attempt(s); state ${disk.device.state}`));

@@ -14,6 +14,7 @@ import { makeRedirect, parseRedirectSpec } from '../target/redirect.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { MAX_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
 import { TLS_SERVER_OPTIONS, serverTlsSettings, type TlsServerFiles } from './tls-options.js';
+import { AUTH_TARGET_OPTIONS, targetAuthSecrets, type AuthConfig } from './auth-options.js';
 
 interface BlkSpec {
   tvqn: string;
@@ -89,6 +90,8 @@ interface TargetConfigFile {
   fileIo?: FileIoMode;
   /** RDMA: inline data size offered (vof extension, 0: off; default 4112). */
   inlineDataBytes?: number;
+  /** IVQN → "DHHC-1:00:…:" or { file }: in-band authentication required for these IVQNs. */
+  auth?: AuthConfig;
 }
 
 function parseBlk(spec: string): BlkSpec {
@@ -173,6 +176,7 @@ export async function runTarget(argv: string[]): Promise<number> {
       control: { type: 'string' },
       'file-io': { type: 'string' },
       'inline-data': { type: 'string' },
+      ...AUTH_TARGET_OPTIONS,
     },
     strict: true,
   });
@@ -246,8 +250,10 @@ export async function runTarget(argv: string[]): Promise<number> {
   if (inlineDataBytes !== undefined && (!Number.isInteger(inlineDataBytes) || inlineDataBytes < 0 || inlineDataBytes > MAX_INLINE_DATA_SIZE)) {
     throw new CliError(`--config: "inlineDataBytes" must be an integer from 0 to ${MAX_INLINE_DATA_SIZE}, got ${JSON.stringify(inlineDataBytes)}`);
   }
+  const auth = targetAuthSecrets(cfg.auth, values['auth-secret']);
   const target = new VofTarget({
     log,
+    ...(Object.keys(auth).length > 0 && { auth }),
     quotas,
     ...(tls && { tls }),
     ...(connectTimeoutMs !== undefined && { connectTimeoutMs }),

@@ -21,8 +21,10 @@ import { connectControlPath, type ControlPath } from './control-path.js';
 import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
 import { VOF_F_INLINE_DATA, VOF_OP_GET_INLINE_DATA_SIZE, inlineSizeProblem } from '../protocol/inline-data.js';
 import { VOF_F_REMOTE_INVALIDATE } from '../protocol/remote-invalidation.js';
+import { VOF_F_AUTH } from '../protocol/auth.js';
+import { authKeyOf, authenticate, type AuthSecret } from './auth-handshake.js';
 import { plannedAttempts, reconnectPolicy, reconnects, type DeviceState, type ReconnectOptions, type ReconnectPolicy } from './reconnect-policy.js';
-import { VofConnectionError, VofError, VofRedirectError, VofResumeError } from './vof-error.js';
+import { VofAuthError, VofConnectionError, VofError, VofRedirectError, VofResumeError } from './vof-error.js';
 
 /** Reads `length` config bytes at `offset` (a consistent snapshot; see RemoteDevice.readConfig). */
 export type ConfigReader = (offset: number, length: number) => Promise<Buffer>;
@@ -79,6 +81,13 @@ export interface ConnectOptions extends ReconnectOptions {
    * after it (default true).
    */
   readonly remoteInvalidation?: boolean;
+  /**
+   * The secret the target holds for this IVQN ("DHHC-1:00:…:", e.g. a `vof gen-secret` file's
+   * content, or the key's bytes): authenticate in-band (VOF_F_AUTH) after Connect, and require
+   * the target to prove the same secret (docs/PROTOCOL.md "In-band authentication"). Failures
+   * are VofAuthError. Absent: no authentication (a target requiring it refuses the device).
+   */
+  readonly authSecret?: AuthSecret;
 }
 
 export interface ConfigValue {
@@ -115,6 +124,7 @@ interface ResumePoint {
 const WANTED_OF_FEATURES = 1n << VIRTIO_OF_F_KEYED_NUM_DESCS;
 const INLINE_DATA_BIT = 1n << VOF_F_INLINE_DATA;
 const REMOTE_INVALIDATE_BIT = 1n << VOF_F_REMOTE_INVALIDATE;
+const AUTH_BIT = 1n << VOF_F_AUTH;
 /** vof extensions that only change how requests travel: a resume may gain or lose them. */
 const OPTIONAL_BITS = INLINE_DATA_BIT | REMOTE_INVALIDATE_BIT;
 
@@ -266,6 +276,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     const log = options.log ?? defaultLogger();
     const ivqn = options.ivqn ?? 'vof-initiator';
     RemoteDevice.checkKeepaliveSettings(url, options, log);
+    if (options.authSecret !== undefined) authKeyOf(options.authSecret); // a bad secret fails before any connection
     const path = await connectControlPath(url, { ivqn, log, ...pathOpts(options) });
     const dev = new RemoteDevice(url, ivqn, path, options, log);
     try {
@@ -310,8 +321,18 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     let wanted = WANTED_OF_FEATURES;
     if (this.options.inlineData !== false) wanted |= INLINE_DATA_BIT;
     if (this.options.remoteInvalidation !== false) wanted |= REMOTE_INVALIDATE_BIT;
+    // With a secret, authentication is not optional: a target that does not offer it cannot prove it.
+    const key = this.options.authSecret !== undefined ? authKeyOf(this.options.authSecret) : null;
+    if (key && (this.offeredOfFeatures & AUTH_BIT) === 0n) {
+      throw new VofAuthError(`${this.url}: target did not prove the secret: it does not offer authentication (VOF_F_AUTH)`);
+    }
+    if (key) wanted |= AUTH_BIT;
     this.ofFeatures = this.offeredOfFeatures & (resume ? required | (wanted & OPTIONAL_BITS) : wanted);
     await this.controlCommand({ opcode: Opcode.SetFeature, featureSelect: 0, feature: this.ofFeatures });
+    if (key) {
+      await authenticate((opcode, data) => this.control.call({ opcode, data }), { key, ivqn: this.ivqn, tvqn: this.tvqn, instanceId: this.instanceId, url: this.url });
+      this.log.debug(`${this.url}: authenticated; the target proved the secret`);
+    }
     if (this.ofFeatures & (1n << VIRTIO_OF_F_KEYED_NUM_DESCS)) {
       const k = await this.controlCommand({ opcode: Opcode.GetKeyedNumDescs });
       this.maxKeyedDescriptors = k.kind === 'keyedNumDescs' ? k.descs : 0;

@@ -42,3 +42,20 @@ export class VofRedirectError extends VofConnectionError {
     super(message);
   }
 }
+
+/**
+ * vof in-band authentication failed (docs/PROTOCOL.md "In-band authentication"): the target
+ * refused our proof ("authentication failed"), or did not prove the secret itself ("target did
+ * not prove the secret"), or a secret could not be read. A resume error: the target's answer
+ * will not change by asking again, so a reconnect gives up at once.
+ */
+export class VofAuthError extends VofResumeError {
+  override name = 'VofAuthError';
+  constructor(
+    message: string,
+    /** The target's status when it refused a step; undefined when the target's proof failed. */
+    readonly status?: number,
+  ) {
+    super(message);
+  }
+}

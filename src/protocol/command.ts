@@ -1,5 +1,6 @@
 import { COMMAND_SIZE, Opcode } from './constants.js';
 import { VOF_OP_GET_INLINE_DATA_SIZE } from './inline-data.js';
+import { AUTH_FIELD_OFFSET, AUTH_FIELD_SIZE, VOF_OP_AUTH_NEGOTIATE, VOF_OP_AUTH_REPLY, authField, type AuthOpcode } from './auth.js';
 
 /** Decoded 16-byte Virtio-oF commands, one variant per struct of the seed. */
 
@@ -75,6 +76,14 @@ export interface SetConfigCommand {
   readonly config: bigint;
 }
 
+/** vof's AUTH_NEGOTIATE (data: nonce_i) and AUTH_REPLY (data: response_i), docs/PROTOCOL.md. */
+export interface AuthCommand {
+  readonly opcode: AuthOpcode;
+  readonly commandId: number;
+  /** 12 bytes. */
+  readonly data: Buffer;
+}
+
 /** An opcode this implementation does not know; the target answers ENOCMD. */
 export interface UnknownCommand {
   readonly opcode: number;
@@ -91,7 +100,8 @@ export type Command =
   | SetStatusCommand
   | GetVqSizeCommand
   | GetConfigCommand
-  | SetConfigCommand;
+  | SetConfigCommand
+  | AuthCommand;
 
 export type DecodedCommand = Command | UnknownCommand;
 
@@ -139,6 +149,10 @@ export function encodeCommand(cmd: Command, out: Buffer = Buffer.alloc(COMMAND_S
       out.writeUInt16LE(cmd.offset, 4);
       out.writeUInt8(cmd.bytes, 6);
       out.writeBigUInt64LE(cmd.config, 8);
+      break;
+    case VOF_OP_AUTH_NEGOTIATE:
+    case VOF_OP_AUTH_REPLY:
+      authField(cmd.data).copy(out, AUTH_FIELD_OFFSET);
       break;
     default:
       break;
@@ -192,6 +206,9 @@ export function decodeCommand(buf: Buffer): DecodedCommand {
         bytes: buf.readUInt8(6),
         config: buf.readBigUInt64LE(8),
       };
+    case VOF_OP_AUTH_NEGOTIATE:
+    case VOF_OP_AUTH_REPLY:
+      return { opcode, commandId, data: Buffer.from(buf.subarray(AUTH_FIELD_OFFSET, AUTH_FIELD_OFFSET + AUTH_FIELD_SIZE)) };
     default:
       return { opcode, commandId, unknown: true };
   }

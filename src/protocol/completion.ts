@@ -6,6 +6,7 @@ import {
   Status,
 } from './constants.js';
 import { VOF_OP_GET_INLINE_DATA_SIZE } from './inline-data.js';
+import { AUTH_FIELD_OFFSET, AUTH_FIELD_SIZE, VOF_OP_AUTH_NEGOTIATE, VOF_OP_AUTH_REPLY } from './auth.js';
 
 /**
  * 16-byte Virtio-oF completions. Every completion starts with le16 status, le16 command_id;
@@ -90,6 +91,7 @@ export type DecodedCompletion =
   | { readonly kind: 'u32'; readonly status: number; readonly commandId: number; readonly value: number }
   | { readonly kind: 'vq'; readonly status: number; readonly commandId: number; readonly length: number }
   | { readonly kind: 'vqSize'; readonly status: number; readonly commandId: number; readonly size: number }
+  | { readonly kind: 'auth'; readonly status: number; readonly commandId: number; readonly data: Buffer }
   | {
       readonly kind: 'config';
       readonly status: number;
@@ -140,6 +142,9 @@ export function decodeCompletion(buf: Buffer, opcode: number): DecodedCompletion
         generation: buf.readUInt32LE(4),
         config: buf.readBigUInt64LE(8),
       };
+    case VOF_OP_AUTH_NEGOTIATE:
+    case VOF_OP_AUTH_REPLY:
+      return { kind: 'auth', status, commandId, data: Buffer.from(buf.subarray(AUTH_FIELD_OFFSET, AUTH_FIELD_OFFSET + AUTH_FIELD_SIZE)) };
     default:
       return { kind: 'bare', status, commandId };
   }

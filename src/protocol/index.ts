@@ -7,3 +7,4 @@ export * from './admin-command.js';
 export * from './admin-records.js';
 export * from './inline-data.js';
 export * from './remote-invalidation.js';
+export * from './auth.js';

@@ -20,6 +20,8 @@ import {
 import type { QueueSession } from './queue-session.js';
 import { VOF_F_INLINE_DATA } from '../protocol/inline-data.js';
 import { VOF_F_REMOTE_INVALIDATE } from '../protocol/remote-invalidation.js';
+import { VOF_F_AUTH } from '../protocol/auth.js';
+import type { TargetAuth } from './target-auth.js';
 
 export interface KeepalivePolicy {
   /** How often the target sends a Keepalive Completion (0xffff) on the control queue; 0 sends none. */
@@ -75,6 +77,13 @@ export class DeviceInstance {
   destroyed = false;
   /** The Admin Virtqueue's side of this instance; null when the device has none. */
   admin: InstanceAdmin | null = null;
+  /**
+   * vof in-band authentication: offered (VOF_F_AUTH) when the target holds any secret; `auth`
+   * is the exchange for this instance's IVQN when the target holds a secret for it, and then
+   * authentication is required (docs/PROTOCOL.md "In-band authentication").
+   */
+  authOffered = false;
+  auth: TargetAuth | null = null;
 
   constructor(
     readonly id: number,
@@ -99,6 +108,11 @@ export class DeviceInstance {
    * vof's remote invalidation where the transport can send it.
    */
   get offeredOfFeatures(): bigint {
+    const auth = this.authOffered ? 1n << VOF_F_AUTH : 0n;
+    return this.transportOfFeatures | auth;
+  }
+
+  private get transportOfFeatures(): bigint {
     const connection = this.control.connection;
     if (connection.kind !== 'keyed') return 0n;
     const inline = (connection.inlineDataCapacity ?? 0) > 0 ? 1n << VOF_F_INLINE_DATA : 0n;
@@ -190,6 +204,15 @@ export class DeviceInstance {
     if ((bits & ~this.offeredOfFeatures) !== 0n) return fail(Status.EFEATURE);
     this.ofFeatures = bits;
     return ok();
+  }
+
+  get authNegotiated(): boolean {
+    return (this.ofFeatures & (1n << VOF_F_AUTH)) !== 0n;
+  }
+
+  /** The target holds a secret for the IVQN and the initiator has not proved it (yet). */
+  get authPending(): boolean {
+    return this.auth !== null && !this.auth.authenticated;
   }
 
   get keyedNumDescsNegotiated(): boolean {

@@ -33,6 +33,7 @@ import { WakeSignal } from '../util/wake-signal.js';
 import type { Redirect } from './redirect.js';
 import { VOF_CONNECT_F_REDIRECT, connectFlags, encodeRedirectCompletion } from '../protocol/redirect-record.js';
 import { VOF_OP_GET_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
+import { VOF_OP_AUTH_NEGOTIATE, VOF_OP_AUTH_REPLY, encodeAuthCompletion } from '../protocol/auth.js';
 
 /** What a queue session needs from the target it belongs to. */
 export interface TargetContext {
@@ -72,6 +73,22 @@ const EMPTY = Buffer.alloc(0);
  */
 export const MAX_REFUSED_CONNECTS = 4;
 const PROBE_ANSWERS: ReadonlySet<number> = new Set([Status.EBADDEV, Status.EBADVQN, Status.EACLREJECTED, Status.ENOTGT]);
+
+/**
+ * Control-queue commands an instance that must authenticate may send before it has: what the
+ * exchange itself needs (features, the auth commands), keepalives, and the transport's own
+ * questions; every device command gets EACLREJECTED until then (docs/PROTOCOL.md "In-band
+ * authentication"). Disconnect is always valid.
+ */
+const BEFORE_AUTH: ReadonlySet<number> = new Set([
+  Opcode.Keepalive,
+  Opcode.GetFeature,
+  Opcode.SetFeature,
+  Opcode.GetKeyedNumDescs,
+  VOF_OP_GET_INLINE_DATA_SIZE,
+  VOF_OP_AUTH_NEGOTIATE,
+  VOF_OP_AUTH_REPLY,
+]);
 
 /**
  * One Virtio-oF queue on one transport connection, target side. The first command must be
@@ -339,6 +356,7 @@ export class QueueSession {
     const inst = role.instance;
     inst.heard();
     const id = cmd.commandId;
+    if (inst.authPending && !BEFORE_AUTH.has(cmd.opcode)) return this.refuse(req, Status.EACLREJECTED, `${inst.label} has not authenticated`);
     switch (cmd.opcode) {
       case Opcode.Keepalive:
         req.complete(encodeBareCompletion(Status.SUCCESS, id));
@@ -357,6 +375,9 @@ export class QueueSession {
         if (inst.inlineDataSize === 0) return this.refuse(req, Status.ENOCMD, 'VOF_F_INLINE_DATA not negotiated');
         req.complete(encodeU32Completion(Status.SUCCESS, id, inst.inlineDataSize));
         break;
+      case VOF_OP_AUTH_NEGOTIATE:
+      case VOF_OP_AUTH_REPLY:
+        return this.authStep(req, inst, cmd.opcode, cmd.data);
       case Opcode.GetVendorId:
         req.complete(encodeU32Completion(Status.SUCCESS, id, inst.device.vendorId));
         break;
@@ -397,6 +418,26 @@ export class QueueSession {
       case Opcode.Vq:
         return this.refuse(req, Status.ENOCMD, 'VQ command on the control queue');
     }
+  }
+
+  /**
+   * One step of the authentication exchange. A failure (wrong response, a step out of order, an
+   * IVQN without a secret here) is answered EACLREJECTED with a zero field and then the control
+   * queue is closed, which destroys the instance: each attempt costs a new Connect.
+   */
+  private authStep(req: TargetRequest, inst: DeviceInstance, opcode: number, data: Buffer): void {
+    const id = req.commandId;
+    if (!inst.authNegotiated) return this.refuse(req, Status.ENOCMD, 'VOF_F_AUTH not negotiated');
+    const negotiate = opcode === VOF_OP_AUTH_NEGOTIATE;
+    const step = inst.auth === null ? { ok: false as const, why: 'this target holds no secret for the IVQN' } : negotiate ? inst.auth.negotiate(data) : inst.auth.reply(data);
+    if (step.ok) {
+      if (!negotiate) this.log.info(`${this.connection.peer}: ${inst.label} authenticated${this.identityNote()}`);
+      req.complete(encodeAuthCompletion(Status.SUCCESS, id, step.data));
+      return;
+    }
+    this.log.warn(`${this.connection.peer}: ${inst.label}: authentication failed: ${step.why}${this.identityNote()}`);
+    req.complete(encodeAuthCompletion(Status.EACLREJECTED, id));
+    this.violation(`${inst.label}: authentication failed`);
   }
 
   private replyFeature(req: TargetRequest, r: OpResult): void {
@@ -450,6 +491,9 @@ export class QueueSession {
     // connection proves what the control queue proved.
     const refusal = this.ctx.bindingRefusal(inst, this, parsed);
     if (refusal) return refuse(refusal.status, `virtqueue ${cmd.vqIndex} of instance ${inst.id} refused: ${refusal.why}`);
+    // After the binding checks, so only the instance's own initiator learns that it is waiting
+    // for authentication; a stranger still gets EBADDEV.
+    if (inst.authPending) return refuse(Status.EACLREJECTED, `virtqueue ${cmd.vqIndex} of ${inst.label} refused: the instance has not authenticated`);
     if (cmd.vqIndex >= inst.queueCount) {
       return refuse(Status.EQUEUEQUOT, `vq_index ${cmd.vqIndex} ≥ ${inst.queueCount} queues`);
     }

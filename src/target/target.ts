@@ -21,6 +21,8 @@ import { ByteBudget } from './byte-budget.js';
 import { makeRedirect, type Redirect } from './redirect.js';
 import { encodeDrainEvent } from '../protocol/redirect-record.js';
 import { DEFAULT_INLINE_DATA_SIZE, MAX_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
+import { formatSecret, parseSecret } from '../protocol/auth.js';
+import { TargetAuth } from './target-auth.js';
 
 export interface TargetOptions {
   readonly log?: Logger;
@@ -48,6 +50,13 @@ export interface TargetOptions {
    * 65536; 0 does not offer the extension.
    */
   readonly inlineDataBytes?: number;
+  /**
+   * IVQN → its secret ("DHHC-1:00:…:", see `vof gen-secret`, or the key's bytes): an initiator
+   * claiming one of these IVQNs must prove the secret with vof in-band authentication before
+   * any device command or virtqueue (docs/PROTOCOL.md "In-band authentication"). Other IVQNs
+   * work as before (seed-only peers included).
+   */
+  readonly auth?: Readonly<Record<string, string | Buffer>>;
 }
 
 export interface DrainResult {
@@ -142,6 +151,8 @@ export class VofTarget {
   private readonly context: TargetContext;
   private readonly limits: PeerLimits;
   private readonly inlineDataBytes: number;
+  /** IVQN → secret key (vof in-band authentication); never logged. */
+  private readonly authSecrets = new Map<string, Buffer>();
 
   constructor(options: TargetOptions = {}) {
     this.log = options.log ?? defaultLogger();
@@ -161,6 +172,10 @@ export class VofTarget {
     this.inlineDataBytes = options.inlineDataBytes ?? DEFAULT_INLINE_DATA_SIZE;
     if (!Number.isInteger(this.inlineDataBytes) || this.inlineDataBytes < 0 || this.inlineDataBytes > MAX_INLINE_DATA_SIZE) {
       throw new RangeError(`inlineDataBytes must be an integer from 0 (off) to ${MAX_INLINE_DATA_SIZE}, not ${options.inlineDataBytes}`);
+    }
+    for (const [ivqn, secret] of Object.entries(options.auth ?? {})) {
+      checkVqn(ivqn, 'IVQN');
+      this.authSecrets.set(ivqn, parseSecret(Buffer.isBuffer(secret) ? formatSecret(secret) : secret, `the secret of IVQN ${quotePeerString(ivqn)}`));
     }
     this.context = {
       log: this.log,
@@ -350,6 +365,21 @@ export class VofTarget {
     // The grant is decided once, on what the control queue's Connect proved; the binding rule
     // makes every queue of the instance (the admin queue too) prove the same.
     if (device.admin) inst.admin = new InstanceAdmin(inst, entry.errorLog, this.log, entry.healthTests, entry.admin.admits(body.ivqn, identity));
+    inst.authOffered = this.authSecrets.size > 0;
+    const secret = this.authSecrets.get(body.ivqn);
+    if (secret) {
+      inst.auth = new TargetAuth(secret, body.ivqn, body.tvqn, id);
+      // An instance that never authenticates holds its quota slot only as long as a connection
+      // may go without Connect: keepalives alone do not keep it.
+      const limit = this.context.connectTimeoutMs;
+      if (limit > 0) {
+        setTimeout(() => {
+          if (inst.destroyed || !inst.authPending) return;
+          this.log.warn(`${control.connection.peer}: ${inst.label}: not authenticated within ${limit} ms; destroying it`);
+          inst.destroy();
+        }, limit).unref();
+      }
+    }
     this.instances.set(id, inst);
     return inst;
   }
