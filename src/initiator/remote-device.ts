@@ -16,7 +16,7 @@ import { defaultLogger, type Logger } from '../util/log.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { AdminClient } from './admin-client.js';
 import { QueueClient, type CommandWithoutId } from './queue-client.js';
-import { DeviceRequest } from './device-request.js';
+import { DeviceRequest, type RequestCallback, type RequestOwner } from './device-request.js';
 import { connectControlPath, type ControlPath } from './control-path.js';
 import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
 import { VOF_F_INLINE_DATA, VOF_OP_GET_INLINE_DATA_SIZE, inlineSizeProblem } from '../protocol/inline-data.js';
@@ -150,8 +150,21 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private readonly resubmitting = new Set<DeviceRequest>();
   /** Requests sent again after a reconnect, in total (for tests and monitoring). */
   resubmittedRequests = 0;
-  /** VQ requests sent on the current connection and not completed (a drain waits for them). */
-  private readonly active = new Set<DeviceRequest>();
+  /**
+   * The device's I/O slots (see DeviceRequest), every one made, and the free ones: one is made
+   * only when all are busy. A slot is `active` while sent on the current connection and not
+   * completed (a drain waits for those).
+   */
+  private readonly ioSlots: DeviceRequest[] = [];
+  private readonly freeIoSlots: DeviceRequest[] = [];
+  /** Where the queues report each I/O slot's outcome (bound once). */
+  private readonly ioOwner: RequestOwner = {
+    requestCompleted: (req, status, written) => {
+      if (status !== Status.SUCCESS) this.endRequest(req, new VofError(status, Opcode.Vq, `virtqueue ${req.vqIndex}`), 0);
+      else this.endRequest(req, null, written);
+    },
+    requestFailed: (req, err) => this.requestFailed(req, err),
+  };
   /** The target asked this initiator to move: new I/O is held until the move. */
   private draining = false;
   /** Virtqueues whose Connect is in flight (failed with the rest on a path failure). */
@@ -565,46 +578,101 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
    * writable. Resolves with the number of bytes the device wrote. With reconnect on, a request
    * whose connection fails before its completion is held and sent again after the reconnect;
    * `flush` marks a request that must go after every re-submitted one (see DeviceRequest).
+   * The buffers and arrays are the caller's until it settles. The returned Promise is the only
+   * object made per request (see submitRequest for none).
    */
-  async request(vqIndex: number, out: readonly Buffer[], inBuffers: readonly Buffer[], options: { flush?: boolean } = {}): Promise<number> {
-    const req = new DeviceRequest(vqIndex, out, inBuffers, options.flush ?? false);
-    try {
-      return await this.run(req);
-    } finally {
-      this.resubmitting.delete(req);
-      req.finish();
-    }
+  request(vqIndex: number, out: readonly Buffer[], inBuffers: readonly Buffer[], options?: { flush?: boolean }): Promise<number> {
+    const req = this.takeIoSlot();
+    req.start(vqIndex, out, inBuffers, options?.flush ?? false, req.settle);
+    const done = new Promise<number>(req.executor);
+    this.dispatch(req);
+    return done;
   }
 
-  private async run(req: DeviceRequest): Promise<number> {
+  /**
+   * As request(), with no Promise: `callback` gets the error or the bytes the device wrote,
+   * never inside this call. For callers that keep many requests in flight and want nothing
+   * allocated per request (the NBD bridge, vof bench).
+   */
+  submitRequest(vqIndex: number, out: readonly Buffer[], inBuffers: readonly Buffer[], flush: boolean, callback: RequestCallback): void {
+    const req = this.takeIoSlot();
+    req.start(vqIndex, out, inBuffers, flush, callback);
+    this.dispatch(req);
+  }
+
+  /** I/O slots made (at most the most requests ever in flight at once) and free now. */
+  get requestSlots(): { made: number; free: number } {
+    return { made: this.ioSlots.length, free: this.freeIoSlots.length };
+  }
+
+  /** A free I/O slot; a new one only when every slot is busy. */
+  private takeIoSlot(): DeviceRequest {
+    let req = this.freeIoSlots.pop();
+    if (!req) {
+      req = new DeviceRequest(this.ioOwner);
+      this.ioSlots.push(req);
+    }
+    return req;
+  }
+
+  /** Connected and nothing to order after: sent synchronously, as callers may rely on. */
+  private dispatch(req: DeviceRequest): void {
+    const q = this.queues[req.vqIndex];
+    if (this.stateValue !== 'connected' || this.draining || this.lostError || this.closing || this.aborted || (req.isFlush && this.resubmitting.size > 0) || !q) {
+      void this.dispatchLater(req);
+      return;
+    }
+    this.sendRequest(req, q);
+  }
+
+  private sendRequest(req: DeviceRequest, q: QueueClient): void {
+    req.generation = this.generation;
+    req.active = true;
+    req.arm();
+    q.enqueue(req);
+  }
+
+  /** The slow path: held while reconnecting or draining, flushes after resubmissions. */
+  private async dispatchLater(req: DeviceRequest): Promise<void> {
     for (;;) {
-      // Connected and nothing to order after: sent synchronously, as callers may rely on.
-      if (this.stateValue !== 'connected' || this.draining || this.lostError || this.closing || this.aborted) await this.whenUsable();
-      if (req.isFlush && this.resubmitting.size > 0) await this.resubmittedRequestsDone(req);
+      try {
+        await this.whenUsable();
+        if (req.isFlush && this.resubmitting.size > 0) await this.resubmittedRequestsDone(req);
+      } catch (err) {
+        this.endRequest(req, err as Error, 0);
+        return;
+      }
       const q = this.queues[req.vqIndex];
       if (!q) {
         if (this.stateValue !== 'connected') continue; // the path failed while the flush waited
-        throw new RangeError(`no virtqueue ${req.vqIndex} (connected: ${this.queues.length})`);
+        this.endRequest(req, new RangeError(`no virtqueue ${req.vqIndex} (connected: ${this.queues.length})`), 0);
+        return;
       }
-      const generation = this.generation;
-      let c: DecodedCompletion;
-      this.active.add(req);
-      try {
-        c = await q.submit(req);
-      } catch (err) {
-        this.active.delete(req);
-        if (!(err instanceof VofConnectionError) || !reconnects(this.policy) || this.lostError || this.closing || this.stateValue === 'connecting') throw err;
-        if (generation === this.generation) this.pathFailed(err);
-        // No completion: the request goes out again once reconnected.
-        req.resubmissions++;
-        this.resubmittedRequests++;
-        if (!req.isFlush) this.resubmitting.add(req);
-        continue;
-      }
-      this.active.delete(req);
-      if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Vq, `virtqueue ${req.vqIndex}`);
-      return c.kind === 'vq' ? c.length : 0;
+      this.sendRequest(req, q);
+      return;
     }
+  }
+
+  /** A queue failed the request: with reconnect on it goes out again once reconnected. */
+  private requestFailed(req: DeviceRequest, err: Error): void {
+    if (!(err instanceof VofConnectionError) || !reconnects(this.policy) || this.lostError || this.closing || this.stateValue === 'connecting') {
+      this.endRequest(req, err, 0);
+      return;
+    }
+    if (req.generation === this.generation) this.pathFailed(err);
+    // No completion: the request goes out again once reconnected.
+    req.resubmissions++;
+    this.resubmittedRequests++;
+    if (!req.isFlush) this.resubmitting.add(req);
+    void this.dispatchLater(req);
+  }
+
+  /** The request is over: its slot is free again before its caller hears (who may reuse it). */
+  private endRequest(req: DeviceRequest, err: Error | null, written: number): void {
+    this.resubmitting.delete(req);
+    const callback = req.release();
+    this.freeIoSlots.push(req);
+    callback?.(err, written);
   }
 
   /**
@@ -616,11 +684,12 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private async drainRequested(generation: number): Promise<void> {
     if (this.stateValue !== 'connected' || this.draining || generation !== this.generation) return;
     this.draining = true;
-    this.log.info(`${this.url}: the target asks to move this device: finishing ${this.active.size} request(s) in flight, holding new I/O`);
+    const active = this.ioSlots.filter((r) => r.active);
+    this.log.info(`${this.url}: the target asks to move this device: finishing ${active.length} request(s) in flight, holding new I/O`);
     const graceMs = Math.max(1000, this.keepaliveTimeoutMs);
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      Promise.all([...this.active].map((r) => r.done)),
+      Promise.all(active.map((r) => r.done)),
       new Promise<void>((r) => (timer = setTimeout(r, graceMs))),
     ]);
     clearTimeout(timer);
