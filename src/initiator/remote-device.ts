@@ -24,11 +24,11 @@ import { plannedAttempts, reconnectPolicy, reconnects, type DeviceState, type Re
 import { connectOpts, pathOpts, type ConnectOptions } from './connect-options.js';
 import { readConsistentConfig, type ConfigFieldReader, type ConfigValue } from './device-config.js';
 import { DEFAULT_KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_TIMEOUT_MS, Liveness } from './liveness.js';
+import { VofConnectionError, VofError, VofRedirectError, VofResumeError } from './vof-error.js';
 
 // Moved to their own modules; still exported from here, where callers found them.
 export type { ConnectOptions } from './connect-options.js';
 export type { ConfigReader, ConfigValue } from './device-config.js';
-import { VofConnectionError, VofError, VofRedirectError, VofResumeError } from './vof-error.js';
 
 interface DeviceEvents {
   configChange: [generation: number];
