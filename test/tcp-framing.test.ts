@@ -287,7 +287,7 @@ describe('TCP initiator framing', () => {
     });
     const chunks = [...bytes].map((b) => Buffer.from([b]));
     try {
-      // Past the completion header (copied: the handler keeps it), the payload costs nothing.
+      // Past the completion header (copied into the reader's own completion buffer), the payload costs nothing.
       for (const c of chunks.slice(0, 16)) i.sock.feed(c);
       allocs.n = 0;
       for (const c of chunks.slice(16, 16 + payload.length)) i.sock.feed(c);

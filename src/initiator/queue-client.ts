@@ -6,6 +6,8 @@ import { VofConnectionError } from './vof-error.js';
 import { REDIRECT_RECORD_SIZE, VOF_CONNECT_F_REDIRECT, VOF_STATUS_EREDIRECT, connectFlags } from '../protocol/redirect-record.js';
 import { QueueRequest } from './queue-request.js';
 
+const NO_BUFFERS: readonly Buffer[] = [];
+
 /** A command as the caller gives it: the queue client picks the command id. */
 export type CommandWithoutId = Command extends infer C ? (C extends Command ? Omit<C, 'commandId'> : never) : never;
 
@@ -26,6 +28,12 @@ export interface AnswerDeadline {
 export class QueueClient {
   /** The request in flight under each command id, or null. */
   private slots: Array<QueueRequest | null> = [];
+  /**
+   * Each command id's encoded command header, made with its slot and rewritten by each command
+   * that takes the id: the transport may hold it until the command is sent, which is before
+   * its completion can free the id.
+   */
+  private headers: Buffer[] = [];
   /** Free command ids, oldest-freed first: a ring of `size` entries from `freeHead`. */
   private freeIds: number[] = [];
   private freeHead = 0;
@@ -65,7 +73,15 @@ export class QueueClient {
    */
   set queueSize(n: number) {
     this.size = Math.max(1, Math.min(n, RESERVED_COMMAND_ID_FIRST));
-    while (this.slots.length < this.size) this.slots.push(null);
+    if (this.slots.length < this.size) {
+      // One allocation for the new slots' headers, cut once into per-id views.
+      const first = this.slots.length;
+      const slab = Buffer.alloc((this.size - first) * COMMAND_SIZE);
+      for (let id = first; id < this.size; id++) {
+        this.slots.push(null);
+        this.headers.push(slab.subarray((id - first) * COMMAND_SIZE, (id - first + 1) * COMMAND_SIZE));
+      }
+    }
     this.freeIds = [];
     this.freeHead = 0;
     this.freeCount = 0;
@@ -108,6 +124,23 @@ export class QueueClient {
   submit(req: QueueRequest, options?: AnswerDeadline): Promise<DecodedCompletion> {
     if (this.closedError) return Promise.reject(this.closedError);
     const done = req.begin();
+    this.enqueue(req, options);
+    return done;
+  }
+
+  /**
+   * As submit(), for a request armed by its owner that takes its own completion or failure
+   * (a DeviceRequest): nothing is allocated. On a closed queue it fails on the next tick, never
+   * inside this call, so that an owner resubmitting from its failure cannot recurse.
+   */
+  enqueue(req: QueueRequest, options?: AnswerDeadline): void {
+    if (this.closedError) {
+      const err = this.closedError;
+      req.state = 'waiting';
+      process.nextTick(() => req.fail(err));
+      return;
+    }
+    if (req.state !== 'waiting') req.arm();
     if (options) {
       req.timer = setTimeout(() => {
         req.timer = null;
@@ -116,10 +149,9 @@ export class QueueClient {
     }
     if (this.freeCount > 0 && this.waiting.length === 0) this.transmit(req);
     else this.waiting.push(req);
-    return done;
   }
 
-  /** Put `req` in the oldest free slot and send it under that id. */
+  /** Put `req` in the oldest free slot and send it under that id, with the id's header. */
   private transmit(req: QueueRequest): void {
     const id = this.freeIds[this.freeHead]!;
     this.freeHead = (this.freeHead + 1) % this.size;
@@ -128,18 +160,24 @@ export class QueueClient {
     this.inFlightCount++;
     req.commandId = id;
     req.state = 'in-flight';
-    const header = Buffer.alloc(COMMAND_SIZE);
+    const header = this.headers[id]!;
     try {
       if (req.command) {
         encodeCommand({ ...req.command, commandId: id } as Command, header);
         this.connection.sendCommand(header, req.body);
       } else {
-        encodeCommand({ opcode: Opcode.Vq, commandId: id, outLength: req.outLength, inLength: req.inLength }, header);
-        this.connection.sendVq(header, req.out, req.inBuffers ?? []);
+        // The VQ command's header written in place (encodeCommand's layout, with no object).
+        header.fill(0);
+        header.writeUInt16LE(Opcode.Vq, 0);
+        header.writeUInt16LE(id, 2);
+        header.writeUInt32LE(req.outLength, 8);
+        header.writeUInt32LE(req.inLength, 12);
+        this.connection.sendVq(header, req.out, req.inBuffers ?? NO_BUFFERS);
       }
     } catch (err) {
       this.vacate(id);
-      req.fail(err as Error);
+      // Failed on the next tick, as on a closed queue: never inside the submitter's call.
+      process.nextTick(() => req.fail(err as Error));
       this.startWaiting();
     }
   }

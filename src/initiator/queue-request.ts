@@ -11,10 +11,15 @@ export type QueueRequestState = 'idle' | 'waiting' | 'in-flight' | 'completed' |
 /**
  * One command on an initiator queue. While in flight it sits in its queue's array of
  * queue-size slots, and the slot index is its command id: everything the queue needs to take
- * its completion (the device-writable buffers, the promise to settle, the answer deadline)
- * is here, and completing or failing it is an operation on it. No other table keyed by
- * command id exists on the initiator's core; transports index their own per-command state by
- * the same id, which is always below the queue size.
+ * its completion (the device-writable buffers, the answer deadline, what to do with the
+ * answer) is here, and completing or failing it is an operation on it. No other table keyed
+ * by command id exists on the initiator's core; transports index their own per-command state
+ * by the same id, which is always below the queue size, and the queue keeps each id's encoded
+ * command header with the slot.
+ *
+ * What happens on completion is the subclass's: this one settles a promise (control and admin
+ * commands, see begin()); a DeviceRequest is a reusable I/O slot that calls back its device
+ * and allocates nothing per command.
  */
 export class QueueRequest {
   /** The slot it occupies while in flight; -1 otherwise. */
@@ -23,12 +28,12 @@ export class QueueRequest {
   /** The redirect record that followed an EREDIRECT Connect completion. */
   payload: Buffer | null = null;
   /** Device-readable bytes (VQ commands). */
-  readonly outLength: number;
+  outLength = 0;
   /** Device-writable bytes (VQ commands). */
-  readonly inLength: number;
+  inLength = 0;
   /** An answer deadline armed by the queue (see QueueClient.submit); cleared on completion. */
   timer: NodeJS.Timeout | null = null;
-  private settle: { resolve: (c: DecodedCompletion) => void; reject: (e: Error) => void } | null = null;
+  private promised: { resolve: (c: DecodedCompletion) => void; reject: (e: Error) => void } | null = null;
 
   constructor(
     readonly opcode: number,
@@ -37,40 +42,64 @@ export class QueueRequest {
     /** Connect only: the Connect Body. */
     readonly body: Buffer | undefined,
     /** VQ commands: device-readable buffers. */
-    readonly out: readonly Buffer[],
+    public out: readonly Buffer[],
     /** VQ commands: device-writable buffers; null for every other command. */
-    readonly inBuffers: readonly Buffer[] | null,
+    public inBuffers: readonly Buffer[] | null,
     /** A Connect whose body announced VOF_CONNECT_F_REDIRECT: EREDIRECT brings a record. */
     readonly redirectable = false,
   ) {
+    this.setBuffers(out, inBuffers);
+  }
+
+  /** Give the (VQ) request its buffers for its next submission. */
+  protected setBuffers(out: readonly Buffer[], inBuffers: readonly Buffer[] | null): void {
+    this.out = out;
+    this.inBuffers = inBuffers;
     let o = 0;
-    for (const b of out) o += b.length;
+    for (let k = 0; k < out.length; k++) o += out[k]!.length;
     let i = 0;
-    for (const b of inBuffers ?? []) i += b.length;
+    if (inBuffers) for (let k = 0; k < inBuffers.length; k++) i += inBuffers[k]!.length;
     this.outLength = o;
     this.inLength = i;
   }
 
   /** Arm the request for one submission; the promise settles with its completion or failure. */
   begin(): Promise<DecodedCompletion> {
-    this.payload = null;
-    this.state = 'waiting';
-    return new Promise((resolve, reject) => (this.settle = { resolve, reject }));
+    this.arm();
+    return new Promise((resolve, reject) => (this.promised = { resolve, reject }));
   }
 
-  /** Its completion arrived (already checked to belong to it). */
+  /** Arm the request for one submission with no promise (the subclass takes the outcome). */
+  arm(): void {
+    this.payload = null;
+    this.state = 'waiting';
+  }
+
+  /**
+   * Its completion arrived (already checked to belong to it). `completion` is the transport's
+   * and valid only during the call.
+   */
   complete(completion: Buffer): void {
     this.end('completed');
-    const s = this.settle;
-    this.settle = null;
-    s?.resolve(decodeCompletion(completion, this.opcode));
+    this.completed(completion);
   }
 
   /** It will get no completion on this queue. */
   fail(err: Error): void {
     this.end('failed');
-    const s = this.settle;
-    this.settle = null;
+    this.failed(err);
+  }
+
+  /** What a completion does: settle the promise of begin() with the decoded completion. */
+  protected completed(completion: Buffer): void {
+    const s = this.promised;
+    this.promised = null;
+    s?.resolve(decodeCompletion(completion, this.opcode));
+  }
+
+  protected failed(err: Error): void {
+    const s = this.promised;
+    this.promised = null;
     s?.reject(err);
   }
 

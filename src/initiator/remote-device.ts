@@ -9,91 +9,28 @@ import {
   VIRTIO_OF_F_KEYED_NUM_DESCS,
 } from '../protocol/constants.js';
 import { decodeConfigChangeGeneration, type DecodedCompletion } from '../protocol/completion.js';
-import { parseDeviceUrl, type Scheme } from '../url.js';
-import type { TlsClientSettings } from '../transport/tcp/tls-settings.js';
-import type { InitiatorConnection, KeyedMemoryOptions, Transport } from '../transport/transport.js';
+import { parseDeviceUrl } from '../url.js';
+import type { InitiatorConnection, Transport } from '../transport/transport.js';
 import { defaultLogger, type Logger } from '../util/log.js';
-import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
-import { AdminClient } from './admin-client.js';
+import type { AdminClient } from './admin-client.js';
+import { AdminQueue } from './admin-queue.js';
 import { QueueClient, type CommandWithoutId } from './queue-client.js';
-import { DeviceRequest } from './device-request.js';
+import { DeviceRequest, type RequestCallback, type RequestOwner } from './device-request.js';
 import { connectControlPath, type ControlPath } from './control-path.js';
 import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
 import { VOF_F_INLINE_DATA, VOF_OP_GET_INLINE_DATA_SIZE, inlineSizeProblem } from '../protocol/inline-data.js';
 import { VOF_F_REMOTE_INVALIDATE } from '../protocol/remote-invalidation.js';
-import { VOF_F_AUTH } from '../protocol/auth.js';
-import { authKeyOf, authenticate, type AuthSecret } from './auth-handshake.js';
-import { plannedAttempts, reconnectPolicy, reconnects, type DeviceState, type ReconnectOptions, type ReconnectPolicy } from './reconnect-policy.js';
+import { plannedAttempts, reconnectPolicy, reconnects, type DeviceState, type ReconnectPolicy } from './reconnect-policy.js';
+import { connectOpts, pathOpts, type ConnectOptions } from './connect-options.js';
+import { readConsistentConfig, type ConfigFieldReader, type ConfigValue } from './device-config.js';
+import { DEFAULT_KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_TIMEOUT_MS, Liveness } from './liveness.js';
 import { VofAuthError, VofConnectionError, VofError, VofRedirectError, VofResumeError } from './vof-error.js';
+import { VOF_F_AUTH } from '../protocol/auth.js';
+import { authKeyOf, authenticate } from './auth-handshake.js';
 
-/** Reads `length` config bytes at `offset` (a consistent snapshot; see RemoteDevice.readConfig). */
-export type ConfigReader = (offset: number, length: number) => Promise<Buffer>;
-
-export interface ConnectOptions extends ReconnectOptions {
-  /** This initiator's VQN (default "vof-initiator"). */
-  readonly ivqn?: string;
-  /** Which of the offered device features to accept (default: all of them). */
-  readonly negotiateFeatures?: (offered: bigint) => bigint;
-  /**
-   * How many virtqueues to connect, decided after feature negotiation (e.g. from the device's
-   * config space). Default 1.
-   */
-  readonly queueCount?: (device: RemoteDevice) => Promise<number> | number;
-  /** Requested virtqueue size; 0 (default) asks for the largest the target supports. */
-  readonly queueSize?: number;
-  /**
-   * Keepalive: send a Keepalive Command every intervalMs (default 5000) and declare the device
-   * lost when the target has sent nothing for timeoutMs (default 15000; checked on its own
-   * timer, from the first command on). intervalMs 0 turns both off: the target then destroys
-   * this instance once it has heard nothing on any queue for its own keepalive timeout.
-   */
-  readonly keepaliveIntervalMs?: number;
-  readonly keepaliveTimeoutMs?: number;
-  readonly connectTimeoutMs?: number;
-  /** Largest device-writable payload expected in a completion. */
-  readonly maxVqPayload?: number;
-  readonly log?: Logger;
-  /** tls:// URLs: trust, client certificate or PSK (see TlsClientSettings). */
-  readonly tls?: TlsClientSettings;
-  /**
-   * Called on every reconnect once the features are agreed again, before the virtqueues:
-   * throw VofResumeError to refuse the device (e.g. its capacity shrank).
-   */
-  readonly verifyResume?: (readConfig: ConfigReader) => Promise<void>;
-  /** Most redirects followed on one connect or reconnect (default 8); then VofRedirectError. */
-  readonly maxRedirects?: number;
-  /**
-   * Transports a redirect or drain may move this device to besides the URL's own (and tcp:// to
-   * tls://): e.g. ['rdma'] to follow a tcp:// target's redirect to rdma://. A tls:// device is
-   * never moved to tcp:// or rdma:// unless named here. Otherwise VofRedirectError ('transport').
-   */
-  readonly allowRedirectTo?: readonly Scheme[];
-  /** rdma:// only: bounce memory size and the opt-in registration cache (see KeyedMemoryOptions). */
-  readonly keyedMemory?: KeyedMemoryOptions;
-  /**
-   * RDMA: negotiate vof's inline data (VOF_F_INLINE_DATA) when the target offers it, so small
-   * device-readable parts ride in the command's SEND instead of an RDMA READ (default true).
-   */
-  readonly inlineData?: boolean;
-  /**
-   * RDMA: negotiate vof's remote invalidation (VOF_F_REMOTE_INVALIDATE) when the target offers
-   * it, so a completion ends the command's key on arrival instead of a LOCAL_INV work request
-   * after it (default true).
-   */
-  readonly remoteInvalidation?: boolean;
-  /**
-   * The secret the target holds for this IVQN ("DHHC-1:00:…:", e.g. a `vof gen-secret` file's
-   * content, or the key's bytes): authenticate in-band (VOF_F_AUTH) after Connect, and require
-   * the target to prove the same secret (docs/PROTOCOL.md "In-band authentication"). Failures
-   * are VofAuthError. Absent: no authentication (a target requiring it refuses the device).
-   */
-  readonly authSecret?: AuthSecret;
-}
-
-export interface ConfigValue {
-  readonly value: bigint;
-  readonly generation: number;
-}
+// Moved to their own modules; still exported from here, where callers found them.
+export type { ConnectOptions } from './connect-options.js';
+export type { ConfigReader, ConfigValue } from './device-config.js';
 
 interface DeviceEvents {
   configChange: [generation: number];
@@ -160,19 +97,37 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private readonly resubmitting = new Set<DeviceRequest>();
   /** Requests sent again after a reconnect, in total (for tests and monitoring). */
   resubmittedRequests = 0;
-  /** VQ requests sent on the current connection and not completed (a drain waits for them). */
-  private readonly active = new Set<DeviceRequest>();
+  /**
+   * The device's I/O slots (see DeviceRequest), every one made, and the free ones: one is made
+   * only when all are busy. A slot is `active` while sent on the current connection and not
+   * completed (a drain waits for those).
+   */
+  private readonly ioSlots: DeviceRequest[] = [];
+  private readonly freeIoSlots: DeviceRequest[] = [];
+  /** Where the queues report each I/O slot's outcome (bound once). */
+  private readonly ioOwner: RequestOwner = {
+    requestCompleted: (req, status, written) => {
+      if (status !== Status.SUCCESS) this.endRequest(req, new VofError(status, Opcode.Vq, `virtqueue ${req.vqIndex}`), 0);
+      else this.endRequest(req, null, written);
+    },
+    requestFailed: (req, err) => this.requestFailed(req, err),
+  };
   /** The target asked this initiator to move: new I/O is held until the move. */
   private draining = false;
   /** Virtqueues whose Connect is in flight (failed with the rest on a path failure). */
   private readonly opening = new Set<QueueClient>();
   /** The admin virtqueue, connected on the first admin command. */
-  private adminQueue: Promise<QueueClient> | null = null;
-  private adminClient: AdminClient | null = null;
-  private keepaliveTimer: NodeJS.Timeout | null = null;
-  private silenceTimer: NodeJS.Timeout | null = null;
-  /** Monotonic (performance.now()): a wall-clock step must not look like silence. */
-  private lastHeard = performance.now();
+  private readonly adminQueue = new AdminQueue({
+    url: () => this.url,
+    control: () => this.control,
+    virtqueuesConnected: () => this.queues.length,
+    hasFeature: (bit) => this.hasFeature(bit),
+    unusable: () => (this.lostError || this.closing ? (this.lostError ?? new VofConnectionError('device closed')) : null),
+    whenUsable: () => this.whenUsable(),
+    openQueue: (vqIndex) => this.openQueue(vqIndex),
+  });
+  /** Keepalives and dead-target detection. */
+  private readonly liveness: Liveness;
   private closing: Promise<void> | null = null;
   private lostError: Error | null = null;
   private aborted = false;
@@ -201,8 +156,14 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     this.connectBody = path.connectBody;
     this.instanceId = path.instanceId;
     this.policy = reconnectPolicy(options);
+    this.liveness = new Liveness(
+      options.keepaliveIntervalMs ?? DEFAULT_KEEPALIVE_INTERVAL_MS,
+      options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS,
+      () => void this.control.call({ opcode: Opcode.Keepalive }).catch(() => {}),
+      (silent) => this.silent(silent),
+    );
     this.attachControl(path.control);
-    this.watchForSilence();
+    this.liveness.watch();
   }
 
   /** connecting, connected, reconnecting (I/O held), lost or closed. */
@@ -212,9 +173,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   private attachControl(control: QueueClient): void {
     const generation = this.generation;
-    control.onActivity = () => {
-      this.lastHeard = performance.now();
-    };
+    control.onActivity = () => this.liveness.heard();
     control.onEvent = (c) => {
       if (generation !== this.generation) return;
       const id = c.readUInt16LE(2);
@@ -227,37 +186,17 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   private get keepaliveIntervalMs(): number {
-    return this.options.keepaliveIntervalMs ?? 5000;
+    return this.liveness.intervalMs;
   }
   private get keepaliveTimeoutMs(): number {
-    return this.options.keepaliveTimeoutMs ?? 15000;
+    return this.liveness.timeoutMs;
   }
 
-  /** Said once per connect(), before the first Connect (a target may never answer it). */
-  private static checkKeepaliveSettings(url: string, options: ConnectOptions, log: Logger): void {
-    const interval = options.keepaliveIntervalMs ?? 5000;
-    const timeout = options.keepaliveTimeoutMs ?? 15000;
-    if (interval <= 0) {
-      log.warn(`${url}: keepalive disabled: a target destroys this instance once it hears nothing on any queue for its keepalive timeout (vof: 15 s by default), and a vanished target goes unnoticed until a request fails`);
-    } else if (timeout > 0 && timeout < interval) {
-      log.warn(`${url}: keepalive timeout ${timeout} ms is below the interval ${interval} ms: an idle but healthy target may be declared lost; use a timeout of about 3 intervals`);
-    }
-  }
-
-  /** Dead-target detection on its own timer, re-armed for the remaining time when something was heard. */
-  private watchForSilence(delayMs = this.keepaliveTimeoutMs): void {
-    if (this.keepaliveIntervalMs <= 0 || this.keepaliveTimeoutMs <= 0) return;
-    this.silenceTimer = setTimeout(() => {
-      if (this.lostError || this.closing || this.aborted || this.stateValue === 'reconnecting') return;
-      const silent = performance.now() - this.lastHeard;
-      if (silent >= this.keepaliveTimeoutMs) {
-        const what = reconnects(this.policy) ? 'path failed' : 'device lost';
-        this.pathFailed(new VofConnectionError(`target silent for ${Math.round(silent)} ms: ${what} (keepalive timeout ${this.keepaliveTimeoutMs} ms)`));
-        return;
-      }
-      this.watchForSilence(this.keepaliveTimeoutMs - silent);
-    }, Math.max(1, Math.ceil(delayMs)));
-    this.silenceTimer.unref();
+  /** The target has sent nothing for the keepalive timeout. */
+  private silent(silentMs: number): void {
+    if (this.lostError || this.closing || this.aborted || this.stateValue === 'reconnecting') return;
+    const what = reconnects(this.policy) ? 'path failed' : 'device lost';
+    this.pathFailed(new VofConnectionError(`target silent for ${Math.round(silentMs)} ms: ${what} (keepalive timeout ${this.keepaliveTimeoutMs} ms)`));
   }
 
   /** A queue closed without our asking: the target dropped the instance (or the link broke). */
@@ -275,7 +214,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     parseDeviceUrl(url);
     const log = options.log ?? defaultLogger();
     const ivqn = options.ivqn ?? 'vof-initiator';
-    RemoteDevice.checkKeepaliveSettings(url, options, log);
+    Liveness.checkSettings(url, options.keepaliveIntervalMs ?? DEFAULT_KEEPALIVE_INTERVAL_MS, options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS, log);
     if (options.authSecret !== undefined) authKeyOf(options.authSecret); // a bad secret fails before any connection
     const path = await connectControlPath(url, { ivqn, log, ...pathOpts(options) });
     const dev = new RemoteDevice(url, ivqn, path, options, log);
@@ -376,7 +315,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     status |= DeviceStatus.DRIVER_OK;
     await this.controlCommand({ opcode: Opcode.SetStatus, status });
     this.stateValue = 'connected';
-    this.startKeepalive();
+    this.liveness.startKeepalive();
   }
 
   /**
@@ -449,54 +388,12 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
    * first use; without the feature every call rejects.
    */
   get admin(): AdminClient {
-    this.adminClient ??= new AdminClient(async (readable, writable) => {
-      const q = await this.connectAdminQueue();
-      const result = Buffer.alloc(writable);
-      const c = await q.vq([readable], [result]);
-      if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Vq, 'admin virtqueue');
-      return result.subarray(0, c.kind === 'vq' ? c.length : 0);
-    });
-    return this.adminClient;
+    return this.adminQueue.client;
   }
 
   /** Index of the admin virtqueue, or null when VIRTIO_F_ADMIN_VQ was not negotiated. */
-  adminQueueIndex: number | null = null;
-
-  private connectAdminQueue(): Promise<QueueClient> {
-    if (!this.hasFeature(VIRTIO_F_ADMIN_VQ)) {
-      return Promise.reject(new VofConnectionError(`${this.url}: the device has no admin virtqueue (VIRTIO_F_ADMIN_VQ not negotiated)`));
-    }
-    if (this.lostError || this.closing) return Promise.reject(this.lostError ?? new VofConnectionError('device closed'));
-    this.adminQueue ??= (async () => {
-      await this.whenUsable();
-      this.adminQueueIndex = await this.findAdminQueueIndex();
-      return this.openQueue(this.adminQueueIndex);
-    })();
-    // A failed attempt may be retried by the next call.
-    this.adminQueue.catch(() => (this.adminQueue = null));
-    return this.adminQueue;
-  }
-
-  /**
-   * The admin queue is the last virtqueue (docs/PROTOCOL.md): the largest index Get VQ Size
-   * answers. Found by doubling then bisecting, from the virtqueues known to exist.
-   */
-  private async findAdminQueueIndex(): Promise<number> {
-    const exists = async (vqIndex: number) => (await this.control.call({ opcode: Opcode.GetVqSize, vqIndex })).status === Status.SUCCESS;
-    let lo = this.queues.length - 1; // known to exist (or -1)
-    let hi = Math.max(1, this.queues.length);
-    while (hi <= 0xffff && (await exists(hi))) {
-      lo = hi;
-      hi *= 2;
-    }
-    hi = Math.min(hi, 0x10000);
-    while (hi - lo > 1) {
-      const mid = (lo + hi) >> 1;
-      if (await exists(mid)) lo = mid;
-      else hi = mid;
-    }
-    if (lo < 0) throw new VofConnectionError('Get VQ Size answers for no virtqueue: no admin queue');
-    return lo;
+  get adminQueueIndex(): number | null {
+    return this.adminQueue.index;
   }
 
   async setStatus(status: number): Promise<void> {
@@ -527,24 +424,8 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
    * Read a consistent run of config bytes: retried while the generation changes underneath,
    * as the virtio spec asks of drivers.
    */
-  async readConfig(offset: number, length: number, get: (offset: number, bytes: 1 | 2 | 4 | 8) => Promise<ConfigValue> = (o, b) => this.getConfig(o, b)): Promise<Buffer> {
-    for (;;) {
-      const out = Buffer.alloc(length);
-      let generation = -1;
-      let consistent = true;
-      for (let pos = 0; pos < length; ) {
-        const left = length - pos;
-        const bytes = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-        const { value, generation: g } = await get(offset + pos, bytes);
-        if (generation >= 0 && g !== generation) consistent = false;
-        generation = g;
-        const tmp = Buffer.alloc(8);
-        tmp.writeBigUInt64LE(value);
-        tmp.copy(out, pos, 0, bytes);
-        pos += bytes;
-      }
-      if (consistent) return out;
-    }
+  async readConfig(offset: number, length: number, get: ConfigFieldReader = (o, b) => this.getConfig(o, b)): Promise<Buffer> {
+    return readConsistentConfig(offset, length, get);
   }
 
   get negotiatedFeatures(): bigint {
@@ -586,46 +467,101 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
    * writable. Resolves with the number of bytes the device wrote. With reconnect on, a request
    * whose connection fails before its completion is held and sent again after the reconnect;
    * `flush` marks a request that must go after every re-submitted one (see DeviceRequest).
+   * The buffers and arrays are the caller's until it settles. The returned Promise is the only
+   * object made per request (see submitRequest for none).
    */
-  async request(vqIndex: number, out: readonly Buffer[], inBuffers: readonly Buffer[], options: { flush?: boolean } = {}): Promise<number> {
-    const req = new DeviceRequest(vqIndex, out, inBuffers, options.flush ?? false);
-    try {
-      return await this.run(req);
-    } finally {
-      this.resubmitting.delete(req);
-      req.finish();
-    }
+  request(vqIndex: number, out: readonly Buffer[], inBuffers: readonly Buffer[], options?: { flush?: boolean }): Promise<number> {
+    const req = this.takeIoSlot();
+    req.start(vqIndex, out, inBuffers, options?.flush ?? false, req.settle);
+    const done = new Promise<number>(req.executor);
+    this.dispatch(req);
+    return done;
   }
 
-  private async run(req: DeviceRequest): Promise<number> {
+  /**
+   * As request(), with no Promise: `callback` gets the error or the bytes the device wrote,
+   * never inside this call. For callers that keep many requests in flight and want nothing
+   * allocated per request (the NBD bridge, vof bench).
+   */
+  submitRequest(vqIndex: number, out: readonly Buffer[], inBuffers: readonly Buffer[], flush: boolean, callback: RequestCallback): void {
+    const req = this.takeIoSlot();
+    req.start(vqIndex, out, inBuffers, flush, callback);
+    this.dispatch(req);
+  }
+
+  /** I/O slots made (at most the most requests ever in flight at once) and free now. */
+  get requestSlots(): { made: number; free: number } {
+    return { made: this.ioSlots.length, free: this.freeIoSlots.length };
+  }
+
+  /** A free I/O slot; a new one only when every slot is busy. */
+  private takeIoSlot(): DeviceRequest {
+    let req = this.freeIoSlots.pop();
+    if (!req) {
+      req = new DeviceRequest(this.ioOwner);
+      this.ioSlots.push(req);
+    }
+    return req;
+  }
+
+  /** Connected and nothing to order after: sent synchronously, as callers may rely on. */
+  private dispatch(req: DeviceRequest): void {
+    const q = this.queues[req.vqIndex];
+    if (this.stateValue !== 'connected' || this.draining || this.lostError || this.closing || this.aborted || (req.isFlush && this.resubmitting.size > 0) || !q) {
+      void this.dispatchLater(req);
+      return;
+    }
+    this.sendRequest(req, q);
+  }
+
+  private sendRequest(req: DeviceRequest, q: QueueClient): void {
+    req.generation = this.generation;
+    req.active = true;
+    req.arm();
+    q.enqueue(req);
+  }
+
+  /** The slow path: held while reconnecting or draining, flushes after resubmissions. */
+  private async dispatchLater(req: DeviceRequest): Promise<void> {
     for (;;) {
-      // Connected and nothing to order after: sent synchronously, as callers may rely on.
-      if (this.stateValue !== 'connected' || this.draining || this.lostError || this.closing || this.aborted) await this.whenUsable();
-      if (req.isFlush && this.resubmitting.size > 0) await this.resubmittedRequestsDone(req);
+      try {
+        await this.whenUsable();
+        if (req.isFlush && this.resubmitting.size > 0) await this.resubmittedRequestsDone(req);
+      } catch (err) {
+        this.endRequest(req, err as Error, 0);
+        return;
+      }
       const q = this.queues[req.vqIndex];
       if (!q) {
         if (this.stateValue !== 'connected') continue; // the path failed while the flush waited
-        throw new RangeError(`no virtqueue ${req.vqIndex} (connected: ${this.queues.length})`);
+        this.endRequest(req, new RangeError(`no virtqueue ${req.vqIndex} (connected: ${this.queues.length})`), 0);
+        return;
       }
-      const generation = this.generation;
-      let c: DecodedCompletion;
-      this.active.add(req);
-      try {
-        c = await q.submit(req);
-      } catch (err) {
-        this.active.delete(req);
-        if (!(err instanceof VofConnectionError) || !reconnects(this.policy) || this.lostError || this.closing || this.stateValue === 'connecting') throw err;
-        if (generation === this.generation) this.pathFailed(err);
-        // No completion: the request goes out again once reconnected.
-        req.resubmissions++;
-        this.resubmittedRequests++;
-        if (!req.isFlush) this.resubmitting.add(req);
-        continue;
-      }
-      this.active.delete(req);
-      if (c.status !== Status.SUCCESS) throw new VofError(c.status, Opcode.Vq, `virtqueue ${req.vqIndex}`);
-      return c.kind === 'vq' ? c.length : 0;
+      this.sendRequest(req, q);
+      return;
     }
+  }
+
+  /** A queue failed the request: with reconnect on it goes out again once reconnected. */
+  private requestFailed(req: DeviceRequest, err: Error): void {
+    if (!(err instanceof VofConnectionError) || !reconnects(this.policy) || this.lostError || this.closing || this.stateValue === 'connecting') {
+      this.endRequest(req, err, 0);
+      return;
+    }
+    if (req.generation === this.generation) this.pathFailed(err);
+    // No completion: the request goes out again once reconnected.
+    req.resubmissions++;
+    this.resubmittedRequests++;
+    if (!req.isFlush) this.resubmitting.add(req);
+    void this.dispatchLater(req);
+  }
+
+  /** The request is over: its slot is free again before its caller hears (who may reuse it). */
+  private endRequest(req: DeviceRequest, err: Error | null, written: number): void {
+    this.resubmitting.delete(req);
+    const callback = req.release();
+    this.freeIoSlots.push(req);
+    callback?.(err, written);
   }
 
   /**
@@ -637,11 +573,12 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   private async drainRequested(generation: number): Promise<void> {
     if (this.stateValue !== 'connected' || this.draining || generation !== this.generation) return;
     this.draining = true;
-    this.log.info(`${this.url}: the target asks to move this device: finishing ${this.active.size} request(s) in flight, holding new I/O`);
+    const active = this.ioSlots.filter((r) => r.active);
+    this.log.info(`${this.url}: the target asks to move this device: finishing ${active.length} request(s) in flight, holding new I/O`);
     const graceMs = Math.max(1000, this.keepaliveTimeoutMs);
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      Promise.all([...this.active].map((r) => r.done)),
+      Promise.all(active.map((r) => r.done)),
       new Promise<void>((r) => (timer = setTimeout(r, graceMs))),
     ]);
     clearTimeout(timer);
@@ -710,8 +647,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   /** Fail and close every queue of the current connection (their requests see VofConnectionError). */
   private dropConnections(err: Error): void {
-    const admin = this.adminQueue;
-    this.adminQueue = null;
+    const admin = this.adminQueue.drop();
     const all = [...this.queues.splice(0), ...this.opening, this.control];
     for (const q of all) q.failAll(err);
     for (const q of all) void q.close().catch(() => {});
@@ -719,10 +655,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   private stopTimers(): void {
-    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
-    if (this.silenceTimer) clearTimeout(this.silenceTimer);
-    this.keepaliveTimer = null;
-    this.silenceTimer = null;
+    this.liveness.stop();
   }
 
   private async reconnectLoop(resume: ResumePoint, cause: Error): Promise<void> {
@@ -794,7 +727,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     this.instanceId = path.instanceId;
     this.control = path.control;
     this.attachControl(path.control);
-    this.lastHeard = performance.now();
+    this.liveness.heard();
     const timeoutMs = this.options.connectTimeoutMs ?? 10000;
     // A target that accepts but never answers: failing the attempt's queues ends initialize().
     const timer = setTimeout(() => this.dropConnections(new VofConnectionError(`initialization did not finish within ${timeoutMs} ms`)), timeoutMs);
@@ -810,16 +743,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     } finally {
       clearTimeout(timer);
     }
-    this.watchForSilence();
-  }
-
-  private startKeepalive(): void {
-    const interval = this.keepaliveIntervalMs;
-    if (interval <= 0) return;
-    this.keepaliveTimer = setInterval(() => {
-      this.control.call({ opcode: Opcode.Keepalive }).catch(() => {});
-    }, interval);
-    this.keepaliveTimer.unref();
+    this.liveness.watch();
   }
 
   /** The device is unusable: fail everything, release the connections, tell listeners once. */
@@ -842,7 +766,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     this.stopTimers();
     const err = this.lostError ?? new VofConnectionError('device closed');
     this.releaseHeld(err);
-    const admin = this.adminQueue;
+    const admin = this.adminQueue.current;
     const all = [...this.queues, this.control];
     for (const q of all) q.failAll(err);
     return Promise.all([
@@ -865,29 +789,14 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     if (!this.lostError && wasConnected) {
       const disconnect = (q: QueueClient) =>
         q.closed ? Promise.resolve() : q.call({ opcode: Opcode.Disconnect }).then(() => {}, () => {});
-      const admin = this.adminQueue ? await this.adminQueue.catch(() => null) : null;
+      const current = this.adminQueue.current;
+      const admin = current ? await current.catch(() => null) : null;
       await Promise.all([...this.queues, ...(admin ? [admin] : [])].map(disconnect));
       await disconnect(this.control);
     }
     await this.abort();
     this.emit('close');
   }
-}
-
-/** What connectControlPath needs from the connect options. */
-function pathOpts(o: ConnectOptions) {
-  const keepalive = (o.keepaliveIntervalMs ?? 5000) > 0 && (o.keepaliveTimeoutMs ?? 15000) > 0;
-  return {
-    connect: connectOpts(o),
-    answerTimeoutMs: keepalive ? (o.keepaliveTimeoutMs ?? 15000) : (o.connectTimeoutMs ?? 10000),
-    keepalive,
-    ...(o.maxRedirects !== undefined && { maxRedirects: o.maxRedirects }),
-    ...(o.allowRedirectTo !== undefined && { allowRedirectTo: o.allowRedirectTo }),
-  };
-}
-
-function connectOpts(o: ConnectOptions) {
-  return { timeoutMs: o.connectTimeoutMs ?? 10000, maxVqPayload: o.maxVqPayload ?? 64 * 1024 * 1024, ...(o.tls && { tls: o.tls }) };
 }
 
 function hex(n: bigint | number): string {

@@ -1,4 +1,4 @@
-import { performance } from 'node:perf_hooks';
+import { SilenceTimer } from '../util/silence-timer.js';
 import {
   DeviceStatus,
   Status,
@@ -68,10 +68,9 @@ export class DeviceInstance {
   private configChangeOutstanding = false;
   /** A DEVICE_NEEDS_RESET notice waiting for the outstanding Config Change to be read. */
   private needsResetNoticeQueued = false;
-  /** Monotonic (performance.now()): a wall-clock step must not look like silence. */
-  private lastHeard = performance.now();
   private readonly keepaliveTimer: NodeJS.Timeout | null;
-  private timeoutTimer: NodeJS.Timeout | null = null;
+  /** The dead-peer timer (the keepalive timeout); null when the timeout is off. */
+  private readonly silence: SilenceTimer | null;
   private readonly unsubscribeConfig: () => void;
   readonly virtqueues = new Map<number, QueueSession>();
   destroyed = false;
@@ -99,7 +98,15 @@ export class DeviceInstance {
     this.keepaliveTimer =
       keepalive.intervalMs > 0 ? setInterval(() => this.control.sendEvent(encodeKeepaliveCompletion()), keepalive.intervalMs) : null;
     this.keepaliveTimer?.unref();
-    if (keepalive.timeoutMs > 0) this.armTimeout(keepalive.timeoutMs);
+    this.silence =
+      keepalive.timeoutMs > 0
+        ? new SilenceTimer(keepalive.timeoutMs, (silent) => {
+            if (this.destroyed) return;
+            this.log.warn(`${this.label}: initiator silent for ${Math.round(silent)} ms, destroying (keepalive timeout ${this.keepalive.timeoutMs} ms)`);
+            this.destroy();
+          })
+        : null;
+    this.silence?.start();
   }
 
   /**
@@ -138,25 +145,7 @@ export class DeviceInstance {
   }
 
   heard(): void {
-    this.lastHeard = performance.now();
-  }
-
-  /**
-   * The dead-peer timer: fires when the timeout would run out if nothing were heard since the
-   * last check, and re-arms for the rest when something was (heard() stays a cheap store).
-   */
-  private armTimeout(delayMs: number): void {
-    this.timeoutTimer = setTimeout(() => {
-      if (this.destroyed) return;
-      const silent = performance.now() - this.lastHeard;
-      if (silent >= this.keepalive.timeoutMs) {
-        this.log.warn(`${this.label}: initiator silent for ${Math.round(silent)} ms, destroying (keepalive timeout ${this.keepalive.timeoutMs} ms)`);
-        this.destroy();
-        return;
-      }
-      this.armTimeout(this.keepalive.timeoutMs - silent);
-    }, Math.max(1, Math.ceil(delayMs)));
-    this.timeoutTimer.unref();
+    this.silence?.heard();
   }
 
   /**
@@ -349,7 +338,7 @@ export class DeviceInstance {
     if (this.destroyed) return;
     this.destroyed = true;
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
-    if (this.timeoutTimer) clearTimeout(this.timeoutTimer);
+    this.silence?.stop();
     this.unsubscribeConfig();
     this.admin?.close();
     for (const vq of this.virtqueues.values()) vq.closeWhenIdle();

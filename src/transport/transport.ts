@@ -167,7 +167,8 @@ export interface InitiatorConnectionHandler {
   /**
    * One response PDU. A VQ completion's device-written bytes are already in the buffers given
    * to sendVq: keyed transports had them written by the target, stream transports copied them
-   * there as they arrived (see payloadBuffers).
+   * there as they arrived (see payloadBuffers). `completion` may be the transport's reusable
+   * buffer: it is valid only during this call (and expectedPayload's and payloadBuffers').
    */
   onCompletion(completion: Buffer): void;
   /**

@@ -1,6 +1,7 @@
 import { VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
 import { RemoteDevice, type ConnectOptions } from '../../initiator/remote-device.js';
 import { VofResumeError } from '../../initiator/vof-error.js';
+import { BlockRequest, type BlockCallback, type BlockRequestOwner } from './blk-request.js';
 import type { AdminClient } from '../../initiator/admin-client.js';
 import { VIRTIO_F_ADMIN_VQ } from '../../protocol/admin-records.js';
 import {
@@ -11,7 +12,6 @@ import {
   ID_BYTES,
   SECTOR_SIZE,
   WRITE_ZEROES_FLAG_UNMAP,
-  encodeRequestHeader,
   encodeSegment,
 } from './blk-constants.js';
 
@@ -53,8 +53,10 @@ export interface BlockDeviceOptions extends ConnectOptions {
 }
 
 /**
- * A remote virtio-blk disk. Promise-based; concurrent calls are spread over the connected
- * virtqueues (each of which pipelines up to its queue size).
+ * A remote virtio-blk disk. Promise-based, with callback entry points for reads and writes
+ * (submitRead, submitWrite) that allocate nothing per request; concurrent calls are spread
+ * over the connected virtqueues (each of which pipelines up to its queue size). Each request
+ * runs on a reusable slot of its own memory (BlockRequest) and of the device's (DeviceRequest).
  */
 export class BlockDevice {
   /** Capacity in bytes. */
@@ -64,6 +66,19 @@ export class BlockDevice {
   readonly readOnly: boolean;
   private readonly maxTransfer: number;
   private nextQueue = 0;
+  /** Block request slots not in use; one is made only when every slot is busy. */
+  private readonly freeSlots: BlockRequest[] = [];
+  private slotsMade = 0;
+  /** Where each slot's request ends (bound once). */
+  private readonly slotOwner: BlockRequestOwner = {
+    blockRequestEnded: (slot, err) => {
+      const status = slot.statusByte;
+      const failure = err ?? (status === BlkStatus.OK ? null : new BlockIoError(status, slot.at >= 0 ? `${slot.what} at ${slot.at}` : slot.what));
+      const callback = slot.release();
+      this.freeSlots.push(slot);
+      callback?.(failure);
+    },
+  };
 
   private constructor(
     readonly device: RemoteDevice,
@@ -169,42 +184,98 @@ export class BlockDevice {
     }
   }
 
-  private async submit(what: string, out: Buffer[], data: Buffer | null, flush = false): Promise<void> {
-    const status = Buffer.alloc(1, 0xff);
-    await this.device.request(this.queue(), out, data ? [data, status] : [status], { flush });
-    if (status[0] !== BlkStatus.OK) throw new BlockIoError(status[0]!, what);
+  /**
+   * One virtio-blk request on a slot: `extraOut` follows the header (data to write, a
+   * segment), `data` is read into. `callback` null: the slot's own promise is made and returned.
+   */
+  private submit(type: number, sector: number, extraOut: Buffer | null, data: Buffer | null, what: string, at: number, callback: BlockCallback | null, flush = false): Promise<Buffer | undefined> | undefined {
+    const slot = this.freeSlots.pop() ?? this.newSlot();
+    slot.start(type, sector, extraOut, data, what, at, flush, callback ?? slot.settle);
+    const done = callback ? undefined : new Promise<Buffer | undefined>(slot.executor);
+    this.device.submitRequest(this.queue(), slot.out, slot.in, flush, slot.onDone);
+    return done;
+  }
+
+  private newSlot(): BlockRequest {
+    this.slotsMade++;
+    return new BlockRequest(this.slotOwner);
+  }
+
+  /** Block request slots made (at most the most requests ever in flight at once) and free now. */
+  get requestSlots(): { made: number; free: number } {
+    return { made: this.slotsMade, free: this.freeSlots.length };
+  }
+
+  /** A request's promise, when it is made without a callback. */
+  private promised(type: number, sector: number, extraOut: Buffer | null, data: Buffer | null, what: string, at: number, flush = false): Promise<Buffer | undefined> {
+    return this.submit(type, sector, extraOut, data, what, at, null, flush)!;
   }
 
   /** Read `length` bytes (or fill `into`) starting at byte `offset`. */
-  async read(offset: number, lengthOrBuffer: number | Buffer): Promise<Buffer> {
-    const into = typeof lengthOrBuffer === 'number' ? Buffer.alloc(lengthOrBuffer) : lengthOrBuffer;
-    this.check(offset, into.length, 'read');
-    const parts: Promise<void>[] = [];
+  read(offset: number, lengthOrBuffer: number | Buffer): Promise<Buffer> {
+    let into: Buffer;
+    try {
+      into = typeof lengthOrBuffer === 'number' ? Buffer.alloc(lengthOrBuffer) : lengthOrBuffer;
+      this.check(offset, into.length, 'read');
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    if (into.length === 0) return Promise.resolve(into);
+    // One request (the common case): its slot's promise resolves with `into` itself.
+    if (into.length <= this.maxTransfer) return this.promised(BlkRequestType.IN, offset / SECTOR_SIZE, null, into, 'read', offset) as Promise<Buffer>;
+    const parts: Promise<unknown>[] = [];
     for (let pos = 0; pos < into.length; pos += this.maxTransfer) {
       const chunk = into.subarray(pos, Math.min(into.length, pos + this.maxTransfer));
-      const header = encodeRequestHeader(BlkRequestType.IN, BigInt((offset + pos) / SECTOR_SIZE));
-      parts.push(this.submit(`read at ${offset + pos}`, [header], chunk));
+      parts.push(this.promised(BlkRequestType.IN, (offset + pos) / SECTOR_SIZE, null, chunk, 'read', offset + pos));
     }
-    await Promise.all(parts);
-    return into;
+    return Promise.all(parts).then(() => into);
   }
 
-  async write(offset: number, data: Buffer): Promise<void> {
-    this.check(offset, data.length, 'write');
-    const parts: Promise<void>[] = [];
+  write(offset: number, data: Buffer): Promise<void> {
+    try {
+      this.check(offset, data.length, 'write');
+    } catch (err) {
+      return Promise.reject(err as Error);
+    }
+    if (data.length === 0) return Promise.resolve();
+    if (data.length <= this.maxTransfer) return this.promised(BlkRequestType.OUT, offset / SECTOR_SIZE, data, null, 'write', offset) as Promise<unknown> as Promise<void>;
+    const parts: Promise<unknown>[] = [];
     for (let pos = 0; pos < data.length; pos += this.maxTransfer) {
       const chunk = data.subarray(pos, Math.min(data.length, pos + this.maxTransfer));
-      const header = encodeRequestHeader(BlkRequestType.OUT, BigInt((offset + pos) / SECTOR_SIZE));
-      parts.push(this.submit(`write at ${offset + pos}`, [header, chunk], null));
+      parts.push(this.promised(BlkRequestType.OUT, (offset + pos) / SECTOR_SIZE, chunk, null, 'write', offset + pos));
     }
-    await Promise.all(parts);
+    return Promise.all(parts).then(() => {});
+  }
+
+  /**
+   * read() with a callback and no Promise: fills `into` from byte `offset`, then calls
+   * `callback` (never inside this call). Nothing is allocated per read of up to the largest
+   * transfer. Arguments out of range throw at once, as programming errors.
+   */
+  submitRead(offset: number, into: Buffer, callback: BlockCallback): void {
+    this.check(offset, into.length, 'read');
+    if (into.length > this.maxTransfer) {
+      this.read(offset, into).then(() => callback(null), callback);
+      return;
+    }
+    this.submit(BlkRequestType.IN, offset / SECTOR_SIZE, null, into, 'read', offset, callback);
+  }
+
+  /** write() with a callback and no Promise (see submitRead). */
+  submitWrite(offset: number, data: Buffer, callback: BlockCallback): void {
+    this.check(offset, data.length, 'write');
+    if (data.length > this.maxTransfer) {
+      this.write(offset, data).then(() => callback(null), callback);
+      return;
+    }
+    this.submit(BlkRequestType.OUT, offset / SECTOR_SIZE, data, null, 'write', offset, callback);
   }
 
   /** Make completed writes durable (VIRTIO_BLK_T_FLUSH; the target fdatasyncs). */
   async flush(): Promise<void> {
     if (!this.device.hasFeature(BlkFeature.FLUSH)) return;
     // The target syncs the whole backing file, so one request covers writes on every queue.
-    await this.submit('flush', [encodeRequestHeader(BlkRequestType.FLUSH, 0n)], null, true);
+    await this.promised(BlkRequestType.FLUSH, 0, null, null, 'flush', -1, true);
   }
 
   async discard(offset: number, length: number): Promise<void> {
@@ -222,11 +293,11 @@ export class BlockDevice {
   private async segmentRequests(type: number, offset: number, length: number, flags: number, what: string): Promise<void> {
     const maxKey = type === BlkRequestType.DISCARD ? BlkConfig.max_discard_sectors : BlkConfig.max_write_zeroes_sectors;
     const maxSectors = Number((await this.device.getConfig(maxKey, 4)).value) || 1;
-    const parts: Promise<void>[] = [];
+    const parts: Promise<unknown>[] = [];
     for (let pos = 0; pos < length; ) {
       const sectors = Math.min(maxSectors, (length - pos) / SECTOR_SIZE);
       const seg = encodeSegment(BigInt((offset + pos) / SECTOR_SIZE), sectors, flags);
-      parts.push(this.submit(`${what} at ${offset + pos}`, [encodeRequestHeader(type, 0n), seg], null));
+      parts.push(this.promised(type, 0, seg, null, what, offset + pos));
       pos += sectors * SECTOR_SIZE;
     }
     await Promise.all(parts);
@@ -235,7 +306,7 @@ export class BlockDevice {
   /** The device's serial (VIRTIO_BLK_T_GET_ID), without NUL padding. */
   async getId(): Promise<string> {
     const id = Buffer.alloc(ID_BYTES);
-    await this.submit('get id', [encodeRequestHeader(BlkRequestType.GET_ID, 0n)], id);
+    await this.promised(BlkRequestType.GET_ID, 0, null, id, 'get id', -1);
     const end = id.indexOf(0);
     return id.subarray(0, end < 0 ? ID_BYTES : end).toString('utf8');
   }

@@ -9,7 +9,10 @@ export interface CompletionReaderSink {
   expectedPayload(completion: Buffer): number | string;
   /** The buffers a VQ completion's payload goes into, in order (the connection checked their room). */
   payloadBuffers(completion: Buffer, length: number): readonly Buffer[] | string;
-  /** A complete response PDU; its payload, if any, is in the buffers given for it. */
+  /**
+   * A complete response PDU; its payload, if any, is in the buffers given for it. Like the
+   * other calls it gets the reader's one completion buffer, valid only during the call.
+   */
   completion(completion: Buffer): void;
   /** The stream cannot be trusted any more; called once, then nothing else. */
   fail(why: string): void;
@@ -31,6 +34,11 @@ const SCRATCH_SIZE = 64 * 1024;
  */
 export class CompletionReader {
   private readonly scratch = Buffer.allocUnsafeSlow(SCRATCH_SIZE);
+  /**
+   * The completion being delivered, copied out of the scratch (which moves under it): one
+   * buffer reused for every completion, so the sink may read it only while it is called.
+   */
+  private readonly header = Buffer.alloc(COMPLETION_SIZE);
   /** Unparsed received bytes are scratch[start, end). */
   private start = 0;
   private end = 0;
@@ -134,7 +142,9 @@ export class CompletionReader {
         continue;
       }
       if (this.end - this.start < COMPLETION_SIZE) return;
-      const completion = Buffer.from(this.scratch.subarray(this.start, this.start + COMPLETION_SIZE));
+      const completion = this.header;
+      // Four words rather than Buffer#copy, which makes a view of a partial source.
+      for (let k = 0; k < COMPLETION_SIZE; k += 4) completion.writeUInt32LE(this.scratch.readUInt32LE(this.start + k), k);
       this.start += COMPLETION_SIZE;
       const length = this.sink!.expectedPayload(completion);
       if (typeof length === 'string') return this.fail(length);

@@ -2,6 +2,10 @@ import type { Socket } from 'node:net';
 import type { InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
 import { CompletionReader } from './completion-reader.js';
 import { TickBatch } from './tick-batch.js';
+import { COMMAND_SIZE } from '../../protocol/constants.js';
+
+/** A VQ command with at most this many bytes, readable ones included, leaves in one write. */
+const GATHER_SIZE = 64;
 
 /**
  * Initiator end of one TCP connection: request PDUs out, response PDUs in. A completion is
@@ -25,6 +29,8 @@ export class TcpInitiatorConnection implements InitiatorConnection {
   private readonly reader: CompletionReader;
   /** Whether the reader is fed by onread (plain TCP, tcpReadOptions) or by 'data' events (TLS). */
   private readonly fedByOnread: boolean;
+  /** Per command id: where a small VQ command is gathered for one write (see gathered()). */
+  private readonly gather: Array<{ memory: Buffer; view: Buffer } | undefined> = [];
 
   /** `onreadReader`: the reader the socket was opened with through tcpReadOptions, if any. */
   constructor(
@@ -78,8 +84,35 @@ export class TcpInitiatorConnection implements InitiatorConnection {
   sendVq(command: Buffer, out: readonly Buffer[], _inBuffers: readonly Buffer[]): void {
     if (this.closed) throw new Error(`connection to ${this.peer} is closed`);
     this.batch.hold();
+    let small = COMMAND_SIZE;
+    for (let k = 0; k < out.length && small <= GATHER_SIZE; k++) small += out[k]!.length;
+    if (small <= GATHER_SIZE) {
+      // A command and its few readable bytes (a block request header) in one write.
+      this.socket.write(this.gathered(command, out, small));
+      return;
+    }
     this.socket.write(command);
     for (const b of out) if (b.length > 0) this.socket.write(b);
+  }
+
+  /**
+   * `command` and `out` copied into its command id's gather buffer. The buffer is the id's
+   * until the command completes, which is after the write has left: reused by the id's next
+   * command, as is the view of the last length written.
+   */
+  private gathered(command: Buffer, out: readonly Buffer[], length: number): Buffer {
+    const id = command.readUInt16LE(2);
+    let g = this.gather[id];
+    if (g === undefined) {
+      const memory = Buffer.alloc(GATHER_SIZE);
+      g = { memory, view: memory.subarray(0, 0) };
+      this.gather[id] = g;
+    }
+    command.copy(g.memory, 0, 0, COMMAND_SIZE);
+    let at = COMMAND_SIZE;
+    for (let k = 0; k < out.length; k++) at += out[k]!.copy(g.memory, at);
+    if (g.view.length !== length) g.view = g.memory.subarray(0, length);
+    return g.view;
   }
 
   private fail(err: Error): void {

@@ -1,0 +1,74 @@
+// A vof target in a worker thread (its own V8 isolate and heap) serving a virtio-blk disk from
+// memory: a test in the main thread then measures the initiator's heap alone, and asks this
+// worker for the target's over the same window. Runs the compiled dist/ (test/global-setup.ts
+// builds it before any test file).
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parentPort, workerData } from 'node:worker_threads';
+import { FileBlockExport, VofTarget, silentLogger } from '../../dist/index.js';
+import { HeapWindow } from '../../dist/bench/per-io.js';
+
+const { size } = workerData;
+const dir = mkdtempSync(join(tmpdir(), 'vof-memtarget-'));
+const path = join(dir, 'disk.img');
+writeFileSync(path, Buffer.alloc(size));
+// Every 4 KiB block starts with its own byte offset, so a read can check what it got.
+const image = Buffer.alloc(size);
+for (let i = 0; i < size; i += 4096) image.writeUInt32LE(i, i);
+const real = await FileBlockExport.open(path);
+
+/** The file disk's config space, features and queues; reads and writes served from `image`. */
+const memoryDisk = {
+  description: 'in-memory disk',
+  close: () => real.close(),
+  createInstance(limits) {
+    const inner = real.createInstance(limits);
+    // A plain delegating object: no Proxy, whose bound methods would cost per request.
+    return {
+      deviceId: inner.deviceId,
+      vendorId: inner.vendorId,
+      features: inner.features,
+      numQueues: inner.numQueues,
+      maxRequestBytes: inner.maxRequestBytes,
+      configSize: inner.configSize,
+      maxQueueSize: (vq) => inner.maxQueueSize(vq),
+      readConfig: (o, b) => inner.readConfig(o, b),
+      writeConfig: (o, b, v) => inner.writeConfig(o, b, v),
+      configGeneration: () => inner.configGeneration(),
+      onConfigChange: (l) => inner.onConfigChange(l),
+      setDriverFeatures: (f) => inner.setDriverFeatures(f),
+      reset: () => inner.reset(),
+      destroy: () => inner.destroy(),
+      handleRequest(vq, readable, writable, cancel) {
+        if (readable.length < 16 || writable.length < 1) return inner.handleRequest(vq, readable, writable, cancel);
+        const type = readable.readUInt32LE(0);
+        const at = (readable.readUInt32LE(8) + readable.readUInt32LE(12) * 2 ** 32) * 512;
+        if (type === 0 && at + writable.length - 1 <= image.length) {
+          image.copy(writable, 0, at, at + writable.length - 1);
+          writable[writable.length - 1] = 0;
+          return Promise.resolve(writable.length);
+        }
+        return inner.handleRequest(vq, readable, writable, cancel);
+      },
+    };
+  },
+};
+
+const target = new VofTarget({ log: silentLogger });
+target.addDevice('mem', memoryDisk);
+const url = await target.listen('tcp://127.0.0.1:0');
+const heap = new HeapWindow();
+parentPort.on('message', async (m) => {
+  if (m === 'start') {
+    heap.start();
+    parentPort.postMessage({ started: true });
+  } else if (m === 'stop') {
+    parentPort.postMessage({ heap: heap.stop() });
+  } else if (m === 'close') {
+    await target.close();
+    rmSync(dir, { recursive: true, force: true });
+    parentPort.postMessage({ closed: true });
+  }
+});
+parentPort.postMessage({ url: `${url}/mem` });
