@@ -27,6 +27,9 @@ import { VofConnectionError, VofError, VofRedirectError, VofResumeError } from '
 /** Reads `length` config bytes at `offset` (a consistent snapshot; see RemoteDevice.readConfig). */
 export type ConfigReader = (offset: number, length: number) => Promise<Buffer>;
 
+/** The IVQN an initiator presents when it is not given one (documented in docs/CLI.md and LIBRARY.md). */
+export const DEFAULT_IVQN = 'vof-initiator';
+
 export interface ConnectOptions extends ReconnectOptions {
   /** This initiator's VQN (default "vof-initiator"). */
   readonly ivqn?: string;
@@ -264,7 +267,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   static async connect(url: string, options: ConnectOptions = {}): Promise<RemoteDevice> {
     parseDeviceUrl(url);
     const log = options.log ?? defaultLogger();
-    const ivqn = options.ivqn ?? 'vof-initiator';
+    const ivqn = options.ivqn ?? DEFAULT_IVQN;
     RemoteDevice.checkKeepaliveSettings(url, options, log);
     const path = await connectControlPath(url, { ivqn, log, ...pathOpts(options) });
     const dev = new RemoteDevice(url, ivqn, path, options, log);

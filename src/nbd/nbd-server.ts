@@ -94,7 +94,10 @@ export class NbdServer {
     const maxBytes = Math.max(this.export.blockSizes.maximum, options.maxBytesPerConnection ?? 64 * 1024 * 1024);
     this.limits = { maxRequests, maxBytes };
     this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
-    this.server.on('error', (err) => this.log.error(`nbd server: ${err.message}`));
+    // A listen() failure is its caller's to report (it rejects): logging it here too printed it twice.
+    this.server.on('error', (err) => {
+      if (this.server.listening) this.log.error(`nbd server: ${err.message}`);
+    });
   }
 
   get connectionCount(): number {
