@@ -3,6 +3,7 @@
 // from prebuilds/ if one loads here, else a node-gyp build against rdma-core. It never fails the
 // install: without rdma-core the TCP transport works, and the RDMA transport says at use what to
 // install (src/transport/rdma/native-binding.ts).
+import { fileURLToPath } from 'node:url';
 import { addonHeadersPresent, addonLoadError, nodeGypRebuild } from './addon.mjs';
 
 if (process.env.VOF_SKIP_ADDON === '1') {
@@ -17,7 +18,9 @@ if (addonLoadError() === null) {
 // nothing usable yet: build it
 
 const HEADERS_MISSING =
-  'vof: rdma-core development files are missing: install libibverbs-dev librdmacm-dev (Debian/Ubuntu) or rdma-core-devel (Fedora/RHEL), then `npm rebuild vof`.';
+  'vof: rdma-core development files are missing: install libibverbs-dev librdmacm-dev (Debian/Ubuntu) or rdma-core-devel (Fedora/RHEL), ' +
+  // This script by its path: `npm rebuild vof` does nothing in a checkout, where vof is the root package.
+  `then \`node ${fileURLToPath(import.meta.url)}\`.`;
 
 // Without rdma-core's headers a build cannot succeed, and on a fresh machine without a compiler
 // node-gyp would only complain about the compiler: name the real missing piece first.

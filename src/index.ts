@@ -21,7 +21,7 @@ export { BlockDevice, BlockIoError, type BlockDeviceOptions } from './devices/bl
 export * from './devices/blk/blk-constants.js';
 export { createLogger, silentLogger, type Logger } from './util/log.js';
 export { listRdmaDevices } from './transport/rdma/rdma-devices.js';
-export { RdmaUnavailableError, type DeviceInfo as RdmaDeviceInfo, type PortInfo as RdmaPortInfo } from './transport/rdma/native-binding.js';
+export { RdmaUnavailableError, nativeBinding, type DeviceInfo as RdmaDeviceInfo, type PortInfo as RdmaPortInfo } from './transport/rdma/native-binding.js';
 export { EntropyExport, type EntropyOptions } from './devices/rng/entropy-export.js';
 export { EntropyDevice } from './devices/rng/entropy-device.js';
 export { AdminClient, AdminError, formatAdminStatus } from './initiator/admin-client.js';

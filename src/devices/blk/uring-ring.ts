@@ -1,4 +1,4 @@
-import { loadNativeAddon } from '../../util/native-addon.js';
+import { addonBuildCommand, loadNativeAddon } from '../../util/native-addon.js';
 import { fileIoError, shortTransferError } from './file-io-error.js';
 
 /** The addon's io_uring (native/file_ring.cc): flat numbers and typed arrays in, flat pairs out. */
@@ -187,7 +187,7 @@ export function sharedUringRing(): UringRing | Error {
     return shared;
   }
   if (typeof ctor !== 'function') {
-    shared = new Error('vof\'s native addon predates io_uring support (rebuild it: npm rebuild vof)');
+    shared = new Error(`vof's native addon predates io_uring support (rebuild it: ${addonBuildCommand()})`);
     return shared;
   }
   try {

@@ -1,4 +1,4 @@
-import { loadNativeAddon } from '../../util/native-addon.js';
+import { addonBuildCommand, loadNativeAddon } from '../../util/native-addon.js';
 
 /**
  * Types of the native addon (native/*.cc) and its loader. The binding is verb-shaped: every
@@ -218,7 +218,7 @@ export function nativeBinding(): NativeBinding {
     throw new RdmaUnavailableError(
       `the RDMA transport needs vof's native addon and rdma-core (${why}). ` +
         'Install the Debian/Ubuntu packages libibverbs1 librdmacm1 ibverbs-providers to use a prebuilt addon, ' +
-        'or libibverbs-dev librdmacm-dev g++ make python3 and run `npm rebuild vof` to build it.',
+        `or libibverbs-dev librdmacm-dev g++ make python3 and run \`${addonBuildCommand()}\` to build it.`,
       { cause: err },
     );
   }
