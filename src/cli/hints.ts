@@ -16,7 +16,7 @@ export function errorHint(err: Error, argv: readonly string[]): string | undefin
   if (/alert|handshake|SSL|TLS|certificate|self[- ]signed|psk/i.test(text) && tlsUrl) {
     return 'the TLS handshake failed: check --tls-psk FILE (and --tls-psk-identity) or --tls-ca FILE (and --tls-servername) against the target\'s --tls-* settings';
   }
-  if (tcpUrl && /connection closed|ECONNRESET|socket hang up|closed the connection/i.test(text)) {
+  if (tcpUrl && (err.name === 'VofConnectionError' || /ECONNRESET/.test(text)) && /closed|ECONNRESET|hang up/i.test(text)) {
     return 'the target closed the connection: is this a tls:// listener? (then use tls://… with --tls-psk or --tls-ca)';
   }
   return undefined;
