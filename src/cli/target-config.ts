@@ -85,10 +85,10 @@ export const targetConfigSchema = z
     log: z.enum(LOG_LEVELS).optional().meta({ description: 'log level', default: 'info' }),
     quotas: z
       .strictObject({
-        instancesPerExport: z.number().int().min(1).max(1_000_000).optional().meta({ default: DEFAULT_QUOTAS.instancesPerExport }),
-        instancesPerIvqn: z.number().int().min(1).max(1_000_000).optional().meta({ default: DEFAULT_QUOTAS.instancesPerIvqn }),
-        unboundConnections: z.number().int().min(1).max(1_000_000).optional().meta({ default: DEFAULT_QUOTAS.unboundConnections }),
-        unboundPerHost: z.number().int().min(1).max(1_000_000).optional().meta({ default: DEFAULT_QUOTAS.unboundPerHost }),
+        instancesPerExport: z.number().int().min(1).max(1_000_000).optional().meta({ description: 'live instances of one export (ENODEV beyond)', default: DEFAULT_QUOTAS.instancesPerExport }),
+        instancesPerIvqn: z.number().int().min(1).max(1_000_000).optional().meta({ description: 'live instances of one export per IVQN', default: DEFAULT_QUOTAS.instancesPerIvqn }),
+        unboundConnections: z.number().int().min(1).max(1_000_000).optional().meta({ description: 'connections without a Connect in total; beyond, the oldest is closed', default: DEFAULT_QUOTAS.unboundConnections }),
+        unboundPerHost: z.number().int().min(1).max(1_000_000).optional().meta({ description: 'connections without a Connect per peer host', default: DEFAULT_QUOTAS.unboundPerHost }),
       })
       .optional()
       .meta({ description: 'quotas (as the --max-* flags)' }),
