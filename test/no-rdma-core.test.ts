@@ -68,5 +68,9 @@ describe('install and use without rdma-core headers', () => {
     expect(r.stdout).toMatch(/^rdma RdmaUnavailableError the RDMA transport needs vof's native addon and rdma-core .*libibverbs-dev librdmacm-dev/m);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/^vof: RdmaUnavailableError: .*node \S*scripts\/build-addon\.mjs/m);
+    // --json promises JSON on stdout, the failure included.
+    const json = inDir('node dist/cli/main.js devices --json');
+    expect(json.status).toBe(1);
+    expect(JSON.parse(json.stdout).error).toMatch(/^RdmaUnavailableError: the RDMA transport needs vof's native addon/);
   });
 });
