@@ -11,7 +11,7 @@ export { AccessPolicy, parseAllowEntry, type AllowEntry, type AllowSpec } from '
 export { DEFAULT_QUOTAS, type QuotaLimits } from './target/quotas.js';
 export { quotePeerString } from './util/escape.js';
 export type { DeviceExport, InstanceLimits, RequestCancel, VirtioDeviceInstance } from './target/device.js';
-export { RemoteDevice, connect, type ConnectOptions } from './initiator/remote-device.js';
+export { RemoteDevice, connect, DEFAULT_IVQN, type ConnectOptions } from './initiator/remote-device.js';
 export { QueueClient } from './initiator/queue-client.js';
 export { VofError, VofConnectionError, VofRedirectError, VofResumeError } from './initiator/vof-error.js';
 export type { DeviceState, ReconnectOptions } from './initiator/reconnect-policy.js';

@@ -1,4 +1,4 @@
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -116,6 +116,8 @@ describe('vof CLI usage: help, unknown flags, usage errors', () => {
     try {
       expect(t.urls).toHaveLength(1);
       expect(t.stderr()).toMatch(/exporting .* as "d"/);
+      // Which file I/O, and why, in one info line.
+      expect(t.stderr()).toMatch(/ info +file I\/O: (io_uring|libuv thread pool) \(.+\); mode (auto|uring|libuv) from (the default|VOF_FILE_IO)$/m);
     } finally {
       await t.stop();
     }
@@ -159,6 +161,11 @@ describe('vof CLI usage: help, unknown flags, usage errors', () => {
     expect(r.status).toBe(2);
     expect(r.stderr).toMatch(/unknown admin command "queus" \(did you mean queues\?\)/);
     expect(r.stderr).not.toMatch(/ECONNREFUSED/);
+  });
+
+  it('docs/CLI.md shows `vof help` verbatim', () => {
+    const doc = readFileSync(new URL('../docs/CLI.md', import.meta.url), 'utf8');
+    expect(doc).toContain(`\`\`\`\n${vof(['help']).stdout}\`\`\``);
   });
 
   it('the library exports what docs/LIBRARY.md and docs/RDMA.md use', async () => {

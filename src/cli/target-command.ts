@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises';
 import { FileBlockExport } from '../devices/blk/file-block-export.js';
-import { chooseFileIo, defaultFileIoMode, parseFileIoMode, type FileIoChoice } from '../devices/blk/file-io.js';
+import { chooseFileIo, defaultFileIoMode, parseFileIoMode, type FileIoChoice, type FileIoMode } from '../devices/blk/file-io.js';
 import { EntropyExport } from '../devices/rng/entropy-export.js';
 import { VofTarget } from '../target/target.js';
 import { createLogger } from '../util/log.js';
@@ -200,14 +200,18 @@ export async function runTarget(argv: string[]): Promise<number> {
   const connectTimeoutMs = parseIntOption(values['connect-timeout'], 'connect-timeout', 0, 3600000) ?? cfg.connectTimeoutMs;
   const sendStallTimeoutMs = parseIntOption(values['send-timeout'], 'send-timeout', 0, 3600000) ?? cfg.sendTimeoutMs;
   let fileIo: FileIoChoice | undefined;
+  let mode: FileIoMode;
   if (blks.length > 0) {
     try {
       const asked = values['file-io'] ?? cfg.fileIo;
-      fileIo = chooseFileIo(asked === undefined ? defaultFileIoMode() : parseFileIoMode(asked, values['file-io'] !== undefined ? '--file-io' : '--config "fileIo"'), log);
+      mode = asked === undefined ? defaultFileIoMode() : parseFileIoMode(asked, values['file-io'] !== undefined ? '--file-io' : '--config "fileIo"');
+      fileIo = chooseFileIo(mode, log);
     } catch (err) {
       throw new CliError((err as Error).message);
     }
-    log.info(fileIo.description);
+    // Which I/O and why: the backend's own reason, and where the mode came from.
+    const from = values['file-io'] !== undefined ? '--file-io' : cfg.fileIo !== undefined ? '--config "fileIo"' : process.env['VOF_FILE_IO'] ? 'VOF_FILE_IO' : 'the default';
+    log.info(`${fileIo.description}; mode ${mode} from ${from}`);
   }
   const inlineDataBytes = parseIntOption(values['inline-data'], 'inline-data', 0, MAX_INLINE_DATA_SIZE) ?? cfg.inlineDataBytes;
   if (inlineDataBytes !== undefined && (!Number.isInteger(inlineDataBytes) || inlineDataBytes < 0 || inlineDataBytes > MAX_INLINE_DATA_SIZE)) {
