@@ -36,7 +36,7 @@ describe('vof target: access settings on the command line and in --config', () =
 
   it('bad quotas and allow entries are usage errors', async () => {
     const q = await vof(['target', '--config', config('q.json', { listen: ['tcp://127.0.0.1:0'], blk: [{ tvqn: 'd', path: disk }], quotas: { instancesPerExport: 0 } })]);
-    expect([q.status, q.stderr]).toEqual([2, expect.stringMatching(/quota instancesPerExport must be a positive integer/)]);
+    expect([q.status, q.stderr]).toEqual([2, expect.stringMatching(/quotas\.instancesPerExport: expected at least 1, got 0/)]);
     const f = await vof(['target', '--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk}`, '--max-unbound', 'lots']);
     expect([f.status, f.stderr]).toEqual([2, expect.stringMatching(/--max-unbound must be an integer/)]);
     const a = await vof(['target', '--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk}`, '--allow', 'host-a@']);
