@@ -11,7 +11,7 @@ export { AccessPolicy, parseAllowEntry, type AllowEntry, type AllowSpec } from '
 export { DEFAULT_QUOTAS, type QuotaLimits } from './target/quotas.js';
 export { quotePeerString } from './util/escape.js';
 export type { DeviceExport, InstanceLimits, RequestCancel, VirtioDeviceInstance } from './target/device.js';
-export { RemoteDevice, connect, type ConnectOptions } from './initiator/remote-device.js';
+export { RemoteDevice, connect, DEFAULT_IVQN, type ConnectOptions } from './initiator/remote-device.js';
 export { QueueClient } from './initiator/queue-client.js';
 export { VofError, VofConnectionError, VofRedirectError, VofResumeError, VofAuthError } from './initiator/vof-error.js';
 export type { DeviceState, ReconnectOptions } from './initiator/reconnect-policy.js';
@@ -21,7 +21,7 @@ export { BlockDevice, BlockIoError, type BlockDeviceOptions } from './devices/bl
 export * from './devices/blk/blk-constants.js';
 export { createLogger, silentLogger, type Logger } from './util/log.js';
 export { listRdmaDevices } from './transport/rdma/rdma-devices.js';
-export { RdmaUnavailableError, type DeviceInfo as RdmaDeviceInfo, type PortInfo as RdmaPortInfo } from './transport/rdma/native-binding.js';
+export { RdmaUnavailableError, nativeBinding, type DeviceInfo as RdmaDeviceInfo, type PortInfo as RdmaPortInfo } from './transport/rdma/native-binding.js';
 export { EntropyExport, type EntropyOptions } from './devices/rng/entropy-export.js';
 export { EntropyDevice } from './devices/rng/entropy-device.js';
 export { AdminClient, AdminError, formatAdminStatus } from './initiator/admin-client.js';

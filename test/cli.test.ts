@@ -1,5 +1,6 @@
-import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, openSync, readFileSync, readdirSync, statSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { VOF_CLI, startTarget as start, type StartedTarget } from '../scripts/start-target.mjs';
@@ -37,9 +38,16 @@ describe('vof CLI', () => {
     expect(r.status, r.stderr).toBe(0);
     const info = JSON.parse(r.stdout);
     expect(info.deviceId).toBe(2);
-    expect(info.vendorId).toBe(0x1af4);
+    // Hex as in the text output; sizes as numbers, not strings.
+    expect(info.vendorId).toBe('0x1af4');
     expect(info.queueSizes).toEqual([128, 128]);
-    expect(info.blk.capacityBytes).toBe(String(4 * 1024 * 1024));
+    expect(info.blk.capacityBytes).toBe(4 * 1024 * 1024);
+    expect(info.blk.capacitySectors).toBe(8192);
+    // A one-shot command does not warn about its own choices (it said "keepalive disabled").
+    expect(r.stderr).toBe('');
+    const text = vof(['info', `${target.urls[1]}/cli-disk`, '--ivqn', 'cli-user']);
+    expect([text.status, text.stderr]).toEqual([0, '']);
+    expect(text.stdout).toMatch(/^vendor id {7}0x1af4$/m);
     expect(info.deviceFeatures.names).toContain('VIRTIO_F_VERSION_1');
   });
 
@@ -61,7 +69,7 @@ describe('vof CLI', () => {
       process.stderr.write('\nnote: the RDMA addon does not load here; checking that `vof devices` says what to install\n');
       expect(r.status).toBe(1);
       expect(r.stdout).toBe('');
-      expect(r.stderr).toMatch(/^vof: RdmaUnavailableError: .*libibverbs-dev librdmacm-dev.*npm rebuild vof/m);
+      expect(r.stderr).toMatch(/^vof: RdmaUnavailableError: .*libibverbs-dev librdmacm-dev.*node \S*scripts\/build-addon\.mjs/m);
       return;
     }
     expect(r.status, r.stderr).toBe(0);
@@ -72,10 +80,21 @@ describe('vof CLI', () => {
     }
   });
 
-  it('vof info for a refused initiator fails with the status name', () => {
+  it('vof info for a refused initiator fails with the status name and what it means', () => {
     const r = vof(['info', `${target.urls[0]}/cli-disk`, '--ivqn', 'nobody']);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/EACLREJECTED \(0x1003\)/);
+    expect(r.stderr).toMatch(/^vof: hint: unknown TVQN or IVQN not allowed; see --ivqn/m);
+    const dflt = vof(['info', `${target.urls[0]}/cli-disk`]);
+    expect(dflt.stderr).toMatch(/^vof: hint: .*the default IVQN "vof-initiator"/m);
+  });
+
+  it('vof admin queues --json names roles and transports as the table does; no keepalive warning', () => {
+    const r = vof(['admin', `${target.urls[0]}/cli-disk`, 'queues', '--json', '--ivqn', 'cli-user']);
+    expect([r.status, r.stderr]).toEqual([0, '']);
+    const qs = JSON.parse(r.stdout) as Array<{ role: unknown; transport: unknown }>;
+    expect(qs.map((q) => q.role)).toContain('control');
+    expect(qs.every((q) => q.transport === 'tcp')).toBe(true);
   });
 
   it('vof cp copies a file up and the disk back down', () => {
@@ -90,6 +109,7 @@ describe('vof CLI', () => {
     const down = `${scratch.dir}/down.bin`;
     const dl = vof(['cp', `${target.urls[0]}/cli-disk`, down, '--ivqn', 'cli-user', '--json']);
     expect(dl.status, dl.stderr).toBe(0);
+    expect(dl.stderr).toBe(''); // --json: no progress bar
     expect(JSON.parse(dl.stdout).bytes).toBe(4 * 1024 * 1024);
     const got = readFileSync(down);
     expect(got.subarray(0, data.length).equals(data)).toBe(true);
@@ -123,7 +143,7 @@ describe('vof CLI', () => {
       const r = vof(['info', `${t.urls[0]}/cfg-disk`, '--ivqn', 'cfg-user', '--json']);
       expect(r.status, r.stderr).toBe(0);
       const info = JSON.parse(r.stdout);
-      expect(info.blk.capacityBytes).toBe(String(2 * 1024 * 1024));
+      expect(info.blk.capacityBytes).toBe(2 * 1024 * 1024);
       expect(info.blk.readOnly).toBe(false);
       expect(info.config.slice(0, 16)).toBe('0010000000000000'); // capacity 4096 sectors, le64
       const down = `${scratch.dir}/cfg-down.bin`;
@@ -139,7 +159,7 @@ describe('vof CLI', () => {
     }
   });
 
-  it('a ,ro export: info shows readOnly, and vof cp onto it fails with IOERR and writes nothing', async () => {
+  it('a ,ro export: info shows readOnly, and vof cp onto it says so before writing anything', async () => {
     const roDisk = `${scratch.dir}/ro.img`;
     writeFileSync(roDisk, Buffer.alloc(1024 * 1024, 0x5a));
     const t = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `ro-disk=${roDisk},ro`], 1);
@@ -155,7 +175,8 @@ describe('vof CLI', () => {
       writeFileSync(src, Buffer.alloc(64 * 1024, 0x11));
       const up = vof(['cp', src, `${t.urls[0]}/ro-disk`]);
       expect(up.status, up.stderr).toBe(1);
-      expect(up.stderr).toMatch(/^vof: .*write at \d+: IOERR$/m);
+      expect(up.stderr).toMatch(/^vof: tcp:\/\/.*\/ro-disk is exported read-only \(VIRTIO_BLK_F_RO\): nothing was written$/m);
+      expect(up.stderr).not.toMatch(/IOERR|%/); // refused before the first write (no progress bar)
       expect(up.stderr).not.toMatch(/^\s+at /m); // a message, not a stack trace
       expect(up.stdout).not.toMatch(/copied/);
       expect(readFileSync(roDisk).every((x) => x === 0x5a)).toBe(true);
@@ -181,5 +202,78 @@ describe('vof CLI', () => {
     const code = await t.stop();
     expect(code).toBe(0);
     expect(t.stderr()).toMatch(/SIGTERM: shutting down/);
+  });
+
+  it('vof cp keeps a sparse disk sparse when downloading, and zero runs go as WRITE_ZEROES when uploading', async () => {
+    const size = 16 * 1024 * 1024;
+    const sparseDisk = `${scratch.dir}/sparse.img`;
+    // 16 MiB, data only in its first and last 64 KiB; the rest is a hole.
+    writeFileSync(sparseDisk, '');
+    truncateSync(sparseDisk, size);
+    const head = Buffer.alloc(65536, 0x41);
+    const tail = Buffer.alloc(65536, 0x42);
+    const fd = openSync(sparseDisk, 'r+');
+    writeSync(fd, head, 0, head.length, 0);
+    writeSync(fd, tail, 0, tail.length, size - tail.length);
+    closeSync(fd);
+    // A destination full of 0xff: zero blocks of the source must become zeros, not be skipped.
+    writeFileSync(`${scratch.dir}/full.img`, Buffer.alloc(size, 0xff));
+    const t2 = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `sp=${sparseDisk}`, '--blk', `full=${scratch.dir}/full.img`], 1);
+    try {
+      const down = `${scratch.dir}/sparse-down.img`;
+      const dl = vof(['cp', `${t2.urls[0]}/sp`, down]);
+      expect(dl.status, dl.stderr).toBe(0);
+      const st = statSync(down);
+      expect(st.size).toBe(size);
+      // Allocated: the two 64 KiB pieces (plus file system slack), far below 16 MiB.
+      expect(st.blocks * 512).toBeLessThan(1024 * 1024);
+      expect(readFileSync(down).equals(readFileSync(sparseDisk))).toBe(true);
+      const up = vof(['cp', sparseDisk, `${t2.urls[0]}/full`]);
+      expect(up.status, up.stderr).toBe(0);
+      expect(readFileSync(`${scratch.dir}/full.img`).equals(readFileSync(sparseDisk))).toBe(true);
+    } finally {
+      await t2.stop();
+    }
+  });
+
+  it('SIGINT during vof cp: exit 130 and a message that the destination is incomplete', async () => {
+    // A "target" that accepts and never answers: cp is certainly still running at the signal.
+    const silent = createServer(() => {});
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    const port = (silent.address() as AddressInfo).port;
+    try {
+      const child = spawn(process.execPath, [...VOF, 'cp', `tcp://127.0.0.1:${port}/x`, `${scratch.dir}/never.img`], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d) => (stderr += d));
+      const accepted = new Promise((r) => silent.once('connection', r));
+      await accepted;
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      child.kill('SIGINT');
+      expect(await exited).toBe(130);
+      expect(stderr).toMatch(/^vof: interrupted: .*never\.img is incomplete/m);
+    } finally {
+      silent.close();
+    }
+  });
+
+  it('TLS failures carry a hint: a wrong PSK, and tcp:// to a tls:// listener', async () => {
+    const psk = `${scratch.dir}/psk.txt`;
+    const other = `${scratch.dir}/psk-other.txt`;
+    writeFileSync(psk, `id1:${'ab'.repeat(32)}\n`);
+    writeFileSync(other, `id1:${'cd'.repeat(32)}\n`);
+    const t = await startTarget(['--listen', 'tls://127.0.0.1:0', '--tls-psk', psk, '--blk', `d=${disk},ro`], 1);
+    try {
+      const port = t.urls[0]!.split(':').pop();
+      const wrong = vof(['info', `tls://127.0.0.1:${port}/d`, '--tls-psk', other]);
+      expect(wrong.status).toBe(1);
+      expect(wrong.stderr).toMatch(/^vof: hint: the TLS handshake failed: check --tls-psk FILE .*--tls-ca FILE/m);
+      const plain = vof(['info', `tcp://127.0.0.1:${port}/d`]);
+      expect(plain.status).toBe(1);
+      expect(plain.stderr).toMatch(/^vof: hint: .*is this a tls:\/\/ listener\?/m);
+      const ok = vof(['info', `tls://127.0.0.1:${port}/d`, '--tls-psk', psk]);
+      expect(ok.status, ok.stderr).toBe(0);
+    } finally {
+      await t.stop();
+    }
   });
 });

@@ -79,6 +79,10 @@ describe('install and use without rdma-core headers', () => {
     expect(r.stdout).toMatch(/^rdma RdmaUnavailableError the RDMA transport was not compiled into vof's native addon: .*libibverbs-dev librdmacm-dev, then run `npm rebuild`/m);
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/^vof: RdmaUnavailableError: .*then run `npm rebuild` \(in the project vof is installed in, or in a checkout of vof\)/m);
+    // --json promises JSON on stdout, the failure included.
+    const json = inDir('node dist/cli/main.js devices --json');
+    expect(json.status).toBe(1);
+    expect(JSON.parse(json.stdout).error).toMatch(/^RdmaUnavailableError: the RDMA transport was not compiled into vof's native addon/);
   });
 });
 

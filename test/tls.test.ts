@@ -225,7 +225,7 @@ describe('vof CLI over tls://', () => {
     const url = `${target.urls[0]}/tls-disk`;
     const viaPsk = await vof(['info', url, '--ivqn', 'host-a', '--tls-psk', join(DIR, 'psk.txt'), '--tls-psk-identity', 'id-a', '--json']);
     expect(viaPsk.status, viaPsk.stderr).toBe(0);
-    expect(JSON.parse(viaPsk.stdout).blk.capacityBytes).toBe(String(2 * MiB));
+    expect(JSON.parse(viaPsk.stdout).blk.capacityBytes).toBe(2 * MiB);
     const viaCert = await vof(['info', url, '--ivqn', 'host-a', '--tls-ca', join(DIR, 'ca.crt'), '--tls-cert', join(DIR, 'host-a.crt'), '--tls-key', join(DIR, 'host-a.key')]);
     expect(viaCert.status, viaCert.stderr).toBe(0);
     expect(viaCert.stdout).toMatch(/^device +tls:\/\/127\.0\.0\.1:\d+\/tls-disk$/m);

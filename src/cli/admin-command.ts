@@ -1,10 +1,9 @@
-import { parseArgs } from 'node:util';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
 import { AUTH_CLIENT_OPTIONS, clientAuthSettings } from './auth-options.js';
-import { REDIRECT_OPTIONS, redirectSettings } from './reconnect-options.js';
-import { RemoteDevice } from '../initiator/remote-device.js';
 import { AdminError } from '../initiator/admin-client.js';
 import { AdminStatusType } from '../protocol/admin-command.js';
+import { REDIRECT_OPTIONS, redirectSettings } from './reconnect-options.js';
+import { RemoteDevice } from '../initiator/remote-device.js';
 import {
   AdminTransportStatus,
   QueueRole,
@@ -18,21 +17,41 @@ import { escapePeerText, jsonForTerminal, quotePeerString } from '../util/escape
 import { createLogger } from '../util/log.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { formatTable } from './table.js';
+import { closest, parseCommand, usage, type CommandSpec } from './options.js';
+import { IVQN_OPTION, URL_HELP } from './client-options.js';
 
-const USAGE = `usage: vof admin URL/TVQN COMMAND [ARGS] [--ivqn IVQN] [--json] [--tls-* ...]
-commands:
-  commands                      the classes and commands the device serves
-  log [--skip N] [--max N]      the error log, newest first: this instance's entries, or
-                                the whole export's with the admin grant
-  health [--samples N]          run the health test (virtio-blk: read-verify of N blocks)
-  queues                        this instance's queues with their counters
-  formats                       virtio-blk: the supported formats
-  format SIZE [--pi BYTES]      virtio-blk: format to logical block size SIZE (512, 4096) *
-  reset-counters                zero the queue counters *
-  clear-log                     empty the export's error log *
-  raw CLASS COMMAND [HEX]       send any command, print the status and result bytes
-* export-wide: the target must grant the IVQN (vof target --admin IVQN[@IDENTITY], or "admin"
-  in its --config); otherwise refused with TRANSPORT_SPECIFIC ACL_REJECTED.`;
+/** The admin commands and their arguments: checked before connecting, listed in --help. */
+const ADMIN_COMMANDS: Record<string, { args: string; desc: string }> = {
+  commands: { args: '', desc: 'the classes and commands the device serves' },
+  log: { args: '[--skip N] [--max N]', desc: "the error log, newest first: this instance's entries, or the export's with the grant" },
+  health: { args: '[--samples N]', desc: 'run the health test (virtio-blk: read-verify of N blocks)' },
+  queues: { args: '', desc: 'this instance\'s queues with their counters' },
+  formats: { args: '', desc: 'virtio-blk: the supported formats' },
+  format: { args: 'SIZE [--pi BYTES]', desc: 'virtio-blk: format to logical block size SIZE (512, 4096) *' },
+  'reset-counters': { args: '', desc: 'zero the queue counters *' },
+  'clear-log': { args: '', desc: "empty the export's error log *" },
+  raw: { args: 'CLASS COMMAND [HEX]', desc: 'send any command, print the status and result bytes' },
+};
+
+export const ADMIN_COMMAND = {
+  name: 'admin',
+  args: 'URL/TVQN COMMAND [ARGS]',
+  summary: 'Send one admin command over the device\'s admin virtqueue and print the answer.',
+  details: `${URL_HELP}\ncommands:\n${Object.entries(ADMIN_COMMANDS)
+    .map(([n, c]) => `  ${`${n} ${c.args}`.padEnd(30)}${c.desc}`)
+    .join('\n')}\n* export-wide: the target must grant the IVQN (vof target --admin IVQN[@IDENTITY], or "admin" in\n  its --config); otherwise refused with TRANSPORT_SPECIFIC ACL_REJECTED.`,
+  options: {
+    ...IVQN_OPTION,
+    json: { type: 'boolean', desc: 'print JSON (queue roles and transports by name, as in the table)' },
+    skip: { type: 'string', arg: 'N', desc: 'log: skip the N newest entries' },
+    max: { type: 'string', arg: 'N', desc: 'log: at most N entries (0: all)' },
+    samples: { type: 'string', arg: 'N', desc: 'health: how many blocks to check (0: the device\'s default)' },
+    pi: { type: 'string', arg: 'BYTES', desc: 'format: protection-information bytes per block (default 0)' },
+    ...REDIRECT_OPTIONS,
+    ...TLS_CLIENT_OPTIONS,
+    ...AUTH_CLIENT_OPTIONS,
+  },
+} as const satisfies CommandSpec;
 
 const roleNames = { [QueueRole.CONTROL]: 'control', [QueueRole.VIRTQUEUE]: 'virtqueue', [QueueRole.ADMIN]: 'admin' } as Record<number, string>;
 const transportNames = { [QueueTransport.TCP]: 'tcp', [QueueTransport.RDMA]: 'rdma' } as Record<number, string>;
@@ -43,31 +62,23 @@ function replacer(_k: string, v: unknown): unknown {
 
 /** vof admin URL COMMAND …: one admin command over the device's admin virtqueue. */
 export async function runAdmin(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: {
-      ivqn: { type: 'string' },
-      json: { type: 'boolean' },
-      skip: { type: 'string' },
-      max: { type: 'string' },
-      samples: { type: 'string' },
-      pi: { type: 'string' },
-      ...REDIRECT_OPTIONS,
-      ...TLS_CLIENT_OPTIONS,
-      ...AUTH_CLIENT_OPTIONS,
-    },
-    allowPositionals: true,
-  });
+  const parsed = parseCommand(ADMIN_COMMAND, argv);
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
   const [url, command, ...args] = positionals;
-  if (!url || !command) throw new CliError(USAGE);
+  if (!url || !command) throw usage(ADMIN_COMMAND, url ? 'which admin command?' : 'which device? (a URL)');
+  // Checked before connecting: a typo is a usage error, not a connection and then one.
+  if (!Object.hasOwn(ADMIN_COMMANDS, command)) {
+    const near = closest(command, Object.keys(ADMIN_COMMANDS));
+    throw new CliError(`vof admin: unknown admin command "${command}"${near ? ` (did you mean ${near}?)` : ''}; commands: ${Object.keys(ADMIN_COMMANDS).join(', ')}`);
+  }
   const tls = clientTlsSettings(values);
   const dev = await RemoteDevice.connect(url, {
     ...(values.ivqn && { ivqn: values.ivqn }),
     ...(tls && { tls }),
-    ...clientAuthSettings(values),
     ...redirectSettings(values),
+    ...clientAuthSettings(values),
     queueCount: () => 0,
-    keepaliveIntervalMs: 0,
     log: createLogger('warn'),
   });
   // Everything the target answers is peer data: text goes through the escaper, JSON through
@@ -126,7 +137,9 @@ export async function runAdmin(argv: string[]): Promise<number> {
           q.errors,
           escapePeerText(q.peer),
         ]);
-        print(qs, formatTable(['QUEUE', 'ROLE', 'TRANSPORT', 'SIZE', 'IN-FLIGHT', 'COMMANDS', 'BYTES-OUT', 'BYTES-IN', 'ERRORS', 'PEER'], rows));
+        // JSON names roles and transports as the table does (and as `commands --json` names its classes).
+        const named = qs.map((q) => ({ ...q, role: roleNames[q.role] ?? q.role, transport: transportNames[q.transport] ?? q.transport }));
+        print(named, formatTable(['QUEUE', 'ROLE', 'TRANSPORT', 'SIZE', 'IN-FLIGHT', 'COMMANDS', 'BYTES-OUT', 'BYTES-IN', 'ERRORS', 'PEER'], rows));
         break;
       }
       case 'formats': {
@@ -167,7 +180,7 @@ export async function runAdmin(argv: string[]): Promise<number> {
         break;
       }
       default:
-        throw new CliError(`unknown admin command "${command}"\n${USAGE}`);
+        throw new CliError(`unknown admin command "${command}"`);
     }
   } catch (err) {
     if (err instanceof AdminError && err.statusType === AdminStatusType.TRANSPORT_SPECIFIC && err.status === AdminTransportStatus.ACL_REJECTED) {

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { AuthSecretError, SECRET_KEY_SIZES, generateSecret, parseSecret } from '../protocol/auth.js';
 import { CliError } from './cli-error.js';
+import { parseCommand, type CommandSpec, type OptionTable } from './options.js';
 
 /**
  * vof in-band authentication on the command line (docs/SECURITY.md "In-band authentication"):
@@ -10,7 +10,13 @@ import { CliError } from './cli-error.js';
  */
 
 /** Initiator flag shared by vof info, cp, admin and nbd. */
-export const AUTH_CLIENT_OPTIONS = { 'auth-secret': { type: 'string' } } as const;
+export const AUTH_CLIENT_OPTIONS = {
+  'auth-secret': {
+    type: 'string',
+    arg: 'FILE',
+    desc: "the IVQN's in-band authentication secret (vof gen-secret): prove it to the target, require the target to prove it back",
+  },
+} as const satisfies OptionTable;
 export const AUTH_CLIENT_USAGE = '[--auth-secret FILE]';
 
 /** A secret file's content, checked; `where` names it in errors. */
@@ -41,7 +47,14 @@ export function clientAuthSettings(values: { 'auth-secret'?: string | undefined 
 }
 
 /** The target's flag: --auth-secret IVQN=FILE, repeatable. */
-export const AUTH_TARGET_OPTIONS = { 'auth-secret': { type: 'string', multiple: true } } as const;
+export const AUTH_TARGET_OPTIONS = {
+  'auth-secret': {
+    type: 'string',
+    multiple: true,
+    arg: 'IVQN=FILE',
+    desc: 'require IVQN to authenticate in-band with the secret in FILE (vof gen-secret; "auth" in --config)',
+  },
+} as const satisfies OptionTable;
 
 /** Config "auth": { "IVQN": "DHHC-1:00:…:" | { "file": PATH } }. */
 export type AuthConfig = Record<string, string | { file: string }>;
@@ -72,14 +85,22 @@ export function targetAuthSecrets(cfg: unknown, flags: readonly string[] = []): 
   return out;
 }
 
-export const GEN_SECRET_USAGE = 'usage: vof gen-secret [--bytes 32|48|64]';
+export const GEN_SECRET_COMMAND = {
+  name: 'gen-secret',
+  args: '',
+  summary: 'Print a new in-band authentication secret (DHHC-1:00:…:) for --auth-secret; keep it in a 0600 file.',
+  details: 'A target with --auth-secret IVQN=FILE requires that IVQN to authenticate in-band, on every transport.',
+  options: { bytes: { type: 'string', arg: '32|48|64', desc: 'key length in bytes (default 32)' } },
+} as const satisfies CommandSpec;
 
 /** vof gen-secret: print a new secret (DHHC-1:00:<base64 of key and CRC-32>:) on stdout. */
 export function runGenSecret(argv: string[]): number {
-  const { values, positionals } = parseArgs({ args: argv, options: { bytes: { type: 'string' } }, allowPositionals: true });
-  if (positionals.length > 0) throw new CliError(GEN_SECRET_USAGE);
+  const parsed = parseCommand(GEN_SECRET_COMMAND, argv);
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
+  if (positionals.length > 0) throw new CliError(`vof gen-secret takes no arguments, got "${positionals[0]}"`);
   const bytes = values.bytes === undefined ? 32 : Number(values.bytes);
-  if (!SECRET_KEY_SIZES.includes(bytes)) throw new CliError(`--bytes must be 32, 48 or 64\n${GEN_SECRET_USAGE}`);
+  if (!SECRET_KEY_SIZES.includes(bytes)) throw new CliError('--bytes must be 32, 48 or 64');
   process.stdout.write(`${generateSecret(bytes)}\n`);
   return 0;
 }

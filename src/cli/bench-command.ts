@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync, writeFileSync, openSync, closeSync, ftruncateSync, writeSync } from 'node:fs';
 import { cpus, hostname, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
 import { renderChart } from '../bench/chart.js';
 import { measureEnvironment } from '../bench/measure.js';
 import { ProgressLine } from '../bench/progress-line.js';
@@ -14,6 +13,8 @@ import { formatSize, parseSize, workloadMatrix } from '../bench/workloads.js';
 import { parseFileIoMode } from '../devices/blk/file-io.js';
 import { listRdmaDevices } from '../transport/rdma/rdma-devices.js';
 import { CliError, parseIntOption } from './cli-error.js';
+import { parseCommand } from './options.js';
+import { BENCH_COMMAND } from './bench-options.js';
 
 function machineInfo(): MachineInfo {
   const c = cpus();
@@ -32,33 +33,6 @@ function makeImage(dir: string, bytes: number): string {
     closeSync(fd);
   }
   return path;
-}
-
-function parseBenchArgs(argv: string[]) {
-  return parseArgs({
-    args: argv,
-    options: {
-      target: { type: 'string' },
-      rw: { type: 'string' },
-      bs: { type: 'string' },
-      qd: { type: 'string' },
-      queues: { type: 'string' },
-      time: { type: 'string' },
-      ramp: { type: 'string' },
-      rounds: { type: 'string' },
-      size: { type: 'string' },
-      rdma: { type: 'string' },
-      'vm-time': { type: 'string' },
-      anchors: { type: 'boolean', default: false },
-      quick: { type: 'boolean', default: false },
-      json: { type: 'string' },
-      chart: { type: 'string' },
-      'cpu-prof': { type: 'string' },
-      'file-io': { type: 'string' },
-      'vm-part': { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  });
 }
 
 function positive(value: string | undefined, name: string, fallback: number): number {
@@ -84,23 +58,9 @@ function localRdma(): { addr: string; device: string } | string {
 }
 
 export async function runBench(argv: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseBenchArgs(argv);
-  } catch (err) {
-    throw new CliError(`${(err as Error).message} (options: vof help)`);
-  }
+  const parsed = parseCommand(BENCH_COMMAND, argv);
+  if (!parsed) return 0;
   const { values } = parsed;
-  if (values.help) {
-    process.stdout.write(
-      'vof bench: see `vof help` for the options and the README\'s Benchmark section for the report.\n' +
-        '--rounds N (default 3; --quick: 1, a single pass with no spread): each workload runs every system once per round, the\n' +
-        'order rotated each round; the table shows median (min–max) and each ratio is the median (min–max) of per-round ratios.\n' +
-        'The "per I/O" table: user/system CPU µs, system calls (perf stat, or n/a with the reason), context switches, and for\n' +
-        'vof\'s in-process initiator the JS heap bytes allocated and GCs, per I/O, for the initiator and the target.\n',
-    );
-    return 0;
-  }
   const startedAt = new Date().toISOString();
   const vmPart = values['vm-part'];
   const quick = values.quick;
@@ -174,8 +134,8 @@ export async function runBench(argv: string[]): Promise<number> {
       image,
       targetUrl: values.target ?? null,
       rdma,
-      anchors: values.anchors,
-      nbd: values.anchors && !vmPart,
+      anchors: values.anchors === true,
+      nbd: values.anchors === true && !vmPart,
       cpuProfDir,
       fileIo,
       progress,

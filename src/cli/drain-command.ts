@@ -1,9 +1,23 @@
-import { parseArgs } from 'node:util';
 import { controlRequest } from '../target/control-client.js';
 import { quotePeerString } from '../util/escape.js';
 import { CliError } from './cli-error.js';
+import { parseCommand, usage, type CommandSpec } from './options.js';
 
-const USAGE = 'usage: vof drain --control PATH TVQN URL[/TVQN2] [--grace S] [--json]\n       vof drain --control PATH --remove TVQN [--json]';
+export const DRAIN_COMMAND = {
+  name: 'drain',
+  args: '--control PATH (TVQN URL[/TVQN2] | --remove TVQN)',
+  summary: 'Ask a running target (its --control socket) to move TVQN to URL, or (--remove) to stop redirecting it.',
+  details:
+    'Connected initiators get the drain event and reconnect to URL; new Connects are redirected there.\n' +
+    'After the grace time what is left is closed; requests still in flight 1 s later are cancelled\n' +
+    '(ESTATUS). TVQN must be exported or already redirected by that target (exit 1 otherwise).',
+  options: {
+    control: { type: 'string', arg: 'PATH', desc: 'the target\'s control socket (vof target --control)' },
+    grace: { type: 'string', arg: 'S', desc: 'seconds connected initiators get to move (default 10)' },
+    remove: { type: 'string', arg: 'TVQN', desc: 'take the redirect of TVQN away instead' },
+    json: { type: 'boolean', desc: 'print the target\'s reply as JSON' },
+  },
+} as const satisfies CommandSpec;
 
 type Reply = Record<string, unknown> & { ok: boolean; error?: string; told?: number; closed?: number; removed?: boolean };
 
@@ -20,15 +34,12 @@ async function ask(path: string, request: Record<string, unknown>, timeoutMs?: n
  * `vof drain --control PATH --remove TVQN`: take its redirect away (Connects are served here again).
  */
 export async function runDrain(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: { control: { type: 'string' }, grace: { type: 'string' }, remove: { type: 'string' }, json: { type: 'boolean' } },
-    allowPositionals: true,
-    strict: true,
-  });
-  if (!values.control) throw new CliError(USAGE);
+  const parsed = parseCommand(DRAIN_COMMAND, argv);
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
+  if (!values.control) throw usage(DRAIN_COMMAND, 'which target? (--control PATH)');
   if (values.remove !== undefined) {
-    if (positionals.length !== 0 || values.grace !== undefined) throw new CliError(USAGE);
+    if (positionals.length !== 0 || values.grace !== undefined) throw usage(DRAIN_COMMAND);
     const tvqn = values.remove;
     const reply = await ask(values.control, { op: 'unredirect', tvqn });
     if (!reply.ok) throw new CliError(`remove refused: ${reply.error ?? 'unknown error'}`, 1);
@@ -37,7 +48,7 @@ export async function runDrain(argv: string[]): Promise<number> {
     if (!values.json) process.stdout.write(`${quotePeerString(tvqn)} is no longer redirected: new Connects for it are answered by this target\n`);
     return 0;
   }
-  if (positionals.length !== 2) throw new CliError(USAGE);
+  if (positionals.length !== 2) throw usage(DRAIN_COMMAND);
   const [tvqn, url] = positionals as [string, string];
   let graceMs: number | undefined;
   if (values.grace !== undefined) {

@@ -1,14 +1,28 @@
-import { parseArgs } from 'node:util';
 import { BlkConfig, BlkFeature } from '../devices/blk/blk-constants.js';
 import { RemoteDevice } from '../initiator/remote-device.js';
 import { VofError } from '../initiator/vof-error.js';
 import { DeviceId, Opcode, VIRTIO_F_VERSION_1 } from '../protocol/constants.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { createLogger } from '../util/log.js';
-import { CliError } from './cli-error.js';
-import { AUTH_CLIENT_OPTIONS, clientAuthSettings } from './auth-options.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
+import { AUTH_CLIENT_OPTIONS, clientAuthSettings } from './auth-options.js';
 import { REDIRECT_OPTIONS, redirectSettings } from './reconnect-options.js';
+import { parseCommand, usage, type CommandSpec } from './options.js';
+import { IVQN_OPTION, URL_HELP } from './client-options.js';
+
+export const INFO_COMMAND = {
+  name: 'info',
+  args: 'URL/TVQN',
+  summary: 'Connect and print instance id, vendor and device ids, features, queue sizes and config space.',
+  details: URL_HELP,
+  options: {
+    ...IVQN_OPTION,
+    json: { type: 'boolean', desc: 'print JSON (numbers as numbers, feature masks as hex strings)' },
+    ...REDIRECT_OPTIONS,
+    ...TLS_CLIENT_OPTIONS,
+    ...AUTH_CLIENT_OPTIONS,
+  },
+} as const satisfies CommandSpec;
 
 const blkFeatureNames = new Map<bigint, string>([
   ...Object.entries(BlkFeature).map(([k, v]) => [v, `VIRTIO_BLK_F_${k}`] as [bigint, string]),
@@ -34,14 +48,13 @@ function hex(n: bigint | number, width = 0): string {
 }
 
 export async function runInfo(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: { ivqn: { type: 'string' }, json: { type: 'boolean' }, ...REDIRECT_OPTIONS, ...TLS_CLIENT_OPTIONS, ...AUTH_CLIENT_OPTIONS },
-    allowPositionals: true,
-  });
+  const parsed = parseCommand(INFO_COMMAND, argv);
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
   const url = positionals[0];
-  if (!url || positionals.length > 1) throw new CliError('usage: vof info tcp://HOST[:PORT]/TVQN, tls://HOST[:PORT]/TVQN or rdma://ADDR[:PORT]/TVQN [--ivqn IVQN] [--json] [--tls-* ...] [--auth-secret FILE]');
-  // No virtqueues: info needs only the control queue.
+  if (!url || positionals.length > 1) throw usage(INFO_COMMAND, positionals.length > 1 ? `one URL, got ${positionals.length} arguments` : 'which device? (a URL)');
+  // No virtqueues: info needs only the control queue. Keepalive stays on (its default): a
+  // one-shot command has no reason to turn it off, nor to be warned that it did.
   const tls = clientTlsSettings(values);
   const dev = await RemoteDevice.connect(url, {
     ...(values.ivqn && { ivqn: values.ivqn }),
@@ -49,7 +62,6 @@ export async function runInfo(argv: string[]): Promise<number> {
     ...clientAuthSettings(values),
     queueCount: () => 0,
     ...redirectSettings(values),
-    keepaliveIntervalMs: 0,
     log: createLogger('warn'),
   });
   try {
@@ -78,8 +90,9 @@ export async function runInfo(argv: string[]): Promise<number> {
     );
     const blk = configBytes
       ? {
-          capacitySectors: configBytes.readBigUInt64LE(BlkConfig.capacity).toString(),
-          capacityBytes: (configBytes.readBigUInt64LE(BlkConfig.capacity) * 512n).toString(),
+          // Numbers: exact up to 2^53 bytes (8 PiB).
+          capacitySectors: Number(configBytes.readBigUInt64LE(BlkConfig.capacity)),
+          capacityBytes: Number(configBytes.readBigUInt64LE(BlkConfig.capacity) * 512n),
           sizeMax: configBytes.readUInt32LE(BlkConfig.size_max),
           segMax: configBytes.readUInt32LE(BlkConfig.seg_max),
           blkSize: configBytes.readUInt32LE(BlkConfig.blk_size),
@@ -97,7 +110,8 @@ export async function runInfo(argv: string[]): Promise<number> {
       tvqn: dev.tvqn,
       ivqn: dev.ivqn,
       deviceInstanceId: dev.instanceId,
-      vendorId: dev.vendorId,
+      // Hex as in the text output (and as the virtio spec writes vendor ids).
+      vendorId: hex(dev.vendorId, 4),
       deviceId: dev.deviceId,
       virtioOfFeatures: { offered: hex(dev.offeredOfFeatures), negotiated: hex(dev.ofFeatures) },
       maxKeyedDescriptors: dev.maxKeyedDescriptors,
@@ -117,7 +131,7 @@ export async function runInfo(argv: string[]): Promise<number> {
         ...(dev.url !== url ? [`found at        ${dev.url} (redirected)`] : []),
         `state           ${info.state}`,
         `instance id     ${info.deviceInstanceId}`,
-        `vendor id       ${hex(info.vendorId, 4)}`,
+        `vendor id       ${info.vendorId}`,
         `device id       ${info.deviceId}${isBlk ? ' (virtio-blk)' : info.deviceId === DeviceId.Entropy ? ' (entropy, virtio-rng)' : ''}`,
         `virtio-oF feat. offered ${info.virtioOfFeatures.offered}, negotiated ${info.virtioOfFeatures.negotiated}${info.maxKeyedDescriptors ? `, ${info.maxKeyedDescriptors} keyed descriptors` : ''}${info.inlineDataBytes ? `, inline data ${info.inlineDataBytes} bytes` : ''}`,
         `device features ${info.deviceFeatures.bits}: ${info.deviceFeatures.names.join(' ')}`,

@@ -1,17 +1,53 @@
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { parseArgs } from 'node:util';
+import { stat } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { BlockDevice } from '../devices/blk/block-device.js';
-import { parseSize } from '../bench/workloads.js';
 import { NbdServer, isLoopbackHost, type NbdListenAddress } from '../nbd/nbd-server.js';
 import { NBD_DEFAULT_PORT } from '../nbd/nbd-protocol.js';
 import { nbdTlsAuthenticatesClients, type NbdTlsSettings } from '../nbd/nbd-tls.js';
+import { parseSize } from '../bench/workloads.js';
 import { parseDeviceUrl, UrlError } from '../url.js';
-import { createLogger, type LogLevel } from '../util/log.js';
+import { createLogger } from '../util/log.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings, serverTlsSettings } from './tls-options.js';
 import { AUTH_CLIENT_OPTIONS, clientAuthSettings } from './auth-options.js';
-import { RECONNECT_OPTIONS, RECONNECT_USAGE, reconnectSettings } from './reconnect-options.js';
+import { RECONNECT_OPTIONS, reconnectSettings } from './reconnect-options.js';
+import { parseCommand, parseLogLevel, usage, type CommandSpec } from './options.js';
+import { IVQN_OPTION, URL_HELP } from './client-options.js';
+
+export const NBD_COMMAND = {
+  name: 'nbd',
+  args: 'URL/TVQN',
+  summary: 'Serve a remote disk over NBD (qemu, qemu-img, nbdcopy, fio, nbd-client); prints the NBD URI when ready.',
+  details:
+    `${URL_HELP}\n` +
+    'NBD clients are authenticated only by NBD TLS (STARTTLS, the --nbd-tls-* options; required once\n' +
+    'configured). Without it the socket is 0600 and --listen stays on loopback unless\n' +
+    '--allow-unauthenticated; at most 64 connections, 10 s to finish the handshake (TLS included).\n' +
+    'The --tls-* options are the vof side\'s (a tls:// URL).',
+  options: {
+    socket: { type: 'string', arg: 'PATH', desc: 'Unix socket to serve on (default: $TMPDIR/vof-nbd-PID.sock)' },
+    'socket-mode': { type: 'string', arg: 'OCTAL', desc: 'mode of the socket (default 600)' },
+    listen: { type: 'string', arg: 'HOST:PORT', desc: 'serve on TCP instead (port default 10809; loopback only unless --allow-unauthenticated)' },
+    'allow-unauthenticated': { type: 'boolean', desc: 'allow --listen on a non-loopback address without TLS client authentication' },
+    name: { type: 'string', arg: 'EXPORT', desc: 'the NBD export name (default: the TVQN)' },
+    ...IVQN_OPTION,
+    'read-only': { type: 'boolean', desc: 'refuse NBD writes' },
+    'max-requests': { type: 'string', arg: 'N', desc: 'requests in flight per NBD connection at most' },
+    'max-connections': { type: 'string', arg: 'N', desc: 'NBD connections at most (default 64)' },
+    'memory-budget': { type: 'string', arg: 'BYTES', desc: 'read data and write payload held by all connections together (default 64M)' },
+    'send-timeout': { type: 'string', arg: 'MS', desc: 'disconnect a client whose replies make no progress this long (default 10000, 0: never)' },
+    'nbd-tls': { type: 'string', arg: 'require|on', desc: 'NBD TLS: required (default once credentials are given) or offered' },
+    'nbd-tls-cert': { type: 'string', arg: 'FILE', desc: "NBD TLS: the bridge's certificate (PEM)" },
+    'nbd-tls-key': { type: 'string', arg: 'FILE', desc: "NBD TLS: the certificate's key (PEM)" },
+    'nbd-tls-ca': { type: 'string', arg: 'FILE', desc: 'NBD TLS: require client certificates signed by this CA' },
+    'nbd-tls-psk': { type: 'string', arg: 'FILE', desc: 'NBD TLS: pre-shared keys (IDENTITY:HEXKEY lines)' },
+    log: { type: 'string', arg: 'LEVEL', desc: 'debug, info (default), warn, error or silent' },
+    ...TLS_CLIENT_OPTIONS,
+    ...AUTH_CLIENT_OPTIONS,
+    ...RECONNECT_OPTIONS,
+  },
+} as const satisfies CommandSpec;
 
 /** HOST[:PORT] or [IPv6][:PORT]; the port defaults to NBD's 10809, 0 picks a free one. */
 function parseHostPort(spec: string): { host: string; port: number } {
@@ -44,41 +80,10 @@ function nbdTlsSettings(v: {
 }
 
 export async function runNbd(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: {
-      socket: { type: 'string' },
-      listen: { type: 'string' },
-      name: { type: 'string' },
-      ivqn: { type: 'string' },
-      'read-only': { type: 'boolean' },
-      'max-requests': { type: 'string' },
-      'max-connections': { type: 'string' },
-      'socket-mode': { type: 'string' },
-      'allow-unauthenticated': { type: 'boolean' },
-      'memory-budget': { type: 'string' },
-      'send-timeout': { type: 'string' },
-      'nbd-tls': { type: 'string' },
-      'nbd-tls-cert': { type: 'string' },
-      'nbd-tls-key': { type: 'string' },
-      'nbd-tls-ca': { type: 'string' },
-      'nbd-tls-psk': { type: 'string' },
-      log: { type: 'string' },
-      ...TLS_CLIENT_OPTIONS,
-      ...AUTH_CLIENT_OPTIONS,
-      ...RECONNECT_OPTIONS,
-    },
-    allowPositionals: true,
-    strict: true,
-  });
-  if (positionals.length !== 1) {
-    throw new CliError(
-      'usage: vof nbd URL [--socket PATH [--socket-mode OCTAL] | --listen HOST:PORT [--allow-unauthenticated]] [--name EXPORT] [--ivqn IVQN] [--read-only] ' +
-        '[--max-requests N] [--max-connections N] [--memory-budget BYTES] [--send-timeout MS] ' +
-        '[--nbd-tls require|on] [--nbd-tls-cert FILE --nbd-tls-key FILE] [--nbd-tls-ca FILE] [--nbd-tls-psk FILE] ' +
-        `[--tls-* ... (the vof side)] ${RECONNECT_USAGE}`,
-    );
-  }
+  const parsed = parseCommand(NBD_COMMAND, argv);
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
+  if (positionals.length !== 1) throw usage(NBD_COMMAND, positionals.length ? `one URL, got ${positionals.length} arguments` : 'which device? (a URL)');
   const url = positionals[0]!;
   let tvqn: string;
   try {
@@ -101,6 +106,13 @@ export async function runNbd(argv: string[]): Promise<number> {
         'or pass --allow-unauthenticated if the network is trusted',
     );
   }
+  if ('socket' in address) {
+    // listen() on a path whose directory is missing fails with EACCES: say what is wrong, and
+    // before connecting to the disk.
+    const dir = dirname(address.socket);
+    const st = await stat(dir).catch(() => null);
+    if (!st?.isDirectory()) throw new CliError(`cannot listen on ${address.socket}: ${dir} is not an existing directory`, 1);
+  }
   let socketMode: number | undefined;
   if (values['socket-mode'] !== undefined) {
     if (!/^0?[0-7]{3}$/.test(values['socket-mode'])) throw new CliError(`--socket-mode expects an octal mode such as 600 or 660, got "${values['socket-mode']}"`);
@@ -118,7 +130,7 @@ export async function runNbd(argv: string[]): Promise<number> {
     }
     if (memoryBudgetBytes < 1) throw new CliError('--memory-budget must be at least 1 byte');
   }
-  const log = createLogger((values.log ?? 'info') as LogLevel);
+  const log = createLogger(parseLogLevel(values.log, 'info'));
 
   // Installed before anything is announced, so a signal at any point after shuts down cleanly.
   let exitCode = 0;

@@ -1,14 +1,18 @@
 import type { ReconnectOptions } from '../initiator/reconnect-policy.js';
 import type { Scheme } from '../url.js';
 import { CliError, parseIntOption } from './cli-error.js';
+import type { OptionTable } from './options.js';
 
 /** How far redirects (and drains) may lead: every command that connects takes these. */
 export const REDIRECT_OPTIONS = {
-  'max-redirects': { type: 'string' },
-  'allow-redirect-to': { type: 'string' },
-} as const;
-
-export const REDIRECT_USAGE = '[--max-redirects N] [--allow-redirect-to tcp,tls,rdma]';
+  'max-redirects': { type: 'string', arg: 'N', group: 'redirect', desc: 'follow at most N redirects (default 8, 0: none)' },
+  'allow-redirect-to': {
+    type: 'string',
+    arg: 'tcp,tls,rdma',
+    group: 'redirect',
+    desc: 'transports a redirect may move to (default: the URL\'s own, or tcp:// raised to tls://)',
+  },
+} as const satisfies OptionTable;
 
 const SCHEMES: readonly Scheme[] = ['tcp', 'tls', 'rdma'];
 
@@ -32,16 +36,15 @@ export function redirectSettings(values: { 'max-redirects'?: string; 'allow-redi
 
 /** nvme-cli style reconnect knobs, in seconds (fractions allowed); -1 = forever / never. */
 export const RECONNECT_OPTIONS = {
-  'reconnect-delay': { type: 'string' },
-  'ctrl-loss-tmo': { type: 'string' },
-  'fast-io-fail-tmo': { type: 'string' },
+  'reconnect-delay': { type: 'string', arg: 'S', group: 'reconnect', desc: 'seconds between reconnect attempts (default 2)' },
+  'ctrl-loss-tmo': { type: 'string', arg: 'S|-1', group: 'reconnect', desc: 'give the disk up after S seconds without a connection (default 600, -1: never)' },
+  'fast-io-fail-tmo': { type: 'string', arg: 'S|-1', group: 'reconnect', desc: 'fail held I/O after S seconds disconnected (default -1: hold it)' },
   ...REDIRECT_OPTIONS,
-} as const;
+} as const satisfies OptionTable;
 
 /** CLI defaults: reconnect every 2 s for up to 600 s (nvme-cli's ctrl_loss_tmo), I/O held meanwhile. */
 export const CLI_RECONNECT_DEFAULTS = { delaySeconds: 2, lossSeconds: 600, fastFailSeconds: -1 };
 
-export const RECONNECT_USAGE = `[--reconnect-delay S] [--ctrl-loss-tmo S|-1] [--fast-io-fail-tmo S|-1] ${REDIRECT_USAGE}`;
 
 function seconds(value: string | undefined, name: string, fallback: number, allowForever: boolean): number {
   if (value === undefined) return fallback;

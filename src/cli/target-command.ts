@@ -1,28 +1,69 @@
-import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
+import { stat } from 'node:fs/promises';
 import { FileBlockExport } from '../devices/blk/file-block-export.js';
 import { chooseFileIo, defaultFileIoMode, parseFileIoMode, type FileIoChoice, type FileIoMode } from '../devices/blk/file-io.js';
 import { EntropyExport } from '../devices/rng/entropy-export.js';
 import { VofTarget } from '../target/target.js';
-import { createLogger, type LogLevel } from '../util/log.js';
+import { createLogger } from '../util/log.js';
 import { parseAllowEntry, type AllowSpec } from '../target/access-policy.js';
 import { resolveQuotas, type QuotaLimits } from '../target/quotas.js';
+import { parseListenUrl } from '../url.js';
 import { quotePeerString } from '../util/escape.js';
 import { ControlSocket } from '../target/control-socket.js';
 import { targetProcessStats } from '../target/process-stats.js';
 import { makeRedirect, parseRedirectSpec } from '../target/redirect.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { MAX_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
-import { TLS_SERVER_OPTIONS, serverTlsSettings, type TlsServerFiles } from './tls-options.js';
-import { AUTH_TARGET_OPTIONS, targetAuthSecrets, type AuthConfig } from './auth-options.js';
+import { TLS_SERVER_OPTIONS, serverTlsSettings } from './tls-options.js';
+import { closest, parseCommand, parseLogLevel, type CommandSpec } from './options.js';
+import { readTargetConfig, type TargetConfig } from './target-config.js';
+import { AUTH_TARGET_OPTIONS, targetAuthSecrets } from './auth-options.js';
+
+export const TARGET_COMMAND = {
+  name: 'target',
+  args: '--listen URL... (--blk TVQN=PATH[,ro][,serial=S][,direct] | --rng TVQN[,rate=BYTES_PER_S][,burst=BYTES] | --redirect TVQN=URL[/TVQN2])...',
+  summary: 'Export block devices and entropy (virtio-rng) devices.',
+  details:
+    'URL is tcp://HOST[:PORT], tls://HOST[:PORT] or rdma://ADDR[:PORT] (port 15771, 0: any free one).\n' +
+    'Prints "listening on URL" per address when ready; SIGINT/SIGTERM shut it down.\n' +
+    '--blk options: ,ro (read-only) ,rw ,serial=S (GET_ID serial) ,direct (O_DIRECT).\n' +
+    '--config FILE takes the same settings as JSON (docs/CONFIG.md); flags add to it.',
+  options: {
+    listen: { type: 'string', multiple: true, arg: 'URL', desc: 'an address to listen on' },
+    blk: { type: 'string', multiple: true, arg: 'TVQN=PATH[,ro][,serial=S][,direct]', desc: 'export a file or block device as a virtio-blk disk' },
+    rng: { type: 'string', multiple: true, arg: 'TVQN[,rate=BYTES_PER_S][,burst=BYTES]', desc: 'export an entropy device (default 1 MiB/s, burst 64 KiB)' },
+    allow: { type: 'string', multiple: true, arg: 'IVQN[@IDENTITY]', desc: 'only these initiators (IDENTITY: only over TLS authenticated as it)' },
+    admin: {
+      type: 'string',
+      multiple: true,
+      arg: 'IVQN[@IDENTITY]',
+      desc: "grant every export's export-wide admin commands (format, clear-log, reset-counters, the whole error log); default: nobody",
+    },
+    config: { type: 'string', arg: 'FILE', desc: 'settings as JSON (docs/CONFIG.md); flags add to them' },
+    queues: { type: 'string', arg: 'N', desc: 'virtqueues per disk (default 2)' },
+    'queue-size': { type: 'string', arg: 'N', desc: 'virtqueue size (default 128)' },
+    'keepalive-interval': { type: 'string', arg: 'MS', desc: 'how often to send keepalives (default 5000, 0: none)' },
+    'keepalive-timeout': { type: 'string', arg: 'MS', desc: 'destroy an instance silent this long (default 15000)' },
+    'connect-timeout': { type: 'string', arg: 'MS', desc: 'close connections without a Connect after this long (default 10000, 0: never)' },
+    'send-timeout': { type: 'string', arg: 'MS', desc: 'close connections that stop reading completions (default 10000, 0: never)' },
+    log: { type: 'string', arg: 'LEVEL', desc: 'debug, info (default), warn, error or silent' },
+    'max-instances-per-export': { type: 'string', arg: 'N', desc: 'live instances of one export (default 256)' },
+    'max-instances-per-ivqn': { type: 'string', arg: 'N', desc: 'live instances of one export per IVQN (default 64)' },
+    'max-unbound': { type: 'string', arg: 'N', desc: 'connections without a Connect, in total (default 1024)' },
+    'max-unbound-per-host': { type: 'string', arg: 'N', desc: 'connections without a Connect, per peer host (default 128)' },
+    ...TLS_SERVER_OPTIONS,
+    redirect: { type: 'string', multiple: true, arg: 'TVQN=URL[/TVQN2]', desc: 'answer Connects for TVQN with a redirect to URL' },
+    control: { type: 'string', arg: 'PATH', desc: 'Unix socket for operator commands (vof drain)' },
+    'file-io': { type: 'string', arg: 'auto|uring|libuv', desc: 'block file I/O backend (default: $VOF_FILE_IO, else auto)' },
+    'inline-data': { type: 'string', arg: 'BYTES', desc: 'RDMA inline data offered (default 4112, at most 65536, 0: off)' },
+    ...AUTH_TARGET_OPTIONS,
+  },
+} as const satisfies CommandSpec;
 
 interface BlkSpec {
   tvqn: string;
   path: string;
   readOnly?: boolean;
   allow?: AllowSpec[];
-  /** Admin grants of this export, added to the top-level ones (docs/SECURITY.md "Admin grants"). */
-  admin?: AllowSpec[];
   queues?: number;
   queueSize?: number;
   /** GET_ID serial (default: derived from the file's identity, not its name). */
@@ -31,6 +72,8 @@ interface BlkSpec {
   maxInstances?: number;
   /** Open with O_DIRECT (no page cache; see docs/CLI.md for when). */
   direct?: boolean;
+  /** Admin grants of this export, added to the top-level ones (docs/SECURITY.md "Admin grants"). */
+  admin?: AllowSpec[];
 }
 
 interface RngSpec {
@@ -55,133 +98,73 @@ function parseRng(spec: string): RngSpec {
   return out;
 }
 
-/** --config FILE: the same settings as the flags, as JSON; flags add to it. */
-interface TargetConfigFile {
-  listen?: string[];
-  blk?: BlkSpec[];
-  rng?: RngSpec[];
-  allow?: AllowSpec[];
-  /** Admin grants of every export ("IVQN", "IVQN@IDENTITY" or { ivqn, identity }); none: nobody. */
-  admin?: AllowSpec[];
-  queues?: number;
-  queueSize?: number;
-  keepaliveIntervalMs?: number;
-  keepaliveTimeoutMs?: number;
-  /** Close connections that have not completed Connect within this time (ms; 0: never). */
-  connectTimeoutMs?: number;
-  /** Close connections whose completions have not moved for this long (ms; 0: never). */
-  sendTimeoutMs?: number;
-  /** Bytes of VQ buffers all queues together, and one queue, may hold. */
-  targetBufferBytes?: number;
-  queueBufferBytes?: number;
-  /** Registered bytes of one RDMA device's shared data pools at most. */
-  rdmaDeviceMemoryBytes?: number;
-  log?: LogLevel;
-  quotas?: Partial<QuotaLimits>;
-  tls?: TlsServerFiles;
-  /**
-   * [{ "tvqn": "disk0", "url": "tcp://10.0.0.2:15771" }, …] (url may end in /TVQN2). Only IVQNs
-   * its "allow" plus the top-level allow-list admit learn the destination.
-   */
-  redirect?: Array<{ tvqn: string; url: string; allow?: AllowSpec[] }>;
-  /** Unix socket for operator commands (vof drain). */
-  control?: string;
-  /** How block exports do file I/O: auto (io_uring where it works), uring or libuv. */
-  fileIo?: FileIoMode;
-  /** RDMA: inline data size offered (vof extension, 0: off; default 4112). */
-  inlineDataBytes?: number;
-  /** IVQN → "DHHC-1:00:…:" or { file }: in-band authentication required for these IVQNs. */
-  auth?: AuthConfig;
-}
+const BLK_OPTIONS = ['ro', 'rw', 'serial=', 'direct'];
 
-function parseBlk(spec: string): BlkSpec {
+/**
+ * --blk TVQN=PATH[,ro][,rw][,serial=S][,direct]: options trail the path, in any order. A
+ * trailing ",word" that is not a known option is an error (it used to become part of the file
+ * name); a path that really contains such a comma goes in --config.
+ */
+export function parseBlk(spec: string): BlkSpec {
   const eq = spec.indexOf('=');
-  if (eq <= 0) throw new CliError(`--blk expects TVQN=PATH[,ro][,direct], got "${spec}"`);
+  if (eq <= 0) throw new CliError(`--blk expects TVQN=PATH[,ro][,serial=S][,direct], got "${spec}"`);
   const tvqn = spec.slice(0, eq);
   let path = spec.slice(eq + 1);
-  let readOnly = false;
-  let direct = false;
-  let serial: string | undefined;
-  // Options trail the path: ,ro ,rw ,direct ,serial=S (in any order).
+  const out: Omit<BlkSpec, 'tvqn' | 'path'> = { readOnly: false };
   for (;;) {
-    const m = /,(ro|rw|direct|serial=[^,]*)$/.exec(path);
+    const m = /,([A-Za-z][\w-]*)(=[^,]*)?$/.exec(path);
     if (!m) break;
-    if (m[1] === 'ro') readOnly = true;
-    else if (m[1] === 'direct') direct = true;
-    else if (m[1]!.startsWith('serial=')) serial = m[1]!.slice('serial='.length);
+    const [, key, value] = m as unknown as [string, string, string | undefined];
+    if (key === 'ro' && value === undefined) out.readOnly = true;
+    else if (key === 'rw' && value === undefined) out.readOnly = false;
+    else if (key === 'direct' && value === undefined) out.direct = true;
+    else if (key === 'serial' && value !== undefined) out.serial = value.slice(1);
+    else {
+      const near = closest(key, ['ro', 'rw', 'serial', 'direct']);
+      throw new CliError(
+        `--blk "${spec}": unknown option "${m[0].slice(1)}"${near ? ` (did you mean ${near}?)` : ''}; options: ${BLK_OPTIONS.map((o) => `,${o}`).join(' ')} ` +
+          '(a path containing a comma goes in --config)',
+      );
+    }
     path = path.slice(0, m.index);
   }
   if (!path) throw new CliError(`--blk "${spec}" has no path`);
-  return { tvqn, path, readOnly, ...(direct && { direct }), ...(serial !== undefined && { serial }) };
+  return { tvqn, path, ...out };
 }
 
-/** `allow: []` would silently mean "everyone" (or "nobody"): refuse it. */
-function checkConfigAllow(allow: unknown, where: string): void {
-  if (allow === undefined) return;
-  if (!Array.isArray(allow)) throw new CliError(`--config: ${where} "allow" must be a list of IVQNs`);
-  if (allow.length === 0) {
-    throw new CliError(`--config: ${where} "allow" is empty; remove it to export to every initiator, or list the IVQNs allowed`);
+/**
+ * What a disk would export, checked before anything is opened: an empty file is refused (a
+ * 0-byte disk), and bytes past the last whole sector, which no initiator can reach, are said.
+ */
+async function checkBackingFile(b: BlkSpec, warn: (msg: string) => void): Promise<void> {
+  const st = await stat(b.path).catch(() => null);
+  if (!st?.isFile()) return; // a block device (size via ioctl) or a missing file: open() says
+  if (st.size < 512) {
+    throw new CliError(`--blk "${b.tvqn}": ${b.path} is ${st.size} bytes: a disk needs at least one 512-byte sector (e.g. truncate -s 1G ${b.path})`, 1);
   }
-}
-
-/** `admin` may be empty (nobody, as when absent), but must be a list. */
-function checkConfigAdmin(admin: unknown, where: string): void {
-  if (admin !== undefined && !Array.isArray(admin)) throw new CliError(`--config: ${where} "admin" must be a list of IVQNs`);
-}
-
-function readConfig(file: string): TargetConfigFile {
-  let cfg: TargetConfigFile;
-  try {
-    cfg = JSON.parse(readFileSync(file, 'utf8')) as TargetConfigFile;
-  } catch (err) {
-    throw new CliError(`cannot read --config ${file}: ${(err as Error).message}`);
+  if (st.size % 512 !== 0) {
+    const whole = st.size - (st.size % 512);
+    warn(`${b.path} is ${st.size} bytes, not a multiple of 512: "${b.tvqn}" exports ${whole} bytes; the last ${st.size - whole} are not reachable`);
   }
-  checkConfigAllow(cfg.allow, 'top-level');
-  checkConfigAdmin(cfg.admin, 'top-level');
-  for (const b of cfg.blk ?? []) {
-    checkConfigAllow(b.allow, `blk "${b.tvqn}"`);
-    checkConfigAdmin(b.admin, `blk "${b.tvqn}"`);
-  }
-  for (const r of cfg.rng ?? []) {
-    checkConfigAllow(r.allow, `rng "${r.tvqn}"`);
-    checkConfigAdmin(r.admin, `rng "${r.tvqn}"`);
-  }
-  for (const r of cfg.redirect ?? []) checkConfigAllow(r.allow, `redirect "${r.tvqn}"`);
-  return cfg;
 }
 
 export async function runTarget(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      listen: { type: 'string', multiple: true },
-      blk: { type: 'string', multiple: true },
-      rng: { type: 'string', multiple: true },
-      allow: { type: 'string', multiple: true },
-      admin: { type: 'string', multiple: true },
-      config: { type: 'string' },
-      queues: { type: 'string' },
-      'queue-size': { type: 'string' },
-      'keepalive-interval': { type: 'string' },
-      'keepalive-timeout': { type: 'string' },
-      'connect-timeout': { type: 'string' },
-      'send-timeout': { type: 'string' },
-      log: { type: 'string' },
-      'max-instances-per-export': { type: 'string' },
-      'max-instances-per-ivqn': { type: 'string' },
-      'max-unbound': { type: 'string' },
-      'max-unbound-per-host': { type: 'string' },
-      ...TLS_SERVER_OPTIONS,
-      redirect: { type: 'string', multiple: true },
-      control: { type: 'string' },
-      'file-io': { type: 'string' },
-      'inline-data': { type: 'string' },
-      ...AUTH_TARGET_OPTIONS,
-    },
-    strict: true,
-  });
-  const cfg: TargetConfigFile = values.config ? readConfig(values.config) : {};
+  const parsed = parseCommand(TARGET_COMMAND, argv);
+  if (!parsed) return 0;
+  const { values, positionals } = parsed;
+  if (positionals.length > 0) {
+    throw new CliError(`vof target takes no arguments, got "${positionals[0]}" (an option's value? --blk TVQN=PATH, --listen URL); \`vof target --help\` lists the options`);
+  }
+  const cfg: TargetConfig = values.config ? readTargetConfig(values.config) : {};
   const listen = [...(cfg.listen ?? []), ...(values.listen ?? [])];
+  // Every address is checked before any disk is opened: a typo is a usage error, at once.
+  for (const url of listen) {
+    try {
+      parseListenUrl(url);
+    } catch (err) {
+      throw new CliError(`--listen ${url}: ${(err as Error).message}`);
+    }
+  }
   const blks = [...(cfg.blk ?? []), ...(values.blk ?? []).map(parseBlk)];
   const rngs = [...(cfg.rng ?? []), ...(values.rng ?? []).map(parseRng)];
   let allow: AllowSpec[];
@@ -207,8 +190,7 @@ export async function runTarget(argv: string[]): Promise<number> {
     throw new CliError(`--redirect: ${(err as Error).message}`);
   }
   if (blks.length === 0 && rngs.length === 0 && redirects.length === 0) throw new CliError('vof target needs at least one --blk TVQN=PATH, --rng TVQN or --redirect TVQN=URL');
-  const level = (values.log ?? cfg.log ?? 'info') as LogLevel;
-  const log = createLogger(level);
+  const log = createLogger(parseLogLevel(values.log, cfg.log ?? 'info'));
   const queues = parseIntOption(values.queues, 'queues', 1, 64) ?? cfg.queues;
   const queueSize = parseIntOption(values['queue-size'], 'queue-size', 1, 1024) ?? cfg.queueSize;
   const limit = (flag: string) => parseIntOption(values[flag as 'max-unbound'], flag, 1, 1_000_000);
@@ -237,14 +219,18 @@ export async function runTarget(argv: string[]): Promise<number> {
   const connectTimeoutMs = parseIntOption(values['connect-timeout'], 'connect-timeout', 0, 3600000) ?? cfg.connectTimeoutMs;
   const sendStallTimeoutMs = parseIntOption(values['send-timeout'], 'send-timeout', 0, 3600000) ?? cfg.sendTimeoutMs;
   let fileIo: FileIoChoice | undefined;
+  let mode: FileIoMode;
   if (blks.length > 0) {
     try {
       const asked = values['file-io'] ?? cfg.fileIo;
-      fileIo = chooseFileIo(asked === undefined ? defaultFileIoMode() : parseFileIoMode(asked, values['file-io'] !== undefined ? '--file-io' : '--config "fileIo"'), log);
+      mode = asked === undefined ? defaultFileIoMode() : parseFileIoMode(asked, values['file-io'] !== undefined ? '--file-io' : '--config "fileIo"');
+      fileIo = chooseFileIo(mode, log);
     } catch (err) {
       throw new CliError((err as Error).message);
     }
-    log.info(fileIo.description);
+    // Which I/O and why: the backend's own reason, and where the mode came from.
+    const from = values['file-io'] !== undefined ? '--file-io' : cfg.fileIo !== undefined ? '--config "fileIo"' : process.env['VOF_FILE_IO'] ? 'VOF_FILE_IO' : 'the default';
+    log.info(`${fileIo.description}; mode ${mode} from ${from}`);
   }
   const inlineDataBytes = parseIntOption(values['inline-data'], 'inline-data', 0, MAX_INLINE_DATA_SIZE) ?? cfg.inlineDataBytes;
   if (inlineDataBytes !== undefined && (!Number.isInteger(inlineDataBytes) || inlineDataBytes < 0 || inlineDataBytes > MAX_INLINE_DATA_SIZE)) {
@@ -285,9 +271,9 @@ export async function runTarget(argv: string[]): Promise<number> {
   });
   let control: ControlSocket | undefined;
   try {
+    for (const b of blks) await checkBackingFile(b, (m) => log.warn(m));
     for (const b of blks) {
       let disk: FileBlockExport;
-      if (b.direct !== undefined && typeof b.direct !== 'boolean') throw new CliError(`--config: blk "${b.tvqn}" "direct" must be true or false`);
       try {
         disk = await FileBlockExport.open(b.path, {
           readOnly: b.readOnly ?? false,
@@ -298,7 +284,9 @@ export async function runTarget(argv: string[]): Promise<number> {
           ...(fileIo && { fileIo: fileIo.backend }),
         });
       } catch (err) {
-        throw new CliError(`cannot open ${b.path} for "${b.tvqn}": ${(err as Error).message}`, 1);
+        const code = (err as NodeJS.ErrnoException).code;
+        const hint = !b.readOnly && (code === 'EACCES' || code === 'EROFS' || code === 'EPERM') ? ` (to export it read-only: --blk ${b.tvqn}=${b.path},ro, or "readOnly": true in --config)` : '';
+        throw new CliError(`cannot open ${b.path} for "${b.tvqn}": ${(err as Error).message}${hint}`, 1);
       }
       try {
         const entries = [...(b.allow ?? []), ...allow];
@@ -318,9 +306,7 @@ export async function runTarget(argv: string[]): Promise<number> {
       try {
         rng = new EntropyExport({ ...(r.rate !== undefined && { rate: r.rate }), ...(r.burst !== undefined && { burst: r.burst }) });
         const entries = [...(r.allow ?? []), ...allow];
-        target.addDevice(r.tvqn, rng, entries.length > 0 ? entries : undefined, {
-          admin: [...(r.admin ?? []), ...admin],
-        });
+        target.addDevice(r.tvqn, rng, entries.length > 0 ? entries : undefined, { admin: [...(r.admin ?? []), ...admin] });
       } catch (err) {
         throw new CliError(`cannot export rng "${r.tvqn}": ${(err as Error).message}`);
       }

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parsePskFile, type TlsClientSettings, type TlsServerSettings } from '../transport/tcp/tls-settings.js';
 import { CliError } from './cli-error.js';
+import type { OptionTable } from './options.js';
 
 function readPem(file: string, what: string): Buffer {
   try {
@@ -27,11 +28,11 @@ export interface TlsServerFiles {
 }
 
 export const TLS_SERVER_OPTIONS = {
-  'tls-cert': { type: 'string' },
-  'tls-key': { type: 'string' },
-  'tls-ca': { type: 'string' },
-  'tls-psk': { type: 'string' },
-} as const;
+  'tls-cert': { type: 'string', arg: 'FILE', desc: 'the target\'s certificate (PEM) for tls:// listeners; with --tls-key' },
+  'tls-key': { type: 'string', arg: 'FILE', desc: 'the private key of --tls-cert (PEM)' },
+  'tls-ca': { type: 'string', arg: 'FILE', desc: 'ask for client certificates signed by this CA (PEM)' },
+  'tls-psk': { type: 'string', arg: 'FILE', desc: 'TLS 1.3 pre-shared keys, lines IDENTITY:HEXKEY' },
+} as const satisfies OptionTable;
 
 /**
  * Server-side TLS settings from files; undefined when none was given. `flag` names the flags in
@@ -50,13 +51,13 @@ export function serverTlsSettings(files: TlsServerFiles, flag = 'tls', server = 
 
 /** Initiator flags shared by vof info and vof cp. */
 export const TLS_CLIENT_OPTIONS = {
-  'tls-ca': { type: 'string' },
-  'tls-cert': { type: 'string' },
-  'tls-key': { type: 'string' },
-  'tls-psk': { type: 'string' },
-  'tls-psk-identity': { type: 'string' },
-  'tls-servername': { type: 'string' },
-} as const;
+  'tls-ca': { type: 'string', arg: 'FILE', group: 'TLS', desc: 'trust the target\'s certificate from this CA (PEM; default: Node\'s CA bundle)' },
+  'tls-cert': { type: 'string', arg: 'FILE', group: 'TLS', desc: 'client certificate (PEM), with --tls-key' },
+  'tls-key': { type: 'string', arg: 'FILE', group: 'TLS', desc: 'the private key of --tls-cert (PEM)' },
+  'tls-psk': { type: 'string', arg: 'FILE', group: 'TLS', desc: 'TLS 1.3 pre-shared key file, lines IDENTITY:HEXKEY' },
+  'tls-psk-identity': { type: 'string', arg: 'ID', group: 'TLS', desc: 'which identity of --tls-psk (needed when it holds several)' },
+  'tls-servername': { type: 'string', arg: 'NAME', group: 'TLS', desc: 'the name the target\'s certificate must carry (default: the URL\'s host)' },
+} as const satisfies OptionTable;
 
 export interface TlsClientFlags {
   'tls-ca'?: string | undefined;

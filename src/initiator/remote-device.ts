@@ -32,6 +32,9 @@ import { authKeyOf, authenticate } from './auth-handshake.js';
 export type { ConnectOptions } from './connect-options.js';
 export type { ConfigReader, ConfigValue } from './device-config.js';
 
+/** The IVQN an initiator presents when it is not given one (documented in docs/CLI.md and LIBRARY.md). */
+export const DEFAULT_IVQN = 'vof-initiator';
+
 interface DeviceEvents {
   configChange: [generation: number];
   /** A queue or the keepalive failed; I/O is held while the device reconnects. */
@@ -213,7 +216,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   static async connect(url: string, options: ConnectOptions = {}): Promise<RemoteDevice> {
     parseDeviceUrl(url);
     const log = options.log ?? defaultLogger();
-    const ivqn = options.ivqn ?? 'vof-initiator';
+    const ivqn = options.ivqn ?? DEFAULT_IVQN;
     Liveness.checkSettings(url, options.keepaliveIntervalMs ?? DEFAULT_KEEPALIVE_INTERVAL_MS, options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS, log);
     if (options.authSecret !== undefined) authKeyOf(options.authSecret); // a bad secret fails before any connection
     const path = await connectControlPath(url, { ivqn, log, ...pathOpts(options) });

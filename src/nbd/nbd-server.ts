@@ -115,7 +115,10 @@ export class NbdServer {
       tls: options.tls ? new NbdTls(options.tls, this.log) : null,
     };
     this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
-    this.server.on('error', (err) => this.log.error(`nbd server: ${err.message}`));
+    // A listen() failure is its caller's to report (it rejects): logging it here too printed it twice.
+    this.server.on('error', (err) => {
+      if (this.server.listening) this.log.error(`nbd server: ${err.message}`);
+    });
   }
 
   get connectionCount(): number {
