@@ -28,8 +28,10 @@ const allowList = z
   .min(1, { message: 'is empty; remove it to export to every initiator, or list the IVQNs allowed' })
   .meta({ description: 'IVQNs allowed to connect (default: every initiator)' });
 
-/** Admin grants (consumed by the admin-authorization branch): who may send admin commands. */
-const adminList = z.array(ivqn).meta({ description: 'IVQN or IVQN@IDENTITY entries allowed to send admin commands' });
+/** Admin grants: written like allow entries; absent or empty, nobody holds them. */
+const adminList = z
+  .array(allowEntry)
+  .meta({ description: 'IVQNs granted the export-wide admin commands (format, clear-log, reset-counters, the whole error log); default: nobody' });
 
 const blk = z.strictObject({
   tvqn: ivqn.meta({ description: 'the name initiators connect to' }),
