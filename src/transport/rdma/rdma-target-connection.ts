@@ -33,6 +33,14 @@ export interface RdmaTargetOptions {
 /** Device-writable and status bytes beyond max_vq_payload one request may need (virtio-blk: 1). */
 const REQUEST_SLACK = 4096;
 
+/**
+ * Receive buffers posted until the queue's Connect arrives. Before it a peer has no business
+ * sending anything but that Connect, and a connection that never gets there (a peer that only
+ * sends connect requests) must not hold a full receive ring (recvDepth × recvSize, ~1.3 MiB by
+ * default) of registered memory: the rest is registered when the Connect comes.
+ */
+export const PRE_CONNECT_RECV_DEPTH = 2;
+
 /** The largest request message: a Connect with its body (also room for 64 descriptors). */
 export const MAX_REQUEST_MESSAGE = COMMAND_SIZE + CONNECT_BODY_SIZE;
 const EMPTY = Buffer.alloc(0);
@@ -185,6 +193,7 @@ export class RdmaTargetConnection implements TargetConnection {
         cmId,
         {
           recvDepth: options.recvDepth,
+          initialRecvDepth: PRE_CONNECT_RECV_DEPTH,
           // Sized before Connect says which instance this queue joins: room for the offered inline size.
           recvSize: Math.max(MAX_REQUEST_MESSAGE, options.inlineDataBytes > 0 ? inlineRequestMessageSize(options.maxKeyedDescriptors, options.inlineDataBytes) : 0),
           sendDepth: options.sendDepth,
@@ -276,6 +285,13 @@ export class RdmaTargetConnection implements TargetConnection {
       const announced = command.readUInt32LE(8);
       if (rest !== announced || (rest !== 0 && rest !== CONNECT_BODY_SIZE)) {
         return this.violation(`Connect announces a ${announced}-byte body and carries ${rest} bytes (0 or ${CONNECT_BODY_SIZE} are valid)`);
+      }
+      try {
+        // Before the answer can go out: the peer may send its next commands as soon as it has it.
+        this.rc.growReceives();
+      } catch (err) {
+        this.log.warn(`${this.peer}: cannot register the queue's receive buffers (${(err as Error).message}): closing`);
+        return this.close();
       }
       this.reserveMemory(command);
       this.handler.onCommand(command, rest === 0 ? EMPTY : Buffer.from(msg.subarray(COMMAND_SIZE)));
