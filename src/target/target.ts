@@ -270,6 +270,7 @@ export class VofTarget {
       deviceMemoryBytes: this.limits.rdmaDeviceMemoryBytes,
       inlineDataBytes: this.inlineDataBytes,
       handshakeLimits: this.unboundLimits,
+      handshakeTimeoutMs: this.context.connectTimeoutMs,
       ...(this.tls && { tls: this.tls }),
     };
     const listener = await transport.listen(endpoint, listenOptions, (connection) => {

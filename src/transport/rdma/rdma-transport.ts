@@ -1,4 +1,5 @@
 import type { Logger } from '../../util/log.js';
+import { OldestFirstAdmission, type AdmissionLimits } from '../../util/oldest-first-admission.js';
 import { formatRdmaPeer, numericHost } from '../address.js';
 import type {
   ConnectOptions,
@@ -49,7 +50,8 @@ export class RdmaTransport implements Transport {
       ...(options.sendStallTimeoutMs !== undefined && { sendStallTimeoutMs: options.sendStallTimeoutMs }),
       ...(options.deviceMemoryBytes !== undefined && { deviceMemoryBytes: options.deviceMemoryBytes }),
     };
-    return new RdmaListener(this.binding, host, endpoint.port, targetOptions, this.log, onConnection);
+    const admission = { limits: options.handshakeLimits, timeoutMs: options.handshakeTimeoutMs ?? 0 };
+    return new RdmaListener(this.binding, host, endpoint.port, targetOptions, admission, this.log, onConnection);
   }
 
   connect(endpoint: Endpoint, options: ConnectOptions): Promise<InitiatorConnection> {
@@ -57,7 +59,22 @@ export class RdmaTransport implements Transport {
   }
 }
 
-/** A listening CM id; accepted connections share its event channel. */
+/**
+ * How connections between their CONNECT_REQUEST and ESTABLISHED are bounded: the target's limits
+ * for connections without Connect (absent: unbounded), and how long one may take (0: forever).
+ */
+interface PendingAdmission {
+  readonly limits: AdmissionLimits | undefined;
+  readonly timeoutMs: number;
+}
+
+/**
+ * A listening CM id; accepted connections share its event channel. A connection counts from its
+ * CONNECT_REQUEST: until ESTABLISHED hands it to the target (which counts it from there until its
+ * Connect), it holds a QP and a small receive ring, so it is counted per peer host and in total
+ * with the target's limits for connections without Connect, oldest closed first as on tls://,
+ * and destroyed if it is not established within the target's connect timeout.
+ */
 class RdmaListener implements Listener {
   readonly endpoint: Endpoint;
   readonly url: string;
@@ -66,15 +83,19 @@ class RdmaListener implements Listener {
   private readonly connections = new Map<CmId, RdmaTargetConnection>();
   private closing: Promise<void> | null = null;
   private whenEmpty: (() => void) | null = null;
+  private readonly pending: OldestFirstAdmission<RdmaTargetConnection> | null;
+  private readonly pendingTimers = new Map<RdmaTargetConnection, NodeJS.Timeout>();
 
   constructor(
     private readonly binding: NativeBinding,
     host: string,
     port: number,
     private readonly options: RdmaTargetOptions,
+    private readonly admission: PendingAdmission,
     private readonly log: Logger,
     private readonly onConnection: (connection: TargetConnection) => void,
   ) {
+    this.pending = admission.limits ? new OldestFirstAdmission(admission.limits) : null;
     this.channel = new binding.EventChannel((ev) => this.onEvent(ev));
     this.listenId = new binding.CmId(this.channel);
     try {
@@ -123,17 +144,47 @@ class RdmaListener implements Listener {
         ev,
         this.options,
         this.log,
-        (c) => this.onConnection(c),
-        () => {
+        (c) => {
+          this.settle(c);
+          this.onConnection(c);
+        },
+        (c) => {
+          this.settle(c);
           this.connections.delete(id);
           if (this.connections.size === 0) this.whenEmpty?.();
         },
       );
       this.connections.set(id, conn);
+      this.admit(conn, id.peerAddress()?.host ?? '?');
     } catch (err) {
       this.log.warn(`${this.url}: cannot accept a connection: ${(err as Error).message}`);
       rejectAndDestroy(id);
     }
+  }
+
+  /** Count a connection from its CONNECT_REQUEST; close the oldest pending ones over the limits. */
+  private admit(conn: RdmaTargetConnection, host: string): void {
+    for (const old of this.pending?.admit(conn, host) ?? []) {
+      this.log.warn(`${old.peer}: closed before its RDMA connection was established to make room for ${conn.peer} (limit of connections without Connect reached)`);
+      old.teardown(new Error('closed to make room for newer connections'));
+    }
+    if (this.admission.timeoutMs > 0) {
+      const timer = setTimeout(() => {
+        this.pendingTimers.delete(conn);
+        this.log.warn(`${conn.peer}: RDMA connection not established within ${this.admission.timeoutMs} ms; closing`);
+        conn.teardown(new Error('not established in time'));
+      }, this.admission.timeoutMs);
+      timer.unref();
+      this.pendingTimers.set(conn, timer);
+    }
+  }
+
+  /** Established (handed to the target) or gone: no longer pending. Idempotent. */
+  private settle(conn: RdmaTargetConnection): void {
+    this.pending?.settle(conn);
+    const timer = this.pendingTimers.get(conn);
+    if (timer) clearTimeout(timer);
+    this.pendingTimers.delete(conn);
   }
 
   close(): Promise<void> {
