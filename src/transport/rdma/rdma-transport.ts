@@ -79,7 +79,9 @@ class RdmaListener implements Listener {
   readonly endpoint: Endpoint;
   readonly url: string;
   private readonly channel;
-  private readonly listenId: CmId;
+  /** Null while the RDMA device is gone (DEVICE_REMOVAL): listening again is retried. */
+  private listenId: CmId | null;
+  private relistenTimer: NodeJS.Timeout | null = null;
   private readonly connections = new Map<CmId, RdmaTargetConnection>();
   private closing: Promise<void> | null = null;
   private whenEmpty: (() => void) | null = null;
@@ -108,7 +110,7 @@ class RdmaListener implements Listener {
       const hint = e.code === 'EADDRNOTAVAIL' || e.code === 'ENODEV' ? ' (is there an RDMA device on that address?)' : '';
       throw new Error(`cannot listen on ${formatRdmaPeer(host, port)}: ${e.message}${hint}`, { cause: err });
     }
-    const bound = this.listenId.localAddress();
+    const bound = this.listenId!.localAddress();
     this.endpoint = { host, port: bound?.port ?? port };
     this.url = formatRdmaPeer(host, this.endpoint.port);
   }
@@ -121,6 +123,7 @@ class RdmaListener implements Listener {
     const conn = ev.id && ev.type !== 'CONNECT_REQUEST' ? this.connections.get(ev.id) : undefined;
     try {
       if (ev.type === 'CONNECT_REQUEST' && ev.id) return this.onConnectRequest(ev, ev.id);
+      if (ev.type === 'DEVICE_REMOVAL' && ev.id && ev.id === this.listenId) return this.onListenerRemoved();
       conn?.onCmEvent(ev);
     } catch (err) {
       this.log.warn(`${conn?.peer ?? this.url}: RDMA CM ${ev.type} event handler failed (${(err as Error).message}): closing the connection`);
@@ -162,6 +165,35 @@ class RdmaListener implements Listener {
     }
   }
 
+  /**
+   * The RDMA device under the listening address went away (rxe removed, NIC unplugged): the
+   * kernel has dropped the listen, and the id must be destroyed for the device to go. The
+   * connections on it get their own DEVICE_REMOVAL. Listening on the same address and port is
+   * retried every second, so initiators find the target again once the device is back.
+   */
+  private onListenerRemoved(): void {
+    this.log.warn(`${this.url}: the RDMA device went away (DEVICE_REMOVAL): not listening until it is back`);
+    this.listenId?.destroy();
+    this.listenId = null;
+    this.relisten();
+  }
+
+  private relisten(): void {
+    this.relistenTimer = null;
+    if (this.closing) return;
+    const id = new this.binding.CmId(this.channel);
+    try {
+      id.bind(this.endpoint.host, this.endpoint.port);
+      id.listen(128);
+    } catch {
+      id.destroy();
+      this.relistenTimer = setTimeout(() => this.relisten(), 1000);
+      return;
+    }
+    this.listenId = id;
+    this.log.info(`${this.url}: listening again`);
+  }
+
   /** Count a connection from its CONNECT_REQUEST; close the oldest pending ones over the limits. */
   private admit(conn: RdmaTargetConnection, host: string): void {
     for (const old of this.pending?.admit(conn, host) ?? []) {
@@ -189,7 +221,9 @@ class RdmaListener implements Listener {
 
   close(): Promise<void> {
     this.closing ??= (async () => {
-      this.listenId.destroy();
+      this.listenId?.destroy();
+      this.listenId = null;
+      if (this.relistenTimer) clearTimeout(this.relistenTimer);
       if (this.connections.size > 0) {
         const empty = new Promise<void>((resolve) => (this.whenEmpty = resolve));
         for (const c of [...this.connections.values()]) c.close();
