@@ -193,6 +193,7 @@ class QueuePair : public Napi::ObjectWrap<QueuePair> {
   Napi::Value PostRecv(const Napi::CallbackInfo& info);
   Napi::Value QpNum(const Napi::CallbackInfo& info);
   Napi::Value Query(const Napi::CallbackInfo& info);
+  Napi::Value ModifyToError(const Napi::CallbackInfo& info);
   ibv_sge ToSge(Napi::Env env, Napi::Value mrValue, Napi::Value offsetValue, Napi::Value lengthValue);
   MemoryWindow* WindowOf(Napi::Env env, Napi::Value value);
 

@@ -14,6 +14,7 @@ Napi::Function QueuePair::Init(Napi::Env env) {
                          InstanceMethod<&QueuePair::PostRecv>("postRecv"),
                          InstanceMethod<&QueuePair::QpNum>("qpNum"),
                          InstanceMethod<&QueuePair::Query>("query"),
+                         InstanceMethod<&QueuePair::ModifyToError>("modifyToError"),
                      });
 }
 
@@ -223,6 +224,18 @@ Napi::Value QueuePair::Query(const Napi::CallbackInfo& info) {
   o.Set("minRnrTimer", Napi::Number::New(env, attr.min_rnr_timer));
   o.Set("timeout", Napi::Number::New(env, attr.timeout));
   return o;
+}
+
+// modifyToError(): move the QP to the error state, as a fatal fabric or device error would: its
+// posted work requests complete with IBV_WC_WR_FLUSH_ERR. For fault tests.
+Napi::Value QueuePair::ModifyToError(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (qp_ == nullptr) throw Napi::Error::New(env, "queue pair is destroyed");
+  ibv_qp_attr attr{};
+  attr.qp_state = IBV_QPS_ERR;
+  int err = ibv_modify_qp(qp_, &attr, IBV_QP_STATE);
+  if (err != 0) ThrowErrno(env, "ibv_modify_qp", err);
+  return env.Undefined();
 }
 
 }  // namespace vof

@@ -295,6 +295,7 @@ export class VofTarget {
       deviceMemoryBytes: this.limits.rdmaDeviceMemoryBytes,
       inlineDataBytes: this.inlineDataBytes,
       handshakeLimits: this.unboundLimits,
+      handshakeTimeoutMs: this.context.connectTimeoutMs,
       ...(this.tls && { tls: this.tls }),
     };
     const listener = await transport.listen(endpoint, listenOptions, (connection) => {

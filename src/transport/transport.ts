@@ -262,6 +262,11 @@ export interface ListenOptions {
    * (tcp:// hands a connection over at once; the target counts it from there).
    */
   readonly handshakeLimits?: AdmissionLimits;
+  /**
+   * rdma://: a connection still not established this long after its connect request is
+   * destroyed with its queue pair (ms; 0 or absent: never). The target gives its connect timeout.
+   */
+  readonly handshakeTimeoutMs?: number;
 }
 
 export interface ConnectOptions {

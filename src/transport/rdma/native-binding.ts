@@ -147,6 +147,8 @@ export interface QueuePair {
   postRecv(wrId: number, mr: MemoryRegion, offset: number, length: number): void;
   qpNum(): number;
   query(): QpAttributes;
+  /** Move the QP to the error state (its posted work requests flush): fault tests. */
+  modifyToError(): void;
 }
 
 export interface PortInfo {

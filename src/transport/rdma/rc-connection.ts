@@ -20,6 +20,11 @@ export interface ProtectionDomainLease {
 export interface RcConnectionOptions {
   /** Receive buffers posted at all times; a peer that sends more waits (RNR), it is not dropped. */
   readonly recvDepth: number;
+  /**
+   * Receive buffers registered and posted at first (default recvDepth): the rest come with
+   * growReceives(). The QP is created for recvDepth either way.
+   */
+  readonly initialRecvDepth?: number;
   /** Largest message accepted; a longer one is a local length error that ends the connection. */
   readonly recvSize: number;
   readonly sendDepth: number;
@@ -60,7 +65,9 @@ export class RcConnection {
   readonly cq: CompletionQueue;
   readonly qp: QueuePair;
   readonly sendQueue: SendQueue;
-  private readonly recvRegion: MemoryRegion;
+  /** Receive slots [0, initial) live in the first region, the rest (after growReceives) in the second. */
+  private readonly recvRegions: MemoryRegion[] = [];
+  private readonly initialRecvDepth: number;
   private readonly sendSlots: RegisteredPool;
   private readonly extraPools: RegisteredPool[] = [];
   private brokenBy: Error | null = null;
@@ -73,6 +80,7 @@ export class RcConnection {
     private readonly handler: RcConnectionHandler,
   ) {
     const { recvDepth, recvSize, sendDepth, sendSize } = options;
+    this.initialRecvDepth = Math.min(recvDepth, Math.max(1, options.initialRecvDepth ?? recvDepth));
     this.pd = options.protectionDomain?.pd ?? new binding.ProtectionDomain(cmId);
     try {
       this.cq = new binding.CompletionQueue(cmId, recvDepth + sendDepth, (n) => this.onCompletions(n));
@@ -86,12 +94,12 @@ export class RcConnection {
       const limits = options.sendLimits ?? {};
       this.sendQueue = new SendQueue(this.qp, sendDepth, binding, { ...limits, onFail: (err) => this.break(err) });
       // Receive buffers are written by the local NIC only: no remote access.
-      this.recvRegion = this.pd.registerMemory(Buffer.allocUnsafeSlow(recvDepth * recvSize), binding.access.LOCAL_WRITE);
+      this.recvRegions.push(this.pd.registerMemory(Buffer.allocUnsafeSlow(this.initialRecvDepth * recvSize), binding.access.LOCAL_WRITE));
       // A slot is held from send() until the chain completes, in flight or in the backlog: an
       // owner that bounds the backlog gets one slot per place, so a message of sendSize never
       // needs a registration of its own (the target). Others get one per send queue entry.
       this.sendSlots = new RegisteredPool(this.pd, sendSize, sendDepth + (limits.maxBacklog ?? 0), 0);
-      for (let i = 0; i < recvDepth; i++) this.postRecv(i);
+      for (let i = 0; i < this.initialRecvDepth; i++) this.postRecv(i);
     } catch (err) {
       this.destroy();
       throw err;
@@ -109,8 +117,27 @@ export class RcConnection {
     return pool;
   }
 
+  /**
+   * Register and post the receive buffers beyond initialRecvDepth, up to recvDepth (once; later
+   * calls do nothing). Throws if the registration fails; the caller closes the connection.
+   */
+  growReceives(): void {
+    if (this.recvRegions.length > 1 || this.destroyed || this.brokenBy) return;
+    const more = this.options.recvDepth - this.initialRecvDepth;
+    if (more <= 0) return;
+    this.recvRegions.push(this.pd.registerMemory(Buffer.allocUnsafeSlow(more * this.options.recvSize), this.binding.access.LOCAL_WRITE));
+    for (let i = this.initialRecvDepth; i < this.options.recvDepth; i++) this.postRecv(i);
+  }
+
+  /** The region and offset of a receive slot. */
+  private recvSlot(slot: number): { region: MemoryRegion; offset: number } {
+    const first = slot < this.initialRecvDepth;
+    return { region: this.recvRegions[first ? 0 : 1]!, offset: (first ? slot : slot - this.initialRecvDepth) * this.options.recvSize };
+  }
+
   private postRecv(slot: number): void {
-    this.qp.postRecv(RECV_WR_FLAG | slot, this.recvRegion, slot * this.options.recvSize, this.options.recvSize);
+    const { region, offset } = this.recvSlot(slot);
+    this.qp.postRecv(RECV_WR_FLAG | slot, region, offset, this.options.recvSize);
   }
 
   private onCompletions(count: number): void {
@@ -147,8 +174,8 @@ export class RcConnection {
     const slot = wrId & ~RECV_WR_FLAG;
     if (status !== 0) return this.break(new RdmaWorkError(status, this.binding.wcStatusName(status), 'receive'));
     if (this.brokenBy) return;
-    const offset = slot * this.options.recvSize;
-    this.handler.onMessage(this.recvRegion.buffer.subarray(offset, offset + byteLen), invalidatedKey);
+    const { region, offset } = this.recvSlot(slot);
+    this.handler.onMessage(region.buffer.subarray(offset, offset + byteLen), invalidatedKey);
     if (!this.destroyed && !this.brokenBy) this.postRecv(slot);
   }
 
@@ -194,7 +221,7 @@ export class RcConnection {
     this.cq?.destroy();
     for (const p of this.extraPools) p.destroy();
     this.sendSlots?.destroy();
-    this.recvRegion?.deregister();
+    for (const r of this.recvRegions) r.deregister();
     if (this.options.protectionDomain) this.options.protectionDomain.release();
     else this.pd.dealloc();
   }

@@ -1,4 +1,4 @@
-import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, CONTROL_QUEUE_INSTANCE_ID, KEYED_DESCRIPTOR_SIZE, Opcode } from '../../protocol/constants.js';
+import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, CONTROL_QUEUE_INSTANCE_ID, KEYED_DESCRIPTOR_SIZE, Opcode, Status } from '../../protocol/constants.js';
 import { REDIRECT_RECORD_SIZE } from '../../protocol/redirect-record.js';
 import { decodeKeyedDescriptors, validateKeyedDescriptors, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
 import { carriesInline, decodeInlineRequest, inlineRequestMessageSize } from '../../protocol/inline-data.js';
@@ -32,6 +32,15 @@ export interface RdmaTargetOptions {
 
 /** Device-writable and status bytes beyond max_vq_payload one request may need (virtio-blk: 1). */
 const REQUEST_SLACK = 4096;
+
+/**
+ * Receive buffers posted until the queue's Connect succeeds. Before it a peer has no business
+ * sending anything but that Connect, and a connection that never gets there (a peer that only
+ * sends connect requests, or Connects that are refused) must not hold a full receive ring
+ * (recvDepth × recvSize, ~1.3 MiB by default) of registered memory: the rest is registered
+ * when the answer to a successful Connect is sent.
+ */
+export const PRE_CONNECT_RECV_DEPTH = 2;
 
 /** The largest request message: a Connect with its body (also room for 64 descriptors). */
 export const MAX_REQUEST_MESSAGE = COMMAND_SIZE + CONNECT_BODY_SIZE;
@@ -148,6 +157,8 @@ export class RdmaTargetConnection implements TargetConnection {
   readonly inlineDataCapacity: number;
   /** Agreed inline size once the virtqueue's instance negotiated VOF_F_INLINE_DATA, else 0. */
   private inlineSize = 0;
+  /** The command id of a Connect whose answer has not been sent yet. */
+  private connectCommandId: number | null = null;
   /** The virtqueue's instance negotiated VOF_F_REMOTE_INVALIDATE. */
   private remoteInvalidation = false;
   /**
@@ -185,6 +196,7 @@ export class RdmaTargetConnection implements TargetConnection {
         cmId,
         {
           recvDepth: options.recvDepth,
+          initialRecvDepth: PRE_CONNECT_RECV_DEPTH,
           // Sized before Connect says which instance this queue joins: room for the offered inline size.
           recvSize: Math.max(MAX_REQUEST_MESSAGE, options.inlineDataBytes > 0 ? inlineRequestMessageSize(options.maxKeyedDescriptors, options.inlineDataBytes) : 0),
           sendDepth: options.sendDepth,
@@ -277,6 +289,7 @@ export class RdmaTargetConnection implements TargetConnection {
       if (rest !== announced || (rest !== 0 && rest !== CONNECT_BODY_SIZE)) {
         return this.violation(`Connect announces a ${announced}-byte body and carries ${rest} bytes (0 or ${CONNECT_BODY_SIZE} are valid)`);
       }
+      this.connectCommandId = command.readUInt16LE(2);
       this.reserveMemory(command);
       this.handler.onCommand(command, rest === 0 ? EMPTY : Buffer.from(msg.subarray(COMMAND_SIZE)));
       return;
@@ -350,6 +363,21 @@ export class RdmaTargetConnection implements TargetConnection {
 
   sendCompletion(completion: Buffer, payload?: Buffer): void {
     if (this.state !== 'open' && this.state !== 'closing') return;
+    if (this.connectCommandId !== null && completion.readUInt16LE(2) === this.connectCommandId) {
+      this.connectCommandId = null;
+      // A successful Connect: the full receive ring, before the answer leaves (the peer may send
+      // its next commands as soon as it has it). A refused Connect leaves the connection unbound
+      // with its small ring.
+      if (completion.readUInt16LE(0) === Status.SUCCESS) {
+        try {
+          this.rc.growReceives();
+        } catch (err) {
+          this.log.warn(`${this.peer}: cannot register the queue's receive buffers (${(err as Error).message}): closing`);
+          this.close();
+          return;
+        }
+      }
+    }
     this.rc.send(payload ? [completion, payload] : [completion], 'completion').catch((err: Error) => this.log.debug(`${this.peer}: completion not sent: ${err.message}`));
   }
 

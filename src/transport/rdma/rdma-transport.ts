@@ -1,4 +1,5 @@
 import type { Logger } from '../../util/log.js';
+import { OldestFirstAdmission, type AdmissionLimits } from '../../util/oldest-first-admission.js';
 import { formatRdmaPeer, numericHost } from '../address.js';
 import type {
   ConnectOptions,
@@ -49,7 +50,8 @@ export class RdmaTransport implements Transport {
       ...(options.sendStallTimeoutMs !== undefined && { sendStallTimeoutMs: options.sendStallTimeoutMs }),
       ...(options.deviceMemoryBytes !== undefined && { deviceMemoryBytes: options.deviceMemoryBytes }),
     };
-    return new RdmaListener(this.binding, host, endpoint.port, targetOptions, this.log, onConnection);
+    const admission = { limits: options.handshakeLimits, timeoutMs: options.handshakeTimeoutMs ?? 0 };
+    return new RdmaListener(this.binding, host, endpoint.port, targetOptions, admission, this.log, onConnection);
   }
 
   connect(endpoint: Endpoint, options: ConnectOptions): Promise<InitiatorConnection> {
@@ -57,24 +59,45 @@ export class RdmaTransport implements Transport {
   }
 }
 
-/** A listening CM id; accepted connections share its event channel. */
+/**
+ * How connections between their CONNECT_REQUEST and ESTABLISHED are bounded: the target's limits
+ * for connections without Connect (absent: unbounded), and how long one may take (0: forever).
+ */
+interface PendingAdmission {
+  readonly limits: AdmissionLimits | undefined;
+  readonly timeoutMs: number;
+}
+
+/**
+ * A listening CM id; accepted connections share its event channel. A connection counts from its
+ * CONNECT_REQUEST: until ESTABLISHED hands it to the target (which counts it from there until its
+ * Connect), it holds a QP and a small receive ring, so it is counted per peer host and in total
+ * with the target's limits for connections without Connect, oldest closed first as on tls://,
+ * and destroyed if it is not established within the target's connect timeout.
+ */
 class RdmaListener implements Listener {
   readonly endpoint: Endpoint;
   readonly url: string;
   private readonly channel;
-  private readonly listenId: CmId;
+  /** Null while the RDMA device is gone (DEVICE_REMOVAL): listening again is retried. */
+  private listenId: CmId | null;
+  private relistenTimer: NodeJS.Timeout | null = null;
   private readonly connections = new Map<CmId, RdmaTargetConnection>();
   private closing: Promise<void> | null = null;
   private whenEmpty: (() => void) | null = null;
+  private readonly pending: OldestFirstAdmission<RdmaTargetConnection> | null;
+  private readonly pendingTimers = new Map<RdmaTargetConnection, NodeJS.Timeout>();
 
   constructor(
     private readonly binding: NativeBinding,
     host: string,
     port: number,
     private readonly options: RdmaTargetOptions,
+    private readonly admission: PendingAdmission,
     private readonly log: Logger,
     private readonly onConnection: (connection: TargetConnection) => void,
   ) {
+    this.pending = admission.limits ? new OldestFirstAdmission(admission.limits) : null;
     this.channel = new binding.EventChannel((ev) => this.onEvent(ev));
     this.listenId = new binding.CmId(this.channel);
     try {
@@ -87,7 +110,7 @@ class RdmaListener implements Listener {
       const hint = e.code === 'EADDRNOTAVAIL' || e.code === 'ENODEV' ? ' (is there an RDMA device on that address?)' : '';
       throw new Error(`cannot listen on ${formatRdmaPeer(host, port)}: ${e.message}${hint}`, { cause: err });
     }
-    const bound = this.listenId.localAddress();
+    const bound = this.listenId!.localAddress();
     this.endpoint = { host, port: bound?.port ?? port };
     this.url = formatRdmaPeer(host, this.endpoint.port);
   }
@@ -100,6 +123,7 @@ class RdmaListener implements Listener {
     const conn = ev.id && ev.type !== 'CONNECT_REQUEST' ? this.connections.get(ev.id) : undefined;
     try {
       if (ev.type === 'CONNECT_REQUEST' && ev.id) return this.onConnectRequest(ev, ev.id);
+      if (ev.type === 'DEVICE_REMOVAL' && ev.id && ev.id === this.listenId) return this.onListenerRemoved();
       conn?.onCmEvent(ev);
     } catch (err) {
       this.log.warn(`${conn?.peer ?? this.url}: RDMA CM ${ev.type} event handler failed (${(err as Error).message}): closing the connection`);
@@ -123,22 +147,83 @@ class RdmaListener implements Listener {
         ev,
         this.options,
         this.log,
-        (c) => this.onConnection(c),
-        () => {
+        (c) => {
+          this.settle(c);
+          this.onConnection(c);
+        },
+        (c) => {
+          this.settle(c);
           this.connections.delete(id);
           if (this.connections.size === 0) this.whenEmpty?.();
         },
       );
       this.connections.set(id, conn);
+      this.admit(conn, id.peerAddress()?.host ?? '?');
     } catch (err) {
       this.log.warn(`${this.url}: cannot accept a connection: ${(err as Error).message}`);
       rejectAndDestroy(id);
     }
   }
 
+  /**
+   * The RDMA device under the listening address went away (rxe removed, NIC unplugged): the
+   * kernel has dropped the listen, and the id must be destroyed for the device to go. The
+   * connections on it get their own DEVICE_REMOVAL. Listening on the same address and port is
+   * retried every second, so initiators find the target again once the device is back.
+   */
+  private onListenerRemoved(): void {
+    this.log.warn(`${this.url}: the RDMA device went away (DEVICE_REMOVAL): not listening until it is back`);
+    this.listenId?.destroy();
+    this.listenId = null;
+    this.relisten();
+  }
+
+  private relisten(): void {
+    this.relistenTimer = null;
+    if (this.closing) return;
+    const id = new this.binding.CmId(this.channel);
+    try {
+      id.bind(this.endpoint.host, this.endpoint.port);
+      id.listen(128);
+    } catch {
+      id.destroy();
+      this.relistenTimer = setTimeout(() => this.relisten(), 1000);
+      return;
+    }
+    this.listenId = id;
+    this.log.info(`${this.url}: listening again`);
+  }
+
+  /** Count a connection from its CONNECT_REQUEST; close the oldest pending ones over the limits. */
+  private admit(conn: RdmaTargetConnection, host: string): void {
+    for (const old of this.pending?.admit(conn, host) ?? []) {
+      this.log.warn(`${old.peer}: closed before its RDMA connection was established to make room for ${conn.peer} (limit of connections without Connect reached)`);
+      old.teardown(new Error('closed to make room for newer connections'));
+    }
+    if (this.admission.timeoutMs > 0) {
+      const timer = setTimeout(() => {
+        this.pendingTimers.delete(conn);
+        this.log.warn(`${conn.peer}: RDMA connection not established within ${this.admission.timeoutMs} ms; closing`);
+        conn.teardown(new Error('not established in time'));
+      }, this.admission.timeoutMs);
+      timer.unref();
+      this.pendingTimers.set(conn, timer);
+    }
+  }
+
+  /** Established (handed to the target) or gone: no longer pending. Idempotent. */
+  private settle(conn: RdmaTargetConnection): void {
+    this.pending?.settle(conn);
+    const timer = this.pendingTimers.get(conn);
+    if (timer) clearTimeout(timer);
+    this.pendingTimers.delete(conn);
+  }
+
   close(): Promise<void> {
     this.closing ??= (async () => {
-      this.listenId.destroy();
+      this.listenId?.destroy();
+      this.listenId = null;
+      if (this.relistenTimer) clearTimeout(this.relistenTimer);
       if (this.connections.size > 0) {
         const empty = new Promise<void>((resolve) => (this.whenEmpty = resolve));
         for (const c of [...this.connections.values()]) c.close();
