@@ -89,15 +89,20 @@ describe('allow-lists cannot be walked around (the attack of issue 9)', () => {
       // unauthenticated virtqueue joins only from the control queue's host).
       expect(await vqConnectFrom(fx.port, '127.0.0.2', id, 1)).toBe('EBADDEV');
 
-      // 3. Her still-unbound connection can neither read sector 0 nor write sector 8.
+      // 3. Her still-unbound connection can neither read sector 0 nor write sector 8: a VQ
+      // command before any successful Connect gets ENOCMD and the connection is closed (its
+      // payload is never read), so the write needs a connection of its own.
       const read = await m.call({ opcode: Opcode.Vq, commandId: 20, outLength: 16, inLength: 513 }, encodeRequestHeader(BlkRequestType.IN, 0n));
       expect([st(read), read.readUInt32LE(4)]).toEqual(['ENOCMD', 0]);
+      await m.whenClosed();
       const evil = Buffer.alloc(SECTOR_SIZE, 0xee);
-      const write = await m.call(
+      const w = await RawQueue.open(fx.port);
+      const write = await w.call(
         { opcode: Opcode.Vq, commandId: 21, outLength: 16 + SECTOR_SIZE, inLength: 1 },
         Buffer.concat([encodeRequestHeader(BlkRequestType.OUT, 8n), evil]),
       );
       expect(st(write)).toBe('ENOCMD');
+      await w.whenClosed();
 
       // 4. host-a's free slot is still free for host-a herself (no EQUEUEQUOT), with her body.
       const own = await RawQueue.open(fx.port);
