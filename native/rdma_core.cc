@@ -45,6 +45,7 @@ namespace {
     (c, port, index, gid))                                                                                      \
   X(0, int, ibv_query_port, (struct ibv_context * c, uint8_t port, struct _compat_ibv_port_attr * a),         \
     (c, port, a))                                                                                               \
+  X(0, int, ibv_modify_qp, (struct ibv_qp * qp, struct ibv_qp_attr * a, int mask), (qp, a, mask))                \
   X(0, int, ibv_query_qp, (struct ibv_qp * qp, struct ibv_qp_attr * a, int mask, struct ibv_qp_init_attr * i),  \
     (qp, a, mask, i))                                                                                           \
   X(0, struct ibv_mr*, ibv_reg_mr_iova2,                                                                        \

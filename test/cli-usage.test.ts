@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { vofSync as vof } from './helpers/vof-cli.js';
-import { startTarget } from '../scripts/start-target.mjs';
+import { VOF_CLI, startTarget } from '../scripts/start-target.mjs';
+import { spawnSync } from 'node:child_process';
 
 const COMMANDS = ['target', 'info', 'cp', 'admin', 'nbd', 'drain', 'devices', 'bench'];
 
@@ -141,12 +142,19 @@ describe('vof CLI usage: help, unknown flags, usage errors', () => {
     const ro = join(dir, 'ro.img');
     writeFileSync(ro, Buffer.alloc(4096));
     chmodSync(ro, 0o444);
-    chmodSync(dir, 0o755);
-    // root writes any file: run the CLI as nobody there.
-    const asNobody = process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {};
-    const r = vof(['target', '--listen', 'tcp://127.0.0.1:0', '--blk', `d=${ro}`], asNobody);
+    const args = ['target', '--listen', 'tcp://127.0.0.1:0', '--blk', `d=${ro}`];
+    // root writes any file, whatever its mode: there, the file's directory is mounted read-only
+    // in a private mount namespace (EROFS; running as nobody instead needs a checkout that
+    // nobody may read, which /root is not).
+    const r =
+      process.getuid?.() === 0
+        ? spawnSync('unshare', ['-m', 'sh', '-c', `mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"`, 'sh', dir, process.execPath, VOF_CLI, ...args], {
+            encoding: 'utf8',
+            timeout: 20000,
+          })
+        : vof(args);
     expect(r.status, r.stderr).toBe(1);
-    expect(r.stderr).toMatch(/EACCES.*\(to export it read-only: --blk d=.*ro\.img,ro/);
+    expect(r.stderr).toMatch(/(EACCES|EROFS).*\(to export it read-only: --blk d=.*ro\.img,ro/);
   });
 
   it('vof nbd --socket in a missing directory: said once, and not as EACCES, before connecting', () => {

@@ -26,13 +26,13 @@ const fixture = (f: string) => join(FIX, f);
 
 // libnbd clients are asynchronous children: the bridges run in other processes anyway.
 const execFileP = promisify(execFile);
-async function run(cmd: string, args: string[]): Promise<{ status: number; out: string }> {
+async function run(cmd: string, args: string[]): Promise<{ status: number; out: string; stdout: string }> {
   try {
     const r = await execFileP(cmd, args, { encoding: 'utf8', timeout: 120000 });
-    return { status: 0, out: r.stdout + r.stderr };
+    return { status: 0, out: r.stdout + r.stderr, stdout: r.stdout };
   } catch (err) {
     const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { status: typeof e.code === 'number' ? e.code : -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}` };
+    return { status: typeof e.code === 'number' ? e.code : -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}`, stdout: e.stdout ?? '' };
   }
 }
 
@@ -113,7 +113,7 @@ describe.skipIf(!clients.ok)(`vof nbd with NBD TLS (STARTTLS)${clients.skipNote}
     expect(readFileSync(back).equals(readFileSync(src))).toBe(true);
     const info = await run('nbdinfo', ['--json', `${pskUri}&tls-psk-file=${fixture('psk.txt')}`]);
     expect(info.status, info.out).toBe(0);
-    expect(JSON.parse(info.out.slice(info.out.indexOf('{')))).toMatchObject({ TLS: true, exports: [{ 'export-name': 'tlsdisk', 'export-size': DISK }] });
+    expect(JSON.parse(info.stdout)).toMatchObject({ TLS: true, exports: [{ 'export-name': 'tlsdisk', 'export-size': DISK }] });
     expect(certBridge.stderr()).toMatch(/TLS TLSv1\.3 on, client "host-a"/);
     expect(pskBridge.stderr()).toMatch(/TLS TLSv1\.3 on, client "id-b"/);
   }, SLOW);
