@@ -603,7 +603,7 @@ export class QueueSession {
   /**
    * A VQ command's life on its slot, each state left when its event arrives:
    *   buffers (readable, then writable) → executing (the device) → completing (the transport
-   *   sends the completion and written bytes) → the slot is free (onDispatched).
+   *   sends the completion and written bytes) → the slot is free (onSent: the slot ends itself).
    * A step whose input is at hand goes on at once: on stream transports a command reaches the
    * device in the turn it arrived, with no promise of the core's. Keyed transports fetch
    * (RDMA READ) or wait for pool memory first (runVqAwaiting). Cancellation is checked before
