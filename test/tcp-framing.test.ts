@@ -63,7 +63,8 @@ function targetOn(limit = 1 << 20) {
   let closed = false;
   conn.start({
     admitVq: () => 'accept',
-    onCommand: (cmd, payload) => seen.push({ cmd, payload }),
+    // The header buffer is the connection's, valid during the call only: keep a copy.
+    onCommand: (cmd, payload) => seen.push({ cmd: Buffer.from(cmd), payload }),
     onEnd: () => {},
     onClose: () => (closed = true),
   });

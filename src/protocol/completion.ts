@@ -13,8 +13,8 @@ import { AUTH_FIELD_OFFSET, AUTH_FIELD_SIZE, VOF_OP_AUTH_NEGOTIATE, VOF_OP_AUTH_
  * what follows depends on the opcode of the command it answers, so decoding needs that opcode.
  */
 
-function header(status: number, commandId: number): Buffer {
-  const b = Buffer.alloc(COMPLETION_SIZE);
+function header(status: number, commandId: number, into?: Buffer): Buffer {
+  const b = into === undefined ? Buffer.alloc(COMPLETION_SIZE) : into.fill(0, 0, COMPLETION_SIZE);
   b.writeUInt16LE(status, 0);
   b.writeUInt16LE(commandId, 2);
   return b;
@@ -45,14 +45,18 @@ export function encodeKeyedNumDescsCompletion(status: number, commandId: number,
 }
 
 /** Get Vendor ID, Get Device ID, Get Status, vof's Get Inline Data Size: le32 at offset 4. */
-export function encodeU32Completion(status: number, commandId: number, value: number): Buffer {
-  const b = header(status, commandId);
+export function encodeU32Completion(status: number, commandId: number, value: number, into?: Buffer): Buffer {
+  const b = header(status, commandId, into);
   b.writeUInt32LE(value >>> 0, 4);
   return b;
 }
 
-export function encodeVqCompletion(status: number, commandId: number, length: number): Buffer {
-  return encodeU32Completion(status, commandId, length);
+/**
+ * `into`: a 16-byte buffer to encode into (overwritten)
+ * instead of a fresh one, so that a target slot answers every command with the same buffer.
+ */
+export function encodeVqCompletion(status: number, commandId: number, length: number, into?: Buffer): Buffer {
+  return encodeU32Completion(status, commandId, length, into);
 }
 
 export function encodeVqSizeCompletion(status: number, commandId: number, size: number): Buffer {

@@ -320,6 +320,8 @@ export class DeviceInstance {
 
   /** Largest device-readable or device-writable part of one request on this queue. */
   maxRequestBytes(vqIndex: number): number {
+    // A device queue first: adminQueueIndex's feature test makes BigInts, asked twice per command.
+    if (vqIndex < this.device.numQueues) return this.device.maxRequestBytes;
     return vqIndex === this.adminQueueIndex ? ADMIN_MAX_REQUEST_BYTES : this.device.maxRequestBytes;
   }
 

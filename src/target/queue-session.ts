@@ -9,7 +9,7 @@ import {
   opcodeName,
   statusName,
 } from '../protocol/constants.js';
-import { decodeCommand, isUnknownCommand, type ConnectCommand, type DecodedCommand, type VqCommand } from '../protocol/command.js';
+import { decodeCommand, isUnknownCommand, type ConnectCommand, type DecodedCommand } from '../protocol/command.js';
 import {
   encodeBareCompletion,
   encodeConnectCompletion,
@@ -68,6 +68,13 @@ type SessionRole =
 const EMPTY = Buffer.alloc(0);
 
 /**
+ * What a dispatch returns for a VQ command whose slot ends itself (TargetRequest's bound
+ * callbacks call finish()): the caller neither finishes it nor waits on a promise.
+ */
+const FINISHES_ITSELF = 'finishes itself' as const;
+type Dispatched = Promise<void> | void | typeof FINISHES_ITSELF;
+
+/**
  * Connects refused for access (PROBE_ANSWERS) one connection may send before it is closed
  * (docs/PROTOCOL.md, "Virtqueue binding").
  */
@@ -91,6 +98,54 @@ const BEFORE_AUTH: ReadonlySet<number> = new Set([
 ]);
 
 /**
+ * A queue's commands in flight by id, with no Map entry made and dropped per command (a Map
+ * whose size goes up and down by a few entries rehashes as it grows and shrinks): an id keeps
+ * its entry after its command has left, and the entry counts only while its slot is listed
+ * under that id. Stale entries are dropped once there are more than STALE_IDS of them, so a
+ * peer that cycles through ids costs memory in proportion to its queue, not to the id space.
+ */
+class InFlight {
+  private readonly byId = new Map<number, TargetRequest>();
+  private count = 0;
+
+  constructor(private readonly limit: () => number) {}
+
+  get size(): number {
+    return this.count;
+  }
+
+  has(id: number): boolean {
+    const r = this.byId.get(id);
+    return r !== undefined && r.listed && r.commandId === id;
+  }
+
+  add(req: TargetRequest): void {
+    req.listed = true;
+    this.count++;
+    this.byId.set(req.commandId, req);
+    if (this.byId.size > this.limit() + STALE_IDS) {
+      for (const [id, r] of this.byId) if (!(r.listed && r.commandId === id)) this.byId.delete(id);
+    }
+  }
+
+  remove(req: TargetRequest): void {
+    if (!req.listed) return;
+    req.listed = false;
+    this.count--;
+  }
+
+  /** The commands in flight, copied (cancelling one may remove it). */
+  list(): TargetRequest[] {
+    const out: TargetRequest[] = [];
+    for (const [id, r] of this.byId) if (r.listed && r.commandId === id) out.push(r);
+    return out;
+  }
+}
+
+/** Ids of ended commands an InFlight keeps entries for beyond its queue size. */
+const STALE_IDS = 256;
+
+/**
  * One Virtio-oF queue on one transport connection, target side. The first command must be
  * Connect, which makes the session a control queue or binds it to a virtqueue of an existing
  * instance. Holds one TargetRequest per command in flight, keyed by command id: at most the
@@ -102,7 +157,7 @@ export class QueueSession {
   private role: SessionRole = { kind: 'unbound' };
   private queueSize = VIRTIO_OF_CONTROL_QUEUE_SIZE;
   /** Commands in flight by id (running: their completion has not been sent). */
-  private readonly requests = new Map<number, TargetRequest>();
+  private readonly requests = new InFlight(() => this.queueSize);
   /** Request slots of this queue that serve no command (see TargetRequest). */
   private readonly freeSlots: TargetRequest[] = [];
   /** Slots serving a command, completed or not: whenIdle waits for these to end. */
@@ -112,7 +167,7 @@ export class QueueSession {
   private readonly sink: CompletionSink = {
     vacate: (req) => this.vacate(req),
     send: (completion, refusal, payload) => this.reply(completion, refusal, payload),
-    sendVq: (data, completion, written) => (this.closed ? Promise.resolve() : this.connection.completeVq(data, completion, written)),
+    sendVq: (req, completion, written) => this.sendVq(req, completion, written),
     finished: (req) => this.slotFinished(req),
   };
   /** What a slot's callbacks lead to (see TargetRequest): made once per queue. */
@@ -179,11 +234,13 @@ export class QueueSession {
     if (!this.closed && role.kind === 'unbound') return 'close';
     if (this.closed || this.disconnecting || role.kind !== 'virtqueue') return 'discard';
     if (this.requests.size >= this.queueSize || !role.instance.acceptsRequests) return 'discard';
-    const cmd = decodeCommand(raw);
-    if (cmd.opcode !== Opcode.Vq || isUnknownCommand(cmd)) return 'discard';
+    // Read in place (no decoded object per command): the VQ command's le32 out and in lengths.
+    if (raw.readUInt16LE(0) !== Opcode.Vq) return 'discard';
+    const outLength = raw.readUInt32LE(8);
+    const inLength = raw.readUInt32LE(12);
     const max = role.instance.maxRequestBytes(role.vqIndex);
-    if (cmd.outLength > max || cmd.inLength > max) return 'discard';
-    const need = cmd.outLength + cmd.inLength;
+    if (outLength > max || inLength > max) return 'discard';
+    const need = outLength + inLength;
     if (!this.budget.fits(need)) return this.budget.whenGiven();
     if (!this.ctx.targetBudget.fits(need)) return this.ctx.targetBudget.whenGiven();
     this.budget.take(need);
@@ -215,22 +272,25 @@ export class QueueSession {
     this.admitted = 0;
     const data: VqRequestData | null = Buffer.isBuffer(payload) ? null : payload;
     if (this.closed) return this.drop(reserved, data);
-    const cmd = decodeCommand(raw);
+    const opcode = raw.readUInt16LE(0);
+    const id = raw.readUInt16LE(2);
+    // A VQ command on a virtqueue, the steady state, is read in place (runVq): no decoded object.
+    const cmd = opcode === Opcode.Vq && this.role.kind === 'virtqueue' ? null : decodeCommand(raw);
     this.stats.commands++;
-    const id = cmd.commandId;
     // Ids 0xff00-0xffff name target events on a control queue: a completion with one would be
     // indistinguishable from an event, so no status can answer it.
     const controlQueue =
-      this.role.kind === 'control' || (this.role.kind === 'unbound' && !isUnknownCommand(cmd) && cmd.opcode === Opcode.Connect && cmd.deviceInstanceId === CONTROL_QUEUE_INSTANCE_ID);
+      this.role.kind === 'control' ||
+      (this.role.kind === 'unbound' && cmd !== null && !isUnknownCommand(cmd) && cmd.opcode === Opcode.Connect && cmd.deviceInstanceId === CONTROL_QUEUE_INSTANCE_ID);
     if (controlQueue && id >= RESERVED_COMMAND_ID_FIRST) {
       this.drop(reserved, data);
-      return this.violation(`${opcodeName(cmd.opcode)}: command id 0x${id.toString(16)} is reserved for target events`);
+      return this.violation(`${opcodeName(opcode)}: command id 0x${id.toString(16)} is reserved for target events`);
     }
     // A second command under an id still in flight makes every later completion with that id
     // ambiguous (and on keyed transports would alias the first one's buffers).
     if (this.requests.has(id)) {
       this.drop(reserved, data);
-      return this.violation(`${opcodeName(cmd.opcode)}: command id ${id} is already in flight`);
+      return this.violation(`${opcodeName(opcode)}: command id ${id} is already in flight`);
     }
     if (this.disconnecting) {
       this.drop(reserved, data);
@@ -239,24 +299,37 @@ export class QueueSession {
     }
     if (this.requests.size >= this.queueSize) {
       this.drop(reserved, data);
-      this.log.warn(`${this.connection.peer}: ${opcodeName(cmd.opcode)} beyond queue size ${this.queueSize}: ECMDQUOT`);
+      this.log.warn(`${this.connection.peer}: ${opcodeName(opcode)} beyond queue size ${this.queueSize}: ECMDQUOT`);
       this.reply(encodeBareCompletion(Status.ECMDQUOT, id));
       return;
     }
     const req = this.freeSlots.pop() ?? new TargetRequest(this.sink, this.steps);
-    req.start(id, cmd.opcode, data, reserved);
+    req.start(id, opcode, data, reserved);
     this.busySlots++;
-    this.requests.set(id, req);
-    let done: Promise<void> | void;
+    this.requests.add(req);
+    let done: Dispatched;
     try {
-      done = this.dispatch(req, cmd, payload);
+      done = cmd === null ? this.dispatchVq(req, raw) : this.dispatch(req, cmd, payload);
     } catch (err) {
       done = Promise.reject(err);
     }
     // The slot's own callbacks (bound once per slot) end the command: no closure per command.
+    if (done === FINISHES_ITSELF) return this.clearConnectTimerOnce();
     if (done) done.then(req.onDispatched, req.onDispatchFailed);
     else req.finish();
-    if (this.role.kind !== 'unbound') this.clearConnectTimer();
+    this.clearConnectTimerOnce();
+  }
+
+  private clearConnectTimerOnce(): void {
+    if (this.connectTimer !== null && this.role.kind !== 'unbound') this.clearConnectTimer();
+  }
+
+  /** The slot's VQ completion goes to the transport; the slot hears back through onSent. */
+  private sendVq(req: TargetRequest, completion: Buffer, written: number): void {
+    const c = this.connection;
+    if (this.closed) return req.onSent(null);
+    if (c.completeVqThen) return c.completeVqThen(req.data!, completion, written, req.onSent);
+    c.completeVq(req.data!, completion, written).then(() => req.onSent(null), req.onSent);
   }
 
   /** A command refused before a slot owns it: what it was given goes back. */
@@ -273,7 +346,7 @@ export class QueueSession {
 
   /** The command's id is free again (its completion is leaving, or it ended without one). */
   private vacate(req: TargetRequest): void {
-    if (this.requests.get(req.commandId) === req) this.requests.delete(req.commandId);
+    this.requests.remove(req);
   }
 
   /** A command has left: its budget goes back and its slot to the pool. */
@@ -296,7 +369,7 @@ export class QueueSession {
 
   /** Cancel every command in flight; resolves when all of them have left the queue. */
   async cancelAll(reason: string): Promise<void> {
-    for (const r of this.requests.values()) r.cancel(reason);
+    for (const r of this.requests.list()) r.cancel(reason);
     await this.whenIdle();
   }
 
@@ -338,8 +411,15 @@ export class QueueSession {
     req.complete(encodeBareCompletion(status, req.commandId));
   }
 
-  /** Runs a command; a promise when it goes on after this turn (VQ, Disconnect). */
-  private dispatch(req: TargetRequest, cmd: DecodedCommand, payload: Buffer | VqRequestData): Promise<void> | void {
+  /** A VQ command on a virtqueue (onCommand checked both), read from its header in place. */
+  private dispatchVq(req: TargetRequest, raw: Buffer): Dispatched {
+    const role = this.role as Extract<SessionRole, { kind: 'virtqueue' }>;
+    if (!req.data) return this.refuse(req, Status.ENOCMD, 'VQ command without its buffers');
+    return this.runVq(req, role.instance, role.vqIndex, raw.readUInt32LE(8), raw.readUInt32LE(12), req.data);
+  }
+
+  /** Runs a command; a promise when it goes on after this turn (Disconnect, Reset), FINISHES_ITSELF for a VQ command. */
+  private dispatch(req: TargetRequest, cmd: DecodedCommand, payload: Buffer | VqRequestData): Dispatched {
     const role = this.role;
     if (isUnknownCommand(cmd)) return this.refuse(req, Status.ENOCMD, 'unknown opcode');
     if (cmd.opcode === Opcode.Connect) {
@@ -351,7 +431,7 @@ export class QueueSession {
     if (role.kind === 'virtqueue') {
       if (cmd.opcode !== Opcode.Vq) return this.refuse(req, Status.ENOCMD, 'only VQ and Disconnect are valid on a virtqueue');
       if (!req.data) return this.refuse(req, Status.ENOCMD, 'VQ command without its buffers');
-      return this.runVq(req, role.instance, role.vqIndex, cmd, req.data);
+      return this.runVq(req, role.instance, role.vqIndex, cmd.outLength, cmd.inLength, req.data);
     }
     const inst = role.instance;
     inst.heard();
@@ -523,37 +603,40 @@ export class QueueSession {
   /**
    * A VQ command's life on its slot, each state left when its event arrives:
    *   buffers (readable, then writable) → executing (the device) → completing (the transport
-   *   sends the completion and written bytes) → the slot is free (onDispatched).
+   *   sends the completion and written bytes) → the slot is free (onSent: the slot ends itself).
    * A step whose input is at hand goes on at once: on stream transports a command reaches the
    * device in the turn it arrived, with no promise of the core's. Keyed transports fetch
    * (RDMA READ) or wait for pool memory first (runVqAwaiting). Cancellation is checked before
    * the device is called and makes the completion ESTATUS.
    */
-  private runVq(req: TargetRequest, inst: DeviceInstance, vqIndex: number, cmd: VqCommand, data: VqRequestData): Promise<void> | void {
-    const id = cmd.commandId;
+  private runVq(req: TargetRequest, inst: DeviceInstance, vqIndex: number, outLength: number, inLength: number, data: VqRequestData): Dispatched {
+    const id = req.commandId;
     // Virtqueue traffic proves the initiator alive as much as a keepalive does.
     inst.heard();
     if (!inst.acceptsRequests) return req.complete(encodeVqCompletion(Status.ESTATUS, id, 0));
     const max = inst.maxRequestBytes(vqIndex);
-    if (cmd.outLength > max || cmd.inLength > max) {
-      this.log.info(`${this.connection.peer}: VQ command of ${cmd.outLength}+${cmd.inLength} bytes over the ${max}-byte limit`);
-      return req.complete(encodeVqCompletion(cmd.outLength > max ? Status.EOUTVQBUF : Status.EINVQBUF, id, 0));
+    if (outLength > max || inLength > max) {
+      this.log.info(`${this.connection.peer}: VQ command of ${outLength}+${inLength} bytes over the ${max}-byte limit`);
+      return req.complete(encodeVqCompletion(outLength > max ? Status.EOUTVQBUF : Status.EINVQBUF, id, 0));
     }
     req.instance = inst;
     req.vqIndex = vqIndex;
     const readable = data.readOutNow();
-    const writable = cmd.inLength === 0 ? EMPTY : data.writableNow();
-    if (readable === undefined || writable === undefined) return this.runVqAwaiting(req, cmd, data);
+    const writable = inLength === 0 ? EMPTY : data.writableNow();
+    if (readable === undefined || writable === undefined) {
+      this.runVqAwaiting(req, inLength, data).then(undefined, req.onDispatchFailed);
+      return FINISHES_ITSELF;
+    }
     return this.execute(req, readable, writable);
   }
 
-  /** The buffers come from promises (RDMA READ, pool memory), then the command runs as above. */
-  private async runVqAwaiting(req: TargetRequest, cmd: VqCommand, data: VqRequestData): Promise<void> {
+  /** The buffers come from promises (RDMA READ, pool memory), then the command runs as above; the slot ends itself. */
+  private async runVqAwaiting(req: TargetRequest, inLength: number, data: VqRequestData): Promise<void> {
     const readable = await this.transferred(req, data, 'out');
-    if (readable === null) return;
-    const writable = cmd.inLength === 0 ? EMPTY : await this.transferred(req, data, 'in');
-    if (writable === null) return;
-    return this.execute(req, readable, writable);
+    if (readable === null) return req.finish();
+    const writable = inLength === 0 ? EMPTY : await this.transferred(req, data, 'in');
+    if (writable === null) return req.finish();
+    if (this.execute(req, readable, writable) !== FINISHES_ITSELF) req.finish();
   }
 
   /**
@@ -572,8 +655,11 @@ export class QueueSession {
     }
   }
 
-  /** Hand the buffers to the device; its promise moves the slot on (executed / executeFailed). */
-  private execute(req: TargetRequest, readable: Buffer, writable: Buffer): Promise<void> | void {
+  /**
+   * Hand the buffers to the device; its promise moves the slot on (onExecuted / onExecuteFailed,
+   * which end it). Answered at once (void) when the device is not called or throws.
+   */
+  private execute(req: TargetRequest, readable: Buffer, writable: Buffer): Dispatched {
     // Reset or teardown while the buffers were on their way: the device never sees them.
     if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, req.commandId, 0));
     req.readable = readable;
@@ -584,23 +670,20 @@ export class QueueSession {
     } catch (err) {
       return this.executeFailed(req, err);
     }
-    return running.then(req.onExecuted, req.onExecuteFailed);
+    running.then(req.onExecuted, req.onExecuteFailed);
+    return FINISHES_ITSELF;
   }
 
-  private executed(req: TargetRequest, written: number): Promise<void> | void {
+  /** True when the completion is on its way (the slot's onSent ends the command). */
+  private executed(req: TargetRequest, written: number): boolean {
     const writable = req.writable!;
     if (!Number.isSafeInteger(written) || written < 0 || written > writable.length) {
-      return this.deviceFault(req, `vq ${req.vqIndex}: device reports ${written} bytes written into ${writable.length} device-writable bytes`);
+      this.deviceFault(req, `vq ${req.vqIndex}: device reports ${written} bytes written into ${writable.length} device-writable bytes`);
+      return false;
     }
     req.written = written;
-    let sending: Promise<void> | void;
-    try {
-      sending = req.completeVq(encodeVqCompletion(Status.SUCCESS, req.commandId, written), written);
-    } catch (err) {
-      return this.completeFailed(req, err);
-    }
-    if (sending) return sending.then(req.onCompleted, req.onCompleteFailed);
-    this.completed(req);
+    // Into the slot's own completion buffer: it is not reused before the slot is free again.
+    return req.completeVq(encodeVqCompletion(Status.SUCCESS, req.commandId, written, req.completion), written);
   }
 
   /** Errors the device can express (IOERR, UNSUPP) come in its own status; a throw is a fault. */
@@ -660,7 +743,7 @@ export class QueueSession {
   abort(reason: string): number {
     if (this.closed) return 0;
     this.disconnecting = true;
-    const cut = [...this.requests.values()];
+    const cut = this.requests.list();
     for (const req of cut) {
       req.cancel(reason);
       req.complete(encodeBareCompletion(Status.ESTATUS, req.commandId));

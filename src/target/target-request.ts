@@ -1,4 +1,5 @@
 import { Status } from '../protocol/constants.js';
+import { COMPLETION_SIZE } from '../protocol/constants.js';
 import { encodeBareCompletion } from '../protocol/completion.js';
 import type { VqRequestData } from '../transport/transport.js';
 import type { RequestCancel } from './device.js';
@@ -13,8 +14,11 @@ export interface CompletionSink {
   vacate(request: TargetRequest): void;
   /** `refusal`: whether a non-SUCCESS status counts as a refused command (admin counters). */
   send(completion: Buffer, refusal?: boolean, payload?: Buffer): void;
-  /** A VQ completion with the first `written` bytes of `data`'s writable buffer. */
-  sendVq(data: VqRequestData, completion: Buffer, written: number): Promise<void>;
+  /**
+   * A VQ completion with the first `written` bytes of the request's writable buffer; the sink
+   * calls `request.onSent` once it has left (or could not be sent).
+   */
+  sendVq(request: TargetRequest, completion: Buffer, written: number): void;
   /** The request has left its queue: its slot may serve the next command. */
   finished(request: TargetRequest): void;
 }
@@ -26,8 +30,11 @@ export interface CompletionSink {
 export interface RequestSteps {
   /** A dispatch threw or rejected: a bug, logged; the slot is released after. */
   dispatchFailed(request: TargetRequest, err: unknown): void;
-  /** The device finished the command: `written` bytes of its writable buffer. */
-  executed(request: TargetRequest, written: number): Promise<void> | void;
+  /**
+   * The device finished the command: `written` bytes of its writable buffer. True when the
+   * completion is on its way (onSent ends the command), false when it was answered at once.
+   */
+  executed(request: TargetRequest, written: number): boolean;
   /** The device threw: a device fault. */
   executeFailed(request: TargetRequest, err: unknown): void;
   /** The transport has sent the completion (and the bytes the device wrote). */
@@ -65,6 +72,8 @@ export class TargetRequest implements RequestCancel {
   data: VqRequestData | null = null;
   /** Budget bytes the queue reserved for this command's payload, given back when it finishes. */
   reserved = 0;
+  /** Counted among its queue's commands in flight (InFlight): from start until vacated. */
+  listed = false;
   private stateValue: RequestState = 'free';
   private cancelledFlag = false;
   private cancelReason = '';
@@ -80,17 +89,21 @@ export class TargetRequest implements RequestCancel {
   writable: Buffer | null = null;
   /** Bytes the device wrote, once it has finished. */
   written = 0;
+  /** The slot's VQ completion, encoded in place for each command (it stays valid until the slot is free). */
+  readonly completion = Buffer.alloc(COMPLETION_SIZE);
 
   /**
    * Bound once per slot, not per command: the callbacks that move a command to its next state
-   * when a promise of the device or the transport settles.
+   * when a promise of the device or the transport settles. From the device's answer on, a VQ
+   * command's slot ends itself (finish()) in these: no promise of the core's chains onto the
+   * device's, and none is made for sending the completion.
    */
   readonly onDispatched: () => void;
   readonly onDispatchFailed: (err: unknown) => void;
-  readonly onExecuted: (written: number) => Promise<void> | void;
+  readonly onExecuted: (written: number) => void;
   readonly onExecuteFailed: (err: unknown) => void;
-  readonly onCompleted: () => void;
-  readonly onCompleteFailed: (err: unknown) => void;
+  /** The transport has sent this command's VQ completion (null), or could not (the error). */
+  readonly onSent: (err: unknown) => void;
 
   constructor(
     private readonly sink: CompletionSink,
@@ -101,10 +114,33 @@ export class TargetRequest implements RequestCancel {
       steps.dispatchFailed(this, err);
       this.finish();
     };
-    this.onExecuted = (written) => steps.executed(this, written);
-    this.onExecuteFailed = (err) => steps.executeFailed(this, err);
-    this.onCompleted = () => steps.completed(this);
-    this.onCompleteFailed = (err) => steps.completeFailed(this, err);
+    // A step that throws is a bug, handled as a dispatch that threw (logged, slot released).
+    this.onExecuted = (written) => {
+      let sending = false;
+      try {
+        sending = steps.executed(this, written);
+      } catch (err) {
+        steps.dispatchFailed(this, err);
+      }
+      if (!sending) this.finish();
+    };
+    this.onExecuteFailed = (err) => {
+      try {
+        steps.executeFailed(this, err);
+      } catch (e) {
+        steps.dispatchFailed(this, e);
+      }
+      this.finish();
+    };
+    this.onSent = (err) => {
+      try {
+        if (err) steps.completeFailed(this, err);
+        else steps.completed(this);
+      } catch (e) {
+        steps.dispatchFailed(this, e);
+      }
+      this.finish();
+    };
   }
 
   /** Take the slot for a command (it must be free). */
@@ -173,16 +209,25 @@ export class TargetRequest implements RequestCancel {
 
   /**
    * Deliver the `written` bytes the device put in the writable buffer, then the VQ completion.
-   * A cancelled command writes nothing and completes with ESTATUS.
+   * A cancelled command writes nothing and completes with ESTATUS. True when the completion
+   * is on its way (onSent follows, and ends the command); false when it was answered at once
+   * or was not this slot's to answer any more.
    */
-  completeVq(completion: Buffer, written: number): Promise<void> | void {
-    if (this.stateValue !== 'running') return;
-    if (this.cancelledFlag) return this.complete(completion);
+  completeVq(completion: Buffer, written: number): boolean {
+    if (this.stateValue !== 'running') return false;
+    if (this.cancelledFlag) {
+      this.complete(completion);
+      return false;
+    }
     // Not a VQ command: there are no buffers to deliver from.
-    if (!this.data) return this.complete(encodeBareCompletion(Status.ESTATUS, this.commandId));
+    if (!this.data) {
+      this.complete(encodeBareCompletion(Status.ESTATUS, this.commandId));
+      return false;
+    }
     this.stateValue = 'completed';
     this.sink.vacate(this);
-    return this.sink.sendVq(this.data, completion, written);
+    this.sink.sendVq(this, completion, written);
+    return true;
   }
 
   /**

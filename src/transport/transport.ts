@@ -95,7 +95,9 @@ export interface TargetConnectionHandler {
   admitVq(command: Buffer): PayloadAdmission;
   /**
    * One request PDU. `payload` is the Connect Body (possibly empty) for Connect, a
-   * VqRequestData for a VQ command, and an empty buffer for everything else.
+   * VqRequestData for a VQ command, and an empty buffer for everything else. `command` is
+   * valid during this call only (stream transports decode every header in one buffer of the
+   * connection's): copy what must outlive it.
    */
   onCommand(command: Buffer, payload: Buffer | VqRequestData): void;
   /**
@@ -138,6 +140,13 @@ export interface TargetConnection {
    * EINVQBUF. `request` must be one this connection delivered.
    */
   completeVq(request: VqRequestData, completion: Buffer, written: number): Promise<void>;
+  /**
+   * completeVq with a callback instead of a promise, for transports that can say when the
+   * completion has left without making one: `done` runs once, with null when completeVq would
+   * have resolved and with its rejection otherwise (possibly before this returns). The target
+   * passes a callback bound once per request slot, so completing a command allocates nothing.
+   */
+  completeVqThen?(request: VqRequestData, completion: Buffer, written: number, done: (err: Error | null) => void): void;
   /** Close now; in-flight sends are flushed when possible. */
   close(): void;
   /**

@@ -119,7 +119,20 @@ export class BlkAdmin implements DeviceAdminSupport {
   }
 }
 
-/** A request must cover whole logical blocks: offsets and lengths in bytes. */
-export function alignedToBlock(sector: bigint, length: number, blockSize: number): boolean {
-  return (sector * BigInt(SECTOR_SIZE)) % BigInt(blockSize) === 0n && length % blockSize === 0;
+/**
+ * A request must cover whole logical blocks: offsets and lengths in bytes. `sector` as
+ * readSector gives it: exact on any disk; one beyond 2^53 may be judged either way, and is out
+ * of range (inRange) whatever it is.
+ */
+export function alignedToBlock(sector: number, length: number, blockSize: number): boolean {
+  return (sector * SECTOR_SIZE) % blockSize === 0 && length % blockSize === 0;
+}
+
+/**
+ * A le64 sector number as a JS number, without a BigInt per request: exact below 2^53
+ * (4 EiB-sectors, beyond any disk), and at least 2^53 when the field is, so that a sector past
+ * the end still fails the bounds check.
+ */
+export function readSector(buf: Buffer, offset: number): number {
+  return buf.readUInt32LE(offset + 4) * 2 ** 32 + buf.readUInt32LE(offset);
 }

@@ -4,7 +4,7 @@ import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'nod
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
 import type { DeviceEventSink, DeviceExport, InstanceLimits, RequestCancel, VirtioDeviceInstance } from '../../target/device.js';
 import { alignmentAddon, allocAligned } from '../../util/aligned-buffer.js';
-import { BlkAdmin, alignedToBlock } from './blk-admin.js';
+import { BlkAdmin, alignedToBlock, readSector } from './blk-admin.js';
 import { DirectFileIo, type DirectIoAlignment } from './direct-file-io.js';
 import { chooseFileIo, defaultFileIoMode, openFileIo, type FileIo, type FileIoBackend, type FileIoMode } from './file-io.js';
 import {
@@ -269,9 +269,9 @@ export class FileBlockExport implements DeviceExport {
   }
 
   /** Bounds check in bytes; false when [offset, offset+length) is outside the disk. */
-  inRange(sector: bigint, length: number): boolean {
-    const start = sector * BigInt(SECTOR_SIZE);
-    return start + BigInt(length) <= BigInt(this.capacityBytes);
+  inRange(sector: number, length: number): boolean {
+    // Exact for any sector of a disk (capacity < 2^53 bytes); a larger one is out of range.
+    return sector * SECTOR_SIZE + length <= this.capacityBytes;
   }
 
   /**
@@ -405,10 +405,16 @@ class FileBlockInstance implements VirtioDeviceInstance {
     return false;
   }
 
-  async handleRequest(vq: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number> {
-    const written = await this.runRequest(readable, writable, cancel);
-    const status = written > 0 ? writable[written - 1] : undefined;
-    if (status !== undefined && status !== BlkStatus.OK && this.events) {
+  /** Fills `writable` in place (data, then the status byte last); resolves to the bytes written. */
+  handleRequest(vq: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number> {
+    // One async function per request, not two: each costs a promise and a suspended frame.
+    return this.runRequest(vq, readable, writable, cancel);
+  }
+
+  /** answer(), and a status other than OK goes to the device's error events. */
+  private reply(vq: number, readable: Buffer, writable: Buffer, status: number, filled: number): number {
+    const written = answer(writable, status, filled);
+    if (status !== BlkStatus.OK && this.events) {
       const type = readable.length >= REQUEST_HEADER_SIZE ? readable.readUInt32LE(0) : -1;
       const sector = readable.length >= REQUEST_HEADER_SIZE ? readable.readBigUInt64LE(8) : 0n;
       this.events.ioError(vq, status, `${requestTypeName(type)} sector ${sector}: ${status === BlkStatus.UNSUPP ? 'UNSUPP' : 'IOERR'}`);
@@ -416,51 +422,43 @@ class FileBlockInstance implements VirtioDeviceInstance {
     return written;
   }
 
-  /** Fills `writable` in place (data, then the status byte last); returns the bytes written. */
-  private async runRequest(readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number> {
+  private async runRequest(vq: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number> {
     // The status byte is the last device-writable byte; without one there is nothing to say.
     const inLength = writable.length;
     if (inLength < 1) return 0;
     const dataIn = inLength - 1;
-    // Every byte up to the status is written: past the `filled` data bytes, zeroes (the
-    // transport's buffer may hold an earlier request's bytes, which must not leave).
-    const status = (s: number, filled = 0): number => {
-      writable.fill(0, filled, dataIn);
-      writable[dataIn] = s;
-      return inLength;
-    };
-    if (readable.length < REQUEST_HEADER_SIZE) return status(BlkStatus.IOERR);
+    if (readable.length < REQUEST_HEADER_SIZE) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
     const type = readable.readUInt32LE(0);
-    const sector = readable.readBigUInt64LE(8);
+    const sector = readSector(readable, 8);
     try {
       switch (type) {
         case BlkRequestType.IN: {
-          if (!alignedToBlock(sector, dataIn, this.disk.blockSize) || !this.disk.inRange(sector, dataIn)) return status(BlkStatus.IOERR);
-          await this.disk.read(writable.subarray(0, dataIn), Number(sector) * SECTOR_SIZE);
-          return status(BlkStatus.OK, dataIn);
+          if (!alignedToBlock(sector, dataIn, this.disk.blockSize) || !this.disk.inRange(sector, dataIn)) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
+          await this.disk.read(writable.subarray(0, dataIn), sector * SECTOR_SIZE);
+          return this.reply(vq, readable, writable, BlkStatus.OK, dataIn);
         }
         case BlkRequestType.OUT: {
           const data = readable.subarray(REQUEST_HEADER_SIZE);
-          if (this.disk.readOnly) return status(BlkStatus.IOERR);
-          if (!alignedToBlock(sector, data.length, this.disk.blockSize) || !this.disk.inRange(sector, data.length)) return status(BlkStatus.IOERR);
-          await this.disk.write(data, Number(sector) * SECTOR_SIZE);
+          if (this.disk.readOnly) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
+          if (!alignedToBlock(sector, data.length, this.disk.blockSize) || !this.disk.inRange(sector, data.length)) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
+          await this.disk.write(data, sector * SECTOR_SIZE);
           if (this.writeThrough) await this.disk.sync();
-          return status(BlkStatus.OK);
+          return this.reply(vq, readable, writable, BlkStatus.OK, 0);
         }
         case BlkRequestType.FLUSH:
           if (!this.disk.readOnly) await this.disk.sync();
-          return status(BlkStatus.OK);
+          return this.reply(vq, readable, writable, BlkStatus.OK, 0);
         case BlkRequestType.GET_ID:
           // The serial, NUL-padded to 20 bytes (or cut to the room there is).
-          return status(BlkStatus.OK, this.disk.serial.copy(writable, 0, 0, Math.min(ID_BYTES, dataIn)));
+          return this.reply(vq, readable, writable, BlkStatus.OK, this.disk.serial.copy(writable, 0, 0, Math.min(ID_BYTES, dataIn)));
         case BlkRequestType.DISCARD:
         case BlkRequestType.WRITE_ZEROES:
-          return status(await this.discardOrZero(type, readable.subarray(REQUEST_HEADER_SIZE), cancel));
+          return this.reply(vq, readable, writable, await this.discardOrZero(type, readable.subarray(REQUEST_HEADER_SIZE), cancel), 0);
         default:
-          return status(BlkStatus.UNSUPP);
+          return this.reply(vq, readable, writable, BlkStatus.UNSUPP, 0);
       }
     } catch {
-      return status(BlkStatus.IOERR);
+      return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
     }
   }
 
@@ -474,7 +472,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
     if (!(this.negotiated & bit(feature))) return BlkStatus.UNSUPP;
     // One segment per request (max_discard_seg = max_write_zeroes_seg = 1).
     if (segments.length !== SEGMENT_SIZE) return BlkStatus.IOERR;
-    const sector = segments.readBigUInt64LE(0);
+    const sector = readSector(segments, 0);
     const sectors = segments.readUInt32LE(8);
     const flags = segments.readUInt32LE(12);
     // The unmap flag (bit 0) belongs to WRITE_ZEROES; on DISCARD it is UNSUPP (virtio 5.2.6.2).
@@ -487,10 +485,22 @@ class FileBlockInstance implements VirtioDeviceInstance {
     if (!alignedToBlock(sector, length, this.disk.blockSize) || !this.disk.inRange(sector, length)) return BlkStatus.IOERR;
     // Node cannot punch holes; discarding is only a hint, so doing nothing is a valid answer.
     if (type === BlkRequestType.DISCARD) return BlkStatus.OK;
-    await this.disk.writeZeroes(Number(sector) * SECTOR_SIZE, length, cancel);
+    await this.disk.writeZeroes(sector * SECTOR_SIZE, length, cancel);
     if (this.writeThrough) await this.disk.sync();
     return BlkStatus.OK;
   }
+}
+
+/**
+ * The answer of a request whose writable buffer holds `filled` data bytes: every byte up to the
+ * status is written, past them zeroes (the transport's buffer may hold an earlier request's
+ * bytes, which must not leave), then the status byte last; the bytes written.
+ */
+function answer(writable: Buffer, status: number, filled: number): number {
+  const dataIn = writable.length - 1;
+  writable.fill(0, filled, dataIn);
+  writable[dataIn] = status;
+  return writable.length;
 }
 
 const requestTypeNames = new Map<number, string>(Object.entries(BlkRequestType).map(([k, v]) => [v, k]));

@@ -3,6 +3,9 @@
  * they are and copies only when a piece spans chunks, so a PDU split across reads and many
  * PDUs in one read cost no more than one copy each.
  */
+/** Pieces up to this size are copied without Buffer#copy (see takeInto). */
+const SMALL_COPY = 64;
+
 export class ByteQueue {
   private chunks: Buffer[] = [];
   private head = 0; // consumed bytes of chunks[0]
@@ -48,7 +51,11 @@ export class ByteQueue {
     while (filled < n) {
       const c = this.chunks[0]!;
       const len = Math.min(c.length - this.head, n - filled);
-      c.copy(target, offset + filled, this.head, this.head + len);
+      if (len <= SMALL_COPY) {
+        // Byte by byte: Buffer#copy of part of a buffer makes a view of it, which for a
+        // 16-byte header per command is the allocation this copy exists to avoid.
+        for (let i = 0; i < len; i++) target[offset + filled + i] = c[this.head + i]!;
+      } else c.copy(target, offset + filled, this.head, this.head + len);
       filled += len;
       this.advance(len);
     }

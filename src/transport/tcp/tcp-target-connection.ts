@@ -17,26 +17,82 @@ const FRAME_POOL_KEPT_BYTES = 4 * 1024 * 1024;
 /** ...and all stream connections of this process together. */
 const framesKept = new FrameRetention(32 * 1024 * 1024);
 
+/** Payloads up to this size are copied into the request's own buffer instead of viewed in place. */
+const SMALL_PAYLOAD = 64;
+/**
+ * A frame up to this size stays with its request when the request is released (see
+ * StreamVqRequest); a larger one goes back to the connection's pool.
+ */
+const KEPT_FRAME_MAX = 16 * 1024;
+/** Released requests a connection keeps for its next commands. */
+const KEPT_REQUESTS = 256;
+
 /**
  * One VQ command's buffers on a stream connection: the payload received with it, and a frame
  * from the connection's pool whose bytes after the completion header are the device-writable
  * buffer, so the completion goes out as one piece of that frame.
+ *
+ * Reused: a released request goes back to its connection for a later command, keeping a small
+ * frame and the views of it it handed out, so that in steady state (the same sizes command
+ * after command) a command allocates no request, frame or Buffer view. A small payload (a
+ * virtio-blk header) is copied into the request's own buffer for the same reason. Holding
+ * `KEPT_REQUESTS` requests of at most `KEPT_FRAME_MAX` bytes bounds what an idle connection
+ * keeps.
  */
 class StreamVqRequest implements VqRequestData {
-  /** Completion header + device-writable bytes, taken on the first writable(). */
-  frame: Buffer | null = null;
+  outLength = 0;
+  inLength = 0;
+  /** Completion header + device-writable bytes (kept from an earlier command, or taken on the first writable()). */
+  private frame: Buffer | null = null;
+  /** writable() was called for this command: the frame holds its device-writable bytes. */
+  private writableTaken = false;
+  /** The device-writable bytes of `frame`: valid while `frame` is, for `viewLength` bytes. */
   private view: Buffer | null = null;
-  private released = false;
+  private viewLength = -1;
+  /** frame[0, COMPLETION_SIZE + sentLength): the last completion sent from `frame`. */
+  private sent: Buffer | null = null;
+  private sentLength = -1;
+  private payload: Buffer | VqTransferError = EMPTY;
+  /** The pooled frame `payload` was gathered into (it spanned reads), given back on release. */
+  private payloadFrame: Buffer | null = null;
+  /** Small payloads, copied (see SMALL_PAYLOAD), and the view of them last handed out. */
+  private readonly small = Buffer.allocUnsafe(SMALL_PAYLOAD);
+  private smallView: Buffer = EMPTY;
+  private released = true;
+  /** What completeVqThen runs when the completion has left. */
+  private done: ((err: Error | null) => void) | null = null;
+  /** The socket write's callback: bound once per request. */
+  readonly onWritten: (err?: Error | null) => void;
 
   constructor(
-    readonly outLength: number,
-    readonly inLength: number,
-    private readonly payload: Buffer | VqTransferError,
     readonly owner: TcpTargetConnection,
     private readonly pool: FramePool,
-    /** The pooled frame `payload` was gathered into (it spanned reads), given back on release. */
-    private readonly payloadFrame: Buffer | null = null,
-  ) {}
+  ) {
+    this.onWritten = () => {
+      owner.progressed();
+      const done = this.done;
+      this.done = null;
+      done?.(null);
+    };
+  }
+
+  /** Take the request for a command; `payloadFrame`: the pooled frame `payload` lies in. */
+  start(outLength: number, inLength: number, payload: Buffer | VqTransferError, payloadFrame: Buffer | null = null): this {
+    this.released = false;
+    this.outLength = outLength;
+    this.inLength = inLength;
+    this.payload = payload;
+    this.payloadFrame = payloadFrame;
+    this.writableTaken = false;
+    return this;
+  }
+
+  /** A small payload's bytes, taken from `queue` into this request's own buffer. */
+  takeSmall(queue: ByteQueue, length: number): Buffer {
+    queue.takeInto(length, this.small, 0);
+    if (this.smallView.length !== length) this.smallView = this.small.subarray(0, length);
+    return this.smallView;
+  }
 
   readOut(): Promise<Buffer> {
     return this.payload instanceof Buffer ? Promise.resolve(this.payload) : Promise.reject(this.payload);
@@ -52,29 +108,72 @@ class StreamVqRequest implements VqRequestData {
 
   /** A frame from the connection's pool is always at hand: never undefined here. */
   writableNow(): Buffer {
-    if (this.view === null) {
-      this.frame = this.pool.take(COMPLETION_SIZE + this.inLength);
+    this.writableTaken = true;
+    if (this.viewLength !== this.inLength || this.view === null) {
+      if (this.frame === null || this.frame.length < COMPLETION_SIZE + this.inLength) {
+        if (this.frame) this.pool.give(this.frame);
+        this.frame = this.pool.take(COMPLETION_SIZE + this.inLength);
+        this.sent = null;
+        this.sentLength = -1;
+      }
       this.view = this.frame.subarray(COMPLETION_SIZE, COMPLETION_SIZE + this.inLength);
+      this.viewLength = this.inLength;
     }
     return this.view;
+  }
+
+  /** The completion header (copied into the frame) and the first `written` bytes after it. */
+  completionFrame(completion: Buffer, written: number): Buffer {
+    const frame = this.frame!;
+    completion.copy(frame, 0, 0, COMPLETION_SIZE);
+    if (this.sentLength !== written || this.sent === null) {
+      this.sent = frame.subarray(0, COMPLETION_SIZE + written);
+      this.sentLength = written;
+    }
+    return this.sent;
+  }
+
+  /** Send `out` on the owner's socket; `done` runs when it has left. */
+  send(out: Buffer, done: (err: Error | null) => void): void {
+    this.done = done;
+    this.owner.writeOne(out, this.onWritten);
+  }
+
+  /** Whether the device-writable buffer was handed out for this command (else nothing can have been written). */
+  get hasWritable(): boolean {
+    return this.writableTaken;
   }
 
   release(): void {
     if (this.released) return;
     this.released = true;
-    if (this.frame) this.pool.give(this.frame);
     if (this.payloadFrame) this.pool.give(this.payloadFrame);
-    this.frame = null;
-    this.view = null;
+    this.payloadFrame = null;
+    this.payload = EMPTY;
+    this.done = null;
+    if (this.frame !== null && this.frame.length > KEPT_FRAME_MAX) {
+      this.pool.give(this.frame);
+      this.frame = null;
+      this.view = null;
+      this.viewLength = -1;
+      this.sent = null;
+      this.sentLength = -1;
+    }
+    this.owner.requestReleased(this);
   }
 }
 
+/**
+ * Where the parser is. The header of the command being read is always the connection's
+ * `header` buffer; the states that recur with every command (header, admit, payload) are one
+ * object each per connection, updated in place (no allocation per command).
+ */
 type ReadState =
   | { kind: 'header' }
   /** A VQ header waiting for the session's leave to buffer its payload. */
-  | { kind: 'admit'; header: Buffer; waiting: boolean }
-  | { kind: 'payload'; header: Buffer; length: number }
-  | { kind: 'discard'; header: Buffer; left: number; announced: number; why: string };
+  | { kind: 'admit'; waiting: boolean }
+  | { kind: 'payload'; length: number }
+  | { kind: 'discard'; left: number; announced: number; why: string };
 
 /**
  * Target end of one TCP connection: request PDUs in (DECISIONS.md item 3), completions out.
@@ -97,7 +196,14 @@ export class TcpTargetConnection implements TargetConnection {
   readonly peer: string;
   readonly identity: string | undefined;
   private readonly queue = new ByteQueue();
-  private state: ReadState = { kind: 'header' };
+  /** The command being read: decoded in place, handed to the session for the call only. */
+  private readonly header = Buffer.alloc(COMMAND_SIZE);
+  private readonly headerState: ReadState = { kind: 'header' };
+  private readonly admitState: { kind: 'admit'; waiting: boolean } = { kind: 'admit', waiting: false };
+  private readonly payloadState: { kind: 'payload'; length: number } = { kind: 'payload', length: 0 };
+  private state: ReadState = this.headerState;
+  /** Released VQ requests, reused for the next commands (see StreamVqRequest). */
+  private readonly freeRequests: StreamVqRequest[] = [];
   private handler: TargetConnectionHandler | null = null;
   private closed = false;
   /** The socket has more queued than its high-water mark: wait for 'drain'. */
@@ -106,6 +212,8 @@ export class TcpTargetConnection implements TargetConnection {
   private peerEnded = false;
   private endReported = false;
   private stallTimer: NodeJS.Timeout | null = null;
+  /** Completions wait in the socket: the stall timer counts (else it runs out doing nothing). */
+  private stallArmed = false;
   /** Destroys the socket if the peer does not take the end of the stream (close()). */
   private endTimer: NodeJS.Timeout | null = null;
   /** Completions produced in one event-loop turn leave in one write. */
@@ -180,28 +288,31 @@ export class TcpTargetConnection implements TargetConnection {
       const st = this.state;
       if (st.kind === 'header') {
         if (this.queue.length < COMMAND_SIZE) return;
-        // Copy: the handler may keep the command past this read.
-        const header = Buffer.from(this.queue.take(COMMAND_SIZE));
+        // Into the connection's header buffer: no allocation; the session reads it during onCommand only.
+        const header = this.header;
+        this.queue.takeInto(COMMAND_SIZE, header, 0);
         this.state = this.afterHeader(header);
         if (this.state.kind === 'header') this.deliver(header, EMPTY);
       } else if (st.kind === 'admit') {
         if (st.waiting) return;
-        const answer = this.handler ? this.handler.admitVq(st.header) : 'discard';
-        const out = st.header.readUInt32LE(8);
+        const header = this.header;
+        const answer = this.handler ? this.handler.admitVq(header) : 'discard';
+        const out = header.readUInt32LE(8);
         if (answer === 'close' && out > 0) {
-          this.refusePayload(st.header);
+          this.refusePayload(header);
           return;
         }
         if (out > this.maxVqPayload) {
           // Skipped whatever else the answer: a reservation the session made for it ('accept')
           // travels with the command and comes back when the command ends.
           this.log.warn(`${this.peer}: VQ command announces ${out} device-readable bytes; discarding them`);
-          this.state = { kind: 'discard', header: st.header, left: out, announced: out, why: `exceeds the ${this.maxVqPayload}-byte limit` };
+          this.state = { kind: 'discard', left: out, announced: out, why: `exceeds the ${this.maxVqPayload}-byte limit` };
         } else if (answer === 'accept') {
-          this.state = { kind: 'payload', header: st.header, length: out };
+          this.payloadState.length = out;
+          this.state = this.payloadState;
         } else if (answer === 'discard' || answer === 'close') {
           // ('close' with no payload: nothing to refuse, the framing holds.)
-          this.state = { kind: 'discard', header: st.header, left: out, announced: out, why: 'not admitted by the queue' };
+          this.state = { kind: 'discard', left: out, announced: out, why: 'not admitted by the queue' };
         } else {
           st.waiting = true;
           const retry = () => {
@@ -213,25 +324,37 @@ export class TcpTargetConnection implements TargetConnection {
         }
       } else if (st.kind === 'payload') {
         if (this.queue.length < st.length) return;
-        this.state = { kind: 'header' };
-        if (st.length > 0 && st.header.readUInt16LE(0) === Opcode.Vq && !this.queue.contiguous(st.length)) {
+        this.state = this.headerState;
+        const header = this.header;
+        if (header.readUInt16LE(0) !== Opcode.Vq) {
+          // Connect's body: kept by the session past this read, so a copy or a view of its own.
+          this.deliver(header, st.length === 0 ? EMPTY : this.queue.take(st.length));
+          continue;
+        }
+        const request = this.takeRequest();
+        const inLength = header.readUInt32LE(12);
+        if (st.length === 0) {
+          this.deliver(header, request.start(0, inLength, EMPTY));
+        } else if (st.length <= SMALL_PAYLOAD) {
+          // A virtio-blk header and the like: copied into the request, no view to allocate.
+          this.deliver(header, request.start(st.length, inLength, request.takeSmall(this.queue, st.length)));
+        } else if (!this.queue.contiguous(st.length)) {
           // A payload that spans reads (any over 64 KiB) is gathered into a pooled frame, reused
           // once its command ends: no buffer allocated per command, no large short-lived
           // allocations (each a mmap, page faults and a munmap) for the GC.
           const frame = this.frames.take(st.length);
           this.queue.takeInto(st.length, frame, 0);
-          this.deliverPayload(st.header, frame.subarray(0, st.length), frame);
-          continue;
+          this.deliver(header, request.start(st.length, inLength, frame.subarray(0, st.length), frame));
+        } else {
+          // Node hands each read a fresh chunk, so a view of it stays valid: no copy.
+          this.deliver(header, request.start(st.length, inLength, this.queue.take(st.length)));
         }
-        // Node hands each read a fresh chunk, so a view of it stays valid: no copy.
-        const payload = st.length === 0 ? EMPTY : this.queue.take(st.length);
-        this.deliverPayload(st.header, payload);
       } else {
         st.left -= this.queue.skip(st.left);
         if (st.left > 0) return;
-        this.state = { kind: 'header' };
+        this.state = this.headerState;
         const err = new VqTransferError('out', `device-readable payload of ${st.announced} bytes ${st.why}`);
-        this.deliver(st.header, new StreamVqRequest(st.announced, st.header.readUInt32LE(12), err, this, this.frames));
+        this.deliver(this.header, this.takeRequest().start(st.announced, this.header.readUInt32LE(12), err));
       }
     }
   }
@@ -240,17 +363,21 @@ export class TcpTargetConnection implements TargetConnection {
     const opcode = header.readUInt16LE(0);
     if (opcode === Opcode.Connect) {
       const length = header.readUInt32LE(8);
-      if (length === 0) return { kind: 'header' };
+      if (length === 0) return this.headerState;
       if (length !== CONNECT_BODY_SIZE) {
         // The framing itself is in doubt: nothing after this can be trusted.
         throw new Error(`Connect announces a ${length}-byte body (only 0 or ${CONNECT_BODY_SIZE} are valid)`);
       }
-      return { kind: 'payload', header, length };
+      this.payloadState.length = length;
+      return this.payloadState;
     }
     // Every VQ command asks the session first, oversized ones too: before Connect even an
     // oversized payload is not skipped but refused (admit state).
-    if (opcode === Opcode.Vq) return { kind: 'admit', header, waiting: false };
-    return { kind: 'header' };
+    if (opcode === Opcode.Vq) {
+      this.admitState.waiting = false;
+      return this.admitState;
+    }
+    return this.headerState;
   }
 
   /**
@@ -261,9 +388,9 @@ export class TcpTargetConnection implements TargetConnection {
   private refusePayload(header: Buffer): void {
     const out = header.readUInt32LE(8);
     this.log.info(`${this.peer}: VQ command with ${out} device-readable bytes before Connect; answering without reading them and closing`);
-    this.state = { kind: 'header' };
+    this.state = this.headerState;
     const err = new VqTransferError('out', `device-readable payload of ${out} bytes not read: no Connect yet`);
-    this.deliver(header, new StreamVqRequest(out, header.readUInt32LE(12), err, this, this.frames));
+    this.deliver(header, this.takeRequest().start(out, header.readUInt32LE(12), err));
     // Closed at once, not ended: end() would leave the socket reading until the peer takes the
     // FIN, and libuv goes on reading in this same turn (a paused stream still buffers one more
     // read), so every such peer would cost two 64 KiB reads instead of one. end() hands the
@@ -275,13 +402,14 @@ export class TcpTargetConnection implements TargetConnection {
     this.socket.destroy();
   }
 
-  /** `frame`: the pooled frame `payload` lies in, given back when the VQ command ends. */
-  private deliverPayload(header: Buffer, payload: Buffer, frame: Buffer | null = null): void {
-    if (header.readUInt16LE(0) === Opcode.Vq) {
-      this.deliver(header, new StreamVqRequest(payload.length, header.readUInt32LE(12), payload, this, this.frames, frame));
-    } else {
-      this.deliver(header, payload);
-    }
+  /** A released request, or a new one while all are in use. */
+  private takeRequest(): StreamVqRequest {
+    return this.freeRequests.pop() ?? new StreamVqRequest(this, this.frames);
+  }
+
+  /** A request's command has ended: it serves a later one (up to KEPT_REQUESTS of them wait). */
+  requestReleased(request: StreamVqRequest): void {
+    if (!this.closed && this.freeRequests.length < KEPT_REQUESTS) this.freeRequests.push(request);
   }
 
   private deliver(header: Buffer, payload: Buffer | VqRequestData): void {
@@ -294,63 +422,69 @@ export class TcpTargetConnection implements TargetConnection {
   }
 
   completeVq(request: VqRequestData, completion: Buffer, written: number): Promise<void> {
-    if (this.closed) return Promise.resolve();
-    if (!(request instanceof StreamVqRequest) || request.owner !== this) {
-      return Promise.reject(new TypeError(`${this.peer}: completeVq for a request this connection did not deliver`));
-    }
-    const frame = request.frame;
-    if (written > 0 && (frame === null || written > request.inLength)) {
-      return Promise.reject(new RangeError(`${this.peer}: ${written} bytes written into ${frame === null ? 'no' : request.inLength} device-writable bytes`));
-    }
-    // The header goes in front of the bytes the device wrote: one buffer, one write.
-    let out = completion;
-    if (frame !== null && written > 0) {
-      completion.copy(frame, 0, 0, COMPLETION_SIZE);
-      out = frame.subarray(0, COMPLETION_SIZE + written);
-    }
-    // Settles when it has left Node's buffers (or the socket is gone: the callback then gets
-    // an error), so the caller counts the command, and its frame, until then.
-    return new Promise((resolve) => this.write([out], () => resolve()));
+    return new Promise((resolve, reject) => this.completeVqThen(request, completion, written, (err) => (err ? reject(err) : resolve())));
   }
 
-  private write(parts: readonly Buffer[], done?: () => void): void {
+  completeVqThen(request: VqRequestData, completion: Buffer, written: number, done: (err: Error | null) => void): void {
+    if (this.closed) return done(null);
+    if (!(request instanceof StreamVqRequest) || request.owner !== this) {
+      return done(new TypeError(`${this.peer}: completeVq for a request this connection did not deliver`));
+    }
+    const taken = request.hasWritable;
+    if (written > 0 && (!taken || written > request.inLength)) {
+      return done(new RangeError(`${this.peer}: ${written} bytes written into ${taken ? request.inLength : 'no'} device-writable bytes`));
+    }
+    // The header goes in front of the bytes the device wrote: one buffer, one write. It
+    // settles when it has left Node's buffers (or the socket is gone: the callback then gets
+    // an error), so the caller counts the command, and its frame, until then.
+    request.send(taken && written > 0 ? request.completionFrame(completion, written) : completion, done);
+  }
+
+  /** Completions and events: `payload` (a redirect record) right after the completion. */
+  private write(parts: readonly Buffer[]): void {
+    for (const b of parts) this.writeOne(b);
+  }
+
+  /** One buffer onto the socket (batched per turn); `written` when it has left Node's buffers. */
+  writeOne(b: Buffer, written: (err?: Error | null) => void = this.onWritten): void {
     const s = this.socket;
     this.batch.hold();
-    let ok = true;
-    parts.forEach((b, i) => {
-      ok = s.write(b, i === parts.length - 1 ? (err) => this.onWritten(err, done) : undefined) && ok;
-    });
-    if (!ok) {
+    if (!s.write(b, written)) {
       this.sendBackpressure = true;
       this.updateReading();
     }
-    if (this.sendStallTimeoutMs > 0 && s.writableLength > 0 && this.stallTimer === null) {
-      this.stallTimer = setTimeout(() => this.onStalled(), this.sendStallTimeoutMs);
-      this.stallTimer.unref();
+    if (this.sendStallTimeoutMs > 0 && s.writableLength > 0 && !this.stallArmed) {
+      this.stallArmed = true;
+      // One timer per connection, re-armed (refresh) rather than made per batch of writes.
+      if (this.stallTimer === null) {
+        this.stallTimer = setTimeout(this.onStalled, this.sendStallTimeoutMs);
+        this.stallTimer.unref();
+      } else this.stallTimer.refresh();
     }
   }
 
-  private onWritten(_err: Error | null | undefined, done?: () => void): void {
-    // Progress: the peer is reading. Restart the stall clock, or stop it when all is sent.
-    if (this.stallTimer) {
-      if (this.socket.writableLength > 0) this.stallTimer.refresh();
-      else {
-        clearTimeout(this.stallTimer);
-        this.stallTimer = null;
-      }
+  /** A write has left Node's buffers: bound once. */
+  private readonly onWritten = (): void => this.progressed();
+
+  /** Progress: the peer is reading. Restart the stall clock, or stop it when all is sent. */
+  progressed(): void {
+    // All sent: disarmed, the timer left to run out (onStalled then does nothing).
+    if (this.stallArmed) {
+      if (this.socket.writableLength > 0) this.stallTimer!.refresh();
+      else this.stallArmed = false;
     }
-    done?.();
   }
 
-  private onStalled(): void {
-    this.stallTimer = null;
+  private readonly onStalled = (): void => {
+    if (!this.stallArmed) return;
+    this.stallArmed = false;
     if (this.socket.destroyed || this.socket.writableLength === 0) return;
     this.log.warn(
       `${this.peer}: ${this.socket.writableLength} bytes of completions unread for ${this.sendStallTimeoutMs} ms; closing the connection`,
     );
     this.closed = true;
     this.socket.destroy();
-  }
+  };
 
   close(): void {
     if (this.closed) return;
@@ -367,6 +501,7 @@ export class TcpTargetConnection implements TargetConnection {
   private finish(): void {
     this.closed = true;
     this.frames.close();
+    this.freeRequests.length = 0;
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.stallTimer = null;
     if (this.endTimer) clearTimeout(this.endTimer);
