@@ -14,6 +14,7 @@ import {
 } from '../src/index.js';
 import { RawQueue } from './helpers/raw-queue.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { pattern } from './helpers/pattern.js';
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const MiB = 1024 * 1024;
@@ -39,12 +40,6 @@ function vqConnectFrom(port: number, localAddress: string, instance: number, vqI
     });
     s.once('error', reject);
   });
-}
-
-function pattern(length: number, seed: number): Buffer {
-  const b = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) b[i] = (i * 31 + seed) & 0xff;
-  return b;
 }
 
 describe('allow-lists cannot be walked around (the attack of issue 9)', () => {

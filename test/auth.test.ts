@@ -26,17 +26,12 @@ import { RawQueue } from './helpers/raw-queue.js';
 import { vofAsync } from './helpers/vof-cli.js';
 import { targetAuthSecrets } from '../src/cli/auth-options.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { pattern } from './helpers/pattern.js';
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const quiet = { keepaliveIntervalMs: 0 };
 const AUTH_BIT = 1n << VOF_F_AUTH;
 const field = (c: Buffer) => Buffer.from(c.subarray(4, 16));
-
-function pattern(length: number, seed: number): Buffer {
-  const b = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) b[i] = (i * 29 + seed) & 0xff;
-  return b;
-}
 
 /** A raw control queue of `ivqn` with VOF_F_AUTH set; its instance id. */
 async function rawControl(port: number, ivqn: string, tvqn = 'disk'): Promise<{ q: RawQueue; id: number }> {

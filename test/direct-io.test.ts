@@ -15,6 +15,7 @@ import { addressRemainder, alignmentAddon, allocAligned } from '../src/util/alig
 import { needs } from './helpers/deps.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { vofAsync } from './helpers/vof-cli.js';
+import { pattern } from './helpers/pattern.js';
 
 /**
  * Block exports opened with direct I/O (FileBlockOptions.direct, `--blk NAME=PATH,direct`):
@@ -50,15 +51,6 @@ function scratch(size: number): string {
   const path = join(dir!, `d${fileNo++}.img`);
   writeFileSync(path, Buffer.alloc(size));
   return path;
-}
-function pattern(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed | 1;
-  for (let i = 0; i < n; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
 }
 /** A copy of `data` in a buffer that starts one byte past an aligned address: never aligned. */
 function unaligned(data: Buffer): Buffer {

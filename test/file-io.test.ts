@@ -11,6 +11,7 @@ import { needs } from './helpers/deps.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { vofAsync } from './helpers/vof-cli.js';
 import { startTarget } from '../scripts/start-target.mjs';
+import { pattern } from './helpers/pattern.js';
 
 /**
  * The two file I/O backends of block exports (src/devices/blk/file-io.ts): io_uring in the
@@ -43,12 +44,6 @@ function scratch(bytes: Buffer): string {
   writeFileSync(path, bytes);
   return path;
 }
-function pattern(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed * 7 + (i >> 9)) & 0xff;
-  return b;
-}
-
 describe('file I/O backend choice', () => {
   it.skipIf(!addon.ok)(`auto picks io_uring where the addon has it, and an export uses it${addon.skipNote}`, async () => {
     expect(uringMissing).toBeNull();

@@ -9,6 +9,7 @@ import { NbdCommand, NbdInfo, NbdOption, NbdReply, encodeInfoRequest } from '../
 import { needs } from './helpers/deps.js';
 import { socketOf, startBridge, type Bridge } from './helpers/nbd-bridge.js';
 import { RawNbdClient } from './helpers/raw-nbd.js';
+import { pattern } from './helpers/pattern.js';
 
 /**
  * NBD's STARTTLS on `vof nbd` (issue 17, finding 7): TLS with client certificates and with PSKs,
@@ -34,18 +35,6 @@ async function run(cmd: string, args: string[]): Promise<{ status: number; out: 
     const e = err as { code?: number; stdout?: string; stderr?: string };
     return { status: typeof e.code === 'number' ? e.code : -1, out: `${e.stdout ?? ''}${e.stderr ?? ''}`, stdout: e.stdout ?? '' };
   }
-}
-
-function pattern(size: number, seed: number): Buffer {
-  const b = Buffer.alloc(size);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < size; i += 4) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b.writeUInt32LE(x >>> 0, i);
-  }
-  return b;
 }
 
 /** A GnuTLS certificates directory as libnbd wants it (tls-certificates=DIR). */

@@ -8,6 +8,7 @@ import { NbdCommand, NbdCommandFlag, NbdError, NbdInfo, NbdOption, NbdReply, Tra
 import { needs } from './helpers/deps.js';
 import { socketOf, startBridge, type Bridge } from './helpers/nbd-bridge.js';
 import { RawNbdClient } from './helpers/raw-nbd.js';
+import { pattern } from './helpers/pattern.js';
 
 /**
  * The NBD bridge against real NBD clients nobody here wrote (libnbd's nbdinfo and nbdcopy,
@@ -27,18 +28,6 @@ function run(cmd: string, args: string[], timeout = 120000, cwd?: string) {
   // cwd: fio leaves verify state files in its working directory.
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout, ...(cwd && { cwd }) });
   return { status: r.status, out: `${r.stdout ?? ''}${r.stderr ?? ''}`, stdout: r.stdout ?? '' };
-}
-
-function pattern(size: number, seed: number): Buffer {
-  const b = Buffer.alloc(size);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < size; i += 4) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    b.writeUInt32LE(x >>> 0, i);
-  }
-  return b;
 }
 
 describe.skipIf(!clients.ok)(`vof nbd with real NBD clients${clients.skipNote}`, { timeout: SLOW }, () => {

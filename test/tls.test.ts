@@ -17,6 +17,7 @@ import { startTarget } from '../scripts/start-target.mjs';
 import { vofAsync } from './helpers/vof-cli.js';
 import { RawQueue } from './helpers/raw-queue.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { pattern } from './helpers/pattern.js';
 
 const DIR = join(import.meta.dirname, 'fixtures/tls');
 const pem = (name: string) => readFileSync(join(DIR, name));
@@ -27,12 +28,6 @@ const asHostA: TlsClientSettings = { ...CA, cert: pem('host-a.crt'), key: pem('h
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const MiB = 1024 * 1024;
 const quiet = { keepaliveIntervalMs: 0 };
-
-function pattern(length: number, seed: number): Buffer {
-  const b = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) b[i] = (i * 13 + seed) & 0xff;
-  return b;
-}
 
 const vof = vofAsync;
 

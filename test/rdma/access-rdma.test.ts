@@ -12,15 +12,10 @@ import { RawQueue } from '../helpers/raw-queue.js';
 import { RawRdmaQueue } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { rdmaAddress } from './rdma-env.js';
+import { pattern } from '../helpers/pattern.js';
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const quiet = { keepaliveIntervalMs: 0 };
-
-function pattern(length: number, seed: number): Buffer {
-  const b = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) b[i] = (i * 17 + seed) & 0xff;
-  return b;
-}
 
 /**
  * The issue-9 attack over RDMA: the binding rule is transport-independent, but the Connect

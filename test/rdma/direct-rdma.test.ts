@@ -7,6 +7,7 @@ import { allocAligned } from '../../src/util/aligned-buffer.js';
 import { needs } from '../helpers/deps.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { rdmaAddress } from './rdma-env.js';
+import { pattern } from '../helpers/pattern.js';
 
 /**
  * Direct I/O over RDMA: a block export opened with O_DIRECT reads from the disk into the
@@ -17,16 +18,6 @@ import { rdmaAddress } from './rdma-env.js';
 const tools = needs('test/rdma/direct-rdma.test.ts (a loop device for direct I/O)', ['mount', 'kmod'], () =>
   process.getuid?.() === 0 ? null : 'not root (losetup needs it); run it in the soft-RoCE VM',
 );
-
-function pattern(n: number, seed: number): Buffer {
-  const b = Buffer.alloc(n);
-  let x = seed | 1;
-  for (let i = 0; i < n; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 describe.skipIf(!tools.ok)(`direct I/O over RDMA${tools.skipNote}`, () => {
   let dir = '';

@@ -11,18 +11,9 @@ import {
   encodeSegment,
 } from '../../src/index.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
+import { pattern } from '../helpers/pattern.js';
 
 const MiB = 1024 * 1024;
-
-function pattern(length: number, seed: number): Buffer {
-  const b = Buffer.allocUnsafe(length);
-  let x = seed | 1;
-  for (let i = 0; i < length; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 /**
  * End-to-end virtio-blk behaviour over one transport. The same suite runs over TCP and RDMA so
