@@ -45,6 +45,7 @@ namespace {
     (c, port, index, gid))                                                                                      \
   X(0, int, ibv_query_port, (struct ibv_context * c, uint8_t port, struct _compat_ibv_port_attr * a),         \
     (c, port, a))                                                                                               \
+  X(0, int, ibv_modify_qp, (struct ibv_qp * qp, struct ibv_qp_attr * a, int mask), (qp, a, mask))             \
   X(0, int, ibv_query_qp, (struct ibv_qp * qp, struct ibv_qp_attr * a, int mask, struct ibv_qp_init_attr * i),  \
     (qp, a, mask, i))                                                                                           \
   X(0, struct ibv_mr*, ibv_reg_mr_iova2,                                                                        \
@@ -58,6 +59,8 @@ namespace {
   X(1, int, rdma_create_id,                                                                                     \
     (struct rdma_event_channel * ch, struct rdma_cm_id * *id, void* ctx, enum rdma_port_space ps), (ch, id, ctx, ps)) \
   X(1, int, rdma_create_qp, (struct rdma_cm_id * id, struct ibv_pd * pd, struct ibv_qp_init_attr * a), (id, pd, a)) \
+  X(1, void, rdma_free_devices, (struct ibv_context * *l), (l))                                                \
+  X(1, struct ibv_context**, rdma_get_devices, (int* n), (n))                                                   \
   X(1, void, rdma_destroy_event_channel, (struct rdma_event_channel * ch), (ch))                                \
   X(1, int, rdma_destroy_id, (struct rdma_cm_id * id), (id))                                                    \
   X(1, void, rdma_destroy_qp, (struct rdma_cm_id * id), (id))                                                   \
