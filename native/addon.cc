@@ -39,6 +39,23 @@ static Napi::Value WcStatusName(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), ibv_wc_status_str(s));
 }
 
+// librdmacm opens a device's verbs context for the first CM id on it and keeps it open; it
+// closes it only once it has noticed the device is gone (its device list is refreshed by
+// rdma_get_devices, or by resolving to an unknown device) and no CM id uses it any more. The
+// kernel's removal of a device whose driver cannot disassociate user contexts (rxe) waits for
+// every process to close its contexts: without this refresh, `rdma link delete` waits forever.
+// Returns the names of the devices present now.
+static Napi::Value SyncDevices(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array names = Napi::Array::New(env);
+  int n = 0;
+  ibv_context** list = rdma_get_devices(&n);
+  if (list == nullptr) return names;  // no device at all (ENODEV): nothing to refresh
+  for (int i = 0; i < n && list[i] != nullptr; i++) names.Set(i, Napi::String::New(env, ibv_get_device_name(list[i]->device)));
+  rdma_free_devices(list);
+  return names;
+}
+
 static void InitRdma(Napi::Env env, Napi::Object exports) {
   auto* ctors = new Constructors();
   Napi::Function cmId = CmId::Init(env);
@@ -56,6 +73,7 @@ static void InitRdma(Napi::Env env, Napi::Object exports) {
   exports.Set("QueuePair", qp);
   exports.Set("MemoryWindow", MemoryWindow::Init(env));
   exports.Set("listDevices", Napi::Function::New(env, ListDevices));
+  exports.Set("syncDevices", Napi::Function::New(env, SyncDevices));
   exports.Set("wcStatusName", Napi::Function::New(env, WcStatusName));
   Napi::Object access = Napi::Object::New(env);
   access.Set("LOCAL_WRITE", Napi::Number::New(env, IBV_ACCESS_LOCAL_WRITE));

@@ -18,6 +18,7 @@ Napi::Function CmId::Init(Napi::Env env) {
                          InstanceMethod<&CmId::Disconnect>("disconnect"),
                          InstanceMethod<&CmId::CreateQp>("createQp"),
                          InstanceMethod<&CmId::Destroy>("destroy"),
+                         InstanceMethod<&CmId::DestroyQp>("destroyQp"),
                          InstanceMethod<&CmId::LocalAddress>("localAddress"),
                          InstanceMethod<&CmId::PeerAddress>("peerAddress"),
                          InstanceMethod<&CmId::DeviceName>("deviceName"),
@@ -216,6 +217,14 @@ Napi::Value CmId::Destroy(const Napi::CallbackInfo& info) {
     Release();
     Unref();
   }
+  return info.Env().Undefined();
+}
+
+// The QP alone, before the CQ, registrations and PD it uses: the CM id goes last, because the
+// last CM id on a removed device is what makes librdmacm close that device's verbs context
+// (see SyncDevices), and nothing may be left on a closed context.
+Napi::Value CmId::DestroyQp(const Napi::CallbackInfo& info) {
+  if (qp != nullptr) qp->Release();
   return info.Env().Undefined();
 }
 

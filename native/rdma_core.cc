@@ -59,6 +59,8 @@ namespace {
   X(1, int, rdma_create_id,                                                                                     \
     (struct rdma_event_channel * ch, struct rdma_cm_id * *id, void* ctx, enum rdma_port_space ps), (ch, id, ctx, ps)) \
   X(1, int, rdma_create_qp, (struct rdma_cm_id * id, struct ibv_pd * pd, struct ibv_qp_init_attr * a), (id, pd, a)) \
+  X(1, void, rdma_free_devices, (struct ibv_context * *l), (l))                                                \
+  X(1, struct ibv_context**, rdma_get_devices, (int* n), (n))                                                   \
   X(1, void, rdma_destroy_event_channel, (struct rdma_event_channel * ch), (ch))                                \
   X(1, int, rdma_destroy_id, (struct rdma_cm_id * id), (id))                                                    \
   X(1, void, rdma_destroy_qp, (struct rdma_cm_id * id), (id))                                                   \

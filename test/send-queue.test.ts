@@ -236,7 +236,7 @@ function fakeConnection(handler: RcConnectionHandler) {
       destroy(): void {}
     },
   } as unknown as NativeBinding;
-  const cmId = { createQp: () => qp, destroy() {} } as unknown as CmId;
+  const cmId = { createQp: () => qp, destroy() {}, destroyQp() {} } as unknown as CmId;
   const rc = new RcConnection(binding, cmId, { recvDepth: 4, recvSize: 16, sendDepth: 16, sendSize: 16, protectionDomain: { pd, release() {} } }, handler);
   return { rc, qp, completions, WORDS, deliver: (n: number) => deliver(n) };
 }

@@ -77,16 +77,23 @@ function load(d: BlockDevice) {
   const tried = new Map<number, number>();
   const errors: string[] = [];
   let stopped = false;
+  // A request that fails at once would make the writers loop on microtasks only, starving the
+  // event loop (no timer, no I/O, not even vitest's timeout: the test would seem to hang): the
+  // writers stop after a few failures, and the test fails on them.
+  const fail = (e: Error) => {
+    errors.push(e.message);
+    if (errors.length >= 16) stopped = true;
+  };
   const writer = async (w: number) => {
     for (let round = 1; !stopped && round < 100_000; round++) {
       for (let n = w; n < BLOCKS && !stopped; n += WRITERS) {
         tried.set(n, round);
         await d.write(n * BLOCK, block(n, round)).then(
           () => acked.set(n, round),
-          (e: Error) => errors.push(e.message),
+          (e: Error) => fail(e),
         );
       }
-      await d.flush().catch((e: Error) => errors.push(e.message));
+      await d.flush().catch((e: Error) => fail(e));
     }
   };
   const writers = Array.from({ length: WRITERS }, (_, w) => writer(w));
@@ -98,7 +105,9 @@ function load(d: BlockDevice) {
     /** Resolves once BLOCKS more writes have been acknowledged than at the call. */
     progress: (what: string) => {
       const from = total();
-      return waitFor(what, () => total() >= from + BLOCKS, SLOW);
+      return waitFor(what, () => total() >= from + BLOCKS || stopped, SLOW).then(() => {
+        if (total() < from + BLOCKS) throw new Error(`${what}: the writers stopped after failed requests: ${errors.slice(0, 3).join(' | ')}`);
+      });
     },
     stop: async () => {
       stopped = true;
@@ -135,6 +144,8 @@ async function readBack(url: string): Promise<Buffer> {
   }
 }
 
+const RUN_MS = 90_000;
+
 /**
  * A command of iproute2 (ip, rdma), bounded; rejects with its output if it fails. Never
  * synchronous: removing an RDMA device waits for this process to release its resources on it,
@@ -142,7 +153,11 @@ async function readBack(url: string): Promise<Buffer> {
  */
 function run(cmd: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    execFile(cmd, args, { encoding: 'utf8', timeout: 90_000 }, (err, _out, stderr) => {
+    // A command the kernel holds in an uninterruptible wait (`rdma link delete` waiting for a
+    // process to close its verbs contexts) outlives execFile's kill: the test fails anyway.
+    const stuck = setTimeout(() => reject(new Error(`${cmd} ${args.join(' ')}: still running after ${RUN_MS} ms (stuck in the kernel?)`)), RUN_MS + 10_000);
+    execFile(cmd, args, { encoding: 'utf8', timeout: RUN_MS }, (err, _out, stderr) => {
+      clearTimeout(stuck);
       if (err) reject(new Error(`${cmd} ${args.join(' ')}: ${err.message} ${stderr}`.trim()));
       else resolve();
     });
@@ -167,15 +182,21 @@ function netdevOf(dev: string): string {
 }
 
 /**
- * Taking the rxe netdev down, or deleting the rxe device, under this suite's load made the
- * test process stop making progress in the soft-RoCE VM (vitest's own test timeout never fired:
- * the event loop was blocked, not waiting): not resolved yet (issue 17), so these two run only
- * when asked for, and say so loudly otherwise.
+ * Issue 17, still open for these two: they run only with VOF_RDMA_NETDEV_FAULTS=1 and say so
+ * loudly otherwise. What was found in the soft-RoCE VM (kernel stacks of every process):
+ * - rxe removal: `rdma link delete` sat in ib_uverbs_remove_one (state D), waiting for the
+ *   processes to close their verbs contexts, which librdmacm never did: it does not notice a
+ *   removed device by itself. Fixed (vof releases verbs objects before their CM id and refreshes
+ *   librdmacm's device list on DEVICE_REMOVAL, see device-removal.ts), not yet seen passing here.
+ * - link down/up: the test process's main thread stayed on the CPU while the target sat idle
+ *   in epoll_wait, well past every bound here: the event loop never ran. Likely (not
+ *   confirmed) requests failing at once, which made load()'s writers loop on microtasks only;
+ *   they now stop after a few failures, so the test should fail with the reason instead.
  */
 const netdevFaults = process.env['VOF_RDMA_NETDEV_FAULTS'] === '1';
 if (!netdevFaults) {
   console.warn(
-    '\n#### faults-rdma: the link down/up and rxe remove/re-add tests are SKIPPED: they hang the test process (issue 17, open); VOF_RDMA_NETDEV_FAULTS=1 runs them ####\n',
+    '\n#### faults-rdma: the link down/up and rxe remove/re-add tests are SKIPPED (issue 17, open: link down/up still hangs the test process; the rxe removal fix is not yet verified in the VM); VOF_RDMA_NETDEV_FAULTS=1 runs them ####\n',
   );
 }
 

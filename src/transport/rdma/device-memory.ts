@@ -348,10 +348,18 @@ export class DeviceMemoryTable {
         if (released) return;
         released = true;
         if (--e.users > 0) return;
-        this.byDevice.delete(device);
+        if (this.byDevice.get(device) === e) this.byDevice.delete(device);
         e.memory.destroy();
       },
     };
+  }
+
+  /**
+   * `device` went away: connections made from now on get a new memory (on the device that may
+   * come back under the same name); the old one goes with its last lease.
+   */
+  forget(device: string): void {
+    this.byDevice.delete(device);
   }
 
   /** The memory of `device` while some connection uses it (tests, `vof bench`). */

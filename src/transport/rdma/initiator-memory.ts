@@ -51,6 +51,14 @@ export class InitiatorDeviceMemory {
     return m;
   }
 
+  /**
+   * The device went away: connections made from now on get a new memory (on the device that
+   * may come back under the same name); this one goes with its last user.
+   */
+  forget(): void {
+    if (byDevice.get(this.device) === this) byDevice.delete(this.device);
+  }
+
   attach(): void {
     this.connections++;
   }

@@ -62,6 +62,8 @@ export interface CmId {
   disconnect(): void;
   createQp(pd: ProtectionDomain, cq: CompletionQueue, caps: QpCaps): QueuePair;
   destroy(): void;
+  /** Destroy its QP only (if any): verbs objects go before the CM id (see RcConnection.destroy). */
+  destroyQp(): void;
   localAddress(): SocketAddress | null;
   peerAddress(): SocketAddress | null;
   deviceName(): string | null;
@@ -189,6 +191,11 @@ export interface NativeBinding {
   CompletionQueue: new (cmId: CmId, cqe: number, onCompletions: (count: number) => void) => CompletionQueue;
   MemoryWindow: new (pd: ProtectionDomain) => MemoryWindow;
   listDevices(): DeviceInfo[];
+  /**
+   * Refresh librdmacm's device list (rdma_get_devices): a device found gone is forgotten, and its
+   * verbs context closed as soon as no CM id uses it. Returns the names of the devices present.
+   */
+  syncDevices(): string[];
   resourceCounts(): ResourceCounts;
   wcStatusName(status: number): string;
   readonly access: { readonly LOCAL_WRITE: number; readonly REMOTE_WRITE: number; readonly REMOTE_READ: number; readonly MW_BIND: number };

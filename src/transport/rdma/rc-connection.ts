@@ -212,12 +212,24 @@ export class RcConnection {
     return this.sendQueue.post(before, what).finally(() => slot.release());
   }
 
-  /** Release every verbs object; the CM id is destroyed too (that destroys the QP first). */
+  /**
+   * Release every verbs object in the order the verbs require (QP, CQ and its channel, the
+   * registrations, the PD or its lease), the CM id last: the last CM id on a removed RDMA device
+   * is what lets librdmacm close that device's verbs context (native-binding syncDevices), and
+   * nothing of ours may be left on a closed context. An owner with registrations of its own in
+   * the PD calls releaseVerbs(), releases those, then destroy().
+   */
   destroy(): void {
+    this.releaseVerbs();
+    this.cmId.destroy();
+  }
+
+  /** Everything destroy() releases except the CM id (idempotent). */
+  releaseVerbs(): void {
     if (this.destroyed) return;
     this.destroyed = true;
     this.sendQueue?.fail(this.brokenBy ?? new Error('connection closed'));
-    this.cmId.destroy();
+    this.cmId.destroyQp();
     this.cq?.destroy();
     for (const p of this.extraPools) p.destroy();
     this.sendSlots?.destroy();

@@ -6,6 +6,7 @@ import { carriesInline, inlineRequestMessageSize, inlineRequestParts } from '../
 import type { Logger } from '../../util/log.js';
 import { formatRdmaPeer, numericHost } from '../address.js';
 import type { ConnectOptions, Endpoint, InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
+import { deviceOf, followDeviceRemoval } from './device-removal.js';
 import { MemoryRegistrationCache } from './memory-registration-cache.js';
 import type { CmEvent, CmId, EventChannel, MemoryRegion, MemoryWindow, NativeBinding, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
@@ -63,7 +64,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   maxKeyedDescriptors = 1;
   private handler: InitiatorConnectionHandler | null = null;
   private readonly rc: RcConnection;
-  private readonly memory: InitiatorDeviceMemory;
+  readonly memory: InitiatorDeviceMemory;
   private readonly arena: BounceArena | null;
   private readonly registrations: MemoryRegistrationCache | null;
   private readonly slots: CommandSlot[];
@@ -126,6 +127,11 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     let wake: (() => void) | null = null;
     let conn: RdmaInitiatorConnection | null = null;
     const channel = new binding.EventChannel((ev) => {
+      if (ev.type === 'DEVICE_REMOVAL') {
+        // Before the teardown destroys the id (which the device's release waits for).
+        followDeviceRemoval(binding, deviceOf(cmId));
+        conn?.memory.forget();
+      }
       if (conn && conn.established) return conn.onCmEvent(ev);
       events.push(ev);
       wake?.();
@@ -443,9 +449,12 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       clearSlot(slot); // its bounce slice goes with the arena, destroyed below
     }
     this.registrations?.clear();
-    this.rc.destroy();
+    // Every verbs object before the CM id: the last CM id on a removed device lets librdmacm
+    // close its verbs context, and the shared PD (memory.detach) must be gone by then.
+    this.rc.releaseVerbs();
     this.arena?.destroy();
     this.memory.detach();
+    this.cmId.destroy();
     this.channel.close();
     const h = this.handler;
     this.handler = null;

@@ -13,7 +13,8 @@ import type {
 import { nativeBinding, type CmEvent, type CmId, type NativeBinding } from './native-binding.js';
 import { RdmaInitiatorConnection } from './rdma-initiator-connection.js';
 import { RdmaTargetConnection, type RdmaTargetOptions } from './rdma-target-connection.js';
-import { DEFAULT_DEVICE_MEMORY_BYTES } from './device-memory.js';
+import { DEFAULT_DEVICE_MEMORY_BYTES, deviceMemories } from './device-memory.js';
+import { deviceOf, followDeviceRemoval } from './device-removal.js';
 import { DEFAULT_MAX_BACKLOG } from './send-queue.js';
 
 /** Keyed descriptors the target accepts per VQ command (Get Keyed Number Descriptors). */
@@ -122,6 +123,12 @@ class RdmaListener implements Listener {
   private onEvent(ev: CmEvent): void {
     const conn = ev.id && ev.type !== 'CONNECT_REQUEST' ? this.connections.get(ev.id) : undefined;
     try {
+      if (ev.type === 'DEVICE_REMOVAL') {
+        // Before the handlers below destroy the id (which the device's release waits for).
+        const device = deviceOf(ev.id);
+        followDeviceRemoval(this.binding, device);
+        if (device !== null) deviceMemories.forget(device);
+      }
       if (ev.type === 'CONNECT_REQUEST' && ev.id) return this.onConnectRequest(ev, ev.id);
       if (ev.type === 'DEVICE_REMOVAL' && ev.id && ev.id === this.listenId) return this.onListenerRemoved();
       conn?.onCmEvent(ev);
