@@ -51,10 +51,10 @@ describe('vof CLI over RDMA', () => {
       maxKeyedDescriptors: number;
       inlineDataBytes: number;
       virtioOfFeatures: { negotiated: string };
-      blk: { capacityBytes: string };
+      blk: { capacityBytes: number };
     };
     expect(parsed.deviceId).toBe(2);
-    expect(parsed.blk.capacityBytes).toBe(String(2 * 1024 * 1024));
+    expect(parsed.blk.capacityBytes).toBe(2 * 1024 * 1024);
     // VIRTIO_OF_F_KEYED_NUM_DESCS, vof's inline data (bit 56) and remote invalidation (bit 57)
     // negotiated, and the target's limits.
     expect([parsed.virtioOfFeatures.negotiated, parsed.maxKeyedDescriptors, parsed.inlineDataBytes]).toEqual(['0x300000000000001', 32, 4112]);
