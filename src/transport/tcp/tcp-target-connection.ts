@@ -371,17 +371,9 @@ export class TcpTargetConnection implements TargetConnection {
       this.payloadState.length = length;
       return this.payloadState;
     }
+    // Every VQ command asks the session first, oversized ones too: before Connect even an
+    // oversized payload is not skipped but refused (admit state).
     if (opcode === Opcode.Vq) {
-      // An oversized payload is skipped without asking the session: admitting it there would
-      // reserve (and answer) a command the transport then discards, and the fuzzer saw that
-      // answered twice. (Before Connect this reads the oversized payload rather than refusing
-      // it; bounded by the connect timeout and the unbound-connection limits.)
-      const out = header.readUInt32LE(8);
-      if (out > this.maxVqPayload) {
-        this.log.warn(`${this.peer}: VQ command announces ${out} device-readable bytes; discarding them`);
-        this.state = { kind: 'discard', left: out, announced: out, why: `exceeds the ${this.maxVqPayload}-byte limit` };
-        return this.state;
-      }
       this.admitState.waiting = false;
       return this.admitState;
     }
