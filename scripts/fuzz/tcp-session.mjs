@@ -188,7 +188,14 @@ function expectedCommands(bytes) {
       off += 16 + len;
     } else if (op === Opcode.Vq) {
       const out = bytes.readUInt32LE(off + 8);
-      if (off + 16 + out > bytes.length) break;
+      if (off + 16 + out > bytes.length) {
+        // A header whose payload never fully arrives (a truncated stream) is still answered
+        // when it comes before Connect: the target refuses it ENOCMD without reading the
+        // payload (docs/PROTOCOL.md, "Payload admission"). Whether the queue was connected is
+        // not a function of these bytes alone, so the answer is allowed, not required.
+        sent.push({ id, vq: true, inLength: bytes.readUInt32LE(off + 12) });
+        break;
+      }
       sent.push({ id, vq: true, inLength: bytes.readUInt32LE(off + 12) });
       off += 16 + out;
     } else {
