@@ -1,7 +1,8 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { TargetAuth } from '../src/target/target-auth.js';
 import {
   BlockDevice,
   CONNECT_BODY_SIZE,
@@ -235,6 +236,35 @@ describe('in-band authentication over TCP (issue 17)', () => {
       expect(impostor.opcodes).toEqual([Opcode.Connect, Opcode.GetFeature, Opcode.SetFeature, VOF_OP_AUTH_NEGOTIATE, VOF_OP_AUTH_REPLY]);
     } finally {
       await impostor.close();
+    }
+  });
+});
+
+describe("the target's authentication deadline", () => {
+  it('is cleared when the initiator proves the secret, and fires only for an exchange that never succeeds', () => {
+    vi.useFakeTimers();
+    try {
+      const secret = parseSecret(generateSecret());
+      const expired: string[] = [];
+      const ok = new TargetAuth(secret, 'host-a', 'disk', 7);
+      const never = new TargetAuth(secret, 'host-b', 'disk', 8);
+      ok.expireAfter(1000, () => expired.push('ok'));
+      never.expireAfter(1000, () => expired.push('never'));
+      expect(vi.getTimerCount()).toBe(2);
+      const nonceI = Buffer.alloc(12, 1);
+      const step = ok.negotiate(nonceI);
+      if (!step.ok) throw new Error(step.why);
+      const transcript = { ivqn: 'host-a', tvqn: 'disk', instanceId: 7, nonceI, nonceT: step.data };
+      expect(ok.reply(initiatorResponse(secret, transcript)).ok).toBe(true);
+      // Nothing keeps the authenticated instance waiting on its deadline.
+      expect(vi.getTimerCount()).toBe(1);
+      vi.advanceTimersByTime(1500);
+      expect(expired).toEqual(['never']);
+      never.expireAfter(1000, () => expired.push('again'));
+      never.stop();
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
     }
   });
 });

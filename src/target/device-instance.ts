@@ -341,6 +341,7 @@ export class DeviceInstance {
     this.destroyed = true;
     if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
     this.silence?.stop();
+    this.auth?.stop();
     this.unsubscribeConfig();
     this.admin?.close();
     for (const vq of this.virtqueues.values()) vq.closeWhenIdle();

@@ -13,6 +13,8 @@ export type AuthStep =
 export class TargetAuth {
   private state: 'idle' | 'challenged' | 'authenticated' | 'failed' = 'idle';
   private transcript: AuthTranscript | null = null;
+  /** Destroys the instance if the exchange has not succeeded in time; cleared once it ends. */
+  private deadline: NodeJS.Timeout | null = null;
 
   constructor(
     private readonly secret: Buffer,
@@ -20,6 +22,25 @@ export class TargetAuth {
     private readonly tvqn: string,
     private readonly instanceId: number,
   ) {}
+
+  /**
+   * Call `expire` unless authentication succeeds within `ms`: an instance that never
+   * authenticates holds its quota slot only as long as a connection may go without Connect.
+   */
+  expireAfter(ms: number, expire: () => void): void {
+    this.stop();
+    this.deadline = setTimeout(() => {
+      this.deadline = null;
+      if (this.state !== 'authenticated') expire();
+    }, ms);
+    this.deadline.unref();
+  }
+
+  /** The instance is gone (or authenticated): nothing is left waiting on this exchange. */
+  stop(): void {
+    if (this.deadline) clearTimeout(this.deadline);
+    this.deadline = null;
+  }
 
   get authenticated(): boolean {
     return this.state === 'authenticated';
@@ -40,6 +61,7 @@ export class TargetAuth {
     if (this.state !== 'challenged' || !t) return this.fail(`AUTH_REPLY ${this.state === 'idle' ? 'before AUTH_NEGOTIATE' : `when the exchange is ${this.state}`}`);
     if (!responsesMatch(responseI, initiatorResponse(this.secret, t))) return this.fail('the response does not prove the secret');
     this.state = 'authenticated';
+    this.stop();
     return { ok: true, data: targetResponse(this.secret, t) };
   }
 

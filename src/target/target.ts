@@ -374,11 +374,11 @@ export class VofTarget {
       // may go without Connect: keepalives alone do not keep it.
       const limit = this.context.connectTimeoutMs;
       if (limit > 0) {
-        setTimeout(() => {
-          if (inst.destroyed || !inst.authPending) return;
+        inst.auth.expireAfter(limit, () => {
+          if (inst.destroyed) return;
           this.log.warn(`${control.connection.peer}: ${inst.label}: not authenticated within ${limit} ms; destroying it`);
           inst.destroy();
-        }, limit).unref();
+        });
       }
     }
     this.instances.set(id, inst);
