@@ -1,0 +1,620 @@
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import {
+  CLIENT_FLAGS_SIZE,
+  NBD_FLAG_C_FIXED_NEWSTYLE,
+  NBD_FLAG_C_NO_ZEROES,
+  NBD_FLAG_FIXED_NEWSTYLE,
+  NBD_FLAG_NO_ZEROES,
+  NBD_IHAVEOPT,
+  NBD_MAGIC,
+  NBD_MAX_STRING,
+  NBD_OPT_REPLY_MAGIC,
+  NBD_REQUEST_MAGIC,
+  NBD_SIMPLE_REPLY_MAGIC,
+  NbdCommand,
+  NbdInfo,
+  NbdOption,
+  NbdReply,
+  REQUEST_HEADER_SIZE,
+  SIMPLE_REPLY_SIZE,
+  TransmissionFlag,
+  encodeInfoRequest,
+  encodeOptionHeader,
+} from './nbd-protocol.js';
+import { quotePeerString } from '../util/escape.js';
+
+/**
+ * The client side of NBD (NetworkBlockDevice doc/proto.md): what a vof target uses to reach
+ * storage that speaks NBD (rbd-nbd, qemu-nbd, qemu-storage-daemon, nbdkit). Fixed newstyle
+ * handshake, optional STARTTLS, structured replies when the server has them, NBD_OPT_GO with
+ * NBD_INFO_BLOCK_SIZE; then the transmission phase over pre-allocated request slots.
+ *
+ * The server is a peer: a reply with a bad magic, an unknown cookie, a chunk outside its request
+ * or a payload larger than announced ends the connection ("hard disconnect", as the protocol
+ * asks) and fails every request in flight; nothing it sends is written outside the buffer of the
+ * request it names.
+ */
+
+export const NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef;
+const STRUCTURED_REPLY_SIZE = 20;
+const NBD_REPLY_FLAG_DONE = 1;
+export const NbdReplyType = {
+  NONE: 0,
+  OFFSET_DATA: 1,
+  OFFSET_HOLE: 2,
+  ERROR: 0x8001,
+  ERROR_OFFSET: 0x8002,
+} as const;
+/** Longest error chunk payload taken: the fields plus the protocol's string limit. */
+const MAX_ERROR_CHUNK = 14 + NBD_MAX_STRING;
+/** Longest option reply taken during the handshake (strings and infos are far smaller). */
+const MAX_OPTION_REPLY = 64 * 1024;
+
+export class NbdClientError extends Error {
+  override readonly name = 'NbdClientError';
+}
+
+/** What OPT_GO told about the export. */
+export interface NbdExportInfo {
+  readonly size: number;
+  readonly transmissionFlags: number;
+  readonly readOnly: boolean;
+  readonly canFlush: boolean;
+  readonly canFua: boolean;
+  readonly canTrim: boolean;
+  readonly canWriteZeroes: boolean;
+  readonly canMultiConn: boolean;
+  /** NBD_INFO_BLOCK_SIZE, or the protocol's defaults (1, 4096, 32 MiB) without it. */
+  readonly minimumBlock: number;
+  readonly preferredBlock: number;
+  readonly maximumBlock: number;
+  readonly structuredReplies: boolean;
+}
+
+export interface NbdClientOptions {
+  readonly exportName: string;
+  /**
+   * Upgrade with NBD_OPT_STARTTLS before anything else, then run this on the socket: it returns
+   * the TLS stream once the handshake has proved the server (the caller's trust settings).
+   */
+  readonly startTls?: (raw: net.Socket) => Promise<Duplex>;
+  /** Requests in flight at once (slots); default 64. */
+  readonly maxInFlight?: number;
+  /** Handshake deadline; default 10 s. */
+  readonly handshakeTimeoutMs?: number;
+}
+
+export type NbdAddress = { readonly kind: 'tcp'; readonly host: string; readonly port: number } | { readonly kind: 'unix'; readonly path: string };
+
+/**
+ * A request's end: `error` is 0 on success, else the NBD error value (EIO, ENOSPC, ...) or -1
+ * when the connection was lost before the answer (the request may or may not have run).
+ */
+export type NbdDone = (error: number) => void;
+
+/** One pre-allocated request: its header bytes, its buffer and where its reply stands. */
+class NbdSlot {
+  readonly header = Buffer.alloc(REQUEST_HEADER_SIZE);
+  busy = false;
+  /** Bumped per use: a reply naming an earlier use of the slot is a stale or forged cookie. */
+  generation = 0;
+  type = 0;
+  offset = 0;
+  length = 0;
+  /** Where a read's data goes. */
+  into: Buffer | null = null;
+  /** Bytes of a read covered by content chunks so far. */
+  covered = 0;
+  /** The first error a chunk reported (0: none). */
+  error = 0;
+  done: NbdDone | null = null;
+
+  constructor(readonly index: number) {}
+}
+
+type ParseState =
+  | { kind: 'reply' }
+  /** A read's data after a simple reply: into the slot's buffer from `at`, `left` bytes to go. */
+  | DataState
+  /** A structured chunk's payload that is read whole (offset of OFFSET_DATA, hole, error). */
+  | { kind: 'chunk'; slot: NbdSlot; type: number; flags: number; length: number };
+
+/** Mutable and one per connection: a read's data state is not made per reply. */
+interface DataState {
+  kind: 'data';
+  slot: NbdSlot;
+  at: number;
+  left: number;
+  /** The simple reply's data ends the request. */
+  final: boolean;
+}
+
+const REPLY_STATE: ParseState = { kind: 'reply' };
+
+export class NbdClientConnection {
+  private readonly slots: NbdSlot[];
+  private readonly free: NbdSlot[];
+  private inFlight = 0;
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private state: ParseState = REPLY_STATE;
+  private closedWith: Error | null = null;
+  private readonly closeListeners: ((err: Error | null) => void)[] = [];
+  private readonly scratch = Buffer.alloc(STRUCTURED_REPLY_SIZE);
+  /** Payloads of holes and error chunks (bounded by chunkFits). */
+  private readonly chunkBuffer = Buffer.alloc(MAX_ERROR_CHUNK);
+  private dataState: DataState | null = null;
+
+  private constructor(
+    private readonly stream: Duplex,
+    readonly info: NbdExportInfo,
+    readonly peer: string,
+    maxInFlight: number,
+    leftover: Buffer,
+  ) {
+    this.slots = Array.from({ length: maxInFlight }, (_, i) => new NbdSlot(i));
+    this.free = this.slots.slice().reverse();
+    stream.on('data', (d: Buffer) => this.onData(d));
+    stream.on('error', (err: Error) => this.fail(new NbdClientError(`${peer}: ${err.message}`)));
+    stream.on('close', () => this.fail(null));
+    if (leftover.length > 0) this.onData(leftover);
+  }
+
+  /** Connects, runs the handshake and enters the transmission phase. */
+  static async connect(address: NbdAddress, options: NbdClientOptions): Promise<NbdClientConnection> {
+    const peer = address.kind === 'tcp' ? `nbd ${address.host}:${address.port}` : `nbd unix:${address.path}`;
+    const raw = address.kind === 'tcp' ? net.connect({ host: address.host, port: address.port }) : net.connect({ path: address.path });
+    raw.setNoDelay?.(true);
+    const timeoutMs = options.handshakeTimeoutMs ?? 10_000;
+    const timer = setTimeout(() => raw.destroy(new NbdClientError(`${peer}: no NBD handshake within ${timeoutMs} ms`)), timeoutMs);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        raw.once('connect', resolve);
+        raw.once('error', reject);
+      });
+      let reader = new HandshakeReader(raw, peer);
+      const greeting = await reader.read(18);
+      if (greeting.readBigUInt64BE(0) !== NBD_MAGIC) throw new NbdClientError(`${peer}: not an NBD server (no NBDMAGIC)`);
+      if (greeting.readBigUInt64BE(8) !== NBD_IHAVEOPT) throw new NbdClientError(`${peer}: an oldstyle NBD server; only fixed newstyle is supported`);
+      const handshakeFlags = greeting.readUInt16BE(16);
+      if ((handshakeFlags & NBD_FLAG_FIXED_NEWSTYLE) === 0) throw new NbdClientError(`${peer}: the server does not speak fixed newstyle NBD`);
+      const noZeroes = (handshakeFlags & NBD_FLAG_NO_ZEROES) !== 0;
+      const flags = Buffer.alloc(CLIENT_FLAGS_SIZE);
+      flags.writeUInt32BE(NBD_FLAG_C_FIXED_NEWSTYLE | (noZeroes ? NBD_FLAG_C_NO_ZEROES : 0), 0);
+      raw.write(flags);
+      let stream: Duplex = raw;
+      if (options.startTls) {
+        const reply = await option(stream, reader, NbdOption.STARTTLS, Buffer.alloc(0), peer);
+        if (reply.type !== NbdReply.ACK) throw new NbdClientError(`${peer}: the server refused STARTTLS (${replyName(reply.type)}${reply.message})`);
+        reader.detach();
+        stream = await options.startTls(raw);
+        reader = new HandshakeReader(stream, peer);
+      }
+      const sr = await option(stream, reader, NbdOption.STRUCTURED_REPLY, Buffer.alloc(0), peer);
+      const structuredReplies = sr.type === NbdReply.ACK;
+      if (!structuredReplies && (sr.type & 0x80000000) === 0) throw new NbdClientError(`${peer}: unexpected reply ${sr.type} to NBD_OPT_STRUCTURED_REPLY`);
+      const info = await go(stream, reader, options.exportName, structuredReplies, peer);
+      const leftover = reader.detach();
+      clearTimeout(timer);
+      return new NbdClientConnection(stream, info, peer, options.maxInFlight ?? 64, leftover);
+    } catch (err) {
+      clearTimeout(timer);
+      raw.destroy();
+      throw err instanceof NbdClientError ? err : new NbdClientError(`${peer}: ${(err as Error).message}`);
+    }
+  }
+
+  get closed(): boolean {
+    return this.closedWith !== null || this.stream.destroyed;
+  }
+
+  /** Requests in flight. */
+  get busy(): number {
+    return this.inFlight;
+  }
+
+  /** Free slots: a caller with none waits for a `done` before submitting again. */
+  get available(): number {
+    return this.closed ? 0 : this.free.length;
+  }
+
+  /**
+   * Sends one request. READ fills `data` (its length is the request's); WRITE sends it; FLUSH,
+   * TRIM and WRITE_ZEROES take `length` with `data` null. `done` runs once. Throws when no slot
+   * is free or the connection is closed (callers check `available`).
+   */
+  submit(type: number, flags: number, offset: number, length: number, data: Buffer | null, done: NbdDone): void {
+    if (this.closed) throw new NbdClientError(`${this.peer}: connection closed`);
+    const slot = this.free.pop();
+    if (!slot) throw new NbdClientError(`${this.peer}: more than ${this.slots.length} requests in flight`);
+    slot.busy = true;
+    slot.generation = (slot.generation + 1) >>> 0;
+    slot.type = type;
+    slot.offset = offset;
+    slot.length = length;
+    slot.into = type === NbdCommand.READ ? data : null;
+    slot.covered = 0;
+    slot.error = 0;
+    slot.done = done;
+    this.inFlight++;
+    const h = slot.header;
+    h.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
+    h.writeUInt16BE(flags, 4);
+    h.writeUInt16BE(type, 6);
+    // The cookie names the slot and its use: index in the high half, generation in the low.
+    h.writeUInt32BE(slot.index, 8);
+    h.writeUInt32BE(slot.generation, 12);
+    h.writeUInt32BE(Math.floor(offset / 0x100000000), 16);
+    h.writeUInt32BE(offset >>> 0, 20);
+    h.writeUInt32BE(length >>> 0, 24);
+    // The header is reused only after the reply, which the server cannot send before it has
+    // received the whole request: by then the socket no longer needs the bytes.
+    this.stream.write(h);
+    if (type === NbdCommand.WRITE && data) this.stream.write(data);
+  }
+
+  /** Sends NBD_CMD_DISC after the requests in flight and closes; resolves when closed. */
+  async close(): Promise<void> {
+    if (!this.closed) {
+      const disc = Buffer.alloc(REQUEST_HEADER_SIZE);
+      disc.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
+      disc.writeUInt16BE(NbdCommand.DISC, 6);
+      this.stream.end(disc);
+    }
+    if (!this.stream.destroyed) await new Promise<void>((r) => this.stream.once('close', () => r()));
+    this.fail(null);
+  }
+
+  /** Drops the connection now: requests in flight end with -1. */
+  destroy(why?: string): void {
+    this.fail(why ? new NbdClientError(`${this.peer}: ${why}`) : null);
+  }
+
+  onClose(listener: (err: Error | null) => void): void {
+    if (this.closedWith) listener(this.closedWith);
+    else this.closeListeners.push(listener);
+  }
+
+  private fail(err: Error | null): void {
+    if (this.closedWith) return;
+    this.closedWith = err ?? new NbdClientError(`${this.peer}: connection closed`);
+    this.stream.destroy();
+    this.pending = [];
+    this.pendingBytes = 0;
+    for (const slot of this.slots) if (slot.busy) this.finish(slot, -1);
+    for (const l of this.closeListeners.splice(0)) l(err);
+  }
+
+  private finish(slot: NbdSlot, error: number): void {
+    const done = slot.done!;
+    slot.busy = false;
+    slot.done = null;
+    slot.into = null;
+    this.inFlight--;
+    this.free.push(slot);
+    done(error);
+  }
+
+  /** A protocol violation by the server: hard disconnect (proto.md), everything in flight fails. */
+  private violation(what: string): void {
+    this.fail(new NbdClientError(`${this.peer}: ${what}; disconnecting`));
+  }
+
+  private onData(d: Buffer): void {
+    if (this.closedWith) return;
+    this.pending.push(d);
+    this.pendingBytes += d.length;
+    this.parse();
+  }
+
+  /** Copies the next `n` pending bytes into `to` at `at` (n ≤ pendingBytes). */
+  private take(n: number, to: Buffer | null, at: number): void {
+    while (n > 0) {
+      const head = this.pending[0]!;
+      const k = Math.min(n, head.length);
+      if (to) head.copy(to, at, 0, k);
+      at += k;
+      n -= k;
+      this.pendingBytes -= k;
+      if (k === head.length) this.pending.shift();
+      else this.pending[0] = head.subarray(k);
+    }
+  }
+
+  /** The slot a reply's cookie names, or null (a violation) when it is not in flight. */
+  private slotOf(b: Buffer, at: number): NbdSlot | null {
+    const index = b.readUInt32BE(at);
+    const generation = b.readUInt32BE(at + 4);
+    const slot = this.slots[index];
+    return slot && slot.busy && slot.generation === generation ? slot : null;
+  }
+
+  private parse(): void {
+    const s = this.scratch;
+    while (!this.closedWith) {
+      const st = this.state;
+      if (st.kind === 'reply') {
+        if (this.pendingBytes < 4) return;
+        const head = this.pending[0]!;
+        const magic = head.length >= 4 ? head.readUInt32BE(0) : this.peekU32();
+        if (magic === NBD_SIMPLE_REPLY_MAGIC) {
+          if (this.pendingBytes < SIMPLE_REPLY_SIZE) return;
+          this.take(SIMPLE_REPLY_SIZE, s, 0);
+          const error = s.readUInt32BE(4);
+          const slot = this.slotOf(s, 8);
+          if (!slot) return this.violation(`a reply for a request not in flight (cookie ${s.toString('hex', 8, 16)})`);
+          if (error === 0 && slot.type === NbdCommand.READ && slot.length > 0) {
+            this.state = this.readData(slot, 0, slot.length, true);
+          } else {
+            this.finish(slot, error === 0 ? 0 : error);
+          }
+        } else if (magic === NBD_STRUCTURED_REPLY_MAGIC) {
+          if (!this.info.structuredReplies) return this.violation('a structured reply that was not negotiated');
+          if (this.pendingBytes < STRUCTURED_REPLY_SIZE) return;
+          this.take(STRUCTURED_REPLY_SIZE, s, 0);
+          const flags = s.readUInt16BE(4);
+          const type = s.readUInt16BE(6);
+          const slot = this.slotOf(s, 8);
+          const length = s.readUInt32BE(16);
+          if (!slot) return this.violation(`a reply chunk for a request not in flight (cookie ${s.toString('hex', 8, 16)})`);
+          if (!this.chunkFits(slot, type, length)) return;
+          if (type === NbdReplyType.NONE) {
+            this.endChunk(slot, flags);
+          } else {
+            this.state = { kind: 'chunk', slot, type, flags, length };
+          }
+        } else {
+          return this.violation(`a reply with bad magic 0x${magic.toString(16)}`);
+        }
+      } else if (st.kind === 'data') {
+        if (this.pendingBytes === 0) return;
+        const n = Math.min(st.left, this.pendingBytes);
+        // Into the request's own buffer: range checked when the chunk was accepted.
+        this.take(n, st.slot.into, st.at);
+        st.at += n;
+        st.left -= n;
+        if (st.left > 0) return;
+        this.state = REPLY_STATE;
+        if (st.final) this.finish(st.slot, 0);
+      } else {
+        const { slot, type, flags, length } = st;
+        if (type === NbdReplyType.OFFSET_DATA) {
+          if (this.pendingBytes < 8) return;
+          this.take(8, s, 0);
+          const offset = readU64(s, 0);
+          const n = length - 8;
+          const rel = offset - slot.offset;
+          if (rel < 0 || rel + n > slot.length) return this.violation(`read data at ${offset}+${n} outside the request ${slot.offset}+${slot.length}`);
+          slot.covered += n;
+          if (slot.covered > slot.length) return this.violation('read chunks overlap');
+          this.state = this.readData(slot, rel, n, false);
+          if (flags & NBD_REPLY_FLAG_DONE) {
+            // DONE on a content chunk: the data is read first, then the request ends.
+            this.afterData = slot;
+          }
+          continue;
+        }
+        if (this.pendingBytes < length) return;
+        const payload = this.chunkBuffer;
+        this.take(length, payload, 0);
+        this.state = REPLY_STATE;
+        if (type === NbdReplyType.OFFSET_HOLE) {
+          const offset = readU64(payload, 0);
+          const n = payload.readUInt32BE(8);
+          const rel = offset - slot.offset;
+          if (n === 0 || rel < 0 || rel + n > slot.length) return this.violation(`a hole at ${offset}+${n} outside the request ${slot.offset}+${slot.length}`);
+          slot.into?.fill(0, rel, rel + n);
+          slot.covered += n;
+          if (slot.covered > slot.length) return this.violation('read chunks overlap');
+        } else if (type & 0x8000) {
+          const error = payload.readUInt32BE(0);
+          const messageLength = payload.readUInt16BE(4);
+          if (messageLength > length - 6) return this.violation('an error chunk whose message is longer than the chunk');
+          // An error chunk without an error value is still an error (the request failed).
+          if (slot.error === 0) slot.error = error === 0 ? 5 : error;
+        }
+        this.endChunk(slot, flags);
+      }
+      if (this.state.kind === 'reply' && this.afterData) {
+        const slot = this.afterData;
+        this.afterData = null;
+        this.endChunk(slot, NBD_REPLY_FLAG_DONE);
+      }
+    }
+  }
+
+  private readData(slot: NbdSlot, at: number, left: number, final: boolean): DataState {
+    const d = this.dataState ?? (this.dataState = { kind: 'data', slot, at, left, final });
+    d.slot = slot;
+    d.at = at;
+    d.left = left;
+    d.final = final;
+    return d;
+  }
+
+  /** A content chunk that ended the reply (DONE on OFFSET_DATA) waits for its data to be read. */
+  private afterData: NbdSlot | null = null;
+
+  private peekU32(): number {
+    const b = Buffer.alloc(4);
+    let at = 0;
+    for (const p of this.pending) {
+      const k = Math.min(4 - at, p.length);
+      p.copy(b, at, 0, k);
+      at += k;
+      if (at === 4) break;
+    }
+    return b.readUInt32BE(0);
+  }
+
+  /** Whether a structured chunk's type and length are what the protocol allows for its request. */
+  private chunkFits(slot: NbdSlot, type: number, length: number): boolean {
+    const read = slot.type === NbdCommand.READ;
+    let ok: boolean;
+    if (type === NbdReplyType.NONE) ok = length === 0;
+    else if (type === NbdReplyType.OFFSET_DATA) ok = read && length >= 9 && length - 8 <= slot.length;
+    else if (type === NbdReplyType.OFFSET_HOLE) ok = read && length === 12;
+    else if (type & 0x8000) ok = length >= 6 && length <= MAX_ERROR_CHUNK;
+    else ok = false;
+    if (!ok) this.violation(`an unexpected reply chunk (type ${type}, ${length} bytes) for ${commandName(slot.type)}`);
+    return ok;
+  }
+
+  private endChunk(slot: NbdSlot, flags: number): void {
+    if ((flags & NBD_REPLY_FLAG_DONE) === 0) return;
+    if (slot.error === 0 && slot.type === NbdCommand.READ && slot.covered !== slot.length) {
+      return this.violation(`a read reply that covers ${slot.covered} of ${slot.length} bytes`);
+    }
+    this.finish(slot, slot.error);
+  }
+}
+
+function readU64(b: Buffer, at: number): number {
+  return b.readUInt32BE(at) * 0x100000000 + b.readUInt32BE(at + 4);
+}
+
+function commandName(type: number): string {
+  return Object.entries(NbdCommand).find(([, v]) => v === type)?.[0] ?? `command ${type}`;
+}
+
+function replyName(type: number): string {
+  return Object.entries(NbdReply).find(([, v]) => v === type)?.[0] ?? `reply 0x${type.toString(16)}`;
+}
+
+/** Reads exact byte counts from a stream during the handshake; hands back what is left over. */
+class HandshakeReader {
+  private chunks: Buffer[] = [];
+  private bytes = 0;
+  private wanted: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | null = null;
+  private ended: Error | null = null;
+  private readonly onData = (d: Buffer) => {
+    this.chunks.push(d);
+    this.bytes += d.length;
+    this.serve();
+  };
+  private readonly onEnd = () => {
+    this.ended = new NbdClientError(`${this.peer}: the server closed the connection during the handshake`);
+    this.serve();
+  };
+  private readonly onError = (err: Error) => {
+    this.ended = err;
+    this.serve();
+  };
+
+  constructor(
+    private readonly stream: Duplex,
+    private readonly peer: string,
+  ) {
+    stream.on('data', this.onData);
+    stream.on('end', this.onEnd);
+    stream.on('close', this.onEnd);
+    stream.on('error', this.onError);
+  }
+
+  read(n: number): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      this.wanted = { n, resolve, reject };
+      this.serve();
+    });
+  }
+
+  /** Stops listening; returns bytes received beyond what was read. */
+  detach(): Buffer {
+    this.stream.off('data', this.onData);
+    this.stream.off('end', this.onEnd);
+    this.stream.off('close', this.onEnd);
+    this.stream.off('error', this.onError);
+    const rest = Buffer.concat(this.chunks);
+    this.chunks = [];
+    this.bytes = 0;
+    return rest;
+  }
+
+  private serve(): void {
+    const w = this.wanted;
+    if (!w) return;
+    if (this.bytes >= w.n) {
+      const all = Buffer.concat(this.chunks);
+      this.chunks = all.length > w.n ? [all.subarray(w.n)] : [];
+      this.bytes -= w.n;
+      this.wanted = null;
+      w.resolve(all.subarray(0, w.n));
+    } else if (this.ended) {
+      this.wanted = null;
+      w.reject(this.ended);
+    }
+  }
+}
+
+interface OptionReply {
+  readonly type: number;
+  readonly data: Buffer;
+  /** ": message" from an error reply's text, escaped; or empty. */
+  readonly message: string;
+}
+
+async function optionReply(reader: HandshakeReader, opt: number, peer: string): Promise<OptionReply> {
+  const h = await reader.read(20);
+  if (h.readBigUInt64BE(0) !== NBD_OPT_REPLY_MAGIC) throw new NbdClientError(`${peer}: bad option reply magic`);
+  if (h.readUInt32BE(8) !== opt) throw new NbdClientError(`${peer}: a reply to option ${h.readUInt32BE(8)} when ${opt} was asked`);
+  const type = h.readUInt32BE(12);
+  const length = h.readUInt32BE(16);
+  if (length > MAX_OPTION_REPLY) throw new NbdClientError(`${peer}: an option reply of ${length} bytes`);
+  const data = length > 0 ? Buffer.from(await reader.read(length)) : Buffer.alloc(0);
+  const message = type & 0x80000000 && data.length > 0 ? `: ${quotePeerString(data.toString('utf8', 0, Math.min(data.length, NBD_MAX_STRING)))}` : '';
+  return { type, data, message };
+}
+
+async function option(stream: Duplex, reader: HandshakeReader, opt: number, data: Buffer, peer: string): Promise<OptionReply> {
+  stream.write(Buffer.concat([encodeOptionHeader(opt, data.length), data]));
+  return optionReply(reader, opt, peer);
+}
+
+async function go(stream: Duplex, reader: HandshakeReader, name: string, structuredReplies: boolean, peer: string): Promise<NbdExportInfo> {
+  const data = encodeInfoRequest(name, [NbdInfo.BLOCK_SIZE]);
+  stream.write(Buffer.concat([encodeOptionHeader(NbdOption.GO, data.length), data]));
+  let size = -1;
+  let tflags = 0;
+  let block = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024 };
+  for (let replies = 0; replies < 64; replies++) {
+    const r = await optionReply(reader, NbdOption.GO, peer);
+    if (r.type === NbdReply.ACK) {
+      if (size < 0) throw new NbdClientError(`${peer}: NBD_OPT_GO succeeded without NBD_INFO_EXPORT`);
+      const has = (bit: number) => (tflags & bit) !== 0;
+      return {
+        size,
+        transmissionFlags: tflags,
+        readOnly: has(TransmissionFlag.READ_ONLY),
+        canFlush: has(TransmissionFlag.SEND_FLUSH),
+        canFua: has(TransmissionFlag.SEND_FUA),
+        canTrim: has(TransmissionFlag.SEND_TRIM),
+        canWriteZeroes: has(TransmissionFlag.SEND_WRITE_ZEROES),
+        canMultiConn: has(TransmissionFlag.CAN_MULTI_CONN),
+        minimumBlock: block.minimum,
+        preferredBlock: block.preferred,
+        maximumBlock: block.maximum,
+        structuredReplies,
+      };
+    }
+    if (r.type === NbdReply.INFO) {
+      if (r.data.length < 2) throw new NbdClientError(`${peer}: a short NBD_REP_INFO`);
+      const info = r.data.readUInt16BE(0);
+      if (info === NbdInfo.EXPORT) {
+        if (r.data.length !== 12) throw new NbdClientError(`${peer}: NBD_INFO_EXPORT of ${r.data.length} bytes`);
+        const big = r.data.readBigUInt64BE(2);
+        if (big > BigInt(Number.MAX_SAFE_INTEGER)) throw new NbdClientError(`${peer}: export size ${big} is too large`);
+        size = Number(big);
+        tflags = r.data.readUInt16BE(10);
+      } else if (info === NbdInfo.BLOCK_SIZE) {
+        if (r.data.length !== 14) throw new NbdClientError(`${peer}: NBD_INFO_BLOCK_SIZE of ${r.data.length} bytes`);
+        block = { minimum: r.data.readUInt32BE(2), preferred: r.data.readUInt32BE(6), maximum: r.data.readUInt32BE(10) };
+      }
+      continue;
+    }
+    if (r.type === NbdReply.ERR_UNKNOWN) throw new NbdClientError(`${peer}: no export named ${quotePeerString(name)}${r.message}`);
+    if (r.type === NbdReply.ERR_TLS_REQD) throw new NbdClientError(`${peer}: the server requires TLS (use nbds:// and the TLS options)${r.message}`);
+    throw new NbdClientError(`${peer}: NBD_OPT_GO refused (${replyName(r.type)})${r.message}`);
+  }
+  throw new NbdClientError(`${peer}: too many replies to NBD_OPT_GO`);
+}

@@ -1,0 +1,219 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NbdClientConnection, NbdClientError, NBD_STRUCTURED_REPLY_MAGIC, type NbdAddress } from '../src/nbd/nbd-client.js';
+import {
+  NBD_IHAVEOPT,
+  NBD_MAGIC,
+  NBD_SIMPLE_REPLY_MAGIC,
+  NbdCommand,
+  NbdError,
+  NbdOption,
+  NbdReply,
+  TransmissionFlag,
+  encodeInfoBlockSize,
+  encodeInfoExport,
+  encodeOptionReply,
+} from '../src/nbd/nbd-protocol.js';
+import { needs } from './helpers/deps.js';
+import { pattern } from './helpers/pattern.js';
+
+const nbdkitDeps = needs('test/nbd-client.test.ts (vof as an NBD client of nbdkit)', ['nbdkit']);
+
+function submit(c: NbdClientConnection, type: number, offset: number, length: number, data: Buffer | null, flags = 0): Promise<number> {
+  return new Promise((resolve) => c.submit(type, flags, offset, length, data, resolve));
+}
+
+async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
+  for (let i = 0; i < 200 && !existsSync(path); i++) {
+    if (child.exitCode !== null) throw new Error(`nbdkit exited with ${child.exitCode}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+describe.skipIf(!nbdkitDeps.ok)(`the NBD client against nbdkit${nbdkitDeps.skipNote}`, () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vof-nbd-client-'));
+  const sock = join(dir, 'nbdkit.sock');
+  let nbdkit: ChildProcess;
+  const address: NbdAddress = { kind: 'unix', path: sock };
+
+  beforeAll(async () => {
+    nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, '--exportname=disk', 'memory', 'size=8M'], { stdio: 'inherit' });
+    await waitForSocket(sock, nbdkit);
+  });
+  afterAll(() => {
+    nbdkit.kill();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('negotiates fixed newstyle, structured replies and the export info', async () => {
+    const c = await NbdClientConnection.connect(address, { exportName: 'disk' });
+    try {
+      expect(c.info.size).toBe(8 * 1024 * 1024);
+      expect(c.info.structuredReplies).toBe(true);
+      expect(c.info.readOnly).toBe(false);
+      expect(c.info.canFlush).toBe(true);
+      expect(c.info.canTrim).toBe(true);
+      expect(c.info.canWriteZeroes).toBe(true);
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('writes, reads back (data and holes), flushes, trims and writes zeroes; many in flight', async () => {
+    const c = await NbdClientConnection.connect(address, { exportName: 'disk', maxInFlight: 16 });
+    try {
+      const data = pattern(64 * 1024, 3);
+      expect(await submit(c, NbdCommand.WRITE, 4096, data.length, data)).toBe(0);
+      // A read over written data and a never-written hole: nbdkit answers with data and hole chunks.
+      const back = Buffer.alloc(128 * 1024, 0xee);
+      expect(await submit(c, NbdCommand.READ, 4096, back.length, back)).toBe(0);
+      expect(back.subarray(0, data.length).equals(data)).toBe(true);
+      expect(back.subarray(data.length).every((b) => b === 0)).toBe(true);
+      expect(await submit(c, NbdCommand.FLUSH, 0, 0, null)).toBe(0);
+      expect(await submit(c, NbdCommand.WRITE_ZEROES, 8192, 4096, null)).toBe(0);
+      expect(await submit(c, NbdCommand.TRIM, 16384, 4096, null)).toBe(0);
+      // (What a trimmed range reads back as is the server's choice: not checked.)
+      const after = Buffer.alloc(12 * 1024);
+      expect(await submit(c, NbdCommand.READ, 4096, after.length, after)).toBe(0);
+      const want = Buffer.from(data.subarray(0, 12 * 1024));
+      want.fill(0, 4096, 8192);
+      expect(after.equals(want)).toBe(true);
+      // 16 at once, then the slots serve again.
+      expect(await submit(c, NbdCommand.WRITE, 4096, data.length, data)).toBe(0);
+      const reads = Array.from({ length: 16 }, (_, i) => {
+        const b = Buffer.alloc(4096);
+        return submit(c, NbdCommand.READ, 4096 + i * 4096, 4096, b).then((e) => ({ e, b, i }));
+      });
+      expect(c.available).toBe(0);
+      for (const { e, b, i } of await Promise.all(reads)) {
+        expect(e).toBe(0);
+        expect(b.equals(data.subarray(i * 4096, (i + 1) * 4096))).toBe(true);
+      }
+      // Past the end: the server's error, not a disconnect.
+      expect(await submit(c, NbdCommand.READ, 8 * 1024 * 1024, 4096, Buffer.alloc(4096))).not.toBe(0);
+      expect(c.closed).toBe(false);
+    } finally {
+      await c.close();
+    }
+  });
+
+  it('a missing export is a clear error', async () => {
+    nbdkit.kill();
+    await new Promise((r) => nbdkit.once('exit', r));
+    rmSync(sock, { force: true });
+    nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, '--exportname=disk', '--filter=exportname', 'memory', 'size=1M', 'exportname-strict=true', 'exportname=disk'], { stdio: 'inherit' });
+    await waitForSocket(sock, nbdkit);
+    const err = await NbdClientConnection.connect(address, { exportName: 'nope' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NbdClientError);
+    expect((err as Error).message).toMatch(/NBD_OPT_GO refused|no export named "nope"/);
+  });
+});
+
+/**
+ * A server that completes the handshake honestly, then answers the first request with what
+ * `reply` makes of it: the client must disconnect and fail the request, never write outside it.
+ */
+async function hostileServer(reply: (header: Buffer) => Buffer): Promise<{ port: number; close: () => void }> {
+  const server = net.createServer((s) => {
+    s.on('error', () => {});
+    s.write(Buffer.concat([u64(NBD_MAGIC), u64(NBD_IHAVEOPT), u16(1 | 2)]));
+    let buf = Buffer.alloc(0);
+    let phase: 'flags' | 'options' | 'transmission' = 'flags';
+    s.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      for (;;) {
+        if (phase === 'flags') {
+          if (buf.length < 4) return;
+          buf = buf.subarray(4);
+          phase = 'options';
+        } else if (phase === 'options') {
+          if (buf.length < 16) return;
+          const opt = buf.readUInt32BE(8);
+          const len = buf.readUInt32BE(12);
+          if (buf.length < 16 + len) return;
+          buf = buf.subarray(16 + len);
+          if (opt === NbdOption.STRUCTURED_REPLY) s.write(encodeOptionReply(opt, NbdReply.ACK));
+          else if (opt === NbdOption.GO) {
+            s.write(encodeOptionReply(opt, NbdReply.INFO, encodeInfoExport(1024n * 1024n, TransmissionFlag.HAS_FLAGS | TransmissionFlag.SEND_FLUSH)));
+            s.write(encodeOptionReply(opt, NbdReply.INFO, encodeInfoBlockSize({ minimum: 1, preferred: 4096, maximum: 1 << 20 })));
+            s.write(encodeOptionReply(opt, NbdReply.ACK));
+            phase = 'transmission';
+          } else s.write(encodeOptionReply(opt, NbdReply.ERR_UNSUP));
+        } else {
+          if (buf.length < 28) return;
+          const payload = buf.readUInt16BE(6) === NbdCommand.WRITE ? buf.readUInt32BE(24) : 0;
+          if (buf.length < 28 + payload) return;
+          s.write(reply(buf.subarray(0, 28)));
+          buf = buf.subarray(28 + payload);
+        }
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { port: (server.address() as net.AddressInfo).port, close: () => server.close() };
+}
+
+const u16 = (v: number) => Buffer.from([v >> 8, v & 0xff]);
+const u32 = (v: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(v >>> 0);
+  return b;
+};
+const u64 = (v: bigint) => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(v);
+  return b;
+};
+const cookie = (h: Buffer) => h.subarray(8, 16);
+const chunk = (h: Buffer, flags: number, type: number, payload: Buffer) => Buffer.concat([u32(NBD_STRUCTURED_REPLY_MAGIC), u16(flags), u16(type), cookie(h), u32(payload.length), payload]);
+
+describe('the NBD client against a hostile server', () => {
+  const cases: [string, (h: Buffer) => Buffer, RegExp][] = [
+    ['bad magic', (h) => Buffer.concat([u32(0xdeadbeef), u32(0), cookie(h)]), /bad magic 0xdeadbeef/],
+    ['a cookie never sent', (h) => Buffer.concat([u32(NBD_SIMPLE_REPLY_MAGIC), u32(0), u64(0x0000001200000001n)]), /not in flight/],
+    ['read data outside the request', (h) => chunk(h, 1, 1, Buffer.concat([u64(h.readBigUInt64BE(16) + 4096n), Buffer.alloc(512, 0x41)])), /outside the request/],
+    ['a data chunk larger than the request', (h) => chunk(h, 1, 1, Buffer.concat([u64(h.readBigUInt64BE(16)), Buffer.alloc(8192, 0x41)])), /unexpected reply chunk/],
+    ['a read that claims success without its data', (h) => chunk(h, 1, 0, Buffer.alloc(0)), /covers 0 of 4096 bytes/],
+    ['an error message longer than its chunk', (h) => chunk(h, 1, 0x8001, Buffer.concat([u32(5), u16(200), Buffer.alloc(10)])), /message is longer/],
+  ];
+  for (const [what, reply, message] of cases) {
+    it(`${what}: the request fails, the connection closes, nothing outside the request's buffer is written`, async () => {
+      const srv = await hostileServer(reply);
+      try {
+        const c = await NbdClientConnection.connect({ kind: 'tcp', host: '127.0.0.1', port: srv.port }, { exportName: '' });
+        const closed = new Promise<Error | null>((r) => c.onClose(r));
+        const backing = Buffer.alloc(3 * 4096, 0x5a);
+        const into = backing.subarray(4096, 8192);
+        expect(await submit(c, NbdCommand.READ, 8192, 4096, into)).toBe(-1);
+        const err = await closed;
+        expect(err?.message).toMatch(message);
+        expect(c.closed).toBe(true);
+        expect(backing.subarray(0, 4096).every((b) => b === 0x5a)).toBe(true);
+        expect(backing.subarray(8192).every((b) => b === 0x5a)).toBe(true);
+      } finally {
+        srv.close();
+      }
+    });
+  }
+
+  it("a server's error reply is the request's status and the connection goes on", async () => {
+    let n = 0;
+    const srv = await hostileServer((h) =>
+      n++ === 0 ? Buffer.concat([u32(NBD_SIMPLE_REPLY_MAGIC), u32(NbdError.ENOSPC), cookie(h)]) : Buffer.concat([u32(NBD_SIMPLE_REPLY_MAGIC), u32(0), cookie(h)]),
+    );
+    try {
+      const c = await NbdClientConnection.connect({ kind: 'tcp', host: '127.0.0.1', port: srv.port }, { exportName: '' });
+      expect(await submit(c, NbdCommand.WRITE, 0, 512, Buffer.alloc(512))).toBe(NbdError.ENOSPC);
+      expect(await submit(c, NbdCommand.FLUSH, 0, 0, null)).toBe(0);
+      expect(c.closed).toBe(false);
+      c.destroy();
+    } finally {
+      srv.close();
+    }
+  });
+});
+
