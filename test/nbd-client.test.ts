@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +18,9 @@ import {
   encodeInfoExport,
   encodeOptionReply,
 } from '../src/nbd/nbd-protocol.js';
+import { NbdSource } from '../src/nbd/nbd-source.js';
+import { reconnectPolicy } from '../src/initiator/reconnect-policy.js';
+import { createLogger } from '../src/util/log.js';
 import { needs } from './helpers/deps.js';
 import { pattern } from './helpers/pattern.js';
 
@@ -217,3 +220,87 @@ describe('the NBD client against a hostile server', () => {
   });
 });
 
+
+describe.skipIf(!nbdkitDeps.ok)(`an NBD source that reconnects (nbdkit file plugin)${nbdkitDeps.skipNote}`, () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vof-nbd-source-'));
+  const sock = join(dir, 'nbdkit.sock');
+  const image = join(dir, 'disk.img');
+  const lines: string[] = [];
+  const log = createLogger('info', (_l, m) => lines.push(m));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  async function startNbdkit(extra: string[] = []): Promise<ChildProcess> {
+    rmSync(sock, { force: true });
+    const child = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, ...extra, 'file', image], { stdio: 'inherit' });
+    await waitForSocket(sock, child);
+    return child;
+  }
+
+  it('offers multi-conn with connections=4; a server killed mid-write and restarted: every acknowledged write is in the file', async () => {
+    writeFileSync(image, Buffer.alloc(4 * 1024 * 1024));
+    let nbdkit = await startNbdkit();
+    const source = await NbdSource.open({ address: { kind: 'unix', path: sock }, exportName: '', connections: 4, depth: 4, reconnect: reconnectPolicy({ reconnectDelayMs: 50, ctrlLossTimeoutMs: 20000 }), log, label: 'test-source' });
+    try {
+      expect(source.info.canMultiConn).toBe(true);
+      expect(source.connections).toBe(4);
+      const acked = new Set<number>();
+      const failed: number[] = [];
+      const BLOCKS = 256;
+      const writes: Promise<void>[] = [];
+      for (let i = 0; i < BLOCKS; i++) {
+        const data = pattern(4096, 1000 + i);
+        writes.push(
+          new Promise<void>((resolve) =>
+            source.submit(NbdCommand.WRITE, 0, i * 4096, 4096, data, (e) => {
+              if (e === 0) acked.add(i);
+              else failed.push(i);
+              resolve();
+            }),
+          ),
+        );
+        if (i === 64) {
+          // Mid-stream: the server dies with writes in flight, and comes back a little later.
+          nbdkit.kill('SIGKILL');
+          await new Promise((r) => nbdkit.once('exit', r));
+          await new Promise((r) => setTimeout(r, 200));
+          nbdkit = await startNbdkit();
+        }
+      }
+      await Promise.all(writes);
+      const flushed = await new Promise<number>((r) => source.submit(NbdCommand.FLUSH, 0, 0, 0, null, r));
+      expect(flushed).toBe(0);
+      expect(failed).toEqual([]);
+      expect(acked.size).toBe(BLOCKS);
+      const file = readFileSync(image);
+      for (const i of acked) expect(file.subarray(i * 4096, (i + 1) * 4096).equals(pattern(4096, 1000 + i)), `block ${i}`).toBe(true);
+      expect(lines.some((l) => /reconnecting/.test(l))).toBe(true);
+      expect(lines.some((l) => /reconnected/.test(l))).toBe(true);
+    } finally {
+      await source.close();
+      nbdkit.kill();
+    }
+  });
+
+  it('a server that stays away: after the loss timeout held and new requests fail, the state is lost; it comes back when the server does', async () => {
+    writeFileSync(image, Buffer.alloc(1024 * 1024));
+    let nbdkit = await startNbdkit();
+    const source = await NbdSource.open({ address: { kind: 'unix', path: sock }, exportName: '', reconnect: reconnectPolicy({ reconnectDelayMs: 50, ctrlLossTimeoutMs: 300 }), log, label: 'test-source' });
+    const states: string[] = [];
+    source.onState((s) => states.push(s));
+    try {
+      nbdkit.kill('SIGKILL');
+      await new Promise((r) => nbdkit.once('exit', r));
+      const held = await new Promise<number>((r) => source.submit(NbdCommand.READ, 0, 0, 4096, Buffer.alloc(4096), r));
+      expect(held).toBe(-1);
+      expect(source.state).toBe('lost');
+      expect(await new Promise<number>((r) => source.submit(NbdCommand.FLUSH, 0, 0, 0, null, r))).toBe(-1);
+      nbdkit = await startNbdkit();
+      for (let i = 0; i < 100 && source.state !== 'connected'; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(states).toEqual(['reconnecting', 'lost', 'connected']);
+      expect(await new Promise<number>((r) => source.submit(NbdCommand.READ, 0, 0, 4096, Buffer.alloc(4096), r))).toBe(0);
+    } finally {
+      await source.close();
+      nbdkit.kill();
+    }
+  });
+});
