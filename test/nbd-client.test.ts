@@ -19,6 +19,8 @@ import {
   encodeOptionReply,
 } from '../src/nbd/nbd-protocol.js';
 import { NbdSource } from '../src/nbd/nbd-source.js';
+import { isNbdUri, parseNbdUri } from '../src/nbd/nbd-uri.js';
+import { nbdClientStartTls } from '../src/nbd/nbd-tls.js';
 import { reconnectPolicy } from '../src/initiator/reconnect-policy.js';
 import { createLogger } from '../src/util/log.js';
 import { needs } from './helpers/deps.js';
@@ -302,5 +304,56 @@ describe.skipIf(!nbdkitDeps.ok)(`an NBD source that reconnects (nbdkit file plug
       await source.close();
       nbdkit.kill();
     }
+  });
+});
+
+describe.skipIf(!nbdkitDeps.ok)(`an nbds:// source: STARTTLS with a PSK against nbdkit --tls=require${nbdkitDeps.skipNote}`, () => {
+  const dir = mkdtempSync(join(tmpdir(), 'vof-nbd-tls-'));
+  const sock = join(dir, 'nbdkit.sock');
+  const pskFile = join(dir, 'keys.psk');
+  const key = Buffer.alloc(32, 7);
+  let nbdkit: ChildProcess;
+  beforeAll(async () => {
+    writeFileSync(pskFile, `vof-target:${key.toString('hex')}\n`, { mode: 0o600 });
+    nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, '--tls=require', `--tls-psk=${pskFile}`, 'memory', 'size=1M'], { stdio: 'inherit' });
+    await waitForSocket(sock, nbdkit);
+  });
+  afterAll(() => {
+    nbdkit.kill();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('with the right PSK data round-trips; without TLS the server says TLS is required; a wrong key fails the handshake', async () => {
+    const uri = parseNbdUri(`nbds+unix:///?socket=${sock}`);
+    expect(uri.tls).toBe(true);
+    const c = await NbdClientConnection.connect(uri.address, { exportName: uri.exportName, startTls: nbdClientStartTls({ psk: { identity: 'vof-target', key } }, undefined) });
+    try {
+      const data = pattern(8192, 9);
+      expect(await submit(c, NbdCommand.WRITE, 0, data.length, data)).toBe(0);
+      const back = Buffer.alloc(8192);
+      expect(await submit(c, NbdCommand.READ, 0, back.length, back)).toBe(0);
+      expect(back.equals(data)).toBe(true);
+    } finally {
+      await c.close();
+    }
+    const plain = await NbdClientConnection.connect(uri.address, { exportName: '' }).catch((e: unknown) => e);
+    expect((plain as Error).message).toMatch(/requires TLS|NBD_OPT_STRUCTURED_REPLY|refused/);
+    const wrong = await NbdClientConnection.connect(uri.address, { exportName: '', startTls: nbdClientStartTls({ psk: { identity: 'vof-target', key: Buffer.alloc(32, 8) } }, undefined) }).catch((e: unknown) => e);
+    expect(wrong).toBeInstanceOf(Error);
+  });
+});
+
+describe('NBD source URIs', () => {
+  it('parses the forms of NBD URI specification and refuses the rest with a reason', () => {
+    expect(parseNbdUri('nbd://example.com/disk%201')).toMatchObject({ address: { kind: 'tcp', host: 'example.com', port: 10809 }, exportName: 'disk 1', tls: false });
+    expect(parseNbdUri('nbds://[::1]:10810/')).toMatchObject({ address: { kind: 'tcp', host: '::1', port: 10810 }, exportName: '', tls: true });
+    expect(parseNbdUri('nbd+unix:///exp?socket=/run/nbd.sock')).toMatchObject({ address: { kind: 'unix', path: '/run/nbd.sock' }, exportName: 'exp', tls: false });
+    expect(() => parseNbdUri('nbd+unix:///exp')).toThrow(/needs \?socket=PATH/);
+    expect(() => parseNbdUri('nbd://host/x?socket=/a')).toThrow(/belongs to nbd\+unix/);
+    expect(() => parseNbdUri('nbd://host/x?tls-certificates=/a')).toThrow(/not supported/);
+    expect(() => parseNbdUri('nbd://ho\nst/x')).toThrow(/control characters/);
+    expect(() => parseNbdUri('nbd:///x')).toThrow(/no host/);
+    expect(isNbdUri('/dev/sda')).toBe(false);
+    expect(isNbdUri('nbds+unix:///?socket=/s')).toBe(true);
   });
 });

@@ -1,10 +1,10 @@
 import { constants as cryptoConstants } from 'node:crypto';
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import tls from 'node:tls';
 import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
-import { PSK_CIPHERS, TLS_MIN_VERSION, type TlsServerSettings } from '../transport/tcp/tls-settings.js';
-import { tlsIdentity } from '../transport/tcp/tls-transport.js';
+import { PSK_CIPHERS, TLS_MIN_VERSION, type TlsClientSettings, type TlsServerSettings } from '../transport/tcp/tls-settings.js';
+import { pskRefusal, tlsClientOptions, tlsIdentity } from '../transport/tcp/tls-transport.js';
 
 /**
  * How the bridge offers TLS (NetworkBlockDevice doc/proto.md, "TLS support"):
@@ -113,4 +113,29 @@ export class NbdTls {
       server.emit('connection', raw);
     });
   }
+}
+
+/**
+ * The client side of NBD_OPT_STARTTLS, for a target whose storage is an nbds:// source: the TLS
+ * handshake on the raw socket right after the server's NBD_REP_ACK, with the same trust rules
+ * as vof's own TLS initiator (a CA or Node's bundle and the host name, or a PSK that the server
+ * must actually use).
+ */
+export function nbdClientStartTls(settings: TlsClientSettings, host: string | undefined): (raw: Socket) => Promise<tls.TLSSocket> {
+  return (raw) =>
+    new Promise((resolve, reject) => {
+      // (RFC 6066 allows no IP address as the server name: those are checked through `host`.)
+      const servername = settings.servername ?? (host !== undefined && isIP(host) === 0 ? host : undefined);
+      const socket = tls.connect({ socket: raw, ...(host !== undefined && { host }), ...(servername !== undefined && { servername }), ...tlsClientOptions(settings) });
+      socket.once('error', reject);
+      socket.once('secureConnect', () => {
+        socket.off('error', reject);
+        const refused = pskRefusal(socket, settings, 'NBD server');
+        if (refused) {
+          socket.destroy();
+          return reject(new Error(`TLS: ${refused}`));
+        }
+        resolve(socket);
+      });
+    });
 }

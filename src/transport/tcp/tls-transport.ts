@@ -124,45 +124,61 @@ export class TlsTransport implements Transport {
 
   async connect(endpoint: Endpoint, options: ConnectOptions): Promise<InitiatorConnection> {
     const s: TlsClientSettings = options.tls ?? {};
-    const psk = s.psk;
     const socket = await dial(
       () =>
-        withTlsSummaries(tls.connect({
-          host: endpoint.host,
-          port: endpoint.port,
-          minVersion: TLS_MIN_VERSION,
-          // Node checks the certificate against `servername`, else `host` (names and IP addresses).
-          ...(s.servername !== undefined && { servername: s.servername }),
-          ...(s.ca !== undefined && { ca: s.ca }),
-          ...(s.cert !== undefined && { cert: s.cert }),
-          ...(s.key !== undefined && { key: s.key }),
-          ...(psk && {
-            ciphers: PSK_CIPHERS,
-            pskCallback: () => ({ psk: psk.key, identity: psk.identity }),
-            // A PSK handshake has no certificate to check; that the PSK was used is checked below.
-            checkServerIdentity: () => undefined,
-          }),
-        })),
+        withTlsSummaries(tls.connect({ host: endpoint.host, port: endpoint.port, ...tlsClientOptions(s) })),
       'secureConnect',
       endpoint,
       'tls',
       options.timeoutMs,
     );
-    // With a PSK only the key proves the target. A server that ignores the PSK and shows a
-    // certificate instead (any the trust store accepts) must not be taken for it. This client
-    // never resumes a session, so "reused" means exactly "the handshake used our PSK".
-    if (psk && !socket.isSessionReused()) {
+    const refused = pskRefusal(socket, s);
+    if (refused) {
       socket.destroy();
-      throw new Error(
-        `connect to tls://${formatHostPort(endpoint.host, endpoint.port)} failed: TLS: the target did not use the PSK of identity ${quotePeerString(psk.identity)} ` +
-          '(it answered with a certificate instead): it does not hold that key, so it is not the target the PSK names',
-      );
+      throw new Error(`connect to tls://${formatHostPort(endpoint.host, endpoint.port)} failed: TLS: ${refused}`);
     }
     // TLS 1.3: the target checks a client certificate after the initiator's handshake is done,
     // so its refusal arrives as an alert on the open connection.
     withTlsSummaries(socket);
     return new TcpInitiatorConnection(socket, options.maxVqPayload, 'tls');
   }
+}
+
+/**
+ * A TLS client's options for these settings (vof's initiator, and the target's NBD client of
+ * an nbds:// source): TLS 1.3, the trust store or CA, a client certificate, or a PSK.
+ */
+export function tlsClientOptions(s: TlsClientSettings): tls.ConnectionOptions {
+  const psk = s.psk;
+  return {
+    minVersion: TLS_MIN_VERSION,
+    // Node checks the certificate against `servername`, else `host` (names and IP addresses).
+    ...(s.servername !== undefined && { servername: s.servername }),
+    ...(s.ca !== undefined && { ca: s.ca }),
+    ...(s.cert !== undefined && { cert: s.cert }),
+    ...(s.key !== undefined && { key: s.key }),
+    ...(psk && {
+      ciphers: PSK_CIPHERS,
+      pskCallback: () => ({ psk: psk.key, identity: psk.identity }),
+      // A PSK handshake has no certificate to check; that the PSK was used is checked after it (pskRefusal).
+      checkServerIdentity: () => undefined,
+    }),
+  };
+}
+
+/**
+ * Why a finished client handshake does not prove the server, or null. With a PSK only the key
+ * proves it: a server that ignores the PSK and shows a certificate instead (any the trust store
+ * accepts) must not be taken for it. These clients never resume a session, so "reused" means
+ * exactly "the handshake used our PSK".
+ */
+export function pskRefusal(socket: tls.TLSSocket, s: TlsClientSettings, who = 'target'): string | null {
+  const psk = s.psk;
+  if (!psk || socket.isSessionReused()) return null;
+  return (
+    `the ${who} did not use the PSK of identity ${quotePeerString(psk.identity)} ` +
+    `(it answered with a certificate instead): it does not hold that key, so it is not the ${who} the PSK names`
+  );
 }
 
 /**
