@@ -14,7 +14,7 @@ import { ensureAddon } from './addon.mjs';
 import { DEPS, ensurePackages, installCommand, isDry, requireAll } from './debian-deps.mjs';
 
 /** What the host suite (vitest.config.ts) needs. */
-export const HOST_GROUPS = ['addon', 'nbd-tests', 'bench-anchors'];
+export const HOST_GROUPS = ['addon', 'nbd-tests', 'nbd-source-tests', 'bench-anchors'];
 /** What the RDMA suite needs on top (scripts/rxe/lib.mjs): rxe-vm only where the VM is used. */
 export const RDMA_GROUPS = ['rdma-tests'];
 

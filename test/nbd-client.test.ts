@@ -26,7 +26,7 @@ import { createLogger } from '../src/util/log.js';
 import { needs } from './helpers/deps.js';
 import { pattern } from './helpers/pattern.js';
 
-const nbdkitDeps = needs('test/nbd-client.test.ts (vof as an NBD client of nbdkit)', ['nbdkit']);
+const nbdkitDeps = needs('test/nbd-client.test.ts (vof as an NBD client of nbdkit)', ['nbd-source-tests']);
 
 function submit(c: NbdClientConnection, type: number, offset: number, length: number, data: Buffer | null, flags = 0): Promise<number> {
   return new Promise((resolve) => c.submit(type, flags, offset, length, data, resolve));

@@ -1,5 +1,6 @@
 import { stat } from 'node:fs/promises';
-import { FileBlockExport } from '../devices/blk/file-block-export.js';
+import type { FileBlockExport } from '../devices/blk/file-block-export.js';
+import { openBlockStorage, storageKind } from '../devices/blk/open-storage.js';
 import { chooseFileIo, defaultFileIoMode, parseFileIoMode, type FileIoChoice, type FileIoMode } from '../devices/blk/file-io.js';
 import { EntropyExport } from '../devices/rng/entropy-export.js';
 import { VofTarget } from '../target/target.js';
@@ -26,10 +27,13 @@ export const TARGET_COMMAND = {
     'URL is tcp://HOST[:PORT], tls://HOST[:PORT] or rdma://ADDR[:PORT] (port 15771, 0: any free one).\n' +
     'Prints "listening on URL" per address when ready; SIGINT/SIGTERM shut it down.\n' +
     '--blk options: ,ro (read-only) ,rw ,serial=S (GET_ID serial) ,direct (O_DIRECT).\n' +
+    '--blk PATH may be an NBD source, nbd://HOST[:PORT]/EXPORT, nbds://… (TLS) or nbd+unix:///EXPORT?socket=PATH,\n' +
+    '  with ,connections=N ,tls-ca=F ,tls-psk=F ,tls-cert=F ,tls-key=F ,reconnect-delay=S ,ctrl-loss-tmo=S;\n' +
+    '  or null:SIZE, a disk that reads zeroes and drops writes (measuring the fabric alone).\n' +
     '--config FILE takes the same settings as JSON (docs/CONFIG.md); flags add to it.',
   options: {
     listen: { type: 'string', multiple: true, arg: 'URL', desc: 'an address to listen on' },
-    blk: { type: 'string', multiple: true, arg: 'TVQN=PATH[,ro][,serial=S][,direct]', desc: 'export a file or block device as a virtio-blk disk' },
+    blk: { type: 'string', multiple: true, arg: 'TVQN=PATH[,ro][,serial=S][,direct]', desc: 'export a file, block device, NBD source or null:SIZE as a virtio-blk disk' },
     rng: { type: 'string', multiple: true, arg: 'TVQN[,rate=BYTES_PER_S][,burst=BYTES]', desc: 'export an entropy device (default 1 MiB/s, burst 64 KiB)' },
     allow: { type: 'string', multiple: true, arg: 'IVQN[@IDENTITY]', desc: 'only these initiators (IDENTITY: only over TLS authenticated as it)' },
     admin: {
@@ -74,6 +78,13 @@ interface BlkSpec {
   direct?: boolean;
   /** Admin grants of this export, added to the top-level ones (docs/SECURITY.md "Admin grants"). */
   admin?: AllowSpec[];
+  connections?: number;
+  tlsCa?: string;
+  tlsPsk?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  reconnectDelay?: number;
+  ctrlLossTmo?: number;
 }
 
 interface RngSpec {
@@ -98,7 +109,15 @@ function parseRng(spec: string): RngSpec {
   return out;
 }
 
-const BLK_OPTIONS = ['ro', 'rw', 'serial=', 'direct'];
+const BLK_OPTIONS = ['ro', 'rw', 'serial=', 'direct', 'connections=', 'tls-ca=', 'tls-psk=', 'tls-cert=', 'tls-key=', 'reconnect-delay=', 'ctrl-loss-tmo='];
+/** --blk options of NBD sources that name a file, and their BlkSpec fields. */
+const BLK_FILE_OPTIONS = { 'tls-ca': 'tlsCa', 'tls-psk': 'tlsPsk', 'tls-cert': 'tlsCert', 'tls-key': 'tlsKey' } as const;
+
+function blkSeconds(spec: string, key: string, v: string): number {
+  const n = Number(v);
+  if (v === '' || !Number.isFinite(n) || (n < 0 && n !== -1)) throw new CliError(`--blk "${spec}": ${key}= takes seconds (or -1), got "${v}"`);
+  return n;
+}
 
 /**
  * --blk TVQN=PATH[,ro][,rw][,serial=S][,direct]: options trail the path, in any order. A
@@ -119,8 +138,12 @@ export function parseBlk(spec: string): BlkSpec {
     else if (key === 'rw' && value === undefined) out.readOnly = false;
     else if (key === 'direct' && value === undefined) out.direct = true;
     else if (key === 'serial' && value !== undefined) out.serial = value.slice(1);
+    else if (key === 'connections' && value !== undefined) out.connections = parseIntOption(value.slice(1), 'blk connections', 1, 64)!;
+    else if (key in BLK_FILE_OPTIONS && value !== undefined && value.length > 1) out[BLK_FILE_OPTIONS[key as keyof typeof BLK_FILE_OPTIONS]] = value.slice(1);
+    else if (key === 'reconnect-delay' && value !== undefined) out.reconnectDelay = blkSeconds(spec, key, value.slice(1));
+    else if (key === 'ctrl-loss-tmo' && value !== undefined) out.ctrlLossTmo = blkSeconds(spec, key, value.slice(1));
     else {
-      const near = closest(key, ['ro', 'rw', 'serial', 'direct']);
+      const near = closest(key, BLK_OPTIONS.map((o) => o.replace('=', '')));
       throw new CliError(
         `--blk "${spec}": unknown option "${m[0].slice(1)}"${near ? ` (did you mean ${near}?)` : ''}; options: ${BLK_OPTIONS.map((o) => `,${o}`).join(' ')} ` +
           '(a path containing a comma goes in --config)',
@@ -137,6 +160,7 @@ export function parseBlk(spec: string): BlkSpec {
  * 0-byte disk), and bytes past the last whole sector, which no initiator can reach, are said.
  */
 async function checkBackingFile(b: BlkSpec, warn: (msg: string) => void): Promise<void> {
+  if (storageKind(b.path) !== 'file') return;
   const st = await stat(b.path).catch(() => null);
   if (!st?.isFile()) return; // a block device (size via ioctl) or a missing file: open() says
   if (st.size < 512) {
@@ -275,14 +299,27 @@ export async function runTarget(argv: string[]): Promise<number> {
     for (const b of blks) {
       let disk: FileBlockExport;
       try {
-        disk = await FileBlockExport.open(b.path, {
-          readOnly: b.readOnly ?? false,
-          ...((b.queues ?? queues) !== undefined && { numQueues: b.queues ?? queues }),
-          ...((b.queueSize ?? queueSize) !== undefined && { queueSize: b.queueSize ?? queueSize }),
-          ...(b.serial !== undefined && { serial: b.serial }),
-          ...(b.direct === true && { direct: true }),
-          ...(fileIo && { fileIo: fileIo.backend }),
-        });
+        disk = await openBlockStorage(
+          b.path,
+          {
+            readOnly: b.readOnly ?? false,
+            ...((b.queues ?? queues) !== undefined && { numQueues: b.queues ?? queues }),
+            ...((b.queueSize ?? queueSize) !== undefined && { queueSize: b.queueSize ?? queueSize }),
+            ...(b.serial !== undefined && { serial: b.serial }),
+            ...(b.direct === true && { direct: true }),
+            ...(fileIo && { fileIo: fileIo.backend }),
+          },
+          {
+            ...(b.connections !== undefined && { connections: b.connections }),
+            ...(b.tlsCa !== undefined && { tlsCa: b.tlsCa }),
+            ...(b.tlsPsk !== undefined && { tlsPsk: b.tlsPsk }),
+            ...(b.tlsCert !== undefined && { tlsCert: b.tlsCert }),
+            ...(b.tlsKey !== undefined && { tlsKey: b.tlsKey }),
+            ...(b.reconnectDelay !== undefined && { reconnectDelay: b.reconnectDelay }),
+            ...(b.ctrlLossTmo !== undefined && { ctrlLossTmo: b.ctrlLossTmo }),
+          },
+          log,
+        );
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         const hint = !b.readOnly && (code === 'EACCES' || code === 'EROFS' || code === 'EPERM') ? ` (to export it read-only: --blk ${b.tvqn}=${b.path},ro, or "readOnly": true in --config)` : '';

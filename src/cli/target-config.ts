@@ -35,7 +35,7 @@ const adminList = z
 
 const blk = z.strictObject({
   tvqn: ivqn.meta({ description: 'the name initiators connect to' }),
-  path: z.string().min(1).meta({ description: 'the backing file or block device' }),
+  path: z.string().min(1).meta({ description: 'the backing file or block device, an NBD source (nbd://HOST[:PORT]/EXPORT, nbds://…, nbd+unix:///EXPORT?socket=PATH) or null:SIZE' }),
   readOnly: z.boolean().optional().meta({ description: 'export read-only (VIRTIO_BLK_F_RO)', default: false }),
   direct: z.boolean().optional().meta({ description: 'open the file with O_DIRECT', default: false }),
   serial: z.string().optional().meta({ description: 'GET_ID serial', default: 'vof- and 16 hex digits from the file identity' }),
@@ -44,6 +44,13 @@ const blk = z.strictObject({
   maxInstances: z.number().int().min(1).max(1_000_000).optional().meta({ description: 'live instances of this export at most', default: DEFAULT_QUOTAS.instancesPerExport }),
   allow: allowList.optional(),
   admin: adminList.optional(),
+  connections: z.number().int().min(1).max(64).optional().meta({ description: 'NBD source: connections when the server offers multi-conn', default: 1 }),
+  tlsCa: z.string().min(1).optional().meta({ description: "nbds:// source: PEM CA file for the server's certificate", default: "Node's CA bundle" }),
+  tlsPsk: z.string().min(1).optional().meta({ description: 'nbds:// source: PSK file (IDENTITY:HEXKEY, one line) instead of certificates' }),
+  tlsCert: z.string().min(1).optional().meta({ description: 'nbds:// source: client certificate (PEM file)' }),
+  tlsKey: z.string().min(1).optional().meta({ description: 'nbds:// source: key of tlsCert (PEM file)' }),
+  reconnectDelay: z.number().min(0).optional().meta({ description: 'NBD source: seconds between reconnect attempts', default: 2 }),
+  ctrlLossTmo: z.number().min(-1).optional().meta({ description: 'NBD source: seconds the server may stay away before requests fail and the disk needs a reset (-1: never)', default: 120 }),
 });
 
 const rng = z.strictObject({

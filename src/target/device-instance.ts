@@ -94,7 +94,13 @@ export class DeviceInstance {
     private readonly log: Logger,
     private readonly onDestroyed: (inst: DeviceInstance) => void,
   ) {
-    this.unsubscribeConfig = device.onConfigChange(() => this.configChanged());
+    const offConfig = device.onConfigChange(() => this.configChanged());
+    // Storage that fails beyond what one request's status can say (an NBD source that stayed away).
+    const offFault = device.onFault?.((why) => this.needsReset(why));
+    this.unsubscribeConfig = () => {
+      offConfig();
+      offFault?.();
+    };
     this.keepaliveTimer =
       keepalive.intervalMs > 0 ? setInterval(() => this.control.sendEvent(encodeKeepaliveCompletion()), keepalive.intervalMs) : null;
     this.keepaliveTimer?.unref();

@@ -53,6 +53,11 @@ export interface VirtioDeviceInstance {
   configGeneration(): number;
   /** Called when the device's config space changes on its own (resize, another driver's write). */
   onConfigChange(listener: () => void): () => void;
+  /**
+   * Called when the device fails in a way only a reset clears (its storage is gone): the target
+   * sets DEVICE_NEEDS_RESET and tells the driver. Optional; returns the unsubscribe.
+   */
+  onFault?(listener: (why: string) => void): () => void;
   /** The driver accepted these features (FEATURES_OK). */
   setDriverFeatures(features: bigint): void;
   /** Return to the just-created state (Reset Device or status 0). */

@@ -50,6 +50,10 @@ export interface FileBlockOptions {
    * (Node's fs), or auto (io_uring where it works). Default: VOF_FILE_IO, else auto.
    */
   readonly fileIo?: FileIoMode;
+  /** fromIo only: whether the storage takes flushes (default true). */
+  readonly canFlush?: boolean;
+  /** fromIo only: how logs and descriptions name the storage. */
+  readonly label?: string;
 }
 
 /** Most data bytes one request may move; the initiator splits larger transfers. */
@@ -134,9 +138,12 @@ export class FileBlockExport implements DeviceExport {
   private generation = 0;
   private readonly events = new EventEmitter();
 
+  /** The storage takes flushes (VIRTIO_BLK_F_FLUSH is offered): false for an NBD server without them. */
+  readonly canFlush: boolean;
+
   private constructor(
     readonly path: string,
-    private readonly file: fsp.FileHandle,
+    private readonly file: fsp.FileHandle | null,
     private readonly io: FileIo,
     private readonly sizeBytes: number,
     options: FileBlockOptions,
@@ -144,6 +151,7 @@ export class FileBlockExport implements DeviceExport {
     alignment: DirectIoAlignment | null,
   ) {
     this.readOnly = options.readOnly ?? false;
+    this.canFlush = options.canFlush ?? true;
     this.numQueues = Math.max(1, options.numQueues ?? 2);
     this.queueSize = Math.min(1024, Math.max(1, options.queueSize ?? 128));
     this.direct = alignment !== null;
@@ -151,7 +159,7 @@ export class FileBlockExport implements DeviceExport {
     this.blockSize = options.blockSize ?? this.minBlockSize;
     this.serial = Buffer.from(options.serial ?? defaultSerial, 'utf8');
     this.zeroChunk = this.direct ? allocAligned(ZERO_CHUNK.length).fill(0) : ZERO_CHUNK;
-    this.description = `virtio-blk ${path} (${this.capacityBytes} bytes${this.readOnly ? ', read-only' : ''}${this.direct ? ', direct I/O' : ''})`;
+    this.description = `virtio-blk ${options.label ?? path} (${this.capacityBytes} bytes${this.readOnly ? ', read-only' : ''}${this.direct ? ', direct I/O' : ''})`;
     if (this.blockSize !== SECTOR_SIZE && this.blockSize !== 4096) throw new Error(`block size ${this.blockSize}: 512 or 4096`);
     if (this.blockSize < this.minBlockSize) {
       throw new Error(`block size ${this.blockSize}: direct I/O on ${path} needs ${this.minBlockSize}-byte blocks`);
@@ -190,17 +198,32 @@ export class FileBlockExport implements DeviceExport {
     }
   }
 
+  /**
+   * An export over storage that is not a local file (an NBD source, the null device): `label`
+   * names it in logs and descriptions; the serial is derived from it unless given.
+   */
+  static fromIo(label: string, io: FileIo, sizeBytes: number, options: FileBlockOptions = {}): FileBlockExport {
+    if (options.direct) throw new Error(`direct I/O is for files and block devices, not ${label}`);
+    if (options.serial !== undefined && Buffer.byteLength(options.serial, 'utf8') > ID_BYTES) {
+      throw new Error(`serial "${options.serial}" is over ${ID_BYTES} bytes`);
+    }
+    if (sizeBytes < SECTOR_SIZE) throw new Error(`${label} is ${sizeBytes} bytes: a disk needs at least one 512-byte sector`);
+    const digest = createHash('sha256').update(`vof-serial\0${label}`).digest('hex');
+    return new FileBlockExport(label, null, io, sizeBytes, { ...options, label }, `vof-${digest.slice(0, ID_BYTES - 4)}`, null);
+  }
+
   get features(): bigint {
     let f =
       bit(VIRTIO_F_VERSION_1) |
       bit(BlkFeature.SEG_MAX) |
       bit(BlkFeature.SIZE_MAX) |
       bit(BlkFeature.BLK_SIZE) |
-      bit(BlkFeature.FLUSH) |
       bit(BlkFeature.TOPOLOGY) |
       bit(BlkFeature.CONFIG_WCE) |
       bit(BlkFeature.DISCARD) |
       bit(BlkFeature.WRITE_ZEROES);
+    // Without FLUSH the driver treats the disk as write-through: nothing to flush on request.
+    if (this.canFlush) f |= bit(BlkFeature.FLUSH);
     if (this.numQueues > 1) f |= bit(BlkFeature.MQ);
     if (this.readOnly) f |= bit(BlkFeature.RO);
     return f;
@@ -236,6 +259,16 @@ export class FileBlockExport implements DeviceExport {
   onConfigChange(listener: () => void): () => void {
     this.events.on('change', listener);
     return () => this.events.off('change', listener);
+  }
+
+  /** The storage failed for good (e.g. an NBD source declared lost): every instance needs a reset. */
+  fault(why: string): void {
+    this.events.emit('fault', why);
+  }
+
+  onFault(listener: (why: string) => void): () => void {
+    this.events.on('fault', listener);
+    return () => this.events.off('fault', listener);
   }
 
   /** struct virtio_blk_config as one instance sees it (writeback and seg_max are per instance). */
@@ -302,15 +335,23 @@ export class FileBlockExport implements DeviceExport {
 
   /** Zero a range in 1 MiB steps; stops between two steps once `cancel` aborts (and throws). */
   async writeZeroes(offset: number, length: number, cancel?: Pick<RequestCancel, 'throwIfAborted'>): Promise<void> {
+    // Storage that zeroes by itself (an NBD server's WRITE_ZEROES) does it in one request.
+    const own = this.io.writeZeroes?.(offset, length);
+    if (own) return own;
     for (let pos = 0; pos < length; pos += this.zeroChunk.length) {
       cancel?.throwIfAborted();
       await this.write(this.zeroChunk.subarray(0, Math.min(this.zeroChunk.length, length - pos)), offset + pos);
     }
   }
 
+  /** DISCARD: storage that can drop a range does (NBD_CMD_TRIM); for a file it is only a hint. */
+  discard(offset: number, length: number): Promise<void> {
+    return this.io.trim ? this.io.trim(offset, length) : Promise.resolve();
+  }
+
   async close(): Promise<void> {
     await this.io.close();
-    await this.file.close();
+    await this.file?.close();
   }
 }
 
@@ -382,6 +423,9 @@ class FileBlockInstance implements VirtioDeviceInstance {
       offDisk();
       this.ownChanges.off('change', listener);
     };
+  }
+  onFault(listener: (why: string) => void): () => void {
+    return this.disk.onFault(listener);
   }
   setDriverFeatures(features: bigint): void {
     this.negotiated = features;
@@ -483,8 +527,11 @@ class FileBlockInstance implements VirtioDeviceInstance {
     if (sectors > maxSectors) return BlkStatus.IOERR;
     const length = sectors * SECTOR_SIZE;
     if (!alignedToBlock(sector, length, this.disk.blockSize) || !this.disk.inRange(sector, length)) return BlkStatus.IOERR;
-    // Node cannot punch holes; discarding is only a hint, so doing nothing is a valid answer.
-    if (type === BlkRequestType.DISCARD) return BlkStatus.OK;
+    // Discarding is only a hint: for a file (Node cannot punch holes) doing nothing is a valid answer.
+    if (type === BlkRequestType.DISCARD) {
+      await this.disk.discard(sector * SECTOR_SIZE, length);
+      return BlkStatus.OK;
+    }
     await this.disk.writeZeroes(sector * SECTOR_SIZE, length, cancel);
     if (this.writeThrough) await this.disk.sync();
     return BlkStatus.OK;

@@ -18,14 +18,26 @@ export interface FileIo {
   write(from: Buffer, position: number): Promise<void>;
   datasync(): Promise<void>;
   fsync(): Promise<void>;
+  /** Storage that can drop a range (NBD_CMD_TRIM); without it a DISCARD is only acknowledged. */
+  trim?(position: number, length: number): Promise<void>;
+  /**
+   * Storage that zeroes a range itself (NBD_CMD_WRITE_ZEROES); null when this one cannot, and
+   * without it the export writes zero buffers.
+   */
+  writeZeroes?(position: number, length: number): Promise<void> | null;
   /** Waits for this file's I/O in flight; later calls fail. The FileHandle is closed by its owner. */
   close(): Promise<void>;
 }
 
-/** io_uring in vof's native addon, or Node's fs (libuv's thread pool). */
-export type FileIoBackend = 'uring' | 'libuv';
+/**
+ * io_uring in vof's native addon, Node's fs (libuv's thread pool), an NBD server (nbd-file-io.ts)
+ * or nothing at all (null-file-io.ts).
+ */
+export type FileIoBackend = 'uring' | 'libuv' | 'nbd' | 'null';
 /** What a user asks for: a backend, or `auto` (io_uring where it works, else libuv). */
-export type FileIoMode = FileIoBackend | 'auto';
+/** The backends that serve a local file or block device. */
+export type LocalFileIoBackend = 'uring' | 'libuv';
+export type FileIoMode = LocalFileIoBackend | 'auto';
 export const FILE_IO_MODES: readonly FileIoMode[] = ['auto', 'uring', 'libuv'];
 
 export function parseFileIoMode(value: string, where: string): FileIoMode {
@@ -40,7 +52,7 @@ export function defaultFileIoMode(): FileIoMode {
 }
 
 export interface FileIoChoice {
-  readonly backend: FileIoBackend;
+  readonly backend: LocalFileIoBackend;
   /** One line for the operator's log: what is used and, for libuv under auto, why. */
   readonly description: string;
 }
@@ -69,7 +81,7 @@ export function chooseFileIo(mode: FileIoMode = defaultFileIoMode(), log: Logger
   return { backend: 'libuv', description: `file I/O: libuv thread pool (${why})` };
 }
 
-export function openFileIo(file: FileHandle, backend: FileIoBackend): FileIo {
+export function openFileIo(file: FileHandle, backend: LocalFileIoBackend): FileIo {
   if (backend === 'libuv') return new LibuvFileIo(file);
   const ring = sharedUringRing();
   if (ring instanceof Error) throw new Error(`io_uring file I/O is unavailable: ${ring.message}`);

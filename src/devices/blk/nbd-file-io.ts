@@ -1,0 +1,59 @@
+import { NbdCommand, NBD_ERROR_NAMES } from '../../nbd/nbd-protocol.js';
+import type { NbdSource } from '../../nbd/nbd-source.js';
+import type { FileIo } from './file-io.js';
+
+/**
+ * A block export's storage on an NBD server (issue 20): reads, writes, flushes, trims and
+ * zeroing go to the server as NBD commands through an NbdSource (which reconnects). A failed
+ * request rejects with an errno-like `code` (EIO, ENOSPC, ... or ENOTCONN when the server is
+ * gone), which the device answers as VIRTIO_BLK_S_IOERR.
+ */
+export class NbdFileIo implements FileIo {
+  readonly backend = 'nbd' as const;
+
+  constructor(private readonly source: NbdSource) {}
+
+  read(into: Buffer, position: number): Promise<void> {
+    return this.run(NbdCommand.READ, position, into.length, into);
+  }
+
+  write(from: Buffer, position: number): Promise<void> {
+    return this.run(NbdCommand.WRITE, position, from.length, from);
+  }
+
+  datasync(): Promise<void> {
+    // A server without flush has nothing to make durable on request (the export then offers
+    // no VIRTIO_BLK_F_FLUSH, and the driver knows writes are as durable as they will get).
+    return this.source.info.canFlush ? this.run(NbdCommand.FLUSH, 0, 0, null) : Promise.resolve();
+  }
+
+  fsync(): Promise<void> {
+    return this.datasync();
+  }
+
+  /** NBD_CMD_TRIM when the server takes it; a discard is a hint, so otherwise nothing. */
+  trim(position: number, length: number): Promise<void> {
+    return this.source.info.canTrim ? this.run(NbdCommand.TRIM, position, length, null) : Promise.resolve();
+  }
+
+  /** NBD_CMD_WRITE_ZEROES, or null when the server has none (the export then writes zeroes). */
+  writeZeroes(position: number, length: number): Promise<void> | null {
+    return this.source.info.canWriteZeroes ? this.run(NbdCommand.WRITE_ZEROES, position, length, null) : null;
+  }
+
+  close(): Promise<void> {
+    return this.source.close();
+  }
+
+  private run(type: number, position: number, length: number, data: Buffer | null): Promise<void> {
+    return new Promise((resolve, reject) =>
+      this.source.submit(type, 0, position, length, data, (error) => {
+        if (error === 0) return resolve();
+        const code = error === -1 ? 'ENOTCONN' : (NBD_ERROR_NAMES[error] ?? 'EIO');
+        const err = new Error(error === -1 ? 'the NBD server is not connected' : `the NBD server answered ${code}`) as NodeJS.ErrnoException;
+        err.code = code;
+        reject(err);
+      }),
+    );
+  }
+}
