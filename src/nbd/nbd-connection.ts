@@ -86,15 +86,20 @@ class NbdRequest implements NbdFastRequest {
   refusal: { code: number; why: string } | null = null;
   /** Admitted and its reply not yet handed to the kernel. */
   live = false;
-  /** The READ's data or the WRITE's payload: exactly `length` bytes (a view of `memory`, or its own). */
+  /** The READ's data or the WRITE's payload: exactly `length` bytes, `frame` after its first 16. */
   data: Buffer = EMPTY;
+  /** Room for the reply header, then `data`: a READ's reply leaves as this one buffer. */
+  private frame: Buffer = EMPTY;
   /** Payload bytes received so far (WRITE). */
   filled = 0;
   /** Went through NbdExport.submit (a WRITE then holds `lock` until it ends). */
   submitted = false;
   /** The simple reply: magic, error, the request's cookie. */
   readonly reply = Buffer.alloc(SIMPLE_REPLY_SIZE);
+  /** Kept for the next requests (at most SIMPLE_REPLY_SIZE + KEPT_DATA_MAX bytes). */
   private memory: Buffer | null = null;
+  /** What `frame` and `data` are views of: `memory`, or a buffer of this request's own. */
+  private viewsOf: Buffer | null = null;
   readonly lock: NbdFastRequest['lock'];
   /** The disk call's callback (NbdExport.submit). */
   readonly onDisk: (err: Error | null) => void;
@@ -121,20 +126,31 @@ class NbdRequest implements NbdFastRequest {
     this.refusal = null;
     this.filled = 0;
     this.submitted = false;
-    this.data = EMPTY;
     return this;
   }
 
-  /** `data` made `length` bytes long, in the kept memory when it fits. */
+  /** `data` made `length` bytes long, in the kept memory when it fits (its views reused while the length repeats). */
   takeData(): Buffer {
     const n = this.length;
-    if (this.memory === null || this.memory.length < n) {
-      const fresh = Buffer.allocUnsafe(n);
-      if (n > KEPT_DATA_MAX) return (this.data = fresh);
-      this.memory = fresh;
+    let into = this.memory;
+    if (into === null || into.length < SIMPLE_REPLY_SIZE + n) {
+      into = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE + n);
+      if (n <= KEPT_DATA_MAX) this.memory = into;
     }
-    if (this.data.length !== n || this.data.buffer !== this.memory.buffer) this.data = this.memory.subarray(0, n);
+    if (this.viewsOf !== into || this.data.length !== n) {
+      this.viewsOf = into;
+      this.frame = into.subarray(0, SIMPLE_REPLY_SIZE + n);
+      this.data = into.subarray(SIMPLE_REPLY_SIZE, SIMPLE_REPLY_SIZE + n);
+    }
     return this.data;
+  }
+
+  /** The reply header followed by `data`, in one buffer. */
+  replyFrame(): Buffer {
+    const r = this.reply;
+    const f = this.frame;
+    for (let k = 0; k < SIMPLE_REPLY_SIZE; k += 4) f.writeUInt32BE(r.readUInt32BE(k), k);
+    return f;
   }
 
   /**
@@ -147,7 +163,10 @@ class NbdRequest implements NbdFastRequest {
 
   /** Finished: drop what is not kept (a large buffer of its own). */
   recycle(): void {
-    if (this.memory === null || this.data.buffer !== this.memory.buffer) this.data = EMPTY;
+    if (this.viewsOf !== null && this.viewsOf !== this.memory) {
+      this.viewsOf = null;
+      this.frame = this.data = EMPTY;
+    }
   }
 }
 
@@ -164,6 +183,8 @@ export class NbdConnection implements BudgetWaiter {
   private tlsActive = false;
   private fixedNewstyle = false;
   private stallTimer: NodeJS.Timeout | null = null;
+  /** Replies wait in the socket: the stall timer counts (else it runs out doing nothing). */
+  private stallArmed = false;
   /** Received bytes not parsed yet. */
   private readonly input = new ByteQueue();
   /** The request header being decoded (copied here: a view per header would be an allocation). */
@@ -582,7 +603,7 @@ export class NbdConnection implements BudgetWaiter {
       return;
     }
     const { type, flags, offset, length } = req;
-    this.exp.execute(type, flags, offset, length, type === NbdCommand.WRITE ? req.data : null).then(
+    this.exp.execute(type, flags, offset, length, type === NbdCommand.WRITE && length > 0 ? req.data : null).then(
       (data) => this.sendReply(req, NbdError.OK, data),
       (err: unknown) => this.failed(req, err instanceof NbdCommandError ? err.code : NbdError.EIO, err as Error),
     );
@@ -611,15 +632,22 @@ export class NbdConnection implements BudgetWaiter {
     req.reply.writeUInt32BE(error, 4);
     // Replies of one turn leave in one writev rather than a syscall each.
     this.batch!.hold();
-    if (error === NbdError.OK && data && data.length > 0) {
+    if (error === NbdError.OK && data === req.data && data.length > 0) {
+      // A READ run on the request's own buffer: header and data leave as one buffer.
+      this.socket.write(req.replyFrame(), req.onWritten);
+    } else if (error === NbdError.OK && data && data.length > 0) {
       this.socket.write(req.reply);
       this.socket.write(data, req.onWritten);
     } else {
       this.socket.write(req.reply, req.onWritten);
     }
-    if (this.limits.sendTimeoutMs > 0 && this.socket.writableLength > 0 && this.stallTimer === null) {
-      this.stallTimer = setTimeout(() => this.onStalled(), this.limits.sendTimeoutMs);
-      this.stallTimer.unref();
+    if (this.limits.sendTimeoutMs > 0 && this.socket.writableLength > 0 && !this.stallArmed) {
+      this.stallArmed = true;
+      // One timer per connection, re-armed (refresh) rather than made per batch of replies.
+      if (this.stallTimer === null) {
+        this.stallTimer = setTimeout(this.onStalled, this.limits.sendTimeoutMs);
+        this.stallTimer.unref();
+      } else this.stallTimer.refresh();
     }
   }
 
@@ -645,14 +673,16 @@ export class NbdConnection implements BudgetWaiter {
 
   /** A reply reached the kernel: the client is reading. Restart the stall clock, or stop it when all is out. */
   private replyMoved(): void {
-    if (!this.stallTimer) return;
-    if (!this.closed && this.socket.writableLength > 0) this.stallTimer.refresh();
-    else this.stopStallTimer();
+    if (!this.stallArmed) return;
+    // All out: disarmed, the timer left to run out (onStalled then does nothing).
+    if (!this.closed && this.socket.writableLength > 0) this.stallTimer!.refresh();
+    else this.stallArmed = false;
   }
 
   private stopStallTimer(): void {
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.stallTimer = null;
+    this.stallArmed = false;
   }
 
   /**
@@ -660,11 +690,12 @@ export class NbdConnection implements BudgetWaiter {
    * which others wait for: after the send timeout without progress it is cut off, and what it
    * held comes back (as the target does with initiators that stop reading completions).
    */
-  private onStalled(): void {
-    this.stallTimer = null;
+  private readonly onStalled = (): void => {
+    if (!this.stallArmed) return;
+    this.stallArmed = false;
     if (this.closed || this.socket.writableLength === 0) return;
     this.drop(`${this.socket.writableLength} bytes of replies unread for ${this.limits.sendTimeoutMs} ms`);
-  }
+  };
 
   private wakeIdle(): void {
     const waiters = this.idleWaiters;
