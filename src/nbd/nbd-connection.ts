@@ -62,6 +62,12 @@ type Phase = 'client-flags' | 'option' | 'tls' | 'request' | 'payload' | 'skip' 
 
 /** A request's data buffer up to this size stays with it for the next request (see NbdRequest). */
 const KEPT_DATA_MAX = 64 * 1024;
+/**
+ * What a connection's requests keep between requests, all together: 32 × 4 KiB or 8 × 128 KiB
+ * of reads in flight is a fraction of it, and with the connection limit it bounds what idle
+ * connections hold outside the memory budget (64 connections: 64 MiB at most).
+ */
+const KEPT_PER_CONNECTION = 1024 * 1024;
 const EMPTY = Buffer.alloc(0);
 
 /**
@@ -72,7 +78,8 @@ const EMPTY = Buffer.alloc(0);
  * header, its callbacks (bound once), its lock entry and a data buffer of up to KEPT_DATA_MAX
  * bytes with the view of it last handed out. So in steady state (the same sizes request after
  * request) a READ or WRITE allocates nothing here, and with a disk that has submitRead/
- * submitWrite no Promise or closure either. The connection makes at most maxRequests of them.
+ * submitWrite no Promise or closure either. The connection makes at most maxRequests of them,
+ * and their kept buffers together stay within KEPT_PER_CONNECTION (past it, per request).
  */
 class NbdRequest implements NbdFastRequest {
   type = 0;
@@ -106,7 +113,10 @@ class NbdRequest implements NbdFastRequest {
   /** The reply's write callback: it reached the kernel (or the socket is gone). */
   readonly onWritten: () => void;
 
-  constructor(conn: NbdConnection, exp: NbdExport) {
+  constructor(
+    private readonly conn: NbdConnection,
+    exp: NbdExport,
+  ) {
     this.reply.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
     this.lock = { start: 0, end: 0, exclusive: false, granted: false, grant: () => exp.writeGranted(this) };
     this.onDisk = (err) => conn.diskDone(this, err);
@@ -135,7 +145,7 @@ class NbdRequest implements NbdFastRequest {
     let into = this.memory;
     if (into === null || into.length < SIMPLE_REPLY_SIZE + n) {
       into = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE + n);
-      if (n <= KEPT_DATA_MAX) this.memory = into;
+      if (n <= KEPT_DATA_MAX && this.conn.keep(into.length - (this.memory?.length ?? 0))) this.memory = into;
     }
     if (this.viewsOf !== into || this.data.length !== n) {
       this.viewsOf = into;
@@ -158,6 +168,7 @@ class NbdRequest implements NbdFastRequest {
    * while other parts of it still write into the buffer.
    */
   forgetData(): void {
+    if (this.memory) this.conn.keep(-this.memory.length);
     this.memory = null;
   }
 
@@ -202,6 +213,8 @@ export class NbdConnection implements BudgetWaiter {
   private inFlightBytes = 0;
   /** Finished requests, reused (at most maxRequests are ever made: one per admitted request). */
   private readonly freeRequests: NbdRequest[] = [];
+  /** Bytes its requests keep between requests (NbdRequest.memory), at most KEPT_PER_CONNECTION. */
+  private keptBytes = 0;
   /** Replies of one event-loop turn leave in one write; made when transmission starts (after TLS). */
   private batch: TickBatch | null = null;
   private shuttingDown = false;
@@ -607,6 +620,13 @@ export class NbdConnection implements BudgetWaiter {
       (data) => this.sendReply(req, NbdError.OK, data),
       (err: unknown) => this.failed(req, err instanceof NbdCommandError ? err.code : NbdError.EIO, err as Error),
     );
+  }
+
+  /** A request would keep `delta` more bytes (negative: gives them up): whether it may. */
+  keep(delta: number): boolean {
+    if (delta > 0 && this.keptBytes + delta > KEPT_PER_CONNECTION) return false;
+    this.keptBytes += delta;
+    return true;
   }
 
   /** The disk call of a request run by NbdExport.submit has ended (NbdRequest.onDisk). */
