@@ -92,6 +92,32 @@ class MemoryDisk implements NbdBlockDevice {
   }
 }
 
+/** The same disk with the callback entry points (as BlockDevice has): counts which form was used. */
+class CallbackDisk extends MemoryDisk {
+  promiseCalls = 0;
+  callbackCalls = 0;
+
+  override read(offset: number, into: Buffer): Promise<Buffer> {
+    this.promiseCalls++;
+    return super.read(offset, into);
+  }
+
+  override write(offset: number, data: Buffer): Promise<void> {
+    this.promiseCalls++;
+    return super.write(offset, data);
+  }
+
+  submitRead(offset: number, into: Buffer, callback: (err: Error | null) => void): void {
+    this.callbackCalls++;
+    super.read(offset, into).then(() => callback(null), callback);
+  }
+
+  submitWrite(offset: number, data: Buffer, callback: (err: Error | null) => void): void {
+    this.callbackCalls++;
+    super.write(offset, data).then(() => callback(null), callback);
+  }
+}
+
 const MiB = 1024 * 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -148,6 +174,42 @@ describe('NbdServer over any NbdBlockDevice', () => {
     expect(disk.data.equals(expected)).toBe(true);
     expect((await c.call(NbdCommand.READ, 3999, 202)).data!.equals(expected.subarray(3999, 4201))).toBe(true);
     expect((await c.call(NbdCommand.TRIM, 0, 4096)).error).toBe(NbdError.EINVAL);
+  });
+
+  it('aligned READ and WRITE use the callback entry points; an unaligned write over a block such a write holds waits for it', async () => {
+    const disk = new CallbackDisk(1 << 20, 4096);
+    disk.data.fill(0x11);
+    const { sock } = await serve(disk);
+    const { c } = await client(sock, []); // no block sizes agreed: unaligned is served
+    // Pipelined aligned requests, each reply with its own cookie and bytes.
+    const writes = [0, 1, 2, 3].map((i) => c.request(NbdCommand.WRITE, 8192 + i * 4096, 4096, 0, Buffer.alloc(4096, 0x20 + i)));
+    for (const cookie of writes) expect(await c.readReply()).toMatchObject({ error: 0, cookie });
+    const reads = [3, 2, 1, 0].map((i) => ({ i, cookie: c.request(NbdCommand.READ, 8192 + i * 4096, 4096) }));
+    for (const { i, cookie } of reads) {
+      const r = await c.readReply();
+      expect(r.cookie).toBe(cookie);
+      expect(r.data!.equals(Buffer.alloc(4096, 0x20 + i))).toBe(true);
+    }
+    expect([disk.callbackCalls, disk.promiseCalls]).toEqual([8, 0]);
+
+    // An aligned write of block 0 held in the disk; an unaligned write into block 0 (read-
+    // modify-write) must not read the block before that write lands, or it writes 0x11 back.
+    disk.hold();
+    const aligned = c.request(NbdCommand.WRITE, 0, 4096, 0, Buffer.alloc(4096, 0x33));
+    const unaligned = c.request(NbdCommand.WRITE, 100, 100, 0, Buffer.alloc(100, 0x44));
+    await sleep(100);
+    expect(disk.active).toBe(1); // the read-modify-write waits for the range
+    disk.release();
+    const got = [await c.readReply(), await c.readReply()];
+    expect(got.map((r) => r.error)).toEqual([0, 0]);
+    expect(got.map((r) => r.cookie).sort()).toEqual([aligned, unaligned].sort());
+    expect(disk.data.subarray(0, 4096).equals(Buffer.alloc(4096, 0x33).fill(0x44, 100, 200))).toBe(true);
+
+    // A failed callback write is EIO; the connection and the request's reuse go on.
+    disk.failWrites = true;
+    expect((await c.call(NbdCommand.WRITE, 4096, 4096, 0, Buffer.alloc(4096, 0x55))).error).toBe(NbdError.EIO);
+    disk.failWrites = false;
+    expect((await c.call(NbdCommand.READ, 8192, 4096)).data!.equals(Buffer.alloc(4096, 0x20))).toBe(true);
   });
 
   it('a failing disk gives EIO, FUA flushes, and the connection keeps working', async () => {

@@ -1,8 +1,10 @@
 import type { Socket } from 'node:net';
 import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
+import { ByteQueue } from '../transport/tcp/byte-queue.js';
+import { TickBatch } from '../transport/tcp/tick-batch.js';
 import type { BridgeBudget, BudgetWaiter } from './bridge-budget.js';
-import { NbdCommandError, type NbdExport } from './nbd-export.js';
+import { NbdCommandError, nbdErrorOf, type NbdExport, type NbdFastRequest } from './nbd-export.js';
 import {
   CLIENT_FLAGS_SIZE,
   NBD_ERROR_NAMES,
@@ -12,6 +14,7 @@ import {
   NBD_FLAG_NO_ZEROES,
   NBD_IHAVEOPT,
   NBD_REQUEST_MAGIC,
+  NBD_SIMPLE_REPLY_MAGIC,
   NbdCommand,
   NbdError,
   NbdInfo,
@@ -19,9 +22,9 @@ import {
   NbdReply,
   OPTION_HEADER_SIZE,
   REQUEST_HEADER_SIZE,
+  SIMPLE_REPLY_SIZE,
   decodeInfoRequest,
   decodeOptionHeader,
-  decodeRequestHeader,
   encodeExportNameReply,
   encodeInfoBlockSize,
   encodeInfoExport,
@@ -29,8 +32,6 @@ import {
   encodeOptionReply,
   encodeServerGreeting,
   encodeServerReplyData,
-  encodeSimpleReply,
-  type RequestHeader,
 } from './nbd-protocol.js';
 import type { NbdTls } from './nbd-tls.js';
 
@@ -59,32 +60,124 @@ const OUTPUT_HIGH_WATER = 1024 * 1024;
 /** 'tls': NBD_OPT_STARTTLS acknowledged, the TLS handshake runs; nothing is parsed meanwhile. */
 type Phase = 'client-flags' | 'option' | 'tls' | 'request' | 'payload' | 'skip' | 'done';
 
+/** A request's data buffer up to this size stays with it for the next request (see NbdRequest). */
+const KEPT_DATA_MAX = 64 * 1024;
 /**
- * One NBD request in flight: its header, its payload, its share of the connection's budget,
- * and how it is answered. Owned by its connection from admission until its reply has been
- * handed to the kernel.
+ * What a connection's requests keep between requests, all together: 32 × 4 KiB or 8 × 128 KiB
+ * of reads in flight is a fraction of it, and with the connection limit it bounds what idle
+ * connections hold outside the memory budget (64 connections: 64 MiB at most).
  */
-class NbdRequest {
-  payload: Buffer | null = null;
+const KEPT_PER_CONNECTION = 1024 * 1024;
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * One NBD request, from its header until its reply has been handed to the kernel: the decoded
+ * header, its payload or read data, its share of the connection's budget, its reply header.
+ *
+ * Reused: a finished request goes back to its connection for a later one, keeping its reply
+ * header, its callbacks (bound once), its lock entry and a data buffer of up to KEPT_DATA_MAX
+ * bytes with the view of it last handed out. So in steady state (the same sizes request after
+ * request) a READ or WRITE allocates nothing here, and with a disk that has submitRead/
+ * submitWrite no Promise or closure either. The connection makes at most maxRequests of them,
+ * and their kept buffers together stay within KEPT_PER_CONNECTION (past it, per request).
+ */
+class NbdRequest implements NbdFastRequest {
+  type = 0;
+  flags = 0;
+  /** The 64-bit offset as a number (see NbdExport.validate). */
+  offset = 0;
+  length = 0;
+  /** Bytes of the budget held: read data or write payload. */
+  charge = 0;
+  /** Set when the request was refused before execution. */
+  refusal: { code: number; why: string } | null = null;
+  /** Admitted and its reply not yet handed to the kernel. */
+  live = false;
+  /** The READ's data or the WRITE's payload: exactly `length` bytes, `frame` after its first 16. */
+  data: Buffer = EMPTY;
+  /** Room for the reply header, then `data`: a READ's reply leaves as this one buffer. */
+  private frame: Buffer = EMPTY;
   /** Payload bytes received so far (WRITE). */
   filled = 0;
+  /** Went through NbdExport.submit (a WRITE then holds `lock` until it ends). */
+  submitted = false;
+  /** The simple reply: magic, error, the request's cookie. */
+  readonly reply = Buffer.alloc(SIMPLE_REPLY_SIZE);
+  /** Kept for the next requests (at most SIMPLE_REPLY_SIZE + KEPT_DATA_MAX bytes). */
+  private memory: Buffer | null = null;
+  /** What `frame` and `data` are views of: `memory`, or a buffer of this request's own. */
+  private viewsOf: Buffer | null = null;
+  readonly lock: NbdFastRequest['lock'];
+  /** The disk call's callback (NbdExport.submit). */
+  readonly onDisk: (err: Error | null) => void;
+  /** The reply's write callback: it reached the kernel (or the socket is gone). */
+  readonly onWritten: () => void;
 
   constructor(
     private readonly conn: NbdConnection,
-    readonly header: RequestHeader,
-    /** Bytes of the budget held: read data or write payload. */
-    readonly charge: number,
-    /** Set when the request was refused before execution. */
-    readonly refusal: { code: number; why: string } | null,
-  ) {}
-
-  get offset(): number {
-    return Number(this.header.offset);
+    exp: NbdExport,
+  ) {
+    this.reply.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
+    this.lock = { start: 0, end: 0, exclusive: false, granted: false, grant: () => exp.writeGranted(this) };
+    this.onDisk = (err) => conn.diskDone(this, err);
+    this.onWritten = () => conn.replySent(this);
   }
 
-  /** Send the simple reply (with the data of a successful READ); the budget is returned once the kernel has it. */
-  complete(error: number, data: Buffer | null): void {
-    this.conn.sendReply(this, error, error === NbdError.OK ? data : null);
+  /** Take the request for a header (in `h`, REQUEST_HEADER_SIZE bytes): fields decoded, cookie copied into the reply. */
+  start(h: Buffer): this {
+    this.flags = h.readUInt16BE(4);
+    this.type = h.readUInt16BE(6);
+    // Read as two words: readBigUInt64BE would allocate a BigInt per request.
+    this.offset = h.readUInt32BE(16) * 0x1_0000_0000 + h.readUInt32BE(20);
+    this.length = h.readUInt32BE(24);
+    this.reply.writeUInt32BE(h.readUInt32BE(8), 8);
+    this.reply.writeUInt32BE(h.readUInt32BE(12), 12);
+    this.charge = 0;
+    this.refusal = null;
+    this.filled = 0;
+    this.submitted = false;
+    return this;
+  }
+
+  /** `data` made `length` bytes long, in the kept memory when it fits (its views reused while the length repeats). */
+  takeData(): Buffer {
+    const n = this.length;
+    let into = this.memory;
+    if (into === null || into.length < SIMPLE_REPLY_SIZE + n) {
+      into = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE + n);
+      if (n <= KEPT_DATA_MAX && this.conn.keep(into.length - (this.memory?.length ?? 0))) this.memory = into;
+    }
+    if (this.viewsOf !== into || this.data.length !== n) {
+      this.viewsOf = into;
+      this.frame = into.subarray(0, SIMPLE_REPLY_SIZE + n);
+      this.data = into.subarray(SIMPLE_REPLY_SIZE, SIMPLE_REPLY_SIZE + n);
+    }
+    return this.data;
+  }
+
+  /** The reply header followed by `data`, in one buffer. */
+  replyFrame(): Buffer {
+    const r = this.reply;
+    const f = this.frame;
+    for (let k = 0; k < SIMPLE_REPLY_SIZE; k += 4) f.writeUInt32BE(r.readUInt32BE(k), k);
+    return f;
+  }
+
+  /**
+   * The disk call failed: its memory is not reused. A request the disk split may have failed
+   * while other parts of it still write into the buffer.
+   */
+  forgetData(): void {
+    if (this.memory) this.conn.keep(-this.memory.length);
+    this.memory = null;
+  }
+
+  /** Finished: drop what is not kept (a large buffer of its own). */
+  recycle(): void {
+    if (this.viewsOf !== null && this.viewsOf !== this.memory) {
+      this.viewsOf = null;
+      this.frame = this.data = EMPTY;
+    }
   }
 }
 
@@ -101,28 +194,37 @@ export class NbdConnection implements BudgetWaiter {
   private tlsActive = false;
   private fixedNewstyle = false;
   private stallTimer: NodeJS.Timeout | null = null;
-  private readonly chunks: Buffer[] = [];
-  private buffered = 0;
+  /** Replies wait in the socket: the stall timer counts (else it runs out doing nothing). */
+  private stallArmed = false;
+  /** Received bytes not parsed yet. */
+  private readonly input = new ByteQueue();
+  /** The request header being decoded (copied here: a view per header would be an allocation). */
+  private readonly headerBytes = Buffer.alloc(REQUEST_HEADER_SIZE);
   private noZeroes = false;
   private strictAlignment = false;
   private option: { option: number; length: number } | null = null;
   private skipRemaining = 0;
   private afterSkip: (() => void) | null = null;
   private receiving: NbdRequest | null = null;
-  /** A parsed request header waiting for room in the budget. */
-  private waiting: RequestHeader | null = null;
-  private readonly inFlight = new Set<NbdRequest>();
+  /** A parsed request waiting for room in the budget. */
+  private waiting: NbdRequest | null = null;
+  /** Requests admitted and not finished (NbdRequest.live). */
+  private inFlight = 0;
   private inFlightBytes = 0;
+  /** Finished requests, reused (at most maxRequests are ever made: one per admitted request). */
+  private readonly freeRequests: NbdRequest[] = [];
+  /** Bytes its requests keep between requests (NbdRequest.memory), at most KEPT_PER_CONNECTION. */
+  private keptBytes = 0;
+  /** Replies of one event-loop turn leave in one write; made when transmission starts (after TLS). */
+  private batch: TickBatch | null = null;
   private shuttingDown = false;
-  private corked = false;
   private closed = false;
   private idleWaiters: Array<() => void> = [];
   readonly closedPromise: Promise<void>;
 
   private readonly onData = (d: Buffer): void => {
     if (this.phase === 'done' || this.phase === 'tls') return; // after DISC or ABORT nothing more is read
-    this.chunks.push(d);
-    this.buffered += d.length;
+    this.input.push(d);
     this.pump();
   };
   private readonly onDrain = (): void => this.pump();
@@ -143,8 +245,7 @@ export class NbdConnection implements BudgetWaiter {
     raw.on('close', () => {
       this.closed = true;
       this.phase = 'done';
-      this.chunks.length = 0;
-      this.buffered = 0;
+      this.input.skip(this.input.length);
       this.stopStallTimer();
       this.shared.budget.leave(this);
       // A WRITE whose payload never arrived in full will not run: its bytes go back now (else a
@@ -152,10 +253,7 @@ export class NbdConnection implements BudgetWaiter {
       const partial = this.receiving;
       if (partial) {
         this.receiving = null;
-        partial.payload = null;
-        this.inFlight.delete(partial);
-        this.inFlightBytes -= partial.charge;
-        this.shared.budget.give(partial.charge);
+        this.finish(partial);
       }
       this.wakeIdle();
     });
@@ -184,7 +282,7 @@ export class NbdConnection implements BudgetWaiter {
   }
 
   get requestsInFlight(): number {
-    return this.inFlight.size;
+    return this.inFlight;
   }
 
   /** Hard disconnect (of the TLS socket too, if any), with a reason in the log. */
@@ -195,45 +293,9 @@ export class NbdConnection implements BudgetWaiter {
     this.socket.destroy();
   }
 
-  /** Bytes available in the input queue, joined; null if fewer than n have arrived. */
+  /** The next n input bytes (a view when they arrived together); null if fewer have arrived. */
   private take(n: number): Buffer | null {
-    if (this.buffered < n) return null;
-    if (n === 0) return Buffer.alloc(0);
-    let out: Buffer;
-    if (this.chunks[0]!.length >= n) {
-      const first = this.chunks[0]!;
-      out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-    } else {
-      out = Buffer.allocUnsafe(n);
-      let at = 0;
-      while (at < n) {
-        const c = this.chunks[0]!;
-        const k = Math.min(c.length, n - at);
-        c.copy(out, at, 0, k);
-        at += k;
-        if (k === c.length) this.chunks.shift();
-        else this.chunks[0] = c.subarray(k);
-      }
-    }
-    this.buffered -= n;
-    return out;
-  }
-
-  /** Move up to `max` queued input bytes into `into` at `at` (or drop them when into is null). */
-  private drain(into: Buffer | null, at: number, max: number): number {
-    let moved = 0;
-    while (moved < max && this.chunks.length > 0) {
-      const c = this.chunks[0]!;
-      const k = Math.min(c.length, max - moved);
-      if (into) c.copy(into, at + moved, 0, k);
-      moved += k;
-      if (k === c.length) this.chunks.shift();
-      else this.chunks[0] = c.subarray(k);
-    }
-    this.buffered -= moved;
-    return moved;
+    return this.input.length < n ? null : this.input.take(n);
   }
 
   /** Parse and act on everything that has arrived, as far as the limits allow. */
@@ -290,16 +352,17 @@ export class NbdConnection implements BudgetWaiter {
         return this.stepRequest();
       case 'payload': {
         const req = this.receiving!;
-        const want = req.header.length - req.filled;
-        req.filled += this.drain(req.payload, req.filled, want);
-        if (req.filled < req.header.length) return false;
+        const n = Math.min(req.length - req.filled, this.input.length);
+        this.input.takeInto(n, req.data, req.filled);
+        req.filled += n;
+        if (req.filled < req.length) return false;
         this.receiving = null;
         this.phase = 'request';
         this.run(req);
         return true;
       }
       case 'skip': {
-        this.skipRemaining -= this.drain(null, 0, this.skipRemaining);
+        this.skipRemaining -= this.input.skip(this.skipRemaining);
         if (this.skipRemaining > 0) return false;
         const next = this.afterSkip;
         this.afterSkip = null;
@@ -450,7 +513,7 @@ export class NbdConnection implements BudgetWaiter {
     const tls = this.shared.tls!;
     // The client must wait for the ACK before it starts TLS: bytes already here are neither
     // options nor TLS, and would be lost in the switch.
-    if (this.buffered > 0) {
+    if (this.input.length > 0) {
       this.drop('data after NBD_OPT_STARTTLS before its reply');
       return;
     }
@@ -482,6 +545,7 @@ export class NbdConnection implements BudgetWaiter {
 
   private enterTransmission(strictAlignment: boolean, name: string): void {
     this.strictAlignment = strictAlignment;
+    this.batch = new TickBatch(this.socket);
     this.phase = 'request';
     this.log.info(`nbd ${this.peer}: export ${quotePeerString(name || this.exp.name)} in use${strictAlignment ? ' (block sizes agreed)' : ''}`);
   }
@@ -489,50 +553,53 @@ export class NbdConnection implements BudgetWaiter {
   // ---- transmission ----
 
   private stepRequest(): boolean {
-    let header = this.waiting;
-    if (!header) {
-      const b = this.take(REQUEST_HEADER_SIZE);
-      if (!b) return false;
-      header = decodeRequestHeader(b);
-      if (header.magic !== NBD_REQUEST_MAGIC) {
-        this.drop(`bad request magic 0x${header.magic.toString(16)}`);
+    let req = this.waiting;
+    if (!req) {
+      if (this.input.length < REQUEST_HEADER_SIZE) return false;
+      const h = this.headerBytes;
+      this.input.takeInto(REQUEST_HEADER_SIZE, h, 0);
+      const magic = h.readUInt32BE(0);
+      if (magic !== NBD_REQUEST_MAGIC) {
+        this.drop(`bad request magic 0x${magic.toString(16)}`);
         return false;
       }
-      if (header.type === NbdCommand.DISC) {
+      if (h.readUInt16BE(6) === NbdCommand.DISC) {
         this.phase = 'done';
         this.log.info(`nbd ${this.peer}: disconnect requested`);
         void this.idle().then(() => this.socket.end());
         return false;
       }
+      req = (this.freeRequests.pop() ?? new NbdRequest(this, this.exp)).start(h);
+      const isWrite = req.type === NbdCommand.WRITE;
+      req.refusal = this.shuttingDown
+        ? { code: NbdError.ESHUTDOWN, why: 'server shutting down' }
+        : this.exp.validate(req.type, req.flags, req.offset, req.length, this.strictAlignment);
+      // Refused requests hold no payload budget: a refused write's payload is skipped as it streams in.
+      req.charge = req.refusal ? 0 : req.type === NbdCommand.READ || isWrite ? req.length : 0;
     }
-    const isWrite = header.type === NbdCommand.WRITE;
-    const refusal = this.shuttingDown
-      ? { code: NbdError.ESHUTDOWN, why: 'server shutting down' }
-      : this.exp.validate(header.type, header.flags, header.offset, header.length, this.strictAlignment);
-    // Refused requests hold no payload budget: a refused write's payload is skipped as it streams in.
-    const charge = refusal ? 0 : header.type === NbdCommand.READ || isWrite ? header.length : 0;
     // This connection's own limits first (its replies free them), then the bridge's budget
     // (anyone's replies free it; tryTake queues this connection for it).
     if (
-      this.inFlight.size >= this.limits.maxRequests ||
-      (this.inFlight.size > 0 && this.inFlightBytes + charge > this.limits.maxBytes) ||
-      !this.shared.budget.tryTake(this, charge)
+      this.inFlight >= this.limits.maxRequests ||
+      (this.inFlight > 0 && this.inFlightBytes + req.charge > this.limits.maxBytes) ||
+      !this.shared.budget.tryTake(this, req.charge)
     ) {
-      this.waiting = header;
+      this.waiting = req;
       return false;
     }
     this.waiting = null;
-    const req = new NbdRequest(this, header, charge, refusal);
-    this.inFlight.add(req);
-    this.inFlightBytes += charge;
-    if (refusal) {
-      this.log.debug(`nbd ${this.peer}: command ${header.type} refused with ${NBD_ERROR_NAMES[refusal.code]}: ${refusal.why}`);
-      if (isWrite && header.length > 0) this.skip(header.length, null);
-      req.complete(refusal.code, null);
+    req.live = true;
+    this.inFlight++;
+    this.inFlightBytes += req.charge;
+    const isWrite = req.type === NbdCommand.WRITE;
+    if (req.refusal) {
+      this.log.debug(`nbd ${this.peer}: command ${req.type} refused with ${NBD_ERROR_NAMES[req.refusal.code]}: ${req.refusal.why}`);
+      if (isWrite && req.length > 0) this.skip(req.length, null);
+      this.sendReply(req, req.refusal.code, null);
       return true;
     }
-    if (isWrite && header.length > 0) {
-      req.payload = Buffer.allocUnsafe(header.length);
+    if (isWrite && req.length > 0) {
+      req.takeData();
       this.receiving = req;
       this.phase = 'payload';
       return true;
@@ -542,64 +609,100 @@ export class NbdConnection implements BudgetWaiter {
   }
 
   private run(req: NbdRequest): void {
-    const { type, flags, length } = req.header;
-    this.exp.execute(type, flags, req.offset, length, req.payload).then(
-      (data) => req.complete(NbdError.OK, data),
-      (err: unknown) => {
-        const code = err instanceof NbdCommandError ? err.code : NbdError.EIO;
-        this.log.warn(`nbd ${this.peer}: command ${type} at ${req.offset}+${length} failed (${NBD_ERROR_NAMES[code]}): ${(err as Error).message}`);
-        req.complete(code, null);
-      },
+    if (req.type === NbdCommand.READ && req.length > 0) req.takeData();
+    // A plain aligned READ or WRITE: one disk call, answered through req.onDisk (diskDone).
+    if (this.exp.submit(req, req.flags)) {
+      req.submitted = true;
+      return;
+    }
+    const { type, flags, offset, length } = req;
+    this.exp.execute(type, flags, offset, length, type === NbdCommand.WRITE && length > 0 ? req.data : null).then(
+      (data) => this.sendReply(req, NbdError.OK, data),
+      (err: unknown) => this.failed(req, err instanceof NbdCommandError ? err.code : NbdError.EIO, err as Error),
     );
   }
 
-  /** Called by NbdRequest.complete. */
-  sendReply(req: NbdRequest, error: number, data: Buffer | null): void {
-    req.payload = null;
-    const finished = () => {
-      if (!this.inFlight.delete(req)) return;
-      this.inFlightBytes -= req.charge;
-      this.shared.budget.give(req.charge);
-      this.replyMoved();
-      if (this.inFlight.size === 0) this.wakeIdle();
-      if (this.waiting || this.socket.isPaused()) this.pump();
-    };
+  /** A request would keep `delta` more bytes (negative: gives them up): whether it may. */
+  keep(delta: number): boolean {
+    if (delta > 0 && this.keptBytes + delta > KEPT_PER_CONNECTION) return false;
+    this.keptBytes += delta;
+    return true;
+  }
+
+  /** The disk call of a request run by NbdExport.submit has ended (NbdRequest.onDisk). */
+  diskDone(req: NbdRequest, err: Error | null): void {
+    if (req.type === NbdCommand.WRITE) this.exp.leaveWrite(req);
+    if (err) {
+      req.forgetData();
+      this.failed(req, nbdErrorOf(err), err);
+    } else this.sendReply(req, NbdError.OK, req.type === NbdCommand.READ ? req.data : null);
+  }
+
+  private failed(req: NbdRequest, code: number, err: Error): void {
+    this.log.warn(`nbd ${this.peer}: command ${req.type} at ${req.offset}+${req.length} failed (${NBD_ERROR_NAMES[code]}): ${err.message}`);
+    this.sendReply(req, code, null);
+  }
+
+  /** The simple reply (with the data of a successful READ); the request finishes once the kernel has it. */
+  private sendReply(req: NbdRequest, error: number, data: Buffer | null): void {
     if (this.closed || this.socket.destroyed) {
-      finished();
+      this.finish(req);
       return;
     }
-    // Replies completed in the same tick leave in one writev rather than a syscall each.
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
-    const header = encodeSimpleReply(error, req.header.cookie);
-    if (data && data.length > 0) {
-      this.socket.write(header);
-      this.socket.write(data, () => finished());
+    req.reply.writeUInt32BE(error, 4);
+    // Replies of one turn leave in one writev rather than a syscall each.
+    this.batch!.hold();
+    if (error === NbdError.OK && data === req.data && data.length > 0) {
+      // A READ run on the request's own buffer: header and data leave as one buffer.
+      this.socket.write(req.replyFrame(), req.onWritten);
+    } else if (error === NbdError.OK && data && data.length > 0) {
+      this.socket.write(req.reply);
+      this.socket.write(data, req.onWritten);
     } else {
-      this.socket.write(header, () => finished());
+      this.socket.write(req.reply, req.onWritten);
     }
-    if (this.limits.sendTimeoutMs > 0 && this.socket.writableLength > 0 && this.stallTimer === null) {
-      this.stallTimer = setTimeout(() => this.onStalled(), this.limits.sendTimeoutMs);
-      this.stallTimer.unref();
+    if (this.limits.sendTimeoutMs > 0 && this.socket.writableLength > 0 && !this.stallArmed) {
+      this.stallArmed = true;
+      // One timer per connection, re-armed (refresh) rather than made per batch of replies.
+      if (this.stallTimer === null) {
+        this.stallTimer = setTimeout(this.onStalled, this.limits.sendTimeoutMs);
+        this.stallTimer.unref();
+      } else this.stallTimer.refresh();
     }
+  }
+
+  /** A reply reached the kernel (NbdRequest.onWritten). */
+  replySent(req: NbdRequest): void {
+    if (!req.live) return;
+    this.finish(req);
+    this.replyMoved();
+    if (this.waiting || this.socket.isPaused()) this.pump();
+  }
+
+  /** The request's budget comes back and the request is free for the next header. */
+  private finish(req: NbdRequest): void {
+    if (!req.live) return;
+    req.live = false;
+    this.inFlight--;
+    this.inFlightBytes -= req.charge;
+    this.shared.budget.give(req.charge);
+    req.recycle();
+    if (!this.closed) this.freeRequests.push(req);
+    if (this.inFlight === 0) this.wakeIdle();
   }
 
   /** A reply reached the kernel: the client is reading. Restart the stall clock, or stop it when all is out. */
   private replyMoved(): void {
-    if (!this.stallTimer) return;
-    if (!this.closed && this.socket.writableLength > 0) this.stallTimer.refresh();
-    else this.stopStallTimer();
+    if (!this.stallArmed) return;
+    // All out: disarmed, the timer left to run out (onStalled then does nothing).
+    if (!this.closed && this.socket.writableLength > 0) this.stallTimer!.refresh();
+    else this.stallArmed = false;
   }
 
   private stopStallTimer(): void {
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.stallTimer = null;
+    this.stallArmed = false;
   }
 
   /**
@@ -607,11 +710,12 @@ export class NbdConnection implements BudgetWaiter {
    * which others wait for: after the send timeout without progress it is cut off, and what it
    * held comes back (as the target does with initiators that stop reading completions).
    */
-  private onStalled(): void {
-    this.stallTimer = null;
+  private readonly onStalled = (): void => {
+    if (!this.stallArmed) return;
+    this.stallArmed = false;
     if (this.closed || this.socket.writableLength === 0) return;
     this.drop(`${this.socket.writableLength} bytes of replies unread for ${this.limits.sendTimeoutMs} ms`);
-  }
+  };
 
   private wakeIdle(): void {
     const waiters = this.idleWaiters;
@@ -621,7 +725,7 @@ export class NbdConnection implements BudgetWaiter {
 
   /** Resolves when no request is in flight (or the socket closed). */
   idle(): Promise<void> {
-    if (this.inFlight.size === 0 || this.closed) return Promise.resolve();
+    if (this.inFlight === 0 || this.closed) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 

@@ -21,6 +21,27 @@ export interface NbdBlockDevice {
   flush(): Promise<void>;
   discard(offset: number, length: number): Promise<void>;
   writeZeroes(offset: number, length: number, unmap?: boolean): Promise<void>;
+  /**
+   * Optional callback forms of read and write (BlockDevice has them): no Promise per request.
+   * The callback runs once, never inside the call. Without them every command takes the
+   * Promise path.
+   */
+  submitRead?(offset: number, into: Buffer, callback: (err: Error | null) => void): void;
+  submitWrite?(offset: number, data: Buffer, callback: (err: Error | null) => void): void;
+}
+
+/**
+ * A READ or WRITE run through NbdExport.submit: the connection's reusable per-request state.
+ * `lock` is the entry an aligned write holds its range with (reused, its grant bound once).
+ */
+export interface NbdFastRequest {
+  readonly type: number;
+  readonly offset: number;
+  /** The data read into, or the payload written: exactly the request's length. */
+  readonly data: Buffer;
+  readonly lock: { start: number; end: number; exclusive: boolean; granted: boolean; grant(): void };
+  /** Called once with the outcome (never inside submit()). */
+  readonly onDisk: (err: Error | null) => void;
 }
 
 /** An NBD command failed with this NBD error value (reply's error field). */
@@ -59,7 +80,7 @@ const COMMAND_FLAGS: Record<number, number> = {
 };
 
 /** The device error behind a failed block call, as an NBD error value. */
-function nbdErrorOf(err: unknown): number {
+export function nbdErrorOf(err: unknown): number {
   if (err instanceof NbdCommandError) return err.code;
   if (err instanceof BlockIoError && err.status === BlkStatus.UNSUPP) return NbdError.EINVAL;
   return NbdError.EIO;
@@ -112,9 +133,10 @@ export class NbdExport {
    * Check a request before any payload is buffered or any I/O is issued: the NBD error to
    * answer with, or 0. `strictAlignment`: the client agreed to the block size constraints
    * (NBD_OPT_GO with NBD_INFO_BLOCK_SIZE), so an unaligned request is its mistake (EINVAL);
-   * other clients get unaligned requests served by read-modify-write.
+   * other clients get unaligned requests served by read-modify-write. `offset` is the
+   * request's 64-bit offset as a number: exact below 2^53, and beyond any export's size above.
    */
-  validate(type: number, flags: number, offset: bigint, length: number, strictAlignment: boolean): { code: number; why: string } | null {
+  validate(type: number, flags: number, offset: number, length: number, strictAlignment: boolean): { code: number; why: string } | null {
     const allowed = COMMAND_FLAGS[type];
     if (allowed === undefined) return { code: NbdError.EINVAL, why: `unknown command ${type}` };
     if ((flags & ~allowed) !== 0) return { code: NbdError.EINVAL, why: `flags 0x${flags.toString(16)} not valid for this command` };
@@ -130,14 +152,46 @@ export class NbdExport {
     if ((type === NbdCommand.READ || type === NbdCommand.WRITE) && length > this.blockSizes.maximum) {
       return { code: NbdError.EINVAL, why: `length ${length} exceeds the maximum block size ${this.blockSizes.maximum}` };
     }
-    if (offset + BigInt(length) > BigInt(this.size)) {
+    if (offset + length > this.size) {
       const code = type === NbdCommand.WRITE || type === NbdCommand.WRITE_ZEROES ? NbdError.ENOSPC : NbdError.EINVAL;
       return { code, why: `[${offset}, +${length}) is beyond the export size ${this.size}` };
     }
-    if (strictAlignment && (Number(offset) % this.unit !== 0 || length % this.unit !== 0)) {
+    if (strictAlignment && (offset % this.unit !== 0 || length % this.unit !== 0)) {
       return { code: NbdError.EINVAL, why: `offset ${offset} or length ${length} not a multiple of the minimum block size ${this.unit}` };
     }
     return null;
+  }
+
+  /**
+   * The callback path of a validated command, taken when it needs nothing but one disk call: a
+   * READ, or a WRITE without FUA, block-aligned and non-empty, on a disk with
+   * submitRead/submitWrite. Returns false (nothing done) otherwise: run it with execute().
+   * A write holds its range shared in the lock (an unaligned write's read-modify-write of the
+   * same blocks waits for it, and it for one already there) until leaveWrite().
+   */
+  submit(req: NbdFastRequest, flags: number): boolean {
+    const length = req.data.length;
+    if (length === 0 || req.offset % this.unit !== 0 || length % this.unit !== 0) return false;
+    if (req.type === NbdCommand.READ) {
+      if (!this.disk.submitRead) return false;
+      this.disk.submitRead(req.offset, req.data, req.onDisk);
+      return true;
+    }
+    if (req.type !== NbdCommand.WRITE || !this.disk.submitWrite || (flags & NbdCommandFlag.FUA) !== 0) return false;
+    req.lock.start = req.offset;
+    req.lock.end = req.offset + length;
+    if (this.lock.enter(req.lock)) this.writeGranted(req);
+    return true;
+  }
+
+  /** A write's range is granted (at once, or by the lock's grant()): issue it. */
+  writeGranted(req: NbdFastRequest): void {
+    this.disk.submitWrite!(req.offset, req.data, req.onDisk);
+  }
+
+  /** A write issued by submit() has ended: its range goes back to the lock. */
+  leaveWrite(req: NbdFastRequest): void {
+    this.lock.leave(req.lock);
   }
 
   /** Run a validated command; resolves with the read data (READ) or null, rejects with the NBD error. */

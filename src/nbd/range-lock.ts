@@ -13,58 +13,78 @@
  *
  * The number of entries is bounded by the requests in flight (capped per connection).
  */
-interface Entry {
+export interface LockEntry {
   readonly start: number;
   readonly end: number;
   readonly exclusive: boolean;
   granted: boolean;
-  readonly grant: () => void;
+  /** Called once the range may be used (never inside enter()). */
+  grant(): void;
 }
 
 export type Release = () => void;
 
 export class RangeLock {
-  private readonly entries: Entry[] = [];
+  private readonly entries: LockEntry[] = [];
 
   get size(): number {
     return this.entries.length;
   }
 
+  /**
+   * The callback form, for callers that reuse one entry per request (no allocation): true when
+   * the range is granted at once (grant() is then not called), else grant() runs later.
+   * `entry.start`, `end` and `exclusive` must not change until leave(entry).
+   */
+  enter(entry: LockEntry): boolean {
+    entry.granted = false;
+    this.entries.push(entry);
+    if (this.blocked(this.entries.length - 1)) return false;
+    entry.granted = true;
+    return true;
+  }
+
+  /** The holder (or waiter) is done with its range; later entries it held up are granted. */
+  leave(entry: LockEntry): void {
+    const i = this.entries.indexOf(entry);
+    if (i < 0) return;
+    // By hand rather than splice, which returns a new array of what it removed.
+    for (let k = i; k < this.entries.length - 1; k++) this.entries[k] = this.entries[k + 1]!;
+    this.entries.pop();
+    this.dispatch();
+  }
+
   /** Resolves when [start, end) may be used; call the returned function when done. */
   acquire(start: number, end: number, exclusive: boolean): Promise<Release> {
     return new Promise((resolve) => {
-      const entry: Entry = {
+      const entry: LockEntry = {
         start,
         end,
         exclusive,
         granted: false,
-        grant: () => resolve(() => this.release(entry)),
+        grant: () => resolve(() => this.leave(entry)),
       };
-      this.entries.push(entry);
-      this.dispatch();
+      if (this.enter(entry)) entry.grant();
     });
   }
 
-  private release(entry: Entry): void {
-    const i = this.entries.indexOf(entry);
-    if (i >= 0) this.entries.splice(i, 1);
-    this.dispatch();
+  /** Whether an earlier overlapping entry conflicts with entries[i]. */
+  private blocked(i: number): boolean {
+    const e = this.entries[i]!;
+    for (let j = 0; j < i; j++) {
+      const earlier = this.entries[j]!;
+      if (earlier.start < e.end && e.start < earlier.end && (earlier.exclusive || e.exclusive)) return true;
+    }
+    return false;
   }
 
   /** Grant every waiting entry that no earlier overlapping entry conflicts with. */
   private dispatch(): void {
     for (let i = 0; i < this.entries.length; i++) {
       const e = this.entries[i]!;
-      if (e.granted) continue;
-      let blocked = false;
-      for (let j = 0; j < i && !blocked; j++) {
-        const earlier = this.entries[j]!;
-        blocked = earlier.start < e.end && e.start < earlier.end && (earlier.exclusive || e.exclusive);
-      }
-      if (!blocked) {
-        e.granted = true;
-        e.grant();
-      }
+      if (e.granted || this.blocked(i)) continue;
+      e.granted = true;
+      e.grant();
     }
   }
 }
