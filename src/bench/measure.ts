@@ -7,7 +7,7 @@ import { openNvmeof, runPerftestBandwidth, runPerftestLatency } from './keyed-an
 import { profileSelf } from './profiler.js';
 import type { ProgressLine } from './progress-line.js';
 import { roundOrder } from './rounds.js';
-import { SystemUnavailable, openNbdkit, openVofNbd, runIperf3, type AnchorContext } from './stream-anchors.js';
+import { SystemUnavailable, openNbdkit, openNbdkitMemory, openVofNbd, runIperf3, type AnchorContext } from './stream-anchors.js';
 import type { BenchRun, Environment, SkippedSystem, Workload } from './types.js';
 import { runVofWorkload } from './vof-workload.js';
 import { workloadLabel } from './workloads.js';
@@ -44,6 +44,8 @@ export interface Measured {
 }
 
 const TVQN = 'bench';
+const NULL_TVQN = 'bench-null';
+const NBDSRC_TVQN = 'bench-nbdsrc';
 
 /** A raw-transport ceiling (iperf3, perftest): one pass per round, not per workload. */
 interface CeilingSystem {
@@ -90,6 +92,9 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
   };
 
   let target: StartedTarget | null = null;
+  let nbdSource: { port: number; stop: () => Promise<void> } | null = null;
+  /** The started target's tcp:// address (no TVQN), or null with --target. */
+  let base: string | null = null;
   let controlPath: string | null = null;
   const urls: { tcp: string | null; rdma: string | null } = { tcp: null, rdma: null };
   if (o.targetUrl) {
@@ -99,13 +104,21 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     const listen = ['--control', controlPath, '--listen', 'tcp://127.0.0.1:0', ...(o.rdma ? ['--listen', `rdma://${o.rdma.addr}:0`] : [])];
     const nodeArgs = o.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', o.cpuProfDir, '--cpu-prof-name', `target-${env}-${process.pid}.cpuprofile`] : [];
     if (o.cpuProfDir) mkdirSync(o.cpuProfDir, { recursive: true });
-    target = await startTarget([...listen, '--blk', `${TVQN}=${o.image}`, '--queues', String(o.queues), '--log', 'warn', ...(o.fileIo ? ['--file-io', o.fileIo] : [])], {
+    // Beside the image: the null device (the fabric path with no storage), and with anchors on
+    // the host an NBD source (nbdkit's memory plugin) to measure the cost of that extra hop.
+    const extra = ['--blk', `${NULL_TVQN}=null:${o.sizeBytes}`];
+    if (o.anchors && env === 'host') {
+      nbdSource = await attempt('vof-nbdsrc', () => openNbdkitMemory(o.sizeBytes));
+      if (nbdSource) extra.push('--blk', `${NBDSRC_TVQN}=nbd://127.0.0.1:${nbdSource.port}/`);
+    }
+    target = await startTarget([...listen, '--blk', `${TVQN}=${o.image}`, ...extra, '--queues', String(o.queues), '--log', 'warn', ...(o.fileIo ? ['--file-io', o.fileIo] : [])], {
       lines: o.rdma ? 2 : 1,
       stderr: 'inherit',
       timeoutMs: env === 'vm' ? 180_000 : 30_000,
       nodeArgs,
     });
     for (const u of target.urls) urls[u.startsWith('rdma:') ? 'rdma' : 'tcp'] = `${u}/${TVQN}`;
+    base = target.urls.find((u) => u.startsWith('tcp:')) ?? null;
   }
   const targetPid = target?.child.pid ?? null;
   const ctx: AnchorContext = { environment: env, rampSec: o.rampSec, timeSec: o.timeSec, sizeBytes: o.sizeBytes, progress: o.progress };
@@ -136,6 +149,10 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     }
     if (urls.tcp) await open('vof-tcp', () => vofSystem('vof-tcp', urls.tcp!));
     else skip('vof-tcp', 'the --target URL is not tcp://');
+    if (base) {
+      if (nbdSource) await open('vof-nbdsrc', () => vofSystem('vof-nbdsrc', `${base}/${NBDSRC_TVQN}`));
+      await open('vof-null', () => vofSystem('vof-null', `${base}/${NULL_TVQN}`));
+    }
     if (o.nbd) {
       const url = urls.tcp ?? urls.rdma!;
       await open('vof-nbd', () => openVofNbd(ctx, VOF_CLI, url, join(o.image, '..', `nbd-${process.pid}.sock`), targetPid));
@@ -171,6 +188,7 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
   } finally {
     for (const system of systems) await system.close().catch(() => undefined);
     await target?.stop();
+    await nbdSource?.stop();
   }
   return { runs, skipped, failures };
 }

@@ -5,6 +5,8 @@ import { sameWorkload, workloadLabel } from './workloads.js';
 
 const CEILINGS = new Set(['iperf3', 'perftest']);
 const isVof = (system: string) => system.startsWith('vof-');
+/** vof systems compared with vof-tcp: RDMA, and TCP with an NBD source or the null device behind the target. */
+const VOF_VARIANTS = new Set(['vof-rdma', 'vof-nbdsrc', 'vof-null']);
 
 /**
  * vof against every anchor measured in the same environment: the same workload (block anchors,
@@ -26,8 +28,9 @@ export function computeRatios(runs: readonly BenchRun[]): Ratio[] {
         continue;
       }
       if (!sameWorkload(a.workload, v.workload)) continue;
-      // vof systems against each other only as keyed ÷ stream.
-      if (isVof(a.system) && !(v.system === 'vof-rdma' && a.system === 'vof-tcp')) continue;
+      // vof systems against each other only as keyed ÷ stream, and the same TCP path over other
+      // storage ÷ over the file (vof-nbdsrc: the NBD hop's cost; vof-null: no storage at all).
+      if (isVof(a.system) && !(a.system === 'vof-tcp' && VOF_VARIANTS.has(v.system))) continue;
       pairs.push({ kind: 'same-workload', v, a });
     }
   }

@@ -28,6 +28,22 @@ export async function openNbdkit(ctx: AnchorContext, image: string): Promise<Blo
   return fioSystem({ ...ctx, system: 'nbdkit', engine: ['--ioengine=nbd', `--uri=nbd://127.0.0.1:${port}/`], target: { pid: nbdkit.pid } }, () => nbdkit.stop());
 }
 
+/**
+ * nbdkit's memory plugin on TCP loopback, as the NBD source of a vof target (vof-nbdsrc): the
+ * storage costs next to nothing, so what vof-nbdsrc adds over vof-tcp is the NBD hop.
+ */
+export async function openNbdkitMemory(sizeBytes: number): Promise<{ port: number; stop: () => Promise<void> }> {
+  const port = await freePort();
+  const nbdkit = startDaemon('nbdkit', ['--foreground', '--ipaddr', '127.0.0.1', '--port', String(port), 'memory', `size=${sizeBytes}`]);
+  try {
+    await waitFor(`nbdkit memory on port ${port} (${nbdkit.stderr().trim()})`, () => accepting(port));
+  } catch (err) {
+    await nbdkit.stop();
+    throw err;
+  }
+  return { port, stop: () => nbdkit.stop() };
+}
+
 /** A system that cannot run here (not a failure): reported as skipped with this reason. */
 export class SystemUnavailable extends Error {}
 
