@@ -174,5 +174,8 @@ describe('bench workload matrix and ratios', () => {
     expect(ratios.filter((r) => r.environment === 'host')).toHaveLength(1);
     expect(ratios.find((r) => r.system === 'vof-rdma' && r.anchor === 'vof-tcp')).toMatchObject({ iops: 1.5, p99: 0.75 });
     expect(ratios.find((r) => r.system === 'vof-tcp' && r.anchor === 'nvmeof-tcp' && r.environment === 'vm')?.iops).toBe(2);
+    // The storage variants against the same transport over the file export; never against each other.
+    const variants = computeRatios([run('vof-tcp', 'vm', 100, 4), run('vof-rdma', 'vm', 200, 2), run('vof-null', 'vm', 400, 1), run('vof-nbdsrc', 'vm', 50, 8), run('vof-null-rdma', 'vm', 800, 1)]);
+    expect(variants.map((r) => `${r.system}÷${r.anchor}=${r.iops}`).sort()).toEqual(['vof-nbdsrc÷vof-tcp=0.5', 'vof-null-rdma÷vof-rdma=4', 'vof-null÷vof-tcp=4', 'vof-rdma÷vof-tcp=2']);
   });
 });

@@ -95,6 +95,7 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
   let nbdSource: { port: number; stop: () => Promise<void> } | null = null;
   /** The started target's tcp:// address (no TVQN), or null with --target. */
   let base: string | null = null;
+  let rdmaBase: string | null = null;
   let controlPath: string | null = null;
   const urls: { tcp: string | null; rdma: string | null } = { tcp: null, rdma: null };
   if (o.targetUrl) {
@@ -119,6 +120,7 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     });
     for (const u of target.urls) urls[u.startsWith('rdma:') ? 'rdma' : 'tcp'] = `${u}/${TVQN}`;
     base = target.urls.find((u) => u.startsWith('tcp:')) ?? null;
+    rdmaBase = target.urls.find((u) => u.startsWith('rdma:')) ?? null;
   }
   const targetPid = target?.child.pid ?? null;
   const ctx: AnchorContext = { environment: env, rampSec: o.rampSec, timeSec: o.timeSec, sizeBytes: o.sizeBytes, progress: o.progress };
@@ -153,6 +155,7 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
       if (nbdSource) await open('vof-nbdsrc', () => vofSystem('vof-nbdsrc', `${base}/${NBDSRC_TVQN}`));
       await open('vof-null', () => vofSystem('vof-null', `${base}/${NULL_TVQN}`));
     }
+    if (rdmaBase) await open('vof-null-rdma', () => vofSystem('vof-null-rdma', `${rdmaBase}/${NULL_TVQN}`));
     if (o.nbd) {
       const url = urls.tcp ?? urls.rdma!;
       await open('vof-nbd', () => openVofNbd(ctx, VOF_CLI, url, join(o.image, '..', `nbd-${process.pid}.sock`), targetPid));

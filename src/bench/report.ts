@@ -5,8 +5,18 @@ import { sameWorkload, workloadLabel } from './workloads.js';
 
 const CEILINGS = new Set(['iperf3', 'perftest']);
 const isVof = (system: string) => system.startsWith('vof-');
-/** vof systems compared with vof-tcp: RDMA, and TCP with an NBD source or the null device behind the target. */
-const VOF_VARIANTS = new Set(['vof-rdma', 'vof-nbdsrc', 'vof-null']);
+/** vof over RDMA (vof-rdma, vof-null-rdma): its ceiling is perftest, not iperf3. */
+const keyed = (system: string) => system.endsWith('-rdma') && isVof(system);
+/**
+ * vof systems compared with another vof system: RDMA with TCP, and the same transport with an
+ * NBD source or the null device behind the target with the file export.
+ */
+const VOF_VARIANTS = new Map([
+  ['vof-rdma', 'vof-tcp'],
+  ['vof-nbdsrc', 'vof-tcp'],
+  ['vof-null', 'vof-tcp'],
+  ['vof-null-rdma', 'vof-rdma'],
+]);
 
 /**
  * vof against every anchor measured in the same environment: the same workload (block anchors,
@@ -22,15 +32,14 @@ export function computeRatios(runs: readonly BenchRun[]): Ratio[] {
       if (a === v || a.environment !== v.environment || a.round !== v.round) continue;
       if (CEILINGS.has(a.system)) {
         const fits =
-          (a.system === 'iperf3' && v.system !== 'vof-rdma') ||
-          (a.system === 'perftest' && v.system === 'vof-rdma' && a.workload.rw === (v.workload.rw.endsWith('read') ? 'rdma-write' : 'rdma-read'));
+          (a.system === 'iperf3' && !keyed(v.system)) ||
+          (a.system === 'perftest' && keyed(v.system) && a.workload.rw === (v.workload.rw.endsWith('read') ? 'rdma-write' : 'rdma-read'));
         if (fits) pairs.push({ kind: 'ceiling', v, a });
         continue;
       }
       if (!sameWorkload(a.workload, v.workload)) continue;
-      // vof systems against each other only as keyed ÷ stream, and the same TCP path over other
-      // storage ÷ over the file (vof-nbdsrc: the NBD hop's cost; vof-null: no storage at all).
-      if (isVof(a.system) && !(a.system === 'vof-tcp' && VOF_VARIANTS.has(v.system))) continue;
+      // vof systems against each other only as VOF_VARIANTS pairs.
+      if (isVof(a.system) && VOF_VARIANTS.get(v.system) !== a.system) continue;
       pairs.push({ kind: 'same-workload', v, a });
     }
   }

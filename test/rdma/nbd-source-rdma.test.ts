@@ -1,0 +1,55 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BlockDevice, createLogger } from '../../src/index.js';
+import { openBlockStorage } from '../../src/devices/blk/open-storage.js';
+import { needs } from '../helpers/deps.js';
+import { pattern } from '../helpers/pattern.js';
+import { TargetFixture } from '../helpers/target-fixture.js';
+import { rdmaAddress } from './rdma-env.js';
+
+/**
+ * An NBD source behind an RDMA target (issue 20): what an initiator writes over rdma:// with
+ * keyed transfers lands in the file nbdkit serves, and reads come back through the same path.
+ */
+const deps = needs('test/rdma/nbd-source-rdma.test.ts (nbdkit behind an RDMA target)', ['nbdkit']);
+
+describe.skipIf(!deps.ok)(`an NBD source over RDMA${deps.skipNote}`, () => {
+  // /dev/shm: the guest's root is 9p, where nbdkit's file plugin and unix sockets are slower.
+  const dir = mkdtempSync('/dev/shm/vof-nbd-source-rdma-');
+  const image = join(dir, 'disk.img');
+  const sock = join(dir, 'nbdkit.sock');
+  let nbdkit: ChildProcess;
+  let fx: TargetFixture;
+  let url: string;
+  beforeAll(async () => {
+    writeFileSync(image, Buffer.alloc(4 * 1024 * 1024));
+    nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, 'file', image], { stdio: 'inherit' });
+    for (let i = 0; i < 400 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
+    fx = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 } });
+    fx.target.addDevice('src', await openBlockStorage(`nbd+unix:///?socket=${sock}`, {}, { connections: 2 }, createLogger('silent')));
+    url = `${await fx.listen(`rdma://${rdmaAddress()}:0`)}/src`;
+  });
+  afterAll(async () => {
+    await fx?.close();
+    nbdkit?.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('writes over rdma:// reach the file behind nbdkit; reads of it come back over rdma://', async () => {
+    const disk = await BlockDevice.open(url, { keepaliveIntervalMs: 0 });
+    try {
+      const data = pattern(512 * 1024, 33);
+      await disk.write(1024 * 1024, data);
+      await disk.flush();
+      expect(readFileSync(image).subarray(1024 * 1024, 1024 * 1024 + data.length).equals(data)).toBe(true);
+      const direct = pattern(64 * 1024, 34);
+      writeFileSync(image, Buffer.concat([direct, readFileSync(image).subarray(direct.length)]));
+      expect((await disk.read(0, direct.length)).equals(direct)).toBe(true);
+      expect((await disk.read(1024 * 1024, data.length)).equals(data)).toBe(true);
+    } finally {
+      await disk.close();
+    }
+  });
+});
