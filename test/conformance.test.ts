@@ -214,7 +214,7 @@ describe('finding 7: writeback belongs to each instance', () => {
     await bringUp(q, bit(VIRTIO_F_VERSION_1) | bit(BlkFeature.CONFIG_WCE));
     const wb = await q.call({ opcode: Opcode.GetConfig, commandId: id(), offset: BlkConfig.writeback, bytes: 1 });
     expect(wb.readBigUInt64LE(8)).toBe(0n);
-    const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
+    const sync = vi.spyOn(FileBlockExport.prototype, 'submitSync');
     const v = await virtqueue(instance);
     blkRequest(v, 1, BlkRequestType.OUT, Buffer.alloc(512, 3));
     expect((await vqCompletion(v))[2][0]).toBe(BlkStatus.OK);

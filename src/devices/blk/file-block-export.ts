@@ -2,11 +2,12 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
-import type { DeviceEventSink, DeviceExport, InstanceLimits, RequestCancel, VirtioDeviceInstance } from '../../target/device.js';
+import type { DeviceEventSink, DeviceExport, DeviceRequest, InstanceLimits, RequestCancel, VirtioDeviceInstance } from '../../target/device.js';
 import { alignmentAddon, allocAligned } from '../../util/aligned-buffer.js';
 import { BlkAdmin, alignedToBlock, readSector } from './blk-admin.js';
 import { DirectFileIo, type DirectIoAlignment } from './direct-file-io.js';
 import { chooseFileIo, defaultFileIoMode, openFileIo, type FileIo, type FileIoBackend, type FileIoMode } from './file-io.js';
+import type { IoDone } from './uring-ring.js';
 import {
   BlkConfig,
   BlkFeature,
@@ -296,8 +297,23 @@ export class FileBlockExport implements DeviceExport {
     return this.io.write(from, offset);
   }
 
+  /** submitSync with a promise: every sync of the export goes through submitSync. */
   sync(): Promise<void> {
-    return this.io.datasync();
+    return new Promise((resolve, reject) => this.submitSync({ ioDone: (err) => (err ? reject(err) : resolve()) }));
+  }
+
+  /** read() of bytes [offset, offset + length) of `into`, without a promise (FileIo.submitRead). */
+  submitRead(into: Buffer, offset: number, length: number, position: number, done: IoDone): void {
+    this.io.submitRead(into, offset, length, position, done);
+  }
+
+  submitWrite(from: Buffer, offset: number, length: number, position: number, done: IoDone): void {
+    this.io.submitWrite(from, offset, length, position, done);
+  }
+
+  /** fdatasync of the backing file (FLUSH, write-through): `done` hears when it is durable. */
+  submitSync(done: IoDone): void {
+    this.io.submitDatasync(done);
   }
 
   /** Zero a range in 1 MiB steps; stops between two steps once `cancel` aborts (and throws). */
@@ -332,6 +348,8 @@ class FileBlockInstance implements VirtioDeviceInstance {
   private readonly ownChanges = new EventEmitter();
   private events: DeviceEventSink | null = null;
   private released = false;
+  /** Request records not in use (at most one per request this instance ever had in flight at once). */
+  private readonly freeOps: BlkOp[] = [];
   readonly admin: BlkAdmin;
 
   constructor(
@@ -405,10 +423,82 @@ class FileBlockInstance implements VirtioDeviceInstance {
     return false;
   }
 
-  /** Fills `writable` in place (data, then the status byte last); resolves to the bytes written. */
+  /** handleRequest of submitRequest: a promise per request, for callers that want one. */
   handleRequest(vq: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number> {
-    // One async function per request, not two: each costs a promise and a suspended frame.
-    return this.runRequest(vq, readable, writable, cancel);
+    return new Promise((resolve, reject) => {
+      this.submitRequest(vq, readable, writable, {
+        get aborted() {
+          return cancel?.aborted ?? false;
+        },
+        throwIfAborted: () => cancel?.throwIfAborted(),
+        deviceDone: resolve,
+        deviceFailed: reject,
+      });
+    });
+  }
+
+  /**
+   * Fills `writable` in place (data, then the status byte last) and reports the bytes written.
+   * Reads, writes and flushes, the per-command path, run on a request record of this instance
+   * reused from command to command (BlkOp), straight on the file's callback entry points: no
+   * promise, closure or subarray per command. The rest (GET_ID, DISCARD, WRITE_ZEROES, unknown
+   * types) goes through otherRequest.
+   */
+  submitRequest(vq: number, readable: Buffer, writable: Buffer, request: DeviceRequest): void {
+    // The status byte is the last device-writable byte; without one there is nothing to say.
+    const inLength = writable.length;
+    if (inLength < 1) return request.deviceDone(0);
+    if (readable.length < REQUEST_HEADER_SIZE) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
+    const type = readable.readUInt32LE(0);
+    const disk = this.disk;
+    if (type === BlkRequestType.IN) {
+      const sector = readSector(readable, 8);
+      const dataIn = inLength - 1;
+      if (!alignedToBlock(sector, dataIn, disk.blockSize) || !disk.inRange(sector, dataIn)) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
+      return disk.submitRead(writable, 0, dataIn, sector * SECTOR_SIZE, this.op(vq, readable, writable, request, BlkStep.LAST));
+    }
+    if (type === BlkRequestType.OUT) {
+      const sector = readSector(readable, 8);
+      const length = readable.length - REQUEST_HEADER_SIZE;
+      if (disk.readOnly) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
+      if (!alignedToBlock(sector, length, disk.blockSize) || !disk.inRange(sector, length)) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
+      const op = this.op(vq, readable, writable, request, this.writeThrough ? BlkStep.WRITE_THEN_SYNC : BlkStep.LAST);
+      return disk.submitWrite(readable, REQUEST_HEADER_SIZE, length, sector * SECTOR_SIZE, op);
+    }
+    if (type === BlkRequestType.FLUSH) {
+      if (disk.readOnly) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.OK, 0));
+      return disk.submitSync(this.op(vq, readable, writable, request, BlkStep.LAST));
+    }
+    this.otherRequest(vq, readable, writable, request).then(
+      (written) => request.deviceDone(written),
+      (err: unknown) => request.deviceFailed(err),
+    );
+  }
+
+  /** A request record from the pool (one is made only when all are in use). */
+  private op(vq: number, readable: Buffer, writable: Buffer, request: DeviceRequest, step: BlkStep): BlkOp {
+    const op = this.freeOps.pop() ?? new BlkOp(this);
+    op.vq = vq;
+    op.readable = readable;
+    op.writable = writable;
+    op.request = request;
+    op.step = step;
+    return op;
+  }
+
+  /** One file operation of `op` has ended: the next one, or the answer (IOERR on any error). */
+  opStepDone(op: BlkOp, err: Error | null): void {
+    if (err === null && op.step === BlkStep.WRITE_THEN_SYNC) {
+      op.step = BlkStep.LAST;
+      return this.disk.submitSync(op);
+    }
+    const { vq, readable, writable, request } = op;
+    op.readable = op.writable = EMPTY;
+    op.request = null;
+    this.freeOps.push(op);
+    // A read fills the data bytes; a write or flush leaves them to answer() to zero.
+    const filled = err === null && readable.readUInt32LE(0) === BlkRequestType.IN ? writable.length - 1 : 0;
+    request!.deviceDone(this.reply(vq, readable, writable, err === null ? BlkStatus.OK : BlkStatus.IOERR, filled));
   }
 
   /** answer(), and a status other than OK goes to the device's error events. */
@@ -422,32 +512,12 @@ class FileBlockInstance implements VirtioDeviceInstance {
     return written;
   }
 
-  private async runRequest(vq: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number> {
-    // The status byte is the last device-writable byte; without one there is nothing to say.
-    const inLength = writable.length;
-    if (inLength < 1) return 0;
-    const dataIn = inLength - 1;
-    if (readable.length < REQUEST_HEADER_SIZE) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
+  /** The request types off the per-command path (the header is there, the status byte too). */
+  private async otherRequest(vq: number, readable: Buffer, writable: Buffer, cancel: RequestCancel): Promise<number> {
+    const dataIn = writable.length - 1;
     const type = readable.readUInt32LE(0);
-    const sector = readSector(readable, 8);
     try {
       switch (type) {
-        case BlkRequestType.IN: {
-          if (!alignedToBlock(sector, dataIn, this.disk.blockSize) || !this.disk.inRange(sector, dataIn)) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
-          await this.disk.read(writable.subarray(0, dataIn), sector * SECTOR_SIZE);
-          return this.reply(vq, readable, writable, BlkStatus.OK, dataIn);
-        }
-        case BlkRequestType.OUT: {
-          const data = readable.subarray(REQUEST_HEADER_SIZE);
-          if (this.disk.readOnly) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
-          if (!alignedToBlock(sector, data.length, this.disk.blockSize) || !this.disk.inRange(sector, data.length)) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
-          await this.disk.write(data, sector * SECTOR_SIZE);
-          if (this.writeThrough) await this.disk.sync();
-          return this.reply(vq, readable, writable, BlkStatus.OK, 0);
-        }
-        case BlkRequestType.FLUSH:
-          if (!this.disk.readOnly) await this.disk.sync();
-          return this.reply(vq, readable, writable, BlkStatus.OK, 0);
         case BlkRequestType.GET_ID:
           // The serial, NUL-padded to 20 bytes (or cut to the room there is).
           return this.reply(vq, readable, writable, BlkStatus.OK, this.disk.serial.copy(writable, 0, 0, Math.min(ID_BYTES, dataIn)));
@@ -488,6 +558,30 @@ class FileBlockInstance implements VirtioDeviceInstance {
     await this.disk.writeZeroes(sector * SECTOR_SIZE, length, cancel);
     if (this.writeThrough) await this.disk.sync();
     return BlkStatus.OK;
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+/** Where a read, write or flush is: one more file operation to go (the write-through sync), or the last. */
+const BlkStep = { LAST: 0, WRITE_THEN_SYNC: 1 } as const;
+type BlkStep = (typeof BlkStep)[keyof typeof BlkStep];
+
+/**
+ * A request of a FileBlockInstance between its file operations (the file's IoDone), kept and
+ * reused by the instance: what the answer needs, and the step it is at.
+ */
+class BlkOp implements IoDone {
+  vq = 0;
+  readable: Buffer = EMPTY;
+  writable: Buffer = EMPTY;
+  request: DeviceRequest | null = null;
+  step: BlkStep = BlkStep.LAST;
+
+  constructor(private readonly instance: FileBlockInstance) {}
+
+  ioDone(err: Error | null): void {
+    this.instance.opStepDone(this, err);
   }
 }
 
