@@ -101,11 +101,11 @@ async function until(what: string, cond: () => boolean, timeoutMs = 10000): Prom
 /** Make every backing-file write slow, and count them: a long WRITE_ZEROES becomes observable. */
 function slowWrites(delayMs = 20): { calls: () => number } {
   let calls = 0;
-  const original = FileBlockExport.prototype.write;
-  vi.spyOn(FileBlockExport.prototype, 'write').mockImplementation(async function (this: FileBlockExport, from: Buffer, offset: number) {
+  const original = FileBlockExport.prototype.submitWrite;
+  // submitWrite: every write of the export passes there (OUT, and WRITE_ZEROES through write()).
+  vi.spyOn(FileBlockExport.prototype, 'submitWrite').mockImplementation(function (this: FileBlockExport, ...args: Parameters<FileBlockExport['submitWrite']>) {
     calls++;
-    await new Promise((r) => setTimeout(r, delayMs));
-    return original.call(this, from, offset);
+    setTimeout(() => original.apply(this, args), delayMs);
   });
   return { calls: () => calls };
 }

@@ -289,17 +289,18 @@ export class FileBlockExport implements DeviceExport {
     return this.io.backend;
   }
 
+  // The promise forms, for callers off the per-command path (WRITE_ZEROES, admin, tests): each
+  // goes through its submit method, so every read, write and sync of the export passes one place.
   read(into: Buffer, offset: number): Promise<void> {
-    return this.io.read(into, offset);
+    return new Promise((resolve, reject) => this.submitRead(into, 0, into.length, offset, promisedIo(resolve, reject)));
   }
 
   write(from: Buffer, offset: number): Promise<void> {
-    return this.io.write(from, offset);
+    return new Promise((resolve, reject) => this.submitWrite(from, 0, from.length, offset, promisedIo(resolve, reject)));
   }
 
-  /** submitSync with a promise: every sync of the export goes through submitSync. */
   sync(): Promise<void> {
-    return new Promise((resolve, reject) => this.submitSync({ ioDone: (err) => (err ? reject(err) : resolve()) }));
+    return new Promise((resolve, reject) => this.submitSync(promisedIo(resolve, reject)));
   }
 
   /** read() of bytes [offset, offset + length) of `into`, without a promise (FileIo.submitRead). */
@@ -341,6 +342,9 @@ class FileBlockInstance implements VirtioDeviceInstance {
   readonly configSize = BlkConfig.SIZE;
   readonly maxRequestBytes = MAX_TRANSFER_BYTES + REQUEST_HEADER_SIZE + SEGMENT_SIZE;
   private negotiated = 0n;
+  /** FLUSH and CONFIG_WCE of `negotiated`, asked per write: as booleans, not a BigInt per test. */
+  private flushNegotiated = false;
+  private wceNegotiated = false;
   /** 1 = writeback, 0 = writethrough; always 0 once features without FLUSH are accepted. */
   writeback = 1;
   /** Changes of this instance's own config (its writeback), added to the disk's generation. */
@@ -403,11 +407,14 @@ class FileBlockInstance implements VirtioDeviceInstance {
   }
   setDriverFeatures(features: bigint): void {
     this.negotiated = features;
+    this.flushNegotiated = (features & bit(BlkFeature.FLUSH)) !== 0n;
+    this.wceNegotiated = (features & bit(BlkFeature.CONFIG_WCE)) !== 0n;
     // virtio-blk: with CONFIG_WCE but not FLUSH negotiated, writeback starts (and stays) 0.
     this.writeback = features & bit(BlkFeature.FLUSH) ? 1 : 0;
   }
   reset(): void {
     this.negotiated = 0n;
+    this.flushNegotiated = this.wceNegotiated = false;
     this.writeback = 1;
   }
   destroy(): void {
@@ -418,8 +425,8 @@ class FileBlockInstance implements VirtioDeviceInstance {
 
   /** Writes reach stable storage before completion unless the driver runs a writeback cache. */
   private get writeThrough(): boolean {
-    if (!(this.negotiated & bit(BlkFeature.FLUSH))) return true;
-    if (this.negotiated & bit(BlkFeature.CONFIG_WCE)) return this.writeback === 0;
+    if (!this.flushNegotiated) return true;
+    if (this.wceNegotiated) return this.writeback === 0;
     return false;
   }
 
@@ -469,6 +476,14 @@ class FileBlockInstance implements VirtioDeviceInstance {
       if (disk.readOnly) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.OK, 0));
       return disk.submitSync(this.op(vq, readable, writable, request, BlkStep.LAST));
     }
+    this.slowRequest(vq, readable, writable, request);
+  }
+
+  /**
+   * otherRequest reported on `request`. A method of its own: closures over `request` in
+   * submitRequest would make V8 allocate a context for every call of it, on the fast path too.
+   */
+  private slowRequest(vq: number, readable: Buffer, writable: Buffer, request: DeviceRequest): void {
     this.otherRequest(vq, readable, writable, request).then(
       (written) => request.deviceDone(written),
       (err: unknown) => request.deviceFailed(err),
@@ -563,6 +578,10 @@ class FileBlockInstance implements VirtioDeviceInstance {
 
 const EMPTY = Buffer.alloc(0);
 
+function promisedIo(resolve: () => void, reject: (err: Error) => void): IoDone {
+  return { ioDone: (err) => (err ? reject(err) : resolve()) };
+}
+
 /** Where a read, write or flush is: one more file operation to go (the write-through sync), or the last. */
 const BlkStep = { LAST: 0, WRITE_THEN_SYNC: 1 } as const;
 type BlkStep = (typeof BlkStep)[keyof typeof BlkStep];
@@ -592,7 +611,9 @@ class BlkOp implements IoDone {
  */
 function answer(writable: Buffer, status: number, filled: number): number {
   const dataIn = writable.length - 1;
-  writable.fill(0, filled, dataIn);
+  // Buffer.fill allocates even for an empty range: a read (filled == dataIn) and a write
+  // (dataIn == 0) skip it.
+  if (filled < dataIn) writable.fill(0, filled, dataIn);
   writable[dataIn] = status;
   return writable.length;
 }

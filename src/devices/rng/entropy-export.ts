@@ -130,15 +130,17 @@ class EntropyInstance implements VirtioDeviceInstance {
    */
   submitRequest(vq: number, readable: Buffer, writable: Buffer, request: DeviceRequest): void {
     const granted = this.bucket.takeNow(writable.length);
-    if (granted < 0) {
-      this.handleRequest(vq, readable, writable).then(
-        (n) => request.deviceDone(n),
-        (err: unknown) => request.deviceFailed(err),
-      );
-      return;
-    }
+    if (granted < 0) return this.waitForTokens(vq, readable, writable, request);
     if (granted > 0) randomFillSync(writable, 0, granted);
     request.deviceDone(granted);
+  }
+
+  /** handleRequest reported on `request` (apart: closures in submitRequest would cost a context per call). */
+  private waitForTokens(vq: number, readable: Buffer, writable: Buffer, request: DeviceRequest): void {
+    this.handleRequest(vq, readable, writable).then(
+      (n) => request.deviceDone(n),
+      (err: unknown) => request.deviceFailed(err),
+    );
   }
 
   destroy(): void {
