@@ -1,6 +1,5 @@
 #include "file_ring.h"
 
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -55,10 +54,6 @@ FileRing::FileRing(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FileRing>(
              io_uring_opcode_supported(probe, IORING_OP_WRITE) && io_uring_opcode_supported(probe, IORING_OP_FSYNC);
   if (probe != nullptr) io_uring_free_probe(probe);
   if (!ops) fail("io_uring probe (READ, WRITE and FSYNC need Linux 5.6 or later)", EOPNOTSUPP);
-  eventFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (eventFd_ < 0) fail("eventfd", errno);
-  err = io_uring_register_eventfd(&ring_, eventFd_);
-  if (err < 0) fail("io_uring_register_eventfd", -err);
   // A round trip through the ring before anyone relies on it (a seccomp filter or a kernel that
   // refuses io_uring_enter shows up here, not at the first disk request).
   io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
@@ -70,8 +65,6 @@ FileRing::FileRing(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FileRing>(
   err = io_uring_peek_cqe(&ring_, &cqe);
   if (err < 0) fail("io_uring_peek_cqe", -err);
   io_uring_cqe_seen(&ring_, cqe);
-  uint64_t counter;
-  (void)!read(eventFd_, &counter, sizeof counter);
 
   slots_ = params.cq_entries;
   buffers_.assign(slots_, nullptr);
@@ -84,7 +77,10 @@ FileRing::FileRing(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FileRing>(
   self.Set("slots", Napi::Number::New(env, slots_));
   onCompletions_ = Napi::Persistent(info[1].As<Napi::Function>());
   poll_ = static_cast<uv_poll_t*>(malloc(sizeof(uv_poll_t)));
-  uv_poll_init(LoopOf(env), poll_, eventFd_);
+  // libuv watches the ring's own descriptor: io_uring reports it readable while the completion
+  // queue holds entries (level-triggered), so a wake costs no read of an eventfd, and the
+  // completions reaped in the check phase leave nothing to wake the loop for.
+  uv_poll_init(LoopOf(env), poll_, ring_.fd);
   poll_->data = this;
   uv_poll_start(poll_, UV_READABLE, &FileRing::OnReadable);
   // Idle, the ring keeps nothing alive: the loop is held only while I/O is in flight.
@@ -143,8 +139,6 @@ void FileRing::Release(bool envEnding) {
     poll_ = nullptr;
   }
   io_uring_queue_exit(&ring_);
-  if (eventFd_ >= 0) close(eventFd_);
-  eventFd_ = -1;
   for (napi_ref& ref : buffers_) {
     if (ref != nullptr) napi_delete_reference(env_, ref);
     ref = nullptr;
@@ -307,11 +301,9 @@ void FileRing::Flush(bool deliver) {
   }
   if (!open_) return;
   // Cached reads complete inside io_uring_enter: the check phase hands them over now rather
-  // than one loop turn later through the eventfd. JS must not run in the prepare phase (entries
-  // it queued there would wait for the next turn while the loop blocks in poll), so only the
-  // check phase does. While it submits and reaps, the eventfd is off (IORING_CQ_EVENTFD_DISABLED):
-  // completions taken here would otherwise still wake the loop once more, for nothing.
-  const bool quiet = deliver && io_uring_cq_eventfd_toggle(&ring_, false) == 0;
+  // than one loop turn later through a wake. JS must not run in the prepare phase (entries it
+  // queued there would wait for the next turn while the loop blocks in poll), so only the check
+  // phase does. What it reaps no longer makes the ring's descriptor readable: no wake follows.
   if (unsubmitted_ > 0) {
     int n = io_uring_submit(&ring_);
     if (n > 0) unsubmitted_ -= std::min<uint32_t>(unsubmitted_, n);
@@ -320,20 +312,16 @@ void FileRing::Flush(bool deliver) {
   }
   if (!deliver) return;
   Deliver();
-  if (quiet && open_) {
-    io_uring_cq_eventfd_toggle(&ring_, true);
-    // A completion posted while the eventfd was off raised no wake: take it now (later ones
-    // raise one as usual).
-    if (io_uring_cq_ready(&ring_) > 0) Deliver();
-  }
 }
 
 void FileRing::OnReadable(uv_poll_t* handle, int status, int) {
   auto* self = static_cast<FileRing*>(handle->data);
   if (status < 0 || !self->open_) return;
-  uint64_t counter;
-  (void)!read(self->eventFd_, &counter, sizeof counter);
   self->wakes_++;
+  // Readable with an empty completion queue: the kernel holds completions back as task work
+  // (or an overflow list); entering with GETEVENTS posts them, else the descriptor stays
+  // readable and the loop would spin.
+  if (io_uring_cq_ready(&self->ring_) == 0) uring::Enter(&self->ring_, 0, 0, IORING_ENTER_GETEVENTS);
   self->Deliver();
 }
 

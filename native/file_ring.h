@@ -17,8 +17,8 @@ namespace vof {
 // `slot` (< this.slots) names the operation; its completion arrives in this.completions, an
 // Int32Array of (slot, result) pairs, through onCompletions(count). Submissions are batched per
 // event-loop turn (submitted in the loop's prepare and check phases); completions are signalled
-// through an eventfd watched by libuv. The Buffer of an operation stays referenced until its
-// completion has been delivered. close(), the destructor and the environment's cleanup hook
+// by the ring's own descriptor, watched by libuv (no eventfd). The Buffer of an operation stays
+// referenced until its completion has been delivered. close(), the destructor and the environment's cleanup hook
 // share one release path; with I/O in flight, close() defers it to the last completion and the
 // cleanup hook (process or worker exit) cancels and waits for what is left.
 class FileRing : public Napi::ObjectWrap<FileRing> {
@@ -56,12 +56,11 @@ class FileRing : public Napi::ObjectWrap<FileRing> {
   bool closing_ = false;
   bool flushArmed_ = false;
   bool cleanupHook_ = false;
-  int eventFd_ = -1;
   uint32_t slots_ = 0;
   uint32_t inFlight_ = 0;
   uint32_t unsubmitted_ = 0;
-  // Times the eventfd woke the loop (tests and stats: completions reaped in the check phase
-  // should not cost one).
+  // Times the ring's descriptor woke the loop (tests and stats: completions reaped in the check
+  // phase should not cost one).
   double wakes_ = 0;
   std::vector<napi_ref> buffers_;  // per slot: the Buffer an operation reads into/writes from
   std::vector<uint8_t> busy_;

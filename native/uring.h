@@ -34,7 +34,7 @@ struct Ring {
   unsigned* cqHead = nullptr;
   unsigned* cqTail = nullptr;
   unsigned cqMask = 0;
-  unsigned* cqFlags = nullptr;  // null before Linux 5.8 (no eventfd toggle)
+  unsigned* cqFlags = nullptr;  // null before Linux 5.8
   io_uring_cqe* cqes = nullptr;
   // Mappings.
   void* sqRing = nullptr;
@@ -169,19 +169,6 @@ inline int io_uring_wait_cqe(Ring* r, io_uring_cqe** cqe) {
     int err = Enter(r, 0, 1, IORING_ENTER_GETEVENTS);
     if (err < 0) return err;
   }
-}
-
-inline int io_uring_register_eventfd(Ring* r, int efd) {
-  return Errno(syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_EVENTFD, &efd, 1));
-}
-
-// Whether the kernel signals the registered eventfd on new completions (Linux 5.8+).
-inline int io_uring_cq_eventfd_toggle(Ring* r, bool enabled) {
-  if (!r->cqFlags) return -EOPNOTSUPP;
-  unsigned flags = __atomic_load_n(r->cqFlags, __ATOMIC_RELAXED);
-  unsigned next = enabled ? flags & ~IORING_CQ_EVENTFD_DISABLED : flags | IORING_CQ_EVENTFD_DISABLED;
-  if (next != flags) __atomic_store_n(r->cqFlags, next, __ATOMIC_RELAXED);
-  return 0;
 }
 
 constexpr unsigned kProbeOps = 256;

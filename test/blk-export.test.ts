@@ -14,6 +14,7 @@ import {
   type VirtioDeviceInstance,
 } from '../src/index.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import type { IoDone } from '../src/devices/blk/uring-ring.js';
 
 const MiB = 1024 * 1024;
 const bit = (b: bigint) => 1n << b;
@@ -76,10 +77,10 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
   const flush = () => encodeRequestHeader(BlkRequestType.FLUSH, 0n);
 
   it('FLUSH fdatasyncs the backing file before it completes', async () => {
-    const { file, io } = rw as unknown as { file: FileHandle; io: { backend: string; datasync(): Promise<void>; fd?: number } };
-    const ioDatasync = vi.spyOn(io, 'datasync');
+    const { file, io } = rw as unknown as { file: FileHandle; io: { backend: string; submitDatasync(done: IoDone): void; fd?: number } };
+    const ioDatasync = vi.spyOn(io, 'submitDatasync');
     const handleDatasync = vi.spyOn(fileHandleProto, 'datasync');
-    const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
+    const sync = vi.spyOn(FileBlockExport.prototype, 'submitSync');
     const inst = instance(rw, BASE | FLUSH);
     const written = await run(inst, flush(), 1);
     expect([...written]).toEqual([0]);
@@ -99,7 +100,7 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
 
   it('FLUSH does not complete until the sync has', async () => {
     let release!: () => void;
-    const sync = vi.spyOn(FileBlockExport.prototype, 'sync').mockImplementation(() => new Promise<void>((r) => (release = r)));
+    const sync = vi.spyOn(FileBlockExport.prototype, 'submitSync').mockImplementation((d) => (release = () => d.ioDone(null)));
     const inst = instance(rw, BASE | FLUSH);
     let done = false;
     const p = run(inst, flush(), 1).then((w) => {
@@ -115,13 +116,13 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
   });
 
   it('a failing sync turns FLUSH into IOERR', async () => {
-    vi.spyOn(FileBlockExport.prototype, 'sync').mockRejectedValue(new Error('EIO'));
+    vi.spyOn(FileBlockExport.prototype, 'submitSync').mockImplementation((d) => d.ioDone(new Error('EIO')));
     const inst = instance(rw, BASE | FLUSH);
     expect(statusOf(await run(inst, flush(), 1))).toBe(1);
   });
 
   it('OUT without VIRTIO_BLK_F_FLUSH negotiated is writethrough: synced before completion', async () => {
-    const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
+    const sync = vi.spyOn(FileBlockExport.prototype, 'submitSync');
     const inst = instance(rw, BASE);
     const data = Buffer.alloc(1024, 0xa1);
     expect(statusOf(await run(inst, out(4n, data), 1))).toBe(0);
@@ -136,7 +137,7 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
   });
 
   it('OUT with FLUSH negotiated runs a writeback cache: no sync until FLUSH', async () => {
-    const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
+    const sync = vi.spyOn(FileBlockExport.prototype, 'submitSync');
     const inst = instance(rw, BASE | FLUSH | WZ);
     expect(statusOf(await run(inst, out(8n, Buffer.alloc(512, 0xb2)), 1))).toBe(0);
     const seg = Buffer.concat([encodeRequestHeader(BlkRequestType.WRITE_ZEROES, 0n), encodeSegment(8n, 1, 0)]);
@@ -147,7 +148,7 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
   });
 
   it('with CONFIG_WCE the writeback field decides: 0 is writethrough, 1 is writeback', async () => {
-    const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
+    const sync = vi.spyOn(FileBlockExport.prototype, 'submitSync');
     const inst = instance(rw, BASE | FLUSH | WCE);
     expect(inst.writeConfig(BlkConfig.writeback, 1, 0n)).toBe(true);
     expect(inst.readConfig(BlkConfig.writeback, 1)).toBe(0n);
@@ -159,14 +160,14 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
   });
 
   it('a failing writethrough sync turns OUT into IOERR', async () => {
-    vi.spyOn(FileBlockExport.prototype, 'sync').mockRejectedValue(new Error('EIO'));
+    vi.spyOn(FileBlockExport.prototype, 'submitSync').mockImplementation((d) => d.ioDone(new Error('EIO')));
     const inst = instance(rw, BASE);
     expect(statusOf(await run(inst, out(16n, Buffer.alloc(512, 1)), 1))).toBe(1);
   });
 
   it('FLUSH on a read-only export succeeds without syncing; OUT is IOERR and writes nothing', async () => {
-    const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
-    const write = vi.spyOn(FileBlockExport.prototype, 'write');
+    const sync = vi.spyOn(FileBlockExport.prototype, 'submitSync');
+    const write = vi.spyOn(FileBlockExport.prototype, 'submitWrite');
     const inst = instance(ro, BASE | FLUSH | bit(BlkFeature.RO));
     expect(statusOf(await run(inst, flush(), 1))).toBe(0);
     expect(statusOf(await run(inst, out(0n, Buffer.alloc(512)), 1))).toBe(1);
@@ -180,7 +181,7 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
     try {
       await t.addDisk('d', MiB);
       const url = await t.listen();
-      const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
+      const sync = vi.spyOn(FileBlockExport.prototype, 'submitSync');
       const d = await BlockDevice.open(`${url}/d`, { keepaliveIntervalMs: 0 });
       try {
         expect(d.device.hasFeature(BlkFeature.FLUSH)).toBe(true);

@@ -101,11 +101,11 @@ async function until(what: string, cond: () => boolean, timeoutMs = 10000): Prom
 /** Make every backing-file write slow, and count them: a long WRITE_ZEROES becomes observable. */
 function slowWrites(delayMs = 20): { calls: () => number } {
   let calls = 0;
-  const original = FileBlockExport.prototype.write;
-  vi.spyOn(FileBlockExport.prototype, 'write').mockImplementation(async function (this: FileBlockExport, from: Buffer, offset: number) {
+  const original = FileBlockExport.prototype.submitWrite;
+  // submitWrite: every write of the export passes there (OUT, and WRITE_ZEROES through write()).
+  vi.spyOn(FileBlockExport.prototype, 'submitWrite').mockImplementation(function (this: FileBlockExport, ...args: Parameters<FileBlockExport['submitWrite']>) {
     calls++;
-    await new Promise((r) => setTimeout(r, delayMs));
-    return original.call(this, from, offset);
+    setTimeout(() => original.apply(this, args), delayMs);
   });
   return { calls: () => calls };
 }
@@ -214,7 +214,7 @@ describe('finding 7: writeback belongs to each instance', () => {
     await bringUp(q, bit(VIRTIO_F_VERSION_1) | bit(BlkFeature.CONFIG_WCE));
     const wb = await q.call({ opcode: Opcode.GetConfig, commandId: id(), offset: BlkConfig.writeback, bytes: 1 });
     expect(wb.readBigUInt64LE(8)).toBe(0n);
-    const sync = vi.spyOn(FileBlockExport.prototype, 'sync');
+    const sync = vi.spyOn(FileBlockExport.prototype, 'submitSync');
     const v = await virtqueue(instance);
     blkRequest(v, 1, BlkRequestType.OUT, Buffer.alloc(512, 3));
     expect((await vqCompletion(v))[2][0]).toBe(BlkStatus.OK);

@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { BlkRequestType, BlockDevice, FileBlockExport, Status, silentLogger, type RequestCancel } from '../src/index.js';
+import type { DeviceRequest } from '../src/target/device.js';
 import { encodeBareCompletion } from '../src/protocol/completion.js';
 import type { DeviceInstance } from '../src/target/device-instance.js';
 import { TargetRequest, type CompletionSink, type RequestSteps } from '../src/target/target-request.js';
@@ -196,6 +197,53 @@ describe('request slots on a live queue', () => {
       expect(await held).toMatch(/ESTATUS/);
       expect(vq!.inFlightCount).toBe(0);
       hold = false;
+      await d.write(0, Buffer.alloc(4096, 2));
+      expect((await d.read(0, 4096)).equals(Buffer.alloc(4096, 2))).toBe(true);
+      expect(vq!.slotsMade).toBeLessThanOrEqual(2);
+    } finally {
+      await d.close();
+    }
+  });
+
+  it('a device on the callback entry point (submitRequest) that holds a command: cancelled, it reports (twice, even) and the command is ESTATUS once; the slot serves the next', async () => {
+    fx = new TargetFixture();
+    const path = await fx.addDisk('plain', 1 << 20);
+    const real = await FileBlockExport.open(path);
+    let hold = true;
+    let reports = 0;
+    fx.target.addDevice(
+      'd',
+      withInstanceOverrides(real, 'holding', (inner) => ({
+        // Cancellation is a state the device looks at: here it waits for it, then reports the
+        // request done (as a device that finished anyway would), and reports it again (a bug
+        // the slot must ignore: the second report would otherwise end the slot's next command).
+        submitRequest: (vq: number, readable: Buffer, writable: Buffer, request: DeviceRequest) => {
+          if (hold && readable.readUInt32LE(0) === BlkRequestType.OUT) {
+            void request.whenAborted!().then(() => {
+              reports++;
+              writable[writable.length - 1] = 0;
+              request.deviceDone(writable.length);
+              request.deviceDone(writable.length);
+            });
+            return;
+          }
+          inner.submitRequest!(vq, readable, writable, request);
+        },
+      })),
+    );
+    await fx.listen();
+    const d = await BlockDevice.open(`${fx.url}/d`, { log: silentLogger, keepaliveIntervalMs: 0, maxQueues: 1 });
+    try {
+      const held = d.write(0, Buffer.alloc(4096, 1)).then(() => 'ok', (e: Error) => e.message);
+      await new Promise((r) => setTimeout(r, 100));
+      const [vq] = sessionsOf(fx);
+      expect(vq!.inFlightCount).toBe(1);
+      await vq!.cancelAll('test reset');
+      expect(reports).toBe(1);
+      expect(await held).toMatch(/ESTATUS/);
+      expect(vq!.inFlightCount).toBe(0);
+      hold = false;
+      // No device fault was recorded (that would make the next commands ESTATUS too).
       await d.write(0, Buffer.alloc(4096, 2));
       expect((await d.read(0, 4096)).equals(Buffer.alloc(4096, 2))).toBe(true);
       expect(vq!.slotsMade).toBeLessThanOrEqual(2);

@@ -32,6 +32,8 @@ function withHandleRequest(real: FileBlockExport, description: string, wrap: (or
       return new Proxy(inner, {
         get(t, k) {
           if (k === 'handleRequest') return handleRequest;
+          // The target prefers submitRequest: hide it so the wrapped handleRequest is called.
+          if (k === 'submitRequest') return undefined;
           const v: unknown = Reflect.get(t, k, t);
           return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
         },

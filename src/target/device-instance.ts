@@ -10,7 +10,7 @@ import { quotePeerString } from '../util/escape.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { ADMIN_MAX_REQUEST_BYTES, ADMIN_QUEUE_SIZE, type InstanceAdmin } from '../admin/instance-admin.js';
 import type { Logger } from '../util/log.js';
-import type { RequestCancel, VirtioDeviceInstance } from './device.js';
+import type { DeviceRequest, RequestCancel, VirtioDeviceInstance } from './device.js';
 import {
   FEATURE_WINDOWS,
   featureWindow,
@@ -18,6 +18,12 @@ import {
   withFeatureWindow,
 } from './device-status.js';
 import type { QueueSession } from './queue-session.js';
+
+/** A request slot's deviceDone and deviceFailed bound once, for devices that answer with a promise. */
+export interface DeviceRequestCallbacks {
+  readonly onExecuted: (written: number) => void;
+  readonly onExecuteFailed: (err: unknown) => void;
+}
 import { VOF_F_INLINE_DATA } from '../protocol/inline-data.js';
 import { VOF_F_REMOTE_INVALIDATE } from '../protocol/remote-invalidation.js';
 import { VOF_F_AUTH } from '../protocol/auth.js';
@@ -339,6 +345,16 @@ export class DeviceInstance {
       return vqIndex === this.adminQueueIndex && this.admin ? this.admin.handleRequest(vqIndex, readable, writable) : Promise.resolve(0);
     }
     return this.device.handleRequest(vqIndex, readable, writable, cancel);
+  }
+
+  /**
+   * handleRequest with the end reported on `request` (DeviceRequest): the device's own
+   * submitRequest where it has one, else its promise adapted (the admin queue's too).
+   */
+  submitRequest(vqIndex: number, readable: Buffer, writable: Buffer, request: DeviceRequest & DeviceRequestCallbacks): void {
+    const device = this.device;
+    if (vqIndex < device.numQueues && device.submitRequest) return device.submitRequest(vqIndex, readable, writable, request);
+    this.handleRequest(vqIndex, readable, writable, request).then(request.onExecuted, request.onExecuteFailed);
   }
 
   /** Tear down: virtqueue connections close, the device model is released. Idempotent. */

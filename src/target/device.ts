@@ -31,6 +31,19 @@ export interface RequestCancel {
 }
 
 /**
+ * A request handed to a device through submitRequest, as the device sees it: its cancellation
+ * and where its end is reported. The target's request slot is this object, reused for the
+ * queue's next commands, so a device reports the end of a request exactly once (deviceDone or
+ * deviceFailed) and then forgets the object.
+ */
+export interface DeviceRequest extends RequestCancel {
+  /** The request ended: `written` bytes of its writable buffer hold what the driver gets. */
+  deviceDone(written: number): void;
+  /** The device could not run the request at all (a fault; block errors are a status byte). */
+  deviceFailed(err: unknown): void;
+}
+
+/**
  * What the target needs from a virtio device model. A DeviceExport is registered under a TVQN;
  * every control-queue Connect to it creates one VirtioDeviceInstance.
  */
@@ -74,6 +87,13 @@ export interface VirtioDeviceInstance {
    * all three serve the queue's next command.
    */
   handleRequest(vqIndex: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number>;
+  /**
+   * handleRequest without a promise, the entry point the target uses when a device has it: the
+   * same buffers and rules, and the end is reported on `request` (deviceDone with the bytes
+   * written, or deviceFailed), once, possibly before this call returns. A device that keeps
+   * its per-request state in objects it reuses allocates nothing per request this way.
+   */
+  submitRequest?(vqIndex: number, readable: Buffer, writable: Buffer, request: DeviceRequest): void;
   /** The instance is gone; no more calls follow. */
   destroy(): void;
   /** Admin Virtqueue support; absent: the device offers no VIRTIO_F_ADMIN_VQ. */

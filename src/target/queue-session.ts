@@ -656,21 +656,28 @@ export class QueueSession {
   }
 
   /**
-   * Hand the buffers to the device; its promise moves the slot on (onExecuted / onExecuteFailed,
-   * which end it). Answered at once (void) when the device is not called or throws.
+   * Hand the buffers to the device; its report moves the slot on (deviceDone / deviceFailed,
+   * which end it), possibly before submitRequest returns. Answered at once (void) when the
+   * device is not called or throws.
    */
   private execute(req: TargetRequest, readable: Buffer, writable: Buffer): Dispatched {
     // Reset or teardown while the buffers were on their way: the device never sees them.
     if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, req.commandId, 0));
     req.readable = readable;
     req.writable = writable;
-    let running: Promise<number>;
+    req.executing = true;
     try {
-      running = req.instance!.handleRequest(req.vqIndex, readable, writable, req);
+      req.instance!.submitRequest(req.vqIndex, readable, writable, req);
     } catch (err) {
+      // A device that threw after reporting the end has already moved the slot on (it may be
+      // free again): a bug of the device's, logged, and nothing more done to the slot.
+      if (!req.executing) {
+        this.steps.dispatchFailed(req, err);
+        return FINISHES_ITSELF;
+      }
+      req.executing = false;
       return this.executeFailed(req, err);
     }
-    running.then(req.onExecuted, req.onExecuteFailed);
     return FINISHES_ITSELF;
   }
 

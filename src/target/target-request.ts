@@ -2,7 +2,7 @@ import { Status } from '../protocol/constants.js';
 import { COMPLETION_SIZE } from '../protocol/constants.js';
 import { encodeBareCompletion } from '../protocol/completion.js';
 import type { VqRequestData } from '../transport/transport.js';
-import type { RequestCancel } from './device.js';
+import type { DeviceRequest } from './device.js';
 import type { DeviceInstance } from './device-instance.js';
 
 /** Where a request's completion goes: its queue's connection, while the queue is open. */
@@ -65,7 +65,7 @@ export type RequestState = 'free' | 'running' | 'completed';
  * steps (the slot is the device's RequestCancel); a cancelled command never completes SUCCESS
  * (virtio 1.x 2.4.1: once a reset completes, the device does not touch the queues any more).
  */
-export class TargetRequest implements RequestCancel {
+export class TargetRequest implements DeviceRequest {
   commandId = 0;
   opcode = 0;
   /** VQ commands: the transport's buffers of this command. */
@@ -89,6 +89,11 @@ export class TargetRequest implements RequestCancel {
   writable: Buffer | null = null;
   /** Bytes the device wrote, once it has finished. */
   written = 0;
+  /**
+   * The device holds the command (from submitRequest until its deviceDone or deviceFailed):
+   * a second report, or one for a command the slot no longer serves, is ignored.
+   */
+  executing = false;
   /** The slot's VQ completion, encoded in place for each command (it stays valid until the slot is free). */
   readonly completion = Buffer.alloc(COMPLETION_SIZE);
 
@@ -107,31 +112,15 @@ export class TargetRequest implements RequestCancel {
 
   constructor(
     private readonly sink: CompletionSink,
-    steps: RequestSteps,
+    private readonly steps: RequestSteps,
   ) {
     this.onDispatched = () => this.finish();
     this.onDispatchFailed = (err) => {
       steps.dispatchFailed(this, err);
       this.finish();
     };
-    // A step that throws is a bug, handled as a dispatch that threw (logged, slot released).
-    this.onExecuted = (written) => {
-      let sending = false;
-      try {
-        sending = steps.executed(this, written);
-      } catch (err) {
-        steps.dispatchFailed(this, err);
-      }
-      if (!sending) this.finish();
-    };
-    this.onExecuteFailed = (err) => {
-      try {
-        steps.executeFailed(this, err);
-      } catch (e) {
-        steps.dispatchFailed(this, e);
-      }
-      this.finish();
-    };
+    this.onExecuted = (written) => this.deviceDone(written);
+    this.onExecuteFailed = (err) => this.deviceFailed(err);
     this.onSent = (err) => {
       try {
         if (err) steps.completeFailed(this, err);
@@ -141,6 +130,31 @@ export class TargetRequest implements RequestCancel {
       }
       this.finish();
     };
+  }
+
+  // DeviceRequest: the device's report moves the command on (a step that throws is a bug,
+  // handled as a dispatch that threw: logged, slot released).
+  deviceDone(written: number): void {
+    if (!this.executing) return;
+    this.executing = false;
+    let sending = false;
+    try {
+      sending = this.steps.executed(this, written);
+    } catch (err) {
+      this.steps.dispatchFailed(this, err);
+    }
+    if (!sending) this.finish();
+  }
+
+  deviceFailed(err: unknown): void {
+    if (!this.executing) return;
+    this.executing = false;
+    try {
+      this.steps.executeFailed(this, err);
+    } catch (e) {
+      this.steps.dispatchFailed(this, e);
+    }
+    this.finish();
   }
 
   /** Take the slot for a command (it must be free). */
@@ -159,6 +173,7 @@ export class TargetRequest implements RequestCancel {
     this.readable = null;
     this.writable = null;
     this.written = 0;
+    this.executing = false;
   }
 
   get state(): RequestState {
@@ -243,6 +258,7 @@ export class TargetRequest implements RequestCancel {
     if (this.stateValue === 'free') return;
     const data = this.data;
     this.stateValue = 'free';
+    this.executing = false;
     this.data = null;
     // Nothing of the command outlives it on the slot (the buffers may be pooled elsewhere).
     this.instance = null;

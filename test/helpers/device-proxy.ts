@@ -19,6 +19,9 @@ export function withInstanceOverrides(
       return new Proxy(inner, {
         get(t, k) {
           if (k in replaced) return replaced[k];
+          // A replaced handleRequest is what the target must call: the real submitRequest
+          // (which the target prefers) is hidden unless it is replaced too.
+          if (k === 'submitRequest' && 'handleRequest' in replaced) return undefined;
           const v: unknown = Reflect.get(t, k, t);
           return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(t) : v;
         },

@@ -9,14 +9,26 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { FileBlockExport, VofTarget, silentLogger } from '../../dist/index.js';
 import { HeapWindow } from '../../dist/bench/per-io.js';
 
-const { size } = workerData;
+// backing 'file': the file export itself serves the requests (its io_uring or libuv path, the
+// page cache), with the same image; else the in-memory disk below.
+const { size, backing = 'memory' } = workerData;
 const dir = mkdtempSync(join(tmpdir(), 'vof-memtarget-'));
 const path = join(dir, 'disk.img');
-writeFileSync(path, Buffer.alloc(size));
 // Every 4 KiB block starts with its own byte offset, so a read can check what it got.
 const image = Buffer.alloc(size);
 for (let i = 0; i < size; i += 4096) image.writeUInt32LE(i, i);
+writeFileSync(path, backing === 'file' ? image : Buffer.alloc(size));
 const real = await FileBlockExport.open(path);
+
+/** A read answered from `image` (the bytes written), or -1 for anything else. */
+function fromImage(readable, writable) {
+  if (readable.length < 16 || writable.length < 1 || readable.readUInt32LE(0) !== 0) return -1;
+  const at = (readable.readUInt32LE(8) + readable.readUInt32LE(12) * 2 ** 32) * 512;
+  if (at + writable.length - 1 > image.length) return -1;
+  image.copy(writable, 0, at, at + writable.length - 1);
+  writable[writable.length - 1] = 0;
+  return writable.length;
+}
 
 /** The file disk's config space, features and queues; reads and writes served from `image`. */
 const memoryDisk = {
@@ -41,22 +53,21 @@ const memoryDisk = {
       reset: () => inner.reset(),
       destroy: () => inner.destroy(),
       handleRequest(vq, readable, writable, cancel) {
-        if (readable.length < 16 || writable.length < 1) return inner.handleRequest(vq, readable, writable, cancel);
-        const type = readable.readUInt32LE(0);
-        const at = (readable.readUInt32LE(8) + readable.readUInt32LE(12) * 2 ** 32) * 512;
-        if (type === 0 && at + writable.length - 1 <= image.length) {
-          image.copy(writable, 0, at, at + writable.length - 1);
-          writable[writable.length - 1] = 0;
-          return Promise.resolve(writable.length);
-        }
-        return inner.handleRequest(vq, readable, writable, cancel);
+        const n = fromImage(readable, writable);
+        return n < 0 ? inner.handleRequest(vq, readable, writable, cancel) : Promise.resolve(n);
+      },
+      // The target's entry point when a device has it: answered in this call, nothing allocated.
+      submitRequest(vq, readable, writable, request) {
+        const n = fromImage(readable, writable);
+        if (n < 0) inner.submitRequest(vq, readable, writable, request);
+        else request.deviceDone(n);
       },
     };
   },
 };
 
 const target = new VofTarget({ log: silentLogger });
-target.addDevice('mem', memoryDisk);
+target.addDevice('mem', backing === 'file' ? real : memoryDisk);
 const url = await target.listen('tcp://127.0.0.1:0');
 const heap = new HeapWindow();
 parentPort.on('message', async (m) => {

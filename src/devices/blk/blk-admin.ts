@@ -134,5 +134,8 @@ export function alignedToBlock(sector: number, length: number, blockSize: number
  * the end still fails the bounds check.
  */
 export function readSector(buf: Buffer, offset: number): number {
-  return buf.readUInt32LE(offset + 4) * 2 ** 32 + buf.readUInt32LE(offset);
+  const high = buf.readUInt32LE(offset + 4);
+  // Below 2^32 sectors the low word alone: V8 then keeps it a small integer, where the sum is a
+  // double that costs a heap number each time it is passed on (per command).
+  return high === 0 ? buf.readUInt32LE(offset) : high * 2 ** 32 + buf.readUInt32LE(offset);
 }

@@ -2,6 +2,7 @@ import { constants } from 'node:os';
 import { addressRemainder, allocAligned } from '../../util/aligned-buffer.js';
 import { fileIoError } from './file-io-error.js';
 import type { FileIo } from './file-io.js';
+import type { IoDone } from './uring-ring.js';
 
 /** What O_DIRECT demands of one file: buffer addresses, and file offsets and lengths. */
 export interface DirectIoAlignment {
@@ -53,6 +54,21 @@ export class DirectFileIo implements FileIo {
     return this.inner.datasync();
   }
 
+  /** An aligned buffer goes straight to the backend; another is bounced (read() above). */
+  submitRead(into: Buffer, offset: number, length: number, position: number, done: IoDone): void {
+    if (this.alignedAt(into, offset) && this.rangeOk(length, position)) return this.inner.submitRead(into, offset, length, position, done);
+    report(this.read(into.subarray(offset, offset + length), position), done);
+  }
+
+  submitWrite(from: Buffer, offset: number, length: number, position: number, done: IoDone): void {
+    if (this.alignedAt(from, offset) && this.rangeOk(length, position)) return this.inner.submitWrite(from, offset, length, position, done);
+    report(this.write(from.subarray(offset, offset + length), position), done);
+  }
+
+  submitDatasync(done: IoDone): void {
+    this.inner.submitDatasync(done);
+  }
+
   fsync(): Promise<void> {
     return this.inner.fsync();
   }
@@ -65,10 +81,33 @@ export class DirectFileIo implements FileIo {
     return addressRemainder(buffer, this.alignment.memAlign) === 0;
   }
 
+  /** Whether byte `offset` of `buffer` lies on the memory alignment. */
+  private alignedAt(buffer: Buffer, offset: number): boolean {
+    const align = this.alignment.memAlign;
+    const rem = addressRemainder(buffer, align);
+    return rem !== null && (rem + offset) % align === 0;
+  }
+
+  private rangeOk(length: number, position: number): boolean {
+    const align = this.alignment.offsetAlign;
+    return position % align === 0 && length % align === 0;
+  }
+
   private checkRange(syscall: 'read' | 'write', length: number, position: number): void {
     const align = this.alignment.offsetAlign;
     if (position % align !== 0 || length % align !== 0) {
       throw fileIoError(constants.errno.EINVAL, syscall, position, `direct I/O of ${length} bytes: offset and length must be multiples of ${align}`);
     }
   }
+}
+
+/**
+ * A bounced operation's promise reported on `done`. Apart from the submit methods: a closure
+ * over `done` there would make V8 allocate a context on every call, aligned ones too.
+ */
+function report(operation: Promise<void>, done: IoDone): void {
+  operation.then(
+    () => done.ioDone(null),
+    (err: Error) => done.ioDone(err),
+  );
 }

@@ -2,11 +2,12 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
-import type { DeviceEventSink, DeviceExport, InstanceLimits, RequestCancel, VirtioDeviceInstance } from '../../target/device.js';
+import type { DeviceEventSink, DeviceExport, DeviceRequest, InstanceLimits, RequestCancel, VirtioDeviceInstance } from '../../target/device.js';
 import { alignmentAddon, allocAligned } from '../../util/aligned-buffer.js';
 import { BlkAdmin, alignedToBlock, readSector } from './blk-admin.js';
 import { DirectFileIo, type DirectIoAlignment } from './direct-file-io.js';
 import { chooseFileIo, defaultFileIoMode, openFileIo, type FileIo, type FileIoBackend, type FileIoMode } from './file-io.js';
+import type { IoDone } from './uring-ring.js';
 import {
   BlkConfig,
   BlkFeature,
@@ -321,16 +322,32 @@ export class FileBlockExport implements DeviceExport {
     return this.io.backend;
   }
 
+  // The promise forms, for callers off the per-command path (WRITE_ZEROES, admin, tests): each
+  // goes through its submit method, so every read, write and sync of the export passes one place.
   read(into: Buffer, offset: number): Promise<void> {
-    return this.io.read(into, offset);
+    return new Promise((resolve, reject) => this.submitRead(into, 0, into.length, offset, promisedIo(resolve, reject)));
   }
 
   write(from: Buffer, offset: number): Promise<void> {
-    return this.io.write(from, offset);
+    return new Promise((resolve, reject) => this.submitWrite(from, 0, from.length, offset, promisedIo(resolve, reject)));
   }
 
   sync(): Promise<void> {
-    return this.io.datasync();
+    return new Promise((resolve, reject) => this.submitSync(promisedIo(resolve, reject)));
+  }
+
+  /** read() of bytes [offset, offset + length) of `into`, without a promise (FileIo.submitRead). */
+  submitRead(into: Buffer, offset: number, length: number, position: number, done: IoDone): void {
+    this.io.submitRead(into, offset, length, position, done);
+  }
+
+  submitWrite(from: Buffer, offset: number, length: number, position: number, done: IoDone): void {
+    this.io.submitWrite(from, offset, length, position, done);
+  }
+
+  /** fdatasync of the backing file (FLUSH, write-through): `done` hears when it is durable. */
+  submitSync(done: IoDone): void {
+    this.io.submitDatasync(done);
   }
 
   /** Zero a range in 1 MiB steps; stops between two steps once `cancel` aborts (and throws). */
@@ -366,6 +383,9 @@ class FileBlockInstance implements VirtioDeviceInstance {
   readonly configSize = BlkConfig.SIZE;
   readonly maxRequestBytes = MAX_TRANSFER_BYTES + REQUEST_HEADER_SIZE + SEGMENT_SIZE;
   private negotiated = 0n;
+  /** FLUSH and CONFIG_WCE of `negotiated`, asked per write: as booleans, not a BigInt per test. */
+  private flushNegotiated = false;
+  private wceNegotiated = false;
   /** 1 = writeback, 0 = writethrough; always 0 once features without FLUSH are accepted. */
   writeback = 1;
   /** Changes of this instance's own config (its writeback), added to the disk's generation. */
@@ -373,6 +393,8 @@ class FileBlockInstance implements VirtioDeviceInstance {
   private readonly ownChanges = new EventEmitter();
   private events: DeviceEventSink | null = null;
   private released = false;
+  /** Request records not in use (at most one per request this instance ever had in flight at once). */
+  private readonly freeOps: BlkOp[] = [];
   readonly admin: BlkAdmin;
 
   constructor(
@@ -429,11 +451,14 @@ class FileBlockInstance implements VirtioDeviceInstance {
   }
   setDriverFeatures(features: bigint): void {
     this.negotiated = features;
+    this.flushNegotiated = (features & bit(BlkFeature.FLUSH)) !== 0n;
+    this.wceNegotiated = (features & bit(BlkFeature.CONFIG_WCE)) !== 0n;
     // virtio-blk: with CONFIG_WCE but not FLUSH negotiated, writeback starts (and stays) 0.
     this.writeback = features & bit(BlkFeature.FLUSH) ? 1 : 0;
   }
   reset(): void {
     this.negotiated = 0n;
+    this.flushNegotiated = this.wceNegotiated = false;
     this.writeback = 1;
   }
   destroy(): void {
@@ -444,15 +469,95 @@ class FileBlockInstance implements VirtioDeviceInstance {
 
   /** Writes reach stable storage before completion unless the driver runs a writeback cache. */
   private get writeThrough(): boolean {
-    if (!(this.negotiated & bit(BlkFeature.FLUSH))) return true;
-    if (this.negotiated & bit(BlkFeature.CONFIG_WCE)) return this.writeback === 0;
+    if (!this.flushNegotiated) return true;
+    if (this.wceNegotiated) return this.writeback === 0;
     return false;
   }
 
-  /** Fills `writable` in place (data, then the status byte last); resolves to the bytes written. */
+  /** handleRequest of submitRequest: a promise per request, for callers that want one. */
   handleRequest(vq: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number> {
-    // One async function per request, not two: each costs a promise and a suspended frame.
-    return this.runRequest(vq, readable, writable, cancel);
+    return new Promise((resolve, reject) => {
+      this.submitRequest(vq, readable, writable, {
+        get aborted() {
+          return cancel?.aborted ?? false;
+        },
+        throwIfAborted: () => cancel?.throwIfAborted(),
+        deviceDone: resolve,
+        deviceFailed: reject,
+      });
+    });
+  }
+
+  /**
+   * Fills `writable` in place (data, then the status byte last) and reports the bytes written.
+   * Reads, writes and flushes, the per-command path, run on a request record of this instance
+   * reused from command to command (BlkOp), straight on the file's callback entry points: no
+   * promise, closure or subarray per command. The rest (GET_ID, DISCARD, WRITE_ZEROES, unknown
+   * types) goes through otherRequest.
+   */
+  submitRequest(vq: number, readable: Buffer, writable: Buffer, request: DeviceRequest): void {
+    // The status byte is the last device-writable byte; without one there is nothing to say.
+    const inLength = writable.length;
+    if (inLength < 1) return request.deviceDone(0);
+    if (readable.length < REQUEST_HEADER_SIZE) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
+    const type = readable.readUInt32LE(0);
+    const disk = this.disk;
+    if (type === BlkRequestType.IN) {
+      const sector = readSector(readable, 8);
+      const dataIn = inLength - 1;
+      if (!alignedToBlock(sector, dataIn, disk.blockSize) || !disk.inRange(sector, dataIn)) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
+      return disk.submitRead(writable, 0, dataIn, sector * SECTOR_SIZE, this.op(vq, readable, writable, request, BlkStep.LAST));
+    }
+    if (type === BlkRequestType.OUT) {
+      const sector = readSector(readable, 8);
+      const length = readable.length - REQUEST_HEADER_SIZE;
+      if (disk.readOnly) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
+      if (!alignedToBlock(sector, length, disk.blockSize) || !disk.inRange(sector, length)) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
+      const op = this.op(vq, readable, writable, request, this.writeThrough ? BlkStep.WRITE_THEN_SYNC : BlkStep.LAST);
+      return disk.submitWrite(readable, REQUEST_HEADER_SIZE, length, sector * SECTOR_SIZE, op);
+    }
+    if (type === BlkRequestType.FLUSH) {
+      if (disk.readOnly) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.OK, 0));
+      return disk.submitSync(this.op(vq, readable, writable, request, BlkStep.LAST));
+    }
+    this.slowRequest(vq, readable, writable, request);
+  }
+
+  /**
+   * otherRequest reported on `request`. A method of its own: closures over `request` in
+   * submitRequest would make V8 allocate a context for every call of it, on the fast path too.
+   */
+  private slowRequest(vq: number, readable: Buffer, writable: Buffer, request: DeviceRequest): void {
+    this.otherRequest(vq, readable, writable, request).then(
+      (written) => request.deviceDone(written),
+      (err: unknown) => request.deviceFailed(err),
+    );
+  }
+
+  /** A request record from the pool (one is made only when all are in use). */
+  private op(vq: number, readable: Buffer, writable: Buffer, request: DeviceRequest, step: BlkStep): BlkOp {
+    const op = this.freeOps.pop() ?? new BlkOp(this);
+    op.vq = vq;
+    op.readable = readable;
+    op.writable = writable;
+    op.request = request;
+    op.step = step;
+    return op;
+  }
+
+  /** One file operation of `op` has ended: the next one, or the answer (IOERR on any error). */
+  opStepDone(op: BlkOp, err: Error | null): void {
+    if (err === null && op.step === BlkStep.WRITE_THEN_SYNC) {
+      op.step = BlkStep.LAST;
+      return this.disk.submitSync(op);
+    }
+    const { vq, readable, writable, request } = op;
+    op.readable = op.writable = EMPTY;
+    op.request = null;
+    this.freeOps.push(op);
+    // A read fills the data bytes; a write or flush leaves them to answer() to zero.
+    const filled = err === null && readable.readUInt32LE(0) === BlkRequestType.IN ? writable.length - 1 : 0;
+    request!.deviceDone(this.reply(vq, readable, writable, err === null ? BlkStatus.OK : BlkStatus.IOERR, filled));
   }
 
   /** answer(), and a status other than OK goes to the device's error events. */
@@ -466,32 +571,12 @@ class FileBlockInstance implements VirtioDeviceInstance {
     return written;
   }
 
-  private async runRequest(vq: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel): Promise<number> {
-    // The status byte is the last device-writable byte; without one there is nothing to say.
-    const inLength = writable.length;
-    if (inLength < 1) return 0;
-    const dataIn = inLength - 1;
-    if (readable.length < REQUEST_HEADER_SIZE) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
+  /** The request types off the per-command path (the header is there, the status byte too). */
+  private async otherRequest(vq: number, readable: Buffer, writable: Buffer, cancel: RequestCancel): Promise<number> {
+    const dataIn = writable.length - 1;
     const type = readable.readUInt32LE(0);
-    const sector = readSector(readable, 8);
     try {
       switch (type) {
-        case BlkRequestType.IN: {
-          if (!alignedToBlock(sector, dataIn, this.disk.blockSize) || !this.disk.inRange(sector, dataIn)) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
-          await this.disk.read(writable.subarray(0, dataIn), sector * SECTOR_SIZE);
-          return this.reply(vq, readable, writable, BlkStatus.OK, dataIn);
-        }
-        case BlkRequestType.OUT: {
-          const data = readable.subarray(REQUEST_HEADER_SIZE);
-          if (this.disk.readOnly) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
-          if (!alignedToBlock(sector, data.length, this.disk.blockSize) || !this.disk.inRange(sector, data.length)) return this.reply(vq, readable, writable, BlkStatus.IOERR, 0);
-          await this.disk.write(data, sector * SECTOR_SIZE);
-          if (this.writeThrough) await this.disk.sync();
-          return this.reply(vq, readable, writable, BlkStatus.OK, 0);
-        }
-        case BlkRequestType.FLUSH:
-          if (!this.disk.readOnly) await this.disk.sync();
-          return this.reply(vq, readable, writable, BlkStatus.OK, 0);
         case BlkRequestType.GET_ID:
           // The serial, NUL-padded to 20 bytes (or cut to the room there is).
           return this.reply(vq, readable, writable, BlkStatus.OK, this.disk.serial.copy(writable, 0, 0, Math.min(ID_BYTES, dataIn)));
@@ -538,6 +623,34 @@ class FileBlockInstance implements VirtioDeviceInstance {
   }
 }
 
+const EMPTY = Buffer.alloc(0);
+
+function promisedIo(resolve: () => void, reject: (err: Error) => void): IoDone {
+  return { ioDone: (err) => (err ? reject(err) : resolve()) };
+}
+
+/** Where a read, write or flush is: one more file operation to go (the write-through sync), or the last. */
+const BlkStep = { LAST: 0, WRITE_THEN_SYNC: 1 } as const;
+type BlkStep = (typeof BlkStep)[keyof typeof BlkStep];
+
+/**
+ * A request of a FileBlockInstance between its file operations (the file's IoDone), kept and
+ * reused by the instance: what the answer needs, and the step it is at.
+ */
+class BlkOp implements IoDone {
+  vq = 0;
+  readable: Buffer = EMPTY;
+  writable: Buffer = EMPTY;
+  request: DeviceRequest | null = null;
+  step: BlkStep = BlkStep.LAST;
+
+  constructor(private readonly instance: FileBlockInstance) {}
+
+  ioDone(err: Error | null): void {
+    this.instance.opStepDone(this, err);
+  }
+}
+
 /**
  * The answer of a request whose writable buffer holds `filled` data bytes: every byte up to the
  * status is written, past them zeroes (the transport's buffer may hold an earlier request's
@@ -545,7 +658,9 @@ class FileBlockInstance implements VirtioDeviceInstance {
  */
 function answer(writable: Buffer, status: number, filled: number): number {
   const dataIn = writable.length - 1;
-  writable.fill(0, filled, dataIn);
+  // Buffer.fill allocates even for an empty range: a read (filled == dataIn) and a write
+  // (dataIn == 0) skip it.
+  if (filled < dataIn) writable.fill(0, filled, dataIn);
   writable[dataIn] = status;
   return writable.length;
 }

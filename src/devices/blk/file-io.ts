@@ -3,7 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { defaultLogger, type Logger } from '../../util/log.js';
 import { LibuvFileIo } from './libuv-file-io.js';
 import { UringFileIo } from './uring-file-io.js';
-import { NoAddonError, sharedUringRing } from './uring-ring.js';
+import { NoAddonError, sharedUringRing, type IoDone } from './uring-ring.js';
 
 /**
  * How a file export reads and writes its backing file. Both backends move whole buffers (short
@@ -25,6 +25,14 @@ export interface FileIo {
    * without it the export writes zero buffers.
    */
   writeZeroes?(position: number, length: number): Promise<void> | null;
+  /**
+   * The per-command entry points, without a promise: bytes [offset, offset + length) of the
+   * buffer, and `done` hears the end once (possibly before the call returns; errors as above).
+   * A caller that reuses its IoDone makes the backend allocate as little as it can.
+   */
+  submitRead(into: Buffer, offset: number, length: number, position: number, done: IoDone): void;
+  submitWrite(from: Buffer, offset: number, length: number, position: number, done: IoDone): void;
+  submitDatasync(done: IoDone): void;
   /** Waits for this file's I/O in flight; later calls fail. The FileHandle is closed by its owner. */
   close(): Promise<void>;
 }

@@ -12,7 +12,13 @@ export class InFlightGate {
 
   /** null: admitted (call leave() when it settles); else the refusal to return. */
   enter(syscall: string, position: number): Promise<never> | null {
-    if (this.closed) return Promise.reject(fileIoError(constants.errno.EBADF, syscall, position, 'the file is closed'));
+    const refused = this.admit(syscall, position);
+    return refused === null ? null : Promise.reject(refused);
+  }
+
+  /** enter() without a promise: null when admitted, else the error to report. */
+  admit(syscall: string, position: number): Error | null {
+    if (this.closed) return fileIoError(constants.errno.EBADF, syscall, position, 'the file is closed');
     this.count++;
     return null;
   }

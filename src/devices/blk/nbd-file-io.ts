@@ -1,6 +1,24 @@
 import { NbdCommand, NBD_ERROR_NAMES } from '../../nbd/nbd-protocol.js';
 import type { NbdSource } from '../../nbd/nbd-source.js';
 import type { FileIo } from './file-io.js';
+import type { IoDone } from './uring-ring.js';
+
+/** One request's adapter from the source's numeric answer to the caller's IoDone; pooled. */
+class NbdOp {
+  caller: IoDone | null = null;
+  readonly answer: (error: number) => void;
+
+  constructor(io: NbdFileIo) {
+    this.answer = (error) => io.answered(this, error);
+  }
+}
+
+function nbdError(error: number): NodeJS.ErrnoException {
+  const code = error === -1 ? 'ENOTCONN' : (NBD_ERROR_NAMES[error] ?? 'EIO');
+  const err = new Error(error === -1 ? 'the NBD server is not connected' : `the NBD server answered ${code}`) as NodeJS.ErrnoException;
+  err.code = code;
+  return err;
+}
 
 /**
  * A block export's storage on an NBD server (issue 20): reads, writes, flushes, trims and
@@ -10,6 +28,7 @@ import type { FileIo } from './file-io.js';
  */
 export class NbdFileIo implements FileIo {
   readonly backend = 'nbd' as const;
+  private readonly spare: NbdOp[] = [];
 
   constructor(private readonly source: NbdSource) {}
 
@@ -45,15 +64,41 @@ export class NbdFileIo implements FileIo {
     return this.source.close();
   }
 
+  submitRead(into: Buffer, offset: number, length: number, position: number, done: IoDone): void {
+    this.submit(NbdCommand.READ, position, length, view(into, offset, length), done);
+  }
+
+  submitWrite(from: Buffer, offset: number, length: number, position: number, done: IoDone): void {
+    this.submit(NbdCommand.WRITE, position, length, view(from, offset, length), done);
+  }
+
+  submitDatasync(done: IoDone): void {
+    if (!this.source.info.canFlush) return done.ioDone(null);
+    this.submit(NbdCommand.FLUSH, 0, 0, null, done);
+  }
+
+  /** Called by an NbdOp's bound callback. */
+  answered(op: NbdOp, error: number): void {
+    const caller = op.caller!;
+    op.caller = null;
+    this.spare.push(op);
+    caller.ioDone(error === 0 ? null : nbdError(error));
+  }
+
+  private submit(type: number, position: number, length: number, data: Buffer | null, done: IoDone): void {
+    const op = this.spare.pop() ?? new NbdOp(this);
+    op.caller = done;
+    this.source.submit(type, 0, position, length, data, op.answer);
+  }
+
   private run(type: number, position: number, length: number, data: Buffer | null): Promise<void> {
     return new Promise((resolve, reject) =>
-      this.source.submit(type, 0, position, length, data, (error) => {
-        if (error === 0) return resolve();
-        const code = error === -1 ? 'ENOTCONN' : (NBD_ERROR_NAMES[error] ?? 'EIO');
-        const err = new Error(error === -1 ? 'the NBD server is not connected' : `the NBD server answered ${code}`) as NodeJS.ErrnoException;
-        err.code = code;
-        reject(err);
-      }),
+      this.source.submit(type, 0, position, length, data, (error) => (error === 0 ? resolve() : reject(nbdError(error)))),
     );
   }
+}
+
+/** The bytes [offset, offset + length) of `b`: `b` itself when that is all of it (no view made). */
+function view(b: Buffer, offset: number, length: number): Buffer {
+  return offset === 0 && length === b.length ? b : b.subarray(offset, offset + length);
 }

@@ -1,6 +1,6 @@
 import type { FileIo } from './file-io.js';
 import { InFlightGate } from './in-flight-gate.js';
-import type { RingClient, UringRing } from './uring-ring.js';
+import { FDATASYNC, READ, WRITE, type IoDone, type RingClient, type UringRing } from './uring-ring.js';
 
 /**
  * One open file's I/O through the process's io_uring. The file descriptor stays owned by its
@@ -30,6 +30,24 @@ export class UringFileIo implements FileIo, RingClient {
 
   fsync(): Promise<void> {
     return this.gate.enter('fsync', 0) ?? this.ring.sync(this.fd, false, this);
+  }
+
+  submitRead(into: Buffer, offset: number, length: number, position: number, done: IoDone): void {
+    const refused = this.gate.admit('read', position);
+    if (refused) return done.ioDone(refused);
+    this.ring.start(READ, this.fd, into, offset, length, position, this, done);
+  }
+
+  submitWrite(from: Buffer, offset: number, length: number, position: number, done: IoDone): void {
+    const refused = this.gate.admit('write', position);
+    if (refused) return done.ioDone(refused);
+    this.ring.start(WRITE, this.fd, from, offset, length, position, this, done);
+  }
+
+  submitDatasync(done: IoDone): void {
+    const refused = this.gate.admit('fdatasync', 0);
+    if (refused) return done.ioDone(refused);
+    this.ring.start(FDATASYNC, this.fd, null, 0, 0, 0, this, done);
   }
 
   close(): Promise<void> {

@@ -8,7 +8,7 @@ interface NativeFileRing {
   /** Operations the ring can hold in flight (its completion queue size). */
   readonly slots: number;
   readonly inFlight: number;
-  /** Times the eventfd woke the loop (completions reaped in the check phase cost none). */
+  /** Times the ring's descriptor woke the loop (completions reaped in the check phase cost none). */
   readonly wakes: number;
   read(fd: number, buffer: Uint8Array, offset: number, length: number, position: number, slot: number): void;
   write(fd: number, buffer: Uint8Array, offset: number, length: number, position: number, slot: number): void;
@@ -21,51 +21,91 @@ type FileRingConstructor = new (entries: number, onCompletions: (count: number) 
 /** Submission queue entries; the completion queue (and so the slots) is twice that. */
 const RING_ENTRIES = 256;
 
-const READ = 0;
-const WRITE = 1;
+export const READ = 0;
+export const WRITE = 1;
 const FSYNC = 2;
-const FDATASYNC = 3;
-type OpKind = typeof READ | typeof WRITE | typeof FSYNC | typeof FDATASYNC;
+export const FDATASYNC = 3;
+export type OpKind = typeof READ | typeof WRITE | typeof FSYNC | typeof FDATASYNC;
 
 /** Told when one of its operations has settled (a file counts its I/O in flight). */
 export interface RingClient {
   settled(): void;
 }
 
-/** One file operation: it holds a slot while in the kernel, or waits for one. */
-class RingOp {
-  done = 0;
+/**
+ * Where an operation's end goes: once, with null or the error. Callers keep one per request
+ * and reuse it, so an operation allocates nothing (the ring keeps its state in per-slot arrays).
+ */
+export interface IoDone {
+  ioDone(err: Error | null): void;
+}
+
+/** An operation that found every slot busy: it waits (the only case that makes an object). */
+class WaitingOp {
   constructor(
     readonly kind: OpKind,
     readonly fd: number,
     readonly buffer: Buffer | null,
+    readonly offset: number,
+    readonly length: number,
     readonly position: number,
     readonly client: RingClient,
-    readonly resolve: () => void,
-    readonly reject: (err: Error) => void,
+    readonly done: IoDone,
   ) {}
 }
 
+/** The promise entry points' IoDone: made per call, for callers off the per-command path. */
+class PromisedOp implements IoDone {
+  resolve!: () => void;
+  reject!: (err: Error) => void;
+  readonly executor = (resolve: () => void, reject: (err: Error) => void): void => {
+    this.resolve = resolve;
+    this.reject = reject;
+  };
+  ioDone(err: Error | null): void {
+    if (err) this.reject(err);
+    else this.resolve();
+  }
+}
+
 /**
- * The process's io_uring for file exports and its slot table. Operations take a free slot (the
- * ring's user data) or wait in FIFO order for one; a short read or write is continued in the
- * same slot from its completion. The native ring batches submissions per loop turn and delivers
- * completions in batches; this class owns it for the life of the process (it holds the loop
- * only while I/O is in flight; the addon's environment-cleanup hook releases it at exit).
+ * The process's io_uring for file exports and its slot table. An operation takes a free slot
+ * (the ring's user data), whose state lives in per-slot arrays made once, or waits in FIFO
+ * order for one; a short read or write is continued in the same slot from its completion.
+ * The native ring batches submissions per loop turn and delivers completions in batches; this
+ * class owns it for the life of the process (it holds the loop only while I/O is in flight;
+ * the addon's environment-cleanup hook releases it at exit).
  */
 export class UringRing {
   readonly slots: number;
   private readonly ring: NativeFileRing;
-  private readonly inSlot: Array<RingOp | null>;
+  // One operation per slot, in place: what, where, and how far it got.
+  private readonly kindOf: Uint8Array;
+  private readonly fdOf: Int32Array;
+  private readonly offsetOf: Float64Array;
+  private readonly lengthOf: Float64Array;
+  private readonly positionOf: Float64Array;
+  private readonly doneBytes: Float64Array;
+  private readonly bufferOf: Array<Buffer | null>;
+  private readonly clientOf: Array<RingClient | null>;
+  private readonly doneOf: Array<IoDone | null>;
   private readonly freeSlots: number[] = [];
-  private readonly waiting: RingOp[] = [];
+  private readonly waiting: WaitingOp[] = [];
   private waitingHead = 0;
 
   constructor(ctor: FileRingConstructor) {
     this.ring = new ctor(RING_ENTRIES, (count) => this.onCompletions(count));
-    this.slots = this.ring.slots;
-    this.inSlot = new Array<RingOp | null>(this.slots).fill(null);
-    for (let s = this.slots - 1; s >= 0; s--) this.freeSlots.push(s);
+    const n = (this.slots = this.ring.slots);
+    this.kindOf = new Uint8Array(n);
+    this.fdOf = new Int32Array(n);
+    this.offsetOf = new Float64Array(n);
+    this.lengthOf = new Float64Array(n);
+    this.positionOf = new Float64Array(n);
+    this.doneBytes = new Float64Array(n);
+    this.bufferOf = new Array<Buffer | null>(n).fill(null);
+    this.clientOf = new Array<RingClient | null>(n).fill(null);
+    this.doneOf = new Array<IoDone | null>(n).fill(null);
+    for (let s = n - 1; s >= 0; s--) this.freeSlots.push(s);
   }
 
   /** Operations in the kernel now (not counting those waiting for a slot). */
@@ -74,40 +114,65 @@ export class UringRing {
   }
 
   read(fd: number, into: Buffer, position: number, client: RingClient): Promise<void> {
-    return this.start(READ, fd, into, position, client);
+    return this.promised(READ, fd, into, position, client);
   }
 
   write(fd: number, from: Buffer, position: number, client: RingClient): Promise<void> {
-    return this.start(WRITE, fd, from, position, client);
+    return this.promised(WRITE, fd, from, position, client);
   }
 
   sync(fd: number, datasync: boolean, client: RingClient): Promise<void> {
-    return this.start(datasync ? FDATASYNC : FSYNC, fd, null, 0, client);
+    return this.promised(datasync ? FDATASYNC : FSYNC, fd, null, 0, client);
   }
 
-  private start(kind: OpKind, fd: number, buffer: Buffer | null, position: number, client: RingClient): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const op = new RingOp(kind, fd, buffer, position, client, resolve, reject);
-      if (buffer !== null && buffer.length === 0) return this.finish(op, null);
-      const slot = this.freeSlots.pop();
-      if (slot === undefined) this.waiting.push(op);
-      else this.submit(op, slot);
-    });
+  private promised(kind: OpKind, fd: number, buffer: Buffer | null, position: number, client: RingClient): Promise<void> {
+    const op = new PromisedOp();
+    const p = new Promise<void>(op.executor);
+    this.start(kind, fd, buffer, 0, buffer?.length ?? 0, position, client, op);
+    return p;
   }
 
-  private submit(op: RingOp, slot: number): void {
-    this.inSlot[slot] = op;
+  /**
+   * One operation on bytes [offset, offset + length) of `buffer` (null for a sync): `done`
+   * hears its end, then `client`. Ends at once (before this returns) only when there is nothing
+   * to move or the addon refuses the arguments.
+   */
+  start(kind: OpKind, fd: number, buffer: Buffer | null, offset: number, length: number, position: number, client: RingClient, done: IoDone): void {
+    if (buffer !== null && length === 0) return finish(client, done, null);
+    const slot = this.freeSlots.pop();
+    if (slot === undefined) {
+      this.waiting.push(new WaitingOp(kind, fd, buffer, offset, length, position, client, done));
+      return;
+    }
+    this.kindOf[slot] = kind;
+    this.fdOf[slot] = fd;
+    this.bufferOf[slot] = buffer;
+    this.offsetOf[slot] = offset;
+    this.lengthOf[slot] = length;
+    this.positionOf[slot] = position;
+    this.doneBytes[slot] = 0;
+    this.clientOf[slot] = client;
+    this.doneOf[slot] = done;
+    this.submit(slot);
+  }
+
+  /** Hands the slot's operation (or its rest, after a short transfer) to the kernel. */
+  private submit(slot: number): void {
+    const kind = this.kindOf[slot]!;
     try {
-      if (op.kind === READ || op.kind === WRITE) {
-        const buffer = op.buffer!;
-        const submitOne = op.kind === READ ? this.ring.read : this.ring.write;
-        submitOne.call(this.ring, op.fd, buffer, op.done, buffer.length - op.done, op.position + op.done, slot);
+      if (kind === READ || kind === WRITE) {
+        const done = this.doneBytes[slot]!;
+        const buffer = this.bufferOf[slot]!;
+        const at = this.offsetOf[slot]! + done;
+        const rest = this.lengthOf[slot]! - done;
+        const position = this.positionOf[slot]! + done;
+        if (kind === READ) this.ring.read(this.fdOf[slot]!, buffer, at, rest, position, slot);
+        else this.ring.write(this.fdOf[slot]!, buffer, at, rest, position, slot);
       } else {
-        this.ring.fsync(op.fd, op.kind === FDATASYNC, slot);
+        this.ring.fsync(this.fdOf[slot]!, kind === FDATASYNC, slot);
       }
     } catch (err) {
-      this.release(slot);
-      this.finish(op, err as Error);
+      this.end(slot, err as Error);
     }
   }
 
@@ -116,49 +181,53 @@ export class UringRing {
     for (let i = 0; i < count; i++) {
       const slot = pairs[2 * i]!;
       const result = pairs[2 * i + 1]!;
-      const op = this.inSlot[slot];
-      if (!op) continue;
+      if (this.doneOf[slot] === null) continue;
+      const kind = this.kindOf[slot]! as OpKind;
       if (result < 0) {
-        this.release(slot);
-        this.finish(op, fileIoError(-result, syscallOf(op.kind), op.position + op.done));
-      } else if (op.kind === FSYNC || op.kind === FDATASYNC) {
-        this.release(slot);
-        this.finish(op, null);
+        this.end(slot, fileIoError(-result, syscallOf(kind), this.positionOf[slot]! + this.doneBytes[slot]!));
+      } else if (kind === FSYNC || kind === FDATASYNC) {
+        this.end(slot, null);
       } else if (result === 0) {
-        this.release(slot);
-        this.finish(op, shortTransferError(op.kind === READ ? 'read' : 'write', op.position + op.done));
+        this.end(slot, shortTransferError(kind === READ ? 'read' : 'write', this.positionOf[slot]! + this.doneBytes[slot]!));
       } else {
-        op.done += result;
-        if (op.done < op.buffer!.length) this.submit(op, slot);
-        else {
-          this.release(slot);
-          this.finish(op, null);
-        }
+        const done = (this.doneBytes[slot] = this.doneBytes[slot]! + result);
+        if (done < this.lengthOf[slot]!) this.submit(slot);
+        else this.end(slot, null);
       }
     }
   }
 
+  /** The slot's operation has ended: the slot goes to the longest waiting operation, then the caller hears. */
+  private end(slot: number, err: Error | null): void {
+    const client = this.clientOf[slot]!;
+    const done = this.doneOf[slot]!;
+    this.bufferOf[slot] = null;
+    this.clientOf[slot] = null;
+    this.doneOf[slot] = null;
+    this.release(slot);
+    finish(client, done, err);
+  }
+
   /** A slot is free again: the longest waiting operation takes it. */
   private release(slot: number): void {
-    this.inSlot[slot] = null;
     if (this.waitingHead < this.waiting.length) {
       const next = this.waiting[this.waitingHead++]!;
       if (this.waitingHead === this.waiting.length) {
         this.waiting.length = 0;
         this.waitingHead = 0;
       }
-      this.submit(next, slot);
+      this.freeSlots.push(slot);
+      this.start(next.kind, next.fd, next.buffer, next.offset, next.length, next.position, next.client, next.done);
     } else {
       this.freeSlots.push(slot);
     }
   }
+}
 
-  /** Settles the caller's promise first, so its reactions run before those of a close() it ends. */
-  private finish(op: RingOp, err: Error | null): void {
-    if (err) op.reject(err);
-    else op.resolve();
-    op.client.settled();
-  }
+/** Tells the caller first, so its reactions run before those of a close() it ends. */
+function finish(client: RingClient, done: IoDone, err: Error | null): void {
+  done.ioDone(err);
+  client.settled();
 }
 
 function syscallOf(kind: OpKind): string {

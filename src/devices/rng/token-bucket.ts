@@ -32,6 +32,20 @@ export class TokenBucket {
     });
   }
 
+  /**
+   * take() when it would resolve at once: the bytes granted now (0 once closed), or -1 when the
+   * caller must wait (take() then queues it behind those already waiting).
+   */
+  takeNow(bytes: number): number {
+    const want = Math.min(bytes, this.burst);
+    if (this.closed || want <= 0) return 0;
+    if (this.waiters.length > 0 || this.timer) return -1;
+    this.refill();
+    if (this.tokens < want) return -1;
+    this.tokens -= want;
+    return want;
+  }
+
   get waiting(): number {
     return this.waiters.length;
   }
