@@ -10,7 +10,7 @@ import { TargetFixture } from '../helpers/target-fixture.js';
 import { rdmaAddress } from './rdma-env.js';
 
 /**
- * An NBD source behind an RDMA target (issue 20): what an initiator writes over rdma:// with
+ * An NBD source and the null device behind an RDMA target (issue 20): what an initiator writes over rdma:// with
  * keyed transfers lands in the file nbdkit serves, and reads come back through the same path.
  */
 const deps = needs('test/rdma/nbd-source-rdma.test.ts (nbdkit behind an RDMA target)', ['nbdkit']);
@@ -23,13 +23,16 @@ describe.skipIf(!deps.ok)(`an NBD source over RDMA${deps.skipNote}`, () => {
   let nbdkit: ChildProcess;
   let fx: TargetFixture;
   let url: string;
+  let base: string;
   beforeAll(async () => {
     writeFileSync(image, Buffer.alloc(4 * 1024 * 1024));
     nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, 'file', image], { stdio: 'inherit' });
     for (let i = 0; i < 400 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
     fx = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 } });
     fx.target.addDevice('src', await openBlockStorage(`nbd+unix:///?socket=${sock}`, {}, { connections: 2 }, createLogger('silent')));
-    url = `${await fx.listen(`rdma://${rdmaAddress()}:0`)}/src`;
+    fx.target.addDevice('null', await openBlockStorage('null:16m', {}, {}, createLogger('silent')));
+    base = await fx.listen(`rdma://${rdmaAddress()}:0`);
+    url = `${base}/src`;
   });
   afterAll(async () => {
     await fx?.close();
@@ -48,6 +51,19 @@ describe.skipIf(!deps.ok)(`an NBD source over RDMA${deps.skipNote}`, () => {
       writeFileSync(image, Buffer.concat([direct, readFileSync(image).subarray(direct.length)]));
       expect((await disk.read(0, direct.length)).equals(direct)).toBe(true);
       expect((await disk.read(1024 * 1024, data.length)).equals(data)).toBe(true);
+    } finally {
+      await disk.close();
+    }
+  });
+
+  it('null:SIZE over rdma://: keyed writes are taken, keyed reads bring zeroes', async () => {
+    const disk = await BlockDevice.open(`${base}/null`, { keepaliveIntervalMs: 0 });
+    try {
+      expect(disk.capacity).toBe(16 * 1024 * 1024);
+      await disk.write(0, pattern(256 * 1024, 35));
+      const back = await disk.read(0, 256 * 1024);
+      expect(back.length).toBe(256 * 1024);
+      expect(back.every((b) => b === 0)).toBe(true);
     } finally {
       await disk.close();
     }
