@@ -9,6 +9,7 @@ import { BlockDevice, VofConnectionError, VofResumeError, silentLogger } from '.
 import { NbdCommand } from '../src/nbd/nbd-protocol.js';
 import { socketOf, startBridge } from './helpers/nbd-bridge.js';
 import { RawNbdClient } from './helpers/raw-nbd.js';
+import { block, kill9 } from './helpers/target-faults.js';
 
 /**
  * Issue 13, reconnect: real `vof target` processes killed with SIGKILL under a writing
@@ -44,21 +45,6 @@ async function target(port: number, file: string): Promise<StartedTarget> {
   const t = await startTarget(['--listen', `tcp://127.0.0.1:${port}`, '--blk', `d=${file}`]);
   running.push(t);
   return t;
-}
-
-function kill9(t: StartedTarget): Promise<void> {
-  return new Promise((resolve) => {
-    t.child.once('exit', () => resolve());
-    t.child.kill('SIGKILL');
-  });
-}
-
-function block(n: number, round: number): Buffer {
-  const b = Buffer.alloc(BLOCK);
-  b.writeUInt32LE(n, 0);
-  b.writeUInt32LE(round, 4);
-  b.fill(`${n}:${round};`, 8);
-  return b;
 }
 
 function disk(name: string, size = DISK): string {
