@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -355,5 +355,50 @@ describe('NBD source URIs', () => {
     expect(() => parseNbdUri('nbd:///x')).toThrow(/no host/);
     expect(isNbdUri('/dev/sda')).toBe(false);
     expect(isNbdUri('nbds+unix:///?socket=/s')).toBe(true);
+  });
+});
+
+describe.skipIf(!nbdkitDeps.ok)(`an nbds:// source with certificates against nbdkit --tls-certificates${nbdkitDeps.skipNote}`, () => {
+  const FIX = join(import.meta.dirname, 'fixtures', 'tls');
+  const dir = mkdtempSync(join(tmpdir(), 'vof-nbd-certs-'));
+  let nbdkit: ChildProcess;
+  let port = 0;
+  beforeAll(async () => {
+    // nbdkit's certificates directory: ca-cert.pem, server-cert.pem, server-key.pem.
+    copyFileSync(join(FIX, 'ca.crt'), join(dir, 'ca-cert.pem'));
+    copyFileSync(join(FIX, 'target.crt'), join(dir, 'server-cert.pem'));
+    copyFileSync(join(FIX, 'target.key'), join(dir, 'server-key.pem'));
+    chmodSync(join(dir, 'server-key.pem'), 0o600);
+    const probe = net.createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    port = (probe.address() as net.AddressInfo).port;
+    await new Promise((r) => probe.close(r));
+    nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '--ipaddr', '127.0.0.1', '--port', String(port), '--tls=require', `--tls-certificates=${dir}`, 'memory', 'size=1M'], { stdio: 'inherit' });
+    for (let i = 0; i < 200; i++) {
+      const up = await new Promise<boolean>((r) => net.connect(port, '127.0.0.1').once('connect', function (this: net.Socket) { this.destroy(); r(true); }).once('error', () => r(false)));
+      if (up) break;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  });
+  afterAll(() => {
+    nbdkit?.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("the server's certificate is checked against tls-ca: the right CA round-trips data, another CA is refused", async () => {
+    const address = { kind: 'tcp' as const, host: '127.0.0.1', port };
+    const c = await NbdClientConnection.connect(address, { exportName: '', startTls: nbdClientStartTls({ ca: readFileSync(join(FIX, 'ca.crt')) }, '127.0.0.1') });
+    try {
+      const data = pattern(4096, 12);
+      expect(await submit(c, NbdCommand.WRITE, 0, data.length, data)).toBe(0);
+      const back = Buffer.alloc(4096);
+      expect(await submit(c, NbdCommand.READ, 0, back.length, back)).toBe(0);
+      expect(back.equals(data)).toBe(true);
+    } finally {
+      c.destroy();
+    }
+    const rogue = await NbdClientConnection.connect(address, { exportName: '', startTls: nbdClientStartTls({ ca: readFileSync(join(FIX, 'rogue-ca.crt')) }, '127.0.0.1') }).catch((e: unknown) => e);
+    expect(rogue).toBeInstanceOf(NbdClientError);
+    expect((rogue as Error).message).toMatch(/certificate/i);
   });
 });
