@@ -32,6 +32,15 @@ function submit(c: NbdClientConnection, type: number, offset: number, length: nu
   return new Promise((resolve) => c.submit(type, flags, offset, length, data, resolve));
 }
 
+/** Writes `size` bytes of pattern `seed` at 0 and reads them back through `c`. */
+async function roundTrip(c: NbdClientConnection, size: number, seed: number): Promise<void> {
+  const data = pattern(size, seed);
+  expect(await submit(c, NbdCommand.WRITE, 0, data.length, data)).toBe(0);
+  const back = Buffer.alloc(size);
+  expect(await submit(c, NbdCommand.READ, 0, back.length, back)).toBe(0);
+  expect(back.equals(data)).toBe(true);
+}
+
 async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
   for (let i = 0; i < 200 && !existsSync(path); i++) {
     if (child.exitCode !== null) throw new Error(`nbdkit exited with ${child.exitCode}`);
@@ -328,11 +337,7 @@ describe.skipIf(!nbdkitDeps.ok)(`an nbds:// source: STARTTLS with a PSK against 
     expect(uri.tls).toBe(true);
     const c = await NbdClientConnection.connect(uri.address, { exportName: uri.exportName, startTls: nbdClientStartTls({ psk: { identity: 'vof-target', key } }, undefined) });
     try {
-      const data = pattern(8192, 9);
-      expect(await submit(c, NbdCommand.WRITE, 0, data.length, data)).toBe(0);
-      const back = Buffer.alloc(8192);
-      expect(await submit(c, NbdCommand.READ, 0, back.length, back)).toBe(0);
-      expect(back.equals(data)).toBe(true);
+      await roundTrip(c, 8192, 9);
     } finally {
       await c.close();
     }
@@ -389,11 +394,7 @@ describe.skipIf(!nbdkitDeps.ok)(`an nbds:// source with certificates against nbd
     const address = { kind: 'tcp' as const, host: '127.0.0.1', port };
     const c = await NbdClientConnection.connect(address, { exportName: '', startTls: nbdClientStartTls({ ca: readFileSync(join(FIX, 'ca.crt')) }, '127.0.0.1') });
     try {
-      const data = pattern(4096, 12);
-      expect(await submit(c, NbdCommand.WRITE, 0, data.length, data)).toBe(0);
-      const back = Buffer.alloc(4096);
-      expect(await submit(c, NbdCommand.READ, 0, back.length, back)).toBe(0);
-      expect(back.equals(data)).toBe(true);
+      await roundTrip(c, 4096, 12);
     } finally {
       c.destroy();
     }
