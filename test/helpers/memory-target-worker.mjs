@@ -9,7 +9,8 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { FileBlockExport, VofTarget, silentLogger } from '../../dist/index.js';
 import { HeapWindow } from '../../dist/bench/per-io.js';
 
-const { size } = workerData;
+// `listen`: the target's URL (default TCP on loopback; the RDMA allocation test gives rdma://).
+const { size, listen = 'tcp://127.0.0.1:0' } = workerData;
 const dir = mkdtempSync(join(tmpdir(), 'vof-memtarget-'));
 const path = join(dir, 'disk.img');
 writeFileSync(path, Buffer.alloc(size));
@@ -57,7 +58,7 @@ const memoryDisk = {
 
 const target = new VofTarget({ log: silentLogger });
 target.addDevice('mem', memoryDisk);
-const url = await target.listen('tcp://127.0.0.1:0');
+const url = await target.listen(listen);
 const heap = new HeapWindow();
 parentPort.on('message', async (m) => {
   if (m === 'start') {
