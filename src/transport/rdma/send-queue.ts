@@ -1,4 +1,5 @@
-import type { NativeBinding, QueuePair, SendWr } from './native-binding.js';
+import type { MemoryRegion, MemoryWindow, NativeBinding, QueuePair, SendWr } from './native-binding.js';
+import { WrOpcode } from './native-binding.js';
 
 /** A work request the NIC completed with an error status (ibv_wc_status_str in the message). */
 export class RdmaWorkError extends Error {
@@ -55,6 +56,77 @@ class PromisedChain implements SendChain {
  */
 export const MAX_WRS_PER_POST = 64;
 
+/** Scatter-gather entries a staged work request carries at most (kStagedSge in native/queue_pair.cc). */
+export const STAGED_SGE = 2;
+/** 32-bit words per staged work request (kWrWords in native/queue_pair.cc, which lays them out). */
+export const WR_WORDS = 8 + 3 * STAGED_SGE;
+
+/**
+ * The flat boundary to the addon's postSend: work requests written as numbers into one
+ * Uint32Array per queue (the layout is described in native/queue_pair.cc), the regions and
+ * windows they name as indexes into `objects`, which is rebuilt for every call so that it
+ * keeps nothing alive. Staging allocates nothing.
+ */
+export class WorkRequestStaging {
+  readonly words = new Uint32Array(MAX_WRS_PER_POST * WR_WORDS);
+  readonly objects: Array<MemoryRegion | MemoryWindow> = [];
+  count = 0;
+  /** A bigint address split into two words without a BigInt operation. */
+  private readonly address = new BigUint64Array(1);
+  private readonly addressWords = new Uint32Array(this.address.buffer);
+
+  reset(): void {
+    this.count = 0;
+    this.objects.length = 0;
+  }
+
+  private indexOf(o: MemoryRegion | MemoryWindow): number {
+    const objects = this.objects;
+    for (let i = 0; i < objects.length; i++) if (objects[i] === o) return i;
+    objects.push(o);
+    return objects.length - 1;
+  }
+
+  /** Append `wr` (throws RangeError for one the layout cannot carry, before anything is posted). */
+  add(wr: SendWr): void {
+    if (this.count >= MAX_WRS_PER_POST) throw new RangeError(`more than ${MAX_WRS_PER_POST} work requests in one post`);
+    const w = this.words;
+    const at = this.count * WR_WORDS;
+    const sg = wr.sg;
+    const nsge = sg.length / 3;
+    if (nsge > STAGED_SGE || !Number.isInteger(nsge)) throw new RangeError(`a work request takes at most ${STAGED_SGE} (region, offset, length) triples, not ${sg.length} values`);
+    w[at] = wr.wrId;
+    w[at + 1] = wr.opcode;
+    w[at + 2] = (wr.signaled ? 1 : 0) | (wr.inline ? 2 : 0);
+    w[at + 3] = nsge;
+    w[at + 4] = (wr.opcode === WrOpcode.BindWindow ? wr.access : wr.rkey) ?? 0;
+    if (wr.remoteAddr !== undefined) {
+      this.address[0] = wr.remoteAddr;
+      w[at + 5] = this.addressWords[0]!;
+      w[at + 6] = this.addressWords[1]!;
+    } else {
+      w[at + 5] = 0;
+      w[at + 6] = 0;
+    }
+    w[at + 7] = wr.window ? this.indexOf(wr.window) : 0;
+    for (let j = 0; j < nsge; j++) {
+      const offset = sg[3 * j + 1] as number;
+      const length = sg[3 * j + 2] as number;
+      // A word holds 32 bits: larger values would wrap into another place of the region.
+      if (!(offset >= 0 && offset <= 0xffff_ffff && length >= 0 && length <= 0xffff_ffff)) throw new RangeError(`scatter-gather entry (${offset}, ${length}) does not fit the staging words`);
+      w[at + 8 + 3 * j] = this.indexOf(sg[3 * j] as MemoryRegion);
+      w[at + 9 + 3 * j] = offset;
+      w[at + 10 + 3 * j] = length;
+    }
+    this.count++;
+  }
+
+  /** Post what is staged as one list. */
+  post(qp: QueuePair): void {
+    qp.postSend(this.words, this.count, this.objects);
+  }
+}
+
 /** Chains allowed to wait for room in the send queue, unless the owner says otherwise. */
 export const DEFAULT_MAX_BACKLOG = 1024;
 
@@ -107,8 +179,8 @@ export class SendQueue {
   private readonly pending: SendChain[] = [];
   /** No room yet: accepted in order as completions free entries. */
   private readonly waiting: SendChain[] = [];
-  /** The work requests of one postSend call, gathered from several chains (reused). */
-  private readonly batchWrs: SendWr[] = [];
+  /** The work requests of one postSend call, as the addon reads them. */
+  private readonly staging = new WorkRequestStaging();
   private flushArmed = false;
   private broken: Error | null = null;
   readonly maxBacklog: number;
@@ -172,6 +244,8 @@ export class SendQueue {
   postChain(chain: SendChain): void {
     const n = chain.wrs.length;
     if (this.broken) return chain.done(this.broken);
+    // Nothing to post, nothing that would complete: done now.
+    if (n === 0) return chain.done(null);
     if (n > this.depth) return chain.done(new Error(`${chain.what}: ${n} work requests exceed the send queue depth ${this.depth}`));
     if (n > MAX_WRS_PER_POST) return chain.done(new Error(`${chain.what}: ${n} work requests exceed the ${MAX_WRS_PER_POST} one post can carry`));
     if (this.waiting.length === 0 && this.free >= n) this.accept(chain);
@@ -207,14 +281,15 @@ export class SendQueue {
     while (!this.broken && pending.length > 0) {
       let count = 0;
       let wrCount = 0;
+      // Whole chains, up to what one call carries.
       for (const c of pending) {
         if (wrCount + c.wrs.length > MAX_WRS_PER_POST) break;
         wrCount += c.wrs.length;
         count++;
       }
-      // One chain goes as it is; several are gathered into the queue's reused list.
-      const wrs = count === 1 ? pending[0]!.wrs : this.batchWrs;
-      this.batchWrs.length = 0;
+      const staging = this.staging;
+      staging.reset();
+      let error: Error | null = null;
       for (let k = 0; k < count; k++) {
         const chain = pending[k]!;
         chain.id = this.freeIds.pop() ?? this.byId.length;
@@ -224,11 +299,18 @@ export class SendQueue {
           const wr = chain.wrs[i]!;
           wr.wrId = chain.id;
           wr.signaled = i === last;
-          if (wrs === this.batchWrs) wrs.push(wr);
+          if (error === null) {
+            try {
+              staging.add(wr);
+            } catch (err) {
+              error = err as Error;
+            }
+          }
         }
       }
       try {
-        this.qp.postSend(wrs);
+        if (error) throw error;
+        staging.post(this.qp);
       } catch (err) {
         const e = err instanceof Error ? err : new Error(String(err));
         // None of this call's chains is in flight: their ids go back, each fails with the error.
@@ -248,7 +330,8 @@ export class SendQueue {
       if (count === pending.length) pending.length = 0;
       else pending.splice(0, count);
     }
-    this.batchWrs.length = 0;
+    // Nothing kept alive between calls.
+    this.staging.reset();
   }
 
   /** A send-side completion; returns false if it settles nothing (a late flush of a settled chain). */
