@@ -96,18 +96,15 @@ class KeyedVqRequest implements VqRequestData, SendChain {
   id = 0;
   /** WRITE templates, as many as the slot's commands have needed so far. */
   private readonly writes: SendWr[] = [];
-  /** The completion SEND, from the slot's registered completion buffer. */
-  private readonly send: SendWr;
-  private readonly completionBuffer: RegisteredBuffer;
+  /** The completion SEND, from the slot's registered completion buffer (both made with the slot's first completion). */
+  private send: SendWr | null = null;
+  private completionBuffer: RegisteredBuffer | null = null;
 
   constructor(
     readonly connection: RdmaTargetConnection,
     maxDescriptors: number,
-    completionBuffer: RegisteredBuffer,
   ) {
     this.descriptors = Buffer.alloc(maxDescriptors * KEYED_DESCRIPTOR_SIZE);
-    this.completionBuffer = completionBuffer;
-    this.send = { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [completionBuffer.mr, completionBuffer.offset, COMPLETION_SIZE], rkey: 0 };
   }
 
   /** Take the slot for a command. */
@@ -271,7 +268,11 @@ class KeyedVqRequest implements VqRequestData, SendChain {
         left -= n;
       }
     }
-    completion.copy(this.completionBuffer.view, 0, 0, COMPLETION_SIZE);
+    if (!this.send) {
+      const b = (this.completionBuffer = this.connection.completionBuffer());
+      this.send = { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [b.mr, b.offset, COMPLETION_SIZE], rkey: 0 };
+    }
+    completion.copy(this.completionBuffer!.view, 0, 0, COMPLETION_SIZE);
     this.send.opcode = invalidate === null ? WrOpcode.Send : WrOpcode.SendWithInvalidate;
     this.send.rkey = invalidate ?? 0;
     wrs.push(this.send);
@@ -280,7 +281,7 @@ class KeyedVqRequest implements VqRequestData, SendChain {
   }
 
   private newWrite(): SendWr {
-    const wr: SendWr = { wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [this.send.sg[0]!, 0, 0], remoteAddr: 0n, rkey: 0 };
+    const wr: SendWr = { wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [this.data!.mr, 0, 0], remoteAddr: 0n, rkey: 0 };
     this.writes.push(wr);
     return wr;
   }
@@ -449,12 +450,20 @@ export class RdmaTargetConnection implements TargetConnection {
 
   /** A free request slot for a VQ command. */
   private takeSlot(): KeyedVqRequest {
-    const slot = this.freeSlots.pop();
-    if (slot) return slot;
-    // Registered once per connection, for its queue size; a slot beyond it (a peer that sends
-    // more than its queue size while commands are in flight) gets its own small registration.
-    this.completionPool ??= this.rc.createPool(COMPLETION_SIZE, this.options.recvDepth, 0);
-    return new KeyedVqRequest(this, this.maxKeyedDescriptors, this.completionPool.acquire(COMPLETION_SIZE));
+    return this.freeSlots.pop() ?? new KeyedVqRequest(this, this.maxKeyedDescriptors);
+  }
+
+  /**
+   * A slot's registered completion buffer, taken with its first VQ completion and kept for the
+   * slot's life. The pool is registered with the connection's first VQ completion (after a
+   * successful virtqueue Connect: a peer that never gets there registers none of it), sized for
+   * every slot the connection can have: commands in the session (at most the receive depth) plus
+   * completions still being sent (the send queue's depth and backlog), so the data path never
+   * registers memory.
+   */
+  completionBuffer(): RegisteredBuffer {
+    this.completionPool ??= this.rc.createPool(COMPLETION_SIZE, this.options.recvDepth + this.options.sendDepth + this.options.maxSendBacklog, 0);
+    return this.completionPool.acquire(COMPLETION_SIZE);
   }
 
   /** A slot has ended its command and nothing uses its buffers any more. */
