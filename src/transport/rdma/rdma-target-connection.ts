@@ -80,6 +80,8 @@ class KeyedVqRequest implements VqRequestData, SendChain {
   private released = true;
   /** Back in its connection's free slots (until start()). */
   private recycled = true;
+  /** Bumped for every command: a wait that ends after its command has left must not see the next one's buffer. */
+  private generation = 0;
   /** Work that still uses the slot's buffers: a wait for pool memory, an RDMA READ, the completion chain. */
   private pending = 0;
   // Views of `data`, kept while the next command of the slot gets the same buffer and lengths.
@@ -118,6 +120,16 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     this.inlineCopy = null;
     this.released = false;
     this.recycled = false;
+    this.generation++;
+  }
+
+  /** After a wait: the slot still serves the command `generation` was taken for, and has its buffer. */
+  checkStill(generation: number, direction: 'out' | 'in'): void {
+    if (generation !== this.generation || this.released || !this.data) throw new VqTransferError(direction, 'the request ended while its buffer was on its way');
+  }
+
+  get currentGeneration(): number {
+    return this.generation;
   }
 
   /** Bytes of the readable part the descriptors describe (none when it came inline). */
@@ -187,7 +199,9 @@ class KeyedVqRequest implements VqRequestData, SendChain {
   /** The device-writable part of this request's buffer (waits for pool memory, never registers). */
   async writable(): Promise<Buffer> {
     this.connection.checkSizes(this, 'in');
+    const generation = this.generation;
     await this.buffer('in');
+    this.checkStill(generation, 'in');
     this.views();
     return this.writeView;
   }
@@ -612,7 +626,9 @@ export class RdmaTargetConnection implements TargetConnection {
     this.checkSizes(req, 'out');
     const now = req.readOutNow();
     if (now !== undefined) return now;
+    const generation = req.currentGeneration;
     await req.buffer('out');
+    req.checkStill(generation, 'out');
     const data = req.data!;
     const wrs: SendWr[] = [];
     let at = 0;
@@ -631,6 +647,7 @@ export class RdmaTargetConnection implements TargetConnection {
     } catch (err) {
       throw new VqTransferError('out', (err as Error).message, { cause: err });
     }
+    req.checkStill(generation, 'out');
     return req.readable();
   }
 
