@@ -469,15 +469,19 @@ export class RdmaTargetConnection implements TargetConnection {
 
   /**
    * A slot's registered completion buffer, taken with its first VQ completion and kept for the
-   * slot's life. The pool is registered with the connection's first VQ completion (after a
-   * successful virtqueue Connect: a peer that never gets there registers none of it), sized for
+   * slot's life. The pool is registered with the full receive ring, when a Connect succeeds (a
+   * peer that never gets there registers none of it; never on the data path), sized for
    * every slot the connection can have: commands in the session (at most the receive depth) plus
    * completions still being sent (the send queue's depth and backlog), so the data path never
    * registers memory.
    */
   completionBuffer(): RegisteredBuffer {
+    return this.registerCompletionPool().acquire(COMPLETION_SIZE);
+  }
+
+  private registerCompletionPool(): RegisteredPool {
     this.completionPool ??= this.rc.createPool(COMPLETION_SIZE, this.options.recvDepth + this.options.sendDepth + this.options.maxSendBacklog, 0);
-    return this.completionPool.acquire(COMPLETION_SIZE);
+    return this.completionPool;
   }
 
   /** A slot has ended its command and nothing uses its buffers any more. */
@@ -661,6 +665,8 @@ export class RdmaTargetConnection implements TargetConnection {
       if (completion.readUInt16LE(0) === Status.SUCCESS) {
         try {
           this.rc.growReceives();
+          // A virtqueue's (the control queue sends no VQ completions).
+          if (this.reservation) this.registerCompletionPool();
         } catch (err) {
           this.log.warn(`${this.peer}: cannot register the queue's receive buffers (${(err as Error).message}): closing`);
           this.close();
