@@ -195,7 +195,7 @@ class QueuePair : public Napi::ObjectWrap<QueuePair> {
   Napi::Value QpNum(const Napi::CallbackInfo& info);
   Napi::Value Query(const Napi::CallbackInfo& info);
   Napi::Value ModifyToError(const Napi::CallbackInfo& info);
-  ibv_sge ToSge(Napi::Env env, Napi::Value mrValue, Napi::Value offsetValue, Napi::Value lengthValue);
+  ibv_sge ToSge(Napi::Env env, Napi::Value mrValue, double offset, double length);
   MemoryWindow* WindowOf(Napi::Env env, Napi::Value value);
 
   ibv_qp* qp_ = nullptr;

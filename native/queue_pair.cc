@@ -5,7 +5,16 @@ namespace vof {
 // Opcodes of postSend work requests, as the JS side numbers them.
 enum WrOpcode : uint32_t { kSend = 0, kWrite = 1, kRead = 2, kBindWindow = 3, kLocalInvalidate = 4, kSendWithInvalidate = 5 };
 static constexpr uint32_t kMaxChain = 64;
-static constexpr uint32_t kMaxSge = 32;
+// The staging area postSend reads (SendQueue's WorkRequestStaging in send-queue.ts writes it):
+// kWrWords 32-bit words per work request, at most kStagedSge scatter-gather entries each.
+//   0 wr_id            1 opcode (WrOpcode)   2 flags: 1 signaled, 2 inline
+//   3 number of SGEs   4 rkey (READ/WRITE: the remote key; SEND with Invalidate: the key to
+//                        invalidate; BindWindow: the access granted)
+//   5 remote address, low 32 bits            6 remote address, high 32 bits
+//   7 window (BindWindow, LocalInvalidate): index into `objects`
+//   8 + 3j, 9 + 3j, 10 + 3j: SGE j as (region index into `objects`, offset, length)
+static constexpr uint32_t kStagedSge = 2;
+static constexpr uint32_t kWrWords = 8 + 3 * kStagedSge;
 
 Napi::Function QueuePair::Init(Napi::Env env) {
   return DefineClass(env, "QueuePair",
@@ -56,13 +65,13 @@ void QueuePair::Release() {
 
 // Every local buffer must be a registered region of this QP's PD, and the slice must lie inside
 // it: JS can never point the NIC at memory it was not given.
-ibv_sge QueuePair::ToSge(Napi::Env env, Napi::Value mrValue, Napi::Value offsetValue, Napi::Value lengthValue) {
-  if (!mrValue.IsObject()) throw Napi::TypeError::New(env, "scatter-gather entry needs a MemoryRegion");
+ibv_sge QueuePair::ToSge(Napi::Env env, Napi::Value mrValue, double offset, double length) {
+  if (!mrValue.IsObject() || !mrValue.As<Napi::Object>().InstanceOf(CtorsOf(env).memoryRegion.Value())) {
+    throw Napi::TypeError::New(env, "scatter-gather entry needs a MemoryRegion");
+  }
   auto* mr = MemoryRegion::Unwrap(mrValue.As<Napi::Object>());
   if (mr->mr == nullptr) throw Napi::Error::New(env, "memory region is deregistered");
   if (mr->owner != pd_) throw Napi::Error::New(env, "memory region belongs to another protection domain");
-  double offset = offsetValue.As<Napi::Number>().DoubleValue();
-  double length = lengthValue.As<Napi::Number>().DoubleValue();
   if (offset < 0 || length < 0 || offset + length > static_cast<double>(mr->length)) {
     throw Napi::RangeError::New(env, "scatter-gather entry outside its memory region");
   }
@@ -73,23 +82,38 @@ ibv_sge QueuePair::ToSge(Napi::Env env, Napi::Value mrValue, Napi::Value offsetV
   return sge;
 }
 
-// postSend([{ wrId, opcode, signaled, inline?, sg: [mr, offset, length, ...], remoteAddr?, rkey?,
-// window?, access? }]) posts the list as one chain (e.g. RDMA WRITEs followed by the completion
-// SEND). SendWithInvalidate is a SEND whose `rkey` names the receiver's key to invalidate.
-// BindWindow binds `window` over sg's one (region, offset, length) with `access`, under the
-// next key (ibv_inc_rkey); LocalInvalidate ends `window`'s current key. The list may hold
-// several chains (SendQueue posts a JS turn's chains in one call); keys are tracked through the
-// whole call, and one call binds a window at most once: vof rebinds a window only after its
-// previous bind's key has died (the completion arrived: LOCAL_INV done or invalidated by the
-// peer's SEND with Invalidate), so a second bind in one call is a bug.
+// postSend(staging, count, objects) posts the first `count` work requests of the Uint32Array
+// `staging` (kWrWords words each, laid out as above) as one list, e.g. RDMA WRITEs followed by
+// the completion SEND. A flat boundary: numbers read from a typed array, and the regions and
+// windows the requests name looked up by index in the array `objects`, instead of some twenty
+// property lookups per work request. Every SGE is still checked against its region (this QP's
+// PD, inside its bytes): JS can never point the NIC at memory it was not given.
+// SendWithInvalidate is a SEND whose rkey word names the receiver's key to invalidate.
+// BindWindow binds its window over its one SGE with the access in the rkey word, under the next
+// key (ibv_inc_rkey); LocalInvalidate ends its window's current key. The list may hold several
+// chains (SendQueue posts a JS turn's chains in one call); keys are tracked through the whole
+// call, and one call binds a window at most once: vof rebinds a window only after its previous
+// bind's key has died (the completion arrived: LOCAL_INV done or invalidated by the peer's SEND
+// with Invalidate), so a second bind in one call is a bug.
 Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (qp_ == nullptr) throw Napi::Error::New(env, "queue pair is destroyed");
-  Napi::Array list = info[0].As<Napi::Array>();
-  uint32_t count = list.Length();
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array || !info[2].IsArray()) {
+    throw Napi::TypeError::New(env, "postSend(staging: Uint32Array, count, objects: Array)");
+  }
+  Napi::Uint32Array staging = info[0].As<Napi::Uint32Array>();
+  uint32_t count = info[1].As<Napi::Number>().Uint32Value();
+  Napi::Array objects = info[2].As<Napi::Array>();
+  uint32_t nobjects = objects.Length();
   if (count == 0 || count > kMaxChain) throw Napi::RangeError::New(env, "postSend takes 1 to 64 work requests");
+  if (staging.ElementLength() < static_cast<size_t>(count) * kWrWords) throw Napi::RangeError::New(env, "postSend: the staging area is shorter than its work requests");
+  const uint32_t* words = staging.Data();
+  auto object = [&](uint32_t index) {
+    if (index >= nobjects) throw Napi::RangeError::New(env, "postSend: object index out of range");
+    return objects.Get(index);
+  };
   ibv_send_wr wrs[kMaxChain];
-  ibv_sge sges[kMaxChain][kMaxSge];
+  ibv_sge sges[kMaxChain][kStagedSge];
   // Windows bound by this call, with the key each bind gives them (applied once posted).
   MemoryWindow* bound[kMaxChain];
   uint32_t boundKeys[kMaxChain];
@@ -102,74 +126,68 @@ Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
     return w->rkey;
   };
   for (uint32_t i = 0; i < count; i++) {
-    Napi::Object o = list.Get(i).As<Napi::Object>();
+    const uint32_t* w = words + static_cast<size_t>(i) * kWrWords;
     ibv_send_wr& wr = wrs[i];
     wr = ibv_send_wr{};
-    wr.wr_id = o.Get("wrId").As<Napi::Number>().Uint32Value();
-    uint32_t op = o.Get("opcode").As<Napi::Number>().Uint32Value();
+    wr.wr_id = w[0];
+    uint32_t op = w[1];
+    if ((w[2] & 1) != 0) wr.send_flags |= IBV_SEND_SIGNALED;
+    uint32_t nsge = w[3];
+    if (nsge > kStagedSge || nsge > maxSendSge_) throw Napi::RangeError::New(env, "too many scatter-gather entries for this QP");
+    for (uint32_t j = 0; j < nsge; j++) sges[i][j] = ToSge(env, object(w[8 + 3 * j]), w[9 + 3 * j], w[10 + 3 * j]);
+    wr.next = i + 1 < count ? &wrs[i + 1] : nullptr;
     if (op == kBindWindow || op == kLocalInvalidate) {
-      MemoryWindow* w = WindowOf(env, o.Get("window"));
-      if (o.Get("signaled").ToBoolean()) wr.send_flags |= IBV_SEND_SIGNALED;
+      MemoryWindow* mw = WindowOf(env, object(w[7]));
       if (op == kLocalInvalidate) {
         wr.opcode = IBV_WR_LOCAL_INV;
-        wr.invalidate_rkey = keyOf(w);
-      } else {
-        for (uint32_t k = 0; k < nbound; k++) {
-          if (bound[k] == w) throw Napi::Error::New(env, "one postSend may bind a memory window once");
-        }
-        // sg: [region, offset, length]: exactly the bytes the window exposes, inside the region.
-        Napi::Array sg = o.Get("sg").As<Napi::Array>();
-        if (sg.Length() != 3) throw Napi::TypeError::New(env, "a bind takes sg: [region, offset, length]");
-        ibv_sge range = ToSge(env, sg.Get(0u), sg.Get(1u), sg.Get(2u));
-        if (range.length == 0) throw Napi::RangeError::New(env, "a memory window cannot be bound to zero bytes");
-        uint32_t access = o.Get("access").As<Napi::Number>().Uint32Value();
-        if ((access & ~(IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE)) != 0) {
-          throw Napi::RangeError::New(env, "a memory window grants REMOTE_READ and/or REMOTE_WRITE only");
-        }
-        wr.opcode = IBV_WR_BIND_MW;
-        wr.bind_mw.mw = w->mw;
-        wr.bind_mw.rkey = ibv_inc_rkey(keyOf(w));
-        wr.bind_mw.bind_info.mr = MemoryRegion::Unwrap(sg.Get(0u).As<Napi::Object>())->mr;
-        wr.bind_mw.bind_info.addr = range.addr;
-        wr.bind_mw.bind_info.length = range.length;
-        wr.bind_mw.bind_info.mw_access_flags = access;
-        bound[nbound] = w;
-        boundKeys[nbound] = wr.bind_mw.rkey;
-        nbound++;
+        wr.invalidate_rkey = keyOf(mw);
+        continue;
       }
-      wr.next = i + 1 < count ? &wrs[i + 1] : nullptr;
+      for (uint32_t k = 0; k < nbound; k++) {
+        if (bound[k] == mw) throw Napi::Error::New(env, "one postSend may bind a memory window once");
+      }
+      // Its one SGE: exactly the bytes the window exposes, inside the region.
+      if (nsge != 1) throw Napi::TypeError::New(env, "a bind takes one scatter-gather entry: [region, offset, length]");
+      const ibv_sge& range = sges[i][0];
+      if (range.length == 0) throw Napi::RangeError::New(env, "a memory window cannot be bound to zero bytes");
+      uint32_t access = w[4];
+      if ((access & ~(IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE)) != 0) {
+        throw Napi::RangeError::New(env, "a memory window grants REMOTE_READ and/or REMOTE_WRITE only");
+      }
+      wr.opcode = IBV_WR_BIND_MW;
+      wr.bind_mw.mw = mw->mw;
+      wr.bind_mw.rkey = ibv_inc_rkey(keyOf(mw));
+      wr.bind_mw.bind_info.mr = MemoryRegion::Unwrap(object(w[8]).As<Napi::Object>())->mr;
+      wr.bind_mw.bind_info.addr = range.addr;
+      wr.bind_mw.bind_info.length = range.length;
+      wr.bind_mw.bind_info.mw_access_flags = access;
+      bound[nbound] = mw;
+      boundKeys[nbound] = wr.bind_mw.rkey;
+      nbound++;
       continue;
     }
-    Napi::Array sg = o.Get("sg").As<Napi::Array>();
-    uint32_t nsge = sg.Length() / 3;
-    if (nsge > maxSendSge_ || nsge > kMaxSge) throw Napi::RangeError::New(env, "too many scatter-gather entries for this QP");
-    for (uint32_t j = 0; j < nsge; j++) sges[i][j] = ToSge(env, sg.Get(3 * j), sg.Get(3 * j + 1), sg.Get(3 * j + 2));
     wr.sg_list = sges[i];
     wr.num_sge = static_cast<int>(nsge);
-    if (o.Get("signaled").ToBoolean()) wr.send_flags |= IBV_SEND_SIGNALED;
     if (op == kSend || op == kSendWithInvalidate) {
       wr.opcode = IBV_WR_SEND;
       if (op == kSendWithInvalidate) {
-        // The receiver's NIC invalidates `rkey` (one of the receiver's own keys) before it
-        // reports the message: the peer's key dies with no work request of the peer's own.
+        // The receiver's NIC invalidates this key (one of the receiver's own) before it reports
+        // the message: the peer's key dies with no work request of the peer's own.
         wr.opcode = IBV_WR_SEND_WITH_INV;
-        wr.invalidate_rkey = o.Get("rkey").As<Napi::Number>().Uint32Value();
+        wr.invalidate_rkey = w[4];
       }
-      if (o.Get("inline").ToBoolean()) {
+      if ((w[2] & 2) != 0) {
         uint64_t total = 0;
         for (uint32_t j = 0; j < nsge; j++) total += sges[i][j].length;
         if (total <= maxInline_) wr.send_flags |= IBV_SEND_INLINE;
       }
     } else if (op == kWrite || op == kRead) {
       wr.opcode = op == kWrite ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
-      bool lossless = false;
-      wr.wr.rdma.remote_addr = o.Get("remoteAddr").As<Napi::BigInt>().Uint64Value(&lossless);
-      wr.wr.rdma.rkey = o.Get("rkey").As<Napi::Number>().Uint32Value();
-      if (!lossless) throw Napi::RangeError::New(env, "remoteAddr must fit in 64 bits");
+      wr.wr.rdma.remote_addr = (static_cast<uint64_t>(w[6]) << 32) | w[5];
+      wr.wr.rdma.rkey = w[4];
     } else {
       throw Napi::RangeError::New(env, "unknown work request opcode");
     }
-    wr.next = i + 1 < count ? &wrs[i + 1] : nullptr;
   }
   ibv_send_wr* bad = nullptr;
   int err = ibv_post_send(qp_, wrs, &bad);
@@ -184,7 +202,7 @@ Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
 Napi::Value QueuePair::PostRecv(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (qp_ == nullptr) throw Napi::Error::New(env, "queue pair is destroyed");
-  ibv_sge sge = ToSge(env, info[1], info[2], info[3]);
+  ibv_sge sge = ToSge(env, info[1], info[2].As<Napi::Number>().DoubleValue(), info[3].As<Napi::Number>().DoubleValue());
   ibv_recv_wr wr{};
   wr.wr_id = info[0].As<Napi::Number>().Uint32Value();
   wr.sg_list = &sge;

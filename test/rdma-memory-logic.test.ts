@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { DeviceMemory, DeviceMemoryTable, QUEUE_CLASS_BYTES, SIZE_CLASSES } from '../src/transport/rdma/device-memory.js';
 import type { MemoryRegion, NativeBinding, ProtectionDomain, QueuePair, SendWr } from '../src/transport/rdma/native-binding.js';
 import type { RegisteredBuffer } from '../src/transport/rdma/registered-pool.js';
-import { SendQueue, SendStalledError } from '../src/transport/rdma/send-queue.js';
+import { SendQueue, SendStalledError, WR_WORDS } from '../src/transport/rdma/send-queue.js';
 
 // Host-side tests of the RDMA memory and send-path logic, with fake verbs objects: the pool's
 // wait queue, its bounds and its registration count, and the send queue's backlog bound and
@@ -183,11 +183,11 @@ describe('device memory (size classes, FIFO wait queue, limit)', () => {
   });
 });
 
-/** A QP whose sends complete only when the test says so. */
+/** A QP whose sends complete only when the test says so; records the wr_id of each request posted. */
 class FakeQp implements QueuePair {
-  posted: SendWr[][] = [];
-  postSend(wrs: SendWr[]): void {
-    this.posted.push(wrs);
+  posted: Array<Array<{ wrId: number }>> = [];
+  postSend(staging: Uint32Array, count: number): void {
+    this.posted.push(Array.from({ length: count }, (_, i) => ({ wrId: staging[i * WR_WORDS]! })));
   }
   postRecv(): void {}
   qpNum(): number {

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { CmId, CompletionQueue, MemoryRegion, NativeBinding, ProtectionDomain, QueuePair, SendWr } from '../src/transport/rdma/native-binding.js';
 import { WrOpcode } from '../src/transport/rdma/native-binding.js';
 import { RcConnection, type RcConnectionHandler } from '../src/transport/rdma/rc-connection.js';
-import { MAX_WRS_PER_POST, RdmaWorkError, RECV_WR_FLAG, SendQueue, SendStalledError } from '../src/transport/rdma/send-queue.js';
+import { MAX_WRS_PER_POST, RdmaWorkError, RECV_WR_FLAG, SendQueue, SendStalledError, WR_WORDS } from '../src/transport/rdma/send-queue.js';
 
 // The send queue's batching, with a fake QueuePair that records every postSend call (one call
 // is one ibv_post_send, a system call on soft-RoCE): what reaches the QP, in which calls, with
@@ -14,10 +14,12 @@ class RecordingQp implements QueuePair {
   /** postSend call numbers (0-based) that throw instead of posting. */
   readonly refuse = new Set<number>();
   private attempts = 0;
-  postSend(wrs: SendWr[]): void {
+  postSend(staging: Uint32Array, count: number): void {
     if (this.refuse.has(this.attempts++)) throw new Error('ibv_post_send failed: Cannot allocate memory');
-    // `rkey` carries the test's tag of each request, to check the order.
-    this.calls.push(wrs.map((wr) => ({ wrId: wr.wrId, signaled: wr.signaled, tag: wr.rkey! })));
+    // The staged words of each request (native/queue_pair.cc): wr_id, flags (1: signaled), and
+    // the rkey word, which carries the test's tag of each request, to check the order.
+    const at = (i: number) => i * WR_WORDS;
+    this.calls.push(Array.from({ length: count }, (_, i) => ({ wrId: staging[at(i)]!, signaled: (staging[at(i) + 2]! & 1) === 1, tag: staging[at(i) + 4]! })));
   }
   postRecv(): void {}
   qpNum(): number {

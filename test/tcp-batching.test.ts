@@ -3,12 +3,18 @@ import net, { type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Opcode, encodeBareCompletion, encodeCommand, encodeVqCompletion, silentLogger, type VqRequestData } from '../src/index.js';
 import { TcpTargetConnection } from '../src/transport/tcp/tcp-target-connection.js';
+import type { TargetConnection } from '../src/transport/transport.js';
 import { TcpInitiatorConnection } from '../src/transport/tcp/tcp-initiator-connection.js';
 
 /**
  * Writes produced in one event-loop turn leave in one write: counted at the socket's own
  * _write/_writev, the calls that become system calls, on real loopback sockets.
  */
+/** completeVq's callback as a promise, for a test to await. */
+function completeVq(conn: TargetConnection, req: VqRequestData, completion: Buffer, written: number): Promise<void> {
+  return new Promise((resolve, reject) => conn.completeVq(req, completion, written, (err) => (err ? reject(err) : resolve())));
+}
+
 const cleanups: Array<() => void> = [];
 afterEach(() => {
   for (const c of cleanups.splice(0)) c();
@@ -78,7 +84,7 @@ describe('TCP write batching', () => {
       writables[id]!.fill(id);
       const done = encodeVqCompletion(0, id, 100 + id);
       expected.push(done, Buffer.from(writables[id]!));
-      settled.push(conn.completeVq(requests[id]!, done, 100 + id));
+      settled.push(completeVq(conn, requests[id]!, done, 100 + id));
     }
     conn.sendCompletion(encodeBareCompletion(0, 99));
     expected.push(encodeBareCompletion(0, 99));

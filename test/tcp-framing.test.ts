@@ -10,7 +10,7 @@ import {
   silentLogger,
   type VqRequestData,
 } from '../src/index.js';
-import { VqTransferError } from '../src/transport/transport.js';
+import { VqTransferError, type TargetConnection } from '../src/transport/transport.js';
 import { TcpTargetConnection } from '../src/transport/tcp/tcp-target-connection.js';
 import { TcpInitiatorConnection } from '../src/transport/tcp/tcp-initiator-connection.js';
 import { CompletionReader } from '../src/transport/tcp/completion-reader.js';
@@ -53,6 +53,12 @@ class FakeSocket extends EventEmitter {
 }
 
 const asSocket = (s: FakeSocket) => s as unknown as Socket;
+
+/** completeVq's callback as a promise, for a test to await. */
+function completeVq(conn: TargetConnection, req: VqRequestData, completion: Buffer, written: number): Promise<void> {
+  return new Promise((resolve, reject) => conn.completeVq(req, completion, written, (err) => (err ? reject(err) : resolve())));
+}
+
 
 type Seen = { opcode: number; commandId: number; payload: string };
 
@@ -173,7 +179,7 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     writable.fill(0xee); // what an earlier request may have left there
     writable.write('abcde');
     const done = encodeVqCompletion(0, 3, 5);
-    await t.conn.completeVq(req, done, 5);
+    await completeVq(t.conn, req, done, 5);
     // One write: the header in front of the 5 written bytes, none of the 3 left over.
     expect(t.sock.written).toHaveLength(1);
     expect(Buffer.concat(t.sock.written).equals(Buffer.concat([done, Buffer.from('abcde')]))).toBe(true);
@@ -220,13 +226,13 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     const b = await next(2);
     const wb = await b.writable();
     expect(wb.buffer).not.toBe(wa.buffer); // both in flight: two frames
-    await t.conn.completeVq(a, encodeVqCompletion(0, 1, 0), 0);
+    await completeVq(t.conn, a, encodeVqCompletion(0, 1, 0), 0);
     a.release();
     const c = await next(3);
     expect((await c.writable()).buffer).toBe(wa.buffer);
     // A request this connection did not deliver is refused, not sent.
     const foreign: VqRequestData = { outLength: 0, inLength: 1, readOut: async () => Buffer.alloc(0), readOutNow: () => undefined, writable: async () => Buffer.alloc(1), writableNow: () => undefined, release: () => {} };
-    await expect(t.conn.completeVq(foreign, encodeVqCompletion(0, 9, 1), 1)).rejects.toThrow(/did not deliver/);
+    await expect(completeVq(t.conn, foreign, encodeVqCompletion(0, 9, 1), 1)).rejects.toThrow(/did not deliver/);
   });
 });
 

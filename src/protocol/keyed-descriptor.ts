@@ -56,3 +56,19 @@ export function validateKeyedDescriptors(
   if (pos !== outLength + inLength) return 'lengths do not add up to out_length + in_length';
   return 'none';
 }
+
+/**
+ * validateKeyedDescriptors over `n` descriptors as they came on the wire (at `offset` of
+ * `buf`): the same rule, for a transport that keeps the bytes instead of decoding objects.
+ */
+export function validateKeyedDescriptorBytes(buf: Buffer, offset: number, n: number, outLength: number, inLength: number, maxDescriptors: number): DescriptorProblem {
+  if (n === 0 || n > maxDescriptors) return 'too many descriptors';
+  let pos = 0;
+  for (let i = 0; i < n; i++) {
+    const length = buf.readUInt32LE(offset + i * KEYED_DESCRIPTOR_SIZE + 8);
+    if (pos < outLength && pos + length > outLength) return 'descriptor straddles the readable/writable boundary';
+    pos += length;
+  }
+  if (pos !== outLength + inLength) return 'lengths do not add up to out_length + in_length';
+  return 'none';
+}

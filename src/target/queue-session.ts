@@ -328,8 +328,7 @@ export class QueueSession {
   private sendVq(req: TargetRequest, completion: Buffer, written: number): void {
     const c = this.connection;
     if (this.closed) return req.onSent(null);
-    if (c.completeVqThen) return c.completeVqThen(req.data!, completion, written, req.onSent);
-    c.completeVq(req.data!, completion, written).then(() => req.onSent(null), req.onSent);
+    c.completeVq(req.data!, completion, written, req.onSent);
   }
 
   /** A command refused before a slot owns it: what it was given goes back. */

@@ -132,21 +132,18 @@ export interface TargetConnection {
   /**
    * Complete a VQ command: deliver the first `written` bytes of its writable() buffer (none
    * when `written` is 0; written ≤ request.inLength) to the device-writable buffers, then the
-   * 16-byte completion whose length field already says `written`. Resolves once the
-   * completion and its data have left this process (stream: handed to the kernel; a
-   * connection that closes first resolves too), so the command counts as in flight, and its
-   * buffers as spent, until then. Rejects with VqTransferError, without having sent the
-   * completion, when the writable buffers could not be written; the caller then answers with
-   * EINVQBUF. `request` must be one this connection delivered.
+   * 16-byte completion whose length field already says `written`. `done` runs once: with null
+   * once the completion and its data have left this process (stream: handed to the kernel;
+   * keyed: posted, see the transport; a connection that closes first counts too), so the
+   * command counts as in flight, and its buffers as spent, until then; with a VqTransferError,
+   * without the completion having been sent, when the writable buffers could not be written
+   * (the caller then answers with EINVQBUF); with a TypeError or RangeError for a call that
+   * breaks this contract. It may run before this returns. The one way to complete a VQ
+   * command: a callback, not a promise, so that the target passes one bound once per request
+   * slot and completing a command allocates nothing. `request` must be one this connection
+   * delivered.
    */
-  completeVq(request: VqRequestData, completion: Buffer, written: number): Promise<void>;
-  /**
-   * completeVq with a callback instead of a promise, for transports that can say when the
-   * completion has left without making one: `done` runs once, with null when completeVq would
-   * have resolved and with its rejection otherwise (possibly before this returns). The target
-   * passes a callback bound once per request slot, so completing a command allocates nothing.
-   */
-  completeVqThen?(request: VqRequestData, completion: Buffer, written: number, done: (err: Error | null) => void): void;
+  completeVq(request: VqRequestData, completion: Buffer, written: number, done: (err: Error | null) => void): void;
   /** Close now; in-flight sends are flushed when possible. */
   close(): void;
   /**

@@ -11,7 +11,8 @@ import { HeapWindow } from '../../dist/bench/per-io.js';
 
 // backing 'file': the file export itself serves the requests (its io_uring or libuv path, the
 // page cache), with the same image; else the in-memory disk below.
-const { size, backing = 'memory' } = workerData;
+// `listen`: the target's URL (default TCP on loopback; the RDMA allocation test gives rdma://).
+const { size, backing = 'memory', listen = 'tcp://127.0.0.1:0' } = workerData;
 const dir = mkdtempSync(join(tmpdir(), 'vof-memtarget-'));
 const path = join(dir, 'disk.img');
 // Every 4 KiB block starts with its own byte offset, so a read can check what it got.
@@ -68,7 +69,7 @@ const memoryDisk = {
 
 const target = new VofTarget({ log: silentLogger });
 target.addDevice('mem', backing === 'file' ? real : memoryDisk);
-const url = await target.listen('tcp://127.0.0.1:0');
+const url = await target.listen(listen);
 const heap = new HeapWindow();
 parentPort.on('message', async (m) => {
   if (m === 'start') {

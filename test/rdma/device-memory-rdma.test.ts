@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlkRequestType, BlockDevice, Opcode, encodeCommand, encodeRequestHeader, statusName } from '../../src/index.js';
 import { deviceMemories } from '../../src/transport/rdma/device-memory.js';
+import { WorkRequestStaging } from '../../src/transport/rdma/send-queue.js';
 import { nativeBinding, type CmEvent, type CmId, type CompletionQueue, type EventChannel, type MemoryRegion, type ProtectionDomain, type QueuePair } from '../../src/transport/rdma/native-binding.js';
 import { RNR_RETRY_COUNT } from '../../src/transport/rdma/rdma-limits.js';
 import { RdmaTargetConnection } from '../../src/transport/rdma/rdma-target-connection.js';
@@ -123,6 +124,7 @@ class RawVerbsPeer {
   private sendMr!: MemoryRegion;
   private recvMr!: MemoryRegion;
   private nextSend = 0;
+  private readonly staging = new WorkRequestStaging();
 
   private constructor() {
     this.channel = new binding.EventChannel((ev) => this.events.push(ev));
@@ -168,7 +170,9 @@ class RawVerbsPeer {
   send(bytes: Buffer): void {
     const slot = this.nextSend++ % 1024;
     bytes.copy(this.sendMr.buffer, slot * 64);
-    this.qp.postSend([{ wrId: slot, opcode: 0, signaled: true, sg: [this.sendMr, slot * 64, bytes.length] }]);
+    this.staging.reset();
+    this.staging.add({ wrId: slot, opcode: 0, signaled: true, sg: [this.sendMr, slot * 64, bytes.length] });
+    this.staging.post(this.qp);
   }
 
   received(slot: number): Buffer {

@@ -116,7 +116,9 @@ export const WrOpcode = { Send: 0, Write: 1, Read: 2, BindWindow: 3, LocalInvali
 export type WrOpcode = (typeof WrOpcode)[keyof typeof WrOpcode];
 
 /**
- * One work request; `sg` is flat triples of (region, offset, length). BindWindow: `window` over
+ * One work request as JS builds it (owners keep them as templates and reuse them); the send
+ * queue stages it into the addon's flat layout when posting. `sg` is flat triples of (region,
+ * offset, length), at most two. BindWindow: `window` over
  * sg's single triple (the region must be registered with access.MW_BIND), granting `access`
  * (REMOTE_READ and/or REMOTE_WRITE). LocalInvalidate: `window`'s current key stops working.
  * SendWithInvalidate: a Send that also makes the receiver's NIC invalidate the receiver's key
@@ -145,7 +147,12 @@ export interface QpAttributes {
 }
 
 export interface QueuePair {
-  postSend(wrs: SendWr[]): void;
+  /**
+   * Post the first `count` work requests of `staging` (WorkRequestStaging in send-queue.ts
+   * writes them: WR_WORDS words each, regions and windows as indexes into `objects`) as one
+   * list: one ibv_post_send.
+   */
+  postSend(staging: Uint32Array, count: number, objects: ReadonlyArray<MemoryRegion | MemoryWindow>): void;
   postRecv(wrId: number, mr: MemoryRegion, offset: number, length: number): void;
   qpNum(): number;
   query(): QpAttributes;

@@ -72,6 +72,12 @@ export class RcConnection {
   private readonly extraPools: RegisteredPool[] = [];
   private brokenBy: Error | null = null;
   private destroyed = false;
+  /**
+   * The view last handed out for each receive slot: a queue's messages mostly have one length
+   * (a 4 KiB read's request is always 48 bytes), so the slot's view of that length is reused
+   * rather than a Buffer made per message.
+   */
+  private readonly recvViews: Buffer[] = [];
 
   constructor(
     private readonly binding: NativeBinding,
@@ -136,7 +142,10 @@ export class RcConnection {
   }
 
   private postRecv(slot: number): void {
-    const { region, offset } = this.recvSlot(slot);
+    // As recvSlot(), without an object per repost.
+    const first = slot < this.initialRecvDepth;
+    const region = this.recvRegions[first ? 0 : 1]!;
+    const offset = (first ? slot : slot - this.initialRecvDepth) * this.options.recvSize;
     this.qp.postRecv(RECV_WR_FLAG | slot, region, offset, this.options.recvSize);
   }
 
@@ -174,8 +183,13 @@ export class RcConnection {
     const slot = wrId & ~RECV_WR_FLAG;
     if (status !== 0) return this.break(new RdmaWorkError(status, this.binding.wcStatusName(status), 'receive'));
     if (this.brokenBy) return;
-    const { region, offset } = this.recvSlot(slot);
-    this.handler.onMessage(region.buffer.subarray(offset, offset + byteLen), invalidatedKey);
+    let view = this.recvViews[slot];
+    if (view === undefined || view.length !== byteLen) {
+      const { region, offset } = this.recvSlot(slot);
+      view = region.buffer.subarray(offset, offset + byteLen);
+      this.recvViews[slot] = view;
+    }
+    this.handler.onMessage(view, invalidatedKey);
     if (!this.destroyed && !this.brokenBy) this.postRecv(slot);
   }
 

@@ -1,15 +1,16 @@
 import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, CONTROL_QUEUE_INSTANCE_ID, KEYED_DESCRIPTOR_SIZE, Opcode, Status } from '../../protocol/constants.js';
 import { REDIRECT_RECORD_SIZE } from '../../protocol/redirect-record.js';
-import { decodeKeyedDescriptors, validateKeyedDescriptors, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
-import { carriesInline, decodeInlineRequest, inlineRequestMessageSize } from '../../protocol/inline-data.js';
+import { carriesInline, inlineRequestMessageSize } from '../../protocol/inline-data.js';
+import { validateKeyedDescriptorBytes } from '../../protocol/keyed-descriptor.js';
 import { setMaxListeners } from 'node:events';
 import type { Logger } from '../../util/log.js';
 import { VqTransferError, type TargetConnection, type TargetConnectionHandler, type VqRequestData } from '../transport.js';
-import type { CmEvent, CmId, NativeBinding, SendWr } from './native-binding.js';
+import type { CmEvent, CmId, MemoryRegion, NativeBinding, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
 import { RcConnection } from './rc-connection.js';
 import { formatRdmaPeer } from '../address.js';
-import { RdmaWorkError, WC_WR_FLUSH_ERR } from './send-queue.js';
+import { RdmaWorkError, WC_WR_FLUSH_ERR, type SendChain, type SendQueue } from './send-queue.js';
+import type { RegisteredPool } from './registered-pool.js';
 import type { RegisteredBuffer } from './registered-pool.js';
 import { targetConnParam } from './rdma-limits.js';
 import { deviceMemories, type DeviceMemory, type DeviceMemoryLease, type MemoryReservation } from './device-memory.js';
@@ -47,55 +48,168 @@ export const MAX_REQUEST_MESSAGE = COMMAND_SIZE + CONNECT_BODY_SIZE;
 const EMPTY = Buffer.alloc(0);
 
 /**
- * One VQ command's keyed descriptors, validated once on arrival, and the one registered buffer
- * it uses: device-readable bytes at [0, out_length), device-writable at [out_length, +in_length)
- * — the RDMA READ lands there, the device fills the writable part in place and the RDMA WRITE
- * sends from it. Owned by the target's request for the command, which releases it when the
- * request ends; memory a WRITE still sends from is given back once the send has completed.
+ * One request slot of an RDMA target connection: a VQ command's transport part from its
+ * arrival until it has left, reused for later commands (the connection keeps its free slots).
+ * It holds the command's keyed descriptors (copied from the message and validated on arrival),
+ * the one registered buffer the command uses — device-readable bytes at [0, out_length),
+ * device-writable at [out_length, +in_length): the RDMA READ or the inline bytes land there,
+ * the device fills the writable part in place and the RDMA WRITE sends from it — and the work
+ * requests of its completion chain (RDMA WRITEs, then the completion SEND from the slot's own
+ * registered 16 bytes), posted as this slot itself: in steady state a command allocates no
+ * request object, descriptor object, promise or work request. The target's request for the
+ * command releases it when the request ends; the slot is free again once nothing posted or
+ * waited for still uses it (see `pending`).
  */
-class KeyedVqRequest implements VqRequestData {
+class KeyedVqRequest implements VqRequestData, SendChain {
+  commandId = 0;
+  outLength = 0;
+  inLength = 0;
+  /** Why the command's descriptors or lengths cannot be served (answered EOUTVQBUF/EINVQBUF), or null. */
+  problem: string | null = null;
+  /** vof inline data: the readable bytes came in the SEND; the descriptors are the writable part's. */
+  inline = false;
+  /** Keyed descriptors as they came (16 bytes each; `descriptorCount` of them). */
+  readonly descriptors: Buffer;
+  descriptorCount = 0;
+  /** The command's registered buffer, once taken from the device's pools. */
   data: RegisteredBuffer | null = null;
-  /** The WRITE and completion chain, while posted. */
-  sending: Promise<void> | null = null;
+  /** Inline bytes copied aside when no pool buffer could be had at once (a pool short of memory). */
+  private inlineCopy: Buffer | null = null;
   private memory: Promise<RegisteredBuffer> | null = null;
-  /** The core is done with it: no device work reads or writes its buffer any more. */
-  private released = false;
+  /** Released by its request (or never given out): serving no command. */
+  private released = true;
+  /** Back in its connection's free slots (until start()). */
+  private recycled = true;
+  /** Bumped for every command: a wait that ends after its command has left must not see the next one's buffer. */
+  private generation = 0;
+  /** Work that still uses the slot's buffers: a wait for pool memory, an RDMA READ, the completion chain. */
+  private pending = 0;
+  // Views of `data`, kept while the next command of the slot gets the same buffer and lengths.
+  private viewMr: MemoryRegion | null = null;
+  private viewOffset = -1;
+  private viewOut = -1;
+  private viewIn = -1;
+  private readView: Buffer = EMPTY;
+  private writeView: Buffer = EMPTY;
+
+  // SendChain: the completion chain (RDMA WRITEs, then the SEND), reposted for every command.
+  readonly wrs: SendWr[] = [];
+  readonly what = 'RDMA WRITE and completion of a VQ command';
+  id = 0;
+  /** WRITE templates, as many as the slot's commands have needed so far. */
+  private readonly writes: SendWr[] = [];
+  /** The completion SEND, from the slot's registered completion buffer (both made with the slot's first completion). */
+  private send: SendWr | null = null;
+  private completionBuffer: RegisteredBuffer | null = null;
 
   constructor(
-    readonly commandId: number,
-    readonly outLength: number,
-    readonly inLength: number,
-    readonly descriptors: readonly KeyedDescriptor[],
-    readonly problem: string | null,
     readonly connection: RdmaTargetConnection,
-    /** vof inline data: the readable bytes came in the SEND; `descriptors` are the writable part's. */
-    readonly inline: Buffer | null = null,
-  ) {}
+    maxDescriptors: number,
+  ) {
+    this.descriptors = Buffer.alloc(maxDescriptors * KEYED_DESCRIPTOR_SIZE);
+  }
+
+  /** Take the slot for a command. */
+  start(commandId: number, outLength: number, inLength: number, inline: boolean): void {
+    this.commandId = commandId;
+    this.outLength = outLength;
+    this.inLength = inLength;
+    this.inline = inline;
+    this.problem = null;
+    this.descriptorCount = 0;
+    this.inlineCopy = null;
+    this.released = false;
+    this.recycled = false;
+    this.generation++;
+  }
+
+  /** After a wait: the slot still serves the command `generation` was taken for, and has its buffer. */
+  checkStill(generation: number, direction: 'out' | 'in'): void {
+    if (generation !== this.generation || this.released || !this.data) throw new VqTransferError(direction, 'the request ended while its buffer was on its way');
+  }
+
+  get currentGeneration(): number {
+    return this.generation;
+  }
 
   /** Bytes of the readable part the descriptors describe (none when it came inline). */
   get describedReadable(): number {
     return this.inline ? 0 : this.outLength;
   }
 
+  /** The key of descriptor `i`. */
+  key(i: number): number {
+    return this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 12);
+  }
+
+  /** The length of descriptor `i`. */
+  length(i: number): number {
+    return this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 8);
+  }
+
+  /** The pool buffer now, when one is free and none was asked for yet (never waits). */
+  takeNow(): void {
+    if (this.data || this.memory) return;
+    this.data = this.connection.tryAcquire(this.outLength + this.inLength);
+  }
+
+  /** Inline bytes into the request's buffer, or aside when it has none yet. */
+  keepInline(bytes: Buffer): void {
+    if (this.data) bytes.copy(this.data.mr.buffer, this.data.offset);
+    else this.inlineCopy = Buffer.from(bytes);
+  }
+
+  private views(): void {
+    const d = this.data!;
+    if (d.mr === this.viewMr && d.offset === this.viewOffset && this.outLength === this.viewOut && this.inLength === this.viewIn) return;
+    const base = d.offset;
+    this.readView = d.mr.buffer.subarray(base, base + this.outLength);
+    this.writeView = d.mr.buffer.subarray(base + this.outLength, base + this.outLength + this.inLength);
+    this.viewMr = d.mr;
+    this.viewOffset = base;
+    this.viewOut = this.outLength;
+    this.viewIn = this.inLength;
+  }
+
   readOut(): Promise<Buffer> {
     return this.connection.readOut(this);
   }
 
-  /** Keyed: the bytes travel (RDMA READ) or are checked first; always through readOut(). */
-  readOutNow(): undefined {
-    return undefined;
+  /** The readable bytes when they came inline (or there are none) and the sizes are servable. */
+  readOutNow(): Buffer | undefined {
+    if (!this.connection.servable(this)) return undefined;
+    if (this.inline) {
+      if (this.inlineCopy) return this.inlineCopy;
+      if (!this.data) return undefined;
+      this.views();
+      return this.readView;
+    }
+    return this.outLength === 0 ? EMPTY : undefined;
   }
 
-  /** Keyed: pool memory may have to be waited for; always through writable(). */
-  writableNow(): undefined {
-    return undefined;
+  /** The device-writable part of this request's buffer when a pool buffer is at hand. */
+  writableNow(): Buffer | undefined {
+    if (!this.connection.servable(this)) return undefined;
+    this.takeNow();
+    if (!this.data) return undefined;
+    this.views();
+    return this.writeView;
   }
 
   /** The device-writable part of this request's buffer (waits for pool memory, never registers). */
   async writable(): Promise<Buffer> {
     this.connection.checkSizes(this, 'in');
-    const data = await this.buffer('in');
-    return data.view.subarray(this.outLength, this.outLength + this.inLength);
+    const generation = this.generation;
+    await this.buffer('in');
+    this.checkStill(generation, 'in');
+    this.views();
+    return this.writeView;
+  }
+
+  /** The readable part, once `buffer()` has been had (RDMA READ). */
+  readable(): Buffer {
+    this.views();
+    return this.readView;
   }
 
   /**
@@ -103,32 +217,116 @@ class KeyedVqRequest implements VqRequestData {
    * a wait that fails is reported for the side that asked (`direction`).
    */
   buffer(direction: 'out' | 'in'): Promise<RegisteredBuffer> {
-    this.memory ??= this.connection.acquire(this.outLength + this.inLength).then((b) => {
-      // Released while waiting (the core gave up on the request): give it straight back.
-      if (this.released) b.release();
-      else this.data = b;
-      return b;
-    });
+    if (this.data) return Promise.resolve(this.data);
+    if (!this.memory) {
+      this.pending++;
+      this.memory = this.connection.acquire(this.outLength + this.inLength).then(
+        (b) => {
+          this.pending--;
+          // Released while waiting (the core gave up on the request): give it straight back.
+          if (this.released) {
+            b.release();
+            this.recycle();
+          } else this.data = b;
+          return b;
+        },
+        (err: unknown) => {
+          this.pending--;
+          this.recycle();
+          throw err;
+        },
+      );
+    }
     return this.memory.catch((err: unknown) => {
       throw new VqTransferError(direction, `no target memory: ${(err as Error).message}`, { cause: err });
     });
   }
 
+  /** An RDMA READ into this slot's buffer is posted: the buffer stays taken until it settles. */
+  track<T>(work: Promise<T>): Promise<T> {
+    this.pending++;
+    return work.finally(() => {
+      this.pending--;
+      this.recycle();
+    });
+  }
+
+  /**
+   * The completion chain: WRITEs of the first `written` bytes of the writable part to the
+   * writable descriptors in order, then the completion SEND (with Invalidate of `invalidate`
+   * unless null), posted as one chain. The buffer stays taken until the chain has completed.
+   */
+  postCompletion(completion: Buffer, written: number, invalidate: number | null, queue: SendQueue): void {
+    const wrs = this.wrs;
+    wrs.length = 0;
+    if (written > 0) {
+      const data = this.data!;
+      const base = data.offset + this.outLength;
+      const readable = this.describedReadable;
+      let pos = 0;
+      let left = written;
+      for (let i = 0; i < this.descriptorCount && left > 0; i++) {
+        const length = this.length(i);
+        pos += length;
+        if (pos <= readable) continue;
+        const n = Math.min(length, left);
+        if (n === 0) continue;
+        const wr = this.writes[wrs.length] ?? this.newWrite();
+        const sg = wr.sg;
+        sg[0] = data.mr;
+        sg[1] = base + (written - left);
+        sg[2] = n;
+        wr.remoteAddr = this.descriptors.readBigUInt64LE(i * KEYED_DESCRIPTOR_SIZE);
+        wr.rkey = this.key(i);
+        wrs.push(wr);
+        left -= n;
+      }
+    }
+    if (!this.send) {
+      const b = (this.completionBuffer = this.connection.completionBuffer());
+      this.send = { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [b.mr, b.offset, COMPLETION_SIZE], rkey: 0 };
+    }
+    completion.copy(this.completionBuffer!.view, 0, 0, COMPLETION_SIZE);
+    this.send.opcode = invalidate === null ? WrOpcode.Send : WrOpcode.SendWithInvalidate;
+    this.send.rkey = invalidate ?? 0;
+    wrs.push(this.send);
+    this.pending++;
+    queue.postChain(this);
+  }
+
+  private newWrite(): SendWr {
+    const wr: SendWr = { wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [this.data!.mr, 0, 0], remoteAddr: 0n, rkey: 0 };
+    this.writes.push(wr);
+    return wr;
+  }
+
+  /** SendChain: the completion chain has completed, or failed (the QP is in error; the connection closes through onBroken). */
+  done(err: Error | null): void {
+    this.pending--;
+    if (err) this.connection.chainFailed(this, err);
+    this.recycle();
+  }
+
   /**
    * The core is done with the request (its device work has ended). The buffer goes back to the
-   * device's pools once the WRITE and completion chain no longer sends from it either: a pool
-   * shared by several connections never hands out memory that is still in use.
+   * device's pools once no WRITE, READ or wait uses it either: a pool shared by several
+   * connections never hands out memory that is still in use.
    */
   release(): void {
     if (this.released) return;
     this.released = true;
-    if (this.sending) void this.sending.finally(() => this.freeMemory());
-    else this.freeMemory();
+    this.recycle();
   }
 
-  private freeMemory(): void {
+  /** Released and nothing pending: the buffer goes back, and the slot to its connection. */
+  private recycle(): void {
+    if (!this.released || this.pending > 0 || this.recycled) return;
+    this.recycled = true;
     this.data?.release();
     this.data = null;
+    this.memory = null;
+    this.inlineCopy = null;
+    this.connection.slotFree(this);
   }
 }
 
@@ -166,6 +364,12 @@ export class RdmaTargetConnection implements TargetConnection {
    * as a SEND with Invalidate (tests, bench).
    */
   readonly transferCounts = { inlineRequests: 0, rdmaReads: 0, remoteInvalidations: 0 };
+  /** Request slots serving no command (see KeyedVqRequest): made when none is free, kept for the connection's life. */
+  private readonly freeSlots: KeyedVqRequest[] = [];
+  /** The slots' registered completion buffers (one each, for the slot's life), registered with the first slot. */
+  private completionPool: RegisteredPool | null = null;
+  /** The command of the message being delivered: onCommand's `command` is valid during the call only. */
+  private readonly command = Buffer.alloc(COMMAND_SIZE);
 
   constructor(
     binding: NativeBinding,
@@ -258,30 +462,96 @@ export class RdmaTargetConnection implements TargetConnection {
     this.remoteInvalidation = true;
   }
 
-  /** vof inline data: copied out of the receive buffer, which is reposted when this returns. */
-  private inlineVqRequest(msg: Buffer, commandId: number, outLength: number, inLength: number): KeyedVqRequest {
-    const r = decodeInlineRequest(msg, this.maxKeyedDescriptors);
-    this.transferCounts.inlineRequests++;
-    return new KeyedVqRequest(commandId, outLength, inLength, r.writable, r.problem, this, r.problem ? null : Buffer.from(r.readable));
+  /** A free request slot for a VQ command. */
+  private takeSlot(): KeyedVqRequest {
+    return this.freeSlots.pop() ?? new KeyedVqRequest(this, this.maxKeyedDescriptors);
   }
 
-  /** The seed's layout: N keyed descriptors after the command, validated once here. */
-  private keyedVqRequest(msg: Buffer, commandId: number, outLength: number, inLength: number): KeyedVqRequest {
+  /**
+   * A slot's registered completion buffer, taken with its first VQ completion and kept for the
+   * slot's life. The pool is registered with the full receive ring, when a Connect succeeds (a
+   * peer that never gets there registers none of it; never on the data path), sized for
+   * every slot the connection can have: commands in the session (at most the receive depth) plus
+   * completions still being sent (the send queue's depth and backlog), so the data path never
+   * registers memory.
+   */
+  completionBuffer(): RegisteredBuffer {
+    return this.registerCompletionPool().acquire(COMPLETION_SIZE);
+  }
+
+  private registerCompletionPool(): RegisteredPool {
+    this.completionPool ??= this.rc.createPool(COMPLETION_SIZE, this.options.recvDepth + this.options.sendDepth + this.options.maxSendBacklog, 0);
+    return this.completionPool;
+  }
+
+  /** A slot has ended its command and nothing uses its buffers any more. */
+  slotFree(slot: KeyedVqRequest): void {
+    if (this.state !== 'closed') this.freeSlots.push(slot);
+  }
+
+  /**
+   * vof inline data: [command][N writable descriptors][out_length readable bytes]. The readable
+   * bytes are copied into the request's own buffer (the receive buffer is reposted when this
+   * returns); N = (length − 16 − out_length) / 16 must be whole, at most the limit, and the
+   * descriptor lengths must add up to in_length.
+   */
+  private inlineVqRequest(msg: Buffer, req: KeyedVqRequest): void {
+    this.transferCounts.inlineRequests++;
+    const after = msg.length - COMMAND_SIZE;
+    if (after < req.outLength) {
+      req.problem = `inline request carries ${after} bytes after the command, fewer than out_length ${req.outLength}`;
+      return;
+    }
+    const descBytes = after - req.outLength;
+    if (descBytes % KEYED_DESCRIPTOR_SIZE !== 0) {
+      req.problem = `${descBytes} bytes between the command and the inline data are not whole keyed descriptors`;
+      return;
+    }
+    const n = descBytes / KEYED_DESCRIPTOR_SIZE;
+    if (n > this.maxKeyedDescriptors) {
+      req.problem = `too many descriptors (${n}, limit ${this.maxKeyedDescriptors})`;
+      return;
+    }
+    msg.copy(req.descriptors, 0, COMMAND_SIZE, COMMAND_SIZE + descBytes);
+    req.descriptorCount = n;
+    let sum = 0;
+    for (let i = 0; i < n; i++) sum += req.length(i);
+    if (sum !== req.inLength) {
+      req.problem = `descriptor lengths add up to ${sum}, not in_length ${req.inLength}`;
+      return;
+    }
+    if (!this.servable(req)) return;
+    req.takeNow();
+    const at = COMMAND_SIZE + descBytes;
+    req.keepInline(msg.subarray(at, at + req.outLength));
+  }
+
+  /**
+   * The seed's layout: N keyed descriptors after the command (DECISIONS.md item 4), copied
+   * into the slot and validated once here.
+   */
+  private keyedVqRequest(msg: Buffer, req: KeyedVqRequest): void {
     const rest = msg.length - COMMAND_SIZE;
     if (rest % KEYED_DESCRIPTOR_SIZE !== 0) {
-      return new KeyedVqRequest(commandId, outLength, inLength, [], `${rest} bytes after the command are not whole keyed descriptors`, this);
+      req.problem = `${rest} bytes after the command are not whole keyed descriptors`;
+      return;
     }
-    const descriptors = decodeKeyedDescriptors(msg, COMMAND_SIZE);
-    const p = validateKeyedDescriptors(descriptors, outLength, inLength, this.maxKeyedDescriptors);
-    const problem = p === 'none' ? null : `${p} (${descriptors.length} descriptors, limit ${this.maxKeyedDescriptors})`;
-    return new KeyedVqRequest(commandId, outLength, inLength, descriptors, problem, this);
+    const n = rest / KEYED_DESCRIPTOR_SIZE;
+    const limit = this.maxKeyedDescriptors;
+    const p = validateKeyedDescriptorBytes(msg, COMMAND_SIZE, n, req.outLength, req.inLength, limit);
+    if (n <= limit) {
+      msg.copy(req.descriptors, 0, COMMAND_SIZE, COMMAND_SIZE + rest);
+      req.descriptorCount = n;
+    }
+    if (p !== 'none') req.problem = `${p} (${n} descriptors, limit ${limit})`;
   }
 
   private onMessage(msg: Buffer): void {
     this.establish();
     if (this.state !== 'open' || !this.handler) return;
     if (msg.length < COMMAND_SIZE) return this.violation(`${msg.length}-byte message is shorter than a command`);
-    const command = Buffer.from(msg.subarray(0, COMMAND_SIZE));
+    const command = this.command;
+    msg.copy(command, 0, 0, COMMAND_SIZE);
     const opcode = command.readUInt16LE(0);
     const rest = msg.length - COMMAND_SIZE;
     if (opcode === Opcode.Connect) {
@@ -295,12 +565,14 @@ export class RdmaTargetConnection implements TargetConnection {
       return;
     }
     if (opcode === Opcode.Vq) {
-      const commandId = command.readUInt16LE(2);
       const outLength = command.readUInt32LE(8);
-      const inLength = command.readUInt32LE(12);
-      // Each command's memory belongs to its own request object, never to its id: a reused id
+      // Each command's memory belongs to its own request slot, never to its id: a reused id
       // (which the session refuses by closing the queue) cannot touch another's buffers.
-      const req = carriesInline(this.inlineSize, outLength) ? this.inlineVqRequest(msg, commandId, outLength, inLength) : this.keyedVqRequest(msg, commandId, outLength, inLength);
+      const req = this.takeSlot();
+      const inline = carriesInline(this.inlineSize, outLength);
+      req.start(command.readUInt16LE(2), outLength, command.readUInt32LE(12), inline);
+      if (inline) this.inlineVqRequest(msg, req);
+      else this.keyedVqRequest(msg, req);
       this.handler.onCommand(command, req);
       return;
     }
@@ -328,37 +600,59 @@ export class RdmaTargetConnection implements TargetConnection {
     return this.memory.acquire(Math.max(size, 1), this.gone.signal);
   }
 
+  /** Pool memory for one request if some is free now (never waits); the sizes must be servable. */
+  tryAcquire(size: number): RegisteredBuffer | null {
+    return this.memory.tryAcquire(Math.max(size, 1));
+  }
+
+  /** Why this target cannot serve the request's descriptors or lengths, or null. */
+  private refusal(req: KeyedVqRequest): string | null {
+    if (req.problem) return req.problem;
+    if (req.outLength > this.options.maxVqPayload) return `device-readable length ${req.outLength} exceeds the ${this.options.maxVqPayload}-byte limit`;
+    if (req.outLength + req.inLength > this.memory.largestBuffer) {
+      return `${req.outLength}+${req.inLength} bytes exceed the largest target buffer (${this.memory.largestBuffer} bytes)`;
+    }
+    return null;
+  }
+
+  /** Whether the request can be served (readOut/writable say why not). */
+  servable(req: KeyedVqRequest): boolean {
+    return req.problem === null && req.outLength <= this.options.maxVqPayload && req.outLength + req.inLength <= this.memory.largestBuffer;
+  }
+
   /** A request whose descriptors or lengths this target cannot serve never takes memory. */
   checkSizes(req: KeyedVqRequest, direction: 'out' | 'in'): void {
-    if (req.problem) throw new VqTransferError(direction, req.problem);
-    if (req.outLength > this.options.maxVqPayload) {
-      throw new VqTransferError(direction, `device-readable length ${req.outLength} exceeds the ${this.options.maxVqPayload}-byte limit`);
-    }
-    if (req.outLength + req.inLength > this.memory.largestBuffer) {
-      throw new VqTransferError(direction, `${req.outLength}+${req.inLength} bytes exceed the largest target buffer (${this.memory.largestBuffer} bytes)`);
-    }
+    const why = this.refusal(req);
+    if (why !== null) throw new VqTransferError(direction, why);
   }
 
   async readOut(req: KeyedVqRequest): Promise<Buffer> {
     this.checkSizes(req, 'out');
-    if (req.inline) return req.inline;
-    if (req.outLength === 0) return EMPTY;
-    const data = await req.buffer('out');
+    const now = req.readOutNow();
+    if (now !== undefined) return now;
+    const generation = req.currentGeneration;
+    await req.buffer('out');
+    req.checkStill(generation, 'out');
+    const data = req.data!;
     const wrs: SendWr[] = [];
     let at = 0;
-    for (const d of req.descriptors) {
+    for (let i = 0; i < req.descriptorCount; i++) {
       if (at >= req.outLength) break;
-      if (d.length === 0) continue; // legal, moves nothing (DECISIONS.md item 4)
-      wrs.push({ wrId: 0, opcode: WrOpcode.Read, signaled: false, sg: [data.mr, data.offset + at, d.length], remoteAddr: d.addr, rkey: d.key });
-      at += d.length;
+      const length = req.length(i);
+      if (length === 0) continue; // legal, moves nothing (DECISIONS.md item 4)
+      const remoteAddr = req.descriptors.readBigUInt64LE(i * KEYED_DESCRIPTOR_SIZE);
+      wrs.push({ wrId: 0, opcode: WrOpcode.Read, signaled: false, sg: [data.mr, data.offset + at, length], remoteAddr, rkey: req.key(i) });
+      at += length;
     }
     if (wrs.length > 0) this.transferCounts.rdmaReads++;
     try {
-      await this.rc.sendQueue.post(wrs, `RDMA READ of command ${req.commandId}`);
+      // The READ lands in the slot's buffer: it stays taken until the READ has settled.
+      await req.track(this.rc.sendQueue.post(wrs, `RDMA READ of command ${req.commandId}`));
     } catch (err) {
       throw new VqTransferError('out', (err as Error).message, { cause: err });
     }
-    return data.view.subarray(0, req.outLength);
+    req.checkStill(generation, 'out');
+    return req.readable();
   }
 
   sendCompletion(completion: Buffer, payload?: Buffer): void {
@@ -371,6 +665,8 @@ export class RdmaTargetConnection implements TargetConnection {
       if (completion.readUInt16LE(0) === Status.SUCCESS) {
         try {
           this.rc.growReceives();
+          // A virtqueue's (the control queue sends no VQ completions).
+          if (this.reservation) this.registerCompletionPool();
         } catch (err) {
           this.log.warn(`${this.peer}: cannot register the queue's receive buffers (${(err as Error).message}): closing`);
           this.close();
@@ -382,52 +678,36 @@ export class RdmaTargetConnection implements TargetConnection {
   }
 
   /**
-   * Posts the RDMA WRITEs and the completion SEND as one chain and returns at once: the
-   * initiator may send its next command as soon as the completion lands, before our own send
-   * completion is polled, so the command must stop counting as in flight now. If the chain
-   * fails the queue pair is in the error state and no status could reach the initiator anyway;
-   * the connection closes through onBroken.
+   * Posts the RDMA WRITEs and the completion SEND as one chain (the request slot's own) and
+   * calls `done` at once: the initiator may send its next command as soon as the completion
+   * lands, before our own send completion is polled, so the command must stop counting as in
+   * flight now. If the chain fails the queue pair is in the error state and no status could
+   * reach the initiator anyway; the connection closes through onBroken.
    */
-  async completeVq(request: VqRequestData, completion: Buffer, written: number): Promise<void> {
+  completeVq(request: VqRequestData, completion: Buffer, written: number, done: (err: Error | null) => void): void {
     if (!(request instanceof KeyedVqRequest) || request.connection !== this) {
-      throw new TypeError(`${this.peer}: completeVq for a request this connection did not deliver`);
+      return done(new TypeError(`${this.peer}: completeVq for a request this connection did not deliver`));
     }
     const req = request;
-    if (this.state === 'closed') return;
-    const wrs: SendWr[] = [];
+    if (this.state === 'closed') return done(null);
     if (written > 0) {
-      if (written > req.inLength) throw new RangeError(`${this.peer}: ${written} bytes written into ${req.inLength} device-writable bytes`);
-      // The device filled the writable part of the request's own buffer: the WRITEs go out
-      // from there, no staging copy.
-      const staging = await req.buffer('in');
-      if (this.closed) return;
-      const base = req.outLength;
-      // Fill the device-writable descriptors (those past out_length) in order.
-      let pos = 0;
-      let left = written;
-      for (const d of req.descriptors) {
-        if (left === 0) break;
-        pos += d.length;
-        if (pos <= req.describedReadable) continue;
-        const n = Math.min(d.length, left);
-        if (n === 0) continue;
-        wrs.push({ wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [staging.mr, staging.offset + base + (written - left), n], remoteAddr: d.addr, rkey: d.key });
-        left -= n;
-      }
+      if (written > req.inLength) return done(new RangeError(`${this.peer}: ${written} bytes written into ${req.inLength} device-writable bytes`));
+      // The device filled the writable part of the request's own buffer (writable() took it):
+      // the WRITEs go out from there, no staging copy.
+      if (!req.data) return done(new RangeError(`${this.peer}: ${written} bytes written into a request whose writable buffer was never taken`));
     }
     // vof remote invalidation: the completion ends the initiator's key of desc[0] on arrival
     // (after the WRITEs before it, which the QP executes first), so the initiator posts no
     // LOCAL_INV for it. Never for a request whose descriptors were refused.
-    const invalidate = this.remoteInvalidation && req.problem === null && req.descriptors.length > 0 ? req.descriptors[0]!.key : null;
+    const invalidate = this.remoteInvalidation && req.problem === null && req.descriptorCount > 0 ? req.key(0) : null;
     if (invalidate !== null) this.transferCounts.remoteInvalidations++;
-    // The request's memory stays taken until the chain has completed (see KeyedVqRequest.release).
-    req.sending = this.rc
-      .send([completion], `RDMA WRITE and completion of command ${req.commandId}`, wrs, invalidate)
-      .catch((err: Error) => this.log.debug(`${this.peer}: ${err.message}`));
+    req.postCompletion(completion, written, invalidate, this.rc.sendQueue);
+    done(null);
   }
 
-  private get closed(): boolean {
-    return this.state === 'closed';
+  /** A slot's completion chain failed: the queue pair is in error and onBroken closes the connection. */
+  chainFailed(req: KeyedVqRequest, err: Error): void {
+    this.log.debug(`${this.peer}: command ${req.commandId}: ${err.message}`);
   }
 
   private onBroken(err: Error): void {

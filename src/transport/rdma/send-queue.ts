@@ -1,4 +1,5 @@
-import type { NativeBinding, QueuePair, SendWr } from './native-binding.js';
+import type { MemoryRegion, MemoryWindow, NativeBinding, QueuePair, SendWr } from './native-binding.js';
+import { WrOpcode } from './native-binding.js';
 
 /** A work request the NIC completed with an error status (ibv_wc_status_str in the message). */
 export class RdmaWorkError extends Error {
@@ -17,14 +18,36 @@ export const RECV_WR_FLAG = 0x8000_0000;
 /** IBV_WC_WR_FLUSH_ERR: the QP went to the error state and dropped this request. */
 export const WC_WR_FLUSH_ERR = 5;
 
-/** One chain of work requests from post() until its signaled completion settles it. */
-interface Chain {
+/**
+ * One chain of work requests, from postChain() until its signaled completion (or the queue's
+ * failure) settles it. An owner may keep one per request slot, with its work requests, and post
+ * it again once it has settled: posting a chain allocates nothing.
+ */
+export interface SendChain {
+  /** The work requests, in order; the queue sets their wrId and signaled flags when posting. */
   readonly wrs: SendWr[];
+  /** What the chain does, for the error that fails it. */
   readonly what: string;
-  /** The wrId every request of the chain carries; given when the chain is posted. */
+  /** Given by the queue while posted: the wrId every request of the chain carries. */
   id: number;
-  resolve(): void;
-  reject(err: Error): void;
+  /** Runs once per post: null when the chain completed, else why it failed (possibly during postChain). */
+  done(err: Error | null): void;
+}
+
+/** The chain post() makes: a promise's two ends. */
+class PromisedChain implements SendChain {
+  id = 0;
+  constructor(
+    readonly wrs: SendWr[],
+    readonly what: string,
+    private readonly resolve: () => void,
+    private readonly reject: (err: Error) => void,
+  ) {}
+
+  done(err: Error | null): void {
+    if (err) this.reject(err);
+    else this.resolve();
+  }
 }
 
 /**
@@ -32,6 +55,77 @@ interface Chain {
  * a batch larger than this is split into several calls, each of whole chains.
  */
 export const MAX_WRS_PER_POST = 64;
+
+/** Scatter-gather entries a staged work request carries at most (kStagedSge in native/queue_pair.cc). */
+export const STAGED_SGE = 2;
+/** 32-bit words per staged work request (kWrWords in native/queue_pair.cc, which lays them out). */
+export const WR_WORDS = 8 + 3 * STAGED_SGE;
+
+/**
+ * The flat boundary to the addon's postSend: work requests written as numbers into one
+ * Uint32Array per queue (the layout is described in native/queue_pair.cc), the regions and
+ * windows they name as indexes into `objects`, which is rebuilt for every call so that it
+ * keeps nothing alive. Staging allocates nothing.
+ */
+export class WorkRequestStaging {
+  readonly words = new Uint32Array(MAX_WRS_PER_POST * WR_WORDS);
+  readonly objects: Array<MemoryRegion | MemoryWindow> = [];
+  count = 0;
+  /** A bigint address split into two words without a BigInt operation. */
+  private readonly address = new BigUint64Array(1);
+  private readonly addressWords = new Uint32Array(this.address.buffer);
+
+  reset(): void {
+    this.count = 0;
+    this.objects.length = 0;
+  }
+
+  private indexOf(o: MemoryRegion | MemoryWindow): number {
+    const objects = this.objects;
+    for (let i = 0; i < objects.length; i++) if (objects[i] === o) return i;
+    objects.push(o);
+    return objects.length - 1;
+  }
+
+  /** Append `wr` (throws RangeError for one the layout cannot carry, before anything is posted). */
+  add(wr: SendWr): void {
+    if (this.count >= MAX_WRS_PER_POST) throw new RangeError(`more than ${MAX_WRS_PER_POST} work requests in one post`);
+    const w = this.words;
+    const at = this.count * WR_WORDS;
+    const sg = wr.sg;
+    const nsge = sg.length / 3;
+    if (nsge > STAGED_SGE || !Number.isInteger(nsge)) throw new RangeError(`a work request takes at most ${STAGED_SGE} (region, offset, length) triples, not ${sg.length} values`);
+    w[at] = wr.wrId;
+    w[at + 1] = wr.opcode;
+    w[at + 2] = (wr.signaled ? 1 : 0) | (wr.inline ? 2 : 0);
+    w[at + 3] = nsge;
+    w[at + 4] = (wr.opcode === WrOpcode.BindWindow ? wr.access : wr.rkey) ?? 0;
+    if (wr.remoteAddr !== undefined) {
+      this.address[0] = wr.remoteAddr;
+      w[at + 5] = this.addressWords[0]!;
+      w[at + 6] = this.addressWords[1]!;
+    } else {
+      w[at + 5] = 0;
+      w[at + 6] = 0;
+    }
+    w[at + 7] = wr.window ? this.indexOf(wr.window) : 0;
+    for (let j = 0; j < nsge; j++) {
+      const offset = sg[3 * j + 1] as number;
+      const length = sg[3 * j + 2] as number;
+      // A word holds 32 bits: larger values would wrap into another place of the region.
+      if (!(offset >= 0 && offset <= 0xffff_ffff && length >= 0 && length <= 0xffff_ffff)) throw new RangeError(`scatter-gather entry (${offset}, ${length}) does not fit the staging words`);
+      w[at + 8 + 3 * j] = this.indexOf(sg[3 * j] as MemoryRegion);
+      w[at + 9 + 3 * j] = offset;
+      w[at + 10 + 3 * j] = length;
+    }
+    this.count++;
+  }
+
+  /** Post what is staged as one list. */
+  post(qp: QueuePair): void {
+    qp.postSend(this.words, this.count, this.objects);
+  }
+}
 
 /** Chains allowed to wait for room in the send queue, unless the owner says otherwise. */
 export const DEFAULT_MAX_BACKLOG = 1024;
@@ -73,12 +167,20 @@ export interface SendQueueLimits {
 export class SendQueue {
   /** Send queue entries not taken by pending or in-flight chains. */
   private free: number;
-  private nextId = 1;
-  private readonly inFlight = new Map<number, Chain>();
+  /**
+   * Chains posted and not yet completed, by id: a chain's id is its index here (0 is never
+   * used), taken from `freeIds` when it is posted and given back when it settles, so ids stay
+   * unique among the chains in flight and no map entry is made per chain.
+   */
+  private readonly byId: Array<SendChain | null> = [null];
+  private readonly freeIds: number[] = [];
+  private inFlightCount = 0;
   /** Accepted (room taken), not yet posted: leaves at the next flush(). */
-  private pending: Chain[] = [];
+  private readonly pending: SendChain[] = [];
   /** No room yet: accepted in order as completions free entries. */
-  private readonly waiting: Chain[] = [];
+  private readonly waiting: SendChain[] = [];
+  /** The work requests of one postSend call, as the addon reads them. */
+  private readonly staging = new WorkRequestStaging();
   private flushArmed = false;
   private broken: Error | null = null;
   readonly maxBacklog: number;
@@ -110,7 +212,7 @@ export class SendQueue {
         seen = this.completions;
         since = now;
       } else if (now - since >= timeoutMs) {
-        this.failOnOwn(new SendStalledError(`no send completion for ${timeoutMs} ms with ${this.inFlight.size + this.pending.length} chains in flight and ${this.waiting.length} waiting (the peer stopped receiving)`));
+        this.failOnOwn(new SendStalledError(`no send completion for ${timeoutMs} ms with ${this.inFlightCount + this.pending.length} chains in flight and ${this.waiting.length} waiting (the peer stopped receiving)`));
       }
     }, Math.max(20, Math.floor(timeoutMs / 4)));
     this.watchdog.unref();
@@ -127,27 +229,36 @@ export class SendQueue {
   }
 
   get idle(): boolean {
-    return this.inFlight.size === 0 && this.pending.length === 0 && this.waiting.length === 0;
+    return this.inFlightCount === 0 && this.pending.length === 0 && this.waiting.length === 0;
   }
 
+  /** post() for callers that want a promise (set-up, rare messages): one chain object and promise per call. */
   post(wrs: SendWr[], what: string): Promise<void> {
-    if (this.broken) return Promise.reject(this.broken);
-    if (wrs.length > this.depth) return Promise.reject(new Error(`${what}: ${wrs.length} work requests exceed the send queue depth ${this.depth}`));
-    if (wrs.length > MAX_WRS_PER_POST) return Promise.reject(new Error(`${what}: ${wrs.length} work requests exceed the ${MAX_WRS_PER_POST} one post can carry`));
-    return new Promise((resolve, reject) => {
-      const chain: Chain = { wrs, what, id: 0, resolve, reject };
-      if (this.waiting.length === 0 && this.free >= wrs.length) this.accept(chain);
-      else if (this.waiting.length < this.maxBacklog) this.waiting.push(chain);
-      else {
-        const err = new SendStalledError(`${what}: ${this.waiting.length} chains already wait for the send queue (the peer is not taking completions)`);
-        reject(err);
-        this.failOnOwn(err);
-      }
-    });
+    return new Promise((resolve, reject) => this.postChain(new PromisedChain(wrs, what, resolve, reject)));
+  }
+
+  /**
+   * Queue `chain` for posting: its done() runs once it has completed or failed. A chain that
+   * cannot be taken (the queue failed, too long, the backlog full) fails before this returns.
+   */
+  postChain(chain: SendChain): void {
+    const n = chain.wrs.length;
+    if (this.broken) return chain.done(this.broken);
+    // Nothing to post, nothing that would complete: done now.
+    if (n === 0) return chain.done(null);
+    if (n > this.depth) return chain.done(new Error(`${chain.what}: ${n} work requests exceed the send queue depth ${this.depth}`));
+    if (n > MAX_WRS_PER_POST) return chain.done(new Error(`${chain.what}: ${n} work requests exceed the ${MAX_WRS_PER_POST} one post can carry`));
+    if (this.waiting.length === 0 && this.free >= n) this.accept(chain);
+    else if (this.waiting.length < this.maxBacklog) this.waiting.push(chain);
+    else {
+      const err = new SendStalledError(`${chain.what}: ${this.waiting.length} chains already wait for the send queue (the peer is not taking completions)`);
+      chain.done(err);
+      this.failOnOwn(err);
+    }
   }
 
   /** Room is taken now, so pending chains never exceed the depth; the post is at the turn's end. */
-  private accept(chain: Chain): void {
+  private accept(chain: SendChain): void {
     this.free -= chain.wrs.length;
     this.pending.push(chain);
     if (!this.flushArmed) {
@@ -166,50 +277,73 @@ export class SendQueue {
    * (each call whole chains). A refused call rejects its chains and fails the queue.
    */
   flush(): void {
-    while (!this.broken && this.pending.length > 0) {
+    const pending = this.pending;
+    while (!this.broken && pending.length > 0) {
       let count = 0;
       let wrCount = 0;
-      for (const c of this.pending) {
+      // Whole chains, up to what one call carries.
+      for (const c of pending) {
         if (wrCount + c.wrs.length > MAX_WRS_PER_POST) break;
         wrCount += c.wrs.length;
         count++;
       }
-      const batch = count === this.pending.length ? this.pending : this.pending.slice(0, count);
-      this.pending = count === this.pending.length ? [] : this.pending.slice(count);
-      const wrs = batch.length === 1 ? batch[0]!.wrs : batch.flatMap((c) => c.wrs);
-      for (const chain of batch) {
-        chain.id = this.nextId;
-        this.nextId = this.nextId >= 0x7fff_ffff ? 1 : this.nextId + 1;
+      const staging = this.staging;
+      staging.reset();
+      let error: Error | null = null;
+      for (let k = 0; k < count; k++) {
+        const chain = pending[k]!;
+        chain.id = this.freeIds.pop() ?? this.byId.length;
+        if (chain.id === this.byId.length) this.byId.push(null);
         const last = chain.wrs.length - 1;
         for (let i = 0; i <= last; i++) {
           const wr = chain.wrs[i]!;
           wr.wrId = chain.id;
           wr.signaled = i === last;
+          if (error === null) {
+            try {
+              staging.add(wr);
+            } catch (err) {
+              error = err as Error;
+            }
+          }
         }
       }
       try {
-        this.qp.postSend(wrs);
+        if (error) throw error;
+        staging.post(this.qp);
       } catch (err) {
         const e = err instanceof Error ? err : new Error(String(err));
-        for (const chain of batch) chain.reject(e);
+        // None of this call's chains is in flight: their ids go back, each fails with the error.
+        const refused = pending.splice(0, count);
+        for (const chain of refused) this.freeIds.push(chain.id);
+        for (const chain of refused) chain.done(e);
         this.failOnOwn(e);
         return;
       }
-      for (const chain of batch) this.inFlight.set(chain.id, chain);
+      for (let k = 0; k < count; k++) {
+        const chain = pending[k]!;
+        this.byId[chain.id] = chain;
+      }
+      this.inFlightCount += count;
       this.posted.calls++;
-      this.posted.chains += batch.length;
+      this.posted.chains += count;
+      if (count === pending.length) pending.length = 0;
+      else pending.splice(0, count);
     }
+    // Nothing kept alive between calls.
+    this.staging.reset();
   }
 
   /** A send-side completion; returns false if it settles nothing (a late flush of a settled chain). */
   complete(wrId: number, status: number): boolean {
-    const chain = this.inFlight.get(wrId);
+    const chain = wrId > 0 && wrId < this.byId.length ? this.byId[wrId] : null;
     if (!chain) return false;
-    this.inFlight.delete(wrId);
+    this.byId[wrId] = null;
+    this.freeIds.push(wrId);
+    this.inFlightCount--;
     this.free += chain.wrs.length;
     this.completions++;
-    if (status === 0) chain.resolve();
-    else chain.reject(new RdmaWorkError(status, this.binding.wcStatusName(status), chain.what));
+    chain.done(status === 0 ? null : new RdmaWorkError(status, this.binding.wcStatusName(status), chain.what));
     while (!this.broken && this.waiting.length > 0 && this.free >= this.waiting[0]!.wrs.length) this.accept(this.waiting.shift()!);
     return true;
   }
@@ -219,9 +353,18 @@ export class SendQueue {
     if (!this.broken) this.broken = err;
     if (this.watchdog) clearInterval(this.watchdog);
     this.watchdog = null;
-    for (const c of this.inFlight.values()) c.reject(err);
-    this.inFlight.clear();
-    for (const c of this.pending.splice(0)) c.reject(err);
-    for (const c of this.waiting.splice(0)) c.reject(err);
+    // Ids are not given back: a late flush completion of a failed chain then settles nothing.
+    const inFlight: SendChain[] = [];
+    for (let id = 1; id < this.byId.length; id++) {
+      const c = this.byId[id];
+      if (c) inFlight.push(c);
+      this.byId[id] = null;
+    }
+    this.inFlightCount = 0;
+    const pending = this.pending.splice(0);
+    const waiting = this.waiting.splice(0);
+    for (const c of inFlight) c.done(err);
+    for (const c of pending) c.done(err);
+    for (const c of waiting) c.done(err);
   }
 }

@@ -59,7 +59,7 @@ class StreamVqRequest implements VqRequestData {
   private readonly small = Buffer.allocUnsafe(SMALL_PAYLOAD);
   private smallView: Buffer = EMPTY;
   private released = true;
-  /** What completeVqThen runs when the completion has left. */
+  /** What completeVq runs when the completion has left. */
   private done: ((err: Error | null) => void) | null = null;
   /** The socket write's callback: bound once per request. */
   readonly onWritten: (err?: Error | null) => void;
@@ -421,11 +421,7 @@ export class TcpTargetConnection implements TargetConnection {
     this.write(payload ? [completion, payload] : [completion]);
   }
 
-  completeVq(request: VqRequestData, completion: Buffer, written: number): Promise<void> {
-    return new Promise((resolve, reject) => this.completeVqThen(request, completion, written, (err) => (err ? reject(err) : resolve())));
-  }
-
-  completeVqThen(request: VqRequestData, completion: Buffer, written: number, done: (err: Error | null) => void): void {
+  completeVq(request: VqRequestData, completion: Buffer, written: number, done: (err: Error | null) => void): void {
     if (this.closed) return done(null);
     if (!(request instanceof StreamVqRequest) || request.owner !== this) {
       return done(new TypeError(`${this.peer}: completeVq for a request this connection did not deliver`));
