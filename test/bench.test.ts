@@ -69,13 +69,16 @@ describe.skipIf(!anchors.ok)(`vof bench --quick --anchors --rounds 2 (host: vof 
       const order = (round: number) => report.runs.filter((r) => sameWorkload(r.workload, w) && r.round === round).map((r) => r.system);
       const first = order(1);
       const nbd = report.runs.some((r) => r.system === 'vof-nbd');
-      expect(first).toEqual(['vof-tcp', ...(nbd ? ['vof-nbd'] : []), 'nbdkit']);
+      // The storage variants of the same target (the null device, nbdkit's memory plugin over NBD) come right after vof-tcp.
+      expect(first).toEqual(['vof-tcp', 'vof-nbdsrc', 'vof-null', ...(nbd ? ['vof-nbd'] : []), 'nbdkit']);
       expect(order(2)).toEqual(roundOrder(first, 2));
       // Round 2 starts after round 1 ends: the runs array is in execution order.
       const rounds = report.runs.filter((r) => sameWorkload(r.workload, w)).map((r) => r.round);
       expect(rounds).toEqual([...rounds].sort());
     }
     expect(result.stdout).toMatch(/2 rounds per workload/);
+    expect(result.stdout).toMatch(/vof-nbdsrc ÷ vof-tcp/);
+    expect(result.stdout).toMatch(/vof-null ÷ vof-tcp/);
     expect(result.stdout).toMatch(/\d+ \(\d+–\d+\)/); // median (min–max)
   });
 
