@@ -60,11 +60,11 @@ describe('RDMA: command ids and keyed descriptors', () => {
     expect(st(await vq.connectVq(id, 0))).toBe('SUCCESS');
     // Hold the first write inside the device long enough for the duplicate to arrive.
     let started = 0;
-    const original = FileBlockExport.prototype.write;
-    vi.spyOn(FileBlockExport.prototype, 'write').mockImplementation(async function (this: FileBlockExport, from: Buffer, offset: number) {
+    // Every write of the export goes through submitWrite (the per-command entry point).
+    const original = FileBlockExport.prototype.submitWrite;
+    vi.spyOn(FileBlockExport.prototype, 'submitWrite').mockImplementation(function (this: FileBlockExport, ...args: Parameters<FileBlockExport['submitWrite']>) {
       started++;
-      await new Promise((r) => setTimeout(r, 1500));
-      return original.call(this, from, offset);
+      setTimeout(() => original.apply(this, args), 1500);
     });
     const first = writeRequest(vq, 8n, 0x3c);
     const second = writeRequest(vq, 16n, 0xc3);
