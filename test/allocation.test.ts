@@ -10,6 +10,7 @@ import type { DeviceRequest, VirtioDeviceInstance } from '../src/target/device.j
 import { loadNativeAddon } from '../src/util/native-addon.js';
 import { needs } from './helpers/deps.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { callbackIo, callbackReads } from './helpers/callback-io.js';
 
 /**
  * Issue 18: at most the caller's Promise allocated per command on the initiator, nothing with
@@ -99,43 +100,6 @@ async function promiseReads(d: BlockDevice, reads: number, bufs: Buffer[]): Prom
     }
   };
   await Promise.all(bufs.map(worker));
-}
-
-/** The same through the callback entry point: one callback per buffer, made once. */
-function callbackReads(d: BlockDevice, reads: number, bufs: Buffer[]): Promise<void> {
-  return callbackIo(d, reads, bufs, false);
-}
-
-/** submitRead (checking each block's first word) or submitWrite of the buffers, DEPTH at a time. */
-function callbackIo(d: BlockDevice, reads: number, bufs: Buffer[], write: boolean): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let next = 0;
-    let running = bufs.length;
-    let failed = false;
-    const reader = (buf: Buffer) => {
-      let at = 0;
-      const issue = (): void => {
-        if (failed) return;
-        if (next >= reads) {
-          if (--running === 0) resolve();
-          return;
-        }
-        at = ((next++ * 4096) % DISK) | 0;
-        if (write) d.submitWrite(at, buf, done);
-        else d.submitRead(at, buf, done);
-      };
-      const done = (err: Error | null): void => {
-        if (err || (!write && buf.readUInt32LE(0) !== at)) {
-          failed = true;
-          reject(err ?? new Error(`read at ${at} returned the block at ${buf.readUInt32LE(0)}`));
-          return;
-        }
-        issue();
-      };
-      return issue;
-    };
-    for (const issue of bufs.map(reader)) issue();
-  });
 }
 
 const report = (what: string, m: Measured) =>

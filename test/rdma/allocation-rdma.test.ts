@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { BlockDevice, silentLogger } from '../../src/index.js';
 import { HeapWindow } from '../../src/bench/per-io.js';
 import { rdmaAddress } from './rdma-env.js';
+import { callbackReads } from '../helpers/callback-io.js';
 
 /**
  * Issue 18 on RDMA: the target's JS heap per 4 KiB read, as test/allocation.test.ts measures
@@ -23,36 +24,6 @@ const READS = 20_000;
 const TARGET_BYTES_PER_READ = 3000;
 const DEPTH = 8;
 const DISK = 1024 * 1024;
-
-function callbackReads(d: BlockDevice, reads: number, bufs: Buffer[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    let next = 0;
-    let running = bufs.length;
-    let failed = false;
-    const reader = (buf: Buffer) => {
-      let at = 0;
-      const issue = (): void => {
-        if (failed) return;
-        if (next >= reads) {
-          if (--running === 0) resolve();
-          return;
-        }
-        at = ((next++ * 4096) % DISK) | 0;
-        d.submitRead(at, buf, done);
-      };
-      const done = (err: Error | null): void => {
-        if (err || buf.readUInt32LE(0) !== at) {
-          failed = true;
-          reject(err ?? new Error(`read at ${at} returned the block at ${buf.readUInt32LE(0)}`));
-          return;
-        }
-        issue();
-      };
-      return issue;
-    };
-    for (const issue of bufs.map(reader)) issue();
-  });
-}
 
 describe('RDMA target JS heap allocation per 4 KiB read (in-memory disk, target in a worker thread)', () => {
   it('the target allocates no per-command object graph', async () => {
