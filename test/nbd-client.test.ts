@@ -132,7 +132,8 @@ describe.skipIf(!nbdkitDeps.ok)(`the NBD client against nbdkit${nbdkitDeps.skipN
  * `reply` makes of it: the client must disconnect and fail the request, never write outside it.
  */
 async function hostileServer(reply: (header: Buffer) => Buffer): Promise<{ port: number; close: () => void }> {
-  const server = net.createServer((s) => {
+  // allowHalfOpen: the server does not close when the client ends its side (as a server ignoring NBD_CMD_DISC would).
+  const server = net.createServer({ allowHalfOpen: true }, (s) => {
     s.on('error', () => {});
     s.write(Buffer.concat([u64(NBD_MAGIC), u64(NBD_IHAVEOPT), u16(1 | 2)]));
     let buf = Buffer.alloc(0);
@@ -213,6 +214,18 @@ describe('the NBD client against a hostile server', () => {
       }
     });
   }
+
+  it('close() does not wait forever for a server that ignores NBD_CMD_DISC', async () => {
+    const srv = await hostileServer((h) => (h.readUInt16BE(6) === NbdCommand.DISC ? Buffer.alloc(0) : Buffer.concat([u32(NBD_SIMPLE_REPLY_MAGIC), u32(0), cookie(h)])));
+    try {
+      const c = await NbdClientConnection.connect({ kind: 'tcp', host: '127.0.0.1', port: srv.port }, { exportName: '' });
+      expect(await submit(c, NbdCommand.FLUSH, 0, 0, null)).toBe(0);
+      await c.close();
+      expect(c.closed).toBe(true);
+    } finally {
+      srv.close();
+    }
+  });
 
   it("a server's error reply is the request's status and the connection goes on", async () => {
     let n = 0;

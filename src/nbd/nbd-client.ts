@@ -48,6 +48,8 @@ export const NbdReplyType = {
 } as const;
 /** Longest error chunk payload taken: the fields plus the protocol's string limit. */
 const MAX_ERROR_CHUNK = 14 + NBD_MAX_STRING;
+/** How long close() waits for the server to end the connection after NBD_CMD_DISC. */
+const CLOSE_TIMEOUT_MS = 2000;
 /** Longest option reply taken during the handshake (strings and infos are far smaller). */
 const MAX_OPTION_REPLY = 64 * 1024;
 
@@ -262,7 +264,12 @@ export class NbdClientConnection {
       disc.writeUInt16BE(NbdCommand.DISC, 6);
       this.stream.end(disc);
     }
-    if (!this.stream.destroyed) await new Promise<void>((r) => this.stream.once('close', () => r()));
+    if (!this.stream.destroyed) {
+      // A server that does not close after NBD_CMD_DISC is not waited for longer than this.
+      const timer = setTimeout(() => this.stream.destroy(), CLOSE_TIMEOUT_MS);
+      await new Promise<void>((r) => this.stream.once('close', () => r()));
+      clearTimeout(timer);
+    }
     this.fail(null);
   }
 
