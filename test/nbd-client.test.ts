@@ -4,26 +4,15 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { NbdClientConnection, NbdClientError, NBD_STRUCTURED_REPLY_MAGIC, type NbdAddress } from '../src/nbd/nbd-client.js';
-import {
-  NBD_IHAVEOPT,
-  NBD_MAGIC,
-  NBD_SIMPLE_REPLY_MAGIC,
-  NbdCommand,
-  NbdError,
-  NbdOption,
-  NbdReply,
-  TransmissionFlag,
-  encodeInfoBlockSize,
-  encodeInfoExport,
-  encodeOptionReply,
-} from '../src/nbd/nbd-protocol.js';
+import { NBD_PROTOCOL_ERROR, NbdClientConnection, NbdClientError, type NbdAddress } from '../src/nbd/nbd-client.js';
+import { NBD_SIMPLE_REPLY_MAGIC, NbdCommand, NbdError } from '../src/nbd/nbd-protocol.js';
 import { NbdSource } from '../src/nbd/nbd-source.js';
 import { isNbdUri, parseNbdUri } from '../src/nbd/nbd-uri.js';
 import { nbdClientStartTls } from '../src/nbd/nbd-tls.js';
 import { reconnectPolicy } from '../src/initiator/reconnect-policy.js';
 import { createLogger } from '../src/util/log.js';
 import { needs } from './helpers/deps.js';
+import { chunk, cookie, hostileServer, u16, u32, u64 } from './helpers/hostile-nbd.js';
 import { pattern } from './helpers/pattern.js';
 
 const nbdkitDeps = needs('test/nbd-client.test.ts (vof as an NBD client of nbdkit)', ['nbd-source-tests']);
@@ -127,65 +116,6 @@ describe.skipIf(!nbdkitDeps.ok)(`the NBD client against nbdkit${nbdkitDeps.skipN
   });
 });
 
-/**
- * A server that completes the handshake honestly, then answers the first request with what
- * `reply` makes of it: the client must disconnect and fail the request, never write outside it.
- */
-async function hostileServer(reply: (header: Buffer) => Buffer): Promise<{ port: number; close: () => void }> {
-  // allowHalfOpen: the server does not close when the client ends its side (as a server ignoring NBD_CMD_DISC would).
-  const server = net.createServer({ allowHalfOpen: true }, (s) => {
-    s.on('error', () => {});
-    s.write(Buffer.concat([u64(NBD_MAGIC), u64(NBD_IHAVEOPT), u16(1 | 2)]));
-    let buf = Buffer.alloc(0);
-    let phase: 'flags' | 'options' | 'transmission' = 'flags';
-    s.on('data', (d) => {
-      buf = Buffer.concat([buf, d]);
-      for (;;) {
-        if (phase === 'flags') {
-          if (buf.length < 4) return;
-          buf = buf.subarray(4);
-          phase = 'options';
-        } else if (phase === 'options') {
-          if (buf.length < 16) return;
-          const opt = buf.readUInt32BE(8);
-          const len = buf.readUInt32BE(12);
-          if (buf.length < 16 + len) return;
-          buf = buf.subarray(16 + len);
-          if (opt === NbdOption.STRUCTURED_REPLY) s.write(encodeOptionReply(opt, NbdReply.ACK));
-          else if (opt === NbdOption.GO) {
-            s.write(encodeOptionReply(opt, NbdReply.INFO, encodeInfoExport(1024n * 1024n, TransmissionFlag.HAS_FLAGS | TransmissionFlag.SEND_FLUSH)));
-            s.write(encodeOptionReply(opt, NbdReply.INFO, encodeInfoBlockSize({ minimum: 1, preferred: 4096, maximum: 1 << 20 })));
-            s.write(encodeOptionReply(opt, NbdReply.ACK));
-            phase = 'transmission';
-          } else s.write(encodeOptionReply(opt, NbdReply.ERR_UNSUP));
-        } else {
-          if (buf.length < 28) return;
-          const payload = buf.readUInt16BE(6) === NbdCommand.WRITE ? buf.readUInt32BE(24) : 0;
-          if (buf.length < 28 + payload) return;
-          s.write(reply(buf.subarray(0, 28)));
-          buf = buf.subarray(28 + payload);
-        }
-      }
-    });
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return { port: (server.address() as net.AddressInfo).port, close: () => server.close() };
-}
-
-const u16 = (v: number) => Buffer.from([v >> 8, v & 0xff]);
-const u32 = (v: number) => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(v >>> 0);
-  return b;
-};
-const u64 = (v: bigint) => {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64BE(v);
-  return b;
-};
-const cookie = (h: Buffer) => h.subarray(8, 16);
-const chunk = (h: Buffer, flags: number, type: number, payload: Buffer) => Buffer.concat([u32(NBD_STRUCTURED_REPLY_MAGIC), u16(flags), u16(type), cookie(h), u32(payload.length), payload]);
-
 describe('the NBD client against a hostile server', () => {
   const cases: [string, (h: Buffer) => Buffer, RegExp][] = [
     ['bad magic', (h) => Buffer.concat([u32(0xdeadbeef), u32(0), cookie(h)]), /bad magic 0xdeadbeef/],
@@ -203,7 +133,7 @@ describe('the NBD client against a hostile server', () => {
         const closed = new Promise<Error | null>((r) => c.onClose(r));
         const backing = Buffer.alloc(3 * 4096, 0x5a);
         const into = backing.subarray(4096, 8192);
-        expect(await submit(c, NbdCommand.READ, 8192, 4096, into)).toBe(-1);
+        expect(await submit(c, NbdCommand.READ, 8192, 4096, into)).toBe(NBD_PROTOCOL_ERROR);
         const err = await closed;
         expect(err?.message).toMatch(message);
         expect(c.closed).toBe(true);

@@ -8,6 +8,7 @@ import { parseBlk } from '../src/cli/target-command.js';
 import { needs } from './helpers/deps.js';
 import { pattern } from './helpers/pattern.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { cookie, hostileServer, u32 } from './helpers/hostile-nbd.js';
 
 /**
  * A vof target whose disks live on NBD servers (issue 20), against real servers: nbdkit,
@@ -209,5 +210,33 @@ describe('--blk with NBD sources and null:SIZE', () => {
     expect(parseBlk('u=nbd+unix:///img?socket=/run/qemu-nbd.sock,tls-psk=/k')).toMatchObject({ path: 'nbd+unix:///img?socket=/run/qemu-nbd.sock', tlsPsk: '/k' });
     expect(() => parseBlk('d=nbd://h/x,conections=2')).toThrow(/unknown option "conections=2" \(did you mean connections\?\)/);
     expect(() => parseBlk('d=nbd://h/x,ctrl-loss-tmo=soon')).toThrow(/ctrl-loss-tmo= takes seconds/);
+  });
+});
+
+describe('a target whose NBD source answers with garbage', () => {
+  it("the disk's requests fail cleanly (IOERR after the loss timeout), the connection is dropped with a log line, other exports keep working", async () => {
+    const srv = await hostileServer((h) => Buffer.concat([u32(0xdeadbeef), u32(0), cookie(h)]));
+    const lines: string[] = [];
+    const fx = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 } });
+    try {
+      await fx.addDisk('local', 1024 * 1024);
+      fx.target.addDevice('evil', await openBlockStorage(`nbd://127.0.0.1:${srv.port}/`, {}, { reconnectDelay: 0.05, ctrlLossTmo: 0.5 }, createLogger('info', (_l, m) => lines.push(m))));
+      await fx.listen();
+      const evil = await BlockDevice.open(`${fx.url}/evil`, quiet);
+      const local = await BlockDevice.open(`${fx.url}/local`, quiet);
+      try {
+        await expect(evil.read(0, 4096)).rejects.toBeInstanceOf(BlockIoError);
+        expect(lines.some((l) => /a reply with bad magic 0xdeadbeef; disconnecting/.test(l))).toBe(true);
+        const d = pattern(4096, 6);
+        await local.write(0, d);
+        expect((await local.read(0, 4096)).equals(d)).toBe(true);
+      } finally {
+        await evil.close().catch(() => {});
+        await local.close();
+      }
+    } finally {
+      await fx.close();
+      srv.close();
+    }
   });
 });

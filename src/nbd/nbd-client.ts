@@ -90,10 +90,14 @@ export interface NbdClientOptions {
 export type NbdAddress = { readonly kind: 'tcp'; readonly host: string; readonly port: number } | { readonly kind: 'unix'; readonly path: string };
 
 /**
- * A request's end: `error` is 0 on success, else the NBD error value (EIO, ENOSPC, ...) or -1
- * when the connection was lost before the answer (the request may or may not have run).
+ * A request's end: `error` is 0 on success, else the NBD error value (EIO, ENOSPC, ...), -1
+ * (NBD_LOST) when the connection was lost before the answer (the request may or may not have
+ * run; sending it again is safe), or -2 (NBD_PROTOCOL_ERROR) when the server broke the protocol
+ * on this connection (sending it again to the same server would only repeat that).
  */
 export type NbdDone = (error: number) => void;
+export const NBD_LOST = -1;
+export const NBD_PROTOCOL_ERROR = -2;
 
 /** One pre-allocated request: its header bytes, its buffer and where its reply stands. */
 class NbdSlot {
@@ -142,6 +146,8 @@ export class NbdClientConnection {
   private pendingBytes = 0;
   private state: ParseState = REPLY_STATE;
   private closedWith: Error | null = null;
+  /** The server broke the protocol: what was in flight ends with NBD_PROTOCOL_ERROR. */
+  private violated = false;
   private readonly closeListeners: ((err: Error | null) => void)[] = [];
   private readonly scratch = Buffer.alloc(STRUCTURED_REPLY_SIZE);
   /** Payloads of holes and error chunks (bounded by chunkFits). */
@@ -289,7 +295,7 @@ export class NbdClientConnection {
     this.stream.destroy();
     this.pending = [];
     this.pendingBytes = 0;
-    for (const slot of this.slots) if (slot.busy) this.finish(slot, -1);
+    for (const slot of this.slots) if (slot.busy) this.finish(slot, this.violated ? NBD_PROTOCOL_ERROR : NBD_LOST);
     for (const l of this.closeListeners.splice(0)) l(err);
   }
 
@@ -305,6 +311,7 @@ export class NbdClientConnection {
 
   /** A protocol violation by the server: hard disconnect (proto.md), everything in flight fails. */
   private violation(what: string): void {
+    this.violated = true;
     this.fail(new NbdClientError(`${this.peer}: ${what}; disconnecting`));
   }
 

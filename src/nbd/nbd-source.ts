@@ -1,4 +1,4 @@
-import { NbdClientConnection, NbdClientError, type NbdAddress, type NbdClientOptions, type NbdDone, type NbdExportInfo } from './nbd-client.js';
+import { NBD_LOST, NbdClientConnection, NbdClientError, type NbdAddress, type NbdClientOptions, type NbdDone, type NbdExportInfo } from './nbd-client.js';
 import type { ReconnectPolicy } from '../initiator/reconnect-policy.js';
 import type { Logger } from '../util/log.js';
 
@@ -93,7 +93,8 @@ export class NbdSource {
   }
 
   /**
-   * One request; `done` runs once with 0, the server's NBD error, or -1 (lost or closed). Never
+   * One request; `done` runs once with 0, the server's NBD error, -1 (lost or closed) or -2 (the
+   * server broke the protocol answering it). Never
    * throws: without a free slot the request waits in order.
    */
   submit(type: number, flags: number, offset: number, length: number, data: Buffer | null, done: NbdDone): void {
@@ -120,7 +121,9 @@ export class NbdSource {
 
   /** Called by a request's bound callback. */
   answered(r: SourceRequest, error: number): void {
-    if (error === -1 && this.stateNow !== 'closed' && this.stateNow !== 'lost' && this.options.reconnect.lossTimeoutMs !== 0) {
+    // Only a lost answer is sent again: a request the server answered with garbage
+    // (NBD_PROTOCOL_ERROR) fails now, or a server that always does so would hold it forever.
+    if (error === NBD_LOST && this.stateNow !== 'closed' && this.stateNow !== 'lost' && this.options.reconnect.lossTimeoutMs !== 0) {
       // The connection went away before the answer: send it again, in order, on the next one.
       insertBySeq(this.waiting, r);
       return;

@@ -1,4 +1,5 @@
 import { NbdCommand, NBD_ERROR_NAMES } from '../../nbd/nbd-protocol.js';
+import { NBD_LOST, NBD_PROTOCOL_ERROR } from '../../nbd/nbd-client.js';
 import type { NbdSource } from '../../nbd/nbd-source.js';
 import type { FileIo } from './file-io.js';
 import type { IoDone } from './uring-ring.js';
@@ -14,8 +15,9 @@ class NbdOp {
 }
 
 function nbdError(error: number): NodeJS.ErrnoException {
-  const code = error === -1 ? 'ENOTCONN' : (NBD_ERROR_NAMES[error] ?? 'EIO');
-  const err = new Error(error === -1 ? 'the NBD server is not connected' : `the NBD server answered ${code}`) as NodeJS.ErrnoException;
+  const code = error === NBD_LOST ? 'ENOTCONN' : error === NBD_PROTOCOL_ERROR ? 'EPROTO' : (NBD_ERROR_NAMES[error] ?? 'EIO');
+  const why = error === NBD_LOST ? 'the NBD server is not connected' : error === NBD_PROTOCOL_ERROR ? 'the NBD server broke the protocol' : `the NBD server answered ${code}`;
+  const err = new Error(why) as NodeJS.ErrnoException;
   err.code = code;
   return err;
 }
