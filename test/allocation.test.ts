@@ -1,8 +1,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BlockDevice, FileBlockExport, silentLogger } from '../src/index.js';
+import { BlockDevice, FileBlockExport } from '../src/index.js';
 import { HeapWindow } from '../src/bench/per-io.js';
 import { sharedUringRing } from '../src/devices/blk/uring-ring.js';
 import { encodeRequestHeader } from '../src/devices/blk/blk-constants.js';
@@ -10,6 +9,7 @@ import type { DeviceRequest, VirtioDeviceInstance } from '../src/target/device.j
 import { loadNativeAddon } from '../src/util/native-addon.js';
 import { needs } from './helpers/deps.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { withMemoryTarget, type Measured } from './helpers/memory-target.js';
 import { callbackIo, callbackReads } from './helpers/callback-io.js';
 
 /**
@@ -52,43 +52,6 @@ const TARGET_FILE_GCS = 35;
 const DEPTH = 8;
 const DISK = 1024 * 1024;
 
-interface Measured {
-  bytesPerRead: number;
-  gcs: number;
-  target: { allocatedBytes: number; gcs: number };
-}
-
-/** `backing` 'file': the worker's target serves the file export itself (io_uring or libuv), not the memory disk. */
-async function withMemoryTarget(run: (d: BlockDevice, measure: (loop: () => Promise<void>) => Promise<Measured>) => Promise<void>, backing: 'memory' | 'file' = 'memory'): Promise<void> {
-  const worker = new Worker(new URL('./helpers/memory-target-worker.mjs', import.meta.url), { workerData: { size: DISK, backing } });
-  const replies: Array<(m: Record<string, unknown>) => void> = [];
-  worker.on('message', (m: Record<string, unknown>) => replies.shift()?.(m));
-  const ask = (m: string | null) =>
-    new Promise<Record<string, unknown>>((resolve, reject) => {
-      replies.push(resolve);
-      worker.once('error', reject);
-      if (m) worker.postMessage(m);
-    });
-  const { url } = (await ask(null)) as { url: string };
-  const d = await BlockDevice.open(url, { log: silentLogger, maxQueues: 1 });
-  const measure = async (loop: () => Promise<void>): Promise<Measured> => {
-    await ask('start');
-    const w = new HeapWindow();
-    w.start();
-    await loop();
-    const { allocatedBytes, gcs } = w.stop();
-    const { heap } = (await ask('stop')) as { heap: Measured['target'] };
-    return { bytesPerRead: allocatedBytes / READS, gcs, target: heap };
-  };
-  try {
-    await run(d, measure);
-  } finally {
-    await d.close();
-    await ask('close');
-    await worker.terminate();
-  }
-}
-
 /** `reads` 4 KiB reads, DEPTH at a time, each worker into its own buffer; checks the bytes. */
 async function promiseReads(d: BlockDevice, reads: number, bufs: Buffer[]): Promise<void> {
   let next = 0;
@@ -110,7 +73,7 @@ const report = (what: string, m: Measured) =>
 
 describe('initiator and target JS heap allocation per 4 KiB read (TCP, in-memory disk, target in a worker thread)', () => {
   it("read(): about the caller's Promise", async () => {
-    await withMemoryTarget(async (d, measure) => {
+    await withMemoryTarget({ size: DISK }, READS, async (d, measure) => {
       const bufs = Array.from({ length: DEPTH }, () => Buffer.alloc(4096));
       await promiseReads(d, 5000, bufs); // warm-up: slots, pools, JIT
       const m = await measure(() => promiseReads(d, READS, bufs));
@@ -123,7 +86,7 @@ describe('initiator and target JS heap allocation per 4 KiB read (TCP, in-memory
   }, 120_000);
 
   it('submitRead(): no Promise, less still', async () => {
-    await withMemoryTarget(async (d, measure) => {
+    await withMemoryTarget({ size: DISK }, READS, async (d, measure) => {
       const bufs = Array.from({ length: DEPTH }, () => Buffer.alloc(4096));
       await callbackReads(d, 5000, bufs);
       const m = await measure(() => callbackReads(d, READS, bufs));
@@ -141,7 +104,7 @@ describe('the target over TCP with the file export itself (target in a worker th
   // writes, through the device's own file path (io_uring where the addon works, else libuv).
   for (const write of [false, true]) {
     it(`${write ? 'submitWrite' : 'submitRead'}(): the target allocates about its transport's share`, async () => {
-      await withMemoryTarget(async (d, measure) => {
+      await withMemoryTarget({ size: DISK, backing: 'file' }, READS, async (d, measure) => {
         // Writes put back the bytes each block already holds, so reads elsewhere still check.
         const bufs = Array.from({ length: DEPTH }, () => Buffer.alloc(4096));
         await callbackIo(d, 5000, bufs, write);
@@ -153,7 +116,7 @@ describe('the target over TCP with the file export itself (target in a worker th
         );
         expect(perIo).toBeLessThan(TARGET_FILE_BYTES_PER_IO);
         expect(m.target.gcs).toBeLessThan(TARGET_FILE_GCS);
-      }, 'file');
+      });
     }, 120_000);
   }
 });

@@ -1,9 +1,7 @@
-import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
-import { BlockDevice, silentLogger } from '../../src/index.js';
-import { HeapWindow } from '../../src/bench/per-io.js';
 import { rdmaAddress } from './rdma-env.js';
 import { callbackReads } from '../helpers/callback-io.js';
+import { withMemoryTarget } from '../helpers/memory-target.js';
 
 /**
  * Issue 18 on RDMA: the target's JS heap per 4 KiB read, as test/allocation.test.ts measures
@@ -27,38 +25,16 @@ const DISK = 1024 * 1024;
 
 describe('RDMA target JS heap allocation per 4 KiB read (in-memory disk, target in a worker thread)', () => {
   it('the target allocates no per-command object graph', async () => {
-    const worker = new Worker(new URL('../helpers/memory-target-worker.mjs', import.meta.url), {
-      workerData: { size: DISK, listen: `rdma://${rdmaAddress()}:0` },
-    });
-    const replies: Array<(m: Record<string, unknown>) => void> = [];
-    worker.on('message', (m: Record<string, unknown>) => replies.shift()?.(m));
-    const ask = (m: string | null) =>
-      new Promise<Record<string, unknown>>((resolve, reject) => {
-        replies.push(resolve);
-        worker.once('error', reject);
-        if (m) worker.postMessage(m);
-      });
-    const { url } = (await ask(null)) as { url: string };
-    const d = await BlockDevice.open(url, { log: silentLogger, maxQueues: 1 });
-    try {
+    await withMemoryTarget({ size: DISK, listen: `rdma://${rdmaAddress()}:0` }, READS, async (d, measure) => {
       const bufs = Array.from({ length: DEPTH }, () => Buffer.alloc(4096));
       await callbackReads(d, 2000, bufs); // warm-up: slots, pools, JIT
-      await ask('start');
-      const w = new HeapWindow();
-      w.start();
-      await callbackReads(d, READS, bufs);
-      const initiator = w.stop();
-      const { heap } = (await ask('stop')) as { heap: { allocatedBytes: number; gcs: number } };
-      const targetPerRead = heap.allocatedBytes / READS;
+      const { bytesPerRead, gcs, target } = await measure(() => callbackReads(d, READS, bufs));
+      const targetPerRead = target.allocatedBytes / READS;
       console.log(
-        `rdma submitRead(): initiator ${(initiator.allocatedBytes / READS).toFixed(0)} heap bytes per 4 KiB read, ${initiator.gcs} GCs per ${READS} reads; ` +
-          `target (worker) ${targetPerRead.toFixed(0)} bytes per read, ${heap.gcs} GCs`,
+        `rdma submitRead(): initiator ${bytesPerRead.toFixed(0)} heap bytes per 4 KiB read, ${gcs} GCs per ${READS} reads; ` +
+          `target (worker) ${targetPerRead.toFixed(0)} bytes per read, ${target.gcs} GCs`,
       );
       expect(targetPerRead).toBeLessThan(TARGET_BYTES_PER_READ);
-    } finally {
-      await d.close();
-      await ask('close');
-      await worker.terminate();
-    }
+    });
   }, 600_000);
 });
