@@ -130,14 +130,18 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
       expect(await summarize(t.seen)).toEqual(expected);
     }
   });
-  it('a device-readable payload that arrives in one read reaches the device as a view of that read, not a copy', async () => {
+  it('a device-readable payload that arrives in one read reaches the device in a pooled frame, not in the read (reused by the next read)', async () => {
     const t = targetOn();
     const chunk = Buffer.concat([encodeCommand({ opcode: Opcode.Vq, commandId: 3, outLength: 1000, inLength: 5 }), vqData]);
     t.sock.feed(chunk);
-    const out = await (t.seen[0]!.payload as VqRequestData).readOut();
-    expect(out.buffer).toBe(chunk.buffer);
-    expect(out.byteOffset).toBe(chunk.byteOffset + 16);
+    const req = t.seen[0]!.payload as VqRequestData;
+    const out = await req.readOut();
+    expect(out.buffer).not.toBe(chunk.buffer);
     expect(out.equals(vqData)).toBe(true);
+    // The next command's bytes overwrite the connection's scratch, not this payload.
+    t.sock.feed(Buffer.concat([encodeCommand({ opcode: Opcode.Vq, commandId: 4, outLength: 1000, inLength: 5 }), Buffer.alloc(1000, 0x5a)]));
+    expect(out.equals(vqData)).toBe(true);
+    req.release();
   });
   it('a VQ payload over the limit is skipped as it arrives, never buffered, then reported', async () => {
     const t = targetOn(4096);
@@ -145,7 +149,9 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     const chunk = Buffer.alloc(64 * 1024);
     for (let i = 0; i < 48; i++) {
       t.sock.feed(chunk);
-      expect((t.conn as unknown as { queue: { length: number } }).queue.length).toBe(0);
+      const held = t.conn as unknown as { head: number; end: number; gather: Buffer | null };
+      expect(held.end - held.head).toBe(0);
+      expect(held.gather).toBeNull();
     }
     expect(t.seen).toHaveLength(1);
     const req = t.seen[0]!.payload as VqRequestData;
@@ -185,7 +191,7 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     expect(Buffer.concat(t.sock.written).equals(Buffer.concat([done, Buffer.from('abcde')]))).toBe(true);
     req.release();
   });
-  it('a payload that spans reads is gathered into a pooled frame, reused by the next such payload; one within a read is a view of it', async () => {
+  it('a payload is gathered into a pooled frame, reused by the next payload of its size class, whether it spans reads or not', async () => {
     const t = targetOn();
     const payload = (seed: number) => Buffer.from(Array.from({ length: 100_000 }, (_, i) => (i * 7 + seed) & 0xff));
     const send = (id: number, p: Buffer) => {
@@ -206,13 +212,19 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     expect(pb.equals(payload(2))).toBe(true);
     expect(pb.buffer).toBe(pa.buffer);
     b.release();
-    // Within one read: a view of that read, no copy.
+    // Within one read: a pooled frame too (the read's memory is the connection's scratch).
     const small = Buffer.alloc(512, 9);
-    const chunk = Buffer.concat([encodeCommand({ opcode: Opcode.Vq, commandId: 3, outLength: small.length, inLength: 0 }), small]);
-    t.sock.feed(chunk);
-    const c = t.seen[t.seen.length - 1]!.payload as VqRequestData;
-    expect(c.readOutNow()!.buffer).toBe(chunk.buffer);
-    expect(await c.readOut()).toEqual(small);
+    const within = (id: number) => {
+      t.sock.feed(Buffer.concat([encodeCommand({ opcode: Opcode.Vq, commandId: id, outLength: small.length, inLength: 0 }), small]));
+      return t.seen[t.seen.length - 1]!.payload as VqRequestData;
+    };
+    const c = within(3);
+    const pc = c.readOutNow()!;
+    expect(pc).toEqual(small);
+    c.release();
+    const d = within(4);
+    expect(d.readOutNow()!.buffer).toBe(pc.buffer);
+    d.release();
   });
   it('writable buffers come from a pool: the frame of a released request serves the next one', async () => {
     const t = targetOn();

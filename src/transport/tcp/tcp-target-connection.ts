@@ -7,9 +7,9 @@ import {
   type TargetConnectionHandler,
   type VqRequestData,
 } from '../transport.js';
-import { ByteQueue } from './byte-queue.js';
 import { FramePool, FrameRetention } from './frame-pool.js';
 import { TickBatch } from './tick-batch.js';
+import { readIntoUserBuffers } from './user-buffer-read.js';
 
 const EMPTY = Buffer.alloc(0);
 /** Completion frames one connection keeps for reuse (see FramePool)... */
@@ -17,8 +17,16 @@ const FRAME_POOL_KEPT_BYTES = 4 * 1024 * 1024;
 /** ...and all stream connections of this process together. */
 const framesKept = new FrameRetention(32 * 1024 * 1024);
 
-/** Payloads up to this size are copied into the request's own buffer instead of viewed in place. */
+/** Payloads up to this size are copied into the request's own buffer, larger ones into a pooled frame. */
 const SMALL_PAYLOAD = 64;
+/** At most this much is read at once into the connection's scratch buffer... */
+const READ_MAX = 64 * 1024;
+/**
+ * ...which holds twice that: before each read the scratch keeps only what could not be parsed
+ * yet — a partial command header or small payload, or, while the session decides on admitting a
+ * payload (reading is paused then), at most one read's bytes — so a read always has room.
+ */
+const SCRATCH_SIZE = 2 * READ_MAX;
 /**
  * A frame up to this size stays with its request when the request is released (see
  * StreamVqRequest); a larger one goes back to the connection's pool.
@@ -87,10 +95,12 @@ class StreamVqRequest implements VqRequestData {
     return this;
   }
 
-  /** A small payload's bytes, taken from `queue` into this request's own buffer. */
-  takeSmall(queue: ByteQueue, length: number): Buffer {
-    queue.takeInto(length, this.small, 0);
-    if (this.smallView.length !== length) this.smallView = this.small.subarray(0, length);
+  /** A small payload's bytes, copied from `from[at, at + length)` into this request's own buffer. */
+  takeSmall(from: Buffer, at: number, length: number): Buffer {
+    // Byte by byte: Buffer#copy of part of a buffer makes a view of it, the allocation this avoids.
+    const small = this.small;
+    for (let i = 0; i < length; i++) small[i] = from[at + i]!;
+    if (this.smallView.length !== length) this.smallView = small.subarray(0, length);
     return this.smallView;
   }
 
@@ -182,9 +192,11 @@ type ReadState =
  * - a VQ command's payload is buffered only after the session admits it (handler.admitVq),
  *   which it does only on a bound virtqueue, within the queue's limits and the target's send
  *   budget; anything else is skipped as it arrives, never kept;
- * - before Connect no payload is read at all (admitVq answers 'close'): skipped bytes are
- *   still read, one garbage buffer per read until the next GC, so a peer that has proved
- *   nothing could otherwise make the process read megabytes and grow its heap and malloc arenas;
+ * - before Connect no payload is read at all (admitVq answers 'close'), so a peer that has
+ *   proved nothing cannot make the process read megabytes;
+ * - every byte lands in the connection's one scratch buffer (SCRATCH_SIZE) or straight in an
+ *   admitted payload's pooled frame: reading allocates nothing (see user-buffer-read.ts), and
+ *   skipped bytes are overwritten by the next read;
  * - reading pauses while the socket has more than its high-water mark queued for sending, or
  *   while the session defers admission, so the unparsed input is at most one read;
  * - a peer that stops reading its completions altogether is closed after sendStallTimeoutMs
@@ -195,7 +207,25 @@ export class TcpTargetConnection implements TargetConnection {
   readonly maxKeyedDescriptors = 0;
   readonly peer: string;
   readonly identity: string | undefined;
-  private readonly queue = new ByteQueue();
+  /**
+   * Received bytes not parsed yet are scratch[head, end). Reads land after them, except while an
+   * admitted payload is being gathered and nothing is buffered: then straight in its frame.
+   */
+  private readonly scratch = Buffer.allocUnsafeSlow(SCRATCH_SIZE);
+  private head = 0;
+  private end = 0;
+  /** Views of the scratch by where they start: reads of one size recur at the same few places. */
+  private readonly scratchViews = new Map<number, Buffer>();
+  /** The VQ payload being gathered (an admitted one over SMALL_PAYLOAD), and how much has come. */
+  private gather: Buffer | null = null;
+  private gathered = 0;
+  /** The last buffer handed to a read was `gather`, not the scratch. */
+  private direct = false;
+  /** Reads come through onread into the scratch (plain TCP); else 'data' chunks are fed (TLS). */
+  private readonly userBuffers: boolean;
+  /** A fed chunk's bytes that did not fit in the scratch yet (a TLS read while admission waits). */
+  private pendingChunk: Buffer | null = null;
+  private pendingAt = 0;
   /** The command being read: decoded in place, handed to the session for the call only. */
   private readonly header = Buffer.alloc(COMMAND_SIZE);
   private readonly headerState: ReadState = { kind: 'header' };
@@ -234,11 +264,19 @@ export class TcpTargetConnection implements TargetConnection {
     socket.setNoDelay(true);
     socket.pause();
     socket.on('error', (err) => this.log.debug(`${this.peer}: socket error: ${err.message}`));
+    // A TLS socket's reads are the TLS layer's: its plaintext comes as 'data' chunks.
+    this.userBuffers =
+      origin.scheme === 'tcp' && readIntoUserBuffers(socket, () => this.nextBuffer(), (n) => this.received(n));
+  }
+
+  /** Whether this connection reads without a Buffer per read (see user-buffer-read.ts). */
+  get readsIntoScratch(): boolean {
+    return this.userBuffers;
   }
 
   start(handler: TargetConnectionHandler): void {
     this.handler = handler;
-    this.socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    if (!this.userBuffers) this.socket.on('data', (chunk: Buffer) => this.feed(chunk));
     this.socket.on('drain', () => {
       this.sendBackpressure = false;
       this.updateReading();
@@ -259,14 +297,64 @@ export class TcpTargetConnection implements TargetConnection {
     else this.socket.resume();
   }
 
-  private onData(chunk: Buffer): void {
-    this.queue.push(chunk);
+  /** Where the next read lands (onread's buffer function, asked before every read). */
+  private nextBuffer(): Buffer {
+    const gather = this.gather;
+    if (gather !== null && this.head === this.end && this.state === this.payloadState) {
+      this.direct = true;
+      return gather.subarray(this.gathered, this.payloadState.length);
+    }
+    this.direct = false;
+    if (this.head === this.end) this.head = this.end = 0;
+    else if (this.head > 0) {
+      // What is left is a partial PDU piece, or one read held back while admission waits.
+      this.scratch.copyWithin(0, this.head, this.end);
+      this.end -= this.head;
+      this.head = 0;
+    }
+    const at = this.end;
+    const length = Math.min(READ_MAX, SCRATCH_SIZE - at);
+    let v = this.scratchViews.get(at);
+    if (v === undefined || v.length !== length) {
+      v = this.scratch.subarray(at, at + length);
+      this.scratchViews.set(at, v);
+    }
+    return v;
+  }
+
+  /** `n` bytes landed in the buffer nextBuffer() gave (onread's callback). */
+  private received(n: number): boolean {
+    if (this.closed) return true;
+    if (this.direct) this.gathered += n;
+    else this.end += n;
     this.runParser();
+    return true;
+  }
+
+  /** A chunk read by someone else (TLS): copied into the scratch, parsed as a read would be. */
+  private feed(chunk: Buffer): void {
+    this.pendingChunk = chunk;
+    this.pendingAt = 0;
+    this.runParser();
+  }
+
+  /** Moves what is pending of a fed chunk into the scratch (or the gathered payload) as room allows. */
+  private takePending(): boolean {
+    const chunk = this.pendingChunk!;
+    const into = this.nextBuffer();
+    const n = chunk.copy(into, 0, this.pendingAt, Math.min(chunk.length, this.pendingAt + into.length));
+    this.pendingAt += n;
+    if (this.pendingAt === chunk.length) this.pendingChunk = null;
+    if (this.direct) this.gathered += n;
+    else this.end += n;
+    return n > 0;
   }
 
   private runParser(): void {
     try {
       this.parse();
+      // A fed chunk goes in as far as parsing makes room (all of it unless admission waits).
+      while (this.pendingChunk !== null && !this.closed && this.state.kind !== 'admit' && this.takePending()) this.parse();
     } catch (err) {
       this.log.warn(`${this.peer}: closing: ${(err as Error).message}`);
       this.close();
@@ -275,7 +363,7 @@ export class TcpTargetConnection implements TargetConnection {
     this.updateReading();
     if (this.peerEnded && !this.endReported && !this.closed && this.state.kind !== 'admit') {
       this.endReported = true;
-      if (this.queue.length > 0 || this.state.kind !== 'header') {
+      if (this.end > this.head || this.pendingChunk !== null || this.state.kind !== 'header') {
         this.log.info(`${this.peer}: peer ended its side in the middle of a PDU; ignoring the partial PDU`);
       }
       this.handler?.onEnd();
@@ -287,10 +375,12 @@ export class TcpTargetConnection implements TargetConnection {
       if (this.closed) return;
       const st = this.state;
       if (st.kind === 'header') {
-        if (this.queue.length < COMMAND_SIZE) return;
-        // Into the connection's header buffer: no allocation; the session reads it during onCommand only.
+        if (this.end - this.head < COMMAND_SIZE) return;
+        // Into the connection's header buffer, four words (Buffer#copy of part of a buffer makes
+        // a view): no allocation; the session reads it during onCommand only.
         const header = this.header;
-        this.queue.takeInto(COMMAND_SIZE, header, 0);
+        for (let k = 0; k < COMMAND_SIZE; k += 4) header.writeUInt32LE(this.scratch.readUInt32LE(this.head + k), k);
+        this.head += COMMAND_SIZE;
         this.state = this.afterHeader(header);
         if (this.state.kind === 'header') this.deliver(header, EMPTY);
       } else if (st.kind === 'admit') {
@@ -323,34 +413,54 @@ export class TcpTargetConnection implements TargetConnection {
           return;
         }
       } else if (st.kind === 'payload') {
-        if (this.queue.length < st.length) return;
-        this.state = this.headerState;
         const header = this.header;
+        const avail = this.end - this.head;
         if (header.readUInt16LE(0) !== Opcode.Vq) {
-          // Connect's body: kept by the session past this read, so a copy or a view of its own.
-          this.deliver(header, st.length === 0 ? EMPTY : this.queue.take(st.length));
+          // Connect's body (at most CONNECT_BODY_SIZE): kept by the session past this call, so a copy.
+          if (avail < st.length) return;
+          const body = st.length === 0 ? EMPTY : Buffer.from(this.scratch.subarray(this.head, this.head + st.length));
+          this.head += st.length;
+          this.state = this.headerState;
+          this.deliver(header, body);
           continue;
         }
-        const request = this.takeRequest();
-        const inLength = header.readUInt32LE(12);
-        if (st.length === 0) {
-          this.deliver(header, request.start(0, inLength, EMPTY));
-        } else if (st.length <= SMALL_PAYLOAD) {
-          // A virtio-blk header and the like: copied into the request, no view to allocate.
-          this.deliver(header, request.start(st.length, inLength, request.takeSmall(this.queue, st.length)));
-        } else if (!this.queue.contiguous(st.length)) {
-          // A payload that spans reads (any over 64 KiB) is gathered into a pooled frame, reused
-          // once its command ends: no buffer allocated per command, no large short-lived
-          // allocations (each a mmap, page faults and a munmap) for the GC.
-          const frame = this.frames.take(st.length);
-          this.queue.takeInto(st.length, frame, 0);
-          this.deliver(header, request.start(st.length, inLength, frame.subarray(0, st.length), frame));
-        } else {
-          // Node hands each read a fresh chunk, so a view of it stays valid: no copy.
-          this.deliver(header, request.start(st.length, inLength, this.queue.take(st.length)));
+        if (st.length <= SMALL_PAYLOAD) {
+          if (avail < st.length) return;
+          this.state = this.headerState;
+          const request = this.takeRequest();
+          const inLength = header.readUInt32LE(12);
+          if (st.length === 0) {
+            this.deliver(header, request.start(0, inLength, EMPTY));
+          } else {
+            // A virtio-blk header and the like: copied into the request, no view to allocate.
+            const small = request.takeSmall(this.scratch, this.head, st.length);
+            this.head += st.length;
+            this.deliver(header, request.start(st.length, inLength, small));
+          }
+          continue;
         }
+        // Gathered into a pooled frame, reused once its command ends: what is buffered is
+        // copied, the rest read straight into it (nextBuffer). No Buffer per command or read.
+        if (this.gather === null) {
+          this.gather = this.frames.take(st.length);
+          this.gathered = 0;
+        }
+        const n = Math.min(avail, st.length - this.gathered);
+        if (n > 0) {
+          this.scratch.copy(this.gather, this.gathered, this.head, this.head + n);
+          this.head += n;
+          this.gathered += n;
+        }
+        if (this.gathered < st.length) return;
+        const frame = this.gather;
+        this.gather = null;
+        this.state = this.headerState;
+        const request = this.takeRequest();
+        this.deliver(header, request.start(st.length, header.readUInt32LE(12), frame.subarray(0, st.length), frame));
       } else {
-        st.left -= this.queue.skip(st.left);
+        const n = Math.min(st.left, this.end - this.head);
+        this.head += n;
+        st.left -= n;
         if (st.left > 0) return;
         this.state = this.headerState;
         const err = new VqTransferError('out', `device-readable payload of ${st.announced} bytes ${st.why}`);
@@ -496,6 +606,8 @@ export class TcpTargetConnection implements TargetConnection {
 
   private finish(): void {
     this.closed = true;
+    this.gather = null;
+    this.pendingChunk = null;
     this.frames.close();
     this.freeRequests.length = 0;
     if (this.stallTimer) clearTimeout(this.stallTimer);
