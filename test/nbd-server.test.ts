@@ -212,6 +212,40 @@ describe('NbdServer over any NbdBlockDevice', () => {
     expect((await c.call(NbdCommand.READ, 8192, 4096)).data!.equals(Buffer.alloc(4096, 0x20))).toBe(true);
   });
 
+  it('WRITE payloads cut into random pieces land whole, read straight into the request (no data event, no Buffer per read)', async () => {
+    const disk = new CallbackDisk(4 << 20, 4096);
+    const { sock } = await serve(disk);
+    const { c } = await client(sock, []);
+    const conn = [...(server as unknown as { connections: Set<{ socket: { listenerCount(e: string): number } }> }).connections][0]!;
+    expect(conn.socket.listenerCount('data')).toBe(0);
+    const sizes = [4096, 128 * 1024, 8192, 1 << 20, 4096, 256 * 1024];
+    let offset = 0;
+    const expected: Array<{ offset: number; data: Buffer }> = [];
+    // The raw client writes whole requests; cut the bytes it sends into random pieces instead.
+    const sent: Buffer[] = [];
+    const raw = c as unknown as { write(b: Buffer): void };
+    const original = raw.write.bind(c);
+    raw.write = (b: Buffer) => void sent.push(Buffer.from(b));
+    const cookies = sizes.map((n, i) => {
+      const data = Buffer.from(Array.from({ length: n }, (_, k) => (k * 13 + i * 7) & 0xff));
+      expected.push({ offset, data });
+      const cookie = c.request(NbdCommand.WRITE, offset, n, 0, data);
+      offset += n;
+      return cookie;
+    });
+    raw.write = original;
+    const all = Buffer.concat(sent);
+    let seed = 5;
+    for (let at = 0; at < all.length; ) {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      const n = Math.min(all.length - at, 1 + (seed % 200_000));
+      original(all.subarray(at, at + n));
+      at += n;
+    }
+    for (const cookie of cookies) expect(await c.readReply()).toMatchObject({ error: 0, cookie });
+    for (const e of expected) expect(disk.data.subarray(e.offset, e.offset + e.data.length).equals(e.data)).toBe(true);
+  });
+
   it('a failing disk gives EIO, FUA flushes, and the connection keeps working', async () => {
     const disk = new MemoryDisk(1 << 20, 512);
     const { sock } = await serve(disk);

@@ -149,8 +149,8 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     const chunk = Buffer.alloc(64 * 1024);
     for (let i = 0; i < 48; i++) {
       t.sock.feed(chunk);
-      const held = t.conn as unknown as { head: number; end: number; gather: Buffer | null };
-      expect(held.end - held.head).toBe(0);
+      const held = t.conn as unknown as { input: { length: number }; gather: Buffer | null };
+      expect(held.input.length).toBe(0);
       expect(held.gather).toBeNull();
     }
     expect(t.seen).toHaveLength(1);

@@ -1,7 +1,8 @@
 import type { Socket } from 'node:net';
 import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
-import { ByteQueue } from '../transport/tcp/byte-queue.js';
+import { StreamInput } from '../transport/tcp/stream-input.js';
+import { readIntoUserBuffers } from '../transport/tcp/user-buffer-read.js';
 import { TickBatch } from '../transport/tcp/tick-batch.js';
 import type { BridgeBudget, BudgetWaiter } from './bridge-budget.js';
 import { NbdCommandError, nbdErrorOf, type NbdExport, type NbdFastRequest } from './nbd-export.js';
@@ -196,8 +197,17 @@ export class NbdConnection implements BudgetWaiter {
   private stallTimer: NodeJS.Timeout | null = null;
   /** Replies wait in the socket: the stall timer counts (else it runs out doing nothing). */
   private stallArmed = false;
-  /** Received bytes not parsed yet. */
-  private readonly input = new ByteQueue();
+  /**
+   * Received bytes not parsed yet. A WRITE's payload lands straight in its request's buffer
+   * while nothing else is buffered (with onread, see attach()).
+   */
+  private readonly input = new StreamInput(
+    () => {
+      const req = this.receiving;
+      return req !== null && this.phase === 'payload' ? req.data.subarray(req.filled, req.length) : null;
+    },
+    (n) => (this.receiving!.filled += n),
+  );
   /** The request header being decoded (copied here: a view per header would be an allocation). */
   private readonly headerBytes = Buffer.alloc(REQUEST_HEADER_SIZE);
   private noZeroes = false;
@@ -224,8 +234,15 @@ export class NbdConnection implements BudgetWaiter {
 
   private readonly onData = (d: Buffer): void => {
     if (this.phase === 'done' || this.phase === 'tls') return; // after DISC or ABORT nothing more is read
-    this.input.push(d);
+    this.input.feed(d);
     this.pump();
+  };
+  /** onread's callback (a plain socket of a bridge without TLS): `n` bytes landed where input.nextBuffer() said. */
+  private readonly onRead = (n: number): boolean => {
+    this.input.received(n);
+    if (this.phase === 'done' || this.phase === 'tls') this.input.clear();
+    else this.pump();
+    return true;
   };
   private readonly onDrain = (): void => this.pump();
 
@@ -241,11 +258,14 @@ export class NbdConnection implements BudgetWaiter {
     // The accepted socket closes with the TLS socket over it, so this covers both.
     this.closedPromise = new Promise((resolve) => raw.once('close', () => resolve()));
     raw.setNoDelay?.(true);
-    this.attach(raw);
+    // No Buffer per read (user-buffer-read.ts) where no STARTTLS can hand the socket to TLS later.
+    this.attach(raw, shared.tls === null && readIntoUserBuffers(raw, () => this.input.nextBuffer(), this.onRead));
+    // (Accepted paused: pauseOnConnect.)
+    raw.resume();
     raw.on('close', () => {
       this.closed = true;
       this.phase = 'done';
-      this.input.skip(this.input.length);
+      this.input.clear();
       this.stopStallTimer();
       this.shared.budget.leave(this);
       // A WRITE whose payload never arrived in full will not run: its bytes go back now (else a
@@ -260,8 +280,8 @@ export class NbdConnection implements BudgetWaiter {
     raw.write(encodeServerGreeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
   }
 
-  private attach(s: Socket): void {
-    s.on('data', this.onData);
+  private attach(s: Socket, userBuffers = false): void {
+    if (!userBuffers) s.on('data', this.onData);
     s.on('drain', this.onDrain);
     s.on('error', (err) => this.log.debug(`nbd ${this.peer}: socket error: ${err.message}`));
   }
@@ -293,9 +313,9 @@ export class NbdConnection implements BudgetWaiter {
     this.socket.destroy();
   }
 
-  /** The next n input bytes (a view when they arrived together); null if fewer have arrived. */
+  /** The next n input bytes, a copy (handshake records only); null if fewer have arrived. */
   private take(n: number): Buffer | null {
-    return this.input.length < n ? null : this.input.take(n);
+    return this.input.length < n ? null : this.input.takeCopy(n);
   }
 
   /** Parse and act on everything that has arrived, as far as the limits allow. */
@@ -310,6 +330,10 @@ export class NbdConnection implements BudgetWaiter {
       }
       try {
         progress = this.step();
+        // A fed chunk (TLS) comes in as parsing makes room, unless a request waits for the budget.
+        if (!progress && this.waiting === null && this.phase !== 'tls' && this.input.hasPending) {
+          progress = this.input.moreFromChunk();
+        }
       } catch (err) {
         // A bug must cost this connection, never the bridge and its other clients.
         this.drop(`internal error: ${(err as Error).stack ?? err}`);
@@ -353,7 +377,7 @@ export class NbdConnection implements BudgetWaiter {
       case 'payload': {
         const req = this.receiving!;
         const n = Math.min(req.length - req.filled, this.input.length);
-        this.input.takeInto(n, req.data, req.filled);
+        if (n > 0) this.input.takeInto(n, req.data, req.filled);
         req.filled += n;
         if (req.filled < req.length) return false;
         this.receiving = null;
@@ -513,7 +537,7 @@ export class NbdConnection implements BudgetWaiter {
     const tls = this.shared.tls!;
     // The client must wait for the ACK before it starts TLS: bytes already here are neither
     // options nor TLS, and would be lost in the switch.
-    if (this.input.length > 0) {
+    if (this.input.length > 0 || this.input.hasPending) {
       this.drop('data after NBD_OPT_STARTTLS before its reply');
       return;
     }
@@ -557,7 +581,7 @@ export class NbdConnection implements BudgetWaiter {
     if (!req) {
       if (this.input.length < REQUEST_HEADER_SIZE) return false;
       const h = this.headerBytes;
-      this.input.takeInto(REQUEST_HEADER_SIZE, h, 0);
+      this.input.takeWords(REQUEST_HEADER_SIZE, h);
       const magic = h.readUInt32BE(0);
       if (magic !== NBD_REQUEST_MAGIC) {
         this.drop(`bad request magic 0x${magic.toString(16)}`);

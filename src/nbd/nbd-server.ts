@@ -114,7 +114,8 @@ export class NbdServer {
       budget: new BridgeBudget(Math.max(1, options.memoryBudgetBytes ?? NBD_DEFAULT_MEMORY_BUDGET)),
       tls: options.tls ? new NbdTls(options.tls, this.log) : null,
     };
-    this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // Paused: NbdConnection decides how the socket reads (onread, or 'data' when TLS may come).
+    this.server = createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
     // A listen() failure is its caller's to report (it rejects): logging it here too printed it twice.
     this.server.on('error', (err) => {
       if (this.server.listening) this.log.error(`nbd server: ${err.message}`);

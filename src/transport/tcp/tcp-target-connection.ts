@@ -9,6 +9,7 @@ import {
 } from '../transport.js';
 import { FramePool, FrameRetention } from './frame-pool.js';
 import { TickBatch } from './tick-batch.js';
+import { StreamInput } from './stream-input.js';
 import { readIntoUserBuffers } from './user-buffer-read.js';
 
 const EMPTY = Buffer.alloc(0);
@@ -19,14 +20,6 @@ const framesKept = new FrameRetention(32 * 1024 * 1024);
 
 /** Payloads up to this size are copied into the request's own buffer, larger ones into a pooled frame. */
 const SMALL_PAYLOAD = 64;
-/** At most this much is read at once into the connection's scratch buffer... */
-const READ_MAX = 64 * 1024;
-/**
- * ...which holds twice that: before each read the scratch keeps only what could not be parsed
- * yet — a partial command header or small payload, or, while the session decides on admitting a
- * payload (reading is paused then), at most one read's bytes — so a read always has room.
- */
-const SCRATCH_SIZE = 2 * READ_MAX;
 /**
  * A frame up to this size stays with its request when the request is released (see
  * StreamVqRequest); a larger one goes back to the connection's pool.
@@ -95,12 +88,10 @@ class StreamVqRequest implements VqRequestData {
     return this;
   }
 
-  /** A small payload's bytes, copied from `from[at, at + length)` into this request's own buffer. */
-  takeSmall(from: Buffer, at: number, length: number): Buffer {
-    // Byte by byte: Buffer#copy of part of a buffer makes a view of it, the allocation this avoids.
-    const small = this.small;
-    for (let i = 0; i < length; i++) small[i] = from[at + i]!;
-    if (this.smallView.length !== length) this.smallView = small.subarray(0, length);
+  /** A small payload's bytes, taken from `input` into this request's own buffer. */
+  takeSmall(input: StreamInput, length: number): Buffer {
+    input.takeInto(length, this.small, 0);
+    if (this.smallView.length !== length) this.smallView = this.small.subarray(0, length);
     return this.smallView;
   }
 
@@ -194,9 +185,9 @@ type ReadState =
  *   budget; anything else is skipped as it arrives, never kept;
  * - before Connect no payload is read at all (admitVq answers 'close'), so a peer that has
  *   proved nothing cannot make the process read megabytes;
- * - every byte lands in the connection's one scratch buffer (SCRATCH_SIZE) or straight in an
- *   admitted payload's pooled frame: reading allocates nothing (see user-buffer-read.ts), and
- *   skipped bytes are overwritten by the next read;
+ * - every byte lands in the connection's scratch (StreamInput) or straight in an admitted
+ *   payload's pooled frame: reading allocates nothing (see user-buffer-read.ts), and skipped
+ *   bytes are overwritten by the next read;
  * - reading pauses while the socket has more than its high-water mark queued for sending, or
  *   while the session defers admission, so the unparsed input is at most one read;
  * - a peer that stops reading its completions altogether is closed after sendStallTimeoutMs
@@ -208,24 +199,18 @@ export class TcpTargetConnection implements TargetConnection {
   readonly peer: string;
   readonly identity: string | undefined;
   /**
-   * Received bytes not parsed yet are scratch[head, end). Reads land after them, except while an
-   * admitted payload is being gathered and nothing is buffered: then straight in its frame.
+   * Received bytes not parsed yet. Reads land in its scratch, except while an admitted payload
+   * is being gathered and nothing is buffered: then straight in the payload's frame.
    */
-  private readonly scratch = Buffer.allocUnsafeSlow(SCRATCH_SIZE);
-  private head = 0;
-  private end = 0;
-  /** Views of the scratch by where they start: reads of one size recur at the same few places. */
-  private readonly scratchViews = new Map<number, Buffer>();
+  private readonly input = new StreamInput(
+    () => (this.gather !== null && this.state === this.payloadState ? this.gather.subarray(this.gathered, this.payloadState.length) : null),
+    (n) => (this.gathered += n),
+  );
   /** The VQ payload being gathered (an admitted one over SMALL_PAYLOAD), and how much has come. */
   private gather: Buffer | null = null;
   private gathered = 0;
-  /** The last buffer handed to a read was `gather`, not the scratch. */
-  private direct = false;
   /** Reads come through onread into the scratch (plain TCP); else 'data' chunks are fed (TLS). */
   private readonly userBuffers: boolean;
-  /** A fed chunk's bytes that did not fit in the scratch yet (a TLS read while admission waits). */
-  private pendingChunk: Buffer | null = null;
-  private pendingAt = 0;
   /** The command being read: decoded in place, handed to the session for the call only. */
   private readonly header = Buffer.alloc(COMMAND_SIZE);
   private readonly headerState: ReadState = { kind: 'header' };
@@ -266,7 +251,7 @@ export class TcpTargetConnection implements TargetConnection {
     socket.on('error', (err) => this.log.debug(`${this.peer}: socket error: ${err.message}`));
     // A TLS socket's reads are the TLS layer's: its plaintext comes as 'data' chunks.
     this.userBuffers =
-      origin.scheme === 'tcp' && readIntoUserBuffers(socket, () => this.nextBuffer(), (n) => this.received(n));
+      origin.scheme === 'tcp' && readIntoUserBuffers(socket, () => this.input.nextBuffer(), (n) => this.received(n));
   }
 
   /** Whether this connection reads without a Buffer per read (see user-buffer-read.ts). */
@@ -297,64 +282,25 @@ export class TcpTargetConnection implements TargetConnection {
     else this.socket.resume();
   }
 
-  /** Where the next read lands (onread's buffer function, asked before every read). */
-  private nextBuffer(): Buffer {
-    const gather = this.gather;
-    if (gather !== null && this.head === this.end && this.state === this.payloadState) {
-      this.direct = true;
-      return gather.subarray(this.gathered, this.payloadState.length);
-    }
-    this.direct = false;
-    if (this.head === this.end) this.head = this.end = 0;
-    else if (this.head > 0) {
-      // What is left is a partial PDU piece, or one read held back while admission waits.
-      this.scratch.copyWithin(0, this.head, this.end);
-      this.end -= this.head;
-      this.head = 0;
-    }
-    const at = this.end;
-    const length = Math.min(READ_MAX, SCRATCH_SIZE - at);
-    let v = this.scratchViews.get(at);
-    if (v === undefined || v.length !== length) {
-      v = this.scratch.subarray(at, at + length);
-      this.scratchViews.set(at, v);
-    }
-    return v;
-  }
-
-  /** `n` bytes landed in the buffer nextBuffer() gave (onread's callback). */
+  /** `n` bytes landed where input.nextBuffer() said (onread's callback). */
   private received(n: number): boolean {
     if (this.closed) return true;
-    if (this.direct) this.gathered += n;
-    else this.end += n;
+    this.input.received(n);
     this.runParser();
     return true;
   }
 
-  /** A chunk read by someone else (TLS): copied into the scratch, parsed as a read would be. */
+  /** A chunk read by someone else (TLS): parsed as reads would be. */
   private feed(chunk: Buffer): void {
-    this.pendingChunk = chunk;
-    this.pendingAt = 0;
+    this.input.feed(chunk);
     this.runParser();
-  }
-
-  /** Moves what is pending of a fed chunk into the scratch (or the gathered payload) as room allows. */
-  private takePending(): boolean {
-    const chunk = this.pendingChunk!;
-    const into = this.nextBuffer();
-    const n = chunk.copy(into, 0, this.pendingAt, Math.min(chunk.length, this.pendingAt + into.length));
-    this.pendingAt += n;
-    if (this.pendingAt === chunk.length) this.pendingChunk = null;
-    if (this.direct) this.gathered += n;
-    else this.end += n;
-    return n > 0;
   }
 
   private runParser(): void {
     try {
       this.parse();
       // A fed chunk goes in as far as parsing makes room (all of it unless admission waits).
-      while (this.pendingChunk !== null && !this.closed && this.state.kind !== 'admit' && this.takePending()) this.parse();
+      while (this.input.hasPending && !this.closed && this.state.kind !== 'admit' && this.input.moreFromChunk()) this.parse();
     } catch (err) {
       this.log.warn(`${this.peer}: closing: ${(err as Error).message}`);
       this.close();
@@ -363,7 +309,7 @@ export class TcpTargetConnection implements TargetConnection {
     this.updateReading();
     if (this.peerEnded && !this.endReported && !this.closed && this.state.kind !== 'admit') {
       this.endReported = true;
-      if (this.end > this.head || this.pendingChunk !== null || this.state.kind !== 'header') {
+      if (this.input.length > 0 || this.input.hasPending || this.state.kind !== 'header') {
         this.log.info(`${this.peer}: peer ended its side in the middle of a PDU; ignoring the partial PDU`);
       }
       this.handler?.onEnd();
@@ -375,12 +321,10 @@ export class TcpTargetConnection implements TargetConnection {
       if (this.closed) return;
       const st = this.state;
       if (st.kind === 'header') {
-        if (this.end - this.head < COMMAND_SIZE) return;
-        // Into the connection's header buffer, four words (Buffer#copy of part of a buffer makes
-        // a view): no allocation; the session reads it during onCommand only.
+        if (this.input.length < COMMAND_SIZE) return;
+        // Into the connection's header buffer: no allocation; the session reads it during onCommand only.
         const header = this.header;
-        for (let k = 0; k < COMMAND_SIZE; k += 4) header.writeUInt32LE(this.scratch.readUInt32LE(this.head + k), k);
-        this.head += COMMAND_SIZE;
+        this.input.takeWords(COMMAND_SIZE, header);
         this.state = this.afterHeader(header);
         if (this.state.kind === 'header') this.deliver(header, EMPTY);
       } else if (st.kind === 'admit') {
@@ -414,12 +358,11 @@ export class TcpTargetConnection implements TargetConnection {
         }
       } else if (st.kind === 'payload') {
         const header = this.header;
-        const avail = this.end - this.head;
+        const avail = this.input.length;
         if (header.readUInt16LE(0) !== Opcode.Vq) {
           // Connect's body (at most CONNECT_BODY_SIZE): kept by the session past this call, so a copy.
           if (avail < st.length) return;
-          const body = st.length === 0 ? EMPTY : Buffer.from(this.scratch.subarray(this.head, this.head + st.length));
-          this.head += st.length;
+          const body = st.length === 0 ? EMPTY : this.input.takeCopy(st.length);
           this.state = this.headerState;
           this.deliver(header, body);
           continue;
@@ -433,8 +376,7 @@ export class TcpTargetConnection implements TargetConnection {
             this.deliver(header, request.start(0, inLength, EMPTY));
           } else {
             // A virtio-blk header and the like: copied into the request, no view to allocate.
-            const small = request.takeSmall(this.scratch, this.head, st.length);
-            this.head += st.length;
+            const small = request.takeSmall(this.input, st.length);
             this.deliver(header, request.start(st.length, inLength, small));
           }
           continue;
@@ -447,8 +389,7 @@ export class TcpTargetConnection implements TargetConnection {
         }
         const n = Math.min(avail, st.length - this.gathered);
         if (n > 0) {
-          this.scratch.copy(this.gather, this.gathered, this.head, this.head + n);
-          this.head += n;
+          this.input.takeInto(n, this.gather, this.gathered);
           this.gathered += n;
         }
         if (this.gathered < st.length) return;
@@ -458,9 +399,7 @@ export class TcpTargetConnection implements TargetConnection {
         const request = this.takeRequest();
         this.deliver(header, request.start(st.length, header.readUInt32LE(12), frame.subarray(0, st.length), frame));
       } else {
-        const n = Math.min(st.left, this.end - this.head);
-        this.head += n;
-        st.left -= n;
+        st.left -= this.input.skip(st.left);
         if (st.left > 0) return;
         this.state = this.headerState;
         const err = new VqTransferError('out', `device-readable payload of ${st.announced} bytes ${st.why}`);
@@ -607,7 +546,7 @@ export class TcpTargetConnection implements TargetConnection {
   private finish(): void {
     this.closed = true;
     this.gather = null;
-    this.pendingChunk = null;
+    this.input.clear();
     this.frames.close();
     this.freeRequests.length = 0;
     if (this.stallTimer) clearTimeout(this.stallTimer);
