@@ -66,6 +66,29 @@ describe.skipIf(!nbdkitDeps.ok)(`the NBD client against nbdkit${nbdkitDeps.skipN
     }
   });
 
+  it('large READs land in the caller buffers through onread (no data event on the socket), several in flight, bytes exact', async () => {
+    const c = await NbdClientConnection.connect(address, { exportName: 'disk', maxInFlight: 8 });
+    try {
+      expect((c as unknown as { stream: { listenerCount(e: string): number } }).stream.listenerCount('data')).toBe(0);
+      const sizes = [1024 * 1024, 128 * 1024, 4096, 2 * 1024 * 1024, 65536 + 512];
+      // Above the 4 MiB the next test expects never written (it reads holes there).
+      let at = 4 * 1024 * 1024;
+      const parts = sizes.map((n, i) => {
+        const data = Buffer.from(Array.from({ length: n }, (_, k) => (k * 29 + i * 3) & 0xff));
+        const part = { at, data };
+        at += n;
+        return part;
+      });
+      for (const p of parts) expect(await submit(c, NbdCommand.WRITE, p.at, p.data.length, p.data)).toBe(0);
+      const backs = parts.map((p) => Buffer.alloc(p.data.length, 0xee));
+      const codes = await Promise.all(parts.map((p, i) => submit(c, NbdCommand.READ, p.at, p.data.length, backs[i]!)));
+      expect(codes).toEqual(sizes.map(() => 0));
+      for (let i = 0; i < parts.length; i++) expect(backs[i]!.equals(parts[i]!.data)).toBe(true);
+    } finally {
+      await c.close();
+    }
+  });
+
   it('writes, reads back (data and holes), flushes, trims and writes zeroes; many in flight', async () => {
     const c = await NbdClientConnection.connect(address, { exportName: 'disk', maxInFlight: 16 });
     try {

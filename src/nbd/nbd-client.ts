@@ -23,6 +23,7 @@ import {
   encodeOptionHeader,
 } from './nbd-protocol.js';
 import { quotePeerString } from '../util/escape.js';
+import { StreamInput } from '../transport/tcp/stream-input.js';
 
 /**
  * The client side of NBD (NetworkBlockDevice doc/proto.md): what a vof target uses to reach
@@ -142,8 +143,6 @@ export class NbdClientConnection {
   private readonly slots: NbdSlot[];
   private readonly free: NbdSlot[];
   private inFlight = 0;
-  private pending: Buffer[] = [];
-  private pendingBytes = 0;
   private state: ParseState = REPLY_STATE;
   private closedWith: Error | null = null;
   /** The server broke the protocol: what was in flight ends with NBD_PROTOCOL_ERROR. */
@@ -156,23 +155,39 @@ export class NbdClientConnection {
 
   private constructor(
     private readonly stream: Duplex,
+    /** What the handshake left unread stays in it: the parser starts from there. */
+    private readonly source: NbdInput,
     readonly info: NbdExportInfo,
     readonly peer: string,
     maxInFlight: number,
-    leftover: Buffer,
   ) {
     this.slots = Array.from({ length: maxInFlight }, (_, i) => new NbdSlot(i));
     this.free = this.slots.slice().reverse();
-    stream.on('data', (d: Buffer) => this.onData(d));
+    // A read's data lands straight in the request's buffer when nothing else is buffered.
+    source.direct = () => {
+      const st = this.state;
+      return st.kind === 'data' && st.left > 0 && st.slot.into !== null ? st.slot.into.subarray(st.at, st.at + st.left) : null;
+    };
+    source.onDirect = (n) => {
+      const st = this.state as DataState;
+      st.at += n;
+      st.left -= n;
+    };
+    source.onBytes = () => this.parse();
     stream.on('error', (err: Error) => this.fail(new NbdClientError(`${peer}: ${err.message}`)));
     stream.on('close', () => this.fail(null));
-    if (leftover.length > 0) this.onData(leftover);
+    this.parse();
   }
 
   /** Connects, runs the handshake and enters the transmission phase. */
   static async connect(address: NbdAddress, options: NbdClientOptions): Promise<NbdClientConnection> {
     const peer = address.kind === 'tcp' ? `nbd ${address.host}:${address.port}` : `nbd unix:${address.path}`;
-    const raw = address.kind === 'tcp' ? net.connect({ host: address.host, port: address.port }) : net.connect({ path: address.path });
+    const source = new NbdInput();
+    // A plain socket reads through onread into the source (no Buffer per read); one that will
+    // carry TLS after STARTTLS is read through 'data' events, which the TLS layer then takes over.
+    const reading = options.startTls ? {} : source.readOptions();
+    const raw = address.kind === 'tcp' ? net.connect({ host: address.host, port: address.port, ...reading }) : net.connect({ path: address.path, ...reading });
+    if (options.startTls) source.feedFrom(raw);
     raw.setNoDelay?.(true);
     const timeoutMs = options.handshakeTimeoutMs ?? 10_000;
     const timer = setTimeout(() => raw.destroy(new NbdClientError(`${peer}: no NBD handshake within ${timeoutMs} ms`)), timeoutMs);
@@ -181,7 +196,7 @@ export class NbdClientConnection {
         raw.once('connect', resolve);
         raw.once('error', reject);
       });
-      let reader = new HandshakeReader(raw, peer);
+      let reader = new HandshakeReader(source, raw, peer);
       const greeting = await reader.read(18);
       if (greeting.readBigUInt64BE(0) !== NBD_MAGIC) throw new NbdClientError(`${peer}: not an NBD server (no NBDMAGIC)`);
       if (greeting.readBigUInt64BE(8) !== NBD_IHAVEOPT) throw new NbdClientError(`${peer}: an oldstyle NBD server; only fixed newstyle is supported`);
@@ -196,16 +211,20 @@ export class NbdClientConnection {
         const reply = await option(stream, reader, NbdOption.STARTTLS, Buffer.alloc(0), peer);
         if (reply.type !== NbdReply.ACK) throw new NbdClientError(`${peer}: the server refused STARTTLS (${replyName(reply.type)}${reply.message})`);
         reader.detach();
+        // Nothing may come between the ACK and TLS: the socket's bytes are the TLS layer's now.
+        source.stopFeeding();
+        source.input.clear();
         stream = await options.startTls(raw);
-        reader = new HandshakeReader(stream, peer);
+        source.feedFrom(stream);
+        reader = new HandshakeReader(source, stream, peer);
       }
       const sr = await option(stream, reader, NbdOption.STRUCTURED_REPLY, Buffer.alloc(0), peer);
       const structuredReplies = sr.type === NbdReply.ACK;
       if (!structuredReplies && (sr.type & 0x80000000) === 0) throw new NbdClientError(`${peer}: unexpected reply ${sr.type} to NBD_OPT_STRUCTURED_REPLY`);
       const info = await go(stream, reader, options.exportName, structuredReplies, peer);
-      const leftover = reader.detach();
+      reader.detach();
       clearTimeout(timer);
-      return new NbdClientConnection(stream, info, peer, options.maxInFlight ?? 64, leftover);
+      return new NbdClientConnection(stream, source, info, peer, options.maxInFlight ?? 64);
     } catch (err) {
       clearTimeout(timer);
       raw.destroy();
@@ -293,8 +312,8 @@ export class NbdClientConnection {
     if (this.closedWith) return;
     this.closedWith = err ?? new NbdClientError(`${this.peer}: connection closed`);
     this.stream.destroy();
-    this.pending = [];
-    this.pendingBytes = 0;
+    this.source.onBytes = () => {};
+    this.source.input.clear();
     for (const slot of this.slots) if (slot.busy) this.finish(slot, this.violated ? NBD_PROTOCOL_ERROR : NBD_LOST);
     for (const l of this.closeListeners.splice(0)) l(err);
   }
@@ -315,27 +334,6 @@ export class NbdClientConnection {
     this.fail(new NbdClientError(`${this.peer}: ${what}; disconnecting`));
   }
 
-  private onData(d: Buffer): void {
-    if (this.closedWith) return;
-    this.pending.push(d);
-    this.pendingBytes += d.length;
-    this.parse();
-  }
-
-  /** Copies the next `n` pending bytes into `to` at `at` (n ≤ pendingBytes). */
-  private take(n: number, to: Buffer | null, at: number): void {
-    while (n > 0) {
-      const head = this.pending[0]!;
-      const k = Math.min(n, head.length);
-      if (to) head.copy(to, at, 0, k);
-      at += k;
-      n -= k;
-      this.pendingBytes -= k;
-      if (k === head.length) this.pending.shift();
-      else this.pending[0] = head.subarray(k);
-    }
-  }
-
   /** The slot a reply's cookie names, or null (a violation) when it is not in flight. */
   private slotOf(b: Buffer, at: number): NbdSlot | null {
     const index = b.readUInt32BE(at);
@@ -346,15 +344,15 @@ export class NbdClientConnection {
 
   private parse(): void {
     const s = this.scratch;
+    const input = this.source.input;
     while (!this.closedWith) {
       const st = this.state;
       if (st.kind === 'reply') {
-        if (this.pendingBytes < 4) return;
-        const head = this.pending[0]!;
-        const magic = head.length >= 4 ? head.readUInt32BE(0) : this.peekU32();
+        if (!input.fill(4)) return;
+        const magic = input.peekUInt32BE();
         if (magic === NBD_SIMPLE_REPLY_MAGIC) {
-          if (this.pendingBytes < SIMPLE_REPLY_SIZE) return;
-          this.take(SIMPLE_REPLY_SIZE, s, 0);
+          if (!input.fill(SIMPLE_REPLY_SIZE)) return;
+          input.takeInto(SIMPLE_REPLY_SIZE, s, 0);
           const error = s.readUInt32BE(4);
           const slot = this.slotOf(s, 8);
           if (!slot) return this.violation(`a reply for a request not in flight (cookie ${s.toString('hex', 8, 16)})`);
@@ -365,8 +363,8 @@ export class NbdClientConnection {
           }
         } else if (magic === NBD_STRUCTURED_REPLY_MAGIC) {
           if (!this.info.structuredReplies) return this.violation('a structured reply that was not negotiated');
-          if (this.pendingBytes < STRUCTURED_REPLY_SIZE) return;
-          this.take(STRUCTURED_REPLY_SIZE, s, 0);
+          if (!input.fill(STRUCTURED_REPLY_SIZE)) return;
+          input.takeInto(STRUCTURED_REPLY_SIZE, s, 0);
           const flags = s.readUInt16BE(4);
           const type = s.readUInt16BE(6);
           const slot = this.slotOf(s, 8);
@@ -382,20 +380,24 @@ export class NbdClientConnection {
           return this.violation(`a reply with bad magic 0x${magic.toString(16)}`);
         }
       } else if (st.kind === 'data') {
-        if (this.pendingBytes === 0) return;
-        const n = Math.min(st.left, this.pendingBytes);
-        // Into the request's own buffer: range checked when the chunk was accepted.
-        this.take(n, st.slot.into, st.at);
-        st.at += n;
-        st.left -= n;
-        if (st.left > 0) return;
+        // Into the request's own buffer (range checked when the chunk was accepted): what is
+        // buffered is copied, the rest is read there directly (source.direct; onDirect counts it).
+        while (st.left > 0) {
+          if (input.length === 0 && !input.moreFromChunk()) return;
+          const n = Math.min(st.left, input.length);
+          if (n === 0) continue;
+          if (st.slot.into) input.takeInto(n, st.slot.into, st.at);
+          else input.skip(n);
+          st.at += n;
+          st.left -= n;
+        }
         this.state = REPLY_STATE;
         if (st.final) this.finish(st.slot, 0);
       } else {
         const { slot, type, flags, length } = st;
         if (type === NbdReplyType.OFFSET_DATA) {
-          if (this.pendingBytes < 8) return;
-          this.take(8, s, 0);
+          if (!input.fill(8)) return;
+          input.takeInto(8, s, 0);
           const offset = readU64(s, 0);
           const n = length - 8;
           const rel = offset - slot.offset;
@@ -409,9 +411,9 @@ export class NbdClientConnection {
           }
           continue;
         }
-        if (this.pendingBytes < length) return;
+        if (!input.fill(length)) return;
         const payload = this.chunkBuffer;
-        this.take(length, payload, 0);
+        input.takeInto(length, payload, 0);
         this.state = REPLY_STATE;
         if (type === NbdReplyType.OFFSET_HOLE) {
           const offset = readU64(payload, 0);
@@ -450,18 +452,6 @@ export class NbdClientConnection {
   /** A content chunk that ended the reply (DONE on OFFSET_DATA) waits for its data to be read. */
   private afterData: NbdSlot | null = null;
 
-  private peekU32(): number {
-    const b = Buffer.alloc(4);
-    let at = 0;
-    for (const p of this.pending) {
-      const k = Math.min(4 - at, p.length);
-      p.copy(b, at, 0, k);
-      at += k;
-      if (at === 4) break;
-    }
-    return b.readUInt32BE(0);
-  }
-
   /** Whether a structured chunk's type and length are what the protocol allows for its request. */
   private chunkFits(slot: NbdSlot, type: number, length: number): boolean {
     const read = slot.type === NbdCommand.READ;
@@ -496,17 +486,57 @@ function replyName(type: number): string {
   return Object.entries(NbdReply).find(([, v]) => v === type)?.[0] ?? `reply 0x${type.toString(16)}`;
 }
 
-/** Reads exact byte counts from a stream during the handshake; hands back what is left over. */
+/**
+ * A connection's received bytes in one StreamInput: read into it through onread (a plain
+ * socket, `readOptions()`), or fed from 'data' chunks (TLS, `feedFrom()`). Whoever reads now —
+ * the handshake, then the transmission parser — sets `onBytes`, and where a read may land
+ * directly (`direct`, `onDirect`: a READ's data into the request's buffer).
+ */
+class NbdInput {
+  readonly input = new StreamInput(
+    () => this.direct(),
+    (n) => this.onDirect(n),
+  );
+  direct: () => Buffer | null = () => null;
+  onDirect: (n: number) => void = () => {};
+  onBytes: () => void = () => {};
+  private fed: Duplex | null = null;
+  private readonly onData = (d: Buffer): void => {
+    this.input.feed(d);
+    this.onBytes();
+  };
+
+  /** net.connect's onread option for a plain socket. */
+  readOptions(): { onread: { buffer: () => Buffer; callback: (n: number) => boolean } } {
+    return {
+      onread: {
+        buffer: () => this.input.nextBuffer(),
+        callback: (n) => {
+          this.input.received(n);
+          this.onBytes();
+          return true;
+        },
+      },
+    };
+  }
+
+  /** Take `stream`'s 'data' chunks (a socket without onread, or the TLS stream). */
+  feedFrom(stream: Duplex): void {
+    this.stopFeeding();
+    this.fed = stream;
+    stream.on('data', this.onData);
+  }
+
+  stopFeeding(): void {
+    this.fed?.off('data', this.onData);
+    this.fed = null;
+  }
+}
+
+/** Reads exact byte counts during the handshake; what it does not read stays in the source. */
 class HandshakeReader {
-  private chunks: Buffer[] = [];
-  private bytes = 0;
   private wanted: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | null = null;
   private ended: Error | null = null;
-  private readonly onData = (d: Buffer) => {
-    this.chunks.push(d);
-    this.bytes += d.length;
-    this.serve();
-  };
   private readonly onEnd = () => {
     this.ended = new NbdClientError(`${this.peer}: the server closed the connection during the handshake`);
     this.serve();
@@ -517,10 +547,11 @@ class HandshakeReader {
   };
 
   constructor(
+    private readonly source: NbdInput,
     private readonly stream: Duplex,
     private readonly peer: string,
   ) {
-    stream.on('data', this.onData);
+    source.onBytes = () => this.serve();
     stream.on('end', this.onEnd);
     stream.on('close', this.onEnd);
     stream.on('error', this.onError);
@@ -533,27 +564,21 @@ class HandshakeReader {
     });
   }
 
-  /** Stops listening; returns bytes received beyond what was read. */
-  detach(): Buffer {
-    this.stream.off('data', this.onData);
+  /** Stops listening; bytes beyond what was read stay in the source for the next reader. */
+  detach(): void {
+    this.source.onBytes = () => {};
     this.stream.off('end', this.onEnd);
     this.stream.off('close', this.onEnd);
     this.stream.off('error', this.onError);
-    const rest = Buffer.concat(this.chunks);
-    this.chunks = [];
-    this.bytes = 0;
-    return rest;
   }
 
   private serve(): void {
     const w = this.wanted;
     if (!w) return;
-    if (this.bytes >= w.n) {
-      const all = Buffer.concat(this.chunks);
-      this.chunks = all.length > w.n ? [all.subarray(w.n)] : [];
-      this.bytes -= w.n;
+    const input = this.source.input;
+    if (input.fill(w.n)) {
       this.wanted = null;
-      w.resolve(all.subarray(0, w.n));
+      w.resolve(input.takeCopy(w.n));
     } else if (this.ended) {
       this.wanted = null;
       w.reject(this.ended);

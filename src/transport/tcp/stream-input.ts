@@ -99,6 +99,17 @@ export class StreamInput {
     return n > 0;
   }
 
+  /** The next four bytes as a big-endian number, left in place (length ≥ 4). */
+  peekUInt32BE(): number {
+    return this.scratch.readUInt32BE(this.head);
+  }
+
+  /** Pulls a fed chunk's pending bytes in until `n` are buffered (or no more fit); whether they are. */
+  fill(n: number): boolean {
+    while (this.end - this.head < n && this.moreFromChunk());
+    return this.end - this.head >= n;
+  }
+
   /** The next `n` bytes (n ≤ length, a multiple of 4) into `into` at 0: four-byte words, no view made. */
   takeWords(n: number, into: Buffer): void {
     const s = this.scratch;
