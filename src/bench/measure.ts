@@ -105,10 +105,10 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     const listen = ['--control', controlPath, '--listen', 'tcp://127.0.0.1:0', ...(o.rdma ? ['--listen', `rdma://${o.rdma.addr}:0`] : [])];
     const nodeArgs = o.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', o.cpuProfDir, '--cpu-prof-name', `target-${env}-${process.pid}.cpuprofile`] : [];
     if (o.cpuProfDir) mkdirSync(o.cpuProfDir, { recursive: true });
-    // Beside the image: the null device (the fabric path with no storage), and with anchors on
-    // the host an NBD source (nbdkit's memory plugin) to measure the cost of that extra hop.
+    // Beside the image: the null device (the fabric path with no storage), and with anchors an
+    // NBD source (nbdkit's memory plugin) to measure the cost of that extra hop.
     const extra = ['--blk', `${NULL_TVQN}=null:${o.sizeBytes}`];
-    if (o.anchors && env === 'host') {
+    if (o.anchors) {
       nbdSource = await attempt('vof-nbdsrc', () => openNbdkitMemory(o.sizeBytes));
       if (nbdSource) extra.push('--blk', `${NBDSRC_TVQN}=nbd://127.0.0.1:${nbdSource.port}/`);
     }
@@ -162,8 +162,11 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     }
     if (o.anchors && env === 'host') await open('nbdkit', () => openNbdkit(ctx, o.image));
     if (o.anchors && o.rdma) {
-      await open('nvmeof-rdma', () => openNvmeof(ctx, 'rdma', o.rdma!.addr, o.image));
-      await open('nvmeof-tcp', () => openNvmeof(ctx, 'tcp', '127.0.0.1', o.image));
+      await open('nvmeof-rdma', () => openNvmeof(ctx, 'rdma', o.rdma!.addr, { image: o.image }));
+      await open('nvmeof-tcp', () => openNvmeof(ctx, 'tcp', '127.0.0.1', { image: o.image }));
+      // The kernel on null_blk, of vof-null's size: the anchors of vof-null-rdma and vof-null.
+      await open('nvmeof-rdma-null', () => openNvmeof(ctx, 'rdma', o.rdma!.addr, { nullBytes: o.sizeBytes }));
+      await open('nvmeof-tcp-null', () => openNvmeof(ctx, 'tcp', '127.0.0.1', { nullBytes: o.sizeBytes }));
     }
 
     for (const workload of o.workloads) {
