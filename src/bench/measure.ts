@@ -169,16 +169,20 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
       await open('nvmeof-tcp-null', () => openNvmeof(ctx, 'tcp', '127.0.0.1', { nullBytes: o.sizeBytes }));
     }
 
+    // A run that never ends (an I/O that never completes) is a failure with a reason, not a
+    // bench that hangs until the VM's timeout and loses every run already made.
+    const stallMs = Math.max(300, 30 * (o.rampSec + o.timeSec)) * 1000;
     for (const workload of o.workloads) {
       for (let round = 1; round <= o.rounds; round++) {
         if (o.rounds > 1) o.progress.log(`bench: ${workloadLabel(workload)} (${env}), round ${round}/${o.rounds}: ${roundOrder(systems, round).map((s) => s.name).join(', ')}`);
         for (const system of roundOrder(systems, round)) {
-          const run = await attempt(system.name, () => system.run(workload, round));
+          const run = await attempt(system.name, () => withDeadline(system.run(workload, round), stallMs, `${system.name}: no result ${stallMs / 1000} s after the run started (stalled)`));
           if (run) runs.push(run);
           else {
-            // Failed: out of the later rounds (its earlier ones stay in the report).
+            // Failed: out of the later rounds (its earlier ones stay in the report). A stalled
+            // system's close may stall too: the bench goes on without waiting for it.
             systems.splice(systems.indexOf(system), 1);
-            await system.close().catch(() => undefined);
+            await withDeadline(system.close(), 10_000, 'close').catch(() => undefined);
           }
         }
       }
@@ -197,4 +201,13 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     await nbdSource?.stop();
   }
   return { runs, skipped, failures };
+}
+
+/** `p`, or an Error(`what`) when it has not settled within `ms`. */
+function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(what)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }
