@@ -180,5 +180,14 @@ describe('bench workload matrix and ratios', () => {
     // The storage variants against the same transport over the file export; never against each other.
     const variants = computeRatios([run('vof-tcp', 'vm', 100, 4), run('vof-rdma', 'vm', 200, 2), run('vof-null', 'vm', 400, 1), run('vof-nbdsrc', 'vm', 50, 8), run('vof-null-rdma', 'vm', 800, 1)]);
     expect(variants.map((r) => `${r.system}÷${r.anchor}=${r.iops}`).sort()).toEqual(['vof-nbdsrc÷vof-tcp=0.5', 'vof-null-rdma÷vof-rdma=4', 'vof-null÷vof-tcp=4', 'vof-rdma÷vof-tcp=2']);
+    // The kernel anchors like storage with like: the null devices with null_blk, the file exports with the file.
+    const kernel = computeRatios([run('vof-tcp', 'vm', 100, 4), run('vof-null', 'vm', 400, 1), run('vof-null-rdma', 'vm', 800, 1), run('nvmeof-tcp', 'vm', 200, 2), run('nvmeof-tcp-null', 'vm', 800, 1), run('nvmeof-rdma-null', 'vm', 1600, 1)]);
+    expect(kernel.filter((r) => r.anchor.startsWith('nvmeof')).map((r) => `${r.system}÷${r.anchor}=${r.iops}`).sort()).toEqual([
+      'vof-null-rdma÷nvmeof-rdma-null=0.5',
+      'vof-null-rdma÷nvmeof-tcp-null=1',
+      'vof-null÷nvmeof-rdma-null=0.25',
+      'vof-null÷nvmeof-tcp-null=0.5',
+      'vof-tcp÷nvmeof-tcp=0.5',
+    ]);
   });
 });

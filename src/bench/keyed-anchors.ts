@@ -7,24 +7,33 @@ import type { BenchRun } from './types.js';
 
 const NVMEOF_SCRIPT = fileURLToPath(new URL('../../bench/nvmeof.sh', import.meta.url));
 
+/** What an nvmet namespace exports: the bench image, or a null_blk device of that many bytes. */
+export type NvmeofBacking = { readonly image: string } | { readonly nullBytes: number };
+
+/** Each kernel system's own nvmet port (and subsystem, named after the system): they are all up at once. */
+const NVMEOF_PORTS: Record<string, number> = { 'nvmeof-rdma': 4420, 'nvmeof-tcp': 4421, 'nvmeof-rdma-null': 4422, 'nvmeof-tcp-null': 4423 };
+
 /**
  * The kernel's NVMe-oF target and host over `transport` on this machine: bench/nvmeof.sh exports
- * the image (buffered, like vof's file backend) with nvmet, connects with `nvme connect`, and fio
- * with libaio and O_DIRECT drives the namespace. The target is the kernel, so its CPU is the
- * whole machine's busy time during the run less fio's own.
+ * the image (buffered, like vof's file backend) or a null_blk device of the same size (like vof's
+ * null:SIZE) with nvmet, connects with `nvme connect`, and fio with libaio and O_DIRECT drives
+ * the namespace. The target is the kernel, so its CPU is the whole machine's busy time during the
+ * run less fio's own.
  */
-export async function openNvmeof(ctx: AnchorContext, transport: 'rdma' | 'tcp', addr: string, image: string): Promise<BlockSystem> {
-  const dev = (await run('bash', [NVMEOF_SCRIPT, 'up', transport, addr, image])).trim().split('\n').at(-1)!;
+export async function openNvmeof(ctx: AnchorContext, transport: 'rdma' | 'tcp', addr: string, backing: NvmeofBacking): Promise<BlockSystem> {
+  const system = 'image' in backing ? `nvmeof-${transport}` : `nvmeof-${transport}-null`;
+  const what = 'image' in backing ? backing.image : `null:${Math.ceil(backing.nullBytes / 1048576)}`;
+  const dev = (await run('bash', [NVMEOF_SCRIPT, 'up', transport, addr, what, String(NVMEOF_PORTS[system]), system])).trim().split('\n').at(-1)!;
   return fioSystem(
     {
       ...ctx,
-      system: `nvmeof-${transport}`,
+      system,
       engine: ['--ioengine=libaio', '--direct=1', `--filename=${dev}`],
       target: 'machine',
-      note: 'kernel target: targetSec = machine busy CPU during the run minus fio\'s (includes the kernel host side)',
+      note: `kernel target, ${'image' in backing ? 'the image (buffered_io)' : 'a null_blk device'} as ${dev} over nvme-${transport}: targetSec = machine busy CPU during the run minus fio's (includes the kernel host side)`,
     },
     async () => {
-      await run('bash', [NVMEOF_SCRIPT, 'down']).catch(() => undefined);
+      await run('bash', [NVMEOF_SCRIPT, 'down', system]).catch(() => undefined);
     },
   );
 }

@@ -105,10 +105,10 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     const listen = ['--control', controlPath, '--listen', 'tcp://127.0.0.1:0', ...(o.rdma ? ['--listen', `rdma://${o.rdma.addr}:0`] : [])];
     const nodeArgs = o.cpuProfDir ? ['--cpu-prof', '--cpu-prof-dir', o.cpuProfDir, '--cpu-prof-name', `target-${env}-${process.pid}.cpuprofile`] : [];
     if (o.cpuProfDir) mkdirSync(o.cpuProfDir, { recursive: true });
-    // Beside the image: the null device (the fabric path with no storage), and with anchors on
-    // the host an NBD source (nbdkit's memory plugin) to measure the cost of that extra hop.
+    // Beside the image: the null device (the fabric path with no storage), and with anchors an
+    // NBD source (nbdkit's memory plugin) to measure the cost of that extra hop.
     const extra = ['--blk', `${NULL_TVQN}=null:${o.sizeBytes}`];
-    if (o.anchors && env === 'host') {
+    if (o.anchors) {
       nbdSource = await attempt('vof-nbdsrc', () => openNbdkitMemory(o.sizeBytes));
       if (nbdSource) extra.push('--blk', `${NBDSRC_TVQN}=nbd://127.0.0.1:${nbdSource.port}/`);
     }
@@ -162,20 +162,27 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     }
     if (o.anchors && env === 'host') await open('nbdkit', () => openNbdkit(ctx, o.image));
     if (o.anchors && o.rdma) {
-      await open('nvmeof-rdma', () => openNvmeof(ctx, 'rdma', o.rdma!.addr, o.image));
-      await open('nvmeof-tcp', () => openNvmeof(ctx, 'tcp', '127.0.0.1', o.image));
+      await open('nvmeof-rdma', () => openNvmeof(ctx, 'rdma', o.rdma!.addr, { image: o.image }));
+      await open('nvmeof-tcp', () => openNvmeof(ctx, 'tcp', '127.0.0.1', { image: o.image }));
+      // The kernel on null_blk, of vof-null's size: the anchors of vof-null-rdma and vof-null.
+      await open('nvmeof-rdma-null', () => openNvmeof(ctx, 'rdma', o.rdma!.addr, { nullBytes: o.sizeBytes }));
+      await open('nvmeof-tcp-null', () => openNvmeof(ctx, 'tcp', '127.0.0.1', { nullBytes: o.sizeBytes }));
     }
 
+    // A run that never ends (an I/O that never completes) is a failure with a reason, not a
+    // bench that hangs until the VM's timeout and loses every run already made.
+    const stallMs = Math.max(300, 30 * (o.rampSec + o.timeSec)) * 1000;
     for (const workload of o.workloads) {
       for (let round = 1; round <= o.rounds; round++) {
         if (o.rounds > 1) o.progress.log(`bench: ${workloadLabel(workload)} (${env}), round ${round}/${o.rounds}: ${roundOrder(systems, round).map((s) => s.name).join(', ')}`);
         for (const system of roundOrder(systems, round)) {
-          const run = await attempt(system.name, () => system.run(workload, round));
+          const run = await attempt(system.name, () => withDeadline(system.run(workload, round), stallMs, `${system.name}: no result ${stallMs / 1000} s after the run started (stalled)`));
           if (run) runs.push(run);
           else {
-            // Failed: out of the later rounds (its earlier ones stay in the report).
+            // Failed: out of the later rounds (its earlier ones stay in the report). A stalled
+            // system's close may stall too: the bench goes on without waiting for it.
             systems.splice(systems.indexOf(system), 1);
-            await system.close().catch(() => undefined);
+            await withDeadline(system.close(), 10_000, 'close').catch(() => undefined);
           }
         }
       }
@@ -194,4 +201,13 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     await nbdSource?.stop();
   }
   return { runs, skipped, failures };
+}
+
+/** `p`, or an Error(`what`) when it has not settled within `ms`. */
+function withDeadline<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(what)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
 }

@@ -11,6 +11,8 @@ const keyed = (system: string) => system.endsWith('-rdma') && isVof(system);
  * vof systems compared with another vof system: RDMA with TCP, and the same transport with an
  * NBD source or the null device behind the target with the file export.
  */
+/** Systems with no storage behind them (vof-null, vof-null-rdma, nvmeof-rdma-null, nvmeof-tcp-null). */
+const isNull = (system: string) => /(^|-)null(-|$)/.test(system);
 const VOF_VARIANTS = new Map([
   ['vof-rdma', 'vof-tcp'],
   ['vof-nbdsrc', 'vof-tcp'],
@@ -40,6 +42,8 @@ export function computeRatios(runs: readonly BenchRun[]): Ratio[] {
       if (!sameWorkload(a.workload, v.workload)) continue;
       // vof systems against each other only as VOF_VARIANTS pairs.
       if (isVof(a.system) && VOF_VARIANTS.get(v.system) !== a.system) continue;
+      // Against the other block anchors, like storage with like: null with null_blk, a file with a file.
+      if (!isVof(a.system) && isNull(a.system) !== isNull(v.system)) continue;
       pairs.push({ kind: 'same-workload', v, a });
     }
   }

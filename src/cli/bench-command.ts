@@ -154,7 +154,8 @@ export async function runBench(argv: string[]): Promise<number> {
         ...(values.anchors ? ['--anchors'] : []),
         ...(cpuProfDir ? ['--cpu-prof', cpuProfDir] : []),
       ];
-      const systems = values.anchors ? 5 : 2;
+      // vof-rdma, vof-tcp, vof-null, vof-null-rdma; with anchors vof-nbdsrc and nvmeof-{rdma,tcp}[-null].
+      const systems = values.anchors ? 9 : 4;
       const timeout = 300 + systems * workloads.length * rounds * (vmTimeSec + 1 + 30);
       try {
         const vm = await runInVm(pass, timeout);
@@ -167,7 +168,7 @@ export async function runBench(argv: string[]): Promise<number> {
         // is a loud skip (this machine cannot provide soft-RoCE), not a failed benchmark.
         if (!vmIsFallback) failures++;
         const why = `${vmIsFallback ? '' : 'FAILED: '}${(err as Error).message}`;
-        for (const system of ['vof-rdma', ...(values.anchors ? ['perftest', 'nvmeof-rdma', 'nvmeof-tcp'] : [])]) skipped.push({ system, environment: 'vm', reason: why });
+        for (const system of ['vof-rdma', 'vof-null-rdma', ...(values.anchors ? ['perftest', 'nvmeof-rdma', 'nvmeof-tcp', 'nvmeof-rdma-null', 'nvmeof-tcp-null'] : [])]) skipped.push({ system, environment: 'vm', reason: why });
         log(`bench: SKIPPED the VM part: ${(err as Error).message}`);
       }
     }
