@@ -138,7 +138,6 @@ class MemoryWindow : public Napi::ObjectWrap<MemoryWindow> {
  private:
   Napi::Value Dealloc(const Napi::CallbackInfo& info);
   Napi::Value Rkey(const Napi::CallbackInfo& info);
-  Napi::Value NextRkey(const Napi::CallbackInfo& info);
   void Release();
   Napi::ObjectReference pdRef_;
 };
@@ -166,6 +165,7 @@ class CompletionQueue : public Napi::ObjectWrap<CompletionQueue> {
   void Release();
   int PollInto(uint32_t* out);
   void OnEvent();
+  void Drain(Napi::Env env);
   static void OnReadable(uv_poll_t* handle, int status, int events);
 
   ibv_comp_channel* channel_ = nullptr;

@@ -118,6 +118,11 @@ void CompletionQueue::OnEvent() {
   }
   Napi::Env env = Env();
   Napi::HandleScope scope(env);
+  // Drain, re-arm, drain again (the race-free pattern): what lands while the first drain's
+  // completions are handled is taken in the same wake instead of raising another event, and a
+  // completion that lands between the last poll and the re-arm is found by the second drain.
+  Drain(env);
+  if (cq == nullptr) return;
   int err = ibv_req_notify_cq(cq, 0);
   if (err != 0) {
     // Not re-armed, no event comes again: completions would stop without a word. Stop here and
@@ -126,7 +131,11 @@ void CompletionQueue::OnEvent() {
     CallFromLoop(env, onCompletions_, Value(), {Napi::Number::New(env, -(err > 0 ? err : EIO))});
     return;
   }
-  // Re-arm first, then drain: a completion that lands in between raises a new event.
+  Drain(env);
+}
+
+// Delivers completions to JS in batches until the CQ is empty (or destroyed by a handler).
+void CompletionQueue::Drain(Napi::Env env) {
   while (cq != nullptr) {
     int n = PollInto(resultWords_);
     if (n <= 0) break;

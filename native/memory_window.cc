@@ -11,7 +11,6 @@ Napi::Function MemoryWindow::Init(Napi::Env env) {
                      {
                          InstanceMethod<&MemoryWindow::Dealloc>("dealloc"),
                          InstanceAccessor<&MemoryWindow::Rkey>("rkey"),
-                         InstanceAccessor<&MemoryWindow::NextRkey>("nextRkey"),
                      });
 }
 
@@ -51,10 +50,5 @@ Napi::Value MemoryWindow::Dealloc(const Napi::CallbackInfo& info) {
 
 // The rkey of the latest bind posted on this window (the key a remote peer must use).
 Napi::Value MemoryWindow::Rkey(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), rkey); }
-
-// The key the next bind will give this window (ibv_inc_rkey), for the descriptors sent with it.
-Napi::Value MemoryWindow::NextRkey(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), ibv_inc_rkey(rkey));
-}
 
 }  // namespace vof

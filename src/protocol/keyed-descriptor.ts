@@ -13,6 +13,17 @@ export function encodeKeyedDescriptor(d: KeyedDescriptor, out: Buffer, offset = 
   out.writeUInt32LE(d.key >>> 0, offset + 12);
 }
 
+/**
+ * The same record from its fields as 32-bit numbers (the address in two halves), for the data
+ * path: no object and no BigInt per descriptor.
+ */
+export function encodeKeyedDescriptorWords(out: Buffer, offset: number, addrLow: number, addrHigh: number, length: number, key: number): void {
+  out.writeUInt32LE(addrLow >>> 0, offset);
+  out.writeUInt32LE(addrHigh >>> 0, offset + 4);
+  out.writeUInt32LE(length >>> 0, offset + 8);
+  out.writeUInt32LE(key >>> 0, offset + 12);
+}
+
 export function decodeKeyedDescriptor(buf: Buffer, offset = 0): KeyedDescriptor {
   return {
     addr: buf.readBigUInt64LE(offset),

@@ -16,8 +16,8 @@ import {
   statusName,
   validateKeyedDescriptors,
 } from '../../src/index.js';
-import { nativeBinding } from '../../src/transport/rdma/native-binding.js';
-import { RcConnection } from '../../src/transport/rdma/rc-connection.js';
+import { nativeBinding, WrOpcode, type MemoryRegion } from '../../src/transport/rdma/native-binding.js';
+import { SendQueue, type SendChain } from '../../src/transport/rdma/send-queue.js';
 import { RawRdmaQueue, descriptors } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { rdmaAddress } from './rdma-env.js';
@@ -50,14 +50,21 @@ async function startTarget(inlineDataBytes: number): Promise<Target> {
   return { fx, path };
 }
 
-/** VQ request messages as the initiator puts them on the wire (every RC SEND, filtered). */
+/**
+ * VQ request messages as the initiator puts them on the wire: the SEND ending each 'VQ command'
+ * chain it posts, copied from its registered send buffer at the moment of posting.
+ */
 function captureVqRequests(): Buffer[] {
   const sent: Buffer[] = [];
-  const original = RcConnection.prototype.send;
-  vi.spyOn(RcConnection.prototype, 'send').mockImplementation(function (this: RcConnection, parts, what, before) {
-    const msg = Buffer.concat(parts);
-    if (msg.length >= COMMAND_SIZE && msg.readUInt16LE(0) === Opcode.Vq && what === 'VQ command') sent.push(msg);
-    return original.call(this, parts, what, before);
+  const original = SendQueue.prototype.postChain;
+  vi.spyOn(SendQueue.prototype, 'postChain').mockImplementation(function (this: SendQueue, chain: SendChain) {
+    const last = chain.wrs.at(-1);
+    if (chain.what === 'VQ command' && last?.opcode === WrOpcode.Send) {
+      const [mr, offset, length] = last.sg as [MemoryRegion, number, number];
+      const msg = Buffer.from(mr.buffer.subarray(offset, offset + length));
+      if (msg.length >= COMMAND_SIZE && msg.readUInt16LE(0) === Opcode.Vq) sent.push(msg);
+    }
+    return original.call(this, chain);
   });
   return sent;
 }

@@ -162,6 +162,9 @@ describe('initiator keys die with their request', () => {
       expect((await conn.read(descriptors[1]!)).equals(data)).toBe(true);
       // Three windows, three distinct keys.
       expect(new Set(descriptors.map((d) => d.key)).size).toBe(3);
+      // The keys the initiator worked out in JS are the ones the addon's binds gave the windows.
+      const slot = (initiator as unknown as { slots: Array<{ windows: Array<{ rkey: number }> }> }).slots[0]!;
+      expect(descriptors.map((d) => d.key)).toEqual(slot.windows.slice(0, 3).map((w) => w.rkey));
     });
   });
 

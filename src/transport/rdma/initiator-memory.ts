@@ -111,13 +111,16 @@ export class InitiatorDeviceMemory {
     this.releaseIfIdle();
   }
 
-  /** Where `buf` lies in registered memory, when it is (part of) an allocateBuffer buffer. */
-  locate(buf: Buffer): { mr: MemoryRegion; offset: number } | null {
+  /**
+   * The region `buf` lies in, when it is (part of) an allocateBuffer buffer; its offset there is
+   * `buf.byteOffset - region.buffer.byteOffset`. (No object per call: asked per command.)
+   */
+  regionOf(buf: Buffer): MemoryRegion | null {
     const slab = this.byBacking.get(buf.buffer);
     if (!slab) return null;
     const offset = buf.byteOffset - slab.region.buffer.byteOffset;
     if (offset < 0 || offset + buf.length > slab.region.length) return null;
-    return { mr: slab.region, offset };
+    return slab.region;
   }
 }
 
@@ -176,6 +179,12 @@ export class BounceArena {
       if (slice) return ready(slice);
     }
     this.waiting.push({ size, ready });
+  }
+
+  /** A slice of `size` bytes now, or null when none is free (never waits; not counted as a waiter). */
+  reserve(size: number): BounceSlice | null {
+    if (this.destroyed || this.waiting.length > 0) return null;
+    return this.take(size);
   }
 
   private take(size: number): BounceSlice | null {

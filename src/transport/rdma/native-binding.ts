@@ -107,8 +107,6 @@ export interface CompletionQueue {
 export interface MemoryWindow {
   /** The key of the latest bind posted (what the peer must use); changes with every bind. */
   readonly rkey: number;
-  /** The key the next BindWindow posted on it will give (ibv_inc_rkey of rkey). */
-  readonly nextRkey: number;
   dealloc(): void;
 }
 

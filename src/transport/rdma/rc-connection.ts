@@ -31,6 +31,13 @@ export interface RcConnectionOptions {
   /** Size of the pooled send slots: the usual largest message. */
   readonly sendSize: number;
   /**
+   * Pooled send slots (default: sendDepth plus the send backlog, one per place a send() can
+   * wait in). An owner that sends its data-path messages from buffers of its own (the
+   * initiator's command slots) needs only a few, for its rare other messages; send() beyond
+   * them registers a buffer for the message.
+   */
+  readonly sendSlots?: number;
+  /**
    * Largest message sent at all (default sendSize). A rare message between sendSize and this
    * (a Connect answered with a redirect record) gets its own registration, released after it.
    */
@@ -104,7 +111,7 @@ export class RcConnection {
       // A slot is held from send() until the chain completes, in flight or in the backlog: an
       // owner that bounds the backlog gets one slot per place, so a message of sendSize never
       // needs a registration of its own (the target). Others get one per send queue entry.
-      this.sendSlots = new RegisteredPool(this.pd, sendSize, sendDepth + (limits.maxBacklog ?? 0), 0);
+      this.sendSlots = new RegisteredPool(this.pd, sendSize, options.sendSlots ?? sendDepth + (limits.maxBacklog ?? 0), 0);
       for (let i = 0; i < this.initialRecvDepth; i++) this.postRecv(i);
     } catch (err) {
       this.destroy();

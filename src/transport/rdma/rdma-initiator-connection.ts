@@ -1,8 +1,8 @@
 import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE } from '../../protocol/constants.js';
 import { REDIRECT_RECORD_SIZE, VOF_STATUS_EREDIRECT } from '../../protocol/redirect-record.js';
-import { encodeKeyedDescriptor, type KeyedDescriptor } from '../../protocol/keyed-descriptor.js';
+import { encodeKeyedDescriptorWords } from '../../protocol/keyed-descriptor.js';
 import { KEYED_DESCRIPTOR_SIZE } from '../../protocol/constants.js';
-import { carriesInline, inlineRequestMessageSize, inlineRequestParts } from '../../protocol/inline-data.js';
+import { carriesInline, inlineRequestMessageSize } from '../../protocol/inline-data.js';
 import type { Logger } from '../../util/log.js';
 import { formatRdmaPeer, numericHost } from '../address.js';
 import type { ConnectOptions, Endpoint, InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
@@ -12,6 +12,8 @@ import type { CmEvent, CmId, EventChannel, MemoryRegion, MemoryWindow, NativeBin
 import { WrOpcode } from './native-binding.js';
 import { BounceArena, InitiatorDeviceMemory, windowedAccess, type BounceSlice } from './initiator-memory.js';
 import { RcConnection } from './rc-connection.js';
+import type { RegisteredBuffer, RegisteredPool } from './registered-pool.js';
+import type { SendChain } from './send-queue.js';
 import { initiatorConnParam } from './rdma-limits.js';
 
 /** With the opt-in registration cache, caller buffers at least this large are registered in place. */
@@ -25,29 +27,109 @@ const BOUNCE_PER_SLOT = 32 * 1024;
 const BOUNCE_MIN = 2 * 1024 * 1024;
 const BOUNCE_MAX = 16 * 1024 * 1024;
 
-/** One caller buffer of a VQ command and where the NIC finds it. */
-interface Piece {
-  readonly buf: Buffer;
-  /** Registered memory the bytes are moved from/to in place; null: copied through the bounce slice. */
-  readonly at: { readonly mr: MemoryRegion; readonly offset: number } | null;
+/**
+ * A virtqueue connection's pooled send slots: its VQ commands go out from their command slots'
+ * own SEND buffers, so the pool serves only its few other messages (Connect, Disconnect).
+ */
+const NON_VQ_SEND_SLOTS = 8;
+const NO_BUFFERS: readonly Buffer[] = [];
+const EMPTY = Buffer.alloc(0);
+
+/** Bytes of a slot's own bounce area (a virtio-blk header or status byte needs no arena call). */
+const SLOT_BOUNCE = 256;
+
+/**
+ * A SendChain for one command's binds and SEND. Each slot has one; a command whose id is reused
+ * before the previous command's send completion arrived (the target's answer may overtake it)
+ * gets a new one, so the queue never sees one chain twice.
+ */
+class CommandChain implements SendChain {
+  readonly wrs: SendWr[] = [];
+  readonly what = 'VQ command';
+  id = 0;
+  inFlight = false;
+  constructor(private readonly connection: RdmaInitiatorConnection) {}
+  done(err: Error | null): void {
+    this.inFlight = false;
+    if (err) this.connection.teardown(err);
+  }
+}
+
+/** A SendChain for the LOCAL_INVs that end a completed command's keys; then the caller hears of it. */
+class InvalidationChain implements SendChain {
+  readonly wrs: SendWr[] = [];
+  readonly what = "invalidating a command's keys";
+  id = 0;
+  constructor(
+    private readonly connection: RdmaInitiatorConnection,
+    private readonly slot: CommandSlot,
+  ) {}
+  done(err: Error | null): void {
+    if (err) return this.connection.teardown(err);
+    this.slot.bound = 0;
+    this.connection.keysDead(this.slot);
+  }
 }
 
 /**
  * Transport state of one command id (ids are below the queue size, so this lives in an array
- * indexed by id). Its windows are allocated on first use and kept for the connection's life;
- * while the command is in flight the first `bound` of them expose its bytes to the target.
+ * indexed by id), with everything a command needs made on first use and kept for the
+ * connection's life: its windows and their bind and invalidate work requests, its registered
+ * SEND buffer, a small bounce area, the arrays its buffers are sorted into. While the command
+ * is in flight the first `bound` windows expose its bytes to the target. In steady state a
+ * command allocates no object, array, closure or promise here.
  */
-interface CommandSlot {
-  busy: boolean;
+class CommandSlot {
+  busy = false;
   /** Its completion arrived; its windows are being invalidated. */
-  completing: boolean;
-  readonly windows: MemoryWindow[];
-  bound: number;
-  slice: BounceSlice | null;
-  /** Device-writable bytes to copy from the bounce slice to the caller, in in-stream order. */
-  readonly copyBack: Array<{ readonly to: Buffer; readonly from: Buffer; readonly at: number }>;
+  completing = false;
+  readonly windows: MemoryWindow[] = [];
+  /**
+   * The key of each window's latest bind, kept in step with the addon (which gives every bind
+   * ibv_inc_rkey of the window's key): reading `rkey`/`nextRkey` is a native call per command,
+   * about a tenth of the initiator's CPU at 4 KiB in the soft-RoCE VM (profile, issue 18).
+   */
+  readonly keys: number[] = [];
+  /** Bind and invalidate work requests, one each per window. */
+  readonly binds: SendWr[] = [];
+  readonly invalidates: SendWr[] = [];
+  bound = 0;
+  /** This slot's own bounce bytes (SLOT_BOUNCE, from the arena once; null if it had none). */
+  own: BounceSlice | null = null;
+  /** Where this command's bounced bytes are: `own`, or an arena slice released at the end. */
+  bounce: BounceSlice | null = null;
+  /** Device-writable bytes to copy back from the bounce area: caller buffer, bounce offset, in-stream offset. */
+  readonly copyTo: Buffer[] = [];
+  readonly copyFrom: number[] = [];
+  readonly copyAt: number[] = [];
+  copies = 0;
   /** Registration cache entries to release (opt-in cache only). */
-  readonly cached: Array<() => void>;
+  readonly cached: Array<() => void> = [];
+  /** The command's buffers, readable ones first: region (null: bounced) and offset in it. */
+  readonly bufs: Buffer[] = [];
+  readonly regions: Array<MemoryRegion | null> = [];
+  readonly offsets: number[] = [];
+  readableCount = 0;
+  count = 0;
+  /** The SEND's message buffer (command, descriptors, inline bytes) and its work request. */
+  message: RegisteredBuffer | null = null;
+  send: SendWr | null = null;
+  chain: CommandChain;
+  readonly invalidation: InvalidationChain;
+  /** The completion, kept while the keys are being invalidated. */
+  readonly completion = Buffer.alloc(COMPLETION_SIZE);
+  /** The command waiting for an arena slice (bounce bytes beyond `own`). */
+  pendingCommand: Buffer | null = null;
+  pendingOut: readonly Buffer[] = NO_BUFFERS;
+  pendingInline = false;
+  /** acquire()'s callback, bound once. */
+  readonly onBounce: (slice: BounceSlice) => void;
+
+  constructor(connection: RdmaInitiatorConnection) {
+    this.chain = new CommandChain(connection);
+    this.invalidation = new InvalidationChain(connection, this);
+    this.onBounce = (slice) => connection.bounceReady(this, slice);
+  }
 }
 
 /**
@@ -95,7 +177,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       this.rc = new RcConnection(
         binding,
         cmId,
-        { recvDepth: queueSize + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth, sendSize, protectionDomain: { pd: this.memory.pd, release: () => {} } }, // the PD is the connection memory's: it deallocates it after the QP is gone
+        { recvDepth: queueSize + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth, sendSize, sendSlots: controlQueue ? undefined : NON_VQ_SEND_SLOTS, protectionDomain: { pd: this.memory.pd, release: () => {} } }, // the PD is the connection memory's: it deallocates it after the QP is gone
         { onMessage: (m, invalidated) => this.onMessage(m, invalidated), onBroken: (err) => this.teardown(err) },
       );
     } catch (err) {
@@ -108,7 +190,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       this.registrations = null;
       return;
     }
-    for (let i = 0; i < queueSize; i++) this.slots.push({ busy: false, completing: false, windows: [], bound: 0, slice: null, copyBack: [], cached: [] });
+    for (let i = 0; i < queueSize; i++) this.slots.push(new CommandSlot(this));
     const bounceBytes = options.keyedMemory?.bounceBytes ?? Math.min(BOUNCE_MAX, Math.max(BOUNCE_MIN, queueSize * BOUNCE_PER_SLOT));
     try {
       this.arena = new BounceArena(this.memory.pd, bounceBytes, windowedAccess(binding));
@@ -118,7 +200,13 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       throw err;
     }
     this.registrations = options.keyedMemory?.registrationCache ? new MemoryRegistrationCache(this.memory.pd, 64) : null;
+    // One SEND buffer per slot, registered once with the rest of the connection's memory.
+    this.sendSize = sendSize;
+    this.messages = this.rc.createPool(sendSize, queueSize, 0);
   }
+
+  private readonly sendSize: number = 0;
+  private readonly messages: RegisteredPool | null = null;
 
   static async connect(binding: NativeBinding, endpoint: Endpoint, options: ConnectOptions, log: Logger): Promise<RdmaInitiatorConnection> {
     const host = await numericHost(endpoint.host);
@@ -214,10 +302,11 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       this.teardown(new Error(`malformed completion from ${this.peer}`));
       return;
     }
-    const completion = Buffer.from(msg);
+    // The receive buffer, valid during this call only (the queue client reads it and keeps nothing).
+    const completion = msg;
     const id = completion.readUInt16LE(2);
     const slot = id < this.slots.length ? this.slots[id]! : null;
-    if (invalidatedKey !== null && !(slot?.busy && !slot.completing && slot.bound > 0 && slot.windows[0]!.rkey === invalidatedKey)) {
+    if (invalidatedKey !== null && !(slot?.busy && !slot.completing && slot.bound > 0 && slot.keys[0] === invalidatedKey)) {
       // vof remote invalidation ends exactly the completed command's first key; a target that
       // ends any other key of ours (another command's, a stale one) is not to be trusted.
       this.log.warn(`${this.peer}: the completion of command ${id} invalidated key 0x${invalidatedKey.toString(16)}, not that command's first keyed descriptor's: closing`);
@@ -244,25 +333,33 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       this.finish(slot, completion);
       return;
     }
-    const wrs: SendWr[] = [];
-    for (let i = first; i < slot.bound; i++) wrs.push({ wrId: 0, opcode: WrOpcode.LocalInvalidate, signaled: false, sg: [], window: slot.windows[i]! });
-    this.keyStats.localInvalidations += wrs.length;
-    this.rc.sendQueue.post(wrs, `invalidating the keys of command ${id}`).then(
-      () => {
-        slot.bound = 0;
-        if (!this.closed) this.finish(slot, completion);
-      },
-      (err: Error) => this.teardown(err),
-    );
+    completion.copy(slot.completion, 0, 0, COMPLETION_SIZE);
+    const chain = slot.invalidation;
+    chain.wrs.length = 0;
+    for (let i = first; i < slot.bound; i++) chain.wrs.push(slot.invalidates[i]!);
+    this.keyStats.localInvalidations += chain.wrs.length;
+    this.rc.sendQueue.postChain(chain);
+  }
+
+  /** The LOCAL_INVs of a slot's command have completed (InvalidationChain). */
+  keysDead(slot: CommandSlot): void {
+    if (!this.closed) this.finish(slot, slot.completion);
   }
 
   /** Deliver a VQ completion whose keys are dead: copy device-written bytes back, free the slot. */
   private finish(slot: CommandSlot, completion: Buffer): void {
-    if (completion.readUInt16LE(0) === 0) {
+    if (completion.readUInt16LE(0) === 0 && slot.copies > 0) {
       const written = completion.readUInt32LE(4);
-      for (const c of slot.copyBack) {
-        if (c.at >= written) break;
-        c.from.copy(c.to, 0, 0, Math.min(c.from.length, written - c.at));
+      const from = slot.bounce!.view;
+      for (let k = 0; k < slot.copies; k++) {
+        const at = slot.copyAt[k]!;
+        if (at >= written) break;
+        const to = slot.copyTo[k]!;
+        const n = Math.min(to.length, written - at);
+        const off = slot.copyFrom[k]!;
+        // Byte by byte when few (a status byte): Buffer#copy from part of a buffer makes a view.
+        if (n <= 64) for (let i = 0; i < n; i++) to[i] = from[off + i]!;
+        else from.copy(to, 0, off, off + n);
       }
     }
     this.releaseSlot(slot);
@@ -290,110 +387,197 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     }
     slot.busy = true;
     // vof inline data: the readable bytes ride in the SEND; descriptors describe the writable part only.
-    const inlineOut = carriesInline(this.inlineDataBytes, command.readUInt32LE(8)) ? out : null;
-    const placeOut = inlineOut ? [] : out;
-    let outPieces: Piece[];
-    let inPieces: Piece[];
+    const inline = carriesInline(this.inlineDataBytes, command.readUInt32LE(8));
+    let bounced: number;
     try {
-      outPieces = this.pieces(placeOut, slot, false);
-      inPieces = this.pieces(inBuffers, slot, false);
-      if (descriptorCount(outPieces) + descriptorCount(inPieces) > this.maxKeyedDescriptors) {
+      this.place(slot, inline ? NO_BUFFERS : out, inBuffers, false);
+      if (this.descriptorCount(slot) > this.maxKeyedDescriptors) {
         // Too many pieces for the target: everything through one bounce run per direction.
         for (const r of slot.cached.splice(0)) r();
-        outPieces = this.pieces(placeOut, slot, true);
-        inPieces = this.pieces(inBuffers, slot, true);
-        const n = descriptorCount(outPieces) + descriptorCount(inPieces);
+        this.place(slot, inline ? NO_BUFFERS : out, inBuffers, true);
+        const n = this.descriptorCount(slot);
         if (n > this.maxKeyedDescriptors) throw new Error(`a VQ command needs ${n} keyed descriptors; the target allows ${this.maxKeyedDescriptors}`);
       }
+      bounced = bounceBytes(slot);
     } catch (err) {
       this.releaseSlot(slot);
       this.teardown(err as Error);
       return;
     }
-    const bounced = bounceBytes(outPieces) + bounceBytes(inPieces);
-    const post = (slice: BounceSlice | null) => {
-      if (this.closed) return;
-      slot.slice = slice;
-      try {
-        this.post(slot, command, outPieces, inPieces, inlineOut);
-      } catch (err) {
-        this.teardown(err as Error);
-      }
-    };
-    if (bounced === 0) post(null);
-    else this.arena.acquire(bounced, post);
+    if (bounced === 0) return this.postCommand(slot, command, inline ? out : null);
+    slot.own ??= this.arena.reserve(SLOT_BOUNCE);
+    if (slot.own && bounced <= SLOT_BOUNCE) {
+      slot.bounce = slot.own;
+      return this.postCommand(slot, command, inline ? out : null);
+    }
+    // More than the slot's own area: a slice of the arena, now or when one is free. The
+    // command and its readable buffers wait in the slot meanwhile (the caller keeps them).
+    slot.pendingCommand = command;
+    slot.pendingInline = inline;
+    slot.pendingOut = out;
+    this.arena.acquire(bounced, slot.onBounce);
   }
 
-  /** Where each buffer of one direction moves from: in place when registered, else bounced. */
-  private pieces(bufs: readonly Buffer[], slot: CommandSlot, coalesce: boolean): Piece[] {
-    const pieces: Piece[] = [];
-    for (const buf of bufs) {
-      if (buf.length === 0) continue;
-      let at: Piece['at'] = null;
-      if (!coalesce) {
-        at = this.memory.locate(buf);
-        if (!at && this.registrations && buf.length >= DIRECT_MIN) {
-          const reg = this.registrations.acquire(buf, windowedAccess(this.binding));
-          slot.cached.push(reg.release);
-          at = { mr: reg.mr, offset: reg.offset };
-        }
-      }
-      pieces.push({ buf, at });
+  /** An arena slice for a slot's waiting command (BounceArena.acquire). */
+  bounceReady(slot: CommandSlot, slice: BounceSlice): void {
+    const command = slot.pendingCommand;
+    const out = slot.pendingOut;
+    slot.pendingCommand = null;
+    slot.pendingOut = NO_BUFFERS;
+    if (this.closed || command === null) return;
+    slot.bounce = slice;
+    this.postCommand(slot, command, slot.pendingInline ? out : null);
+  }
+
+  private postCommand(slot: CommandSlot, command: Buffer, inlineOut: readonly Buffer[] | null): void {
+    try {
+      this.post(slot, command, inlineOut);
+    } catch (err) {
+      this.teardown(err as Error);
     }
-    return pieces;
   }
 
   /**
-   * Bind one window per keyed descriptor over exactly its bytes and post the binds chained
-   * before the command's SEND (the QP executes them in order, so the keys work by the time
-   * the target has the command).
+   * Sort a command's buffers into the slot: in place when registered (allocateBuffer, or the
+   * opt-in cache), else bounced (region null). `coalesce`: bounce everything.
    */
-  private post(slot: CommandSlot, command: Buffer, outPieces: Piece[], inPieces: Piece[], inlineOut: readonly Buffer[] | null): void {
-    const { REMOTE_READ, REMOTE_WRITE } = this.binding.access;
-    const descs: KeyedDescriptor[] = [];
-    const binds: SendWr[] = [];
-    let sliceAt = 0;
-    const describe = (pieces: Piece[], access: number, isIn: boolean) => {
-      let run: { mr: MemoryRegion; offset: number; length: number } | null = null;
-      let streamAt = 0;
-      const flush = () => {
-        if (run) this.bind(slot, run.mr, run.offset, run.length, access, descs, binds);
-        run = null;
-      };
-      for (const p of pieces) {
-        if (p.at) {
-          flush();
-          this.bind(slot, p.at.mr, p.at.offset, p.buf.length, access, descs, binds);
-        } else {
-          const slice = slot.slice!;
-          const view = slice.view.subarray(sliceAt, sliceAt + p.buf.length);
-          if (isIn) slot.copyBack.push({ to: p.buf, from: view, at: streamAt });
-          else p.buf.copy(view);
-          if (run) run.length += p.buf.length;
-          else run = { mr: slice.mr, offset: slice.offset + sliceAt, length: p.buf.length };
-          sliceAt += p.buf.length;
-        }
-        streamAt += p.buf.length;
-      }
-      flush();
-    };
-    describe(outPieces, REMOTE_READ, false);
-    describe(inPieces, REMOTE_WRITE, true);
-    if (inlineOut) {
-      this.rc.send(inlineRequestParts(command, descs, inlineOut), 'VQ command', binds).catch((err: Error) => this.teardown(err));
-      return;
-    }
-    const body = Buffer.allocUnsafe(descs.length * KEYED_DESCRIPTOR_SIZE);
-    descs.forEach((d, i) => encodeKeyedDescriptor(d, body, i * KEYED_DESCRIPTOR_SIZE));
-    this.rc.send([command, body], 'VQ command', binds).catch((err: Error) => this.teardown(err));
+  private place(slot: CommandSlot, out: readonly Buffer[], inBuffers: readonly Buffer[], coalesce: boolean): void {
+    slot.count = 0;
+    this.placeAll(slot, out, coalesce);
+    slot.readableCount = slot.count;
+    this.placeAll(slot, inBuffers, coalesce);
   }
 
-  /** The next window of `slot` over (mr, offset, length): its descriptor and its bind request. */
-  private bind(slot: CommandSlot, mr: MemoryRegion, offset: number, length: number, access: number, descs: KeyedDescriptor[], binds: SendWr[]): void {
-    if (slot.bound === slot.windows.length) slot.windows.push(new this.binding.MemoryWindow(this.memory.pd));
-    const window = slot.windows[slot.bound++]!;
-    descs.push({ addr: mr.address + BigInt(offset), length, key: window.nextRkey });
-    binds.push({ wrId: 0, opcode: WrOpcode.BindWindow, signaled: false, sg: [mr, offset, length], window, access });
+  private placeAll(slot: CommandSlot, bufs: readonly Buffer[], coalesce: boolean): void {
+    for (let k = 0; k < bufs.length; k++) {
+      const buf = bufs[k]!;
+      if (buf.length === 0) continue;
+      let region: MemoryRegion | null = null;
+      let offset = 0;
+      if (!coalesce) {
+        region = this.memory.regionOf(buf);
+        if (region) offset = buf.byteOffset - region.buffer.byteOffset;
+        else if (this.registrations && buf.length >= DIRECT_MIN) {
+          const reg = this.registrations.acquire(buf, windowedAccess(this.binding));
+          slot.cached.push(reg.release);
+          region = reg.mr;
+          offset = reg.offset;
+        }
+      }
+      const i = slot.count++;
+      slot.bufs[i] = buf;
+      slot.regions[i] = region;
+      slot.offsets[i] = offset;
+    }
+  }
+
+  /** Keyed descriptors the slot's command needs: one per in-place buffer, one per run of bounced ones, per direction. */
+  private descriptorCount(slot: CommandSlot): number {
+    let n = 0;
+    for (let dir = 0; dir < 2; dir++) {
+      const from = dir === 0 ? 0 : slot.readableCount;
+      const to = dir === 0 ? slot.readableCount : slot.count;
+      let inRun = false;
+      for (let i = from; i < to; i++) {
+        if (slot.regions[i] !== null) {
+          n++;
+          inRun = false;
+        } else if (!inRun) {
+          n++;
+          inRun = true;
+        }
+      }
+    }
+    return n;
+  }
+
+  /**
+   * Write the SEND (command, descriptors, inline bytes) into the slot's registered buffer, bind
+   * one window per keyed descriptor over exactly its bytes, and post the binds chained before
+   * the SEND (the QP executes them in order, so the keys work by the time the target has the
+   * command).
+   */
+  private post(slot: CommandSlot, command: Buffer, inlineOut: readonly Buffer[] | null): void {
+    const message = (slot.message ??= this.messages!.acquire(this.sendSize));
+    const view = message.view;
+    const needed = COMMAND_SIZE + this.descriptorCount(slot) * KEYED_DESCRIPTOR_SIZE + (inlineOut ? command.readUInt32LE(8) : 0);
+    if (needed > view.length) throw new Error(`a ${needed}-byte VQ command message exceeds the ${view.length}-byte send buffer`);
+    command.copy(view, 0, 0, COMMAND_SIZE);
+    let at = COMMAND_SIZE;
+    slot.copies = 0;
+    const { REMOTE_READ, REMOTE_WRITE } = this.binding.access;
+    let bounceAt = 0;
+    for (let dir = 0; dir < 2; dir++) {
+      const from = dir === 0 ? 0 : slot.readableCount;
+      const to = dir === 0 ? slot.readableCount : slot.count;
+      const access = dir === 0 ? REMOTE_READ : REMOTE_WRITE;
+      // A run of bounced buffers is one descriptor over their bytes in the bounce area.
+      let runStart = -1;
+      let streamAt = 0;
+      for (let i = from; i < to; i++) {
+        const buf = slot.bufs[i]!;
+        const region = slot.regions[i]!;
+        if (region !== null) {
+          if (runStart >= 0) {
+            at = this.bind(slot, slot.bounce!.mr, slot.bounce!.offset + runStart, bounceAt - runStart, access, view, at);
+            runStart = -1;
+          }
+          at = this.bind(slot, region, slot.offsets[i]!, buf.length, access, view, at);
+        } else {
+          const b = slot.bounce!;
+          if (runStart < 0) runStart = bounceAt;
+          if (dir === 1) {
+            const k = slot.copies++;
+            slot.copyTo[k] = buf;
+            slot.copyFrom[k] = bounceAt;
+            slot.copyAt[k] = streamAt;
+          } else buf.copy(b.view, bounceAt);
+          bounceAt += buf.length;
+        }
+        streamAt += buf.length;
+      }
+      if (runStart >= 0) at = this.bind(slot, slot.bounce!.mr, slot.bounce!.offset + runStart, bounceAt - runStart, access, view, at);
+    }
+    if (inlineOut) for (let k = 0; k < inlineOut.length; k++) at += inlineOut[k]!.copy(view, at);
+    let chain = slot.chain;
+    if (chain.inFlight) {
+      // The previous command's send completion has not come back yet (its answer overtook it).
+      chain = slot.chain = new CommandChain(this);
+    }
+    const wrs = chain.wrs;
+    wrs.length = 0;
+    for (let i = 0; i < slot.bound; i++) wrs.push(slot.binds[i]!);
+    const send = (slot.send ??= { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [message.mr, message.offset, 0] });
+    send.sg[2] = at;
+    wrs.push(send);
+    chain.inFlight = true;
+    this.rc.sendQueue.postChain(chain);
+  }
+
+  /**
+   * The slot's next window over (region, offset, length): its bind work request, and its keyed
+   * descriptor written into the message at `at`; returns where the next descriptor goes.
+   */
+  private bind(slot: CommandSlot, region: MemoryRegion, offset: number, length: number, access: number, message: Buffer, at: number): number {
+    const i = slot.bound++;
+    if (i === slot.windows.length) {
+      const window = new this.binding.MemoryWindow(this.memory.pd);
+      slot.windows.push(window);
+      slot.keys.push(window.rkey);
+      slot.binds.push({ wrId: 0, opcode: WrOpcode.BindWindow, signaled: false, sg: [region, 0, 0], window, access });
+      slot.invalidates.push({ wrId: 0, opcode: WrOpcode.LocalInvalidate, signaled: false, sg: [], window });
+    }
+    const key = incRkey(slot.keys[i]!);
+    slot.keys[i] = key;
+    const wr = slot.binds[i]!;
+    wr.sg[0] = region;
+    wr.sg[1] = offset;
+    wr.sg[2] = length;
+    wr.access = access;
+    const base = regionAddress(region);
+    const low = base.low + offset;
+    encodeKeyedDescriptorWords(message, at, low >>> 0, base.high + Math.floor(low / 0x1_0000_0000), length, key);
+    return at + KEYED_DESCRIPTOR_SIZE;
   }
 
   /** allocateBuffer: registered memory (of this RDMA device) that sendVq moves with no copy. */
@@ -445,6 +629,11 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     for (const slot of this.slots) {
       for (const w of slot.windows) w.dealloc();
       slot.windows.length = 0;
+      slot.keys.length = 0;
+      slot.binds.length = 0;
+      slot.invalidates.length = 0;
+      slot.pendingCommand = null;
+      slot.pendingOut = NO_BUFFERS;
       slot.bound = 0;
       clearSlot(slot); // its bounce slice goes with the arena, destroyed below
     }
@@ -462,35 +651,43 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   }
 }
 
-/** A slot's command is over: free it, release its cached registrations, and hand back its bounce slice. */
+/**
+ * A slot's command is over: free it, release its cached registrations, and hand back its arena
+ * slice (not its own bounce area, which it keeps).
+ */
 function clearSlot(slot: CommandSlot): BounceSlice | null {
   slot.busy = false;
   slot.completing = false;
-  slot.copyBack.length = 0;
+  // The caller's buffers are not kept past their command.
+  for (let i = 0; i < slot.count; i++) slot.bufs[i] = EMPTY;
+  for (let k = 0; k < slot.copies; k++) slot.copyTo[k] = EMPTY;
+  slot.copies = 0;
+  slot.count = 0;
   for (const r of slot.cached.splice(0)) r();
-  const slice = slot.slice;
-  slot.slice = null;
-  return slice;
+  const slice = slot.bounce;
+  slot.bounce = null;
+  return slice === slot.own ? null : slice;
 }
 
-/** Keyed descriptors a direction needs: one per in-place buffer, one per run of bounced ones. */
-function descriptorCount(pieces: readonly Piece[]): number {
+/** Bytes of the slot's command that go through bounce memory. */
+function bounceBytes(slot: CommandSlot): number {
   let n = 0;
-  let inRun = false;
-  for (const p of pieces) {
-    if (p.at) {
-      n++;
-      inRun = false;
-    } else if (!inRun) {
-      n++;
-      inRun = true;
-    }
+  for (let i = 0; i < slot.count; i++) if (slot.regions[i] === null) n += slot.bufs[i]!.length;
+  return n;
+}
+
+/** ibv_inc_rkey: the key a window's next bind gets (the low byte, its tag, goes up by one). */
+function incRkey(key: number): number {
+  return ((key & 0xffffff00) | ((key + 1) & 0xff)) >>> 0;
+}
+
+/** A region's address as two 32-bit halves, worked out once per region (no BigInt per command). */
+const regionAddresses = new WeakMap<MemoryRegion, { low: number; high: number }>();
+function regionAddress(region: MemoryRegion): { low: number; high: number } {
+  let a = regionAddresses.get(region);
+  if (a === undefined) {
+    a = { low: Number(region.address & 0xffff_ffffn), high: Number(region.address >> 32n) };
+    regionAddresses.set(region, a);
   }
-  return n;
-}
-
-function bounceBytes(pieces: readonly Piece[]): number {
-  let n = 0;
-  for (const p of pieces) if (!p.at) n += p.buf.length;
-  return n;
+  return a;
 }
