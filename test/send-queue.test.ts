@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { CmId, CompletionQueue, MemoryRegion, NativeBinding, ProtectionDomain, QueuePair, SendWr } from '../src/transport/rdma/native-binding.js';
 import { WrOpcode } from '../src/transport/rdma/native-binding.js';
 import { RcConnection, type RcConnectionHandler } from '../src/transport/rdma/rc-connection.js';
-import { MAX_WRS_PER_POST, RdmaWorkError, RECV_WR_FLAG, SendQueue, SendStalledError, WR_WORDS } from '../src/transport/rdma/send-queue.js';
+import { MAX_WRS_PER_POST, RdmaWorkError, RECV_WR_FLAG, SendQueue, SendStalledError, WorkRequestStaging, WR_WORDS } from '../src/transport/rdma/send-queue.js';
 
 // The send queue's batching, with a fake QueuePair that records every postSend call (one call
 // is one ibv_post_send, a system call on soft-RoCE): what reaches the QP, in which calls, with
@@ -38,7 +38,7 @@ const binding = { wcStatusName: (s: number) => `status ${s}` } as unknown as Nat
 let nextTag = 0;
 /** A chain of `n` RDMA WRITEs, each tagged with a fresh number (through rkey). */
 function chain(n: number): SendWr[] {
-  return Array.from({ length: n }, () => ({ wrId: 0, opcode: WrOpcode.Write, signaled: true, sg: [], remoteAddr: 0n, rkey: nextTag++ }));
+  return Array.from({ length: n }, () => ({ wrId: 0, opcode: WrOpcode.Write, signaled: true, sg: [], remoteAddrLow: 0, remoteAddrHigh: 0, rkey: nextTag++ }));
 }
 const tags = (wrs: SendWr[]) => wrs.map((wr) => wr.rkey!);
 /** Lets queued microtasks (the queue's flush) run. */
@@ -279,5 +279,15 @@ describe('RcConnection when the CQ cannot be re-armed (issue 17, finding 12c)', 
     deliver(-5); // reported once
     expect(broken).toHaveLength(1);
     rc.destroy();
+  });
+});
+
+describe('WorkRequestStaging: the words the addon reads', () => {
+  it('an RDMA WRITE: opcode, flags, rkey, the remote address from its two halves, the region as an index, offset and length', () => {
+    const staging = new WorkRequestStaging();
+    const mr = {} as MemoryRegion;
+    staging.add({ wrId: 7, opcode: WrOpcode.Write, signaled: true, sg: [mr, 4096, 512], remoteAddrLow: 0xdeadbeef, remoteAddrHigh: 0x7f12, rkey: 0x1234 });
+    expect(Array.from(staging.words.subarray(0, 11))).toEqual([7, WrOpcode.Write, 1, 1, 0x1234, 0xdeadbeef, 0x7f12, 0, 0, 4096, 512]);
+    expect(staging.objects).toEqual([mr]);
   });
 });

@@ -125,7 +125,7 @@ export class RawTargetConnection {
   async read(d: KeyedDescriptor): Promise<Buffer> {
     const buf = this.data.acquire(d.length);
     try {
-      await this.rc.sendQueue.post([{ wrId: 0, opcode: WrOpcode.Read, signaled: true, sg: [buf.mr, buf.offset, d.length], remoteAddr: d.addr, rkey: d.key }], 'RDMA READ');
+      await this.rc.sendQueue.post([{ wrId: 0, opcode: WrOpcode.Read, signaled: true, sg: [buf.mr, buf.offset, d.length], remoteAddrLow: Number(d.addr & 0xffff_ffffn), remoteAddrHigh: Number(d.addr >> 32n), rkey: d.key }], 'RDMA READ');
       return Buffer.from(buf.view);
     } finally {
       buf.release();
@@ -137,7 +137,7 @@ export class RawTargetConnection {
     const buf = this.data.acquire(data.length);
     data.copy(buf.view);
     try {
-      await this.rc.sendQueue.post([{ wrId: 0, opcode: WrOpcode.Write, signaled: true, sg: [buf.mr, buf.offset, data.length], remoteAddr: d.addr, rkey: d.key }], 'RDMA WRITE');
+      await this.rc.sendQueue.post([{ wrId: 0, opcode: WrOpcode.Write, signaled: true, sg: [buf.mr, buf.offset, data.length], remoteAddrLow: Number(d.addr & 0xffff_ffffn), remoteAddrHigh: Number(d.addr >> 32n), rkey: d.key }], 'RDMA WRITE');
     } finally {
       buf.release();
     }

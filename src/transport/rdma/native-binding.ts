@@ -128,7 +128,9 @@ export interface SendWr {
   signaled: boolean;
   inline?: boolean;
   sg: Array<MemoryRegion | number>;
-  remoteAddr?: bigint;
+  /** RDMA READ/WRITE: the remote address in 32-bit halves (a keyed descriptor's words; no BigInt per request). */
+  remoteAddrLow?: number;
+  remoteAddrHigh?: number;
   rkey?: number;
   window?: MemoryWindow;
   access?: number;

@@ -276,7 +276,8 @@ class KeyedVqRequest implements VqRequestData, SendChain {
         sg[0] = data.mr;
         sg[1] = base + (written - left);
         sg[2] = n;
-        wr.remoteAddr = this.descriptors.readBigUInt64LE(i * KEYED_DESCRIPTOR_SIZE);
+        wr.remoteAddrLow = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE);
+        wr.remoteAddrHigh = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 4);
         wr.rkey = this.key(i);
         wrs.push(wr);
         left -= n;
@@ -295,7 +296,7 @@ class KeyedVqRequest implements VqRequestData, SendChain {
   }
 
   private newWrite(): SendWr {
-    const wr: SendWr = { wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [this.data!.mr, 0, 0], remoteAddr: 0n, rkey: 0 };
+    const wr: SendWr = { wrId: 0, opcode: WrOpcode.Write, signaled: false, sg: [this.data!.mr, 0, 0], remoteAddrLow: 0, remoteAddrHigh: 0, rkey: 0 };
     this.writes.push(wr);
     return wr;
   }
@@ -640,8 +641,10 @@ export class RdmaTargetConnection implements TargetConnection {
       if (at >= req.outLength) break;
       const length = req.length(i);
       if (length === 0) continue; // legal, moves nothing (DECISIONS.md item 4)
-      const remoteAddr = req.descriptors.readBigUInt64LE(i * KEYED_DESCRIPTOR_SIZE);
-      wrs.push({ wrId: 0, opcode: WrOpcode.Read, signaled: false, sg: [data.mr, data.offset + at, length], remoteAddr, rkey: req.key(i) });
+      const d = i * KEYED_DESCRIPTOR_SIZE;
+      const remoteAddrLow = req.descriptors.readUInt32LE(d);
+      const remoteAddrHigh = req.descriptors.readUInt32LE(d + 4);
+      wrs.push({ wrId: 0, opcode: WrOpcode.Read, signaled: false, sg: [data.mr, data.offset + at, length], remoteAddrLow, remoteAddrHigh, rkey: req.key(i) });
       at += length;
     }
     if (wrs.length > 0) this.transferCounts.rdmaReads++;

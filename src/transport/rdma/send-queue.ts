@@ -71,9 +71,6 @@ export class WorkRequestStaging {
   readonly words = new Uint32Array(MAX_WRS_PER_POST * WR_WORDS);
   readonly objects: Array<MemoryRegion | MemoryWindow> = [];
   count = 0;
-  /** A bigint address split into two words without a BigInt operation. */
-  private readonly address = new BigUint64Array(1);
-  private readonly addressWords = new Uint32Array(this.address.buffer);
 
   reset(): void {
     this.count = 0;
@@ -100,14 +97,8 @@ export class WorkRequestStaging {
     w[at + 2] = (wr.signaled ? 1 : 0) | (wr.inline ? 2 : 0);
     w[at + 3] = nsge;
     w[at + 4] = (wr.opcode === WrOpcode.BindWindow ? wr.access : wr.rkey) ?? 0;
-    if (wr.remoteAddr !== undefined) {
-      this.address[0] = wr.remoteAddr;
-      w[at + 5] = this.addressWords[0]!;
-      w[at + 6] = this.addressWords[1]!;
-    } else {
-      w[at + 5] = 0;
-      w[at + 6] = 0;
-    }
+    w[at + 5] = wr.remoteAddrLow ?? 0;
+    w[at + 6] = wr.remoteAddrHigh ?? 0;
     w[at + 7] = wr.window ? this.indexOf(wr.window) : 0;
     for (let j = 0; j < nsge; j++) {
       const offset = sg[3 * j + 1] as number;
