@@ -42,38 +42,21 @@ export function decodeKeyedDescriptors(buf: Buffer, offset: number): KeyedDescri
 
 export type DescriptorProblem =
   | 'none'
+  | 'no descriptors'
   | 'too many descriptors'
   | 'trailing bytes'
   | 'lengths do not add up to out_length + in_length'
   | 'descriptor straddles the readable/writable boundary';
 
 /**
- * Check a keyed request against DECISIONS.md item 4: 1 ≤ N ≤ max, lengths sum to out+in, no
- * descriptor straddles the boundary at out_length. A zero-length descriptor is legal anywhere
- * and moves no bytes.
- */
-export function validateKeyedDescriptors(
-  descs: readonly KeyedDescriptor[],
-  outLength: number,
-  inLength: number,
-  maxDescriptors: number,
-): DescriptorProblem {
-  if (descs.length === 0 || descs.length > maxDescriptors) return 'too many descriptors';
-  let pos = 0;
-  for (const d of descs) {
-    if (pos < outLength && pos + d.length > outLength) return 'descriptor straddles the readable/writable boundary';
-    pos += d.length;
-  }
-  if (pos !== outLength + inLength) return 'lengths do not add up to out_length + in_length';
-  return 'none';
-}
-
-/**
- * validateKeyedDescriptors over `n` descriptors as they came on the wire (at `offset` of
- * `buf`): the same rule, for a transport that keeps the bytes instead of decoding objects.
+ * Check a keyed request against DECISIONS.md item 4 — 1 ≤ N ≤ max, lengths sum to out+in, no
+ * descriptor straddles the boundary at out_length (a zero-length descriptor is legal anywhere
+ * and moves no bytes) — over `n` descriptors as they came on the wire at `offset` of `buf`: the
+ * target keeps the bytes, it decodes no objects.
  */
 export function validateKeyedDescriptorBytes(buf: Buffer, offset: number, n: number, outLength: number, inLength: number, maxDescriptors: number): DescriptorProblem {
-  if (n === 0 || n > maxDescriptors) return 'too many descriptors';
+  if (n === 0) return 'no descriptors';
+  if (n > maxDescriptors) return 'too many descriptors';
   let pos = 0;
   for (let i = 0; i < n; i++) {
     const length = buf.readUInt32LE(offset + i * KEYED_DESCRIPTOR_SIZE + 8);
@@ -82,4 +65,16 @@ export function validateKeyedDescriptorBytes(buf: Buffer, offset: number, n: num
   }
   if (pos !== outLength + inLength) return 'lengths do not add up to out_length + in_length';
   return 'none';
+}
+
+/** The same rule over decoded descriptors (tools and tests). */
+export function validateKeyedDescriptors(
+  descs: readonly KeyedDescriptor[],
+  outLength: number,
+  inLength: number,
+  maxDescriptors: number,
+): DescriptorProblem {
+  const buf = Buffer.alloc(descs.length * KEYED_DESCRIPTOR_SIZE);
+  descs.forEach((d, i) => encodeKeyedDescriptor(d, buf, i * KEYED_DESCRIPTOR_SIZE));
+  return validateKeyedDescriptorBytes(buf, 0, descs.length, outLength, inLength, maxDescriptors);
 }
