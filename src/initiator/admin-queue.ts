@@ -64,13 +64,20 @@ export class AdminQueue {
     }
     const unusable = host.unusable();
     if (unusable) return Promise.reject(unusable);
-    this.queue ??= (async () => {
-      await host.whenUsable();
-      this.index = await this.findIndex();
-      return host.openQueue(this.index);
-    })();
-    // A failed attempt may be retried by the next call.
-    this.queue.catch(() => (this.queue = null));
+    if (this.queue === null) {
+      const attempt = (async () => {
+        await host.whenUsable();
+        this.index = await this.findIndex();
+        return host.openQueue(this.index);
+      })();
+      this.queue = attempt;
+      // A failed attempt may be retried by the next call. Only this attempt is forgotten: one
+      // that fails after a path failure dropped it must not clear a newer attempt's queue
+      // (which would then never be closed).
+      attempt.catch(() => {
+        if (this.queue === attempt) this.queue = null;
+      });
+    }
     return this.queue;
   }
 
