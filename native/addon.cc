@@ -22,14 +22,14 @@ static Napi::Value ResourceCountsValue(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const ResourceCounts& c = Counts();
   Napi::Object o = Napi::Object::New(env);
-  o.Set("eventChannels", c.eventChannels);
-  o.Set("cmIds", c.cmIds);
-  o.Set("protectionDomains", c.protectionDomains);
-  o.Set("completionQueues", c.completionQueues);
-  o.Set("queuePairs", c.queuePairs);
-  o.Set("memoryRegions", c.memoryRegions);
-  o.Set("registrationsTotal", c.registrationsTotal);
-  o.Set("memoryWindows", c.memoryWindows);
+  o.Set("eventChannels", c.eventChannels.load());
+  o.Set("cmIds", c.cmIds.load());
+  o.Set("protectionDomains", c.protectionDomains.load());
+  o.Set("completionQueues", c.completionQueues.load());
+  o.Set("queuePairs", c.queuePairs.load());
+  o.Set("memoryRegions", c.memoryRegions.load());
+  o.Set("registrationsTotal", static_cast<double>(c.registrationsTotal.load()));
+  o.Set("memoryWindows", c.memoryWindows.load());
   return o;
 }
 

@@ -5,25 +5,29 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <string>
 
 namespace vof {
 
-// Live native resources by kind. Tests compare them with a baseline to prove that a vanished
-// peer leaves nothing behind.
+// Live native resources by kind, for the whole process: the addon is loaded once per process
+// but may run in several threads (worker_threads: a target in a worker beside an initiator in
+// the main thread), so every counter is atomic. Tests compare them with a baseline to prove that
+// a vanished peer leaves nothing behind.
 struct ResourceCounts {
-  int eventChannels = 0;
-  int cmIds = 0;
-  int protectionDomains = 0;
-  int completionQueues = 0;
-  int queuePairs = 0;
-  int memoryRegions = 0;
+  std::atomic<int> eventChannels{0};
+  std::atomic<int> cmIds{0};
+  std::atomic<int> protectionDomains{0};
+  std::atomic<int> completionQueues{0};
+  std::atomic<int> queuePairs{0};
+  std::atomic<int> memoryRegions{0};
   // Cumulative, never decremented: ibv_reg_mr calls that succeeded since the addon loaded. Tests
   // and `vof bench` compare it across a measurement to show no registration on the data path.
-  double registrationsTotal = 0;
-  int memoryWindows = 0;
+  std::atomic<int64_t> registrationsTotal{0};
+  std::atomic<int> memoryWindows{0};
 };
 ResourceCounts& Counts();
 
