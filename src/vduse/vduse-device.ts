@@ -231,7 +231,18 @@ export class VduseBlockDevice {
       if (existsSync(join(sys, 'driver_override'))) await writeFile(join(sys, 'driver_override'), want);
       await writeFile(`/sys/bus/vdpa/drivers/${want}/bind`, this.name);
     }
-    this.devicePath = VduseBlockDevice.findDevicePath(sys, bind);
+    // The virtio driver binds (and the disk appears) as the kernel probes, which may be after
+    // `vdpa dev add` returns (a module loaded on demand): looked for a bounded while.
+    for (let i = 0; i < 100 && !this.devicePath; i++) {
+      this.devicePath = VduseBlockDevice.findDevicePath(sys, bind);
+      if (!this.devicePath) await new Promise((r) => setTimeout(r, 100));
+    }
+    if (!this.devicePath) {
+      this.log.warn(
+        `VDUSE device ${this.name}: no ${bind === 'virtio' ? 'block device' : 'vhost-vdpa device'} appeared under ${sys}` +
+          (bind === 'virtio' ? ' (is virtio_blk loaded? modprobe virtio_blk)' : ''),
+      );
+    }
   }
 
   private static driverOf(sys: string): string | null {
