@@ -456,11 +456,13 @@ export class VduseBlockDevice {
         if (!ring.enableNotifications()) return;
       }
     } catch (err) {
-      if (!(err instanceof RingError)) throw err;
-      // VDUSE gives a device no way to set NEEDS_RESET: the queue stops; the driver's reset
-      // (or removing the device) starts it again.
+      // A RingError is the driver breaking the ring's rules; anything else thrown here is a
+      // fault of this process, and stops the queue the same way rather than the process.
+      // VDUSE gives a device no way to set NEEDS_RESET: the queue stays stopped until the
+      // driver resets the device (or it is removed).
       q.broken = true;
-      this.log.error(`VDUSE device ${this.name}: virtqueue ${q.index} stopped: ${quotePeerString(err.message)}`);
+      const what = err instanceof RingError ? '' : ` (${(err as Error).name})`;
+      this.log.error(`VDUSE device ${this.name}: virtqueue ${q.index} stopped${what}: ${quotePeerString((err as Error).message)}`);
     }
   }
 
