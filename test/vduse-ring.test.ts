@@ -365,6 +365,23 @@ describe('SplitRing', () => {
     expect(chain.writableBytes).toBe(100);
   });
 
+  it('takes a chain of exactly the queue size, and a full indirect table', () => {
+    const d = new Driver(layout({ size: 4 }));
+    const ring = d.ring();
+    const chain = new DescriptorChain();
+    for (let i = 0; i < 4; i++) d.desc(i, R1 + 0x2000 + i, 1, i < 3 ? F_NEXT : 0, (i + 1) % 4);
+    d.offer(0);
+    expect(ring.pop(chain)).toBe(true);
+    expect(chain.readable).toHaveLength(4);
+    ring.push(0, 0);
+    const table = R2 + 0x1000;
+    for (let i = 0; i < 5; i++) d.desc(i, R1 + 0x2000 + i, 1, i < 4 ? F_NEXT | F_WRITE : F_WRITE, i + 1, table);
+    d.desc(0, table, 5 * 16, F_INDIRECT);
+    d.offer(0);
+    expect(ring.pop(chain)).toBe(true);
+    expect(chain.writable).toHaveLength(5);
+  });
+
   it('skips zero-length descriptors wherever they are', () => {
     const d = new Driver(layout());
     const ring = d.ring();
@@ -440,6 +457,28 @@ describe('SplitRing', () => {
     expect(cases).toBe(32);
     expect(trues).toBeGreaterThan(0);
     expect(trues).toBeLessThan(cases);
+  });
+
+  it('shouldNotify does not lose an interrupt after 2^16 pushes without a decision', () => {
+    const start = 0x1234;
+    const d = new Driver(layout({ eventIdx: true, availIdx: start }));
+    const ring = d.ring();
+    const chain = new DescriptorChain();
+    d.desc(0, R1 + 0x2000, 4, 0);
+    d.usedEvent = start; // "interrupt me after the first buffer"
+    expect(ring.shouldNotify()).toBe(true);
+    expect(ring.shouldNotify()).toBe(false); // nothing pushed since
+    for (let k = 0; k < 0x10000; k++) {
+      d.offer(0);
+      ring.pop(chain);
+      ring.push(0, 4);
+    }
+    // used.idx is back where it was: the formula alone sees no progress (new === old) and
+    // would never interrupt; the driver waiting for used_event must still be woken.
+    expect(d.usedIdx).toBe(start);
+    expect(specNeedEvent(start, start, start)).toBe(false);
+    expect(ring.shouldNotify()).toBe(true);
+    expect(ring.shouldNotify()).toBe(false);
   });
 
   it('shouldNotify follows NO_INTERRUPT without event idx', () => {
@@ -576,6 +615,26 @@ describe('SplitRing', () => {
         /longer than the queue size 4/,
         { size: 4 },
       );
+    });
+
+    it('a chain longer than 2^32 bytes in total', () => {
+      // An indirect table of 65536 descriptors (all a u16 `next` can reach), each naming the
+      // same 65537 bytes: 2^32 + 65536 bytes. Table and data in a third region.
+      const R3 = 0x100000;
+      const count = 0x10000;
+      const data = R3 + 16 * count;
+      const dataLen = 0x10001;
+      refused((d) => {
+        d.memory.add(R3, data + dataLen - 1, Buffer.alloc(16 * count + dataLen));
+        const table = d.memory.view(R3, 16 * count)!;
+        for (let i = 0; i < count; i++) {
+          table.writeUInt32LE(data, 16 * i);
+          table.writeUInt32LE(dataLen, 16 * i + 8);
+          table.writeUInt16LE(i + 1 < count ? F_NEXT : 0, 16 * i + 12);
+          table.writeUInt16LE((i + 1) & 0xffff, 16 * i + 14);
+        }
+        d.desc(0, R3, 16 * count, F_INDIRECT);
+      }, /indirect descriptor 65535 of head 0: the chain is longer than 2\^32 bytes/);
     });
 
     it('a readable buffer after a writable one', () => {
