@@ -543,6 +543,19 @@ describe('SplitRing', () => {
     expect(ring.enableNotifications()).toBe(false);
   });
 
+  it('a ring taken over after a reset asks for kicks again, whatever the memory held', () => {
+    for (const eventIdx of [false, true]) {
+      const d = new Driver(layout({ eventIdx, availIdx: 5 }));
+      const old = d.ring();
+      old.disableNotifications(); // NO_NOTIFY set by the ring before the reset
+      d.writeU16(d.layout.used + 4 + 8 * d.layout.size, 0x7777); // a stale avail_event
+      const ring = d.ring();
+      expect(d.usedFlags).toBe(0);
+      expect(d.wouldKick(5, 6)).toBe(true);
+      expect(ring.enableNotifications()).toBe(false);
+    }
+  });
+
   it('takes the ring anew when the IOVA regions change', () => {
     const d = new Driver(layout());
     const ring = d.ring();

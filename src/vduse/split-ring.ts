@@ -178,8 +178,11 @@ export class SplitRing {
     this.usedIdx = availIdx;
     this.signalledUsed = availIdx;
     this.mapRing();
-    // Under event idx, the first buffer the driver adds must kick us (a zeroed or restored
-    // avail_event could be anywhere).
+    // Memory agrees with our state from the start: notifications on. A ring taken over after
+    // a reset or a suspend may still hold what an earlier SplitRing wrote there (NO_NOTIFY
+    // left set would mean no kick ever comes), and under event idx the first buffer the
+    // driver adds must kick us wherever a zeroed or restored avail_event pointed.
+    this.used16[FLAGS] = this.usedFlags;
     if (eventIdx) this.used16[this.availEventIndex()] = this.nextAvail;
   }
 
