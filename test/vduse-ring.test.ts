@@ -685,7 +685,34 @@ describe('SplitRing', () => {
         d.desc(1, R1 + 0x2000, 16, F_NEXT, 2, table);
         d.desc(2, R1 + 0x2000, 16, F_NEXT, 1, table);
         d.desc(0, table, 48, F_INDIRECT);
-      }, /longer than its indirect table \(3 descriptors\)/);
+      }, /longer than its indirect table \(3 reachable descriptors\)/);
+    });
+
+    it('a loop in an indirect table larger than a u16 next can reach, noticed after 65536 descriptors', () => {
+      // 2^18 entries; entry i chains to i + 1 and 65535 back to 0: a loop through every
+      // reachable entry. Counted: the translations pop() asks for, one per non-empty buffer.
+      const R3 = 0x400000;
+      const count = 0x40000;
+      let views = 0;
+      refused((d) => {
+        d.memory.add(R3, R3 + 16 * count - 1, Buffer.alloc(16 * count));
+        const table = d.memory.view(R3, 16 * count)!;
+        for (let i = 0; i < 0x10000; i++) {
+          table.writeUInt32LE(R1, 16 * i);
+          table.writeUInt32LE(1, 16 * i + 8);
+          table.writeUInt16LE(F_NEXT, 16 * i + 12);
+          table.writeUInt16LE((i + 1) & 0xffff, 16 * i + 14);
+        }
+        d.desc(0, R3, 16 * count, F_INDIRECT);
+        const view = d.memory.view.bind(d.memory);
+        d.memory.view = (iova, length) => {
+          views++;
+          return view(iova, length);
+        };
+      }, /longer than its indirect table \(65536 reachable descriptors\): a loop/);
+      // The ring's three areas taken anew (a region was added), then two pops (refused
+      // twice), each: the table, then 65536 buffers. Without the cap: 2^18 buffers each.
+      expect(views).toBe(3 + 2 * (1 + 0x10000));
     });
 
     it('an indirect table inside an indirect table', () => {

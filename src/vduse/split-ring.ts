@@ -309,7 +309,8 @@ export class SplitRing {
     chain.readableBytes = 0;
     chain.writableBytes = 0;
     let table = this.descTable;
-    // Descriptors in the current table; a chain visits each at most once, so more than that is a loop.
+    // Descriptors a chain can reach in the current table; it visits each at most once, so
+    // more visits than that is a loop.
     let max = this.size;
     let indirect = false;
     let seen = 0;
@@ -319,7 +320,7 @@ export class SplitRing {
       seen++;
       if (seen > max) {
         throw new RingError(
-          `chain at head ${head} is longer than ${indirect ? `its indirect table (${max} descriptors)` : `the queue size ${max}`}: a loop`,
+          `chain at head ${head} is longer than ${indirect ? `its indirect table (${max} reachable descriptors)` : `the queue size ${max}`}: a loop`,
         );
       }
       const at = i * DESC_BYTES;
@@ -346,7 +347,10 @@ export class SplitRing {
           throw new RingError(`${where(head, i, indirect)}: indirect table [0x${addr.toString(16)}, +${len}) is not inside one mapped region`);
         }
         table = view;
-        max = len / DESC_BYTES;
+        // A u16 `next` reaches entries 0..65535 only: in a larger table a chain longer than
+        // 65536 is a loop. Without this cap a looping table of up to 2^28 entries would be
+        // walked (and its views collected) up to 2^28 times before the loop is noticed.
+        max = Math.min(len / DESC_BYTES, 0x10000);
         indirect = true;
         seen = 0;
         i = 0;
