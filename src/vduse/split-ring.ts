@@ -14,9 +14,10 @@
  * virtio_mb before reading avail_event / after writing used_event). C devices (libvduse, vhost)
  * answer with smp_rmb after reading avail->idx, smp_wmb before publishing used->idx and
  * smp_mb between writing avail_event / used.flags and re-reading avail->idx, and between
- * publishing used->idx and reading used_event. JS has no fence instruction, and the Atomics on
- * an Int16Array need a SharedArrayBuffer, which a Buffer over an external mmap is not. What
- * this code relies on instead, on x86-64 (the VDUSE hosts vof supports):
+ * publishing used->idx and reading used_event. JS has no fence instruction, and its memory
+ * model orders Atomics only on a SharedArrayBuffer, which a Buffer over an external mmap is
+ * not (Atomics do run on a plain ArrayBuffer, with no promise across agents). What this code
+ * relies on instead, on x86-64 (the VDUSE hosts vof supports):
  *
  *  - Program order reaches the CPU. V8 keeps typed-array loads and stores on its effect chain
  *    in program order and emits each as one mov; it does not keep a shared field in a register
@@ -37,13 +38,15 @@
  *    views: one 16-bit access each, atomic on x86. Buffer.readUInt16LE/writeUInt16LE would do
  *    two byte accesses: the driver could see half an index. (Checked on Node 20 x64 with
  *    --print-opt-code and --print-builtin-code: the Uint16Array accesses are one movw /
- *    movzxwl each, kept in program order around the call to AtomicsAdd.) Typed arrays use the host's byte
- *    order, so the constructor refuses a big-endian host. Descriptors and available-ring
- *    entries are read only after avail->idx published them and are not changed by a correct
- *    driver while the device owns them; a wrong driver gets values checked like any other.
+ *    movzxwl each, kept in program order around the call to AtomicsAdd.) Descriptors and
+ *    available-ring entries are read only after avail->idx published them and are not
+ *    changed by a correct driver while the device owns them; a wrong driver gets values
+ *    checked like any other.
  *
- * On a weakly ordered CPU (arm64) the first two points do not hold without real barriers; this
- * class then needs a native fence (not provided: VDUSE hosts for vof are x86-64).
+ * On a weakly ordered CPU (arm64) the second and third points do not hold: descriptors could
+ * be read before the avail->idx that published them, and the driver would read stale used
+ * elements. That needs native barriers, which this class does not have, so the constructor
+ * refuses any host but x86-64 (little-endian, as the typed arrays need).
  */
 import { endianness } from 'node:os';
 import type { IovaMemory } from './iova-memory.js';
@@ -149,8 +152,8 @@ export class SplitRing {
   private signalledUsedValid = false;
 
   constructor(memory: IovaMemory, opts: SplitRingOptions) {
-    if (endianness() !== 'LE') {
-      throw new Error('SplitRing accesses the ring through typed arrays and needs a little-endian host');
+    if (process.arch !== 'x64' || endianness() !== 'LE') {
+      throw new Error(`SplitRing's memory ordering holds on x86-64 only (this host: ${process.arch})`);
     }
     const { size, descAddr, driverAddr, deviceAddr, eventIdx } = opts;
     // The queue's geometry comes from the kernel (VDUSE_VQ_GET_INFO), which relays the driver.
