@@ -581,6 +581,43 @@ describe.skipIf(!X64)('SplitRing', () => {
     expect(chain.readableBytes).toBe(5);
   });
 
+  it('maps regions on first use through resolve(), as VDUSE_IOTLB_GET_FD does', () => {
+    const d = new Driver(layout());
+    const lazy = new IovaMemory({
+      resolve: (iova) => {
+        const [buf] = d.memory.remove(iova, iova);
+        if (buf === undefined) return false;
+        const start = buf === d.r1 ? R1 : R2;
+        lazy.add(start, start + REGION - 1, buf);
+        return true;
+      },
+    });
+    const ring = new SplitRing(lazy, { size: 8, descAddr: R1 + 0x100, driverAddr: R1 + 0x400, deviceAddr: R2 + 0x800, eventIdx: true });
+    expect(lazy.size).toBe(2);
+    blkChain(d, 1, 2, 3);
+    d.offer(1);
+    const chain = new DescriptorChain();
+    expect(ring.pop(chain)).toBe(true);
+    expect(chain.writableBytes).toBe(513);
+    ring.push(1, 1);
+    expect(d.usedIdx).toBe(1);
+  });
+
+  it('push and shouldNotify on a ring no longer mapped: a RingError, nothing written', () => {
+    const d = new Driver(layout());
+    const ring = d.ring();
+    const chain = new DescriptorChain();
+    d.desc(0, R1 + 0x2000, 4, 0);
+    d.offer(0);
+    expect(ring.pop(chain)).toBe(true);
+    d.memory.remove(R2, R2); // the used ring's region
+    d.r2.fill(0xee); // the old mapping: must not be written
+    ringError(() => ring.push(0, 4), /used ring .* not inside one mapped region/);
+    ringError(() => ring.shouldNotify(), /used ring/);
+    expect(d.r2.every((x) => x === 0xee)).toBe(true);
+    expect(ring.inFlight).toBe(1);
+  });
+
   describe('refuses what the driver must not write, reading nothing outside the mappings', () => {
     /** Offers `head` on a fresh ring after `setup`, expects a RingError, and that nothing was consumed. */
     function refused(setup: (d: Driver) => void, pattern: RegExp, over: Partial<Layout> = {}, head = 0): void {

@@ -222,6 +222,8 @@ export class SplitRing {
       throw new RingError(`available ring entry ${this.nextAvail} names head ${head}, which is already in flight`);
     }
     this.walk(head, chain);
+    // The walk's translations may have mapped (or replaced) regions through resolve().
+    this.refresh();
     this.headInFlight[head] = 1;
     this.inFlightCount++;
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
