@@ -21,7 +21,9 @@ export interface IovaMemoryOptions {
   /**
    * Called when view() finds no region for `iova`, once per view() call: the caller may map the
    * region holding it (VDUSE_IOTLB_GET_FD, as libvduse does on a miss), add() it and return true;
-   * view() then looks again. Returns false when there is nothing to map.
+   * view() then looks again. Returns false when there is nothing to map. It runs in the middle
+   * of SplitRing.pop(): if it removes a region (one the kernel replaced), that region's
+   * mapping must stay valid until no view of it is in use (e.g. unmapped by a finalizer).
    */
   resolve?: (iova: number) => boolean;
 }

@@ -14,9 +14,10 @@
  * virtio_mb before reading avail_event / after writing used_event). C devices (libvduse, vhost)
  * answer with smp_rmb after reading avail->idx, smp_wmb before publishing used->idx and
  * smp_mb between writing avail_event / used.flags and re-reading avail->idx, and between
- * publishing used->idx and reading used_event. JS has no fence instruction, and the Atomics on
- * an Int16Array need a SharedArrayBuffer, which a Buffer over an external mmap is not. What
- * this code relies on instead, on x86-64 (the VDUSE hosts vof supports):
+ * publishing used->idx and reading used_event. JS has no fence instruction, and its memory
+ * model orders Atomics only on a SharedArrayBuffer, which a Buffer over an external mmap is
+ * not (Atomics do run on a plain ArrayBuffer, with no promise across agents). What this code
+ * relies on instead, on x86-64 (the VDUSE hosts vof supports):
  *
  *  - Program order reaches the CPU. V8 keeps typed-array loads and stores on its effect chain
  *    in program order and emits each as one mov; it does not keep a shared field in a register
@@ -27,20 +28,25 @@
  *    ordered by program order alone.
  *  - The one order x86 does not keep is store→load (a store may sit in the store buffer while a
  *    later load completes). Where the protocol needs it (smp_mb) we execute a locked
- *    instruction: Atomics.add on a private SharedArrayBuffer word, which V8 emits as
- *    `lock xadd`. Loads and stores are not reordered with locked instructions, whatever
+ *    instruction: Atomics.add on a private SharedArrayBuffer word, which V8 runs as a locked
+ *    read-modify-write (its AtomicsAdd builtin is a `lock cmpxchg` loop on x64; inlined, a
+ *    `lock xadd`). Loads and stores are not reordered with locked instructions, whatever
  *    address those name (Intel SDM vol. 3A, "Memory Ordering in P6 and More Recent Processor
  *    Families"), so it is a full fence for the ring memory too.
  *  - No tearing. The fields both sides change while the queue runs (avail flags/idx/used_event,
  *    used flags/idx/avail_event) are read and written through naturally aligned Uint16Array
  *    views: one 16-bit access each, atomic on x86. Buffer.readUInt16LE/writeUInt16LE would do
- *    two byte accesses: the driver could see half an index. Typed arrays use the host's byte
- *    order, so the constructor refuses a big-endian host. Descriptors and available-ring
- *    entries are read only after avail->idx published them and are not changed by a correct
- *    driver while the device owns them; a wrong driver gets values checked like any other.
+ *    two byte accesses: the driver could see half an index. (Checked on Node 20 x64 with
+ *    --print-opt-code and --print-builtin-code: the Uint16Array accesses are one movw /
+ *    movzxwl each, kept in program order around the call to AtomicsAdd.) Descriptors and
+ *    available-ring entries are read only after avail->idx published them and are not
+ *    changed by a correct driver while the device owns them; a wrong driver gets values
+ *    checked like any other.
  *
- * On a weakly ordered CPU (arm64) the first two points do not hold without real barriers; this
- * class then needs a native fence (not provided: VDUSE hosts for vof are x86-64).
+ * On a weakly ordered CPU (arm64) the second and third points do not hold: descriptors could
+ * be read before the avail->idx that published them, and the driver would read stale used
+ * elements. That needs native barriers, which this class does not have, so the constructor
+ * refuses any host but x86-64 (little-endian, as the typed arrays need).
  */
 import { endianness } from 'node:os';
 import type { IovaMemory } from './iova-memory.js';
@@ -74,6 +80,8 @@ export class RingError extends Error {
  * One descriptor chain as the device sees it: device-readable segments (the request) then
  * device-writable segments (the response). Reused by the caller: pop() resets it, so no
  * allocation per chain beyond the Buffer views themselves (views into the mapping, no copy).
+ * The readable views are Buffers like the others, but the spec forbids the device to write
+ * them (2.7.5: "A device MUST NOT write to a device-readable buffer").
  */
 export class DescriptorChain {
   head = 0;
@@ -144,8 +152,8 @@ export class SplitRing {
   private signalledUsedValid = false;
 
   constructor(memory: IovaMemory, opts: SplitRingOptions) {
-    if (endianness() !== 'LE') {
-      throw new Error('SplitRing accesses the ring through typed arrays and needs a little-endian host');
+    if (process.arch !== 'x64' || endianness() !== 'LE') {
+      throw new Error(`SplitRing's memory ordering holds on x86-64 only (this host: ${process.arch})`);
     }
     const { size, descAddr, driverAddr, deviceAddr, eventIdx } = opts;
     // The queue's geometry comes from the kernel (VDUSE_VQ_GET_INFO), which relays the driver.
@@ -173,8 +181,11 @@ export class SplitRing {
     this.usedIdx = availIdx;
     this.signalledUsed = availIdx;
     this.mapRing();
-    // Under event idx, the first buffer the driver adds must kick us (a zeroed or restored
-    // avail_event could be anywhere).
+    // Memory agrees with our state from the start: notifications on. A ring taken over after
+    // a reset or a suspend may still hold what an earlier SplitRing wrote there (NO_NOTIFY
+    // left set would mean no kick ever comes), and under event idx the first buffer the
+    // driver adds must kick us wherever a zeroed or restored avail_event pointed.
+    this.used16[FLAGS] = this.usedFlags;
     if (eventIdx) this.used16[this.availEventIndex()] = this.nextAvail;
   }
 
@@ -211,6 +222,8 @@ export class SplitRing {
       throw new RingError(`available ring entry ${this.nextAvail} names head ${head}, which is already in flight`);
     }
     this.walk(head, chain);
+    // The walk's translations may have mapped (or replaced) regions through resolve().
+    this.refresh();
     this.headInFlight[head] = 1;
     this.inFlightCount++;
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
@@ -301,7 +314,8 @@ export class SplitRing {
     chain.readableBytes = 0;
     chain.writableBytes = 0;
     let table = this.descTable;
-    // Descriptors in the current table; a chain visits each at most once, so more than that is a loop.
+    // Descriptors a chain can reach in the current table; it visits each at most once, so
+    // more visits than that is a loop.
     let max = this.size;
     let indirect = false;
     let seen = 0;
@@ -311,7 +325,7 @@ export class SplitRing {
       seen++;
       if (seen > max) {
         throw new RingError(
-          `chain at head ${head} is longer than ${indirect ? `its indirect table (${max} descriptors)` : `the queue size ${max}`}: a loop`,
+          `chain at head ${head} is longer than ${indirect ? `its indirect table (${max} reachable descriptors)` : `the queue size ${max}`}: a loop`,
         );
       }
       const at = i * DESC_BYTES;
@@ -321,25 +335,27 @@ export class SplitRing {
       const len = table.readUInt32LE(at + DESC_LEN);
       const flags = table.readUInt16LE(at + DESC_FLAGS);
       const next = table.readUInt16LE(at + DESC_NEXT);
-      const where = indirect ? `indirect descriptor ${i} of head ${head}` : `descriptor ${i} (head ${head})`;
       // Above 2^53 - 1 a JS number would round, maybe onto a mapped address: refuse first.
       if (addrHi > 0x1fffff) {
-        throw new RingError(`${where}: address 0x${addrHi.toString(16)}${addrLo.toString(16).padStart(8, '0')} is beyond 2^53`);
+        throw new RingError(`${where(head, i, indirect)}: address 0x${addrHi.toString(16)}${addrLo.toString(16).padStart(8, '0')} is beyond 2^53`);
       }
       const addr = addrHi * 0x1_0000_0000 + addrLo;
 
       if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
-        if (indirect) throw new RingError(`${where}: an indirect table inside an indirect table`);
-        if ((flags & VIRTQ_DESC_F_NEXT) !== 0) throw new RingError(`${where}: both INDIRECT and NEXT`);
+        if (indirect) throw new RingError(`${where(head, i, indirect)}: an indirect table inside an indirect table`);
+        if ((flags & VIRTQ_DESC_F_NEXT) !== 0) throw new RingError(`${where(head, i, indirect)}: both INDIRECT and NEXT`);
         if (len === 0 || len % DESC_BYTES !== 0) {
-          throw new RingError(`${where}: indirect table of ${len} bytes, not a non-zero multiple of ${DESC_BYTES}`);
+          throw new RingError(`${where(head, i, indirect)}: indirect table of ${len} bytes, not a non-zero multiple of ${DESC_BYTES}`);
         }
         const view = this.memory.view(addr, len);
         if (view === null) {
-          throw new RingError(`${where}: indirect table [0x${addr.toString(16)}, +${len}) is not inside one mapped region`);
+          throw new RingError(`${where(head, i, indirect)}: indirect table [0x${addr.toString(16)}, +${len}) is not inside one mapped region`);
         }
         table = view;
-        max = len / DESC_BYTES;
+        // A u16 `next` reaches entries 0..65535 only: in a larger table a chain longer than
+        // 65536 is a loop. Without this cap a looping table of up to 2^28 entries would be
+        // walked (and its views collected) up to 2^28 times before the loop is noticed.
+        max = Math.min(len / DESC_BYTES, 0x10000);
         indirect = true;
         seen = 0;
         i = 0;
@@ -350,11 +366,11 @@ export class SplitRing {
       if (len !== 0) {
         const writable = (flags & VIRTQ_DESC_F_WRITE) !== 0;
         if (!writable && sawWritable) {
-          throw new RingError(`${where}: a device-readable buffer after a device-writable one`);
+          throw new RingError(`${where(head, i, indirect)}: a device-readable buffer after a device-writable one`);
         }
         const view = this.memory.view(addr, len);
         if (view === null) {
-          throw new RingError(`${where}: buffer [0x${addr.toString(16)}, +${len}) is not inside one mapped region`);
+          throw new RingError(`${where(head, i, indirect)}: buffer [0x${addr.toString(16)}, +${len}) is not inside one mapped region`);
         }
         if (writable) {
           sawWritable = true;
@@ -364,11 +380,16 @@ export class SplitRing {
           chain.readable.push(view);
           chain.readableBytes += len;
         }
+        // 2.7.5: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total" (the
+        // used length is a le32). Checked at every addition, so the sum stays exact.
+        if (chain.readableBytes + chain.writableBytes > 0x1_0000_0000) {
+          throw new RingError(`${where(head, i, indirect)}: the chain is longer than 2^32 bytes in total`);
+        }
       }
 
       if ((flags & VIRTQ_DESC_F_NEXT) === 0) return;
       if (next >= max) {
-        throw new RingError(`${where}: NEXT ${next} points past the ${indirect ? 'indirect ' : ''}table of ${max} descriptors`);
+        throw new RingError(`${where(head, i, indirect)}: NEXT ${next} points past the ${indirect ? 'indirect ' : ''}table of ${max} descriptors`);
       }
       i = next;
     }
@@ -408,6 +429,11 @@ export class SplitRing {
   private availEventIndex(): number {
     return 2 + 4 * this.size;
   }
+}
+
+/** Names a descriptor in a RingError (built only when one is thrown). */
+function where(head: number, i: number, indirect: boolean): string {
+  return indirect ? `indirect descriptor ${i} of head ${head}` : `descriptor ${i} (head ${head})`;
 }
 
 function checkAddr(what: string, addr: number, align: number): void {
