@@ -32,6 +32,8 @@ class FakeKernel {
   mapCalls = 0;
   features = 0n;
   destroyed = false;
+  configWrites: Array<{ offset: number; bytes: Buffer }> = [];
+  configIrqs = 0;
   ring = Buffer.alloc(0x2000);
   data = Buffer.alloc(0x10000);
 
@@ -79,8 +81,11 @@ class FakeKernel {
       writeResponse(buf: Buffer): void {
         k.responses.push(Buffer.from(buf));
       }
-      setConfig(): void {}
+      setConfig(offset: number, bytes: Buffer): void {
+        k.configWrites.push({ offset, bytes: Buffer.from(bytes) });
+      }
       injectConfigIrq(): number {
+        k.configIrqs++;
         return 0;
       }
       getFeatures(): bigint {
@@ -260,5 +265,18 @@ describe('VduseBlockDevice against a fake kernel', () => {
     const want = Buffer.alloc(4096);
     pattern(want);
     expect(kernel.data.subarray(0x1000, 0x2000).equals(want)).toBe(true);
+  });
+
+  it('a config change from the target: the config space is read again, written to VDUSE, a config interrupt injected', async () => {
+    // The target's Config Change event, as RemoteDevice reports it.
+    disk.device.emit('configChange', 7);
+    for (let i = 0; i < 300 && kernel.configIrqs === 0; i++) await new Promise((res) => setTimeout(res, 10));
+    expect(kernel.configIrqs).toBe(1);
+    expect(kernel.configWrites).toHaveLength(1);
+    const w = kernel.configWrites[0]!;
+    expect(w.offset).toBe(0);
+    expect(w.bytes.length).toBe(BlkConfig.SIZE);
+    expect(w.bytes.readBigUInt64LE(BlkConfig.capacity)).toBe(2048n);
+    expect(logs.some((l) => /config changed \(capacity 2048 sectors\)$/.test(l))).toBe(true);
   });
 });
