@@ -67,7 +67,7 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
 
   /** `vof vduse URL --name NAME`: resolves with the block device it printed. */
   async function attach(tvqn: string, name: string, ivqn: string): Promise<{ bridge: Bridge; dev: string }> {
-    const bridge = await startBridge([`${target.urls[0]}/${tvqn}`, '--name', name, '--ivqn', ivqn], 300000, 'vduse');
+    const bridge = await startBridge([`${target.urls[0]}/${tvqn}`, '--name', name, '--ivqn', ivqn, '--log', 'debug'], 300000, 'vduse');
     running.push(bridge);
     const dev = bridge.uri;
     expect(dev, bridge.stderr() + sh('dmesg', []).stdout.slice(-3000)).toMatch(/^\/dev\/vd[a-z]+$/);
@@ -172,5 +172,20 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
     const dd = sh('dd', ['if=/dev/zero', `of=${ro.dev}`, 'bs=4096', 'count=1', 'oflag=direct']);
     expect(dd.status).not.toBe(0);
     await detach(ro.bridge, `vd-${scheme}-ro`);
+  });
+
+  it('--bind vhost gives /dev/vhost-vdpa-N (the device moved from virtio_vdpa)', async () => {
+    must('modprobe', ['vhost_vdpa']);
+    try {
+      const name = `vd-${scheme}-vhost`;
+      const bridge = await startBridge([`${target.urls[0]}/vd-ro`, '--name', name, '--ivqn', 'vduse-host-vhost', '--bind', 'vhost'], 300000, 'vduse');
+      running.push(bridge);
+      expect(bridge.uri, bridge.stderr()).toMatch(/^\/dev\/vhost-vdpa-\d+$/);
+      expect(readlinkSync(`/sys/bus/vdpa/devices/${name}/driver`)).toMatch(/\/vhost_vdpa$/);
+      waitPath(bridge.uri, true);
+      await detach(bridge, name);
+    } finally {
+      spawnSync('modprobe', ['-r', 'vhost_vdpa']);
+    }
   });
 });
