@@ -9,7 +9,8 @@
         "native/addon.cc",
         "native/common.cc",
         "native/file_ring.cc",
-        "native/direct_io.cc"
+        "native/direct_io.cc",
+        "native/vduse.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

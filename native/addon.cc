@@ -1,4 +1,4 @@
-// vof's native addon: io_uring file I/O (FileRing) and the RDMA binding, thin verb-shaped
+// vof's native addon: io_uring file I/O (FileRing), VDUSE (vduse.cc) and the RDMA binding, thin verb-shaped
 // classes over libibverbs and librdmacm. Policy (what to post, when to close) lives in
 // src/transport/rdma. The RDMA part is compiled only where rdma-core's headers exist
 // (binding.gyp's vof_rdma) and loads rdma-core at run time (rdma_core.cc): `rdma` says whether it
@@ -6,6 +6,7 @@
 #include "common.h"
 #include "direct_io.h"
 #include "file_ring.h"
+#include "vduse.h"
 
 #ifdef VOF_HAVE_RDMA
 #include "addon.h"
@@ -89,6 +90,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("addressRemainder", Napi::Function::New(env, AddressRemainder));
   exports.Set("directIoAlignment", Napi::Function::New(env, DirectIoAlignment));
   exports.Set("resourceCounts", Napi::Function::New(env, ResourceCountsValue));
+  InitVduse(env, exports);
 #ifdef VOF_HAVE_RDMA
   exports.Set("rdma", Napi::Boolean::New(env, true));
   if (const char* why = LoadRdmaCore()) {

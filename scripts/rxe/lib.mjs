@@ -137,13 +137,51 @@ export function ensureHostPackages(groups = VM_GROUPS) {
   throw new RxeUnavailable(`${r.error ?? 'apt-get install'}; still missing: ${r.missing.join(' ')}`);
 }
 
-/** Name of the versioned kernel package behind Debian's linux-image-amd64 (e.g. linux-image-6.1.0-56-amd64). */
-function resolveKernelPackage() {
+// The kernel series the VM boots: VOF_RXE_KERNEL or --kernel (run.mjs, rdma-suite.mjs), as
+// major.minor. 6.12 (Debian 12's bookworm-security/backports kernel) is the default: it has
+// vduse, virtio_vdpa and vhost_vdpa, and none of 6.1's rxe connect-after-link-down bug (see
+// docs/SOFT-ROCE.md). 6.1 (Debian 12's own kernel) stays selectable.
+export const DEFAULT_KERNEL_SERIES = '6.12';
+
+/** The kernel series to boot: `series` if given, else VOF_RXE_KERNEL, else the default. */
+export function kernelSeries(series = process.env.VOF_RXE_KERNEL || DEFAULT_KERNEL_SERIES) {
+  if (!/^\d+\.\d+$/.test(series)) throw new RxeUnavailable(`kernel series must be major.minor, e.g. 6.1 or 6.12 (got ${JSON.stringify(series)})`);
+  return series;
+}
+
+// Compares two dotted/dashed version strings numerically, part by part ("6.12.118" > "6.12.99").
+function versionCompare(a, b) {
+  const pa = a.split(/[^0-9]+/).filter(Boolean).map(Number);
+  const pb = b.split(/[^0-9]+/).filter(Boolean).map(Number);
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const d = (pa[i] ?? -1) - (pb[i] ?? -1);
+    if (d) return d;
+  }
+  return 0;
+}
+
+// A versioned amd64 image of `series` (signed or not; not cloud/rt/dbg), e.g.
+// linux-image-6.1.0-57-amd64 or linux-image-6.12.118+deb12-amd64; group 1 is the kernel release.
+const imageRe = (series) => new RegExp(`^linux-image-(${series.replace('.', '\\.')}\\.[0-9][0-9.]*(?:-[0-9]+|\\+deb[0-9]+)-amd64)(?:-unsigned)?$`);
+
+/**
+ * The newest kernel package of `series` apt knows: what Debian's meta package of the series
+ * (linux-image-6.12-amd64) or the distribution's linux-image-amd64 depends on when it is of that
+ * series, else the highest versioned image name with a package record.
+ */
+function resolveKernelPackage(series) {
   if (process.env.VOF_RXE_KERNEL_PKG) return process.env.VOF_RXE_KERNEL_PKG;
+  const re = imageRe(series);
   for (let attempt = 0; attempt < 2; attempt++) {
-    const r = sh('apt-cache', ['depends', 'linux-image-amd64']);
-    const m = r.stdout.match(/Depends:\s*(linux-image-[0-9][^\s]*-amd64)/);
-    if (m) return m[1];
+    for (const meta of [`linux-image-${series}-amd64`, 'linux-image-amd64']) {
+      const dep = [...sh('apt-cache', ['depends', meta]).stdout.matchAll(/Depends:\s*(linux-image-\S+)/g)].map((m) => m[1]).find((p) => re.test(p));
+      if (dep) return dep;
+    }
+    // No meta package of the series: every image name apt knows, newest first, that has a record.
+    const names = sh('apt-cache', ['pkgnames', `linux-image-${series}.`]).stdout.split('\n').filter((n) => re.test(n));
+    names.sort((a, b) => versionCompare(b, a) || a.length - b.length); // signed before -unsigned
+    const found = names.find((n) => /^Filename:/m.test(sh('apt-cache', ['show', '--no-all-versions', n]).stdout));
+    if (found) return found;
     if (attempt === 0 && process.getuid?.() === 0) {
       try {
         aptUpdate();
@@ -152,28 +190,30 @@ function resolveKernelPackage() {
       }
     }
   }
-  throw new RxeUnavailable("cannot resolve linux-image-amd64 with apt-cache (run 'apt-get update' as root, or set VOF_RXE_KERNEL_PKG)");
+  throw new RxeUnavailable(`apt-cache knows no linux-image package of Linux ${series} for amd64 (run 'apt-get update' as root, pick another --kernel / VOF_RXE_KERNEL, or set VOF_RXE_KERNEL_PKG)`);
 }
 
 /**
- * Makes sure CACHE/kernel/<kver>/ holds vmlinuz and lib/modules/<kver> (with modules.dep) and
- * returns { kver, vmlinuz, kroot, kdir }. A cached kernel is used as is, without asking apt: delete
- * the cache directory to pick up a newer one.
+ * Makes sure CACHE/kernel/<kver>/ holds vmlinuz and lib/modules/<kver> (with modules.dep) for a
+ * kernel of `series` and returns { kver, series, vmlinuz, kroot, kdir }. A cached kernel of the
+ * series is used as is (the newest, if several), without asking apt: delete its cache directory
+ * to pick up a newer one.
  */
-export function ensureKernel() {
+export function ensureKernel(series = kernelSeries()) {
   const base = path.join(CACHE_DIR, 'kernel');
   fs.mkdirSync(base, { recursive: true });
   const ready = fs
     .readdirSync(base)
-    .filter((d) => fs.existsSync(path.join(base, d, '.complete')))
-    .sort();
-  const want = process.env.VOF_RXE_KERNEL_PKG?.replace(/^linux-image-/, '');
+    .filter((d) => d.startsWith(`${series}.`) && fs.existsSync(path.join(base, d, '.complete')))
+    .sort(versionCompare);
+  const want = process.env.VOF_RXE_KERNEL_PKG?.replace(/^linux-image-/, '').replace(/-unsigned$/, '');
   let kver = want ? ready.find((d) => d === want) : ready[ready.length - 1];
   if (!kver) {
-    if (!which('apt-get') || !which('dpkg')) throw new RxeUnavailable('no cached VM kernel and no apt-get/dpkg to fetch one');
-    const pkg = resolveKernelPackage();
-    kver = pkg.replace(/^linux-image-/, '');
-    log(`fetching ${pkg} from the Debian archive into ${base} (first run only, ~70 MB) ...`);
+    if (!which('apt-get') || !which('dpkg')) throw new RxeUnavailable(`no cached VM kernel of Linux ${series} and no apt-get/dpkg to fetch one`);
+    const pkg = resolveKernelPackage(series);
+    // The -unsigned package ships the same release (paths without "-unsigned").
+    kver = pkg.replace(/^linux-image-/, '').replace(/-unsigned$/, '');
+    log(`fetching ${pkg} from the Debian archive into ${base} (first run only, ~70-110 MB) ...`);
     const tmp = fs.mkdtempSync(path.join(base, '.fetch-'));
     try {
       // -o APT::Sandbox::User=root: the download dir is ours, not _apt's (avoids a warning).
@@ -200,18 +240,28 @@ export function ensureKernel() {
   }
   const dir = path.join(base, kver);
   // kroot is a `modprobe -d` root: kroot/lib/modules/<kver>.
-  return { kver, vmlinuz: path.join(dir, 'vmlinuz'), kroot: dir, kdir: path.join(dir, 'lib', 'modules', kver) };
+  return { kver, series, vmlinuz: path.join(dir, 'vmlinuz'), kroot: dir, kdir: path.join(dir, 'lib', 'modules', kver) };
 }
 
-// Modules stage 1 needs before it can mount the 9p root (all are modules in Debian's kernel).
+// Modules stage 1 needs before it can mount the 9p root (modules in Debian's 6.1; 6.12 has
+// virtio_pci built in, and 9p needs netfs there: both come from the kernel's own module lists).
 const INITRAMFS_MODULES = ['virtio_pci', '9pnet_virtio', '9p'];
 
+// The modules of `roots` and their dependencies, dependencies first; built-in ones (listed in
+// modules.builtin) need no loading and are left out.
 function moduleOrder(kdir, roots) {
+  const modName = (f) => path.basename(f).replace(/\.ko(\.[a-z]+)?$/, '');
+  let builtin = new Set();
+  try {
+    builtin = new Set(fs.readFileSync(path.join(kdir, 'modules.builtin'), 'utf8').split('\n').filter(Boolean).map(modName));
+  } catch {
+    /* no list: nothing is known to be built in */
+  }
   const deps = new Map();
   for (const line of fs.readFileSync(path.join(kdir, 'modules.dep'), 'utf8').split('\n')) {
     const [mod, rest] = line.split(':');
     if (!mod) continue;
-    deps.set(path.basename(mod).replace(/\.ko(\.[a-z]+)?$/, ''), { file: mod, deps: (rest || '').trim().split(/\s+/).filter(Boolean) });
+    deps.set(modName(mod), { file: mod, deps: (rest || '').trim().split(/\s+/).filter(Boolean) });
   }
   const order = [];
   const seen = new Set();
@@ -219,8 +269,9 @@ function moduleOrder(kdir, roots) {
     if (seen.has(name)) return;
     seen.add(name);
     const m = deps.get(name);
-    if (!m) throw new Error(`module ${name} not in ${kdir}/modules.dep`);
-    for (const d of m.deps) visit(path.basename(d).replace(/\.ko(\.[a-z]+)?$/, ''));
+    if (!m && builtin.has(name)) return;
+    if (!m) throw new Error(`module ${name} is neither in ${kdir}/modules.dep nor built in`);
+    for (const d of m.deps) visit(modName(d));
     order.push({ name, file: m.file });
   };
   roots.forEach(visit);
@@ -244,8 +295,16 @@ export function ensureInitramfs(kernel) {
     fs.writeFileSync(path.join(stage, 'init'), init, { mode: 0o755 });
     const order = moduleOrder(kernel.kdir, INITRAMFS_MODULES);
     for (const m of order) {
-      if (!m.file.endsWith('.ko')) throw new Error(`compressed module ${m.file}: busybox insmod cannot load it`);
-      fs.copyFileSync(path.join(kernel.kdir, m.file), path.join(stage, 'mods', `${m.name}.ko`));
+      const src = path.join(kernel.kdir, m.file);
+      const dest = path.join(stage, 'mods', `${m.name}.ko`);
+      if (m.file.endsWith('.ko')) fs.copyFileSync(src, dest);
+      else if (m.file.endsWith('.ko.xz')) {
+        // Debian's 6.12 ships xz-compressed modules; busybox insmod wants them plain, and the
+        // busybox we copy anyway can decompress them here (no xz-utils needed).
+        const x = spawnSync(busybox, ['xzcat', src], { maxBuffer: 64 << 20 });
+        if (x.status !== 0 || !x.stdout?.length) throw new RxeUnavailable(`busybox xzcat ${src} failed: ${String(x.stderr || x.error || '').trim()}`);
+        fs.writeFileSync(dest, x.stdout);
+      } else throw new RxeUnavailable(`module ${m.file} is compressed in a way this harness cannot unpack (only .ko and .ko.xz)`);
     }
     fs.writeFileSync(path.join(stage, 'mods', 'order'), order.map((m) => m.name).join('\n') + '\n');
     const tmpOut = `${out}.${process.pid}.tmp`;
@@ -263,12 +322,12 @@ export function ensureInitramfs(kernel) {
 }
 
 /** Everything the VM needs, fetched/built when missing. Throws RxeUnavailable when impossible. */
-export function prepareVm() {
+export function prepareVm(series = kernelSeries()) {
   if (process.arch !== 'x64') throw new RxeUnavailable(`the VM mode boots an amd64 kernel and shares this host's root: it needs an x86-64 host (this is ${process.arch})`);
   ensureHostPackages(VM_GROUPS);
   if (!which('qemu-system-x86_64')) throw new RxeUnavailable('qemu-system-x86_64 not found (apt-get install qemu-system-x86)');
   fs.mkdirSync(CACHE_DIR, { recursive: true });
-  const kernel = ensureKernel();
+  const kernel = ensureKernel(series);
   const initrd = ensureInitramfs(kernel);
   return { ...kernel, initrd };
 }
@@ -460,10 +519,11 @@ export async function runWithRxe(argv, opts = {}) {
   const host = opts.forceVm ? { ok: false, reason: 'VM forced (--vm)' } : hostRdma();
   if (host.ok) {
     debug(`using this host's RDMA device ${host.dev}`);
+    if (opts.kernel) log(`note: --kernel ${opts.kernel} applies to the VM only; running directly on ${host.dev}`);
     if (opts.hosts > 1) log(`note: --hosts ${opts.hosts} applies to the VM only; running directly on ${host.dev}`);
     return runDirect(argv, host, opts);
   }
   debug(`no usable RDMA device here (${host.reason}); using the VM`);
-  const vm = prepareVm(); // throws RxeUnavailable with the reason
+  const vm = prepareVm(kernelSeries(opts.kernel)); // throws RxeUnavailable with the reason
   return runInVm(argv, { ...opts, vm });
 }

@@ -6,12 +6,25 @@
 // "RDMA TESTS DID NOT RUN: <why>" banner on stderr and exits 0, so that `npm test` stays usable
 // on a laptop; with VOF_REQUIRE_RDMA=1 (set by .ci/run) it exits 1 instead. Every other outcome
 // is the exit code of vitest (124 when the VM timed out: VOF_RXE_TIMEOUT, default 1800 s).
+//
+// A leading `--kernel X.Y` (before the vitest arguments) picks the VM's kernel series, like
+// run.mjs and VOF_RXE_KERNEL: 6.12 (default) or 6.1.
 import { ensureAddon } from '../addon.mjs';
 import { ensurePackages } from '../debian-deps.mjs';
 import { DEFAULT_TIMEOUT_SEC, DIRECT_GROUPS, REPO_DIR, RxeUnavailable, VM_GROUPS, ensureHostPackages, hostRdma, log, runWithRxe } from './lib.mjs';
 
+const args = process.argv.slice(2);
+let kernel;
+if (args[0] === '--kernel' || args[0]?.startsWith('--kernel=')) {
+  kernel = args[0] === '--kernel' ? args.splice(0, 2)[1] : args.shift().slice('--kernel='.length);
+  if (!/^\d+\.\d+$/.test(kernel ?? '')) {
+    log('--kernel needs a kernel series major.minor (6.12 or 6.1)');
+    process.exit(2);
+  }
+  process.env.VOF_RXE_KERNEL = kernel;
+}
 // --no: never try to download vitest (the VM has no network); it must be in node_modules.
-const argv = ['npx', '--no', 'vitest', 'run', '-c', 'vitest.rdma.config.ts', ...process.argv.slice(2)];
+const argv = ['npx', '--no', 'vitest', 'run', '-c', 'vitest.rdma.config.ts', ...args];
 const required = process.env.VOF_REQUIRE_RDMA === '1';
 
 function banner(why) {
@@ -46,7 +59,7 @@ try {
     process.exit(1);
   }
   const timeoutSec = Number(process.env.VOF_RXE_TIMEOUT || DEFAULT_TIMEOUT_SEC);
-  process.exitCode = await runWithRxe(argv, { cwd: REPO_DIR, timeoutSec });
+  process.exitCode = await runWithRxe(argv, { cwd: REPO_DIR, timeoutSec, kernel });
 } catch (e) {
   if (!(e instanceof RxeUnavailable)) throw e;
   banner(e.message);

@@ -10,6 +10,8 @@
 //   --hosts N       VM: N rxe "hosts" rxe1..rxeN, each on its own veth with 10.177.0.I/24,
 //                   instead of the single dummy0 (10.177.0.1) with rxe0 (hosts.sh says why
 //                   they are not network namespaces on this kernel)
+//   --kernel X.Y    VM: boot Debian's Linux X.Y: 6.12 (default) or 6.1 (Debian 12's own);
+//                   also VOF_RXE_KERNEL. Each is fetched once and cached (see lib.mjs)
 //   --vm            use the VM even if this host has an RDMA device
 //   --verbose       show the VM's setup log and kernel messages (also VOF_RXE_VERBOSE=1)
 // Exit codes: CMD's; 124 timeout; 125 the VM could not set up rxe or start CMD; 2 usage or no
@@ -18,7 +20,7 @@ import { DEFAULT_TIMEOUT_SEC, RxeUnavailable, log, runWithRxe } from './lib.mjs'
 
 function usage(msg) {
   if (msg) log(msg);
-  process.stderr.write('usage: npm run rxe -- [--timeout SEC] [--hosts N] [--vm] [--verbose] CMD [ARGS...]\n');
+  process.stderr.write('usage: npm run rxe -- [--timeout SEC] [--hosts N] [--kernel 6.12|6.1] [--vm] [--verbose] CMD [ARGS...]\n');
   process.exit(2);
 }
 
@@ -34,7 +36,12 @@ while (args.length && args[0].startsWith('-')) {
   };
   if (a === '--timeout') opts.timeoutSec = num('--timeout');
   else if (a === '--hosts') opts.hosts = num('--hosts');
-  else if (a === '--vm') opts.forceVm = true;
+  else if (a === '--kernel') {
+    opts.kernel = args.shift();
+    if (!/^\d+\.\d+$/.test(opts.kernel ?? '')) usage('--kernel needs a kernel series major.minor (6.12 or 6.1)');
+    // Children (a bench or test that starts another VM) boot the same kernel.
+    process.env.VOF_RXE_KERNEL = opts.kernel;
+  } else if (a === '--vm') opts.forceVm = true;
   else if (a === '--verbose') process.env.VOF_RXE_VERBOSE = '1';
   else if (a === '-h' || a === '--help') usage();
   else usage(`unknown option ${a}`);

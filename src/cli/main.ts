@@ -5,6 +5,7 @@ import { runDrain, DRAIN_COMMAND } from './drain-command.js';
 import { runDevices, DEVICES_COMMAND } from './devices-command.js';
 import { runInfo, INFO_COMMAND } from './info-command.js';
 import { runNbd, NBD_COMMAND } from './nbd-command.js';
+import { runVduse, VDUSE_COMMAND } from './vduse-command.js';
 import { runTarget, TARGET_COMMAND } from './target-command.js';
 import { BENCH_COMMAND } from './bench-options.js';
 import { CliError } from './cli-error.js';
@@ -20,6 +21,7 @@ const COMMANDS: ReadonlyArray<{ spec: CommandSpec; run: (argv: string[]) => Prom
   { spec: CP_COMMAND, run: runCp },
   { spec: ADMIN_COMMAND, run: runAdmin },
   { spec: NBD_COMMAND, run: runNbd },
+  { spec: VDUSE_COMMAND, run: runVduse },
   { spec: DRAIN_COMMAND, run: runDrain },
   { spec: DEVICES_COMMAND, run: runDevices },
   { spec: GEN_SECRET_COMMAND, run: async (argv) => runGenSecret(argv) },

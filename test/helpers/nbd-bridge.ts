@@ -3,7 +3,7 @@ import { VOF_CLI } from '../../scripts/start-target.mjs';
 
 export interface Bridge {
   child: ChildProcess;
-  /** The one line `vof nbd` printed on stdout. */
+  /** The one line `vof nbd` (or the command run) printed on stdout. */
   uri: string;
   /** Everything printed on stdout so far (the contract: exactly the URI line). */
   stdout: () => string;
@@ -12,9 +12,12 @@ export interface Bridge {
   stop: () => Promise<number | null>;
 }
 
-/** Run `vof nbd ARGS...` and wait for the NBD URI line on stdout. */
-export function startBridge(args: string[], timeoutMs = 20000): Promise<Bridge> {
-  const child = spawn(process.execPath, [VOF_CLI, 'nbd', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Run `vof nbd ARGS...` and wait for the NBD URI line on stdout (or another command that prints
+ * one line when ready, e.g. `vof vduse`, which prints its device's path).
+ */
+export function startBridge(args: string[], timeoutMs = 20000, command = 'nbd'): Promise<Bridge> {
+  const child = spawn(process.execPath, [VOF_CLI, command, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stderr.on('data', (d) => (err += d));
@@ -22,11 +25,11 @@ export function startBridge(args: string[], timeoutMs = 20000): Promise<Bridge> 
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`vof nbd printed no URI in ${timeoutMs} ms: ${err}`));
+      reject(new Error(`vof ${command} printed no line in ${timeoutMs} ms: ${err}`));
     }, timeoutMs);
     void exited.then((code) => {
       clearTimeout(timer);
-      reject(new Error(`vof nbd exited with ${code}: ${err}`));
+      reject(new Error(`vof ${command} exited with ${code}: ${err}`));
     });
     child.stdout.on('data', (d) => {
       out += d;
