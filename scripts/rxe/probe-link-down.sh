@@ -10,10 +10,16 @@ A=${VOF_RDMA_ADDR:-10.177.0.1}
 DEV=${VOF_RDMA_DEV:-rxe0}
 NETDEV=$(cat "/sys/class/infiniband/$DEV/ports/1/gid_attrs/ndevs/0" 2>/dev/null || echo dummy0)
 echo "kernel $(uname -r), $DEV on $NETDEV ($A)"
+# Starts a persistent rping server and waits (bounded) until its CM id listens: under TCG a
+# fixed sleep is not enough, and a client that comes too early is rejected.
 server() {
   timeout 900 rping -s -P -a "$A" -p 7471 -S 64 >/tmp/probe-rping-srv.out 2>&1 &
   srv=$!
-  sleep 2
+  for _ in $(seq 60); do
+    rdma res show cm_id 2>/dev/null | grep LISTEN | grep -q rping && return
+    sleep 0.5
+  done
+  echo "(the rping server did not listen within 30 s)"
 }
 try() {
   local t0

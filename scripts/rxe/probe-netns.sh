@@ -31,7 +31,11 @@ step ip netns exec nsb rdma link show
 step ip netns exec nsb ibv_devices
 ip netns exec nsa timeout 120 rping -s -a 10.178.0.1 -p 7471 -C 2 -S 64 >/tmp/probe-netns-rping.out 2>&1 &
 srv=$!
-sleep 3
+# Wait (bounded) for its CM id to listen: under TCG a fixed sleep is not enough.
+for _ in $(seq 60); do
+  ip netns exec nsa rdma res show cm_id 2>/dev/null | grep LISTEN | grep -q rping && break
+  sleep 0.5
+done
 step ip netns exec nsb timeout 60 rping -c -a 10.178.0.1 -p 7471 -C 2 -S 64 -v
 kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null
 echo "rping server: $(tr '\n' ' ' </tmp/probe-netns-rping.out | head -c 200)"
