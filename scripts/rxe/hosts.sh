@@ -6,7 +6,7 @@
 #   hosts.sh up N [--env FILE] [--prefix vof] [--subnet 10.177.0]
 #   hosts.sh down N [--prefix vof]
 #
-# Why no network namespaces: rdma_rxe before Linux 6.16-ish (Debian 12's 6.1 included) opens
+# Why no network namespaces: rdma_rxe of Debian 12's kernels (6.1 and 6.12, see docs/SOFT-ROCE.md) opens
 # its UDP 4791 socket in the initial namespace only, so an rxe device on a netdev inside
 # another namespace never receives anything (tried: ib_write_bw between rxe devices in netns
 # vof1/vof2 fails with completion errors), and rdma_cm in a namespace finds no RDMA device

@@ -23,7 +23,9 @@ exec </dev/null >/dev/ttyS1 2>&1
 
 die() {
   echo "vof-rxe guest (initramfs): $*"
-  # Tell the host why; the host notices the missing status file and fails the run.
+  # Tell the host why; the host notices the missing status file and fails the run. The serial
+  # port needs a moment to send the line: a power-off right away can drop it.
+  sleep 1
   echo o >/proc/sysrq-trigger
   sleep 10
 }

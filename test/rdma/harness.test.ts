@@ -53,7 +53,7 @@ describe.skipIf(!tools.ok)(`soft-RoCE device ${dev}${tools.skipNote}`, () => {
 
 // Two hosts on their own subnet and names, so they never collide with the device the suite runs
 // on (dummy0 10.177.0.1 / rxe0 in the VM, or the --hosts devices on 10.177.0.0/24).
-// Note: these are not network namespaces. Linux 6.1's rdma_rxe receives only in the initial
+// Note: these are not network namespaces. rdma_rxe of Linux 6.1 and 6.12 receives only in the initial
 // namespace (see hosts.sh), so the two hosts are two veth ends with their own address and rxe
 // device, joined by a bridge; policy routing makes the traffic really cross the veths.
 describe.skipIf(!tools.ok)(`ib_write_bw between two rxe hosts${tools.skipNote}`, () => {

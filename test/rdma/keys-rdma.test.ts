@@ -168,7 +168,7 @@ describe('initiator keys die with their request', () => {
     });
   });
 
-  // The IB spec bounds a window to its bind; soft-RoCE (rxe, Linux 6.1) checks the range of the
+  // The IB spec bounds a window to its bind; soft-RoCE (rxe, Linux 6.1 and 6.12) checks the range of the
   // underlying region instead, so there a live window reaches its whole region. Hardware NICs
   // refuse it: the test runs on them and says loudly why it cannot run on rxe.
   const onRxe = (nativeBinding().listDevices().find((d) => d.name.startsWith('rxe')) ?? null) !== null;
