@@ -6,6 +6,7 @@ import { startTarget, type StartedTarget } from '../../scripts/start-target.mjs'
 import { needs } from '../helpers/deps.js';
 import { startBridge, type Bridge } from '../helpers/nbd-bridge.js';
 import { rdmaAddress } from './rdma-env.js';
+import { must, sh } from '../helpers/shell.js';
 
 /**
  * The kernel as an NBD client of a vof disk reached over RDMA: nbd-client attaches `vof nbd`
@@ -19,16 +20,6 @@ const tools = needs('test/rdma/nbd-rdma.test.ts (kernel nbd-client over RDMA)', 
 
 const MiB = 1024 * 1024;
 
-function sh(cmd: string, args: string[], timeout = 300000) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout });
-  return { status: r.status, out: `${cmd} ${args.join(' ')}: ${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? ` (${r.error.message})` : ''}`, stdout: r.stdout ?? '' };
-}
-
-function must(cmd: string, args: string[], timeout?: number): string {
-  const r = sh(cmd, args, timeout);
-  expect(r.status, r.out).toBe(0);
-  return r.stdout;
-}
 
 /** Attach the bridge's socket as `dev` and wait until the kernel sees the whole disk. */
 function attach(socketPath: string, name: string, dev: string, size: number): void {

@@ -6,6 +6,7 @@ import { startTarget, type StartedTarget } from '../../scripts/start-target.mjs'
 import { needs } from '../helpers/deps.js';
 import { startBridge, type Bridge } from '../helpers/nbd-bridge.js';
 import { rdmaAddress } from './rdma-env.js';
+import { must, sh } from '../helpers/shell.js';
 
 /**
  * `vof vduse`: the kernel's own virtio-blk driver (virtio_vdpa) on a VDUSE device whose requests
@@ -17,16 +18,6 @@ import { rdmaAddress } from './rdma-env.js';
  * iproute2's vdpa.
  */
 
-function sh(cmd: string, args: string[], timeout = 300000) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout });
-  return { status: r.status, out: `${cmd} ${args.join(' ')}: ${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? ` (${r.error.message})` : ''}`, stdout: r.stdout ?? '' };
-}
-
-function must(cmd: string, args: string[], timeout?: number): string {
-  const r = sh(cmd, args, timeout);
-  expect(r.status, r.out).toBe(0);
-  return r.stdout;
-}
 
 /** Loads the modules (root only) and says why VDUSE cannot run here, or null. */
 function vduseProblem(): string | null {

@@ -1,0 +1,15 @@
+import { spawnSync } from 'node:child_process';
+import { expect } from 'vitest';
+
+/** Runs a command to its end; `out` names it with everything it printed (for assertion messages). */
+export function sh(cmd: string, args: string[], timeout = 300000): { status: number | null; out: string; stdout: string } {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout });
+  return { status: r.status, out: `${cmd} ${args.join(' ')}: ${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? ` (${r.error.message})` : ''}`, stdout: r.stdout ?? '' };
+}
+
+/** The same, failing the test unless the command exits 0; returns its standard output. */
+export function must(cmd: string, args: string[], timeout?: number): string {
+  const r = sh(cmd, args, timeout);
+  expect(r.status, r.out).toBe(0);
+  return r.stdout;
+}
