@@ -181,12 +181,6 @@ export class BounceArena {
     this.waiting.push({ size, ready });
   }
 
-  /** A slice of `size` bytes now, or null when none is free (never waits; not counted as a waiter). */
-  reserve(size: number): BounceSlice | null {
-    if (this.destroyed || this.waiting.length > 0) return null;
-    return this.take(size);
-  }
-
   private take(size: number): BounceSlice | null {
     const r = this.allocator.allocate(size);
     if (!r) return null;

@@ -35,7 +35,12 @@ const NON_VQ_SEND_SLOTS = 8;
 const NO_BUFFERS: readonly Buffer[] = [];
 const EMPTY = Buffer.alloc(0);
 
-/** Bytes of a slot's own bounce area (a virtio-blk header or status byte needs no arena call). */
+/**
+ * Bytes of a slot's own bounce area (a virtio-blk header or status byte needs no arena call).
+ * They come from a pool of their own, not from the arena: kept for the connection's life, pieces
+ * of the arena taken one by one as slots are first used would cut it into ranges too short for a
+ * large command, which would then wait forever.
+ */
 const SLOT_BOUNCE = 256;
 
 /**
@@ -94,10 +99,12 @@ class CommandSlot {
   readonly binds: SendWr[] = [];
   readonly invalidates: SendWr[] = [];
   bound = 0;
-  /** This slot's own bounce bytes (SLOT_BOUNCE, from the arena once; null if it had none). */
-  own: BounceSlice | null = null;
-  /** Where this command's bounced bytes are: `own`, or an arena slice released at the end. */
-  bounce: BounceSlice | null = null;
+  /** This slot's own bounce bytes (SLOT_BOUNCE, from the connection's small bounce pool, once). */
+  own: RegisteredBuffer | null = null;
+  /** The arena slice of a command whose bounced bytes do not fit `own`, released at the end. */
+  slice: BounceSlice | null = null;
+  /** Where this command's bounced bytes are: `own` or `slice`. */
+  bounce: { readonly mr: MemoryRegion; readonly offset: number; readonly view: Buffer } | null = null;
   /** Device-writable bytes to copy back from the bounce area: caller buffer, bounce offset, in-stream offset. */
   readonly copyTo: Buffer[] = [];
   readonly copyFrom: number[] = [];
@@ -203,7 +210,10 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     // One SEND buffer per slot, registered once with the rest of the connection's memory.
     this.sendSize = sendSize;
     this.messages = this.rc.createPool(sendSize, queueSize, 0);
+    this.smallBounce = this.rc.createPool(SLOT_BOUNCE, queueSize, windowedAccess(binding));
   }
+
+  private readonly smallBounce: RegisteredPool | null = null;
 
   private readonly sendSize: number = 0;
   private readonly messages: RegisteredPool | null = null;
@@ -405,8 +415,8 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       return;
     }
     if (bounced === 0) return this.postCommand(slot, command, inline ? out : null);
-    slot.own ??= this.arena.reserve(SLOT_BOUNCE);
-    if (slot.own && bounced <= SLOT_BOUNCE) {
+    if (bounced <= SLOT_BOUNCE) {
+      slot.own ??= this.smallBounce!.acquire(SLOT_BOUNCE);
       slot.bounce = slot.own;
       return this.postCommand(slot, command, inline ? out : null);
     }
@@ -425,6 +435,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     slot.pendingCommand = null;
     slot.pendingOut = NO_BUFFERS;
     if (this.closed || command === null) return;
+    slot.slice = slice;
     slot.bounce = slice;
     this.postCommand(slot, command, slot.pendingInline ? out : null);
   }
@@ -664,9 +675,10 @@ function clearSlot(slot: CommandSlot): BounceSlice | null {
   slot.copies = 0;
   slot.count = 0;
   for (const r of slot.cached.splice(0)) r();
-  const slice = slot.bounce;
+  const slice = slot.slice;
+  slot.slice = null;
   slot.bounce = null;
-  return slice === slot.own ? null : slice;
+  return slice;
 }
 
 /** Bytes of the slot's command that go through bounce memory. */
