@@ -118,6 +118,8 @@ class CommandSlot {
   readonly offsets: number[] = [];
   readableCount = 0;
   count = 0;
+  /** Keyed descriptors the command needs (descriptorCount, worked out once in sendVq). */
+  descriptors = 0;
   /** The SEND's message buffer (command, descriptors, inline bytes) and its work request. */
   message: RegisteredBuffer | null = null;
   send: SendWr | null = null;
@@ -401,12 +403,13 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     let bounced: number;
     try {
       this.place(slot, inline ? NO_BUFFERS : out, inBuffers, false);
-      if (this.descriptorCount(slot) > this.maxKeyedDescriptors) {
+      slot.descriptors = this.descriptorCount(slot);
+      if (slot.descriptors > this.maxKeyedDescriptors) {
         // Too many pieces for the target: everything through one bounce run per direction.
         for (const r of slot.cached.splice(0)) r();
         this.place(slot, inline ? NO_BUFFERS : out, inBuffers, true);
-        const n = this.descriptorCount(slot);
-        if (n > this.maxKeyedDescriptors) throw new Error(`a VQ command needs ${n} keyed descriptors; the target allows ${this.maxKeyedDescriptors}`);
+        slot.descriptors = this.descriptorCount(slot);
+        if (slot.descriptors > this.maxKeyedDescriptors) throw new Error(`a VQ command needs ${slot.descriptors} keyed descriptors; the target allows ${this.maxKeyedDescriptors}`);
       }
       bounced = bounceBytes(slot);
     } catch (err) {
@@ -511,7 +514,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   private post(slot: CommandSlot, command: Buffer, inlineOut: readonly Buffer[] | null): void {
     const message = (slot.message ??= this.messages!.acquire(this.sendSize));
     const view = message.view;
-    const needed = COMMAND_SIZE + this.descriptorCount(slot) * KEYED_DESCRIPTOR_SIZE + (inlineOut ? command.readUInt32LE(8) : 0);
+    const needed = COMMAND_SIZE + slot.descriptors * KEYED_DESCRIPTOR_SIZE + (inlineOut ? command.readUInt32LE(8) : 0);
     if (needed > view.length) throw new Error(`a ${needed}-byte VQ command message exceeds the ${view.length}-byte send buffer`);
     command.copy(view, 0, 0, COMMAND_SIZE);
     let at = COMMAND_SIZE;
@@ -527,7 +530,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       let streamAt = 0;
       for (let i = from; i < to; i++) {
         const buf = slot.bufs[i]!;
-        const region = slot.regions[i]!;
+        const region = slot.regions[i] ?? null;
         if (region !== null) {
           if (runStart >= 0) {
             at = this.bind(slot, slot.bounce!.mr, slot.bounce!.offset + runStart, bounceAt - runStart, access, view, at);
