@@ -4,7 +4,7 @@ import type { DeviceRequest } from '../src/target/device.js';
 import { encodeBareCompletion } from '../src/protocol/completion.js';
 import type { DeviceInstance } from '../src/target/device-instance.js';
 import { TargetRequest, type CompletionSink, type RequestSteps } from '../src/target/target-request.js';
-import type { VqRequestData } from '../src/transport/transport.js';
+import { VqTransferError, type VqBufferSink, type VqRequestData } from '../src/transport/transport.js';
 import { withInstanceOverrides } from './helpers/device-proxy.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 
@@ -33,8 +33,26 @@ function fakeSink() {
     },
     finished: (r) => events.push(`finished ${r.commandId}`),
   };
-  const steps: RequestSteps = { dispatchFailed: () => {}, executed: () => {}, executeFailed: () => {}, completed: () => {}, completeFailed: () => {} };
-  return { sink, steps, sent, events, releaseSend: () => releaseSend() };
+  const steps: RequestSteps = {
+    dispatchFailed: () => {},
+    // As the queue does: the buffers go to the device, which here answers at once (false) unless
+    // a test says it holds the command (true: a completion follows).
+    fetched: (r, readable, writable) => {
+      events.push(`fetched ${r.commandId} ${readable.length}+${writable.length}`);
+      if (r.cancelled) {
+        r.complete(encodeBareCompletion(Status.ESTATUS, r.commandId));
+        return false;
+      }
+      return holds;
+    },
+    fetchFailed: (r, err) => r.complete(encodeBareCompletion(err.direction === 'out' ? Status.EOUTVQBUF : Status.EINVQBUF, r.commandId)),
+    executed: () => false,
+    executeFailed: () => {},
+    completed: () => {},
+    completeFailed: () => {},
+  };
+  let holds = false;
+  return { sink, steps, sent, events, releaseSend: () => releaseSend(), hold: (h: boolean) => (holds = h) };
 }
 
 function fakeData(): VqRequestData & { released: number } {
@@ -43,10 +61,9 @@ function fakeData(): VqRequestData & { released: number } {
     outLength: 0,
     inLength: 8,
     released: 0,
-    readOut: () => Promise.resolve(Buffer.alloc(0)),
     readOutNow: () => Buffer.alloc(0),
-    writable: () => Promise.resolve(b),
     writableNow: () => b,
+    fetch: (sink) => sink.buffersReady(Buffer.alloc(0), b),
     release() {
       this.released++;
     },
@@ -127,6 +144,53 @@ describe('request slot states (fake transport)', () => {
     // The transport's word that the completion has left ends the command (onSent → finish).
     g.releaseSend();
     expect(g.events).toEqual(['vacate 6', `sendVq ${Status.SUCCESS}`, 'finished 6']);
+  });
+
+  it('waiting for its buffers (fetch): ready runs it, failure answers the side\'s status, cancel while waiting gives ESTATUS; the slot ends itself each time and a late answer does nothing', () => {
+    // A keyed transport's fetch answers later (RDMA READ, pool memory): kept here to answer by hand.
+    let answer: VqBufferSink | null = null;
+    const data = (): VqRequestData & { released: number } => ({ ...fakeData(), fetch: (s: VqBufferSink) => void (answer = s) });
+    const f = fakeSink();
+    const r = new TargetRequest(f.sink, f.steps);
+
+    r.start(1, 0, data(), 0);
+    r.data!.fetch(r);
+    expect(r.state).toBe('running'); // nothing happens until the transport answers
+    answer!.buffersReady(Buffer.alloc(16), Buffer.alloc(8));
+    expect(f.events).toEqual(['fetched 1 16+8', 'finished 1']); // the fake device answered at once: the slot ended itself
+    expect(r.state).toBe('free');
+
+    r.start(2, 0, data(), 0);
+    r.data!.fetch(r);
+    answer!.buffersFailed(new VqTransferError('out', 'RDMA READ failed'));
+    answer!.buffersFailed(new VqTransferError('in', 'late')); // a second answer: ignored
+    expect(status(f.sent.at(-1)!)).toBe(Status.EOUTVQBUF);
+    expect(f.events.slice(2)).toEqual(['vacate 2', `send ${Status.EOUTVQBUF}`, 'finished 2']);
+
+    r.start(3, 0, data(), 0);
+    r.data!.fetch(r);
+    answer!.buffersFailed(new VqTransferError('in', 'no target memory'));
+    expect(status(f.sent.at(-1)!)).toBe(Status.EINVQBUF);
+
+    r.start(4, 0, data(), 0);
+    r.data!.fetch(r);
+    r.cancel('device reset');
+    answer!.buffersReady(Buffer.alloc(16), Buffer.alloc(8));
+    expect(status(f.sent.at(-1)!)).toBe(Status.ESTATUS);
+    expect(r.state).toBe('free');
+
+    // The device holds the command: the slot stays running until the completion has left.
+    f.hold(true);
+    r.start(5, 0, data(), 0);
+    r.data!.fetch(r);
+    answer!.buffersReady(Buffer.alloc(16), Buffer.alloc(8));
+    expect(r.state).toBe('running');
+    expect(r.completeVq(encodeBareCompletion(Status.SUCCESS, 5), 0)).toBe(true);
+    f.releaseSend();
+    expect(r.state).toBe('free');
+    // An answer for a command the slot no longer serves changes nothing.
+    answer!.buffersFailed(new VqTransferError('out', 'stale'));
+    expect(f.events.at(-1)).toBe('finished 5');
   });
 
   it('cancelling a free slot does nothing', () => {

@@ -14,6 +14,7 @@ import { VqTransferError, type TargetConnection } from '../src/transport/transpo
 import { TcpTargetConnection } from '../src/transport/tcp/tcp-target-connection.js';
 import { TcpInitiatorConnection } from '../src/transport/tcp/tcp-initiator-connection.js';
 import { CompletionReader } from '../src/transport/tcp/completion-reader.js';
+import { fetchBuffers } from './helpers/vq-buffers.js';
 
 /** A socket stand-in that lets a test decide exactly how bytes are split into reads. */
 class FakeSocket extends EventEmitter {
@@ -80,7 +81,7 @@ function targetOn(limit = 1 << 20) {
 async function summarize(seen: Array<{ cmd: Buffer; payload: Buffer | VqRequestData }>): Promise<Seen[]> {
   const out: Seen[] = [];
   for (const s of seen) {
-    const p = s.payload instanceof Buffer ? s.payload : await s.payload.readOut();
+    const p = s.payload instanceof Buffer ? s.payload : (await fetchBuffers(s.payload)).readable;
     out.push({ opcode: s.cmd.readUInt16LE(0), commandId: s.cmd.readUInt16LE(2), payload: p.toString('hex') });
   }
   return out;
@@ -135,7 +136,7 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     const chunk = Buffer.concat([encodeCommand({ opcode: Opcode.Vq, commandId: 3, outLength: 1000, inLength: 5 }), vqData]);
     t.sock.feed(chunk);
     const req = t.seen[0]!.payload as VqRequestData;
-    const out = await req.readOut();
+    const out = (await fetchBuffers(req)).readable;
     expect(out.buffer).not.toBe(chunk.buffer);
     expect(out.equals(vqData)).toBe(true);
     // The next command's bytes overwrite the connection's scratch, not this payload.
@@ -155,7 +156,7 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     }
     expect(t.seen).toHaveLength(1);
     const req = t.seen[0]!.payload as VqRequestData;
-    await expect(req.readOut()).rejects.toBeInstanceOf(VqTransferError);
+    await expect(fetchBuffers(req)).rejects.toBeInstanceOf(VqTransferError);
     // The stream is still in sync afterwards.
     t.sock.feed(encodeCommand({ opcode: Opcode.GetStatus, commandId: 10 }));
     expect(t.seen[1]!.cmd.readUInt16LE(2)).toBe(10);
@@ -180,7 +181,7 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     const t = targetOn();
     t.sock.feed(encodeCommand({ opcode: Opcode.Vq, commandId: 3, outLength: 0, inLength: 8 }));
     const req = t.seen[0]!.payload as VqRequestData;
-    const writable = await req.writable();
+    const writable = req.writableNow()!;
     expect(writable.length).toBe(8);
     writable.fill(0xee); // what an earlier request may have left there
     writable.write('abcde');
@@ -233,17 +234,17 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
       return t.seen[t.seen.length - 1]!.payload as VqRequestData;
     };
     const a = await next(1);
-    const wa = await a.writable();
-    expect(await a.writable()).toBe(wa); // the same buffer on every call
+    const wa = a.writableNow()!;
+    expect(a.writableNow()!).toBe(wa); // the same buffer on every call
     const b = await next(2);
-    const wb = await b.writable();
+    const wb = b.writableNow()!;
     expect(wb.buffer).not.toBe(wa.buffer); // both in flight: two frames
     await completeVq(t.conn, a, encodeVqCompletion(0, 1, 0), 0);
     a.release();
     const c = await next(3);
-    expect((await c.writable()).buffer).toBe(wa.buffer);
+    expect((c.writableNow()!).buffer).toBe(wa.buffer);
     // A request this connection did not deliver is refused, not sent.
-    const foreign: VqRequestData = { outLength: 0, inLength: 1, readOut: async () => Buffer.alloc(0), readOutNow: () => undefined, writable: async () => Buffer.alloc(1), writableNow: () => undefined, release: () => {} };
+    const foreign: VqRequestData = { outLength: 0, inLength: 1, readOutNow: () => undefined, writableNow: () => undefined, fetch: () => {}, release: () => {} };
     await expect(completeVq(t.conn, foreign, encodeVqCompletion(0, 9, 1), 1)).rejects.toThrow(/did not deliver/);
   });
 });

@@ -174,6 +174,8 @@ export class QueueSession {
   private readonly steps: RequestSteps = {
     // A dispatch that threw: a bug, logged; the command's slot is then released.
     dispatchFailed: (req, err) => this.log.error(`${this.connection.peer}: ${opcodeName(req.opcode)} failed: ${(err as Error)?.stack ?? String(err)}`),
+    fetched: (req, readable, writable) => this.execute(req, readable, writable) === FINISHES_ITSELF,
+    fetchFailed: (req, err) => this.fetchFailed(req, err),
     executed: (req, written) => this.executed(req, written),
     executeFailed: (req, err) => this.executeFailed(req, err),
     completed: (req) => this.completed(req),
@@ -605,7 +607,7 @@ export class QueueSession {
    *   sends the completion and written bytes) → the slot is free (onSent: the slot ends itself).
    * A step whose input is at hand goes on at once: on stream transports a command reaches the
    * device in the turn it arrived, with no promise of the core's. Keyed transports fetch
-   * (RDMA READ) or wait for pool memory first (runVqAwaiting). Cancellation is checked before
+   * (RDMA READ) or wait for pool memory first (VqRequestData.fetch). Cancellation is checked before
    * the device is called and makes the completion ESTATUS.
    */
   private runVq(req: TargetRequest, inst: DeviceInstance, vqIndex: number, outLength: number, inLength: number, data: VqRequestData): Dispatched {
@@ -623,35 +625,19 @@ export class QueueSession {
     const readable = data.readOutNow();
     const writable = inLength === 0 ? EMPTY : data.writableNow();
     if (readable === undefined || writable === undefined) {
-      this.runVqAwaiting(req, inLength, data).then(undefined, req.onDispatchFailed);
+      // Keyed transports: the RDMA READ or pool memory first; the slot hears back (buffersReady
+      // or buffersFailed, see RequestSteps.fetched) and from there ends itself.
+      data.fetch(req);
       return FINISHES_ITSELF;
     }
     return this.execute(req, readable, writable);
   }
 
-  /** The buffers come from promises (RDMA READ, pool memory), then the command runs as above; the slot ends itself. */
-  private async runVqAwaiting(req: TargetRequest, inLength: number, data: VqRequestData): Promise<void> {
-    const readable = await this.transferred(req, data, 'out');
-    if (readable === null) return req.finish();
-    const writable = inLength === 0 ? EMPTY : await this.transferred(req, data, 'in');
-    if (writable === null) return req.finish();
-    if (this.execute(req, readable, writable) !== FINISHES_ITSELF) req.finish();
-  }
-
-  /**
-   * A VQ buffer from the transport, or null when it could not be had (VqTransferError): the
-   * command has then been answered with EOUTVQBUF or EINVQBUF.
-   */
-  private async transferred(req: TargetRequest, data: VqRequestData, side: 'out' | 'in'): Promise<Buffer | null> {
-    try {
-      return await (side === 'out' ? data.readOut() : data.writable());
-    } catch (err) {
-      if (!(err instanceof VqTransferError)) throw err;
-      const status = side === 'out' ? Status.EOUTVQBUF : Status.EINVQBUF;
-      this.log.info(`${this.connection.peer}: VQ command ${req.commandId}: ${err.message}: ${statusName(status)}`);
-      req.complete(encodeVqCompletion(status, req.commandId, 0));
-      return null;
-    }
+  /** The transport could not supply a VQ buffer (VqTransferError): EOUTVQBUF or EINVQBUF. */
+  private fetchFailed(req: TargetRequest, err: VqTransferError): void {
+    const status = err.direction === 'out' ? Status.EOUTVQBUF : Status.EINVQBUF;
+    this.log.info(`${this.connection.peer}: VQ command ${req.commandId}: ${err.message}: ${statusName(status)}`);
+    req.complete(encodeVqCompletion(status, req.commandId, 0));
   }
 
   /**

@@ -1,7 +1,7 @@
 import { Status } from '../protocol/constants.js';
 import { COMPLETION_SIZE } from '../protocol/constants.js';
 import { encodeBareCompletion } from '../protocol/completion.js';
-import type { VqRequestData } from '../transport/transport.js';
+import type { VqBufferSink, VqRequestData, VqTransferError } from '../transport/transport.js';
 import type { DeviceRequest } from './device.js';
 import type { DeviceInstance } from './device-instance.js';
 
@@ -30,6 +30,13 @@ export interface CompletionSink {
 export interface RequestSteps {
   /** A dispatch threw or rejected: a bug, logged; the slot is released after. */
   dispatchFailed(request: TargetRequest, err: unknown): void;
+  /**
+   * The transport fetched the command's buffers (RDMA READ, pool memory): run it. True when
+   * the command goes on (the device or the completion ends it), false when it was answered at once.
+   */
+  fetched(request: TargetRequest, readable: Buffer, writable: Buffer): boolean;
+  /** The buffers could not be had: answer the command with the side's status. */
+  fetchFailed(request: TargetRequest, err: VqTransferError): void;
   /**
    * The device finished the command: `written` bytes of its writable buffer. True when the
    * completion is on its way (onSent ends the command), false when it was answered at once.
@@ -65,7 +72,7 @@ export type RequestState = 'free' | 'running' | 'completed';
  * steps (the slot is the device's RequestCancel); a cancelled command never completes SUCCESS
  * (virtio 1.x 2.4.1: once a reset completes, the device does not touch the queues any more).
  */
-export class TargetRequest implements DeviceRequest {
+export class TargetRequest implements DeviceRequest, VqBufferSink {
   commandId = 0;
   opcode = 0;
   /** VQ commands: the transport's buffers of this command. */
@@ -144,6 +151,28 @@ export class TargetRequest implements DeviceRequest {
       this.steps.dispatchFailed(this, err);
     }
     if (!sending) this.finish();
+  }
+
+  // VqBufferSink: the transport's answer to fetch() (the slot is running until it comes).
+  buffersReady(readable: Buffer, writable: Buffer): void {
+    if (this.stateValue !== 'running') return;
+    let going = false;
+    try {
+      going = this.steps.fetched(this, readable, writable);
+    } catch (err) {
+      this.steps.dispatchFailed(this, err);
+    }
+    if (!going) this.finish();
+  }
+
+  buffersFailed(err: VqTransferError): void {
+    if (this.stateValue !== 'running') return;
+    try {
+      this.steps.fetchFailed(this, err);
+    } catch (e) {
+      this.steps.dispatchFailed(this, e);
+    }
+    this.finish();
   }
 
   deviceFailed(err: unknown): void {

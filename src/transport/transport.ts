@@ -35,6 +35,17 @@ export class VqTransferError extends Error {
 }
 
 /**
+ * Where a VQ request's buffers are reported once fetched (the core's request slot: made once,
+ * so a fetch allocates no callback).
+ */
+export interface VqBufferSink {
+  /** The device-readable and device-writable buffers are at hand. */
+  buffersReady(readable: Buffer, writable: Buffer): void;
+  /** They cannot be had; `err.direction` says which (answered EOUTVQBUF or EINVQBUF). */
+  buffersFailed(err: VqTransferError): void;
+}
+
+/**
  * The virtqueue buffers of one VQ command, as seen by the target: the transport's part of the
  * request. Its owner (the target's request object) calls release() exactly once, when the
  * request has ended; until then the buffers it handed out stay valid and untouched by others.
@@ -45,15 +56,9 @@ export interface VqRequestData {
   /** Device-writable byte count announced by the command. */
   readonly inLength: number;
   /**
-   * The device-readable bytes. Stream: the payload already received. Keyed: fetched by RDMA
-   * READ into a pool buffer. Rejects with VqTransferError when they cannot be had. The buffer
-   * is valid until the request is released.
-   */
-  readOut(): Promise<Buffer>;
-  /**
    * The device-readable bytes when they are here already and usable (stream: the payload that
-   * came with the command), else undefined: then readOut() gets them (or says why not). Lets
-   * the core run a command without waiting on a promise when nothing has to travel first.
+   * came with the command; keyed: inline data, or none to read), else undefined: then fetch()
+   * gets them (or says why not). Lets the core run a command at once when nothing has to travel.
    */
   readOutNow(): Buffer | undefined;
   /**
@@ -62,12 +67,16 @@ export interface VqRequestData {
    * goes on the wire right after the completion header; keyed: registered memory the RDMA
    * WRITE sends from. Its contents are undefined until the device writes them (it may hold
    * an earlier request's bytes): only the first `written` bytes given to completeVq leave.
-   * May wait for memory; rejects with VqTransferError when none can be had. The same buffer
-   * on every call.
+   * Undefined when it cannot be had without waiting: then fetch(). The same buffer on every call.
    */
-  writable(): Promise<Buffer>;
-  /** The device-writable buffer when it can be had without waiting, else undefined: use writable(). */
   writableNow(): Buffer | undefined;
+  /**
+   * Both buffers, when readOutNow() or writableNow() had none: the transport fetches them
+   * (RDMA READ, waits for pool memory, never registers) and tells `sink` once, possibly before
+   * this returns. A buffer is valid until the request is released. A request released while
+   * its buffers are on their way still gets its one answer (the core ends it there).
+   */
+  fetch(sink: VqBufferSink): void;
   /** The request has ended: give back what it holds (once the transport no longer uses it). */
   release(): void;
 }

@@ -4,7 +4,7 @@ import { carriesInline, inlineRequestMessageSize } from '../../protocol/inline-d
 import { validateKeyedDescriptorBytes } from '../../protocol/keyed-descriptor.js';
 import { setMaxListeners } from 'node:events';
 import type { Logger } from '../../util/log.js';
-import { VqTransferError, type TargetConnection, type TargetConnectionHandler, type VqRequestData } from '../transport.js';
+import { VqTransferError, type TargetConnection, type TargetConnectionHandler, type VqBufferSink, type VqRequestData } from '../transport.js';
 import type { CmEvent, CmId, MemoryRegion, NativeBinding, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
 import { RcConnection } from './rc-connection.js';
@@ -75,7 +75,13 @@ class KeyedVqRequest implements VqRequestData, SendChain {
   data: RegisteredBuffer | null = null;
   /** Inline bytes copied aside when no pool buffer could be had at once (a pool short of memory). */
   private inlineCopy: Buffer | null = null;
-  private memory: Promise<RegisteredBuffer> | null = null;
+  /** A wait for pool memory is under way (fetch): its answer comes to onMemory / onMemoryFailed. */
+  private waitingForMemory = false;
+  /** Where fetch() reports, and for which command (generation) it was asked. */
+  private sink: VqBufferSink | null = null;
+  private fetchGeneration = -1;
+  /** The RDMA READ of the readable part: a chain of its own, reposted for every command that needs one. */
+  private readonly readChain: ReadChain;
   /** Released by its request (or never given out): serving no command. */
   private released = true;
   /** Back in its connection's free slots (until start()). */
@@ -98,6 +104,8 @@ class KeyedVqRequest implements VqRequestData, SendChain {
   id = 0;
   /** WRITE templates, as many as the slot's commands have needed so far. */
   private readonly writes: SendWr[] = [];
+  /** READ templates, likewise. */
+  private readonly reads: SendWr[] = [];
   /** The completion SEND, from the slot's registered completion buffer (both made with the slot's first completion). */
   private send: SendWr | null = null;
   private completionBuffer: RegisteredBuffer | null = null;
@@ -107,7 +115,14 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     maxDescriptors: number,
   ) {
     this.descriptors = Buffer.alloc(maxDescriptors * KEYED_DESCRIPTOR_SIZE);
+    this.readChain = new ReadChain(this);
+    this.onMemory = (b) => this.memoryArrived(b);
+    this.onMemoryFailed = (err) => this.memoryFailed(err);
   }
+
+  /** A wait for pool memory settled (bound once per slot). */
+  private readonly onMemory: (b: RegisteredBuffer) => void;
+  private readonly onMemoryFailed: (err: unknown) => void;
 
   /** Take the slot for a command. */
   start(commandId: number, outLength: number, inLength: number, inline: boolean): void {
@@ -121,15 +136,6 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     this.released = false;
     this.recycled = false;
     this.generation++;
-  }
-
-  /** After a wait: the slot still serves the command `generation` was taken for, and has its buffer. */
-  checkStill(generation: number, direction: 'out' | 'in'): void {
-    if (generation !== this.generation || this.released || !this.data) throw new VqTransferError(direction, 'the request ended while its buffer was on its way');
-  }
-
-  get currentGeneration(): number {
-    return this.generation;
   }
 
   /** Bytes of the readable part the descriptors describe (none when it came inline). */
@@ -149,7 +155,7 @@ class KeyedVqRequest implements VqRequestData, SendChain {
 
   /** The pool buffer now, when one is free and none was asked for yet (never waits). */
   takeNow(): void {
-    if (this.data || this.memory) return;
+    if (this.data || this.waitingForMemory) return;
     this.data = this.connection.tryAcquire(this.outLength + this.inLength);
   }
 
@@ -169,10 +175,6 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     this.viewOffset = base;
     this.viewOut = this.outLength;
     this.viewIn = this.inLength;
-  }
-
-  readOut(): Promise<Buffer> {
-    return this.connection.readOut(this);
   }
 
   /** The readable bytes when they came inline (or there are none) and the sizes are servable. */
@@ -196,59 +198,108 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     return this.writeView;
   }
 
-  /** The device-writable part of this request's buffer (waits for pool memory, never registers). */
-  async writable(): Promise<Buffer> {
-    this.connection.checkSizes(this, 'in');
-    const generation = this.generation;
-    await this.buffer('in');
-    this.checkStill(generation, 'in');
-    this.views();
-    return this.writeView;
-  }
-
-  /** The readable part, once `buffer()` has been had (RDMA READ). */
-  readable(): Buffer {
-    this.views();
-    return this.readView;
-  }
-
   /**
-   * This request's registered buffer, taken from the device pools once (by the core's calls);
-   * a wait that fails is reported for the side that asked (`direction`).
+   * fetch(): a command's buffers as a state machine over the slot, each step driven by what it
+   * waited for (no promise of ours, nothing allocated in steady state):
+   *   NEED_BUFFER — a pool buffer now (tryAcquire), else wait for one (the pools are short);
+   *   TRANSFERRING_OUT — the RDMA READ of the readable part into it, unless it came inline;
+   *   READY — the sink (the core's request slot) gets both parts; or FAILED — it gets why.
+   * The slot is not released while a fetch is under way (the core ends its request only after
+   * the sink has been answered); the generation check guards the sink should that change.
    */
-  buffer(direction: 'out' | 'in'): Promise<RegisteredBuffer> {
-    if (this.data) return Promise.resolve(this.data);
-    if (!this.memory) {
-      this.pending++;
-      this.memory = this.connection.acquire(this.outLength + this.inLength).then(
-        (b) => {
-          this.pending--;
-          // Released while waiting (the core gave up on the request): give it straight back.
-          if (this.released) {
-            b.release();
-            this.recycle();
-          } else this.data = b;
-          return b;
-        },
-        (err: unknown) => {
-          this.pending--;
-          this.recycle();
-          throw err;
-        },
-      );
-    }
-    return this.memory.catch((err: unknown) => {
-      throw new VqTransferError(direction, `no target memory: ${(err as Error).message}`, { cause: err });
-    });
+  fetch(sink: VqBufferSink): void {
+    this.sink = sink;
+    this.fetchGeneration = this.generation;
+    const why = this.connection.refusal(this);
+    // The readable side is the first asked for: a request that cannot be served is EOUTVQBUF.
+    if (why !== null) return this.fetchFailed('out', why);
+    this.takeNow();
+    if (this.data) return this.bufferHeld();
+    this.waitingForMemory = true;
+    this.pending++;
+    this.connection.acquire(this.outLength + this.inLength).then(this.onMemory, this.onMemoryFailed);
   }
 
-  /** An RDMA READ into this slot's buffer is posted: the buffer stays taken until it settles. */
-  track<T>(work: Promise<T>): Promise<T> {
-    this.pending++;
-    return work.finally(() => {
-      this.pending--;
+  private memoryArrived(b: RegisteredBuffer): void {
+    this.waitingForMemory = false;
+    this.pending--;
+    // Released while waiting: give it straight back.
+    if (this.released || this.generation !== this.fetchGeneration) {
+      b.release();
       this.recycle();
-    });
+      return;
+    }
+    this.data = b;
+    this.bufferHeld();
+  }
+
+  private memoryFailed(err: unknown): void {
+    this.waitingForMemory = false;
+    this.pending--;
+    // Which side was waiting: the readable one when it must still travel, else the writable one.
+    const side = this.inline || this.outLength === 0 ? 'in' : 'out';
+    if (!this.released && this.generation === this.fetchGeneration) this.fetchFailed(side, `no target memory: ${(err as Error).message}`, err);
+    this.recycle();
+  }
+
+  /** NEED_BUFFER done: the readable part comes by RDMA READ unless it is here already. */
+  private bufferHeld(): void {
+    if (this.inline || this.outLength === 0) return this.ready();
+    const data = this.data!;
+    const wrs = this.readChain.wrs;
+    wrs.length = 0;
+    let at = 0;
+    for (let i = 0; i < this.descriptorCount; i++) {
+      if (at >= this.outLength) break;
+      const length = this.length(i);
+      if (length === 0) continue; // legal, moves nothing (DECISIONS.md item 4)
+      const wr = this.reads[wrs.length] ?? this.newRead();
+      const sg = wr.sg;
+      sg[0] = data.mr;
+      sg[1] = data.offset + at;
+      sg[2] = length;
+      wr.remoteAddrLow = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE);
+      wr.remoteAddrHigh = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 4);
+      wr.rkey = this.key(i);
+      wrs.push(wr);
+      at += length;
+    }
+    if (wrs.length === 0) return this.ready();
+    this.connection.transferCounts.rdmaReads++;
+    // TRANSFERRING_OUT: the READ lands in the slot's buffer, which stays taken until it settles.
+    this.pending++;
+    this.connection.postRead(this.readChain);
+  }
+
+  /** The READ chain settled (ReadChain.done). */
+  readDone(err: Error | null): void {
+    this.pending--;
+    if (!this.released && this.generation === this.fetchGeneration) {
+      if (err) this.fetchFailed('out', err.message, err);
+      else this.ready();
+    }
+    this.recycle();
+  }
+
+  /** READY: both parts to the sink. */
+  private ready(): void {
+    const sink = this.sink!;
+    this.sink = null;
+    this.views();
+    const readable = this.inline ? (this.inlineCopy ?? this.readView) : this.outLength === 0 ? EMPTY : this.readView;
+    sink.buffersReady(readable, this.inLength === 0 ? EMPTY : this.writeView);
+  }
+
+  private fetchFailed(side: 'out' | 'in', why: string, cause?: unknown): void {
+    const sink = this.sink!;
+    this.sink = null;
+    sink.buffersFailed(new VqTransferError(side, why, cause === undefined ? undefined : { cause }));
+  }
+
+  private newRead(): SendWr {
+    const wr: SendWr = { wrId: 0, opcode: WrOpcode.Read, signaled: false, sg: [this.data!.mr, 0, 0], remoteAddrLow: 0, remoteAddrHigh: 0, rkey: 0 };
+    this.reads.push(wr);
+    return wr;
   }
 
   /**
@@ -325,9 +376,20 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     this.recycled = true;
     this.data?.release();
     this.data = null;
-    this.memory = null;
+    this.sink = null;
     this.inlineCopy = null;
     this.connection.slotFree(this);
+  }
+}
+
+/** A slot's RDMA READ chain (a SendChain of its own beside the slot's completion chain). */
+class ReadChain implements SendChain {
+  readonly wrs: SendWr[] = [];
+  readonly what = 'RDMA READ of a VQ command';
+  id = 0;
+  constructor(private readonly slot: KeyedVqRequest) {}
+  done(err: Error | null): void {
+    this.slot.readDone(err);
   }
 }
 
@@ -607,7 +669,7 @@ export class RdmaTargetConnection implements TargetConnection {
   }
 
   /** Why this target cannot serve the request's descriptors or lengths, or null. */
-  private refusal(req: KeyedVqRequest): string | null {
+  refusal(req: KeyedVqRequest): string | null {
     if (req.problem) return req.problem;
     if (req.outLength > this.options.maxVqPayload) return `device-readable length ${req.outLength} exceeds the ${this.options.maxVqPayload}-byte limit`;
     if (req.outLength + req.inLength > this.memory.largestBuffer) {
@@ -621,41 +683,9 @@ export class RdmaTargetConnection implements TargetConnection {
     return req.problem === null && req.outLength <= this.options.maxVqPayload && req.outLength + req.inLength <= this.memory.largestBuffer;
   }
 
-  /** A request whose descriptors or lengths this target cannot serve never takes memory. */
-  checkSizes(req: KeyedVqRequest, direction: 'out' | 'in'): void {
-    const why = this.refusal(req);
-    if (why !== null) throw new VqTransferError(direction, why);
-  }
-
-  async readOut(req: KeyedVqRequest): Promise<Buffer> {
-    this.checkSizes(req, 'out');
-    const now = req.readOutNow();
-    if (now !== undefined) return now;
-    const generation = req.currentGeneration;
-    await req.buffer('out');
-    req.checkStill(generation, 'out');
-    const data = req.data!;
-    const wrs: SendWr[] = [];
-    let at = 0;
-    for (let i = 0; i < req.descriptorCount; i++) {
-      if (at >= req.outLength) break;
-      const length = req.length(i);
-      if (length === 0) continue; // legal, moves nothing (DECISIONS.md item 4)
-      const d = i * KEYED_DESCRIPTOR_SIZE;
-      const remoteAddrLow = req.descriptors.readUInt32LE(d);
-      const remoteAddrHigh = req.descriptors.readUInt32LE(d + 4);
-      wrs.push({ wrId: 0, opcode: WrOpcode.Read, signaled: false, sg: [data.mr, data.offset + at, length], remoteAddrLow, remoteAddrHigh, rkey: req.key(i) });
-      at += length;
-    }
-    if (wrs.length > 0) this.transferCounts.rdmaReads++;
-    try {
-      // The READ lands in the slot's buffer: it stays taken until the READ has settled.
-      await req.track(this.rc.sendQueue.post(wrs, `RDMA READ of command ${req.commandId}`));
-    } catch (err) {
-      throw new VqTransferError('out', (err as Error).message, { cause: err });
-    }
-    req.checkStill(generation, 'out');
-    return req.readable();
+  /** A slot's RDMA READ chain (its done() reports). */
+  postRead(chain: SendChain): void {
+    this.rc.sendQueue.postChain(chain);
   }
 
   sendCompletion(completion: Buffer, payload?: Buffer): void {

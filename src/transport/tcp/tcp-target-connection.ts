@@ -3,6 +3,7 @@ import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, Opcode } from '../../
 import type { Logger } from '../../util/log.js';
 import {
   VqTransferError,
+  type VqBufferSink,
   type TargetConnection,
   type TargetConnectionHandler,
   type VqRequestData,
@@ -56,6 +57,12 @@ class StreamVqRequest implements VqRequestData {
   private payload: Buffer | VqTransferError = EMPTY;
   /** The pooled frame `payload` was gathered into (it spanned reads), given back on release. */
   private payloadFrame: Buffer | null = null;
+  /**
+   * The last payload view made, of which frame: the pools hand a slot's frame back to it in
+   * steady state (both are LIFO), so the same view serves command after command.
+   */
+  private payloadViewOf: Buffer | null = null;
+  private payloadView: Buffer = EMPTY;
   /** Small payloads, copied (see SMALL_PAYLOAD), and the view of them last handed out. */
   private readonly small = Buffer.allocUnsafe(SMALL_PAYLOAD);
   private smallView: Buffer = EMPTY;
@@ -88,6 +95,15 @@ class StreamVqRequest implements VqRequestData {
     return this;
   }
 
+  /** Take the request for a command whose payload was gathered into the pooled `frame`. */
+  startFramed(outLength: number, inLength: number, frame: Buffer): this {
+    if (this.payloadViewOf !== frame || this.payloadView.length !== outLength) {
+      this.payloadView = frame.subarray(0, outLength);
+      this.payloadViewOf = frame;
+    }
+    return this.start(outLength, inLength, this.payloadView, frame);
+  }
+
   /** A small payload's bytes, taken from `input` into this request's own buffer. */
   takeSmall(input: StreamInput, length: number): Buffer {
     input.takeInto(length, this.small, 0);
@@ -95,16 +111,15 @@ class StreamVqRequest implements VqRequestData {
     return this.smallView;
   }
 
-  readOut(): Promise<Buffer> {
-    return this.payload instanceof Buffer ? Promise.resolve(this.payload) : Promise.reject(this.payload);
-  }
-
   readOutNow(): Buffer | undefined {
     return this.payload instanceof Buffer ? this.payload : undefined;
   }
 
-  writable(): Promise<Buffer> {
-    return Promise.resolve(this.writableNow());
+  /** Nothing travels after the command on a stream: only a discarded payload gets here. */
+  fetch(sink: VqBufferSink): void {
+    const payload = this.payload;
+    if (payload instanceof VqTransferError) sink.buffersFailed(payload);
+    else sink.buffersReady(payload, this.writableNow());
   }
 
   /** A frame from the connection's pool is always at hand: never undefined here. */
@@ -215,6 +230,14 @@ export class TcpTargetConnection implements TargetConnection {
   private readonly header = Buffer.alloc(COMMAND_SIZE);
   private readonly headerState: ReadState = { kind: 'header' };
   private readonly admitState: { kind: 'admit'; waiting: boolean } = { kind: 'admit', waiting: false };
+  /**
+   * Admission settled: parse on. Made once: a closure inside parse() would capture the loop's
+   * block scope, and V8 would then allocate a context for it on every command parsed.
+   */
+  private readonly admitRetry = (): void => {
+    this.admitState.waiting = false;
+    if (!this.closed) this.runParser();
+  };
   private readonly payloadState: { kind: 'payload'; length: number } = { kind: 'payload', length: 0 };
   private state: ReadState = this.headerState;
   /** Released VQ requests, reused for the next commands (see StreamVqRequest). */
@@ -349,11 +372,7 @@ export class TcpTargetConnection implements TargetConnection {
           this.state = { kind: 'discard', left: out, announced: out, why: 'not admitted by the queue' };
         } else {
           st.waiting = true;
-          const retry = () => {
-            st.waiting = false;
-            if (!this.closed) this.runParser();
-          };
-          answer.then(retry, retry);
+          answer.then(this.admitRetry, this.admitRetry);
           return;
         }
       } else if (st.kind === 'payload') {
@@ -397,7 +416,7 @@ export class TcpTargetConnection implements TargetConnection {
         this.gather = null;
         this.state = this.headerState;
         const request = this.takeRequest();
-        this.deliver(header, request.start(st.length, header.readUInt32LE(12), frame.subarray(0, st.length), frame));
+        this.deliver(header, request.startFramed(st.length, header.readUInt32LE(12), frame));
       } else {
         st.left -= this.input.skip(st.left);
         if (st.left > 0) return;
