@@ -385,9 +385,12 @@ class KeyedVqRequest implements VqRequestData, SendChain {
 /** A slot's RDMA READ chain (a SendChain of its own beside the slot's completion chain). */
 class ReadChain implements SendChain {
   readonly wrs: SendWr[] = [];
-  readonly what = 'RDMA READ of a VQ command';
   id = 0;
   constructor(private readonly slot: KeyedVqRequest) {}
+  /** Read only when the chain fails (the error names the command). */
+  get what(): string {
+    return `RDMA READ of command ${this.slot.commandId}`;
+  }
   done(err: Error | null): void {
     this.slot.readDone(err);
   }

@@ -44,9 +44,9 @@ const KEPT_REQUESTS = 256;
 class StreamVqRequest implements VqRequestData {
   outLength = 0;
   inLength = 0;
-  /** Completion header + device-writable bytes (kept from an earlier command, or taken on the first writable()). */
+  /** Completion header + device-writable bytes (kept from an earlier command, or taken on the first writableNow()). */
   private frame: Buffer | null = null;
-  /** writable() was called for this command: the frame holds its device-writable bytes. */
+  /** writableNow() was called for this command: the frame holds its device-writable bytes. */
   private writableTaken = false;
   /** The device-writable bytes of `frame`: valid while `frame` is, for `viewLength` bytes. */
   private view: Buffer | null = null;
