@@ -55,8 +55,6 @@ export interface NbdShared {
 
 /** Option data larger than this is skipped unread and refused with NBD_REP_ERR_TOO_BIG. */
 const MAX_OPTION_DATA = 64 * 1024;
-/** Stop reading while this much output waits in the socket (a client that does not read). */
-const OUTPUT_HIGH_WATER = 1024 * 1024;
 
 /** 'tls': NBD_OPT_STARTTLS acknowledged, the TLS handshake runs; nothing is parsed meanwhile. */
 type Phase = 'client-flags' | 'option' | 'tls' | 'request' | 'payload' | 'skip' | 'done';
@@ -251,7 +249,6 @@ export class NbdConnection implements BudgetWaiter {
     else this.pump();
     return true;
   };
-  private readonly onDrain = (): void => this.pump();
 
   constructor(
     raw: Socket,
@@ -292,7 +289,6 @@ export class NbdConnection implements BudgetWaiter {
 
   private attach(s: Socket, userBuffers = false): void {
     if (!userBuffers) s.on('data', this.onData);
-    s.on('drain', this.onDrain);
     s.on('error', (err) => this.log.debug(`nbd ${this.peer}: socket error: ${err.message}`));
   }
 
@@ -328,16 +324,16 @@ export class NbdConnection implements BudgetWaiter {
     return this.input.length < n ? null : this.input.takeCopy(n);
   }
 
-  /** Parse and act on everything that has arrived, as far as the limits allow. */
+  /**
+   * Parse and act on everything that has arrived, as far as the limits allow. Output waiting in
+   * the socket does not stop it: a reply's bytes count in the limits and the budget until the
+   * kernel has them, which bounds what waits, and the send timeout ends a client that does not
+   * read. (A fixed mark did before: over 1 MiB waiting, nothing more was read until all of it
+   * had left, a full stop of the pipeline whenever 8 × 128 KiB replies waited at once.)
+   */
   private pump(): void {
     let progress = true;
     while (progress && !this.closed && this.phase !== 'done') {
-      if (this.socket.writableLength > OUTPUT_HIGH_WATER) {
-        this.socket.pause(); // 'drain' pumps again
-        // Not looking at the budget until then: let whoever waits behind go first.
-        this.shared.budget.leave(this);
-        return;
-      }
       try {
         progress = this.step();
         // A fed chunk (TLS) comes in as parsing makes room, unless a request waits for the budget.
@@ -556,7 +552,6 @@ export class NbdConnection implements BudgetWaiter {
     // What arrives from here (the ClientHello) stays in the socket's read buffer for TLS.
     raw.pause();
     raw.off('data', this.onData);
-    raw.off('drain', this.onDrain);
     raw.write(encodeOptionReply(NbdOption.STARTTLS, NbdReply.ACK), (err) => {
       if (err || this.closed) return;
       tls.upgrade(raw, this.peer).then(
