@@ -412,6 +412,33 @@ describe('NbdServer over any NbdBlockDevice', () => {
   });
 
 
+  // Issue 18: at 128 KiB QD8 the bridge stopped reading requests whenever 8 replies waited at
+  // once (over a fixed 1 MiB of output), until every one of them had left: the pipeline stalled.
+  it('replies waiting to be read do not stop a pipelining client while its limits allow more', async () => {
+    const disk = new MemoryDisk(4 * MiB, 512);
+    for (let i = 0; i < disk.data.length; i += 4) disk.data.writeUInt32LE(i, i);
+    const { sock } = await serve(disk);
+    const { c } = await client(sock);
+    const size = 128 * 1024;
+    const offsets = new Map<bigint, number>();
+    c.socket.pause(); // reads nothing for now: 2 MiB of replies wait in the bridge
+    for (let k = 0; k < 16; k++) offsets.set(c.request(NbdCommand.READ, k * size, size), k * size);
+    for (let i = 0; i < 40 && disk.reads < 16; i++) await sleep(50);
+    expect(disk.reads).toBe(16);
+    await sleep(100); // the replies have been handed over as far as the socket takes them
+    offsets.set(c.request(NbdCommand.READ, 16 * size, size), 16 * size);
+    for (let i = 0; i < 40 && disk.reads < 17; i++) await sleep(50);
+    expect(disk.reads).toBe(17); // before: 16, the 17th unread until the client had read everything
+    c.socket.resume();
+    for (let k = 0; k < 17; k++) {
+      const r = await c.readReply();
+      expect(offsets.has(r.cookie)).toBe(true);
+      expect(r.error).toBe(0);
+      expect(r.data!.readUInt32LE(0)).toBe(offsets.get(r.cookie)); // the block's own bytes
+      expect(r.data!.readUInt32LE(size - 4)).toBe(offsets.get(r.cookie)! + size - 4);
+    }
+  });
+
   it('a WRITE whose payload never arrives in full gives its bytes back when the client goes', async () => {
     const { sock } = await serve(new MemoryDisk(8 << 20, 512), { memoryBudgetBytes: 16 * MiB });
     for (let i = 0; i < 3; i++) {

@@ -1,5 +1,11 @@
 import { ByteBudget } from '../target/byte-budget.js';
 
+/**
+ * Data buffers kept between requests, all connections together: enough for 32 × 128 KiB or
+ * 8 × 1 MiB in flight with room to spare, and what an idle bridge may hold at most.
+ */
+export const KEPT_PER_BRIDGE = 16 * 1024 * 1024;
+
 /** A connection that waits for room in the budget; woken (its pump run again) when it may look. */
 export interface BudgetWaiter {
   budgetWake(): void;
@@ -21,9 +27,30 @@ export class BridgeBudget {
   private readonly bytes: ByteBudget;
   private readonly queue: BudgetWaiter[] = [];
   private wakeScheduled = false;
+  /** Data buffers that finished requests keep for the next ones, all connections together (see keep()). */
+  private keptBytes = 0;
+  /** At most this many kept bytes: KEPT_PER_BRIDGE, or the budget if that is smaller. */
+  readonly keptLimit: number;
 
   constructor(readonly limit: number) {
     this.bytes = new ByteBudget(limit);
+    this.keptLimit = Math.min(KEPT_PER_BRIDGE, limit);
+  }
+
+  /** Bytes of data buffers kept for reuse now, across all connections. */
+  get kept(): number {
+    return this.keptBytes;
+  }
+
+  /**
+   * A connection's request would keep `delta` more bytes of data buffer between requests
+   * (negative: gives them up): whether it may. What requests keep is memory the bridge holds
+   * while idle, outside the in-flight budget, so it has a bridge-wide cap of its own.
+   */
+  keep(delta: number): boolean {
+    if (delta > 0 && this.keptBytes + delta > this.keptLimit) return false;
+    this.keptBytes += delta;
+    return true;
   }
 
   /** Bytes held now, across all connections. */

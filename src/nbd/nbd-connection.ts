@@ -55,20 +55,24 @@ export interface NbdShared {
 
 /** Option data larger than this is skipped unread and refused with NBD_REP_ERR_TOO_BIG. */
 const MAX_OPTION_DATA = 64 * 1024;
-/** Stop reading while this much output waits in the socket (a client that does not read). */
-const OUTPUT_HIGH_WATER = 1024 * 1024;
 
 /** 'tls': NBD_OPT_STARTTLS acknowledged, the TLS handshake runs; nothing is parsed meanwhile. */
 type Phase = 'client-flags' | 'option' | 'tls' | 'request' | 'payload' | 'skip' | 'done';
 
-/** A request's data buffer up to this size stays with it for the next request (see NbdRequest). */
-const KEPT_DATA_MAX = 64 * 1024;
 /**
- * What a connection's requests keep between requests, all together: 32 × 4 KiB or 8 × 128 KiB
- * of reads in flight is a fraction of it, and with the connection limit it bounds what idle
- * connections hold outside the memory budget (64 connections: 64 MiB at most).
+ * A request's data buffer up to this size stays with it for the next request (see NbdRequest).
+ * 1 MiB: the sizes clients use for bulk I/O (fio and qemu-img at 128 KiB to 1 MiB, the kernel's
+ * nbd at its max_sectors). Before, 64 KiB: every 128 KiB request allocated 128 KiB outside the
+ * JS heap, thousands a second, which V8 answered with a full mark-compact every ~100 ms (p99
+ * 14 ms, `node --trace-gc` on the bridge; bench/nbd-bridge-cost.mjs).
  */
-const KEPT_PER_CONNECTION = 1024 * 1024;
+const KEPT_DATA_MAX = 1024 * 1024;
+/**
+ * What a connection's requests keep between requests, all together: 8 × 128 KiB or 4 × 1 MiB
+ * of requests in flight, so that one busy connection does not take all of the bridge's share
+ * (BridgeBudget.keep, which bounds what all connections keep while idle).
+ */
+const KEPT_PER_CONNECTION = 4 * 1024 * 1024 + 64 * SIMPLE_REPLY_SIZE;
 const EMPTY = Buffer.alloc(0);
 
 /**
@@ -79,8 +83,9 @@ const EMPTY = Buffer.alloc(0);
  * header, its callbacks (bound once), its lock entry and a data buffer of up to KEPT_DATA_MAX
  * bytes with the view of it last handed out. So in steady state (the same sizes request after
  * request) a READ or WRITE allocates nothing here, and with a disk that has submitRead/
- * submitWrite no Promise or closure either. The connection makes at most maxRequests of them,
- * and their kept buffers together stay within KEPT_PER_CONNECTION (past it, per request).
+ * submitWrite no Promise or closure either. The connection makes at most maxRequests of them;
+ * their kept buffers together stay within KEPT_PER_CONNECTION and the bridge's kept share
+ * (BridgeBudget.keep); past either, a buffer is the request's own and dropped when it ends.
  */
 class NbdRequest implements NbdFastRequest {
   type = 0;
@@ -165,8 +170,8 @@ class NbdRequest implements NbdFastRequest {
   }
 
   /**
-   * The disk call failed: its memory is not reused. A request the disk split may have failed
-   * while other parts of it still write into the buffer.
+   * Its memory is not reused: the disk call failed (a request the disk split may have failed
+   * while other parts of it still write into the buffer), or the connection is gone.
    */
   forgetData(): void {
     if (this.memory) this.conn.keep(-this.memory.length);
@@ -244,7 +249,6 @@ export class NbdConnection implements BudgetWaiter {
     else this.pump();
     return true;
   };
-  private readonly onDrain = (): void => this.pump();
 
   constructor(
     raw: Socket,
@@ -268,6 +272,9 @@ export class NbdConnection implements BudgetWaiter {
       this.input.clear();
       this.stopStallTimer();
       this.shared.budget.leave(this);
+      // What the idle requests kept goes back to the bridge's share (those in flight give theirs in finish()).
+      for (const req of this.freeRequests) req.forgetData();
+      this.freeRequests.length = 0;
       // A WRITE whose payload never arrived in full will not run: its bytes go back now (else a
       // client could leak the bridge's budget away, a header at a time).
       const partial = this.receiving;
@@ -282,7 +289,6 @@ export class NbdConnection implements BudgetWaiter {
 
   private attach(s: Socket, userBuffers = false): void {
     if (!userBuffers) s.on('data', this.onData);
-    s.on('drain', this.onDrain);
     s.on('error', (err) => this.log.debug(`nbd ${this.peer}: socket error: ${err.message}`));
   }
 
@@ -318,16 +324,16 @@ export class NbdConnection implements BudgetWaiter {
     return this.input.length < n ? null : this.input.takeCopy(n);
   }
 
-  /** Parse and act on everything that has arrived, as far as the limits allow. */
+  /**
+   * Parse and act on everything that has arrived, as far as the limits allow. Output waiting in
+   * the socket does not stop it: a reply's bytes count in the limits and the budget until the
+   * kernel has them, which bounds what waits, and the send timeout ends a client that does not
+   * read. (A fixed mark did before: over 1 MiB waiting, nothing more was read until all of it
+   * had left, a full stop of the pipeline whenever 8 × 128 KiB replies waited at once.)
+   */
   private pump(): void {
     let progress = true;
     while (progress && !this.closed && this.phase !== 'done') {
-      if (this.socket.writableLength > OUTPUT_HIGH_WATER) {
-        this.socket.pause(); // 'drain' pumps again
-        // Not looking at the budget until then: let whoever waits behind go first.
-        this.shared.budget.leave(this);
-        return;
-      }
       try {
         progress = this.step();
         // A fed chunk (TLS) comes in as parsing makes room, unless a request waits for the budget.
@@ -546,7 +552,6 @@ export class NbdConnection implements BudgetWaiter {
     // What arrives from here (the ClientHello) stays in the socket's read buffer for TLS.
     raw.pause();
     raw.off('data', this.onData);
-    raw.off('drain', this.onDrain);
     raw.write(encodeOptionReply(NbdOption.STARTTLS, NbdReply.ACK), (err) => {
       if (err || this.closed) return;
       tls.upgrade(raw, this.peer).then(
@@ -648,7 +653,8 @@ export class NbdConnection implements BudgetWaiter {
 
   /** A request would keep `delta` more bytes (negative: gives them up): whether it may. */
   keep(delta: number): boolean {
-    if (delta > 0 && this.keptBytes + delta > KEPT_PER_CONNECTION) return false;
+    if (delta > 0 && (this.keptBytes + delta > KEPT_PER_CONNECTION || !this.shared.budget.keep(delta))) return false;
+    if (delta <= 0) this.shared.budget.keep(delta);
     this.keptBytes += delta;
     return true;
   }
@@ -712,6 +718,7 @@ export class NbdConnection implements BudgetWaiter {
     this.shared.budget.give(req.charge);
     req.recycle();
     if (!this.closed) this.freeRequests.push(req);
+    else req.forgetData(); // its kept bytes go back to the bridge's share
     if (this.inFlight === 0) this.wakeIdle();
   }
 

@@ -126,10 +126,13 @@ export class NbdServer {
     return this.connections.size;
   }
 
-  /** The bridge-wide memory budget: bytes held now by requests in flight and unsent replies, and the limit. */
-  get memory(): { readonly used: number; readonly limit: number; readonly waiting: number } {
+  /**
+   * The bridge-wide memory budget: bytes held now by requests in flight and unsent replies, and
+   * the limit; `kept`: data buffers idle requests keep for reuse (at most `keptLimit`).
+   */
+  get memory(): { readonly used: number; readonly limit: number; readonly waiting: number; readonly kept: number; readonly keptLimit: number } {
     const b = this.shared.budget;
-    return { used: b.used, limit: b.limit, waiting: b.waiting };
+    return { used: b.used, limit: b.limit, waiting: b.waiting, kept: b.kept, keptLimit: b.keptLimit };
   }
 
   private accept(socket: Socket): void {

@@ -1,11 +1,12 @@
-// An NBD client in a worker thread (its own V8 isolate and heap): pipelined 4 KiB reads through
-// an NBD server of the main thread, so that a test there measures the server's heap alone.
-// Plain fixed newstyle with NBD_OPT_EXPORT_NAME, simple replies; each reply is checked: its
-// cookie is the slot's, and the block starts with its own byte offset (memory-target-worker).
+// An NBD client in a worker thread (its own V8 isolate and heap): pipelined reads (or writes) of
+// `length` bytes (default 4 KiB) through an NBD server of the main thread, so that a test there
+// measures the server's heap alone. Plain fixed newstyle with NBD_OPT_EXPORT_NAME, simple
+// replies; each reply is checked: its cookie is the slot's and its error 0, and a read's data
+// starts with its own byte offset (memory-target-worker: every 4 KiB block does).
 import { createConnection } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 
-const { socket: path, depth, disk } = workerData;
+const { socket: path, depth, disk, length = 4096 } = workerData;
 const sock = createConnection(path);
 let input = Buffer.alloc(0);
 let need = null;
@@ -36,33 +37,38 @@ sock.write(opt);
 await read(10); // export size, transmission flags
 sock.off('data', handshake);
 
-/** `count` reads, `depth` in flight, each slot with its own request buffer; resolves with failures. */
-function reads(count) {
+/** `count` reads (or writes), `depth` in flight, each slot with its own request buffer; resolves with failures. */
+function requests(count, write) {
+  // One payload for every write (the disk's content is not checked after writes).
+  const payload = write ? Buffer.alloc(length, 0xa5) : null;
+  const replySize = write ? 16 : 16 + length;
   return new Promise((resolve) => {
     let next = 0;
     let done = 0;
     let bad = 0;
     const offsets = new Array(depth).fill(0);
-    const requests = Array.from({ length: depth }, (_, slot) => {
+    const headers = Array.from({ length: depth }, (_, slot) => {
       const r = Buffer.alloc(28);
       r.writeUInt32BE(0x25609513, 0);
+      r.writeUInt16BE(write ? 1 : 0, 6); // NBD_CMD_WRITE or NBD_CMD_READ
       r.writeUInt32BE(slot, 12); // cookie: the slot
-      r.writeUInt32BE(4096, 24);
+      r.writeUInt32BE(length, 24);
       return r;
     });
     const issue = (slot) => {
-      const at = (next++ * 4096) % disk;
+      const at = (next++ * length) % disk;
       offsets[slot] = at;
-      requests[slot].writeUInt32BE(at, 20);
-      sock.write(requests[slot]);
+      headers[slot].writeUInt32BE(at, 20);
+      sock.write(headers[slot]);
+      if (payload) sock.write(payload);
     };
     let pending = Buffer.alloc(0);
     const onData = (d) => {
       pending = pending.length ? Buffer.concat([pending, d]) : d;
-      while (pending.length >= 16 + 4096) {
+      while (pending.length >= replySize) {
         const slot = pending.readUInt32BE(12);
-        if (pending.readUInt32BE(0) !== 0x67446698 || pending.readUInt32BE(4) !== 0 || pending.readUInt32LE(16) !== offsets[slot]) bad++;
-        pending = pending.subarray(16 + 4096);
+        if (pending.readUInt32BE(0) !== 0x67446698 || pending.readUInt32BE(4) !== 0 || (!write && pending.readUInt32LE(16) !== offsets[slot])) bad++;
+        pending = pending.subarray(replySize);
         done++;
         if (next < count) issue(slot);
         else if (done === count) {
@@ -77,7 +83,8 @@ function reads(count) {
 }
 
 parentPort.on('message', async (m) => {
-  if (m.reads) parentPort.postMessage({ bad: await reads(m.reads) });
+  if (m.reads) parentPort.postMessage({ bad: await requests(m.reads, false) });
+  else if (m.writes) parentPort.postMessage({ bad: await requests(m.writes, true) });
   else {
     sock.destroy();
     parentPort.postMessage({ closed: true });
