@@ -20,6 +20,8 @@ export interface CompletionReaderSink {
 
 /** Completion headers, and what arrives with them, land here; a payload's bulk never does. */
 const SCRATCH_SIZE = 64 * 1024;
+/** A payload's last piece shorter than this is read into the scratch, not on its own (see nextBuffer). */
+const DIRECT_MIN = 512;
 const NO_BUFFERS: readonly Buffer[] = [];
 
 /**
@@ -91,11 +93,21 @@ export class CompletionReader {
     }
     if (this.left > 0 && this.start === this.end) {
       const target = this.into[this.index]!;
+      const due = Math.min(target.length - this.offset, this.left);
+      // The payload's last few bytes (virtio-blk's status byte after its data) go through the
+      // scratch with whatever follows them: a read of their own would be one more system call
+      // per completion, where a scratch read usually brings the next completions along.
+      if (due < DIRECT_MIN && due === this.left) return this.scratchBuffer();
       this.direct = true;
       // The whole buffer when the whole of it is due: no view to make.
       if (this.offset === 0 && target.length <= this.left) return target;
-      return target.subarray(this.offset, this.offset + Math.min(target.length - this.offset, this.left));
+      return target.subarray(this.offset, this.offset + due);
     }
+    return this.scratchBuffer();
+  }
+
+  /** The scratch's free part, for a read whose bytes parse() takes apart. */
+  private scratchBuffer(): Buffer {
     this.direct = false;
     if (this.start > 0) {
       // Only a partial header can be left over (payload bytes are moved out as they come).
