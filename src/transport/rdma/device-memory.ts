@@ -88,6 +88,38 @@ class SizeClass {
   constructor(readonly size: number) {}
 }
 
+/**
+ * One buffer handed out (a request's, until it releases it): a small object with its release
+ * on the prototype and its view made only if asked for, since the target's request slots use
+ * `mr` and `offset` directly (a closure, its context and a view per acquire were most of the
+ * RDMA target's heap per command).
+ */
+class PoolBuffer implements RegisteredBuffer {
+  readonly mr: MemoryRegion;
+  readonly offset: number;
+  private released = false;
+  constructor(
+    private readonly owner: DeviceMemory,
+    readonly cls: SizeClass,
+    readonly slab: Slab,
+    readonly id: number,
+    private readonly size: number,
+  ) {
+    this.mr = slab.mr;
+    this.offset = (id % SLAB_STRIDE) * cls.size;
+  }
+
+  get view(): Buffer {
+    return this.mr.buffer.subarray(this.offset, this.offset + this.size);
+  }
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.owner.give(this);
+  }
+}
+
 /** Buffers per slab index stride: a slab never holds more than this many buffers. */
 const SLAB_STRIDE = 1 << 20;
 
@@ -253,27 +285,22 @@ export class DeviceMemory {
   private take(c: SizeClass, id: number, size: number): RegisteredBuffer {
     const slab = c.slabs[Math.floor(id / SLAB_STRIDE)]!;
     slab.free--;
-    const mr = slab.mr;
-    const offset = (id % SLAB_STRIDE) * c.size;
-    let released = false;
-    return {
-      mr,
-      offset,
-      view: mr.buffer.subarray(offset, offset + size),
-      release: () => {
-        if (released || this.destroyed) return;
-        released = true;
-        const next = c.waiters.shift();
-        if (next) {
-          next.signal?.removeEventListener('abort', next.onAbort);
-          slab.free++;
-          next.resolve(this.take(c, id, next.size));
-        } else {
-          c.free.push(id);
-          if (++slab.free === slab.count && c.buffers > c.wanted) this.trim(c);
-        }
-      },
-    };
+    return new PoolBuffer(this, c, slab, id, size);
+  }
+
+  /** A PoolBuffer's release(): to the class's first waiter, else back on its free list. */
+  give(b: PoolBuffer): void {
+    if (this.destroyed) return;
+    const c = b.cls;
+    const next = c.waiters.shift();
+    if (next) {
+      next.signal?.removeEventListener('abort', next.onAbort);
+      b.slab.free++;
+      next.resolve(this.take(c, b.id, next.size));
+    } else {
+      c.free.push(b.id);
+      if (++b.slab.free === b.slab.count && c.buffers > c.wanted) this.trim(c);
+    }
   }
 
   stats(): DeviceMemoryStats {

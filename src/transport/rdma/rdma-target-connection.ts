@@ -9,6 +9,7 @@ import type { CmEvent, CmId, MemoryRegion, NativeBinding, SendWr } from './nativ
 import { WrOpcode } from './native-binding.js';
 import { RcConnection } from './rc-connection.js';
 import { formatRdmaPeer } from '../address.js';
+import { copyBytes } from '../../util/bytes.js';
 import { RdmaWorkError, WC_WR_FLUSH_ERR, type SendChain, type SendQueue } from './send-queue.js';
 import type { RegisteredPool } from './registered-pool.js';
 import type { RegisteredBuffer } from './registered-pool.js';
@@ -159,10 +160,10 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     this.data = this.connection.tryAcquire(this.outLength + this.inLength);
   }
 
-  /** Inline bytes into the request's buffer, or aside when it has none yet. */
-  keepInline(bytes: Buffer): void {
-    if (this.data) bytes.copy(this.data.mr.buffer, this.data.offset);
-    else this.inlineCopy = Buffer.from(bytes);
+  /** The readable part, inline in `msg` at `at`, into the request's buffer, or aside when it has none yet. */
+  keepInline(msg: Buffer, at: number): void {
+    if (this.data) copyBytes(msg, at, this.outLength, this.data.mr.buffer, this.data.offset);
+    else this.inlineCopy = Buffer.from(msg.subarray(at, at + this.outLength));
   }
 
   private views(): void {
@@ -247,13 +248,13 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     if (this.inline || this.outLength === 0) return this.ready();
     const data = this.data!;
     const wrs = this.readChain.wrs;
-    wrs.length = 0;
+    let count = 0;
     let at = 0;
     for (let i = 0; i < this.descriptorCount; i++) {
       if (at >= this.outLength) break;
       const length = this.length(i);
       if (length === 0) continue; // legal, moves nothing (DECISIONS.md item 4)
-      const wr = this.reads[wrs.length] ?? this.newRead();
+      const wr = this.reads[count] ?? this.newRead();
       const sg = wr.sg;
       sg[0] = data.mr;
       sg[1] = data.offset + at;
@@ -261,10 +262,11 @@ class KeyedVqRequest implements VqRequestData, SendChain {
       wr.remoteAddrLow = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE);
       wr.remoteAddrHigh = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 4);
       wr.rkey = this.key(i);
-      wrs.push(wr);
+      wrs[count++] = wr;
       at += length;
     }
-    if (wrs.length === 0) return this.ready();
+    if (wrs.length !== count) wrs.length = count; // in place, as in postCompletion
+    if (count === 0) return this.ready();
     this.connection.transferCounts.rdmaReads++;
     // TRANSFERRING_OUT: the READ lands in the slot's buffer, which stays taken until it settles.
     this.pending++;
@@ -308,8 +310,10 @@ class KeyedVqRequest implements VqRequestData, SendChain {
    * unless null), posted as one chain. The buffer stays taken until the chain has completed.
    */
   postCompletion(completion: Buffer, written: number, invalidate: number | null, queue: SendQueue): void {
+    // Filled in place and cut to length at the end: `length = 0` would drop the array's
+    // storage and make push allocate it again for every command.
     const wrs = this.wrs;
-    wrs.length = 0;
+    let count = 0;
     if (written > 0) {
       const data = this.data!;
       const base = data.offset + this.outLength;
@@ -322,7 +326,7 @@ class KeyedVqRequest implements VqRequestData, SendChain {
         if (pos <= readable) continue;
         const n = Math.min(length, left);
         if (n === 0) continue;
-        const wr = this.writes[wrs.length] ?? this.newWrite();
+        const wr = this.writes[count] ?? this.newWrite();
         const sg = wr.sg;
         sg[0] = data.mr;
         sg[1] = base + (written - left);
@@ -330,7 +334,7 @@ class KeyedVqRequest implements VqRequestData, SendChain {
         wr.remoteAddrLow = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE);
         wr.remoteAddrHigh = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 4);
         wr.rkey = this.key(i);
-        wrs.push(wr);
+        wrs[count++] = wr;
         left -= n;
       }
     }
@@ -338,10 +342,11 @@ class KeyedVqRequest implements VqRequestData, SendChain {
       const b = (this.completionBuffer = this.connection.completionBuffer());
       this.send = { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [b.mr, b.offset, COMPLETION_SIZE], rkey: 0 };
     }
-    completion.copy(this.completionBuffer!.view, 0, 0, COMPLETION_SIZE);
+    copyBytes(completion, 0, COMPLETION_SIZE, this.completionBuffer!.view, 0);
     this.send.opcode = invalidate === null ? WrOpcode.Send : WrOpcode.SendWithInvalidate;
     this.send.rkey = invalidate ?? 0;
-    wrs.push(this.send);
+    wrs[count++] = this.send;
+    if (wrs.length !== count) wrs.length = count;
     this.pending++;
     queue.postChain(this);
   }
@@ -578,7 +583,7 @@ export class RdmaTargetConnection implements TargetConnection {
       req.problem = `too many descriptors (${n}, limit ${this.maxKeyedDescriptors})`;
       return;
     }
-    msg.copy(req.descriptors, 0, COMMAND_SIZE, COMMAND_SIZE + descBytes);
+    copyBytes(msg, COMMAND_SIZE, descBytes, req.descriptors, 0);
     req.descriptorCount = n;
     let sum = 0;
     for (let i = 0; i < n; i++) sum += req.length(i);
@@ -588,8 +593,7 @@ export class RdmaTargetConnection implements TargetConnection {
     }
     if (!this.servable(req)) return;
     req.takeNow();
-    const at = COMMAND_SIZE + descBytes;
-    req.keepInline(msg.subarray(at, at + req.outLength));
+    if (req.outLength > 0) req.keepInline(msg, COMMAND_SIZE + descBytes);
   }
 
   /**
@@ -606,7 +610,7 @@ export class RdmaTargetConnection implements TargetConnection {
     const limit = this.maxKeyedDescriptors;
     const p = validateKeyedDescriptorBytes(msg, COMMAND_SIZE, n, req.outLength, req.inLength, limit);
     if (n <= limit) {
-      msg.copy(req.descriptors, 0, COMMAND_SIZE, COMMAND_SIZE + rest);
+      copyBytes(msg, COMMAND_SIZE, rest, req.descriptors, 0);
       req.descriptorCount = n;
     }
     if (p !== 'none') req.problem = `${p} (${n} descriptors, limit ${limit})`;
@@ -617,7 +621,7 @@ export class RdmaTargetConnection implements TargetConnection {
     if (this.state !== 'open' || !this.handler) return;
     if (msg.length < COMMAND_SIZE) return this.violation(`${msg.length}-byte message is shorter than a command`);
     const command = this.command;
-    msg.copy(command, 0, 0, COMMAND_SIZE);
+    copyBytes(msg, 0, COMMAND_SIZE, command, 0);
     const opcode = command.readUInt16LE(0);
     const rest = msg.length - COMMAND_SIZE;
     if (opcode === Opcode.Connect) {

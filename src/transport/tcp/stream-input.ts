@@ -1,3 +1,4 @@
+import { copyBytes } from '../../util/bytes.js';
 /** At most this much is read at once into the scratch... */
 const READ_MAX = 64 * 1024;
 /**
@@ -118,12 +119,9 @@ export class StreamInput {
     this.head += n;
   }
 
-  /** The next `n` bytes (n ≤ length) into `into` at `at`: byte by byte when few (no view made). */
+  /** The next `n` bytes (n ≤ length) into `into` at `at` (no view made when few: copyBytes). */
   takeInto(n: number, into: Buffer, at: number): void {
-    const s = this.scratch;
-    const h = this.head;
-    if (n <= 64) for (let i = 0; i < n; i++) into[at + i] = s[h + i]!;
-    else s.copy(into, at, h, h + n);
+    copyBytes(this.scratch, this.head, n, into, at);
     this.head += n;
   }
 
