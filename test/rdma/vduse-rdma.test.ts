@@ -8,6 +8,7 @@ import { startBridge, type Bridge } from '../helpers/nbd-bridge.js';
 import { rdmaAddress } from './rdma-env.js';
 import { must, sh } from '../helpers/shell.js';
 import { kill9 } from '../helpers/target-faults.js';
+import { vofAsync } from '../helpers/vof-cli.js';
 
 /**
  * `vof vduse`: the kernel's own virtio-blk driver (virtio_vdpa) on a VDUSE device whose requests
@@ -80,6 +81,8 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
   const dir = mkdtempSync(`/dev/shm/vof-vduse-${scheme}-`);
   const image = join(dir, 'disk.img');
   const roImage = join(dir, 'ro.img');
+  const growImage = join(dir, 'grow.img');
+  const control = join(dir, 'target.ctl');
   const mnt = join(dir, 'mnt');
   const big = Buffer.alloc(3 * MiB);
   for (let i = 0; i < big.length; i++) big[i] = (i * 2654435761) >>> 24;
@@ -115,8 +118,10 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
     spawnSync('truncate', ['-s', String(SIZE), image]);
     writeFileSync(roImage, Buffer.alloc(0));
     spawnSync('truncate', ['-s', String(8 * MiB), roImage]);
+    writeFileSync(growImage, Buffer.alloc(0));
+    spawnSync('truncate', ['-s', String(16 * MiB), growImage]);
     mkdirSync(mnt);
-    target = await startTarget(['--listen', `${scheme}://${rdmaAddress()}:0`, '--blk', `vd-disk=${image}`, '--blk', `vd-ro=${roImage},ro`], {
+    target = await startTarget(['--listen', `${scheme}://${rdmaAddress()}:0`, '--blk', `vd-disk=${image}`, '--blk', `vd-ro=${roImage},ro`, '--blk', `vd-grow=${growImage}`, '--control', control], {
       lines: 1,
       timeoutMs: 180000,
     });
@@ -197,6 +202,34 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
     const dd = sh('dd', ['if=/dev/zero', `of=${ro.dev}`, 'bs=4096', 'count=1', 'oflag=direct']);
     expect(dd.status).not.toBe(0);
     await detach(ro.bridge, `vd-${scheme}-ro`);
+  });
+
+  it('the backing file grown and `vof revalidate` on the target: the kernel sees the config change (/sys/block/vdX/size), and I/O reaches the new end', async () => {
+    const name = `vd-${scheme}-grow`;
+    const { bridge, dev } = await attach('vd-grow', name, 'vduse-host-grow');
+    const size = `/sys/block/${dev.slice('/dev/'.length)}/size`;
+    const sectors = () => Number(readFileSync(size, 'utf8').trim());
+    expect(sectors()).toBe((16 * MiB) / 512);
+    // Past the end: the kernel refuses it itself (the block layer knows the capacity).
+    expect(sh('dd', ['if=/dev/zero', `of=${dev}`, 'bs=4096', `seek=${20 * 256}`, 'count=1', 'oflag=direct', 'conv=notrunc']).status).not.toBe(0);
+    spawnSync('truncate', ['-s', String(24 * MiB), growImage]);
+    const r = await vofAsync(['revalidate', '--control', control, 'vd-grow']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^"vd-grow": 25165824 bytes, changed/);
+    // virtio_blk re-reads the capacity in a work item after the config interrupt: bounded wait.
+    for (let i = 0; i < 1200 && sectors() !== (24 * MiB) / 512; i++) await sleep(50);
+    expect(sectors(), bridge.stderr()).toBe((24 * MiB) / 512);
+    expect(Number(must('blockdev', ['--getsize64', dev]).trim())).toBe(24 * MiB);
+    expect(bridge.stderr()).toMatch(/config changed \(capacity 49152 sectors\)/);
+    // A block written past the old end goes through the kernel and lands in the file there.
+    const probe = Buffer.alloc(4096);
+    for (let i = 0; i < probe.length; i++) probe[i] = (i * 31 + 7) & 0xff;
+    writeFileSync(join(dir, 'grow-probe.bin'), probe);
+    must('dd', [`if=${join(dir, 'grow-probe.bin')}`, `of=${dev}`, 'bs=4096', `seek=${20 * 256}`, 'count=1', 'oflag=direct', 'conv=notrunc']);
+    must('dd', [`if=${dev}`, `of=${join(dir, 'grow-back.bin')}`, 'bs=4096', `skip=${20 * 256}`, 'count=1', 'iflag=direct']);
+    expect(readFileSync(join(dir, 'grow-back.bin')).equals(probe)).toBe(true);
+    await detach(bridge, name);
+    expect(readFileSync(growImage).subarray(20 * MiB, 20 * MiB + 4096).equals(probe)).toBe(true);
   });
 
   it('--bind vhost gives /dev/vhost-vdpa-N (the device moved from virtio_vdpa)', async () => {
