@@ -6,7 +6,7 @@ import { vofSync as vof } from './helpers/vof-cli.js';
 import { VOF_CLI, startTarget } from '../scripts/start-target.mjs';
 import { spawnSync } from 'node:child_process';
 
-const COMMANDS = ['target', 'info', 'cp', 'admin', 'nbd', 'vduse', 'drain', 'devices', 'bench'];
+const COMMANDS = ['target', 'info', 'cp', 'admin', 'nbd', 'vduse', 'drain', 'revalidate', 'devices', 'bench'];
 
 describe('vof CLI usage: help, unknown flags, usage errors', () => {
   const dir = mkdtempSync(join(tmpdir(), 'vof-cli-usage-'));
@@ -32,6 +32,7 @@ describe('vof CLI usage: help, unknown flags, usage errors', () => {
       (await import('../dist/cli/nbd-command.js')).NBD_COMMAND,
       (await import('../dist/cli/vduse-command.js')).VDUSE_COMMAND,
       (await import('../dist/cli/drain-command.js')).DRAIN_COMMAND,
+      (await import('../dist/cli/revalidate-command.js')).REVALIDATE_COMMAND,
       (await import('../dist/cli/devices-command.js')).DEVICES_COMMAND,
       (await import('../dist/cli/bench-options.js')).BENCH_COMMAND,
     ];

@@ -1,8 +1,8 @@
-import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger, statusName } from '../src/index.js';
+import { BlockDevice, silentLogger, statusName } from '../src/index.js';
 import { ControlSocket } from '../src/target/control-socket.js';
 import { controlRequest } from '../src/target/control-client.js';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
@@ -46,11 +46,11 @@ describe('control socket (issue 17, findings 10c and 12b)', () => {
     let target: StartedTarget;
     let control: string;
     let port: number;
+    const disk = join(dir, 'd.img');
     beforeAll(async () => {
-      const disk = join(dir, 'd.img');
       writeFileSync(disk, Buffer.alloc(1024 * 1024));
       control = join(dir, 't.ctl');
-      target = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk}`, '--control', control]);
+      target = await startTarget(['--listen', 'tcp://127.0.0.1:0', '--blk', `d=${disk}`, '--blk', 'zero=null:1m', '--control', control]);
       port = Number(new URL(target.urls[0]!.replace(/^tcp:/, 'http:')).port);
     });
     afterAll(async () => {
@@ -86,6 +86,40 @@ describe('control socket (issue 17, findings 10c and 12b)', () => {
       const moved = await vofAsync(['drain', '--control', control, 'elsewhere', 'tcp://127.0.0.1:2', '--grace', '0']);
       expect(moved.status, moved.stderr).toBe(0);
       expect((await controlRequest(control, { op: 'unredirect', tvqn: 'elsewhere' })).removed).toBe(true);
+    });
+
+    it('vof revalidate TVQN after the file grew: connected initiators get a config change with the new capacity, and I/O reaches the new end', async () => {
+      const d = await BlockDevice.open(`tcp://127.0.0.1:${port}/d`, { log: silentLogger });
+      try {
+        expect(d.capacity).toBe(1024 * 1024);
+        const changed = new Promise<void>((resolve) => d.device.once('configChange', () => resolve()));
+        truncateSync(disk, 3 * 1024 * 1024);
+        const r = await vofAsync(['revalidate', '--control', control, 'd']);
+        expect([r.status, r.stderr]).toEqual([0, '']);
+        expect(r.stdout).toBe('"d": 3145728 bytes, changed: its initiators were sent a config change\n');
+        await changed;
+        // BlockDevice re-reads the config space on the change: its capacity is the new one, and
+        // the target bounds-checks against it (a write past the old end is no longer an IOERR).
+        for (let i = 0; i < 100 && d.capacity !== 3 * 1024 * 1024; i++) await new Promise((res) => setTimeout(res, 20));
+        expect(d.capacity).toBe(3 * 1024 * 1024);
+        const block = Buffer.alloc(4096, 0xa5);
+        await d.write(2 * 1024 * 1024, block);
+        expect((await d.read(2 * 1024 * 1024, 4096)).equals(block)).toBe(true);
+        // Again without a change: said so, nothing sent.
+        const same = await vofAsync(['revalidate', '--control', control, 'd', '--json']);
+        expect(same.status, same.stderr).toBe(0);
+        expect(JSON.parse(same.stdout)).toEqual({ ok: true, capacityBytes: 3 * 1024 * 1024, changed: false });
+      } finally {
+        await d.close();
+      }
+      // A TVQN not exported here, and an export with no size to re-read: refused, exit 1.
+      const none = await vofAsync(['revalidate', '--control', control, 'nosuch']);
+      expect([none.status, none.stdout]).toEqual([1, '']);
+      expect(none.stderr).toMatch(/revalidate refused: "nosuch" is not exported by this target/);
+      const zero = await vofAsync(['revalidate', '--control', control, 'zero']);
+      expect(zero.status).toBe(1);
+      expect(zero.stderr).toMatch(/revalidate refused: "zero": null:1m is not a local file or block device: its size cannot be re-read/);
+      expect(target.stderr()).toMatch(/revalidate "d": 3145728 bytes, changed/);
     });
   });
 });

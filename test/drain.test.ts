@@ -105,7 +105,7 @@ describe('live drain', () => {
     expect(stats.ok).toBe(true);
     expect(stats.rssBytes).toBeGreaterThan(10 * 1024 * 1024);
     expect(stats.registrationsTotal).toBeUndefined(); // a TCP-only target never loads the RDMA addon
-    expect(await controlRequest(control, { op: 'explode', tvqn: 'd', url: 'x' })).toEqual({ ok: false, error: '"op" must be "drain", "redirect", "unredirect" or "stats"' });
+    expect(await controlRequest(control, { op: 'explode', tvqn: 'd', url: 'x' })).toEqual({ ok: false, error: '"op" must be "drain", "redirect", "unredirect", "revalidate" or "stats"' });
   }, SLOW);
 
   it('a seed-only initiator gets no event: its instance is closed after the grace time, and it is then refused', async () => {

@@ -2,6 +2,7 @@
 import { runAdmin, ADMIN_COMMAND } from './admin-command.js';
 import { runCp, CP_COMMAND } from './cp-command.js';
 import { runDrain, DRAIN_COMMAND } from './drain-command.js';
+import { runRevalidate, REVALIDATE_COMMAND } from './revalidate-command.js';
 import { runDevices, DEVICES_COMMAND } from './devices-command.js';
 import { runInfo, INFO_COMMAND } from './info-command.js';
 import { runNbd, NBD_COMMAND } from './nbd-command.js';
@@ -23,6 +24,7 @@ const COMMANDS: ReadonlyArray<{ spec: CommandSpec; run: (argv: string[]) => Prom
   { spec: NBD_COMMAND, run: runNbd },
   { spec: VDUSE_COMMAND, run: runVduse },
   { spec: DRAIN_COMMAND, run: runDrain },
+  { spec: REVALIDATE_COMMAND, run: runRevalidate },
   { spec: DEVICES_COMMAND, run: runDevices },
   { spec: GEN_SECRET_COMMAND, run: async (argv) => runGenSecret(argv) },
   // Loaded on demand: the benchmark brings the charting library, which no other command needs.

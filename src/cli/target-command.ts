@@ -56,7 +56,7 @@ export const TARGET_COMMAND = {
     'max-unbound-per-host': { type: 'string', arg: 'N', desc: 'connections without a Connect, per peer host (default 128)' },
     ...TLS_SERVER_OPTIONS,
     redirect: { type: 'string', multiple: true, arg: 'TVQN=URL[/TVQN2]', desc: 'answer Connects for TVQN with a redirect to URL' },
-    control: { type: 'string', arg: 'PATH', desc: 'Unix socket for operator commands (vof drain)' },
+    control: { type: 'string', arg: 'PATH', desc: 'Unix socket for operator commands (vof drain, vof revalidate)' },
     'file-io': { type: 'string', arg: 'auto|uring|libuv', desc: 'block file I/O backend (default: $VOF_FILE_IO, else auto)' },
     'inline-data': { type: 'string', arg: 'BYTES', desc: 'RDMA inline data offered (default 4112, at most 65536, 0: off)' },
     ...AUTH_TARGET_OPTIONS,
@@ -362,7 +362,7 @@ export async function runTarget(argv: string[]): Promise<number> {
     const controlPath = values.control ?? cfg.control;
     if (controlPath) {
       try {
-        control = await ControlSocket.listen(controlPath, { drain: (t, u, g) => target.drain(t, u, g), redirect: (t, u) => target.redirect(t, u, redirectAllow()), unredirect: (t) => target.removeRedirect(t), stats: targetProcessStats }, log);
+        control = await ControlSocket.listen(controlPath, { drain: (t, u, g) => target.drain(t, u, g), redirect: (t, u) => target.redirect(t, u, redirectAllow()), unredirect: (t) => target.removeRedirect(t), revalidate: (t) => target.revalidateSize(t), stats: targetProcessStats }, log);
       } catch (err) {
         throw new CliError(`cannot open the control socket ${controlPath}: ${(err as Error).message}`, 1);
       }

@@ -16,6 +16,9 @@ import type { DrainResult } from './target.js';
  *     new Connects for the TVQN are answered here again either way)
  *   {"op":"stats"} → {"ok":true,"rssBytes":…,"registrationsTotal":…,…} (process-wide counters:
  *     memory, and the RDMA addon's resource counts once RDMA is in use; `vof bench` reads them)
+ *   {"op":"revalidate","tvqn":"disk0"} → {"ok":true,"capacityBytes":…,"changed":true} (the size
+ *     of the backing file or device is read again; a change is a config change for every
+ *     instance: `vof revalidate`)
  * Errors: {"ok":false,"error":"…"}.
  */
 export interface ControlHandler {
@@ -25,6 +28,8 @@ export interface ControlHandler {
   unredirect(tvqn: string): boolean;
   /** Process-wide counters (numbers only); see TargetProcessStats. */
   stats(): Record<string, number>;
+  /** Re-read the size of `tvqn`'s storage; a change reaches its instances as a config change. */
+  revalidate(tvqn: string): Promise<{ capacityBytes: number; changed: boolean }>;
 }
 
 const MAX_LINE = 4096;
@@ -83,6 +88,11 @@ async function answer(line: string, handler: ControlHandler, log: Logger): Promi
       log.info(`control socket: ${removed ? 'redirect of' : 'no redirect to remove for'} ${quotePeerString(req.tvqn)}${removed ? ' removed' : ''}`);
       return { ok: true, removed };
     }
+    if (req.op === 'revalidate') {
+      if (typeof req.tvqn !== 'string') throw new Error('"tvqn" must be a string');
+      log.info(`control socket: revalidate ${quotePeerString(req.tvqn)}`);
+      return { ok: true, ...(await handler.revalidate(req.tvqn)) };
+    }
     if (typeof req.tvqn !== 'string' || typeof req.url !== 'string') throw new Error('"tvqn" and "url" must be strings');
     if (req.op === 'drain') {
       const grace = req.graceMs === undefined ? undefined : Number(req.graceMs);
@@ -91,7 +101,7 @@ async function answer(line: string, handler: ControlHandler, log: Logger): Promi
       return { ok: true, ...(await handler.drain(req.tvqn, req.url, grace)) };
     }
     if (req.op === 'redirect') return { ok: true, url: handler.redirect(req.tvqn, req.url) };
-    throw new Error('"op" must be "drain", "redirect", "unredirect" or "stats"');
+    throw new Error('"op" must be "drain", "redirect", "unredirect", "revalidate" or "stats"');
   } catch (err) {
     return { ok: false, error: (err as Error).message };
   }

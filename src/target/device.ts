@@ -110,5 +110,10 @@ export interface DeviceExport {
   /** A short human-readable description for logs and `vof info`. */
   readonly description: string;
   createInstance(limits?: InstanceLimits): VirtioDeviceInstance;
+  /**
+   * Re-read the size of the storage (the operator's `vof revalidate`); a changed capacity is a
+   * config change for every instance. Absent: the device has no size to re-read.
+   */
+  revalidateSize?(): Promise<{ capacityBytes: number; changed: boolean }>;
   close(): Promise<void>;
 }

@@ -211,6 +211,22 @@ export class VofTarget {
   }
 
   /**
+   * The operator changed the size of `tvqn`'s storage: re-read it (nvmet's revalidate_size);
+   * if the capacity changed, every live instance gets a config change. Throws for a TVQN not
+   * exported here, or whose device has no size to re-read.
+   */
+  async revalidateSize(tvqn: string): Promise<{ capacityBytes: number; changed: boolean }> {
+    const device = this.exports.get(tvqn)?.device;
+    if (!device) throw new Error(`${quotePeerString(tvqn)} is not exported by this target`);
+    if (!device.revalidateSize) throw new Error(`${quotePeerString(tvqn)} (${device.description}) has no size to re-read`);
+    const r = await device.revalidateSize().catch((err: Error) => {
+      throw new Error(`${quotePeerString(tvqn)}: ${err.message}`);
+    });
+    this.log.info(`revalidate ${quotePeerString(tvqn)}: ${r.capacityBytes} bytes${r.changed ? ', changed: config change sent to its instances' : ', unchanged'}`);
+    return r;
+  }
+
+  /**
    * Live drain (docs/PROTOCOL.md "Live drain"): new Connects for `tvqn` are redirected to
    * `url`; every live instance of it whose initiator follows redirects gets the drain event and
    * moves by itself (finishing its requests here first). After `graceMs` the instances still

@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,6 +7,8 @@ import { needs } from '../helpers/deps.js';
 import { startBridge, type Bridge } from '../helpers/nbd-bridge.js';
 import { rdmaAddress } from './rdma-env.js';
 import { must, sh } from '../helpers/shell.js';
+import { kill9 } from '../helpers/target-faults.js';
+import { vofAsync } from '../helpers/vof-cli.js';
 
 /**
  * `vof vduse`: the kernel's own virtio-blk driver (virtio_vdpa) on a VDUSE device whose requests
@@ -45,20 +47,54 @@ function waitPath(path: string, present: boolean, timeoutMs = 60000): void {
   }
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Runs a command without blocking this process (the test acts while it runs); bounded by `timeoutMs`. */
+function run(cmd: string, args: string[], timeoutMs: number): Promise<{ status: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('exit', (status) => {
+      clearTimeout(timer);
+      resolve({ status, out: `${cmd} ${args.join(' ')}: ${out}` });
+    });
+  });
+}
+
+/** /sys/block/vdX/stat: sectors written so far; /sys/block/vdX/inflight: writes in flight now. */
+function blockStat(dev: string): { writtenSectors: number; writesInFlight: number } {
+  const name = dev.slice('/dev/'.length);
+  const stat = readFileSync(`/sys/block/${name}/stat`, 'utf8').trim().split(/\s+/).map(Number);
+  const inflight = readFileSync(`/sys/block/${name}/inflight`, 'utf8').trim().split(/\s+/).map(Number);
+  return { writtenSectors: stat[6] ?? 0, writesInFlight: inflight[1] ?? 0 };
+}
+
+function portOf(url: string): number {
+  return Number(/:(\d+)$/.exec(url)![1]);
+}
+
 describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipNote}`, (scheme) => {
   // The guest's own tmpfs (not the 9p-shared host tree): a fast backing file.
   const dir = mkdtempSync(`/dev/shm/vof-vduse-${scheme}-`);
   const image = join(dir, 'disk.img');
   const roImage = join(dir, 'ro.img');
+  const growImage = join(dir, 'grow.img');
+  const control = join(dir, 'target.ctl');
   const mnt = join(dir, 'mnt');
   const big = Buffer.alloc(3 * MiB);
   for (let i = 0; i < big.length; i++) big[i] = (i * 2654435761) >>> 24;
   let target: StartedTarget;
   const running: Bridge[] = [];
+  /** Targets of the restart test (killed and started again there). */
+  const restarted: StartedTarget[] = [];
 
   /** `vof vduse URL --name NAME`: resolves with the block device it printed. */
-  async function attach(tvqn: string, name: string, ivqn: string): Promise<{ bridge: Bridge; dev: string }> {
-    const bridge = await startBridge([`${target.urls[0]}/${tvqn}`, '--name', name, '--ivqn', ivqn, '--log', 'debug'], 300000, 'vduse');
+  async function attach(where: string, name: string, ivqn: string, extra: string[] = []): Promise<{ bridge: Bridge; dev: string }> {
+    const url = where.includes('://') ? where : `${target.urls[0]}/${where}`;
+    const bridge = await startBridge([url, '--name', name, '--ivqn', ivqn, '--log', 'debug', ...extra], 300000, 'vduse');
     running.push(bridge);
     const dev = bridge.uri;
     expect(dev, bridge.stderr() + sh('dmesg', []).stdout.slice(-3000)).toMatch(/^\/dev\/vd[a-z]+$/);
@@ -82,8 +118,10 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
     spawnSync('truncate', ['-s', String(SIZE), image]);
     writeFileSync(roImage, Buffer.alloc(0));
     spawnSync('truncate', ['-s', String(8 * MiB), roImage]);
+    writeFileSync(growImage, Buffer.alloc(0));
+    spawnSync('truncate', ['-s', String(16 * MiB), growImage]);
     mkdirSync(mnt);
-    target = await startTarget(['--listen', `${scheme}://${rdmaAddress()}:0`, '--blk', `vd-disk=${image}`, '--blk', `vd-ro=${roImage},ro`], {
+    target = await startTarget(['--listen', `${scheme}://${rdmaAddress()}:0`, '--blk', `vd-disk=${image}`, '--blk', `vd-ro=${roImage},ro`, '--blk', `vd-grow=${growImage}`, '--control', control], {
       lines: 1,
       timeoutMs: 180000,
     });
@@ -93,6 +131,7 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
     spawnSync('umount', [mnt]);
     await Promise.all(running.map((b) => b.stop()));
     await target?.stop();
+    await Promise.all(restarted.map((t) => t.stop()));
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -165,6 +204,34 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
     await detach(ro.bridge, `vd-${scheme}-ro`);
   });
 
+  it('the backing file grown and `vof revalidate` on the target: the kernel sees the config change (/sys/block/vdX/size), and I/O reaches the new end', async () => {
+    const name = `vd-${scheme}-grow`;
+    const { bridge, dev } = await attach('vd-grow', name, 'vduse-host-grow');
+    const size = `/sys/block/${dev.slice('/dev/'.length)}/size`;
+    const sectors = () => Number(readFileSync(size, 'utf8').trim());
+    expect(sectors()).toBe((16 * MiB) / 512);
+    // Past the end: the kernel refuses it itself (the block layer knows the capacity).
+    expect(sh('dd', ['if=/dev/zero', `of=${dev}`, 'bs=4096', `seek=${20 * 256}`, 'count=1', 'oflag=direct', 'conv=notrunc']).status).not.toBe(0);
+    spawnSync('truncate', ['-s', String(24 * MiB), growImage]);
+    const r = await vofAsync(['revalidate', '--control', control, 'vd-grow']);
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^"vd-grow": 25165824 bytes, changed/);
+    // virtio_blk re-reads the capacity in a work item after the config interrupt: bounded wait.
+    for (let i = 0; i < 1200 && sectors() !== (24 * MiB) / 512; i++) await sleep(50);
+    expect(sectors(), bridge.stderr()).toBe((24 * MiB) / 512);
+    expect(Number(must('blockdev', ['--getsize64', dev]).trim())).toBe(24 * MiB);
+    expect(bridge.stderr()).toMatch(/config changed \(capacity 49152 sectors\)/);
+    // A block written past the old end goes through the kernel and lands in the file there.
+    const probe = Buffer.alloc(4096);
+    for (let i = 0; i < probe.length; i++) probe[i] = (i * 31 + 7) & 0xff;
+    writeFileSync(join(dir, 'grow-probe.bin'), probe);
+    must('dd', [`if=${join(dir, 'grow-probe.bin')}`, `of=${dev}`, 'bs=4096', `seek=${20 * 256}`, 'count=1', 'oflag=direct', 'conv=notrunc']);
+    must('dd', [`if=${dev}`, `of=${join(dir, 'grow-back.bin')}`, 'bs=4096', `skip=${20 * 256}`, 'count=1', 'iflag=direct']);
+    expect(readFileSync(join(dir, 'grow-back.bin')).equals(probe)).toBe(true);
+    await detach(bridge, name);
+    expect(readFileSync(growImage).subarray(20 * MiB, 20 * MiB + 4096).equals(probe)).toBe(true);
+  });
+
   it('--bind vhost gives /dev/vhost-vdpa-N (the device moved from virtio_vdpa)', async () => {
     must('modprobe', ['vhost_vdpa']);
     try {
@@ -177,6 +244,85 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
       await detach(bridge, name);
     } finally {
       spawnSync('modprobe', ['-r', 'vhost_vdpa']);
+    }
+  });
+
+  it('the target SIGKILLed mid-fio (crc32c verify, 4 jobs, libaio direct) and restarted 300 ms later: fio finishes without errors, the data verifies', async () => {
+    const file = join(dir, 'restart.img');
+    writeFileSync(file, Buffer.alloc(0));
+    spawnSync('truncate', ['-s', String(32 * MiB), file]);
+    const start = (port: number) =>
+      startTarget(['--listen', `${scheme}://${rdmaAddress()}:${port}`, '--blk', `vd-restart=${file}`], { lines: 1, timeoutMs: 180000 }).then((t) => {
+        restarted.push(t);
+        return t;
+      });
+    let t = await start(0);
+    const url = t.urls[0]!;
+    const name = `vd-${scheme}-restart`;
+    // The loss timeout (60 s) is the bound the restart must fit in, not a measurement: past it
+    // the disk is lost and the held requests fail, which fails fio.
+    const { bridge, dev } = await attach(`${url}/vd-restart`, name, 'vduse-host-restart', ['--reconnect-delay', '0.2', '--ctrl-loss-tmo', '60']);
+    const before = blockStat(dev).writtenSectors;
+    // Four jobs, each writing its own 4 MiB with crc32c-stamped blocks, then reading it back.
+    const fio = run(
+      'fio',
+      [
+        '--name=restart',
+        `--filename=${dev}`,
+        '--direct=1',
+        '--ioengine=libaio',
+        '--iodepth=8',
+        '--rw=randwrite',
+        '--bs=4k',
+        '--size=4M',
+        '--numjobs=4',
+        '--offset_increment=8M',
+        '--verify=crc32c',
+        '--do_verify=1',
+        '--verify_fatal=1',
+        '--verify_state_save=0',
+        '--group_reporting',
+      ],
+      600000,
+    );
+    // Mid-run: once 2 MiB of the 16 went out (bounded wait), the target is stopped, so that the
+    // writes it was sent stay unanswered, as on a target that dies with them; once the kernel's
+    // writes in flight stop moving, it is killed.
+    for (let i = 0; i < 2400 && blockStat(dev).writtenSectors - before < 4096; i++) await sleep(50);
+    expect(blockStat(dev).writtenSectors - before).toBeGreaterThanOrEqual(4096);
+    t.child.kill('SIGSTOP');
+    let last = -1;
+    for (let i = 0, still = 0; i < 400 && still < 5; i++) {
+      await sleep(50);
+      const now = blockStat(dev).writtenSectors;
+      still = now === last ? still + 1 : 0;
+      last = now;
+    }
+    const inFlightAtKill = blockStat(dev).writesInFlight;
+    expect(inFlightAtKill, 'writes in flight when the target was killed').toBeGreaterThan(0);
+    await kill9(t);
+    await sleep(300);
+    t = await start(portOf(url));
+    const r = await fio;
+    expect(r.status, `${r.out}\n${bridge.stderr()}`).toBe(0);
+    expect(r.out).not.toMatch(/verify: bad|crc32c: verify failed|err=\s*[1-9]/);
+    // vof vduse went through the loss and a reconnect, and is still serving.
+    expect(bridge.child.exitCode).toBe(null);
+    expect(bridge.stderr()).toMatch(/disconnected/);
+    expect(bridge.stderr()).toMatch(/reconnected after \d+ attempt/);
+    // The device still works after it: a block written and read back through the kernel.
+    const probe = Buffer.alloc(4096, 0x5a);
+    writeFileSync(join(dir, 'probe.bin'), probe);
+    must('dd', [`if=${join(dir, 'probe.bin')}`, `of=${dev}`, 'bs=4096', `seek=${30 * 256}`, 'count=1', 'oflag=direct', 'conv=notrunc']);
+    await detach(bridge, name);
+    expect(readFileSync(file).subarray(30 * MiB, 30 * MiB + 4096).equals(probe)).toBe(true);
+    // What fio wrote is in the file: every 4 KiB block of each job's range carries fio's
+    // verify header (magic 0xacca, little-endian).
+    const image = readFileSync(file);
+    for (let job = 0; job < 4; job++) {
+      let stamped = 0;
+      for (let off = job * 8 * MiB; off < job * 8 * MiB + 4 * MiB; off += 4096) if (image.readUInt16LE(off) === 0xacca) stamped++;
+      expect(stamped, `job ${job}`).toBe(1024);
     }
   });
 });

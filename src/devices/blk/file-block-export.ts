@@ -146,7 +146,8 @@ export class FileBlockExport implements DeviceExport {
     readonly path: string,
     private readonly file: fsp.FileHandle | null,
     private readonly io: FileIo,
-    private readonly sizeBytes: number,
+    /** The backing store's size; revalidateSize() re-reads it. */
+    private sizeBytes: number,
     options: FileBlockOptions,
     defaultSerial: string,
     alignment: DirectIoAlignment | null,
@@ -245,6 +246,21 @@ export class FileBlockExport implements DeviceExport {
   format(blockSize: number): void {
     this.blockSize = blockSize;
     this.configChanged();
+  }
+
+  /**
+   * Re-reads the size of the backing file or block device, which an operator grew or shrank
+   * (as nvmet's revalidate_size): when the capacity changed, every instance hears a config
+   * change, and requests are bounds-checked against the new capacity from now on. Storage that
+   * is not a local file (an NBD source, null:SIZE) has no size to re-read.
+   */
+  async revalidateSize(): Promise<{ capacityBytes: number; changed: boolean }> {
+    if (!this.file) throw new Error(`${this.path} is not a local file or block device: its size cannot be re-read`);
+    const before = this.capacityBytes;
+    this.sizeBytes = sizeOf(this.path, await this.file.stat());
+    const changed = this.capacityBytes !== before;
+    if (changed) this.configChanged();
+    return { capacityBytes: this.capacityBytes, changed };
   }
 
   get configGeneration(): number {
