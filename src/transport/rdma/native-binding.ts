@@ -149,10 +149,10 @@ export interface QpAttributes {
 export interface QueuePair {
   /**
    * Post the first `count` work requests of `staging` (WorkRequestStaging in send-queue.ts
-   * writes them: WR_WORDS words each, regions and windows as indexes into `objects`) as one
-   * list: one ibv_post_send.
+   * writes them: WR_WORDS words each, regions and windows as indexes into `objects`; entries
+   * no request names may be null) as one list: one ibv_post_send.
    */
-  postSend(staging: Uint32Array, count: number, objects: ReadonlyArray<MemoryRegion | MemoryWindow>): void;
+  postSend(staging: Uint32Array, count: number, objects: ReadonlyArray<MemoryRegion | MemoryWindow | null>): void;
   postRecv(wrId: number, mr: MemoryRegion, offset: number, length: number): void;
   qpNum(): number;
   query(): QpAttributes;

@@ -69,19 +69,27 @@ export const WR_WORDS = 8 + 3 * STAGED_SGE;
  */
 export class WorkRequestStaging {
   readonly words = new Uint32Array(MAX_WRS_PER_POST * WR_WORDS);
-  readonly objects: Array<MemoryRegion | MemoryWindow> = [];
+  /**
+   * The first `objectCount` entries are this call's; the rest are null. Cleared in place, not
+   * by `length = 0`, which would drop the array's storage and make the next call allocate it.
+   */
+  readonly objects: Array<MemoryRegion | MemoryWindow | null> = [];
+  private objectCount = 0;
   count = 0;
 
   reset(): void {
     this.count = 0;
-    this.objects.length = 0;
+    const objects = this.objects;
+    for (let i = 0; i < this.objectCount; i++) objects[i] = null;
+    this.objectCount = 0;
   }
 
   private indexOf(o: MemoryRegion | MemoryWindow): number {
     const objects = this.objects;
-    for (let i = 0; i < objects.length; i++) if (objects[i] === o) return i;
-    objects.push(o);
-    return objects.length - 1;
+    const n = this.objectCount;
+    for (let i = 0; i < n; i++) if (objects[i] === o) return i;
+    objects[n] = o;
+    return this.objectCount++;
   }
 
   /** Append `wr` (throws RangeError for one the layout cannot carry, before anything is posted). */
@@ -117,6 +125,9 @@ export class WorkRequestStaging {
     qp.postSend(this.words, this.count, this.objects);
   }
 }
+
+/** Schedules the end-of-turn flush (see accept). */
+const SETTLED = Promise.resolve();
 
 /** Chains allowed to wait for room in the send queue, unless the owner says otherwise. */
 export const DEFAULT_MAX_BACKLOG = 1024;
@@ -254,7 +265,9 @@ export class SendQueue {
     this.pending.push(chain);
     if (!this.flushArmed) {
       this.flushArmed = true;
-      queueMicrotask(this.flushFromMicrotask);
+      // A reaction on a settled promise: queueMicrotask would make an AsyncResource and a bound
+      // function for every flush.
+      SETTLED.then(this.flushFromMicrotask);
     }
   }
 
@@ -318,7 +331,8 @@ export class SendQueue {
       this.inFlightCount += count;
       this.posted.calls++;
       this.posted.chains += count;
-      if (count === pending.length) pending.length = 0;
+      // Emptied by pop, not `length = 0` (which would drop the storage the next push reallocates).
+      if (count === pending.length) while (pending.length > 0) pending.pop();
       else pending.splice(0, count);
     }
     // Nothing kept alive between calls.
