@@ -57,10 +57,14 @@ describe.skipIf(!anchors.ok)(`vof bench keyed part (--vm-part) on rxe${anchors.s
     rdmaAddress();
     const out = join(dir, 'vduse.json');
     const systems = ['vof-vduse', 'vof-vduse-rdma', 'qsd-vduse', 'vof-nbd', 'vof-tcp', 'vof-rdma'];
-    const r = await vofBench(['--vm-part', '--anchors', '--quick', '--rw', 'randread', '--qd', '4', '--systems', systems.join(','), '--json', out], 540_000);
+    // perf off: switching its counters patches kernel text, which this TCG guest on 6.12 can take
+    // as a fatal Oops (docs/BENCHMARK.md, VOF_BENCH_PERF); the per-I/O figures are not what this tests.
+    process.env.VOF_BENCH_PERF = 'off';
+    const r = await vofBench(['--vm-part', '--anchors', '--quick', '--rw', 'randread', '--qd', '4', '--systems', systems.join(','), '--json', out], 540_000).finally(() => delete process.env.VOF_BENCH_PERF);
     expect(r.code, `${r.stderr}\n${r.stdout}`).toBe(0);
     const report = JSON.parse(readFileSync(out, 'utf8')) as BenchReport;
     expect(report.skipped, r.stderr).toEqual([]);
+    expect(report.runs.find((x) => x.system === 'qsd-vduse')!.perIo!.unavailable['target.syscalls']).toMatch(/VOF_BENCH_PERF=off/);
     // Only the systems asked for (no ceiling either: perftest was not named).
     expect([...new Set(report.runs.map((x) => x.system))].sort()).toEqual([...systems].sort());
     for (const system of systems) {
