@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { vofBench } from './helpers/vof-bench.js';
 import { parsePerfCount, perIoCost } from '../src/bench/per-io.js';
 import { computeRatios, formatSpread } from '../src/bench/report.js';
@@ -55,7 +55,17 @@ describe('rounds: ratios and summaries', () => {
     expect(r[0]).toMatchObject({ rounds: 1, iops: 3, min: { iops: 3 }, max: { iops: 3 } });
   });
 
-  it('summarizes each system over its rounds, per-I/O figures as medians of the known ones', () => {
+  it('the VDUSE systems: vof-vduse[-rdma] against the library on its transport, qsd-vduse and the kernel target', () => {
+    const systems = ['vof-vduse', 'vof-vduse-rdma', 'vof-tcp', 'vof-rdma', 'qsd-vduse', 'nvmeof-tcp', 'nvmeof-rdma-null'];
+    const pairs = computeRatios(systems.map((s) => run(s, 1, 100, 10))).map((r) => `${r.system}/${r.anchor}`);
+    expect(pairs).toEqual(expect.arrayContaining(['vof-vduse/vof-tcp', 'vof-vduse-rdma/vof-rdma', 'vof-vduse/qsd-vduse', 'vof-vduse-rdma/qsd-vduse', 'vof-vduse/nvmeof-tcp']));
+    // Not across transports, and a file export not against null_blk.
+    expect(pairs).not.toContain('vof-vduse-rdma/vof-tcp');
+    expect(pairs).not.toContain('vof-vduse/vof-rdma');
+    expect(pairs).not.toContain('vof-vduse/nvmeof-rdma-null');
+  });
+
+    it('summarizes each system over its rounds, per-I/O figures as medians of the known ones', () => {
     const side = (userUs: number | null) => ({ userUs, systemUs: 1, syscalls: null, contextSwitches: 2 });
     const cost = (u: number | null, heap: number | null): PerIoCost => ({ initiator: side(u), target: side(1), heapBytes: heap, gcs: 0.001, unavailable: heap === null ? { heap: 'why' } : {} });
     const [s, t] = summarizeRuns([run('vof-tcp', 1, 100, 10, cost(1, 100)), run('nbdkit', 1, 50, 5), run('vof-tcp', 2, 300, 30, cost(null, null)), run('vof-tcp', 3, 200, 20, cost(3, 300))]);
@@ -85,6 +95,35 @@ describe('per-I/O costs', () => {
     expect(c).toMatchObject({ heapBytes: 64, gcs: 0.002, unavailable: { 'target.cpu': 'kernel' } });
     expect(perIoCost(10, c as never, c as never, 'fio').unavailable.heap).toBe('fio');
   });
+});
+
+describe('perf switched off', () => {
+  it('VOF_BENCH_PERF=off: no perf, the per-I/O figures say why', async () => {
+    vi.resetModules();
+    process.env.VOF_BENCH_PERF = 'off';
+    try {
+      const { syscallCountingUnavailable } = await import('../src/bench/per-io.js');
+      expect(syscallCountingUnavailable()).toBe('perf switched off (VOF_BENCH_PERF=off)');
+    } finally {
+      delete process.env.VOF_BENCH_PERF;
+      vi.resetModules();
+    }
+  });
+});
+
+describe('vof bench --systems', () => {
+  it('an unknown name is a usage error listing the names (exit 2)', async () => {
+    const r = await vofBench(['--systems', 'vof-tcp,nope', '--rdma', 'off'], 30_000);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--systems takes a comma-separated list of vof-tcp, .*qsd-vduse.*; unknown: nope/);
+  });
+
+  it('runs only the systems named', async () => {
+    const r = await vofBench(['--quick', '--rdma', 'off', '--systems', 'vof-null', '--rw', 'randread', '--time', '0.3', '--ramp', '0', '--size', '1m'], 60_000);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^vof-null +host +randread 4k qd1 /m);
+    expect(r.stdout).not.toMatch(/^vof-tcp /m);
+  }, 60_000);
 });
 
 describe('vof bench --rounds', () => {

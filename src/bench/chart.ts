@@ -4,7 +4,7 @@ import type { BenchReport } from './types.js';
 import { isBlockRw, workloadLabel } from './workloads.js';
 
 /** Systems in the order they stand side by side: vof keyed, vof stream, then the anchors. */
-const ORDER = ['vof-rdma', 'vof-tcp', 'vof-nbd', 'vof-nbdsrc', 'vof-null', 'vof-null-rdma', 'nbdkit', 'nvmeof-rdma', 'nvmeof-tcp', 'nvmeof-rdma-null', 'nvmeof-tcp-null'];
+const ORDER = ['vof-rdma', 'vof-tcp', 'vof-nbd', 'vof-nbdsrc', 'vof-null', 'vof-null-rdma', 'vof-vduse', 'vof-vduse-rdma', 'nbdkit', 'nvmeof-rdma', 'nvmeof-tcp', 'nvmeof-rdma-null', 'nvmeof-tcp-null', 'qsd-vduse'];
 
 /**
  * The chart as SVG (Vega-Lite compiled to Vega, rendered headless by Vega's SVG renderer):

@@ -9,6 +9,7 @@ import type { ProgressLine } from './progress-line.js';
 import { roundOrder } from './rounds.js';
 import { SystemUnavailable, openNbdkit, openNbdkitMemory, openVofNbd, runIperf3, type AnchorContext } from './stream-anchors.js';
 import type { BenchRun, Environment, SkippedSystem, Workload } from './types.js';
+import { openQsdVduse, openVofVduse } from './vduse-anchors.js';
 import { runVofWorkload } from './vof-workload.js';
 import { workloadLabel } from './workloads.js';
 
@@ -30,6 +31,10 @@ export interface MeasureOptions {
   readonly anchors: boolean;
   /** Run vof-nbd (needs fio and the `vof nbd` command). */
   readonly nbd: boolean;
+  /** Run the VDUSE systems (vof-vduse, vof-vduse-rdma, qsd-vduse): the kernel's virtio-blk, root only. */
+  readonly vduse?: boolean;
+  /** Only these systems (and ceilings, by tool: iperf3, perftest), or every one (null). */
+  readonly only?: ReadonlySet<string> | null;
   readonly cpuProfDir: string | null;
   /** The target's --file-io (auto, uring, libuv), or null for its default. */
   readonly fileIo?: string | null;
@@ -42,6 +47,12 @@ export interface Measured {
   /** Systems that failed (not merely unavailable): the bench exits non-zero. */
   readonly failures: number;
 }
+
+/** Every system and ceiling tool the bench knows, by the name `--systems` takes. */
+export const SYSTEM_NAMES = [
+  'vof-tcp', 'vof-rdma', 'vof-nbd', 'vof-nbdsrc', 'vof-null', 'vof-null-rdma', 'vof-vduse', 'vof-vduse-rdma',
+  'nbdkit', 'nvmeof-rdma', 'nvmeof-tcp', 'nvmeof-rdma-null', 'nvmeof-tcp-null', 'qsd-vduse', 'iperf3', 'perftest',
+] as const;
 
 const TVQN = 'bench';
 const NULL_TVQN = 'bench-null';
@@ -85,7 +96,10 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     }
   };
   const systems: BlockSystem[] = [];
+  const chosen = (system: string) => !o.only || o.only.has(system);
   const open = async (system: string, body: () => Promise<BlockSystem>) => {
+    // Not chosen (--systems): not opened, and not "skipped" either (the user left it out).
+    if (!chosen(system)) return;
     o.progress.log(`bench: ${system} (${env}) …`);
     const opened = await attempt(system, body);
     if (opened) systems.push(opened);
@@ -108,7 +122,7 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     // Beside the image: the null device (the fabric path with no storage), and with anchors an
     // NBD source (nbdkit's memory plugin) to measure the cost of that extra hop.
     const extra = ['--blk', `${NULL_TVQN}=null:${o.sizeBytes}`];
-    if (o.anchors) {
+    if (o.anchors && chosen('vof-nbdsrc')) {
       nbdSource = await attempt('vof-nbdsrc', () => openNbdkitMemory(o.sizeBytes));
       if (nbdSource) extra.push('--blk', `${NBDSRC_TVQN}=nbd://127.0.0.1:${nbdSource.port}/`);
     }
@@ -137,8 +151,8 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     };
   };
   const ceilings: CeilingSystem[] = [];
-  if (o.anchors && env === 'host') ceilings.push({ name: 'iperf3', run: (r) => runIperf3(ctx, r) });
-  if (o.anchors && o.rdma) {
+  if (o.anchors && env === 'host' && chosen('iperf3')) ceilings.push({ name: 'iperf3', run: (r) => runIperf3(ctx, r) });
+  if (o.anchors && o.rdma && chosen('perftest')) {
     const { device, addr } = o.rdma;
     for (const tool of ['ib_write_bw', 'ib_read_bw'] as const) ceilings.push({ name: `perftest ${tool}`, run: (r) => runPerftestBandwidth(ctx, tool, device, addr, r) });
     ceilings.push({ name: 'perftest ib_send_lat', run: (r) => runPerftestLatency(ctx, device, addr, r) });
@@ -167,6 +181,13 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
       // The kernel on null_blk, of vof-null's size: the anchors of vof-null-rdma and vof-null.
       await open('nvmeof-rdma-null', () => openNvmeof(ctx, 'rdma', o.rdma!.addr, { nullBytes: o.sizeBytes }));
       await open('nvmeof-tcp-null', () => openNvmeof(ctx, 'tcp', '127.0.0.1', { nullBytes: o.sizeBytes }));
+    }
+    if (o.vduse) {
+      // The kernel's virtio-blk over vof (vof vduse) against the same target, and
+      // qemu-storage-daemon's vduse-blk of the same image: the ceiling of the VDUSE path.
+      if (urls.tcp) await open('vof-vduse', () => openVofVduse(ctx, 'vof-vduse', VOF_CLI, urls.tcp!, o.queues, targetPid));
+      if (urls.rdma) await open('vof-vduse-rdma', () => openVofVduse(ctx, 'vof-vduse-rdma', VOF_CLI, urls.rdma!, o.queues, targetPid));
+      await open('qsd-vduse', () => openQsdVduse(ctx, o.image, o.queues));
     }
 
     // A run that never ends (an I/O that never completes) is a failure with a reason, not a

@@ -18,6 +18,9 @@ const VOF_VARIANTS = new Map([
   ['vof-nbdsrc', 'vof-tcp'],
   ['vof-null', 'vof-tcp'],
   ['vof-null-rdma', 'vof-rdma'],
+  // The kernel's virtio-blk through `vof vduse` against the library on the same transport.
+  ['vof-vduse', 'vof-tcp'],
+  ['vof-vduse-rdma', 'vof-rdma'],
 ]);
 
 /**

@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync, writeFileSync, openSync, closeSync, ftruncateSync,
 import { cpus, hostname, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { join, resolve } from 'node:path';
 import { renderChart } from '../bench/chart.js';
-import { measureEnvironment } from '../bench/measure.js';
+import { measureEnvironment, SYSTEM_NAMES } from '../bench/measure.js';
 import { ProgressLine } from '../bench/progress-line.js';
 import { computeRatios, formatPerIo, formatRatios, formatResources, formatRuns, formatSkipped } from '../bench/report.js';
 import { summarizeRuns } from '../bench/rounds.js';
@@ -89,6 +89,12 @@ export async function runBench(argv: string[]): Promise<number> {
   } catch (err) {
     throw new CliError((err as Error).message);
   }
+  let only: Set<string> | null = null;
+  if (values.systems !== undefined) {
+    only = new Set(values.systems.split(',').map((x) => x.trim()).filter(Boolean));
+    const unknown = [...only].filter((x) => !(SYSTEM_NAMES as readonly string[]).includes(x));
+    if (unknown.length || only.size === 0) throw new CliError(`--systems takes a comma-separated list of ${SYSTEM_NAMES.join(', ')}${unknown.length ? `; unknown: ${unknown.join(', ')}` : ''}`);
+  }
   const progress = new ProgressLine();
   const log = (line: string) => progress.log(line);
   const cpuProfDir = values['cpu-prof'] ? resolve(values['cpu-prof']) : null;
@@ -135,7 +141,11 @@ export async function runBench(argv: string[]): Promise<number> {
       targetUrl: values.target ?? null,
       rdma,
       anchors: values.anchors === true,
-      nbd: values.anchors === true && !vmPart,
+      nbd: values.anchors === true,
+      // The kernel's virtio-blk on VDUSE needs root and Linux >= 5.15: where the kernel anchors
+      // (nvmet) run, in the VM or on a host with RDMA.
+      vduse: values.anchors === true && (vmPart || rdma !== null),
+      only,
       cpuProfDir,
       fileIo,
       progress,
@@ -152,10 +162,12 @@ export async function runBench(argv: string[]): Promise<number> {
         ...(values.qd ? ['--qd', values.qd] : []),
         '--queues', String(queues), '--rounds', String(rounds), '--time', String(vmTimeSec), '--ramp', String(Math.min(rampSec, 1)), '--size', '64m',
         ...(values.anchors ? ['--anchors'] : []),
+        ...(values.systems !== undefined ? ['--systems', values.systems] : []),
         ...(cpuProfDir ? ['--cpu-prof', cpuProfDir] : []),
       ];
-      // vof-rdma, vof-tcp, vof-null, vof-null-rdma; with anchors vof-nbdsrc and nvmeof-{rdma,tcp}[-null].
-      const systems = values.anchors ? 9 : 4;
+      // vof-rdma, vof-tcp, vof-null, vof-null-rdma; with anchors vof-nbdsrc, vof-nbd,
+      // nvmeof-{rdma,tcp}[-null], vof-vduse[-rdma] and qsd-vduse; or those of --systems.
+      const systems = only ? only.size : values.anchors ? 13 : 4;
       const timeout = 300 + systems * workloads.length * rounds * (vmTimeSec + 1 + 30);
       try {
         const vm = await runInVm(pass, timeout);
@@ -168,7 +180,7 @@ export async function runBench(argv: string[]): Promise<number> {
         // is a loud skip (this machine cannot provide soft-RoCE), not a failed benchmark.
         if (!vmIsFallback) failures++;
         const why = `${vmIsFallback ? '' : 'FAILED: '}${(err as Error).message}`;
-        for (const system of ['vof-rdma', 'vof-null-rdma', ...(values.anchors ? ['perftest', 'nvmeof-rdma', 'nvmeof-tcp', 'nvmeof-rdma-null', 'nvmeof-tcp-null'] : [])]) skipped.push({ system, environment: 'vm', reason: why });
+        for (const system of ['vof-rdma', 'vof-null-rdma', ...(values.anchors ? ['perftest', 'nvmeof-rdma', 'nvmeof-tcp', 'nvmeof-rdma-null', 'nvmeof-tcp-null', 'vof-vduse', 'vof-vduse-rdma', 'qsd-vduse'] : [])].filter((x) => !only || only.has(x))) skipped.push({ system, environment: 'vm', reason: why });
         log(`bench: SKIPPED the VM part: ${(err as Error).message}`);
       }
     }
