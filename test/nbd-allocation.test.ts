@@ -40,19 +40,37 @@ function call(worker: Worker, message: unknown): Promise<Record<string, unknown>
   });
 }
 
+/**
+ * A target (memory disk) in a worker, `vof nbd`'s NbdServer over it in this thread (whose heap
+ * the tests measure), and an NBD client in another worker (`clientData`: its read/write length).
+ */
+async function withBridge(clientData: Record<string, unknown>, run: (client: Worker, server: NbdServer) => Promise<void>): Promise<void> {
+  const target = new Worker(new URL('./helpers/memory-target-worker.mjs', import.meta.url), { workerData: { size: DISK } });
+  const { url } = (await call(target, null)) as { url: string };
+  const dir = mkdtempSync(join(tmpdir(), 'vof-nbdalloc-'));
+  const disk = await BlockDevice.open(url, { log: silentLogger, maxQueues: 1 });
+  const server = new NbdServer(disk, { name: 'mem', log: silentLogger });
+  let client: Worker | null = null;
+  try {
+    const socket = join(dir, 'nbd.sock');
+    await server.listen({ socket });
+    client = new Worker(new URL('./helpers/nbd-read-worker.mjs', import.meta.url), { workerData: { socket, depth: DEPTH, disk: DISK, ...clientData } });
+    await call(client, null);
+    await run(client, server);
+  } finally {
+    if (client) await call(client, { close: true }).catch(() => {});
+    await client?.terminate();
+    await server.close();
+    await disk.close();
+    await call(target, 'close');
+    await target.terminate();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 describe('NBD bridge JS heap allocation per 4 KiB NBD read (target and NBD client in worker threads)', () => {
   it('about the vof initiator beneath it: no Promise or object graph per request', async () => {
-    const target = new Worker(new URL('./helpers/memory-target-worker.mjs', import.meta.url), { workerData: { size: DISK } });
-    const { url } = (await call(target, null)) as { url: string };
-    const dir = mkdtempSync(join(tmpdir(), 'vof-nbdalloc-'));
-    const disk = await BlockDevice.open(url, { log: silentLogger, maxQueues: 1 });
-    const server = new NbdServer(disk, { name: 'mem', log: silentLogger });
-    let client: Worker | null = null;
-    try {
-      const socket = join(dir, 'nbd.sock');
-      await server.listen({ socket });
-      client = new Worker(new URL('./helpers/nbd-read-worker.mjs', import.meta.url), { workerData: { socket, depth: DEPTH, disk: DISK } });
-      await call(client, null);
+    await withBridge({}, async (client) => {
       expect((await call(client, { reads: 5000 })).bad).toBe(0); // warm-up: slots, pools, JIT
       const w = new HeapWindow();
       w.start();
@@ -62,15 +80,7 @@ describe('NBD bridge JS heap allocation per 4 KiB NBD read (target and NBD clien
       expect(bad).toBe(0); // every reply had its cookie and the block's own bytes
       expect(allocatedBytes / READS).toBeLessThan(1500);
       expect(gcs).toBeLessThan(15);
-    } finally {
-      if (client) await call(client, { close: true }).catch(() => {});
-      await client?.terminate();
-      await server.close();
-      await disk.close();
-      await call(target, 'close');
-      await target.terminate();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   }, 120_000);
 
   /**
@@ -83,17 +93,7 @@ describe('NBD bridge JS heap allocation per 4 KiB NBD read (target and NBD clien
    * (measured about 1 KiB per request, Node's socket writes included).
    */
   it('128 KiB reads and writes: no mark-compact from a data buffer per request', async () => {
-    const target = new Worker(new URL('./helpers/memory-target-worker.mjs', import.meta.url), { workerData: { size: DISK } });
-    const { url } = (await call(target, null)) as { url: string };
-    const dir = mkdtempSync(join(tmpdir(), 'vof-nbdalloc-'));
-    const disk = await BlockDevice.open(url, { log: silentLogger, maxQueues: 1 });
-    const server = new NbdServer(disk, { name: 'mem', log: silentLogger });
-    let client: Worker | null = null;
-    try {
-      const socket = join(dir, 'nbd.sock');
-      await server.listen({ socket });
-      client = new Worker(new URL('./helpers/nbd-read-worker.mjs', import.meta.url), { workerData: { socket, depth: DEPTH, disk: DISK, length: 128 * 1024 } });
-      await call(client, null);
+    await withBridge({ length: 128 * 1024 }, async (client, server) => {
       for (const kind of ['reads', 'writes'] as const) {
         expect((await call(client, { [kind]: 500 })).bad).toBe(0); // warm-up
         const w = new HeapWindow();
@@ -116,14 +116,6 @@ describe('NBD bridge JS heap allocation per 4 KiB NBD read (target and NBD clien
       await call(client, { close: true });
       for (let i = 0; i < 50 && server.memory.kept > 0; i++) await new Promise((r) => setTimeout(r, 20));
       expect(server.memory.kept).toBe(0);
-    } finally {
-      if (client) await call(client, { close: true }).catch(() => {});
-      await client?.terminate();
-      await server.close();
-      await disk.close();
-      await call(target, 'close');
-      await target.terminate();
-      rmSync(dir, { recursive: true, force: true });
-    }
+    });
   }, 120_000);
 });

@@ -66,37 +66,32 @@ export async function openVofVduse(ctx: AnchorContext, system: string, cli: stri
     clearTimeout(late);
     await waitFor(`vdpa device ${name} to go after vof vduse exited with ${code}`, () => !existsSync(join(SYS_VDPA, name)), 30_000);
   };
-  let dev: string;
-  try {
-    // TCG: connecting, creating the device and the kernel's probe take tens of seconds.
-    dev = await new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`vof vduse printed no device within 180 s: ${stderr.trim()}`)), 180_000);
-      createInterface({ input: child.stdout }).once('line', (line) => {
-        clearTimeout(timer);
-        resolve(line.trim());
+  return fioOnVdev(
+    ctx,
+    system,
+    async () => {
+      // TCG: connecting, creating the device and the kernel's probe take tens of seconds.
+      const dev = await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`vof vduse printed no device within 180 s: ${stderr.trim()}`)), 180_000);
+        createInterface({ input: child.stdout }).once('line', (line) => {
+          clearTimeout(timer);
+          resolve(line.trim());
+        });
+        void exited.then((code) => {
+          clearTimeout(timer);
+          const why = /unknown command/.test(stderr) ? new SystemUnavailable('this vof has no `vduse` command') : new Error(`vof vduse exited with ${code}: ${stderr.trim()}`);
+          reject(why);
+        });
       });
-      void exited.then((code) => {
-        clearTimeout(timer);
-        const why = /unknown command/.test(stderr) ? new SystemUnavailable('this vof has no `vduse` command') : new Error(`vof vduse exited with ${code}: ${stderr.trim()}`);
-        reject(why);
-      });
-    });
-    if (!/^\/dev\/vd[a-z]+$/.test(dev)) throw new Error(`vof vduse printed "${dev}", not a /dev/vdX block device: ${stderr.trim()}`);
-    await waitFor(`${dev}`, () => existsSync(dev), 60_000);
-  } catch (err) {
-    await stop().catch(() => undefined);
-    throw err;
-  }
-  return fioSystem(
-    {
-      ...ctx,
-      system,
-      engine: ['--ioengine=libaio', '--direct=1', `--filename=${dev}`],
+      if (!/^\/dev\/vd[a-z]+$/.test(dev)) throw new Error(`vof vduse printed "${dev}", not a /dev/vdX block device: ${stderr.trim()}`);
+      return dev;
+    },
+    stop,
+    (dev) => ({
       target: targetPid === null ? null : { pid: targetPid },
       initiatorPids: [child.pid!],
       note: `${dev}: the kernel's virtio-blk on vof vduse over ${deviceUrl.split(':')[0]}; initiator CPU = fio + the vof vduse process (the kernel's virtio-blk/VDUSE work in fio's system time only where it runs in fio's context)`,
-    },
-    stop,
+    }),
   );
 }
 
@@ -134,35 +129,51 @@ export async function openQsdVduse(ctx: AnchorContext, image: string, queues: nu
     await qsd.stop();
     await waitFor(`/dev/vduse/${name} to go after qemu-storage-daemon exited`, () => !existsSync(`/dev/vduse/${name}`), 30_000);
   };
+  return fioOnVdev(
+    ctx,
+    system,
+    async () => {
+      await waitFor(`qemu-storage-daemon's VDUSE device /dev/vduse/${name}`, () => {
+        if (qsd.child.exitCode !== null) {
+          const err = qsd.stderr().trim();
+          if (/vduse-blk|Invalid parameter|does not accept value/.test(err) && !/failed to create vduse device/.test(err)) {
+            throw new SystemUnavailable(`${version} has no vduse-blk export (QEMU >= 7.1 built with --enable-vduse-blk-export): ${err}`);
+          }
+          throw new Error(`qemu-storage-daemon exited with ${qsd.child.exitCode}: ${err}`);
+        }
+        return existsSync(`/dev/vduse/${name}`);
+      }, 120_000);
+      await run(VDPA, ['dev', 'add', 'name', name, 'mgmtdev', 'vduse']);
+      added = true;
+      await waitFor(`the block device of vdpa device ${name}`, () => vdpaBlockDevice(name) !== null, 120_000);
+      return vdpaBlockDevice(name)!;
+    },
+    stop,
+    (dev) => ({
+      target: { pid: qsd.pid },
+      note: `${dev}: ${version}, --export vduse-blk of the image (file driver, page cache, ${queues} queues), no network: the ceiling of the VDUSE path; target CPU = qemu-storage-daemon`,
+    }),
+  );
+}
+
+/**
+ * fio (libaio, O_DIRECT) on the /dev/vdX that `setUp` brings up, once it exists; `stop` tears
+ * it down when the bench is done with it, or at once if it never came.
+ */
+async function fioOnVdev(
+  ctx: AnchorContext,
+  system: string,
+  setUp: () => Promise<string>,
+  stop: () => Promise<void>,
+  sides: (dev: string) => Pick<Parameters<typeof fioSystem>[0], 'target' | 'initiatorPids' | 'note'>,
+): Promise<BlockSystem> {
   let dev: string;
   try {
-    await waitFor(`qemu-storage-daemon's VDUSE device /dev/vduse/${name}`, () => {
-      if (qsd.child.exitCode !== null) {
-        const err = qsd.stderr().trim();
-        if (/vduse-blk|Invalid parameter|does not accept value/.test(err) && !/failed to create vduse device/.test(err)) {
-          throw new SystemUnavailable(`${version} has no vduse-blk export (QEMU >= 7.1 built with --enable-vduse-blk-export): ${err}`);
-        }
-        throw new Error(`qemu-storage-daemon exited with ${qsd.child.exitCode}: ${err}`);
-      }
-      return existsSync(`/dev/vduse/${name}`);
-    }, 120_000);
-    await run(VDPA, ['dev', 'add', 'name', name, 'mgmtdev', 'vduse']);
-    added = true;
-    await waitFor(`the block device of vdpa device ${name}`, () => vdpaBlockDevice(name) !== null, 120_000);
-    dev = vdpaBlockDevice(name)!;
+    dev = await setUp();
     await waitFor(`${dev}`, () => existsSync(dev), 60_000);
   } catch (err) {
     await stop().catch(() => undefined);
     throw err;
   }
-  return fioSystem(
-    {
-      ...ctx,
-      system,
-      engine: ['--ioengine=libaio', '--direct=1', `--filename=${dev}`],
-      target: { pid: qsd.pid },
-      note: `${dev}: ${version}, --export vduse-blk of the image (file driver, page cache, ${queues} queues), no network: the ceiling of the VDUSE path; target CPU = qemu-storage-daemon`,
-    },
-    stop,
-  );
+  return fioSystem({ ...ctx, system, engine: ['--ioengine=libaio', '--direct=1', `--filename=${dev}`], ...sides(dev) }, stop);
 }
