@@ -48,12 +48,19 @@ export interface RcConnectionOptions {
   readonly sendLimits?: Omit<SendQueueLimits, 'onFail'>;
 }
 
+/**
+ * What onMessage returns to keep its receive buffer: the message stays valid, and the buffer is
+ * not posted again, until the owner calls releaseReceive(slot) (vof inline data used in place).
+ */
+export const HOLD_RECEIVE = 'hold' as const;
+
 export interface RcConnectionHandler {
   /**
    * One received message; `message` is valid during the call only. `invalidatedKey`: the SEND
    * carried an invalidation and the NIC has already ended this key of ours (null otherwise).
+   * `slot`: the receive buffer's; HOLD_RECEIVE keeps it (see releaseReceive).
    */
-  onMessage(message: Buffer, invalidatedKey: number | null): void;
+  onMessage(message: Buffer, invalidatedKey: number | null, slot: number): void | typeof HOLD_RECEIVE;
   /** The QP left the working state (first failed completion); called once. */
   onBroken(err: Error): void;
 }
@@ -196,7 +203,12 @@ export class RcConnection {
       view = region.buffer.subarray(offset, offset + byteLen);
       this.recvViews[slot] = view;
     }
-    this.handler.onMessage(view, invalidatedKey);
+    if (this.handler.onMessage(view, invalidatedKey, slot) === HOLD_RECEIVE) return;
+    if (!this.destroyed && !this.brokenBy) this.postRecv(slot);
+  }
+
+  /** A receive buffer onMessage held (HOLD_RECEIVE) is done with: posted again. */
+  releaseReceive(slot: number): void {
     if (!this.destroyed && !this.brokenBy) this.postRecv(slot);
   }
 

@@ -7,7 +7,7 @@ import type { Logger } from '../../util/log.js';
 import { VqTransferError, type TargetConnection, type TargetConnectionHandler, type VqBufferSink, type VqRequestData } from '../transport.js';
 import type { CmEvent, CmId, MemoryRegion, NativeBinding, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
-import { RcConnection } from './rc-connection.js';
+import { HOLD_RECEIVE, RcConnection } from './rc-connection.js';
 import { formatRdmaPeer } from '../address.js';
 import { copyBytes } from '../../util/bytes.js';
 import { RdmaWorkError, WC_WR_FLUSH_ERR, type SendChain, type SendQueue } from './send-queue.js';
@@ -32,6 +32,9 @@ export interface RdmaTargetOptions {
   readonly inlineDataBytes: number;
 }
 
+/** Receive buffers never held for inline data: posted for the commands that keep coming. */
+const HELD_RECEIVE_MARGIN = 32;
+
 /** Device-writable and status bytes beyond max_vq_payload one request may need (virtio-blk: 1). */
 const REQUEST_SLACK = 4096;
 
@@ -53,8 +56,9 @@ const EMPTY = Buffer.alloc(0);
  * arrival until it has left, reused for later commands (the connection keeps its free slots).
  * It holds the command's keyed descriptors (copied from the message and validated on arrival),
  * the one registered buffer the command uses — device-readable bytes at [0, out_length),
- * device-writable at [out_length, +in_length): the RDMA READ or the inline bytes land there,
- * the device fills the writable part in place and the RDMA WRITE sends from it — and the work
+ * device-writable at [out_length, +in_length): the RDMA READ lands there, the device fills the
+ * writable part in place and the RDMA WRITE sends from it; inline readable bytes stay in their
+ * receive buffer, which the slot holds meanwhile, and the pool buffer is the writable part — and the work
  * requests of its completion chain (RDMA WRITEs, then the completion SEND from the slot's own
  * registered 16 bytes), posted as this slot itself: in steady state a command allocates no
  * request object, descriptor object, promise or work request. The target's request for the
@@ -74,8 +78,12 @@ class KeyedVqRequest implements VqRequestData, SendChain {
   descriptorCount = 0;
   /** The command's registered buffer, once taken from the device's pools. */
   data: RegisteredBuffer | null = null;
-  /** Inline bytes copied aside when no pool buffer could be had at once (a pool short of memory). */
-  private inlineCopy: Buffer | null = null;
+  /**
+   * vof inline data: the readable part where it arrived, in the receive buffer `recvSlot`, which
+   * the request holds (not posted again) until the device is done with it; -1: none held.
+   */
+  private inlineView: Buffer = EMPTY;
+  private recvSlot = -1;
   /** A wait for pool memory is under way (fetch): its answer comes to onMemory / onMemoryFailed. */
   private waitingForMemory = false;
   /** Where fetch() reports, and for which command (generation) it was asked. */
@@ -133,7 +141,8 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     this.inline = inline;
     this.problem = null;
     this.descriptorCount = 0;
-    this.inlineCopy = null;
+    this.inlineView = EMPTY;
+    this.recvSlot = -1;
     this.released = false;
     this.recycled = false;
     this.generation++;
@@ -154,39 +163,49 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     return this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 8);
   }
 
+  /** Bytes of the readable part the pool buffer holds: none when they came inline (they stay where they arrived). */
+  private get pooledOut(): number {
+    return this.inline ? 0 : this.outLength;
+  }
+
   /** The pool buffer now, when one is free and none was asked for yet (never waits). */
   takeNow(): void {
     if (this.data || this.waitingForMemory) return;
-    this.data = this.connection.tryAcquire(this.outLength + this.inLength);
+    this.data = this.connection.tryAcquire(this.pooledOut + this.inLength);
   }
 
-  /** The readable part, inline in `msg` at `at`, into the request's buffer, or aside when it has none yet. */
-  keepInline(msg: Buffer, at: number): void {
-    if (this.data) copyBytes(msg, at, this.outLength, this.data.mr.buffer, this.data.offset);
-    else this.inlineCopy = Buffer.from(msg.subarray(at, at + this.outLength));
+  /** The inline readable part, `view` of receive buffer `slot`: used in place, the buffer held until the device is done. */
+  holdInline(view: Buffer, slot: number): void {
+    this.inlineView = view;
+    this.recvSlot = slot;
+  }
+
+  /** The receive buffer of inline data goes back to the ring (once: the device is done with it). */
+  private releaseReceive(): void {
+    const slot = this.recvSlot;
+    if (slot < 0) return;
+    this.recvSlot = -1;
+    this.inlineView = EMPTY;
+    this.connection.releaseReceive(slot);
   }
 
   private views(): void {
     const d = this.data!;
-    if (d.mr === this.viewMr && d.offset === this.viewOffset && this.outLength === this.viewOut && this.inLength === this.viewIn) return;
+    const out = this.pooledOut;
+    if (d.mr === this.viewMr && d.offset === this.viewOffset && out === this.viewOut && this.inLength === this.viewIn) return;
     const base = d.offset;
-    this.readView = d.mr.buffer.subarray(base, base + this.outLength);
-    this.writeView = d.mr.buffer.subarray(base + this.outLength, base + this.outLength + this.inLength);
+    this.readView = d.mr.buffer.subarray(base, base + out);
+    this.writeView = d.mr.buffer.subarray(base + out, base + out + this.inLength);
     this.viewMr = d.mr;
     this.viewOffset = base;
-    this.viewOut = this.outLength;
+    this.viewOut = out;
     this.viewIn = this.inLength;
   }
 
   /** The readable bytes when they came inline (or there are none) and the sizes are servable. */
   readOutNow(): Buffer | undefined {
     if (!this.connection.servable(this)) return undefined;
-    if (this.inline) {
-      if (this.inlineCopy) return this.inlineCopy;
-      if (!this.data) return undefined;
-      this.views();
-      return this.readView;
-    }
+    if (this.inline) return this.inlineView;
     return this.outLength === 0 ? EMPTY : undefined;
   }
 
@@ -218,7 +237,7 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     if (this.data) return this.bufferHeld();
     this.waitingForMemory = true;
     this.pending++;
-    this.connection.acquire(this.outLength + this.inLength).then(this.onMemory, this.onMemoryFailed);
+    this.connection.acquire(this.pooledOut + this.inLength).then(this.onMemory, this.onMemoryFailed);
   }
 
   private memoryArrived(b: RegisteredBuffer): void {
@@ -288,7 +307,7 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     const sink = this.sink!;
     this.sink = null;
     this.views();
-    const readable = this.inline ? (this.inlineCopy ?? this.readView) : this.outLength === 0 ? EMPTY : this.readView;
+    const readable = this.inline ? this.inlineView : this.outLength === 0 ? EMPTY : this.readView;
     sink.buffersReady(readable, this.inLength === 0 ? EMPTY : this.writeView);
   }
 
@@ -310,13 +329,16 @@ class KeyedVqRequest implements VqRequestData, SendChain {
    * unless null), posted as one chain. The buffer stays taken until the chain has completed.
    */
   postCompletion(completion: Buffer, written: number, invalidate: number | null, queue: SendQueue): void {
+    // The device is done with the readable part: inline data's receive buffer goes back to the
+    // ring before the completion can make the initiator send its next command.
+    this.releaseReceive();
     // Filled in place and cut to length at the end: `length = 0` would drop the array's
     // storage and make push allocate it again for every command.
     const wrs = this.wrs;
     let count = 0;
     if (written > 0) {
       const data = this.data!;
-      const base = data.offset + this.outLength;
+      const base = data.offset + this.pooledOut;
       const readable = this.describedReadable;
       let pos = 0;
       let left = written;
@@ -372,6 +394,7 @@ class KeyedVqRequest implements VqRequestData, SendChain {
   release(): void {
     if (this.released) return;
     this.released = true;
+    this.releaseReceive();
     this.recycle();
   }
 
@@ -382,7 +405,7 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     this.data?.release();
     this.data = null;
     this.sink = null;
-    this.inlineCopy = null;
+    this.releaseReceive();
     this.connection.slotFree(this);
   }
 }
@@ -439,6 +462,11 @@ export class RdmaTargetConnection implements TargetConnection {
   private readonly freeSlots: KeyedVqRequest[] = [];
   /** The slots' registered completion buffers (one each, for the slot's life), registered with the first slot. */
   private completionPool: RegisteredPool | null = null;
+  /** Views of inline readable parts, by receive buffer (see inlineView). */
+  private readonly inlineViews: Buffer[] = [];
+  /** Receive buffers requests hold for their inline data, and at most how many: the rest of the ring stays posted. */
+  private heldReceives = 0;
+  private readonly maxHeldReceives: number;
   /** The command of the message being delivered: onCommand's `command` is valid during the call only. */
   private readonly command = Buffer.alloc(COMMAND_SIZE);
 
@@ -455,6 +483,7 @@ export class RdmaTargetConnection implements TargetConnection {
     this.peer = peer ? formatRdmaPeer(peer.host, peer.port) : 'rdma://?';
     this.maxKeyedDescriptors = options.maxKeyedDescriptors;
     this.inlineDataCapacity = options.inlineDataBytes;
+    this.maxHeldReceives = Math.max(0, options.recvDepth - HELD_RECEIVE_MARGIN);
     // Every request waiting for pool memory listens on it (up to the queue size at once).
     setMaxListeners(0, this.gone.signal);
     // The device's shared PD and pools; released by the RcConnection, last of all.
@@ -480,7 +509,7 @@ export class RdmaTargetConnection implements TargetConnection {
           protectionDomain: { pd: this.memory.pd, release: () => this.memoryLease.release() },
           sendLimits: { maxBacklog: options.maxSendBacklog, stallTimeoutMs: options.sendStallTimeoutMs },
         },
-        { onMessage: (m) => this.onMessage(m), onBroken: (err) => this.onBroken(err) },
+        { onMessage: (m, _invalidated, slot) => this.onMessage(m, slot), onBroken: (err) => this.onBroken(err) },
       );
     } catch (err) {
       this.memoryLease.release();
@@ -562,26 +591,30 @@ export class RdmaTargetConnection implements TargetConnection {
 
   /**
    * vof inline data: [command][N writable descriptors][out_length readable bytes]. The readable
-   * bytes are copied into the request's own buffer (the receive buffer is reposted when this
-   * returns); N = (length − 16 − out_length) / 16 must be whole, at most the limit, and the
-   * descriptor lengths must add up to in_length.
+   * bytes are used where they arrived: the request holds the receive buffer (true: not posted
+   * again when this returns) until the device is done with them, and its pool buffer holds only
+   * the writable part. A request gives its buffer back before its completion leaves, so held
+   * buffers never outnumber the commands in flight, and at most the ring less
+   * HELD_RECEIVE_MARGIN are held (past that, copied aside). N =
+   * (length − 16 − out_length) / 16 must be whole, at most the limit, and the descriptor lengths
+   * must add up to in_length.
    */
-  private inlineVqRequest(msg: Buffer, req: KeyedVqRequest): void {
+  private inlineVqRequest(msg: Buffer, req: KeyedVqRequest, slot: number): boolean {
     this.transferCounts.inlineRequests++;
     const after = msg.length - COMMAND_SIZE;
     if (after < req.outLength) {
       req.problem = `inline request carries ${after} bytes after the command, fewer than out_length ${req.outLength}`;
-      return;
+      return false;
     }
     const descBytes = after - req.outLength;
     if (descBytes % KEYED_DESCRIPTOR_SIZE !== 0) {
       req.problem = `${descBytes} bytes between the command and the inline data are not whole keyed descriptors`;
-      return;
+      return false;
     }
     const n = descBytes / KEYED_DESCRIPTOR_SIZE;
     if (n > this.maxKeyedDescriptors) {
       req.problem = `too many descriptors (${n}, limit ${this.maxKeyedDescriptors})`;
-      return;
+      return false;
     }
     copyBytes(msg, COMMAND_SIZE, descBytes, req.descriptors, 0);
     req.descriptorCount = n;
@@ -589,12 +622,39 @@ export class RdmaTargetConnection implements TargetConnection {
     for (let i = 0; i < n; i++) sum += req.length(i);
     if (sum !== req.inLength) {
       req.problem = `descriptor lengths add up to ${sum}, not in_length ${req.inLength}`;
-      return;
+      return false;
     }
-    if (!this.servable(req)) return;
+    if (!this.servable(req)) return false;
     req.takeNow();
-    if (req.outLength > 0) req.keepInline(msg, COMMAND_SIZE + descBytes);
+    if (req.outLength === 0) return false;
+    const view = this.inlineView(msg, slot, COMMAND_SIZE + descBytes, req.outLength);
+    if (this.heldReceives >= this.maxHeldReceives) {
+      // A queue deeper than the receive ring: copied aside, so that enough receive buffers stay
+      // posted for the commands still coming (rare; allocates).
+      req.holdInline(Buffer.from(view), -1);
+      return false;
+    }
+    this.heldReceives++;
+    req.holdInline(view, slot);
+    return true;
   }
+
+  /** msg[at, at + length) of receive buffer `slot`: made once per slot while its layout recurs. */
+  private inlineView(msg: Buffer, slot: number, at: number, length: number): Buffer {
+    let v = this.inlineViews[slot];
+    if (v === undefined || v.buffer !== msg.buffer || v.byteOffset !== msg.byteOffset + at || v.length !== length) {
+      v = msg.subarray(at, at + length);
+      this.inlineViews[slot] = v;
+    }
+    return v;
+  }
+
+  /** A request is done with the inline data in receive buffer `slot`. */
+  releaseReceive(slot: number): void {
+    this.heldReceives--;
+    this.rc.releaseReceive(slot);
+  }
+
 
   /**
    * The seed's layout: N keyed descriptors after the command (DECISIONS.md item 4), copied
@@ -616,7 +676,8 @@ export class RdmaTargetConnection implements TargetConnection {
     if (p !== 'none') req.problem = `${p} (${n} descriptors, limit ${limit})`;
   }
 
-  private onMessage(msg: Buffer): void {
+  /** HOLD_RECEIVE when a request keeps the message's receive buffer (inline data used in place). */
+  private onMessage(msg: Buffer, slot: number): void | typeof HOLD_RECEIVE {
     this.establish();
     if (this.state !== 'open' || !this.handler) return;
     if (msg.length < COMMAND_SIZE) return this.violation(`${msg.length}-byte message is shorter than a command`);
@@ -641,10 +702,11 @@ export class RdmaTargetConnection implements TargetConnection {
       const req = this.takeSlot();
       const inline = carriesInline(this.inlineSize, outLength);
       req.start(command.readUInt16LE(2), outLength, command.readUInt32LE(12), inline);
-      if (inline) this.inlineVqRequest(msg, req);
-      else this.keyedVqRequest(msg, req);
+      const held = inline ? this.inlineVqRequest(msg, req, slot) : (this.keyedVqRequest(msg, req), false);
       this.handler.onCommand(command, req);
-      return;
+      // Held: the request posts the buffer again when it is done with it (possibly already, if
+      // the session refused the command during onCommand).
+      return held ? HOLD_RECEIVE : undefined;
     }
     if (rest !== 0) return this.violation(`${opcodeLabel(opcode)} carries ${rest} unexpected bytes`);
     this.handler.onCommand(command, EMPTY);
