@@ -10,6 +10,7 @@ import { WrOpcode } from './native-binding.js';
 import { HOLD_RECEIVE, RcConnection } from './rc-connection.js';
 import { formatRdmaPeer } from '../address.js';
 import { copyBytes } from '../../util/bytes.js';
+import { DATA_SKEW } from '../../util/aligned-buffer.js';
 import { RdmaWorkError, WC_WR_FLUSH_ERR, type SendChain, type SendQueue } from './send-queue.js';
 import type { RegisteredPool } from './registered-pool.js';
 import type { RegisteredBuffer } from './registered-pool.js';
@@ -163,9 +164,15 @@ class KeyedVqRequest implements VqRequestData, SendChain {
     return this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 8);
   }
 
-  /** Bytes of the readable part the pool buffer holds: none when they came inline (they stay where they arrived). */
+  /**
+   * Where the writable part starts in the pool buffer: after the readable part, which the RDMA
+   * READ lands in; when the readable bytes came inline (they stay where they arrived) after the
+   * place of their first DATA_SKEW bytes only, so that a read's data still follows its 16-byte
+   * header's place and stays page-aligned for O_DIRECT (see device-memory.ts), while an inline
+   * write takes a buffer the size of its status byte and that place, not of its data.
+   */
   private get pooledOut(): number {
-    return this.inline ? 0 : this.outLength;
+    return this.inline ? Math.min(this.outLength, DATA_SKEW) : this.outLength;
   }
 
   /** The pool buffer now, when one is free and none was asked for yet (never waits). */
