@@ -1,12 +1,10 @@
 import { EventEmitter } from 'node:events';
-import { performance } from 'node:perf_hooks';
 import {
   COMMAND_ID_CONFIG_CHANGE,
   CONNECT_BODY_SIZE,
   DeviceStatus,
   Opcode,
   Status,
-  VIRTIO_OF_F_KEYED_NUM_DESCS,
 } from '../protocol/constants.js';
 import { decodeConfigChangeGeneration, type DecodedCompletion } from '../protocol/completion.js';
 import { parseDeviceUrl } from '../url.js';
@@ -18,15 +16,14 @@ import { QueueClient, type CommandWithoutId } from './queue-client.js';
 import { DeviceRequest, type RequestCallback, type RequestOwner } from './device-request.js';
 import { connectControlPath, type ControlPath } from './control-path.js';
 import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
-import { VOF_F_INLINE_DATA, VOF_OP_GET_INLINE_DATA_SIZE, inlineSizeProblem } from '../protocol/inline-data.js';
-import { VOF_F_REMOTE_INVALIDATE } from '../protocol/remote-invalidation.js';
-import { plannedAttempts, reconnectPolicy, reconnects, type DeviceState, type ReconnectPolicy } from './reconnect-policy.js';
+import { reconnectPolicy, reconnects, type DeviceState, type ReconnectPolicy } from './reconnect-policy.js';
 import { connectOpts, pathOpts, type ConnectOptions } from './connect-options.js';
 import { readConsistentConfig, type ConfigFieldReader, type ConfigValue } from './device-config.js';
 import { DEFAULT_KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_TIMEOUT_MS, Liveness } from './liveness.js';
-import { VofAuthError, VofConnectionError, VofError, VofRedirectError, VofResumeError } from './vof-error.js';
-import { VOF_F_AUTH } from '../protocol/auth.js';
-import { authKeyOf, authenticate } from './auth-handshake.js';
+import { VofConnectionError, VofError } from './vof-error.js';
+import { authKeyOf } from './auth-handshake.js';
+import { negotiate, type ResumePoint } from './init-sequence.js';
+import { superviseReconnect, type SupervisedPath } from './path-supervisor.js';
 
 // Moved to their own modules; still exported from here, where callers found them.
 export type { ConnectOptions } from './connect-options.js';
@@ -51,22 +48,6 @@ interface Held {
   readonly resolve: () => void;
   readonly reject: (e: Error) => void;
 }
-
-/** What a reconnect must find again (DRIVER_OK state of the first connection). */
-interface ResumePoint {
-  readonly ofFeatures: bigint;
-  readonly driverFeatures: bigint;
-  readonly vendorId: number;
-  readonly deviceId: number;
-  readonly queueCount: number;
-}
-
-const WANTED_OF_FEATURES = 1n << VIRTIO_OF_F_KEYED_NUM_DESCS;
-const INLINE_DATA_BIT = 1n << VOF_F_INLINE_DATA;
-const REMOTE_INVALIDATE_BIT = 1n << VOF_F_REMOTE_INVALIDATE;
-const AUTH_BIT = 1n << VOF_F_AUTH;
-/** vof extensions that only change how requests travel: a resume may gain or lose them. */
-const OPTIONAL_BITS = INLINE_DATA_BIT | REMOTE_INVALIDATE_BIT;
 
 /**
  * A connected Virtio-oF device instance, initiator side. Created by connect(), which runs the
@@ -247,99 +228,32 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   /**
-   * The initialization sequence on the current control queue. With `resume` (a reconnect) the
-   * device must offer at least what was negotiated before, which is negotiated again unchanged,
-   * and the same number of virtqueues is connected.
+   * The initialization sequence on the current control queue (init-sequence.ts up to
+   * FEATURES_OK), then the virtqueues and DRIVER_OK. With `resume` (a reconnect) the device must
+   * offer at least what was negotiated before, and the same number of virtqueues is connected.
    */
   private async initialize(resume?: ResumePoint): Promise<void> {
-    // The control-queue Connect was made by connectControlPath (which follows redirects).
-
-    this.offeredOfFeatures = featureOf(await this.controlCommand({ opcode: Opcode.GetFeature, featureSelect: 0 }));
-    // vof's extensions only change how requests travel: a target without them is no reason to refuse a resume.
-    const required = resume ? resume.ofFeatures & ~OPTIONAL_BITS : 0n;
-    if ((this.offeredOfFeatures & required) !== required) {
-      throw new VofResumeError(`${this.url}: cannot resume: the target now offers Virtio-oF features ${hex(this.offeredOfFeatures)}, without ${hex(required & ~this.offeredOfFeatures)} negotiated before`);
-    }
-    let wanted = WANTED_OF_FEATURES;
-    if (this.options.inlineData !== false) wanted |= INLINE_DATA_BIT;
-    if (this.options.remoteInvalidation !== false) wanted |= REMOTE_INVALIDATE_BIT;
-    // With a secret, authentication is not optional: a target that does not offer it cannot prove it.
-    const key = this.options.authSecret !== undefined ? authKeyOf(this.options.authSecret) : null;
-    if (key && (this.offeredOfFeatures & AUTH_BIT) === 0n) {
-      throw new VofAuthError(`${this.url}: target did not prove the secret: it does not offer authentication (VOF_F_AUTH)`);
-    }
-    if (key) wanted |= AUTH_BIT;
-    this.ofFeatures = this.offeredOfFeatures & (resume ? required | (wanted & OPTIONAL_BITS) : wanted);
-    await this.controlCommand({ opcode: Opcode.SetFeature, featureSelect: 0, feature: this.ofFeatures });
-    if (key) {
-      await authenticate((opcode, data) => this.control.call({ opcode, data }), { key, ivqn: this.ivqn, tvqn: this.tvqn, instanceId: this.instanceId, url: this.url });
-      this.log.debug(`${this.url}: authenticated; the target proved the secret`);
-    }
-    if (this.ofFeatures & (1n << VIRTIO_OF_F_KEYED_NUM_DESCS)) {
-      const k = await this.controlCommand({ opcode: Opcode.GetKeyedNumDescs });
-      this.maxKeyedDescriptors = k.kind === 'keyedNumDescs' ? k.descs : 0;
-      if (this.maxKeyedDescriptors < 1) throw new VofConnectionError('target allows no keyed descriptors');
-    }
-    await this.agreeInlineDataSize();
-    this.vendorId = u32Of(await this.controlCommand({ opcode: Opcode.GetVendorId }));
-    this.deviceId = u32Of(await this.controlCommand({ opcode: Opcode.GetDeviceId }));
-    if (resume && (this.vendorId !== resume.vendorId || this.deviceId !== resume.deviceId)) {
-      throw new VofResumeError(`${this.url}: cannot resume: the target now serves vendor ${hex(this.vendorId)} device ${this.deviceId}, not vendor ${hex(resume.vendorId)} device ${resume.deviceId}`);
-    }
-
-    await this.controlCommand({ opcode: Opcode.ResetDevice });
-    let status: number = DeviceStatus.ACKNOWLEDGE;
-    await this.controlCommand({ opcode: Opcode.SetStatus, status });
-    status |= DeviceStatus.DRIVER;
-    await this.controlCommand({ opcode: Opcode.SetStatus, status });
-
-    const lo = featureOf(await this.controlCommand({ opcode: Opcode.GetDeviceFeature, featureSelect: 0 }));
-    const hi = featureOf(await this.controlCommand({ opcode: Opcode.GetDeviceFeature, featureSelect: 1 }));
-    this.deviceFeatures = lo | (hi << 64n);
-    if (resume && (this.deviceFeatures & resume.driverFeatures) !== resume.driverFeatures) {
-      throw new VofResumeError(`${this.url}: cannot resume: the device no longer offers feature bits ${hex(resume.driverFeatures & ~this.deviceFeatures)} negotiated before`);
-    }
-    const negotiate = this.options.negotiateFeatures ?? ((f: bigint) => f);
-    this.driverFeatures = resume ? resume.driverFeatures : negotiate(this.deviceFeatures) & this.deviceFeatures;
-    const mask = (1n << 64n) - 1n;
-    await this.controlCommand({ opcode: Opcode.SetDriverFeature, featureSelect: 0, feature: this.driverFeatures & mask });
-    await this.controlCommand({ opcode: Opcode.SetDriverFeature, featureSelect: 1, feature: this.driverFeatures >> 64n });
-    status |= DeviceStatus.FEATURES_OK;
-    await this.controlCommand({ opcode: Opcode.SetStatus, status });
-    if ((u32Of(await this.controlCommand({ opcode: Opcode.GetStatus })) & DeviceStatus.FEATURES_OK) === 0) {
-      throw new VofConnectionError('device did not accept the negotiated features (FEATURES_OK not set)');
-    }
+    const agreed = await negotiate(
+      { url: this.url, ivqn: this.ivqn, tvqn: this.tvqn, instanceId: this.instanceId, options: this.options, log: this.log, call: (cmd, body) => this.control.call(cmd, body) },
+      resume,
+    );
+    this.offeredOfFeatures = agreed.offeredOfFeatures;
+    this.ofFeatures = agreed.ofFeatures;
+    this.maxKeyedDescriptors = agreed.maxKeyedDescriptors;
+    this.inlineDataBytes = agreed.inlineDataBytes;
+    this.vendorId = agreed.vendorId;
+    this.deviceId = agreed.deviceId;
+    this.deviceFeatures = agreed.deviceFeatures;
+    this.driverFeatures = agreed.driverFeatures;
 
     if (resume) await this.options.verifyResume?.((offset, length) => this.readConfig(offset, length, (o, b) => this.configAt(o, b)));
     const count = resume ? resume.queueCount : ((await this.options.queueCount?.(this)) ?? 1);
     for (let vq = 0; vq < count; vq++) await this.connectQueue(vq);
     this.virtqueueCount = count;
 
-    status |= DeviceStatus.DRIVER_OK;
-    await this.controlCommand({ opcode: Opcode.SetStatus, status });
+    await this.controlCommand({ opcode: Opcode.SetStatus, status: agreed.status | DeviceStatus.DRIVER_OK });
     this.stateValue = 'connected';
     this.liveness.startKeepalive();
-  }
-
-  /**
-   * vof inline data (docs/PROTOCOL.md "Inline data on keyed queues"): with VOF_F_INLINE_DATA set,
-   * ask the size. One this initiator cannot use (outside 1..64 KiB), or a target without keyed
-   * descriptors, turns the extension off again: the seed's layout still works.
-   */
-  private async agreeInlineDataSize(): Promise<void> {
-    this.inlineDataBytes = 0;
-    if ((this.ofFeatures & INLINE_DATA_BIT) === 0n) return;
-    let problem = this.maxKeyedDescriptors < 1 ? 'VIRTIO_OF_F_KEYED_NUM_DESCS was not negotiated' : null;
-    if (!problem) {
-      const c = await this.controlCommand({ opcode: VOF_OP_GET_INLINE_DATA_SIZE });
-      const size = u32Of(c);
-      problem = inlineSizeProblem(size);
-      if (!problem) this.inlineDataBytes = size;
-    }
-    if (!problem) return;
-    this.log.warn(`${this.url}: not using inline data: ${problem}`);
-    this.ofFeatures &= ~INLINE_DATA_BIT;
-    await this.controlCommand({ opcode: Opcode.SetFeature, featureSelect: 0, feature: this.ofFeatures });
   }
 
   private async connectQueue(vqIndex: number): Promise<void> {
@@ -645,7 +559,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     this.dropConnections(err);
     this.log.warn(`${this.url}: ${err.message}; reconnecting (delay ${this.policy.delayMs} ms, loss timeout ${this.policy.lossTimeoutMs < 0 ? 'none' : `${this.policy.lossTimeoutMs} ms`})`);
     this.emit('disconnected', err);
-    void this.reconnectLoop(resume, err);
+    void superviseReconnect(this.supervised, this.policy, resume, err);
   }
 
   /** Fail and close every queue of the current connection (their requests see VofConnectionError). */
@@ -661,58 +575,30 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     this.liveness.stop();
   }
 
-  private async reconnectLoop(resume: ResumePoint, cause: Error): Promise<void> {
-    const { delayMs, lossTimeoutMs, fastIoFailMs } = this.policy;
-    const started = performance.now();
-    const timers: NodeJS.Timeout[] = [];
-    if (fastIoFailMs >= 0) {
-      timers.push(setTimeout(() => {
-        this.ioFailError = new VofConnectionError(`${this.url}: disconnected for ${fastIoFailMs} ms (fast-io-fail timeout): I/O fails while reconnecting goes on (${cause.message})`);
-        this.log.warn(this.ioFailError.message);
-        this.releaseHeld(this.ioFailError);
-      }, fastIoFailMs));
-    }
-    if (lossTimeoutMs >= 0) {
-      // The deadline holds even if an attempt hangs (a target that accepts but never answers).
-      timers.push(setTimeout(() => this.lose(new VofConnectionError(`${this.url}: not reconnected within the loss timeout of ${lossTimeoutMs} ms: device lost (${cause.message})`)), lossTimeoutMs));
-    }
-    const of = plannedAttempts(this.policy);
-    try {
-      for (let attempt = 1; ; attempt++) {
-        if (this.stateValue !== 'reconnecting') return;
-        this.log.info(`${this.url}: reconnect attempt ${attempt} of ${of}`);
-        this.emit('reconnecting', attempt, of);
-        try {
-          await this.resumeOnce(resume);
-        } catch (err) {
-          if (this.stateValue !== 'reconnecting') return;
-          this.generation++; // callbacks of the failed attempt's queues are stale
-          this.dropConnections(err as Error);
-          // Neither a changed device nor a move to a transport the user did not allow gets
-          // better by trying again.
-          if (err instanceof VofResumeError || (err instanceof VofRedirectError && err.reason === 'transport')) {
-            this.lose(err);
-            return;
-          }
-          this.log.warn(`${this.url}: reconnect attempt ${attempt} failed: ${(err as Error).message}`);
-          const left = lossTimeoutMs < 0 ? delayMs : lossTimeoutMs - (performance.now() - started);
-          await new Promise<void>((r) => {
-            // Not unref'd: held I/O must keep a process alive until it completes or fails.
-            setTimeout(r, Math.max(0, Math.min(delayMs, left)));
-          });
-          continue;
-        }
-        if (this.state !== 'connected') return; // lost or closed meanwhile
-        this.ioFailError = null;
-        this.log.info(`${this.url}: reconnected (attempt ${attempt}); instance ${this.instanceId}`);
-        this.emit('reconnected', attempt);
-        this.releaseHeld();
-        return;
-      }
-    } finally {
-      for (const t of timers) clearTimeout(t);
-    }
-  }
+  /** What the reconnect loop (path-supervisor.ts) drives, made once. */
+  private readonly supervised: SupervisedPath = {
+    url: () => this.url,
+    state: () => this.stateValue,
+    log: () => this.log,
+    attemptStarts: (attempt, of) => this.emit('reconnecting', attempt, of),
+    resumeOnce: (resume) => this.resumeOnce(resume),
+    attemptFailed: (err) => {
+      this.generation++; // callbacks of the failed attempt's queues are stale
+      this.dropConnections(err);
+    },
+    failIo: (err) => {
+      this.ioFailError = err;
+      this.log.warn(err.message);
+      this.releaseHeld(err);
+    },
+    reconnected: (attempt) => {
+      this.ioFailError = null;
+      this.log.info(`${this.url}: reconnected (attempt ${attempt}); instance ${this.instanceId}`);
+      this.emit('reconnected', attempt);
+      this.releaseHeld();
+    },
+    lose: (err) => this.lose(err),
+  };
 
   /** One attempt: a new control queue, the initialization sequence (checked against `resume`), the virtqueues. */
   private async resumeOnce(resume: ResumePoint): Promise<void> {
@@ -802,13 +688,6 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 }
 
-function hex(n: bigint | number): string {
-  return `0x${n.toString(16)}`;
-}
-
-function featureOf(c: DecodedCompletion): bigint {
-  return c.kind === 'feature' ? c.feature : 0n;
-}
 function u32Of(c: DecodedCompletion): number {
   return c.kind === 'u32' ? c.value : 0;
 }
