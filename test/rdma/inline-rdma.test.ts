@@ -60,8 +60,14 @@ function captureVqRequests(): Buffer[] {
   vi.spyOn(SendQueue.prototype, 'postChain').mockImplementation(function (this: SendQueue, chain: SendChain) {
     const last = chain.wrs.at(-1);
     if (chain.what === 'VQ command' && last?.opcode === WrOpcode.Send) {
-      const [mr, offset, length] = last.sg as [MemoryRegion, number, number];
-      const msg = Buffer.from(mr.buffer.subarray(offset, offset + length));
+      // The message is its scatter-gather entries in order (a second one: inline bytes read
+      // straight from the caller's registered memory).
+      const pieces: Buffer[] = [];
+      for (let j = 0; j < last.sg.length; j += 3) {
+        const [mr, offset, length] = last.sg.slice(j, j + 3) as [MemoryRegion, number, number];
+        pieces.push(Buffer.from(mr.buffer.subarray(offset, offset + length)));
+      }
+      const msg = Buffer.concat(pieces);
       if (msg.length >= COMMAND_SIZE && msg.readUInt16LE(0) === Opcode.Vq) sent.push(msg);
     }
     return original.call(this, chain);
@@ -131,6 +137,33 @@ describe('negotiated: the vof initiator sends small readable parts inline', () =
       }
     });
   }
+
+  it('inline bytes in registered memory (allocateBuffer) go as the SEND\'s second scatter-gather entry: the same bytes on the wire, no copy', async () => {
+    const { fx, path } = targets.get(4112)!;
+    const disk = await BlockDevice.open(`${fx.url}/disk0`, { keepaliveIntervalMs: 0 });
+    try {
+      const tailBytes = () => disk.device.queues.reduce((n, q) => n + ((q.connection as { inlineTailBytes?: number }).inlineTailBytes ?? 0), 0);
+      const sent = captureVqRequests();
+      const data = disk.device.allocateBuffer(4096);
+      randomBytes(4096).copy(data);
+      const before = targetTransferCounts(fx);
+      const tail0 = tailBytes();
+      await disk.write(16384, data);
+      expect(readFileSync(path).subarray(16384, 16384 + 4096).equals(data)).toBe(true);
+      expect(tailBytes() - tail0).toBe(4096);
+      const after = targetTransferCounts(fx);
+      expect([after.inlineRequests - before.inlineRequests, after.rdmaReads - before.rdmaReads]).toEqual([1, 0]);
+      const w = sent.at(-1)!;
+      expect(w.length).toBe(16 + 16 + WRITE_OUT);
+      const r = decodeInlineRequest(w, 32);
+      expect([r.problem, r.writable.map((d) => d.length)]).toEqual([null, [1]]);
+      expect(r.readable.subarray(0, 16).equals(encodeRequestHeader(BlkRequestType.OUT, 32n))).toBe(true);
+      expect(r.readable.subarray(16).equals(data)).toBe(true);
+      disk.device.freeBuffer(data);
+    } finally {
+      await disk.close();
+    }
+  });
 
   it('the admin virtqueue inherits it too', async () => {
     const { fx } = targets.get(4112)!;

@@ -107,7 +107,8 @@ export class RcConnection {
       this.qp = cmId.createQp(this.pd, this.cq, {
         maxSendWr: sendDepth,
         maxRecvWr: recvDepth,
-        maxSendSge: 1,
+        // Two: the initiator's SEND can carry inline bytes from the caller's registered memory.
+        maxSendSge: 2,
         maxRecvSge: 1,
         maxInlineData: 0,
       });

@@ -18,6 +18,8 @@ import { initiatorConnParam } from './rdma-limits.js';
 
 /** With the opt-in registration cache, caller buffers at least this large are registered in place. */
 const DIRECT_MIN = 16 * 1024;
+/** Inline bytes from registered memory below this are copied into the SEND anyway (a second SGE costs the NIC more than a copy this small). */
+const INLINE_TAIL_MIN = 512;
 const RECV_SIZE = 64;
 /** A control queue may receive an EREDIRECT completion with its redirect record in one SEND. */
 const CONTROL_RECV_SIZE = COMPLETION_SIZE + REDIRECT_RECORD_SIZE;
@@ -123,6 +125,8 @@ class CommandSlot {
   /** The SEND's message buffer (command, descriptors, inline bytes) and its work request. */
   message: RegisteredBuffer | null = null;
   send: SendWr | null = null;
+  /** The SEND with a second scatter-gather entry: inline bytes straight from registered memory. */
+  sendWithTail: SendWr | null = null;
   chain: CommandChain;
   readonly invalidation: InvalidationChain;
   /** The completion, kept while the keys are being invalidated. */
@@ -163,6 +167,8 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   private disconnected: (() => void) | null = null;
   /** vof inline data: readable parts up to this size go in the SEND (0: seed layout only). */
   private readonly inlineDataBytes: number;
+  /** Inline bytes the NIC read straight from registered memory, not copied into the SEND (tests, monitoring). */
+  inlineTailBytes = 0;
 
   private constructor(
     private readonly binding: NativeBinding,
@@ -552,7 +558,27 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       }
       if (runStart >= 0) at = this.bind(slot, slot.bounce!.mr, slot.bounce!.offset + runStart, bounceAt - runStart, access, view, at);
     }
-    if (inlineOut) for (let k = 0; k < inlineOut.length; k++) at += inlineOut[k]!.copy(view, at);
+    // Inline bytes follow the descriptors in the SEND. A last readable piece that is registered
+    // memory (allocateBuffer) goes as the SEND's second scatter-gather entry, read by the NIC
+    // where it is: the bytes on the wire are the same, with no copy. Small pieces (the request
+    // header) and unregistered ones are copied.
+    let tail: MemoryRegion | null = null;
+    let tailOffset = 0;
+    let tailLength = 0;
+    if (inlineOut) {
+      let copied = inlineOut.length;
+      const last = copied > 0 ? inlineOut[copied - 1]! : null;
+      if (last !== null && last.length >= INLINE_TAIL_MIN) {
+        tail = this.memory.regionOf(last);
+        if (tail !== null) {
+          tailOffset = last.byteOffset - tail.buffer.byteOffset;
+          tailLength = last.length;
+          copied--;
+          this.inlineTailBytes += tailLength;
+        }
+      }
+      for (let k = 0; k < copied; k++) at += inlineOut[k]!.copy(view, at);
+    }
     let chain = slot.chain;
     if (chain.inFlight) {
       // The previous command's send completion has not come back yet (its answer overtook it).
@@ -561,9 +587,20 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     const wrs = chain.wrs;
     wrs.length = 0;
     for (let i = 0; i < slot.bound; i++) wrs.push(slot.binds[i]!);
-    const send = (slot.send ??= { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [message.mr, message.offset, 0] });
-    send.sg[2] = at;
-    wrs.push(send);
+    if (tail === null) {
+      const send = (slot.send ??= { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [message.mr, message.offset, 0] });
+      send.sg[2] = at;
+      wrs.push(send);
+    } else {
+      const send = (slot.sendWithTail ??= { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [message.mr, message.offset, 0, tail, 0, 0] });
+      send.sg[0] = message.mr;
+      send.sg[1] = message.offset;
+      send.sg[2] = at;
+      send.sg[3] = tail;
+      send.sg[4] = tailOffset;
+      send.sg[5] = tailLength;
+      wrs.push(send);
+    }
     chain.inFlight = true;
     this.rc.sendQueue.postChain(chain);
   }
