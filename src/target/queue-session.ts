@@ -1,39 +1,37 @@
 import {
   CONTROL_QUEUE_INSTANCE_ID,
-  CONNECT_BODY_SIZE,
   Opcode,
   RESERVED_COMMAND_ID_FIRST,
   Status,
   VIRTIO_OF_CONTROL_QUEUE_SIZE,
   formatStatus,
   opcodeName,
-  statusName,
 } from '../protocol/constants.js';
-import { decodeCommand, isUnknownCommand, type ConnectCommand, type DecodedCommand } from '../protocol/command.js';
-import {
-  encodeBareCompletion,
-  encodeConnectCompletion,
-  encodeFeatureCompletion,
-  encodeGetConfigCompletion,
-  encodeKeyedNumDescsCompletion,
-  encodeU32Completion,
-  encodeVqCompletion,
-  encodeVqSizeCompletion,
-} from '../protocol/completion.js';
-import { decodeConnectBody, type ConnectBody } from '../protocol/connect-body.js';
-import { quotePeerString } from '../util/escape.js';
+import { decodeCommand, isUnknownCommand } from '../protocol/command.js';
+import { encodeBareCompletion } from '../protocol/completion.js';
+import type { ConnectBody } from '../protocol/connect-body.js';
 import type { Logger } from '../util/log.js';
 import type { Refusal } from './access-policy.js';
-import { VqTransferError, type PayloadAdmission, type TargetConnection, type VqRequestData } from '../transport/transport.js';
+import type { PayloadAdmission, TargetConnection, VqRequestData } from '../transport/transport.js';
 import { QueueStats } from '../admin/queue-stats.js';
 import { ByteBudget } from './byte-budget.js';
-import type { DeviceInstance, OpResult } from './device-instance.js';
-import { TargetRequest, type CompletionSink, type RequestSteps } from './target-request.js';
+import type { DeviceInstance } from './device-instance.js';
+import { TargetRequest, type CompletionSink } from './target-request.js';
 import { WakeSignal } from '../util/wake-signal.js';
 import type { Redirect } from './redirect.js';
-import { VOF_CONNECT_F_REDIRECT, connectFlags, encodeRedirectCompletion } from '../protocol/redirect-record.js';
-import { VOF_OP_GET_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
-import { VOF_OP_AUTH_NEGOTIATE, VOF_OP_AUTH_REPLY, encodeAuthCompletion } from '../protocol/auth.js';
+import { dispatchCommand } from './control-opcodes.js';
+import { unbind } from './session-connect.js';
+import { FINISHES_ITSELF, VqExecution, type Dispatched } from './vq-execution.js';
+
+/*
+ * A target queue is split along nvmet's lines (drivers/nvme/target): this file is the core
+ * (core.c: command intake, the slot table, replies, close, abort and teardown); Connect,
+ * Disconnect, binding and the authentication steps are in session-connect.ts (fabrics-cmd.c);
+ * the opcodes a queue answers, with their rules, are a table in control-opcodes.ts
+ * (admin-cmd.c); a VQ command's state machine over its TargetRequest is vq-execution.ts
+ * (io-cmd-*.c). Those parts get the session as an argument: the members they share are marked
+ * "(parts)" below and are not for users of a session.
+ */
 
 /** What a queue session needs from the target it belongs to. */
 export interface TargetContext {
@@ -60,42 +58,12 @@ export interface TargetContext {
   redirectFor?(body: ConnectBody, control: QueueSession): Redirect | Refusal | undefined;
 }
 
-type SessionRole =
+/** What Connect made of the queue (session-connect.ts sets it; Disconnect and close unbind). */
+export type SessionRole =
   | { kind: 'unbound' }
   | { kind: 'control'; instance: DeviceInstance }
   | { kind: 'virtqueue'; instance: DeviceInstance; vqIndex: number };
 
-const EMPTY = Buffer.alloc(0);
-
-/**
- * What a dispatch returns for a VQ command whose slot ends itself (TargetRequest's bound
- * callbacks call finish()): the caller neither finishes it nor waits on a promise.
- */
-const FINISHES_ITSELF = 'finishes itself' as const;
-type Dispatched = Promise<void> | void | typeof FINISHES_ITSELF;
-
-/**
- * Connects refused for access (PROBE_ANSWERS) one connection may send before it is closed
- * (docs/PROTOCOL.md, "Virtqueue binding").
- */
-export const MAX_REFUSED_CONNECTS = 4;
-const PROBE_ANSWERS: ReadonlySet<number> = new Set([Status.EBADDEV, Status.EBADVQN, Status.EACLREJECTED, Status.ENOTGT]);
-
-/**
- * Control-queue commands an instance that must authenticate may send before it has: what the
- * exchange itself needs (features, the auth commands), keepalives, and the transport's own
- * questions; every device command gets EACLREJECTED until then (docs/PROTOCOL.md "In-band
- * authentication"). Disconnect is always valid.
- */
-const BEFORE_AUTH: ReadonlySet<number> = new Set([
-  Opcode.Keepalive,
-  Opcode.GetFeature,
-  Opcode.SetFeature,
-  Opcode.GetKeyedNumDescs,
-  VOF_OP_GET_INLINE_DATA_SIZE,
-  VOF_OP_AUTH_NEGOTIATE,
-  VOF_OP_AUTH_REPLY,
-]);
 
 /**
  * A queue's commands in flight by id, with no Map entry made and dropped per command (a Map
@@ -154,8 +122,10 @@ const STALE_IDS = 256;
  * once) and keeps its buffers, and its share of the budgets, until its data has left.
  */
 export class QueueSession {
-  private role: SessionRole = { kind: 'unbound' };
-  private queueSize = VIRTIO_OF_CONTROL_QUEUE_SIZE;
+  /** (parts) What Connect made of this queue. */
+  role: SessionRole = { kind: 'unbound' };
+  /** (parts) Commands this queue may hold in flight: the control queue's until Connect sets it. */
+  queueSize = VIRTIO_OF_CONTROL_QUEUE_SIZE;
   /** Commands in flight by id (running: their completion has not been sent). */
   private readonly requests = new InFlight(() => this.queueSize);
   /** Request slots of this queue that serve no command (see TargetRequest). */
@@ -170,21 +140,13 @@ export class QueueSession {
     sendVq: (req, completion, written) => this.sendVq(req, completion, written),
     finished: (req) => this.slotFinished(req),
   };
-  /** What a slot's callbacks lead to (see TargetRequest): made once per queue. */
-  private readonly steps: RequestSteps = {
-    // A dispatch that threw: a bug, logged; the command's slot is then released.
-    dispatchFailed: (req, err) => this.log.error(`${this.connection.peer}: ${opcodeName(req.opcode)} failed: ${(err as Error)?.stack ?? String(err)}`),
-    fetched: (req, readable, writable) => this.execute(req, readable, writable) === FINISHES_ITSELF,
-    fetchFailed: (req, err) => this.fetchFailed(req, err),
-    executed: (req, written) => this.executed(req, written),
-    executeFailed: (req, err) => this.executeFailed(req, err),
-    completed: (req) => this.completed(req),
-    completeFailed: (req, err) => this.completeFailed(req, err),
-  };
-  private disconnecting = false;
+  /** VQ execution, what a slot's callbacks lead to (RequestSteps, see TargetRequest): made once per queue. */
+  private readonly vq = new VqExecution(this);
+  /** (parts) No new command runs: Disconnect, the peer's end, abort or teardown. */
+  disconnecting = false;
   private closed = false;
-  /** Connects refused on this connection (see MAX_REFUSED_CONNECTS). */
-  private refusedConnects = 0;
+  /** (parts) Connects refused on this connection (see MAX_REFUSED_CONNECTS in session-connect.ts). */
+  refusedConnects = 0;
   /** The Connect Body announced VOF_CONNECT_F_REDIRECT: redirects and the drain event may be sent. */
   followsRedirects = false;
   /** Counters for the admin transport class (LIST_QUEUES). */
@@ -197,7 +159,8 @@ export class QueueSession {
 
   constructor(
     readonly connection: TargetConnection,
-    private readonly ctx: TargetContext,
+    /** (parts) The target this queue belongs to. */
+    readonly ctx: TargetContext,
   ) {
     this.budget = new ByteBudget(ctx.queueBudgetBytes);
     if (ctx.connectTimeoutMs > 0) {
@@ -265,7 +228,8 @@ export class QueueSession {
     void this.whenIdle().then(() => this.close());
   }
 
-  private get log(): Logger {
+  /** (parts) The target's logger. */
+  get log(): Logger {
     return this.ctx.log;
   }
 
@@ -276,7 +240,7 @@ export class QueueSession {
     if (this.closed) return this.drop(reserved, data);
     const opcode = raw.readUInt16LE(0);
     const id = raw.readUInt16LE(2);
-    // A VQ command on a virtqueue, the steady state, is read in place (runVq): no decoded object.
+    // A VQ command on a virtqueue, the steady state, is read in place (vq-execution.ts): no decoded object.
     const cmd = opcode === Opcode.Vq && this.role.kind === 'virtqueue' ? null : decodeCommand(raw);
     this.stats.commands++;
     // Ids 0xff00-0xffff name target events on a control queue: a completion with one would be
@@ -305,13 +269,13 @@ export class QueueSession {
       this.reply(encodeBareCompletion(Status.ECMDQUOT, id));
       return;
     }
-    const req = this.freeSlots.pop() ?? new TargetRequest(this.sink, this.steps);
+    const req = this.freeSlots.pop() ?? new TargetRequest(this.sink, this.vq);
     req.start(id, opcode, data, reserved);
     this.busySlots++;
     this.requests.add(req);
     let done: Dispatched;
     try {
-      done = cmd === null ? this.dispatchVq(req, raw) : this.dispatch(req, cmd, payload);
+      done = cmd === null ? this.dispatchVq(req, raw) : dispatchCommand(this, req, cmd, payload);
     } catch (err) {
       done = Promise.reject(err);
     }
@@ -339,8 +303,8 @@ export class QueueSession {
     data?.release();
   }
 
-  /** The peer broke the protocol in a way no status can answer: close the queue. */
-  private violation(why: string): void {
+  /** (parts) The peer broke the protocol in a way no status can answer: close the queue. */
+  violation(why: string): void {
     this.log.warn(`${this.connection.peer}: closing the queue: ${why}`);
     this.close();
   }
@@ -407,323 +371,16 @@ export class QueueSession {
     this.reply(completion);
   }
 
-  private refuse(req: TargetRequest, status: number, why: string): void {
+  /** (parts) Answer a command with a refusal `status`, logged with why. */
+  refuse(req: TargetRequest, status: number, why: string): void {
     this.log.info(`${this.connection.peer}: ${opcodeName(req.opcode)} → ${formatStatus(status)}: ${why}`);
     req.complete(encodeBareCompletion(status, req.commandId));
   }
 
-  /** A VQ command on a virtqueue (onCommand checked both), read from its header in place. */
+  /** A VQ command on a virtqueue (onCommand checked both): to its state machine. */
   private dispatchVq(req: TargetRequest, raw: Buffer): Dispatched {
     const role = this.role as Extract<SessionRole, { kind: 'virtqueue' }>;
-    if (!req.data) return this.refuse(req, Status.ENOCMD, 'VQ command without its buffers');
-    return this.runVq(req, role.instance, role.vqIndex, raw.readUInt32LE(8), raw.readUInt32LE(12), req.data);
-  }
-
-  /** Runs a command; a promise when it goes on after this turn (Disconnect, Reset), FINISHES_ITSELF for a VQ command. */
-  private dispatch(req: TargetRequest, cmd: DecodedCommand, payload: Buffer | VqRequestData): Dispatched {
-    const role = this.role;
-    if (isUnknownCommand(cmd)) return this.refuse(req, Status.ENOCMD, 'unknown opcode');
-    if (cmd.opcode === Opcode.Connect) {
-      if (role.kind !== 'unbound') return this.refuse(req, Status.ENOCMD, 'queue is already connected');
-      return this.connect(req, cmd, payload instanceof Buffer ? payload : EMPTY);
-    }
-    if (role.kind === 'unbound') return this.refuse(req, Status.ENOCMD, 'the first command on a queue must be Connect');
-    if (cmd.opcode === Opcode.Disconnect) return this.disconnect(req);
-    if (role.kind === 'virtqueue') {
-      if (cmd.opcode !== Opcode.Vq) return this.refuse(req, Status.ENOCMD, 'only VQ and Disconnect are valid on a virtqueue');
-      if (!req.data) return this.refuse(req, Status.ENOCMD, 'VQ command without its buffers');
-      return this.runVq(req, role.instance, role.vqIndex, cmd.outLength, cmd.inLength, req.data);
-    }
-    const inst = role.instance;
-    inst.heard();
-    const id = cmd.commandId;
-    if (inst.authPending && !BEFORE_AUTH.has(cmd.opcode)) return this.refuse(req, Status.EACLREJECTED, `${inst.label} has not authenticated`);
-    switch (cmd.opcode) {
-      case Opcode.Keepalive:
-        req.complete(encodeBareCompletion(Status.SUCCESS, id));
-        break;
-      case Opcode.GetFeature:
-        this.replyFeature(req, inst.getFeature(cmd.featureSelect));
-        break;
-      case Opcode.SetFeature:
-        req.complete(encodeBareCompletion(inst.setFeature(cmd.featureSelect, cmd.feature).status, id));
-        break;
-      case Opcode.GetKeyedNumDescs:
-        if (!inst.keyedNumDescsNegotiated) return this.refuse(req, Status.ENOCMD, 'VIRTIO_OF_F_KEYED_NUM_DESCS not negotiated');
-        req.complete(encodeKeyedNumDescsCompletion(Status.SUCCESS, id, Math.min(255, this.connection.maxKeyedDescriptors)));
-        break;
-      case VOF_OP_GET_INLINE_DATA_SIZE:
-        if (inst.inlineDataSize === 0) return this.refuse(req, Status.ENOCMD, 'VOF_F_INLINE_DATA not negotiated');
-        req.complete(encodeU32Completion(Status.SUCCESS, id, inst.inlineDataSize));
-        break;
-      case VOF_OP_AUTH_NEGOTIATE:
-      case VOF_OP_AUTH_REPLY:
-        return this.authStep(req, inst, cmd.opcode, cmd.data);
-      case Opcode.GetVendorId:
-        req.complete(encodeU32Completion(Status.SUCCESS, id, inst.device.vendorId));
-        break;
-      case Opcode.GetDeviceId:
-        req.complete(encodeU32Completion(Status.SUCCESS, id, inst.device.deviceId));
-        break;
-      case Opcode.ResetDevice:
-        // Answered only once every VQ command in flight has ended (virtio 1.x 2.4.1).
-        return inst.reset().then(() => req.complete(encodeBareCompletion(Status.SUCCESS, id)));
-      case Opcode.GetStatus:
-        req.complete(encodeU32Completion(Status.SUCCESS, id, inst.deviceStatus));
-        break;
-      case Opcode.SetStatus:
-        if (cmd.status === 0) return inst.reset().then(() => req.complete(encodeBareCompletion(Status.SUCCESS, id)));
-        req.complete(encodeBareCompletion(inst.setStatus(cmd.status).status, id));
-        break;
-      case Opcode.GetDeviceFeature:
-        this.replyFeature(req, inst.getDeviceFeature(cmd.featureSelect));
-        break;
-      case Opcode.SetDriverFeature:
-        req.complete(encodeBareCompletion(inst.setDriverFeature(cmd.featureSelect, cmd.feature).status, id));
-        break;
-      case Opcode.GetVqSize: {
-        const r = inst.getVqSize(cmd.vqIndex);
-        // EQUEUEQUOT is how an initiator finds the last (admin) virtqueue: an answer, not a refusal.
-        req.complete(encodeVqSizeCompletion(r.status, id, Number(r.value ?? 0)), r.status !== Status.EQUEUEQUOT);
-        break;
-      }
-      case Opcode.GetConfig: {
-        const r = inst.getConfig(cmd.offset, cmd.bytes);
-        req.complete(encodeGetConfigCompletion(r.status, id, r.generation ?? 0, BigInt(r.value ?? 0)));
-        inst.configRead();
-        break;
-      }
-      case Opcode.SetConfig:
-        req.complete(encodeBareCompletion(inst.setConfig(cmd.offset, cmd.bytes, cmd.config).status, id));
-        break;
-      case Opcode.Vq:
-        return this.refuse(req, Status.ENOCMD, 'VQ command on the control queue');
-    }
-  }
-
-  /**
-   * One step of the authentication exchange. A failure (wrong response, a step out of order, an
-   * IVQN without a secret here) is answered EACLREJECTED with a zero field and then the control
-   * queue is closed, which destroys the instance: each attempt costs a new Connect.
-   */
-  private authStep(req: TargetRequest, inst: DeviceInstance, opcode: number, data: Buffer): void {
-    const id = req.commandId;
-    if (!inst.authNegotiated) return this.refuse(req, Status.ENOCMD, 'VOF_F_AUTH not negotiated');
-    const negotiate = opcode === VOF_OP_AUTH_NEGOTIATE;
-    const step = inst.auth === null ? { ok: false as const, why: 'this target holds no secret for the IVQN' } : negotiate ? inst.auth.negotiate(data) : inst.auth.reply(data);
-    if (step.ok) {
-      if (!negotiate) this.log.info(`${this.connection.peer}: ${inst.label} authenticated${this.identityNote()}`);
-      req.complete(encodeAuthCompletion(Status.SUCCESS, id, step.data));
-      return;
-    }
-    this.log.warn(`${this.connection.peer}: ${inst.label}: authentication failed: ${step.why}${this.identityNote()}`);
-    req.complete(encodeAuthCompletion(Status.EACLREJECTED, id));
-    this.violation(`${inst.label}: authentication failed`);
-  }
-
-  private replyFeature(req: TargetRequest, r: OpResult): void {
-    req.complete(encodeFeatureCompletion(r.status, req.commandId, BigInt(r.value ?? 0)));
-  }
-
-  private connect(req: TargetRequest, cmd: ConnectCommand, body: Buffer): void {
-    const id = cmd.commandId;
-    const refuse = (status: number, why: string) => {
-      this.log.info(`${this.connection.peer}: Connect → ${formatStatus(status)}: ${why}`);
-      req.complete(encodeConnectCompletion(status, id, cmd.deviceInstanceId));
-      // An initiator that is refused access once corrects itself or gives up; one that keeps
-      // trying on the same connection is probing (instance ids, IVQNs, TVQNs): close it after
-      // the answer. Quota and size refusals are no probe and do not count.
-      if (PROBE_ANSWERS.has(status) && ++this.refusedConnects >= MAX_REFUSED_CONNECTS) {
-        this.violation(`${this.refusedConnects} refused Connects on one connection`);
-      }
-    };
-    const parsed = body.length === CONNECT_BODY_SIZE ? decodeConnectBody(body) : null;
-    if (body.length === CONNECT_BODY_SIZE && parsed === null) return refuse(Status.EBADVQN, 'malformed VQN in Connect Body');
-
-    if (cmd.deviceInstanceId === CONTROL_QUEUE_INSTANCE_ID) {
-      if (!parsed) return refuse(Status.ENOTGT, 'control queue Connect without a Connect Body');
-      if (cmd.queueSize > VIRTIO_OF_CONTROL_QUEUE_SIZE) {
-        return refuse(Status.EQSIZEQUOT, `control queue size ${cmd.queueSize} > ${VIRTIO_OF_CONTROL_QUEUE_SIZE}`);
-      }
-      this.followsRedirects = (connectFlags(body) & VOF_CONNECT_F_REDIRECT) !== 0;
-      const moved = this.ctx.redirectFor?.(parsed, this);
-      if (moved && 'status' in moved) return refuse(moved.status, `no redirect of ${quotePeerString(parsed.ivqn)} → ${quotePeerString(parsed.tvqn)}${this.identityNote()}: ${moved.why}`);
-      if (moved) {
-        // After the access check: a peer the export does not admit learns nothing of where it went.
-        if (!this.followsRedirects) return refuse(Status.EACLREJECTED, `${quotePeerString(parsed.tvqn)} moved to ${moved.url}; this initiator does not follow redirects`);
-        this.log.info(`${this.connection.peer}: Connect for ${quotePeerString(parsed.tvqn)} → EREDIRECT to ${moved.url}`);
-        req.complete(encodeRedirectCompletion(id), false, moved.record);
-        return;
-      }
-      const created = this.ctx.createInstance(parsed, this);
-      const pair = `${quotePeerString(parsed.ivqn)} → ${quotePeerString(parsed.tvqn)}${this.identityNote()}`;
-      if (!('id' in created)) return refuse(created.status, `no instance of ${pair}: ${created.why}`);
-      this.queueSize = cmd.queueSize || VIRTIO_OF_CONTROL_QUEUE_SIZE;
-      this.role = { kind: 'control', instance: created };
-      this.ctx.sessionBound(this);
-      this.log.info(`${this.connection.peer}: instance ${created.id} created: ${pair}`);
-      req.complete(encodeConnectCompletion(Status.SUCCESS, id, created.id));
-      return;
-    }
-
-    const inst = this.ctx.findInstance(cmd.deviceInstanceId);
-    if (!inst || inst.destroyed) return refuse(Status.EBADDEV, `no instance ${cmd.deviceInstanceId}`);
-    // The binding rule (docs/PROTOCOL.md): a virtqueue joins an instance only when its
-    // connection proves what the control queue proved.
-    const refusal = this.ctx.bindingRefusal(inst, this, parsed);
-    if (refusal) return refuse(refusal.status, `virtqueue ${cmd.vqIndex} of instance ${inst.id} refused: ${refusal.why}`);
-    // After the binding checks, so only the instance's own initiator learns that it is waiting
-    // for authentication; a stranger still gets EBADDEV.
-    if (inst.authPending) return refuse(Status.EACLREJECTED, `virtqueue ${cmd.vqIndex} of ${inst.label} refused: the instance has not authenticated`);
-    if (cmd.vqIndex >= inst.queueCount) {
-      return refuse(Status.EQUEUEQUOT, `vq_index ${cmd.vqIndex} ≥ ${inst.queueCount} queues`);
-    }
-    if (inst.virtqueues.has(cmd.vqIndex)) return refuse(Status.EQUEUEQUOT, `virtqueue ${cmd.vqIndex} is already connected`);
-    const max = inst.maxQueueSize(cmd.vqIndex);
-    if (cmd.queueSize > max) return refuse(Status.EQSIZEQUOT, `queue size ${cmd.queueSize} > ${max}`);
-    this.queueSize = cmd.queueSize || max;
-    this.role = { kind: 'virtqueue', instance: inst, vqIndex: cmd.vqIndex };
-    inst.virtqueues.set(cmd.vqIndex, this);
-    // vof inline data: this virtqueue keeps the layout negotiated now, before the initiator can send a VQ command.
-    if (inst.inlineDataSize > 0) this.connection.enableInlineData?.(inst.inlineDataSize);
-    if (inst.remoteInvalidation) this.connection.enableRemoteInvalidation?.();
-    this.ctx.sessionBound(this);
-    this.log.info(
-      `${this.connection.peer}: virtqueue ${cmd.vqIndex} of instance ${inst.id} attached: ` +
-        `${quotePeerString(inst.ivqn)} → ${quotePeerString(inst.tvqn)}${parsed ? '' : ' (no Connect Body)'}${this.identityNote()}`,
-    );
-    req.complete(encodeConnectCompletion(Status.SUCCESS, id, inst.id));
-  }
-
-  /** ", identity "X"" when the connection authenticated (TLS), for log lines. */
-  private identityNote(): string {
-    const identity = this.connection.identity;
-    return identity === undefined ? '' : `, identity ${quotePeerString(identity)}`;
-  }
-
-  /**
-   * A VQ command's life on its slot, each state left when its event arrives:
-   *   buffers (readable, then writable) → executing (the device) → completing (the transport
-   *   sends the completion and written bytes) → the slot is free (onSent: the slot ends itself).
-   * A step whose input is at hand goes on at once: on stream transports a command reaches the
-   * device in the turn it arrived, with no promise of the core's. Keyed transports fetch
-   * (RDMA READ) or wait for pool memory first (VqRequestData.fetch). Cancellation is checked before
-   * the device is called and makes the completion ESTATUS.
-   */
-  private runVq(req: TargetRequest, inst: DeviceInstance, vqIndex: number, outLength: number, inLength: number, data: VqRequestData): Dispatched {
-    const id = req.commandId;
-    // Virtqueue traffic proves the initiator alive as much as a keepalive does.
-    inst.heard();
-    if (!inst.acceptsRequests) return req.complete(encodeVqCompletion(Status.ESTATUS, id, 0));
-    const max = inst.maxRequestBytes(vqIndex);
-    if (outLength > max || inLength > max) {
-      this.log.info(`${this.connection.peer}: VQ command of ${outLength}+${inLength} bytes over the ${max}-byte limit`);
-      return req.complete(encodeVqCompletion(outLength > max ? Status.EOUTVQBUF : Status.EINVQBUF, id, 0));
-    }
-    req.instance = inst;
-    req.vqIndex = vqIndex;
-    const readable = data.readOutNow();
-    const writable = inLength === 0 ? EMPTY : data.writableNow();
-    if (readable === undefined || writable === undefined) {
-      // Keyed transports: the RDMA READ or pool memory first; the slot hears back (buffersReady
-      // or buffersFailed, see RequestSteps.fetched) and from there ends itself.
-      data.fetch(req);
-      return FINISHES_ITSELF;
-    }
-    return this.execute(req, readable, writable);
-  }
-
-  /** The transport could not supply a VQ buffer (VqTransferError): EOUTVQBUF or EINVQBUF. */
-  private fetchFailed(req: TargetRequest, err: VqTransferError): void {
-    const status = err.direction === 'out' ? Status.EOUTVQBUF : Status.EINVQBUF;
-    this.log.info(`${this.connection.peer}: VQ command ${req.commandId}: ${err.message}: ${statusName(status)}`);
-    req.complete(encodeVqCompletion(status, req.commandId, 0));
-  }
-
-  /**
-   * Hand the buffers to the device; its report moves the slot on (deviceDone / deviceFailed,
-   * which end it), possibly before submitRequest returns. Answered at once (void) when the
-   * device is not called or throws.
-   */
-  private execute(req: TargetRequest, readable: Buffer, writable: Buffer): Dispatched {
-    // Reset or teardown while the buffers were on their way: the device never sees them.
-    if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, req.commandId, 0));
-    req.readable = readable;
-    req.writable = writable;
-    req.executing = true;
-    try {
-      req.instance!.submitRequest(req.vqIndex, readable, writable, req);
-    } catch (err) {
-      // A device that threw after reporting the end has already moved the slot on (it may be
-      // free again): a bug of the device's, logged, and nothing more done to the slot.
-      if (!req.executing) {
-        this.steps.dispatchFailed(req, err);
-        return FINISHES_ITSELF;
-      }
-      req.executing = false;
-      return this.executeFailed(req, err);
-    }
-    return FINISHES_ITSELF;
-  }
-
-  /** True when the completion is on its way (the slot's onSent ends the command). */
-  private executed(req: TargetRequest, written: number): boolean {
-    const writable = req.writable!;
-    if (!Number.isSafeInteger(written) || written < 0 || written > writable.length) {
-      this.deviceFault(req, `vq ${req.vqIndex}: device reports ${written} bytes written into ${writable.length} device-writable bytes`);
-      return false;
-    }
-    req.written = written;
-    // Into the slot's own completion buffer: it is not reused before the slot is free again.
-    return req.completeVq(encodeVqCompletion(Status.SUCCESS, req.commandId, written, req.completion), written);
-  }
-
-  /** Errors the device can express (IOERR, UNSUPP) come in its own status; a throw is a fault. */
-  private executeFailed(req: TargetRequest, err: unknown): void {
-    // A device that stops a cancelled command by throwing (throwIfAborted) did as asked.
-    if (req.cancelled) return req.complete(encodeVqCompletion(Status.ESTATUS, req.commandId, 0));
-    // Only a reset clears it: the instance is now DEVICE_NEEDS_RESET, the command ESTATUS.
-    this.deviceFault(req, `vq ${req.vqIndex}: ${(err as Error)?.message ?? String(err)}`);
-  }
-
-  private completed(req: TargetRequest): void {
-    this.stats.bytesOut += req.readable!.length;
-    this.stats.bytesIn += req.written;
-  }
-
-  private completeFailed(req: TargetRequest, err: unknown): void {
-    if (!(err instanceof VqTransferError)) throw err;
-    this.log.info(`${this.connection.peer}: VQ command ${req.commandId}: ${err.message}: EINVQBUF`);
-    req.failVq(Status.EINVQBUF);
-  }
-
-  /** A VQ command's device faulted: the instance needs a reset, the command is ESTATUS. */
-  private deviceFault(req: TargetRequest, why: string): void {
-    req.instance!.needsReset(why);
-    req.complete(encodeVqCompletion(Status.ESTATUS, req.commandId, 0));
-  }
-
-  private async disconnect(req: TargetRequest): Promise<void> {
-    this.disconnecting = true;
-    // Every other command of this queue completes before the Disconnect Completion (seed).
-    await this.whenIdle(req);
-    const role = this.role;
-    if (role.kind === 'control') {
-      // The initiator should have disconnected its virtqueues first; if not, let theirs drain.
-      await Promise.all([...role.instance.virtqueues.values()].map((vq) => vq.whenIdle()));
-    }
-    req.complete(encodeBareCompletion(Status.SUCCESS, req.commandId));
-    this.unbind();
-    this.close();
-  }
-
-  private unbind(): void {
-    const role = this.role;
-    this.role = { kind: 'unbound' };
-    if (role.kind === 'control') role.instance.destroy();
-    else if (role.kind === 'virtqueue' && role.instance.virtqueues.get(role.vqIndex) === this) {
-      role.instance.virtqueues.delete(role.vqIndex);
-    }
+    return this.vq.run(req, raw, role.instance, role.vqIndex);
   }
 
   /**
@@ -750,7 +407,8 @@ export class QueueSession {
     void this.cancelAll('instance destroyed').then(() => this.close());
   }
 
-  private close(): void {
+  /** (parts) Close the connection; what is still in flight is cancelled. */
+  close(): void {
     if (this.closed) return;
     this.closed = true;
     this.connection.close();
@@ -771,6 +429,6 @@ export class QueueSession {
       const what = role.kind === 'control' ? 'control queue' : `virtqueue ${role.vqIndex}`;
       this.log.info(`${this.connection.peer}: ${what} of instance ${role.instance.id} closed${reason ? `: ${reason.message}` : ''}`);
     }
-    this.unbind();
+    unbind(this);
   }
 }
