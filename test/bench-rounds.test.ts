@@ -65,6 +65,17 @@ describe('rounds: ratios and summaries', () => {
     expect(pairs).not.toContain('vof-vduse/nvmeof-rdma-null');
   });
 
+  it('vof-nbd-kernel: against the library over TCP, fio\'s nbd engine on the same bridge, vof-vduse and the kernel targets', () => {
+    const systems = ['vof-nbd-kernel', 'vof-nbd', 'vof-vduse', 'vof-tcp', 'vof-rdma', 'qsd-vduse', 'nvmeof-tcp', 'nvmeof-tcp-null'];
+    const pairs = computeRatios(systems.map((s) => run(s, 1, 100, 10))).map((r) => `${r.system}/${r.anchor}`);
+    expect(pairs).toEqual(expect.arrayContaining(['vof-nbd-kernel/vof-tcp', 'vof-nbd-kernel/vof-nbd', 'vof-vduse/vof-nbd-kernel', 'vof-nbd-kernel/qsd-vduse', 'vof-nbd-kernel/nvmeof-tcp']));
+    // One direction per pair, not across transports, a file export not against null_blk.
+    expect(pairs).not.toContain('vof-nbd/vof-nbd-kernel');
+    expect(pairs).not.toContain('vof-nbd-kernel/vof-vduse');
+    expect(pairs).not.toContain('vof-nbd-kernel/vof-rdma');
+    expect(pairs).not.toContain('vof-nbd-kernel/nvmeof-tcp-null');
+  });
+
     it('summarizes each system over its rounds, per-I/O figures as medians of the known ones', () => {
     const side = (userUs: number | null) => ({ userUs, systemUs: 1, syscalls: null, contextSwitches: 2 });
     const cost = (u: number | null, heap: number | null): PerIoCost => ({ initiator: side(u), target: side(1), heapBytes: heap, gcs: 0.001, unavailable: heap === null ? { heap: 'why' } : {} });

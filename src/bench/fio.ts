@@ -1,10 +1,10 @@
-import { readFileSync, rmSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { blockRun, machineBusySeconds, processCpuSeconds, round } from './cpu.js';
 import { addTotals, parsePerfCount, perIoCost, SideWindow, syscallCountingUnavailable, unmeasured, type SideTotals } from './per-io.js';
 import type { ProgressLine } from './progress-line.js';
-import { run } from './tools.js';
+import { run, waitFor } from './tools.js';
 import type { BenchRun, Environment, Workload } from './types.js';
 import { workloadLabel } from './workloads.js';
 
@@ -188,4 +188,27 @@ export interface BlockSystem {
 /** A system driven by fio with fixed engine options; `close` ends whatever serves it. */
 export function fioSystem(ctx: Omit<FioOptions, 'workload' | 'round'>, close: () => Promise<void>): BlockSystem {
   return { name: ctx.system, run: (workload, round) => runFio({ ...ctx, workload, round }), close };
+}
+
+/**
+ * fio (libaio, O_DIRECT) on a kernel block device (/dev/vdX, /dev/nbdN) that `setUp` brings up,
+ * once it exists; `stop` tears it down when the bench is done with it, or at once if it never
+ * came (or `setUp` failed half-way).
+ */
+export async function fioOnKernelDevice(
+  ctx: Omit<FioOptions, 'workload' | 'round' | 'system' | 'engine' | 'target' | 'initiatorPids' | 'note'>,
+  system: string,
+  setUp: () => Promise<string>,
+  stop: () => Promise<void>,
+  sides: (dev: string) => Pick<FioOptions, 'target' | 'initiatorPids' | 'note'>,
+): Promise<BlockSystem> {
+  let dev: string;
+  try {
+    dev = await setUp();
+    await waitFor(`${dev}`, () => existsSync(dev), 60_000);
+  } catch (err) {
+    await stop().catch(() => undefined);
+    throw err;
+  }
+  return fioSystem({ ...ctx, system, engine: ['--ioengine=libaio', '--direct=1', `--filename=${dev}`], ...sides(dev) }, stop);
 }

@@ -10,6 +10,7 @@ import { roundOrder } from './rounds.js';
 import { SystemUnavailable, openNbdkit, openNbdkitMemory, openVofNbd, runIperf3, type AnchorContext } from './stream-anchors.js';
 import type { BenchRun, Environment, SkippedSystem, Workload } from './types.js';
 import { openQsdVduse, openVofVduse } from './vduse-anchors.js';
+import { openVofNbdKernel } from './nbd-kernel.js';
 import { runVofWorkload } from './vof-workload.js';
 import { workloadLabel } from './workloads.js';
 
@@ -33,6 +34,8 @@ export interface MeasureOptions {
   readonly nbd: boolean;
   /** Run the VDUSE systems (vof-vduse, vof-vduse-rdma, qsd-vduse): the kernel's virtio-blk, root only. */
   readonly vduse?: boolean;
+  /** Run vof-nbd-kernel (the kernel's nbd client on `vof nbd`): root and the nbd module. */
+  readonly nbdKernel?: boolean;
   /** Only these systems (and ceilings, by tool: iperf3, perftest), or every one (null). */
   readonly only?: ReadonlySet<string> | null;
   readonly cpuProfDir: string | null;
@@ -50,7 +53,7 @@ export interface Measured {
 
 /** Every system and ceiling tool the bench knows, by the name `--systems` takes. */
 export const SYSTEM_NAMES = [
-  'vof-tcp', 'vof-rdma', 'vof-nbd', 'vof-nbdsrc', 'vof-null', 'vof-null-rdma', 'vof-vduse', 'vof-vduse-rdma',
+  'vof-tcp', 'vof-rdma', 'vof-nbd', 'vof-nbd-kernel', 'vof-nbdsrc', 'vof-null', 'vof-null-rdma', 'vof-vduse', 'vof-vduse-rdma',
   'nbdkit', 'nvmeof-rdma', 'nvmeof-tcp', 'nvmeof-rdma-null', 'nvmeof-tcp-null', 'qsd-vduse', 'iperf3', 'perftest',
 ] as const;
 
@@ -173,6 +176,9 @@ export async function measureEnvironment(o: MeasureOptions): Promise<Measured> {
     if (o.nbd) {
       const url = urls.tcp ?? urls.rdma!;
       await open('vof-nbd', () => openVofNbd(ctx, VOF_CLI, url, join(o.image, '..', `nbd-${process.pid}.sock`), targetPid));
+      // The same bridge through the kernel's nbd client and block layer: a bridge of its own,
+      // so that its CPU is this system's alone.
+      if (o.nbdKernel) await open('vof-nbd-kernel', () => openVofNbdKernel(ctx, VOF_CLI, url, join(o.image, '..', `nbd-kernel-${process.pid}.sock`), o.queues, targetPid));
     }
     if (o.anchors && env === 'host') await open('nbdkit', () => openNbdkit(ctx, o.image));
     if (o.anchors && o.rdma) {

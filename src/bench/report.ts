@@ -13,14 +13,18 @@ const keyed = (system: string) => system.endsWith('-rdma') && isVof(system);
  */
 /** Systems with no storage behind them (vof-null, vof-null-rdma, nvmeof-rdma-null, nvmeof-tcp-null). */
 const isNull = (system: string) => /(^|-)null(-|$)/.test(system);
-const VOF_VARIANTS = new Map([
-  ['vof-rdma', 'vof-tcp'],
-  ['vof-nbdsrc', 'vof-tcp'],
-  ['vof-null', 'vof-tcp'],
-  ['vof-null-rdma', 'vof-rdma'],
-  // The kernel's virtio-blk through `vof vduse` against the library on the same transport.
-  ['vof-vduse', 'vof-tcp'],
-  ['vof-vduse-rdma', 'vof-rdma'],
+const VOF_VARIANTS = new Map<string, readonly string[]>([
+  ['vof-rdma', ['vof-tcp']],
+  ['vof-nbdsrc', ['vof-tcp']],
+  ['vof-null', ['vof-tcp']],
+  ['vof-null-rdma', ['vof-rdma']],
+  // The kernel's virtio-blk through `vof vduse` against the library on the same transport, and
+  // against the kernel's other block driver on the same vof target over TCP: its nbd client.
+  ['vof-vduse', ['vof-tcp', 'vof-nbd-kernel']],
+  ['vof-vduse-rdma', ['vof-rdma']],
+  // The kernel's nbd client on `vof nbd` against the library, and against fio's nbd engine on
+  // the same bridge (the kernel's block layer and NBD client against a user-space one).
+  ['vof-nbd-kernel', ['vof-tcp', 'vof-nbd']],
 ]);
 
 /**
@@ -44,7 +48,7 @@ export function computeRatios(runs: readonly BenchRun[]): Ratio[] {
       }
       if (!sameWorkload(a.workload, v.workload)) continue;
       // vof systems against each other only as VOF_VARIANTS pairs.
-      if (isVof(a.system) && VOF_VARIANTS.get(v.system) !== a.system) continue;
+      if (isVof(a.system) && !VOF_VARIANTS.get(v.system)?.includes(a.system)) continue;
       // Against the other block anchors, like storage with like: null with null_blk, a file with a file.
       if (!isVof(a.system) && isNull(a.system) !== isNull(v.system)) continue;
       pairs.push({ kind: 'same-workload', v, a });

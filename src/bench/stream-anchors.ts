@@ -47,11 +47,19 @@ export async function openNbdkitMemory(sizeBytes: number): Promise<{ port: numbe
 /** A system that cannot run here (not a failure): reported as skipped with this reason. */
 export class SystemUnavailable extends Error {}
 
+/** A running `vof nbd` bridge: the NBD URI it printed, its process, and how to stop it. */
+export interface VofNbdBridge {
+  readonly uri: string;
+  readonly pid: number;
+  stop(): Promise<void>;
+}
+
 /**
- * fio through `vof nbd URL --socket PATH`, the NBD bridge: it prints exactly one line on stdout,
- * the NBD URI (nbd+unix:///EXPORT?socket=PATH), and exits cleanly on SIGTERM.
+ * Starts `vof nbd URL --socket PATH`, the NBD bridge: it prints exactly one line on stdout, the
+ * NBD URI (nbd+unix:///EXPORT?socket=PATH), and exits cleanly on SIGTERM. A vof without the
+ * command, or a bridge that prints no URI, is a SystemUnavailable.
  */
-export async function openVofNbd(ctx: AnchorContext, cli: string, deviceUrl: string, socketPath: string, targetPid: number | null): Promise<BlockSystem> {
+export async function startVofNbdBridge(cli: string, deviceUrl: string, socketPath: string): Promise<VofNbdBridge> {
   const bridge = spawn(process.execPath, [cli, 'nbd', deviceUrl, '--socket', socketPath], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   bridge.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
@@ -79,16 +87,22 @@ export async function openVofNbd(ctx: AnchorContext, cli: string, deviceUrl: str
     await stop();
     throw err;
   }
+  return { uri, pid: bridge.pid!, stop };
+}
+
+/** fio's nbd engine (user space) through the `vof nbd` bridge. */
+export async function openVofNbd(ctx: AnchorContext, cli: string, deviceUrl: string, socketPath: string, targetPid: number | null): Promise<BlockSystem> {
+  const bridge = await startVofNbdBridge(cli, deviceUrl, socketPath);
   return fioSystem(
     {
       ...ctx,
       system: 'vof-nbd',
-      engine: ['--ioengine=nbd', `--uri=${uri}`],
+      engine: ['--ioengine=nbd', `--uri=${bridge.uri}`],
       target: targetPid === null ? null : { pid: targetPid },
-      initiatorPids: [bridge.pid!],
+      initiatorPids: [bridge.pid],
       note: 'initiator CPU = fio + the vof nbd bridge process',
     },
-    stop,
+    () => bridge.stop(),
   );
 }
 

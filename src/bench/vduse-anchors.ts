@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fioSystem, type BlockSystem } from './fio.js';
+import { fioOnKernelDevice, type BlockSystem } from './fio.js';
 import { SystemUnavailable, type AnchorContext } from './stream-anchors.js';
 import { run, startDaemon, waitFor } from './tools.js';
 
@@ -66,7 +66,7 @@ export async function openVofVduse(ctx: AnchorContext, system: string, cli: stri
     clearTimeout(late);
     await waitFor(`vdpa device ${name} to go after vof vduse exited with ${code}`, () => !existsSync(join(SYS_VDPA, name)), 30_000);
   };
-  return fioOnVdev(
+  return fioOnKernelDevice(
     ctx,
     system,
     async () => {
@@ -129,7 +129,7 @@ export async function openQsdVduse(ctx: AnchorContext, image: string, queues: nu
     await qsd.stop();
     await waitFor(`/dev/vduse/${name} to go after qemu-storage-daemon exited`, () => !existsSync(`/dev/vduse/${name}`), 30_000);
   };
-  return fioOnVdev(
+  return fioOnKernelDevice(
     ctx,
     system,
     async () => {
@@ -154,26 +154,4 @@ export async function openQsdVduse(ctx: AnchorContext, image: string, queues: nu
       note: `${dev}: ${version}, --export vduse-blk of the image (file driver, page cache, ${queues} queues), no network: the ceiling of the VDUSE path; target CPU = qemu-storage-daemon`,
     }),
   );
-}
-
-/**
- * fio (libaio, O_DIRECT) on the /dev/vdX that `setUp` brings up, once it exists; `stop` tears
- * it down when the bench is done with it, or at once if it never came.
- */
-async function fioOnVdev(
-  ctx: AnchorContext,
-  system: string,
-  setUp: () => Promise<string>,
-  stop: () => Promise<void>,
-  sides: (dev: string) => Pick<Parameters<typeof fioSystem>[0], 'target' | 'initiatorPids' | 'note'>,
-): Promise<BlockSystem> {
-  let dev: string;
-  try {
-    dev = await setUp();
-    await waitFor(`${dev}`, () => existsSync(dev), 60_000);
-  } catch (err) {
-    await stop().catch(() => undefined);
-    throw err;
-  }
-  return fioSystem({ ...ctx, system, engine: ['--ioengine=libaio', '--direct=1', `--filename=${dev}`], ...sides(dev) }, stop);
 }

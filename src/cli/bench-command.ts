@@ -145,6 +145,8 @@ export async function runBench(argv: string[]): Promise<number> {
       // The kernel's virtio-blk on VDUSE needs root and Linux >= 5.15: where the kernel anchors
       // (nvmet) run, in the VM or on a host with RDMA.
       vduse: values.anchors === true && (vmPart || rdma !== null),
+      // The kernel's nbd client likewise (root, the nbd module).
+      nbdKernel: values.anchors === true && (vmPart || rdma !== null),
       only,
       cpuProfDir,
       fileIo,
@@ -166,8 +168,8 @@ export async function runBench(argv: string[]): Promise<number> {
         ...(cpuProfDir ? ['--cpu-prof', cpuProfDir] : []),
       ];
       // vof-rdma, vof-tcp, vof-null, vof-null-rdma; with anchors vof-nbdsrc, vof-nbd,
-      // nvmeof-{rdma,tcp}[-null], vof-vduse[-rdma] and qsd-vduse; or those of --systems.
-      const systems = only ? only.size : values.anchors ? 13 : 4;
+      // vof-nbd-kernel, nvmeof-{rdma,tcp}[-null], vof-vduse[-rdma] and qsd-vduse; or those of --systems.
+      const systems = only ? only.size : values.anchors ? 14 : 4;
       const timeout = 300 + systems * workloads.length * rounds * (vmTimeSec + 1 + 30);
       try {
         const vm = await runInVm(pass, timeout);
@@ -180,7 +182,7 @@ export async function runBench(argv: string[]): Promise<number> {
         // is a loud skip (this machine cannot provide soft-RoCE), not a failed benchmark.
         if (!vmIsFallback) failures++;
         const why = `${vmIsFallback ? '' : 'FAILED: '}${(err as Error).message}`;
-        for (const system of ['vof-rdma', 'vof-null-rdma', ...(values.anchors ? ['perftest', 'nvmeof-rdma', 'nvmeof-tcp', 'nvmeof-rdma-null', 'nvmeof-tcp-null', 'vof-vduse', 'vof-vduse-rdma', 'qsd-vduse'] : [])].filter((x) => !only || only.has(x))) skipped.push({ system, environment: 'vm', reason: why });
+        for (const system of ['vof-rdma', 'vof-null-rdma', ...(values.anchors ? ['perftest', 'nvmeof-rdma', 'nvmeof-tcp', 'nvmeof-rdma-null', 'nvmeof-tcp-null', 'vof-vduse', 'vof-vduse-rdma', 'qsd-vduse', 'vof-nbd-kernel'] : [])].filter((x) => !only || only.has(x))) skipped.push({ system, environment: 'vm', reason: why });
         log(`bench: SKIPPED the VM part: ${(err as Error).message}`);
       }
     }

@@ -12,8 +12,9 @@ export const BENCH_COMMAND = {
     'and each ratio is the median (min–max) of per-round ratios. The "per I/O" table: user/system CPU µs,\n' +
     'system calls (perf stat, or n/a with the reason), context switches, and for vof\'s in-process\n' +
     'initiator the JS heap bytes allocated and GCs, per I/O, for the initiator and the target.\n' +
-    'In the VM, --anchors adds vof-vduse[-rdma] (fio on the /dev/vdX of `vof vduse`) and qsd-vduse\n' +
-    '(qemu-storage-daemon\'s vduse-blk export of the image). --systems LIST runs only those systems.\n' +
+    'In the VM, --anchors adds vof-vduse[-rdma] (fio on the /dev/vdX of `vof vduse`), qsd-vduse\n' +
+    '(qemu-storage-daemon\'s vduse-blk export of the image) and vof-nbd-kernel (fio on the /dev/nbdN\n' +
+    'of nbd-client attached to `vof nbd`). --systems LIST runs only those systems.\n' +
     'docs/BENCHMARK.md describes the report.',
   options: {
     target: { type: 'string', arg: 'URL', desc: 'benchmark this running target instead of starting one' },
