@@ -24,7 +24,7 @@ export interface CompletionSink {
 }
 
 /**
- * The steps of a VQ command that its slot's callbacks lead to (the queue implements them):
+ * The steps of a VQ command that its slot's callbacks lead to (the queue's VqExecution implements them, vq-execution.ts):
  * bound once per slot, so that moving a command on allocates no closure.
  */
 export interface RequestSteps {
