@@ -437,9 +437,8 @@ class VduseDevice : public Napi::ObjectWrap<VduseDevice> {
   // device (the kernel's own bounce pages, mmapped with VDUSE_IOTLB_GET_FD, cannot: its fault
   // handler refuses a page no DMA has used yet, so pinning the region fails with EFAULT). The
   // kernel copies the bytes of mappings in use over. Throws with the errno (EINVAL: no bounce
-  // map yet or `size` is not the bounce size; EEXIST: registered already; ENOMEM: the
-  // RLIMIT_MEMLOCK, which this raises to its hard limit first since the kernel counts the pages
-  // against it with no capability exception). The Buffer is kept referenced here until
+  // map yet or `size` is not the bounce size; EEXIST: registered already; ENOMEM: over
+  // RLIMIT_MEMLOCK, which this raises first). The Buffer is kept referenced here until
   // deregisterBounceMemory() or close(): the kernel never writes into memory JS has freed; it is
   // munmapped when collected after that.
   Napi::Value RegisterBounceMemory(const Napi::CallbackInfo& info) {
@@ -449,10 +448,14 @@ class VduseDevice : public Napi::ObjectWrap<VduseDevice> {
     long page = sysconf(_SC_PAGESIZE);
     if (size == 0 || size > (1ull << 32) || size % page != 0) throw Napi::RangeError::New(env, "registerBounceMemory: size must be whole pages, at most 4 GiB");
     if (!umem_.IsEmpty()) ThrowErrno(env, "VDUSE_IOTLB_REG_UMEM", EEXIST);
+    // VDUSE counts the pages against RLIMIT_MEMLOCK with no capability exception (and the RDMA
+    // registrations of this process count too): unlimited when allowed (CAP_SYS_RESOURCE), else
+    // the hard limit. Best effort: the ioctl says ENOMEM if it is still short.
+    struct rlimit unlimited {RLIM_INFINITY, RLIM_INFINITY};
     struct rlimit rl {};
-    if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != rl.rlim_max) {
+    if (setrlimit(RLIMIT_MEMLOCK, &unlimited) != 0 && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != rl.rlim_max) {
       rl.rlim_cur = rl.rlim_max;
-      setrlimit(RLIMIT_MEMLOCK, &rl);  // best effort: the ioctl says ENOMEM if it is still short
+      setrlimit(RLIMIT_MEMLOCK, &rl);
     }
     void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
     if (p == MAP_FAILED) ThrowErrno(env, "mmap bounce memory", errno);
