@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -164,6 +165,8 @@ class VduseDevice : public Napi::ObjectWrap<VduseDevice> {
                            InstanceMethod<&VduseDevice::InjectConfigIrq>("injectConfigIrq"),
                            InstanceMethod<&VduseDevice::GetFeatures>("getFeatures"),
                            InstanceMethod<&VduseDevice::MapIova>("mapIova"),
+                           InstanceMethod<&VduseDevice::RegisterBounceMemory>("registerBounceMemory"),
+                           InstanceMethod<&VduseDevice::DeregisterBounceMemory>("deregisterBounceMemory"),
                            InstanceMethod<&VduseDevice::Close>("close"),
                            StaticValue("requestBytes", Napi::Number::New(env, sizeof(vduse_dev_request))),
                            StaticValue("responseBytes", Napi::Number::New(env, sizeof(vduse_dev_response))),
@@ -428,6 +431,75 @@ class VduseDevice : public Napi::ObjectWrap<VduseDevice> {
     return o;
   }
 
+  // registerBounceMemory(size) → Buffer: `size` bytes of this process's memory (anonymous,
+  // page-aligned, populated) made the device's bounce buffer with VDUSE_IOTLB_REG_UMEM (Linux >=
+  // 6.3), so that IOVA [0, size) is that Buffer: memory that can also be registered with an RDMA
+  // device (the kernel's own bounce pages, mmapped with VDUSE_IOTLB_GET_FD, cannot: its fault
+  // handler refuses a page no DMA has used yet, so pinning the region fails with EFAULT). The
+  // kernel copies the bytes of mappings in use over. Throws with the errno (EINVAL: no bounce
+  // map yet or `size` is not the bounce size; EEXIST: registered already; ENOMEM: over
+  // RLIMIT_MEMLOCK, which this raises first). The Buffer is kept referenced here until
+  // deregisterBounceMemory() or close(): the kernel never writes into memory JS has freed; it is
+  // munmapped when collected after that.
+  Napi::Value RegisterBounceMemory(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int fd = Live(env);
+    uint64_t size = U64Arg(env, info[0], "size");
+    long page = sysconf(_SC_PAGESIZE);
+    if (size == 0 || size > (1ull << 32) || size % page != 0) throw Napi::RangeError::New(env, "registerBounceMemory: size must be whole pages, at most 4 GiB");
+    if (!umem_.IsEmpty()) ThrowErrno(env, "VDUSE_IOTLB_REG_UMEM", EEXIST);
+    // VDUSE counts the pages against RLIMIT_MEMLOCK with no capability exception (and the RDMA
+    // registrations of this process count too): unlimited when allowed (CAP_SYS_RESOURCE), else
+    // the hard limit. Best effort: the ioctl says ENOMEM if it is still short.
+    struct rlimit unlimited {RLIM_INFINITY, RLIM_INFINITY};
+    struct rlimit rl {};
+    if (setrlimit(RLIMIT_MEMLOCK, &unlimited) != 0 && getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != rl.rlim_max) {
+      rl.rlim_cur = rl.rlim_max;
+      setrlimit(RLIMIT_MEMLOCK, &rl);
+    }
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED) ThrowErrno(env, "mmap bounce memory", errno);
+    vduse_iova_umem u{};
+    u.uaddr = reinterpret_cast<uintptr_t>(p);
+    u.iova = 0;
+    u.size = size;
+    if (ioctl(fd, VDUSE_IOTLB_REG_UMEM, &u) < 0) {
+      int err = errno;
+      munmap(p, size);
+      ThrowErrno(env, "VDUSE_IOTLB_REG_UMEM", err);
+    }
+    liveMappings++;
+    auto hint = new size_t(size);
+    Napi::Buffer<uint8_t> mem = Napi::Buffer<uint8_t>::New(
+        env, static_cast<uint8_t*>(p), size,
+        [](Napi::Env, uint8_t* data, size_t* len) {
+          munmap(data, *len);
+          liveMappings--;
+          delete len;
+        },
+        hint);
+    umem_ = Napi::Persistent(mem.As<Napi::Object>());
+    umemSize_ = size;
+    return mem;
+  }
+
+  // deregisterBounceMemory() → 0 or the errno of VDUSE_IOTLB_DEREG_UMEM (the kernel copies the
+  // bytes of mappings in use back to its own pages); the Buffer is no longer referenced here.
+  Napi::Value DeregisterBounceMemory(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (umem_.IsEmpty()) return Napi::Number::New(env, ENOENT);
+    int err = 0;
+    if (fd_ >= 0) {
+      vduse_iova_umem u{};
+      u.iova = 0;
+      u.size = umemSize_;
+      if (ioctl(fd_, VDUSE_IOTLB_DEREG_UMEM, &u) < 0) err = errno;
+    }
+    // Kept while the kernel may still hold it (the ioctl failed): the device fd's close releases it.
+    if (err == 0) umem_.Reset();
+    return Napi::Number::New(env, err);
+  }
+
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (fd_ >= 0) {
       Release();
@@ -445,12 +517,16 @@ class VduseDevice : public Napi::ObjectWrap<VduseDevice> {
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
     onReady_.Reset();
+    // The kernel unpins user bounce memory when the device fd goes (vduse_dev_release).
+    umem_.Reset();
   }
 
   int fd_ = -1;
   Watcher* deviceWatch_ = nullptr;
   std::vector<Watcher*> kicks_;
   Napi::FunctionReference onReady_;
+  Napi::ObjectReference umem_;
+  uint64_t umemSize_ = 0;
 };
 
 static Napi::Value VduseMappings(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), liveMappings); }

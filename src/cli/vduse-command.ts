@@ -3,6 +3,7 @@ import { parseDeviceUrl, UrlError } from '../url.js';
 import { createLogger } from '../util/log.js';
 import { vduseProblem } from '../vduse/vduse-binding.js';
 import { VduseBlockDevice, vduseRemoteFeatures, type VduseBind } from '../vduse/vduse-device.js';
+import type { KeyedTransferStats } from '../transport/pinned-memory.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';
 import { AUTH_CLIENT_OPTIONS, clientAuthSettings } from './auth-options.js';
@@ -18,7 +19,9 @@ export const VDUSE_COMMAND = {
     `${URL_HELP}\n` +
     'Needs root and Linux >= 5.15 with the vduse module, and virtio_vdpa (the default, /dev/vdX) or\n' +
     'vhost_vdpa (--bind vhost: /dev/vhost-vdpa-N, for a VM) loaded. SIGINT/SIGTERM remove the device\n' +
-    'after the requests in flight (`vdpa dev del`). See docs/VDUSE.md.',
+    'after the requests in flight (`vdpa dev del`). Over rdma:// the request bytes move with no copy\n' +
+    "(VDUSE's bounce memory registered once; Linux >= 6.3); the exit log line says how they moved.\n" +
+    'See docs/VDUSE.md.',
   options: {
     name: { type: 'string', arg: 'NAME', desc: 'the VDUSE/vdpa device name (default vof-PID)' },
     queues: { type: 'string', arg: 'N', desc: 'virtqueues at most (default: all the remote device has)' },
@@ -102,7 +105,16 @@ export async function runVduse(argv: string[]): Promise<number> {
     await stopped;
   } finally {
     await device?.close().catch((err: Error) => log.warn(`removing ${name}: ${err.message}`));
+    if (device && disk.device.queues[0]?.connection.kind === 'keyed') log.info(`VDUSE device ${name}: ${formatTransfers(device.transfers)}`);
     await disk.close().catch((err: Error) => log.warn(`closing ${url}: ${err.message}`));
   }
   return exitCode;
+}
+
+/**
+ * The keyed transfer counters as logged on exit (rdma://): whether the bytes went in place (no
+ * copy) or were copied (bounced, or inline in the command's SEND).
+ */
+export function formatTransfers(t: KeyedTransferStats): string {
+  return `keyed transfers: ${t.inPlaceBytes} bytes in place (no copy), ${t.bouncedBytes} bytes bounced (copied; ${t.bouncedCommands} commands), ${t.inlineBytes} bytes inline`;
 }

@@ -9,6 +9,7 @@ import {
 import { decodeConfigChangeGeneration, type DecodedCompletion } from '../protocol/completion.js';
 import { parseDeviceUrl } from '../url.js';
 import type { InitiatorConnection, Transport } from '../transport/transport.js';
+import { PinnedMemory, type PinHandle } from '../transport/pinned-memory.js';
 import { defaultLogger, type Logger } from '../util/log.js';
 import type { AdminClient } from './admin-client.js';
 import { AdminQueue } from './admin-queue.js';
@@ -271,6 +272,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
       ...connectOpts(this.options),
       queueSize: size,
       ...(this.options.keyedMemory && { keyedMemory: this.options.keyedMemory }),
+      pinnedMemory: this.pinnedMemory,
       ...inline,
     });
     conn.maxKeyedDescriptors = this.maxKeyedDescriptors;
@@ -351,6 +353,23 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
 
   hasFeature(bit: bigint): boolean {
     return (this.driverFeatures & (1n << bit)) !== 0n;
+  }
+
+  /**
+   * Buffers pinned with pinMemory, registered by every rdma:// queue (again after a reconnect),
+   * and how the queues' VQ bytes moved (`stats`: in place, bounced, inline).
+   */
+  readonly pinnedMemory = new PinnedMemory();
+
+  /**
+   * Keep `buf` (the caller's long-lived memory, valid until release()) registered on every
+   * rdma:// queue so that requests whose buffers lie inside it (any slice) move with no copy; the
+   * target still reaches it only through each request's own memory windows. A no-op on stream
+   * transports. A registration that fails is reported to `pinnedMemory.onRegistrationFailed` and
+   * those bytes are copied, as for any Buffer. release() waits for requests in flight over it.
+   */
+  pinMemory(buf: Buffer): PinHandle {
+    return this.pinnedMemory.pin(buf);
   }
 
   /** Buffers from allocateBuffer, with the call that gives each back to its transport. */

@@ -9,6 +9,7 @@
 
 import type { AdmissionLimits } from '../util/oldest-first-admission.js';
 import type { TlsClientSettings, TlsServerSettings } from './tcp/tls-settings.js';
+import type { PinnedMemory } from './pinned-memory.js';
 
 /** How VQ data moves: inline after the PDU header (TCP) or by RDMA against keyed descriptors. */
 export type DataTransferKind = 'stream' | 'keyed';
@@ -299,6 +300,12 @@ export interface ConnectOptions {
   /** The queue size the connection will carry (command ids stay below it); default 256. */
   readonly queueSize?: number;
   readonly keyedMemory?: KeyedMemoryOptions;
+  /**
+   * Keyed transports, virtqueues: buffers the owner pinned (RemoteDevice.pinMemory), registered
+   * once in the connection's protection domain and moved in place; the connection also counts
+   * how its VQ bytes moved in `pinnedMemory.stats`. Ignored by stream transports.
+   */
+  readonly pinnedMemory?: PinnedMemory;
   /**
    * Keyed transports, virtqueues of an instance that negotiated VOF_F_INLINE_DATA: VQ requests
    * with out_length ≤ `bytes` carry their readable bytes inline, after at most

@@ -54,6 +54,14 @@ export interface NativeVduseDevice {
   injectConfigIrq(): number;
   getFeatures(): bigint;
   mapIova(start: number, last: number): IovaRegion | null;
+  /**
+   * `size` bytes (the bounce size) of this process's memory made the device's bounce buffer
+   * (VDUSE_IOTLB_REG_UMEM, Linux >= 6.3; RLIMIT_MEMLOCK raised to its hard limit first): IOVA
+   * [0, size) is then that Buffer. Throws with `code` (EINVAL, EEXIST, ENOMEM, ENOTTY).
+   */
+  registerBounceMemory(size: number): Buffer;
+  /** VDUSE_IOTLB_DEREG_UMEM: 0 or the errno (ENOENT: none registered). */
+  deregisterBounceMemory(): number;
   close(): void;
 }
 

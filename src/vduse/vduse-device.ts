@@ -5,6 +5,7 @@ import { basename, join } from 'node:path';
 import type { BlockDevice } from '../devices/blk/block-device.js';
 import { BlkConfig, BlkFeature, BlkRequestType, BlkStatus } from '../devices/blk/blk-constants.js';
 import type { RemoteDevice } from '../initiator/remote-device.js';
+import type { KeyedTransferStats, PinHandle } from '../transport/pinned-memory.js';
 import { VIRTIO_F_VERSION_1 } from '../protocol/constants.js';
 import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
@@ -141,6 +142,21 @@ export class VduseBlockDevice {
   private drainWaiters: Array<() => void> = [];
   /** vdpa device attached: the kernel's block device (/dev/vdX) or /dev/vhost-vdpa-N. */
   devicePath: string | null = null;
+  /**
+   * The pin (RemoteDevice.pinMemory) of each IOVA mapping in `memory`, taken when it is mapped
+   * and released when it leaves `memory` (an IOTLB change) or the device closes: the one owner
+   * of those registrations. Not the bounce memory's, which lives as long as the device.
+   */
+  private readonly pins = new Map<Buffer, PinHandle>();
+  /**
+   * rdma:// only: this process's memory registered as the device's bounce buffer
+   * (VDUSE_IOTLB_REG_UMEM) and pinned, so that every request's bytes, which the kernel's DMA
+   * API bounces into IOVA [0, bounce size), move with no copy. Made at the first mapping of the
+   * bounce region; kept until close. `bounceProblem`: why not (logged once), null if not tried.
+   */
+  private bounce: { readonly memory: Buffer; readonly pin: PinHandle } | null = null;
+  bounceProblem: string | null = null;
+  private pinFailureLogged = false;
 
   private constructor(
     readonly disk: BlockDevice,
@@ -178,6 +194,27 @@ export class VduseBlockDevice {
     }
     this.dev = dev;
     this.remote.on('configChange', this.onConfigChange);
+    this.remote.pinnedMemory.onRegistrationFailed = (buf, err) => {
+      // Once per device: the bytes are copied (counted as bounced), the device keeps working.
+      if (this.pinFailureLogged) return;
+      this.pinFailureLogged = true;
+      const code = (err as Error & { code?: string }).code;
+      this.log.warn(`VDUSE device ${this.name}: an IOVA mapping (${buf.length} bytes) cannot be registered with the RDMA device (${err.message}${code ? `, ${code}` : ''}): its requests' bytes are copied`);
+    };
+  }
+
+  /** How the requests' bytes moved on rdma:// (in place, bounced, inline), since the start. */
+  get transfers(): KeyedTransferStats {
+    return this.remote.pinnedMemory.stats;
+  }
+
+  private get bind(): VduseBind {
+    return this.opts.bind ?? 'virtio';
+  }
+
+  /** The requests travel by RDMA (keyed transfers): worth registering memory for. */
+  private get keyed(): boolean {
+    return this.remote.queues[0]?.connection.kind === 'keyed';
   }
 
   /**
@@ -326,7 +363,7 @@ export class VduseBlockDevice {
           // The regions go; the next view of an address there maps it anew (mapRegion). The
           // mappings themselves are unmapped when no view of them is left (their finalizer):
           // a request still in flight keeps its memory.
-          this.memory.remove(start, last);
+          this.unpin(this.memory.remove(start, last));
           this.respond(RESULT_OK);
           break;
         }
@@ -358,12 +395,54 @@ export class VduseBlockDevice {
       const r = this.dev.mapIova(iova, iova);
       if (!r) return false;
       // A region the kernel replaced without an UPDATE_IOTLB first: the new one wins.
-      this.memory.remove(r.start, r.last);
+      this.unpin(this.memory.remove(r.start, r.last));
+      // VDUSE's bounce region is the one IOVA region at 0 (coherent ones start above it).
+      const bounce = r.start === 0 && this.keyed ? this.bounceMemory(r.last + 1) : null;
+      if (bounce) {
+        // The kernel's pages are not used: r.mapping goes with its last reference (never touched).
+        this.memory.add(r.start, r.last, bounce);
+        return true;
+      }
       this.memory.add(r.start, r.last, r.mapping);
+      // With vhost_vdpa the other regions are the VM's memory, where its requests' bytes are:
+      // registered once for as long as they are mapped (a no-op on stream transports). With
+      // virtio_vdpa they are VDUSE's coherent allocations, the rings, which no request carries
+      // (the kernel's DMA API bounces every request byte).
+      if (this.bind === 'vhost') this.pins.set(r.mapping, this.remote.pinMemory(r.mapping));
       return true;
     } catch (err) {
       this.log.warn(`VDUSE device ${this.name}: IOVA 0x${iova.toString(16)}: ${(err as Error).message}`);
       return false;
+    }
+  }
+
+  /**
+   * The bounce memory (see `bounce`), registered with VDUSE and pinned on first use; null when
+   * that is refused (logged once: old kernel, RLIMIT_MEMLOCK, a bounce size that changed). Safe
+   * when first called: it runs at the first mapping of the bounce region, before any request
+   * has a view of it; the kernel copies the bytes of requests it has bounced already.
+   */
+  private bounceMemory(size: number): Buffer | null {
+    if (this.bounce) return this.bounce.memory.length === size ? this.bounce.memory : null;
+    if (this.bounceProblem !== null) return null;
+    try {
+      const memory = this.dev.registerBounceMemory(size);
+      this.bounce = { memory, pin: this.remote.pinMemory(memory) };
+      this.log.debug(`VDUSE device ${this.name}: ${size} bytes of bounce memory registered (VDUSE_IOTLB_REG_UMEM) for RDMA in place`);
+      return memory;
+    } catch (err) {
+      const code = (err as Error & { code?: string }).code;
+      this.bounceProblem = `${(err as Error).message}${code ? ` (${code})` : ''}`;
+      this.log.warn(`VDUSE device ${this.name}: bounce memory not registered (${this.bounceProblem}${code === 'ENOTTY' ? ': Linux >= 6.3 has VDUSE_IOTLB_REG_UMEM' : ''}): requests' bytes are copied`);
+      return null;
+    }
+  }
+
+  /** Release the pins of mappings that left `memory`. */
+  private unpin(mappings: Buffer[]): void {
+    for (const m of mappings) {
+      this.pins.get(m)?.release();
+      this.pins.delete(m);
     }
   }
 
@@ -534,6 +613,17 @@ export class VduseBlockDevice {
     await this.drained(RESET_WAIT_MS);
     this.closed = true;
     this.remote.off('configChange', this.onConfigChange);
+    // Registrations before the mappings: pins (deregistered once no request uses them), then
+    // the bounce memory (VDUSE gets its own pages back), then the device fd.
+    for (const pin of this.pins.values()) pin.release();
+    this.pins.clear();
+    if (this.bounce) {
+      this.bounce.pin.release();
+      const e = this.dev.deregisterBounceMemory();
+      if (e !== 0) this.log.warn(`VDUSE device ${this.name}: VDUSE_IOTLB_DEREG_UMEM: errno ${e}`);
+      this.bounce = null;
+    }
+    this.remote.pinnedMemory.onRegistrationFailed = null;
     this.dev.close();
     const e = this.control.destroyDevice(this.name);
     if (e !== 0) this.log.warn(`VDUSE device ${this.name}: VDUSE_DESTROY_DEV: errno ${e}`);

@@ -1,5 +1,7 @@
 import type { CmId, MemoryRegion, NativeBinding, ProtectionDomain } from './native-binding.js';
 import { RangeAllocator, type Range } from './range-allocator.js';
+import type { PinnedMemory } from '../pinned-memory.js';
+import { PinnedRegistrations } from './memory-registration-cache.js';
 
 /** Regions that windows bind to: local access for the NIC, MW_BIND, and no remote access at all. */
 export function windowedAccess(binding: NativeBinding): number {
@@ -31,6 +33,8 @@ export class InitiatorDeviceMemory {
   private connections = 0;
   private readonly slabs: Slab[] = [];
   private readonly byBacking = new Map<ArrayBufferLike, Slab>();
+  /** Each PinnedMemory's registrations in this PD, while a connection carrying it uses the PD. */
+  private readonly pins = new Map<PinnedMemory, { readonly regs: PinnedRegistrations; readonly leave: () => void; connections: number }>();
 
   private constructor(
     private readonly binding: NativeBinding,
@@ -66,6 +70,30 @@ export class InitiatorDeviceMemory {
   detach(): void {
     this.connections--;
     this.releaseIfIdle();
+  }
+
+  /**
+   * A connection carries `pinned`'s buffers: they are registered in this PD once (the first
+   * such connection), for as long as one of them lasts (detachPins).
+   */
+  attachPins(pinned: PinnedMemory): PinnedRegistrations {
+    let p = this.pins.get(pinned);
+    if (!p) {
+      const regs = new PinnedRegistrations(this.pd, windowedAccess(this.binding));
+      p = { regs, leave: pinned.attach(regs), connections: 0 };
+      this.pins.set(pinned, p);
+    }
+    p.connections++;
+    return p.regs;
+  }
+
+  /** Such a connection is gone (with its commands): the last one deregisters the buffers here. */
+  detachPins(pinned: PinnedMemory): void {
+    const p = this.pins.get(pinned);
+    if (!p || --p.connections > 0) return;
+    this.pins.delete(pinned);
+    p.leave();
+    p.regs.clear();
   }
 
   private releaseIfIdle(): void {

@@ -1,4 +1,5 @@
 import type { MemoryRegion, ProtectionDomain } from './native-binding.js';
+import type { PinDomain } from '../pinned-memory.js';
 
 interface Entry {
   readonly offset: number;
@@ -86,5 +87,88 @@ export class MemoryRegistrationCache {
     for (const list of this.byBacking.values()) for (const e of list) e.mr.deregister();
     this.byBacking.clear();
     this.size = 0;
+  }
+}
+
+/** A pinned buffer's registration in one protection domain, and the commands using it now. */
+export interface PinEntry {
+  readonly buffer: Buffer;
+  readonly mr: MemoryRegion;
+  readonly owner: PinnedRegistrations;
+  /** Commands whose windows may be bound over it: deregistration waits for them. */
+  users: number;
+  /** Released by its owner (or the domain is going): deregistered when `users` reaches 0. */
+  released: boolean;
+}
+
+/**
+ * The registrations of one PinnedMemory's buffers in one protection domain (its PinDomain):
+ * made when the buffer is pinned or the domain joins, never on the data path, never evicted;
+ * deregistered when the buffer is released, but not while a command may still have a window
+ * bound over it (ibv_dereg_mr of a region with bound windows fails). Same access as the cache's
+ * entries (LOCAL_WRITE | MW_BIND): the target reaches a pinned buffer only through the
+ * per-command windows.
+ */
+export class PinnedRegistrations implements PinDomain {
+  private readonly byBacking = new Map<ArrayBufferLike, PinEntry[]>();
+
+  constructor(
+    private readonly pd: ProtectionDomain,
+    private readonly access: number,
+  ) {}
+
+  add(buf: Buffer): void {
+    const entry: PinEntry = { buffer: buf, mr: this.pd.registerMemory(buf, this.access), owner: this, users: 0, released: false };
+    const list = this.byBacking.get(buf.buffer);
+    if (list) list.push(entry);
+    else this.byBacking.set(buf.buffer, [entry]);
+  }
+
+  remove(buf: Buffer): void {
+    const list = this.byBacking.get(buf.buffer);
+    const at = list ? list.findIndex((e) => e.buffer === buf) : -1;
+    if (!list || at < 0) return; // its registration had failed: nothing to undo
+    const entry = list[at]!;
+    list.splice(at, 1);
+    if (list.length === 0) this.byBacking.delete(buf.buffer);
+    entry.released = true;
+    if (entry.users === 0) entry.mr.deregister();
+  }
+
+  /**
+   * The registration holding every byte of `view` (a pinned buffer or any slice of one), or
+   * null: a view straddling a pinned buffer's end, or outside all of them, is not in place.
+   */
+  find(view: Buffer): PinEntry | null {
+    const list = this.byBacking.get(view.buffer);
+    if (!list) return null;
+    for (let i = 0; i < list.length; i++) {
+      const e = list[i]!;
+      const offset = view.byteOffset - e.buffer.byteOffset;
+      if (offset >= 0 && offset + view.length <= e.buffer.length) return e;
+    }
+    return null;
+  }
+
+  /** A command binds windows over `entry`: keep it registered until done(). */
+  use(entry: PinEntry): void {
+    entry.users++;
+  }
+
+  /** That command is over (its windows invalidated, or its connection gone). */
+  done(entry: PinEntry): void {
+    entry.users--;
+    if (entry.released && entry.users === 0) entry.mr.deregister();
+  }
+
+  /** The domain goes (its last connection on this PD closed, every command over): deregister all. */
+  clear(): void {
+    for (const list of this.byBacking.values()) {
+      for (const e of list) {
+        e.released = true;
+        if (e.users === 0) e.mr.deregister();
+      }
+    }
+    this.byBacking.clear();
   }
 }

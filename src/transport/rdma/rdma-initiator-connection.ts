@@ -7,7 +7,8 @@ import type { Logger } from '../../util/log.js';
 import { formatRdmaPeer, numericHost } from '../address.js';
 import type { ConnectOptions, Endpoint, InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
 import { deviceOf, followDeviceRemoval } from './device-removal.js';
-import { MemoryRegistrationCache } from './memory-registration-cache.js';
+import { MemoryRegistrationCache, type PinEntry, type PinnedRegistrations } from './memory-registration-cache.js';
+import type { PinnedMemory } from '../pinned-memory.js';
 import type { CmEvent, CmId, EventChannel, MemoryRegion, MemoryWindow, NativeBinding, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
 import { BounceArena, InitiatorDeviceMemory, windowedAccess, type BounceSlice } from './initiator-memory.js';
@@ -114,6 +115,8 @@ class CommandSlot {
   copies = 0;
   /** Registration cache entries to release (opt-in cache only). */
   readonly cached: Array<() => void> = [];
+  /** Pinned buffers (RemoteDevice.pinMemory) the command's windows are bound over. */
+  readonly pinned: PinEntry[] = [];
   /** The command's buffers, readable ones first: region (null: bounced) and offset in it. */
   readonly bufs: Buffer[] = [];
   readonly regions: Array<MemoryRegion | null> = [];
@@ -162,6 +165,9 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   readonly memory: InitiatorDeviceMemory;
   private readonly arena: BounceArena | null;
   private readonly registrations: MemoryRegistrationCache | null;
+  /** The owner's pinned buffers and their registrations in this connection's PD. */
+  private readonly pinnedMemory: PinnedMemory | null;
+  private readonly pins: PinnedRegistrations | null;
   private readonly slots: CommandSlot[];
   private closed = false;
   private disconnected: (() => void) | null = null;
@@ -203,6 +209,8 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     if (controlQueue) {
       this.arena = null;
       this.registrations = null;
+      this.pinnedMemory = null;
+      this.pins = null;
       return;
     }
     for (let i = 0; i < queueSize; i++) this.slots.push(new CommandSlot(this));
@@ -219,6 +227,9 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     this.sendSize = sendSize;
     this.messages = this.rc.createPool(sendSize, queueSize, 0);
     this.smallBounce = this.rc.createPool(SLOT_BOUNCE, queueSize, windowedAccess(binding));
+    // Last: nothing after it can fail, so teardown is the one place that detaches them.
+    this.pinnedMemory = options.pinnedMemory ?? null;
+    this.pins = this.pinnedMemory ? this.memory.attachPins(this.pinnedMemory) : null;
   }
 
   private readonly smallBounce: RegisteredPool | null = null;
@@ -413,11 +424,13 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       if (slot.descriptors > this.maxKeyedDescriptors) {
         // Too many pieces for the target: everything through one bounce run per direction.
         for (const r of slot.cached.splice(0)) r();
+        releasePins(slot);
         this.place(slot, inline ? NO_BUFFERS : out, inBuffers, true);
         slot.descriptors = this.descriptorCount(slot);
         if (slot.descriptors > this.maxKeyedDescriptors) throw new Error(`a VQ command needs ${slot.descriptors} keyed descriptors; the target allows ${this.maxKeyedDescriptors}`);
       }
       bounced = bounceBytes(slot);
+      if (this.pinnedMemory) this.count(slot, inline ? command.readUInt32LE(8) : 0, bounced);
     } catch (err) {
       this.releaseSlot(slot);
       this.teardown(err as Error);
@@ -435,6 +448,17 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     slot.pendingInline = inline;
     slot.pendingOut = out;
     this.arena.acquire(bounced, slot.onBounce);
+  }
+
+  /** How the command's bytes move (PinnedMemory.stats): every byte once, in place, bounced or inline. */
+  private count(slot: CommandSlot, inlineBytes: number, bounced: number): void {
+    const stats = this.pinnedMemory!.stats;
+    let total = 0;
+    for (let i = 0; i < slot.count; i++) total += slot.bufs[i]!.length;
+    stats.inPlaceBytes += total - bounced;
+    stats.bouncedBytes += bounced;
+    stats.inlineBytes += inlineBytes;
+    if (bounced > 0) stats.bouncedCommands++;
   }
 
   /** An arena slice for a slot's waiting command (BounceArena.acquire). */
@@ -476,8 +500,15 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       let offset = 0;
       if (!coalesce) {
         region = this.memory.regionOf(buf);
+        const pin = region === null && this.pins !== null ? this.pins.find(buf) : null;
         if (region) offset = buf.byteOffset - region.buffer.byteOffset;
-        else if (this.registrations && buf.length >= DIRECT_MIN) {
+        else if (pin !== null) {
+          // A pinned buffer, registered once: in place whatever its size.
+          this.pins!.use(pin);
+          slot.pinned.push(pin);
+          region = pin.mr;
+          offset = buf.byteOffset - pin.buffer.byteOffset;
+        } else if (this.registrations && buf.length >= DIRECT_MIN) {
           const reg = this.registrations.acquire(buf, windowedAccess(this.binding));
           slot.cached.push(reg.release);
           region = reg.mr;
@@ -689,6 +720,8 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       clearSlot(slot); // its bounce slice goes with the arena, destroyed below
     }
     this.registrations?.clear();
+    // Every slot released its pins above (clearSlot): the last connection of this PD deregisters them.
+    if (this.pinnedMemory) this.memory.detachPins(this.pinnedMemory);
     // Every verbs object before the CM id: the last CM id on a removed device lets librdmacm
     // close its verbs context, and the shared PD (memory.detach) must be gone by then.
     this.rc.releaseVerbs();
@@ -715,10 +748,20 @@ function clearSlot(slot: CommandSlot): BounceSlice | null {
   slot.copies = 0;
   slot.count = 0;
   for (const r of slot.cached.splice(0)) r();
+  releasePins(slot);
   const slice = slot.slice;
   slot.slice = null;
   slot.bounce = null;
   return slice;
+}
+
+/** The slot's command no longer uses its pinned buffers' registrations. */
+function releasePins(slot: CommandSlot): void {
+  for (let i = 0; i < slot.pinned.length; i++) {
+    const e = slot.pinned[i]!;
+    e.owner.done(e);
+  }
+  slot.pinned.length = 0;
 }
 
 /** Bytes of the slot's command that go through bounce memory. */
