@@ -116,5 +116,5 @@ export async function runVduse(argv: string[]): Promise<number> {
  * copy) or were copied (bounced, or inline in the command's SEND).
  */
 export function formatTransfers(t: KeyedTransferStats): string {
-  return `keyed transfers: ${t.inPlaceBytes} bytes in place (no copy), ${t.bouncedBytes} bytes bounced (copied; ${t.bouncedCommands} commands), ${t.inlineBytes} bytes inline`;
+  return `keyed transfers: ${t.inPlaceBytes} bytes in place (no copy), ${t.bouncedBytes} bytes bounced (copied; ${t.bouncedCommands} commands), ${t.inlineBytes} bytes inline (${t.inlineInPlaceBytes} of them read in place)`;
 }

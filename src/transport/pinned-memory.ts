@@ -34,8 +34,10 @@ export interface KeyedTransferStats {
   inPlaceBytes: number;
   /** Copied through the connection's bounce memory: outside every registered buffer, or too many pieces for the target's keyed descriptors. */
   bouncedBytes: number;
-  /** Device-readable bytes sent inline in the command's SEND (vof inline data: a copy the protocol chose for small requests). */
+  /** Device-readable bytes sent inline in the command's SEND (vof inline data, chosen for small requests: no RDMA READ for the target). */
   inlineBytes: number;
+  /** Of the inline bytes, those the NIC read straight from registered memory (the SEND's second scatter-gather entry): not copied. */
+  inlineInPlaceBytes: number;
   /** Commands with at least one bounced byte. */
   bouncedCommands: number;
 }
@@ -43,7 +45,7 @@ export interface KeyedTransferStats {
 export class PinnedMemory {
   private readonly buffers = new Set<Buffer>();
   private readonly domains = new Set<PinDomain>();
-  readonly stats: KeyedTransferStats = { inPlaceBytes: 0, bouncedBytes: 0, inlineBytes: 0, bouncedCommands: 0 };
+  readonly stats: KeyedTransferStats = { inPlaceBytes: 0, bouncedBytes: 0, inlineBytes: 0, inlineInPlaceBytes: 0, bouncedCommands: 0 };
   /** Told when a domain could not register a pinned buffer (its bytes are then bounced). */
   onRegistrationFailed: ((buf: Buffer, err: Error) => void) | null = null;
 

@@ -601,11 +601,23 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       const last = copied > 0 ? inlineOut[copied - 1]! : null;
       if (last !== null && last.length >= INLINE_TAIL_MIN) {
         tail = this.memory.regionOf(last);
+        if (tail !== null) tailOffset = last.byteOffset - tail.buffer.byteOffset;
+        else if (this.pins !== null) {
+          // A pinned buffer (RemoteDevice.pinMemory: vof vduse's bounce memory) is held for the
+          // command like a keyed one: released when the slot is cleared.
+          const pin = this.pins.find(last);
+          if (pin !== null) {
+            this.pins.use(pin);
+            slot.pinned.push(pin);
+            tail = pin.mr;
+            tailOffset = last.byteOffset - pin.buffer.byteOffset;
+          }
+        }
         if (tail !== null) {
-          tailOffset = last.byteOffset - tail.buffer.byteOffset;
           tailLength = last.length;
           copied--;
           this.inlineTailBytes += tailLength;
+          if (this.pinnedMemory) this.pinnedMemory.stats.inlineInPlaceBytes += tailLength;
         }
       }
       for (let k = 0; k < copied; k++) at += inlineOut[k]!.copy(view, at);
