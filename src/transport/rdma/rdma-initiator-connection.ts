@@ -116,7 +116,9 @@ class CommandSlot {
   /** Registration cache entries to release (opt-in cache only). */
   readonly cached: Array<() => void> = [];
   /** Pinned buffers (RemoteDevice.pinMemory) the command's windows are bound over. */
-  readonly pinned: PinEntry[] = [];
+  readonly pinned: Array<PinEntry | null> = [];
+  /** Entries of `pinned` in use (filled in place: emptying an array with length = 0 drops its storage, reallocated on the next push). */
+  pinnedCount = 0;
   /** The command's buffers, readable ones first: region (null: bounced) and offset in it. */
   readonly bufs: Buffer[] = [];
   readonly regions: Array<MemoryRegion | null> = [];
@@ -505,7 +507,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
         else if (pin !== null) {
           // A pinned buffer, registered once: in place whatever its size.
           this.pins!.use(pin);
-          slot.pinned.push(pin);
+          slot.pinned[slot.pinnedCount++] = pin;
           region = pin.mr;
           offset = buf.byteOffset - pin.buffer.byteOffset;
         } else if (this.registrations && buf.length >= DIRECT_MIN) {
@@ -608,7 +610,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
           const pin = this.pins.find(last);
           if (pin !== null) {
             this.pins.use(pin);
-            slot.pinned.push(pin);
+            slot.pinned[slot.pinnedCount++] = pin;
             tail = pin.mr;
             tailOffset = last.byteOffset - pin.buffer.byteOffset;
           }
@@ -769,11 +771,12 @@ function clearSlot(slot: CommandSlot): BounceSlice | null {
 
 /** The slot's command no longer uses its pinned buffers' registrations. */
 function releasePins(slot: CommandSlot): void {
-  for (let i = 0; i < slot.pinned.length; i++) {
+  for (let i = 0; i < slot.pinnedCount; i++) {
     const e = slot.pinned[i]!;
+    slot.pinned[i] = null;
     e.owner.done(e);
   }
-  slot.pinned.length = 0;
+  slot.pinnedCount = 0;
 }
 
 /** Bytes of the slot's command that go through bounce memory. */
