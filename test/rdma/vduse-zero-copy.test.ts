@@ -140,7 +140,9 @@ describe.skipIf(!tools.ok)(`vof vduse over rdma:// with no copy${tools.skipNote}
     // (16 + 4096 readable bytes) ride inline in the command's SEND (vof inline data): their
     // 4 KiB of data is the SEND's second scatter-gather entry, read in place from the pinned
     // bounce memory; only each 16-byte request header is copied. Nothing is bounced.
-    expect(t1.inPlace).toBeGreaterThanOrEqual(48 * MiB - 12 * MiB);
+    // (Bounds, not exact counts: the block layer may merge or split fio's requests.)
+    expect(t1.inPlace).toBeGreaterThanOrEqual(0.95 * (48 * MiB - 12 * MiB));
+    expect(t1.inPlace + t1.inlineInPlace).toBeGreaterThanOrEqual(0.95 * 48 * MiB);
     expect(t1.bounced).toBe(0);
     expect(t1.bouncedCommands).toBe(0);
     expect(t1.inline).toBeGreaterThan(0);
@@ -166,7 +168,7 @@ describe.skipIf(!tools.ok)(`vof vduse over rdma:// with no copy${tools.skipNote}
     const t2 = await detach(second.bridge);
     console.info(`re-added device: ${JSON.stringify(t2)}`);
     // 3 x 4 MiB of 128 KiB written and read, 3 x 4 MiB of 4 KiB read (its writes go inline).
-    expect(t2.inPlace).toBeGreaterThanOrEqual(36 * MiB);
+    expect(t2.inPlace).toBeGreaterThanOrEqual(0.95 * 36 * MiB);
     expect(t2.bounced).toBe(0);
     expect(t2.bouncedCommands).toBe(0);
   });
