@@ -1,4 +1,4 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { expect } from 'vitest';
 
 /** Runs a command to its end; `out` names it with everything it printed (for assertion messages). */
@@ -12,4 +12,19 @@ export function must(cmd: string, args: string[], timeout?: number): string {
   const r = sh(cmd, args, timeout);
   expect(r.status, r.out).toBe(0);
   return r.stdout;
+}
+
+/** Runs a command without blocking this process (the test acts while it runs); bounded by `timeoutMs` (then SIGKILL). */
+export function shAsync(cmd: string, args: string[], timeoutMs: number): Promise<{ status: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('exit', (status) => {
+      clearTimeout(timer);
+      resolve({ status, out: `${cmd} ${args.join(' ')}: ${out}` });
+    });
+  });
 }

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -6,7 +5,7 @@ import { startTarget, type StartedTarget } from '../../scripts/start-target.mjs'
 import { vduseProblem as vduseControlProblem } from '../../src/vduse/vduse-binding.js';
 import { needs } from '../helpers/deps.js';
 import { startBridge, type Bridge } from '../helpers/nbd-bridge.js';
-import { sh } from '../helpers/shell.js';
+import { sh, shAsync } from '../helpers/shell.js';
 import { kill9 } from '../helpers/target-faults.js';
 import { rdmaAddress, waitFor } from './rdma-env.js';
 
@@ -36,20 +35,6 @@ const MiB = 1024 * 1024;
 /** The loss timeout: a bound on how long the test waits, not something it measures. */
 const LOSS_SEC = 8;
 
-/** A command run without blocking this process (the test acts while it runs); bounded by `timeoutMs`. */
-function start(cmd: string, args: string[], timeoutMs: number): Promise<{ status: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('exit', (status) => {
-      clearTimeout(timer);
-      resolve({ status, out: `${cmd} ${args.join(' ')}: ${out}` });
-    });
-  });
-}
 
 /** /sys/block/vdX/inflight: reads and writes the kernel has on the device now. */
 function inFlight(dev: string): number {
@@ -100,7 +85,7 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s: the target 
     // A read on the wire: the target is stopped first, so the request it was sent stays
     // unanswered, then killed (its connection closes with the request in it).
     target.child.kill('SIGSTOP');
-    const onWire = start(...ddRead(dev, 5, join(dir, 'on-wire.bin')), 300000);
+    const onWire = shAsync(...ddRead(dev, 5, join(dir, 'on-wire.bin')), 300000);
     await waitFor('the read to be in flight on the device', () => inFlight(dev) > 0, 120000);
     await kill9(target);
     target = undefined;
@@ -109,7 +94,7 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s: the target 
     // A read issued while the disk is reconnecting (to a port nobody listens on any more). Both
     // are held: the kernel has them in flight together while the disk is not yet lost.
     const lossLine = /not reconnected within the loss timeout/;
-    const whileReconnecting = start(...ddRead(dev, 7, join(dir, 'reconnecting.bin')), 300000);
+    const whileReconnecting = shAsync(...ddRead(dev, 7, join(dir, 'reconnecting.bin')), 300000);
     await waitFor('both reads in flight (or the disk lost)', () => inFlight(dev) >= 2 || lossLine.test(b.stderr()), 120000);
     expect(b.stderr(), `the loss timeout of ${LOSS_SEC} s passed before the second read was issued (a very slow machine)`).not.toMatch(lossLine);
     expect(inFlight(dev)).toBe(2);

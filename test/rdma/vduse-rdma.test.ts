@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -6,7 +6,7 @@ import { startTarget, type StartedTarget } from '../../scripts/start-target.mjs'
 import { needs } from '../helpers/deps.js';
 import { startBridge, type Bridge } from '../helpers/nbd-bridge.js';
 import { rdmaAddress } from './rdma-env.js';
-import { must, sh } from '../helpers/shell.js';
+import { must, sh, shAsync } from '../helpers/shell.js';
 import { kill9 } from '../helpers/target-faults.js';
 import { vofAsync } from '../helpers/vof-cli.js';
 
@@ -49,20 +49,6 @@ function waitPath(path: string, present: boolean, timeoutMs = 60000): void {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Runs a command without blocking this process (the test acts while it runs); bounded by `timeoutMs`. */
-function run(cmd: string, args: string[], timeoutMs: number): Promise<{ status: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('exit', (status) => {
-      clearTimeout(timer);
-      resolve({ status, out: `${cmd} ${args.join(' ')}: ${out}` });
-    });
-  });
-}
 
 /** /sys/block/vdX/stat: sectors written so far; /sys/block/vdX/inflight: writes in flight now. */
 function blockStat(dev: string): { writtenSectors: number; writesInFlight: number } {
@@ -264,7 +250,7 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
     const { bridge, dev } = await attach(`${url}/vd-restart`, name, 'vduse-host-restart', ['--reconnect-delay', '0.2', '--ctrl-loss-tmo', '60']);
     const before = blockStat(dev).writtenSectors;
     // Four jobs, each writing its own 4 MiB with crc32c-stamped blocks, then reading it back.
-    const fio = run(
+    const fio = shAsync(
       'fio',
       [
         '--name=restart',
