@@ -145,7 +145,7 @@ export async function negotiate(c: InitControl, resume?: ResumePoint): Promise<N
   return { offeredOfFeatures, ofFeatures, maxKeyedDescriptors, inlineDataBytes, vendorId, deviceId, deviceFeatures, driverFeatures, status };
 }
 
-export function hex(n: bigint | number): string {
+function hex(n: bigint | number): string {
   return `0x${n.toString(16)}`;
 }
 
@@ -153,6 +153,7 @@ function featureOf(c: DecodedCompletion): bigint {
   return c.kind === 'feature' ? c.feature : 0n;
 }
 
-function u32Of(c: DecodedCompletion): number {
+/** A u32 completion's value (0 for another kind). */
+export function u32Of(c: DecodedCompletion): number {
   return c.kind === 'u32' ? c.value : 0;
 }

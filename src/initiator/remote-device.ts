@@ -23,7 +23,7 @@ import { readConsistentConfig, type ConfigFieldReader, type ConfigValue } from '
 import { DEFAULT_KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_TIMEOUT_MS, Liveness } from './liveness.js';
 import { VofConnectionError, VofError } from './vof-error.js';
 import { authKeyOf } from './auth-handshake.js';
-import { negotiate, type ResumePoint } from './init-sequence.js';
+import { negotiate, u32Of, type ResumePoint } from './init-sequence.js';
 import { superviseReconnect, type SupervisedPath } from './path-supervisor.js';
 
 // Moved to their own modules; still exported from here, where callers found them.
@@ -705,10 +705,6 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     await this.abort();
     this.emit('close');
   }
-}
-
-function u32Of(c: DecodedCompletion): number {
-  return c.kind === 'u32' ? c.value : 0;
 }
 
 export const connect = RemoteDevice.connect;
