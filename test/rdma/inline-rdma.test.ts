@@ -142,7 +142,7 @@ describe('negotiated: the vof initiator sends small readable parts inline', () =
     const { fx, path } = targets.get(4112)!;
     const disk = await BlockDevice.open(`${fx.url}/disk0`, { keepaliveIntervalMs: 0 });
     try {
-      const tailBytes = () => disk.device.queues.reduce((n, q) => n + ((q.connection as { inlineTailBytes?: number }).inlineTailBytes ?? 0), 0);
+      const tailBytes = () => disk.device.pinnedMemory.stats.inlineInPlaceBytes;
       const sent = captureVqRequests();
       const data = disk.device.allocateBuffer(4096);
       randomBytes(4096).copy(data);

@@ -175,8 +175,8 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   private disconnected: (() => void) | null = null;
   /** vof inline data: readable parts up to this size go in the SEND (0: seed layout only). */
   private readonly inlineDataBytes: number;
-  /** Inline bytes the NIC read straight from registered memory, not copied into the SEND (tests, monitoring). */
-  inlineTailBytes = 0;
+  /** Where registered() left the offset of the buffer it found. */
+  private registeredOffset = 0;
 
   private constructor(
     private readonly binding: NativeBinding,
@@ -501,16 +501,10 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       let region: MemoryRegion | null = null;
       let offset = 0;
       if (!coalesce) {
-        region = this.memory.regionOf(buf);
-        const pin = region === null && this.pins !== null ? this.pins.find(buf) : null;
-        if (region) offset = buf.byteOffset - region.buffer.byteOffset;
-        else if (pin !== null) {
-          // A pinned buffer, registered once: in place whatever its size.
-          this.pins!.use(pin);
-          slot.pinned[slot.pinnedCount++] = pin;
-          region = pin.mr;
-          offset = buf.byteOffset - pin.buffer.byteOffset;
-        } else if (this.registrations && buf.length >= DIRECT_MIN) {
+        // allocateBuffer memory, or a pinned buffer (registered once): in place whatever its size.
+        region = this.registered(slot, buf);
+        if (region) offset = this.registeredOffset;
+        else if (this.registrations && buf.length >= DIRECT_MIN) {
           const reg = this.registrations.acquire(buf, windowedAccess(this.binding));
           slot.cached.push(reg.release);
           region = reg.mr;
@@ -522,6 +516,25 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       slot.regions[i] = region;
       slot.offsets[i] = offset;
     }
+  }
+
+  /**
+   * The region `buf` already lies in, if any: allocateBuffer memory, or a pinned buffer
+   * (RemoteDevice.pinMemory), which is then held for the slot's command (released when the slot
+   * is cleared). Its offset in the region is left in `registeredOffset` (no object per lookup).
+   */
+  private registered(slot: CommandSlot, buf: Buffer): MemoryRegion | null {
+    const region = this.memory.regionOf(buf);
+    if (region !== null) {
+      this.registeredOffset = buf.byteOffset - region.buffer.byteOffset;
+      return region;
+    }
+    const pin = this.pins !== null ? this.pins.find(buf) : null;
+    if (pin === null) return null;
+    this.pins!.use(pin);
+    slot.pinned[slot.pinnedCount++] = pin;
+    this.registeredOffset = buf.byteOffset - pin.buffer.byteOffset;
+    return pin.mr;
   }
 
   /** Keyed descriptors the slot's command needs: one per in-place buffer, one per run of bounced ones, per direction. */
@@ -592,7 +605,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       if (runStart >= 0) at = this.bind(slot, slot.bounce!.mr, slot.bounce!.offset + runStart, bounceAt - runStart, access, view, at);
     }
     // Inline bytes follow the descriptors in the SEND. A last readable piece that is registered
-    // memory (allocateBuffer) goes as the SEND's second scatter-gather entry, read by the NIC
+    // memory (allocateBuffer, pinned) goes as the SEND's second scatter-gather entry, read by the NIC
     // where it is: the bytes on the wire are the same, with no copy. Small pieces (the request
     // header) and unregistered ones are copied.
     let tail: MemoryRegion | null = null;
@@ -602,23 +615,11 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       let copied = inlineOut.length;
       const last = copied > 0 ? inlineOut[copied - 1]! : null;
       if (last !== null && last.length >= INLINE_TAIL_MIN) {
-        tail = this.memory.regionOf(last);
-        if (tail !== null) tailOffset = last.byteOffset - tail.buffer.byteOffset;
-        else if (this.pins !== null) {
-          // A pinned buffer (RemoteDevice.pinMemory: vof vduse's bounce memory) is held for the
-          // command like a keyed one: released when the slot is cleared.
-          const pin = this.pins.find(last);
-          if (pin !== null) {
-            this.pins.use(pin);
-            slot.pinned[slot.pinnedCount++] = pin;
-            tail = pin.mr;
-            tailOffset = last.byteOffset - pin.buffer.byteOffset;
-          }
-        }
+        tail = this.registered(slot, last);
         if (tail !== null) {
+          tailOffset = this.registeredOffset;
           tailLength = last.length;
           copied--;
-          this.inlineTailBytes += tailLength;
           if (this.pinnedMemory) this.pinnedMemory.stats.inlineInPlaceBytes += tailLength;
         }
       }
