@@ -14,17 +14,21 @@ export function must(cmd: string, args: string[], timeout?: number): string {
   return r.stdout;
 }
 
-/** Runs a command without blocking this process (the test acts while it runs); bounded by `timeoutMs` (then SIGKILL). */
-export function shAsync(cmd: string, args: string[], timeoutMs: number): Promise<{ status: number | null; out: string }> {
+/**
+ * Runs a command without blocking this process (the test acts while it runs); bounded by
+ * `timeoutMs` (then SIGKILL). `out` names it with everything it printed, as sh() does.
+ */
+export function shAsync(cmd: string, args: string[], timeoutMs: number): Promise<{ status: number | null; out: string; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
     const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.once('exit', (status) => {
       clearTimeout(timer);
-      resolve({ status, out: `${cmd} ${args.join(' ')}: ${out}` });
+      resolve({ status, out: `${cmd} ${args.join(' ')}: ${stdout}${stderr}`, stdout, stderr });
     });
   });
 }

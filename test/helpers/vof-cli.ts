@@ -1,20 +1,11 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { VOF_CLI } from '../../scripts/start-target.mjs';
+import { shAsync } from './shell.js';
 
 /** Run the vof CLI in a child process without blocking this process's event loop (a target may run here). */
-export function vofAsync(args: string[], timeoutMs = 30000): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [VOF_CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('exit', (status) => {
-      clearTimeout(timer);
-      resolve({ status, stdout, stderr });
-    });
-  });
+export async function vofAsync(args: string[], timeoutMs = 30000): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const { status, stdout, stderr } = await shAsync(process.execPath, [VOF_CLI, ...args], timeoutMs);
+  return { status, stdout, stderr };
 }
 
 /** Run the built vof CLI to completion (no target in this process may need the event loop meanwhile). */
