@@ -125,6 +125,15 @@ while [ $i -lt 500 ]; do
   sleep 0.01
   i=$((i + 1))
 done
+# A command killed by a signal (a crash: 139 is SIGSEGV) says too little on its own, and the VM
+# and its log are gone afterwards: the kernel's lines about fatal signals (which process, the
+# faulting address and instruction pointer, the mapping it was in) go to the caller's stderr.
+if [ "$rc" -ge 128 ]; then
+  {
+    echo "vof-rxe guest: the command ended with $rc (signal $((rc - 128))); the kernel's log of crashes:"
+    dmesg 2>/dev/null | grep -E 'segfault at|traps:|general protection|invalid opcode|Code: |potentially unexpected fatal signal|Out of memory|Killed process' | tail -n 40
+  } >/dev/ttyS1 2>&1
+fi
 # The last close of a serial port waits until its buffer has gone out: nothing is lost.
 : >/dev/ttyS0
 : >/dev/ttyS1
