@@ -267,6 +267,36 @@ describe('VduseBlockDevice against a fake kernel', () => {
     expect(kernel.data.subarray(0x1000, 0x2000).equals(want)).toBe(true);
   });
 
+  it('a reset, then rings in new memory at the same IOVA (virtio_vdpa frees and reallocates them with no UPDATE_IOTLB): DRIVER_OK serves the new rings', async () => {
+    // What the kernel does at a driver unbind/bind: the old rings' pages go back at the reset,
+    // the new rings come from fresh pages that may sit at the same IOVA, and VDUSE tells user
+    // space nothing (UPDATE_IOTLB is vhost-vdpa's). A device that kept its old mapping reads the
+    // stale ring: the driver's new requests are never served (seen as a hang in the VM).
+    const r = await kernel.message(1, (b) => b.writeUInt8(0, 24));
+    expect(r.readUInt32LE(4)).toBe(0);
+    const stale = kernel.ring;
+    kernel.ring = Buffer.alloc(stale.length);
+    kernel.regions[0]!.buf = kernel.ring;
+    // The stale ring says "entry 0 is head 0 again", which the device would refuse as in flight
+    // or ignore; only the new ring is right.
+    stale.fill(0xff);
+    const again = await kernel.message(1, (b) => b.writeUInt8(0x0f, 24));
+    expect(again.readUInt32LE(4)).toBe(0);
+    kernel.data.writeUInt32LE(0, 0);
+    kernel.data.writeBigUInt64LE(8n, 8);
+    kernel.data.fill(0xee, 0x1000, 0x2001);
+    kernel.desc(0, DATA_IOVA, 16, NEXT, 1);
+    kernel.desc(1, DATA_IOVA + 0x1000, 4096, NEXT | WRITE, 2);
+    kernel.desc(2, DATA_IOVA + 0x2000, 1, WRITE, 0);
+    kernel.offer(0);
+    await kernel.waitUsed(1);
+    expect(kernel.usedElem(0)).toEqual({ id: 0, len: 4097 });
+    const want = Buffer.alloc(8192);
+    pattern(want);
+    expect(kernel.data.subarray(0x1000, 0x2000).equals(want.subarray(4096))).toBe(true);
+    expect(logs.filter((l) => /stopped/.test(l))).toHaveLength(1); // only the earlier bad chain's
+  });
+
   it('a config change from the target: the config space is read again, written to VDUSE, a config interrupt injected', async () => {
     // The target's Config Change event, as RemoteDevice reports it.
     disk.device.emit('configChange', 7);

@@ -16,7 +16,15 @@ run=$VOF_GUEST_RUN
 exec </dev/null >>"$run/setup.log" 2>&1
 
 poweroff_now() {
-  sync
+  # sync, bounded: a block device whose I/O hangs (a test's failure) would hang a plain sync
+  # forever, and the VM with it, until the runner's timeout.
+  sync &
+  s=$!
+  i=0
+  while [ $i -lt 100 ] && kill -0 "$s" 2>/dev/null; do
+    sleep 0.1
+    i=$((i + 1))
+  done
   # sysrq 'o' powers off at once; it works from /proc whatever kernel.sysrq says.
   echo o >/proc/sysrq-trigger
   sleep 60

@@ -491,6 +491,13 @@ export class VduseBlockDevice {
       }
     }
     await this.drained(RESET_WAIT_MS);
+    // Every IOVA region goes, as libvduse does when it stops its data plane. With virtio_vdpa
+    // the driver frees its rings at a reset and takes new pages at the next probe, often at the
+    // same IOVA, and VDUSE says nothing (UPDATE_IOTLB is vhost-vdpa's): a mapping kept from
+    // before would be the old, stale rings, and the driver's new requests would never be served
+    // (in the VM, a driver unbind/bind hung in its partition scan). Requests still in flight
+    // after the wait keep their own views alive; the bounce memory is re-added at its next use.
+    this.unpin(this.memory.remove(0, Number.MAX_SAFE_INTEGER));
   }
 
   private get inFlight(): number {
