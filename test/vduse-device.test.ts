@@ -310,3 +310,70 @@ describe('VduseBlockDevice against a fake kernel', () => {
     expect(logs.some((l) => /config changed \(capacity 2048 sectors\)$/.test(l))).toBe(true);
   });
 });
+
+/**
+ * --bind vhost: the IOVA regions are the VM's memory, where its requests' bytes lie, so each is
+ * pinned (RemoteDevice.pinMemory: registered on every rdma:// queue) while it is mapped, and
+ * released when VDUSE drops it (UPDATE_IOTLB), at a reset and at close. Over TCP a pin registers
+ * nothing, but the device's bookkeeping is the same, and that is what this checks; the VM has no
+ * QEMU to hand /dev/vhost-vdpa-N to, so the RDMA side of it is not tested there.
+ */
+describe('VduseBlockDevice --bind vhost pins each mapped IOVA region', () => {
+  const fx = new TargetFixture();
+  const log = createLogger('silent', () => {});
+  const kernel = new FakeKernel();
+  let disk: BlockDevice;
+  let device: VduseBlockDevice | undefined;
+
+  beforeAll(async () => {
+    await fx.addDisk('v', 1024 * 1024);
+    const url = `${await fx.listen()}/v`;
+    disk = await BlockDevice.open(url, { negotiateFeatures: vduseRemoteFeatures, log, keepaliveIntervalMs: 0 });
+    device = await VduseBlockDevice.create(disk, { name: 'fakevh', log, binding: kernel.binding(), bind: 'vhost' });
+  });
+
+  afterAll(async () => {
+    await device?.close();
+    await disk?.close();
+    await fx.close();
+  });
+
+  async function readOnce(expectUsed: number): Promise<void> {
+    kernel.data.writeUInt32LE(0, 0); // IN
+    kernel.data.writeBigUInt64LE(0n, 8);
+    kernel.desc(0, DATA_IOVA, 16, NEXT, 1);
+    kernel.desc(1, DATA_IOVA + 0x1000, 4096, NEXT | WRITE, 2);
+    kernel.desc(2, DATA_IOVA + 0x2000, 1, WRITE, 0);
+    kernel.offer(0);
+    await kernel.waitUsed(expectUsed);
+  }
+
+  it('pinned while mapped; UPDATE_IOTLB, a reset and close release them', async () => {
+    const pinned = disk.device.pinnedMemory;
+    expect(pinned.size).toBe(0);
+    expect((await kernel.message(1, (b) => b.writeUInt8(0x0f, 24))).readUInt32LE(4)).toBe(0);
+    await readOnce(1);
+    // The ring's region and the data's: both mapped on first use, both pinned.
+    expect(pinned.size).toBe(2);
+    // UPDATE_IOTLB for the data region alone: its pin goes, the ring's stays.
+    const r = await kernel.message(2, (b) => {
+      b.writeBigUInt64LE(BigInt(DATA_IOVA), 24);
+      b.writeBigUInt64LE(BigInt(DATA_IOVA + 0xffff), 32);
+    });
+    expect(r.readUInt32LE(4)).toBe(0);
+    expect(pinned.size).toBe(1);
+    // Used again: mapped and pinned again.
+    await readOnce(2);
+    expect(pinned.size).toBe(2);
+    // A reset drops every mapping, and every pin with it.
+    expect((await kernel.message(1, (b) => b.writeUInt8(0, 24))).readUInt32LE(4)).toBe(0);
+    expect(pinned.size).toBe(0);
+    kernel.ring.fill(0);
+    expect((await kernel.message(1, (b) => b.writeUInt8(0x0f, 24))).readUInt32LE(4)).toBe(0);
+    await readOnce(1);
+    expect(pinned.size).toBe(2);
+    await device!.close();
+    device = undefined;
+    expect(pinned.size).toBe(0);
+  });
+});
