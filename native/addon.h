@@ -161,7 +161,6 @@ class CompletionQueue : public Napi::ObjectWrap<CompletionQueue> {
 
  private:
   Napi::Value Destroy(const Napi::CallbackInfo& info);
-  Napi::Value Poll(const Napi::CallbackInfo& info);
   void Release();
   int PollInto(uint32_t* out);
   void OnEvent();
@@ -186,13 +185,12 @@ class QueuePair : public Napi::ObjectWrap<QueuePair> {
   ~QueuePair() override;
 
   void Attach(CmId* cmId, Napi::Object cmIdObj, ProtectionDomain* pd, Napi::Object pdObj,
-              CompletionQueue* cq, Napi::Object cqObj, ibv_qp* qp, uint32_t maxSendSge, uint32_t maxInline);
+              CompletionQueue* cq, Napi::Object cqObj, ibv_qp* qp, uint32_t maxSendSge);
   void Release();
 
  private:
   Napi::Value PostSend(const Napi::CallbackInfo& info);
   Napi::Value PostRecv(const Napi::CallbackInfo& info);
-  Napi::Value QpNum(const Napi::CallbackInfo& info);
   Napi::Value Query(const Napi::CallbackInfo& info);
   Napi::Value ModifyToError(const Napi::CallbackInfo& info);
   ibv_sge ToSge(Napi::Env env, Napi::Value mrValue, double offset, double length);
@@ -203,7 +201,6 @@ class QueuePair : public Napi::ObjectWrap<QueuePair> {
   ProtectionDomain* pd_ = nullptr;
   CompletionQueue* cq_ = nullptr;
   uint32_t maxSendSge_ = 1;
-  uint32_t maxInline_ = 0;
   Napi::ObjectReference cmIdRef_;
   Napi::ObjectReference pdRef_;
   Napi::ObjectReference cqRef_;

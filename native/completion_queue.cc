@@ -6,7 +6,6 @@ Napi::Function CompletionQueue::Init(Napi::Env env) {
   return DefineClass(env, "CompletionQueue",
                      {
                          InstanceMethod<&CompletionQueue::Destroy>("destroy"),
-                         InstanceMethod<&CompletionQueue::Poll>("poll"),
                      });
 }
 
@@ -91,14 +90,6 @@ int CompletionQueue::PollInto(uint32_t* out) {
     w[5] = invalidated ? wc[i].invalidated_rkey : 0;
   }
   return n;
-}
-
-// Synchronous drain for busy-polling callers and for teardown: returns the count written.
-Napi::Value CompletionQueue::Poll(const Napi::CallbackInfo& info) {
-  if (cq == nullptr) return Napi::Number::New(info.Env(), 0);
-  int n = PollInto(resultWords_);
-  if (n < 0) ThrowErrno(info.Env(), "ibv_poll_cq", EIO);
-  return Napi::Number::New(info.Env(), n);
 }
 
 void CompletionQueue::OnReadable(uv_poll_t* handle, int status, int) {

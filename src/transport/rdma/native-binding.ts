@@ -35,7 +35,6 @@ export interface QpCaps {
   readonly maxRecvWr: number;
   readonly maxSendSge: number;
   readonly maxRecvSge: number;
-  readonly maxInlineData: number;
 }
 
 export interface SocketAddress {
@@ -95,7 +94,6 @@ export interface ProtectionDomain {
 export interface CompletionQueue {
   readonly completions: Uint32Array;
   readonly wordsPerCompletion: number;
-  poll(): number;
   destroy(): void;
 }
 
@@ -126,7 +124,6 @@ export interface SendWr {
   wrId: number;
   opcode: WrOpcode;
   signaled: boolean;
-  inline?: boolean;
   sg: Array<MemoryRegion | number>;
   /** RDMA READ/WRITE: the remote address in 32-bit halves (a keyed descriptor's words; no BigInt per request). */
   remoteAddrLow?: number;
@@ -154,7 +151,6 @@ export interface QueuePair {
    */
   postSend(staging: Uint32Array, count: number, objects: ReadonlyArray<MemoryRegion | MemoryWindow | null>): void;
   postRecv(wrId: number, mr: MemoryRegion, offset: number, length: number): void;
-  qpNum(): number;
   query(): QpAttributes;
   /** Move the QP to the error state (its posted work requests flush): fault tests. */
   modifyToError(): void;
