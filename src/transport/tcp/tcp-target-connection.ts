@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, Opcode } from '../../protocol/constants.js';
 import type { Logger } from '../../util/log.js';
 import {
+  STREAM_TARGET_CAPABILITIES,
   VqTransferError,
   type VqBufferSink,
   type TargetConnection,
@@ -209,7 +210,7 @@ type ReadState =
  *   without progress, which releases what its queued completions hold.
  */
 export class TcpTargetConnection implements TargetConnection {
-  readonly kind = 'stream' as const;
+  readonly capabilities = STREAM_TARGET_CAPABILITIES;
   readonly maxKeyedDescriptors = 0;
   readonly peer: string;
   readonly identity: string | undefined;
@@ -549,6 +550,16 @@ export class TcpTargetConnection implements TargetConnection {
     this.closed = true;
     this.socket.destroy();
   };
+
+  /** capabilities.inlineDataBytes is 0: the target never asks (a stream carries every payload inline anyway). */
+  enableInlineData(): void {
+    throw new TypeError(`${this.peer}: a stream connection has no vof inline data to enable`);
+  }
+
+  /** capabilities.remoteInvalidation is false: there are no keys on a stream. */
+  enableRemoteInvalidation(): void {
+    throw new TypeError(`${this.peer}: a stream connection has no keys to invalidate`);
+  }
 
   close(): void {
     if (this.closed) return;
