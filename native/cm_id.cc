@@ -38,7 +38,7 @@ CmId::CmId(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CmId>(info) {
     ThrowErrno(env, "rdma_create_id", errno);
   }
   id->context = this;
-  Counts().cmIds++;
+  counted_.Add(env, &ResourceCounts::cmIds);
   channel_->liveIds++;
   channelRef_ = Napi::Persistent(info[0].As<Napi::Object>());
   // Events find this object through id->context: it lives until destroy().
@@ -52,7 +52,7 @@ void CmId::Release() {
   if (qp != nullptr) qp->Release();
   rdma_destroy_id(id);
   id = nullptr;
-  Counts().cmIds--;
+  counted_.Drop();
   channel_->liveIds--;
   channelRef_.Reset();
 }

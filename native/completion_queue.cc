@@ -25,7 +25,7 @@ CompletionQueue::CompletionQueue(const Napi::CallbackInfo& info) : Napi::ObjectW
     channel_ = nullptr;
     ThrowErrno(env, "ibv_create_cq", err);
   }
-  Counts().completionQueues++;
+  counted_.Add(env, &ResourceCounts::completionQueues);
   // Soft-RoCE hands user space the kernel's work completions unconverted, and the kernel's flag
   // for "with invalidate" (IB_WC_WITH_INVALIDATE, 1 << 2) is not libibverbs' IBV_WC_WITH_INV
   // (1 << 3): seen on Linux 6.1. Missing it would make the initiator LOCAL_INV a window the
@@ -54,7 +54,7 @@ void CompletionQueue::Release() {
     unacked_ = 0;
     ibv_destroy_cq(cq);
     cq = nullptr;
-    Counts().completionQueues--;
+    counted_.Drop();
   }
   if (channel_ != nullptr) {
     ibv_destroy_comp_channel(channel_);

@@ -43,7 +43,7 @@ void QueuePair::Attach(CmId* cmId, Napi::Object cmIdObj, ProtectionDomain* pd, N
   cqRef_ = Napi::Persistent(cqObj);
   cq_->liveQps++;
   pd_->liveQueuePairs++;
-  Counts().queuePairs++;
+  counted_.Add(Env(), &ResourceCounts::queuePairs);
 }
 
 // The QP dies with its CM id (CmId.destroy); one release path.
@@ -53,7 +53,7 @@ void QueuePair::Release() {
   qp_ = nullptr;
   cmId_->qp = nullptr;
   cq_->liveQps--;
-  Counts().queuePairs--;
+  counted_.Drop();
   pd_->QueuePairReleased();
   cmIdRef_.Reset();
   pdRef_.Reset();

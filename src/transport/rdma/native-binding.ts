@@ -171,6 +171,11 @@ export interface DeviceInfo {
   readonly error?: string;
 }
 
+/**
+ * Live rdma-core objects by kind, per Node.js environment: the main thread and each worker thread
+ * count the objects they created (native/common.h), so a thread's leak check is not moved by
+ * another thread's connections.
+ */
 export interface ResourceCounts {
   readonly eventChannels: number;
   readonly cmIds: number;
@@ -178,7 +183,7 @@ export interface ResourceCounts {
   readonly completionQueues: number;
   readonly queuePairs: number;
   readonly memoryRegions: number;
-  /** Cumulative count of ibv_reg_mr calls in this process (never decreases). */
+  /** Cumulative count of ibv_reg_mr calls in this environment (never decreases). */
   readonly registrationsTotal: number;
   readonly memoryWindows: number;
 }
