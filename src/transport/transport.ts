@@ -135,9 +135,11 @@ export interface TargetConnectionHandler {
    * Stream transports only: a VQ command's header has arrived and none of its payload has been
    * buffered yet. The next onCommand is this command (unless the connection closes first).
    * Memory for a peer's payload is spent only where the session allows it: on a bound
-   * virtqueue, within its limits and the target's send budget.
+   * virtqueue, within its limits and the target's send budget. `payloadBytes`: the memory
+   * buffering the payload keeps alive until the command is released (the buffer it lands in as
+   * allocated, at least out_length), which the budgets count for it.
    */
-  admitVq(command: Buffer): PayloadAdmission;
+  admitVq(command: Buffer, payloadBytes: number): PayloadAdmission;
   /**
    * One request PDU. `payload` is the Connect Body (possibly empty) for Connect, a
    * VqRequestData for a VQ command, and an empty buffer for everything else. `command` is

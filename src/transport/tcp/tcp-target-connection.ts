@@ -31,6 +31,19 @@ const KEPT_FRAME_MAX = 16 * 1024;
 const KEPT_REQUESTS = 256;
 
 /**
+ * The memory buffering a payload of `outLength` bytes keeps alive until its command is released,
+ * which the session's budgets count (admitVq): a small payload is copied into its request's own
+ * buffer (out_length is what it takes there); a larger one is gathered into a pooled frame, a
+ * power-of-two size class with its direct-I/O alignment slack, so up to about twice out_length
+ * (a 4 KiB virtio-blk write: 4112 bytes in a 12 KiB allocation). Counting the frame rather than
+ * copying the payload into an exact-size Buffer keeps the common 4 KiB path free of a copy and
+ * an allocation per command; the budget then bounds what peers make the target hold in truth.
+ */
+function payloadBytes(outLength: number): number {
+  return outLength <= SMALL_PAYLOAD ? outLength : FramePool.heldBytes(outLength);
+}
+
+/**
  * One VQ command's buffers on a stream connection: the payload received with it, and a frame
  * from the connection's pool whose bytes after the completion header are the device-writable
  * buffer, so the completion goes out as one piece of that frame.
@@ -354,8 +367,8 @@ export class TcpTargetConnection implements TargetConnection {
       } else if (st.kind === 'admit') {
         if (st.waiting) return;
         const header = this.header;
-        const answer = this.handler ? this.handler.admitVq(header) : 'discard';
         const out = header.readUInt32LE(8);
+        const answer = this.handler ? this.handler.admitVq(header, payloadBytes(out)) : 'discard';
         if (answer === 'close' && out > 0) {
           this.refusePayload(header);
           return;
