@@ -16,12 +16,18 @@
 namespace vof {
 
 #ifdef VOF_HAVE_RDMA
-Constructors& CtorsOf(Napi::Env env) { return *env.GetInstanceData<Constructors>(); }
+Constructors& CtorsOf(Napi::Env env) { return *EnvDataOf(env).ctors; }
 #endif
+
+EnvData::~EnvData() {
+#ifdef VOF_HAVE_RDMA
+  delete ctors;
+#endif
+}
 
 static Napi::Value ResourceCountsValue(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const ResourceCounts& c = Counts();
+  const ResourceCounts& c = *EnvDataOf(env).counts;
   Napi::Object o = Napi::Object::New(env);
   o.Set("eventChannels", c.eventChannels.load());
   o.Set("cmIds", c.cmIds.load());
@@ -58,14 +64,13 @@ static Napi::Value SyncDevices(const Napi::CallbackInfo& info) {
 }
 
 static void InitRdma(Napi::Env env, Napi::Object exports) {
-  auto* ctors = new Constructors();
+  auto* ctors = EnvDataOf(env).ctors = new Constructors();
   Napi::Function cmId = CmId::Init(env);
   Napi::Function qp = QueuePair::Init(env);
   Napi::Function mr = MemoryRegion::Init(env);
   ctors->cmId = Napi::Persistent(cmId);
   ctors->queuePair = Napi::Persistent(qp);
   ctors->memoryRegion = Napi::Persistent(mr);
-  env.SetInstanceData(ctors);
   exports.Set("EventChannel", EventChannel::Init(env));
   exports.Set("CmId", cmId);
   exports.Set("ProtectionDomain", ProtectionDomain::Init(env));
@@ -86,6 +91,7 @@ static void InitRdma(Napi::Env env, Napi::Object exports) {
 #endif
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  env.SetInstanceData(new EnvData());
   exports.Set("FileRing", FileRing::Init(env));
   exports.Set("addressRemainder", Napi::Function::New(env, AddressRemainder));
   exports.Set("directIoAlignment", Napi::Function::New(env, DirectIoAlignment));

@@ -31,6 +31,7 @@ class EventChannel : public Napi::ObjectWrap<EventChannel> {
   int liveIds = 0;
 
  private:
+  Counted counted_;  // this object in its environment's resource counts
   Napi::Value Close(const Napi::CallbackInfo& info);
   void Release();
   void Drain();
@@ -56,6 +57,7 @@ class CmId : public Napi::ObjectWrap<CmId> {
   ibv_context* Verbs(Napi::Env env) const;
 
  private:
+  Counted counted_;  // this object in its environment's resource counts
   Napi::Value Bind(const Napi::CallbackInfo& info);
   Napi::Value Listen(const Napi::CallbackInfo& info);
   Napi::Value ResolveAddr(const Napi::CallbackInfo& info);
@@ -96,6 +98,7 @@ class ProtectionDomain : public Napi::ObjectWrap<ProtectionDomain> {
   void QueuePairReleased();
 
  private:
+  Counted counted_;  // this object in its environment's resource counts
   void Free();
   Napi::Value RegisterMemory(const Napi::CallbackInfo& info);
   Napi::Value Dealloc(const Napi::CallbackInfo& info);
@@ -116,6 +119,7 @@ class MemoryRegion : public Napi::ObjectWrap<MemoryRegion> {
   size_t length = 0;
 
  private:
+  Counted counted_;  // this object in its environment's resource counts
   Napi::Value Deregister(const Napi::CallbackInfo& info);
   void Release();
   Napi::ObjectReference bufferRef_;
@@ -136,6 +140,7 @@ class MemoryWindow : public Napi::ObjectWrap<MemoryWindow> {
   uint32_t rkey = 0;
 
  private:
+  Counted counted_;  // this object in its environment's resource counts
   Napi::Value Dealloc(const Napi::CallbackInfo& info);
   Napi::Value Rkey(const Napi::CallbackInfo& info);
   void Release();
@@ -160,8 +165,8 @@ class CompletionQueue : public Napi::ObjectWrap<CompletionQueue> {
   int liveQps = 0;
 
  private:
+  Counted counted_;  // this object in its environment's resource counts
   Napi::Value Destroy(const Napi::CallbackInfo& info);
-  Napi::Value Poll(const Napi::CallbackInfo& info);
   void Release();
   int PollInto(uint32_t* out);
   void OnEvent();
@@ -186,13 +191,13 @@ class QueuePair : public Napi::ObjectWrap<QueuePair> {
   ~QueuePair() override;
 
   void Attach(CmId* cmId, Napi::Object cmIdObj, ProtectionDomain* pd, Napi::Object pdObj,
-              CompletionQueue* cq, Napi::Object cqObj, ibv_qp* qp, uint32_t maxSendSge, uint32_t maxInline);
+              CompletionQueue* cq, Napi::Object cqObj, ibv_qp* qp, uint32_t maxSendSge);
   void Release();
 
  private:
+  Counted counted_;  // this object in its environment's resource counts
   Napi::Value PostSend(const Napi::CallbackInfo& info);
   Napi::Value PostRecv(const Napi::CallbackInfo& info);
-  Napi::Value QpNum(const Napi::CallbackInfo& info);
   Napi::Value Query(const Napi::CallbackInfo& info);
   Napi::Value ModifyToError(const Napi::CallbackInfo& info);
   ibv_sge ToSge(Napi::Env env, Napi::Value mrValue, double offset, double length);
@@ -203,7 +208,6 @@ class QueuePair : public Napi::ObjectWrap<QueuePair> {
   ProtectionDomain* pd_ = nullptr;
   CompletionQueue* cq_ = nullptr;
   uint32_t maxSendSge_ = 1;
-  uint32_t maxInline_ = 0;
   Napi::ObjectReference cmIdRef_;
   Napi::ObjectReference pdRef_;
   Napi::ObjectReference cqRef_;

@@ -38,7 +38,7 @@ CmId::CmId(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CmId>(info) {
     ThrowErrno(env, "rdma_create_id", errno);
   }
   id->context = this;
-  Counts().cmIds++;
+  counted_.Add(env, &ResourceCounts::cmIds);
   channel_->liveIds++;
   channelRef_ = Napi::Persistent(info[0].As<Napi::Object>());
   // Events find this object through id->context: it lives until destroy().
@@ -52,7 +52,7 @@ void CmId::Release() {
   if (qp != nullptr) qp->Release();
   rdma_destroy_id(id);
   id = nullptr;
-  Counts().cmIds--;
+  counted_.Drop();
   channel_->liveIds--;
   channelRef_.Reset();
 }
@@ -183,7 +183,8 @@ Napi::Value CmId::Disconnect(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// createQp(pd, cq, { maxSendWr, maxRecvWr, maxSendSge, maxRecvSge, maxInlineData })
+// createQp(pd, cq, { maxSendWr, maxRecvWr, maxSendSge, maxRecvSge }). No inline sends: vof's
+// SENDs come from registered memory, so max_inline_data stays 0 (zero-initialised).
 Napi::Value CmId::CreateQp(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   rdma_cm_id* cm = Live(env);
@@ -202,12 +203,11 @@ Napi::Value CmId::CreateQp(const Napi::CallbackInfo& info) {
   attr.cap.max_recv_wr = num("maxRecvWr");
   attr.cap.max_send_sge = num("maxSendSge");
   attr.cap.max_recv_sge = num("maxRecvSge");
-  attr.cap.max_inline_data = num("maxInlineData");
   if (rdma_create_qp(cm, pd->pd, &attr) != 0) ThrowErrno(env, "rdma_create_qp", errno);
   Napi::Object obj = CtorsOf(env).queuePair.New({});
   auto* wrapper = QueuePair::Unwrap(obj);
   wrapper->Attach(this, Value(), pd, info[0].As<Napi::Object>(), cq, info[1].As<Napi::Object>(), cm->qp,
-                  attr.cap.max_send_sge, attr.cap.max_inline_data);
+                  attr.cap.max_send_sge);
   qp = wrapper;
   return obj;
 }

@@ -4,10 +4,7 @@
 
 namespace vof {
 
-ResourceCounts& Counts() {
-  static ResourceCounts counts;
-  return counts;
-}
+EnvData& EnvDataOf(Napi::Env env) { return *env.GetInstanceData<EnvData>(); }
 
 void ThrowErrno(Napi::Env env, const char* what, int err) {
   std::string msg = std::string(what) + " failed: " + std::strerror(err);

@@ -6,7 +6,6 @@ Napi::Function CompletionQueue::Init(Napi::Env env) {
   return DefineClass(env, "CompletionQueue",
                      {
                          InstanceMethod<&CompletionQueue::Destroy>("destroy"),
-                         InstanceMethod<&CompletionQueue::Poll>("poll"),
                      });
 }
 
@@ -26,7 +25,7 @@ CompletionQueue::CompletionQueue(const Napi::CallbackInfo& info) : Napi::ObjectW
     channel_ = nullptr;
     ThrowErrno(env, "ibv_create_cq", err);
   }
-  Counts().completionQueues++;
+  counted_.Add(env, &ResourceCounts::completionQueues);
   // Soft-RoCE hands user space the kernel's work completions unconverted, and the kernel's flag
   // for "with invalidate" (IB_WC_WITH_INVALIDATE, 1 << 2) is not libibverbs' IBV_WC_WITH_INV
   // (1 << 3): seen on Linux 6.1. Missing it would make the initiator LOCAL_INV a window the
@@ -55,7 +54,7 @@ void CompletionQueue::Release() {
     unacked_ = 0;
     ibv_destroy_cq(cq);
     cq = nullptr;
-    Counts().completionQueues--;
+    counted_.Drop();
   }
   if (channel_ != nullptr) {
     ibv_destroy_comp_channel(channel_);
@@ -91,14 +90,6 @@ int CompletionQueue::PollInto(uint32_t* out) {
     w[5] = invalidated ? wc[i].invalidated_rkey : 0;
   }
   return n;
-}
-
-// Synchronous drain for busy-polling callers and for teardown: returns the count written.
-Napi::Value CompletionQueue::Poll(const Napi::CallbackInfo& info) {
-  if (cq == nullptr) return Napi::Number::New(info.Env(), 0);
-  int n = PollInto(resultWords_);
-  if (n < 0) ThrowErrno(info.Env(), "ibv_poll_cq", EIO);
-  return Napi::Number::New(info.Env(), n);
 }
 
 void CompletionQueue::OnReadable(uv_poll_t* handle, int status, int) {

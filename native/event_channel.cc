@@ -11,7 +11,7 @@ EventChannel::EventChannel(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ev
   if (!info[0].IsFunction()) throw Napi::TypeError::New(env, "EventChannel(onEvent: function)");
   channel = rdma_create_event_channel();
   if (channel == nullptr) ThrowErrno(env, "rdma_create_event_channel", errno);
-  Counts().eventChannels++;
+  counted_.Add(env, &ResourceCounts::eventChannels);
   SetNonBlocking(env, channel->fd, "fcntl(cm event channel)");
   poll_ = WatchReadable(env, channel->fd, this, &EventChannel::OnReadable);
   onEvent_ = Napi::Persistent(info[0].As<Napi::Function>());
@@ -26,7 +26,7 @@ void EventChannel::Release() {
   if (channel != nullptr) {
     rdma_destroy_event_channel(channel);
     channel = nullptr;
-    Counts().eventChannels--;
+    counted_.Drop();
   }
   // A strong root closing over the transport: released with the channel (see CompletionQueue).
   onEvent_.Reset();

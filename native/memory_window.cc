@@ -24,7 +24,7 @@ MemoryWindow::MemoryWindow(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Me
   mw = ibv_alloc_mw(owner->pd, IBV_MW_TYPE_2);
   if (mw == nullptr) ThrowErrno(env, "ibv_alloc_mw", errno ? errno : EOPNOTSUPP);
   rkey = mw->rkey;
-  Counts().memoryWindows++;
+  counted_.Add(env, &ResourceCounts::memoryWindows);
   // A window pins its PD exactly like a region does (ibv_dealloc_pd fails while either exists).
   owner->liveRegions++;
   pdRef_ = Napi::Persistent(info[0].As<Napi::Object>());
@@ -38,7 +38,7 @@ void MemoryWindow::Release() {
   if (mw == nullptr) return;
   ibv_dealloc_mw(mw);
   mw = nullptr;
-  Counts().memoryWindows--;
+  counted_.Drop();
   owner->RegionReleased();
   pdRef_.Reset();
 }

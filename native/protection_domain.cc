@@ -17,7 +17,7 @@ ProtectionDomain::ProtectionDomain(const Napi::CallbackInfo& info) : Napi::Objec
   auto* cmId = CmId::Unwrap(info[0].As<Napi::Object>());
   pd = ibv_alloc_pd(cmId->Verbs(env));
   if (pd == nullptr) ThrowErrno(env, "ibv_alloc_pd", errno ? errno : ENOMEM);
-  Counts().protectionDomains++;
+  counted_.Add(env, &ResourceCounts::protectionDomains);
 }
 
 // Reached only when no MR or QP holds this object any more.
@@ -27,7 +27,7 @@ void ProtectionDomain::Free() {
   if (pd == nullptr) return;
   ibv_dealloc_pd(pd);
   pd = nullptr;
-  Counts().protectionDomains--;
+  counted_.Drop();
 }
 
 void ProtectionDomain::RegionReleased() {
@@ -57,7 +57,7 @@ Napi::Value ProtectionDomain::Dealloc(const Napi::CallbackInfo& info) {
   int err = ibv_dealloc_pd(pd);
   if (err != 0) ThrowErrno(env, "ibv_dealloc_pd", err);
   pd = nullptr;
-  Counts().protectionDomains--;
+  counted_.Drop();
   return Napi::Boolean::New(env, true);
 }
 
@@ -79,8 +79,8 @@ MemoryRegion::MemoryRegion(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Me
   if (length == 0) throw Napi::RangeError::New(env, "registerMemory: empty buffer");
   mr = ibv_reg_mr(owner->pd, base, length, access);
   if (mr == nullptr) ThrowErrno(env, "ibv_reg_mr", errno ? errno : ENOMEM);
-  Counts().memoryRegions++;
-  Counts().registrationsTotal++;
+  counted_.Add(env, &ResourceCounts::memoryRegions);
+  EnvDataOf(env).counts->registrationsTotal++;
   owner->registrations++;
   owner->liveRegions++;
   bufferRef_ = Napi::Persistent(info[1].As<Napi::Object>());
@@ -99,7 +99,7 @@ void MemoryRegion::Release() {
   if (mr == nullptr) return;
   ibv_dereg_mr(mr);
   mr = nullptr;
-  Counts().memoryRegions--;
+  counted_.Drop();
   owner->RegionReleased();
   bufferRef_.Reset();
   pdRef_.Reset();

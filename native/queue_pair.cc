@@ -7,7 +7,7 @@ enum WrOpcode : uint32_t { kSend = 0, kWrite = 1, kRead = 2, kBindWindow = 3, kL
 static constexpr uint32_t kMaxChain = 64;
 // The staging area postSend reads (SendQueue's WorkRequestStaging in send-queue.ts writes it):
 // kWrWords 32-bit words per work request, at most kStagedSge scatter-gather entries each.
-//   0 wr_id            1 opcode (WrOpcode)   2 flags: 1 signaled, 2 inline
+//   0 wr_id            1 opcode (WrOpcode)   2 flags: 1 signaled
 //   3 number of SGEs   4 rkey (READ/WRITE: the remote key; SEND with Invalidate: the key to
 //                        invalidate; BindWindow: the access granted)
 //   5 remote address, low 32 bits            6 remote address, high 32 bits
@@ -21,7 +21,6 @@ Napi::Function QueuePair::Init(Napi::Env env) {
                      {
                          InstanceMethod<&QueuePair::PostSend>("postSend"),
                          InstanceMethod<&QueuePair::PostRecv>("postRecv"),
-                         InstanceMethod<&QueuePair::QpNum>("qpNum"),
                          InstanceMethod<&QueuePair::Query>("query"),
                          InstanceMethod<&QueuePair::ModifyToError>("modifyToError"),
                      });
@@ -33,20 +32,18 @@ QueuePair::QueuePair(const Napi::CallbackInfo& info) : Napi::ObjectWrap<QueuePai
 QueuePair::~QueuePair() { Release(); }
 
 void QueuePair::Attach(CmId* cmId, Napi::Object cmIdObj, ProtectionDomain* pd, Napi::Object pdObj,
-                       CompletionQueue* cq, Napi::Object cqObj, ibv_qp* qp, uint32_t maxSendSge,
-                       uint32_t maxInline) {
+                       CompletionQueue* cq, Napi::Object cqObj, ibv_qp* qp, uint32_t maxSendSge) {
   cmId_ = cmId;
   pd_ = pd;
   cq_ = cq;
   qp_ = qp;
   maxSendSge_ = maxSendSge;
-  maxInline_ = maxInline;
   cmIdRef_ = Napi::Persistent(cmIdObj);
   pdRef_ = Napi::Persistent(pdObj);
   cqRef_ = Napi::Persistent(cqObj);
   cq_->liveQps++;
   pd_->liveQueuePairs++;
-  Counts().queuePairs++;
+  counted_.Add(Env(), &ResourceCounts::queuePairs);
 }
 
 // The QP dies with its CM id (CmId.destroy); one release path.
@@ -56,7 +53,7 @@ void QueuePair::Release() {
   qp_ = nullptr;
   cmId_->qp = nullptr;
   cq_->liveQps--;
-  Counts().queuePairs--;
+  counted_.Drop();
   pd_->QueuePairReleased();
   cmIdRef_.Reset();
   pdRef_.Reset();
@@ -176,11 +173,6 @@ Napi::Value QueuePair::PostSend(const Napi::CallbackInfo& info) {
         wr.opcode = IBV_WR_SEND_WITH_INV;
         wr.invalidate_rkey = w[4];
       }
-      if ((w[2] & 2) != 0) {
-        uint64_t total = 0;
-        for (uint32_t j = 0; j < nsge; j++) total += sges[i][j].length;
-        if (total <= maxInline_) wr.send_flags |= IBV_SEND_INLINE;
-      }
     } else if (op == kWrite || op == kRead) {
       wr.opcode = op == kWrite ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ;
       wr.wr.rdma.remote_addr = (static_cast<uint64_t>(w[6]) << 32) | w[5];
@@ -220,10 +212,6 @@ MemoryWindow* QueuePair::WindowOf(Napi::Env env, Napi::Value value) {
   if (w->mw == nullptr) throw Napi::Error::New(env, "memory window is deallocated");
   if (w->owner != pd_) throw Napi::Error::New(env, "memory window belongs to another protection domain");
   return w;
-}
-
-Napi::Value QueuePair::QpNum(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), qp_ == nullptr ? 0 : qp_->qp_num);
 }
 
 // query() → { state, rnrRetry, retryCount, minRnrTimer, timeout }: what the QP was actually

@@ -1,7 +1,8 @@
 import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockDevice, Opcode, encodeCommand, statusName } from '../src/index.js';
+import { BlockDevice, FileBlockExport, Opcode, encodeCommand, statusName, type DeviceExport, type VirtioDeviceInstance } from '../src/index.js';
+import type { ByteBudget } from '../src/target/byte-budget.js';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
 import { RawQueue } from './helpers/raw-queue.js';
 import { blkReadPdu, blkWritePdu, openRawBlkSession } from './helpers/raw-blk-session.js';
@@ -291,6 +292,77 @@ describe('connect/disconnect churn', () => {
 });
 
 describe('buffer budgets', () => {
+  it('a payload a device holds pins no more memory than the budgets count for it (issue 21 item 7)', async () => {
+    // A TCP payload over 64 bytes lands in a pooled frame (a power-of-two class plus its
+    // direct-I/O alignment slack): a 4 KiB write's 4112 bytes keep a 12 KiB allocation alive
+    // while the device holds them. The budgets counted out_length + in_length only.
+    const fx = new TargetFixture();
+    const held: Array<{ readable: Buffer; release: () => void }> = [];
+    let arrived: () => void = () => {};
+    const writeArrived = new Promise<void>((r) => (arrived = r));
+    try {
+      const path = join(fx.dir, 'held.img');
+      writeFileSync(path, Buffer.alloc(MiB));
+      const real = await FileBlockExport.open(path);
+      // The file disk, except that a write is held until the test lets it go.
+      const holding: DeviceExport = {
+        description: 'file disk that holds writes',
+        close: () => real.close(),
+        createInstance(limits) {
+          const inner = real.createInstance(limits);
+          // Delegating, without submitRequest: the target then calls handleRequest.
+          const instance: VirtioDeviceInstance = {
+            deviceId: inner.deviceId,
+            vendorId: inner.vendorId,
+            features: inner.features,
+            numQueues: inner.numQueues,
+            maxRequestBytes: inner.maxRequestBytes,
+            configSize: inner.configSize,
+            maxQueueSize: (vq) => inner.maxQueueSize(vq),
+            readConfig: (o, b) => inner.readConfig(o, b),
+            writeConfig: (o, b, v) => inner.writeConfig(o, b, v),
+            configGeneration: () => inner.configGeneration(),
+            onConfigChange: (l) => inner.onConfigChange(l),
+            setDriverFeatures: (f) => inner.setDriverFeatures(f),
+            reset: () => inner.reset(),
+            destroy: () => inner.destroy(),
+            handleRequest(vq, readable, writable, cancel) {
+              if (readable.readUInt32LE(0) !== 1) return inner.handleRequest(vq, readable, writable, cancel); // not VIRTIO_BLK_T_OUT
+              return new Promise<number>((resolve, reject) => {
+                held.push({ readable, release: () => void inner.handleRequest(vq, readable, writable, cancel).then(resolve, reject) });
+                arrived();
+              });
+            },
+          };
+          return instance;
+        },
+      };
+      fx.target.addDevice('held', holding);
+      await fx.listen();
+      const dev = await BlockDevice.open(`${fx.url}/held`, { keepaliveIntervalMs: 0 });
+      try {
+        const data = Buffer.alloc(4096, 0x5a);
+        const write = dev.write(0, data);
+        await writeArrived;
+        const payload = held[0]!.readable;
+        const budget = (fx.target as unknown as { context: { targetBudget: ByteBudget } }).context.targetBudget;
+        const counted = budget.used;
+        // Let the write go before asserting, so that a failure reports itself rather than a hang.
+        held.shift()!.release();
+        await write;
+        expect(payload.length).toBe(16 + 4096);
+        // What the held payload kept alive is its whole ArrayBuffer, not just its bytes.
+        expect(counted).toBeGreaterThanOrEqual(payload.buffer.byteLength);
+        expect((await dev.read(0, 4096)).equals(data)).toBe(true);
+      } finally {
+        for (const h of held.splice(0)) h.release();
+        await dev.close();
+      }
+    } finally {
+      await fx.close();
+    }
+  }, 60000);
+
   it('a peer that leaves in the middle of an admitted payload gives its budget back', async () => {
     // Found by `npm run fuzz` (truncated streams): each such peer used to keep its admitted
     // bytes of the target budget for good, until large commands waited forever.

@@ -8,12 +8,14 @@ function fakeConnection() {
   let handler: InitiatorConnectionHandler | null = null;
   let closed = false;
   const conn: InitiatorConnection = {
-    kind: 'stream',
+    capabilities: { keyed: false, registeredMemory: false },
     peer: 'fake',
     maxKeyedDescriptors: 0,
     start: (h) => (handler = h),
     sendCommand: (c) => sent.push(c.readUInt16LE(2)),
     sendVq: (c) => sent.push(c.readUInt16LE(2)),
+    allocateBuffer: (size) => Buffer.alloc(size),
+    freeBuffer: () => {},
     close: async () => {
       closed = true;
       handler?.onClose();
@@ -147,12 +149,14 @@ describe('QueueClient', () => {
     let closed = false;
     const sent: number[] = [];
     const conn: InitiatorConnection = {
-      kind: 'keyed',
+      capabilities: { keyed: true, registeredMemory: false },
       peer: 'fake',
       maxKeyedDescriptors: 4,
       start: (h) => (handler = h),
       sendCommand: () => {},
       sendVq: (c) => sent.push(c.readUInt16LE(2)),
+      allocateBuffer: (size) => Buffer.alloc(size),
+      freeBuffer: () => {},
       close: async () => {
         closed = true;
       },

@@ -190,9 +190,6 @@ class FakeQp implements QueuePair {
     this.posted.push(Array.from({ length: count }, (_, i) => ({ wrId: staging[i * WR_WORDS]! })));
   }
   postRecv(): void {}
-  qpNum(): number {
-    return 1;
-  }
   query() {
     return { state: 3, rnrRetry: 6, retryCount: 7, minRnrTimer: 0, timeout: 14 };
   }

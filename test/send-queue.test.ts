@@ -22,9 +22,6 @@ class RecordingQp implements QueuePair {
     this.calls.push(Array.from({ length: count }, (_, i) => ({ wrId: staging[at(i)]!, signaled: (staging[at(i) + 2]! & 1) === 1, tag: staging[at(i) + 4]! })));
   }
   postRecv(): void {}
-  qpNum(): number {
-    return 1;
-  }
   query() {
     return { state: 3, rnrRetry: 6, retryCount: 7, minRnrTimer: 0, timeout: 14 };
   }
@@ -234,7 +231,6 @@ function fakeConnection(handler: RcConnectionHandler) {
       constructor(_cmId: CmId, _cqe: number, onCompletions: (n: number) => void) {
         deliver = onCompletions;
       }
-      poll = () => 0;
       destroy(): void {}
     },
   } as unknown as NativeBinding;

@@ -184,7 +184,7 @@ export class InstanceAdmin {
       const describe = (q: QueueSession, vqIndex: number, role: number): QueueInfo => ({
         vqIndex,
         role,
-        transport: q.connection.kind === 'keyed' ? QueueTransport.RDMA : QueueTransport.TCP,
+        transport: q.connection.capabilities.keyed ? QueueTransport.RDMA : QueueTransport.TCP,
         queueSize: q.size,
         inFlight: q.inFlightCount,
         commands: q.stats.commands,

@@ -105,7 +105,7 @@ export async function runVduse(argv: string[]): Promise<number> {
     await stopped;
   } finally {
     await device?.close().catch((err: Error) => log.warn(`removing ${name}: ${err.message}`));
-    if (device && disk.device.queues[0]?.connection.kind === 'keyed') log.info(`VDUSE device ${name}: ${formatTransfers(device.transfers)}`);
+    if (device && disk.device.queues[0]?.connection.capabilities.keyed) log.info(`VDUSE device ${name}: ${formatTransfers(device.transfers)}`);
     await disk.close().catch((err: Error) => log.warn(`closing ${url}: ${err.message}`));
   }
   return exitCode;

@@ -383,8 +383,8 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
    * freeBuffer once no request uses it.
    */
   allocateBuffer(size: number): Buffer {
-    const conn = this.queues.find((q) => q.connection.allocateBuffer)?.connection;
-    if (!conn?.allocateBuffer || !conn.freeBuffer) return Buffer.alloc(size);
+    const conn = this.queues.find((q) => q.connection.capabilities.registeredMemory)?.connection;
+    if (!conn) return Buffer.alloc(size);
     const buf = conn.allocateBuffer(size);
     this.allocated.set(buf, conn.freeBuffer.bind(conn));
     return buf;

@@ -213,11 +213,3 @@ export function decodeCommand(buf: Buffer): DecodedCommand {
       return { opcode, commandId, unknown: true };
   }
 }
-
-/** Opcode and command id without a full decode: what a transport needs to route a PDU. */
-export function peekOpcode(buf: Buffer): number {
-  return buf.readUInt16LE(0);
-}
-export function peekCommandId(buf: Buffer): number {
-  return buf.readUInt16LE(2);
-}

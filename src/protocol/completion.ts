@@ -104,13 +104,6 @@ export type DecodedCompletion =
       readonly config: bigint;
     };
 
-export function completionStatus(buf: Buffer): number {
-  return buf.readUInt16LE(0);
-}
-export function completionCommandId(buf: Buffer): number {
-  return buf.readUInt16LE(2);
-}
-
 /** Config Change event: the generation the target reports. */
 export function decodeConfigChangeGeneration(buf: Buffer): number {
   return buf.readUInt32LE(4);

@@ -43,9 +43,6 @@ export const Opcode = {
 export type Opcode = (typeof Opcode)[keyof typeof Opcode];
 
 const opcodeNames = new Map<number, string>(Object.entries(Opcode).map(([k, v]) => [v, k]));
-export function isKnownOpcode(op: number): op is Opcode {
-  return opcodeNames.has(op);
-}
 export function opcodeName(op: number): string {
   return opcodeNames.get(op) ?? `0x${op.toString(16).padStart(4, '0')}`;
 }

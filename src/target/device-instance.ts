@@ -132,10 +132,10 @@ export class DeviceInstance {
   }
 
   private get transportOfFeatures(): bigint {
-    const connection = this.control.connection;
-    if (connection.kind !== 'keyed') return 0n;
-    const inline = (connection.inlineDataCapacity ?? 0) > 0 ? 1n << VOF_F_INLINE_DATA : 0n;
-    const invalidate = connection.enableRemoteInvalidation ? 1n << VOF_F_REMOTE_INVALIDATE : 0n;
+    const can = this.control.connection.capabilities;
+    if (!can.keyed) return 0n;
+    const inline = can.inlineDataBytes > 0 ? 1n << VOF_F_INLINE_DATA : 0n;
+    const invalidate = can.remoteInvalidation ? 1n << VOF_F_REMOTE_INVALIDATE : 0n;
     return (1n << VIRTIO_OF_F_KEYED_NUM_DESCS) | inline | invalidate;
   }
 
@@ -229,7 +229,7 @@ export class DeviceInstance {
   }
 
   get inlineDataSize(): number {
-    return (this.ofFeatures & (1n << VOF_F_INLINE_DATA)) !== 0n ? (this.control.connection.inlineDataCapacity ?? 0) : 0;
+    return (this.ofFeatures & (1n << VOF_F_INLINE_DATA)) !== 0n ? this.control.connection.capabilities.inlineDataBytes : 0;
   }
 
   getDeviceFeature(select: number): OpResult {

@@ -168,7 +168,7 @@ export class QueueSession {
       this.connectTimer.unref();
     }
     connection.start({
-      admitVq: (cmd) => this.admitVq(cmd),
+      admitVq: (cmd, payloadBytes) => this.admitVq(cmd, payloadBytes),
       onCommand: (cmd, payload) => this.onCommand(cmd, payload),
       onEnd: () => this.onPeerEnded(),
       onClose: (reason) => this.onTransportClosed(reason),
@@ -190,9 +190,11 @@ export class QueueSession {
   /**
    * May the transport buffer this VQ command's payload now? Only on a bound virtqueue that will
    * run it, and only within this queue's and the target's budgets: a command that will be
-   * refused anyway is skipped unbuffered, one that does not fit waits (reading stops).
+   * refused anyway is skipped unbuffered, one that does not fit waits (reading stops). The
+   * payload counts as what holding it costs (`payloadBytes`, from the transport), not just
+   * out_length: a budget bounds memory only if it counts the memory.
    */
-  private admitVq(raw: Buffer): PayloadAdmission {
+  private admitVq(raw: Buffer, payloadBytes: number): PayloadAdmission {
     const role = this.role;
     // Before Connect not even a skipped payload is read (docs/PROTOCOL.md, "Payload
     // admission"): the command is answered ENOCMD and the connection closed.
@@ -205,7 +207,7 @@ export class QueueSession {
     const inLength = raw.readUInt32LE(12);
     const max = role.instance.maxRequestBytes(role.vqIndex);
     if (outLength > max || inLength > max) return 'discard';
-    const need = outLength + inLength;
+    const need = Math.max(outLength, payloadBytes) + inLength;
     if (!this.budget.fits(need)) return this.budget.whenGiven();
     if (!this.ctx.targetBudget.fits(need)) return this.ctx.targetBudget.whenGiven();
     this.budget.take(need);

@@ -90,8 +90,9 @@ export function connect(q: QueueSession, req: TargetRequest, cmd: ConnectCommand
   q.role = { kind: 'virtqueue', instance: inst, vqIndex: cmd.vqIndex };
   inst.virtqueues.set(cmd.vqIndex, q);
   // vof inline data: this virtqueue keeps the layout negotiated now, before the initiator can send a VQ command.
-  if (inst.inlineDataSize > 0) q.connection.enableInlineData?.(inst.inlineDataSize);
-  if (inst.remoteInvalidation) q.connection.enableRemoteInvalidation?.();
+  // (Both were offered only where the connection's capabilities have them: see DeviceInstance.)
+  if (inst.inlineDataSize > 0) q.connection.enableInlineData(inst.inlineDataSize);
+  if (inst.remoteInvalidation) q.connection.enableRemoteInvalidation();
   q.ctx.sessionBound(q);
   q.log.info(
     `${q.connection.peer}: virtqueue ${cmd.vqIndex} of instance ${inst.id} attached: ` +

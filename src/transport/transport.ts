@@ -11,8 +11,43 @@ import type { AdmissionLimits } from '../util/oldest-first-admission.js';
 import type { TlsClientSettings, TlsServerSettings } from './tcp/tls-settings.js';
 import type { PinnedMemory } from './pinned-memory.js';
 
-/** How VQ data moves: inline after the PDU header (TCP) or by RDMA against keyed descriptors. */
-export type DataTransferKind = 'stream' | 'keyed';
+/**
+ * What a target connection's transport can do, stated once by the transport (as Linux nvmet's
+ * nvmet_fabrics_ops flags do): the target offers Virtio-oF and vof features from this record,
+ * never by probing for optional methods.
+ */
+export interface TargetCapabilities {
+  /**
+   * VQ data moves by RDMA against keyed descriptors (VIRTIO_OF_F_KEYED_NUM_DESCS is offered);
+   * false: it travels after the PDU header on a stream (TCP, TLS).
+   */
+  readonly keyed: boolean;
+  /**
+   * vof's inline data (keyed transports): the largest inline size this connection's receive
+   * buffers hold (docs/PROTOCOL.md "Inline data on keyed queues"); 0 when it takes none.
+   */
+  readonly inlineDataBytes: number;
+  /**
+   * vof's remote invalidation (keyed transports): a VQ completion can be a SEND with
+   * Invalidate (docs/PROTOCOL.md "Remote invalidation on keyed queues").
+   */
+  readonly remoteInvalidation: boolean;
+}
+
+/** What an initiator connection's transport can do (see TargetCapabilities). */
+export interface InitiatorCapabilities {
+  /** VQ data moves by RDMA against keyed descriptors; false: after the PDU header on a stream. */
+  readonly keyed: boolean;
+  /**
+   * allocateBuffer gives memory that sendVq moves with no copy (registered memory); false: it
+   * gives plain Buffers, and a caller may as well allocate its own.
+   */
+  readonly registeredMemory: boolean;
+}
+
+/** The capabilities of stream transports (TCP, TLS): none of the keyed ones. */
+export const STREAM_TARGET_CAPABILITIES: TargetCapabilities = Object.freeze({ keyed: false, inlineDataBytes: 0, remoteInvalidation: false });
+export const STREAM_INITIATOR_CAPABILITIES: InitiatorCapabilities = Object.freeze({ keyed: false, registeredMemory: false });
 
 export interface Endpoint {
   readonly host: string;
@@ -100,9 +135,11 @@ export interface TargetConnectionHandler {
    * Stream transports only: a VQ command's header has arrived and none of its payload has been
    * buffered yet. The next onCommand is this command (unless the connection closes first).
    * Memory for a peer's payload is spent only where the session allows it: on a bound
-   * virtqueue, within its limits and the target's send budget.
+   * virtqueue, within its limits and the target's send budget. `payloadBytes`: the memory
+   * buffering the payload keeps alive until the command is released (the buffer it lands in as
+   * allocated, at least out_length), which the budgets count for it.
    */
-  admitVq(command: Buffer): PayloadAdmission;
+  admitVq(command: Buffer, payloadBytes: number): PayloadAdmission;
   /**
    * One request PDU. `payload` is the Connect Body (possibly empty) for Connect, a
    * VqRequestData for a VQ command, and an empty buffer for everything else. `command` is
@@ -120,7 +157,7 @@ export interface TargetConnectionHandler {
 }
 
 export interface TargetConnection {
-  readonly kind: DataTransferKind;
+  readonly capabilities: TargetCapabilities;
   /** Peer address for log lines, e.g. "tcp://127.0.0.1:50312". */
   readonly peer: string;
   /**
@@ -157,25 +194,19 @@ export interface TargetConnection {
   /** Close now; in-flight sends are flushed when possible. */
   close(): void;
   /**
-   * Keyed transports with vof's inline-data extension: the largest inline size this
-   * connection's receive buffers hold (docs/PROTOCOL.md "Inline data on keyed queues"); absent
-   * or 0 when it cannot take inline requests.
-   */
-  readonly inlineDataCapacity?: number;
-  /**
    * From now on, VQ requests with out_length ≤ `size` carry their readable bytes inline (the
    * virtqueue's instance negotiated VOF_F_INLINE_DATA). Called before the virtqueue's Connect
-   * completion is sent; `size` never exceeds inlineDataCapacity.
+   * completion is sent, and only when capabilities.inlineDataBytes is non-zero; `size` never
+   * exceeds it. A connection without the capability throws (a caller's bug).
    */
-  enableInlineData?(size: number): void;
+  enableInlineData(size: number): void;
   /**
-   * Keyed transports that can send a SEND with Invalidate: from now on a VQ completion may end
-   * its request's first keyed descriptor's key at the initiator (the virtqueue's instance
-   * negotiated VOF_F_REMOTE_INVALIDATE; docs/PROTOCOL.md "Remote invalidation on keyed
-   * queues"). Called before the virtqueue's Connect completion is sent. Its presence is the
-   * offer.
+   * From now on a VQ completion may end its request's first keyed descriptor's key at the
+   * initiator (the virtqueue's instance negotiated VOF_F_REMOTE_INVALIDATE). Called before the
+   * virtqueue's Connect completion is sent, and only when capabilities.remoteInvalidation is
+   * set; a connection without the capability throws (a caller's bug).
    */
-  enableRemoteInvalidation?(): void;
+  enableRemoteInvalidation(): void;
 }
 
 /** Initiator side: what the transport reports about one connection. */
@@ -206,7 +237,7 @@ export interface InitiatorConnectionHandler {
 }
 
 export interface InitiatorConnection {
-  readonly kind: DataTransferKind;
+  readonly capabilities: InitiatorCapabilities;
   readonly peer: string;
   /**
    * Most keyed descriptors one VQ command may carry, from Get Keyed Number Descriptors. The
@@ -225,11 +256,11 @@ export interface InitiatorConnection {
   /** Close the connection; resolves when its resources are released. */
   close(): Promise<void>;
   /**
-   * Keyed transports: `size` bytes of memory the transport moves with no copy when given to
-   * sendVq (registered memory). Absent on stream transports. Free with freeBuffer.
+   * `size` bytes for sendVq: memory the transport moves with no copy where
+   * capabilities.registeredMemory says so, else a plain Buffer. Give it back with freeBuffer.
    */
-  allocateBuffer?(size: number): Buffer;
-  freeBuffer?(buffer: Buffer): void;
+  allocateBuffer(size: number): Buffer;
+  freeBuffer(buffer: Buffer): void;
 }
 
 /** Initiator memory options of keyed transports (ignored by stream transports). */
@@ -317,7 +348,6 @@ export interface ConnectOptions {
 /** One transport: TCP (stream data transfers) or RDMA (keyed data transfers). */
 export interface Transport {
   readonly scheme: 'tcp' | 'tls' | 'rdma';
-  readonly kind: DataTransferKind;
   listen(
     endpoint: Endpoint,
     options: ListenOptions,

@@ -214,7 +214,7 @@ export class VduseBlockDevice {
 
   /** The requests travel by RDMA (keyed transfers): worth registering memory for. */
   private get keyed(): boolean {
-    return this.remote.queues[0]?.connection.kind === 'keyed';
+    return this.remote.queues[0]?.connection.capabilities.keyed === true;
   }
 
   /**

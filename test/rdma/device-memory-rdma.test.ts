@@ -152,7 +152,7 @@ class RawVerbsPeer {
     await p.expect('ROUTE_RESOLVED');
     p.pd = new binding.ProtectionDomain(p.cmId);
     p.cq = new binding.CompletionQueue(p.cmId, 2048, (n) => p.onCompletions(n));
-    p.qp = p.cmId.createQp(p.pd, p.cq, { maxSendWr: 1024, maxRecvWr: 64, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 0 });
+    p.qp = p.cmId.createQp(p.pd, p.cq, { maxSendWr: 1024, maxRecvWr: 64, maxSendSge: 1, maxRecvSge: 1 });
     p.sendMr = p.pd.registerMemory(Buffer.alloc(1024 * 64), 0);
     p.recvMr = p.pd.registerMemory(Buffer.alloc(64 * 64), binding.access.LOCAL_WRITE);
     for (let i = 0; i < receives; i++) p.qp.postRecv(0x8000_0000 | i, p.recvMr, i * 64, 64);

@@ -50,7 +50,7 @@ for (let i = 0; i < count; i++) {
   await next('ROUTE_RESOLVED');
   const pd = new b.ProtectionDomain(id);
   const cq = new b.CompletionQueue(id, 4, () => {});
-  id.createQp(pd, cq, { maxSendWr: 2, maxRecvWr: 2, maxSendSge: 1, maxRecvSge: 1, maxInlineData: 0 });
+  id.createQp(pd, cq, { maxSendWr: 2, maxRecvWr: 2, maxSendSge: 1, maxRecvSge: 1 });
   ids.push({ id, pd, cq });
 }
 for (const { id } of ids) id.connect({ responderResources: 1, initiatorDepth: 1, retryCount: 7, rnrRetryCount: 6 });

@@ -69,10 +69,6 @@ export class DirectFileIo implements FileIo {
     this.inner.submitDatasync(done);
   }
 
-  fsync(): Promise<void> {
-    return this.inner.fsync();
-  }
-
   close(): Promise<void> {
     return this.inner.close();
   }

@@ -17,7 +17,6 @@ export interface FileIo {
   /** Writes all of `from` to the file at byte `position`. */
   write(from: Buffer, position: number): Promise<void>;
   datasync(): Promise<void>;
-  fsync(): Promise<void>;
   /** Storage that can drop a range (NBD_CMD_TRIM); without it a DISCARD is only acknowledged. */
   trim?(position: number, length: number): Promise<void>;
   /**

@@ -55,10 +55,6 @@ export class LibuvFileIo implements FileIo {
     return this.gate.enter('fdatasync', 0) ?? this.settle(this.file.datasync());
   }
 
-  fsync(): Promise<void> {
-    return this.gate.enter('fsync', 0) ?? this.settle(this.file.sync());
-  }
-
   close(): Promise<void> {
     return this.gate.close();
   }

@@ -48,10 +48,6 @@ export class NbdFileIo implements FileIo {
     return this.source.info.canFlush ? this.run(NbdCommand.FLUSH, 0, 0, null) : Promise.resolve();
   }
 
-  fsync(): Promise<void> {
-    return this.datasync();
-  }
-
   /** NBD_CMD_TRIM when the server takes it; a discard is a hint, so otherwise nothing. */
   trim(position: number, length: number): Promise<void> {
     return this.source.info.canTrim ? this.run(NbdCommand.TRIM, position, length, null) : Promise.resolve();

@@ -22,10 +22,6 @@ export class NullFileIo implements FileIo {
     return Promise.resolve();
   }
 
-  fsync(): Promise<void> {
-    return Promise.resolve();
-  }
-
   trim(): Promise<void> {
     return Promise.resolve();
   }

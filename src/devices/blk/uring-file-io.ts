@@ -28,10 +28,6 @@ export class UringFileIo implements FileIo, RingClient {
     return this.gate.enter('fdatasync', 0) ?? this.ring.sync(this.fd, true, this);
   }
 
-  fsync(): Promise<void> {
-    return this.gate.enter('fsync', 0) ?? this.ring.sync(this.fd, false, this);
-  }
-
   submitRead(into: Buffer, offset: number, length: number, position: number, done: IoDone): void {
     const refused = this.gate.admit('read', position);
     if (refused) return done.ioDone(refused);

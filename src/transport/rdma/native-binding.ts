@@ -35,7 +35,6 @@ export interface QpCaps {
   readonly maxRecvWr: number;
   readonly maxSendSge: number;
   readonly maxRecvSge: number;
-  readonly maxInlineData: number;
 }
 
 export interface SocketAddress {
@@ -95,7 +94,6 @@ export interface ProtectionDomain {
 export interface CompletionQueue {
   readonly completions: Uint32Array;
   readonly wordsPerCompletion: number;
-  poll(): number;
   destroy(): void;
 }
 
@@ -126,7 +124,6 @@ export interface SendWr {
   wrId: number;
   opcode: WrOpcode;
   signaled: boolean;
-  inline?: boolean;
   sg: Array<MemoryRegion | number>;
   /** RDMA READ/WRITE: the remote address in 32-bit halves (a keyed descriptor's words; no BigInt per request). */
   remoteAddrLow?: number;
@@ -154,7 +151,6 @@ export interface QueuePair {
    */
   postSend(staging: Uint32Array, count: number, objects: ReadonlyArray<MemoryRegion | MemoryWindow | null>): void;
   postRecv(wrId: number, mr: MemoryRegion, offset: number, length: number): void;
-  qpNum(): number;
   query(): QpAttributes;
   /** Move the QP to the error state (its posted work requests flush): fault tests. */
   modifyToError(): void;
@@ -175,6 +171,11 @@ export interface DeviceInfo {
   readonly error?: string;
 }
 
+/**
+ * Live rdma-core objects by kind, per Node.js environment: the main thread and each worker thread
+ * count the objects they created (native/common.h), so a thread's leak check is not moved by
+ * another thread's connections.
+ */
 export interface ResourceCounts {
   readonly eventChannels: number;
   readonly cmIds: number;
@@ -182,7 +183,7 @@ export interface ResourceCounts {
   readonly completionQueues: number;
   readonly queuePairs: number;
   readonly memoryRegions: number;
-  /** Cumulative count of ibv_reg_mr calls in this process (never decreases). */
+  /** Cumulative count of ibv_reg_mr calls in this environment (never decreases). */
   readonly registrationsTotal: number;
   readonly memoryWindows: number;
 }

@@ -110,7 +110,6 @@ export class RcConnection {
         // Two: the initiator's SEND can carry inline bytes from the caller's registered memory.
         maxSendSge: 2,
         maxRecvSge: 1,
-        maxInlineData: 0,
       });
       const limits = options.sendLimits ?? {};
       this.sendQueue = new SendQueue(this.qp, sendDepth, binding, { ...limits, onFail: (err) => this.break(err) });

@@ -5,7 +5,7 @@ import { KEYED_DESCRIPTOR_SIZE } from '../../protocol/constants.js';
 import { carriesInline, inlineRequestMessageSize } from '../../protocol/inline-data.js';
 import type { Logger } from '../../util/log.js';
 import { formatRdmaPeer, numericHost } from '../address.js';
-import type { ConnectOptions, Endpoint, InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
+import type { ConnectOptions, Endpoint, InitiatorCapabilities, InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
 import { deviceOf, followDeviceRemoval } from './device-removal.js';
 import { MemoryRegistrationCache, type PinEntry, type PinnedRegistrations } from './memory-registration-cache.js';
 import type { PinnedMemory } from '../pinned-memory.js';
@@ -160,7 +160,7 @@ class CommandSlot {
  * completion arrives, before the caller sees it, or when the connection closes.
  */
 export class RdmaInitiatorConnection implements InitiatorConnection {
-  readonly kind = 'keyed' as const;
+  readonly capabilities: InitiatorCapabilities = { keyed: true, registeredMemory: true };
   maxKeyedDescriptors = 1;
   private handler: InitiatorConnectionHandler | null = null;
   private readonly rc: RcConnection;

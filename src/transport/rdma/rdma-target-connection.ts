@@ -4,7 +4,7 @@ import { carriesInline, inlineRequestMessageSize } from '../../protocol/inline-d
 import { validateKeyedDescriptorBytes } from '../../protocol/keyed-descriptor.js';
 import { setMaxListeners } from 'node:events';
 import type { Logger } from '../../util/log.js';
-import { VqTransferError, type TargetConnection, type TargetConnectionHandler, type VqBufferSink, type VqRequestData } from '../transport.js';
+import { VqTransferError, type TargetCapabilities, type TargetConnection, type TargetConnectionHandler, type VqBufferSink, type VqRequestData } from '../transport.js';
 import type { CmEvent, CmId, MemoryRegion, NativeBinding, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
 import { HOLD_RECEIVE, RcConnection } from './rc-connection.js';
@@ -440,7 +440,7 @@ type State = 'accepting' | 'open' | 'closing' | 'closed';
  * is registered for local access only: the initiator never gets a key to it.
  */
 export class RdmaTargetConnection implements TargetConnection {
-  readonly kind = 'keyed' as const;
+  readonly capabilities: TargetCapabilities;
   readonly peer: string;
   readonly maxKeyedDescriptors: number;
   private readonly rc: RcConnection;
@@ -453,7 +453,6 @@ export class RdmaTargetConnection implements TargetConnection {
   private readonly gone = new AbortController();
   private closeTimer: NodeJS.Timeout | null = null;
   private closeReason: Error | undefined;
-  readonly inlineDataCapacity: number;
   /** Agreed inline size once the virtqueue's instance negotiated VOF_F_INLINE_DATA, else 0. */
   private inlineSize = 0;
   /** The command id of a Connect whose answer has not been sent yet. */
@@ -489,7 +488,8 @@ export class RdmaTargetConnection implements TargetConnection {
     const peer = cmId.peerAddress();
     this.peer = peer ? formatRdmaPeer(peer.host, peer.port) : 'rdma://?';
     this.maxKeyedDescriptors = options.maxKeyedDescriptors;
-    this.inlineDataCapacity = options.inlineDataBytes;
+    // Every RDMA connection can send a SEND with Invalidate; inline data as the target offers it.
+    this.capabilities = { keyed: true, inlineDataBytes: options.inlineDataBytes, remoteInvalidation: true };
     this.maxHeldReceives = Math.max(0, options.recvDepth - HELD_RECEIVE_MARGIN);
     // Every request waiting for pool memory listens on it (up to the queue size at once).
     setMaxListeners(0, this.gone.signal);
@@ -562,7 +562,7 @@ export class RdmaTargetConnection implements TargetConnection {
   }
 
   enableInlineData(size: number): void {
-    this.inlineSize = Math.min(size, this.inlineDataCapacity);
+    this.inlineSize = Math.min(size, this.capabilities.inlineDataBytes);
   }
 
   enableRemoteInvalidation(): void {

@@ -35,7 +35,6 @@ const TARGET_DEFAULTS: Omit<RdmaTargetOptions, 'maxVqPayload' | 'inlineDataBytes
  */
 export class RdmaTransport implements Transport {
   readonly scheme = 'rdma' as const;
-  readonly kind = 'keyed' as const;
   private readonly binding: NativeBinding;
 
   constructor(private readonly log: Logger) {

@@ -102,7 +102,7 @@ export class WorkRequestStaging {
     if (nsge > STAGED_SGE || !Number.isInteger(nsge)) throw new RangeError(`a work request takes at most ${STAGED_SGE} (region, offset, length) triples, not ${sg.length} values`);
     w[at] = wr.wrId;
     w[at + 1] = wr.opcode;
-    w[at + 2] = (wr.signaled ? 1 : 0) | (wr.inline ? 2 : 0);
+    w[at + 2] = wr.signaled ? 1 : 0;
     w[at + 3] = nsge;
     w[at + 4] = (wr.opcode === WrOpcode.BindWindow ? wr.access : wr.rkey) ?? 0;
     w[at + 5] = wr.remoteAddrLow ?? 0;

@@ -49,6 +49,16 @@ export class FramePool {
     return allocFrame(1 << cls);
   }
 
+  /**
+   * The memory a frame from take(size) keeps alive: its size class and the alignment slack of
+   * its allocation (allocFrame), whether it comes from the free list or is allocated now. An
+   * upper bound: without the addon no slack is allocated.
+   */
+  static heldBytes(size: number): number {
+    const frame = size > MAX_CLASS ? size : 1 << sizeClass(size);
+    return frame + alignmentSlack(frame);
+  }
+
   /** Give back a frame from take() once nothing reads it any more. */
   give(frame: Buffer): void {
     const len = frame.length;
@@ -84,5 +94,14 @@ function sizeClass(size: number): number {
  */
 function allocFrame(size: number): Buffer {
   if (size <= MIN_CLASS) return Buffer.allocUnsafeSlow(size);
-  return allocAligned(size, DATA_SKEW, size >= 2 * DIRECT_IO_ALIGN ? DIRECT_IO_ALIGN : MIN_CLASS);
+  return allocAligned(size, DATA_SKEW, frameAlignment(size));
+}
+
+function frameAlignment(size: number): number {
+  return size >= 2 * DIRECT_IO_ALIGN ? DIRECT_IO_ALIGN : MIN_CLASS;
+}
+
+/** The bytes allocAligned adds to a frame of `size` (at most; see FramePool.heldBytes). */
+function alignmentSlack(size: number): number {
+  return size <= MIN_CLASS ? 0 : frameAlignment(size);
 }

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import type { InitiatorConnection, InitiatorConnectionHandler } from '../transport.js';
+import { STREAM_INITIATOR_CAPABILITIES, type InitiatorConnection, type InitiatorConnectionHandler } from '../transport.js';
 import { CompletionReader } from './completion-reader.js';
 import { TickBatch } from './tick-batch.js';
 import { COMMAND_SIZE } from '../../protocol/constants.js';
@@ -16,7 +16,7 @@ const GATHER_SIZE = 64;
  * decrypted chunk there.
  */
 export class TcpInitiatorConnection implements InitiatorConnection {
-  readonly kind = 'stream' as const;
+  readonly capabilities = STREAM_INITIATOR_CAPABILITIES;
   readonly peer: string;
   maxKeyedDescriptors = 0;
   private handler: InitiatorConnectionHandler | null = null;
@@ -114,6 +114,14 @@ export class TcpInitiatorConnection implements InitiatorConnection {
     if (g.view.length !== length) g.view = g.memory.subarray(0, length);
     return g.view;
   }
+
+  /** A plain Buffer: a stream copies every payload through the socket anyway (no registered memory). */
+  allocateBuffer(size: number): Buffer {
+    return Buffer.alloc(size);
+  }
+
+  /** Nothing to give back: allocateBuffer's Buffers are left to the garbage collector. */
+  freeBuffer(): void {}
 
   private fail(err: Error): void {
     this.failure ??= err;

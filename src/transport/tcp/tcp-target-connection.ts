@@ -2,6 +2,7 @@ import type { Socket } from 'node:net';
 import { COMMAND_SIZE, COMPLETION_SIZE, CONNECT_BODY_SIZE, Opcode } from '../../protocol/constants.js';
 import type { Logger } from '../../util/log.js';
 import {
+  STREAM_TARGET_CAPABILITIES,
   VqTransferError,
   type VqBufferSink,
   type TargetConnection,
@@ -28,6 +29,19 @@ const SMALL_PAYLOAD = 64;
 const KEPT_FRAME_MAX = 16 * 1024;
 /** Released requests a connection keeps for its next commands. */
 const KEPT_REQUESTS = 256;
+
+/**
+ * The memory buffering a payload of `outLength` bytes keeps alive until its command is released,
+ * which the session's budgets count (admitVq): a small payload is copied into its request's own
+ * buffer (out_length is what it takes there); a larger one is gathered into a pooled frame, a
+ * power-of-two size class with its direct-I/O alignment slack, so up to about twice out_length
+ * (a 4 KiB virtio-blk write: 4112 bytes in a 12 KiB allocation). Counting the frame rather than
+ * copying the payload into an exact-size Buffer keeps the common 4 KiB path free of a copy and
+ * an allocation per command; the budget then bounds what peers make the target hold in truth.
+ */
+function payloadBytes(outLength: number): number {
+  return outLength <= SMALL_PAYLOAD ? outLength : FramePool.heldBytes(outLength);
+}
 
 /**
  * One VQ command's buffers on a stream connection: the payload received with it, and a frame
@@ -209,7 +223,7 @@ type ReadState =
  *   without progress, which releases what its queued completions hold.
  */
 export class TcpTargetConnection implements TargetConnection {
-  readonly kind = 'stream' as const;
+  readonly capabilities = STREAM_TARGET_CAPABILITIES;
   readonly maxKeyedDescriptors = 0;
   readonly peer: string;
   readonly identity: string | undefined;
@@ -353,8 +367,8 @@ export class TcpTargetConnection implements TargetConnection {
       } else if (st.kind === 'admit') {
         if (st.waiting) return;
         const header = this.header;
-        const answer = this.handler ? this.handler.admitVq(header) : 'discard';
         const out = header.readUInt32LE(8);
+        const answer = this.handler ? this.handler.admitVq(header, payloadBytes(out)) : 'discard';
         if (answer === 'close' && out > 0) {
           this.refusePayload(header);
           return;
@@ -549,6 +563,16 @@ export class TcpTargetConnection implements TargetConnection {
     this.closed = true;
     this.socket.destroy();
   };
+
+  /** capabilities.inlineDataBytes is 0: the target never asks (a stream carries every payload inline anyway). */
+  enableInlineData(): void {
+    throw new TypeError(`${this.peer}: a stream connection has no vof inline data to enable`);
+  }
+
+  /** capabilities.remoteInvalidation is false: there are no keys on a stream. */
+  enableRemoteInvalidation(): void {
+    throw new TypeError(`${this.peer}: a stream connection has no keys to invalidate`);
+  }
 
   close(): void {
     if (this.closed) return;

@@ -17,7 +17,6 @@ import { TcpTargetConnection } from './tcp-target-connection.js';
 /** Stream data transfers over TCP: one connection per Virtio-oF queue. */
 export class TcpTransport implements Transport {
   readonly scheme = 'tcp' as const;
-  readonly kind = 'stream' as const;
 
   constructor(private readonly log: Logger) {}
 

@@ -28,7 +28,6 @@ const DEFAULT_HANDSHAKE_TIMEOUT_MS = 10_000;
  */
 export class TlsTransport implements Transport {
   readonly scheme = 'tls' as const;
-  readonly kind = 'stream' as const;
 
   constructor(private readonly log: Logger) {}
 
