@@ -204,9 +204,10 @@ describe('TCP target framing (DECISIONS.md item 3)', () => {
     const a = send(1, payload(1));
     const pa = a.readOutNow()!;
     expect(pa.equals(payload(1))).toBe(true);
-    // A pool size class (128 KiB, plus up to a page that aligns its data for O_DIRECT), not a buffer of its own.
+    // A pool size class (128 KiB of data plus 64 bytes of header and trailer room, plus up to a
+    // page that aligns its data for O_DIRECT), not a buffer of its own.
     expect(pa.buffer.byteLength).toBeGreaterThanOrEqual(128 * 1024);
-    expect(pa.buffer.byteLength).toBeLessThanOrEqual(128 * 1024 + 4096);
+    expect(pa.buffer.byteLength).toBeLessThanOrEqual(128 * 1024 + 64 + 4096);
     a.release();
     const b = send(2, payload(2));
     const pb = b.readOutNow()!;
