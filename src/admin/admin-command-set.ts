@@ -1,4 +1,5 @@
-import { AdminGenericStatus, AdminStatusType } from '../protocol/admin-command.js';
+import { AdminGenericStatus, AdminStatusType, NEEDED_RESULT, NEEDED_RESULT_SIZE } from '../protocol/admin-command.js';
+import { setLE32 } from '../protocol/fields.js';
 import { AdminRecordError, AdminTransportStatus, adminClassName, adminCommandName, type AdminCommandId } from '../protocol/admin-records.js';
 import type { AdminRequest, AdminResponse } from './header-format.js';
 
@@ -89,8 +90,8 @@ export class AdminCommandSet {
     const result = reply.result ?? Buffer.alloc(0);
     if (result.length > resultCapacity) {
       // Too small a buffer: say how much the result needs, where there is room to.
-      const needed = Buffer.alloc(Math.min(4, Math.max(0, resultCapacity)));
-      if (needed.length === 4) needed.writeUInt32LE(result.length, 0);
+      const needed = Buffer.alloc(Math.min(NEEDED_RESULT_SIZE, Math.max(0, resultCapacity)));
+      if (needed.length === NEEDED_RESULT_SIZE) setLE32(needed, NEEDED_RESULT.needed, result.length);
       return { result: needed, statusType: AdminStatusType.GENERIC, status: AdminGenericStatus.DATA_TRANSFER_ERR };
     }
     return { result, statusType: reply.statusType ?? AdminStatusType.GENERIC, status: reply.status ?? AdminGenericStatus.OK };

@@ -13,6 +13,8 @@ import {
   QueueTransport,
   adminClassName,
   adminCommandName,
+  decodeErrorLogRequest,
+  decodeHealthTestRequest,
   encodeCommandList,
   encodeErrorLogPage,
   encodeHealthTestResult,
@@ -146,7 +148,8 @@ export class InstanceAdmin {
     c.add(AdminClass.COMMON, AdminCommonCommand.READ_ERROR_LOG, (data, caller) => {
       expectData(data, ERROR_LOG_REQUEST_SIZE, 'READ_ERROR_LOG');
       const owner = caller.granted ? undefined : this.logOwner;
-      return { result: encodeErrorLogPage(this.errorLog.page(data.readUInt16LE(0), data.readUInt16LE(2), owner)) };
+      const { skip, maxEntries } = decodeErrorLogRequest(data);
+      return { result: encodeErrorLogPage(this.errorLog.page(skip, maxEntries, owner)) };
     });
     const device = this.inst.device.admin;
     if (device?.healthTest) {
@@ -164,7 +167,7 @@ export class InstanceAdmin {
         this.healthTestRunning = true;
         try {
           // 0 stays the device's default; more than the cap is cut to it (the result says how many ran).
-          const r = await healthTest(Math.min(HEALTH_TEST_MAX_SAMPLES, data.readUInt32LE(0)));
+          const r = await healthTest(Math.min(HEALTH_TEST_MAX_SAMPLES, decodeHealthTestRequest(data)));
           if (!r.passed) {
             this.entry(ErrorLogEntryType.HEALTH_TEST_FAILED, `health test: ${r.errors} of ${r.samples} samples failed`);
           }

@@ -1,4 +1,5 @@
-import { AdminGenericStatus, AdminStatusType } from '../protocol/admin-command.js';
+import { AdminGenericStatus, AdminStatusType, NEEDED_RESULT, NEEDED_RESULT_SIZE } from '../protocol/admin-command.js';
+import { getLE32 } from '../protocol/fields.js';
 export { formatAdminStatus } from '../protocol/admin-records.js';
 import {
   AdminBlkCommand,
@@ -21,6 +22,7 @@ import {
   decodeQueueList,
   encodeErrorLogRequest,
   encodeFormatRequest,
+  encodeHealthTestRequest,
   type AdminCommandId,
   type BlkFormat,
   type ErrorLogPage,
@@ -79,8 +81,8 @@ export class AdminClient {
   /** Send a command and return its result; anything but OK rejects with AdminError. */
   async call(cls: number, command: number, data?: Buffer, resultBytes = DEFAULT_RESULT_BYTES): Promise<Buffer> {
     let r = await this.raw(cls, command, data, resultBytes);
-    if (r.statusType === AdminStatusType.GENERIC && r.status === AdminGenericStatus.DATA_TRANSFER_ERR && r.result.length >= 4) {
-      const needed = r.result.readUInt32LE(0);
+    if (r.statusType === AdminStatusType.GENERIC && r.status === AdminGenericStatus.DATA_TRANSFER_ERR && r.result.length >= NEEDED_RESULT_SIZE) {
+      const needed = getLE32(r.result, NEEDED_RESULT.needed);
       if (needed > resultBytes && needed <= MAX_RESULT_BYTES) r = await this.raw(cls, command, data, needed);
     }
     if (r.statusType !== AdminStatusType.GENERIC || r.status !== AdminGenericStatus.OK) {
@@ -99,9 +101,7 @@ export class AdminClient {
     return decodeErrorLogPage(await this.call(AdminClass.COMMON, AdminCommonCommand.READ_ERROR_LOG, encodeErrorLogRequest(options.skip ?? 0, max), room));
   }
   async healthTest(samples = 0): Promise<HealthTestResult> {
-    const data = Buffer.alloc(4);
-    data.writeUInt32LE(samples);
-    return decodeHealthTestResult(await this.call(AdminClass.COMMON, AdminCommonCommand.HEALTH_TEST, data, HEALTH_TEST_RESULT_SIZE));
+    return decodeHealthTestResult(await this.call(AdminClass.COMMON, AdminCommonCommand.HEALTH_TEST, encodeHealthTestRequest(samples), HEALTH_TEST_RESULT_SIZE));
   }
   // transport class
   async queues(): Promise<QueueInfo[]> {

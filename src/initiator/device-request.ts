@@ -1,5 +1,8 @@
 import { Opcode } from '../protocol/constants.js';
 import { QueueRequest } from './queue-request.js';
+import { VQ_COMPLETION } from '../protocol/completion.js';
+import { getLE16, getLE32 } from '../protocol/fields.js';
+import { COMPLETION_HEADER } from '../protocol/header.js';
 
 /** How a device request ends: an error, or the number of bytes the device wrote. */
 export type RequestCallback = (err: Error | null, written: number) => void;
@@ -114,7 +117,7 @@ export class DeviceRequest extends QueueRequest {
 
   protected override completed(completion: Buffer): void {
     this.active = false;
-    this.owner.requestCompleted(this, completion.readUInt16LE(0), completion.readUInt32LE(4));
+    this.owner.requestCompleted(this, getLE16(completion, COMPLETION_HEADER.status), getLE32(completion, VQ_COMPLETION.length));
   }
 
   protected override failed(err: Error): void {

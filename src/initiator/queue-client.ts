@@ -1,10 +1,13 @@
 import { COMMAND_SIZE, Opcode, RESERVED_COMMAND_ID_FIRST } from '../protocol/constants.js';
-import { encodeCommand, type Command } from '../protocol/command.js';
+import { VQ_COMMAND, encodeCommand, type Command } from '../protocol/command.js';
 import type { DecodedCompletion } from '../protocol/completion.js';
 import type { InitiatorConnection } from '../transport/transport.js';
 import { VofConnectionError } from './vof-error.js';
-import { REDIRECT_RECORD_SIZE, VOF_CONNECT_F_REDIRECT, VOF_STATUS_EREDIRECT, connectFlags } from '../protocol/redirect-record.js';
+import { REDIRECT_COMPLETION, REDIRECT_RECORD_SIZE, VOF_CONNECT_F_REDIRECT, VOF_STATUS_EREDIRECT, connectFlags } from '../protocol/redirect-record.js';
 import { QueueRequest } from './queue-request.js';
+import { VQ_COMPLETION } from '../protocol/completion.js';
+import { getLE16, getLE32, setLE16, setLE32 } from '../protocol/fields.js';
+import { COMPLETION_HEADER } from '../protocol/header.js';
 
 const NO_BUFFERS: readonly Buffer[] = [];
 
@@ -168,10 +171,10 @@ export class QueueClient {
       } else {
         // The VQ command's header written in place (encodeCommand's layout, with no object).
         header.fill(0);
-        header.writeUInt16LE(Opcode.Vq, 0);
-        header.writeUInt16LE(id, 2);
-        header.writeUInt32LE(req.outLength, 8);
-        header.writeUInt32LE(req.inLength, 12);
+        setLE16(header, VQ_COMMAND.opcode, Opcode.Vq);
+        setLE16(header, VQ_COMMAND.commandId, id);
+        setLE32(header, VQ_COMMAND.outLength, req.outLength);
+        setLE32(header, VQ_COMMAND.inLength, req.inLength);
         this.connection.sendVq(header, req.out, req.inBuffers ?? NO_BUFFERS);
       }
     } catch (err) {
@@ -206,15 +209,15 @@ export class QueueClient {
    * VQ completion claiming more bytes than its command's in_length (DECISIONS.md item 3).
    */
   private completionProblem(completion: Buffer): string | null {
-    const id = completion.readUInt16LE(2);
+    const id = getLE16(completion, COMPLETION_HEADER.commandId);
     if (id >= RESERVED_COMMAND_ID_FIRST) return null;
     const p = this.inSlot(id);
     if (!p) return `completion for command id ${id}, which is not in flight`;
-    if (p.redirectable && completion.readUInt16LE(0) === VOF_STATUS_EREDIRECT && completion.readUInt16LE(6) !== REDIRECT_RECORD_SIZE) {
-      return `EREDIRECT completion announces a ${completion.readUInt16LE(6)}-byte redirect record (expected ${REDIRECT_RECORD_SIZE})`;
+    if (p.redirectable && getLE16(completion, COMPLETION_HEADER.status) === VOF_STATUS_EREDIRECT && getLE16(completion, REDIRECT_COMPLETION.recordLength) !== REDIRECT_RECORD_SIZE) {
+      return `EREDIRECT completion announces a ${getLE16(completion, REDIRECT_COMPLETION.recordLength)}-byte redirect record (expected ${REDIRECT_RECORD_SIZE})`;
     }
     if (p.inBuffers) {
-      const length = completion.readUInt32LE(4);
+      const length = getLE32(completion, VQ_COMPLETION.length);
       if (length > p.inLength) return `VQ completion claims ${length} bytes written into ${p.inLength} device-writable bytes`;
     }
     return null;
@@ -223,9 +226,9 @@ export class QueueClient {
   private expectedPayload(completion: Buffer): number | string {
     const problem = this.completionProblem(completion);
     if (problem) return problem;
-    const p = this.inSlot(completion.readUInt16LE(2));
-    if (p?.redirectable && completion.readUInt16LE(0) === VOF_STATUS_EREDIRECT) return REDIRECT_RECORD_SIZE;
-    return p?.inBuffers ? completion.readUInt32LE(4) : 0;
+    const p = this.inSlot(getLE16(completion, COMPLETION_HEADER.commandId));
+    if (p?.redirectable && getLE16(completion, COMPLETION_HEADER.status) === VOF_STATUS_EREDIRECT) return REDIRECT_RECORD_SIZE;
+    return p?.inBuffers ? getLE32(completion, VQ_COMPLETION.length) : 0;
   }
 
   /**
@@ -233,9 +236,9 @@ export class QueueClient {
    * redirect) a buffer of its own for the redirect record after an EREDIRECT Connect completion.
    */
   private payloadBuffers(completion: Buffer): readonly Buffer[] {
-    const p = this.inSlot(completion.readUInt16LE(2));
+    const p = this.inSlot(getLE16(completion, COMPLETION_HEADER.commandId));
     if (!p) return [];
-    if (p.redirectable && completion.readUInt16LE(0) === VOF_STATUS_EREDIRECT) {
+    if (p.redirectable && getLE16(completion, COMPLETION_HEADER.status) === VOF_STATUS_EREDIRECT) {
       p.payload = Buffer.alloc(REDIRECT_RECORD_SIZE);
       return [p.payload];
     }
@@ -244,7 +247,7 @@ export class QueueClient {
 
   private onCompletion(completion: Buffer): void {
     this.onActivity();
-    const id = completion.readUInt16LE(2);
+    const id = getLE16(completion, COMPLETION_HEADER.commandId);
     if (id >= RESERVED_COMMAND_ID_FIRST) {
       this.onEvent(completion);
       return;

@@ -25,6 +25,8 @@ import { VofConnectionError, VofError } from './vof-error.js';
 import { authKeyOf } from './auth-handshake.js';
 import { negotiate, u32Of, type ResumePoint } from './init-sequence.js';
 import { superviseReconnect, type SupervisedPath } from './path-supervisor.js';
+import { getLE16 } from '../protocol/fields.js';
+import { COMPLETION_HEADER } from '../protocol/header.js';
 
 // Moved to their own modules; still exported from here, where callers found them.
 export type { ConnectOptions } from './connect-options.js';
@@ -161,7 +163,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     control.onActivity = () => this.liveness.heard();
     control.onEvent = (c) => {
       if (generation !== this.generation) return;
-      const id = c.readUInt16LE(2);
+      const id = getLE16(c, COMPLETION_HEADER.commandId);
       if (id === COMMAND_ID_CONFIG_CHANGE) this.emit('configChange', decodeConfigChangeGeneration(c));
       else if (id === COMMAND_ID_DRAIN) void this.drainRequested(generation);
     };

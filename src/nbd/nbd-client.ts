@@ -1,7 +1,15 @@
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import {
+  CLIENT_FLAGS,
   CLIENT_FLAGS_SIZE,
+  ERROR_CHUNK,
+  ERROR_CHUNK_SIZE,
+  INFO,
+  INFO_BLOCK_SIZE,
+  INFO_BLOCK_SIZE_SIZE,
+  INFO_EXPORT,
+  INFO_EXPORT_SIZE,
   NBD_FLAG_C_FIXED_NEWSTYLE,
   NBD_FLAG_C_NO_ZEROES,
   NBD_FLAG_FIXED_NEWSTYLE,
@@ -16,12 +24,24 @@ import {
   NbdInfo,
   NbdOption,
   NbdReply,
+  OFFSET_DATA_CHUNK,
+  OFFSET_DATA_CHUNK_SIZE,
+  OFFSET_HOLE_CHUNK,
+  OPTION_REPLY,
+  OPTION_REPLY_SIZE,
+  REQUEST_HEADER,
   REQUEST_HEADER_SIZE,
+  SERVER_GREETING,
+  SERVER_GREETING_SIZE,
+  SIMPLE_REPLY,
   SIMPLE_REPLY_SIZE,
+  STRUCTURED_REPLY,
+  STRUCTURED_REPLY_SIZE,
   TransmissionFlag,
   encodeInfoRequest,
   encodeOptionHeader,
 } from './nbd-protocol.js';
+import { getBE16, getBE32, getBE64, getBE64Number, setBE16, setBE32, setBE64Number, view } from '../protocol/fields.js';
 import { quotePeerString } from '../util/escape.js';
 import { StreamInput } from '../transport/tcp/stream-input.js';
 
@@ -38,7 +58,6 @@ import { StreamInput } from '../transport/tcp/stream-input.js';
  */
 
 export const NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef;
-const STRUCTURED_REPLY_SIZE = 20;
 const NBD_REPLY_FLAG_DONE = 1;
 export const NbdReplyType = {
   NONE: 0,
@@ -197,14 +216,14 @@ export class NbdClientConnection {
         raw.once('error', reject);
       });
       let reader = new HandshakeReader(source, raw, peer);
-      const greeting = await reader.read(18);
-      if (greeting.readBigUInt64BE(0) !== NBD_MAGIC) throw new NbdClientError(`${peer}: not an NBD server (no NBDMAGIC)`);
-      if (greeting.readBigUInt64BE(8) !== NBD_IHAVEOPT) throw new NbdClientError(`${peer}: an oldstyle NBD server; only fixed newstyle is supported`);
-      const handshakeFlags = greeting.readUInt16BE(16);
+      const greeting = await reader.read(SERVER_GREETING_SIZE);
+      if (getBE64(greeting, SERVER_GREETING.nbdMagic) !== NBD_MAGIC) throw new NbdClientError(`${peer}: not an NBD server (no NBDMAGIC)`);
+      if (getBE64(greeting, SERVER_GREETING.ihaveopt) !== NBD_IHAVEOPT) throw new NbdClientError(`${peer}: an oldstyle NBD server; only fixed newstyle is supported`);
+      const handshakeFlags = getBE16(greeting, SERVER_GREETING.handshakeFlags);
       if ((handshakeFlags & NBD_FLAG_FIXED_NEWSTYLE) === 0) throw new NbdClientError(`${peer}: the server does not speak fixed newstyle NBD`);
       const noZeroes = (handshakeFlags & NBD_FLAG_NO_ZEROES) !== 0;
       const flags = Buffer.alloc(CLIENT_FLAGS_SIZE);
-      flags.writeUInt32BE(NBD_FLAG_C_FIXED_NEWSTYLE | (noZeroes ? NBD_FLAG_C_NO_ZEROES : 0), 0);
+      setBE32(flags, CLIENT_FLAGS.flags, NBD_FLAG_C_FIXED_NEWSTYLE | (noZeroes ? NBD_FLAG_C_NO_ZEROES : 0));
       raw.write(flags);
       let stream: Duplex = raw;
       if (options.startTls) {
@@ -266,15 +285,14 @@ export class NbdClientConnection {
     slot.done = done;
     this.inFlight++;
     const h = slot.header;
-    h.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
-    h.writeUInt16BE(flags, 4);
-    h.writeUInt16BE(type, 6);
+    setBE32(h, REQUEST_HEADER.magic, NBD_REQUEST_MAGIC);
+    setBE16(h, REQUEST_HEADER.flags, flags);
+    setBE16(h, REQUEST_HEADER.type, type);
     // The cookie names the slot and its use: index in the high half, generation in the low.
-    h.writeUInt32BE(slot.index, 8);
-    h.writeUInt32BE(slot.generation, 12);
-    h.writeUInt32BE(Math.floor(offset / 0x100000000), 16);
-    h.writeUInt32BE(offset >>> 0, 20);
-    h.writeUInt32BE(length >>> 0, 24);
+    h.writeUInt32BE(slot.index, REQUEST_HEADER.cookie.offset);
+    h.writeUInt32BE(slot.generation, REQUEST_HEADER.cookie.offset + 4);
+    setBE64Number(h, REQUEST_HEADER.offset, offset);
+    setBE32(h, REQUEST_HEADER.length, length >>> 0);
     // The header is reused only after the reply, which the server cannot send before it has
     // received the whole request: by then the socket no longer needs the bytes.
     this.stream.write(h);
@@ -285,8 +303,8 @@ export class NbdClientConnection {
   async close(): Promise<void> {
     if (!this.closed) {
       const disc = Buffer.alloc(REQUEST_HEADER_SIZE);
-      disc.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
-      disc.writeUInt16BE(NbdCommand.DISC, 6);
+      setBE32(disc, REQUEST_HEADER.magic, NBD_REQUEST_MAGIC);
+      setBE16(disc, REQUEST_HEADER.type, NbdCommand.DISC);
       this.stream.end(disc);
     }
     if (!this.stream.destroyed) {
@@ -334,7 +352,7 @@ export class NbdClientConnection {
     this.fail(new NbdClientError(`${this.peer}: ${what}; disconnecting`));
   }
 
-  /** The slot a reply's cookie names, or null (a violation) when it is not in flight. */
+  /** The slot a reply's cookie (its 8 bytes at `at` of `b`) names, or null (a violation) when it is not in flight. */
   private slotOf(b: Buffer, at: number): NbdSlot | null {
     const index = b.readUInt32BE(at);
     const generation = b.readUInt32BE(at + 4);
@@ -353,9 +371,9 @@ export class NbdClientConnection {
         if (magic === NBD_SIMPLE_REPLY_MAGIC) {
           if (!input.fill(SIMPLE_REPLY_SIZE)) return;
           input.takeInto(SIMPLE_REPLY_SIZE, s, 0);
-          const error = s.readUInt32BE(4);
-          const slot = this.slotOf(s, 8);
-          if (!slot) return this.violation(`a reply for a request not in flight (cookie ${s.toString('hex', 8, 16)})`);
+          const error = getBE32(s, SIMPLE_REPLY.error);
+          const slot = this.slotOf(s, SIMPLE_REPLY.cookie.offset);
+          if (!slot) return this.violation(`a reply for a request not in flight (cookie ${view(s, SIMPLE_REPLY.cookie).toString('hex')})`);
           if (error === 0 && slot.type === NbdCommand.READ && slot.length > 0) {
             this.state = this.readData(slot, 0, slot.length, true);
           } else {
@@ -365,11 +383,11 @@ export class NbdClientConnection {
           if (!this.info.structuredReplies) return this.violation('a structured reply that was not negotiated');
           if (!input.fill(STRUCTURED_REPLY_SIZE)) return;
           input.takeInto(STRUCTURED_REPLY_SIZE, s, 0);
-          const flags = s.readUInt16BE(4);
-          const type = s.readUInt16BE(6);
-          const slot = this.slotOf(s, 8);
-          const length = s.readUInt32BE(16);
-          if (!slot) return this.violation(`a reply chunk for a request not in flight (cookie ${s.toString('hex', 8, 16)})`);
+          const flags = getBE16(s, STRUCTURED_REPLY.flags);
+          const type = getBE16(s, STRUCTURED_REPLY.type);
+          const slot = this.slotOf(s, STRUCTURED_REPLY.cookie.offset);
+          const length = getBE32(s, STRUCTURED_REPLY.length);
+          if (!slot) return this.violation(`a reply chunk for a request not in flight (cookie ${view(s, STRUCTURED_REPLY.cookie).toString('hex')})`);
           if (!this.chunkFits(slot, type, length)) return;
           if (type === NbdReplyType.NONE) {
             this.endChunk(slot, flags);
@@ -396,10 +414,10 @@ export class NbdClientConnection {
       } else {
         const { slot, type, flags, length } = st;
         if (type === NbdReplyType.OFFSET_DATA) {
-          if (!input.fill(8)) return;
-          input.takeInto(8, s, 0);
-          const offset = readU64(s, 0);
-          const n = length - 8;
+          if (!input.fill(OFFSET_DATA_CHUNK_SIZE)) return;
+          input.takeInto(OFFSET_DATA_CHUNK_SIZE, s, 0);
+          const offset = getBE64Number(s, OFFSET_DATA_CHUNK.offset);
+          const n = length - OFFSET_DATA_CHUNK_SIZE;
           const rel = offset - slot.offset;
           if (rel < 0 || rel + n > slot.length) return this.violation(`read data at ${offset}+${n} outside the request ${slot.offset}+${slot.length}`);
           slot.covered += n;
@@ -416,17 +434,17 @@ export class NbdClientConnection {
         input.takeInto(length, payload, 0);
         this.state = REPLY_STATE;
         if (type === NbdReplyType.OFFSET_HOLE) {
-          const offset = readU64(payload, 0);
-          const n = payload.readUInt32BE(8);
+          const offset = getBE64Number(payload, OFFSET_HOLE_CHUNK.offset);
+          const n = getBE32(payload, OFFSET_HOLE_CHUNK.holeSize);
           const rel = offset - slot.offset;
           if (n === 0 || rel < 0 || rel + n > slot.length) return this.violation(`a hole at ${offset}+${n} outside the request ${slot.offset}+${slot.length}`);
           slot.into?.fill(0, rel, rel + n);
           slot.covered += n;
           if (slot.covered > slot.length) return this.violation('read chunks overlap');
         } else if (type & 0x8000) {
-          const error = payload.readUInt32BE(0);
-          const messageLength = payload.readUInt16BE(4);
-          if (messageLength > length - 6) return this.violation('an error chunk whose message is longer than the chunk');
+          const error = getBE32(payload, ERROR_CHUNK.error);
+          const messageLength = getBE16(payload, ERROR_CHUNK.messageLength);
+          if (messageLength > length - ERROR_CHUNK_SIZE) return this.violation('an error chunk whose message is longer than the chunk');
           // An error chunk without an error value is still an error (the request failed).
           if (slot.error === 0) slot.error = error === 0 ? 5 : error;
         }
@@ -472,10 +490,6 @@ export class NbdClientConnection {
     }
     this.finish(slot, slot.error);
   }
-}
-
-function readU64(b: Buffer, at: number): number {
-  return b.readUInt32BE(at) * 0x100000000 + b.readUInt32BE(at + 4);
 }
 
 function commandName(type: number): string {
@@ -594,11 +608,12 @@ interface OptionReply {
 }
 
 async function optionReply(reader: HandshakeReader, opt: number, peer: string): Promise<OptionReply> {
-  const h = await reader.read(20);
-  if (h.readBigUInt64BE(0) !== NBD_OPT_REPLY_MAGIC) throw new NbdClientError(`${peer}: bad option reply magic`);
-  if (h.readUInt32BE(8) !== opt) throw new NbdClientError(`${peer}: a reply to option ${h.readUInt32BE(8)} when ${opt} was asked`);
-  const type = h.readUInt32BE(12);
-  const length = h.readUInt32BE(16);
+  const h = await reader.read(OPTION_REPLY_SIZE);
+  if (getBE64(h, OPTION_REPLY.magic) !== NBD_OPT_REPLY_MAGIC) throw new NbdClientError(`${peer}: bad option reply magic`);
+  const replied = getBE32(h, OPTION_REPLY.option);
+  if (replied !== opt) throw new NbdClientError(`${peer}: a reply to option ${replied} when ${opt} was asked`);
+  const type = getBE32(h, OPTION_REPLY.type);
+  const length = getBE32(h, OPTION_REPLY.length);
   if (length > MAX_OPTION_REPLY) throw new NbdClientError(`${peer}: an option reply of ${length} bytes`);
   const data = length > 0 ? Buffer.from(await reader.read(length)) : Buffer.alloc(0);
   const message = type & 0x80000000 && data.length > 0 ? `: ${quotePeerString(data.toString('utf8', 0, Math.min(data.length, NBD_MAX_STRING)))}` : '';
@@ -637,17 +652,21 @@ async function go(stream: Duplex, reader: HandshakeReader, name: string, structu
       };
     }
     if (r.type === NbdReply.INFO) {
-      if (r.data.length < 2) throw new NbdClientError(`${peer}: a short NBD_REP_INFO`);
-      const info = r.data.readUInt16BE(0);
+      if (r.data.length < INFO.type.width) throw new NbdClientError(`${peer}: a short NBD_REP_INFO`);
+      const info = getBE16(r.data, INFO.type);
       if (info === NbdInfo.EXPORT) {
-        if (r.data.length !== 12) throw new NbdClientError(`${peer}: NBD_INFO_EXPORT of ${r.data.length} bytes`);
-        const big = r.data.readBigUInt64BE(2);
+        if (r.data.length !== INFO_EXPORT_SIZE) throw new NbdClientError(`${peer}: NBD_INFO_EXPORT of ${r.data.length} bytes`);
+        const big = getBE64(r.data, INFO_EXPORT.size);
         if (big > BigInt(Number.MAX_SAFE_INTEGER)) throw new NbdClientError(`${peer}: export size ${big} is too large`);
         size = Number(big);
-        tflags = r.data.readUInt16BE(10);
+        tflags = getBE16(r.data, INFO_EXPORT.transmissionFlags);
       } else if (info === NbdInfo.BLOCK_SIZE) {
-        if (r.data.length !== 14) throw new NbdClientError(`${peer}: NBD_INFO_BLOCK_SIZE of ${r.data.length} bytes`);
-        block = { minimum: r.data.readUInt32BE(2), preferred: r.data.readUInt32BE(6), maximum: r.data.readUInt32BE(10) };
+        if (r.data.length !== INFO_BLOCK_SIZE_SIZE) throw new NbdClientError(`${peer}: NBD_INFO_BLOCK_SIZE of ${r.data.length} bytes`);
+        block = {
+          minimum: getBE32(r.data, INFO_BLOCK_SIZE.minimum),
+          preferred: getBE32(r.data, INFO_BLOCK_SIZE.preferred),
+          maximum: getBE32(r.data, INFO_BLOCK_SIZE.maximum),
+        };
       }
       continue;
     }

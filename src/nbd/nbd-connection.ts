@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import { getBE16, getBE32, getBE64Number, setBE32 } from '../protocol/fields.js';
 import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
 import { StreamInput } from '../transport/tcp/stream-input.js';
@@ -7,6 +8,7 @@ import { TickBatch } from '../transport/tcp/tick-batch.js';
 import type { BridgeBudget, BudgetWaiter } from './bridge-budget.js';
 import { NbdCommandError, nbdErrorOf, type NbdExport, type NbdFastRequest } from './nbd-export.js';
 import {
+  CLIENT_FLAGS,
   CLIENT_FLAGS_SIZE,
   NBD_ERROR_NAMES,
   NBD_FLAG_C_FIXED_NEWSTYLE,
@@ -22,7 +24,9 @@ import {
   NbdOption,
   NbdReply,
   OPTION_HEADER_SIZE,
+  REQUEST_HEADER,
   REQUEST_HEADER_SIZE,
+  SIMPLE_REPLY,
   SIMPLE_REPLY_SIZE,
   decodeInfoRequest,
   decodeOptionHeader,
@@ -123,7 +127,7 @@ class NbdRequest implements NbdFastRequest {
     private readonly conn: NbdConnection,
     exp: NbdExport,
   ) {
-    this.reply.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
+    setBE32(this.reply, SIMPLE_REPLY.magic, NBD_SIMPLE_REPLY_MAGIC);
     this.lock = { start: 0, end: 0, exclusive: false, granted: false, grant: () => exp.writeGranted(this) };
     this.onDisk = (err) => conn.diskDone(this, err);
     this.onWritten = () => conn.replySent(this);
@@ -131,13 +135,16 @@ class NbdRequest implements NbdFastRequest {
 
   /** Take the request for a header (in `h`, REQUEST_HEADER_SIZE bytes): fields decoded, cookie copied into the reply. */
   start(h: Buffer): this {
-    this.flags = h.readUInt16BE(4);
-    this.type = h.readUInt16BE(6);
+    this.flags = getBE16(h, REQUEST_HEADER.flags);
+    this.type = getBE16(h, REQUEST_HEADER.type);
     // Read as two words: readBigUInt64BE would allocate a BigInt per request.
-    this.offset = h.readUInt32BE(16) * 0x1_0000_0000 + h.readUInt32BE(20);
-    this.length = h.readUInt32BE(24);
-    this.reply.writeUInt32BE(h.readUInt32BE(8), 8);
-    this.reply.writeUInt32BE(h.readUInt32BE(12), 12);
+    this.offset = getBE64Number(h, REQUEST_HEADER.offset);
+    this.length = getBE32(h, REQUEST_HEADER.length);
+    // The cookie as two words: Buffer#copy from part of a buffer would make a view.
+    const from = REQUEST_HEADER.cookie.offset;
+    const to = SIMPLE_REPLY.cookie.offset;
+    this.reply.writeUInt32BE(h.readUInt32BE(from), to);
+    this.reply.writeUInt32BE(h.readUInt32BE(from + 4), to + 4);
     this.charge = 0;
     this.refusal = null;
     this.filled = 0;
@@ -359,7 +366,7 @@ export class NbdConnection implements BudgetWaiter {
       case 'client-flags': {
         const b = this.take(CLIENT_FLAGS_SIZE);
         if (!b) return false;
-        const flags = b.readUInt32BE(0);
+        const flags = getBE32(b, CLIENT_FLAGS.flags);
         if ((flags & ~(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) !== 0) {
           this.drop(`unknown client flags 0x${flags.toString(16)}`);
           return false;
@@ -587,12 +594,12 @@ export class NbdConnection implements BudgetWaiter {
       if (this.input.length < REQUEST_HEADER_SIZE) return false;
       const h = this.headerBytes;
       this.input.takeWords(REQUEST_HEADER_SIZE, h);
-      const magic = h.readUInt32BE(0);
+      const magic = getBE32(h, REQUEST_HEADER.magic);
       if (magic !== NBD_REQUEST_MAGIC) {
         this.drop(`bad request magic 0x${magic.toString(16)}`);
         return false;
       }
-      if (h.readUInt16BE(6) === NbdCommand.DISC) {
+      if (getBE16(h, REQUEST_HEADER.type) === NbdCommand.DISC) {
         this.phase = 'done';
         this.log.info(`nbd ${this.peer}: disconnect requested`);
         void this.idle().then(() => this.socket.end());
@@ -679,7 +686,7 @@ export class NbdConnection implements BudgetWaiter {
       this.finish(req);
       return;
     }
-    req.reply.writeUInt32BE(error, 4);
+    setBE32(req.reply, SIMPLE_REPLY.error, error);
     // Replies of one turn leave in one writev rather than a syscall each.
     this.batch!.hold();
     if (error === NbdError.OK && data === req.data && data.length > 0) {

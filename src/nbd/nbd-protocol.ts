@@ -4,6 +4,8 @@
  * network byte order (big-endian).
  */
 
+import { bytes, fieldTable, getBE16, getBE32, getBE64, setBE16, setBE32, setBE64, u16, u32, u64, view } from '../protocol/fields.js';
+
 /** "NBDMAGIC", sent first by the server. */
 export const NBD_MAGIC = 0x4e42444d41474943n;
 /** "IHAVEOPT": second server magic, and the prefix of every client option. */
@@ -121,12 +123,53 @@ export const REQUEST_HEADER_SIZE = 28;
 export const SIMPLE_REPLY_SIZE = 16;
 export const EXPORT_NAME_ZEROES = 124;
 
+/*
+ * The field table of each fixed-size record (NBD doc/proto.md; its field names in camelCase,
+ * "cookie" for the request's 64-bit handle). Encoders and decoders below, and the client's and
+ * server's in-place reads of a request or reply, use these. Big-endian: the getBE and setBE helpers.
+ */
+
+/** S: the greeting, "NBDMAGIC", "IHAVEOPT", 16-bit handshake flags. */
+export const SERVER_GREETING = fieldTable({ nbdMagic: u64(0), ihaveopt: u64(8), handshakeFlags: u16(16) });
+export const SERVER_GREETING_SIZE = 18;
+/** C: the client flags. */
+export const CLIENT_FLAGS = fieldTable({ flags: u32(0) });
+/** C: an option, "IHAVEOPT", option, length of the data that follows. */
+export const OPTION_HEADER = fieldTable({ magic: u64(0), option: u32(8), length: u32(12) });
+/** S: an option reply, magic, option, reply type, length of the data that follows. */
+export const OPTION_REPLY = fieldTable({ magic: u64(0), option: u32(8), type: u32(12), length: u32(16) });
+export const OPTION_REPLY_SIZE = 20;
+/** NBD_REP_INFO data: the information type, common to every info record. */
+export const INFO = fieldTable({ type: u16(0) });
+/** NBD_INFO_EXPORT: type, export size, transmission flags. */
+export const INFO_EXPORT = fieldTable({ type: u16(0), size: u64(2), transmissionFlags: u16(10) });
+export const INFO_EXPORT_SIZE = 12;
+/** NBD_INFO_BLOCK_SIZE: type, minimum, preferred, maximum block size. */
+export const INFO_BLOCK_SIZE = fieldTable({ type: u16(0), minimum: u32(2), preferred: u32(6), maximum: u32(10) });
+export const INFO_BLOCK_SIZE_SIZE = 14;
+/** S: the reply to NBD_OPT_EXPORT_NAME; the zeroes only without NBD_FLAG_C_NO_ZEROES. */
+export const EXPORT_NAME_REPLY = fieldTable({ size: u64(0), transmissionFlags: u16(8), zeroes: bytes(10, EXPORT_NAME_ZEROES) });
+/** C: a request header. */
+export const REQUEST_HEADER = fieldTable({ magic: u32(0), flags: u16(4), type: u16(6), cookie: bytes(8, 8), offset: u64(16), length: u32(24) });
+/** S: a simple reply (read data follows on success). */
+export const SIMPLE_REPLY = fieldTable({ magic: u32(0), error: u32(4), cookie: bytes(8, 8) });
+/** S: a structured reply chunk's header (its payload follows). */
+export const STRUCTURED_REPLY = fieldTable({ magic: u32(0), flags: u16(4), type: u16(6), cookie: bytes(8, 8), length: u32(16) });
+export const STRUCTURED_REPLY_SIZE = 20;
+/** Payload of NBD_REPLY_TYPE_OFFSET_DATA before its data, and of NBD_REPLY_TYPE_OFFSET_HOLE. */
+export const OFFSET_DATA_CHUNK = fieldTable({ offset: u64(0) });
+export const OFFSET_DATA_CHUNK_SIZE = 8;
+export const OFFSET_HOLE_CHUNK = fieldTable({ offset: u64(0), holeSize: u32(8) });
+/** Payload of an error chunk before its message (NBD_REPLY_TYPE_ERROR*). */
+export const ERROR_CHUNK = fieldTable({ error: u32(0), messageLength: u16(4) });
+export const ERROR_CHUNK_SIZE = 6;
+
 /** S: NBDMAGIC, IHAVEOPT, 16-bit handshake flags. */
 export function encodeServerGreeting(handshakeFlags: number): Buffer {
-  const b = Buffer.alloc(18);
-  b.writeBigUInt64BE(NBD_MAGIC, 0);
-  b.writeBigUInt64BE(NBD_IHAVEOPT, 8);
-  b.writeUInt16BE(handshakeFlags, 16);
+  const b = Buffer.alloc(SERVER_GREETING_SIZE);
+  setBE64(b, SERVER_GREETING.nbdMagic, NBD_MAGIC);
+  setBE64(b, SERVER_GREETING.ihaveopt, NBD_IHAVEOPT);
+  setBE16(b, SERVER_GREETING.handshakeFlags, handshakeFlags);
   return b;
 }
 
@@ -138,54 +181,56 @@ export interface OptionHeader {
 
 /** C: 64-bit IHAVEOPT, 32-bit option, 32-bit data length. */
 export function decodeOptionHeader(b: Buffer): OptionHeader {
-  return { magic: b.readBigUInt64BE(0), option: b.readUInt32BE(8), length: b.readUInt32BE(12) };
+  return { magic: getBE64(b, OPTION_HEADER.magic), option: getBE32(b, OPTION_HEADER.option), length: getBE32(b, OPTION_HEADER.length) };
 }
 
 export function encodeOptionHeader(option: number, length: number): Buffer {
   const b = Buffer.alloc(OPTION_HEADER_SIZE);
-  b.writeBigUInt64BE(NBD_IHAVEOPT, 0);
-  b.writeUInt32BE(option >>> 0, 8);
-  b.writeUInt32BE(length >>> 0, 12);
+  setBE64(b, OPTION_HEADER.magic, NBD_IHAVEOPT);
+  setBE32(b, OPTION_HEADER.option, option >>> 0);
+  setBE32(b, OPTION_HEADER.length, length >>> 0);
   return b;
 }
 
 /** S: reply magic, option, reply type, length, data. */
 export function encodeOptionReply(option: number, type: number, data: Buffer = Buffer.alloc(0)): Buffer {
-  const b = Buffer.alloc(20 + data.length);
-  b.writeBigUInt64BE(NBD_OPT_REPLY_MAGIC, 0);
-  b.writeUInt32BE(option >>> 0, 8);
-  b.writeUInt32BE(type >>> 0, 12);
-  b.writeUInt32BE(data.length, 16);
-  data.copy(b, 20);
+  const b = Buffer.alloc(OPTION_REPLY_SIZE + data.length);
+  setBE64(b, OPTION_REPLY.magic, NBD_OPT_REPLY_MAGIC);
+  setBE32(b, OPTION_REPLY.option, option >>> 0);
+  setBE32(b, OPTION_REPLY.type, type >>> 0);
+  setBE32(b, OPTION_REPLY.length, data.length);
+  data.copy(b, OPTION_REPLY_SIZE);
   return b;
 }
 
 /** NBD_REP_SERVER data: 32-bit name length, name, then a human-readable description. */
+export const SERVER_REPLY_DATA = fieldTable({ nameLength: u32(0) });
 export function encodeServerReplyData(name: string, description = ''): Buffer {
   const n = Buffer.from(name, 'utf8');
   const d = Buffer.from(description, 'utf8');
-  const b = Buffer.alloc(4 + n.length + d.length);
-  b.writeUInt32BE(n.length, 0);
-  n.copy(b, 4);
-  d.copy(b, 4 + n.length);
+  const at = SERVER_REPLY_DATA.nameLength.width;
+  const b = Buffer.alloc(at + n.length + d.length);
+  setBE32(b, SERVER_REPLY_DATA.nameLength, n.length);
+  n.copy(b, at);
+  d.copy(b, at + n.length);
   return b;
 }
 
 /** NBD_REP_INFO / NBD_INFO_EXPORT: type, 64-bit size, 16-bit transmission flags. */
 export function encodeInfoExport(size: bigint, transmissionFlags: number): Buffer {
-  const b = Buffer.alloc(12);
-  b.writeUInt16BE(NbdInfo.EXPORT, 0);
-  b.writeBigUInt64BE(size, 2);
-  b.writeUInt16BE(transmissionFlags, 10);
+  const b = Buffer.alloc(INFO_EXPORT_SIZE);
+  setBE16(b, INFO_EXPORT.type, NbdInfo.EXPORT);
+  setBE64(b, INFO_EXPORT.size, size);
+  setBE16(b, INFO_EXPORT.transmissionFlags, transmissionFlags);
   return b;
 }
 
 /** NBD_INFO_NAME or NBD_INFO_DESCRIPTION: type, string. */
 export function encodeInfoString(type: number, text: string): Buffer {
   const s = Buffer.from(text, 'utf8');
-  const b = Buffer.alloc(2 + s.length);
-  b.writeUInt16BE(type, 0);
-  s.copy(b, 2);
+  const b = Buffer.alloc(INFO.type.width + s.length);
+  setBE16(b, INFO.type, type);
+  s.copy(b, INFO.type.width);
   return b;
 }
 
@@ -197,19 +242,19 @@ export interface BlockSizeConstraints {
 
 /** NBD_INFO_BLOCK_SIZE: type, minimum, preferred, maximum (32 bits each). */
 export function encodeInfoBlockSize(c: BlockSizeConstraints): Buffer {
-  const b = Buffer.alloc(14);
-  b.writeUInt16BE(NbdInfo.BLOCK_SIZE, 0);
-  b.writeUInt32BE(c.minimum, 2);
-  b.writeUInt32BE(c.preferred, 6);
-  b.writeUInt32BE(c.maximum, 10);
+  const b = Buffer.alloc(INFO_BLOCK_SIZE_SIZE);
+  setBE16(b, INFO_BLOCK_SIZE.type, NbdInfo.BLOCK_SIZE);
+  setBE32(b, INFO_BLOCK_SIZE.minimum, c.minimum);
+  setBE32(b, INFO_BLOCK_SIZE.preferred, c.preferred);
+  setBE32(b, INFO_BLOCK_SIZE.maximum, c.maximum);
   return b;
 }
 
 /** Reply to NBD_OPT_EXPORT_NAME: 64-bit size, 16-bit flags, 124 zero bytes unless NO_ZEROES. */
 export function encodeExportNameReply(size: bigint, transmissionFlags: number, noZeroes: boolean): Buffer {
-  const b = Buffer.alloc(10 + (noZeroes ? 0 : EXPORT_NAME_ZEROES));
-  b.writeBigUInt64BE(size, 0);
-  b.writeUInt16BE(transmissionFlags, 8);
+  const b = Buffer.alloc(EXPORT_NAME_REPLY.zeroes.offset + (noZeroes ? 0 : EXPORT_NAME_ZEROES));
+  setBE64(b, EXPORT_NAME_REPLY.size, size);
+  setBE16(b, EXPORT_NAME_REPLY.transmissionFlags, transmissionFlags);
   return b;
 }
 
@@ -220,26 +265,37 @@ export interface InfoRequest {
 
 /**
  * Data of NBD_OPT_INFO / NBD_OPT_GO: 32-bit name length, name, 16-bit count, count x 16-bit
- * info types. Returns null when the lengths do not add up to exactly the option's data.
+ * info types: INFO_REQUEST, the name, then INFO_REQUEST_LIST at the name's end, each entry an
+ * INFO_REQUEST_ENTRY.
  */
+export const INFO_REQUEST = fieldTable({ nameLength: u32(0) });
+export const INFO_REQUEST_LIST = fieldTable({ count: u16(0) });
+export const INFO_REQUEST_ENTRY = fieldTable({ type: u16(0) });
+const NAME_AT = INFO_REQUEST.nameLength.width;
+const LIST_SIZE = INFO_REQUEST_LIST.count.width;
+const ENTRY_SIZE = INFO_REQUEST_ENTRY.type.width;
+
+/** Returns null when the lengths do not add up to exactly the option's data. */
 export function decodeInfoRequest(data: Buffer): InfoRequest | null {
-  if (data.length < 6) return null;
-  const nameLength = data.readUInt32BE(0);
-  if (nameLength > data.length - 6 || nameLength > NBD_MAX_STRING) return null;
-  const count = data.readUInt16BE(4 + nameLength);
-  if (data.length !== 6 + nameLength + 2 * count) return null;
+  if (data.length < NAME_AT + LIST_SIZE) return null;
+  const nameLength = getBE32(data, INFO_REQUEST.nameLength);
+  if (nameLength > data.length - NAME_AT - LIST_SIZE || nameLength > NBD_MAX_STRING) return null;
+  const list = NAME_AT + nameLength;
+  const count = getBE16(data, INFO_REQUEST_LIST.count, list);
+  if (data.length !== list + LIST_SIZE + ENTRY_SIZE * count) return null;
   const infos: number[] = [];
-  for (let i = 0; i < count; i++) infos.push(data.readUInt16BE(6 + nameLength + 2 * i));
-  return { name: data.toString('utf8', 4, 4 + nameLength), infos };
+  for (let i = 0; i < count; i++) infos.push(getBE16(data, INFO_REQUEST_ENTRY.type, list + LIST_SIZE + ENTRY_SIZE * i));
+  return { name: data.toString('utf8', NAME_AT, list), infos };
 }
 
 export function encodeInfoRequest(name: string, infos: readonly number[]): Buffer {
   const n = Buffer.from(name, 'utf8');
-  const b = Buffer.alloc(6 + n.length + 2 * infos.length);
-  b.writeUInt32BE(n.length, 0);
-  n.copy(b, 4);
-  b.writeUInt16BE(infos.length, 4 + n.length);
-  infos.forEach((t, i) => b.writeUInt16BE(t, 6 + n.length + 2 * i));
+  const list = NAME_AT + n.length;
+  const b = Buffer.alloc(list + LIST_SIZE + ENTRY_SIZE * infos.length);
+  setBE32(b, INFO_REQUEST.nameLength, n.length);
+  n.copy(b, NAME_AT);
+  setBE16(b, INFO_REQUEST_LIST.count, infos.length, list);
+  infos.forEach((t, i) => setBE16(b, INFO_REQUEST_ENTRY.type, t, list + LIST_SIZE + ENTRY_SIZE * i));
   return b;
 }
 
@@ -256,32 +312,32 @@ export interface RequestHeader {
 /** C: 32-bit magic, 16-bit command flags, 16-bit type, 64-bit cookie, 64-bit offset, 32-bit length. */
 export function decodeRequestHeader(b: Buffer): RequestHeader {
   return {
-    magic: b.readUInt32BE(0),
-    flags: b.readUInt16BE(4),
-    type: b.readUInt16BE(6),
-    cookie: Buffer.from(b.subarray(8, 16)),
-    offset: b.readBigUInt64BE(16),
-    length: b.readUInt32BE(24),
+    magic: getBE32(b, REQUEST_HEADER.magic),
+    flags: getBE16(b, REQUEST_HEADER.flags),
+    type: getBE16(b, REQUEST_HEADER.type),
+    cookie: Buffer.from(view(b, REQUEST_HEADER.cookie)),
+    offset: getBE64(b, REQUEST_HEADER.offset),
+    length: getBE32(b, REQUEST_HEADER.length),
   };
 }
 
 export function encodeRequestHeader(h: Omit<RequestHeader, 'magic'> & { magic?: number }): Buffer {
   const b = Buffer.alloc(REQUEST_HEADER_SIZE);
-  b.writeUInt32BE(h.magic ?? NBD_REQUEST_MAGIC, 0);
-  b.writeUInt16BE(h.flags, 4);
-  b.writeUInt16BE(h.type, 6);
-  h.cookie.copy(b, 8, 0, 8);
-  b.writeBigUInt64BE(h.offset, 16);
-  b.writeUInt32BE(h.length >>> 0, 24);
+  setBE32(b, REQUEST_HEADER.magic, h.magic ?? NBD_REQUEST_MAGIC);
+  setBE16(b, REQUEST_HEADER.flags, h.flags);
+  setBE16(b, REQUEST_HEADER.type, h.type);
+  h.cookie.copy(b, REQUEST_HEADER.cookie.offset, 0, REQUEST_HEADER.cookie.width);
+  setBE64(b, REQUEST_HEADER.offset, h.offset);
+  setBE32(b, REQUEST_HEADER.length, h.length >>> 0);
   return b;
 }
 
 /** S: 32-bit magic, 32-bit error, 64-bit cookie (read data follows on success). */
 export function encodeSimpleReply(error: number, cookie: Buffer): Buffer {
   const b = Buffer.alloc(SIMPLE_REPLY_SIZE);
-  b.writeUInt32BE(NBD_SIMPLE_REPLY_MAGIC, 0);
-  b.writeUInt32BE(error, 4);
-  cookie.copy(b, 8, 0, 8);
+  setBE32(b, SIMPLE_REPLY.magic, NBD_SIMPLE_REPLY_MAGIC);
+  setBE32(b, SIMPLE_REPLY.error, error);
+  cookie.copy(b, SIMPLE_REPLY.cookie.offset, 0, SIMPLE_REPLY.cookie.width);
   return b;
 }
 
@@ -292,5 +348,5 @@ export interface SimpleReply {
 }
 
 export function decodeSimpleReply(b: Buffer): SimpleReply {
-  return { magic: b.readUInt32BE(0), error: b.readUInt32BE(4), cookie: Buffer.from(b.subarray(8, 16)) };
+  return { magic: getBE32(b, SIMPLE_REPLY.magic), error: getBE32(b, SIMPLE_REPLY.error), cookie: Buffer.from(view(b, SIMPLE_REPLY.cookie)) };
 }

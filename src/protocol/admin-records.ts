@@ -1,4 +1,21 @@
 import { AdminGenericStatus, AdminStatusType } from './admin-command.js';
+import {
+  bytes,
+  fieldTable,
+  getLE16,
+  getLE32,
+  getLE64,
+  getU8,
+  setLE16,
+  setLE32,
+  setLE64,
+  setU8,
+  u16,
+  u32,
+  u64,
+  u8,
+  view,
+} from './fields.js';
 
 /**
  * vof's admin commands (docs/PROTOCOL.md, "Admin virtqueue"): class and command numbers, class-
@@ -94,33 +111,43 @@ function fixedString(s: string, size: number): Buffer {
   bytes.copy(out);
   return out;
 }
-function readFixedString(b: Buffer, offset: number, size: number): string {
-  const f = b.subarray(offset, offset + size);
+/** A NUL-padded UTF-8 field (all of it when it has no NUL). */
+function readFixedString(f: Buffer): string {
   const end = f.indexOf(0);
-  return f.subarray(0, end < 0 ? size : end).toString('utf8');
+  return f.subarray(0, end < 0 ? f.length : end).toString('utf8');
 }
 
 // ---------------------------------------------------------------- common class
 
-/** LIST_COMMANDS result: le16 count; le16 reserved; { u8 class; u8 command; }[count]. */
+/** struct virtio_admin_command_list (LIST_COMMANDS result): le16 count; le16 reserved; entries[count]. */
+export const COMMAND_LIST = fieldTable({ count: u16(0), reserved: u16(2) });
+export const COMMAND_LIST_HEADER_SIZE = 4;
+/** One entry: u8 class; u8 command. */
+export const COMMAND_LIST_ENTRY = fieldTable({ class: u8(0), command: u8(1) });
+export const COMMAND_LIST_ENTRY_SIZE = 2;
+
 export interface AdminCommandId {
   readonly cls: number;
   readonly command: number;
 }
 export function encodeCommandList(list: readonly AdminCommandId[]): Buffer {
-  const b = Buffer.alloc(4 + 2 * list.length);
-  b.writeUInt16LE(list.length, 0);
+  const b = Buffer.alloc(COMMAND_LIST_HEADER_SIZE + COMMAND_LIST_ENTRY_SIZE * list.length);
+  setLE16(b, COMMAND_LIST.count, list.length);
   list.forEach((c, i) => {
-    b[4 + 2 * i] = c.cls;
-    b[5 + 2 * i] = c.command;
+    const o = COMMAND_LIST_HEADER_SIZE + COMMAND_LIST_ENTRY_SIZE * i;
+    setU8(b, COMMAND_LIST_ENTRY.class, c.cls, o);
+    setU8(b, COMMAND_LIST_ENTRY.command, c.command, o);
   });
   return b;
 }
 export function decodeCommandList(b: Buffer): AdminCommandId[] {
-  need(b, 4, 'command list');
-  const n = b.readUInt16LE(0);
-  need(b, 4 + 2 * n, 'command list');
-  return Array.from({ length: n }, (_, i) => ({ cls: b[4 + 2 * i]!, command: b[5 + 2 * i]! }));
+  need(b, COMMAND_LIST_HEADER_SIZE, 'command list');
+  const n = getLE16(b, COMMAND_LIST.count);
+  need(b, COMMAND_LIST_HEADER_SIZE + COMMAND_LIST_ENTRY_SIZE * n, 'command list');
+  return Array.from({ length: n }, (_, i) => {
+    const o = COMMAND_LIST_HEADER_SIZE + COMMAND_LIST_ENTRY_SIZE * i;
+    return { cls: getU8(b, COMMAND_LIST_ENTRY.class, o), command: getU8(b, COMMAND_LIST_ENTRY.command, o) };
+  });
 }
 
 export const ErrorLogEntryType = {
@@ -136,18 +163,35 @@ export function errorLogEntryTypeName(t: number): string {
   return entryTypeNames.get(t) ?? `type ${t}`;
 }
 
-/** READ_ERROR_LOG data: le16 skip (newest entries to pass over); le16 max_entries (0: as many as fit). */
+/** struct virtio_admin_error_log_request (READ_ERROR_LOG data): le16 skip (newest entries to pass over); le16 max_entries (0: as many as fit). */
+export const ERROR_LOG_REQUEST = fieldTable({ skip: u16(0), maxEntries: u16(2) });
 export const ERROR_LOG_REQUEST_SIZE = 4;
 export function encodeErrorLogRequest(skip: number, maxEntries: number): Buffer {
   const b = Buffer.alloc(ERROR_LOG_REQUEST_SIZE);
-  b.writeUInt16LE(skip, 0);
-  b.writeUInt16LE(maxEntries, 2);
+  setLE16(b, ERROR_LOG_REQUEST.skip, skip);
+  setLE16(b, ERROR_LOG_REQUEST.maxEntries, maxEntries);
   return b;
+}
+/** The request's fields (the caller has checked its size). */
+export function decodeErrorLogRequest(b: Buffer): { skip: number; maxEntries: number } {
+  return { skip: getLE16(b, ERROR_LOG_REQUEST.skip), maxEntries: getLE16(b, ERROR_LOG_REQUEST.maxEntries) };
 }
 
 export const ERROR_LOG_HEADER_SIZE = 16;
 export const ERROR_LOG_ENTRY_SIZE = 64;
 export const ERROR_LOG_DETAIL_SIZE = 48;
+/** struct virtio_admin_error_log (READ_ERROR_LOG result), the part before its entries. */
+export const ERROR_LOG = fieldTable({ count: u16(0), reserved: u16(2), total: u32(4), lost: u64(8) });
+/** struct virtio_admin_error_log_entry. */
+export const ERROR_LOG_ENTRY = fieldTable({
+  timestamp: u64(0),
+  type: u8(8),
+  reserved: u8(9),
+  vqIndex: u16(10),
+  deviceInstanceId: u16(12),
+  status: u16(14),
+  detail: bytes(16, ERROR_LOG_DETAIL_SIZE),
+});
 /** vq_index of an entry that concerns no virtqueue (the control queue, the device as a whole). */
 export const NO_VQ = 0xffff;
 
@@ -176,41 +220,51 @@ export interface ErrorLogPage {
 }
 export function encodeErrorLogPage(p: ErrorLogPage): Buffer {
   const b = Buffer.alloc(ERROR_LOG_HEADER_SIZE + ERROR_LOG_ENTRY_SIZE * p.entries.length);
-  b.writeUInt16LE(p.entries.length, 0);
-  b.writeUInt32LE(p.total, 4);
-  b.writeBigUInt64LE(BigInt(p.lost), 8);
+  setLE16(b, ERROR_LOG.count, p.entries.length);
+  setLE32(b, ERROR_LOG.total, p.total);
+  setLE64(b, ERROR_LOG.lost, BigInt(p.lost));
   p.entries.forEach((e, i) => {
     const o = ERROR_LOG_HEADER_SIZE + i * ERROR_LOG_ENTRY_SIZE;
-    b.writeBigUInt64LE(BigInt(e.timestampMs), o);
-    b[o + 8] = e.type;
-    b.writeUInt16LE(e.vqIndex, o + 10);
-    b.writeUInt16LE(e.instanceId, o + 12);
-    b.writeUInt16LE(e.status, o + 14);
-    fixedString(e.detail, ERROR_LOG_DETAIL_SIZE).copy(b, o + 16);
+    setLE64(b, ERROR_LOG_ENTRY.timestamp, BigInt(e.timestampMs), o);
+    setU8(b, ERROR_LOG_ENTRY.type, e.type, o);
+    setLE16(b, ERROR_LOG_ENTRY.vqIndex, e.vqIndex, o);
+    setLE16(b, ERROR_LOG_ENTRY.deviceInstanceId, e.instanceId, o);
+    setLE16(b, ERROR_LOG_ENTRY.status, e.status, o);
+    fixedString(e.detail, ERROR_LOG_DETAIL_SIZE).copy(b, o + ERROR_LOG_ENTRY.detail.offset);
   });
   return b;
 }
 export function decodeErrorLogPage(b: Buffer): ErrorLogPage {
   need(b, ERROR_LOG_HEADER_SIZE, 'error log');
-  const n = b.readUInt16LE(0);
+  const n = getLE16(b, ERROR_LOG.count);
   need(b, ERROR_LOG_HEADER_SIZE + n * ERROR_LOG_ENTRY_SIZE, 'error log');
   const entries: ErrorLogEntry[] = [];
   for (let i = 0; i < n; i++) {
     const o = ERROR_LOG_HEADER_SIZE + i * ERROR_LOG_ENTRY_SIZE;
     entries.push({
-      timestampMs: Number(b.readBigUInt64LE(o)),
-      type: b[o + 8]!,
-      vqIndex: b.readUInt16LE(o + 10),
-      instanceId: b.readUInt16LE(o + 12),
-      status: b.readUInt16LE(o + 14),
-      detail: readFixedString(b, o + 16, ERROR_LOG_DETAIL_SIZE),
+      timestampMs: Number(getLE64(b, ERROR_LOG_ENTRY.timestamp, o)),
+      type: getU8(b, ERROR_LOG_ENTRY.type, o),
+      vqIndex: getLE16(b, ERROR_LOG_ENTRY.vqIndex, o),
+      instanceId: getLE16(b, ERROR_LOG_ENTRY.deviceInstanceId, o),
+      status: getLE16(b, ERROR_LOG_ENTRY.status, o),
+      detail: readFixedString(view(b, ERROR_LOG_ENTRY.detail, o)),
     });
   }
-  return { total: b.readUInt32LE(4), lost: Number(b.readBigUInt64LE(8)), entries };
+  return { total: getLE32(b, ERROR_LOG.total), lost: Number(getLE64(b, ERROR_LOG.lost)), entries };
 }
 
-/** HEALTH_TEST data: le32 samples (0: the device's default). */
+/** struct virtio_admin_health_test_request (HEALTH_TEST data): le32 samples (0: the device's default). */
+export const HEALTH_TEST_REQUEST = fieldTable({ samples: u32(0) });
 export const HEALTH_TEST_REQUEST_SIZE = 4;
+export function encodeHealthTestRequest(samples: number): Buffer {
+  const b = Buffer.alloc(HEALTH_TEST_REQUEST_SIZE);
+  setLE32(b, HEALTH_TEST_REQUEST.samples, samples);
+  return b;
+}
+/** The samples asked for (the caller has checked the request's size). */
+export function decodeHealthTestRequest(b: Buffer): number {
+  return getLE32(b, HEALTH_TEST_REQUEST.samples);
+}
 export const HealthTestOutcome = { PASSED: 0, FAILED: 1 } as const;
 /**
  * HEALTH_TEST result, 32 bytes: u8 result (0 passed, 1 failed); u8 reserved[3]; le32 samples;
@@ -227,26 +281,36 @@ export interface HealthTestResult {
   readonly firstError: bigint | null;
 }
 export const HEALTH_TEST_RESULT_SIZE = 32;
+/** struct virtio_admin_health_test_result. */
+export const HEALTH_TEST_RESULT = fieldTable({
+  result: u8(0),
+  reserved: bytes(1, 3),
+  samples: u32(4),
+  errors: u32(8),
+  durationMs: u32(12),
+  bytesChecked: u64(16),
+  firstError: u64(24),
+});
 const NO_ERROR = 0xffffffffffffffffn;
 export function encodeHealthTestResult(r: HealthTestResult): Buffer {
   const b = Buffer.alloc(HEALTH_TEST_RESULT_SIZE);
-  b[0] = r.passed ? HealthTestOutcome.PASSED : HealthTestOutcome.FAILED;
-  b.writeUInt32LE(r.samples, 4);
-  b.writeUInt32LE(r.errors, 8);
-  b.writeUInt32LE(Math.min(0xffffffff, Math.round(r.durationMs)), 12);
-  b.writeBigUInt64LE(BigInt(r.bytesChecked), 16);
-  b.writeBigUInt64LE(r.firstError ?? NO_ERROR, 24);
+  setU8(b, HEALTH_TEST_RESULT.result, r.passed ? HealthTestOutcome.PASSED : HealthTestOutcome.FAILED);
+  setLE32(b, HEALTH_TEST_RESULT.samples, r.samples);
+  setLE32(b, HEALTH_TEST_RESULT.errors, r.errors);
+  setLE32(b, HEALTH_TEST_RESULT.durationMs, Math.min(0xffffffff, Math.round(r.durationMs)));
+  setLE64(b, HEALTH_TEST_RESULT.bytesChecked, BigInt(r.bytesChecked));
+  setLE64(b, HEALTH_TEST_RESULT.firstError, r.firstError ?? NO_ERROR);
   return b;
 }
 export function decodeHealthTestResult(b: Buffer): HealthTestResult {
   need(b, HEALTH_TEST_RESULT_SIZE, 'health test result');
-  const first = b.readBigUInt64LE(24);
+  const first = getLE64(b, HEALTH_TEST_RESULT.firstError);
   return {
-    passed: b[0] === HealthTestOutcome.PASSED,
-    samples: b.readUInt32LE(4),
-    errors: b.readUInt32LE(8),
-    durationMs: b.readUInt32LE(12),
-    bytesChecked: Number(b.readBigUInt64LE(16)),
+    passed: getU8(b, HEALTH_TEST_RESULT.result) === HealthTestOutcome.PASSED,
+    samples: getLE32(b, HEALTH_TEST_RESULT.samples),
+    errors: getLE32(b, HEALTH_TEST_RESULT.errors),
+    durationMs: getLE32(b, HEALTH_TEST_RESULT.durationMs),
+    bytesChecked: Number(getLE64(b, HEALTH_TEST_RESULT.bytesChecked)),
     firstError: first === NO_ERROR ? null : first,
   };
 }
@@ -258,6 +322,21 @@ export const QueueTransport = { TCP: 0, RDMA: 1 } as const;
 export const QUEUE_LIST_HEADER_SIZE = 8;
 export const QUEUE_ENTRY_SIZE = 112;
 export const QUEUE_PEER_SIZE = 72;
+/** struct virtio_admin_queue_list (LIST_QUEUES result), the part before its entries. */
+export const QUEUE_LIST = fieldTable({ count: u16(0), reserved: bytes(2, 6) });
+/** struct virtio_admin_queue_entry. */
+export const QUEUE_ENTRY = fieldTable({
+  vqIndex: u16(0),
+  role: u8(2),
+  transport: u8(3),
+  queueSize: u16(4),
+  inFlight: u16(6),
+  commands: u64(8),
+  bytesOut: u64(16),
+  bytesIn: u64(24),
+  errors: u64(32),
+  peer: bytes(40, QUEUE_PEER_SIZE),
+});
 
 /**
  * One LIST_QUEUES entry, 112 bytes: le16 vq_index (0xffff: control queue); u8 role (0 control,
@@ -277,42 +356,41 @@ export interface QueueInfo {
   readonly errors: number;
   readonly peer: string;
 }
-/** LIST_QUEUES result: le16 count; u8 reserved[6]; entries[count]. */
 export function encodeQueueList(list: readonly QueueInfo[]): Buffer {
   const b = Buffer.alloc(QUEUE_LIST_HEADER_SIZE + QUEUE_ENTRY_SIZE * list.length);
-  b.writeUInt16LE(list.length, 0);
+  setLE16(b, QUEUE_LIST.count, list.length);
   list.forEach((q, i) => {
     const o = QUEUE_LIST_HEADER_SIZE + i * QUEUE_ENTRY_SIZE;
-    b.writeUInt16LE(q.vqIndex, o);
-    b[o + 2] = q.role;
-    b[o + 3] = q.transport;
-    b.writeUInt16LE(Math.min(0xffff, q.queueSize), o + 4);
-    b.writeUInt16LE(Math.min(0xffff, q.inFlight), o + 6);
-    b.writeBigUInt64LE(BigInt(q.commands), o + 8);
-    b.writeBigUInt64LE(BigInt(q.bytesOut), o + 16);
-    b.writeBigUInt64LE(BigInt(q.bytesIn), o + 24);
-    b.writeBigUInt64LE(BigInt(q.errors), o + 32);
-    fixedString(q.peer, QUEUE_PEER_SIZE).copy(b, o + 40);
+    setLE16(b, QUEUE_ENTRY.vqIndex, q.vqIndex, o);
+    setU8(b, QUEUE_ENTRY.role, q.role, o);
+    setU8(b, QUEUE_ENTRY.transport, q.transport, o);
+    setLE16(b, QUEUE_ENTRY.queueSize, Math.min(0xffff, q.queueSize), o);
+    setLE16(b, QUEUE_ENTRY.inFlight, Math.min(0xffff, q.inFlight), o);
+    setLE64(b, QUEUE_ENTRY.commands, BigInt(q.commands), o);
+    setLE64(b, QUEUE_ENTRY.bytesOut, BigInt(q.bytesOut), o);
+    setLE64(b, QUEUE_ENTRY.bytesIn, BigInt(q.bytesIn), o);
+    setLE64(b, QUEUE_ENTRY.errors, BigInt(q.errors), o);
+    fixedString(q.peer, QUEUE_PEER_SIZE).copy(b, o + QUEUE_ENTRY.peer.offset);
   });
   return b;
 }
 export function decodeQueueList(b: Buffer): QueueInfo[] {
   need(b, QUEUE_LIST_HEADER_SIZE, 'queue list');
-  const n = b.readUInt16LE(0);
+  const n = getLE16(b, QUEUE_LIST.count);
   need(b, QUEUE_LIST_HEADER_SIZE + n * QUEUE_ENTRY_SIZE, 'queue list');
   return Array.from({ length: n }, (_, i) => {
     const o = QUEUE_LIST_HEADER_SIZE + i * QUEUE_ENTRY_SIZE;
     return {
-      vqIndex: b.readUInt16LE(o),
-      role: b[o + 2]!,
-      transport: b[o + 3]!,
-      queueSize: b.readUInt16LE(o + 4),
-      inFlight: b.readUInt16LE(o + 6),
-      commands: Number(b.readBigUInt64LE(o + 8)),
-      bytesOut: Number(b.readBigUInt64LE(o + 16)),
-      bytesIn: Number(b.readBigUInt64LE(o + 24)),
-      errors: Number(b.readBigUInt64LE(o + 32)),
-      peer: readFixedString(b, o + 40, QUEUE_PEER_SIZE),
+      vqIndex: getLE16(b, QUEUE_ENTRY.vqIndex, o),
+      role: getU8(b, QUEUE_ENTRY.role, o),
+      transport: getU8(b, QUEUE_ENTRY.transport, o),
+      queueSize: getLE16(b, QUEUE_ENTRY.queueSize, o),
+      inFlight: getLE16(b, QUEUE_ENTRY.inFlight, o),
+      commands: Number(getLE64(b, QUEUE_ENTRY.commands, o)),
+      bytesOut: Number(getLE64(b, QUEUE_ENTRY.bytesOut, o)),
+      bytesIn: Number(getLE64(b, QUEUE_ENTRY.bytesIn, o)),
+      errors: Number(getLE64(b, QUEUE_ENTRY.errors, o)),
+      peer: readFixedString(view(b, QUEUE_ENTRY.peer, o)),
     };
   });
 }
@@ -328,39 +406,55 @@ export interface BlkFormat {
   readonly metadataBytes: number;
   readonly supported: boolean;
 }
-/** LIST_FORMATS result: le16 count; u8 current (index of the format in use); u8 reserved; entries[count]. */
+/**
+ * struct virtio_admin_blk_format_list (LIST_FORMATS result), the part before its entries:
+ * le16 count; u8 current (index of the format in use); u8 reserved.
+ */
+export const FORMAT_LIST = fieldTable({ count: u16(0), current: u8(2), reserved: u8(3) });
+export const FORMAT_LIST_HEADER_SIZE = 4;
+/** One format list entry. */
+export const FORMAT_LIST_ENTRY = fieldTable({ logicalBlockSize: u32(0), metadataBytes: u8(4), flags: u8(5), reserved: u16(6) });
+export const FORMAT_LIST_ENTRY_SIZE = 8;
+/** FORMAT_LIST_ENTRY.flags: the device serves this format. */
+const FORMAT_F_SUPPORTED = 1;
+
 export function encodeFormatList(formats: readonly BlkFormat[], current: number): Buffer {
-  const b = Buffer.alloc(4 + 8 * formats.length);
-  b.writeUInt16LE(formats.length, 0);
-  b[2] = current;
+  const b = Buffer.alloc(FORMAT_LIST_HEADER_SIZE + FORMAT_LIST_ENTRY_SIZE * formats.length);
+  setLE16(b, FORMAT_LIST.count, formats.length);
+  setU8(b, FORMAT_LIST.current, current);
   formats.forEach((f, i) => {
-    b.writeUInt32LE(f.blockSize, 4 + 8 * i);
-    b[8 + 8 * i] = f.metadataBytes;
-    b[9 + 8 * i] = f.supported ? 1 : 0;
+    const o = FORMAT_LIST_HEADER_SIZE + FORMAT_LIST_ENTRY_SIZE * i;
+    setLE32(b, FORMAT_LIST_ENTRY.logicalBlockSize, f.blockSize, o);
+    setU8(b, FORMAT_LIST_ENTRY.metadataBytes, f.metadataBytes, o);
+    setU8(b, FORMAT_LIST_ENTRY.flags, f.supported ? FORMAT_F_SUPPORTED : 0, o);
   });
   return b;
 }
 export function decodeFormatList(b: Buffer): { formats: BlkFormat[]; current: number } {
-  need(b, 4, 'format list');
-  const n = b.readUInt16LE(0);
-  need(b, 4 + 8 * n, 'format list');
-  const formats = Array.from({ length: n }, (_, i) => ({
-    blockSize: b.readUInt32LE(4 + 8 * i),
-    metadataBytes: b[8 + 8 * i]!,
-    supported: (b[9 + 8 * i]! & 1) === 1,
-  }));
-  return { formats, current: b[2]! };
+  need(b, FORMAT_LIST_HEADER_SIZE, 'format list');
+  const n = getLE16(b, FORMAT_LIST.count);
+  need(b, FORMAT_LIST_HEADER_SIZE + FORMAT_LIST_ENTRY_SIZE * n, 'format list');
+  const formats = Array.from({ length: n }, (_, i) => {
+    const o = FORMAT_LIST_HEADER_SIZE + FORMAT_LIST_ENTRY_SIZE * i;
+    return {
+      blockSize: getLE32(b, FORMAT_LIST_ENTRY.logicalBlockSize, o),
+      metadataBytes: getU8(b, FORMAT_LIST_ENTRY.metadataBytes, o),
+      supported: (getU8(b, FORMAT_LIST_ENTRY.flags, o) & FORMAT_F_SUPPORTED) === FORMAT_F_SUPPORTED,
+    };
+  });
+  return { formats, current: getU8(b, FORMAT_LIST.current) };
 }
 
-/** FORMAT data, 8 bytes: le32 logical_block_size; u8 metadata_bytes; u8 reserved[3]. */
+/** struct virtio_admin_blk_format (FORMAT data), 8 bytes: le32 logical_block_size; u8 metadata_bytes; u8 reserved[3]. */
+export const FORMAT_REQUEST = fieldTable({ logicalBlockSize: u32(0), metadataBytes: u8(4), reserved: bytes(5, 3) });
 export const FORMAT_REQUEST_SIZE = 8;
 export function encodeFormatRequest(blockSize: number, metadataBytes = 0): Buffer {
   const b = Buffer.alloc(FORMAT_REQUEST_SIZE);
-  b.writeUInt32LE(blockSize, 0);
-  b[4] = metadataBytes;
+  setLE32(b, FORMAT_REQUEST.logicalBlockSize, blockSize);
+  setU8(b, FORMAT_REQUEST.metadataBytes, metadataBytes);
   return b;
 }
 export function decodeFormatRequest(b: Buffer): { blockSize: number; metadataBytes: number } | null {
   if (b.length !== FORMAT_REQUEST_SIZE) return null;
-  return { blockSize: b.readUInt32LE(0), metadataBytes: b[4]! };
+  return { blockSize: getLE32(b, FORMAT_REQUEST.logicalBlockSize), metadataBytes: getU8(b, FORMAT_REQUEST.metadataBytes) };
 }

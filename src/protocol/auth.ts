@@ -1,6 +1,8 @@
 import { createHmac, hkdfSync, randomBytes, timingSafeEqual } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { COMPLETION_SIZE } from './constants.js';
+import { bytes, fieldTable, setLE16 } from './fields.js';
+import { COMMAND_HEADER, COMPLETION_HEADER } from './header.js';
 
 /**
  * vof's in-band authentication extension (docs/PROTOCOL.md "In-band authentication"), modelled
@@ -35,22 +37,24 @@ export const AUTH_FIELD_OFFSET = 4;
 
 export type AuthOpcode = typeof VOF_OP_AUTH_NEGOTIATE | typeof VOF_OP_AUTH_REPLY;
 
-/**
- * The field table shared by both commands and both completions: le16 opcode (status), le16
- * command_id, u8 data[12] (nonce or response).
- */
+/** struct vof_command_auth (both commands): le16 opcode; le16 command_id; u8 data[12] (nonce or response). */
+export const AUTH_COMMAND = fieldTable({ ...COMMAND_HEADER, data: bytes(AUTH_FIELD_OFFSET, AUTH_FIELD_SIZE) });
+/** struct vof_completion_auth (both completions): le16 status; le16 command_id; u8 data[12]. */
+export const AUTH_COMPLETION = fieldTable({ ...COMPLETION_HEADER, data: bytes(AUTH_FIELD_OFFSET, AUTH_FIELD_SIZE) });
+
+/** The same layout as a list (what docs/PROTOCOL.md shows): opcode or status, command_id, data. */
 export const AUTH_RECORD_FIELDS = [
-  { name: 'opcode | status', offset: 0, size: 2 },
-  { name: 'command_id', offset: 2, size: 2 },
-  { name: 'data', offset: AUTH_FIELD_OFFSET, size: AUTH_FIELD_SIZE },
+  { name: 'opcode | status', offset: AUTH_COMMAND.opcode.offset, size: AUTH_COMMAND.opcode.width },
+  { name: 'command_id', offset: AUTH_COMMAND.commandId.offset, size: AUTH_COMMAND.commandId.width },
+  { name: 'data', offset: AUTH_COMMAND.data.offset, size: AUTH_COMMAND.data.width },
 ] as const;
 
 /** The 16-byte completion of an auth command: status, command id and the 12-byte field. */
 export function encodeAuthCompletion(status: number, commandId: number, data?: Buffer): Buffer {
   const b = Buffer.alloc(COMPLETION_SIZE);
-  b.writeUInt16LE(status, 0);
-  b.writeUInt16LE(commandId, 2);
-  if (data) authField(data).copy(b, AUTH_FIELD_OFFSET);
+  setLE16(b, AUTH_COMPLETION.status, status);
+  setLE16(b, AUTH_COMPLETION.commandId, commandId);
+  if (data) authField(data).copy(b, AUTH_COMPLETION.data.offset);
   return b;
 }
 

@@ -1,6 +1,18 @@
 import { CONNECT_BODY_SIZE, VQN_FIELD_SIZE, VQN_MAX_BYTES } from './constants.js';
+import { bytes, fieldTable, u32, view } from './fields.js';
 
-/** struct virtio_of_connect: ivqn[256], tvqn[256], reserved[512]. */
+/**
+ * struct virtio_of_connect: ivqn[256], tvqn[256], reserved[512] (seed 003, "Connect Body"), with
+ * vof's `le32 vof_connect_flags` in the first reserved bytes (docs/PROTOCOL.md "Redirect"; zero
+ * from a seed-only initiator).
+ */
+export const CONNECT_BODY = fieldTable({
+  ivqn: bytes(0, VQN_FIELD_SIZE),
+  tvqn: bytes(VQN_FIELD_SIZE, VQN_FIELD_SIZE),
+  connectFlags: u32(2 * VQN_FIELD_SIZE),
+  reserved: bytes(2 * VQN_FIELD_SIZE + 4, CONNECT_BODY_SIZE - 2 * VQN_FIELD_SIZE - 4),
+});
+
 export interface ConnectBody {
   readonly ivqn: string;
   readonly tvqn: string;
@@ -20,10 +32,10 @@ export function checkVqn(vqn: string, what: string): Buffer {
 
 export function encodeConnectBody(body: ConnectBody): Buffer {
   const out = Buffer.alloc(CONNECT_BODY_SIZE);
-  checkVqn(body.ivqn, 'IVQN').copy(out, 0);
+  checkVqn(body.ivqn, 'IVQN').copy(out, CONNECT_BODY.ivqn.offset);
   const tvqn = checkVqn(body.tvqn, 'TVQN');
   if (tvqn.length === 0) throw new VqnError('TVQN is empty');
-  tvqn.copy(out, VQN_FIELD_SIZE);
+  tvqn.copy(out, CONNECT_BODY.tvqn.offset);
   return out;
 }
 
@@ -41,8 +53,8 @@ function readVqn(field: Buffer): string | null {
 /** Decode a Connect Body; null when a VQN field is malformed. Reserved bytes are ignored. */
 export function decodeConnectBody(buf: Buffer): ConnectBody | null {
   if (buf.length < CONNECT_BODY_SIZE) return null;
-  const ivqn = readVqn(buf.subarray(0, VQN_FIELD_SIZE));
-  const tvqn = readVqn(buf.subarray(VQN_FIELD_SIZE, 2 * VQN_FIELD_SIZE));
+  const ivqn = readVqn(view(buf, CONNECT_BODY.ivqn));
+  const tvqn = readVqn(view(buf, CONNECT_BODY.tvqn));
   if (ivqn === null || tvqn === null) return null;
   return { ivqn, tvqn };
 }

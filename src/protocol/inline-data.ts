@@ -1,4 +1,7 @@
 import { COMMAND_SIZE, KEYED_DESCRIPTOR_SIZE } from './constants.js';
+import { getLE32 } from './fields.js';
+// command.js imports this module's opcode: neither uses the other's bindings while it loads.
+import { VQ_COMMAND } from './command.js';
 import { decodeKeyedDescriptor, encodeKeyedDescriptor, type KeyedDescriptor } from './keyed-descriptor.js';
 
 /**
@@ -74,8 +77,8 @@ export interface InlineRequest {
  * lengths must add up to in_length.
  */
 export function decodeInlineRequest(msg: Buffer, maxDescriptors: number): InlineRequest {
-  const outLength = msg.readUInt32LE(8);
-  const inLength = msg.readUInt32LE(12);
+  const outLength = getLE32(msg, VQ_COMMAND.outLength);
+  const inLength = getLE32(msg, VQ_COMMAND.inLength);
   const after = msg.length - COMMAND_SIZE;
   const bad = (problem: string): InlineRequest => ({ writable: [], readable: Buffer.alloc(0), problem });
   if (after < outLength) return bad(`inline request carries ${after} bytes after the command, fewer than out_length ${outLength}`);

@@ -1,6 +1,26 @@
 import { KEYED_DESCRIPTOR_SIZE } from './constants.js';
+import { fieldTable, getLE32, getLE64, setLE32, setLE64, u32, u64 } from './fields.js';
 
 /** struct virtio_of_keyed_desc { le64 addr; le32 length; le32 key; } (DECISIONS.md item 4). */
+export const KEYED_DESCRIPTOR = fieldTable({ addr: u64(0), length: u32(8), key: u32(12) });
+
+/*
+ * The data path's reads of the descriptor at byte `at` of `buf`: numbers only, the address in
+ * two 32-bit halves (what a work request takes), so no BigInt and no object per descriptor.
+ */
+export function descriptorAddrLow(buf: Buffer, at: number): number {
+  return buf.readUInt32LE(at + KEYED_DESCRIPTOR.addr.offset);
+}
+export function descriptorAddrHigh(buf: Buffer, at: number): number {
+  return buf.readUInt32LE(at + KEYED_DESCRIPTOR.addr.offset + 4);
+}
+export function descriptorLength(buf: Buffer, at: number): number {
+  return getLE32(buf, KEYED_DESCRIPTOR.length, at);
+}
+export function descriptorKey(buf: Buffer, at: number): number {
+  return getLE32(buf, KEYED_DESCRIPTOR.key, at);
+}
+
 export interface KeyedDescriptor {
   readonly addr: bigint;
   readonly length: number;
@@ -8,9 +28,9 @@ export interface KeyedDescriptor {
 }
 
 export function encodeKeyedDescriptor(d: KeyedDescriptor, out: Buffer, offset = 0): void {
-  out.writeBigUInt64LE(d.addr, offset);
-  out.writeUInt32LE(d.length, offset + 8);
-  out.writeUInt32LE(d.key >>> 0, offset + 12);
+  setLE64(out, KEYED_DESCRIPTOR.addr, d.addr, offset);
+  setLE32(out, KEYED_DESCRIPTOR.length, d.length, offset);
+  setLE32(out, KEYED_DESCRIPTOR.key, d.key >>> 0, offset);
 }
 
 /**
@@ -18,17 +38,17 @@ export function encodeKeyedDescriptor(d: KeyedDescriptor, out: Buffer, offset = 
  * path: no object and no BigInt per descriptor.
  */
 export function encodeKeyedDescriptorWords(out: Buffer, offset: number, addrLow: number, addrHigh: number, length: number, key: number): void {
-  out.writeUInt32LE(addrLow >>> 0, offset);
-  out.writeUInt32LE(addrHigh >>> 0, offset + 4);
-  out.writeUInt32LE(length >>> 0, offset + 8);
-  out.writeUInt32LE(key >>> 0, offset + 12);
+  out.writeUInt32LE(addrLow >>> 0, offset + KEYED_DESCRIPTOR.addr.offset);
+  out.writeUInt32LE(addrHigh >>> 0, offset + KEYED_DESCRIPTOR.addr.offset + 4);
+  setLE32(out, KEYED_DESCRIPTOR.length, length >>> 0, offset);
+  setLE32(out, KEYED_DESCRIPTOR.key, key >>> 0, offset);
 }
 
 export function decodeKeyedDescriptor(buf: Buffer, offset = 0): KeyedDescriptor {
   return {
-    addr: buf.readBigUInt64LE(offset),
-    length: buf.readUInt32LE(offset + 8),
-    key: buf.readUInt32LE(offset + 12),
+    addr: getLE64(buf, KEYED_DESCRIPTOR.addr, offset),
+    length: getLE32(buf, KEYED_DESCRIPTOR.length, offset),
+    key: getLE32(buf, KEYED_DESCRIPTOR.key, offset),
   };
 }
 
@@ -59,7 +79,7 @@ export function validateKeyedDescriptorBytes(buf: Buffer, offset: number, n: num
   if (n > maxDescriptors) return 'too many descriptors';
   let pos = 0;
   for (let i = 0; i < n; i++) {
-    const length = buf.readUInt32LE(offset + i * KEYED_DESCRIPTOR_SIZE + 8);
+    const length = descriptorLength(buf, offset + i * KEYED_DESCRIPTOR_SIZE);
     if (pos < outLength && pos + length > outLength) return 'descriptor straddles the readable/writable boundary';
     pos += length;
   }

@@ -7,7 +7,7 @@ import {
   formatStatus,
   opcodeName,
 } from '../protocol/constants.js';
-import { decodeCommand, isUnknownCommand } from '../protocol/command.js';
+import { VQ_COMMAND, decodeCommand, isUnknownCommand } from '../protocol/command.js';
 import { encodeBareCompletion } from '../protocol/completion.js';
 import type { ConnectBody } from '../protocol/connect-body.js';
 import type { Logger } from '../util/log.js';
@@ -22,6 +22,8 @@ import type { Redirect } from './redirect.js';
 import { dispatchCommand } from './control-opcodes.js';
 import { unbind } from './session-connect.js';
 import { FINISHES_ITSELF, VqExecution, type Dispatched } from './vq-execution.js';
+import { getLE16, getLE32 } from '../protocol/fields.js';
+import { COMMAND_HEADER, COMPLETION_HEADER } from '../protocol/header.js';
 
 /*
  * A target queue is split along nvmet's lines (drivers/nvme/target): this file is the core
@@ -202,9 +204,9 @@ export class QueueSession {
     if (this.closed || this.disconnecting || role.kind !== 'virtqueue') return 'discard';
     if (this.requests.size >= this.queueSize || !role.instance.acceptsRequests) return 'discard';
     // Read in place (no decoded object per command): the VQ command's le32 out and in lengths.
-    if (raw.readUInt16LE(0) !== Opcode.Vq) return 'discard';
-    const outLength = raw.readUInt32LE(8);
-    const inLength = raw.readUInt32LE(12);
+    if (getLE16(raw, COMMAND_HEADER.opcode) !== Opcode.Vq) return 'discard';
+    const outLength = getLE32(raw, VQ_COMMAND.outLength);
+    const inLength = getLE32(raw, VQ_COMMAND.inLength);
     const max = role.instance.maxRequestBytes(role.vqIndex);
     if (outLength > max || inLength > max) return 'discard';
     const need = Math.max(outLength, payloadBytes) + inLength;
@@ -240,8 +242,8 @@ export class QueueSession {
     this.admitted = 0;
     const data: VqRequestData | null = Buffer.isBuffer(payload) ? null : payload;
     if (this.closed) return this.drop(reserved, data);
-    const opcode = raw.readUInt16LE(0);
-    const id = raw.readUInt16LE(2);
+    const opcode = getLE16(raw, COMMAND_HEADER.opcode);
+    const id = getLE16(raw, COMMAND_HEADER.commandId);
     // A VQ command on a virtqueue, the steady state, is read in place (vq-execution.ts): no decoded object.
     const cmd = opcode === Opcode.Vq && this.role.kind === 'virtqueue' ? null : decodeCommand(raw);
     this.stats.commands++;
@@ -343,8 +345,8 @@ export class QueueSession {
   /** `refusal`: whether a non-SUCCESS status counts as a refused command (errors, error log). */
   private reply(completion: Buffer, refusal = true, payload?: Buffer): void {
     if (this.closed) return;
-    const status = completion.readUInt16LE(0);
-    if (status !== Status.SUCCESS && refusal) this.countFailure(status, completion.readUInt16LE(2));
+    const status = getLE16(completion, COMPLETION_HEADER.status);
+    if (status !== Status.SUCCESS && refusal) this.countFailure(status, getLE16(completion, COMPLETION_HEADER.commandId));
     this.connection.sendCompletion(completion, payload);
   }
 

@@ -4,6 +4,8 @@ import { encodeBareCompletion } from '../protocol/completion.js';
 import type { VqBufferSink, VqRequestData, VqTransferError } from '../transport/transport.js';
 import type { DeviceRequest } from './device.js';
 import type { DeviceInstance } from './device-instance.js';
+import { getLE16 } from '../protocol/fields.js';
+import { COMPLETION_HEADER } from '../protocol/header.js';
 
 /** Where a request's completion goes: its queue's connection, while the queue is open. */
 export interface CompletionSink {
@@ -248,7 +250,7 @@ export class TargetRequest implements DeviceRequest, VqBufferSink {
     if (this.stateValue !== 'running') return;
     this.stateValue = 'completed';
     this.sink.vacate(this);
-    this.sink.send(this.cancelledFlag && completion.readUInt16LE(0) === Status.SUCCESS ? encodeBareCompletion(Status.ESTATUS, this.commandId) : completion, refusal, payload);
+    this.sink.send(this.cancelledFlag && getLE16(completion, COMPLETION_HEADER.status) === Status.SUCCESS ? encodeBareCompletion(Status.ESTATUS, this.commandId) : completion, refusal, payload);
   }
 
   /**

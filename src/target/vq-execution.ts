@@ -4,6 +4,8 @@ import { VqTransferError } from '../transport/transport.js';
 import type { DeviceInstance } from './device-instance.js';
 import type { QueueSession } from './queue-session.js';
 import type { RequestSteps, TargetRequest } from './target-request.js';
+import { VQ_COMMAND } from '../protocol/command.js';
+import { getLE32 } from '../protocol/fields.js';
 
 /**
  * What a dispatch returns for a VQ command whose slot ends itself (TargetRequest's bound
@@ -37,8 +39,8 @@ export class VqExecution implements RequestSteps {
   run(req: TargetRequest, raw: Buffer, inst: DeviceInstance, vqIndex: number): Dispatched {
     const data = req.data;
     if (!data) return this.queue.refuse(req, Status.ENOCMD, 'VQ command without its buffers');
-    const outLength = raw.readUInt32LE(8);
-    const inLength = raw.readUInt32LE(12);
+    const outLength = getLE32(raw, VQ_COMMAND.outLength);
+    const inLength = getLE32(raw, VQ_COMMAND.inLength);
     const id = req.commandId;
     // Virtqueue traffic proves the initiator alive as much as a keepalive does.
     inst.heard();

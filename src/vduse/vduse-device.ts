@@ -3,10 +3,11 @@ import { existsSync, readdirSync, readlinkSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import type { BlockDevice } from '../devices/blk/block-device.js';
-import { BlkConfig, BlkFeature, BlkRequestType, BlkStatus } from '../devices/blk/blk-constants.js';
+import { BlkConfig, BlkFeature, BlkRequestType, BlkStatus, REQUEST_HEADER } from '../devices/blk/blk-constants.js';
 import type { RemoteDevice } from '../initiator/remote-device.js';
 import type { KeyedTransferStats, PinHandle } from '../transport/pinned-memory.js';
 import { VIRTIO_F_VERSION_1 } from '../protocol/constants.js';
+import { getLE32 } from '../protocol/fields.js';
 import { quotePeerString } from '../util/escape.js';
 import type { Logger } from '../util/log.js';
 import { IovaMemory } from './iova-memory.js';
@@ -558,7 +559,7 @@ export class VduseBlockDevice {
     queue.inFlight++;
     const header = chain.readable[0];
     // A flush must go after every request re-sent on a reconnect (RemoteDevice's rule).
-    const flush = header !== undefined && header.length >= 4 && header.readUInt32LE(0) === BlkRequestType.FLUSH;
+    const flush = header !== undefined && header.length >= REQUEST_HEADER.type.width && getLE32(header, REQUEST_HEADER.type) === BlkRequestType.FLUSH;
     this.remote.submitRequest(queue.index, chain.readable, chain.writable, flush, slot.done);
   }
 

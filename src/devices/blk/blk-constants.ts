@@ -1,5 +1,7 @@
 /** virtio-blk wire constants (virtio 1.2, section 5.2). */
 
+import { fieldTable, setLE32, setLE64, u32, u64 } from '../../protocol/fields.js';
+
 export const SECTOR_SIZE = 512;
 
 export const BlkFeature = {
@@ -31,9 +33,11 @@ export const BlkStatus = {
   UNSUPP: 2,
 } as const;
 
-/** struct virtio_blk_outhdr: le32 type, le32 reserved (ioprio), le64 sector. */
+/** struct virtio_blk_outhdr (virtio 1.x, "Device Operation"): le32 type, le32 reserved (ioprio), le64 sector. */
+export const REQUEST_HEADER = fieldTable({ type: u32(0), reserved: u32(4), sector: u64(8) });
 export const REQUEST_HEADER_SIZE = 16;
 /** struct virtio_blk_discard_write_zeroes: le64 sector, le32 num_sectors, le32 flags. */
+export const SEGMENT = fieldTable({ sector: u64(0), numSectors: u32(8), flags: u32(12) });
 export const SEGMENT_SIZE = 16;
 export const WRITE_ZEROES_FLAG_UNMAP = 1;
 export const ID_BYTES = 20;
@@ -64,15 +68,15 @@ export const BlkConfig = {
 
 export function encodeRequestHeader(type: number, sector: bigint): Buffer {
   const b = Buffer.alloc(REQUEST_HEADER_SIZE);
-  b.writeUInt32LE(type, 0);
-  b.writeBigUInt64LE(sector, 8);
+  setLE32(b, REQUEST_HEADER.type, type);
+  setLE64(b, REQUEST_HEADER.sector, sector);
   return b;
 }
 
 export function encodeSegment(sector: bigint, numSectors: number, flags: number): Buffer {
   const b = Buffer.alloc(SEGMENT_SIZE);
-  b.writeBigUInt64LE(sector, 0);
-  b.writeUInt32LE(numSectors, 8);
-  b.writeUInt32LE(flags, 12);
+  setLE64(b, SEGMENT.sector, sector);
+  setLE32(b, SEGMENT.numSectors, numSectors);
+  setLE32(b, SEGMENT.flags, flags);
   return b;
 }

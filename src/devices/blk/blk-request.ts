@@ -1,5 +1,6 @@
 import type { RequestCallback } from '../../initiator/device-request.js';
-import { REQUEST_HEADER_SIZE } from './blk-constants.js';
+import { REQUEST_HEADER, REQUEST_HEADER_SIZE } from './blk-constants.js';
+import { setLE32, setLE64Number } from '../../protocol/fields.js';
 
 /** How a block request ends for a callback caller (see BlockDevice.submitRead). */
 export type BlockCallback = (err: Error | null) => void;
@@ -69,11 +70,10 @@ export class BlockRequest {
    * status byte.
    */
   start(type: number, sector: number, extraOut: Buffer | null, data: Buffer | null, what: string, at: number, isFlush: boolean, callback: BlockCallback): void {
-    this.header.writeUInt32LE(type, 0);
-    this.header.writeUInt32LE(0, 4);
+    setLE32(this.header, REQUEST_HEADER.type, type);
+    setLE32(this.header, REQUEST_HEADER.reserved, 0);
     // The sector as two 32-bit halves: exact below 2^53 bytes (BlockDevice.open refuses more), no BigInt.
-    this.header.writeUInt32LE(sector % 0x1_0000_0000, 8);
-    this.header.writeUInt32LE(Math.floor(sector / 0x1_0000_0000), 12);
+    setLE64Number(this.header, REQUEST_HEADER.sector, sector);
     this.status[0] = 0xff;
     if (extraOut) {
       this.outWith[1] = extraOut;

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
+import { getLE32, getLE64 } from '../../protocol/fields.js';
 import type { DeviceEventSink, DeviceExport, DeviceRequest, InstanceLimits, RequestCancel, VirtioDeviceInstance } from '../../target/device.js';
 import { alignmentAddon, allocAligned } from '../../util/aligned-buffer.js';
 import { BlkAdmin, alignedToBlock, readSector } from './blk-admin.js';
@@ -14,8 +15,10 @@ import {
   BlkRequestType,
   BlkStatus,
   ID_BYTES,
+  REQUEST_HEADER,
   REQUEST_HEADER_SIZE,
   SECTOR_SIZE,
+  SEGMENT,
   SEGMENT_SIZE,
   WRITE_ZEROES_FLAG_UNMAP,
 } from './blk-constants.js';
@@ -516,16 +519,16 @@ class FileBlockInstance implements VirtioDeviceInstance {
     const inLength = writable.length;
     if (inLength < 1) return request.deviceDone(0);
     if (readable.length < REQUEST_HEADER_SIZE) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
-    const type = readable.readUInt32LE(0);
+    const type = getLE32(readable, REQUEST_HEADER.type);
     const disk = this.disk;
     if (type === BlkRequestType.IN) {
-      const sector = readSector(readable, 8);
+      const sector = readSector(readable, REQUEST_HEADER.sector.offset);
       const dataIn = inLength - 1;
       if (!alignedToBlock(sector, dataIn, disk.blockSize) || !disk.inRange(sector, dataIn)) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
       return disk.submitRead(writable, 0, dataIn, sector * SECTOR_SIZE, this.op(vq, readable, writable, request, BlkStep.LAST));
     }
     if (type === BlkRequestType.OUT) {
-      const sector = readSector(readable, 8);
+      const sector = readSector(readable, REQUEST_HEADER.sector.offset);
       const length = readable.length - REQUEST_HEADER_SIZE;
       if (disk.readOnly) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
       if (!alignedToBlock(sector, length, disk.blockSize) || !disk.inRange(sector, length)) return request.deviceDone(this.reply(vq, readable, writable, BlkStatus.IOERR, 0));
@@ -572,7 +575,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
     op.request = null;
     this.freeOps.push(op);
     // A read fills the data bytes; a write or flush leaves them to answer() to zero.
-    const filled = err === null && readable.readUInt32LE(0) === BlkRequestType.IN ? writable.length - 1 : 0;
+    const filled = err === null && getLE32(readable, REQUEST_HEADER.type) === BlkRequestType.IN ? writable.length - 1 : 0;
     request!.deviceDone(this.reply(vq, readable, writable, err === null ? BlkStatus.OK : BlkStatus.IOERR, filled));
   }
 
@@ -580,8 +583,8 @@ class FileBlockInstance implements VirtioDeviceInstance {
   private reply(vq: number, readable: Buffer, writable: Buffer, status: number, filled: number): number {
     const written = answer(writable, status, filled);
     if (status !== BlkStatus.OK && this.events) {
-      const type = readable.length >= REQUEST_HEADER_SIZE ? readable.readUInt32LE(0) : -1;
-      const sector = readable.length >= REQUEST_HEADER_SIZE ? readable.readBigUInt64LE(8) : 0n;
+      const type = readable.length >= REQUEST_HEADER_SIZE ? getLE32(readable, REQUEST_HEADER.type) : -1;
+      const sector = readable.length >= REQUEST_HEADER_SIZE ? getLE64(readable, REQUEST_HEADER.sector) : 0n;
       this.events.ioError(vq, status, `${requestTypeName(type)} sector ${sector}: ${status === BlkStatus.UNSUPP ? 'UNSUPP' : 'IOERR'}`);
     }
     return written;
@@ -590,7 +593,7 @@ class FileBlockInstance implements VirtioDeviceInstance {
   /** The request types off the per-command path (the header is there, the status byte too). */
   private async otherRequest(vq: number, readable: Buffer, writable: Buffer, cancel: RequestCancel): Promise<number> {
     const dataIn = writable.length - 1;
-    const type = readable.readUInt32LE(0);
+    const type = getLE32(readable, REQUEST_HEADER.type);
     try {
       switch (type) {
         case BlkRequestType.GET_ID:
@@ -617,9 +620,9 @@ class FileBlockInstance implements VirtioDeviceInstance {
     if (!(this.negotiated & bit(feature))) return BlkStatus.UNSUPP;
     // One segment per request (max_discard_seg = max_write_zeroes_seg = 1).
     if (segments.length !== SEGMENT_SIZE) return BlkStatus.IOERR;
-    const sector = readSector(segments, 0);
-    const sectors = segments.readUInt32LE(8);
-    const flags = segments.readUInt32LE(12);
+    const sector = readSector(segments, SEGMENT.sector.offset);
+    const sectors = getLE32(segments, SEGMENT.numSectors);
+    const flags = getLE32(segments, SEGMENT.flags);
     // The unmap flag (bit 0) belongs to WRITE_ZEROES; on DISCARD it is UNSUPP (virtio 5.2.6.2).
     const allowedFlags = type === BlkRequestType.WRITE_ZEROES ? WRITE_ZEROES_FLAG_UNMAP : 0;
     if (flags & ~allowedFlags) return BlkStatus.UNSUPP;

@@ -16,6 +16,10 @@ import { RcConnection } from './rc-connection.js';
 import type { RegisteredBuffer, RegisteredPool } from './registered-pool.js';
 import type { SendChain } from './send-queue.js';
 import { initiatorConnParam } from './rdma-limits.js';
+import { VQ_COMMAND } from '../../protocol/command.js';
+import { VQ_COMPLETION } from '../../protocol/completion.js';
+import { getLE16, getLE32 } from '../../protocol/fields.js';
+import { COMMAND_HEADER, COMPLETION_HEADER } from '../../protocol/header.js';
 
 /** With the opt-in registration cache, caller buffers at least this large are registered in place. */
 const DIRECT_MIN = 16 * 1024;
@@ -313,7 +317,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
 
   private onMessage(msg: Buffer, invalidatedKey: number | null): void {
     if (this.closed) return;
-    if (msg.length === CONTROL_RECV_SIZE && msg.readUInt16LE(0) === VOF_STATUS_EREDIRECT) {
+    if (msg.length === CONTROL_RECV_SIZE && getLE16(msg, COMPLETION_HEADER.status) === VOF_STATUS_EREDIRECT) {
       // vof redirect: the record rides in the completion's SEND (docs/PROTOCOL.md "Redirect").
       // QueueClient checks that it answers a Connect that announced redirect support.
       const completion = Buffer.from(msg.subarray(0, COMPLETION_SIZE));
@@ -335,7 +339,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     }
     // The receive buffer, valid during this call only (the queue client reads it and keeps nothing).
     const completion = msg;
-    const id = completion.readUInt16LE(2);
+    const id = getLE16(completion, COMPLETION_HEADER.commandId);
     const slot = id < this.slots.length ? this.slots[id]! : null;
     if (invalidatedKey !== null && !(slot?.busy && !slot.completing && slot.bound > 0 && slot.keys[0] === invalidatedKey)) {
       // vof remote invalidation ends exactly the completed command's first key; a target that
@@ -379,8 +383,8 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
 
   /** Deliver a VQ completion whose keys are dead: copy device-written bytes back, free the slot. */
   private finish(slot: CommandSlot, completion: Buffer): void {
-    if (completion.readUInt16LE(0) === 0 && slot.copies > 0) {
-      const written = completion.readUInt32LE(4);
+    if (getLE16(completion, COMPLETION_HEADER.status) === 0 && slot.copies > 0) {
+      const written = getLE32(completion, VQ_COMPLETION.length);
       const from = slot.bounce!.view;
       for (let k = 0; k < slot.copies; k++) {
         const at = slot.copyAt[k]!;
@@ -409,7 +413,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
 
   sendVq(command: Buffer, out: readonly Buffer[], inBuffers: readonly Buffer[]): void {
     if (this.closed) return;
-    const id = command.readUInt16LE(2);
+    const id = getLE16(command, COMMAND_HEADER.commandId);
     const slot = id < this.slots.length ? this.slots[id]! : null;
     if (!slot || slot.busy || !this.arena) {
       // The queue client keeps command ids below the queue size and unique in flight.
@@ -418,7 +422,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     }
     slot.busy = true;
     // vof inline data: the readable bytes ride in the SEND; descriptors describe the writable part only.
-    const inline = carriesInline(this.inlineDataBytes, command.readUInt32LE(8));
+    const inline = carriesInline(this.inlineDataBytes, getLE32(command, VQ_COMMAND.outLength));
     let bounced: number;
     try {
       this.place(slot, inline ? NO_BUFFERS : out, inBuffers, false);
@@ -432,7 +436,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
         if (slot.descriptors > this.maxKeyedDescriptors) throw new Error(`a VQ command needs ${slot.descriptors} keyed descriptors; the target allows ${this.maxKeyedDescriptors}`);
       }
       bounced = bounceBytes(slot);
-      if (this.pinnedMemory) this.count(slot, inline ? command.readUInt32LE(8) : 0, bounced);
+      if (this.pinnedMemory) this.count(slot, inline ? getLE32(command, VQ_COMMAND.outLength) : 0, bounced);
     } catch (err) {
       this.releaseSlot(slot);
       this.teardown(err as Error);
@@ -566,7 +570,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   private post(slot: CommandSlot, command: Buffer, inlineOut: readonly Buffer[] | null): void {
     const message = (slot.message ??= this.messages!.acquire(this.sendSize));
     const view = message.view;
-    const needed = COMMAND_SIZE + slot.descriptors * KEYED_DESCRIPTOR_SIZE + (inlineOut ? command.readUInt32LE(8) : 0);
+    const needed = COMMAND_SIZE + slot.descriptors * KEYED_DESCRIPTOR_SIZE + (inlineOut ? getLE32(command, VQ_COMMAND.outLength) : 0);
     if (needed > view.length) throw new Error(`a ${needed}-byte VQ command message exceeds the ${view.length}-byte send buffer`);
     command.copy(view, 0, 0, COMMAND_SIZE);
     let at = COMMAND_SIZE;

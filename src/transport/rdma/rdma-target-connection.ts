@@ -16,6 +16,10 @@ import type { RegisteredPool } from './registered-pool.js';
 import type { RegisteredBuffer } from './registered-pool.js';
 import { targetConnParam } from './rdma-limits.js';
 import { deviceMemories, type DeviceMemory, type DeviceMemoryLease, type MemoryReservation } from './device-memory.js';
+import { CONNECT_COMMAND, VQ_COMMAND } from '../../protocol/command.js';
+import { getLE16, getLE32 } from '../../protocol/fields.js';
+import { COMMAND_HEADER, COMPLETION_HEADER } from '../../protocol/header.js';
+import { descriptorAddrHigh, descriptorAddrLow, descriptorKey, descriptorLength } from '../../protocol/keyed-descriptor.js';
 
 export interface RdmaTargetOptions {
   readonly maxVqPayload: number;
@@ -156,12 +160,12 @@ class KeyedVqRequest implements VqRequestData, SendChain {
 
   /** The key of descriptor `i`. */
   key(i: number): number {
-    return this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 12);
+    return descriptorKey(this.descriptors, i * KEYED_DESCRIPTOR_SIZE);
   }
 
   /** The length of descriptor `i`. */
   length(i: number): number {
-    return this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 8);
+    return descriptorLength(this.descriptors, i * KEYED_DESCRIPTOR_SIZE);
   }
 
   /**
@@ -285,8 +289,8 @@ class KeyedVqRequest implements VqRequestData, SendChain {
       sg[0] = data.mr;
       sg[1] = data.offset + at;
       sg[2] = length;
-      wr.remoteAddrLow = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE);
-      wr.remoteAddrHigh = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 4);
+      wr.remoteAddrLow = descriptorAddrLow(this.descriptors, i * KEYED_DESCRIPTOR_SIZE);
+      wr.remoteAddrHigh = descriptorAddrHigh(this.descriptors, i * KEYED_DESCRIPTOR_SIZE);
       wr.rkey = this.key(i);
       wrs[count++] = wr;
       at += length;
@@ -360,8 +364,8 @@ class KeyedVqRequest implements VqRequestData, SendChain {
         sg[0] = data.mr;
         sg[1] = base + (written - left);
         sg[2] = n;
-        wr.remoteAddrLow = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE);
-        wr.remoteAddrHigh = this.descriptors.readUInt32LE(i * KEYED_DESCRIPTOR_SIZE + 4);
+        wr.remoteAddrLow = descriptorAddrLow(this.descriptors, i * KEYED_DESCRIPTOR_SIZE);
+        wr.remoteAddrHigh = descriptorAddrHigh(this.descriptors, i * KEYED_DESCRIPTOR_SIZE);
         wr.rkey = this.key(i);
         wrs[count++] = wr;
         left -= n;
@@ -690,25 +694,25 @@ export class RdmaTargetConnection implements TargetConnection {
     if (msg.length < COMMAND_SIZE) return this.violation(`${msg.length}-byte message is shorter than a command`);
     const command = this.command;
     copyBytes(msg, 0, COMMAND_SIZE, command, 0);
-    const opcode = command.readUInt16LE(0);
+    const opcode = getLE16(command, COMMAND_HEADER.opcode);
     const rest = msg.length - COMMAND_SIZE;
     if (opcode === Opcode.Connect) {
-      const announced = command.readUInt32LE(8);
+      const announced = getLE32(command, CONNECT_COMMAND.length);
       if (rest !== announced || (rest !== 0 && rest !== CONNECT_BODY_SIZE)) {
         return this.violation(`Connect announces a ${announced}-byte body and carries ${rest} bytes (0 or ${CONNECT_BODY_SIZE} are valid)`);
       }
-      this.connectCommandId = command.readUInt16LE(2);
+      this.connectCommandId = getLE16(command, COMMAND_HEADER.commandId);
       this.reserveMemory(command);
       this.handler.onCommand(command, rest === 0 ? EMPTY : Buffer.from(msg.subarray(COMMAND_SIZE)));
       return;
     }
     if (opcode === Opcode.Vq) {
-      const outLength = command.readUInt32LE(8);
+      const outLength = getLE32(command, VQ_COMMAND.outLength);
       // Each command's memory belongs to its own request slot, never to its id: a reused id
       // (which the session refuses by closing the queue) cannot touch another's buffers.
       const req = this.takeSlot();
       const inline = carriesInline(this.inlineSize, outLength);
-      req.start(command.readUInt16LE(2), outLength, command.readUInt32LE(12), inline);
+      req.start(getLE16(command, COMMAND_HEADER.commandId), outLength, getLE32(command, VQ_COMMAND.inLength), inline);
       const held = inline ? this.inlineVqRequest(msg, req, slot) : (this.keyedVqRequest(msg, req), false);
       this.handler.onCommand(command, req);
       // Held: the request posts the buffer again when it is done with it (possibly already, if
@@ -729,8 +733,8 @@ export class RdmaTargetConnection implements TargetConnection {
    * queue setup, never on the data path). Once per connection, whatever the Connect's outcome.
    */
   private reserveMemory(command: Buffer): void {
-    if (this.reservation || command.readUInt16LE(4) === CONTROL_QUEUE_INSTANCE_ID) return;
-    const queueSize = command.readUInt16LE(12) || this.options.recvDepth;
+    if (this.reservation || getLE16(command, CONNECT_COMMAND.deviceInstanceId) === CONTROL_QUEUE_INSTANCE_ID) return;
+    const queueSize = getLE16(command, CONNECT_COMMAND.queueSize) || this.options.recvDepth;
     this.reservation = this.memory.reserve(Math.min(queueSize, this.options.recvDepth));
   }
 
@@ -766,12 +770,12 @@ export class RdmaTargetConnection implements TargetConnection {
 
   sendCompletion(completion: Buffer, payload?: Buffer): void {
     if (this.state !== 'open' && this.state !== 'closing') return;
-    if (this.connectCommandId !== null && completion.readUInt16LE(2) === this.connectCommandId) {
+    if (this.connectCommandId !== null && getLE16(completion, COMPLETION_HEADER.commandId) === this.connectCommandId) {
       this.connectCommandId = null;
       // A successful Connect: the full receive ring, before the answer leaves (the peer may send
       // its next commands as soon as it has it). A refused Connect leaves the connection unbound
       // with its small ring.
-      if (completion.readUInt16LE(0) === Status.SUCCESS) {
+      if (getLE16(completion, COMPLETION_HEADER.status) === Status.SUCCESS) {
         try {
           this.rc.growReceives();
           // A virtqueue's (the control queue sends no VQ completions).

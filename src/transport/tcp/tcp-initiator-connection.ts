@@ -3,6 +3,8 @@ import { STREAM_INITIATOR_CAPABILITIES, type InitiatorConnection, type Initiator
 import { CompletionReader } from './completion-reader.js';
 import { TickBatch } from './tick-batch.js';
 import { COMMAND_SIZE } from '../../protocol/constants.js';
+import { getLE16 } from '../../protocol/fields.js';
+import { COMMAND_HEADER } from '../../protocol/header.js';
 
 /** A VQ command with at most this many bytes, readable ones included, leaves in one write. */
 const GATHER_SIZE = 64;
@@ -101,7 +103,7 @@ export class TcpInitiatorConnection implements InitiatorConnection {
    * command, as is the view of the last length written.
    */
   private gathered(command: Buffer, out: readonly Buffer[], length: number): Buffer {
-    const id = command.readUInt16LE(2);
+    const id = getLE16(command, COMMAND_HEADER.commandId);
     let g = this.gather[id];
     if (g === undefined) {
       const memory = Buffer.alloc(GATHER_SIZE);

@@ -13,6 +13,9 @@ import { FramePool, FrameRetention } from './frame-pool.js';
 import { TickBatch } from './tick-batch.js';
 import { StreamInput } from './stream-input.js';
 import { readIntoUserBuffers } from './user-buffer-read.js';
+import { CONNECT_COMMAND, VQ_COMMAND } from '../../protocol/command.js';
+import { getLE16, getLE32 } from '../../protocol/fields.js';
+import { COMMAND_HEADER } from '../../protocol/header.js';
 
 const EMPTY = Buffer.alloc(0);
 /** Completion frames one connection keeps for reuse (see FramePool)... */
@@ -367,7 +370,7 @@ export class TcpTargetConnection implements TargetConnection {
       } else if (st.kind === 'admit') {
         if (st.waiting) return;
         const header = this.header;
-        const out = header.readUInt32LE(8);
+        const out = getLE32(header, VQ_COMMAND.outLength);
         const answer = this.handler ? this.handler.admitVq(header, payloadBytes(out)) : 'discard';
         if (answer === 'close' && out > 0) {
           this.refusePayload(header);
@@ -392,7 +395,7 @@ export class TcpTargetConnection implements TargetConnection {
       } else if (st.kind === 'payload') {
         const header = this.header;
         const avail = this.input.length;
-        if (header.readUInt16LE(0) !== Opcode.Vq) {
+        if (getLE16(header, COMMAND_HEADER.opcode) !== Opcode.Vq) {
           // Connect's body (at most CONNECT_BODY_SIZE): kept by the session past this call, so a copy.
           if (avail < st.length) return;
           const body = st.length === 0 ? EMPTY : this.input.takeCopy(st.length);
@@ -404,7 +407,7 @@ export class TcpTargetConnection implements TargetConnection {
           if (avail < st.length) return;
           this.state = this.headerState;
           const request = this.takeRequest();
-          const inLength = header.readUInt32LE(12);
+          const inLength = getLE32(header, VQ_COMMAND.inLength);
           if (st.length === 0) {
             this.deliver(header, request.start(0, inLength, EMPTY));
           } else {
@@ -430,21 +433,21 @@ export class TcpTargetConnection implements TargetConnection {
         this.gather = null;
         this.state = this.headerState;
         const request = this.takeRequest();
-        this.deliver(header, request.startFramed(st.length, header.readUInt32LE(12), frame));
+        this.deliver(header, request.startFramed(st.length, getLE32(header, VQ_COMMAND.inLength), frame));
       } else {
         st.left -= this.input.skip(st.left);
         if (st.left > 0) return;
         this.state = this.headerState;
         const err = new VqTransferError('out', `device-readable payload of ${st.announced} bytes ${st.why}`);
-        this.deliver(this.header, this.takeRequest().start(st.announced, this.header.readUInt32LE(12), err));
+        this.deliver(this.header, this.takeRequest().start(st.announced, getLE32(this.header, VQ_COMMAND.inLength), err));
       }
     }
   }
 
   private afterHeader(header: Buffer): ReadState {
-    const opcode = header.readUInt16LE(0);
+    const opcode = getLE16(header, COMMAND_HEADER.opcode);
     if (opcode === Opcode.Connect) {
-      const length = header.readUInt32LE(8);
+      const length = getLE32(header, CONNECT_COMMAND.length);
       if (length === 0) return this.headerState;
       if (length !== CONNECT_BODY_SIZE) {
         // The framing itself is in doubt: nothing after this can be trusted.
@@ -468,11 +471,11 @@ export class TcpTargetConnection implements TargetConnection {
    * follows the header cannot be framed without reading the payload.
    */
   private refusePayload(header: Buffer): void {
-    const out = header.readUInt32LE(8);
+    const out = getLE32(header, VQ_COMMAND.outLength);
     this.log.info(`${this.peer}: VQ command with ${out} device-readable bytes before Connect; answering without reading them and closing`);
     this.state = this.headerState;
     const err = new VqTransferError('out', `device-readable payload of ${out} bytes not read: no Connect yet`);
-    this.deliver(header, this.takeRequest().start(out, header.readUInt32LE(12), err));
+    this.deliver(header, this.takeRequest().start(out, getLE32(header, VQ_COMMAND.inLength), err));
     // Closed at once, not ended: end() would leave the socket reading until the peer takes the
     // FIN, and libuv goes on reading in this same turn (a paused stream still buffers one more
     // read), so every such peer would cost two 64 KiB reads instead of one. end() hands the
