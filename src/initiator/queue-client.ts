@@ -5,6 +5,7 @@ import type { InitiatorConnection } from '../transport/transport.js';
 import { VofConnectionError } from './vof-error.js';
 import { REDIRECT_RECORD_SIZE, VOF_CONNECT_F_REDIRECT, VOF_STATUS_EREDIRECT, connectFlags } from '../protocol/redirect-record.js';
 import { QueueRequest } from './queue-request.js';
+import { WaiterQueue } from '../util/waiter-queue.js';
 
 const NO_BUFFERS: readonly Buffer[] = [];
 
@@ -39,7 +40,11 @@ export class QueueClient {
   private freeHead = 0;
   private freeCount = 0;
   private inFlightCount = 0;
-  private readonly waiting: QueueRequest[] = [];
+  /**
+   * Requests for a free command id, in submission order. Bounded by whoever submits (a device's
+   * requests, the control and admin calls in flight), not here: a submit never fails for room.
+   */
+  private readonly waiting = new WaiterQueue<QueueRequest>(Number.POSITIVE_INFINITY);
   private closedError: Error | null = null;
   /** Target-initiated completions (command ids 0xff00-0xffff). */
   onEvent: (completion: Buffer) => void = () => {};
@@ -281,7 +286,7 @@ export class QueueClient {
       this.vacate(id);
       failed.push(p);
     }
-    failed.push(...this.waiting.splice(0));
+    for (const p of this.waiting.drain()) failed.push(p);
     for (const p of failed) p.fail(err);
   }
 
