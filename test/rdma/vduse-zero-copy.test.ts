@@ -10,6 +10,7 @@ import { needs } from '../helpers/deps.js';
 import { startBridge, type Bridge } from '../helpers/nbd-bridge.js';
 import { rdmaAddress } from './rdma-env.js';
 import { must, sh } from '../helpers/shell.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 /**
  * `vof vduse` over rdma:// moves the kernel's request bytes with no copy (issue 19): the
@@ -74,16 +75,6 @@ function fio(dev: string, bs: string, rw: 'randwrite' | 'read', extra: string[] 
   expect(r.out).not.toMatch(/verify: bad|crc32c: verify failed|err=\s*[1-9]/);
 }
 
-function waitFor<T>(what: string, get: () => T | null, timeoutMs = 60000): T {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = get();
-    if (v !== null) return v;
-    if (Date.now() > deadline) throw new Error(`${what}: not there after ${timeoutMs} ms`);
-    spawnSync('sleep', ['0.2']);
-  }
-}
-
 describe.skipIf(!tools.ok)(`vof vduse over rdma:// with no copy${tools.skipNote}`, () => {
   const dir = mkdtempSync('/dev/shm/vof-vduse-zc-');
   const image = join(dir, 'disk.img');
@@ -94,7 +85,7 @@ describe.skipIf(!tools.ok)(`vof vduse over rdma:// with no copy${tools.skipNote}
     const bridge = await startBridge([`${target.urls[0]}/zc`, '--name', name, '--ivqn', `zc-${name}`, '--log', 'debug'], 300000, 'vduse');
     running.push(bridge);
     expect(bridge.uri, bridge.stderr()).toMatch(/^\/dev\/vd[a-z]+$/);
-    waitFor(bridge.uri, () => (existsSync(bridge.uri) ? true : null));
+    await waitFor(bridge.uri, () => existsSync(bridge.uri), 60000, 200);
     return { bridge, dev: bridge.uri };
   }
 
