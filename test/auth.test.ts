@@ -28,6 +28,7 @@ import { vofAsync } from './helpers/vof-cli.js';
 import { targetAuthSecrets } from '../src/cli/auth-options.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { pattern } from './helpers/pattern.js';
+import { waitFor } from './helpers/wait-for.js';
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const quiet = { keepaliveIntervalMs: 0 };
@@ -96,7 +97,7 @@ describe('in-band authentication over TCP (issue 17)', () => {
     expect((err as VofAuthError).status).toBe(0x1003);
     const lines = fx.logs.slice(before).map((l) => l.msg);
     expect(lines.some((m) => /\("host-a" → "disk"\): authentication failed: the response does not prove the secret/.test(m))).toBe(true);
-    for (let i = 0; i < 100 && fx.target.instanceCount > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    await waitFor('the instance to be destroyed', () => fx.target.instanceCount === 0, 2000);
     expect(fx.target.instanceCount).toBe(0);
   });
 

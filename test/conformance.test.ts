@@ -19,6 +19,7 @@ import { validateKeyedDescriptors } from '../src/protocol/keyed-descriptor.js';
 import { withInstanceOverrides } from './helpers/device-proxy.js';
 import { RawQueue } from './helpers/raw-queue.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { waitFor } from './helpers/wait-for.js';
 
 /**
  * Issue 10, findings 6-9 on the target: reset with I/O in flight, per-instance writeback,
@@ -90,13 +91,6 @@ async function vqCompletion(v: RawQueue): Promise<[string, number, Buffer]> {
   return [st(c), cid(c), await v.read(c.readUInt32LE(4))];
 }
 
-async function until(what: string, cond: () => boolean, timeoutMs = 10000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 /** Make every backing-file write slow, and count them: a long WRITE_ZEROES becomes observable. */
 function slowWrites(delayMs = 20): { calls: () => number } {
@@ -122,7 +116,7 @@ describe('finding 6: reset while I/O is in flight', () => {
       const v = await virtqueue(instance);
       const vqDone = vqCompletion(v);
       blkRequest(v, 7, BlkRequestType.WRITE_ZEROES, wholeBigDisk());
-      await until('the zeroing to start', () => writes.calls() >= 2);
+      await waitFor('the zeroing to start', () => writes.calls() >= 2, 10000);
       const reset = how === 'Reset Device' ? q.call({ opcode: Opcode.ResetDevice, commandId: id() }) : q.call({ opcode: Opcode.SetStatus, commandId: id(), status: 0 });
       let vqEnded = false;
       void vqDone.then(() => (vqEnded = true));
@@ -149,7 +143,7 @@ describe('finding 6: reset while I/O is in flight', () => {
     await bringUp(q);
     const v = await virtqueue(instance);
     blkRequest(v, 8, BlkRequestType.WRITE_ZEROES, wholeBigDisk());
-    await until('the zeroing to start', () => writes.calls() >= 2);
+    await waitFor('the zeroing to start', () => writes.calls() >= 2, 10000);
     // A reset (RST), not a FIN: a FIN is a half-close, after which the target still finishes and
     // answers what is in flight (docs/PROTOCOL.md, "Peer limits").
     v.socket.resetAndDestroy();
@@ -172,7 +166,7 @@ describe('finding 6: reset while I/O is in flight', () => {
     const v = await RawQueue.open(own.port);
     expect(st(await v.call({ opcode: Opcode.Connect, commandId: 1, deviceInstanceId: c.readUInt16LE(4), vqIndex: 0, length: 0, queueSize: 0 }))).toBe('SUCCESS');
     blkRequest(v, 9, BlkRequestType.WRITE_ZEROES, wholeBigDisk());
-    await until('the zeroing to start', () => writes.calls() >= 2);
+    await waitFor('the zeroing to start', () => writes.calls() >= 2, 10000);
     await own.target.close(100);
     const after = writes.calls();
     await new Promise((r) => setTimeout(r, 300));
@@ -234,7 +228,7 @@ describe('finding 8: command ids', () => {
     const v = await virtqueue(instance);
     // A slow 512-byte write, then a second write of 0xee under the same id.
     blkRequest(v, 5, BlkRequestType.OUT, Buffer.alloc(512, 0x11), 0n);
-    await until('the first write to run', () => writes.calls() >= 1);
+    await waitFor('the first write to run', () => writes.calls() >= 1, 10000);
     blkRequest(v, 5, BlkRequestType.OUT, Buffer.alloc(512, 0xee), 8n);
     await v.whenClosed();
     expect(fx.logged(/command id 5 is already in flight/)).toBe(true);

@@ -8,6 +8,7 @@ import { controlRequest } from '../src/target/control-client.js';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
 import { RawQueue } from './helpers/raw-queue.js';
 import { vofAsync } from './helpers/vof-cli.js';
+import { waitFor } from './helpers/wait-for.js';
 
 /** The process umask, read without leaving it changed (process.umask() without an argument is deprecated). */
 function currentUmask(): number {
@@ -100,7 +101,7 @@ describe('control socket (issue 17, findings 10c and 12b)', () => {
         await changed;
         // BlockDevice re-reads the config space on the change: its capacity is the new one, and
         // the target bounds-checks against it (a write past the old end is no longer an IOERR).
-        for (let i = 0; i < 100 && d.capacity !== 3 * 1024 * 1024; i++) await new Promise((res) => setTimeout(res, 20));
+        await waitFor('the new capacity', () => d.capacity === 3 * 1024 * 1024, 2000);
         expect(d.capacity).toBe(3 * 1024 * 1024);
         const block = Buffer.alloc(4096, 0xa5);
         await d.write(2 * 1024 * 1024, block);

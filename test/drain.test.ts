@@ -11,6 +11,7 @@ import { controlRequest } from '../src/target/control-client.js';
 import { RawQueue } from './helpers/raw-queue.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { statusName } from '../src/index.js';
+import { waitFor } from './helpers/wait-for.js';
 
 /**
  * Issue 13, live drain: an initiator writing continuously (with flushes) to target A is moved to
@@ -70,17 +71,17 @@ describe('live drain', () => {
       }
     };
     const writers = Array.from({ length: 4 }, (_, w) => writer(w));
-    while (acked.size < BLOCKS) await new Promise((r) => setTimeout(r, 20));
+    await waitFor(`${BLOCKS} acknowledged writes`, () => acked.size >= BLOCKS, 30000);
 
     const r = await vofAsync(['drain', '--control', control, 'd', b.urls[0]!, '--grace', '20']);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/drained "d" to tcp:\/\/127\.0\.0\.1:\d+: 1 instance\(s\) moved by the drain event, 0 closed by the target/);
-    while (!events.includes('reconnected')) await new Promise((r2) => setTimeout(r2, 20));
+    await waitFor('the device to reconnect at B', () => events.includes('reconnected'), 30000);
     expect(d.device.url).toBe(`${b.urls[0]}/d`);
     // Writing goes on at B.
     const at = flushes;
-    while (flushes < at + 3) await new Promise((r2) => setTimeout(r2, 20));
+    await waitFor('three more flushes at B', () => flushes >= at + 3, 30000);
     stop = true;
     await Promise.all(writers);
     await d.close();

@@ -6,6 +6,7 @@ import { Worker } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { BlockDevice, NbdServer, silentLogger } from '../src/index.js';
 import { HeapWindow } from '../src/bench/per-io.js';
+import { waitFor } from './helpers/wait-for.js';
 
 /**
  * Issue 18: the NBD bridge runs READ and WRITE on the disk's callback entry points with
@@ -114,7 +115,7 @@ describe('NBD bridge JS heap allocation per 4 KiB NBD read (target and NBD clien
       // A closed connection's kept buffers go back to the bridge's share (else every client
       // that came and went would shrink it for good).
       await call(client, { close: true });
-      for (let i = 0; i < 50 && server.memory.kept > 0; i++) await new Promise((r) => setTimeout(r, 20));
+      await waitFor('the kept buffers to be dropped', () => server.memory.kept === 0, 1000);
       expect(server.memory.kept).toBe(0);
     });
   }, 120_000);

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +14,7 @@ import { createLogger } from '../src/util/log.js';
 import { needs } from './helpers/deps.js';
 import { chunk, cookie, hostileServer, u16, u32, u64 } from './helpers/hostile-nbd.js';
 import { pattern } from './helpers/pattern.js';
+import { waitFor, waitForSocket } from './helpers/wait-for.js';
 
 const nbdkitDeps = needs('test/nbd-client.test.ts (vof as an NBD client of nbdkit)', ['nbd-source-tests']);
 
@@ -30,12 +31,6 @@ async function roundTrip(c: NbdClientConnection, size: number, seed: number): Pr
   expect(back.equals(data)).toBe(true);
 }
 
-async function waitForSocket(path: string, child: ChildProcess): Promise<void> {
-  for (let i = 0; i < 200 && !existsSync(path); i++) {
-    if (child.exitCode !== null) throw new Error(`nbdkit exited with ${child.exitCode}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 describe.skipIf(!nbdkitDeps.ok)(`the NBD client against nbdkit${nbdkitDeps.skipNote}`, () => {
   const dir = mkdtempSync(join(tmpdir(), 'vof-nbd-client-'));
@@ -45,7 +40,7 @@ describe.skipIf(!nbdkitDeps.ok)(`the NBD client against nbdkit${nbdkitDeps.skipN
 
   beforeAll(async () => {
     nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, '--exportname=disk', 'memory', 'size=8M'], { stdio: 'inherit' });
-    await waitForSocket(sock, nbdkit);
+    await waitForSocket(sock, nbdkit, 'nbdkit', 10000);
   });
   afterAll(() => {
     nbdkit.kill();
@@ -132,7 +127,7 @@ describe.skipIf(!nbdkitDeps.ok)(`the NBD client against nbdkit${nbdkitDeps.skipN
     await new Promise((r) => nbdkit.once('exit', r));
     rmSync(sock, { force: true });
     nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, '--exportname=disk', '--filter=exportname', 'memory', 'size=1M', 'exportname-strict=true', 'exportname=disk'], { stdio: 'inherit' });
-    await waitForSocket(sock, nbdkit);
+    await waitForSocket(sock, nbdkit, 'nbdkit', 10000);
     const err = await NbdClientConnection.connect(address, { exportName: 'nope' }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(NbdClientError);
     expect((err as Error).message).toMatch(/NBD_OPT_GO refused|no export named "nope"/);
@@ -209,7 +204,7 @@ describe.skipIf(!nbdkitDeps.ok)(`an NBD source that reconnects (nbdkit file plug
   async function startNbdkit(extra: string[] = []): Promise<ChildProcess> {
     rmSync(sock, { force: true });
     const child = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, ...extra, 'file', image], { stdio: 'inherit' });
-    await waitForSocket(sock, child);
+    await waitForSocket(sock, child, 'nbdkit', 10000);
     return child;
   }
 
@@ -272,7 +267,7 @@ describe.skipIf(!nbdkitDeps.ok)(`an NBD source that reconnects (nbdkit file plug
       expect(source.state).toBe('lost');
       expect(await new Promise<number>((r) => source.submit(NbdCommand.FLUSH, 0, 0, 0, null, r))).toBe(-1);
       nbdkit = await startNbdkit();
-      for (let i = 0; i < 100 && source.state !== 'connected'; i++) await new Promise((r) => setTimeout(r, 50));
+      await waitFor('the source to reconnect', () => source.state === 'connected', 5000, 50);
       expect(states).toEqual(['reconnecting', 'lost', 'connected']);
       expect(await new Promise<number>((r) => source.submit(NbdCommand.READ, 0, 0, 4096, Buffer.alloc(4096), r))).toBe(0);
     } finally {
@@ -291,7 +286,7 @@ describe.skipIf(!nbdkitDeps.ok)(`an nbds:// source: STARTTLS with a PSK against 
   beforeAll(async () => {
     writeFileSync(pskFile, `vof-target:${key.toString('hex')}\n`, { mode: 0o600 });
     nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, '--tls=require', `--tls-psk=${pskFile}`, 'memory', 'size=1M'], { stdio: 'inherit' });
-    await waitForSocket(sock, nbdkit);
+    await waitForSocket(sock, nbdkit, 'nbdkit', 10000);
   });
   afterAll(() => {
     nbdkit.kill();

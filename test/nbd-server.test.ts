@@ -8,6 +8,7 @@ import { NbdServer, silentLogger, type NbdBlockDevice, type NbdServerOptions } f
 import { NbdCommand, NbdError, NbdInfo, NbdOption, NbdReply, TransmissionFlag } from '../src/nbd/nbd-protocol.js';
 import { needs } from './helpers/deps.js';
 import { RawNbdClient } from './helpers/raw-nbd.js';
+import { waitFor } from './helpers/wait-for.js';
 
 /** One test asks libnbd's nbdinfo (libnbd-bin); the others speak NBD with a raw client. */
 const nbdinfo = needs('test/nbd-server.test.ts: the nbdinfo test', ['libnbd-bin']);
@@ -380,7 +381,7 @@ describe('NbdServer over any NbdBlockDevice', () => {
       c.socket.resume(); // to see the end the bridge gave them
       expect(await c.closedByServer()).toBe(true);
     }
-    for (let i = 0; i < 40 && server!.memory.used > 0; i++) await sleep(100);
+    await waitFor('the budget to be all given back', () => server!.memory.used === 0, 4000, 100);
     expect(server!.memory.used).toBe(0);
   });
 
@@ -400,7 +401,7 @@ describe('NbdServer over any NbdBlockDevice', () => {
         heavyDone++;
       }
     })();
-    for (let i = 0; i < 40 && disk.active < 4; i++) await sleep(50);
+    await waitFor('four READs at the disk', () => disk.active >= 4, 2000, 50);
     expect(disk.active).toBe(4); // the budget is full
     light.request(NbdCommand.READ, 0, piece);
     await sleep(100);
@@ -423,11 +424,11 @@ describe('NbdServer over any NbdBlockDevice', () => {
     const offsets = new Map<bigint, number>();
     c.socket.pause(); // reads nothing for now: 2 MiB of replies wait in the bridge
     for (let k = 0; k < 16; k++) offsets.set(c.request(NbdCommand.READ, k * size, size), k * size);
-    for (let i = 0; i < 40 && disk.reads < 16; i++) await sleep(50);
+    await waitFor('16 READs at the disk', () => disk.reads >= 16, 2000, 50);
     expect(disk.reads).toBe(16);
     await sleep(100); // the replies have been handed over as far as the socket takes them
     offsets.set(c.request(NbdCommand.READ, 16 * size, size), 16 * size);
-    for (let i = 0; i < 40 && disk.reads < 17; i++) await sleep(50);
+    await waitFor('the 17th READ at the disk', () => disk.reads >= 17, 2000, 50);
     expect(disk.reads).toBe(17); // before: 16, the 17th unread until the client had read everything
     c.socket.resume();
     for (let k = 0; k < 17; k++) {
@@ -444,10 +445,10 @@ describe('NbdServer over any NbdBlockDevice', () => {
     for (let i = 0; i < 3; i++) {
       const { c } = await client(sock);
       c.request(NbdCommand.WRITE, 0, 4 * MiB, 0, Buffer.alloc(MiB, 1)); // a quarter of the payload
-      for (let k = 0; k < 40 && server!.memory.used === 0; k++) await sleep(25);
+      await waitFor('the WRITE to take its bytes', () => server!.memory.used !== 0, 1000, 25);
       expect(server!.memory.used).toBe(4 * MiB);
       c.close();
-      for (let k = 0; k < 40 && server!.memory.used > 0; k++) await sleep(25);
+      await waitFor('the bytes to come back', () => server!.memory.used === 0, 1000, 25);
       expect(server!.memory.used).toBe(0);
     }
   });

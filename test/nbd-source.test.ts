@@ -1,5 +1,5 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice, BlockIoError, SECTOR_SIZE, createLogger } from '../src/index.js';
@@ -10,6 +10,7 @@ import { pattern } from './helpers/pattern.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { cookie, hostileServer, u32 } from './helpers/hostile-nbd.js';
 import { NbdkitFile, onlyIoErrors, writeThroughServerRestart } from './helpers/nbd-restart.js';
+import { waitForSocket } from './helpers/wait-for.js';
 
 /**
  * A vof target whose disks live on NBD servers (issue 20), against real servers: nbdkit,
@@ -19,17 +20,10 @@ import { NbdkitFile, onlyIoErrors, writeThroughServerRestart } from './helpers/n
 const deps = needs('test/nbd-source.test.ts (vof target over NBD servers)', ['nbd-source-tests']);
 const quiet = { keepaliveIntervalMs: 0 };
 
-async function waitForSocket(path: string, child: ChildProcess, what: string): Promise<void> {
-  for (let i = 0; i < 400 && !existsSync(path); i++) {
-    if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  if (!existsSync(path)) throw new Error(`${what} made no socket at ${path}`);
-}
 
 function start(cmd: string, args: string[], sock: string): Promise<ChildProcess> {
   const child = spawn(cmd, args, { stdio: ['ignore', 'inherit', 'inherit'] });
-  return waitForSocket(sock, child, cmd).then(() => child);
+  return waitForSocket(sock, child, cmd, 10000).then(() => child);
 }
 
 /** SIGKILL: nbdkit waits for its clients before it exits on SIGTERM, and a dying server is what is tested. */

@@ -7,6 +7,7 @@ import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
 import { RawQueue } from './helpers/raw-queue.js';
 import { blkReadPdu, blkWritePdu, openRawBlkSession } from './helpers/raw-blk-session.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { waitFor } from './helpers/wait-for.js';
 
 /**
  * What careless or hostile TCP peers can make a live `vof target` process hold (issue 10,
@@ -180,7 +181,7 @@ describe('a live target against careless peers', () => {
     // Every non-reading virtqueue is closed by the target (send timeout), which frees its
     // buffers. A paused socket does not notice a close: wait for the target to say it, then read.
     const stalled = () => target.stderr().match(/bytes of completions unread for 3000 ms; closing the connection/g)?.length ?? 0;
-    for (let i = 0; i < 300 && stalled() < 16; i++) await sleep(100);
+    await waitFor('16 stalled connections to be closed', () => stalled() >= 16, 30000, 100);
     expect(stalled()).toBe(16);
     for (const vq of hogs.flatMap((s) => s.vqs)) vq.socket.resume();
     await Promise.all(hogs.flatMap((s) => s.vqs.map((vq) => vq.whenClosed(30000))));

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice, DEFAULT_QUOTAS, statusName } from '../src/index.js';
 import { RawQueue } from './helpers/raw-queue.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { waitFor } from './helpers/wait-for.js';
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const MiB = 1024 * 1024;
@@ -83,7 +84,7 @@ describe('quotas: instances of one export never lock out another', () => {
       await allowedInitiatorWorks(url);
       // A closed instance frees its place.
       await succeeded[0]!.close();
-      for (let i = 0; i < 500 && fx.target.instanceCount >= 256; i++) await new Promise((r) => setTimeout(r, 10));
+      await waitFor('the closed instance to free its place', () => fx.target.instanceCount < 256, 5000, 10);
       expect(fx.target.instanceCount).toBe(255);
       const again = await RawQueue.open(fx.port);
       held.push(again);

@@ -10,6 +10,7 @@ import { NbdCommand } from '../src/nbd/nbd-protocol.js';
 import { socketOf, startBridge } from './helpers/nbd-bridge.js';
 import { RawNbdClient } from './helpers/raw-nbd.js';
 import { block, kill9 } from './helpers/target-faults.js';
+import { waitFor } from './helpers/wait-for.js';
 
 /**
  * Issue 13, reconnect: real `vof target` processes killed with SIGKILL under a writing
@@ -83,7 +84,7 @@ describe('reconnect after the target is killed', () => {
       }
     };
     const writers = Array.from({ length: 8 }, (_, w) => writer(w));
-    while (acked.size < 256) await new Promise((r) => setTimeout(r, 20));
+    await waitFor('256 acknowledged writes', () => acked.size >= 256, 30000);
     await kill9(t);
     expect(d.device.state === 'reconnecting' || d.device.state === 'connected').toBe(true);
     await new Promise((r) => setTimeout(r, 500)); // writes pile up, held
@@ -91,7 +92,7 @@ describe('reconnect after the target is killed', () => {
     await new Promise<void>((resolve) => (d.device.state === 'connected' && events.includes('reconnected') ? resolve() : d.device.once('reconnected', () => resolve())));
     const before = [...acked.values()].reduce((a, b) => a + b, 0);
     // Writing goes on on the new target.
-    while ([...acked.values()].reduce((a, b) => a + b, 0) < before + 256) await new Promise((r) => setTimeout(r, 20));
+    await waitFor('256 more acknowledged writes on the new target', () => [...acked.values()].reduce((a, b) => a + b, 0) >= before + 256, 30000);
     stop = true;
     await Promise.all(writers);
     await d.close();

@@ -17,6 +17,7 @@ import {
 } from '../src/index.js';
 import { RawQueue } from './helpers/raw-queue.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { waitFor } from './helpers/wait-for.js';
 
 /** Status name of a completion, so failures read "ENOCMD" rather than 1. */
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
@@ -94,7 +95,7 @@ describe('control queue Connect', () => {
     expect(c.subarray(6).equals(Buffer.alloc(10))).toBe(true);
     const before = fx.target.instanceCount;
     await q.close();
-    await waitFor(() => fx.target.instanceCount === before - 1);
+    await waitFor('the instance to be destroyed', () => fx.target.instanceCount === before - 1, 3000);
   });
   it('EACLREJECTED for an unknown TVQN (indistinguishable from a refusal), ENOTGT for a missing body', async () => {
     const q = await RawQueue.open(port);
@@ -437,7 +438,7 @@ describe('malformed input closes cleanly and harms nobody else', () => {
     expect(st(await fine.call({ opcode: Opcode.GetVendorId, commandId: 1 }))).toBe('SUCCESS');
     await fine.close();
     // Neither half-sent PDU created (or leaked) an instance, and nothing was an error.
-    await waitFor(() => fx.target.instanceCount === before);
+    await waitFor('the instance count to be back where it was', () => fx.target.instanceCount === before, 3000);
     await new Promise((r) => setTimeout(r, 20));
     expect(fx.target.instanceCount).toBe(before);
     expect(fx.logs.slice(logsBefore).filter((l) => l.level === 'error')).toEqual([]);
@@ -466,7 +467,7 @@ describe('instance limits', () => {
       const b = await RawQueue.open(k.port);
       expect(st(await b.connectControl('d'))).toBe('ENODEV');
       await a.close();
-      await waitFor(() => k.target.instanceCount === 0);
+      await waitFor('every instance to be destroyed', () => k.target.instanceCount === 0, 3000);
       expect(st(await b.connectControl('d'))).toBe('SUCCESS');
       await b.close();
     } finally {
@@ -505,10 +506,3 @@ function u32(n: number): number[] {
   return [n & 0xff, (n >>> 8) & 0xff, (n >>> 16) & 0xff, (n >>> 24) & 0xff];
 }
 
-async function waitFor(cond: () => boolean, timeoutMs = 3000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}

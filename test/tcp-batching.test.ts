@@ -5,6 +5,7 @@ import { Opcode, encodeBareCompletion, encodeCommand, encodeVqCompletion, silent
 import { TcpTargetConnection } from '../src/transport/tcp/tcp-target-connection.js';
 import type { TargetConnection } from '../src/transport/transport.js';
 import { TcpInitiatorConnection } from '../src/transport/tcp/tcp-initiator-connection.js';
+import { waitFor } from './helpers/wait-for.js';
 
 /**
  * Writes produced in one event-loop turn leave in one write: counted at the socket's own
@@ -73,7 +74,7 @@ describe('TCP write batching', () => {
     conn.start({ admitVq: () => 'accept', onCommand: (_c, r) => requests.push(r as VqRequestData), onEnd: () => {}, onClose: () => {} });
     // Eight VQ commands, each asking for 100+id device-writable bytes.
     for (let id = 0; id < 8; id++) peer.write(encodeCommand({ opcode: Opcode.Vq, commandId: id, outLength: 0, inLength: 100 + id }));
-    while (requests.length < 8) await new Promise((r) => setImmediate(r));
+    await waitFor('the eight commands at the target', () => requests.length >= 8, 5000, 1);
     const writes = countWrites(ours);
     const expected: Buffer[] = [];
     const writables: Buffer[] = [];

@@ -5,6 +5,7 @@ import { createLogger } from '../src/util/log.js';
 import type { IovaRegion, NativeVduseControl, NativeVduseDevice, VduseBinding, VqInfo } from '../src/vduse/vduse-binding.js';
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_RING_F_EVENT_IDX, VduseBlockDevice, vduseRemoteFeatures } from '../src/vduse/vduse-device.js';
 import { TargetFixture } from './helpers/target-fixture.js';
+import { waitFor } from './helpers/wait-for.js';
 
 /**
  * VduseBlockDevice against a fake kernel (the binding replaced by an in-memory one): the VDUSE
@@ -149,7 +150,7 @@ class FakeKernel {
   }
 
   async waitUsed(n: number): Promise<void> {
-    for (let i = 0; i < 500 && this.usedIdx < n; i++) await new Promise((res) => setTimeout(res, 10));
+    await waitFor(`used index ${n}`, () => this.usedIdx >= n, 5000, 10);
     expect(this.usedIdx).toBe(n);
   }
 }
@@ -235,7 +236,7 @@ describe('VduseBlockDevice against a fake kernel', () => {
     kernel.desc(0, 0x7f000000, 16, NEXT, 1); // mapped nowhere
     kernel.desc(1, DATA_IOVA + 0x1000, 4096, WRITE, 0);
     kernel.offer(0);
-    for (let i = 0; i < 200 && !logs.some((l) => /virtqueue 0 stopped/.test(l)); i++) await new Promise((res) => setTimeout(res, 10));
+    await waitFor('the virtqueue to stop', () => logs.some((l) => /virtqueue 0 stopped/.test(l)), 2000, 10);
     const line = logs.find((l) => /virtqueue 0 stopped/.test(l));
     expect(line).toBeDefined();
     expect(line).not.toMatch(/\n/);
@@ -300,7 +301,7 @@ describe('VduseBlockDevice against a fake kernel', () => {
   it('a config change from the target: the config space is read again, written to VDUSE, a config interrupt injected', async () => {
     // The target's Config Change event, as RemoteDevice reports it.
     disk.device.emit('configChange', 7);
-    for (let i = 0; i < 300 && kernel.configIrqs === 0; i++) await new Promise((res) => setTimeout(res, 10));
+    await waitFor('a config interrupt', () => kernel.configIrqs > 0, 3000, 10);
     expect(kernel.configIrqs).toBe(1);
     expect(kernel.configWrites).toHaveLength(1);
     const w = kernel.configWrites[0]!;

@@ -4,9 +4,23 @@ import type { TlsClientSettings } from '../transport/tcp/tls-settings.js';
 import type { KeyedMemoryOptions } from '../transport/transport.js';
 import type { Logger } from '../util/log.js';
 import type { ConfigReader } from './device-config.js';
-import { DEFAULT_KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_TIMEOUT_MS } from './liveness.js';
+import { timeoutBelowInterval } from '../util/liveness.js';
 import type { ReconnectOptions } from './reconnect-policy.js';
 import type { RemoteDevice } from './remote-device.js';
+
+/** The keepalive defaults of ConnectOptions. */
+export const DEFAULT_KEEPALIVE_INTERVAL_MS = 5000;
+export const DEFAULT_KEEPALIVE_TIMEOUT_MS = 15000;
+
+/** Said once per connect(), before the first Connect (a target may never answer it). */
+export function checkKeepaliveSettings(url: string, intervalMs: number, timeoutMs: number, log: Logger): void {
+  const short = timeoutBelowInterval(intervalMs, timeoutMs, 'an idle but healthy target may be declared lost');
+  if (intervalMs <= 0) {
+    log.warn(`${url}: keepalive disabled: a target destroys this instance once it hears nothing on any queue for its keepalive timeout (vof: 15 s by default), and a vanished target goes unnoticed until a request fails`);
+  } else if (short !== null) {
+    log.warn(`${url}: ${short}`);
+  }
+}
 
 /** How RemoteDevice.connect() connects, and what it does when the path fails (see RemoteDevice). */
 export interface ConnectOptions extends ReconnectOptions {

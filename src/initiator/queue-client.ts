@@ -8,6 +8,7 @@ import { QueueRequest } from './queue-request.js';
 import { VQ_COMPLETION } from '../protocol/completion.js';
 import { getLE16, getLE32, setLE16, setLE32 } from '../protocol/fields.js';
 import { COMPLETION_HEADER } from '../protocol/header.js';
+import { WaiterQueue } from '../util/waiter-queue.js';
 
 const NO_BUFFERS: readonly Buffer[] = [];
 
@@ -42,7 +43,11 @@ export class QueueClient {
   private freeHead = 0;
   private freeCount = 0;
   private inFlightCount = 0;
-  private readonly waiting: QueueRequest[] = [];
+  /**
+   * Requests for a free command id, in submission order. Bounded by whoever submits (a device's
+   * requests, the control and admin calls in flight), not here: a submit never fails for room.
+   */
+  private readonly waiting = new WaiterQueue<QueueRequest>(Number.POSITIVE_INFINITY);
   private closedError: Error | null = null;
   /** Target-initiated completions (command ids 0xff00-0xffff). */
   onEvent: (completion: Buffer) => void = () => {};
@@ -284,7 +289,7 @@ export class QueueClient {
       this.vacate(id);
       failed.push(p);
     }
-    failed.push(...this.waiting.splice(0));
+    for (const p of this.waiting.drain()) failed.push(p);
     for (const p of failed) p.fail(err);
   }
 

@@ -18,9 +18,9 @@ import { DeviceRequest, type RequestCallback, type RequestOwner } from './device
 import { connectControlPath, type ControlPath } from './control-path.js';
 import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
 import { reconnectPolicy, reconnects, type DeviceState, type ReconnectPolicy } from './reconnect-policy.js';
-import { connectOpts, pathOpts, type ConnectOptions } from './connect-options.js';
+import { checkKeepaliveSettings, connectOpts, DEFAULT_KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_TIMEOUT_MS, pathOpts, type ConnectOptions } from './connect-options.js';
 import { readConsistentConfig, type ConfigFieldReader, type ConfigValue } from './device-config.js';
-import { DEFAULT_KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_TIMEOUT_MS, Liveness } from './liveness.js';
+import { Liveness } from '../util/liveness.js';
 import { VofConnectionError, VofError } from './vof-error.js';
 import { authKeyOf } from './auth-handshake.js';
 import { negotiate, u32Of, type ResumePoint } from './init-sequence.js';
@@ -143,9 +143,10 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     this.connectBody = path.connectBody;
     this.instanceId = path.instanceId;
     this.policy = reconnectPolicy(options);
+    // Interval 0 turns dead-target detection off as well (ConnectOptions.keepaliveIntervalMs).
     this.liveness = new Liveness(
-      options.keepaliveIntervalMs ?? DEFAULT_KEEPALIVE_INTERVAL_MS,
-      options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS,
+      this.keepaliveIntervalMs,
+      this.keepaliveIntervalMs > 0 ? this.keepaliveTimeoutMs : 0,
       () => void this.control.call({ opcode: Opcode.Keepalive }).catch(() => {}),
       (silent) => this.silent(silent),
     );
@@ -173,10 +174,10 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   private get keepaliveIntervalMs(): number {
-    return this.liveness.intervalMs;
+    return this.options.keepaliveIntervalMs ?? DEFAULT_KEEPALIVE_INTERVAL_MS;
   }
   private get keepaliveTimeoutMs(): number {
-    return this.liveness.timeoutMs;
+    return this.options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS;
   }
 
   /** The target has sent nothing for the keepalive timeout. */
@@ -201,7 +202,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     parseDeviceUrl(url);
     const log = options.log ?? defaultLogger();
     const ivqn = options.ivqn ?? DEFAULT_IVQN;
-    Liveness.checkSettings(url, options.keepaliveIntervalMs ?? DEFAULT_KEEPALIVE_INTERVAL_MS, options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS, log);
+    checkKeepaliveSettings(url, options.keepaliveIntervalMs ?? DEFAULT_KEEPALIVE_INTERVAL_MS, options.keepaliveTimeoutMs ?? DEFAULT_KEEPALIVE_TIMEOUT_MS, log);
     if (options.authSecret !== undefined) authKeyOf(options.authSecret); // a bad secret fails before any connection
     const path = await connectControlPath(url, { ivqn, log, ...pathOpts(options) });
     const dev = new RemoteDevice(url, ivqn, path, options, log);

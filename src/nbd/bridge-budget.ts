@@ -1,4 +1,5 @@
 import { ByteBudget } from '../target/byte-budget.js';
+import { WaiterQueue } from '../util/waiter-queue.js';
 
 /**
  * Data buffers kept between requests, all connections together: enough for 32 × 128 KiB or
@@ -25,7 +26,8 @@ export interface BudgetWaiter {
  */
 export class BridgeBudget {
   private readonly bytes: ByteBudget;
-  private readonly queue: BudgetWaiter[] = [];
+  /** A connection waits here once at most (tryTake checks): bounded by the bridge's connections. */
+  private readonly queue = new WaiterQueue<BudgetWaiter>(Number.POSITIVE_INFINITY);
   private wakeScheduled = false;
   /** Data buffers that finished requests keep for the next ones, all connections together (see keep()). */
   private keptBytes = 0;
@@ -73,7 +75,7 @@ export class BridgeBudget {
       this.leave(who);
       return true;
     }
-    const head = this.queue[0];
+    const head = this.queue.peek();
     if ((head === undefined || head === who) && this.bytes.fits(n)) {
       this.bytes.take(n);
       if (head === who) {
@@ -95,10 +97,9 @@ export class BridgeBudget {
 
   /** `who` no longer waits (it closed, or its request needs no bytes after all). */
   leave(who: BudgetWaiter): void {
-    const i = this.queue.indexOf(who);
-    if (i < 0) return;
-    this.queue.splice(i, 1);
-    if (i === 0 && this.queue.length > 0) this.scheduleWake();
+    const wasHead = this.queue.peek() === who;
+    if (!this.queue.remove(who)) return;
+    if (wasHead && this.queue.length > 0) this.scheduleWake();
   }
 
   /**
@@ -110,7 +111,7 @@ export class BridgeBudget {
     this.wakeScheduled = true;
     setImmediate(() => {
       this.wakeScheduled = false;
-      this.queue[0]?.budgetWake();
+      this.queue.peek()?.budgetWake();
     });
   }
 }

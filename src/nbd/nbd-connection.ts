@@ -39,6 +39,7 @@ import {
   encodeServerReplyData,
 } from './nbd-protocol.js';
 import type { NbdTls } from './nbd-tls.js';
+import { WakeSignal } from '../util/wake-signal.js';
 
 export interface NbdConnectionLimits {
   /** Requests admitted at once (replies not yet handed to the kernel count too). */
@@ -241,7 +242,8 @@ export class NbdConnection implements BudgetWaiter {
   private batch: TickBatch | null = null;
   private shuttingDown = false;
   private closed = false;
-  private idleWaiters: Array<() => void> = [];
+  /** Woken when no request is in flight (or the socket closed). */
+  private readonly idleSignal = new WakeSignal();
   readonly closedPromise: Promise<void>;
 
   private readonly onData = (d: Buffer): void => {
@@ -756,15 +758,13 @@ export class NbdConnection implements BudgetWaiter {
   };
 
   private wakeIdle(): void {
-    const waiters = this.idleWaiters;
-    this.idleWaiters = [];
-    for (const w of waiters) w();
+    this.idleSignal.wake();
   }
 
   /** Resolves when no request is in flight (or the socket closed). */
   idle(): Promise<void> {
     if (this.inFlight === 0 || this.closed) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    return this.idleSignal.wait();
   }
 
   /**

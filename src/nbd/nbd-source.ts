@@ -1,6 +1,7 @@
 import { NBD_LOST, NbdClientConnection, NbdClientError, type NbdAddress, type NbdClientOptions, type NbdDone, type NbdExportInfo } from './nbd-client.js';
 import type { ReconnectPolicy } from '../initiator/reconnect-policy.js';
 import type { Logger } from '../util/log.js';
+import { WaiterQueue } from '../util/waiter-queue.js';
 
 /**
  * An NBD export as a vof target's storage (issue 20): one or more client connections to the
@@ -49,7 +50,11 @@ class SourceRequest {
 
 export class NbdSource {
   private readonly live: NbdClientConnection[] = [];
-  private readonly waiting: SourceRequest[] = [];
+  /**
+   * Requests for a connection's free slot, in submission order. Bounded by the caller (the
+   * bridge's admitted requests), not here: submit() never refuses for room.
+   */
+  private readonly waiting = new WaiterQueue<SourceRequest>(Number.POSITIVE_INFINITY);
   private readonly spare: SourceRequest[] = [];
   private nextSeq = 0;
   private next = 0;
@@ -125,7 +130,7 @@ export class NbdSource {
     // (NBD_PROTOCOL_ERROR) fails now, or a server that always does so would hold it forever.
     if (error === NBD_LOST && this.stateNow !== 'closed' && this.stateNow !== 'lost' && this.options.reconnect.lossTimeoutMs !== 0) {
       // The connection went away before the answer: send it again, in order, on the next one.
-      insertBySeq(this.waiting, r);
+      this.waiting.insertByKey(r, bySeq);
       return;
     }
     const done = r.done!;
@@ -236,7 +241,7 @@ export class NbdSource {
   }
 
   private failAll(): void {
-    for (const r of this.waiting.splice(0)) {
+    for (const r of this.waiting.drain()) {
       const done = r.done!;
       r.done = null;
       r.data = null;
@@ -257,9 +262,5 @@ export class NbdSource {
   }
 }
 
-/** Puts a re-sent request back among those waiting, in submission order. */
-function insertBySeq(list: SourceRequest[], r: SourceRequest): void {
-  let i = list.length;
-  while (i > 0 && list[i - 1]!.seq > r.seq) i--;
-  list.splice(i, 0, r);
-}
+/** Waiting requests are kept in submission order: a re-sent one goes back in it. */
+const bySeq = (r: SourceRequest): number => r.seq;

@@ -1,4 +1,4 @@
-import { SilenceTimer } from '../util/silence-timer.js';
+import { Liveness, timeoutBelowInterval } from '../util/liveness.js';
 import {
   DeviceStatus,
   Status,
@@ -52,8 +52,9 @@ export function keepalivePolicyProblem(p: KeepalivePolicy): string | null {
 export function keepalivePolicyWarnings(p: KeepalivePolicy): string[] {
   const out: string[] = [];
   if (p.timeoutMs === 0) out.push('keepalive timeout 0: instances of initiators that vanish are never reclaimed');
-  else if (p.intervalMs > 0 && p.timeoutMs < p.intervalMs) {
-    out.push(`keepalive timeout ${p.timeoutMs} ms is below the interval ${p.intervalMs} ms: an initiator keeping alive at the same pace would be dropped; use a timeout of about 3 intervals`);
+  else {
+    const short = timeoutBelowInterval(p.intervalMs, p.timeoutMs, 'an initiator keeping alive at the same pace would be dropped');
+    if (short !== null) out.push(short);
   }
   return out;
 }
@@ -74,9 +75,8 @@ export class DeviceInstance {
   private configChangeOutstanding = false;
   /** A DEVICE_NEEDS_RESET notice waiting for the outstanding Config Change to be read. */
   private needsResetNoticeQueued = false;
-  private readonly keepaliveTimer: NodeJS.Timeout | null;
-  /** The dead-peer timer (the keepalive timeout); null when the timeout is off. */
-  private readonly silence: SilenceTimer | null;
+  /** Keepalive Completions every interval, and the dead-initiator timer (the keepalive timeout). */
+  private readonly liveness: Liveness;
   private readonly unsubscribeConfig: () => void;
   readonly virtqueues = new Map<number, QueueSession>();
   destroyed = false;
@@ -107,18 +107,18 @@ export class DeviceInstance {
       offConfig();
       offFault?.();
     };
-    this.keepaliveTimer =
-      keepalive.intervalMs > 0 ? setInterval(() => this.control.sendEvent(encodeKeepaliveCompletion()), keepalive.intervalMs) : null;
-    this.keepaliveTimer?.unref();
-    this.silence =
-      keepalive.timeoutMs > 0
-        ? new SilenceTimer(keepalive.timeoutMs, (silent) => {
-            if (this.destroyed) return;
-            this.log.warn(`${this.label}: initiator silent for ${Math.round(silent)} ms, destroying (keepalive timeout ${this.keepalive.timeoutMs} ms)`);
-            this.destroy();
-          })
-        : null;
-    this.silence?.start();
+    this.liveness = new Liveness(
+      keepalive.intervalMs,
+      keepalive.timeoutMs,
+      () => this.control.sendEvent(encodeKeepaliveCompletion()),
+      (silent) => {
+        if (this.destroyed) return;
+        this.log.warn(`${this.label}: initiator silent for ${Math.round(silent)} ms, destroying (keepalive timeout ${this.keepalive.timeoutMs} ms)`);
+        this.destroy();
+      },
+    );
+    this.liveness.startKeepalive();
+    this.liveness.watch();
   }
 
   /**
@@ -157,7 +157,7 @@ export class DeviceInstance {
   }
 
   heard(): void {
-    this.silence?.heard();
+    this.liveness.heard();
   }
 
   /**
@@ -361,8 +361,7 @@ export class DeviceInstance {
   destroy(): void {
     if (this.destroyed) return;
     this.destroyed = true;
-    if (this.keepaliveTimer) clearInterval(this.keepaliveTimer);
-    this.silence?.stop();
+    this.liveness.stop();
     this.auth?.stop();
     this.unsubscribeConfig();
     this.admin?.close();

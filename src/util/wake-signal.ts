@@ -13,6 +13,11 @@ export class WakeSignal {
     return this.promise;
   }
 
+  /** Someone waits for the next wake() (so a caller can skip working out whether to wake). */
+  get waiting(): boolean {
+    return this.resolve !== null;
+  }
+
   wake(): void {
     const resolve = this.resolve;
     if (resolve === null) return;

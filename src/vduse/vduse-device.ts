@@ -13,6 +13,7 @@ import type { Logger } from '../util/log.js';
 import { IovaMemory } from './iova-memory.js';
 import { DescriptorChain, RingError, SplitRing } from './split-ring.js';
 import { READY_KICK, READY_MESSAGE, loadVduseBinding, vduseProblem, type NativeVduseControl, type NativeVduseDevice, type VduseBinding } from './vduse-binding.js';
+import { WakeSignal } from '../util/wake-signal.js';
 
 /** Transport feature bits (virtio 1.2, 6). */
 export const VIRTIO_RING_F_INDIRECT_DESC = 28n;
@@ -139,8 +140,8 @@ export class VduseBlockDevice {
   private added = false;
   /** Features the kernel's driver accepted (read at DRIVER_OK). */
   driverFeatures = 0n;
-  /** Resolves the waiters of in-flight requests reaching zero. */
-  private drainWaiters: Array<() => void> = [];
+  /** Woken when in-flight requests reach zero. */
+  private readonly drainSignal = new WakeSignal();
   /** vdpa device attached: the kernel's block device (/dev/vdX) or /dev/vhost-vdpa-N. */
   devicePath: string | null = null;
   /**
@@ -511,15 +512,11 @@ export class VduseBlockDevice {
   private drained(ms: number): Promise<void> {
     if (this.inFlight === 0) return Promise.resolve();
     return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.drainWaiters = this.drainWaiters.filter((w) => w !== done);
-        resolve();
-      }, ms);
-      const done = () => {
+      const timer = setTimeout(resolve, ms);
+      void this.drainSignal.wait().then(() => {
         clearTimeout(timer);
         resolve();
-      };
-      this.drainWaiters.push(done);
+      });
     });
   }
 
@@ -588,11 +585,7 @@ export class VduseBlockDevice {
     chain.readable.length = 0;
     chain.writable.length = 0;
     q.free.push(slot);
-    if (this.inFlight === 0 && this.drainWaiters.length > 0) {
-      const waiters = this.drainWaiters;
-      this.drainWaiters = [];
-      for (const w of waiters) w();
-    }
+    if (this.drainSignal.waiting && this.inFlight === 0) this.drainSignal.wake();
   }
 
   /** A config change from the target (a resize, a format) reaches the kernel's driver. */

@@ -1,7 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, rmSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { BlockIoError, type BlockDevice } from '../../src/index.js';
 import { pattern } from './pattern.js';
+import { waitForSocket } from './wait-for.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -19,11 +20,7 @@ export class NbdkitFile {
     rmSync(this.socket, { force: true });
     const child = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', this.socket, 'file', this.image], { stdio: ['ignore', 'inherit', 'inherit'] });
     this.child = child;
-    for (let i = 0; i < 400 && !existsSync(this.socket); i++) {
-      if (child.exitCode !== null) throw new Error(`nbdkit exited with ${child.exitCode}`);
-      await sleep(25);
-    }
-    if (!existsSync(this.socket)) throw new Error(`nbdkit made no socket at ${this.socket}`);
+    await waitForSocket(this.socket, child, 'nbdkit', 10000);
   }
 
   /** SIGSTOP: requests already sent stay unanswered, as on a server that dies with them. */

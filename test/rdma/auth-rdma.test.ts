@@ -11,7 +11,8 @@ import {
 } from '../../src/protocol/auth.js';
 import { RawRdmaQueue } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
-import { rdmaAddress, waitFor } from './rdma-env.js';
+import { rdmaAddress } from './rdma-env.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const quiet = { keepaliveIntervalMs: 0 };
@@ -59,7 +60,7 @@ describe('in-band authentication over RDMA', () => {
     const missing = await BlockDevice.open(url, { ivqn: 'host-a', maxQueues: 1, ...quiet }).catch((e: unknown) => e);
     expect(missing).toBeInstanceOf(VofError);
     expect((missing as VofError).statusName).toBe('EACLREJECTED');
-    await waitFor('the refused instances to go', () => fx.target.instanceCount === 0);
+    await waitFor('the refused instances to go', () => fx.target.instanceCount === 0, 60000);
   });
 
   it('a virtqueue Connect before authentication is refused, after it accepted', async () => {

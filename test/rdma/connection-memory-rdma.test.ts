@@ -4,7 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice } from '../../src/index.js';
 import { nativeBinding } from '../../src/transport/rdma/native-binding.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
-import { rdmaAddress, waitFor } from './rdma-env.js';
+import { rdmaAddress } from './rdma-env.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 // Memory given back after RDMA connections close. Each virtqueue connection registers a data
 // pool of 8 × (1 MiB + 4 KiB) on the target plus receive and send slots on both ends; the

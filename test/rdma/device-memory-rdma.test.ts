@@ -8,7 +8,8 @@ import { RNR_RETRY_COUNT } from '../../src/transport/rdma/rdma-limits.js';
 import { RdmaTargetConnection } from '../../src/transport/rdma/rdma-target-connection.js';
 import { RawRdmaQueue, descriptors } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
-import { rdmaAddress, waitFor } from './rdma-env.js';
+import { rdmaAddress } from './rdma-env.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 // Target registered memory per RDMA device (one PD, size-class pools, no registration on the
 // data path) and a send path a peer cannot abuse (finite RNR retry, bounded backlog, stall

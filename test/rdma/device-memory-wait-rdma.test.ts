@@ -2,7 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice } from '../../src/index.js';
 import { deviceMemories } from '../../src/transport/rdma/device-memory.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
-import { rdmaAddress, waitFor } from './rdma-env.js';
+import { rdmaAddress } from './rdma-env.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 // The pool wait queue on rxe: a target whose device memory limit is 0 keeps one buffer per size
 // class (the minimum), so concurrent requests of one class run one at a time. They wait for

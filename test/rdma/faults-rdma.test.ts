@@ -7,7 +7,8 @@ import { startTarget, type StartedTarget } from '../../scripts/start-target.mjs'
 import { BlockDevice, createLogger, silentLogger } from '../../src/index.js';
 import { nativeBinding, type QueuePair } from '../../src/transport/rdma/native-binding.js';
 import { block, kill9 } from '../helpers/target-faults.js';
-import { rdmaAddress, waitFor } from './rdma-env.js';
+import { rdmaAddress } from './rdma-env.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 /**
  * Issue 17, part B: the RDMA path broken the way real fabrics fail, under a writing initiator

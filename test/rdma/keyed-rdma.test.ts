@@ -5,7 +5,8 @@ import { BlkRequestType, BlockDevice, Opcode, encodeRequestHeader, statusName } 
 import { nativeBinding, type MemoryRegion } from '../../src/transport/rdma/native-binding.js';
 import { RawRdmaQueue, descriptors } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
-import { rdmaAddress, waitFor } from './rdma-env.js';
+import { rdmaAddress } from './rdma-env.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const MiB = 1024 * 1024;
@@ -104,7 +105,7 @@ describe('keyed descriptors checked by the target', () => {
       // error state), so no completion can arrive: the queue is closed on both sides instead,
       // and the target says why.
       await vq.whenClosed();
-      await waitFor('the target to report the failed RDMA READ', () => fx.logs.filter((l) => READ_FAILED.test(l.msg)).length > failures);
+      await waitFor('the target to report the failed RDMA READ', () => fx.logs.filter((l) => READ_FAILED.test(l.msg)).length > failures, 60000);
       failures++;
       await vq.close();
       mr.deregister();
@@ -146,12 +147,8 @@ describe('keyed descriptors checked by the target', () => {
     expect(fx.target.instanceCount).toBe(instancesBefore + 1);
     expect(binding.resourceCounts().queuePairs).toBeGreaterThan(baseline.queuePairs);
     child.kill('SIGKILL');
-    const deadline = Date.now() + 120000;
-    while (Date.now() < deadline) {
-      const now = live();
-      if (fx.target.instanceCount === instancesBefore && JSON.stringify(now) === JSON.stringify(baseline)) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    // Not thrown here: the expects below show which resource stayed (a diff beats a timeout).
+    await waitFor('the killed initiator\'s instance and resources to go', () => fx.target.instanceCount === instancesBefore && JSON.stringify(live()) === JSON.stringify(baseline), 120000, 100).catch(() => {});
     expect(live()).toEqual(baseline);
     expect(fx.target.instanceCount).toBe(instancesBefore);
     await bystanderStillWorks(3);

@@ -4,7 +4,8 @@ import { nativeBinding } from '../../src/transport/rdma/native-binding.js';
 import { RdmaWorkError } from '../../src/transport/rdma/send-queue.js';
 import type { InitiatorConnection, KeyedMemoryOptions } from '../../src/transport/transport.js';
 import type { RdmaInitiatorConnection } from '../../src/transport/rdma/rdma-initiator-connection.js';
-import { rdmaAddress, waitFor } from './rdma-env.js';
+import { rdmaAddress } from './rdma-env.js';
+import { waitFor } from '../helpers/wait-for.js';
 import { RawRdmaTarget, type RawTargetConnection } from './raw-rdma-target.js';
 
 // Initiator remote keys die with their request (issue 8 item 5): every keyed descriptor the
@@ -37,7 +38,7 @@ function watch(initiator: InitiatorConnection): { completion(): Promise<Buffer>;
   });
   return {
     completion: async () => {
-      await waitFor('the completion to reach the initiator', () => got.length > 0 || closed);
+      await waitFor('the completion to reach the initiator', () => got.length > 0 || closed, 60000);
       const c = got.shift();
       if (!c) throw new Error('initiator connection closed before the completion');
       return c;
@@ -200,7 +201,7 @@ describe('initiator keys die with their request', () => {
     await waitFor('windows and regions to be released', () => {
       const now = binding.resourceCounts();
       return now.memoryWindows === before.memoryWindows && now.memoryRegions === before.memoryRegions;
-    });
+    }, 60000);
   });
 });
 
@@ -266,7 +267,7 @@ describe('remote invalidation: a completion that ends its command\'s first key',
       const { command, descriptors } = await conn.nextCommand();
       // The second descriptor's key: a live key of ours, but not the one the rule allows.
       await conn.complete(command, 0, descriptors[1]!.key);
-      await waitFor('the initiator to close the connection', () => watcher.closed());
+      await waitFor('the initiator to close the connection', () => watcher.closed(), 60000);
       await expect(watcher.completion()).rejects.toThrow('initiator connection closed before the completion');
     });
   });

@@ -7,6 +7,7 @@ import { needs } from '../helpers/deps.js';
 import { startBridge, type Bridge } from '../helpers/nbd-bridge.js';
 import { rdmaAddress } from './rdma-env.js';
 import { must, sh } from '../helpers/shell.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 /**
  * The kernel as an NBD client of a vof disk reached over RDMA: nbd-client attaches `vof nbd`
@@ -22,15 +23,17 @@ const MiB = 1024 * 1024;
 
 
 /** Attach the bridge's socket as `dev` and wait until the kernel sees the whole disk. */
-function attach(socketPath: string, name: string, dev: string, size: number): void {
+async function attach(socketPath: string, name: string, dev: string, size: number): Promise<void> {
   must('nbd-client', ['-unix', socketPath, dev, '-name', name, '-block-size', '4096', '-timeout', '120']);
-  const deadline = Date.now() + 120000;
-  while (Date.now() < deadline) {
-    const r = sh('blockdev', ['--getsize64', dev]);
-    if (r.status === 0 && Number(r.stdout.trim()) === size) return;
-    spawnSync('sleep', ['0.5']);
-  }
-  throw new Error(`${dev} never showed ${size} bytes`);
+  await waitFor(
+    `${dev} to show ${size} bytes`,
+    () => {
+      const r = sh('blockdev', ['--getsize64', dev]);
+      return r.status === 0 && Number(r.stdout.trim()) === size;
+    },
+    120000,
+    500,
+  );
 }
 
 describe.skipIf(!tools.ok)(`kernel nbd-client on a vof disk over RDMA${tools.skipNote}`, () => {
@@ -68,7 +71,7 @@ describe.skipIf(!tools.ok)(`kernel nbd-client on a vof disk over RDMA${tools.ski
 
     const first = await startBridge([url, '--socket', join(dir, 'first.sock'), '--ivqn', 'nbd-host-1'], 300000);
     bridges.push(first);
-    attach(join(dir, 'first.sock'), 'nbd-disk', '/dev/nbd0', SIZE);
+    await attach(join(dir, 'first.sock'), 'nbd-disk', '/dev/nbd0', SIZE);
     attached.push('/dev/nbd0');
     must('mkfs.ext4', ['-q', '-F', '-L', 'vofnbd', '/dev/nbd0']);
     must('mount', ['/dev/nbd0', mnt]);
@@ -85,7 +88,7 @@ describe.skipIf(!tools.ok)(`kernel nbd-client on a vof disk over RDMA${tools.ski
 
     const second = await startBridge([url, '--socket', join(dir, 'second.sock'), '--ivqn', 'nbd-host-2'], 300000);
     bridges.push(second);
-    attach(join(dir, 'second.sock'), 'nbd-disk', '/dev/nbd1', SIZE);
+    await attach(join(dir, 'second.sock'), 'nbd-disk', '/dev/nbd1', SIZE);
     attached.push('/dev/nbd1');
     must('mount', ['-o', 'ro', '/dev/nbd1', mnt]);
     expect(readFileSync(join(mnt, 'hello.txt'), 'utf8')).toBe('hello from the kernel over NBD over RDMA\n');

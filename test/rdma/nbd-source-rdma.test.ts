@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice, createLogger } from '../../src/index.js';
@@ -10,6 +10,7 @@ import { TargetFixture } from '../helpers/target-fixture.js';
 import { NbdkitFile, onlyIoErrors, writeThroughServerRestart } from '../helpers/nbd-restart.js';
 import { parseBlk } from '../../src/cli/target-command.js';
 import { rdmaAddress } from './rdma-env.js';
+import { waitForSocket } from '../helpers/wait-for.js';
 
 /**
  * An NBD source and the null device behind an RDMA target (issue 20): what an initiator writes over rdma:// with
@@ -29,7 +30,7 @@ describe.skipIf(!deps.ok)(`an NBD source over RDMA${deps.skipNote}`, () => {
   beforeAll(async () => {
     writeFileSync(image, Buffer.alloc(4 * 1024 * 1024));
     nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, 'file', image], { stdio: 'inherit' });
-    for (let i = 0; i < 400 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
+    await waitForSocket(sock, nbdkit, 'nbdkit', 10000);
     fx = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 } });
     fx.target.addDevice('src', await openBlockStorage(`nbd+unix:///?socket=${sock}`, {}, { connections: 2 }, createLogger('silent')));
     fx.target.addDevice('null', await openBlockStorage('null:16m', {}, {}, createLogger('silent')));

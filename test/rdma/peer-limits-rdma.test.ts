@@ -8,7 +8,8 @@ import { nativeBinding } from '../../src/transport/rdma/native-binding.js';
 import { parseListenUrl } from '../../src/url.js';
 import { RawRdmaQueue } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
-import { rdmaAddress, waitFor } from './rdma-env.js';
+import { rdmaAddress } from './rdma-env.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 

@@ -5,11 +5,3 @@ export function rdmaAddress(): string {
   return addr;
 }
 
-/** Polls `cond` until it holds; RDMA teardown is event-driven and slow under TCG. */
-export async function waitFor(what: string, cond: () => boolean, timeoutMs = 60000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}

@@ -5,16 +5,13 @@ import { nativeBinding } from '../../src/transport/rdma/native-binding.js';
 import { RawRdmaQueue, descriptors } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { rdmaAddress } from './rdma-env.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 /** Issue 10 over RDMA: reused command ids (finding 8), zero-length descriptors and seg_max (finding 9). */
 
 const st = (c: Buffer) => statusName(c.readUInt16LE(0));
 const MiB = 1024 * 1024;
 
-async function until(cond: () => boolean): Promise<void> {
-  for (let i = 0; i < 1200 && !cond(); i++) await new Promise((r) => setTimeout(r, 50));
-  if (!cond()) throw new Error('timed out');
-}
 
 let fx: TargetFixture;
 let diskPath: string;
@@ -69,7 +66,7 @@ describe('RDMA: command ids and keyed descriptors', () => {
     const first = writeRequest(vq, 8n, 0x3c);
     const second = writeRequest(vq, 16n, 0xc3);
     vq.command({ opcode: Opcode.Vq, commandId: 1, outLength: 4112, inLength: 1 }, descriptors(first.descs));
-    await until(() => started === 1);
+    await waitFor('the first request to start', () => started === 1, 60000, 50);
     vq.command({ opcode: Opcode.Vq, commandId: 1, outLength: 4112, inLength: 1 }, descriptors(second.descs));
     await vq.whenClosed();
     expect(fx.logged(/closing the queue: \w+: command id 1 is already in flight/)).toBe(true);

@@ -7,7 +7,8 @@ import { needs } from '../helpers/deps.js';
 import { startBridge, type Bridge } from '../helpers/nbd-bridge.js';
 import { sh, shAsync } from '../helpers/shell.js';
 import { kill9 } from '../helpers/target-faults.js';
-import { rdmaAddress, waitFor } from './rdma-env.js';
+import { rdmaAddress } from './rdma-env.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 /**
  * `vof vduse` with reconnect on, and a target that dies and does not come back: the kernel's
@@ -70,7 +71,7 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s: the target 
     const b = bridge;
     const dev = b.uri;
     expect(dev, b.stderr()).toMatch(/^\/dev\/vd[a-z]+$/);
-    await waitFor(`${dev}`, () => existsSync(dev));
+    await waitFor(`${dev}`, () => existsSync(dev), 60000);
     const exited = new Promise<number | null>((resolve) => {
       if (b.child.exitCode !== null) resolve(b.child.exitCode);
       else b.child.once('exit', (code) => resolve(code));
@@ -114,7 +115,7 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s: the target 
     expect(b.stderr()).toMatch(/device lost: removing the device/);
     expect(existsSync(`/sys/bus/vdpa/devices/${name}`)).toBe(false);
     expect(existsSync(`/dev/vduse/${name}`)).toBe(false);
-    await waitFor(`${dev} to go`, () => !existsSync(dev));
+    await waitFor(`${dev} to go`, () => !existsSync(dev), 60000);
     bridge = undefined;
   }, 600000);
 });

@@ -9,6 +9,7 @@ import { rdmaAddress } from './rdma-env.js';
 import { must, sh, shAsync } from '../helpers/shell.js';
 import { kill9 } from '../helpers/target-faults.js';
 import { vofAsync } from '../helpers/vof-cli.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 /**
  * `vof vduse`: the kernel's own virtio-blk driver (virtio_vdpa) on a VDUSE device whose requests
@@ -37,15 +38,6 @@ const tools = needs('test/rdma/vduse-rdma.test.ts (vof vduse: the kernel virtio-
 
 const MiB = 1024 * 1024;
 const SIZE = 64 * MiB;
-
-/** Waits (bounded) until `path` exists or is gone. */
-function waitPath(path: string, present: boolean, timeoutMs = 60000): void {
-  const deadline = Date.now() + timeoutMs;
-  while (existsSync(path) !== present) {
-    if (Date.now() > deadline) throw new Error(`${path} ${present ? 'never appeared' : 'never went away'}`);
-    spawnSync('sleep', ['0.2']);
-  }
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -86,7 +78,7 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
     expect(dev, bridge.stderr() + sh('dmesg', []).stdout.slice(-3000)).toMatch(/^\/dev\/vd[a-z]+$/);
     // The vdpa device is bound to virtio_vdpa, and the block device is the one under it.
     expect(readlinkSync(`/sys/bus/vdpa/devices/${name}/driver`)).toMatch(/\/virtio_vdpa$/);
-    waitPath(dev, true);
+    await waitFor(dev, () => existsSync(dev), 60000, 200);
     return { bridge, dev };
   }
 
@@ -203,7 +195,8 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout).toMatch(/^"vd-grow": 25165824 bytes, changed/);
     // virtio_blk re-reads the capacity in a work item after the config interrupt: bounded wait.
-    for (let i = 0; i < 1200 && sectors() !== (24 * MiB) / 512; i++) await sleep(50);
+    // Not thrown here: the expect below says so with the bridge's log.
+    await waitFor('virtio_blk to read the new capacity', () => sectors() === (24 * MiB) / 512, 60000, 50).catch(() => {});
     expect(sectors(), bridge.stderr()).toBe((24 * MiB) / 512);
     expect(Number(must('blockdev', ['--getsize64', dev]).trim())).toBe(24 * MiB);
     expect(bridge.stderr()).toMatch(/config changed \(capacity 49152 sectors\)/);
@@ -226,7 +219,7 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
       running.push(bridge);
       expect(bridge.uri, bridge.stderr()).toMatch(/^\/dev\/vhost-vdpa-\d+$/);
       expect(readlinkSync(`/sys/bus/vdpa/devices/${name}/driver`)).toMatch(/\/vhost_vdpa$/);
-      waitPath(bridge.uri, true);
+      await waitFor(bridge.uri, () => existsSync(bridge.uri), 60000, 200);
       await detach(bridge, name);
     } finally {
       spawnSync('modprobe', ['-r', 'vhost_vdpa']);
@@ -274,7 +267,7 @@ describe.skipIf(!tools.ok).each(['tcp', 'rdma'])(`vof vduse over %s${tools.skipN
     // Mid-run: once 2 MiB of the 16 went out (bounded wait), the target is stopped, so that the
     // writes it was sent stay unanswered, as on a target that dies with them; once the kernel's
     // writes in flight stop moving, it is killed.
-    for (let i = 0; i < 2400 && blockStat(dev).writtenSectors - before < 4096; i++) await sleep(50);
+    await waitFor('2 MiB written', () => blockStat(dev).writtenSectors - before >= 4096, 120000, 50);
     expect(blockStat(dev).writtenSectors - before).toBeGreaterThanOrEqual(4096);
     t.child.kill('SIGSTOP');
     let last = -1;

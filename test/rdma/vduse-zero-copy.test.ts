@@ -10,6 +10,7 @@ import { needs } from '../helpers/deps.js';
 import { startBridge, type Bridge } from '../helpers/nbd-bridge.js';
 import { rdmaAddress } from './rdma-env.js';
 import { must, sh } from '../helpers/shell.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 /**
  * `vof vduse` over rdma:// moves the kernel's request bytes with no copy (issue 19): the
@@ -112,16 +113,6 @@ function sysfsWrite(file: string, value: string, timeoutMs = 120000): Promise<vo
   });
 }
 
-function waitFor<T>(what: string, get: () => T | null, timeoutMs = 60000): T {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = get();
-    if (v !== null) return v;
-    if (Date.now() > deadline) throw new Error(`${what}: not there after ${timeoutMs} ms`);
-    spawnSync('sleep', ['0.2']);
-  }
-}
-
 describe.skipIf(!tools.ok)(`vof vduse over rdma:// with no copy${tools.skipNote}`, () => {
   const dir = mkdtempSync('/dev/shm/vof-vduse-zc-');
   const image = join(dir, 'disk.img');
@@ -132,7 +123,7 @@ describe.skipIf(!tools.ok)(`vof vduse over rdma:// with no copy${tools.skipNote}
     const bridge = await startBridge([`${target.urls[0]}/zc`, '--name', name, '--ivqn', `zc-${name}`, '--log', 'debug'], 300000, 'vduse');
     running.push(bridge);
     expect(bridge.uri, bridge.stderr()).toMatch(/^\/dev\/vd[a-z]+$/);
-    waitFor(bridge.uri, () => (existsSync(bridge.uri) ? true : null));
+    await waitFor(bridge.uri, () => existsSync(bridge.uri), 60000, 200);
     return { bridge, dev: bridge.uri };
   }
 
@@ -192,11 +183,11 @@ describe.skipIf(!tools.ok)(`vof vduse over rdma:// with no copy${tools.skipNote}
     let dev = second.dev;
     for (let round = 0; round < 2; round++) {
       await sysfsWrite('/sys/bus/vdpa/drivers/virtio_vdpa/unbind', 'zc-2');
-      waitFor('virtio_vdpa unbound', () => (blockOf('zc-2') === null ? true : null));
+      await waitFor('virtio_vdpa to unbind zc-2', () => blockOf('zc-2') === null, 60000);
       await sysfsWrite('/sys/bus/vdpa/drivers/virtio_vdpa/bind', 'zc-2');
-      const again = waitFor('/dev/vdX after the rebind', () => blockOf('zc-2'));
-      waitFor(again, () => (existsSync(again) ? true : null));
-      dev = again;
+      let again: string | null = null;
+      await waitFor('/dev/vdX of zc-2 after the rebind', () => (again = blockOf('zc-2')) !== null && existsSync(again), 60000);
+      dev = again!;
     }
     fio(dev, '4k', 'randwrite', ['--do_verify=1', '--offset=3M']);
     const t2 = await detach(second.bridge);

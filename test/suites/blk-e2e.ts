@@ -12,6 +12,7 @@ import {
 } from '../../src/index.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { pattern } from '../helpers/pattern.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 const MiB = 1024 * 1024;
 
@@ -270,7 +271,7 @@ export function blkEndToEndSuite(name: string, listenUrl: string, opts: { diskMi
       expect(fx.logged(new RegExp(`instance ${instance} created`))).toBe(true);
       await d.read(0, 512);
       await d.close();
-      for (let i = 0; i < 100 && fx.target.instanceCount !== before; i++) await new Promise((r) => setTimeout(r, 10));
+      await waitFor('the instance to go', () => fx.target.instanceCount === before, 1000, 10);
       expect(fx.target.instanceCount).toBe(before);
       // Every queue said Disconnect before its connection went away: the target logs
       // "<queue> of instance N closed" only for a connection that closed while still bound.

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileBlockExport, RemoteDevice, type VirtioDeviceInstance } from '../../src/index.js';
 import { withInstanceOverrides } from '../helpers/device-proxy.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
+import { waitFor } from '../helpers/wait-for.js';
 
 const opts = { keepaliveIntervalMs: 0 };
 
@@ -93,7 +94,7 @@ export function deviceRequestsSuite(name: string, listenUrl: string): void {
         };
         gate = new Promise((r) => (open = r));
         const held = Array.from({ length: 5 }, () => dev.request(0, [ask(2, 16)], [Buffer.alloc(16)]));
-        for (let i = 0; i < 500 && started < 4; i++) await new Promise((r) => setTimeout(r, 10));
+        await waitFor('four requests to start', () => started >= 4, 5000, 10);
         expect(started).toBe(4);
         expect(q.inFlight).toBe(4);
         expect(ids).toEqual([0, 1, 2, 3]); // the fifth waits for a slot

@@ -1,5 +1,6 @@
 import { REBUILD_HINT, loadNativeAddon } from '../../util/native-addon.js';
 import { fileIoError, shortTransferError } from './file-io-error.js';
+import { WaiterQueue } from '../../util/waiter-queue.js';
 
 /** The addon's io_uring (native/file_ring.cc): flat numbers and typed arrays in, flat pairs out. */
 interface NativeFileRing {
@@ -90,8 +91,8 @@ export class UringRing {
   private readonly clientOf: Array<RingClient | null>;
   private readonly doneOf: Array<IoDone | null>;
   private readonly freeSlots: number[] = [];
-  private readonly waiting: WaitingOp[] = [];
-  private waitingHead = 0;
+  /** Operations for a free slot, oldest first; bounded by the process's requests in flight on files. */
+  private readonly waiting = new WaiterQueue<WaitingOp>(Number.POSITIVE_INFINITY);
 
   constructor(ctor: FileRingConstructor) {
     this.ring = new ctor(RING_ENTRIES, (count) => this.onCompletions(count));
@@ -210,12 +211,8 @@ export class UringRing {
 
   /** A slot is free again: the longest waiting operation takes it. */
   private release(slot: number): void {
-    if (this.waitingHead < this.waiting.length) {
-      const next = this.waiting[this.waitingHead++]!;
-      if (this.waitingHead === this.waiting.length) {
-        this.waiting.length = 0;
-        this.waitingHead = 0;
-      }
+    const next = this.waiting.shift();
+    if (next !== undefined) {
       this.freeSlots.push(slot);
       this.start(next.kind, next.fd, next.buffer, next.offset, next.length, next.position, next.client, next.done);
     } else {

@@ -1,3 +1,5 @@
+import { WaiterQueue } from '../../util/waiter-queue.js';
+
 interface Waiter {
   readonly bytes: number;
   readonly resolve: (granted: number) => void;
@@ -10,7 +12,8 @@ interface Waiter {
 export class TokenBucket {
   private tokens: number;
   private last = performance.now();
-  private readonly waiters: Waiter[] = [];
+  /** Bounded by the requests of the queues it paces (each takes once at a time). */
+  private readonly waiters = new WaiterQueue<Waiter>(Number.POSITIVE_INFINITY);
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
 
@@ -59,12 +62,12 @@ export class TokenBucket {
   private serve(): void {
     if (this.timer) return;
     this.refill();
-    while (this.waiters.length > 0 && this.tokens >= this.waiters[0]!.bytes) {
+    while (this.waiters.length > 0 && this.tokens >= this.waiters.peek()!.bytes) {
       const w = this.waiters.shift()!;
       this.tokens -= w.bytes;
       w.resolve(w.bytes);
     }
-    const next = this.waiters[0];
+    const next = this.waiters.peek();
     if (!next) return;
     const waitMs = Math.max(1, Math.ceil(((next.bytes - this.tokens) / this.rate) * 1000));
     this.timer = setTimeout(() => {
@@ -77,6 +80,6 @@ export class TokenBucket {
     this.closed = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
-    for (const w of this.waiters.splice(0)) w.resolve(0);
+    for (const w of this.waiters.drain()) w.resolve(0);
   }
 }

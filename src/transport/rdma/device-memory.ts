@@ -1,5 +1,6 @@
 import { allocAligned, DATA_SKEW } from '../../util/aligned-buffer.js';
 import type { Logger } from '../../util/log.js';
+import { WaiterQueue } from '../../util/waiter-queue.js';
 import type { MemoryRegion, ProtectionDomain } from './native-binding.js';
 import type { RegisteredBuffer } from './registered-pool.js';
 
@@ -80,7 +81,8 @@ class SizeClass {
   readonly slabs: Array<Slab | null> = [];
   /** Free buffers as (slab index, buffer index) packed into one number. */
   readonly free: number[] = [];
-  readonly waiters: Waiter[] = [];
+  /** Bounded by the requests in flight on the device's queues (each waits for one buffer at most). */
+  readonly waiters = new WaiterQueue<Waiter>(Number.POSITIVE_INFINITY);
   buffers = 0;
   /** Buffers the live reservations ask for (plus the one every class keeps). */
   wanted = 1;
@@ -244,8 +246,7 @@ export class DeviceMemory {
         reject,
         signal,
         onAbort: () => {
-          const at = c.waiters.indexOf(waiter);
-          if (at >= 0) c.waiters.splice(at, 1);
+          c.waiters.remove(waiter);
           reject(abortError(signal!));
         },
       };
@@ -318,7 +319,7 @@ export class DeviceMemory {
     if (this.destroyed) return;
     this.destroyed = true;
     for (const c of this.classes) {
-      for (const w of c.waiters.splice(0)) {
+      for (const w of c.waiters.drain()) {
         w.signal?.removeEventListener('abort', w.onAbort);
         w.reject(new Error('RDMA device memory is released'));
       }

@@ -2,6 +2,7 @@ import type { CmId, MemoryRegion, NativeBinding, ProtectionDomain } from './nati
 import { RangeAllocator, type Range } from './range-allocator.js';
 import type { PinnedMemory } from '../pinned-memory.js';
 import { PinnedRegistrations } from './memory-registration-cache.js';
+import { WaiterQueue } from '../../util/waiter-queue.js';
 
 /** Regions that windows bind to: local access for the NIC, MW_BIND, and no remote access at all. */
 export function windowedAccess(binding: NativeBinding): number {
@@ -171,7 +172,8 @@ export interface BounceSlice {
 export class BounceArena {
   readonly region: MemoryRegion;
   private readonly allocator: RangeAllocator;
-  private readonly waiting: Array<{ readonly size: number; readonly ready: (s: BounceSlice) => void }> = [];
+  /** Commands waiting for a slice; at most the connection's queue size (one slice per command). */
+  private readonly waiting = new WaiterQueue<{ readonly size: number; readonly ready: (s: BounceSlice) => void }>(Number.POSITIVE_INFINITY);
   /** Registrations of oversized commands still in flight. */
   private readonly dedicated = new Set<MemoryRegion>();
   /** Commands that needed a registration of their own (larger than the arena). */
@@ -224,7 +226,7 @@ export class BounceArena {
     }
     this.allocator.release(slice.range);
     while (!this.destroyed && this.waiting.length > 0) {
-      const next = this.take(this.waiting[0]!.size);
+      const next = this.take(this.waiting.peek()!.size);
       if (!next) break;
       this.waiting.shift()!.ready(next);
     }
@@ -234,7 +236,7 @@ export class BounceArena {
   destroy(): void {
     if (this.destroyed) return;
     this.destroyed = true;
-    this.waiting.length = 0;
+    this.waiting.drain();
     for (const mr of this.dedicated) mr.deregister();
     this.dedicated.clear();
     this.region.deregister();

@@ -1,5 +1,6 @@
 import type { MemoryRegion, MemoryWindow, NativeBinding, QueuePair, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
+import { WaiterQueue } from '../../util/waiter-queue.js';
 
 /** A work request the NIC completed with an error status (ibv_wc_status_str in the message). */
 export class RdmaWorkError extends Error {
@@ -180,7 +181,7 @@ export class SendQueue {
   /** Accepted (room taken), not yet posted: leaves at the next flush(). */
   private readonly pending: SendChain[] = [];
   /** No room yet: accepted in order as completions free entries. */
-  private readonly waiting: SendChain[] = [];
+  private readonly waiting: WaiterQueue<SendChain>;
   /** The work requests of one postSend call, as the addon reads them. */
   private readonly staging = new WorkRequestStaging();
   private flushArmed = false;
@@ -200,6 +201,7 @@ export class SendQueue {
   ) {
     this.free = depth;
     this.maxBacklog = limits.maxBacklog ?? DEFAULT_MAX_BACKLOG;
+    this.waiting = new WaiterQueue(this.maxBacklog);
     const timeout = limits.stallTimeoutMs ?? 0;
     if (timeout > 0) this.startWatchdog(timeout);
   }
@@ -251,8 +253,7 @@ export class SendQueue {
     if (n > this.depth) return chain.done(new Error(`${chain.what}: ${n} work requests exceed the send queue depth ${this.depth}`));
     if (n > MAX_WRS_PER_POST) return chain.done(new Error(`${chain.what}: ${n} work requests exceed the ${MAX_WRS_PER_POST} one post can carry`));
     if (this.waiting.length === 0 && this.free >= n) this.accept(chain);
-    else if (this.waiting.length < this.maxBacklog) this.waiting.push(chain);
-    else {
+    else if (!this.waiting.push(chain)) {
       const err = new SendStalledError(`${chain.what}: ${this.waiting.length} chains already wait for the send queue (the peer is not taking completions)`);
       chain.done(err);
       this.failOnOwn(err);
@@ -349,7 +350,7 @@ export class SendQueue {
     this.free += chain.wrs.length;
     this.completions++;
     chain.done(status === 0 ? null : new RdmaWorkError(status, this.binding.wcStatusName(status), chain.what));
-    while (!this.broken && this.waiting.length > 0 && this.free >= this.waiting[0]!.wrs.length) this.accept(this.waiting.shift()!);
+    while (!this.broken && this.waiting.length > 0 && this.free >= this.waiting.peek()!.wrs.length) this.accept(this.waiting.shift()!);
     return true;
   }
 
@@ -367,7 +368,7 @@ export class SendQueue {
     }
     this.inFlightCount = 0;
     const pending = this.pending.splice(0);
-    const waiting = this.waiting.splice(0);
+    const waiting = this.waiting.drain();
     for (const c of inFlight) c.done(err);
     for (const c of pending) c.done(err);
     for (const c of waiting) c.done(err);
