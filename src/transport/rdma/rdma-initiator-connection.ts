@@ -370,8 +370,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     }
     completion.copy(slot.completion, 0, 0, COMPLETION_SIZE);
     const chain = slot.invalidation;
-    chain.wrs.length = 0;
-    for (let i = first; i < slot.bound; i++) chain.wrs.push(slot.invalidates[i]!);
+    setWrs(chain.wrs, slot.invalidates, first, slot.bound, null);
     this.keyStats.localInvalidations += chain.wrs.length;
     this.rc.sendQueue.postChain(chain);
   }
@@ -634,23 +633,20 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       // The previous command's send completion has not come back yet (its answer overtook it).
       chain = slot.chain = new CommandChain(this);
     }
-    const wrs = chain.wrs;
-    wrs.length = 0;
-    for (let i = 0; i < slot.bound; i++) wrs.push(slot.binds[i]!);
+    let send: SendWr;
     if (tail === null) {
-      const send = (slot.send ??= { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [message.mr, message.offset, 0] });
+      send = slot.send ??= { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [message.mr, message.offset, 0] };
       send.sg[2] = at;
-      wrs.push(send);
     } else {
-      const send = (slot.sendWithTail ??= { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [message.mr, message.offset, 0, tail, 0, 0] });
+      send = slot.sendWithTail ??= { wrId: 0, opcode: WrOpcode.Send, signaled: true, sg: [message.mr, message.offset, 0, tail, 0, 0] };
       send.sg[0] = message.mr;
       send.sg[1] = message.offset;
       send.sg[2] = at;
       send.sg[3] = tail;
       send.sg[4] = tailOffset;
       send.sg[5] = tailLength;
-      wrs.push(send);
     }
+    setWrs(chain.wrs, slot.binds, 0, slot.bound, send);
     chain.inFlight = true;
     this.rc.sendQueue.postChain(chain);
   }
@@ -766,7 +762,8 @@ function clearSlot(slot: CommandSlot): BounceSlice | null {
   for (let k = 0; k < slot.copies; k++) slot.copyTo[k] = EMPTY;
   slot.copies = 0;
   slot.count = 0;
-  for (const r of slot.cached.splice(0)) r();
+  // Guarded: splice makes a new array even when there is nothing to take (most commands).
+  if (slot.cached.length > 0) for (const r of slot.cached.splice(0)) r();
   releasePins(slot);
   const slice = slot.slice;
   slot.slice = null;
@@ -805,4 +802,17 @@ function regionAddress(region: MemoryRegion): { low: number; high: number } {
     regionAddresses.set(region, a);
   }
   return a;
+}
+
+/**
+ * Sets `wrs` (a chain's work requests, posted as it is) to `from[start..end)` and then `last`
+ * when given, in place: emptying it with `length = 0` and pushing again gives its storage back
+ * and allocates it anew on every command (~150 bytes of heap per command, measured).
+ */
+function setWrs(wrs: SendWr[], from: readonly SendWr[], start: number, end: number, last: SendWr | null): void {
+  let n = 0;
+  for (let i = start; i < end; i++) wrs[n++] = from[i]!;
+  if (last !== null) wrs[n++] = last;
+  // Shrinking by a few entries keeps the storage (V8 trims only arrays far below capacity).
+  if (wrs.length !== n) wrs.length = n;
 }
