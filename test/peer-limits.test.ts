@@ -1,10 +1,11 @@
 import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockDevice, FileBlockExport, Opcode, encodeCommand, statusName, type DeviceExport, type VirtioDeviceInstance } from '../src/index.js';
+import { BlockDevice, FileBlockExport, Opcode, encodeCommand, statusName, type DeviceExport } from '../src/index.js';
 import type { ByteBudget } from '../src/target/byte-budget.js';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
 import { RawQueue } from './helpers/raw-queue.js';
+import { delegatingInstance } from './helpers/delegating-instance.mjs';
 import { blkReadPdu, blkWritePdu, openRawBlkSession } from './helpers/raw-blk-session.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { waitFor } from './helpers/wait-for.js';
@@ -312,21 +313,7 @@ describe('buffer budgets', () => {
         createInstance(limits) {
           const inner = real.createInstance(limits);
           // Delegating, without submitRequest: the target then calls handleRequest.
-          const instance: VirtioDeviceInstance = {
-            deviceId: inner.deviceId,
-            vendorId: inner.vendorId,
-            features: inner.features,
-            numQueues: inner.numQueues,
-            maxRequestBytes: inner.maxRequestBytes,
-            configSize: inner.configSize,
-            maxQueueSize: (vq) => inner.maxQueueSize(vq),
-            readConfig: (o, b) => inner.readConfig(o, b),
-            writeConfig: (o, b, v) => inner.writeConfig(o, b, v),
-            configGeneration: () => inner.configGeneration(),
-            onConfigChange: (l) => inner.onConfigChange(l),
-            setDriverFeatures: (f) => inner.setDriverFeatures(f),
-            reset: () => inner.reset(),
-            destroy: () => inner.destroy(),
+          return delegatingInstance(inner, {
             handleRequest(vq, readable, writable, cancel) {
               if (readable.readUInt32LE(0) !== 1) return inner.handleRequest(vq, readable, writable, cancel); // not VIRTIO_BLK_T_OUT
               return new Promise<number>((resolve, reject) => {
@@ -334,8 +321,7 @@ describe('buffer budgets', () => {
                 arrived();
               });
             },
-          };
-          return instance;
+          });
         },
       };
       fx.target.addDevice('held', holding);

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { FileBlockExport, VofTarget, silentLogger } from '../../dist/index.js';
 import { HeapWindow } from '../../dist/bench/per-io.js';
+import { delegatingInstance } from './delegating-instance.mjs';
 
 // backing 'file': the file export itself serves the requests (its io_uring or libuv path, the
 // page cache), with the same image; else the in-memory disk below.
@@ -37,22 +38,7 @@ const memoryDisk = {
   close: () => real.close(),
   createInstance(limits) {
     const inner = real.createInstance(limits);
-    // A plain delegating object: no Proxy, whose bound methods would cost per request.
-    return {
-      deviceId: inner.deviceId,
-      vendorId: inner.vendorId,
-      features: inner.features,
-      numQueues: inner.numQueues,
-      maxRequestBytes: inner.maxRequestBytes,
-      configSize: inner.configSize,
-      maxQueueSize: (vq) => inner.maxQueueSize(vq),
-      readConfig: (o, b) => inner.readConfig(o, b),
-      writeConfig: (o, b, v) => inner.writeConfig(o, b, v),
-      configGeneration: () => inner.configGeneration(),
-      onConfigChange: (l) => inner.onConfigChange(l),
-      setDriverFeatures: (f) => inner.setDriverFeatures(f),
-      reset: () => inner.reset(),
-      destroy: () => inner.destroy(),
+    return delegatingInstance(inner, {
       handleRequest(vq, readable, writable, cancel) {
         const n = fromImage(readable, writable);
         return n < 0 ? inner.handleRequest(vq, readable, writable, cancel) : Promise.resolve(n);
@@ -63,7 +49,7 @@ const memoryDisk = {
         if (n < 0) inner.submitRequest(vq, readable, writable, request);
         else request.deviceDone(n);
       },
-    };
+    });
   },
 };
 
