@@ -2,7 +2,7 @@
 // A/B of the RDMA send queue's batched posts (src/transport/rdma/send-queue.ts): one target and
 // one initiator in this process over rxe, random I/O at a fixed queue depth on 2 virtqueues (as
 // `vof bench`), measured in alternating windows with batching as built ("batched": a JS turn's
-// chains in one postSend) and with every chain flushed the moment it is accepted ("unbatched":
+// chains in one postSend) and with every chain posted the moment it is accepted ("unbatched":
 // one postSend, i.e. one ibv_post_send system call, per chain, the behaviour before batching).
 // Both modes run on the same connections under the same machine load. Per window: IOPS, chains
 // and postSend calls summed over every send queue of both sides, and this process's CPU time
@@ -15,17 +15,17 @@ import { abOptions, median, startAbTarget } from './rxe-ab.mjs';
 
 const { addr, rw, qd, bs, seconds, writing, rounds } = abOptions('send-batching', 32);
 
-// Every send queue that posts, found at its first flush; "unbatched" flushes at each accept.
+// Every send queue that posts, found at its first postPending; "unbatched" posts at each accept.
 const queues = new Set();
 let unbatched = false;
-const { flush, accept } = SendQueue.prototype;
-SendQueue.prototype.flush = function (...args) {
+const { postPending, accept } = SendQueue.prototype;
+SendQueue.prototype.postPending = function (...args) {
   queues.add(this);
-  return flush.apply(this, args);
+  return postPending.apply(this, args);
 };
 SendQueue.prototype.accept = function (...args) {
   accept.apply(this, args);
-  if (unbatched) this.flush();
+  if (unbatched) this.postPending();
 };
 const totals = () => {
   let calls = 0;

@@ -38,7 +38,7 @@ function chain(n: number): SendWr[] {
   return Array.from({ length: n }, () => ({ wrId: 0, opcode: WrOpcode.Write, signaled: true, sg: [], remoteAddrLow: 0, remoteAddrHigh: 0, rkey: nextTag++ }));
 }
 const tags = (wrs: SendWr[]) => wrs.map((wr) => wr.rkey!);
-/** Lets queued microtasks (the queue's flush) run. */
+/** Lets queued microtasks (the queue's end-of-turn post) run. */
 const turn = () => new Promise<void>((r) => setImmediate(r));
 /** Settles to 'resolved', 'pending' or the rejection, without an unhandled rejection. */
 function track(p: Promise<void>): { state: 'pending' | 'resolved' | Error } {
@@ -89,12 +89,12 @@ describe('send queue batching (one postSend per JS turn)', () => {
     expect(sq.idle).toBe(true);
   });
 
-  it('an explicit flush() posts at once, and chains of the next turn go in the next call', async () => {
+  it('an explicit postPending() posts at once, and chains of the next turn go in the next call', async () => {
     const qp = new RecordingQp();
     const sq = new SendQueue(qp, 64, binding);
     const first = [chain(2), chain(1)];
     for (const c of first) void sq.post(c, 'chain').catch(() => {});
-    sq.flush();
+    sq.postPending();
     expect(qp.calls.map((c) => c.map((w) => w.tag))).toEqual([first.flatMap(tags)]);
     await turn(); // the armed microtask finds nothing left
     expect(qp.calls).toHaveLength(1);
@@ -166,7 +166,7 @@ describe('send queue room and backlog with batching', () => {
     // One completion frees 3: the waiting 3 fits (and 1 more would fit, 2 not): accepted in order.
     sq.complete(qp.calls[0]![2]!.wrId, 0);
     expect(sq.backlog).toBe(1);
-    sq.flush(); // as RcConnection does after a burst of completions
+    sq.postPending(); // as RcConnection does after a burst of completions
     expect(qp.calls.map((c) => c.map((w) => w.tag))).toEqual([[...tags(chains[0]!), ...tags(chains[1]!)], [...tags(chains[2]!), ...tags(chains[3]!)]]);
     sq.complete(qp.calls[0]![5]!.wrId, 0);
     await turn();
@@ -189,7 +189,7 @@ describe('send queue room and backlog with batching', () => {
     expect(sq.idle).toBe(true);
   });
 
-  it('fail() rejects in-flight, pending and waiting chains alike; a later flush posts nothing', async () => {
+  it('fail() rejects in-flight, pending and waiting chains alike; a later postPending() posts nothing', async () => {
     const qp = new RecordingQp();
     const sq = new SendQueue(qp, 2, binding);
     const inFlight = track(sq.post(chain(1), 'in flight'));
@@ -199,12 +199,12 @@ describe('send queue room and backlog with batching', () => {
     expect(sq.backlog).toBe(1);
     const err = new Error('connection closed');
     sq.fail(err);
-    sq.flush();
+    sq.postPending();
     await turn();
     expect(qp.calls).toHaveLength(1);
     expect([inFlight.state, pending.state, waiting.state]).toEqual([err, err, err]);
     expect(sq.idle).toBe(true);
-    expect(sq.complete(qp.posted[0]!.wrId, 5)).toBe(false); // the flush of a settled chain
+    expect(sq.complete(qp.posted[0]!.wrId, 5)).toBe(false); // the flushed (WC_WR_FLUSH_ERR) completion of a settled chain
   });
 });
 
@@ -239,7 +239,7 @@ function fakeConnection(handler: RcConnectionHandler) {
   return { rc, qp, completions, WORDS, deliver: (n: number) => deliver(n) };
 }
 
-describe('RcConnection flushes after a burst of completions', () => {
+describe('RcConnection posts what is pending after a burst of completions', () => {
   it('the answers to a burst of received messages leave in one postSend, before the turn ends', () => {
     const answered: number[] = [];
     const { rc, qp, completions, WORDS, deliver } = fakeConnection({

@@ -191,7 +191,7 @@ export interface TargetConnection {
    * delivered.
    */
   completeVq(request: VqRequestData, completion: Buffer, written: number, done: (err: Error | null) => void): void;
-  /** Close now; in-flight sends are flushed when possible. */
+  /** Close now; sends already handed to the connection still go out when possible. */
   close(): void;
   /**
    * From now on, VQ requests with out_length ≤ `size` carry their readable bytes inline (the

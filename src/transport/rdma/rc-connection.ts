@@ -185,7 +185,7 @@ export class RcConnection {
       }
     }
     // Chains the handlers started for this burst (invalidations, answers) leave in one post.
-    if (!this.destroyed) this.sendQueue.flush();
+    if (!this.destroyed) this.sendQueue.postPending();
   }
 
   private onCompletion(wrId: number, status: number, byteLen: number, invalidatedKey: number | null): void {

@@ -127,7 +127,7 @@ export class WorkRequestStaging {
   }
 }
 
-/** Schedules the end-of-turn flush (see accept). */
+/** Schedules the end-of-turn post (see accept). */
 const SETTLED = Promise.resolve();
 
 /** Chains allowed to wait for room in the send queue, unless the owner says otherwise. */
@@ -162,7 +162,7 @@ export interface SendQueueLimits {
  *
  * Every ibv_post_send is a system call on soft-RoCE, so chains started in the same JS turn
  * leave together: a chain with room joins a pending list, and the list is posted as one linked
- * list of work requests by flush(), from a microtask armed by the first pending chain or
+ * list of work requests by postPending(), from a microtask armed by the first pending chain or
  * explicitly by the owner (RcConnection, after a burst of completions). Chains reach the QP in
  * the order post() was called, so a chain's WRITEs still precede its SEND, and binds their
  * command's SEND.
@@ -178,13 +178,13 @@ export class SendQueue {
   private readonly byId: Array<SendChain | null> = [null];
   private readonly freeIds: number[] = [];
   private inFlightCount = 0;
-  /** Accepted (room taken), not yet posted: leaves at the next flush(). */
+  /** Accepted (room taken), not yet posted: leaves at the next postPending(). */
   private readonly pending: SendChain[] = [];
   /** No room yet: accepted in order as completions free entries. */
   private readonly waiting: WaiterQueue<SendChain>;
   /** The work requests of one postSend call, as the addon reads them. */
   private readonly staging = new WorkRequestStaging();
-  private flushArmed = false;
+  private postArmed = false;
   private broken: Error | null = null;
   readonly maxBacklog: number;
   /** Send completions seen (cumulative); the stall watchdog compares it between its ticks. */
@@ -264,24 +264,24 @@ export class SendQueue {
   private accept(chain: SendChain): void {
     this.free -= chain.wrs.length;
     this.pending.push(chain);
-    if (!this.flushArmed) {
-      this.flushArmed = true;
+    if (!this.postArmed) {
+      this.postArmed = true;
       // A reaction on a settled promise: queueMicrotask would make an AsyncResource and a bound
-      // function for every flush.
-      SETTLED.then(this.flushFromMicrotask);
+      // function for every post.
+      SETTLED.then(this.postFromMicrotask);
     }
   }
 
-  private readonly flushFromMicrotask = (): void => {
-    this.flushArmed = false;
-    this.flush();
+  private readonly postFromMicrotask = (): void => {
+    this.postArmed = false;
+    this.postPending();
   };
 
   /**
    * Posts every pending chain, in order, in as few postSend calls as MAX_WRS_PER_POST allows
    * (each call whole chains). A refused call rejects its chains and fails the queue.
    */
-  flush(): void {
+  postPending(): void {
     const pending = this.pending;
     while (!this.broken && pending.length > 0) {
       let count = 0;
@@ -340,7 +340,7 @@ export class SendQueue {
     this.staging.reset();
   }
 
-  /** A send-side completion; returns false if it settles nothing (a late flush of a settled chain). */
+  /** A send-side completion; returns false if it settles nothing (a late WC_WR_FLUSH_ERR of a settled chain). */
   complete(wrId: number, status: number): boolean {
     const chain = wrId > 0 && wrId < this.byId.length ? this.byId[wrId] : null;
     if (!chain) return false;
@@ -359,7 +359,7 @@ export class SendQueue {
     if (!this.broken) this.broken = err;
     if (this.watchdog) clearInterval(this.watchdog);
     this.watchdog = null;
-    // Ids are not given back: a late flush completion of a failed chain then settles nothing.
+    // Ids are not given back: a late flushed (WC_WR_FLUSH_ERR) completion of a failed chain then settles nothing.
     const inFlight: SendChain[] = [];
     for (let id = 1; id < this.byId.length; id++) {
       const c = this.byId[id];
