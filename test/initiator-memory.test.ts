@@ -1,33 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { BounceArena, type BounceSlice } from '../src/transport/rdma/initiator-memory.js';
-import type { MemoryRegion, ProtectionDomain } from '../src/transport/rdma/native-binding.js';
+import { fakePd } from './helpers/fake-pd.js';
 import { RangeAllocator } from '../src/transport/rdma/range-allocator.js';
-
-/** A protection domain that only counts registrations (the bookkeeping needs no NIC). */
-function fakePd(): ProtectionDomain & { live: number; made: number } {
-  const pd = {
-    live: 0,
-    made: 0,
-    registerMemory(buffer: Uint8Array): MemoryRegion {
-      pd.live++;
-      pd.made++;
-      let gone = false;
-      return {
-        lkey: 1,
-        rkey: 1,
-        address: 0n,
-        length: buffer.length,
-        buffer: Buffer.from(buffer.buffer, buffer.byteOffset, buffer.length),
-        deregister: () => {
-          if (!gone) pd.live--;
-          gone = true;
-        },
-      };
-    },
-    dealloc: () => true,
-  };
-  return pd;
-}
 
 describe('RangeAllocator', () => {
   it('hands out aligned, disjoint ranges and merges them back on release', () => {

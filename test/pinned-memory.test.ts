@@ -1,42 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { PinnedMemory } from '../src/transport/pinned-memory.js';
 import { PinnedRegistrations } from '../src/transport/rdma/memory-registration-cache.js';
-import type { MemoryRegion, ProtectionDomain } from '../src/transport/rdma/native-binding.js';
+import { fakePd } from './helpers/fake-pd.js';
 
 /**
  * Pinned memory (RemoteDevice.pinMemory, issue 19): which views go in place, when the
  * registrations are made and deregistered, with a protection domain that only keeps count.
  */
-function fakePd(failWith?: Error): ProtectionDomain & { live: number; made: number; regions: MemoryRegion[] } {
-  const pd = {
-    live: 0,
-    made: 0,
-    regions: [] as MemoryRegion[],
-    registerMemory(buffer: Uint8Array): MemoryRegion {
-      if (failWith) throw failWith;
-      pd.live++;
-      pd.made++;
-      let gone = false;
-      const mr: MemoryRegion = {
-        lkey: 1,
-        rkey: 1,
-        address: 0n,
-        length: buffer.length,
-        buffer: Buffer.from(buffer.buffer, buffer.byteOffset, buffer.length),
-        deregister: () => {
-          if (gone) throw new Error('deregistered twice');
-          pd.live--;
-          gone = true;
-        },
-      };
-      pd.regions.push(mr);
-      return mr;
-    },
-    dealloc: () => true,
-    registrations: () => pd.made,
-  };
-  return pd;
-}
 
 const ACCESS = 0x1 | 0x10;
 
