@@ -59,6 +59,20 @@ std::string NameArg(Napi::Env env, Napi::Value v) {
 // Live IOVA mappings (external Buffers not yet finalized): tests check that they go away.
 int liveMappings = 0;
 
+// `length` bytes mmapped at `p` as a Buffer that owns them: munmapped (and uncounted) when the
+// GC finalizes it, never before.
+Napi::Buffer<uint8_t> MappedBuffer(Napi::Env env, void* p, size_t length) {
+  liveMappings++;
+  return Napi::Buffer<uint8_t>::New(
+      env, static_cast<uint8_t*>(p), length,
+      [](Napi::Env, uint8_t* data, size_t* len) {
+        munmap(data, *len);
+        liveMappings--;
+        delete len;
+      },
+      new size_t(length));
+}
+
 }  // namespace
 
 // /dev/vduse/control: creates and destroys VDUSE devices. One fd, released by close() or the
@@ -413,16 +427,7 @@ class VduseDevice : public Napi::ObjectWrap<VduseDevice> {
     int err = errno;
     close(rfd);
     if (p == MAP_FAILED) ThrowErrno(env, "mmap IOVA region", err);
-    liveMappings++;
-    auto hint = new size_t(length);
-    Napi::Buffer<uint8_t> mapping = Napi::Buffer<uint8_t>::New(
-        env, static_cast<uint8_t*>(p), length,
-        [](Napi::Env, uint8_t* data, size_t* len) {
-          munmap(data, *len);
-          liveMappings--;
-          delete len;
-        },
-        hint);
+    Napi::Buffer<uint8_t> mapping = MappedBuffer(env, p, length);
     Napi::Object o = Napi::Object::New(env);
     o.Set("mapping", mapping);
     o.Set("start", Napi::Number::New(env, static_cast<double>(e.start)));
@@ -468,16 +473,7 @@ class VduseDevice : public Napi::ObjectWrap<VduseDevice> {
       munmap(p, size);
       ThrowErrno(env, "VDUSE_IOTLB_REG_UMEM", err);
     }
-    liveMappings++;
-    auto hint = new size_t(size);
-    Napi::Buffer<uint8_t> mem = Napi::Buffer<uint8_t>::New(
-        env, static_cast<uint8_t*>(p), size,
-        [](Napi::Env, uint8_t* data, size_t* len) {
-          munmap(data, *len);
-          liveMappings--;
-          delete len;
-        },
-        hint);
+    Napi::Buffer<uint8_t> mem = MappedBuffer(env, p, size);
     umem_ = Napi::Persistent(mem.As<Napi::Object>());
     umemSize_ = size;
     return mem;
