@@ -140,6 +140,20 @@ class FakeKernel {
     this.onReady!(1, 0);
   }
 
+  /**
+   * A virtio-blk read of 4 KiB at `sector` as chain 0 (header → 4 KiB data → status byte),
+   * made available and kicked; the data and status bytes are poisoned first.
+   */
+  offerRead(sector: bigint): void {
+    this.data.writeUInt32LE(0, 0); // IN
+    this.data.writeBigUInt64LE(sector, 8);
+    this.data.fill(0xee, 0x1000, 0x2001);
+    this.desc(0, DATA_IOVA, 16, NEXT, 1);
+    this.desc(1, DATA_IOVA + 0x1000, 4096, NEXT | WRITE, 2);
+    this.desc(2, DATA_IOVA + 0x2000, 1, WRITE, 0);
+    this.offer(0);
+  }
+
   get usedIdx(): number {
     return this.ring.readUInt16LE(USED - RING_IOVA + 2);
   }
@@ -197,16 +211,8 @@ describe('VduseBlockDevice against a fake kernel', () => {
     const r = await kernel.message(1, (b) => b.writeUInt8(0x0f, 24)); // ACK|DRIVER|DRIVER_OK|FEATURES_OK
     expect(r.readUInt32LE(4)).toBe(0);
     expect([...kernel.kicks]).toEqual([0]);
-    // header (readable) → 4 KiB data (writable) → status (writable)
-    const hdr = DATA_IOVA;
-    kernel.data.writeUInt32LE(0, 0); // IN
-    kernel.data.writeBigUInt64LE(8n, 8); // sector 8
-    kernel.data.fill(0xee, 0x1000, 0x2001);
-    kernel.desc(0, hdr, 16, NEXT, 1);
-    kernel.desc(1, DATA_IOVA + 0x1000, 4096, NEXT | WRITE, 2);
-    kernel.desc(2, DATA_IOVA + 0x2000, 1, WRITE, 0);
     const irqs = kernel.irqs;
-    kernel.offer(0);
+    kernel.offerRead(8n);
     await kernel.waitUsed(1);
     expect(kernel.usedElem(0)).toEqual({ id: 0, len: 4097 });
     const want = Buffer.alloc(8192);
@@ -256,12 +262,7 @@ describe('VduseBlockDevice against a fake kernel', () => {
     kernel.ring.fill(0);
     const again = await kernel.message(1, (b) => b.writeUInt8(0x0f, 24));
     expect(again.readUInt32LE(4)).toBe(0);
-    kernel.data.writeUInt32LE(0, 0);
-    kernel.data.writeBigUInt64LE(0n, 8);
-    kernel.desc(0, DATA_IOVA, 16, NEXT, 1);
-    kernel.desc(1, DATA_IOVA + 0x1000, 4096, NEXT | WRITE, 2);
-    kernel.desc(2, DATA_IOVA + 0x2000, 1, WRITE, 0);
-    kernel.offer(0);
+    kernel.offerRead(0n);
     await kernel.waitUsed(1);
     const want = Buffer.alloc(4096);
     pattern(want);
@@ -283,13 +284,7 @@ describe('VduseBlockDevice against a fake kernel', () => {
     stale.fill(0xff);
     const again = await kernel.message(1, (b) => b.writeUInt8(0x0f, 24));
     expect(again.readUInt32LE(4)).toBe(0);
-    kernel.data.writeUInt32LE(0, 0);
-    kernel.data.writeBigUInt64LE(8n, 8);
-    kernel.data.fill(0xee, 0x1000, 0x2001);
-    kernel.desc(0, DATA_IOVA, 16, NEXT, 1);
-    kernel.desc(1, DATA_IOVA + 0x1000, 4096, NEXT | WRITE, 2);
-    kernel.desc(2, DATA_IOVA + 0x2000, 1, WRITE, 0);
-    kernel.offer(0);
+    kernel.offerRead(8n);
     await kernel.waitUsed(1);
     expect(kernel.usedElem(0)).toEqual({ id: 0, len: 4097 });
     const want = Buffer.alloc(8192);
@@ -340,12 +335,7 @@ describe('VduseBlockDevice --bind vhost pins each mapped IOVA region', () => {
   });
 
   async function readOnce(expectUsed: number): Promise<void> {
-    kernel.data.writeUInt32LE(0, 0); // IN
-    kernel.data.writeBigUInt64LE(0n, 8);
-    kernel.desc(0, DATA_IOVA, 16, NEXT, 1);
-    kernel.desc(1, DATA_IOVA + 0x1000, 4096, NEXT | WRITE, 2);
-    kernel.desc(2, DATA_IOVA + 0x2000, 1, WRITE, 0);
-    kernel.offer(0);
+    kernel.offerRead(0n);
     await kernel.waitUsed(expectUsed);
   }
 
