@@ -34,7 +34,8 @@ export class QueueClient {
   /**
    * The request in flight under each command id. Ids are the table's (below the queue size), and
    * free ids are handed out oldest-freed first: an id just freed is the last to be used again,
-   * so a late or duplicated completion for it is unlikely to meet a new command.
+   * so a late or duplicated completion for it more likely finds it free (and fails the queue)
+   * than passes for a new command's.
    */
   private readonly slots = new SlotTable<QueueRequest>(0, 'oldest-freed');
   /**
