@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The block exports' file I/O alone, without the network: random reads (or writes) of --bs bytes
-// at --qd in flight through each backend (src/devices/blk/file-io.ts), on a scratch file in the
+// at --qd in flight through each backend (src/target/blk/file-io.ts), on a scratch file in the
 // page cache. Prints operations per second and the process's CPU time per operation (user + sys,
 // all threads: libuv's pool and io_uring's workers included).
 //   npm run build && node bench/file-io.mjs [--backend uring,libuv] [--rw read|write] [--bs 4096] [--qd 32] [--ops 200000]
@@ -9,7 +9,7 @@ import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { openFileIo } from '../dist/devices/blk/file-io.js';
+import { openFileIo } from '../dist/target/blk/file-io.js';
 
 const { values } = parseArgs({
   options: {

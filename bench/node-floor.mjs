@@ -128,7 +128,7 @@ async function vofRound(url, ms) {
   const image = join(tmpdir(), `vof-floor-${process.pid}.img`);
   writeFileSync(image, Buffer.alloc(4 << 20));
   const target = new VofTarget({ log: silentLogger });
-  target.addDevice('floor', await FileBlockExport.open(image));
+  target.addExport('floor', await FileBlockExport.open(image));
   const listening = await target.listen(url);
   const child = fork(self, ['--vof-initiator', `${listening}/floor`, '1000']);
   await new Promise((r) => child.once('message', r));

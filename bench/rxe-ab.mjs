@@ -32,7 +32,7 @@ export async function startAbTarget(script, addr) {
   const size = 64 << 20;
   writeFileSync(image, Buffer.alloc(size));
   const target = new VofTarget({ log: silentLogger });
-  target.addDevice('disk', await FileBlockExport.open(image, { numQueues: 2 }));
+  target.addExport('disk', await FileBlockExport.open(image, { numQueues: 2 }));
   const url = `${await target.listen(`rdma://${addr}:0`)}/disk`;
   return {
     url,

@@ -19,7 +19,7 @@ writeFileSync(path, Buffer.alloc(DISK, 0x11));
 const key = randomBytes(32);
 
 const target = new VofTarget({ log: silentLogger, tls: { psk: new Map([['bench', key]]) } });
-target.addDevice('bench', await FileBlockExport.open(path, { numQueues: 2 }));
+target.addExport('bench', await FileBlockExport.open(path, { numQueues: 2 }));
 const urls = { tcp: await target.listen('tcp://127.0.0.1:0'), tls: await target.listen('tls://127.0.0.1:0') };
 
 // [name, block size, queue depth, operations per depth slot]

@@ -15,7 +15,7 @@ import {
   parsePskFile,
 } from '../src/index.js';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
-import { DeviceErrorLog } from '../src/admin/error-log.js';
+import { DeviceErrorLog } from '../src/target/admin/error-log.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { vofAsync } from './helpers/vof-cli.js';
 

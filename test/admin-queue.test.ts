@@ -2,14 +2,14 @@ import { describe, expect, it } from 'vitest';
 import { Opcode, Status } from '../src/protocol/constants.js';
 import { VIRTIO_F_ADMIN_VQ } from '../src/protocol/admin-records.js';
 import { AdminQueue, type AdminQueueHost } from '../src/initiator/admin-queue.js';
-import type { QueueClient } from '../src/initiator/queue-client.js';
+import type { InitiatorQueue } from '../src/initiator/initiator-queue.js';
 
 /** A host whose openQueue calls the test settles by hand; the admin queue is virtqueue 1. */
 function host() {
-  const opens: Array<{ resolve: (q: QueueClient) => void; reject: (e: Error) => void }> = [];
+  const opens: Array<{ resolve: (q: InitiatorQueue) => void; reject: (e: Error) => void }> = [];
   const control = {
     call: async (cmd: { opcode: number; vqIndex: number }) => ({ status: cmd.opcode === Opcode.GetVqSize && cmd.vqIndex <= 1 ? Status.SUCCESS : 1 }),
-  } as unknown as QueueClient;
+  } as unknown as InitiatorQueue;
   const h: AdminQueueHost = {
     url: () => 'tcp://127.0.0.1:1/x',
     control: () => control,
@@ -28,7 +28,7 @@ describe('AdminQueue attempts', () => {
   it('an older attempt that fails after a path failure dropped it does not clear the newer attempt (issue 21 item 7)', async () => {
     const { h, opens } = host();
     const admin = new AdminQueue(h);
-    const connect = () => (admin as unknown as { connect(): Promise<QueueClient> }).connect();
+    const connect = () => (admin as unknown as { connect(): Promise<InitiatorQueue> }).connect();
     const first = connect();
     first.catch(() => {});
     await settle();
@@ -43,7 +43,7 @@ describe('AdminQueue attempts', () => {
     await settle();
     // The second attempt is still the current one: it will be closed with the device.
     expect(admin.current).toBe(second);
-    const q = {} as QueueClient;
+    const q = {} as InitiatorQueue;
     opens[1]!.resolve(q);
     expect(await second).toBe(q);
     expect(admin.current).toBe(second);
@@ -52,7 +52,7 @@ describe('AdminQueue attempts', () => {
   it('a failed attempt is forgotten, so the next call tries again', async () => {
     const { h, opens } = host();
     const admin = new AdminQueue(h);
-    const connect = () => (admin as unknown as { connect(): Promise<QueueClient> }).connect();
+    const connect = () => (admin as unknown as { connect(): Promise<InitiatorQueue> }).connect();
     const first = connect();
     await settle();
     opens[0]!.reject(new Error('refused'));

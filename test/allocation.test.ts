@@ -3,9 +3,9 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BlockDevice, FileBlockExport } from '../src/index.js';
 import { HeapWindow } from '../src/bench/per-io.js';
-import { sharedUringRing } from '../src/devices/blk/uring-ring.js';
-import { encodeRequestHeader } from '../src/devices/blk/blk-constants.js';
-import type { DeviceRequest, VirtioDeviceInstance } from '../src/target/device.js';
+import { sharedUringRing } from '../src/target/blk/uring-ring.js';
+import { encodeRequestHeader } from '../src/protocol/virtio-blk.js';
+import type { DeviceRequest, DeviceModel } from '../src/target/device.js';
 import { loadNativeAddon } from '../src/util/native-addon.js';
 import { needs } from './helpers/deps.js';
 import { TargetFixture } from './helpers/target-fixture.js';
@@ -149,7 +149,7 @@ describe.skipIf(!addon.ok)(`the file device alone (virtio-blk over io_uring, no 
    * with its own request object, made once: through submitRequest, which the target calls, or
    * (a device without it) handleRequest with the slot's callbacks, as the target adapts it.
    */
-  function run(inst: VirtioDeviceInstance, type: number, count: number): Promise<void> {
+  function run(inst: DeviceModel, type: number, count: number): Promise<void> {
     return new Promise((resolve, reject) => {
       let next = 0;
       let running = DEPTH;

@@ -11,10 +11,10 @@ import {
   VIRTIO_F_VERSION_1,
   encodeRequestHeader,
   encodeSegment,
-  type VirtioDeviceInstance,
+  type DeviceModel,
 } from '../src/index.js';
 import { TargetFixture } from './helpers/target-fixture.js';
-import type { IoDone } from '../src/devices/blk/uring-ring.js';
+import type { IoDone } from '../src/target/blk/uring-ring.js';
 
 const MiB = 1024 * 1024;
 const bit = (b: bigint) => 1n << b;
@@ -27,7 +27,7 @@ const WZ = bit(BlkFeature.WRITE_ZEROES);
  * Run one request the way the target does: into a transport-supplied writable buffer of
  * `inLength` bytes (filled with stale 0xee bytes first); returns the bytes the device wrote.
  */
-async function run(inst: VirtioDeviceInstance, readable: Buffer, inLength: number): Promise<Buffer> {
+async function run(inst: DeviceModel, readable: Buffer, inLength: number): Promise<Buffer> {
   const writable = Buffer.alloc(inLength, 0xee);
   const n = await inst.handleRequest(0, readable, writable);
   return writable.subarray(0, n);
@@ -68,7 +68,7 @@ describe('FileBlockExport: durability (FLUSH and writethrough)', () => {
     await fx.close();
   });
 
-  function instance(exp: FileBlockExport, features: bigint): VirtioDeviceInstance {
+  function instance(exp: FileBlockExport, features: bigint): DeviceModel {
     const inst = exp.createInstance();
     inst.setDriverFeatures(features);
     return inst;

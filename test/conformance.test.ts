@@ -268,7 +268,7 @@ describe('finding 9: conformance details', () => {
     const path = join(own.dir, 'flaky.img');
     writeFileSync(path, Buffer.alloc(MiB));
     const real = await FileBlockExport.open(path);
-    own.target.addDevice('flaky', faulty(real, () => Promise.reject(new Error('backing store vanished'))));
+    own.target.addExport('flaky', faulty(real, () => Promise.reject(new Error('backing store vanished'))));
     await own.listen();
     const q = await RawQueue.open(own.port);
     const c = await q.connectControl('flaky');
@@ -350,7 +350,7 @@ describe('finding 9: conformance details', () => {
     const path = join(own.dir, 'chatty.img');
     writeFileSync(path, Buffer.alloc(MiB));
     const real = await FileBlockExport.open(path);
-    own.target.addDevice('chatty', faulty(real, (writable) => Promise.resolve(writable.length + 100)));
+    own.target.addExport('chatty', faulty(real, (writable) => Promise.resolve(writable.length + 100)));
     await own.listen();
     const q = await RawQueue.open(own.port);
     const c = await q.connectControl('chatty');

@@ -5,10 +5,10 @@ import { fileURLToPath } from 'node:url';
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlkConfig, BlkRequestType, BlkStatus, BlockDevice, FileBlockExport, encodeRequestHeader, type FileIoBackend } from '../src/index.js';
-import { DirectFileIo } from '../src/devices/blk/direct-file-io.js';
-import { openFileIo } from '../src/devices/blk/file-io.js';
-import { sharedUringRing } from '../src/devices/blk/uring-ring.js';
-import { DeviceMemory } from '../src/transport/rdma/device-memory.js';
+import { DirectFileIo } from '../src/target/blk/direct-file-io.js';
+import { openFileIo } from '../src/target/blk/file-io.js';
+import { sharedUringRing } from '../src/target/blk/uring-ring.js';
+import { NicMemory } from '../src/transport/rdma/nic-memory.js';
 import type { MemoryRegion, ProtectionDomain } from '../src/transport/rdma/native-binding.js';
 import { FramePool, FrameRetention } from '../src/transport/tcp/frame-pool.js';
 import { addressRemainder, alignmentAddon, allocAligned } from '../src/util/aligned-buffer.js';
@@ -174,7 +174,7 @@ describe.skipIf(!runs)(`direct I/O exports${skipNote}`, () => {
     beforeAll(async () => {
       fx = new TargetFixture();
       path = scratch(8 * MiB);
-      fx.target.addDevice('direct', await FileBlockExport.open(path, { direct: true, numQueues: 2, queueSize: 16 }));
+      fx.target.addExport('direct', await FileBlockExport.open(path, { direct: true, numQueues: 2, queueSize: 16 }));
       url = await fx.listen();
     });
     afterAll(() => fx?.close());
@@ -283,7 +283,7 @@ describe.skipIf(!addon.ok)(`pool buffers put request data on an aligned address$
         return 0;
       }
     }
-    const mem = new DeviceMemory(new FakePd(), { largestBuffer: 4 * 1024 * 1024 + 4096 + 17, limitBytes: 256 * 1024 * 1024, access: 0 });
+    const mem = new NicMemory(new FakePd(), { largestBuffer: 4 * 1024 * 1024 + 4096 + 17, limitBytes: 256 * 1024 * 1024, access: 0 });
     mem.reserve(4);
     for (const size of [16 + 4096 + 1, 16 + 16384 + 1, 16 + 131072 + 1, 16 + 1024 * 1024 + 1, 16 + 4 * 1024 * 1024 + 1]) {
       // Two per class (a slab of the first buffer, one of the reservation's): across slabs too.
@@ -342,7 +342,7 @@ describe.skipIf(!loop.ok)(`direct I/O on a 4096-byte-sector block device${loop.s
     device = r.stdout.trim();
     fx = new TargetFixture();
     // The library's default IVQN (the CLI's too) holds the admin grant: FORMAT is export-wide.
-    fx.target.addDevice('d4k', await FileBlockExport.open(device, { direct: true }), undefined, { admin: [{ ivqn: 'vof-initiator' }] });
+    fx.target.addExport('d4k', await FileBlockExport.open(device, { direct: true }), undefined, { admin: [{ ivqn: 'vof-initiator' }] });
     await fx.listen();
   });
   afterAll(async () => {

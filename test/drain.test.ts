@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
 import { BlockDevice, FileBlockExport, silentLogger } from '../src/index.js';
 import { withInstanceOverrides } from './helpers/device-proxy.js';
-import { blkReadPdu, openRawBlkSession } from './helpers/raw-blk-session.js';
+import { blkReadPdu, openRawBlkDevice } from './helpers/raw-blk-device.js';
 import { vofAsync } from './helpers/vof-cli.js';
 import { controlRequest } from '../src/target/control-client.js';
 import { RawQueue } from './helpers/raw-queue.js';
@@ -143,10 +143,10 @@ describe('live drain', () => {
           return new Promise<number>(() => {});
         },
       }));
-      fx.target.addDevice('hang', hang);
+      fx.target.addExport('hang', hang);
       await fx.listen();
       // A seed-only initiator (no redirect flag): it is never told to move, and never reconnects.
-      const s = await openRawBlkSession(fx.port, 'hang', 1);
+      const s = await openRawBlkDevice(fx.port, 'hang', 1);
       const vq = s.vqs[0]!;
       vq.send(blkReadPdu(5, 0, 4096));
       await running;

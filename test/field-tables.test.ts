@@ -22,7 +22,7 @@ import {
   setConnectFlags,
 } from '../src/protocol/redirect-record.js';
 import * as nbd from '../src/nbd/nbd-protocol.js';
-import * as blk from '../src/devices/blk/blk-constants.js';
+import * as blk from '../src/protocol/virtio-blk.js';
 
 /**
  * Issue 21 item 3: every wire record has one field table that drives its encoder and decoder.

@@ -4,8 +4,8 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest';
 import { BlkRequestType, BlkStatus, FileBlockExport, chooseFileIo, encodeRequestHeader, type FileIoBackend } from '../src/index.js';
-import { openFileIo, type FileIo } from '../src/devices/blk/file-io.js';
-import { sharedUringRing } from '../src/devices/blk/uring-ring.js';
+import { openFileIo, type FileIo } from '../src/target/blk/file-io.js';
+import { sharedUringRing } from '../src/target/blk/uring-ring.js';
 import { loadNativeAddon } from '../src/util/native-addon.js';
 import { needs } from './helpers/deps.js';
 import { TargetFixture } from './helpers/target-fixture.js';
@@ -14,7 +14,7 @@ import { startTarget } from '../scripts/start-target.mjs';
 import { pattern } from './helpers/pattern.js';
 
 /**
- * The two file I/O backends of block exports (src/devices/blk/file-io.ts): io_uring in the
+ * The two file I/O backends of block exports (src/target/blk/file-io.ts): io_uring in the
  * native addon and libuv's thread pool. Every test runs with both. The io_uring ones need the
  * addon (built by `npm install` wherever a C++ toolchain is; io_uring needs nothing else): without
  * it they are skipped with a banner (or fail with VOF_REQUIRE_ALL=1); where the kernel refuses
@@ -304,7 +304,7 @@ describe.skipIf(uringMissing !== null)(`the native io_uring (FileRing)${uringMis
     writeFileSync(
       path,
       `import { promises as fsp } from 'node:fs';
-      import { openFileIo } from ${JSON.stringify(pathToFileURL(join(root, 'dist/devices/blk/file-io.js')).href)};
+      import { openFileIo } from ${JSON.stringify(pathToFileURL(join(root, 'dist/target/blk/file-io.js')).href)};
       const handle = await fsp.open(${JSON.stringify(scratch(Buffer.alloc(64 << 20)))}, 'r+');
       const io = openFileIo(handle, 'uring');
       const buf = Buffer.alloc(1 << 20, 7);
@@ -344,7 +344,7 @@ describe.skipIf(uringMissing !== null)(`the native io_uring (FileRing)${uringMis
     const worker = join(fx.dir, `exit-in-callback${fileNo++}.mjs`);
     writeFileSync(worker, `
       import { promises as fsp } from 'node:fs';
-      import { openFileIo } from ${JSON.stringify(pathToFileURL(join(root, 'dist/devices/blk/file-io.js')).href)};
+      import { openFileIo } from ${JSON.stringify(pathToFileURL(join(root, 'dist/target/blk/file-io.js')).href)};
       const handle = await fsp.open(${JSON.stringify(scratch(Buffer.alloc(1 << 20)))}, 'r+');
       const io = openFileIo(handle, 'uring');
       for (let i = 0; i < 64; i++) io.read(Buffer.alloc(4096), i * 4096).then(() => { if (i === 3) process.exit(0); });`);

@@ -14,7 +14,7 @@ import {
   silentLogger,
 } from '../src/index.js';
 import { withInstanceOverrides } from './helpers/device-proxy.js';
-import { QueueClient } from '../src/initiator/queue-client.js';
+import { InitiatorQueue } from '../src/initiator/initiator-queue.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 
 /**
@@ -77,13 +77,13 @@ afterEach(() => {
   stops = [];
 });
 
-async function queueTo(t: FakeTarget): Promise<QueueClient> {
+async function queueTo(t: FakeTarget): Promise<InitiatorQueue> {
   stops.push(t.stop);
   const conn = await new TcpTransport(silentLogger).connect({ host: '127.0.0.1', port: t.port }, { timeoutMs: 5000, maxVqPayload: 64 * MiB });
-  return new QueueClient(conn, 4);
+  return new InitiatorQueue(conn, 4);
 }
 
-const readRequest = (q: QueueClient, into: Buffer) => q.vq([encodeRequestHeader(BlkRequestType.IN, 0n)], [into, Buffer.alloc(1)]);
+const readRequest = (q: InitiatorQueue, into: Buffer) => q.vq([encodeRequestHeader(BlkRequestType.IN, 0n)], [into, Buffer.alloc(1)]);
 
 describe('initiator against a bad target', () => {
   it('a VQ completion claiming more than in_length is refused before any payload is buffered', async () => {
@@ -128,7 +128,7 @@ describe('initiator against a bad target', () => {
         return c.readBigUInt64LE(offset) & ((1n << BigInt(8 * bytes)) - 1n);
       },
     }));
-    fx.target.addDevice('huge', huge);
+    fx.target.addExport('huge', huge);
     await fx.listen();
     try {
       await expect(BlockDevice.open(`${fx.url}/huge`, { keepaliveIntervalMs: 0 })).rejects.toThrow(/capacity of 36028797018963968 sectors \(18446744073709551616 bytes\) exceeds 2\^53-1 bytes/);

@@ -5,7 +5,7 @@ import { withInstanceOverrides } from './helpers/device-proxy.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 
 /**
- * Issue 18, the initiator's requests on pre-allocated slots (DeviceRequest on the device,
+ * Issue 18, the initiator's requests on pre-allocated slots (IoSlot on the device,
  * BlockRequest on the disk): slots are reused request after request, and a request in any
  * state (in flight at the target, waiting for a queue slot, held while reconnecting) ends the
  * right way when the path fails, the device is lost or closed: with the right error or, after
@@ -58,7 +58,7 @@ async function gatedTarget() {
   let open: () => void = () => {};
   let gate: Promise<void> = Promise.resolve();
   const ioErrorAt = BLOCK * 7;
-  fx.target.addDevice(
+  fx.target.addExport(
     'gated',
     withInstanceOverrides(await FileBlockExport.open(path), 'gated', (inner) => ({
       handleRequest: async (vq, readable, writable, cancel) => {

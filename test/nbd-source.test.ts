@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice, BlockIoError, SECTOR_SIZE, createLogger } from '../src/index.js';
-import { openBlockStorage } from '../src/devices/blk/open-storage.js';
+import { openBlockStorage } from '../src/target/blk/open-storage.js';
 import { parseBlk } from '../src/cli/target-command.js';
 import { needs } from './helpers/deps.js';
 import { pattern } from './helpers/pattern.js';
@@ -49,7 +49,7 @@ describe.skipIf(!deps.ok)(`vof target over NBD sources${deps.skipNote}`, () => {
 
   async function exportSource(tvqn: string, uri: string, settings = {}): Promise<void> {
     const disk = await openBlockStorage(uri, {}, { reconnectDelay: 0.05, ctrlLossTmo: 0.5, ...settings }, log);
-    fx.target.addDevice(tvqn, disk);
+    fx.target.addExport(tvqn, disk);
   }
 
   it('nbdkit file plugin: writes, flushes, discards and zeroes reach the file; reads come back; multi-conn', async () => {
@@ -177,7 +177,7 @@ describe.skipIf(!deps.ok)(`vof target over NBD sources${deps.skipNote}`, () => {
     const lines: string[] = [];
     // The knobs as --blk takes them: the server comes back well within ctrl-loss-tmo.
     const spec = parseBlk(`restart=nbd+unix:///?socket=${server.socket},reconnect-delay=0.05,ctrl-loss-tmo=30`);
-    fx.target.addDevice('restart', await openBlockStorage(spec.path, {}, spec, createLogger('info', (_l, m) => lines.push(m))));
+    fx.target.addExport('restart', await openBlockStorage(spec.path, {}, spec, createLogger('info', (_l, m) => lines.push(m))));
     const disk = await BlockDevice.open(`${fx.url}/restart`, quiet);
     try {
       const run = await writeThroughServerRestart(disk, server, { count: 768, depth: 8, blockSize: 4096, killAfter: 200 });
@@ -197,7 +197,7 @@ describe.skipIf(!deps.ok)(`vof target over NBD sources${deps.skipNote}`, () => {
   });
 
   it('null:SIZE reads zeroes and takes writes without storing them', async () => {
-    fx.target.addDevice('null', await openBlockStorage('null:64m', {}, {}, log));
+    fx.target.addExport('null', await openBlockStorage('null:64m', {}, {}, log));
     const disk = await BlockDevice.open(`${fx.url}/null`, quiet);
     try {
       expect(disk.capacity).toBe(64 * 1024 * 1024);
@@ -242,7 +242,7 @@ describe('a target whose NBD source answers with garbage', () => {
     const fx = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 } });
     try {
       await fx.addDisk('local', 1024 * 1024);
-      fx.target.addDevice('evil', await openBlockStorage(`nbd://127.0.0.1:${srv.port}/`, {}, { reconnectDelay: 0.05, ctrlLossTmo: 0.5 }, createLogger('info', (_l, m) => lines.push(m))));
+      fx.target.addExport('evil', await openBlockStorage(`nbd://127.0.0.1:${srv.port}/`, {}, { reconnectDelay: 0.05, ctrlLossTmo: 0.5 }, createLogger('info', (_l, m) => lines.push(m))));
       await fx.listen();
       const evil = await BlockDevice.open(`${fx.url}/evil`, quiet);
       const local = await BlockDevice.open(`${fx.url}/local`, quiet);

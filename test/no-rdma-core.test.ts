@@ -37,7 +37,7 @@ const SCRIPT = `
   const t = new VofTarget({});
   const exp = await FileBlockExport.open('disk.img');
   console.log('file io', exp.fileIoBackend);
-  t.addDevice('d', exp);
+  t.addExport('d', exp);
   const url = await t.listen('tcp://127.0.0.1:0');
   const d = await BlockDevice.open(url + '/d', { keepaliveIntervalMs: 0 });
   await d.write(4096, Buffer.alloc(4096, 9));

@@ -6,7 +6,7 @@ import type { ByteBudget } from '../src/target/byte-budget.js';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
 import { RawQueue } from './helpers/raw-queue.js';
 import { delegatingInstance } from './helpers/delegating-instance.mjs';
-import { blkReadPdu, blkWritePdu, openRawBlkSession } from './helpers/raw-blk-session.js';
+import { blkReadPdu, blkWritePdu, openRawBlkDevice } from './helpers/raw-blk-device.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { waitFor } from './helpers/wait-for.js';
 
@@ -169,7 +169,7 @@ describe('a live target against careless peers', () => {
     const rss = sampleRss(target.child.pid!);
     const hogs = [];
     for (let h = 0; h < 8; h++) {
-      const s = await openRawBlkSession(port, 'd', 2, `hog-${h}`);
+      const s = await openRawBlkDevice(port, 'd', 2, `hog-${h}`);
       for (const vq of s.vqs) {
         vq.socket.pause(); // never read a completion
         // 24 reads of 4 MiB per virtqueue: 96 MiB each if the target buffered them all.
@@ -200,7 +200,7 @@ describe('a live target against careless peers', () => {
     const refused = await RawQueue.open(port);
     // An unknown TVQN is answered like a refused one (docs/PROTOCOL.md, "What a refusal reveals").
     expect(st(await refused.connectControl('no-such-disk'))).toBe('EACLREJECTED'); // a failed Connect does not bind
-    const connected = await openRawBlkSession(port, 'd', 1, 'patient');
+    const connected = await openRawBlkDevice(port, 'd', 1, 'patient');
     await Promise.all([...silent, partial, refused].map((q) => q.whenClosed(15000)));
     // The bound queues outlive the timeout and still answer.
     expect(connected.control.closed).toBe(false);
@@ -214,7 +214,7 @@ describe('a live target against careless peers', () => {
   }, 60000);
 
   it('half-close: 32 writes then shutdown(SHUT_WR): all 32 completions arrive, then the target closes', async () => {
-    const s = await openRawBlkSession(port, 'd', 1, 'half-closer');
+    const s = await openRawBlkDevice(port, 'd', 1, 'half-closer');
     const vq = s.vqs[0]!;
     const chunk = 256 * 1024;
     const pdus = Array.from({ length: 32 }, (_, i) => blkWritePdu(100 + i, 8 * MiB + i * chunk, Buffer.alloc(chunk, i + 1)));
@@ -285,7 +285,7 @@ describe('connect/disconnect churn', () => {
     // and its socket alive, the last two seconds' worth of cycles (111 to 1,100 seen here).
     // RSS alone does not show it: most of its growth is V8's young generation growing to its
     // maximum under the allocation rate (a high-water mark, flat over further cycles).
-    const held = await heapObjectCount(pid, snapshots, ['TcpTargetConnection', 'QueueSession', 'DeviceInstance']);
+    const held = await heapObjectCount(pid, snapshots, ['TcpTargetConnection', 'TargetQueue', 'DeviceInstance']);
     process.stderr.write(`peer-limits: target RSS ${(before / MiB).toFixed(1)} → ${(after / MiB).toFixed(1)} MiB over 1,100 connect/disconnect cycles; held after them: ${JSON.stringify(held)}\n`);
     expect(after - before).toBeLessThanOrEqual(32 * MiB);
     // The target may still be closing the last few (it hears of each close after the peer's).
@@ -324,7 +324,7 @@ describe('buffer budgets', () => {
           });
         },
       };
-      fx.target.addDevice('held', holding);
+      fx.target.addExport('held', holding);
       await fx.listen();
       const dev = await BlockDevice.open(`${fx.url}/held`, { keepaliveIntervalMs: 0 });
       try {
@@ -358,7 +358,7 @@ describe('buffer budgets', () => {
       await fx.addDisk('d', 4 * MiB);
       await fx.listen();
       for (let i = 0; i < 3; i++) {
-        const s = await openRawBlkSession(fx.port, 'd', 1, `leaver-${i}`);
+        const s = await openRawBlkDevice(fx.port, 'd', 1, `leaver-${i}`);
         const pdu = blkWritePdu(5, 0, Buffer.alloc(512 * 1024, 1));
         s.vqs[0]!.send(pdu.subarray(0, pdu.length - 1000)); // admitted, never completed
         await sleep(100);

@@ -99,7 +99,7 @@ describe('quotas: instances of one export never lock out another', () => {
     const fx = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 }, quotas: { instancesPerIvqn: 2 } });
     try {
       await fx.addDisk('shared', MiB);
-      fx.target.addDevice('tiny', fx.target.devices.get('shared')!.device, undefined, { maxInstances: 1 });
+      fx.target.addExport('tiny', fx.target.devices.get('shared')!.device, undefined, { maxInstances: 1 });
       await fx.listen();
       const qs = await Promise.all(Array.from({ length: 6 }, () => RawQueue.open(fx.port)));
       held.push(...qs);

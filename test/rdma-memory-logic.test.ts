@@ -1,12 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { DeviceMemory, DeviceMemoryTable, QUEUE_CLASS_BYTES, SIZE_CLASSES } from '../src/transport/rdma/device-memory.js';
+import { NicMemory, NicMemoryTable, QUEUE_CLASS_BYTES, SIZE_CLASSES } from '../src/transport/rdma/nic-memory.js';
 import type { MemoryRegion, NativeBinding, ProtectionDomain, QueuePair, SendWr } from '../src/transport/rdma/native-binding.js';
 import type { RegisteredBuffer } from '../src/transport/rdma/registered-pool.js';
 import { SendQueue, SendStalledError, WR_WORDS } from '../src/transport/rdma/send-queue.js';
 
 // Host-side tests of the RDMA memory and send-path logic, with fake verbs objects: the pool's
 // wait queue, its bounds and its registration count, and the send queue's backlog bound and
-// stall watchdog. The same code runs against rxe in test/rdma/device-memory-rdma.test.ts.
+// stall watchdog. The same code runs against rxe in test/rdma/nic-memory-rdma.test.ts.
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -48,7 +48,7 @@ const options = (limitBytes: number) => ({ largestBuffer: LARGEST, limitBytes, a
 describe('device memory (size classes, FIFO wait queue, limit)', () => {
   it('starts with one buffer per class; a queue grows each class at setup, within the limit', () => {
     const pd = new FakePd();
-    const mem = new DeviceMemory(pd, options(256 * MiB));
+    const mem = new NicMemory(pd, options(256 * MiB));
     const sizes = mem.stats().classes.map((c) => c.size);
     expect(sizes).toEqual([...SIZE_CLASSES, LARGEST]);
     expect(mem.stats().classes.every((c) => c.buffers === 1)).toBe(true);
@@ -73,14 +73,14 @@ describe('device memory (size classes, FIFO wait queue, limit)', () => {
 
   it('never registers more than the limit (beyond one buffer per class)', () => {
     const pd = new FakePd();
-    const mem = new DeviceMemory(pd, options(16 * MiB));
+    const mem = new NicMemory(pd, options(16 * MiB));
     for (let i = 0; i < 20; i++) mem.reserve(256);
     expect(mem.stats().registeredBytes).toBeLessThanOrEqual(16 * MiB);
     expect(pd.liveBytes).toBe(mem.stats().registeredBytes);
   });
 
   it('a request takes one buffer of the smallest class that holds out + in', async () => {
-    const mem = new DeviceMemory(new FakePd(), options(64 * MiB));
+    const mem = new NicMemory(new FakePd(), options(64 * MiB));
     const small = await mem.acquire(16 + 1);
     const io4k = await mem.acquire(16 + 4096 + 1);
     const io1m = await mem.acquire(16 + MiB + 1);
@@ -95,7 +95,7 @@ describe('device memory (size classes, FIFO wait queue, limit)', () => {
 
   it('a short pool makes requests wait in FIFO order, and never registers on the data path', async () => {
     const pd = new FakePd();
-    const mem = new DeviceMemory(pd, options(0)); // one buffer per class, nothing more
+    const mem = new NicMemory(pd, options(0)); // one buffer per class, nothing more
     const regs = pd.regs;
     const first = await mem.acquire(4096);
     const order: number[] = [];
@@ -115,7 +115,7 @@ describe('device memory (size classes, FIFO wait queue, limit)', () => {
   });
 
   it('many concurrent requests through a one-buffer pool all complete with their own data', async () => {
-    const mem = new DeviceMemory(new FakePd(), options(0));
+    const mem = new NicMemory(new FakePd(), options(0));
     const results = await Promise.all(
       Array.from({ length: 64 }, async (_, i) => {
         const b = await mem.acquire(8192);
@@ -131,7 +131,7 @@ describe('device memory (size classes, FIFO wait queue, limit)', () => {
 
   it('a growing pool serves its waiters; an aborted wait leaves the queue', async () => {
     const pd = new FakePd();
-    const mem = new DeviceMemory(pd, options(64 * MiB));
+    const mem = new NicMemory(pd, options(64 * MiB));
     const first = await mem.acquire(100);
     const ac = new AbortController();
     const aborted = mem.acquire(100, ac.signal);
@@ -150,7 +150,7 @@ describe('device memory (size classes, FIFO wait queue, limit)', () => {
     const pd = new FakePd();
     const warnings: string[] = [];
     const log = { debug() {}, info() {}, warn: (m: string) => warnings.push(m), error() {} };
-    const mem = new DeviceMemory(pd, options(64 * MiB), log as never);
+    const mem = new NicMemory(pd, options(64 * MiB), log as never);
     pd.failNext = true;
     mem.reserve(8);
     expect(warnings.join()).toMatch(/cannot register/);
@@ -159,7 +159,7 @@ describe('device memory (size classes, FIFO wait queue, limit)', () => {
   });
 
   it('the table shares one PD per device and releases it with the last user', () => {
-    const table = new DeviceMemoryTable();
+    const table = new NicMemoryTable();
     const pds: FakePd[] = [];
     const make = () => {
       const pd = new FakePd();

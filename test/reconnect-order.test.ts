@@ -25,7 +25,7 @@ describe('re-submission after a reconnect', () => {
     const real = await FileBlockExport.open(path);
     let instances = 0;
     const seen: string[] = [];
-    fx.target.addDevice(
+    fx.target.addExport(
       'd',
       withInstanceOverrides(real, 'ordered', (inner) => {
         const n = ++instances;

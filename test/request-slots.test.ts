@@ -209,8 +209,8 @@ describe('request slots on a live queue', () => {
     fx = undefined;
   });
 
-  /** The target's sessions of virtqueue 0 (test access to the target's internals). */
-  const sessionsOf = (f: TargetFixture) =>
+  /** The target queues of virtqueue 0 (test access to the target's internals). */
+  const queuesOf = (f: TargetFixture) =>
     [...(f.target as unknown as { instances: Map<number, DeviceInstance> }).instances.values()].map((i) => i.virtqueues.get(0)!);
 
   it('3000 commands at depth 16 on a 16-entry queue use at most 16 slots', async () => {
@@ -225,7 +225,7 @@ describe('request slots on a live queue', () => {
           for (let i = 0; i < 3000 / 16; i++) await d.read(((i * 16 + w) % 256) * 4096, buf);
         }),
       );
-      const [vq] = sessionsOf(fx);
+      const [vq] = queuesOf(fx);
       expect(vq!.slotsMade).toBeGreaterThan(1);
       expect(vq!.slotsMade).toBeLessThanOrEqual(16);
     } finally {
@@ -238,7 +238,7 @@ describe('request slots on a live queue', () => {
     const path = await fx.addDisk('plain', 1 << 20);
     const real = await FileBlockExport.open(path);
     let hold = true;
-    fx.target.addDevice(
+    fx.target.addExport(
       'd',
       withInstanceOverrides(real, 'holding', (inner) => ({
         handleRequest: async (vq: number, readable: Buffer, writable: Buffer, cancel?: RequestCancel) => {
@@ -255,7 +255,7 @@ describe('request slots on a live queue', () => {
     try {
       const held = d.write(0, Buffer.alloc(4096, 1)).then(() => 'ok', (e: Error) => e.message);
       await new Promise((r) => setTimeout(r, 100));
-      const [vq] = sessionsOf(fx);
+      const [vq] = queuesOf(fx);
       expect(vq!.inFlightCount).toBe(1);
       await vq!.cancelAll('test reset');
       expect(await held).toMatch(/ESTATUS/);
@@ -275,7 +275,7 @@ describe('request slots on a live queue', () => {
     const real = await FileBlockExport.open(path);
     let hold = true;
     let reports = 0;
-    fx.target.addDevice(
+    fx.target.addExport(
       'd',
       withInstanceOverrides(real, 'holding', (inner) => ({
         // Cancellation is a state the device looks at: here it waits for it, then reports the
@@ -300,7 +300,7 @@ describe('request slots on a live queue', () => {
     try {
       const held = d.write(0, Buffer.alloc(4096, 1)).then(() => 'ok', (e: Error) => e.message);
       await new Promise((r) => setTimeout(r, 100));
-      const [vq] = sessionsOf(fx);
+      const [vq] = queuesOf(fx);
       expect(vq!.inFlightCount).toBe(1);
       await vq!.cancelAll('test reset');
       expect(reports).toBe(1);

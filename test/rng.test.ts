@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { EntropyExport } from '../src/index.js';
-import { TokenBucket } from '../src/devices/rng/token-bucket.js';
+import { TokenBucket } from '../src/target/rng/token-bucket.js';
 import { rngSuite } from './suites/rng-suite.js';
 
 rngSuite('TCP', 'tcp://127.0.0.1:0');

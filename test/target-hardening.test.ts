@@ -2,7 +2,7 @@ import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { BlockDevice, DeviceStatus, FileBlockExport, Opcode, VofError, encodeCommand, statusName, type DeviceExport, type VirtioDeviceInstance } from '../src/index.js';
+import { BlockDevice, DeviceStatus, FileBlockExport, Opcode, VofError, encodeCommand, statusName, type DeviceExport, type DeviceModel } from '../src/index.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 
 /** A body-less virtqueue Connect from `localAddress`; resolves with the completion's status name. */
@@ -19,14 +19,14 @@ function bodylessVqConnect(port: number, localAddress: string, instanceId: numbe
   });
 }
 
-type HandleRequest = VirtioDeviceInstance['handleRequest'];
+type HandleRequest = DeviceModel['handleRequest'];
 
 /** `real`, with every instance's handleRequest replaced by `wrap(original)`. */
 function withHandleRequest(real: FileBlockExport, description: string, wrap: (original: HandleRequest) => HandleRequest): DeviceExport {
   return {
     description,
     close: () => real.close(),
-    createInstance(): VirtioDeviceInstance {
+    createInstance(): DeviceModel {
       const inner = real.createInstance();
       const handleRequest = wrap(inner.handleRequest.bind(inner));
       return new Proxy(inner, {
@@ -97,7 +97,7 @@ describe('target hardening', () => {
       }
       return original(vq, readable, writable);
     });
-    fx.target.addDevice('flaky', flaky, ['owner']);
+    fx.target.addExport('flaky', flaky, ['owner']);
     const d = await BlockDevice.open(`${fx.url}/flaky`, { ivqn: 'owner', keepaliveIntervalMs: 20 });
     try {
       await d.read(0, 512);
@@ -131,7 +131,7 @@ describe('target hardening', () => {
       await new Promise((r) => setTimeout(r, 300));
       return original(vq, readable, writable);
     });
-    own.target.addDevice('slow', slow);
+    own.target.addExport('slow', slow);
     await own.listen();
     const d = await BlockDevice.open(`${own.url}/slow`, { keepaliveIntervalMs: 0 });
     const read = d.read(0, 4096);

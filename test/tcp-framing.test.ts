@@ -256,7 +256,7 @@ describe('TCP initiator framing', () => {
     const conn = new TcpInitiatorConnection(asSocket(sock), limit);
     // Completions as they arrive (recorded without allocating, see the byte-by-byte test)...
     const arrived: Array<{ id: number; length: number }> = [];
-    /** The device-writable buffers of the VQ commands in flight, as the queue client keeps them. */
+    /** The device-writable buffers of the VQ commands in flight, as the initiator queue keeps them. */
     const inBuffers = new Map<number, Buffer[]>();
     // ...and what they brought: a VQ completion's bytes are in its command's buffers.
     const got = () =>
@@ -267,7 +267,7 @@ describe('TCP initiator framing', () => {
     let closeReason: Error | undefined | null = null;
     conn.start({
       onCompletion: (c) => void arrived.push({ id: c.readUInt16LE(2), length: c.readUInt32LE(4) }),
-      // The queue client's answer: VQ completions carry their length in payload bytes.
+      // The initiator queue's answer: VQ completions carry their length in payload bytes.
       expectedPayload: (c) => (vqIds.includes(c.readUInt16LE(2)) ? c.readUInt32LE(4) : 0),
       payloadBuffers: (c) => inBuffers.get(c.readUInt16LE(2)) ?? [],
       onClose: (r) => (closeReason = r),

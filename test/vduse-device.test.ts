@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BlockDevice } from '../src/devices/blk/block-device.js';
-import { BlkConfig, BlkFeature } from '../src/devices/blk/blk-constants.js';
+import { BlockDevice } from '../src/initiator/blk/block-device.js';
+import { BlkConfig, BlkFeature } from '../src/protocol/virtio-blk.js';
 import { createLogger } from '../src/util/log.js';
 import type { IovaRegion, NativeVduseControl, NativeVduseDevice, VduseBinding, VqInfo } from '../src/vduse/vduse-binding.js';
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_RING_F_EVENT_IDX, VduseBlockDevice, vduseRemoteFeatures } from '../src/vduse/vduse-device.js';

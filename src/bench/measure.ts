@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startTarget, VOF_CLI, type StartedTarget } from '../../scripts/start-target.mjs';
-import { BlockDevice } from '../devices/blk/block-device.js';
+import { BlockDevice } from '../initiator/blk/block-device.js';
 import type { BlockSystem } from './fio.js';
 import { openNvmeof, runPerftestBandwidth, runPerftestLatency } from './keyed-anchors.js';
 import { profileSelf } from './profiler.js';

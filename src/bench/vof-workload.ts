@@ -1,5 +1,5 @@
 import { createHistogram, performance } from 'node:perf_hooks';
-import type { BlockDevice } from '../devices/blk/block-device.js';
+import type { BlockDevice } from '../initiator/blk/block-device.js';
 import { blockRun, processCpuSeconds, round, selfCpuSeconds } from './cpu.js';
 import type { ProgressLine } from './progress-line.js';
 import type { BenchRun, Environment, Workload } from './types.js';

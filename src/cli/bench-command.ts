@@ -10,7 +10,7 @@ import { ANCHOR_GROUPS, ensureTools } from '../bench/setup.js';
 import type { BenchReport, BenchRun, MachineInfo, SkippedSystem } from '../bench/types.js';
 import { runInVm } from '../bench/vm-part.js';
 import { formatSize, parseSize, workloadMatrix } from '../bench/workloads.js';
-import { parseFileIoMode } from '../devices/blk/file-io.js';
+import { parseFileIoMode } from '../target/blk/file-io.js';
 import { listRdmaDevices } from '../transport/rdma/rdma-devices.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { parseCommand } from './options.js';

@@ -1,5 +1,5 @@
 import { promises as fsp, type Stats } from 'node:fs';
-import { BlockDevice } from '../devices/blk/block-device.js';
+import { BlockDevice } from '../initiator/blk/block-device.js';
 import { createLogger } from '../util/log.js';
 import { CliError } from './cli-error.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings } from './tls-options.js';

@@ -1,4 +1,4 @@
-import { BlkConfig, BlkFeature } from '../devices/blk/blk-constants.js';
+import { BlkConfig, BlkFeature } from '../protocol/virtio-blk.js';
 import { RemoteDevice } from '../initiator/remote-device.js';
 import { VofError } from '../initiator/vof-error.js';
 import { DeviceId, Opcode, VIRTIO_F_VERSION_1 } from '../protocol/constants.js';

@@ -1,7 +1,7 @@
 import { tmpdir } from 'node:os';
 import { stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { BlockDevice } from '../devices/blk/block-device.js';
+import { BlockDevice } from '../initiator/blk/block-device.js';
 import { NbdServer, isLoopbackHost, type NbdListenAddress } from '../nbd/nbd-server.js';
 import { NBD_DEFAULT_PORT } from '../nbd/nbd-protocol.js';
 import { nbdTlsAuthenticatesClients, type NbdTlsSettings } from '../nbd/nbd-tls.js';

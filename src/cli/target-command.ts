@@ -1,8 +1,8 @@
 import { stat } from 'node:fs/promises';
-import type { FileBlockExport } from '../devices/blk/file-block-export.js';
-import { openBlockStorage, storageKind } from '../devices/blk/open-storage.js';
-import { chooseFileIo, defaultFileIoMode, parseFileIoMode, type FileIoChoice, type FileIoMode } from '../devices/blk/file-io.js';
-import { EntropyExport } from '../devices/rng/entropy-export.js';
+import type { FileBlockExport } from '../target/blk/file-block-export.js';
+import { openBlockStorage, storageKind } from '../target/blk/open-storage.js';
+import { chooseFileIo, defaultFileIoMode, parseFileIoMode, type FileIoChoice, type FileIoMode } from '../target/blk/file-io.js';
+import { EntropyExport } from '../target/rng/entropy-export.js';
 import { VofTarget } from '../target/target.js';
 import { createLogger } from '../util/log.js';
 import { parseAllowEntry, type AllowSpec } from '../target/access-policy.js';
@@ -327,7 +327,7 @@ export async function runTarget(argv: string[]): Promise<number> {
       }
       try {
         const entries = [...(b.allow ?? []), ...allow];
-        target.addDevice(b.tvqn, disk, entries.length > 0 ? entries : undefined, {
+        target.addExport(b.tvqn, disk, entries.length > 0 ? entries : undefined, {
           ...(b.maxInstances !== undefined && { maxInstances: b.maxInstances }),
           admin: [...(b.admin ?? []), ...admin],
         });
@@ -343,7 +343,7 @@ export async function runTarget(argv: string[]): Promise<number> {
       try {
         rng = new EntropyExport({ ...(r.rate !== undefined && { rate: r.rate }), ...(r.burst !== undefined && { burst: r.burst }) });
         const entries = [...(r.allow ?? []), ...allow];
-        target.addDevice(r.tvqn, rng, entries.length > 0 ? entries : undefined, { admin: [...(r.admin ?? []), ...admin] });
+        target.addExport(r.tvqn, rng, entries.length > 0 ? entries : undefined, { admin: [...(r.admin ?? []), ...admin] });
       } catch (err) {
         throw new CliError(`cannot export rng "${r.tvqn}": ${(err as Error).message}`);
       }

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { FILE_IO_MODES } from '../devices/blk/file-io.js';
+import { FILE_IO_MODES } from '../target/blk/file-io.js';
 import { MAX_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
 import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_LIMITS } from '../target/target.js';
 import { DEFAULT_QUOTAS } from '../target/quotas.js';

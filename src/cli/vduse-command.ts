@@ -1,4 +1,4 @@
-import { BlockDevice } from '../devices/blk/block-device.js';
+import { BlockDevice } from '../initiator/blk/block-device.js';
 import { parseDeviceUrl, UrlError } from '../url.js';
 import { createLogger } from '../util/log.js';
 import { vduseProblem } from '../vduse/vduse-binding.js';

@@ -29,7 +29,7 @@ import {
   type HealthTestResult,
   type QueueInfo,
 } from '../protocol/admin-records.js';
-import { seedAdminHeader, type AdminHeaderFormat, type AdminResponse } from '../admin/header-format.js';
+import { seedAdminHeader, type AdminHeaderFormat, type AdminResponse } from '../protocol/admin-header-format.js';
 
 /** An admin command answered with anything but GENERIC OK. */
 export class AdminError extends Error {

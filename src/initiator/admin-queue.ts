@@ -1,7 +1,7 @@
 import { Opcode, Status } from '../protocol/constants.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
 import { AdminClient } from './admin-client.js';
-import type { QueueClient } from './queue-client.js';
+import type { InitiatorQueue } from './initiator-queue.js';
 import { VofConnectionError, VofError } from './vof-error.js';
 
 /** What the admin queue needs of its device (RemoteDevice). */
@@ -9,7 +9,7 @@ export interface AdminQueueHost {
   /** Where the device is now. */
   url(): string;
   /** The current control queue. */
-  control(): QueueClient;
+  control(): InitiatorQueue;
   /** Request virtqueues connected (the admin queue's index is above theirs). */
   virtqueuesConnected(): number;
   hasFeature(bit: bigint): boolean;
@@ -18,7 +18,7 @@ export interface AdminQueueHost {
   /** Resolves once the device is connected (held while it reconnects). */
   whenUsable(): Promise<void>;
   /** Connect virtqueue `vqIndex` (Get VQ Size, the connection, its Connect). */
-  openQueue(vqIndex: number): Promise<QueueClient>;
+  openQueue(vqIndex: number): Promise<InitiatorQueue>;
 }
 
 /**
@@ -26,7 +26,7 @@ export interface AdminQueueHost {
  * device's other queues on a path failure (then connected again by the next admin command).
  */
 export class AdminQueue {
-  private queue: Promise<QueueClient> | null = null;
+  private queue: Promise<InitiatorQueue> | null = null;
   private clientValue: AdminClient | null = null;
   /** Index of the admin virtqueue, or null until it has been looked for. */
   index: number | null = null;
@@ -46,18 +46,18 @@ export class AdminQueue {
   }
 
   /** The queue being connected or connected now, if any. */
-  get current(): Promise<QueueClient> | null {
+  get current(): Promise<InitiatorQueue> | null {
     return this.queue;
   }
 
   /** Forget the current queue (its connection is being failed): returns it, for closing. */
-  drop(): Promise<QueueClient> | null {
+  drop(): Promise<InitiatorQueue> | null {
     const q = this.queue;
     this.queue = null;
     return q;
   }
 
-  private connect(): Promise<QueueClient> {
+  private connect(): Promise<InitiatorQueue> {
     const host = this.host;
     if (!host.hasFeature(VIRTIO_F_ADMIN_VQ)) {
       return Promise.reject(new VofConnectionError(`${host.url()}: the device has no admin virtqueue (VIRTIO_F_ADMIN_VQ not negotiated)`));

@@ -13,7 +13,7 @@ import { transportFor } from '../transport/registry.js';
 import type { ConnectOptions as TransportConnectOptions, Transport } from '../transport/transport.js';
 import { UrlError, parseDeviceUrl, type Scheme } from '../url.js';
 import type { Logger } from '../util/log.js';
-import { QueueClient } from './queue-client.js';
+import { InitiatorQueue } from './initiator-queue.js';
 import { VofConnectionError, VofError, VofRedirectError } from './vof-error.js';
 
 /** Default most redirects followed for one connect. */
@@ -25,7 +25,7 @@ export interface ControlPath {
   readonly url: string;
   readonly tvqn: string;
   readonly transport: Transport;
-  readonly control: QueueClient;
+  readonly control: InitiatorQueue;
   readonly instanceId: number;
   /** The Connect Body sent, reused on every virtqueue (binding rule). */
   readonly connectBody: Buffer;
@@ -89,7 +89,7 @@ export async function connectControlPath(url: string, o: ControlPathOptions): Pr
     const transport = await transportFor(addr.scheme, o.log);
     const body = setConnectFlags(encodeConnectBody({ ivqn: o.ivqn, tvqn: addr.tvqn }), VOF_CONNECT_F_REDIRECT);
     const conn = await transport.connect(addr.endpoint, { ...o.connect, controlQueue: true });
-    const control = new QueueClient(conn, VIRTIO_OF_CONTROL_QUEUE_SIZE);
+    const control = new InitiatorQueue(conn, VIRTIO_OF_CONTROL_QUEUE_SIZE);
     let next: string;
     const started = performance.now();
     // A target that accepts the connection but never answers: the Connect's answer deadline

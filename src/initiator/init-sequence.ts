@@ -4,7 +4,7 @@ import { VOF_F_INLINE_DATA, VOF_OP_GET_INLINE_DATA_SIZE, inlineSizeProblem } fro
 import { VOF_F_REMOTE_INVALIDATE } from '../protocol/remote-invalidation.js';
 import { VOF_F_AUTH } from '../protocol/auth.js';
 import type { Logger } from '../util/log.js';
-import type { CommandWithoutId } from './queue-client.js';
+import type { CommandWithoutId } from './initiator-queue.js';
 import type { ConnectOptions } from './connect-options.js';
 import { authKeyOf, authenticate } from './auth-handshake.js';
 import { VofAuthError, VofConnectionError, VofError, VofResumeError } from './vof-error.js';

@@ -13,8 +13,8 @@ import { PinnedMemory, type PinHandle } from '../transport/pinned-memory.js';
 import { defaultLogger, type Logger } from '../util/log.js';
 import type { AdminClient } from './admin-client.js';
 import { AdminQueue } from './admin-queue.js';
-import { QueueClient, type CommandWithoutId } from './queue-client.js';
-import { DeviceRequest, type RequestCallback, type RequestOwner } from './device-request.js';
+import { InitiatorQueue, type CommandWithoutId } from './initiator-queue.js';
+import { IoSlot, type RequestCallback, type RequestOwner } from './io-slot.js';
 import { connectControlPath, type ControlPath } from './control-path.js';
 import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
 import { reconnectPolicy, reconnects, type DeviceState, type ReconnectPolicy } from './reconnect-policy.js';
@@ -69,7 +69,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   maxKeyedDescriptors = 0;
   /** vof inline data: readable parts up to this many bytes travel inline (0: not negotiated). */
   inlineDataBytes = 0;
-  readonly queues: QueueClient[] = [];
+  readonly queues: InitiatorQueue[] = [];
   /** Virtqueues in use (stays the same while reconnecting, when `queues` is empty). */
   virtqueueCount = 0;
   private stateValue: DeviceState = 'connecting';
@@ -81,16 +81,16 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   /** Set once the fast-io-fail timeout passed while disconnected: I/O fails at once. */
   private ioFailError: Error | null = null;
   /** Requests sent again after a reconnect and not completed yet (flushes wait for them). */
-  private readonly resubmitting = new Set<DeviceRequest>();
+  private readonly resubmitting = new Set<IoSlot>();
   /** Requests sent again after a reconnect, in total (for tests and monitoring). */
   resubmittedRequests = 0;
   /**
-   * The device's I/O slots (see DeviceRequest), every one made, and the free ones: one is made
+   * The device's I/O slots (see IoSlot), every one made, and the free ones: one is made
    * only when all are busy. A slot is `active` while sent on the current connection and not
    * completed (a drain waits for those).
    */
-  private readonly ioSlots: DeviceRequest[] = [];
-  private readonly freeIoSlots: DeviceRequest[] = [];
+  private readonly ioSlots: IoSlot[] = [];
+  private readonly freeIoSlots: IoSlot[] = [];
   /** Where the queues report each I/O slot's outcome (bound once). */
   private readonly ioOwner: RequestOwner = {
     requestCompleted: (req, status, written) => {
@@ -102,7 +102,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   /** The target asked this initiator to move: new I/O is held until the move. */
   private draining = false;
   /** Virtqueues whose Connect is in flight (failed with the rest on a path failure). */
-  private readonly opening = new Set<QueueClient>();
+  private readonly opening = new Set<InitiatorQueue>();
   /** The admin virtqueue, connected on the first admin command. */
   private readonly adminQueue = new AdminQueue({
     url: () => this.url,
@@ -122,7 +122,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   /** Where the device is now: the URL asked for, or where redirects and drains led. */
   url: string;
   tvqn: string;
-  control: QueueClient;
+  control: InitiatorQueue;
   private transport: Transport;
   /** The Connect Body, sent on the control queue and on every virtqueue (binding rule). */
   private connectBody: Buffer;
@@ -159,7 +159,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     return this.stateValue;
   }
 
-  private attachControl(control: QueueClient): void {
+  private attachControl(control: InitiatorQueue): void {
     const generation = this.generation;
     control.onActivity = () => this.liveness.heard();
     control.onEvent = (c) => {
@@ -264,7 +264,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     this.queues.push(await this.openQueue(vqIndex));
   }
 
-  private async openQueue(vqIndex: number): Promise<QueueClient> {
+  private async openQueue(vqIndex: number): Promise<InitiatorQueue> {
     const sizeC = await this.controlCommand({ opcode: Opcode.GetVqSize, vqIndex });
     const max = sizeC.kind === 'vqSize' ? sizeC.size : 0;
     const want = this.options.queueSize ?? 0;
@@ -279,7 +279,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
       ...inline,
     });
     conn.maxKeyedDescriptors = this.maxKeyedDescriptors;
-    const q = new QueueClient(conn, 1);
+    const q = new InitiatorQueue(conn, 1);
     const generation = this.generation;
     q.onClosed = (err) => {
       if (generation === this.generation) this.closedByTarget(`virtqueue ${vqIndex}`, err);
@@ -405,7 +405,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
    * Submit one request on virtqueue `vqIndex`: `out` is device-readable, `inBuffers` device-
    * writable. Resolves with the number of bytes the device wrote. With reconnect on, a request
    * whose connection fails before its completion is held and sent again after the reconnect;
-   * `flush` marks a request that must go after every re-submitted one (see DeviceRequest).
+   * `flush` marks a request that must go after every re-submitted one (see IoSlot).
    * The buffers and arrays are the caller's until it settles. The returned Promise is the only
    * object made per request (see submitRequest for none).
    */
@@ -434,17 +434,17 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   /** A free I/O slot; a new one only when every slot is busy. */
-  private takeIoSlot(): DeviceRequest {
+  private takeIoSlot(): IoSlot {
     let req = this.freeIoSlots.pop();
     if (!req) {
-      req = new DeviceRequest(this.ioOwner);
+      req = new IoSlot(this.ioOwner);
       this.ioSlots.push(req);
     }
     return req;
   }
 
   /** Connected and nothing to order after: sent synchronously, as callers may rely on. */
-  private dispatch(req: DeviceRequest): void {
+  private dispatch(req: IoSlot): void {
     const q = this.queues[req.vqIndex];
     if (this.stateValue !== 'connected' || this.draining || this.lostError || this.closing || this.aborted || (req.isFlush && this.resubmitting.size > 0) || !q) {
       void this.dispatchLater(req);
@@ -453,7 +453,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     this.sendRequest(req, q);
   }
 
-  private sendRequest(req: DeviceRequest, q: QueueClient): void {
+  private sendRequest(req: IoSlot, q: InitiatorQueue): void {
     req.generation = this.generation;
     req.active = true;
     req.arm();
@@ -461,7 +461,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   /** The slow path: held while reconnecting or draining, flushes after resubmissions. */
-  private async dispatchLater(req: DeviceRequest): Promise<void> {
+  private async dispatchLater(req: IoSlot): Promise<void> {
     for (;;) {
       try {
         await this.whenUsable();
@@ -482,7 +482,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   /** A queue failed the request: with reconnect on it goes out again once reconnected. */
-  private requestFailed(req: DeviceRequest, err: Error): void {
+  private requestFailed(req: IoSlot, err: Error): void {
     if (!(err instanceof VofConnectionError) || !reconnects(this.policy) || this.lostError || this.closing || this.stateValue === 'connecting') {
       this.endRequest(req, err, 0);
       return;
@@ -496,7 +496,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   /** The request is over: its slot is free again before its caller hears (who may reuse it). */
-  private endRequest(req: DeviceRequest, err: Error | null, written: number): void {
+  private endRequest(req: IoSlot, err: Error | null, written: number): void {
     this.resubmitting.delete(req);
     const callback = req.release();
     this.freeIoSlots.push(req);
@@ -531,7 +531,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
   }
 
   /** A flush goes only once every re-submitted request has completed (or failed for good). */
-  private async resubmittedRequestsDone(flush: DeviceRequest): Promise<void> {
+  private async resubmittedRequestsDone(flush: IoSlot): Promise<void> {
     while (this.resubmitting.size > 0) {
       await Promise.all([...this.resubmitting].filter((r) => r !== flush).map((r) => r.done));
       await this.whenUsable();
@@ -698,7 +698,7 @@ export class RemoteDevice extends EventEmitter<DeviceEvents> {
     if (this.stateValue !== 'lost') this.stateValue = 'closed';
     this.releaseHeld(new VofConnectionError(`${this.url}: device closed`));
     if (!this.lostError && wasConnected) {
-      const disconnect = (q: QueueClient) =>
+      const disconnect = (q: InitiatorQueue) =>
         q.closed ? Promise.resolve() : q.call({ opcode: Opcode.Disconnect }).then(() => {}, () => {});
       const current = this.adminQueue.current;
       const admin = current ? await current.catch(() => null) : null;

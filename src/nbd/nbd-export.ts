@@ -1,5 +1,5 @@
-import { BlockIoError } from '../devices/blk/block-device.js';
-import { BlkStatus, SECTOR_SIZE } from '../devices/blk/blk-constants.js';
+import { BlockIoError } from '../initiator/blk/block-device.js';
+import { BlkStatus, SECTOR_SIZE } from '../protocol/virtio-blk.js';
 import { NbdCommand, NbdCommandFlag, NbdError, TransmissionFlag, type BlockSizeConstraints } from './nbd-protocol.js';
 import { RangeLock } from './range-lock.js';
 

@@ -12,8 +12,8 @@ import { VOF_OP_GET_INLINE_DATA_SIZE } from '../protocol/inline-data.js';
 import { VOF_OP_AUTH_NEGOTIATE, VOF_OP_AUTH_REPLY } from '../protocol/auth.js';
 import type { VqRequestData } from '../transport/transport.js';
 import type { DeviceInstance, OpResult } from './device-instance.js';
-import type { QueueSession } from './queue-session.js';
-import { authStep, connect, disconnect } from './session-connect.js';
+import type { TargetQueue } from './target-queue.js';
+import { authStep, connect, disconnect } from './queue-connect.js';
 import type { TargetRequest } from './target-request.js';
 
 /**
@@ -38,7 +38,7 @@ interface OpcodeEntry {
    */
   readonly beforeAuth: boolean;
   /** `inst`: the queue's instance (null on an unbound queue). A promise when the answer comes after this turn. */
-  run(q: QueueSession, req: TargetRequest, cmd: DecodedCommand, payload: Buffer | VqRequestData, inst: DeviceInstance | null): Promise<void> | void;
+  run(q: TargetQueue, req: TargetRequest, cmd: DecodedCommand, payload: Buffer | VqRequestData, inst: DeviceInstance | null): Promise<void> | void;
 }
 
 const EMPTY = Buffer.alloc(0);
@@ -49,7 +49,7 @@ const AFTER_AUTH = false;
 function control<K extends Command['opcode']>(
   opcode: K,
   beforeAuth: boolean,
-  run: (q: QueueSession, req: TargetRequest, inst: DeviceInstance, cmd: CommandOf<K>) => Promise<void> | void,
+  run: (q: TargetQueue, req: TargetRequest, inst: DeviceInstance, cmd: CommandOf<K>) => Promise<void> | void,
 ): [number, OpcodeEntry] {
   // Made once, when the table is: the table's key is the opcode, so the command is CommandOf<K>.
   return [opcode, { needs: 'control', beforeAuth, run: (q, req, cmd, _payload, inst) => run(q, req, inst!, cmd as CommandOf<K>) }];
@@ -91,7 +91,7 @@ const OPCODES: ReadonlyMap<number, OpcodeEntry> = new Map<number, OpcodeEntry>([
   }),
   control(VOF_OP_AUTH_NEGOTIATE, BEFORE_AUTH, (q, req, inst, cmd) => authStep(q, req, inst, cmd.opcode, cmd.data)),
   control(VOF_OP_AUTH_REPLY, BEFORE_AUTH, (q, req, inst, cmd) => authStep(q, req, inst, cmd.opcode, cmd.data)),
-  // VQ commands belong on virtqueues, where the session never decodes them (vq-execution.ts);
+  // VQ commands belong on virtqueues, where the target queue never decodes them (vq-execution.ts);
   // on the control queue one is refused, after the authentication rule like any device command.
   control(Opcode.Vq, AFTER_AUTH, (q, req) => q.refuse(req, Status.ENOCMD, 'VQ command on the control queue')),
 
@@ -130,7 +130,7 @@ const OPCODES: ReadonlyMap<number, OpcodeEntry> = new Map<number, OpcodeEntry>([
  * virtqueue nothing but Disconnect (and VQ commands, which do not come here); on a control
  * queue the authentication rule.
  */
-export function dispatchCommand(q: QueueSession, req: TargetRequest, cmd: DecodedCommand, payload: Buffer | VqRequestData): Promise<void> | void {
+export function dispatchCommand(q: TargetQueue, req: TargetRequest, cmd: DecodedCommand, payload: Buffer | VqRequestData): Promise<void> | void {
   const entry = isUnknownCommand(cmd) ? undefined : OPCODES.get(cmd.opcode);
   if (entry === undefined) return q.refuse(req, Status.ENOCMD, 'unknown opcode');
   const role = q.role;

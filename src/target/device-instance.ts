@@ -8,16 +8,16 @@ import {
 import { encodeConfigChangeCompletion, encodeKeepaliveCompletion } from '../protocol/completion.js';
 import { quotePeerString } from '../util/escape.js';
 import { VIRTIO_F_ADMIN_VQ } from '../protocol/admin-records.js';
-import { ADMIN_MAX_REQUEST_BYTES, ADMIN_QUEUE_SIZE, type InstanceAdmin } from '../admin/instance-admin.js';
+import { ADMIN_MAX_REQUEST_BYTES, ADMIN_QUEUE_SIZE, type InstanceAdmin } from './admin/instance-admin.js';
 import type { Logger } from '../util/log.js';
-import type { DeviceRequest, RequestCancel, VirtioDeviceInstance } from './device.js';
+import type { DeviceRequest, RequestCancel, DeviceModel } from './device.js';
 import {
   FEATURE_WINDOWS,
   featureWindow,
   statusTransitionProblem,
   withFeatureWindow,
 } from './device-status.js';
-import type { QueueSession } from './queue-session.js';
+import type { TargetQueue } from './target-queue.js';
 
 /** A request slot's deviceDone and deviceFailed bound once, for devices that answer with a promise. */
 export interface DeviceRequestCallbacks {
@@ -78,7 +78,7 @@ export class DeviceInstance {
   /** Keepalive Completions every interval, and the dead-initiator timer (the keepalive timeout). */
   private readonly liveness: Liveness;
   private readonly unsubscribeConfig: () => void;
-  readonly virtqueues = new Map<number, QueueSession>();
+  readonly virtqueues = new Map<number, TargetQueue>();
   destroyed = false;
   /** The Admin Virtqueue's side of this instance; null when the device has none. */
   admin: InstanceAdmin | null = null;
@@ -94,8 +94,8 @@ export class DeviceInstance {
     readonly id: number,
     readonly tvqn: string,
     readonly ivqn: string,
-    readonly device: VirtioDeviceInstance,
-    readonly control: QueueSession,
+    readonly device: DeviceModel,
+    readonly control: TargetQueue,
     private readonly keepalive: KeepalivePolicy,
     private readonly log: Logger,
     private readonly onDestroyed: (inst: DeviceInstance) => void,

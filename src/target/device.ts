@@ -1,4 +1,4 @@
-import type { AdminCommandSet } from '../admin/admin-command-set.js';
+import type { AdminCommandSet } from './admin/admin-command-set.js';
 import type { HealthTestResult } from '../protocol/admin-records.js';
 
 /** Where a device reports what belongs in its export's error log. */
@@ -45,10 +45,10 @@ export interface DeviceRequest extends RequestCancel {
 
 /**
  * What the target needs from a virtio device model. A DeviceExport is registered under a TVQN;
- * every control-queue Connect to it creates one VirtioDeviceInstance.
+ * every control-queue Connect to it creates one DeviceModel.
  */
 
-export interface VirtioDeviceInstance {
+export interface DeviceModel {
   readonly deviceId: number;
   readonly vendorId: number;
   /** Device feature bits offered (bits 0..127). */
@@ -109,7 +109,7 @@ export interface InstanceLimits {
 export interface DeviceExport {
   /** A short human-readable description for logs and `vof info`. */
   readonly description: string;
-  createInstance(limits?: InstanceLimits): VirtioDeviceInstance;
+  createInstance(limits?: InstanceLimits): DeviceModel;
   /**
    * Re-read the size of the storage (the operator's `vof revalidate`); a changed capacity is a
    * config change for every instance. Absent: the device has no size to re-read.

@@ -4,7 +4,7 @@ import { authNonce, initiatorResponse, responsesMatch, targetResponse, type Auth
  * The target's side of vof in-band authentication for one instance (docs/PROTOCOL.md
  * "In-band authentication"): exactly one exchange, NEGOTIATE then REPLY, per instance. Any
  * step out of order or a response that does not verify ends it for good ('failed'); the queue
- * session then refuses and closes the control queue. The secret never leaves this object.
+ * queue then refuses and closes the control queue. The secret never leaves this object.
  */
 export type AuthStep =
   | { readonly ok: true; readonly data: Buffer }

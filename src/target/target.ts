@@ -13,10 +13,10 @@ import type { DeviceExport } from './device.js';
 import { DeviceInstance, keepalivePolicyProblem, keepalivePolicyWarnings, type KeepalivePolicy } from './device-instance.js';
 import { OldestFirstAdmission, type AdmissionLimits } from '../util/oldest-first-admission.js';
 import { InstanceQuota, resolveQuotas, unboundLimits, type QuotaLimits } from './quotas.js';
-import { QueueSession, type TargetContext } from './queue-session.js';
-import { DeviceErrorLog } from '../admin/error-log.js';
-import { InstanceAdmin } from '../admin/instance-admin.js';
-import { DEFAULT_HEALTH_TEST_BURST, DEFAULT_HEALTH_TEST_INTERVAL_MS, HealthTestBudget } from '../admin/health-test-budget.js';
+import { TargetQueue, type TargetContext } from './target-queue.js';
+import { DeviceErrorLog } from './admin/error-log.js';
+import { InstanceAdmin } from './admin/instance-admin.js';
+import { DEFAULT_HEALTH_TEST_BURST, DEFAULT_HEALTH_TEST_INTERVAL_MS, HealthTestBudget } from './admin/health-test-budget.js';
 import { ByteBudget } from './byte-budget.js';
 import { makeRedirect, type Redirect } from './redirect.js';
 import { encodeDrainEvent } from '../protocol/redirect-record.js';
@@ -144,8 +144,8 @@ export class VofTarget {
   private readonly maxInstances: number;
   private readonly quota: InstanceQuota;
   /** Connections without a completed Connect: oldest first out at the unbound limits. */
-  private readonly unbound: OldestFirstAdmission<QueueSession>;
-  /** The same limits for TLS handshakes in progress (counted by the transport, before a session exists). */
+  private readonly unbound: OldestFirstAdmission<TargetQueue>;
+  /** The same limits for TLS handshakes in progress (counted by the transport, before a target queue exists). */
   private readonly unboundLimits: AdmissionLimits;
   private readonly tls: TlsServerSettings | undefined;
   private readonly context: TargetContext;
@@ -168,7 +168,7 @@ export class VofTarget {
     this.unbound = new OldestFirstAdmission(this.unboundLimits);
     this.tls = options.tls;
     this.limits = { ...DEFAULT_LIMITS, ...options.limits };
-    new HealthTestBudget(this.limits.healthTestBurst, this.limits.healthTestIntervalMs); // fail here, not at addDevice
+    new HealthTestBudget(this.limits.healthTestBurst, this.limits.healthTestIntervalMs); // fail here, not at addExport
     this.inlineDataBytes = options.inlineDataBytes ?? DEFAULT_INLINE_DATA_SIZE;
     if (!Number.isInteger(this.inlineDataBytes) || this.inlineDataBytes < 0 || this.inlineDataBytes > MAX_INLINE_DATA_SIZE) {
       throw new RangeError(`inlineDataBytes must be an integer from 0 (off) to ${MAX_INLINE_DATA_SIZE}, not ${options.inlineDataBytes}`);
@@ -184,9 +184,9 @@ export class VofTarget {
       connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
       createInstance: (body, control) => this.createInstance(body, control),
       findInstance: (id) => this.instances.get(id),
-      bindingRefusal: (inst, session, body) => this.bindingRefusal(inst, session, body),
-      sessionBound: (session) => this.unbound.settle(session),
-      sessionClosed: (session) => this.unbound.settle(session),
+      bindingRefusal: (inst, queue, body) => this.bindingRefusal(inst, queue, body),
+      queueBound: (queue) => this.unbound.settle(queue),
+      queueClosed: (queue) => this.unbound.settle(queue),
       redirectFor: (body, control) => this.redirectFor(body, control),
     };
     for (const [tvqn, url] of Object.entries(options.redirects ?? {})) this.redirect(tvqn, url);
@@ -250,16 +250,16 @@ export class VofTarget {
     const deadline = Date.now() + graceMs;
     while (live().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     const left = live();
-    const sessionsOf = (inst: DeviceInstance) => [inst.control, ...inst.virtqueues.values()];
+    const queuesOf = (inst: DeviceInstance) => [inst.control, ...inst.virtqueues.values()];
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      Promise.all(left.flatMap(sessionsOf).map((s) => s.whenIdle())),
+      Promise.all(left.flatMap(queuesOf).map((s) => s.whenIdle())),
       new Promise<void>((r) => (timer = setTimeout(r, DRAIN_SETTLE_MS))),
     ]);
     clearTimeout(timer);
     for (const inst of left) {
       let cut = 0;
-      for (const s of sessionsOf(inst)) cut += s.abort('drained: the grace time is over');
+      for (const s of queuesOf(inst)) cut += s.abort('drained: the grace time is over');
       if (cut > 0) this.log.warn(`drain of ${quotePeerString(tvqn)}: ${inst.label}: cancelled ${cut} request(s) still in flight ${DRAIN_SETTLE_MS} ms after the grace time (ESTATUS)`);
       inst.destroy();
     }
@@ -272,7 +272,7 @@ export class VofTarget {
    * export is open to everyone. An empty list is an error, not "everyone". `options.admin`
    * grants export-wide admin commands, in the same form; absent, nobody has them.
    */
-  addDevice(tvqn: string, device: DeviceExport, allow?: Iterable<AllowSpec>, options: ExportOptions = {}): void {
+  addExport(tvqn: string, device: DeviceExport, allow?: Iterable<AllowSpec>, options: ExportOptions = {}): void {
     if (checkVqn(tvqn, 'TVQN').length === 0) throw new Error('TVQN is empty');
     if (this.exports.has(tvqn)) throw new Error(`TVQN ${quotePeerString(tvqn)} is already exported`);
     if (options.maxInstances !== undefined && (!Number.isInteger(options.maxInstances) || options.maxInstances < 1)) {
@@ -315,8 +315,8 @@ export class VofTarget {
       ...(this.tls && { tls: this.tls }),
     };
     const listener = await transport.listen(endpoint, listenOptions, (connection) => {
-      const session = new QueueSession(connection, this.context);
-      for (const old of this.unbound.admit(session, hostOf(connection.peer))) {
+      const queue = new TargetQueue(connection, this.context);
+      for (const old of this.unbound.admit(queue, hostOf(connection.peer))) {
         this.log.warn(`${old.connection.peer}: closed before Connect to make room for ${connection.peer} (limit of unbound connections reached)`);
         old.connection.close();
       }
@@ -336,7 +336,7 @@ export class VofTarget {
    * (a drain), else the redirect's own allow-list (`redirect(…, allow)`; none: open). A refused
    * peer gets EACLREJECTED, exactly what an unknown TVQN gets, and no destination.
    */
-  private redirectFor(body: ConnectBody, control: QueueSession): Redirect | Refusal | undefined {
+  private redirectFor(body: ConnectBody, control: TargetQueue): Redirect | Refusal | undefined {
     const moved = this.redirects.get(body.tvqn);
     if (!moved) return undefined;
     const access = this.exports.get(body.tvqn)?.access ?? moved.access;
@@ -353,7 +353,7 @@ export class VofTarget {
    * identity), then the quotas. An unknown TVQN is answered like a refused one (EACLREJECTED),
    * so that a peer cannot list the exports (docs/PROTOCOL.md, "What a refusal reveals").
    */
-  private createInstance(body: ConnectBody, control: QueueSession): DeviceInstance | Refusal {
+  private createInstance(body: ConnectBody, control: TargetQueue): DeviceInstance | Refusal {
     const entry = this.exports.get(body.tvqn);
     if (!entry) return { status: Status.EACLREJECTED, why: 'no such export (answered as an access refusal)' };
     const identity = control.connection.identity;
@@ -420,13 +420,13 @@ export class VofTarget {
     return -1;
   }
 
-  private bindingRefusal(inst: DeviceInstance, session: QueueSession, body: ConnectBody | null): Refusal | null {
+  private bindingRefusal(inst: DeviceInstance, queue: TargetQueue, body: ConnectBody | null): Refusal | null {
     const entry = this.exports.get(inst.tvqn);
     if (!entry) return { status: Status.EBADDEV, why: 'the export is gone' };
     const control = inst.control.connection;
     return bindingRefusal(
       { tvqn: inst.tvqn, ivqn: inst.ivqn, controlHost: hostOf(control.peer), controlIdentity: control.identity },
-      { host: hostOf(session.connection.peer), identity: session.connection.identity, body },
+      { host: hostOf(queue.connection.peer), identity: queue.connection.identity, body },
       entry.access,
     );
   }
@@ -435,10 +435,10 @@ export class VofTarget {
   async close(drainMs = 5000): Promise<void> {
     // Let requests already running finish (a SIGTERM should not cut a write in half), but do
     // not wait forever on a device that hangs.
-    const sessions = [...this.instances.values()].flatMap((i) => [i.control, ...i.virtqueues.values()]);
+    const queues = [...this.instances.values()].flatMap((i) => [i.control, ...i.virtqueues.values()]);
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      Promise.all(sessions.map((s) => s.whenIdle())),
+      Promise.all(queues.map((s) => s.whenIdle())),
       new Promise<void>((r) => (timer = setTimeout(r, drainMs))),
     ]);
     clearTimeout(timer);

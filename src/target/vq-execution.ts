@@ -2,7 +2,7 @@ import { Status, opcodeName, statusName } from '../protocol/constants.js';
 import { encodeVqCompletion } from '../protocol/completion.js';
 import { VqTransferError } from '../transport/transport.js';
 import type { DeviceInstance } from './device-instance.js';
-import type { QueueSession } from './queue-session.js';
+import type { TargetQueue } from './target-queue.js';
 import type { RequestSteps, TargetRequest } from './target-request.js';
 import { VQ_COMMAND } from '../protocol/command.js';
 import { getLE32 } from '../protocol/fields.js';
@@ -30,10 +30,10 @@ const EMPTY = Buffer.alloc(0);
  * the device is called and makes the completion ESTATUS.
  */
 export class VqExecution implements RequestSteps {
-  constructor(private readonly queue: QueueSession) {}
+  constructor(private readonly queue: TargetQueue) {}
 
   /**
-   * A VQ command on this virtqueue of `inst` (the session checked both), read from its header
+   * A VQ command on this virtqueue of `inst` (the target queue checked both), read from its header
    * in place: no decoded object per command.
    */
   run(req: TargetRequest, raw: Buffer, inst: DeviceInstance, vqIndex: number): Dispatched {

@@ -118,12 +118,12 @@ export interface VqRequestData {
 }
 
 /**
- * The session's answer when a stream transport asks whether it may buffer a VQ command's
+ * The target queue's answer when a stream transport asks whether it may buffer a VQ command's
  * device-readable payload: 'accept' (buffer out_length bytes, then deliver the command),
  * 'discard' (skip the payload without keeping it and deliver the command with a readOut() that
- * rejects; the session answers it with a status), 'close' (read none of the payload: deliver
+ * rejects; the target queue answers it with a status), 'close' (read none of the payload: deliver
  * the command at once with a readOut() that rejects, then close the connection once the
- * session's answer has been written; for connections that may send no payload at all, i.e.
+ * queue's answer has been written; for connections that may send no payload at all, i.e.
  * before Connect), or a promise: read nothing more from this connection until it settles, then
  * ask again for the same command.
  */
@@ -134,7 +134,7 @@ export interface TargetConnectionHandler {
   /**
    * Stream transports only: a VQ command's header has arrived and none of its payload has been
    * buffered yet. The next onCommand is this command (unless the connection closes first).
-   * Memory for a peer's payload is spent only where the session allows it: on a bound
+   * Memory for a peer's payload is spent only where the target queue allows it: on a bound
    * virtqueue, within its limits and the target's send budget. `payloadBytes`: the memory
    * buffering the payload keeps alive until the command is released (the buffer it lands in as
    * allocated, at least out_length), which the budgets count for it.

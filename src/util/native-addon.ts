@@ -11,7 +11,7 @@ export const REBUILD_HINT = '`npm rebuild` (in the project vof is installed in, 
  * io_uring file I/O and, where rdma-core's headers were there at build time, the RDMA binding,
  * which loads rdma-core's libraries when the addon loads (`rdma`, `rdmaLoadError`). node-gyp-build prefers prebuilds/<platform>-<arch>/
  * and falls back to build/Release. Callers type and explain it: the RDMA transport
- * (transport/rdma/native-binding.ts) and io_uring file I/O (devices/blk/uring-ring.ts).
+ * (transport/rdma/native-binding.ts) and io_uring file I/O (target/blk/uring-ring.ts).
  */
 export function loadNativeAddon(): unknown {
   if (cached) return cached;

@@ -1,6 +1,6 @@
-import type { VirtioDeviceInstance } from '../../src/index.js';
+import type { DeviceModel } from '../../src/index.js';
 
 export function delegatingInstance(
-  inner: VirtioDeviceInstance,
-  own: Pick<VirtioDeviceInstance, 'handleRequest'> & Partial<Pick<VirtioDeviceInstance, 'submitRequest'>>,
-): VirtioDeviceInstance;
+  inner: DeviceModel,
+  own: Pick<DeviceModel, 'handleRequest'> & Partial<Pick<DeviceModel, 'submitRequest'>>,
+): DeviceModel;

@@ -1,4 +1,4 @@
-import type { DeviceExport, FileBlockExport, VirtioDeviceInstance } from '../../src/index.js';
+import type { DeviceExport, FileBlockExport, DeviceModel } from '../../src/index.js';
 
 /**
  * `real` exported under a new description, with some members of every instance replaced: a
@@ -8,12 +8,12 @@ import type { DeviceExport, FileBlockExport, VirtioDeviceInstance } from '../../
 export function withInstanceOverrides(
   real: FileBlockExport,
   description: string,
-  overrides: (inner: VirtioDeviceInstance) => Partial<VirtioDeviceInstance>,
+  overrides: (inner: DeviceModel) => Partial<DeviceModel>,
 ): DeviceExport {
   return {
     description,
     close: () => real.close(),
-    createInstance(limits): VirtioDeviceInstance {
+    createInstance(limits): DeviceModel {
       const inner = real.createInstance(limits);
       const replaced = overrides(inner) as Record<string | symbol, unknown>;
       return new Proxy(inner, {

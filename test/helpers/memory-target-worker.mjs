@@ -54,7 +54,7 @@ const memoryDisk = {
 };
 
 const target = new VofTarget({ log: silentLogger });
-target.addDevice('mem', backing === 'file' ? real : memoryDisk);
+target.addExport('mem', backing === 'file' ? real : memoryDisk);
 const url = await target.listen(listen);
 const heap = new HeapWindow();
 parentPort.on('message', async (m) => {

@@ -28,7 +28,7 @@ export class TargetFixture {
     const content = Buffer.alloc(size);
     opts.fill?.(content);
     writeFileSync(path, content);
-    this.target.addDevice(tvqn, await FileBlockExport.open(path, opts), opts.allow, { ...(opts.admin && { admin: opts.admin }) });
+    this.target.addExport(tvqn, await FileBlockExport.open(path, opts), opts.allow, { ...(opts.admin && { admin: opts.admin }) });
     return path;
   }
 

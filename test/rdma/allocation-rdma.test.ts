@@ -24,7 +24,7 @@ const READS = 20_000;
 const TARGET_BYTES_PER_READ = 800;
 /**
  * The initiator (this thread): its command slots hold their windows, work requests, SEND buffer
- * and a small bounce area, so a read costs the queue client's and device's bookkeeping, about
+ * and a small bounce area, so a read costs the initiator queue's and device's bookkeeping, about
  * 0.6 KiB (0.9 KiB before the send queue stopped reallocating its arrays per post, 0.8 before
  * the command's own work-request lists were filled in place rather than emptied and pushed); the
  * per-command pieces, descriptors, BigInt addresses, closures and the send's promise of before

@@ -34,7 +34,7 @@ describe.skipIf(!tools.ok)(`direct I/O over RDMA${tools.skipNote}`, () => {
     device = r.stdout.trim();
     fx = new TargetFixture();
     exp = await FileBlockExport.open(device, { direct: true });
-    fx.target.addDevice('d', exp);
+    fx.target.addExport('d', exp);
     await fx.listen(`rdma://${rdmaAddress()}:0`);
   });
   afterAll(async () => {

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice, createLogger } from '../../src/index.js';
-import { openBlockStorage } from '../../src/devices/blk/open-storage.js';
+import { openBlockStorage } from '../../src/target/blk/open-storage.js';
 import { needs } from '../helpers/deps.js';
 import { pattern } from '../helpers/pattern.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
@@ -32,8 +32,8 @@ describe.skipIf(!deps.ok)(`an NBD source over RDMA${deps.skipNote}`, () => {
     nbdkit = spawn('nbdkit', ['--foreground', '--exit-with-parent', '-U', sock, 'file', image], { stdio: 'inherit' });
     await waitForSocket(sock, nbdkit, 'nbdkit', 10000);
     fx = new TargetFixture({ keepalive: { intervalMs: 60000, timeoutMs: 120000 } });
-    fx.target.addDevice('src', await openBlockStorage(`nbd+unix:///?socket=${sock}`, {}, { connections: 2 }, createLogger('silent')));
-    fx.target.addDevice('null', await openBlockStorage('null:16m', {}, {}, createLogger('silent')));
+    fx.target.addExport('src', await openBlockStorage(`nbd+unix:///?socket=${sock}`, {}, { connections: 2 }, createLogger('silent')));
+    fx.target.addExport('null', await openBlockStorage('null:16m', {}, {}, createLogger('silent')));
     base = await fx.listen(`rdma://${rdmaAddress()}:0`);
     url = `${base}/src`;
   });
@@ -65,7 +65,7 @@ describe.skipIf(!deps.ok)(`an NBD source over RDMA${deps.skipNote}`, () => {
     await server.start();
     const lines: string[] = [];
     const spec = parseBlk(`restart=nbd+unix:///?socket=${server.socket},reconnect-delay=0.05,ctrl-loss-tmo=60`);
-    fx.target.addDevice('restart', await openBlockStorage(spec.path, {}, spec, createLogger('info', (_l, m) => lines.push(m))));
+    fx.target.addExport('restart', await openBlockStorage(spec.path, {}, spec, createLogger('info', (_l, m) => lines.push(m))));
     const disk = await BlockDevice.open(`${base}/restart`, { keepaliveIntervalMs: 0 });
     try {
       const run = await writeThroughServerRestart(disk, server, { count: 256, depth: 8, blockSize: 4096, killAfter: 64 });

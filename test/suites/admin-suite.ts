@@ -21,7 +21,7 @@ import {
   encodeAdminCommand,
   encodeRequestHeader,
   type DeviceExport,
-  type VirtioDeviceInstance,
+  type DeviceModel,
 } from '../../src/index.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 
@@ -42,7 +42,7 @@ function faultyExport(): DeviceExport {
   return {
     description: 'faulty admin device',
     close: () => rng.close(),
-    createInstance(): VirtioDeviceInstance {
+    createInstance(): DeviceModel {
       const inst = rng.createInstance();
       return new Proxy(inst, {
         get(t, p) {
@@ -82,7 +82,7 @@ export function adminSuite(name: string, listenUrl: string): void {
       await fx.addDisk('ro', MiB, { readOnly: true, admin });
       await fx.addDisk('log', MiB, { numQueues: 1, admin });
       truncPath = await fx.addDisk('trunc', 2 * MiB, { numQueues: 1, admin });
-      fx.target.addDevice('faulty', faultyExport());
+      fx.target.addExport('faulty', faultyExport());
       url = await fx.listen(listenUrl);
     });
     afterAll(async () => {

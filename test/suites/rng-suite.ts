@@ -26,9 +26,9 @@ export function rngSuite(name: string, listenUrl: string): void {
 
     beforeAll(async () => {
       fx = new TargetFixture();
-      fx.target.addDevice('rng', new EntropyExport());
-      fx.target.addDevice('slow', new EntropyExport(slow));
-      fx.target.addDevice('rng2', new EntropyExport({ rate: 4 * 1024 * 1024 }));
+      fx.target.addExport('rng', new EntropyExport());
+      fx.target.addExport('slow', new EntropyExport(slow));
+      fx.target.addExport('rng2', new EntropyExport({ rate: 4 * 1024 * 1024 }));
       await fx.addDisk('disk', 1024 * 1024);
       url = await fx.listen(listenUrl);
     });

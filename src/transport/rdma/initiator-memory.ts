@@ -20,7 +20,7 @@ interface Slab {
 /** Smallest slab allocateBuffer registers: many small buffers share one registration. */
 const SLAB_MIN = 4 * 1024 * 1024;
 
-const byDevice = new Map<string, InitiatorDeviceMemory>();
+const byDevice = new Map<string, InitiatorNicMemory>();
 
 /**
  * What an initiator's RDMA connections share per RDMA device: one protection domain (so that a
@@ -29,7 +29,7 @@ const byDevice = new Map<string, InitiatorDeviceMemory>();
  * reaches them only through memory windows bound per command. Kept while a connection uses it
  * or a caller holds an allocated buffer; then everything is deregistered.
  */
-export class InitiatorDeviceMemory {
+export class InitiatorNicMemory {
   readonly pd: ProtectionDomain;
   private connections = 0;
   private readonly slabs: Slab[] = [];
@@ -46,11 +46,11 @@ export class InitiatorDeviceMemory {
   }
 
   /** The memory of the RDMA device `cmId` is resolved to; attach() it for the connection's lifetime. */
-  static of(binding: NativeBinding, cmId: CmId): InitiatorDeviceMemory {
+  static of(binding: NativeBinding, cmId: CmId): InitiatorNicMemory {
     const device = cmId.deviceName() ?? '?';
     let m = byDevice.get(device);
     if (!m) {
-      m = new InitiatorDeviceMemory(binding, device, cmId);
+      m = new InitiatorNicMemory(binding, device, cmId);
       byDevice.set(device, m);
     }
     return m;

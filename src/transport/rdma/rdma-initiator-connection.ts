@@ -11,7 +11,7 @@ import { MemoryRegistrationCache, type PinEntry, type PinnedRegistrations } from
 import type { PinnedMemory } from '../pinned-memory.js';
 import type { CmEvent, CmId, EventChannel, MemoryRegion, MemoryWindow, NativeBinding, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
-import { BounceArena, InitiatorDeviceMemory, windowedAccess, type BounceSlice } from './initiator-memory.js';
+import { BounceArena, InitiatorNicMemory, windowedAccess, type BounceSlice } from './initiator-memory.js';
 import { RcConnection } from './rc-connection.js';
 import type { RegisteredBuffer, RegisteredPool } from './registered-pool.js';
 import type { SendChain } from './send-queue.js';
@@ -168,7 +168,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   maxKeyedDescriptors = 1;
   private handler: InitiatorConnectionHandler | null = null;
   private readonly rc: RcConnection;
-  readonly memory: InitiatorDeviceMemory;
+  readonly memory: InitiatorNicMemory;
   private readonly arena: BounceArena | null;
   private readonly registrations: MemoryRegistrationCache | null;
   /** The owner's pinned buffers and their registrations in this connection's PD. */
@@ -198,7 +198,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     const sendDepth = Math.min(wanted, cmId.maxReadDepth().maxQpWr);
     this.inlineDataBytes = options.inlineData?.bytes ?? 0;
     const sendSize = Math.max(COMMAND_SIZE + CONNECT_BODY_SIZE, options.inlineData ? inlineRequestMessageSize(options.inlineData.maxDescriptors, options.inlineData.bytes) : 0);
-    this.memory = InitiatorDeviceMemory.of(binding, cmId);
+    this.memory = InitiatorNicMemory.of(binding, cmId);
     this.memory.attach();
     try {
       this.rc = new RcConnection(
@@ -319,14 +319,14 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     if (this.closed) return;
     if (msg.length === CONTROL_RECV_SIZE && getLE16(msg, COMPLETION_HEADER.status) === VOF_STATUS_EREDIRECT) {
       // vof redirect: the record rides in the completion's SEND (docs/PROTOCOL.md "Redirect").
-      // QueueClient checks that it answers a Connect that announced redirect support.
+      // InitiatorQueue checks that it answers a Connect that announced redirect support.
       const completion = Buffer.from(msg.subarray(0, COMPLETION_SIZE));
       const problem = this.handler?.expectedPayload(completion);
       if (typeof problem === 'string') {
         this.teardown(new Error(`${this.peer}: ${problem}`));
         return;
       }
-      // Delivered like a stream payload: into the buffers the queue client hands out for it.
+      // Delivered like a stream payload: into the buffers the initiator queue hands out for it.
       let at = COMPLETION_SIZE;
       for (const into of this.handler?.payloadBuffers(completion) ?? []) at += msg.copy(into, 0, at);
       this.handler?.onCompletion(completion);
@@ -337,7 +337,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       this.teardown(new Error(`malformed completion from ${this.peer}`));
       return;
     }
-    // The receive buffer, valid during this call only (the queue client reads it and keeps nothing).
+    // The receive buffer, valid during this call only (the initiator queue reads it and keeps nothing).
     const completion = msg;
     const id = getLE16(completion, COMPLETION_HEADER.commandId);
     const slot = id < this.slots.length ? this.slots[id]! : null;
@@ -349,7 +349,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       return;
     }
     if (!slot?.busy) {
-      // Not a VQ command of ours (a non-VQ command, an event, or a bogus id the queue client rejects).
+      // Not a VQ command of ours (a non-VQ command, an event, or a bogus id the initiator queue rejects).
       this.handler?.onCompletion(completion);
       return;
     }
@@ -415,7 +415,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     const id = getLE16(command, COMMAND_HEADER.commandId);
     const slot = id < this.slots.length ? this.slots[id]! : null;
     if (!slot || slot.busy || !this.arena) {
-      // The queue client keeps command ids below the queue size and unique in flight.
+      // The initiator queue keeps command ids below the queue size and unique in flight.
       this.teardown(new Error(`VQ command id ${id} is ${slot ? 'already in flight' : `not below the queue size ${this.slots.length}`}`));
       return;
     }

@@ -15,7 +15,7 @@ import { RdmaWorkError, WC_WR_FLUSH_ERR, type SendChain, type SendQueue } from '
 import type { RegisteredPool } from './registered-pool.js';
 import type { RegisteredBuffer } from './registered-pool.js';
 import { targetConnParam } from './rdma-limits.js';
-import { deviceMemories, type DeviceMemory, type DeviceMemoryLease, type MemoryReservation } from './device-memory.js';
+import { nicMemories, type NicMemory, type NicMemoryLease, type MemoryReservation } from './nic-memory.js';
 import { CONNECT_COMMAND, VQ_COMMAND } from '../../protocol/command.js';
 import { getLE16, getLE32 } from '../../protocol/fields.js';
 import { COMMAND_HEADER, COMPLETION_HEADER } from '../../protocol/header.js';
@@ -27,7 +27,7 @@ export interface RdmaTargetOptions {
   readonly maxKeyedDescriptors: number;
   readonly recvDepth: number;
   readonly sendDepth: number;
-  /** Registered bytes of the device's shared data pools at most (device-memory.ts). */
+  /** Registered bytes of the device's shared data pools at most (nic-memory.ts). */
   readonly deviceMemoryBytes: number;
   /** Close the connection when its sends make no progress for this long (ms; 0: never). */
   readonly sendStallTimeoutMs: number;
@@ -172,7 +172,7 @@ class KeyedVqRequest implements VqRequestData, SendChain {
    * Where the writable part starts in the pool buffer: after the readable part, which the RDMA
    * READ lands in; when the readable bytes came inline (they stay where they arrived) after the
    * place of their first DATA_SKEW bytes only, so that a read's data still follows its 16-byte
-   * header's place and stays page-aligned for O_DIRECT (see device-memory.ts), while an inline
+   * header's place and stays page-aligned for O_DIRECT (see nic-memory.ts), while an inline
    * write takes a buffer the size of its status byte and that place, not of its data.
    */
   private get pooledOut(): number {
@@ -450,8 +450,8 @@ export class RdmaTargetConnection implements TargetConnection {
   private readonly rc: RcConnection;
   private handler: TargetConnectionHandler | null = null;
   private state: State = 'accepting';
-  private readonly memoryLease: DeviceMemoryLease;
-  private readonly memory: DeviceMemory;
+  private readonly memoryLease: NicMemoryLease;
+  private readonly memory: NicMemory;
   private reservation: MemoryReservation | null = null;
   /** Aborted at teardown: requests still waiting for pool memory stop waiting. */
   private readonly gone = new AbortController();
@@ -498,7 +498,7 @@ export class RdmaTargetConnection implements TargetConnection {
     // Every request waiting for pool memory listens on it (up to the queue size at once).
     setMaxListeners(0, this.gone.signal);
     // The device's shared PD and pools; released by the RcConnection, last of all.
-    this.memoryLease = deviceMemories.lease(
+    this.memoryLease = nicMemories.lease(
       cmId.deviceName() ?? '?',
       () => new binding.ProtectionDomain(cmId),
       { largestBuffer: options.maxVqPayload + REQUEST_SLACK, limitBytes: options.deviceMemoryBytes, access: binding.access.LOCAL_WRITE },
@@ -582,7 +582,7 @@ export class RdmaTargetConnection implements TargetConnection {
    * A slot's registered completion buffer, taken with its first VQ completion and kept for the
    * slot's life. The pool is registered with the full receive ring, when a Connect succeeds (a
    * peer that never gets there registers none of it; never on the data path), sized for
-   * every slot the connection can have: commands in the session (at most the receive depth) plus
+   * every slot the connection can have: commands in the target queue (at most the receive depth) plus
    * completions still being sent (the send queue's depth and backlog), so the data path never
    * registers memory.
    */
@@ -709,14 +709,14 @@ export class RdmaTargetConnection implements TargetConnection {
     if (opcode === Opcode.Vq) {
       const outLength = getLE32(command, VQ_COMMAND.outLength);
       // Each command's memory belongs to its own request slot, never to its id: a reused id
-      // (which the session refuses by closing the queue) cannot touch another's buffers.
+      // (which the target queue refuses by closing the queue) cannot touch another's buffers.
       const req = this.takeSlot();
       const inline = carriesInline(this.inlineSize, outLength);
       req.start(getLE16(command, COMMAND_HEADER.commandId), outLength, getLE32(command, VQ_COMMAND.inLength), inline);
       const held = inline ? this.inlineVqRequest(msg, req, slot) : (this.keyedVqRequest(msg, req), false);
       this.handler.onCommand(command, req);
       // Held: the request posts the buffer again when it is done with it (possibly already, if
-      // the session refused the command during onCommand).
+      // the target queue refused the command during onCommand).
       return held ? HOLD_RECEIVE : undefined;
     }
     if (rest !== 0) return this.violation(`${opcodeLabel(opcode)} carries ${rest} unexpected bytes`);
@@ -869,7 +869,7 @@ export class RdmaTargetConnection implements TargetConnection {
     // The QP goes first: no RDMA READ can still land in a buffer given back to the shared
     // pools below. rc.destroy() also releases this connection's hold on the device memory.
     this.reservation?.release();
-    // Requests still in flight give their memory back when the session releases them (onClose).
+    // Requests still in flight give their memory back when the target queue releases them (onClose).
     this.rc.destroy();
     this.onGone(this);
     const h = this.handler;

@@ -13,7 +13,7 @@ import type {
 import { nativeBinding, type CmEvent, type CmId, type NativeBinding } from './native-binding.js';
 import { RdmaInitiatorConnection } from './rdma-initiator-connection.js';
 import { RdmaTargetConnection, type RdmaTargetOptions } from './rdma-target-connection.js';
-import { DEFAULT_DEVICE_MEMORY_BYTES, deviceMemories } from './device-memory.js';
+import { DEFAULT_NIC_MEMORY_BYTES, nicMemories } from './nic-memory.js';
 import { deviceOf, followDeviceRemoval } from './device-removal.js';
 import { DEFAULT_MAX_BACKLOG } from './send-queue.js';
 
@@ -24,7 +24,7 @@ const TARGET_DEFAULTS: Omit<RdmaTargetOptions, 'maxVqPayload' | 'inlineDataBytes
   maxKeyedDescriptors: DEFAULT_MAX_KEYED_DESCRIPTORS,
   recvDepth: 288,
   sendDepth: 512,
-  deviceMemoryBytes: DEFAULT_DEVICE_MEMORY_BYTES,
+  deviceMemoryBytes: DEFAULT_NIC_MEMORY_BYTES,
   sendStallTimeoutMs: 10000,
   maxSendBacklog: DEFAULT_MAX_BACKLOG,
 };
@@ -126,7 +126,7 @@ class RdmaListener implements Listener {
         // Before the handlers below destroy the id (which the device's release waits for).
         const device = deviceOf(ev.id);
         followDeviceRemoval(this.binding, device);
-        if (device !== null) deviceMemories.forget(device);
+        if (device !== null) nicMemories.forget(device);
       }
       if (ev.type === 'CONNECT_REQUEST' && ev.id) return this.onConnectRequest(ev, ev.id);
       if (ev.type === 'DEVICE_REMOVAL' && ev.id && ev.id === this.listenId) return this.onListenerRemoved();

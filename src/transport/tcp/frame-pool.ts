@@ -24,7 +24,7 @@ export class FrameRetention {
  * completion and its data leave in one write without being gathered first.
  *
  * Frames come in size classes of a power of two of data plus FRAME_OVERHEAD. What is handed out is bounded by the queue's
- * budget (the session admits a command only while its buffers fit); what is kept for reuse
+ * budget (the target queue admits a command only while its buffers fit); what is kept for reuse
  * is bounded by `maxKept` bytes per pool and by the shared `retention` for all pools, so idle
  * connections hold little, however many there are.
  */

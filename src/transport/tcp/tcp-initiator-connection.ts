@@ -11,7 +11,7 @@ const GATHER_SIZE = 64;
 
 /**
  * Initiator end of one TCP connection: request PDUs out, response PDUs in. A completion is
- * followed by data only when it answers a VQ command; the queue client, which owns the
+ * followed by data only when it answers a VQ command; the initiator queue, which owns the
  * commands in flight, says how many bytes follow each completion before any is read, and
  * where they go. Plain TCP sockets are opened with `onread` (tcpReadOptions) so the payload is
  * read by the kernel straight into the command's device-writable buffers; TLS sockets copy each

@@ -35,7 +35,7 @@ const KEPT_REQUESTS = 256;
 
 /**
  * The memory buffering a payload of `outLength` bytes keeps alive until its command is released,
- * which the session's budgets count (admitVq): a small payload is copied into its request's own
+ * which the target queue's budgets count (admitVq): a small payload is copied into its request's own
  * buffer (out_length is what it takes there); a larger one is gathered into a pooled frame, a
  * power-of-two size class with its direct-I/O alignment slack, so up to about twice out_length
  * (a 4 KiB virtio-blk write: 4112 bytes in a 12 KiB allocation). Counting the frame rather than
@@ -203,7 +203,7 @@ class StreamVqRequest implements VqRequestData {
  */
 type ReadState =
   | { kind: 'header' }
-  /** A VQ header waiting for the session's leave to buffer its payload. */
+  /** A VQ header waiting for the target queue's leave to buffer its payload. */
   | { kind: 'admit'; waiting: boolean }
   | { kind: 'payload'; length: number }
   | { kind: 'discard'; left: number; announced: number; why: string };
@@ -212,7 +212,7 @@ type ReadState =
  * Target end of one TCP connection: request PDUs in (DECISIONS.md item 3), completions out.
  *
  * Memory a peer can make this end hold is bounded:
- * - a VQ command's payload is buffered only after the session admits it (handler.admitVq),
+ * - a VQ command's payload is buffered only after the target queue admits it (handler.admitVq),
  *   which it does only on a bound virtqueue, within the queue's limits and the target's send
  *   budget; anything else is skipped as it arrives, never kept;
  * - before Connect no payload is read at all (admitVq answers 'close'), so a peer that has
@@ -221,7 +221,7 @@ type ReadState =
  *   payload's pooled frame: reading allocates nothing (see user-buffer-read.ts), and skipped
  *   bytes are overwritten by the next read;
  * - reading pauses while the socket has more than its high-water mark queued for sending, or
- *   while the session defers admission, so the unparsed input is at most one read;
+ *   while the target queue defers admission, so the unparsed input is at most one read;
  * - a peer that stops reading its completions altogether is closed after sendStallTimeoutMs
  *   without progress, which releases what its queued completions hold.
  */
@@ -243,7 +243,7 @@ export class TcpTargetConnection implements TargetConnection {
   private gathered = 0;
   /** Reads come through onread into the scratch (plain TCP); else 'data' chunks are fed (TLS). */
   private readonly userBuffers: boolean;
-  /** The command being read: decoded in place, handed to the session for the call only. */
+  /** The command being read: decoded in place, handed to the target queue for the call only. */
   private readonly header = Buffer.alloc(COMMAND_SIZE);
   private readonly headerState: ReadState = { kind: 'header' };
   private readonly admitState: { kind: 'admit'; waiting: boolean } = { kind: 'admit', waiting: false };
@@ -362,7 +362,7 @@ export class TcpTargetConnection implements TargetConnection {
       const st = this.state;
       if (st.kind === 'header') {
         if (this.input.length < COMMAND_SIZE) return;
-        // Into the connection's header buffer: no allocation; the session reads it during onCommand only.
+        // Into the connection's header buffer: no allocation; the target queue reads it during onCommand only.
         const header = this.header;
         this.input.takeWords(COMMAND_SIZE, header);
         this.state = this.afterHeader(header);
@@ -377,7 +377,7 @@ export class TcpTargetConnection implements TargetConnection {
           return;
         }
         if (out > this.maxVqPayload) {
-          // Skipped whatever else the answer: a reservation the session made for it ('accept')
+          // Skipped whatever else the answer: a reservation the target queue made for it ('accept')
           // travels with the command and comes back when the command ends.
           this.log.warn(`${this.peer}: VQ command announces ${out} device-readable bytes; discarding them`);
           this.state = { kind: 'discard', left: out, announced: out, why: `exceeds the ${this.maxVqPayload}-byte limit` };
@@ -396,7 +396,7 @@ export class TcpTargetConnection implements TargetConnection {
         const header = this.header;
         const avail = this.input.length;
         if (getLE16(header, COMMAND_HEADER.opcode) !== Opcode.Vq) {
-          // Connect's body (at most CONNECT_BODY_SIZE): kept by the session past this call, so a copy.
+          // Connect's body (at most CONNECT_BODY_SIZE): kept by the target queue past this call, so a copy.
           if (avail < st.length) return;
           const body = st.length === 0 ? EMPTY : this.input.takeCopy(st.length);
           this.state = this.headerState;
@@ -456,7 +456,7 @@ export class TcpTargetConnection implements TargetConnection {
       this.payloadState.length = length;
       return this.payloadState;
     }
-    // Every VQ command asks the session first, oversized ones too: before Connect even an
+    // Every VQ command asks the target queue first, oversized ones too: before Connect even an
     // oversized payload is not skipped but refused (admit state).
     if (opcode === Opcode.Vq) {
       this.admitState.waiting = false;
@@ -466,7 +466,7 @@ export class TcpTargetConnection implements TargetConnection {
   }
 
   /**
-   * The session takes no payload on this connection (admitVq said 'close'): the command is
+   * The target queue takes no payload on this connection (admitVq said 'close'): the command is
    * answered without a byte of its payload read, then the connection closes, since what
    * follows the header cannot be framed without reading the payload.
    */
@@ -583,7 +583,7 @@ export class TcpTargetConnection implements TargetConnection {
     this.updateReading();
     this.socket.end();
     // A peer that never reads would keep end() pending forever. Cleared at 'close': a pending
-    // timer would hold this connection, its socket and its session for 2 s after they are gone,
+    // timer would hold this connection, its socket and its target queue for 2 s after they are gone,
     // which under connect/disconnect churn is thousands of dead connections at once.
     this.endTimer = setTimeout(() => this.socket.destroy(), 2000);
     this.endTimer.unref();

@@ -1,9 +1,9 @@
 import { VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
 import { VIRTIO_F_ADMIN_VQ } from '../../protocol/admin-records.js';
 import { DeviceId } from '../../protocol/constants.js';
-import { RemoteDevice, type ConnectOptions } from '../../initiator/remote-device.js';
-import type { AdminClient } from '../../initiator/admin-client.js';
-import { VofConnectionError } from '../../initiator/vof-error.js';
+import { RemoteDevice, type ConnectOptions } from '../remote-device.js';
+import type { AdminClient } from '../admin-client.js';
+import { VofConnectionError } from '../vof-error.js';
 
 const SUPPORTED = (1n << VIRTIO_F_VERSION_1) | (1n << VIRTIO_F_ADMIN_VQ);
 /** Bytes asked for per request; the device may write fewer (its burst). */

@@ -1,5 +1,5 @@
-import type { RequestCallback } from '../../initiator/device-request.js';
-import { REQUEST_HEADER, REQUEST_HEADER_SIZE } from './blk-constants.js';
+import type { RequestCallback } from '../io-slot.js';
+import { REQUEST_HEADER, REQUEST_HEADER_SIZE } from '../../protocol/virtio-blk.js';
 import { setLE32, setLE64Number } from '../../protocol/fields.js';
 
 /** How a block request ends for a callback caller (see BlockDevice.submitRead). */

@@ -1,5 +1,5 @@
 import { Opcode } from '../protocol/constants.js';
-import { QueueRequest } from './queue-request.js';
+import { InitiatorRequest } from './initiator-request.js';
 import { VQ_COMPLETION } from '../protocol/completion.js';
 import { getLE16, getLE32 } from '../protocol/fields.js';
 import { COMPLETION_HEADER } from '../protocol/header.js';
@@ -10,17 +10,17 @@ export type RequestCallback = (err: Error | null, written: number) => void;
 /** What a device request reports to the device that owns it (RemoteDevice implements it). */
 export interface RequestOwner {
   /** Its completion arrived on the queue: `status` and the bytes the device wrote. */
-  requestCompleted(req: DeviceRequest, status: number, written: number): void;
+  requestCompleted(req: IoSlot, status: number, written: number): void;
   /** Its queue failed it (no completion will come there). */
-  requestFailed(req: DeviceRequest, err: Error): void;
+  requestFailed(req: IoSlot, err: Error): void;
 }
 
 /**
  * Where an I/O slot is: `free` in its device's pool; `submitted` (held for a reconnect or a
- * drain, waiting for a queue slot, or in flight under a command id: QueueRequest.state says
+ * drain, waiting for a queue slot, or in flight under a command id: InitiatorRequest.state says
  * which); then free again once its caller has been told.
  */
-export type DeviceRequestPhase = 'free' | 'submitted';
+export type IoSlotPhase = 'free' | 'submitted';
 
 /**
  * One VQ request as the device user submitted it, on a reusable I/O slot of its device (as
@@ -35,8 +35,8 @@ export type DeviceRequestPhase = 'free' | 'submitted';
  * whatever command id is free there (its buffers are the caller's, untouched until a
  * completion is taken).
  */
-export class DeviceRequest extends QueueRequest {
-  phase: DeviceRequestPhase = 'free';
+export class IoSlot extends InitiatorRequest {
+  phase: IoSlotPhase = 'free';
   vqIndex = 0;
   /**
    * A flush: makes durable what completed before it. Sent again after a reconnect only once

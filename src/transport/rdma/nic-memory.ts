@@ -28,10 +28,10 @@ export const SIZE_CLASSES: readonly number[] = [512, 16 * 1024 + 4096, 128 * 102
 /** What one queue of queue size Q adds to each class: this many bytes, at least 1, at most Q buffers. */
 export const QUEUE_CLASS_BYTES = 8 * 1024 * 1024;
 /** Default for `limitBytes`: registered bytes of one device's pools at most. */
-export const DEFAULT_DEVICE_MEMORY_BYTES = 256 * 1024 * 1024;
+export const DEFAULT_NIC_MEMORY_BYTES = 256 * 1024 * 1024;
 const PAGE = 4096;
 
-export interface DeviceMemoryOptions {
+export interface NicMemoryOptions {
   /** The biggest buffer one request may need (out_length + in_length): the top size class. */
   readonly largestBuffer: number;
   /**
@@ -43,7 +43,7 @@ export interface DeviceMemoryOptions {
   readonly access: number;
 }
 
-export interface DeviceMemoryStats {
+export interface NicMemoryStats {
   readonly registeredBytes: number;
   readonly limitBytes: number;
   /** ibv_reg_mr calls in this device's protection domain since it was allocated. */
@@ -101,7 +101,7 @@ class PoolBuffer implements RegisteredBuffer {
   readonly offset: number;
   private released = false;
   constructor(
-    private readonly owner: DeviceMemory,
+    private readonly owner: NicMemory,
     readonly cls: SizeClass,
     readonly slab: Slab,
     readonly id: number,
@@ -125,7 +125,7 @@ class PoolBuffer implements RegisteredBuffer {
 /** Buffers per slab index stride: a slab never holds more than this many buffers. */
 const SLAB_STRIDE = 1 << 20;
 
-export class DeviceMemory {
+export class NicMemory {
   private readonly classes: SizeClass[] = [];
   private registeredBytes = 0;
   private waits = 0;
@@ -134,7 +134,7 @@ export class DeviceMemory {
 
   constructor(
     readonly pd: ProtectionDomain,
-    private readonly options: DeviceMemoryOptions,
+    private readonly options: NicMemoryOptions,
     private readonly log?: Logger,
   ) {
     this.limitBytes = options.limitBytes;
@@ -150,7 +150,7 @@ export class DeviceMemory {
    * A later user with other needs: a bigger top class, a higher limit. Called at connection
    * setup (it may register the new class's first buffer).
    */
-  adapt(options: Pick<DeviceMemoryOptions, 'largestBuffer' | 'limitBytes'>): void {
+  adapt(options: Pick<NicMemoryOptions, 'largestBuffer' | 'limitBytes'>): void {
     this.limitBytes = Math.max(this.limitBytes, options.limitBytes);
     if (options.largestBuffer > this.largestBuffer) this.addClasses(options.largestBuffer);
   }
@@ -304,7 +304,7 @@ export class DeviceMemory {
     }
   }
 
-  stats(): DeviceMemoryStats {
+  stats(): NicMemoryStats {
     return {
       registeredBytes: this.registeredBytes,
       limitBytes: this.limitBytes,
@@ -337,8 +337,8 @@ function abortError(signal: AbortSignal): Error {
 }
 
 /** One user's hold on a device's memory (a connection); release() exactly once, at its teardown. */
-export interface DeviceMemoryLease {
-  readonly memory: DeviceMemory;
+export interface NicMemoryLease {
+  readonly memory: NicMemory;
   release(): void;
 }
 
@@ -348,18 +348,18 @@ export interface DeviceMemoryLease {
  * rdma_cm opens each device once per process, so a PD made from one CM id's verbs context
  * serves the queue pairs of every CM id on that device.
  */
-export class DeviceMemoryTable {
-  private readonly byDevice = new Map<string, { memory: DeviceMemory; users: number }>();
+export class NicMemoryTable {
+  private readonly byDevice = new Map<string, { memory: NicMemory; users: number }>();
 
-  lease(device: string, createPd: () => ProtectionDomain, options: DeviceMemoryOptions, log?: Logger): DeviceMemoryLease {
+  lease(device: string, createPd: () => ProtectionDomain, options: NicMemoryOptions, log?: Logger): NicMemoryLease {
     let entry = this.byDevice.get(device);
     if (entry) {
       entry.memory.adapt(options);
     } else {
       const pd = createPd();
-      let memory: DeviceMemory;
+      let memory: NicMemory;
       try {
-        memory = new DeviceMemory(pd, options, log);
+        memory = new NicMemory(pd, options, log);
       } catch (err) {
         pd.dealloc();
         throw err;
@@ -391,7 +391,7 @@ export class DeviceMemoryTable {
   }
 
   /** The memory of `device` while some connection uses it (tests, `vof bench`). */
-  get(device: string): DeviceMemory | undefined {
+  get(device: string): NicMemory | undefined {
     return this.byDevice.get(device)?.memory;
   }
 
@@ -401,4 +401,4 @@ export class DeviceMemoryTable {
 }
 
 /** The process's table: every RDMA listener of the process shares it. */
-export const deviceMemories = new DeviceMemoryTable();
+export const nicMemories = new NicMemoryTable();

@@ -1,8 +1,8 @@
 import { randomFill, randomFillSync } from 'node:crypto';
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
 import type { HealthTestResult } from '../../protocol/admin-records.js';
-import type { AdminCommandSet } from '../../admin/admin-command-set.js';
-import type { DeviceAdminSupport, DeviceExport, DeviceRequest, VirtioDeviceInstance } from '../../target/device.js';
+import type { AdminCommandSet } from '../admin/admin-command-set.js';
+import type { DeviceAdminSupport, DeviceExport, DeviceRequest, DeviceModel } from '../device.js';
 import { TokenBucket } from './token-bucket.js';
 
 function fill(buf: Buffer): Promise<Buffer> {
@@ -43,7 +43,7 @@ export class EntropyExport implements DeviceExport {
     this.description = `virtio-rng (${this.rate} bytes/s per instance, bursts of ${this.burst})`;
   }
 
-  createInstance(): VirtioDeviceInstance {
+  createInstance(): DeviceModel {
     return new EntropyInstance(this);
   }
 
@@ -82,7 +82,7 @@ function popcount(b: number): number {
   return (b + (b >> 4)) & 0x0f;
 }
 
-class EntropyInstance implements VirtioDeviceInstance {
+class EntropyInstance implements DeviceModel {
   readonly deviceId = DeviceId.Entropy;
   readonly vendorId = DEFAULT_VENDOR_ID;
   readonly features = 1n << VIRTIO_F_VERSION_1;

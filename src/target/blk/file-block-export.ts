@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events';
 import { constants as fsc, promises as fsp, readFileSync, type Stats } from 'node:fs';
 import { DEFAULT_VENDOR_ID, DeviceId, VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
 import { getLE32, getLE64 } from '../../protocol/fields.js';
-import type { DeviceEventSink, DeviceExport, DeviceRequest, InstanceLimits, RequestCancel, VirtioDeviceInstance } from '../../target/device.js';
+import type { DeviceEventSink, DeviceExport, DeviceRequest, InstanceLimits, RequestCancel, DeviceModel } from '../device.js';
 import { alignmentAddon, allocAligned } from '../../util/aligned-buffer.js';
 import { BlkAdmin, alignedToBlock, readSector } from './blk-admin.js';
 import { DirectFileIo, type DirectIoAlignment } from './direct-file-io.js';
@@ -21,7 +21,7 @@ import {
   SEGMENT,
   SEGMENT_SIZE,
   WRITE_ZEROES_FLAG_UNMAP,
-} from './blk-constants.js';
+} from '../../protocol/virtio-blk.js';
 
 export interface FileBlockOptions {
   /** Refuse writes and offer VIRTIO_BLK_F_RO. */
@@ -312,7 +312,7 @@ export class FileBlockExport implements DeviceExport {
     return c;
   }
 
-  createInstance(limits?: InstanceLimits): VirtioDeviceInstance {
+  createInstance(limits?: InstanceLimits): DeviceModel {
     const descriptors = limits?.maxDescriptors ?? 0;
     // seg_max counts data segments; on a keyed queue each takes a descriptor, and so do the
     // request header and the status byte.
@@ -396,7 +396,7 @@ export class FileBlockExport implements DeviceExport {
  * its own writeback field (virtio-blk: a write is stable only if writeback was 0 from its
  * submission to its completion, so one initiator must not switch another's cache mode).
  */
-class FileBlockInstance implements VirtioDeviceInstance {
+class FileBlockInstance implements DeviceModel {
   readonly deviceId = DeviceId.Block;
   readonly vendorId = DEFAULT_VENDOR_ID;
   readonly configSize = BlkConfig.SIZE;

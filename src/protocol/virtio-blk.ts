@@ -1,6 +1,6 @@
 /** virtio-blk wire constants (virtio 1.2, section 5.2). */
 
-import { fieldTable, setLE32, setLE64, u32, u64 } from '../../protocol/fields.js';
+import { fieldTable, setLE32, setLE64, u32, u64 } from './fields.js';
 
 export const SECTOR_SIZE = 512;
 

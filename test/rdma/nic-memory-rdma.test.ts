@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlkRequestType, BlockDevice, Opcode, encodeCommand, encodeRequestHeader, statusName } from '../../src/index.js';
-import { deviceMemories } from '../../src/transport/rdma/device-memory.js';
+import { nicMemories } from '../../src/transport/rdma/nic-memory.js';
 import { WorkRequestStaging } from '../../src/transport/rdma/send-queue.js';
 import { nativeBinding, type CmEvent, type CmId, type CompletionQueue, type EventChannel, type MemoryRegion, type ProtectionDomain, type QueuePair } from '../../src/transport/rdma/native-binding.js';
 import { RNR_RETRY_COUNT } from '../../src/transport/rdma/rdma-limits.js';
@@ -34,9 +34,9 @@ afterAll(async () => {
 
 /** The target's device memory (exists while a target connection is up). */
 function targetMemory() {
-  const name = deviceMemories.devices[0];
+  const name = nicMemories.devices[0];
   if (!name) throw new Error('no RDMA device memory: no target connection is up');
-  return deviceMemories.get(name)!;
+  return nicMemories.get(name)!;
 }
 
 describe('one protection domain per RDMA device', () => {
@@ -47,13 +47,13 @@ describe('one protection domain per RDMA device', () => {
     // the initiator's (its device memory) and the target's, allocated from the first connection's CM id.
     const after = binding.resourceCounts().protectionDomains;
     expect(after - before).toBe(1 + 1);
-    expect(deviceMemories.devices).toHaveLength(1);
+    expect(nicMemories.devices).toHaveLength(1);
     const data = Array.from({ length: 16 }, (_, i) => Buffer.alloc(64 * 1024, i + 1));
     await Promise.all(data.map((d, i) => dev.write(i * d.length, d))); // spread over the 4 queues
     const back = await Promise.all(data.map((d, i) => dev.read(i * d.length, d.length)));
     back.forEach((b, i) => expect(b.equals(data[i]!)).toBe(true));
     await dev.close();
-    await waitFor('the device memory to go with its last connection', () => deviceMemories.devices.length === 0, 120000);
+    await waitFor('the device memory to go with its last connection', () => nicMemories.devices.length === 0, 120000);
     expect(binding.resourceCounts().protectionDomains).toBe(before);
   });
 });
@@ -87,7 +87,7 @@ describe('no memory registration on the data path', () => {
     const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
     const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
     // The queues are set up (connected) once the target has reserved their memory.
-    await waitFor('the initiator to connect its virtqueue', () => deviceMemories.devices.length > 0 && targetMemory().stats().registeredBytes > 8 * MiB, 120000);
+    await waitFor('the initiator to connect its virtqueue', () => nicMemories.devices.length > 0 && targetMemory().stats().registeredBytes > 8 * MiB, 120000);
     await new Promise((r) => setTimeout(r, 1000));
     const regsBefore = binding.resourceCounts().registrationsTotal;
     const pdRegsBefore = targetMemory().stats().registrations;
@@ -106,7 +106,7 @@ describe('no memory registration on the data path', () => {
     expect(await exited).toBe(0);
     expect(regsAfter - regsBefore).toBe(0);
     expect(stats.registrations - pdRegsBefore).toBe(0);
-    await waitFor('the device memory to go with its last connection', () => deviceMemories.devices.length === 0, 120000);
+    await waitFor('the device memory to go with its last connection', () => nicMemories.devices.length === 0, 120000);
   });
 });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { QueueClient } from '../src/initiator/queue-client.js';
+import { InitiatorQueue } from '../src/initiator/initiator-queue.js';
 import { Opcode, encodeBareCompletion, encodeVqCompletion, type InitiatorConnection, type InitiatorConnectionHandler } from '../src/index.js';
 
 /** A connection that records commands and lets the test answer them. */
@@ -24,10 +24,10 @@ function fakeConnection() {
   return { conn, sent, answer: (id: number) => handler!.onCompletion(encodeBareCompletion(0, id)), closed: () => closed };
 }
 
-describe('QueueClient', () => {
+describe('InitiatorQueue', () => {
   it('command ids are slot indexes: always below the queue size, unique in flight, oldest-freed first', async () => {
     const f = fakeConnection();
-    const q = new QueueClient(f.conn, 8);
+    const q = new InitiatorQueue(f.conn, 8);
     // Fill the queue: ids 0..7.
     const first = Array.from({ length: 8 }, () => q.call({ opcode: Opcode.GetStatus }));
     expect(f.sent).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
@@ -55,7 +55,7 @@ describe('QueueClient', () => {
   });
   it('hands out the id freed longest ago, skipping ids still in flight', async () => {
     const f = fakeConnection();
-    const q = new QueueClient(f.conn, 4);
+    const q = new InitiatorQueue(f.conn, 4);
     const stuck = q.call({ opcode: Opcode.GetStatus }); // id 0 stays in flight
     for (let i = 0; i < 3; i++) void q.call({ opcode: Opcode.GetStatus });
     expect(f.sent).toEqual([0, 1, 2, 3]);
@@ -71,7 +71,7 @@ describe('QueueClient', () => {
   });
   it('queue-size commands go out at once; one more waits for a slot instead of failing', async () => {
     const f = fakeConnection();
-    const q = new QueueClient(f.conn, 128);
+    const q = new InitiatorQueue(f.conn, 128);
     const ps = Array.from({ length: 129 }, () => q.vq([], [Buffer.alloc(1)]));
     expect(f.sent).toHaveLength(128);
     expect(new Set(f.sent).size).toBe(128);
@@ -89,7 +89,7 @@ describe('QueueClient', () => {
     // Slot 3 was never used; slot 0 has just been answered (a duplicate); 9 is no slot at all.
     for (const bad of [3, 0, 9]) {
       const f = fakeConnection();
-      const q = new QueueClient(f.conn, 4);
+      const q = new InitiatorQueue(f.conn, 4);
       const a = q.call({ opcode: Opcode.GetStatus });
       const b = q.call({ opcode: Opcode.GetStatus });
       f.answer(0);
@@ -102,14 +102,14 @@ describe('QueueClient', () => {
   });
   it('an answer deadline that passes fails the queue (the id cannot be reused while an answer may come)', async () => {
     const f = fakeConnection();
-    const q = new QueueClient(f.conn, 4);
+    const q = new InitiatorQueue(f.conn, 4);
     const other = q.call({ opcode: Opcode.GetStatus });
     const p = q.call({ opcode: Opcode.GetStatus }, undefined, { answerTimeoutMs: 20, onTimeout: () => new Error('no answer in time') });
     await expect(p).rejects.toThrow(/no answer in time/);
     await expect(other).rejects.toThrow(/no answer in time/);
     // A command answered in time has its deadline cleared.
     const g = fakeConnection();
-    const r = new QueueClient(g.conn, 4);
+    const r = new InitiatorQueue(g.conn, 4);
     const quick = r.call({ opcode: Opcode.GetStatus }, undefined, { answerTimeoutMs: 20, onTimeout: () => new Error('late') });
     g.answer(0);
     await quick;
@@ -118,7 +118,7 @@ describe('QueueClient', () => {
   });
   it('holds commands beyond the queue size until a completion frees a slot', async () => {
     const f = fakeConnection();
-    const q = new QueueClient(f.conn, 2);
+    const q = new InitiatorQueue(f.conn, 2);
     const ps = [0, 1, 2].map(() => q.call({ opcode: Opcode.GetStatus }));
     expect(f.sent).toEqual([0, 1]);
     f.answer(0);
@@ -130,7 +130,7 @@ describe('QueueClient', () => {
   });
   it('rejects everything in flight and waiting when the connection closes', async () => {
     const f = fakeConnection();
-    const q = new QueueClient(f.conn, 1);
+    const q = new InitiatorQueue(f.conn, 1);
     const a = q.call({ opcode: Opcode.GetStatus });
     const b = q.call({ opcode: Opcode.GetStatus });
     await q.close();
@@ -138,7 +138,7 @@ describe('QueueClient', () => {
     await expect(b).rejects.toThrow(/closed/);
   });
   it('never pipelines more than 0xff00 commands, whatever the negotiated queue size', () => {
-    const q = new QueueClient(fakeConnection().conn, 0xffff);
+    const q = new InitiatorQueue(fakeConnection().conn, 0xffff);
     expect(q.queueSize).toBe(0xff00);
     q.queueSize = 65535;
     expect(q.queueSize).toBe(0xff00);
@@ -161,7 +161,7 @@ describe('QueueClient', () => {
         closed = true;
       },
     };
-    const q = new QueueClient(conn, 4);
+    const q = new InitiatorQueue(conn, 4);
     const p = q.vq([Buffer.alloc(16)], [Buffer.alloc(8)]);
     handler!.onCompletion(encodeVqCompletion(0, sent[0]!, 9));
     await expect(p).rejects.toThrow(/claims 9 bytes written into 8 device-writable bytes/);

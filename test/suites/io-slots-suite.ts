@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileBlockExport, RemoteDevice, type VirtioDeviceInstance } from '../../src/index.js';
+import { FileBlockExport, RemoteDevice, type DeviceModel } from '../../src/index.js';
 import { withInstanceOverrides } from '../helpers/device-proxy.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { waitFor } from '../helpers/wait-for.js';
@@ -13,7 +13,7 @@ const opts = { keepaliveIntervalMs: 0 };
  * writes into the writable buffer the transport gave it is exactly what reaches the initiator,
  * and the initiator's slots (command id = slot < queue size) hold a full queue.
  */
-export function deviceRequestsSuite(name: string, listenUrl: string): void {
+export function ioSlotsSuite(name: string, listenUrl: string): void {
   describe(`device requests over ${name}`, () => {
     let fx: TargetFixture;
     let url: string;
@@ -28,7 +28,7 @@ export function deviceRequestsSuite(name: string, listenUrl: string): void {
       writeFileSync(path, Buffer.alloc(1024 * 1024));
       // readable[0] = 1: write readable[1..4] (u32) bytes of 0x5a, then report that count.
       // readable[0] = 2: the same, after the gate opens. Anything else: the real disk.
-      const partial = (inner: VirtioDeviceInstance): Partial<VirtioDeviceInstance> => ({
+      const partial = (inner: DeviceModel): Partial<DeviceModel> => ({
         handleRequest: async (vq, readable, writable, signal) => {
           const mode = readable[0];
           if (mode !== 1 && mode !== 2) return inner.handleRequest(vq, readable, writable, signal);
@@ -42,7 +42,7 @@ export function deviceRequestsSuite(name: string, listenUrl: string): void {
           return n;
         },
       });
-      fx.target.addDevice('partial', withInstanceOverrides(await FileBlockExport.open(path), 'partial writes', partial));
+      fx.target.addExport('partial', withInstanceOverrides(await FileBlockExport.open(path), 'partial writes', partial));
       url = await fx.listen(listenUrl);
     });
     afterAll(async () => {

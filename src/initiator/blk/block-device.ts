@@ -1,8 +1,8 @@
 import { VIRTIO_F_VERSION_1 } from '../../protocol/constants.js';
-import { RemoteDevice, type ConnectOptions } from '../../initiator/remote-device.js';
-import { VofResumeError } from '../../initiator/vof-error.js';
+import { RemoteDevice, type ConnectOptions } from '../remote-device.js';
+import { VofResumeError } from '../vof-error.js';
 import { BlockRequest, type BlockCallback, type BlockRequestOwner } from './blk-request.js';
-import type { AdminClient } from '../../initiator/admin-client.js';
+import type { AdminClient } from '../admin-client.js';
 import { VIRTIO_F_ADMIN_VQ } from '../../protocol/admin-records.js';
 import {
   BlkConfig,
@@ -13,7 +13,7 @@ import {
   SECTOR_SIZE,
   WRITE_ZEROES_FLAG_UNMAP,
   encodeSegment,
-} from './blk-constants.js';
+} from '../../protocol/virtio-blk.js';
 
 /** virtio-blk features this client understands and asks for. */
 const SUPPORTED =
@@ -56,7 +56,7 @@ export interface BlockDeviceOptions extends ConnectOptions {
  * A remote virtio-blk disk. Promise-based, with callback entry points for reads and writes
  * (submitRead, submitWrite) that allocate nothing per request; concurrent calls are spread
  * over the connected virtqueues (each of which pipelines up to its queue size). Each request
- * runs on a reusable slot of its own memory (BlockRequest) and of the device's (DeviceRequest).
+ * runs on a reusable slot of its own memory (BlockRequest) and of the device's (IoSlot).
  */
 export class BlockDevice {
   /** Capacity in bytes. */

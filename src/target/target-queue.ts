@@ -13,14 +13,14 @@ import type { ConnectBody } from '../protocol/connect-body.js';
 import type { Logger } from '../util/log.js';
 import type { Refusal } from './access-policy.js';
 import type { PayloadAdmission, TargetConnection, VqRequestData } from '../transport/transport.js';
-import { QueueStats } from '../admin/queue-stats.js';
+import { QueueStats } from './admin/queue-stats.js';
 import { ByteBudget } from './byte-budget.js';
 import type { DeviceInstance } from './device-instance.js';
 import { TargetRequest, type CompletionSink } from './target-request.js';
 import { WakeSignal } from '../util/wake-signal.js';
 import type { Redirect } from './redirect.js';
 import { dispatchCommand } from './control-opcodes.js';
-import { unbind } from './session-connect.js';
+import { unbind } from './queue-connect.js';
 import { FINISHES_ITSELF, VqExecution, type Dispatched } from './vq-execution.js';
 import { getLE16, getLE32 } from '../protocol/fields.js';
 import { COMMAND_HEADER, COMPLETION_HEADER } from '../protocol/header.js';
@@ -28,25 +28,25 @@ import { COMMAND_HEADER, COMPLETION_HEADER } from '../protocol/header.js';
 /*
  * A target queue is split along nvmet's lines (drivers/nvme/target): this file is the core
  * (core.c: command intake, the slot table, replies, close, abort and teardown); Connect,
- * Disconnect, binding and the authentication steps are in session-connect.ts (fabrics-cmd.c);
+ * Disconnect, binding and the authentication steps are in queue-connect.ts (fabrics-cmd.c);
  * the opcodes a queue answers, with their rules, are a table in control-opcodes.ts
  * (admin-cmd.c); a VQ command's state machine over its TargetRequest is vq-execution.ts
- * (io-cmd-*.c). Those parts get the session as an argument: the members they share are marked
- * "(parts)" below and are not for users of a session.
+ * (io-cmd-*.c). Those parts get the target queue as an argument: the members they share are marked
+ * "(parts)" below and are not for users of a target queue.
  */
 
-/** What a queue session needs from the target it belongs to. */
+/** What a target queue needs from the target it belongs to. */
 export interface TargetContext {
   readonly log: Logger;
   /** Create an instance for a control-queue Connect, or say which status refuses it and why. */
-  createInstance(body: ConnectBody, control: QueueSession): DeviceInstance | Refusal;
+  createInstance(body: ConnectBody, control: TargetQueue): DeviceInstance | Refusal;
   findInstance(id: number): DeviceInstance | undefined;
   /** Why this connection may not become a virtqueue of `inst` (the binding rule), or null. */
-  bindingRefusal(inst: DeviceInstance, session: QueueSession, body: ConnectBody | null): Refusal | null;
-  /** The session completed Connect (it stops counting as unbound). */
-  sessionBound(session: QueueSession): void;
-  /** The session's connection is gone. */
-  sessionClosed(session: QueueSession): void;
+  bindingRefusal(inst: DeviceInstance, queue: TargetQueue, body: ConnectBody | null): Refusal | null;
+  /** The target queue completed Connect (it stops counting as unbound). */
+  queueBound(queue: TargetQueue): void;
+  /** The target queue's connection is gone. */
+  queueClosed(queue: TargetQueue): void;
   /** Bytes of VQ buffers (payload in, data out) all queues of the target may hold at once. */
   readonly targetBudget: ByteBudget;
   /** Bytes of VQ buffers one queue may hold at once. */
@@ -57,11 +57,11 @@ export interface TargetContext {
    * Where the Connect's TVQN has moved (vof redirect extension), a refusal when the peer may
    * not learn that (the access check comes first), or undefined when it has not moved.
    */
-  redirectFor?(body: ConnectBody, control: QueueSession): Redirect | Refusal | undefined;
+  redirectFor?(body: ConnectBody, control: TargetQueue): Redirect | Refusal | undefined;
 }
 
-/** What Connect made of the queue (session-connect.ts sets it; Disconnect and close unbind). */
-export type SessionRole =
+/** What Connect made of the queue (queue-connect.ts sets it; Disconnect and close unbind). */
+export type QueueRole =
   | { kind: 'unbound' }
   | { kind: 'control'; instance: DeviceInstance }
   | { kind: 'virtqueue'; instance: DeviceInstance; vqIndex: number };
@@ -117,15 +117,15 @@ const STALE_IDS = 256;
 
 /**
  * One Virtio-oF queue on one transport connection, target side. The first command must be
- * Connect, which makes the session a control queue or binds it to a virtqueue of an existing
+ * Connect, which makes the target queue a control queue or binds it to a virtqueue of an existing
  * instance. Holds one TargetRequest per command in flight, keyed by command id: at most the
  * queue size of them (ECMDQUOT beyond), and never two with the same id (the queue closes).
  * A request leaves the map when its completion is sent (the peer may then reuse the id at
  * once) and keeps its buffers, and its share of the budgets, until its data has left.
  */
-export class QueueSession {
+export class TargetQueue {
   /** (parts) What Connect made of this queue. */
-  role: SessionRole = { kind: 'unbound' };
+  role: QueueRole = { kind: 'unbound' };
   /** (parts) Commands this queue may hold in flight: the control queue's until Connect sets it. */
   queueSize = VIRTIO_OF_CONTROL_QUEUE_SIZE;
   /** Commands in flight by id (running: their completion has not been sent). */
@@ -147,7 +147,7 @@ export class QueueSession {
   /** (parts) No new command runs: Disconnect, the peer's end, abort or teardown. */
   disconnecting = false;
   private closed = false;
-  /** (parts) Connects refused on this connection (see MAX_REFUSED_CONNECTS in session-connect.ts). */
+  /** (parts) Connects refused on this connection (see MAX_REFUSED_CONNECTS in queue-connect.ts). */
   refusedConnects = 0;
   /** The Connect Body announced VOF_CONNECT_F_REDIRECT: redirects and the drain event may be sent. */
   followsRedirects = false;
@@ -383,7 +383,7 @@ export class QueueSession {
 
   /** A VQ command on a virtqueue (onCommand checked both): to its state machine. */
   private dispatchVq(req: TargetRequest, raw: Buffer): Dispatched {
-    const role = this.role as Extract<SessionRole, { kind: 'virtqueue' }>;
+    const role = this.role as Extract<QueueRole, { kind: 'virtqueue' }>;
     return this.vq.run(req, raw, role.instance, role.vqIndex);
   }
 
@@ -422,7 +422,7 @@ export class QueueSession {
 
   private onTransportClosed(reason?: Error): void {
     this.closed = true;
-    this.ctx.sessionClosed(this);
+    this.ctx.queueClosed(this);
     void this.cancelAll('connection closed');
     this.clearConnectTimer();
     // A command admitted but never delivered (the peer left in the middle of its payload).

@@ -9,9 +9,9 @@ import {
   type BlkFormat,
   type HealthTestResult,
 } from '../../protocol/admin-records.js';
-import { AdminDataError, expectData, type AdminCommandSet, type AdminReply } from '../../admin/admin-command-set.js';
-import type { DeviceAdminSupport, DeviceEventSink } from '../../target/device.js';
-import { SECTOR_SIZE } from './blk-constants.js';
+import { AdminDataError, expectData, type AdminCommandSet, type AdminReply } from '../admin/admin-command-set.js';
+import type { DeviceAdminSupport, DeviceEventSink } from '../device.js';
+import { SECTOR_SIZE } from '../../protocol/virtio-blk.js';
 
 /** The formats LIST_FORMATS reports; the ones with protection information are not served. */
 export const BLK_FORMATS: readonly BlkFormat[] = [

@@ -1,4 +1,4 @@
-import type { ErrorLogEntry, ErrorLogPage } from '../protocol/admin-records.js';
+import type { ErrorLogEntry, ErrorLogPage } from '../../protocol/admin-records.js';
 
 export const ERROR_LOG_CAPACITY = 256;
 

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice } from '../../src/index.js';
-import { deviceMemories } from '../../src/transport/rdma/device-memory.js';
+import { nicMemories } from '../../src/transport/rdma/nic-memory.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { rdmaAddress } from './rdma-env.js';
 import { waitFor } from '../helpers/wait-for.js';
@@ -26,7 +26,7 @@ afterAll(async () => {
 describe('a deliberately tiny target pool', () => {
   it('many concurrent requests all complete correctly: they waited, none registered memory', async () => {
     const dev = await BlockDevice.open(`${fx.url}/disk0`, { keepaliveIntervalMs: 0, maxQueues: 1 });
-    const mem = deviceMemories.get(deviceMemories.devices[0]!)!;
+    const mem = nicMemories.get(nicMemories.devices[0]!)!;
     const before = mem.stats();
     expect(before.classes.every((c) => c.buffers === 1)).toBe(true);
     const sizes = [4 * KiB, 8 * KiB, 64 * KiB, MiB];
@@ -46,6 +46,6 @@ describe('a deliberately tiny target pool', () => {
     // a little after the initiator has the completion.
     await waitFor('every buffer to be back', () => mem.stats().classes.every((c) => c.buffers === 1 && c.free === 1 && c.waiting === 0), 60000);
     await dev.close();
-    await waitFor('the device memory to go with its last connection', () => deviceMemories.devices.length === 0, 120000);
+    await waitFor('the device memory to go with its last connection', () => nicMemories.devices.length === 0, 120000);
   });
 });

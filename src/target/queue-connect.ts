@@ -12,11 +12,11 @@ import { VOF_CONNECT_F_REDIRECT, connectFlags, encodeRedirectCompletion } from '
 import { VOF_OP_AUTH_NEGOTIATE, encodeAuthCompletion } from '../protocol/auth.js';
 import { quotePeerString } from '../util/escape.js';
 import type { DeviceInstance } from './device-instance.js';
-import type { QueueSession } from './queue-session.js';
+import type { TargetQueue } from './target-queue.js';
 import type { TargetRequest } from './target-request.js';
 
 /**
- * Connect and binding, the session's fabrics commands (nvmet's fabrics-cmd.c): Connect makes a
+ * Connect and binding, the target queue's fabrics commands (nvmet's fabrics-cmd.c): Connect makes a
  * queue a control queue (a new instance) or binds it to a virtqueue of an existing instance,
  * under the binding rule and the authentication rule; Disconnect and the end of the connection
  * undo it. Also the steps of vof in-band authentication, which decide when an instance may be used.
@@ -30,7 +30,7 @@ export const MAX_REFUSED_CONNECTS = 4;
 const PROBE_ANSWERS: ReadonlySet<number> = new Set([Status.EBADDEV, Status.EBADVQN, Status.EACLREJECTED, Status.ENOTGT]);
 
 /** Connect on an unbound queue (the opcode table checked that): bind it, or refuse. */
-export function connect(q: QueueSession, req: TargetRequest, cmd: ConnectCommand, body: Buffer): void {
+export function connect(q: TargetQueue, req: TargetRequest, cmd: ConnectCommand, body: Buffer): void {
   const id = cmd.commandId;
   const refuse = (status: number, why: string) => {
     q.log.info(`${q.connection.peer}: Connect → ${formatStatus(status)}: ${why}`);
@@ -65,7 +65,7 @@ export function connect(q: QueueSession, req: TargetRequest, cmd: ConnectCommand
     if (!('id' in created)) return refuse(created.status, `no instance of ${pair}: ${created.why}`);
     q.queueSize = cmd.queueSize || VIRTIO_OF_CONTROL_QUEUE_SIZE;
     q.role = { kind: 'control', instance: created };
-    q.ctx.sessionBound(q);
+    q.ctx.queueBound(q);
     q.log.info(`${q.connection.peer}: instance ${created.id} created: ${pair}`);
     req.complete(encodeConnectCompletion(Status.SUCCESS, id, created.id));
     return;
@@ -93,7 +93,7 @@ export function connect(q: QueueSession, req: TargetRequest, cmd: ConnectCommand
   // (Both were offered only where the connection's capabilities have them: see DeviceInstance.)
   if (inst.inlineDataSize > 0) q.connection.enableInlineData(inst.inlineDataSize);
   if (inst.remoteInvalidation) q.connection.enableRemoteInvalidation();
-  q.ctx.sessionBound(q);
+  q.ctx.queueBound(q);
   q.log.info(
     `${q.connection.peer}: virtqueue ${cmd.vqIndex} of instance ${inst.id} attached: ` +
       `${quotePeerString(inst.ivqn)} → ${quotePeerString(inst.tvqn)}${parsed ? '' : ' (no Connect Body)'}${identityNote(q)}`,
@@ -102,7 +102,7 @@ export function connect(q: QueueSession, req: TargetRequest, cmd: ConnectCommand
 }
 
 /** Disconnect on a bound queue: answered once the queue (and a control queue's virtqueues) are idle, then unbound and closed. */
-export async function disconnect(q: QueueSession, req: TargetRequest): Promise<void> {
+export async function disconnect(q: TargetQueue, req: TargetRequest): Promise<void> {
   q.disconnecting = true;
   // Every other command of this queue completes before the Disconnect Completion (seed).
   await q.whenIdle(req);
@@ -117,7 +117,7 @@ export async function disconnect(q: QueueSession, req: TargetRequest): Promise<v
 }
 
 /** The queue serves no instance any more: a control queue's instance is destroyed, a virtqueue leaves its instance. */
-export function unbind(q: QueueSession): void {
+export function unbind(q: TargetQueue): void {
   const role = q.role;
   q.role = { kind: 'unbound' };
   if (role.kind === 'control') role.instance.destroy();
@@ -131,7 +131,7 @@ export function unbind(q: QueueSession): void {
  * IVQN without a secret here) is answered EACLREJECTED with a zero field and then the control
  * queue is closed, which destroys the instance: each attempt costs a new Connect.
  */
-export function authStep(q: QueueSession, req: TargetRequest, inst: DeviceInstance, opcode: number, data: Buffer): void {
+export function authStep(q: TargetQueue, req: TargetRequest, inst: DeviceInstance, opcode: number, data: Buffer): void {
   const id = req.commandId;
   if (!inst.authNegotiated) return q.refuse(req, Status.ENOCMD, 'VOF_F_AUTH not negotiated');
   const negotiate = opcode === VOF_OP_AUTH_NEGOTIATE;
@@ -147,7 +147,7 @@ export function authStep(q: QueueSession, req: TargetRequest, inst: DeviceInstan
 }
 
 /** ", identity "X"" when the connection authenticated (TLS), for log lines. */
-function identityNote(q: QueueSession): string {
+function identityNote(q: TargetQueue): string {
   const identity = q.connection.identity;
   return identity === undefined ? '' : `, identity ${quotePeerString(identity)}`;
 }

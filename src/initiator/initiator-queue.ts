@@ -4,7 +4,7 @@ import type { DecodedCompletion } from '../protocol/completion.js';
 import type { InitiatorConnection } from '../transport/transport.js';
 import { VofConnectionError } from './vof-error.js';
 import { REDIRECT_COMPLETION, REDIRECT_RECORD_SIZE, VOF_CONNECT_F_REDIRECT, VOF_STATUS_EREDIRECT, connectFlags } from '../protocol/redirect-record.js';
-import { QueueRequest } from './queue-request.js';
+import { InitiatorRequest } from './initiator-request.js';
 import { VQ_COMPLETION } from '../protocol/completion.js';
 import { getLE16, getLE32, setLE16, setLE32 } from '../protocol/fields.js';
 import { COMPLETION_HEADER } from '../protocol/header.js';
@@ -13,10 +13,10 @@ import { SlotTable } from '../util/slot-table.js';
 
 const NO_BUFFERS: readonly Buffer[] = [];
 
-/** A command as the caller gives it: the queue client picks the command id. */
+/** A command as the caller gives it: the initiator queue picks the command id. */
 export type CommandWithoutId = Command extends infer C ? (C extends Command ? Omit<C, 'commandId'> : never) : never;
 
-/** An answer deadline for one command (see QueueClient.submit). */
+/** An answer deadline for one command (see InitiatorQueue.submit). */
 export interface AnswerDeadline {
   readonly answerTimeoutMs: number;
   /** The error the queue fails with when the deadline passes. */
@@ -24,20 +24,20 @@ export interface AnswerDeadline {
 }
 
 /**
- * Initiator end of one queue. Each command in flight is a QueueRequest in an array of
+ * Initiator end of one queue. Each command in flight is a InitiatorRequest in an array of
  * queue-size slots, and its slot index is its command id: ids are always below the queue
  * size (never in the reserved 0xff00-0xffff range), free ids are handed out oldest-freed
  * first, and commands beyond the queue size wait for a slot. Completions are matched to
  * their request by that index.
  */
-export class QueueClient {
+export class InitiatorQueue {
   /**
    * The request in flight under each command id. Ids are the table's (below the queue size), and
    * free ids are handed out oldest-freed first: an id just freed is the last to be used again,
    * so a late or duplicated completion for it more likely finds it free (and fails the queue)
    * than passes for a new command's.
    */
-  private readonly slots = new SlotTable<QueueRequest>(0, 'oldest-freed');
+  private readonly slots = new SlotTable<InitiatorRequest>(0, 'oldest-freed');
   /**
    * Each command id's encoded command header, made with its slot and rewritten by each command
    * that takes the id: the transport may hold it until the command is sent, which is before
@@ -48,7 +48,7 @@ export class QueueClient {
    * Requests for a free command id, in submission order. Bounded by whoever submits (a device's
    * requests, the control and admin calls in flight), not here: a submit never fails for room.
    */
-  private readonly waiting = new WaiterQueue<QueueRequest>(Number.POSITIVE_INFINITY);
+  private readonly waiting = new WaiterQueue<InitiatorRequest>(Number.POSITIVE_INFINITY);
   private closedError: Error | null = null;
   /** Target-initiated completions (command ids 0xff00-0xffff). */
   onEvent: (completion: Buffer) => void = () => {};
@@ -111,14 +111,14 @@ export class QueueClient {
   /** As call(); also gives the redirect record that followed an EREDIRECT Connect completion. */
   async callWithPayload(cmd: CommandWithoutId, body?: Buffer, options?: AnswerDeadline): Promise<{ completion: DecodedCompletion; payload: Buffer | null }> {
     const redirectable = cmd.opcode === Opcode.Connect && body !== undefined && (connectFlags(body) & VOF_CONNECT_F_REDIRECT) !== 0;
-    const req = new QueueRequest(cmd.opcode, cmd, body, [], null, redirectable);
+    const req = new InitiatorRequest(cmd.opcode, cmd, body, [], null, redirectable);
     const completion = await this.submit(req, options);
     return { completion, payload: req.payload };
   }
 
   /** Send a VQ command; resolves with its completion (status and bytes written). */
   vq(out: readonly Buffer[], inBuffers: readonly Buffer[]): Promise<DecodedCompletion> {
-    return this.submit(new QueueRequest(Opcode.Vq, null, undefined, out, inBuffers));
+    return this.submit(new InitiatorRequest(Opcode.Vq, null, undefined, out, inBuffers));
   }
 
   /**
@@ -126,7 +126,7 @@ export class QueueClient {
    * With `answerTimeoutMs`, a command still unanswered by then fails the whole queue: its id
    * cannot be given to another command while an answer may still come.
    */
-  submit(req: QueueRequest, options?: AnswerDeadline): Promise<DecodedCompletion> {
+  submit(req: InitiatorRequest, options?: AnswerDeadline): Promise<DecodedCompletion> {
     if (this.closedError) return Promise.reject(this.closedError);
     const done = req.begin();
     this.enqueue(req, options);
@@ -135,10 +135,10 @@ export class QueueClient {
 
   /**
    * As submit(), for a request armed by its owner that takes its own completion or failure
-   * (a DeviceRequest): nothing is allocated. On a closed queue it fails on the next tick, never
+   * (an IoSlot): nothing is allocated. On a closed queue it fails on the next tick, never
    * inside this call, so that an owner resubmitting from its failure cannot recurse.
    */
-  enqueue(req: QueueRequest, options?: AnswerDeadline): void {
+  enqueue(req: InitiatorRequest, options?: AnswerDeadline): void {
     if (this.closedError) {
       const err = this.closedError;
       req.state = 'waiting';
@@ -157,7 +157,7 @@ export class QueueClient {
   }
 
   /** Put `req` in the oldest free slot and send it under that id, with the id's header. */
-  private transmit(req: QueueRequest): void {
+  private transmit(req: InitiatorRequest): void {
     const id = this.slots.take(req);
     req.commandId = id;
     req.state = 'in-flight';
@@ -188,7 +188,7 @@ export class QueueClient {
   }
 
   /** The request in flight under `id`, or null when its slot is free (or no such slot exists). */
-  private inSlot(id: number): QueueRequest | null {
+  private inSlot(id: number): InitiatorRequest | null {
     return this.slots.get(id);
   }
 

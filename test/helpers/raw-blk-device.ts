@@ -14,7 +14,7 @@ import { RawQueue } from './raw-queue.js';
 export const BLK_FEATURES = (1n << VIRTIO_F_VERSION_1) | (1n << BlkFeature.FLUSH) | (1n << BlkFeature.CONFIG_WCE) | (1n << BlkFeature.MQ);
 
 /** A virtio-blk instance driven with bare PDUs: its control queue and connected virtqueues. */
-export interface RawBlkSession {
+export interface RawBlkDevice {
   readonly control: RawQueue;
   readonly instanceId: number;
   readonly vqs: RawQueue[];
@@ -28,7 +28,7 @@ async function expectSuccess(q: RawQueue, what: string, cmd: Parameters<RawQueue
 }
 
 /** Connect, negotiate, reach DRIVER_OK, and connect `vqCount` virtqueues. */
-export async function openRawBlkSession(port: number, tvqn: string, vqCount = 1, ivqn = 'raw-initiator'): Promise<RawBlkSession> {
+export async function openRawBlkDevice(port: number, tvqn: string, vqCount = 1, ivqn = 'raw-initiator'): Promise<RawBlkDevice> {
   const control = await RawQueue.open(port);
   const c = await control.connectControl(tvqn, ivqn);
   if (c.readUInt16LE(0) !== 0) throw new Error(`Connect: ${statusName(c.readUInt16LE(0))}`);

@@ -1,4 +1,4 @@
-import { decodeAdminCommand, decodeAdminStatus, encodeAdminCommand, encodeAdminStatus } from '../protocol/admin-command.js';
+import { decodeAdminCommand, decodeAdminStatus, encodeAdminCommand, encodeAdminStatus } from './admin-command.js';
 
 /** An admin command as the command handlers see it, whatever header carried it. */
 export interface AdminRequest {

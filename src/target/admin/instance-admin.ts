@@ -1,4 +1,4 @@
-import { AdminGenericStatus, AdminStatusType } from '../protocol/admin-command.js';
+import { AdminGenericStatus, AdminStatusType } from '../../protocol/admin-command.js';
 import {
   AdminClass,
   AdminCommonCommand,
@@ -21,15 +21,15 @@ import {
   encodeQueueList,
   formatAdminStatus,
   type QueueInfo,
-} from '../protocol/admin-records.js';
-import { formatStatus } from '../protocol/constants.js';
-import type { DeviceInstance } from '../target/device-instance.js';
-import type { QueueSession } from '../target/queue-session.js';
-import { quotePeerString } from '../util/escape.js';
-import type { Logger } from '../util/log.js';
+} from '../../protocol/admin-records.js';
+import { formatStatus } from '../../protocol/constants.js';
+import type { DeviceInstance } from '../device-instance.js';
+import type { TargetQueue } from '../target-queue.js';
+import { quotePeerString } from '../../util/escape.js';
+import type { Logger } from '../../util/log.js';
 import { AdminCommandSet, expectData, generic, type AdminCaller } from './admin-command-set.js';
 import type { DeviceErrorLog } from './error-log.js';
-import { seedAdminHeader, type AdminHeaderFormat } from './header-format.js';
+import { seedAdminHeader, type AdminHeaderFormat } from '../../protocol/admin-header-format.js';
 import { HEALTH_TEST_MAX_SAMPLES, HealthTestBudget } from './health-test-budget.js';
 
 /** Queue size of the admin virtqueue (Get VQ Size answers it). */
@@ -184,7 +184,7 @@ export class InstanceAdmin {
     this.commands.add(AdminClass.VIRTIO_OF, AdminVirtioOfCommand.LIST_QUEUES, (data) => {
       expectData(data, 0, 'LIST_QUEUES');
       const adminIndex = this.inst.adminQueueIndex;
-      const describe = (q: QueueSession, vqIndex: number, role: number): QueueInfo => ({
+      const describe = (q: TargetQueue, vqIndex: number, role: number): QueueInfo => ({
         vqIndex,
         role,
         transport: q.connection.capabilities.keyed ? QueueTransport.RDMA : QueueTransport.TCP,

@@ -1,12 +1,12 @@
 import { decodeCompletion, type DecodedCompletion } from '../protocol/completion.js';
-import type { CommandWithoutId } from './queue-client.js';
+import type { CommandWithoutId } from './initiator-queue.js';
 
 /**
  * Where a request is: `idle` (not submitted, or between a failed connection and its
  * resubmission), `waiting` for a free slot, `in-flight` in a slot under its command id,
  * `completed` or `failed`.
  */
-export type QueueRequestState = 'idle' | 'waiting' | 'in-flight' | 'completed' | 'failed';
+export type InitiatorRequestState = 'idle' | 'waiting' | 'in-flight' | 'completed' | 'failed';
 
 /**
  * One command on an initiator queue. While in flight it sits in its queue's array of
@@ -18,20 +18,20 @@ export type QueueRequestState = 'idle' | 'waiting' | 'in-flight' | 'completed' |
  * command header with the slot.
  *
  * What happens on completion is the subclass's: this one settles a promise (control and admin
- * commands, see begin()); a DeviceRequest is a reusable I/O slot that calls back its device
+ * commands, see begin()); an IoSlot is a reusable I/O slot that calls back its device
  * and allocates nothing per command.
  */
-export class QueueRequest {
+export class InitiatorRequest {
   /** The slot it occupies while in flight; -1 otherwise. */
   commandId = -1;
-  state: QueueRequestState = 'idle';
+  state: InitiatorRequestState = 'idle';
   /** The redirect record that followed an EREDIRECT Connect completion. */
   payload: Buffer | null = null;
   /** Device-readable bytes (VQ commands). */
   outLength = 0;
   /** Device-writable bytes (VQ commands). */
   inLength = 0;
-  /** An answer deadline armed by the queue (see QueueClient.submit); cleared on completion. */
+  /** An answer deadline armed by the queue (see InitiatorQueue.submit); cleared on completion. */
   timer: NodeJS.Timeout | null = null;
   private promised: { resolve: (c: DecodedCompletion) => void; reject: (e: Error) => void } | null = null;
 
@@ -103,7 +103,7 @@ export class QueueRequest {
     s?.reject(err);
   }
 
-  private end(state: QueueRequestState): void {
+  private end(state: InitiatorRequestState): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
     this.commandId = -1;

@@ -1,7 +1,7 @@
-import { AdminGenericStatus, AdminStatusType, NEEDED_RESULT, NEEDED_RESULT_SIZE } from '../protocol/admin-command.js';
-import { setLE32 } from '../protocol/fields.js';
-import { AdminRecordError, AdminTransportStatus, adminClassName, adminCommandName, type AdminCommandId } from '../protocol/admin-records.js';
-import type { AdminRequest, AdminResponse } from './header-format.js';
+import { AdminGenericStatus, AdminStatusType, NEEDED_RESULT, NEEDED_RESULT_SIZE } from '../../protocol/admin-command.js';
+import { setLE32 } from '../../protocol/fields.js';
+import { AdminRecordError, AdminTransportStatus, adminClassName, adminCommandName, type AdminCommandId } from '../../protocol/admin-records.js';
+import type { AdminRequest, AdminResponse } from '../../protocol/admin-header-format.js';
 
 /** What a command handler answers: a result record and, unless OK, a status of any type. */
 export interface AdminReply {
