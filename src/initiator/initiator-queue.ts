@@ -9,6 +9,7 @@ import { VQ_COMPLETION } from '../protocol/completion.js';
 import { getLE16, getLE32, setLE16, setLE32 } from '../protocol/fields.js';
 import { COMPLETION_HEADER } from '../protocol/header.js';
 import { WaiterQueue } from '../util/waiter-queue.js';
+import { SlotTable } from '../util/slot-table.js';
 
 const NO_BUFFERS: readonly Buffer[] = [];
 
@@ -30,19 +31,19 @@ export interface AnswerDeadline {
  * their request by that index.
  */
 export class InitiatorQueue {
-  /** The request in flight under each command id, or null. */
-  private slots: Array<InitiatorRequest | null> = [];
+  /**
+   * The request in flight under each command id. Ids are the table's (below the queue size), and
+   * free ids are handed out oldest-freed first: an id just freed is the last to be used again,
+   * so a late or duplicated completion for it more likely finds it free (and fails the queue)
+   * than passes for a new command's.
+   */
+  private readonly slots = new SlotTable<InitiatorRequest>(0, 'oldest-freed');
   /**
    * Each command id's encoded command header, made with its slot and rewritten by each command
    * that takes the id: the transport may hold it until the command is sent, which is before
    * its completion can free the id.
    */
   private headers: Buffer[] = [];
-  /** Free command ids, oldest-freed first: a ring of `size` entries from `freeHead`. */
-  private freeIds: number[] = [];
-  private freeHead = 0;
-  private freeCount = 0;
-  private inFlightCount = 0;
   /**
    * Requests for a free command id, in submission order. Bounded by whoever submits (a device's
    * requests, the control and admin calls in flight), not here: a submit never fails for room.
@@ -81,25 +82,21 @@ export class InitiatorQueue {
    */
   set queueSize(n: number) {
     this.size = Math.max(1, Math.min(n, RESERVED_COMMAND_ID_FIRST));
-    if (this.slots.length < this.size) {
+    if (this.headers.length < this.size) {
       // One allocation for the new slots' headers, cut once into per-id views.
-      const first = this.slots.length;
+      const first = this.headers.length;
       const slab = Buffer.alloc((this.size - first) * COMMAND_SIZE);
       for (let id = first; id < this.size; id++) {
-        this.slots.push(null);
         this.headers.push(slab.subarray((id - first) * COMMAND_SIZE, (id - first + 1) * COMMAND_SIZE));
       }
     }
-    this.freeIds = [];
-    this.freeHead = 0;
-    this.freeCount = 0;
-    for (let id = 0; id < this.size; id++) if (this.slots[id] === null) this.freeIds[this.freeCount++] = id;
-    for (let id = this.freeCount; id < this.size; id++) this.freeIds[id] = -1;
+    // The free ids again lowest first; one in flight beyond a smaller size is retired when it completes.
+    this.slots.resize(this.size);
     this.startWaiting();
   }
 
   get inFlight(): number {
-    return this.inFlightCount;
+    return this.slots.inUse;
   }
 
   get closed(): boolean {
@@ -155,17 +152,13 @@ export class InitiatorQueue {
         this.failAll(options.onTimeout());
       }, options.answerTimeoutMs);
     }
-    if (this.freeCount > 0 && this.waiting.length === 0) this.transmit(req);
+    if (this.slots.free > 0 && this.waiting.length === 0) this.transmit(req);
     else this.waiting.push(req);
   }
 
   /** Put `req` in the oldest free slot and send it under that id, with the id's header. */
   private transmit(req: InitiatorRequest): void {
-    const id = this.freeIds[this.freeHead]!;
-    this.freeHead = (this.freeHead + 1) % this.size;
-    this.freeCount--;
-    this.slots[id] = req;
-    this.inFlightCount++;
+    const id = this.slots.take(req);
     req.commandId = id;
     req.state = 'in-flight';
     const header = this.headers[id]!;
@@ -183,30 +176,20 @@ export class InitiatorQueue {
         this.connection.sendVq(header, req.out, req.inBuffers ?? NO_BUFFERS);
       }
     } catch (err) {
-      this.vacate(id);
+      this.slots.release(id);
       // Failed on the next tick, as on a closed queue: never inside the submitter's call.
       process.nextTick(() => req.fail(err as Error));
       this.startWaiting();
     }
   }
 
-  /** Free slot `id`; ids beyond a queue size that shrank are not handed out again. */
-  private vacate(id: number): void {
-    this.slots[id] = null;
-    this.inFlightCount--;
-    if (id < this.size) {
-      this.freeIds[(this.freeHead + this.freeCount) % this.size] = id;
-      this.freeCount++;
-    }
-  }
-
   private startWaiting(): void {
-    while (this.waiting.length > 0 && this.freeCount > 0 && !this.closedError) this.transmit(this.waiting.shift()!);
+    while (this.waiting.length > 0 && this.slots.free > 0 && !this.closedError) this.transmit(this.waiting.shift()!);
   }
 
   /** The request in flight under `id`, or null when its slot is free (or no such slot exists). */
   private inSlot(id: number): InitiatorRequest | null {
-    return id < this.slots.length ? this.slots[id]! : null;
+    return this.slots.get(id);
   }
 
   /**
@@ -265,8 +248,7 @@ export class InitiatorQueue {
       void this.connection.close();
       return;
     }
-    const p = this.slots[id]!;
-    this.vacate(id);
+    const p = this.slots.release(id)!;
     p.complete(completion);
     this.startWaiting();
   }
@@ -282,13 +264,7 @@ export class InitiatorQueue {
   /** Reject everything in flight or waiting; later calls fail at once. */
   failAll(err: Error): void {
     this.closedError ??= err;
-    const failed: InitiatorRequest[] = [];
-    for (let id = 0; id < this.slots.length; id++) {
-      const p = this.slots[id];
-      if (!p) continue;
-      this.vacate(id);
-      failed.push(p);
-    }
+    const failed = this.slots.releaseAll();
     for (const p of this.waiting.drain()) failed.push(p);
     for (const p of failed) p.fail(err);
   }

@@ -43,6 +43,7 @@ import {
 } from './nbd-protocol.js';
 import { getBE16, getBE32, getBE64, getBE64Number, setBE16, setBE32, setBE64Number, view } from '../protocol/fields.js';
 import { quotePeerString } from '../util/escape.js';
+import { SlotTable } from '../util/slot-table.js';
 import { StreamInput } from '../transport/tcp/stream-input.js';
 
 /**
@@ -122,7 +123,6 @@ export const NBD_PROTOCOL_ERROR = -2;
 /** One pre-allocated request: its header bytes, its buffer and where its reply stands. */
 class NbdSlot {
   readonly header = Buffer.alloc(REQUEST_HEADER_SIZE);
-  busy = false;
   /** Bumped per use: a reply naming an earlier use of the slot is a stale or forged cookie. */
   generation = 0;
   type = 0;
@@ -160,8 +160,11 @@ const REPLY_STATE: ParseState = { kind: 'reply' };
 
 export class NbdClientConnection {
   private readonly slots: NbdSlot[];
-  private readonly free: NbdSlot[];
-  private inFlight = 0;
+  /**
+   * Which slots are in flight, by index (the cookie's high half). The slot freed last is taken
+   * next (any slot does): a stale cookie is told by its generation, not by the order.
+   */
+  private readonly ids: SlotTable;
   private state: ParseState = REPLY_STATE;
   private closedWith: Error | null = null;
   /** The server broke the protocol: what was in flight ends with NBD_PROTOCOL_ERROR. */
@@ -181,7 +184,7 @@ export class NbdClientConnection {
     maxInFlight: number,
   ) {
     this.slots = Array.from({ length: maxInFlight }, (_, i) => new NbdSlot(i));
-    this.free = this.slots.slice().reverse();
+    this.ids = new SlotTable(maxInFlight, 'last-freed');
     // A read's data lands straight in the request's buffer when nothing else is buffered.
     source.direct = () => {
       const st = this.state;
@@ -257,12 +260,12 @@ export class NbdClientConnection {
 
   /** Requests in flight. */
   get busy(): number {
-    return this.inFlight;
+    return this.ids.inUse;
   }
 
   /** Free slots: a caller with none waits for a `done` before submitting again. */
   get available(): number {
-    return this.closed ? 0 : this.free.length;
+    return this.closed ? 0 : this.ids.free;
   }
 
   /**
@@ -272,9 +275,9 @@ export class NbdClientConnection {
    */
   submit(type: number, flags: number, offset: number, length: number, data: Buffer | null, done: NbdDone): void {
     if (this.closed) throw new NbdClientError(`${this.peer}: connection closed`);
-    const slot = this.free.pop();
-    if (!slot) throw new NbdClientError(`${this.peer}: more than ${this.slots.length} requests in flight`);
-    slot.busy = true;
+    const index = this.ids.take();
+    if (index < 0) throw new NbdClientError(`${this.peer}: more than ${this.slots.length} requests in flight`);
+    const slot = this.slots[index]!;
     slot.generation = (slot.generation + 1) >>> 0;
     slot.type = type;
     slot.offset = offset;
@@ -283,7 +286,6 @@ export class NbdClientConnection {
     slot.covered = 0;
     slot.error = 0;
     slot.done = done;
-    this.inFlight++;
     const h = slot.header;
     setBE32(h, REQUEST_HEADER.magic, NBD_REQUEST_MAGIC);
     setBE16(h, REQUEST_HEADER.flags, flags);
@@ -332,17 +334,15 @@ export class NbdClientConnection {
     this.stream.destroy();
     this.source.onBytes = () => {};
     this.source.input.clear();
-    for (const slot of this.slots) if (slot.busy) this.finish(slot, this.violated ? NBD_PROTOCOL_ERROR : NBD_LOST);
+    for (const slot of this.slots) if (this.ids.isTaken(slot.index)) this.finish(slot, this.violated ? NBD_PROTOCOL_ERROR : NBD_LOST);
     for (const l of this.closeListeners.splice(0)) l(err);
   }
 
   private finish(slot: NbdSlot, error: number): void {
     const done = slot.done!;
-    slot.busy = false;
     slot.done = null;
     slot.into = null;
-    this.inFlight--;
-    this.free.push(slot);
+    this.ids.release(slot.index);
     done(error);
   }
 
@@ -357,7 +357,7 @@ export class NbdClientConnection {
     const index = b.readUInt32BE(at);
     const generation = b.readUInt32BE(at + 4);
     const slot = this.slots[index];
-    return slot && slot.busy && slot.generation === generation ? slot : null;
+    return slot && this.ids.isTaken(index) && slot.generation === generation ? slot : null;
   }
 
   private parse(): void {

@@ -1,4 +1,5 @@
 import type { MemoryRegion, ProtectionDomain } from './native-binding.js';
+import { SlotTable } from '../../util/slot-table.js';
 
 /** A slice of registered memory: `view` is what JS reads and writes, (mr, offset) what the NIC uses. */
 export interface RegisteredBuffer {
@@ -6,6 +7,24 @@ export interface RegisteredBuffer {
   readonly offset: number;
   readonly view: Buffer;
   release(): void;
+}
+
+/** A chunk handed out: its release() gives the chunk back once (a method, not a closure per acquire). */
+class Chunk implements RegisteredBuffer {
+  private released = false;
+  constructor(
+    private readonly pool: RegisteredPool,
+    private readonly chunk: number,
+    readonly mr: MemoryRegion,
+    readonly offset: number,
+    readonly view: Buffer,
+  ) {}
+
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.pool.releaseChunk(this.chunk);
+  }
 }
 
 /**
@@ -16,7 +35,8 @@ export interface RegisteredBuffer {
  */
 export class RegisteredPool {
   private readonly region: MemoryRegion;
-  private readonly freeChunks: number[] = [];
+  /** Chunk indexes; the chunk freed last is taken next (any chunk does, and it is likely cached). */
+  private readonly chunks: SlotTable;
   private readonly dedicated = new Set<MemoryRegion>();
   private destroyed = false;
 
@@ -27,30 +47,20 @@ export class RegisteredPool {
     private readonly access: number,
   ) {
     this.region = pd.registerMemory(Buffer.allocUnsafeSlow(chunkSize * chunkCount), access);
-    for (let i = chunkCount - 1; i >= 0; i--) this.freeChunks.push(i);
+    this.chunks = new SlotTable(chunkCount, 'last-freed');
   }
 
   /** Chunks and dedicated registrations currently handed out. */
   get inUse(): number {
-    return this.chunkCount - this.freeChunks.length + this.dedicated.size;
+    return this.chunks.inUse + this.dedicated.size;
   }
 
   acquire(size: number): RegisteredBuffer {
     if (size <= this.chunkSize) {
-      const chunk = this.freeChunks.pop();
-      if (chunk !== undefined) {
+      const chunk = this.chunks.take();
+      if (chunk >= 0) {
         const offset = chunk * this.chunkSize;
-        let released = false;
-        return {
-          mr: this.region,
-          offset,
-          view: this.region.buffer.subarray(offset, offset + size),
-          release: () => {
-            if (released) return;
-            released = true;
-            this.freeChunks.push(chunk);
-          },
-        };
+        return new Chunk(this, chunk, this.region, offset, this.region.buffer.subarray(offset, offset + size));
       }
     }
     const mr = this.pd.registerMemory(Buffer.allocUnsafeSlow(Math.max(size, 1)), this.access);
@@ -63,6 +73,11 @@ export class RegisteredPool {
         if (this.dedicated.delete(mr)) mr.deregister();
       },
     };
+  }
+
+  /** (Chunk) A chunk is free again. */
+  releaseChunk(chunk: number): void {
+    this.chunks.release(chunk);
   }
 
   /** Deregister everything, including buffers still handed out (their release is then a no-op). */

@@ -1,6 +1,7 @@
 import type { MemoryRegion, MemoryWindow, NativeBinding, QueuePair, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
 import { WaiterQueue } from '../../util/waiter-queue.js';
+import { SlotTable } from '../../util/slot-table.js';
 
 /** A work request the NIC completed with an error status (ibv_wc_status_str in the message). */
 export class RdmaWorkError extends Error {
@@ -171,13 +172,13 @@ export class SendQueue {
   /** Send queue entries not taken by pending or in-flight chains. */
   private free: number;
   /**
-   * Chains posted and not yet completed, by id: a chain's id is its index here (0 is never
-   * used), taken from `freeIds` when it is posted and given back when it settles, so ids stay
-   * unique among the chains in flight and no map entry is made per chain.
+   * Chains posted and not yet completed, by id: a chain's id is taken here when it is posted
+   * and given back when it settles, so ids stay unique among the chains in flight and no map
+   * entry is made per chain. Every chain in flight holds at least one send queue entry, so
+   * `depth` ids (and id 0, taken once and never given back: no chain's wrId is 0) always do;
+   * the id freed last is taken next (any id does).
    */
-  private readonly byId: Array<SendChain | null> = [null];
-  private readonly freeIds: number[] = [];
-  private inFlightCount = 0;
+  private readonly byId: SlotTable<SendChain>;
   /** Accepted (room taken), not yet posted: leaves at the next postPending(). */
   private readonly pending: SendChain[] = [];
   /** No room yet: accepted in order as completions free entries. */
@@ -200,6 +201,8 @@ export class SendQueue {
     private readonly limits: SendQueueLimits = {},
   ) {
     this.free = depth;
+    this.byId = new SlotTable<SendChain>(depth + 1, 'last-freed');
+    this.byId.take();
     this.maxBacklog = limits.maxBacklog ?? DEFAULT_MAX_BACKLOG;
     this.waiting = new WaiterQueue(this.maxBacklog);
     const timeout = limits.stallTimeoutMs ?? 0;
@@ -216,7 +219,7 @@ export class SendQueue {
         seen = this.completions;
         since = now;
       } else if (now - since >= timeoutMs) {
-        this.failOnOwn(new SendStalledError(`no send completion for ${timeoutMs} ms with ${this.inFlightCount + this.pending.length} chains in flight and ${this.waiting.length} waiting (the peer stopped receiving)`));
+        this.failOnOwn(new SendStalledError(`no send completion for ${timeoutMs} ms with ${this.inFlight + this.pending.length} chains in flight and ${this.waiting.length} waiting (the peer stopped receiving)`));
       }
     }, Math.max(20, Math.floor(timeoutMs / 4)));
     this.watchdog.unref();
@@ -233,7 +236,12 @@ export class SendQueue {
   }
 
   get idle(): boolean {
-    return this.inFlightCount === 0 && this.pending.length === 0 && this.waiting.length === 0;
+    return this.inFlight === 0 && this.pending.length === 0 && this.waiting.length === 0;
+  }
+
+  /** Chains posted and not yet completed (id 0 is no chain's). */
+  private get inFlight(): number {
+    return this.byId.inUse - 1;
   }
 
   /** post() for callers that want a promise (set-up, rare messages): one chain object and promise per call. */
@@ -297,8 +305,11 @@ export class SendQueue {
       let error: Error | null = null;
       for (let k = 0; k < count; k++) {
         const chain = pending[k]!;
-        chain.id = this.freeIds.pop() ?? this.byId.length;
-        if (chain.id === this.byId.length) this.byId.push(null);
+        // Not in flight until the post succeeds: the id holds no chain before then.
+        chain.id = this.byId.take();
+        // Cannot happen while every chain holds a send queue entry (depth + 1 ids); if it does,
+        // the post fails cleanly rather than post under an id no completion can find.
+        if (chain.id < 0) error ??= new Error(`send queue: no work request id free (${this.byId.inUse - 1} chains in flight)`);
         const last = chain.wrs.length - 1;
         for (let i = 0; i <= last; i++) {
           const wr = chain.wrs[i]!;
@@ -320,16 +331,15 @@ export class SendQueue {
         const e = err instanceof Error ? err : new Error(String(err));
         // None of this call's chains is in flight: their ids go back, each fails with the error.
         const refused = pending.splice(0, count);
-        for (const chain of refused) this.freeIds.push(chain.id);
+        for (const chain of refused) if (chain.id > 0) this.byId.release(chain.id);
         for (const chain of refused) chain.done(e);
         this.failOnOwn(e);
         return;
       }
       for (let k = 0; k < count; k++) {
         const chain = pending[k]!;
-        this.byId[chain.id] = chain;
+        this.byId.set(chain.id, chain);
       }
-      this.inFlightCount += count;
       this.posted.calls++;
       this.posted.chains += count;
       // Emptied by pop, not `length = 0` (which would drop the storage the next push reallocates).
@@ -342,11 +352,9 @@ export class SendQueue {
 
   /** A send-side completion; returns false if it settles nothing (a late WC_WR_FLUSH_ERR of a settled chain). */
   complete(wrId: number, status: number): boolean {
-    const chain = wrId > 0 && wrId < this.byId.length ? this.byId[wrId] : null;
+    const chain = this.byId.get(wrId);
     if (!chain) return false;
-    this.byId[wrId] = null;
-    this.freeIds.push(wrId);
-    this.inFlightCount--;
+    this.byId.release(wrId);
     this.free += chain.wrs.length;
     this.completions++;
     chain.done(status === 0 ? null : new RdmaWorkError(status, this.binding.wcStatusName(status), chain.what));
@@ -359,14 +367,13 @@ export class SendQueue {
     if (!this.broken) this.broken = err;
     if (this.watchdog) clearInterval(this.watchdog);
     this.watchdog = null;
-    // Ids are not given back: a late flushed (WC_WR_FLUSH_ERR) completion of a failed chain then settles nothing.
+    // Ids are given back, but no chain takes one again once the queue has failed: a late
+    // flushed (WC_WR_FLUSH_ERR) completion of a failed chain finds its id free and settles nothing.
     const inFlight: SendChain[] = [];
-    for (let id = 1; id < this.byId.length; id++) {
-      const c = this.byId[id];
+    for (let id = this.byId.nextTaken(0); id >= 0; id = this.byId.nextTaken(id)) {
+      const c = this.byId.release(id);
       if (c) inFlight.push(c);
-      this.byId[id] = null;
     }
-    this.inFlightCount = 0;
     const pending = this.pending.splice(0);
     const waiting = this.waiting.drain();
     for (const c of inFlight) c.done(err);
