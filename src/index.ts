@@ -5,7 +5,7 @@ export { TcpTransport } from './transport/tcp/tcp-transport.js';
 export { TlsTransport } from './transport/tcp/tls-transport.js';
 export { parsePskFile, type TlsClientSettings, type TlsServerSettings } from './transport/tcp/tls-settings.js';
 export { transportFor } from './transport/registry.js';
-export { parseDeviceUrl, parseListenUrl, UrlError } from './url.js';
+export { parseDeviceUrl, parseListenUrl, UrlError } from './transport/url.js';
 export { VofTarget, DEFAULT_LIMITS, DEFAULT_CONNECT_TIMEOUT_MS, type TargetOptions, type ExportOptions, type PeerLimits } from './target/target.js';
 export { AccessPolicy, parseAllowEntry, type AllowEntry, type AllowSpec } from './target/access-policy.js';
 export { DEFAULT_QUOTAS, type QuotaLimits } from './target/quotas.js';
@@ -14,7 +14,7 @@ export type { DeviceExport, InstanceLimits, RequestCancel, DeviceModel } from '.
 export { RemoteDevice, connect, DEFAULT_IVQN, type ConnectOptions } from './initiator/remote-device.js';
 export { InitiatorQueue } from './initiator/initiator-queue.js';
 export { VofError, VofConnectionError, VofRedirectError, VofResumeError, VofAuthError } from './initiator/vof-error.js';
-export type { DeviceState, ReconnectOptions } from './initiator/reconnect-policy.js';
+export type { DeviceState, ReconnectOptions } from './util/reconnect-policy.js';
 export { FileBlockExport, type FileBlockOptions } from './target/blk/file-block-export.js';
 export { chooseFileIo, type FileIoBackend, type FileIoMode } from './target/blk/file-io.js';
 export { BlockDevice, BlockIoError, type BlockDeviceOptions } from './initiator/blk/block-device.js';

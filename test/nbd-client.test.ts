@@ -9,7 +9,7 @@ import { NBD_SIMPLE_REPLY_MAGIC, NbdCommand, NbdError } from '../src/nbd/nbd-pro
 import { NbdSource } from '../src/nbd/nbd-source.js';
 import { isNbdUri, parseNbdUri } from '../src/nbd/nbd-uri.js';
 import { nbdClientStartTls } from '../src/nbd/nbd-tls.js';
-import { reconnectPolicy } from '../src/initiator/reconnect-policy.js';
+import { reconnectPolicy } from '../src/util/reconnect-policy.js';
 import { createLogger } from '../src/util/log.js';
 import { needs } from './helpers/deps.js';
 import { chunk, cookie, hostileServer, u16, u32, u64 } from './helpers/hostile-nbd.js';

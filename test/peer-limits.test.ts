@@ -2,7 +2,7 @@ import { mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'nod
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice, FileBlockExport, Opcode, encodeCommand, statusName, type DeviceExport } from '../src/index.js';
-import type { ByteBudget } from '../src/target/byte-budget.js';
+import type { ByteBudget } from '../src/util/byte-budget.js';
 import { startTarget, type StartedTarget } from '../scripts/start-target.mjs';
 import { RawQueue } from './helpers/raw-queue.js';
 import { delegatingInstance } from './helpers/delegating-instance.mjs';

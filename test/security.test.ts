@@ -26,7 +26,7 @@ import {
   setConnectFlags,
 } from '../src/protocol/redirect-record.js';
 import { redirectAllowed } from '../src/initiator/control-path.js';
-import { parseDeviceUrl } from '../src/url.js';
+import { parseDeviceUrl } from '../src/transport/url.js';
 import { RawQueue } from './helpers/raw-queue.js';
 import { TargetFixture } from './helpers/target-fixture.js';
 import { vofAsync } from './helpers/vof-cli.js';

@@ -6,7 +6,7 @@ import { NbdServer, isLoopbackHost, type NbdListenAddress } from '../nbd/nbd-ser
 import { NBD_DEFAULT_PORT } from '../nbd/nbd-protocol.js';
 import { nbdTlsAuthenticatesClients, type NbdTlsSettings } from '../nbd/nbd-tls.js';
 import { parseSize } from '../bench/workloads.js';
-import { parseDeviceUrl, UrlError } from '../url.js';
+import { parseDeviceUrl, UrlError } from '../transport/url.js';
 import { createLogger } from '../util/log.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import { TLS_CLIENT_OPTIONS, clientTlsSettings, serverTlsSettings } from './tls-options.js';

@@ -1,5 +1,5 @@
-import type { ReconnectOptions } from '../initiator/reconnect-policy.js';
-import type { Scheme } from '../url.js';
+import type { ReconnectOptions } from '../util/reconnect-policy.js';
+import type { Scheme } from '../transport/url.js';
 import { CliError, parseIntOption } from './cli-error.js';
 import type { OptionTable } from './options.js';
 

@@ -7,7 +7,7 @@ import { VofTarget } from '../target/target.js';
 import { createLogger } from '../util/log.js';
 import { parseAllowEntry, type AllowSpec } from '../target/access-policy.js';
 import { resolveQuotas, type QuotaLimits } from '../target/quotas.js';
-import { parseListenUrl } from '../url.js';
+import { parseListenUrl } from '../transport/url.js';
 import { quotePeerString } from '../util/escape.js';
 import { ControlSocket } from '../target/control-socket.js';
 import { targetProcessStats } from '../target/process-stats.js';

@@ -1,5 +1,5 @@
 import { BlockDevice } from '../initiator/blk/block-device.js';
-import { parseDeviceUrl, UrlError } from '../url.js';
+import { parseDeviceUrl, UrlError } from '../transport/url.js';
 import { createLogger } from '../util/log.js';
 import { vduseProblem } from '../vduse/vduse-binding.js';
 import { VduseBlockDevice, vduseRemoteFeatures, type VduseBind } from '../vduse/vduse-device.js';

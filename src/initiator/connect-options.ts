@@ -1,11 +1,11 @@
 import type { AuthSecret } from './auth-handshake.js';
-import type { Scheme } from '../url.js';
+import type { Scheme } from '../transport/url.js';
 import type { TlsClientSettings } from '../transport/tcp/tls-settings.js';
 import type { KeyedMemoryOptions } from '../transport/transport.js';
 import type { Logger } from '../util/log.js';
 import type { ConfigReader } from './device-config.js';
 import { timeoutBelowInterval } from '../util/liveness.js';
-import type { ReconnectOptions } from './reconnect-policy.js';
+import type { ReconnectOptions } from '../util/reconnect-policy.js';
 import type { RemoteDevice } from './remote-device.js';
 
 /** The keepalive defaults of ConnectOptions. */

@@ -11,7 +11,7 @@ import {
 } from '../protocol/redirect-record.js';
 import { transportFor } from '../transport/registry.js';
 import type { ConnectOptions as TransportConnectOptions, Transport } from '../transport/transport.js';
-import { UrlError, parseDeviceUrl, type Scheme } from '../url.js';
+import { UrlError, parseDeviceUrl, type Scheme } from '../transport/url.js';
 import type { Logger } from '../util/log.js';
 import { InitiatorQueue } from './initiator-queue.js';
 import { VofConnectionError, VofError, VofRedirectError } from './vof-error.js';

@@ -1,6 +1,6 @@
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../util/log.js';
-import { plannedAttempts, type DeviceState, type ReconnectPolicy } from './reconnect-policy.js';
+import { plannedAttempts, type DeviceState, type ReconnectPolicy } from '../util/reconnect-policy.js';
 import type { ResumePoint } from './init-sequence.js';
 import { VofConnectionError, VofRedirectError, VofResumeError } from './vof-error.js';
 

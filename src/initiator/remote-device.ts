@@ -7,7 +7,7 @@ import {
   Status,
 } from '../protocol/constants.js';
 import { decodeConfigChangeGeneration, type DecodedCompletion } from '../protocol/completion.js';
-import { parseDeviceUrl } from '../url.js';
+import { parseDeviceUrl } from '../transport/url.js';
 import type { InitiatorConnection, Transport } from '../transport/transport.js';
 import { PinnedMemory, type PinHandle } from '../transport/pinned-memory.js';
 import { defaultLogger, type Logger } from '../util/log.js';
@@ -17,7 +17,7 @@ import { InitiatorQueue, type CommandWithoutId } from './initiator-queue.js';
 import { IoSlot, type RequestCallback, type RequestOwner } from './io-slot.js';
 import { connectControlPath, type ControlPath } from './control-path.js';
 import { COMMAND_ID_DRAIN } from '../protocol/redirect-record.js';
-import { reconnectPolicy, reconnects, type DeviceState, type ReconnectPolicy } from './reconnect-policy.js';
+import { reconnectPolicy, reconnects, type DeviceState, type ReconnectPolicy } from '../util/reconnect-policy.js';
 import { checkKeepaliveSettings, connectOpts, DEFAULT_KEEPALIVE_INTERVAL_MS, DEFAULT_KEEPALIVE_TIMEOUT_MS, pathOpts, type ConnectOptions } from './connect-options.js';
 import { readConsistentConfig, type ConfigFieldReader, type ConfigValue } from './device-config.js';
 import { Liveness } from '../util/liveness.js';

@@ -1,4 +1,4 @@
-import { ByteBudget } from '../target/byte-budget.js';
+import { ByteBudget } from '../util/byte-budget.js';
 import { WaiterQueue } from '../util/waiter-queue.js';
 
 /**

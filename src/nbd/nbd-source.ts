@@ -1,5 +1,5 @@
 import { NBD_LOST, NbdClientConnection, NbdClientError, type NbdAddress, type NbdClientOptions, type NbdDone, type NbdExportInfo } from './nbd-client.js';
-import type { ReconnectPolicy } from '../initiator/reconnect-policy.js';
+import type { ReconnectPolicy } from '../util/reconnect-policy.js';
 import type { Logger } from '../util/log.js';
 import { WaiterQueue } from '../util/waiter-queue.js';
 

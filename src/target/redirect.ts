@@ -1,5 +1,5 @@
 import { encodeRedirectRecord, redirectUrl, type RedirectRecord } from '../protocol/redirect-record.js';
-import { parseDeviceUrl, UrlError } from '../url.js';
+import { parseDeviceUrl, UrlError } from '../transport/url.js';
 
 /** Where a TVQN has moved: its record (sent after EREDIRECT) and the URL it names. */
 export interface Redirect {

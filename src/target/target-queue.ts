@@ -14,7 +14,7 @@ import type { Logger } from '../util/log.js';
 import type { Refusal } from './access-policy.js';
 import type { PayloadAdmission, TargetConnection, VqRequestData } from '../transport/transport.js';
 import { QueueStats } from './admin/queue-stats.js';
-import { ByteBudget } from './byte-budget.js';
+import { ByteBudget } from '../util/byte-budget.js';
 import type { DeviceInstance } from './device-instance.js';
 import { TargetRequest, type CompletionSink } from './target-request.js';
 import { WakeSignal } from '../util/wake-signal.js';

@@ -1,5 +1,5 @@
 import type { Logger } from '../util/log.js';
-import type { Scheme } from '../url.js';
+import type { Scheme } from './url.js';
 import { TcpTransport } from './tcp/tcp-transport.js';
 import { TlsTransport } from './tcp/tls-transport.js';
 import type { Transport } from './transport.js';

@@ -16,7 +16,7 @@ import {
 import type { MemoryRegion, ProtectionDomain } from '../../src/transport/rdma/native-binding.js';
 import type { ConnectOptions, InitiatorConnection } from '../../src/transport/transport.js';
 import { RdmaTransport } from '../../src/transport/rdma/rdma-transport.js';
-import { parseListenUrl } from '../../src/url.js';
+import { parseListenUrl } from '../../src/transport/url.js';
 
 /**
  * A bare RDMA peer for protocol tests: each send() is one RDMA SEND of exactly the bytes given

@@ -5,7 +5,7 @@ import { runInNewContext } from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BlockDevice, Opcode, statusName } from '../../src/index.js';
 import { nativeBinding } from '../../src/transport/rdma/native-binding.js';
-import { parseListenUrl } from '../../src/url.js';
+import { parseListenUrl } from '../../src/transport/url.js';
 import { RawRdmaQueue } from '../helpers/raw-rdma-queue.js';
 import { TargetFixture } from '../helpers/target-fixture.js';
 import { rdmaAddress } from './rdma-env.js';

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { reconnectPolicy } from '../../initiator/reconnect-policy.js';
+import { reconnectPolicy } from '../../util/reconnect-policy.js';
 import { NbdSource } from '../../nbd/nbd-source.js';
 import { nbdClientStartTls } from '../../nbd/nbd-tls.js';
 import { isNbdUri, parseNbdUri } from '../../nbd/nbd-uri.js';

@@ -1,4 +1,4 @@
-import { WakeSignal } from '../util/wake-signal.js';
+import { WakeSignal } from './wake-signal.js';
 
 /**
  * A count of bytes that may be spent at once (buffers of commands in flight), with a way to

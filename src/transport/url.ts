@@ -1,6 +1,6 @@
-import { DEFAULT_PORT } from './protocol/constants.js';
-import type { Endpoint } from './transport/transport.js';
-import { hasControlCharacters, quotePeerString } from './util/escape.js';
+import { DEFAULT_PORT } from '../protocol/constants.js';
+import type { Endpoint } from './transport.js';
+import { hasControlCharacters, quotePeerString } from '../util/escape.js';
 
 export type Scheme = 'tcp' | 'tls' | 'rdma';
 
