@@ -270,7 +270,7 @@ export class NicMemory {
   private requestBytes = 0;
   private waits = 0;
   private users = 0;
-  destroyed = false;
+  private gone = false;
   private limitBytes = 0;
   private requestAccess = 0;
   /** Set by the table: the memory is gone (its last user left). */
@@ -287,6 +287,11 @@ export class NicMemory {
     private log?: Logger,
   ) {
     if (options) this.adapt(options);
+  }
+
+  /** Destroyed: its registrations and PD are released; what is given back afterwards is dropped. */
+  get destroyed(): boolean {
+    return this.gone;
   }
 
   /** The biggest buffer a request can get (0 before a target's adapt()). */
@@ -580,8 +585,8 @@ export class NicMemory {
 
   /** Deregister every slab and release the PD (once its queue pairs are gone). */
   destroy(): void {
-    if (this.destroyed) return;
-    this.destroyed = true;
+    if (this.gone) return;
+    this.gone = true;
     for (const c of this.classes) {
       for (const w of c.waiters.drain()) {
         w.signal?.removeEventListener('abort', w.onAbort);
