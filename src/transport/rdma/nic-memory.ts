@@ -115,8 +115,11 @@ export class ChunkPool {
   /** Register a slab of `count` chunks (throws when the registration fails). */
   grow(count: number, base: boolean): void {
     const mr = this.memory.register(count * this.size, this.access, this.aligned);
-    const slab = this.slabs.length;
-    this.slabs.push({ mr, count, free: count, base });
+    // A hole left by a deregistered slab is reused (none of its ids is held or free any more):
+    // a process that sets up connections for years keeps as many entries as it has slabs.
+    let slab = this.slabs.indexOf(null);
+    if (slab < 0) slab = this.slabs.length;
+    this.slabs[slab] = { mr, count, free: count, base };
     this.chunks += count;
     for (let i = count - 1; i >= 0; i--) this.free.push(slab * SLAB_STRIDE + i);
   }
@@ -174,6 +177,7 @@ export class ChunkPool {
       for (const id of this.free) if (Math.floor(id / SLAB_STRIDE) !== i) this.free[w++] = id;
       this.free.length = w;
     }
+    while (this.slabs.length > 0 && this.slabs[this.slabs.length - 1] === null) this.slabs.pop();
   }
 
   /** (NicMemory.destroy) Every slab deregistered. */
