@@ -1,6 +1,6 @@
 import type { MemoryRegion, NativeBinding } from './native-binding.js';
 import { RangeAllocator, type Range } from './range-allocator.js';
-import type { NicMemory, SlabRange } from './nic-memory.js';
+import type { NicMemory } from './nic-memory.js';
 import { WaiterQueue } from '../../util/waiter-queue.js';
 
 /** Regions that windows bind to: local access for the NIC, MW_BIND, and no remote access at all. */
@@ -18,17 +18,22 @@ export interface BounceSlice {
 }
 
 /**
- * One connection's bounce memory: one range of its NIC memory's windowed range slabs, taken when
- * the connection is set up, sized from its queue size, from which each command takes one slice
+ * One connection's bounce memory: one registration of its NIC memory (through the NIC's one
+ * registration path, never shared with another connection), made when the connection is set
+ * up, sized from its queue size, from which each command takes one slice
  * for all of its copied bytes. When the arena is short a command waits (first come, first
  * served) instead of registering memory. A command larger than the whole arena is the one
  * exception: it gets a registration of its own, deregistered when it completes (counted in
  * `oversized`).
  */
 export class BounceArena {
+  /**
+   * The arena's own region. Not a range of the NIC's shared range slabs: soft-RoCE checks a
+   * window's accesses against its whole region, not the bound range, so there a live window
+   * into a shared slab would also reach other connections' bounce bytes and allocateBuffer
+   * buffers. A region per connection keeps that reach to this connection's own arena.
+   */
   readonly region: MemoryRegion;
-  /** The arena's range of the NIC memory, given back by destroy(). */
-  private readonly range: SlabRange;
   private readonly allocator: RangeAllocator;
   /** Commands waiting for a slice; at most the connection's queue size (one slice per command). */
   private readonly waiting = new WaiterQueue<{ readonly size: number; readonly ready: (s: BounceSlice) => void }>(Number.POSITIVE_INFINITY);
@@ -43,8 +48,7 @@ export class BounceArena {
     readonly size: number,
     private readonly access: number,
   ) {
-    this.range = memory.takeRange(size, access);
-    this.region = this.range.mr;
+    this.region = memory.register(size, access);
     this.allocator = new RangeAllocator(size);
   }
 
@@ -73,8 +77,7 @@ export class BounceArena {
   private take(size: number): BounceSlice | null {
     const r = this.allocator.allocate(size);
     if (!r) return null;
-    const offset = this.range.offset + r.offset;
-    return { mr: this.region, offset, view: this.region.buffer.subarray(offset, offset + size), range: r };
+    return { mr: this.region, offset: r.offset, view: this.region.buffer.subarray(r.offset, r.offset + size), range: r };
   }
 
   /** Give back a slice from acquire (exactly once). */
@@ -92,13 +95,13 @@ export class BounceArena {
     }
   }
 
-  /** Deregister the oversized registrations and give the range back; waiters are dropped (their connection is gone). */
+  /** Deregister the arena and the oversized registrations; waiters are dropped (their connection is gone). */
   destroy(): void {
     if (this.destroyed) return;
     this.destroyed = true;
     this.waiting.drain();
     for (const mr of this.dedicated) this.memory.deregister(mr);
     this.dedicated.clear();
-    this.memory.giveRange(this.range);
+    this.memory.deregister(this.region);
   }
 }

@@ -254,7 +254,7 @@ interface RangeSlab {
   readonly buffers: Map<number, Range>;
 }
 
-/** A range of a range slab: (mr, offset) for the NIC; give it back with NicMemory.giveRange. */
+/** A range of a range slab: (mr, offset) for the NIC (an allocateBuffer buffer). */
 export interface SlabRange {
   readonly mr: MemoryRegion;
   readonly offset: number;
@@ -491,7 +491,7 @@ export class NicMemory {
    * when none has room. Slabs stay until the memory goes (a buffer freed and allocated again
    * registers nothing).
    */
-  takeRange(size: number, access: number): SlabRange {
+  private takeRange(size: number, access: number): SlabRange {
     if (this.destroyed) throw new Error('RDMA device memory is released');
     for (const slab of this.rangeSlabs) {
       if (slab.access !== access) continue;
@@ -512,7 +512,7 @@ export class NicMemory {
   }
 
   /** A range from takeRange back (exactly once); the memory goes if nobody else uses it. */
-  giveRange(r: SlabRange): void {
+  private giveRange(r: SlabRange): void {
     if (this.destroyed) return;
     r.slab.allocator.release(r.range);
     r.slab.ranges--;
