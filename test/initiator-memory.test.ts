@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { BounceArena, type BounceSlice } from '../src/transport/rdma/initiator-memory.js';
+import { NicMemory } from '../src/transport/rdma/nic-memory.js';
 import { fakePd } from './helpers/fake-pd.js';
 import { RangeAllocator } from '../src/transport/rdma/range-allocator.js';
 
@@ -33,7 +34,7 @@ describe('RangeAllocator', () => {
 describe('BounceArena', () => {
   it('serves waiters first come, first served, registering nothing after setup', () => {
     const pd = fakePd();
-    const arena = new BounceArena(pd, 4096, 0);
+    const arena = new BounceArena(new NicMemory(pd), 4096, 0);
     expect(pd.made).toBe(1);
     const got: string[] = [];
     const held: BounceSlice[] = [];
@@ -50,7 +51,7 @@ describe('BounceArena', () => {
 
   it('gives a command larger than the whole arena a registration of its own, released with it', () => {
     const pd = fakePd();
-    const arena = new BounceArena(pd, 4096, 0);
+    const arena = new BounceArena(new NicMemory(pd), 4096, 0);
     let slice: BounceSlice | null = null;
     arena.acquire(10000, (s) => (slice = s));
     expect(slice!.view.length).toBe(10000);

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import type { CmId, CompletionQueue, MemoryRegion, NativeBinding, ProtectionDomain, QueuePair, SendWr } from '../src/transport/rdma/native-binding.js';
 import { WrOpcode } from '../src/transport/rdma/native-binding.js';
 import { RcConnection, type RcConnectionHandler } from '../src/transport/rdma/rc-connection.js';
+import { NicMemory } from '../src/transport/rdma/nic-memory.js';
 import { MAX_WRS_PER_POST, RdmaWorkError, RECV_WR_FLAG, SendQueue, SendStalledError, WorkRequestStaging, WR_WORDS } from '../src/transport/rdma/send-queue.js';
 
 // The send queue's batching, with a fake QueuePair that records every postSend call (one call
@@ -235,7 +236,7 @@ function fakeConnection(handler: RcConnectionHandler) {
     },
   } as unknown as NativeBinding;
   const cmId = { createQp: () => qp, destroy() {}, destroyQp() {} } as unknown as CmId;
-  const rc = new RcConnection(binding, cmId, { recvDepth: 4, recvSize: 16, sendDepth: 16, sendSize: 16, protectionDomain: { pd, release() {} } }, handler);
+  const rc = new RcConnection(binding, cmId, { recvDepth: 4, recvSize: 16, sendDepth: 16, sendSize: 16, memory: { memory: new NicMemory(pd), release() {} } }, handler);
   return { rc, qp, completions, WORDS, deliver: (n: number) => deliver(n) };
 }
 

@@ -21,7 +21,7 @@ import {
 import { Waitable } from './waitable.mjs';
 import { RdmaTransport } from '../../dist/transport/rdma/rdma-transport.js';
 import { nativeBinding } from '../../dist/transport/rdma/native-binding.js';
-import { parseListenUrl } from '../../dist/url.js';
+import { parseListenUrl } from '../../dist/transport/url.js';
 
 /** Under TCG everything is ~19x slower: generous. */
 const HANG_MS = 60000;

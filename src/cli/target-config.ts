@@ -90,7 +90,7 @@ export const targetConfigSchema = z
     sendTimeoutMs: ms(3_600_000).optional().meta({ description: 'close connections whose completions have not moved for this long, ms (0: never)', default: DEFAULT_LIMITS.sendStallTimeoutMs }),
     targetBufferBytes: z.number().int().min(1).optional().meta({ description: 'bytes of VQ buffers all queues together may hold', default: DEFAULT_LIMITS.targetBufferBytes }),
     queueBufferBytes: z.number().int().min(1).optional().meta({ description: 'bytes of VQ buffers one queue may hold', default: DEFAULT_LIMITS.queueBufferBytes }),
-    rdmaDeviceMemoryBytes: z.number().int().min(1).optional().meta({ description: 'registered bytes of one RDMA device\'s shared pools at most', default: DEFAULT_LIMITS.rdmaDeviceMemoryBytes }),
+    rdmaDeviceMemoryBytes: z.number().int().min(1).optional().meta({ description: 'registered bytes of one RDMA device\'s target request pools at most', default: DEFAULT_LIMITS.rdmaDeviceMemoryBytes }),
     log: z.enum(LOG_LEVELS).optional().meta({ description: 'log level', default: 'info' }),
     quotas: z
       .strictObject({

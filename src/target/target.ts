@@ -89,7 +89,7 @@ export interface PeerLimits {
   readonly queueBufferBytes: number;
   /** Close a connection whose completions have not moved for this long (ms; 0: never). */
   readonly sendStallTimeoutMs: number;
-  /** RDMA: registered bytes of one device's shared data pools at most (requests beyond wait). */
+  /** RDMA: registered bytes of one device's request pools (VQ data buffers) at most (requests beyond wait); connections' rings and slots are not counted here. */
   readonly rdmaDeviceMemoryBytes: number;
   /** Admin HEALTH_TESTs an export's instances may run back to back (then ERR until refilled). */
   readonly healthTestBurst: number;

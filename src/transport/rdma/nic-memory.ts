@@ -1,42 +1,56 @@
 import { allocAligned, DATA_SKEW } from '../../util/aligned-buffer.js';
 import type { Logger } from '../../util/log.js';
 import { WaiterQueue } from '../../util/waiter-queue.js';
+import type { PinnedMemory } from '../pinned-memory.js';
+import { PinnedRegistrations } from './memory-registration-cache.js';
 import type { MemoryRegion, ProtectionDomain } from './native-binding.js';
+import { RangeAllocator, type Range } from './range-allocator.js';
 import type { RegisteredBuffer } from './registered-pool.js';
 
 /**
- * Registered memory of one RDMA device, shared by every target connection of the process on
- * that device (NVMe-oF's and SPDK's shape): one protection domain, and buffers in size classes
- * that requests take and give back. Memory is registered when a queue is set up (reserve()),
- * never on the data path: a request that finds its class empty waits, in FIFO order, for a
- * buffer another request gives back. Total registration is bounded by `limitBytes`; when a
- * queue goes, slabs beyond what the remaining queues reserved are deregistered once all their
- * buffers are back.
+ * Registered memory of one RDMA device (NIC) for the whole process, both ends: one protection
+ * domain, and every registration of pooled memory made through one method (register(), counted
+ * in `registeredBytes`). The memory is carved from registered slabs of one access each, in two
+ * ways:
  *
- * A request takes exactly one buffer, big enough for its device-readable and device-writable
- * bytes together (out_length + in_length). Holding one buffer while waiting for another is what
- * deadlocks pools (reads hold headers and wait for data, writes the reverse); with one buffer
- * per request nobody waits while holding pool memory.
+ * - equal chunks (ChunkPool): the target's request buffers in size classes, and every
+ *   connection's send slots, receive ring and per-slot buffers (RegisteredPool: a reservation of
+ *   N chunks, given back at the connection's teardown);
+ * - ranges (RangeAllocator): the initiator's allocateBuffer buffers and bounce arenas.
+ *
+ * Memory is registered when a queue is set up (reserve(), a connection's pools), by
+ * allocateBuffer, and for the documented oversized fallbacks; never otherwise on the data path.
+ *
+ * The target's request pools (NVMe-oF's and SPDK's shape): a request that finds its class empty
+ * waits, in FIFO order, for a buffer another request gives back. Their registration is bounded
+ * by `limitBytes`; when a queue goes, slabs beyond what the remaining queues reserved are
+ * deregistered once all their buffers are back. A request takes exactly one buffer, big enough
+ * for its device-readable and device-writable bytes together (out_length + in_length). Holding
+ * one buffer while waiting for another is what deadlocks pools (reads hold headers and wait for
+ * data, writes the reverse); with one buffer per request nobody waits while holding pool memory.
  */
 
 /**
  * Sizes of the classes below the largest; the largest is the biggest request (out + in). Each
- * above 512 is a whole number of pages, so that with slabs aligned (see grow()) every buffer's
+ * above 512 is a whole number of pages, so that with slabs aligned (see ChunkPool) every buffer's
  * data starts on a page: a block export opened with direct I/O reads into it straight from disk.
  */
 export const SIZE_CLASSES: readonly number[] = [512, 16 * 1024 + 4096, 128 * 1024 + 4096, 1024 * 1024 + 4096];
 /** What one queue of queue size Q adds to each class: this many bytes, at least 1, at most Q buffers. */
 export const QUEUE_CLASS_BYTES = 8 * 1024 * 1024;
-/** Default for `limitBytes`: registered bytes of one device's pools at most. */
+/** Default for `limitBytes`: registered bytes of one device's request pools at most. */
 export const DEFAULT_NIC_MEMORY_BYTES = 256 * 1024 * 1024;
 const PAGE = 4096;
+/** Smallest range slab: many allocateBuffer buffers and bounce arenas share one registration. */
+const RANGE_SLAB_MIN = 4 * 1024 * 1024;
 
+/** The target's request pools on this NIC. */
 export interface NicMemoryOptions {
   /** The biggest buffer one request may need (out_length + in_length): the top size class. */
   readonly largestBuffer: number;
   /**
-   * Registered bytes of this device's pools at most. The first buffer of each class is always
-   * registered (a request of any size can then always complete), even beyond this limit.
+   * Registered bytes of this device's request pools at most. The first buffer of each class is
+   * always registered (a request of any size can then always complete), even beyond this limit.
    */
   readonly limitBytes: number;
   /** ibv access flags of the pools; target memory is LOCAL_WRITE only (no remote key exists). */
@@ -44,7 +58,10 @@ export interface NicMemoryOptions {
 }
 
 export interface NicMemoryStats {
+  /** Every pooled registration of this NIC: request pools, connections' chunks, range slabs, oversized fallbacks. */
   readonly registeredBytes: number;
+  /** The target's request pools (what `limitBytes` bounds). */
+  readonly requestBytes: number;
   readonly limitBytes: number;
   /** ibv_reg_mr calls in this device's protection domain since it was allocated. */
   readonly registrations: number;
@@ -58,13 +75,118 @@ export interface MemoryReservation {
   release(): void;
 }
 
-interface Slab {
+/** One registration carved into equal chunks. */
+interface ChunkSlab {
   readonly mr: MemoryRegion;
   readonly count: number;
-  /** Buffers of this slab on the free list; a slab all free may go when its class shrinks. */
+  /** Chunks of this slab on the free list; a slab all free may go when its pool shrinks. */
   free: number;
-  /** The class's first buffer, kept while the device memory lives. */
+  /** A size class's first buffer, kept while the NIC memory lives. */
   readonly base: boolean;
+}
+
+/** Chunks per slab index stride: a slab never holds more than this many chunks. */
+const SLAB_STRIDE = 1 << 20;
+
+/**
+ * Equal chunks of one size and access carved from slabs (one registration each), with a free
+ * list of chunk ids (slab index × SLAB_STRIDE + chunk index). `wanted` is what its users asked
+ * for: a slab all free is deregistered while the pool holds more than that. The one chunk
+ * mechanism of the NIC: the target's size classes and the connections' RegisteredPools.
+ */
+export class ChunkPool {
+  /** Indexed by the slab number in chunk ids; a deregistered slab leaves a hole. */
+  readonly slabs: Array<ChunkSlab | null> = [];
+  /** Free chunks; the chunk freed last is taken first. */
+  readonly free: number[] = [];
+  /** Chunks registered. */
+  chunks = 0;
+  /** Chunks the users ask for. */
+  wanted = 0;
+
+  constructor(
+    private readonly memory: NicMemory,
+    readonly size: number,
+    readonly access: number,
+    /** Slabs page-aligned after DATA_SKEW bytes (the target's request buffers: data after a 16-byte header). */
+    private readonly aligned: boolean,
+  ) {}
+
+  /** Register a slab of `count` chunks (throws when the registration fails). */
+  grow(count: number, base: boolean): void {
+    const mr = this.memory.register(count * this.size, this.access, this.aligned);
+    // A hole left by a deregistered slab is reused (none of its ids is held or free any more):
+    // a process that sets up connections for years keeps as many entries as it has slabs.
+    let slab = this.slabs.indexOf(null);
+    if (slab < 0) slab = this.slabs.length;
+    this.slabs[slab] = { mr, count, free: count, base };
+    this.chunks += count;
+    for (let i = count - 1; i >= 0; i--) this.free.push(slab * SLAB_STRIDE + i);
+  }
+
+  /** A free chunk's id, or -1. */
+  take(): number {
+    const id = this.free.pop();
+    if (id === undefined) return -1;
+    this.slabs[Math.floor(id / SLAB_STRIDE)]!.free--;
+    return id;
+  }
+
+  slabOf(id: number): ChunkSlab {
+    return this.slabs[Math.floor(id / SLAB_STRIDE)]!;
+  }
+
+  offsetOf(id: number): number {
+    return (id % SLAB_STRIDE) * this.size;
+  }
+
+  /** A chunk is free again; its slab goes if all of it is free and the pool holds more than wanted. */
+  give(id: number): void {
+    if (this.memory.destroyed) return;
+    this.free.push(id);
+    const slab = this.slabOf(id);
+    if (++slab.free === slab.count && this.chunks > this.wanted) this.trim();
+  }
+
+  /**
+   * `count` chunks held by one user until unreserve() (a connection's pool): registered now when
+   * fewer are free. Their ids are written to `ids`.
+   */
+  reserve(count: number, ids: number[]): void {
+    if (this.free.length < count) this.grow(count - this.free.length, false);
+    this.wanted += count;
+    for (let i = 0; i < count; i++) ids.push(this.take());
+  }
+
+  /** Chunks from reserve() back; slabs all free beyond what others hold are deregistered. */
+  unreserve(ids: readonly number[]): void {
+    this.wanted -= ids.length;
+    for (const id of ids) this.give(id);
+  }
+
+  /** Deregister slabs whose chunks are all free while the pool holds more than it is asked for. */
+  trim(): void {
+    if (this.memory.destroyed) return;
+    for (let i = this.slabs.length - 1; i >= 0 && this.chunks > this.wanted; i--) {
+      const slab = this.slabs[i];
+      if (!slab || slab.base || slab.free !== slab.count || this.chunks - slab.count < this.wanted) continue;
+      this.slabs[i] = null;
+      this.memory.deregister(slab.mr);
+      this.chunks -= slab.count;
+      let w = 0;
+      for (const id of this.free) if (Math.floor(id / SLAB_STRIDE) !== i) this.free[w++] = id;
+      this.free.length = w;
+    }
+    while (this.slabs.length > 0 && this.slabs[this.slabs.length - 1] === null) this.slabs.pop();
+  }
+
+  /** (NicMemory.destroy) Every slab deregistered. */
+  clear(): void {
+    for (const s of this.slabs) s?.mr.deregister();
+    this.slabs.length = 0;
+    this.free.length = 0;
+    this.chunks = 0;
+  }
 }
 
 interface Waiter {
@@ -75,19 +197,19 @@ interface Waiter {
   readonly onAbort: () => void;
 }
 
-/** One size class: equal buffers carved from slabs (one registration each), a free list, a FIFO of waiters. */
+/** One size class of the target's request pools: a chunk pool and a FIFO of waiting requests. */
 class SizeClass {
-  /** Indexed by the slab number in buffer ids; a deregistered slab leaves a hole. */
-  readonly slabs: Array<Slab | null> = [];
-  /** Free buffers as (slab index, buffer index) packed into one number. */
-  readonly free: number[] = [];
   /** Bounded by the requests in flight on the device's queues (each waits for one buffer at most). */
   readonly waiters = new WaiterQueue<Waiter>(Number.POSITIVE_INFINITY);
-  buffers = 0;
-  /** Buffers the live reservations ask for (plus the one every class keeps). */
-  wanted = 1;
 
-  constructor(readonly size: number) {}
+  constructor(readonly pool: ChunkPool) {
+    // Buffers the live reservations ask for, plus the one every class keeps.
+    pool.wanted = 1;
+  }
+
+  get size(): number {
+    return this.pool.size;
+  }
 }
 
 /**
@@ -103,12 +225,11 @@ class PoolBuffer implements RegisteredBuffer {
   constructor(
     private readonly owner: NicMemory,
     readonly cls: SizeClass,
-    readonly slab: Slab,
     readonly id: number,
     private readonly size: number,
   ) {
-    this.mr = slab.mr;
-    this.offset = (id % SLAB_STRIDE) * cls.size;
+    this.mr = cls.pool.slabOf(id).mr;
+    this.offset = cls.pool.offsetOf(id);
   }
 
   get view(): Buffer {
@@ -122,37 +243,110 @@ class PoolBuffer implements RegisteredBuffer {
   }
 }
 
-/** Buffers per slab index stride: a slab never holds more than this many buffers. */
-const SLAB_STRIDE = 1 << 20;
+/** One registration carved into ranges (allocateBuffer buffers, bounce arenas). */
+interface RangeSlab {
+  readonly mr: MemoryRegion;
+  readonly access: number;
+  readonly allocator: RangeAllocator;
+  /** Ranges handed out. */
+  ranges: number;
+  /** allocateBuffer's live buffers by their offset in the slab. */
+  readonly buffers: Map<number, Range>;
+}
+
+/** A range of a range slab: (mr, offset) for the NIC (an allocateBuffer buffer). */
+export interface SlabRange {
+  readonly mr: MemoryRegion;
+  readonly offset: number;
+  readonly range: Range;
+  readonly slab: RangeSlab;
+}
 
 export class NicMemory {
   private readonly classes: SizeClass[] = [];
+  /** The connections' chunk pools, by size and access. */
+  private readonly chunkPools = new Map<string, ChunkPool>();
+  private readonly rangeSlabs: RangeSlab[] = [];
+  private readonly slabByBacking = new Map<ArrayBufferLike, RangeSlab>();
+  /** Each PinnedMemory's registrations in this PD, while a connection carrying it uses the PD. */
+  private readonly pins = new Map<PinnedMemory, { readonly regs: PinnedRegistrations; readonly leave: () => void; connections: number }>();
   private registeredBytes = 0;
+  private requestBytes = 0;
   private waits = 0;
-  private destroyed = false;
-  private limitBytes: number;
+  private users = 0;
+  private gone = false;
+  private limitBytes = 0;
+  private requestAccess = 0;
+  /** Set by the table: the memory is gone (its last user left). */
+  onDestroyed: (() => void) | null = null;
 
+  /**
+   * `options`: the target's request pools (none until a target connection brings them, adapt()).
+   * A memory made here belongs to whoever made it (destroy()); the table's go with their last
+   * user (lease()).
+   */
   constructor(
     readonly pd: ProtectionDomain,
-    private readonly options: NicMemoryOptions,
-    private readonly log?: Logger,
+    options?: NicMemoryOptions,
+    private log?: Logger,
   ) {
-    this.limitBytes = options.limitBytes;
-    this.addClasses(options.largestBuffer);
+    if (options) this.adapt(options);
   }
 
-  /** The biggest buffer a request can get. */
+  /** Destroyed: its registrations and PD are released; what is given back afterwards is dropped. */
+  get destroyed(): boolean {
+    return this.gone;
+  }
+
+  /** The biggest buffer a request can get (0 before a target's adapt()). */
   get largestBuffer(): number {
-    return this.classes[this.classes.length - 1]!.size;
+    return this.classes.length === 0 ? 0 : this.classes[this.classes.length - 1]!.size;
   }
 
   /**
-   * A later user with other needs: a bigger top class, a higher limit. Called at connection
-   * setup (it may register the new class's first buffer).
+   * A target connection's needs for the request pools: a bigger top class, a higher limit.
+   * Called at connection setup (it may register the new classes' first buffers).
    */
-  adapt(options: Pick<NicMemoryOptions, 'largestBuffer' | 'limitBytes'>): void {
+  adapt(options: NicMemoryOptions, log?: Logger): void {
+    this.log ??= log;
     this.limitBytes = Math.max(this.limitBytes, options.limitBytes);
+    if (this.classes.length === 0) this.requestAccess = options.access;
     if (options.largestBuffer > this.largestBuffer) this.addClasses(options.largestBuffer);
+  }
+
+  /** The one registration path of this NIC's pooled memory (counted in `registeredBytes`). */
+  register(bytes: number, access: number, aligned = false): MemoryRegion {
+    // A request's data follows its 16-byte header (DATA_SKEW): aligned slabs put that byte on a page.
+    const mr = this.pd.registerMemory(aligned ? allocAligned(bytes, DATA_SKEW) : Buffer.allocUnsafeSlow(Math.max(bytes, 1)), access);
+    this.registeredBytes += mr.length;
+    return mr;
+  }
+
+  /** A region from register() is done with. */
+  deregister(mr: MemoryRegion): void {
+    if (!this.destroyed) this.registeredBytes -= mr.length;
+    mr.deregister();
+  }
+
+  /** One user's hold (a connection): the memory goes when the last user and the last range are gone. */
+  lease(): NicMemoryLease {
+    this.users++;
+    let released = false;
+    return {
+      memory: this,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.users--;
+        this.releaseIfIdle();
+      },
+    };
+  }
+
+  private releaseIfIdle(): void {
+    if (this.users > 0 || this.destroyed) return;
+    for (const s of this.rangeSlabs) if (s.ranges > 0) return;
+    this.destroy();
   }
 
   private addClasses(largest: number): void {
@@ -160,7 +354,7 @@ export class NicMemory {
     const sizes = [...SIZE_CLASSES.filter((s) => s < top), top];
     for (const size of sizes) {
       if (this.classes.some((c) => c.size === size)) continue;
-      const c = new SizeClass(size);
+      const c = new SizeClass(new ChunkPool(this, size, this.requestAccess, true));
       this.classes.push(c);
       this.classes.sort((a, b) => a.size - b.size);
       // Every class keeps one buffer regardless of the limit: any request can complete.
@@ -169,15 +363,15 @@ export class NicMemory {
   }
 
   /**
-   * A queue of `queueSize` commands starts using this memory: each class grows by
+   * A queue of `queueSize` commands starts using the request pools: each class grows by
    * min(queueSize, QUEUE_CLASS_BYTES / class size) buffers (at least one), within the limit.
    * Registers now, at queue setup, so that the data path never does.
    */
   reserve(queueSize: number): MemoryReservation {
     const shares = this.classes.map((c) => ({ c, n: Math.max(1, Math.min(queueSize, Math.floor(QUEUE_CLASS_BYTES / c.size))) }));
     for (const { c, n } of shares) {
-      c.wanted += n;
-      if (c.buffers < c.wanted) this.grow(c, c.wanted - c.buffers, false);
+      c.pool.wanted += n;
+      if (c.pool.chunks < c.pool.wanted) this.grow(c, c.pool.wanted - c.pool.chunks, false);
     }
     let released = false;
     return {
@@ -186,7 +380,7 @@ export class NicMemory {
         released = true;
         // The classes shrink back to what the remaining queues asked for, as their buffers come back.
         for (const { c, n } of shares) {
-          c.wanted -= n;
+          c.pool.wanted -= n;
           this.trim(c);
         }
       },
@@ -195,24 +389,24 @@ export class NicMemory {
 
   private grow(c: SizeClass, count: number, always: boolean): void {
     if (this.destroyed) return;
-    const affordable = always ? count : Math.min(count, Math.floor((this.limitBytes - this.registeredBytes) / c.size));
+    const affordable = always ? count : Math.min(count, Math.floor((this.limitBytes - this.requestBytes) / c.size));
     if (affordable <= 0) return;
-    let mr: MemoryRegion;
     try {
-      // A request's data follows its 16-byte header (DATA_SKEW): that byte is page-aligned.
-      mr = this.pd.registerMemory(allocAligned(affordable * c.size, DATA_SKEW), this.options.access);
+      c.pool.grow(affordable, always);
     } catch (err) {
       if (always) throw err;
       // Not fatal: requests wait for the buffers that exist (e.g. RLIMIT_MEMLOCK reached).
       this.log?.warn(`RDMA device memory: cannot register ${affordable} more ${c.size}-byte buffers: ${(err as Error).message}`);
       return;
     }
-    const slab = c.slabs.length;
-    c.slabs.push({ mr, count: affordable, free: affordable, base: always });
-    c.buffers += affordable;
-    this.registeredBytes += affordable * c.size;
-    for (let i = affordable - 1; i >= 0; i--) c.free.push(slab * SLAB_STRIDE + i);
-    while (c.waiters.length > 0 && c.free.length > 0) this.serve(c, c.waiters.shift()!);
+    this.requestBytes += affordable * c.size;
+    while (c.waiters.length > 0 && c.pool.free.length > 0) this.serve(c, c.waiters.shift()!);
+  }
+
+  private trim(c: SizeClass): void {
+    const before = c.pool.chunks;
+    c.pool.trim();
+    this.requestBytes -= (before - c.pool.chunks) * c.size;
   }
 
   private classFor(size: number): SizeClass | undefined {
@@ -223,8 +417,8 @@ export class NicMemory {
   /** A buffer now, or null when its class has none free (or others wait before this one). */
   tryAcquire(size: number): RegisteredBuffer | null {
     const c = this.classOrThrow(size);
-    if (c.waiters.length > 0 || c.free.length === 0) return null;
-    return this.take(c, c.free.pop()!, size);
+    if (c.waiters.length > 0 || c.pool.free.length === 0) return null;
+    return new PoolBuffer(this, c, c.pool.take(), size);
   }
 
   /**
@@ -263,30 +457,7 @@ export class NicMemory {
 
   private serve(c: SizeClass, w: Waiter): void {
     w.signal?.removeEventListener('abort', w.onAbort);
-    w.resolve(this.take(c, c.free.pop()!, w.size));
-  }
-
-  /** Deregister slabs whose buffers are all free while the class holds more than it is asked for. */
-  private trim(c: SizeClass): void {
-    if (this.destroyed) return;
-    for (let i = c.slabs.length - 1; i >= 0 && c.buffers > c.wanted; i--) {
-      const slab = c.slabs[i];
-      if (!slab || slab.base || slab.free !== slab.count || c.buffers - slab.count < c.wanted) continue;
-      c.slabs[i] = null;
-      slab.mr.deregister();
-      c.buffers -= slab.count;
-      this.registeredBytes -= slab.count * c.size;
-      const gone = (id: number) => Math.floor(id / SLAB_STRIDE) === i;
-      let w = 0;
-      for (const id of c.free) if (!gone(id)) c.free[w++] = id;
-      c.free.length = w;
-    }
-  }
-
-  private take(c: SizeClass, id: number, size: number): RegisteredBuffer {
-    const slab = c.slabs[Math.floor(id / SLAB_STRIDE)]!;
-    slab.free--;
-    return new PoolBuffer(this, c, slab, id, size);
+    w.resolve(new PoolBuffer(this, c, c.pool.take(), w.size));
   }
 
   /** A PoolBuffer's release(): to the class's first waiter, else back on its free list. */
@@ -296,39 +467,151 @@ export class NicMemory {
     const next = c.waiters.shift();
     if (next) {
       next.signal?.removeEventListener('abort', next.onAbort);
-      b.slab.free++;
-      next.resolve(this.take(c, b.id, next.size));
+      next.resolve(new PoolBuffer(this, c, b.id, next.size));
     } else {
-      c.free.push(b.id);
-      if (++b.slab.free === b.slab.count && c.buffers > c.wanted) this.trim(c);
+      const before = c.pool.chunks;
+      c.pool.give(b.id);
+      this.requestBytes -= (before - c.pool.chunks) * c.size;
     }
+  }
+
+  /** The connections' pool of `size`-byte chunks with `access` (RegisteredPool reserves from it). */
+  chunkPool(size: number, access: number): ChunkPool {
+    const key = `${size}/${access}`;
+    let pool = this.chunkPools.get(key);
+    if (!pool) {
+      pool = new ChunkPool(this, size, access, false);
+      this.chunkPools.set(key, pool);
+    }
+    return pool;
+  }
+
+  /**
+   * `size` bytes of a range slab with `access`; registers a slab (RANGE_SLAB_MIN at least) only
+   * when none has room. Slabs stay until the memory goes (a buffer freed and allocated again
+   * registers nothing).
+   */
+  private takeRange(size: number, access: number): SlabRange {
+    if (this.destroyed) throw new Error('RDMA device memory is released');
+    for (const slab of this.rangeSlabs) {
+      if (slab.access !== access) continue;
+      const r = slab.allocator.allocate(size);
+      if (r) return this.rangeOf(slab, r);
+    }
+    const bytes = Math.max(RANGE_SLAB_MIN, Math.ceil(size / PAGE) * PAGE);
+    const mr = this.register(bytes, access);
+    const slab: RangeSlab = { mr, access, allocator: new RangeAllocator(bytes, PAGE), ranges: 0, buffers: new Map() };
+    this.rangeSlabs.push(slab);
+    this.slabByBacking.set(mr.buffer.buffer, slab);
+    return this.rangeOf(slab, slab.allocator.allocate(size)!);
+  }
+
+  private rangeOf(slab: RangeSlab, r: Range): SlabRange {
+    slab.ranges++;
+    return { mr: slab.mr, offset: r.offset, range: r, slab };
+  }
+
+  /** A range from takeRange back (exactly once); the memory goes if nobody else uses it. */
+  private giveRange(r: SlabRange): void {
+    if (this.destroyed) return;
+    r.slab.allocator.release(r.range);
+    r.slab.ranges--;
+    this.releaseIfIdle();
+  }
+
+  /**
+   * `size` bytes of registered memory for the caller to fill and pass to sendVq: moved with no
+   * copy. Registers a new slab only when no existing one has room (never on the data path).
+   */
+  allocateBuffer(size: number, access: number): Buffer {
+    if (!Number.isSafeInteger(size) || size <= 0) throw new RangeError(`allocateBuffer(${size}): size must be a positive integer`);
+    const r = this.takeRange(size, access);
+    r.slab.buffers.set(r.offset, r.range);
+    return r.mr.buffer.subarray(r.offset, r.offset + size);
+  }
+
+  /** Give back a buffer from allocateBuffer (not a slice of it); using it afterwards is a bug. */
+  freeBuffer(buf: Buffer): void {
+    const slab = this.slabByBacking.get(buf.buffer);
+    const at = buf.byteOffset - (slab?.mr.buffer.byteOffset ?? 0);
+    const range = slab?.buffers.get(at);
+    if (!slab || !range) throw new Error('freeBuffer: not a buffer from allocateBuffer (or freed already)');
+    slab.buffers.delete(at);
+    this.giveRange({ mr: slab.mr, offset: at, range, slab });
+  }
+
+  /**
+   * The region `buf` lies in, when it is (part of) a range slab (an allocateBuffer buffer); its
+   * offset there is `buf.byteOffset - region.buffer.byteOffset`. (No object per call: asked per command.)
+   */
+  regionOf(buf: Buffer): MemoryRegion | null {
+    const slab = this.slabByBacking.get(buf.buffer);
+    if (!slab) return null;
+    const offset = buf.byteOffset - slab.mr.buffer.byteOffset;
+    if (offset < 0 || offset + buf.length > slab.mr.length) return null;
+    return slab.mr;
+  }
+
+  /**
+   * A connection carries `pinned`'s buffers: they are registered in this PD once (the first
+   * such connection), with `access`, for as long as one of them lasts (detachPins).
+   */
+  attachPins(pinned: PinnedMemory, access: number): PinnedRegistrations {
+    let p = this.pins.get(pinned);
+    if (!p) {
+      const regs = new PinnedRegistrations(this.pd, access);
+      p = { regs, leave: pinned.attach(regs), connections: 0 };
+      this.pins.set(pinned, p);
+    }
+    p.connections++;
+    return p.regs;
+  }
+
+  /** Such a connection is gone (with its commands): the last one deregisters the buffers here. */
+  detachPins(pinned: PinnedMemory): void {
+    const p = this.pins.get(pinned);
+    if (!p || --p.connections > 0) return;
+    this.pins.delete(pinned);
+    p.leave();
+    p.regs.clear();
   }
 
   stats(): NicMemoryStats {
     return {
       registeredBytes: this.registeredBytes,
+      requestBytes: this.requestBytes,
       limitBytes: this.limitBytes,
       registrations: this.pd.registrations(),
       waits: this.waits,
-      classes: this.classes.map((c) => ({ size: c.size, buffers: c.buffers, free: c.free.length, waiting: c.waiters.length })),
+      classes: this.classes.map((c) => ({ size: c.size, buffers: c.pool.chunks, free: c.pool.free.length, waiting: c.waiters.length })),
     };
   }
 
   /** Deregister every slab and release the PD (once its queue pairs are gone). */
   destroy(): void {
-    if (this.destroyed) return;
-    this.destroyed = true;
+    if (this.gone) return;
+    this.gone = true;
     for (const c of this.classes) {
       for (const w of c.waiters.drain()) {
         w.signal?.removeEventListener('abort', w.onAbort);
         w.reject(new Error('RDMA device memory is released'));
       }
-      for (const s of c.slabs) s?.mr.deregister();
-      c.slabs.length = 0;
-      c.free.length = 0;
+      c.pool.clear();
     }
+    for (const pool of this.chunkPools.values()) pool.clear();
+    this.chunkPools.clear();
+    for (const s of this.rangeSlabs) s.mr.deregister();
+    this.rangeSlabs.length = 0;
+    this.slabByBacking.clear();
+    for (const p of this.pins.values()) {
+      p.leave();
+      p.regs.clear();
+    }
+    this.pins.clear();
     this.registeredBytes = 0;
+    this.requestBytes = 0;
     this.pd.dealloc();
+    this.onDestroyed?.();
   }
 }
 
@@ -343,56 +626,49 @@ export interface NicMemoryLease {
 }
 
 /**
- * The device memories of one process, by device name: the first connection on a device
- * allocates its PD and base buffers, the last one to go releases them (one owner, one path).
- * rdma_cm opens each device once per process, so a PD made from one CM id's verbs context
- * serves the queue pairs of every CM id on that device.
+ * The NIC memories of one process, by device name, for both ends: the first connection on a
+ * device (target or initiator) allocates its PD, the last user to go (a connection's lease, an
+ * allocateBuffer buffer) releases it (one owner, one path). rdma_cm opens each device once per
+ * process, so a PD made from one CM id's verbs context serves the queue pairs of every CM id on
+ * that device.
  */
 export class NicMemoryTable {
-  private readonly byDevice = new Map<string, { memory: NicMemory; users: number }>();
+  private readonly byDevice = new Map<string, NicMemory>();
 
-  lease(device: string, createPd: () => ProtectionDomain, options: NicMemoryOptions, log?: Logger): NicMemoryLease {
-    let entry = this.byDevice.get(device);
-    if (entry) {
-      entry.memory.adapt(options);
+  /** `options`: a target connection's request pools (an initiator's lease has none). */
+  lease(device: string, createPd: () => ProtectionDomain, options?: NicMemoryOptions, log?: Logger): NicMemoryLease {
+    let memory = this.byDevice.get(device);
+    if (memory) {
+      if (options) memory.adapt(options, log);
     } else {
       const pd = createPd();
-      let memory: NicMemory;
       try {
         memory = new NicMemory(pd, options, log);
       } catch (err) {
         pd.dealloc();
         throw err;
       }
-      entry = { memory, users: 0 };
-      this.byDevice.set(device, entry);
+      const m = memory;
+      m.onDestroyed = () => {
+        if (this.byDevice.get(device) === m) this.byDevice.delete(device);
+      };
+      this.byDevice.set(device, memory);
     }
-    entry.users++;
-    const e = entry;
-    let released = false;
-    return {
-      memory: e.memory,
-      release: () => {
-        if (released) return;
-        released = true;
-        if (--e.users > 0) return;
-        if (this.byDevice.get(device) === e) this.byDevice.delete(device);
-        e.memory.destroy();
-      },
-    };
+    return memory.lease();
   }
 
   /**
    * `device` went away: connections made from now on get a new memory (on the device that may
-   * come back under the same name); the old one goes with its last lease.
+   * come back under the same name); the old one goes with its last user. `memory`: only if it
+   * is still this one (a connection reporting its own device's removal).
    */
-  forget(device: string): void {
-    this.byDevice.delete(device);
+  forget(device: string, memory?: NicMemory): void {
+    if (memory === undefined || this.byDevice.get(device) === memory) this.byDevice.delete(device);
   }
 
   /** The memory of `device` while some connection uses it (tests, `vof bench`). */
   get(device: string): NicMemory | undefined {
-    return this.byDevice.get(device)?.memory;
+    return this.byDevice.get(device);
   }
 
   get devices(): string[] {
@@ -400,5 +676,5 @@ export class NicMemoryTable {
   }
 }
 
-/** The process's table: every RDMA listener of the process shares it. */
+/** The process's table: every RDMA connection of the process, target or initiator, shares it. */
 export const nicMemories = new NicMemoryTable();

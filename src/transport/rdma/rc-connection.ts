@@ -1,6 +1,7 @@
 import { constants } from 'node:os';
 import type { CmId, CompletionQueue, MemoryRegion, NativeBinding, ProtectionDomain, QueuePair, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
+import { NicMemory, type NicMemoryLease } from './nic-memory.js';
 import { RegisteredPool } from './registered-pool.js';
 import { RdmaWorkError, RECV_WR_FLAG, SendQueue, type SendQueueLimits } from './send-queue.js';
 
@@ -8,13 +9,6 @@ import { RdmaWorkError, RECV_WR_FLAG, SendQueue, type SendQueueLimits } from './
 function errnoName(errno: number): string {
   const name = Object.entries(constants.errno).find(([, v]) => v === errno)?.[0];
   return name ?? `errno ${errno}`;
-}
-
-/** A protection domain the connection uses but does not own outright (a device's shared PD). */
-export interface ProtectionDomainLease {
-  readonly pd: ProtectionDomain;
-  /** Called once, by destroy(), after this connection's QP and registrations are gone. */
-  release(): void;
 }
 
 export interface RcConnectionOptions {
@@ -42,8 +36,12 @@ export interface RcConnectionOptions {
    * (a Connect answered with a redirect record) gets its own registration, released after it.
    */
   readonly largestSend?: number;
-  /** The PD to use (and release in destroy()); default: one of its own, allocated on the CM id's device. */
-  readonly protectionDomain?: ProtectionDomainLease;
+  /**
+   * The NIC memory whose PD the QP uses and whose chunks carry the receive ring, the send slots
+   * and createPool()'s pools; release() is called once, by destroy(), after this connection's QP
+   * and chunks are gone. Default: a memory of its own over a PD of its own on the CM id's device.
+   */
+  readonly memory?: NicMemoryLease;
   /** Backlog bound and stall timeout of the send queue (a peer that stops receiving). */
   readonly sendLimits?: Omit<SendQueueLimits, 'onFail'>;
 }
@@ -68,8 +66,8 @@ export interface RcConnectionHandler {
 /**
  * The verbs half of one Virtio-oF queue on RDMA, shared by target and initiator: one RC QP with
  * one CQ, pre-posted receive buffers reposted as soon as their message is handled, and
- * registered slots for outgoing capsules. Owns the CQ, QP, every registration it makes, and its
- * PD or its lease on a shared one; destroy() releases them in the order the verbs require.
+ * registered slots for outgoing capsules. Owns the CQ, QP, its chunks of the NIC memory, and its
+ * lease on that memory (or a memory of its own); destroy() releases them in the order the verbs require.
  *
  * The completion callback is the boundary between native code and JS: nothing thrown below it
  * reaches the addon (which would end the process). A throw breaks this connection only.
@@ -79,8 +77,10 @@ export class RcConnection {
   readonly cq: CompletionQueue;
   readonly qp: QueuePair;
   readonly sendQueue: SendQueue;
-  /** Receive slots [0, initial) live in the first region, the rest (after growReceives) in the second. */
-  private readonly recvRegions: MemoryRegion[] = [];
+  /** The NIC memory everything registered comes from. */
+  readonly memory: NicMemory;
+  /** Receive slots [0, initial) are the first pool's chunks, the rest (after growReceives) the second's. */
+  private readonly recvPools: RegisteredPool[] = [];
   private readonly initialRecvDepth: number;
   private readonly sendSlots: RegisteredPool;
   private readonly extraPools: RegisteredPool[] = [];
@@ -101,7 +101,8 @@ export class RcConnection {
   ) {
     const { recvDepth, recvSize, sendDepth, sendSize } = options;
     this.initialRecvDepth = Math.min(recvDepth, Math.max(1, options.initialRecvDepth ?? recvDepth));
-    this.pd = options.protectionDomain?.pd ?? new binding.ProtectionDomain(cmId);
+    this.memory = options.memory?.memory ?? new NicMemory(new binding.ProtectionDomain(cmId));
+    this.pd = this.memory.pd;
     try {
       this.cq = new binding.CompletionQueue(cmId, recvDepth + sendDepth, (n) => this.onCompletions(n));
       this.qp = cmId.createQp(this.pd, this.cq, {
@@ -114,11 +115,11 @@ export class RcConnection {
       const limits = options.sendLimits ?? {};
       this.sendQueue = new SendQueue(this.qp, sendDepth, binding, { ...limits, onFail: (err) => this.break(err) });
       // Receive buffers are written by the local NIC only: no remote access.
-      this.recvRegions.push(this.pd.registerMemory(Buffer.allocUnsafeSlow(this.initialRecvDepth * recvSize), binding.access.LOCAL_WRITE));
+      this.recvPools.push(new RegisteredPool(this.memory, recvSize, this.initialRecvDepth, binding.access.LOCAL_WRITE));
       // A slot is held from send() until the chain completes, in flight or in the backlog: an
       // owner that bounds the backlog gets one slot per place, so a message of sendSize never
       // needs a registration of its own (the target). Others get one per send queue entry.
-      this.sendSlots = new RegisteredPool(this.pd, sendSize, options.sendSlots ?? sendDepth + (limits.maxBacklog ?? 0), 0);
+      this.sendSlots = new RegisteredPool(this.memory, sendSize, options.sendSlots ?? sendDepth + (limits.maxBacklog ?? 0), 0);
       for (let i = 0; i < this.initialRecvDepth; i++) this.postRecv(i);
     } catch (err) {
       this.destroy();
@@ -130,9 +131,9 @@ export class RcConnection {
     return this.brokenBy !== null;
   }
 
-  /** A pool in this connection's PD, released by destroy(). */
+  /** A pool of this connection's NIC memory, given back by destroy(). */
   createPool(chunkSize: number, chunkCount: number, access: number): RegisteredPool {
-    const pool = new RegisteredPool(this.pd, chunkSize, chunkCount, access);
+    const pool = new RegisteredPool(this.memory, chunkSize, chunkCount, access);
     this.extraPools.push(pool);
     return pool;
   }
@@ -142,25 +143,27 @@ export class RcConnection {
    * calls do nothing). Throws if the registration fails; the caller closes the connection.
    */
   growReceives(): void {
-    if (this.recvRegions.length > 1 || this.destroyed || this.brokenBy) return;
+    if (this.recvPools.length > 1 || this.destroyed || this.brokenBy) return;
     const more = this.options.recvDepth - this.initialRecvDepth;
     if (more <= 0) return;
-    this.recvRegions.push(this.pd.registerMemory(Buffer.allocUnsafeSlow(more * this.options.recvSize), this.binding.access.LOCAL_WRITE));
+    this.recvPools.push(new RegisteredPool(this.memory, this.options.recvSize, more, this.binding.access.LOCAL_WRITE));
     for (let i = this.initialRecvDepth; i < this.options.recvDepth; i++) this.postRecv(i);
   }
 
   /** The region and offset of a receive slot. */
   private recvSlot(slot: number): { region: MemoryRegion; offset: number } {
     const first = slot < this.initialRecvDepth;
-    return { region: this.recvRegions[first ? 0 : 1]!, offset: (first ? slot : slot - this.initialRecvDepth) * this.options.recvSize };
+    const pool = this.recvPools[first ? 0 : 1]!;
+    const i = first ? slot : slot - this.initialRecvDepth;
+    return { region: pool.regionOf(i), offset: pool.offsetOf(i) };
   }
 
   private postRecv(slot: number): void {
     // As recvSlot(), without an object per repost.
     const first = slot < this.initialRecvDepth;
-    const region = this.recvRegions[first ? 0 : 1]!;
-    const offset = (first ? slot : slot - this.initialRecvDepth) * this.options.recvSize;
-    this.qp.postRecv(RECV_WR_FLAG | slot, region, offset, this.options.recvSize);
+    const pool = this.recvPools[first ? 0 : 1]!;
+    const i = first ? slot : slot - this.initialRecvDepth;
+    this.qp.postRecv(RECV_WR_FLAG | slot, pool.regionOf(i), pool.offsetOf(i), this.options.recvSize);
   }
 
   private onCompletions(count: number): void {
@@ -247,7 +250,7 @@ export class RcConnection {
 
   /**
    * Release every verbs object in the order the verbs require (QP, CQ and its channel, the
-   * registrations, the PD or its lease), the CM id last: the last CM id on a removed RDMA device
+   * NIC memory's chunks, the PD or its lease), the CM id last: the last CM id on a removed RDMA device
    * is what lets librdmacm close that device's verbs context (native-binding syncDevices), and
    * nothing of ours may be left on a closed context. An owner with registrations of its own in
    * the PD calls releaseVerbs(), releases those, then destroy().
@@ -266,8 +269,8 @@ export class RcConnection {
     this.cq?.destroy();
     for (const p of this.extraPools) p.destroy();
     this.sendSlots?.destroy();
-    for (const r of this.recvRegions) r.deregister();
-    if (this.options.protectionDomain) this.options.protectionDomain.release();
-    else this.pd.dealloc();
+    for (const p of this.recvPools) p.destroy();
+    if (this.options.memory) this.options.memory.release();
+    else this.memory.destroy();
   }
 }

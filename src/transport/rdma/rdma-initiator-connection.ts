@@ -11,7 +11,8 @@ import { MemoryRegistrationCache, type PinEntry, type PinnedRegistrations } from
 import type { PinnedMemory } from '../pinned-memory.js';
 import type { CmEvent, CmId, EventChannel, MemoryRegion, MemoryWindow, NativeBinding, SendWr } from './native-binding.js';
 import { WrOpcode } from './native-binding.js';
-import { BounceArena, InitiatorNicMemory, windowedAccess, type BounceSlice } from './initiator-memory.js';
+import { BounceArena, windowedAccess, type BounceSlice } from './initiator-memory.js';
+import { nicMemories, type NicMemory, type NicMemoryLease } from './nic-memory.js';
 import { RcConnection } from './rc-connection.js';
 import type { RegisteredBuffer, RegisteredPool } from './registered-pool.js';
 import type { SendChain } from './send-queue.js';
@@ -168,7 +169,11 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
   maxKeyedDescriptors = 1;
   private handler: InitiatorConnectionHandler | null = null;
   private readonly rc: RcConnection;
-  readonly memory: InitiatorNicMemory;
+  /** The process's memory of this connection's NIC (shared with every connection on it, both ends). */
+  readonly memory: NicMemory;
+  private readonly memoryLease: NicMemoryLease;
+  /** The NIC's name (the memory table's key), read once: a removed device may no longer say it. */
+  private readonly nic: string;
   private readonly arena: BounceArena | null;
   private readonly registrations: MemoryRegistrationCache | null;
   /** The owner's pinned buffers and their registrations in this connection's PD. */
@@ -198,17 +203,18 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     const sendDepth = Math.min(wanted, cmId.maxReadDepth().maxQpWr);
     this.inlineDataBytes = options.inlineData?.bytes ?? 0;
     const sendSize = Math.max(COMMAND_SIZE + CONNECT_BODY_SIZE, options.inlineData ? inlineRequestMessageSize(options.inlineData.maxDescriptors, options.inlineData.bytes) : 0);
-    this.memory = InitiatorNicMemory.of(binding, cmId);
-    this.memory.attach();
+    this.nic = cmId.deviceName() ?? '?';
+    this.memoryLease = nicMemories.lease(this.nic, () => new binding.ProtectionDomain(cmId));
+    this.memory = this.memoryLease.memory;
     try {
       this.rc = new RcConnection(
         binding,
         cmId,
-        { recvDepth: queueSize + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth, sendSize, sendSlots: controlQueue ? undefined : NON_VQ_SEND_SLOTS, protectionDomain: { pd: this.memory.pd, release: () => {} } }, // the PD is the connection memory's: it deallocates it after the QP is gone
+        { recvDepth: queueSize + 64, recvSize: controlQueue ? CONTROL_RECV_SIZE : RECV_SIZE, sendDepth, sendSize, sendSlots: controlQueue ? undefined : NON_VQ_SEND_SLOTS, memory: { memory: this.memory, release: () => {} } }, // the lease is released by teardown, after the arena and pins
         { onMessage: (m, invalidated) => this.onMessage(m, invalidated), onBroken: (err) => this.teardown(err) },
       );
     } catch (err) {
-      this.memory.detach();
+      this.memoryLease.release();
       throw err;
     }
     this.slots = [];
@@ -222,10 +228,10 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     for (let i = 0; i < queueSize; i++) this.slots.push(new CommandSlot(this));
     const bounceBytes = options.keyedMemory?.bounceBytes ?? Math.min(BOUNCE_MAX, Math.max(BOUNCE_MIN, queueSize * BOUNCE_PER_SLOT));
     try {
-      this.arena = new BounceArena(this.memory.pd, bounceBytes, windowedAccess(binding));
+      this.arena = new BounceArena(this.memory, bounceBytes, windowedAccess(binding));
     } catch (err) {
       this.rc.destroy();
-      this.memory.detach();
+      this.memoryLease.release();
       throw err;
     }
     this.registrations = options.keyedMemory?.registrationCache ? new MemoryRegistrationCache(this.memory.pd, 64) : null;
@@ -235,7 +241,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     this.smallBounce = this.rc.createPool(SLOT_BOUNCE, queueSize, windowedAccess(binding));
     // Last: nothing after it can fail, so teardown is the one place that detaches them.
     this.pinnedMemory = options.pinnedMemory ?? null;
-    this.pins = this.pinnedMemory ? this.memory.attachPins(this.pinnedMemory) : null;
+    this.pins = this.pinnedMemory ? this.memory.attachPins(this.pinnedMemory, windowedAccess(binding)) : null;
   }
 
   private readonly smallBounce: RegisteredPool | null = null;
@@ -253,7 +259,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
       if (ev.type === 'DEVICE_REMOVAL') {
         // Before the teardown destroys the id (which the device's release waits for).
         followDeviceRemoval(binding, deviceOf(cmId));
-        conn?.memory.forget();
+        if (conn) nicMemories.forget(conn.nic, conn.memory);
       }
       if (conn && conn.established) return conn.onCmEvent(ev);
       events.push(ev);
@@ -679,7 +685,7 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
 
   /** allocateBuffer: registered memory (of this RDMA device) that sendVq moves with no copy. */
   allocateBuffer(size: number): Buffer {
-    return this.memory.allocateBuffer(size);
+    return this.memory.allocateBuffer(size, windowedAccess(this.binding));
   }
 
   freeBuffer(buffer: Buffer): void {
@@ -738,10 +744,10 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     // Every slot released its pins above (clearSlot): the last connection of this PD deregisters them.
     if (this.pinnedMemory) this.memory.detachPins(this.pinnedMemory);
     // Every verbs object before the CM id: the last CM id on a removed device lets librdmacm
-    // close its verbs context, and the shared PD (memory.detach) must be gone by then.
+    // close its verbs context, and the shared PD (the lease's last release) must be gone by then.
     this.rc.releaseVerbs();
     this.arena?.destroy();
-    this.memory.detach();
+    this.memoryLease.release();
     this.cmId.destroy();
     this.channel.close();
     const h = this.handler;

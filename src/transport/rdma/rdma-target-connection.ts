@@ -517,7 +517,7 @@ export class RdmaTargetConnection implements TargetConnection {
           sendDepth: options.sendDepth,
           sendSize: COMMAND_SIZE,
           largestSend: COMPLETION_SIZE + REDIRECT_RECORD_SIZE,
-          protectionDomain: { pd: this.memory.pd, release: () => this.memoryLease.release() },
+          memory: this.memoryLease,
           sendLimits: { maxBacklog: options.maxSendBacklog, stallTimeoutMs: options.sendStallTimeoutMs },
         },
         { onMessage: (m, _invalidated, slot) => this.onMessage(m, slot), onBroken: (err) => this.onBroken(err) },
