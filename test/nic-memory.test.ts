@@ -116,6 +116,27 @@ describe('connection pools: reservations of the NIC chunk pool', () => {
   });
 });
 
+describe('windowed connection pools never share a region (soft-RoCE checks windows against whole regions)', () => {
+  it('each windowed pool is a registration of its own, also after others came and went', () => {
+    const pd = fakePd();
+    const mem = new NicMemory(pd);
+    const regionsOf = (p: RegisteredPool) => new Set(Array.from({ length: p.chunkCount }, (_, i) => p.regionOf(i)));
+    const a = new RegisteredPool(mem, 256, 8, WINDOWED);
+    const b = new RegisteredPool(mem, 256, 8, WINDOWED);
+    a.destroy();
+    const c = new RegisteredPool(mem, 256, 8, WINDOWED);
+    const d = new RegisteredPool(mem, 256, 4, WINDOWED);
+    for (const [x, y] of [[b, c], [b, d], [c, d]] as const) {
+      for (const r of regionsOf(x)) expect(regionsOf(y).has(r)).toBe(false);
+    }
+    for (const p of [b, c, d]) expect(regionsOf(p).size).toBe(1);
+    b.destroy();
+    c.destroy();
+    d.destroy();
+    expect(pd.live).toBe(0);
+  });
+});
+
 describe('one registration count for every kind of pooled memory', () => {
   it('request pools, connection chunks, range slabs and oversized fallbacks all count in registeredBytes; limitBytes bounds the request pools only', () => {
     const { pd, liveBytes } = countingPd();
