@@ -237,8 +237,16 @@ export class RdmaInitiatorConnection implements InitiatorConnection {
     this.registrations = options.keyedMemory?.registrationCache ? new MemoryRegistrationCache(this.memory.pd, 64) : null;
     // One SEND buffer per slot, registered once with the rest of the connection's memory.
     this.sendSize = sendSize;
-    this.messages = this.rc.createPool(sendSize, queueSize, 0);
-    this.smallBounce = this.rc.createPool(SLOT_BOUNCE, queueSize, windowedAccess(binding));
+    try {
+      this.messages = this.rc.createPool(sendSize, queueSize, 0);
+      this.smallBounce = this.rc.createPool(SLOT_BOUNCE, queueSize, windowedAccess(binding));
+    } catch (err) {
+      // As for the arena above: what was set up goes, the pools with the connection's verbs.
+      this.arena.destroy();
+      this.rc.destroy();
+      this.memoryLease.release();
+      throw err;
+    }
     // Last: nothing after it can fail, so teardown is the one place that detaches them.
     this.pinnedMemory = options.pinnedMemory ?? null;
     this.pins = this.pinnedMemory ? this.memory.attachPins(this.pinnedMemory, windowedAccess(binding)) : null;
