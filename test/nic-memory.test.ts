@@ -200,15 +200,21 @@ describe('range slabs (allocateBuffer) and bounce arenas', () => {
   });
 });
 
+/** A NIC memory table whose PDs are counting fakes, kept in `pds` in the order they were made. */
+function tableWithCountingPds() {
+  const table = new NicMemoryTable();
+  const pds: Array<ReturnType<typeof countingPd>> = [];
+  const make = () => {
+    const p = countingPd();
+    pds.push(p);
+    return p.pd;
+  };
+  return { table, pds, make };
+}
+
 describe('the table: one memory and one PD per NIC for both ends', () => {
   it('an initiator and a target on one NIC share one PD; it goes with the last lease and the last allocateBuffer buffer', () => {
-    const table = new NicMemoryTable();
-    const pds: Array<ReturnType<typeof countingPd>> = [];
-    const make = () => {
-      const p = countingPd();
-      pds.push(p);
-      return p.pd;
-    };
+    const { table, pds, make } = tableWithCountingPds();
     const initiator = table.lease('rxe0', make); // no request pools
     expect(initiator.memory.largestBuffer).toBe(0);
     expect(initiator.memory.stats().classes).toEqual([]);
@@ -228,13 +234,7 @@ describe('the table: one memory and one PD per NIC for both ends', () => {
   });
 
   it('forget: new connections get a new memory; the old one goes with its last user, and leaves the new one in place', () => {
-    const table = new NicMemoryTable();
-    const pds: Array<ReturnType<typeof countingPd>> = [];
-    const make = () => {
-      const p = countingPd();
-      pds.push(p);
-      return p.pd;
-    };
+    const { table, pds, make } = tableWithCountingPds();
     const old = table.lease('rxe0', make);
     table.forget('rxe0', old.memory);
     const fresh = table.lease('rxe0', make, target);

@@ -5,16 +5,10 @@ import { blockRun, machineBusySeconds, processCpuSeconds, round } from './cpu.js
 import { addTotals, parsePerfCount, perIoCost, SideWindow, syscallCountingUnavailable, unmeasured, type SideTotals } from './per-io.js';
 import type { ProgressLine } from './progress-line.js';
 import { run, waitFor } from './tools.js';
-import type { BenchRun, Environment, Workload } from './types.js';
+import type { BenchRun, MeasuredRun, Workload } from './types.js';
 import { workloadLabel } from './workloads.js';
 
-export interface FioOptions {
-  readonly system: string;
-  readonly round: number;
-  readonly environment: Environment;
-  readonly workload: Workload;
-  readonly rampSec: number;
-  readonly timeSec: number;
+export interface FioOptions extends MeasuredRun {
   readonly sizeBytes: number;
   /** Engine arguments: e.g. ['--ioengine=nbd', '--uri=nbd://…'] or ['--ioengine=libaio', '--direct=1', '--filename=/dev/nvme0n1']. */
   readonly engine: readonly string[];

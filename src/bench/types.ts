@@ -15,6 +15,16 @@ export interface Workload {
 /** Where a run happened: on this host, or inside the soft-RoCE QEMU VM (TCG, ~19x slower). */
 export type Environment = 'host' | 'vm';
 
+/** What every measured run is: which system, in which round and environment, for how long. */
+export interface MeasuredRun {
+  readonly system: string;
+  readonly round: number;
+  readonly environment: Environment;
+  readonly workload: Workload;
+  readonly rampSec: number;
+  readonly timeSec: number;
+}
+
 export interface CpuCost {
   /** CPU seconds (user + system) spent by the initiator side during the measurement; null if unknown. */
   readonly initiatorSec: number | null;

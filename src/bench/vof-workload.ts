@@ -2,18 +2,12 @@ import { createHistogram, performance } from 'node:perf_hooks';
 import type { BlockDevice } from '../initiator/blk/block-device.js';
 import { blockRun, processCpuSeconds, round, selfCpuSeconds } from './cpu.js';
 import type { ProgressLine } from './progress-line.js';
-import type { BenchRun, Environment, Workload } from './types.js';
+import type { BenchRun, MeasuredRun } from './types.js';
 import { workloadLabel } from './workloads.js';
 import { HeapWindow, perIoCost, SideWindow, unmeasured } from './per-io.js';
 import { ResourceProbe } from './resource-probe.js';
 
-export interface VofWorkloadOptions {
-  readonly system: string;
-  readonly round: number;
-  readonly environment: Environment;
-  readonly workload: Workload;
-  readonly rampSec: number;
-  readonly timeSec: number;
+export interface VofWorkloadOptions extends MeasuredRun {
   /** Bytes of the disk the offsets spread over (at most its capacity). */
   readonly spanBytes: number;
   /** The target's process id when the bench started it (its CPU is measured), else null. */
