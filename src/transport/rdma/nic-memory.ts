@@ -16,7 +16,8 @@ import type { RegisteredBuffer } from './registered-pool.js';
  * - equal chunks (ChunkPool): the target's request buffers in size classes, and every
  *   connection's send slots, receive ring and per-slot buffers (RegisteredPool: a reservation of
  *   N chunks, given back at the connection's teardown);
- * - ranges (RangeAllocator): the initiator's allocateBuffer buffers and bounce arenas.
+ * - ranges (RangeAllocator): the initiator's allocateBuffer buffers. (A bounce arena is a
+ *   region of its own per connection, registered through register(): see BounceArena.)
  *
  * Memory is registered when a queue is set up (reserve(), a connection's pools), by
  * allocateBuffer, and for the documented oversized fallbacks; never otherwise on the data path.
@@ -41,7 +42,7 @@ export const QUEUE_CLASS_BYTES = 8 * 1024 * 1024;
 /** Default for `limitBytes`: registered bytes of one device's request pools at most. */
 export const DEFAULT_NIC_MEMORY_BYTES = 256 * 1024 * 1024;
 const PAGE = 4096;
-/** Smallest range slab: many allocateBuffer buffers and bounce arenas share one registration. */
+/** Smallest range slab: many allocateBuffer buffers share one registration. */
 const RANGE_SLAB_MIN = 4 * 1024 * 1024;
 
 /** The target's request pools on this NIC. */
@@ -243,23 +244,13 @@ class PoolBuffer implements RegisteredBuffer {
   }
 }
 
-/** One registration carved into ranges (allocateBuffer buffers, bounce arenas). */
+/** One registration carved into ranges: allocateBuffer's buffers. */
 interface RangeSlab {
   readonly mr: MemoryRegion;
   readonly access: number;
   readonly allocator: RangeAllocator;
-  /** Ranges handed out. */
-  ranges: number;
-  /** allocateBuffer's live buffers by their offset in the slab. */
+  /** The live buffers by their offset in the slab. */
   readonly buffers: Map<number, Range>;
-}
-
-/** A range of a range slab: (mr, offset) for the NIC (an allocateBuffer buffer). */
-export interface SlabRange {
-  readonly mr: MemoryRegion;
-  readonly offset: number;
-  readonly range: Range;
-  readonly slab: RangeSlab;
 }
 
 export class NicMemory {
@@ -271,7 +262,6 @@ export class NicMemory {
   /** Each PinnedMemory's registrations in this PD, while a connection carrying it uses the PD. */
   private readonly pins = new Map<PinnedMemory, { readonly regs: PinnedRegistrations; readonly leave: () => void; connections: number }>();
   private registeredBytes = 0;
-  private requestBytes = 0;
   private waits = 0;
   private users = 0;
   private gone = false;
@@ -296,6 +286,13 @@ export class NicMemory {
   /** Destroyed: its registrations and PD are released; what is given back afterwards is dropped. */
   get destroyed(): boolean {
     return this.gone;
+  }
+
+  /** Bytes of the target's request pools registered now (what `limitBytes` bounds). */
+  private get requestBytes(): number {
+    let bytes = 0;
+    for (const c of this.classes) bytes += c.pool.chunks * c.size;
+    return bytes;
   }
 
   /** The biggest buffer a request can get (0 before a target's adapt()). */
@@ -345,7 +342,7 @@ export class NicMemory {
 
   private releaseIfIdle(): void {
     if (this.users > 0 || this.destroyed) return;
-    for (const s of this.rangeSlabs) if (s.ranges > 0) return;
+    for (const s of this.rangeSlabs) if (s.buffers.size > 0) return;
     this.destroy();
   }
 
@@ -381,7 +378,7 @@ export class NicMemory {
         // The classes shrink back to what the remaining queues asked for, as their buffers come back.
         for (const { c, n } of shares) {
           c.pool.wanted -= n;
-          this.trim(c);
+          c.pool.trim();
         }
       },
     };
@@ -399,14 +396,7 @@ export class NicMemory {
       this.log?.warn(`RDMA device memory: cannot register ${affordable} more ${c.size}-byte buffers: ${(err as Error).message}`);
       return;
     }
-    this.requestBytes += affordable * c.size;
     while (c.waiters.length > 0 && c.pool.free.length > 0) this.serve(c, c.waiters.shift()!);
-  }
-
-  private trim(c: SizeClass): void {
-    const before = c.pool.chunks;
-    c.pool.trim();
-    this.requestBytes -= (before - c.pool.chunks) * c.size;
   }
 
   private classFor(size: number): SizeClass | undefined {
@@ -469,9 +459,7 @@ export class NicMemory {
       next.signal?.removeEventListener('abort', next.onAbort);
       next.resolve(new PoolBuffer(this, c, b.id, next.size));
     } else {
-      const before = c.pool.chunks;
       c.pool.give(b.id);
-      this.requestBytes -= (before - c.pool.chunks) * c.size;
     }
   }
 
@@ -487,47 +475,34 @@ export class NicMemory {
   }
 
   /**
-   * `size` bytes of a range slab with `access`; registers a slab (RANGE_SLAB_MIN at least) only
-   * when none has room. Slabs stay until the memory goes (a buffer freed and allocated again
-   * registers nothing).
-   */
-  private takeRange(size: number, access: number): SlabRange {
-    if (this.destroyed) throw new Error('RDMA device memory is released');
-    for (const slab of this.rangeSlabs) {
-      if (slab.access !== access) continue;
-      const r = slab.allocator.allocate(size);
-      if (r) return this.rangeOf(slab, r);
-    }
-    const bytes = Math.max(RANGE_SLAB_MIN, Math.ceil(size / PAGE) * PAGE);
-    const mr = this.register(bytes, access);
-    const slab: RangeSlab = { mr, access, allocator: new RangeAllocator(bytes, PAGE), ranges: 0, buffers: new Map() };
-    this.rangeSlabs.push(slab);
-    this.slabByBacking.set(mr.buffer.buffer, slab);
-    return this.rangeOf(slab, slab.allocator.allocate(size)!);
-  }
-
-  private rangeOf(slab: RangeSlab, r: Range): SlabRange {
-    slab.ranges++;
-    return { mr: slab.mr, offset: r.offset, range: r, slab };
-  }
-
-  /** A range from takeRange back (exactly once); the memory goes if nobody else uses it. */
-  private giveRange(r: SlabRange): void {
-    if (this.destroyed) return;
-    r.slab.allocator.release(r.range);
-    r.slab.ranges--;
-    this.releaseIfIdle();
-  }
-
-  /**
    * `size` bytes of registered memory for the caller to fill and pass to sendVq: moved with no
-   * copy. Registers a new slab only when no existing one has room (never on the data path).
+   * copy. A range of a slab with `access`; a slab (RANGE_SLAB_MIN at least) is registered only
+   * when none has room, never on the data path, and slabs stay until the memory goes (a buffer
+   * freed and allocated again registers nothing).
    */
   allocateBuffer(size: number, access: number): Buffer {
     if (!Number.isSafeInteger(size) || size <= 0) throw new RangeError(`allocateBuffer(${size}): size must be a positive integer`);
-    const r = this.takeRange(size, access);
-    r.slab.buffers.set(r.offset, r.range);
-    return r.mr.buffer.subarray(r.offset, r.offset + size);
+    if (this.destroyed) throw new Error('RDMA device memory is released');
+    let slab: RangeSlab | undefined;
+    let r: Range | null = null;
+    for (const s of this.rangeSlabs) {
+      if (s.access !== access) continue;
+      r = s.allocator.allocate(size);
+      if (r) {
+        slab = s;
+        break;
+      }
+    }
+    if (!slab || !r) {
+      const bytes = Math.max(RANGE_SLAB_MIN, Math.ceil(size / PAGE) * PAGE);
+      const mr = this.register(bytes, access);
+      slab = { mr, access, allocator: new RangeAllocator(bytes, PAGE), buffers: new Map() };
+      this.rangeSlabs.push(slab);
+      this.slabByBacking.set(mr.buffer.buffer, slab);
+      r = slab.allocator.allocate(size)!;
+    }
+    slab.buffers.set(r.offset, r);
+    return slab.mr.buffer.subarray(r.offset, r.offset + size);
   }
 
   /** Give back a buffer from allocateBuffer (not a slice of it); using it afterwards is a bug. */
@@ -537,7 +512,10 @@ export class NicMemory {
     const range = slab?.buffers.get(at);
     if (!slab || !range) throw new Error('freeBuffer: not a buffer from allocateBuffer (or freed already)');
     slab.buffers.delete(at);
-    this.giveRange({ mr: slab.mr, offset: at, range, slab });
+    if (this.destroyed) return;
+    slab.allocator.release(range);
+    // The memory goes if nobody else uses it.
+    this.releaseIfIdle();
   }
 
   /**
@@ -609,7 +587,6 @@ export class NicMemory {
     }
     this.pins.clear();
     this.registeredBytes = 0;
-    this.requestBytes = 0;
     this.pd.dealloc();
     this.onDestroyed?.();
   }
