@@ -81,6 +81,9 @@ export class RcConnection {
   readonly memory: NicMemory;
   /** Receive slots [0, initial) are the first pool's chunks, the rest (after growReceives) the second's. */
   private readonly recvPools: RegisteredPool[] = [];
+  /** Each receive slot's region and offset (its pool's chunk), by slot number. */
+  private readonly recvRegions: MemoryRegion[] = [];
+  private readonly recvOffsets: number[] = [];
   private readonly initialRecvDepth: number;
   private readonly sendSlots: RegisteredPool;
   private readonly extraPools: RegisteredPool[] = [];
@@ -99,7 +102,7 @@ export class RcConnection {
     private readonly options: RcConnectionOptions,
     private readonly handler: RcConnectionHandler,
   ) {
-    const { recvDepth, recvSize, sendDepth, sendSize } = options;
+    const { recvDepth, sendDepth, sendSize } = options;
     this.initialRecvDepth = Math.min(recvDepth, Math.max(1, options.initialRecvDepth ?? recvDepth));
     this.memory = options.memory?.memory ?? new NicMemory(new binding.ProtectionDomain(cmId));
     this.pd = this.memory.pd;
@@ -114,8 +117,7 @@ export class RcConnection {
       });
       const limits = options.sendLimits ?? {};
       this.sendQueue = new SendQueue(this.qp, sendDepth, binding, { ...limits, onFail: (err) => this.break(err) });
-      // Receive buffers are written by the local NIC only: no remote access.
-      this.recvPools.push(new RegisteredPool(this.memory, recvSize, this.initialRecvDepth, binding.access.LOCAL_WRITE));
+      this.addReceives(this.initialRecvDepth);
       // A slot is held from send() until the chain completes, in flight or in the backlog: an
       // owner that bounds the backlog gets one slot per place, so a message of sendSize never
       // needs a registration of its own (the target). Others get one per send queue entry.
@@ -146,24 +148,26 @@ export class RcConnection {
     if (this.recvPools.length > 1 || this.destroyed || this.brokenBy) return;
     const more = this.options.recvDepth - this.initialRecvDepth;
     if (more <= 0) return;
-    this.recvPools.push(new RegisteredPool(this.memory, this.options.recvSize, more, this.binding.access.LOCAL_WRITE));
+    this.addReceives(more);
     for (let i = this.initialRecvDepth; i < this.options.recvDepth; i++) this.postRecv(i);
   }
 
-  /** The region and offset of a receive slot. */
-  private recvSlot(slot: number): { region: MemoryRegion; offset: number } {
-    const first = slot < this.initialRecvDepth;
-    const pool = this.recvPools[first ? 0 : 1]!;
-    const i = first ? slot : slot - this.initialRecvDepth;
-    return { region: pool.regionOf(i), offset: pool.offsetOf(i) };
+  /**
+   * `count` more receive buffers, one pool of them (registered now), numbered after the ones
+   * there are; each slot's region and offset are noted once, for every post of it.
+   */
+  private addReceives(count: number): void {
+    // Receive buffers are written by the local NIC only: no remote access.
+    const pool = new RegisteredPool(this.memory, this.options.recvSize, count, this.binding.access.LOCAL_WRITE);
+    this.recvPools.push(pool);
+    for (let i = 0; i < count; i++) {
+      this.recvRegions.push(pool.regionOf(i));
+      this.recvOffsets.push(pool.offsetOf(i));
+    }
   }
 
   private postRecv(slot: number): void {
-    // As recvSlot(), without an object per repost.
-    const first = slot < this.initialRecvDepth;
-    const pool = this.recvPools[first ? 0 : 1]!;
-    const i = first ? slot : slot - this.initialRecvDepth;
-    this.qp.postRecv(RECV_WR_FLAG | slot, pool.regionOf(i), pool.offsetOf(i), this.options.recvSize);
+    this.qp.postRecv(RECV_WR_FLAG | slot, this.recvRegions[slot]!, this.recvOffsets[slot]!, this.options.recvSize);
   }
 
   private onCompletions(count: number): void {
@@ -202,8 +206,8 @@ export class RcConnection {
     if (this.brokenBy) return;
     let view = this.recvViews[slot];
     if (view === undefined || view.length !== byteLen) {
-      const { region, offset } = this.recvSlot(slot);
-      view = region.buffer.subarray(offset, offset + byteLen);
+      const offset = this.recvOffsets[slot]!;
+      view = this.recvRegions[slot]!.buffer.subarray(offset, offset + byteLen);
       this.recvViews[slot] = view;
     }
     if (this.handler.onMessage(view, invalidatedKey, slot) === HOLD_RECEIVE) return;
