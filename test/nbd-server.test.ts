@@ -377,13 +377,18 @@ describe('NbdServer over any NbdBlockDevice', () => {
     expect((await good.call(NbdCommand.WRITE, 4096, 4096, 0, Buffer.alloc(4096, 0x21))).error).toBe(0);
     const r = await good.call(NbdCommand.READ, 0, 8192);
     expect(r.data!.equals(Buffer.concat([Buffer.alloc(4096, 0x6b), Buffer.alloc(4096, 0x21)]))).toBe(true);
+    // The good client's I/O needed only the first stalled client's drop. The others are dropped
+    // in turn, each once its own replies have sat unread for the send timeout; resumed before
+    // that, a client would read them and rightly stay. So: wait (bounded) until the bridge has
+    // dropped all four while they still read nothing, then see each one's end.
+    await waitFor('the bridge to drop the four stalled clients', () => server!.connectionCount === 1, 15000, 100);
     for (const c of stalled) {
       c.socket.resume(); // to see the end the bridge gave them
       expect(await c.closedByServer()).toBe(true);
     }
     await waitFor('the budget to be all given back', () => server!.memory.used === 0, 4000, 100);
     expect(server!.memory.used).toBe(0);
-  });
+  }, 60_000);
 
   it('the budget is served in turn: a connection that keeps it full does not starve another', async () => {
     const disk = new MemoryDisk(1 << 20, 512);
